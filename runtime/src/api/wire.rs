@@ -1,0 +1,799 @@
+//! The JSON of the API: request bodies with their validation, and responses.
+//! Separate from store records and core types, so neither can change the wire by
+//! accident.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use crate::core::{
+    Backoff, CircuitPolicy, Rate, Recovery, RetryPolicy, TaskId, Timestamp, format_duration,
+    parse_duration,
+};
+use crate::dispatch::rfc3339;
+use crate::model::{DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, GateSpec, NewTask};
+use crate::shell::GateLive;
+use crate::store::{AttemptRecord, BodyRecord, Counts, TaskRecord, WebhookRecord};
+
+/// Largest webhook body, serialized.
+pub const MAX_TASK_BODY: usize = 1 << 20;
+pub const MAX_BATCH: usize = 10_000;
+const MAX_LABELS: usize = 64;
+const MAX_KEY_LEN: usize = 256;
+const MAX_URL_LEN: usize = 8 * 1024;
+const MAX_HEADERS: usize = 64;
+const MAX_ALLOWED_HOSTS: usize = 256;
+const MAX_ATTEMPTS: u32 = 1_000;
+const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
+
+/// A rate as `"100/s"` or a number per second.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum RateBody {
+    Text(String),
+    Number(f64),
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffBody {
+    pub initial: Option<String>,
+    pub max: Option<String>,
+    pub multiplier: Option<f64>,
+    pub jitter: Option<bool>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBody {
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<BackoffBody>,
+    pub max_retry_duration: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryBody {
+    pub start: Option<f64>,
+    pub over: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBody {
+    pub failures: Option<u32>,
+    pub cooldown: Option<String>,
+    pub max_cooldown: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct GateBody {
+    pub rate: Option<RateBody>,
+    pub burst: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub retry: Option<RetryBody>,
+    pub recovery: Option<RecoveryBody>,
+    /// `null` switches the circuit breaker off; absent keeps the default.
+    #[serde(default, deserialize_with = "present")]
+    pub circuit: Option<Option<CircuitBody>>,
+}
+
+/// Tells an explicit `null` (Some(None)) from an absent field (None).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn duration(field: &str, text: &str) -> Result<Duration, ApiError> {
+    parse_duration(text).map_err(|e| ApiError::field(field, e.to_string()))
+}
+
+fn opt_duration(field: &str, text: &Option<String>) -> Result<Option<Duration>, ApiError> {
+    text.as_deref().map(|t| duration(field, t)).transpose()
+}
+
+fn backoff(prefix: &str, body: &BackoffBody, base: Backoff) -> Result<Backoff, ApiError> {
+    let initial =
+        opt_duration(&format!("{prefix}.initial"), &body.initial)?.unwrap_or(base.initial);
+    let max = opt_duration(&format!("{prefix}.max"), &body.max)?.unwrap_or(base.max);
+    let multiplier = body.multiplier.unwrap_or(base.multiplier);
+    if !(1.0..=100.0).contains(&multiplier) {
+        return Err(ApiError::field(
+            &format!("{prefix}.multiplier"),
+            "multiplier must be between 1 and 100",
+        ));
+    }
+    if max < initial {
+        return Err(ApiError::field(
+            &format!("{prefix}.max"),
+            "max must not be below initial",
+        ));
+    }
+    if initial > Duration::from_secs(86_400) || max > Duration::from_secs(7 * 86_400) {
+        return Err(ApiError::field(
+            prefix,
+            "backoff is capped at 1d initial and 7d max",
+        ));
+    }
+    Ok(Backoff {
+        initial,
+        max,
+        multiplier,
+        jitter: body.jitter.unwrap_or(base.jitter),
+    })
+}
+
+fn max_attempts(field: &str, n: u32) -> Result<u32, ApiError> {
+    if n == 0 || n > MAX_ATTEMPTS {
+        return Err(ApiError::field(
+            field,
+            format!("must be between 1 and {MAX_ATTEMPTS}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn timeout(field: &str, text: &str) -> Result<Duration, ApiError> {
+    let d = duration(field, text)?;
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(ApiError::field(
+            field,
+            "timeout must be above 0 and at most 1h",
+        ));
+    }
+    Ok(d)
+}
+
+pub fn valid_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "name",
+            "names are 1 to 128 characters of letters, digits, '-', '_' and '.'",
+        ))
+    }
+}
+
+impl GateBody {
+    pub fn validate(self) -> Result<GateSpec, ApiError> {
+        let rate = match self.rate {
+            None => return Err(ApiError::field("rate", "rate is required, e.g. \"100/s\"")),
+            Some(RateBody::Text(t)) => Rate::parse(&t),
+            Some(RateBody::Number(n)) => Rate::per_second(n),
+        }
+        .map_err(|e| ApiError::field("rate", e.to_string()))?;
+        let burst = self.burst.unwrap_or(DEFAULT_BURST);
+        if burst == 0 || burst > 1_000_000 {
+            return Err(ApiError::field(
+                "burst",
+                "burst must be between 1 and 1000000",
+            ));
+        }
+        let concurrency = self.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if concurrency == 0 || concurrency > 100_000 {
+            return Err(ApiError::field(
+                "concurrency",
+                "concurrency must be between 1 and 100000",
+            ));
+        }
+        let allowed_hosts = self.allowed_hosts.unwrap_or_default();
+        if allowed_hosts.len() > MAX_ALLOWED_HOSTS {
+            return Err(ApiError::field(
+                "allowed_hosts",
+                format!("at most {MAX_ALLOWED_HOSTS} entries"),
+            ));
+        }
+        for (i, h) in allowed_hosts.iter().enumerate() {
+            if !crate::dispatch::guard::valid_pattern(h) {
+                return Err(ApiError::field(
+                    &format!("allowed_hosts[{i}]"),
+                    format!("{h:?} is not a host, host:port or *.domain pattern"),
+                ));
+            }
+        }
+        let timeout = match &self.timeout {
+            Some(t) => timeout("timeout", t)?,
+            None => DEFAULT_TIMEOUT,
+        };
+        let retry_body = self.retry.unwrap_or_default();
+        let base = RetryPolicy::default();
+        let retry = RetryPolicy {
+            max_attempts: max_attempts(
+                "retry.max_attempts",
+                retry_body.max_attempts.unwrap_or(base.max_attempts),
+            )?,
+            backoff: backoff(
+                "retry.backoff",
+                &retry_body.backoff.unwrap_or_default(),
+                base.backoff,
+            )?,
+            max_retry_duration: opt_duration(
+                "retry.max_retry_duration",
+                &retry_body.max_retry_duration,
+            )?,
+        };
+        let recovery_body = self.recovery.unwrap_or_default();
+        let default_recovery = Recovery::default();
+        let recovery = Recovery {
+            start: recovery_body.start.unwrap_or(default_recovery.start),
+            over: opt_duration("recovery.over", &recovery_body.over)?
+                .unwrap_or(default_recovery.over),
+        };
+        if !(recovery.start > 0.0 && recovery.start <= 1.0) {
+            return Err(ApiError::field(
+                "recovery.start",
+                "start must be above 0 and at most 1.0 (1.0 turns the ramp off)",
+            ));
+        }
+        let circuit = match self.circuit {
+            Some(None) => None,
+            body => {
+                let body = body.flatten().unwrap_or_default();
+                let d = CircuitPolicy::default();
+                let failures = body.failures.unwrap_or(d.failures);
+                if failures == 0 || failures > 1_000_000 {
+                    return Err(ApiError::field(
+                        "circuit.failures",
+                        "failures must be between 1 and 1000000",
+                    ));
+                }
+                let cooldown =
+                    opt_duration("circuit.cooldown", &body.cooldown)?.unwrap_or(d.cooldown);
+                let max_cooldown = opt_duration("circuit.max_cooldown", &body.max_cooldown)?
+                    .unwrap_or(d.max_cooldown.max(cooldown));
+                if cooldown.is_zero() {
+                    return Err(ApiError::field(
+                        "circuit.cooldown",
+                        "cooldown must be above 0",
+                    ));
+                }
+                if max_cooldown < cooldown {
+                    return Err(ApiError::field(
+                        "circuit.max_cooldown",
+                        "max_cooldown must not be below cooldown",
+                    ));
+                }
+                Some(CircuitPolicy {
+                    failures,
+                    cooldown,
+                    max_cooldown,
+                })
+            }
+        };
+        Ok(GateSpec {
+            rate,
+            burst,
+            concurrency,
+            allowed_hosts,
+            timeout,
+            retry,
+            recovery,
+            circuit,
+        })
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBody {
+    pub url: String,
+    pub method: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub body: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBody {
+    pub gate: String,
+    pub webhook: Option<WebhookBody>,
+    pub plugin: Option<serde_json::Value>,
+    pub run_at: Option<String>,
+    pub delay: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub timeout: Option<String>,
+    pub backoff: Option<BackoffBody>,
+    pub max_retry_duration: Option<String>,
+    pub expires_after: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    pub tasks: Vec<TaskBody>,
+}
+
+const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+impl TaskBody {
+    /// `prefix` is `""` for a single task, `"tasks[3]."` inside a batch.
+    pub fn validate(self, now: Timestamp, prefix: &str) -> Result<NewTask, ApiError> {
+        let f = |name: &str| format!("{prefix}{name}");
+        valid_name(&self.gate).map_err(|e| ApiError::field(&f("gate"), e.message))?;
+        let webhook = match (self.webhook, self.plugin) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field(
+                    &f("webhook"),
+                    "a task has either a webhook or a plugin, not both",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::field(
+                    &f("plugin"),
+                    "plugin tasks need the WebAssembly runtime, which this server does not have yet",
+                ));
+            }
+            (None, None) => {
+                return Err(ApiError::field(
+                    &f("webhook"),
+                    "a task needs a webhook target",
+                ));
+            }
+            (Some(w), None) => w,
+        };
+        if webhook.url.len() > MAX_URL_LEN {
+            return Err(ApiError::field(
+                &f("webhook.url"),
+                "url is longer than 8 KiB",
+            ));
+        }
+        let url = reqwest::Url::parse(&webhook.url)
+            .map_err(|e| ApiError::field(&f("webhook.url"), format!("invalid url: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ApiError::field(
+                &f("webhook.url"),
+                "url must be http or https",
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(ApiError::field(&f("webhook.url"), "url has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ApiError::field(
+                &f("webhook.url"),
+                "put credentials in headers, not in the url",
+            ));
+        }
+        let method = webhook
+            .method
+            .unwrap_or_else(|| "POST".into())
+            .to_ascii_uppercase();
+        if !METHODS.contains(&method.as_str()) {
+            return Err(ApiError::field(
+                &f("webhook.method"),
+                format!("method must be one of {METHODS:?}"),
+            ));
+        }
+        let headers = webhook.headers.unwrap_or_default();
+        if headers.len() > MAX_HEADERS {
+            return Err(ApiError::field(
+                &f("webhook.headers"),
+                format!("at most {MAX_HEADERS} headers"),
+            ));
+        }
+        for (name, value) in &headers {
+            let field = f(&format!("webhook.headers.{name}"));
+            let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            if !name_ok {
+                return Err(ApiError::field(&field, "invalid header name"));
+            }
+            let lower = name.to_ascii_lowercase();
+            if lower.starts_with("sluice-")
+                || matches!(
+                    lower.as_str(),
+                    "host"
+                        | "content-length"
+                        | "transfer-encoding"
+                        | "connection"
+                        | "idempotency-key"
+                )
+            {
+                return Err(ApiError::field(&field, "this header is set by Sluice"));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() || value.len() > 8 * 1024 {
+                return Err(ApiError::field(&field, "invalid header value"));
+            }
+        }
+        let body = match webhook.body {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(BodyRecord::Text(s)),
+            Some(v) => Some(BodyRecord::Json(v)),
+        };
+        let body_len = match &body {
+            None => 0,
+            Some(BodyRecord::Text(s)) => s.len(),
+            Some(BodyRecord::Json(v)) => {
+                serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX)
+            }
+        };
+        if body_len > MAX_TASK_BODY {
+            return Err(ApiError {
+                field: Some(f("webhook.body")),
+                ..ApiError::too_large(format!(
+                    "webhook body is {body_len} bytes; the limit is {MAX_TASK_BODY}"
+                ))
+            });
+        }
+        let due = match (&self.run_at, &self.delay) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field(
+                    &f("delay"),
+                    "give run_at or delay, not both",
+                ));
+            }
+            (Some(at), None) => {
+                let ts: jiff::Timestamp = at.parse().map_err(|e| {
+                    ApiError::field(
+                        &f("run_at"),
+                        format!("expected RFC 3339, like 2026-01-02T03:04:05Z: {e}"),
+                    )
+                })?;
+                let ms = ts.as_millisecond();
+                if ms < 0 {
+                    return Err(ApiError::field(&f("run_at"), "run_at is before 1970"));
+                }
+                // A time in the past means "now": it is due, and runs at once.
+                Timestamp(ms as u64)
+            }
+            (None, Some(d)) => {
+                let d = duration(&f("delay"), d)?;
+                if d > Duration::from_secs(10 * 365 * 86_400) {
+                    return Err(ApiError::field(&f("delay"), "delay is capped at 10 years"));
+                }
+                now.plus(d)
+            }
+            (None, None) => now,
+        };
+        let labels = self.labels.unwrap_or_default();
+        if labels.len() > MAX_LABELS {
+            return Err(ApiError::field(
+                &f("labels"),
+                format!("at most {MAX_LABELS} labels"),
+            ));
+        }
+        for (k, v) in &labels {
+            if k.is_empty() || k.len() > 128 || v.len() > 512 || k.contains(':') {
+                return Err(ApiError::field(
+                    &f(&format!("labels.{k}")),
+                    "label keys are 1-128 characters without ':', values at most 512",
+                ));
+            }
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > MAX_KEY_LEN)
+        {
+            return Err(ApiError::field(
+                &f("idempotency_key"),
+                format!("must be 1 to {MAX_KEY_LEN} characters"),
+            ));
+        }
+        let backoff = self
+            .backoff
+            .map(|b| backoff(&f("backoff"), &b, Backoff::default()))
+            .transpose()?;
+        Ok(NewTask {
+            gate: self.gate,
+            webhook: WebhookRecord {
+                url: webhook.url,
+                method,
+                headers,
+                body,
+            },
+            due,
+            max_attempts: self
+                .max_attempts
+                .map(|n| max_attempts(&f("max_attempts"), n))
+                .transpose()?,
+            timeout: self
+                .timeout
+                .as_deref()
+                .map(|t| timeout(&f("timeout"), t))
+                .transpose()?,
+            backoff,
+            max_retry_duration: opt_duration(&f("max_retry_duration"), &self.max_retry_duration)?,
+            expires_after: opt_duration(&f("expires_after"), &self.expires_after)?,
+            idempotency_key: self.idempotency_key,
+            labels,
+        })
+    }
+}
+
+// ---- responses ----
+
+fn time(ms: u64) -> String {
+    rfc3339(Timestamp(ms))
+}
+
+fn ms_text(ms: u64) -> String {
+    format_duration(Duration::from_millis(ms))
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct BackoffView {
+    pub initial: String,
+    pub max: String,
+    pub multiplier: f64,
+    pub jitter: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RetryView {
+    pub max_attempts: u32,
+    pub backoff: BackoffView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retry_duration: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RecoveryView {
+    pub start: f64,
+    pub over: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct CircuitView {
+    pub failures: u32,
+    pub cooldown: String,
+    pub max_cooldown: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct CountersView {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub cancelled: u64,
+    pub retried: u64,
+    pub attempts: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct GateView {
+    pub name: String,
+    pub rate: String,
+    pub rate_per_s: f64,
+    pub burst: u32,
+    pub concurrency: u32,
+    pub allowed_hosts: Vec<String>,
+    pub timeout: String,
+    pub retry: RetryView,
+    pub recovery: RecoveryView,
+    pub circuit: Option<CircuitView>,
+    pub paused: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub state: String,
+    /// Pending tasks, due or not.
+    pub backlog: u64,
+    /// Pending tasks that are due now.
+    pub due: u64,
+    pub in_flight: u32,
+    pub effective_rate: f64,
+    pub oldest_due_age_s: f64,
+    /// Seconds to start every due task at the effective rate; `null` when paused.
+    pub eta_drain_s: Option<f64>,
+    pub counters: CountersView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_open_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled_until: Option<String>,
+}
+
+/// Figures that need a store read, gathered by the handler.
+pub struct GateExtra {
+    pub due: u64,
+    pub oldest_due_ms: Option<u64>,
+}
+
+impl GateView {
+    pub fn new(live: &GateLive, extra: GateExtra, now: Timestamp) -> GateView {
+        let g = &live.record;
+        let c: Counts = live.counts;
+        let view = &live.view;
+        let rate = Rate::per_second(g.rate_per_s)
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let oldest_due_age_s = extra
+            .oldest_due_ms
+            .filter(|&t| t <= now.as_ms())
+            .map_or(0.0, |t| (now.as_ms() - t) as f64 / 1000.0);
+        let eta_drain_s = if g.paused || view.effective_rate <= 0.0 {
+            None
+        } else {
+            Some((extra.due as f64 / view.effective_rate * 10.0).round() / 10.0)
+        };
+        GateView {
+            name: g.name.clone(),
+            rate,
+            rate_per_s: g.rate_per_s,
+            burst: g.burst,
+            concurrency: g.concurrency,
+            allowed_hosts: g.allowed_hosts.clone(),
+            timeout: ms_text(g.timeout_ms),
+            retry: retry_view(&g.retry),
+            recovery: RecoveryView {
+                start: g.recovery.start,
+                over: ms_text(g.recovery.over_ms),
+            },
+            circuit: g.circuit.map(|c| CircuitView {
+                failures: c.failures,
+                cooldown: ms_text(c.cooldown_ms),
+                max_cooldown: ms_text(c.max_cooldown_ms),
+            }),
+            paused: g.paused,
+            created_at: time(g.created_at),
+            updated_at: time(g.updated_at),
+            state: view.state.as_str().to_string(),
+            backlog: c.pending,
+            due: extra.due,
+            in_flight: view.in_flight,
+            effective_rate: (view.effective_rate * 1000.0).round() / 1000.0,
+            oldest_due_age_s,
+            eta_drain_s,
+            counters: CountersView {
+                succeeded: c.succeeded,
+                failed: c.failed,
+                expired: c.expired,
+                cancelled: c.cancelled,
+                retried: c.retried,
+                attempts: c.attempts,
+            },
+            circuit_open_until: view.circuit_open_until.map(|t| time(t.as_ms())),
+            throttled_until: view
+                .throttled_until
+                .filter(|&t| t > now)
+                .map(|t| time(t.as_ms())),
+        }
+    }
+}
+
+fn retry_view(r: &crate::store::RetryRecord) -> RetryView {
+    RetryView {
+        max_attempts: r.max_attempts,
+        backoff: BackoffView {
+            initial: ms_text(r.initial_ms),
+            max: ms_text(r.max_ms),
+            multiplier: r.multiplier,
+            jitter: r.jitter,
+        },
+        max_retry_duration: r.max_retry_duration_ms.map(ms_text),
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WebhookView {
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+impl From<&AttemptRecord> for AttemptView {
+    fn from(a: &AttemptRecord) -> AttemptView {
+        AttemptView {
+            attempt: a.attempt,
+            started_at: time(a.started_at),
+            ended_at: a.ended_at.map(time),
+            outcome: a.outcome.clone().unwrap_or_else(|| "running".into()),
+            status: a.status,
+            latency_ms: a.latency_ms,
+            error: a.error.clone(),
+            response: a.response.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct TaskView {
+    pub id: String,
+    pub gate: String,
+    pub state: String,
+    pub webhook: WebhookView,
+    pub created_at: String,
+    /// When it was asked to run.
+    pub scheduled_at: String,
+    /// When it is next due (differs from `scheduled_at` while a retry waits).
+    pub due_at: String,
+    pub max_attempts: u32,
+    /// Attempts made so far.
+    pub attempt_count: u32,
+    pub timeout: String,
+    pub backoff: BackoffView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retry_duration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptView>>,
+}
+
+impl TaskView {
+    pub fn new(t: &TaskRecord, attempts: Option<&[AttemptRecord]>) -> TaskView {
+        let retry = retry_view(&t.retry);
+        TaskView {
+            id: TaskId(t.id).to_string(),
+            gate: t.gate.clone(),
+            state: t.state.as_str().to_string(),
+            webhook: WebhookView {
+                url: t.webhook.url.clone(),
+                method: t.webhook.method.clone(),
+                headers: t.webhook.headers.clone(),
+                body: t.webhook.body.as_ref().map(|b| match b {
+                    BodyRecord::Json(v) => v.clone(),
+                    BodyRecord::Text(s) => serde_json::Value::String(s.clone()),
+                }),
+            },
+            created_at: time(t.created_at),
+            scheduled_at: time(t.scheduled_at),
+            due_at: time(t.due_at),
+            max_attempts: t.retry.max_attempts,
+            attempt_count: t.attempts,
+            timeout: ms_text(t.timeout_ms),
+            backoff: retry.backoff,
+            max_retry_duration: retry.max_retry_duration,
+            expires_at: t.expires_at.map(time),
+            idempotency_key: t.idempotency_key.clone(),
+            labels: t.labels.clone(),
+            last_error: t.last_error.clone(),
+            finished_at: t.finished_at.map(time),
+            attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct TaskList {
+    pub tasks: Vec<TaskView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct GateList {
+    pub gates: Vec<GateView>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct BatchCreated {
+    pub ids: Vec<String>,
+}

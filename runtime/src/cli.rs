@@ -1,0 +1,927 @@
+//! The `sluice` command line: `serve`, and clients of the REST API.
+//!
+//! Exit codes scripts can rely on: 0 success, 1 server or connection error,
+//! 2 usage error, 3 not found, 4 conflict, 5 request refused as invalid.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::ServerConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A task scheduler whose gates never let a backlog flood an endpoint"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Client {
+    /// Server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_SERVER",
+        default_value = "http://127.0.0.1:7460"
+    )]
+    server: String,
+    /// API token.
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Where the data file lives [default: ./sluice-data].
+        #[arg(long, env = "SLUICE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:7460].
+        #[arg(long, env = "SLUICE_LISTEN")]
+        listen: Option<String>,
+        /// How long shutdown waits for attempts in flight [default: 10s].
+        #[arg(long, env = "SLUICE_SHUTDOWN_GRACE")]
+        shutdown_grace: Option<String>,
+        /// A TOML file with the same settings.
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Manage gates.
+    Gate {
+        #[command(subcommand)]
+        command: GateCommand,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Manage tasks.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// A table of gates: backlog, in flight, rates, state, time to drain.
+    Status {
+        /// Refresh in place every 2 seconds.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        client: Client,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GateCommand {
+    /// Create or replace a gate.
+    Set {
+        name: String,
+        /// Sustained rate: "100/s", "30/m", "2/h".
+        #[arg(long)]
+        rate: String,
+        #[arg(long)]
+        burst: Option<u32>,
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// A host its tasks may reach (repeat for several): host, host:port, *.domain.
+        #[arg(long = "allow-host")]
+        allow_host: Vec<String>,
+        /// Default per-attempt timeout, e.g. "30s".
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Default attempts per task.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Recovery ramp start as a fraction of the rate; 1.0 turns it off.
+        #[arg(long)]
+        recovery_start: Option<f64>,
+        /// How long the recovery ramp takes.
+        #[arg(long)]
+        recovery_over: Option<String>,
+        /// Turn the circuit breaker off.
+        #[arg(long)]
+        no_circuit: bool,
+    },
+    /// Show one gate.
+    Get { name: String },
+    /// List gates.
+    Ls,
+    /// Delete a gate.
+    Rm {
+        name: String,
+        /// Cancel its unfinished tasks.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop starting attempts.
+    Pause { name: String },
+    /// Start again (with the recovery ramp).
+    Resume { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum TaskCommand {
+    /// Create a webhook task.
+    Create {
+        #[arg(long)]
+        gate: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        method: Option<String>,
+        /// A header as name:value (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Body: JSON, or @file to read it from a file.
+        #[arg(long)]
+        body: Option<String>,
+        /// Run after this long, e.g. "90s".
+        #[arg(long, conflicts_with = "run_at")]
+        delay: Option<String>,
+        /// Run at this RFC 3339 time.
+        #[arg(long)]
+        run_at: Option<String>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[arg(long)]
+        timeout: Option<String>,
+        #[arg(long)]
+        expires_after: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// A label as key=value (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Create this many identical tasks (through the batch API).
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// Create tasks from a file of JSON task objects, one per line, in batches.
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+    },
+    /// Show a task and its attempts.
+    Get { id: String },
+    /// List tasks, newest first.
+    Ls {
+        #[arg(long)]
+        gate: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        /// key:value
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Cancel a scheduled task.
+    Cancel { id: String },
+    /// Re-run a failed or expired task.
+    Retry { id: String },
+}
+
+/// A failed client call, carrying its exit code.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            shutdown_grace,
+            config,
+        } => serve(data_dir, listen, shutdown_grace, config)
+            .await
+            .map_err(Failure::from),
+        Command::Gate { command, client } => gate(&Api::new(&client)?, command, client.json).await,
+        Command::Task { command, client } => task(&Api::new(&client)?, command, client.json).await,
+        Command::Status { watch, client } => status(&Api::new(&client)?, watch, client.json).await,
+    }
+}
+
+async fn serve(
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    grace: Option<String>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = ServerConfig::resolve(data_dir, listen, grace, config.as_deref())?;
+    let server = crate::server::start(&config, None).await?;
+    println!("sluice listening on http://{}", server.addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    server.shutdown().await
+}
+
+struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(client: &Client) -> Result<Api, Failure> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            base: client.server.trim_end_matches('/').to_string(),
+            token: client.token.clone(),
+            http,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Failure> {
+        let mut request = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(body).unwrap_or_default());
+        }
+        let response = request.send().await.map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot reach the server at {}: {e}", self.base),
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_string();
+        let field = value["error"]["field"]
+            .as_str()
+            .map(|f| format!(" (field {f})"))
+            .unwrap_or_default();
+        let code = match status.as_u16() {
+            404 => 3,
+            409 => 4,
+            400 | 413 => 5,
+            _ => 1,
+        };
+        Err(Failure {
+            code,
+            message: format!("{message}{field} [{}]", status.as_u16()),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<(), Failure> {
+    let value = match command {
+        GateCommand::Set {
+            name,
+            rate,
+            burst,
+            concurrency,
+            allow_host,
+            timeout,
+            max_attempts,
+            recovery_start,
+            recovery_over,
+            no_circuit,
+        } => {
+            let mut body = json!({ "rate": rate });
+            if let Some(b) = burst {
+                body["burst"] = json!(b);
+            }
+            if let Some(c) = concurrency {
+                body["concurrency"] = json!(c);
+            }
+            if !allow_host.is_empty() {
+                body["allowed_hosts"] = json!(allow_host);
+            }
+            if let Some(t) = timeout {
+                body["timeout"] = json!(t);
+            }
+            if let Some(n) = max_attempts {
+                body["retry"] = json!({ "max_attempts": n });
+            }
+            if recovery_start.is_some() || recovery_over.is_some() {
+                let mut r = json!({});
+                if let Some(s) = recovery_start {
+                    r["start"] = json!(s);
+                }
+                if let Some(o) = recovery_over {
+                    r["over"] = json!(o);
+                }
+                body["recovery"] = r;
+            }
+            if no_circuit {
+                body["circuit"] = Value::Null;
+            }
+            api.call(
+                reqwest::Method::PUT,
+                &format!("/v1/gates/{}", enc(&name)),
+                Some(&body),
+            )
+            .await?
+        }
+        GateCommand::Get { name } => api.get(&format!("/v1/gates/{}", enc(&name))).await?,
+        GateCommand::Ls => {
+            let v = api.get("/v1/gates").await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", gates_table(&v));
+            }
+            return Ok(());
+        }
+        GateCommand::Rm { name, force } => {
+            let q = if force { "?force=true" } else { "" };
+            api.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/gates/{}{q}", enc(&name)),
+                None,
+            )
+            .await?;
+            if !json {
+                println!("deleted gate {name}");
+            }
+            return Ok(());
+        }
+        GateCommand::Pause { name } => {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/v1/gates/{}/pause", enc(&name)),
+                None,
+            )
+            .await?
+        }
+        GateCommand::Resume { name } => {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/v1/gates/{}/resume", enc(&name)),
+                None,
+            )
+            .await?
+        }
+    };
+    if json {
+        print_json(&value);
+    } else {
+        print!("{}", gates_table(&json!({ "gates": [value] })));
+    }
+    Ok(())
+}
+
+fn split_pair<'a>(text: &'a str, sep: char, what: &str) -> Result<(&'a str, &'a str), Failure> {
+    text.split_once(sep).ok_or_else(|| Failure {
+        code: 2,
+        message: format!("{what} {text:?} must look like name{sep}value"),
+    })
+}
+
+async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<(), Failure> {
+    match command {
+        TaskCommand::Create {
+            gate,
+            url,
+            method,
+            headers,
+            body,
+            delay,
+            run_at,
+            max_attempts,
+            timeout,
+            expires_after,
+            idempotency_key,
+            labels,
+            count,
+        } => {
+            let mut webhook = json!({ "url": url });
+            if let Some(m) = method {
+                webhook["method"] = json!(m);
+            }
+            if !headers.is_empty() {
+                let mut map = BTreeMap::new();
+                for h in &headers {
+                    let (k, v) = split_pair(h, ':', "header")?;
+                    map.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                webhook["headers"] = json!(map);
+            }
+            if let Some(b) = body {
+                let text = match b.strip_prefix('@') {
+                    Some(path) => {
+                        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+                    }
+                    None => b,
+                };
+                webhook["body"] = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            }
+            let mut task = json!({ "gate": gate, "webhook": webhook });
+            let mut set = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    task[k] = v;
+                }
+            };
+            set("delay", delay.map(Value::from));
+            set("run_at", run_at.map(Value::from));
+            set("max_attempts", max_attempts.map(Value::from));
+            set("timeout", timeout.map(Value::from));
+            set("expires_after", expires_after.map(Value::from));
+            set("idempotency_key", idempotency_key.map(Value::from));
+            if !labels.is_empty() {
+                let mut map = BTreeMap::new();
+                for l in &labels {
+                    let (k, v) = split_pair(l, '=', "label")?;
+                    map.insert(k.to_string(), v.to_string());
+                }
+                task["labels"] = json!(map);
+            }
+            if count <= 1 {
+                let v = api
+                    .call(reqwest::Method::POST, "/v1/tasks", Some(&task))
+                    .await?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!("{}", v["id"].as_str().unwrap_or(""));
+                }
+                return Ok(());
+            }
+            let tasks = std::iter::repeat_n(task, count);
+            send_batches(api, tasks, 1_000, count, json).await
+        }
+        TaskCommand::Import { file, batch } => {
+            let reader = std::io::BufReader::new(
+                std::fs::File::open(&file)
+                    .with_context(|| format!("opening {}", file.display()))?,
+            );
+            let mut tasks = Vec::new();
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.with_context(|| format!("reading {}", file.display()))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: Value = serde_json::from_str(&line).map_err(|e| Failure {
+                    code: 5,
+                    message: format!("{}:{}: not JSON: {e}", file.display(), i + 1),
+                })?;
+                tasks.push(value);
+            }
+            let total = tasks.len();
+            send_batches(api, tasks.into_iter(), batch.clamp(1, 10_000), total, json).await
+        }
+        TaskCommand::Get { id } => {
+            let v = api.get(&format!("/v1/tasks/{}", enc(&id))).await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", task_detail(&v));
+            }
+            Ok(())
+        }
+        TaskCommand::Ls {
+            gate,
+            state,
+            label,
+            limit,
+            cursor,
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            for (k, v) in [
+                ("gate", gate),
+                ("state", state),
+                ("label", label),
+                ("cursor", cursor),
+            ] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", enc(&v)));
+                }
+            }
+            let v = api.get(&format!("/v1/tasks?{}", q.join("&"))).await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", tasks_table(&v));
+            }
+            Ok(())
+        }
+        TaskCommand::Cancel { id } => {
+            let v = api
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/tasks/{}", enc(&id)),
+                    None,
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("cancelled {}", v["id"].as_str().unwrap_or(&id));
+            }
+            Ok(())
+        }
+        TaskCommand::Retry { id } => {
+            let v = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/tasks/{}/retry", enc(&id)),
+                    None,
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("re-running {}", v["id"].as_str().unwrap_or(&id));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn send_batches(
+    api: &Api,
+    tasks: impl Iterator<Item = Value>,
+    batch: usize,
+    total: usize,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut ids: Vec<Value> = Vec::with_capacity(total);
+    let mut chunk = Vec::with_capacity(batch);
+    let progress = std::io::stderr().is_terminal();
+    let flush = async |chunk: &mut Vec<Value>, ids: &mut Vec<Value>| -> Result<(), Failure> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let body = json!({ "tasks": std::mem::take(chunk) });
+        let v = api
+            .call(reqwest::Method::POST, "/v1/tasks/batch", Some(&body))
+            .await?;
+        ids.extend(v["ids"].as_array().cloned().unwrap_or_default());
+        if progress {
+            eprint!("\rcreated {}/{}", ids.len(), total);
+            let _ = std::io::stderr().flush();
+        }
+        Ok(())
+    };
+    for task in tasks {
+        chunk.push(task);
+        if chunk.len() >= batch {
+            flush(&mut chunk, &mut ids).await?;
+        }
+    }
+    flush(&mut chunk, &mut ids).await?;
+    if progress {
+        eprintln!();
+    }
+    if json {
+        print_json(&json!({ "ids": ids }));
+    } else {
+        println!("created {} tasks", ids.len());
+    }
+    Ok(())
+}
+
+async fn status(api: &Api, watch: bool, json: bool) -> Result<(), Failure> {
+    loop {
+        let v = api.get("/v1/gates").await?;
+        if json {
+            for g in v["gates"].as_array().cloned().unwrap_or_default() {
+                println!("{}", serde_json::to_string(&g).unwrap_or_default());
+            }
+        } else {
+            let table = status_table(&v);
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{table}");
+        }
+        if !watch {
+            // Scripts can tell a tripped circuit from the exit code.
+            let tripped = v["gates"]
+                .as_array()
+                .is_some_and(|gs| gs.iter().any(|g| g["state"] == "tripped"));
+            if tripped {
+                return Err(Failure {
+                    code: 6,
+                    message: "a gate's circuit is open".into(),
+                });
+            }
+            return Ok(());
+        }
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Renders rows as aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let mut parts = Vec::new();
+        for (i, c) in cells.iter().enumerate() {
+            parts.push(format!("{c:<width$}", width = widths[i]));
+        }
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+fn num(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        Value::Null => "-".into(),
+        other => other.as_str().unwrap_or("-").to_string(),
+    }
+}
+
+fn age(secs: f64) -> String {
+    if secs <= 0.0 {
+        "-".into()
+    } else if secs < 60.0 {
+        format!("{secs:.0}s")
+    } else if secs < 3_600.0 {
+        format!("{:.0}m", secs / 60.0)
+    } else {
+        format!("{:.1}h", secs / 3_600.0)
+    }
+}
+
+fn gates_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["gates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| {
+            vec![
+                g["name"].as_str().unwrap_or("").to_string(),
+                g["state"].as_str().unwrap_or("").to_string(),
+                g["rate"].as_str().unwrap_or("").to_string(),
+                num(&g["burst"]),
+                num(&g["concurrency"]),
+                g["allowed_hosts"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|h| h.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "(any public)".into()),
+            ]
+        })
+        .collect();
+    table(
+        &["GATE", "STATE", "RATE", "BURST", "CONCURRENCY", "HOSTS"],
+        &rows,
+    )
+}
+
+fn status_table(v: &Value) -> String {
+    let gates = v["gates"].as_array().cloned().unwrap_or_default();
+    let backlog: u64 = gates.iter().filter_map(|g| g["backlog"].as_u64()).sum();
+    let in_flight: u64 = gates.iter().filter_map(|g| g["in_flight"].as_u64()).sum();
+    let mut out = format!(
+        "{} gates, {} pending, {} in flight (at {})\n",
+        gates.len(),
+        backlog,
+        in_flight,
+        crate::dispatch::rfc3339(crate::clock::now())
+    );
+    let rows: Vec<Vec<String>> = gates
+        .iter()
+        .map(|g| {
+            let state = g["state"].as_str().unwrap_or("");
+            let eff = g["effective_rate"].as_f64().unwrap_or(0.0);
+            vec![
+                g["name"].as_str().unwrap_or("").to_string(),
+                match state {
+                    "paused" => "paused (paused)".to_string(),
+                    "tripped" => "tripped (open)".to_string(),
+                    s => s.to_string(),
+                },
+                num(&g["backlog"]),
+                num(&g["due"]),
+                age(g["oldest_due_age_s"].as_f64().unwrap_or(0.0)),
+                format!("{}/{}", num(&g["in_flight"]), num(&g["concurrency"])),
+                format!("{}/{}", format_rate(eff), g["rate"].as_str().unwrap_or("")),
+                format!(
+                    "{}/{}",
+                    num(&g["counters"]["succeeded"]),
+                    num(&g["counters"]["failed"])
+                ),
+                g["eta_drain_s"].as_f64().map_or("-".into(), age),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "GATE",
+            "STATE",
+            "BACKLOG",
+            "DUE",
+            "AGE",
+            "INFLIGHT/LIMIT",
+            "RATE(EFF/CONF)",
+            "OK/FAIL",
+            "ETA",
+        ],
+        &rows,
+    ));
+    out
+}
+
+fn format_rate(per_s: f64) -> String {
+    crate::core::Rate::per_second(per_s).map_or("0".into(), |r| r.to_string())
+}
+
+fn tasks_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["tasks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            vec![
+                t["id"].as_str().unwrap_or("").to_string(),
+                t["gate"].as_str().unwrap_or("").to_string(),
+                t["state"].as_str().unwrap_or("").to_string(),
+                format!("{}/{}", num(&t["attempt_count"]), num(&t["max_attempts"])),
+                t["due_at"].as_str().unwrap_or("").to_string(),
+                t["webhook"]["url"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["ID", "GATE", "STATE", "ATTEMPTS", "DUE (UTC)", "URL"],
+        &rows,
+    );
+    if let Some(c) = v["next_cursor"].as_str() {
+        out.push_str(&format!("more: --cursor {c}\n"));
+    }
+    out
+}
+
+fn task_detail(t: &Value) -> String {
+    let mut out = String::new();
+    let field = |k: &str, v: &Value, out: &mut String| {
+        if !v.is_null() {
+            out.push_str(&format!(
+                "{k:<14}{}\n",
+                v.as_str().map_or_else(|| v.to_string(), str::to_string)
+            ));
+        }
+    };
+    for k in [
+        "id",
+        "gate",
+        "state",
+        "scheduled_at",
+        "due_at",
+        "created_at",
+        "finished_at",
+        "last_error",
+    ] {
+        field(k, &t[k], &mut out);
+    }
+    field("url", &t["webhook"]["url"], &mut out);
+    out.push_str(&format!(
+        "{:<14}{}/{}\n",
+        "attempts",
+        num(&t["attempt_count"]),
+        num(&t["max_attempts"])
+    ));
+    let rows: Vec<Vec<String>> = t["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            vec![
+                num(&a["attempt"]),
+                a["started_at"].as_str().unwrap_or("").to_string(),
+                a["outcome"].as_str().unwrap_or("").to_string(),
+                num(&a["status"]),
+                a["latency_ms"]
+                    .as_u64()
+                    .map_or("-".into(), |l| format!("{l}ms")),
+                a["error"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "#",
+                "STARTED (UTC)",
+                "OUTCOME",
+                "STATUS",
+                "LATENCY",
+                "ERROR",
+            ],
+            &rows,
+        ));
+    }
+    out
+}

@@ -1,0 +1,601 @@
+//! A gate: the throughput limit in front of one endpoint.
+//!
+//! It owns the rate limiter (GCRA), the concurrency count, the operator pause, the
+//! circuit breaker, 429/503 throttling and the recovery ramp. It decides *whether*
+//! an attempt may start at `now`; which task starts is the scheduler's business.
+
+use std::time::Duration;
+
+use super::time::{Rate, Timestamp, duration_ms};
+
+/// The limits of a gate, as the core needs them. Hosts, timeouts and default
+/// retry policies live in the shell: they do not decide when attempts start.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GateLimits {
+    pub rate: Rate,
+    /// Bucket size: how many attempts may start back to back. At least 1.
+    pub burst: u32,
+    /// Attempts in flight at once. At least 1.
+    pub concurrency: u32,
+    pub recovery: Recovery,
+    pub circuit: Option<CircuitPolicy>,
+}
+
+/// After a start, a resume or a closed circuit, the effective rate begins at
+/// `start × rate` and rises linearly to `rate` over `over`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recovery {
+    /// In (0, 1]; 1 switches the ramp off.
+    pub start: f64,
+    pub over: Duration,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            start: 0.1,
+            over: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CircuitPolicy {
+    /// Consecutive failed attempts that trip the circuit. At least 1.
+    pub failures: u32,
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+impl Default for CircuitPolicy {
+    fn default() -> Self {
+        CircuitPolicy {
+            failures: 5,
+            cooldown: Duration::from_secs(30),
+            max_cooldown: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What an operator and the API see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateState {
+    Open,
+    Paused,
+    Tripped,
+    Probing,
+    Recovering,
+    Throttled,
+}
+
+impl GateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateState::Open => "open",
+            GateState::Paused => "paused",
+            GateState::Tripped => "tripped",
+            GateState::Probing => "probing",
+            GateState::Recovering => "recovering",
+            GateState::Throttled => "throttled",
+        }
+    }
+}
+
+/// A token bucket counted in billionths of a token, so the arithmetic is exact
+/// integers and every rounding goes the safe way (refills round down).
+///
+/// It holds at most `burst` tokens; an attempt takes one. Between two calls it
+/// refills at the lower of the rates in force at either end, which never exceeds
+/// the effective rate over that span. So in any window of length T at most
+/// `burst + ∫ rate` attempts start, whatever the ramp and throttling did.
+#[derive(Clone, Copy, Debug)]
+pub struct Limiter {
+    tokens_nano: u64,
+    updated: Timestamp,
+    /// Tokens per second at `updated`.
+    rate: f64,
+}
+
+const TOKEN: u64 = 1_000_000_000;
+
+impl Limiter {
+    pub fn full(now: Timestamp, burst: u32, rate: f64) -> Limiter {
+        Limiter {
+            tokens_nano: u64::from(burst) * TOKEN,
+            updated: now,
+            rate,
+        }
+    }
+
+    fn refill(&mut self, now: Timestamp, rate: f64, burst: u32) {
+        let cap = u64::from(burst.max(1)) * TOKEN;
+        if now > self.updated {
+            let per_ms = self.rate.min(rate) * 1e6;
+            let add = (per_ms * (now.as_ms() - self.updated.as_ms()) as f64).floor();
+            let add = if add >= cap as f64 { cap } else { add as u64 };
+            self.tokens_nano = self.tokens_nano.saturating_add(add);
+            self.updated = now;
+        }
+        self.tokens_nano = self.tokens_nano.min(cap);
+        self.rate = rate;
+    }
+
+    /// Takes a token at `now`, or says when one may be there.
+    pub fn admit(&mut self, now: Timestamp, rate: f64, burst: u32) -> Result<(), Timestamp> {
+        self.refill(now, rate, burst);
+        if self.tokens_nano >= TOKEN {
+            self.tokens_nano -= TOKEN;
+            return Ok(());
+        }
+        let missing = (TOKEN - self.tokens_nano) as f64;
+        let wait_ms = (missing / (rate * 1e6)).ceil().clamp(1.0, 86_400_000.0) as u64;
+        Err(Timestamp(now.as_ms() + wait_ms))
+    }
+
+    fn empty(&mut self, now: Timestamp, rate: f64) {
+        self.tokens_nano = 0;
+        self.updated = now;
+        self.rate = rate;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Circuit {
+    Closed {
+        consecutive_failures: u32,
+    },
+    Open {
+        until: Timestamp,
+        cooldown: Duration,
+    },
+    /// One probe may go out; `probe_started` once it has.
+    HalfOpen {
+        cooldown: Duration,
+        probe_started: bool,
+    },
+}
+
+/// How an attempt's outcome bears on the gate (not on the task).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// The endpoint answered and was healthy (2xx, or a 4xx that blames the request).
+    Healthy,
+    /// The endpoint failed: 5xx other than 503, timeout, connection error.
+    Failed,
+    /// The endpoint asked us to slow down (429, 503), maybe with a `Retry-After`.
+    Throttled { retry_after: Option<Duration> },
+    /// The attempt never reached the endpoint through any fault of it (refused by
+    /// policy, or interrupted by our own restart).
+    Neutral,
+}
+
+/// A multiplicative cut on each throttling answer, at most one per this period, so a
+/// volley of 429s from attempts already in flight counts once.
+const THROTTLE_CUT_EVERY_MS: u64 = 1_000;
+const THROTTLE_FLOOR: f64 = 1.0 / 64.0;
+/// Additive increase after a cut: this fraction of the configured rate per second.
+const THROTTLE_RECOVERY_PER_S: f64 = 0.05;
+/// `Retry-After` is capped.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(3_600);
+
+#[derive(Clone, Debug)]
+pub struct Gate {
+    limits: GateLimits,
+    limiter: Limiter,
+    in_flight: u32,
+    paused: bool,
+    circuit: Circuit,
+    /// When the ramp began; `None` when none is running.
+    ramp_since: Option<Timestamp>,
+    throttled_until: Option<Timestamp>,
+    /// The AIMD factor right after the last cut, and when that was.
+    cut: Option<(f64, Timestamp)>,
+}
+
+impl Gate {
+    pub fn new(now: Timestamp, limits: GateLimits) -> Gate {
+        Gate {
+            limits,
+            limiter: Limiter::full(now, limits.burst, limits.rate.as_per_second()),
+            in_flight: 0,
+            paused: false,
+            circuit: Circuit::Closed {
+                consecutive_failures: 0,
+            },
+            ramp_since: None,
+            throttled_until: None,
+            cut: None,
+        }
+    }
+
+    pub fn limits(&self) -> &GateLimits {
+        &self.limits
+    }
+
+    /// The bucket keeps its tokens (capped at the new burst), so a change neither
+    /// releases a flood nor stalls the gate.
+    pub fn set_limits(&mut self, now: Timestamp, limits: GateLimits) {
+        let rate = self.effective_rate(now);
+        self.limiter.refill(now, rate, self.limits.burst);
+        self.limits = limits;
+        if limits.circuit.is_none() {
+            self.circuit = Circuit::Closed {
+                consecutive_failures: 0,
+            };
+        }
+        let rate = self.effective_rate(now);
+        self.limiter.refill(now, rate, limits.burst);
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Resuming ramps up again: whatever piled up while paused must not flood out.
+    pub fn resume(&mut self, now: Timestamp) {
+        if self.paused {
+            self.paused = false;
+            self.start_ramp(now);
+        }
+    }
+
+    /// Empties the bucket: after a restart nothing is known of what the last run
+    /// just sent, so no burst may go out before tokens accumulate again.
+    pub fn start_empty(&mut self, now: Timestamp) {
+        let rate = self.effective_rate(now);
+        self.limiter.empty(now, rate);
+    }
+
+    pub fn start_ramp(&mut self, now: Timestamp) {
+        if self.limits.recovery.start < 1.0 {
+            self.ramp_since = Some(now);
+        }
+    }
+
+    fn ramp_factor(&self, now: Timestamp) -> f64 {
+        let Some(since) = self.ramp_since else {
+            return 1.0;
+        };
+        let Recovery { start, over } = self.limits.recovery;
+        let over_ms = duration_ms(over);
+        if over_ms == 0 {
+            return 1.0;
+        }
+        let progress = (now.since(since).as_millis() as f64 / over_ms as f64).min(1.0);
+        start + (1.0 - start) * progress
+    }
+
+    fn throttle_factor(&self, now: Timestamp) -> f64 {
+        match self.cut {
+            None => 1.0,
+            Some((factor, at)) => {
+                (factor + now.since(at).as_secs_f64() * THROTTLE_RECOVERY_PER_S).min(1.0)
+            }
+        }
+    }
+
+    /// The rate the gate allows right now, per second.
+    pub fn effective_rate(&self, now: Timestamp) -> f64 {
+        let factor = self.ramp_factor(now).min(self.throttle_factor(now));
+        self.limits.rate.as_per_second() * factor
+    }
+
+    pub fn state(&self, now: Timestamp) -> GateState {
+        if self.paused {
+            return GateState::Paused;
+        }
+        match self.circuit {
+            Circuit::Open { until, .. } if now < until => return GateState::Tripped,
+            Circuit::Open { .. } | Circuit::HalfOpen { .. } => return GateState::Probing,
+            Circuit::Closed { .. } => {}
+        }
+        if self.throttled_until.is_some_and(|t| now < t) {
+            return GateState::Throttled;
+        }
+        if self.ramp_factor(now) < 1.0 || self.throttle_factor(now) < 1.0 {
+            return GateState::Recovering;
+        }
+        GateState::Open
+    }
+
+    /// Whether an attempt may start at `now`. `Ok` takes the slot: the caller must
+    /// start exactly one attempt. `Err(Some(t))`: not before `t`. `Err(None)`: not
+    /// until something else happens (an attempt ends, a resume).
+    pub fn try_start(&mut self, now: Timestamp) -> Result<(), Option<Timestamp>> {
+        if self.paused {
+            return Err(None);
+        }
+        let mut probe = false;
+        match self.circuit {
+            Circuit::Open { until, cooldown } => {
+                if now < until {
+                    return Err(Some(until));
+                }
+                self.circuit = Circuit::HalfOpen {
+                    cooldown,
+                    probe_started: false,
+                };
+                probe = true;
+            }
+            Circuit::HalfOpen { probe_started, .. } => {
+                if probe_started {
+                    return Err(None);
+                }
+                probe = true;
+            }
+            Circuit::Closed { .. } => {}
+        }
+        if let Some(until) = self.throttled_until {
+            if now < until {
+                return Err(Some(until));
+            }
+            self.throttled_until = None;
+        }
+        if self.in_flight >= self.limits.concurrency {
+            return Err(None);
+        }
+        if self.ramp_since.is_some() && self.ramp_factor(now) >= 1.0 {
+            self.ramp_since = None;
+        }
+        if self.cut.is_some() && self.throttle_factor(now) >= 1.0 {
+            self.cut = None;
+        }
+        let rate = self.effective_rate(now);
+        self.limiter
+            .admit(now, rate, self.limits.burst)
+            .map_err(Some)?;
+        if probe && let Circuit::HalfOpen { cooldown, .. } = self.circuit {
+            self.circuit = Circuit::HalfOpen {
+                cooldown,
+                probe_started: true,
+            };
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// An attempt that `try_start` admitted has ended.
+    pub fn attempt_ended(&mut self, now: Timestamp, signal: Signal) {
+        assert!(
+            self.in_flight > 0,
+            "attempt ended on a gate with none in flight"
+        );
+        self.in_flight -= 1;
+        if let Signal::Throttled { retry_after } = signal {
+            if let Some(after) = retry_after {
+                let until = now.plus(after.min(RETRY_AFTER_MAX));
+                self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
+            }
+            let recent = self.cut.is_some_and(|(_, at)| {
+                now.since(at).as_millis() < u128::from(THROTTLE_CUT_EVERY_MS)
+            });
+            if !recent {
+                let factor = (self.throttle_factor(now) * 0.5).max(THROTTLE_FLOOR);
+                self.cut = Some((factor, now));
+            }
+        }
+        let Some(policy) = self.limits.circuit else {
+            return;
+        };
+        let failed = match signal {
+            Signal::Healthy => false,
+            Signal::Failed => true,
+            // A 503 means the endpoint is down as much as it means "slow down".
+            Signal::Throttled { .. } => true,
+            Signal::Neutral => return,
+        };
+        self.circuit = match (self.circuit, failed) {
+            (Circuit::Closed { .. }, false) => Circuit::Closed {
+                consecutive_failures: 0,
+            },
+            (
+                Circuit::Closed {
+                    consecutive_failures,
+                },
+                true,
+            ) => {
+                let n = consecutive_failures + 1;
+                if n >= policy.failures {
+                    Circuit::Open {
+                        until: now.plus(policy.cooldown),
+                        cooldown: policy.cooldown,
+                    }
+                } else {
+                    Circuit::Closed {
+                        consecutive_failures: n,
+                    }
+                }
+            }
+            // Attempts that were already in flight when the circuit tripped say
+            // nothing new; only the probe decides.
+            (open @ Circuit::Open { .. }, _) => open,
+            (
+                Circuit::HalfOpen {
+                    probe_started: false,
+                    cooldown,
+                },
+                _,
+            ) => Circuit::HalfOpen {
+                cooldown,
+                probe_started: false,
+            },
+            (
+                Circuit::HalfOpen {
+                    probe_started: true,
+                    ..
+                },
+                false,
+            ) => {
+                self.start_ramp(now);
+                Circuit::Closed {
+                    consecutive_failures: 0,
+                }
+            }
+            (
+                Circuit::HalfOpen {
+                    probe_started: true,
+                    cooldown,
+                },
+                true,
+            ) => {
+                let next = (cooldown * 2).min(policy.max_cooldown.max(policy.cooldown));
+                Circuit::Open {
+                    until: now.plus(next),
+                    cooldown: next,
+                }
+            }
+        };
+    }
+
+    /// When the circuit next lets a probe out, if it is open.
+    pub fn circuit_open_until(&self) -> Option<Timestamp> {
+        match self.circuit {
+            Circuit::Open { until, .. } => Some(until),
+            _ => None,
+        }
+    }
+
+    pub fn throttled_until(&self) -> Option<Timestamp> {
+        self.throttled_until
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: &str, burst: u32, concurrency: u32) -> GateLimits {
+        GateLimits {
+            rate: Rate::parse(rate).unwrap(),
+            burst,
+            concurrency,
+            recovery: Recovery {
+                start: 1.0,
+                over: Duration::ZERO,
+            },
+            circuit: Some(CircuitPolicy {
+                failures: 3,
+                cooldown: Duration::from_secs(10),
+                max_cooldown: Duration::from_secs(30),
+            }),
+        }
+    }
+
+    #[test]
+    fn smooth_gate_spaces_attempts() {
+        let mut gate = Gate::new(Timestamp(1_000_000), limits("10/s", 1, 100));
+        let t0 = Timestamp(1_000_000);
+        assert_eq!(gate.try_start(t0), Ok(()));
+        assert_eq!(gate.try_start(t0), Err(Some(Timestamp(1_000_100))));
+        assert_eq!(gate.try_start(Timestamp(1_000_100)), Ok(()));
+    }
+
+    #[test]
+    fn burst_then_rate() {
+        let mut gate = Gate::new(Timestamp(1_000_000), limits("10/s", 5, 100));
+        let t0 = Timestamp(1_000_000);
+        for _ in 0..5 {
+            assert_eq!(gate.try_start(t0), Ok(()));
+        }
+        assert!(gate.try_start(t0).is_err());
+    }
+
+    #[test]
+    fn concurrency_caps_in_flight() {
+        let mut gate = Gate::new(Timestamp(1_000_000), limits("1000/s", 100, 2));
+        let t0 = Timestamp(1_000_000);
+        assert!(gate.try_start(t0).is_ok());
+        assert!(gate.try_start(t0).is_ok());
+        assert_eq!(gate.try_start(t0), Err(None));
+        gate.attempt_ended(t0, Signal::Healthy);
+        assert!(gate.try_start(t0).is_ok());
+    }
+
+    /// Three failures trip the circuit; after the cooldown exactly one probe goes
+    /// out; a failed probe doubles the cooldown; a good one closes and ramps.
+    #[test]
+    fn circuit_trips_probes_and_closes() {
+        let mut l = limits("1000/s", 100, 10);
+        l.recovery = Recovery {
+            start: 0.1,
+            over: Duration::from_secs(10),
+        };
+        let mut gate = Gate::new(Timestamp(0), l);
+        let mut now = Timestamp(1_000_000);
+        for _ in 0..3 {
+            gate.try_start(now).unwrap();
+            gate.attempt_ended(now, Signal::Failed);
+        }
+        assert_eq!(gate.state(now), GateState::Tripped);
+        assert_eq!(
+            gate.try_start(now),
+            Err(Some(now.plus(Duration::from_secs(10))))
+        );
+        now = now.plus(Duration::from_secs(10));
+        assert_eq!(gate.try_start(now), Ok(()), "the probe");
+        assert_eq!(gate.try_start(now), Err(None), "only one probe");
+        gate.attempt_ended(now, Signal::Failed);
+        assert_eq!(
+            gate.circuit_open_until(),
+            Some(now.plus(Duration::from_secs(20)))
+        );
+        now = now.plus(Duration::from_secs(20));
+        gate.try_start(now).unwrap();
+        gate.attempt_ended(now, Signal::Failed);
+        assert_eq!(
+            gate.circuit_open_until(),
+            Some(now.plus(Duration::from_secs(30))),
+            "capped at max_cooldown"
+        );
+        now = now.plus(Duration::from_secs(30));
+        gate.try_start(now).unwrap();
+        gate.attempt_ended(now, Signal::Healthy);
+        assert_eq!(gate.state(now), GateState::Recovering);
+        assert!((gate.effective_rate(now) - 100.0).abs() < 1e-6);
+        now = now.plus(Duration::from_secs(5));
+        assert!((gate.effective_rate(now) - 550.0).abs() < 1e-6);
+        now = now.plus(Duration::from_secs(5));
+        assert_eq!(gate.effective_rate(now), 1000.0);
+    }
+
+    #[test]
+    fn retry_after_throttles_and_cuts_rate() {
+        let mut gate = Gate::new(Timestamp(1_000_000), limits("100/s", 1, 10));
+        let now = Timestamp(1_000_000);
+        gate.try_start(now).unwrap();
+        gate.attempt_ended(
+            now,
+            Signal::Throttled {
+                retry_after: Some(Duration::from_secs(3)),
+            },
+        );
+        assert_eq!(gate.state(now), GateState::Throttled);
+        assert_eq!(gate.try_start(now), Err(Some(Timestamp(1_003_000))));
+        assert!((gate.effective_rate(now) - 50.0).abs() < 1e-9);
+        let later = Timestamp(1_003_000);
+        assert!(gate.try_start(later).is_ok());
+        assert_eq!(gate.state(later), GateState::Recovering);
+        assert!(gate.effective_rate(Timestamp(1_020_000)) >= 100.0 - 1e-9);
+    }
+
+    #[test]
+    fn paused_gate_starts_nothing_and_ramps_on_resume() {
+        let mut l = limits("100/s", 1, 10);
+        l.recovery = Recovery::default();
+        let mut gate = Gate::new(Timestamp(0), l);
+        let now = Timestamp(5_000);
+        gate.pause();
+        assert_eq!(gate.try_start(now), Err(None));
+        gate.resume(now);
+        assert!((gate.effective_rate(now) - 10.0).abs() < 1e-9);
+        assert!(gate.try_start(now).is_ok());
+    }
+}

@@ -1,0 +1,591 @@
+//! The scheduler: which task starts when, and what happens to it after an attempt.
+//!
+//! Pure: time comes in as an argument, work goes out as [`Effect`]s that the shell
+//! executes in order. It keeps only a window of each gate's pending tasks in memory
+//! (those due soonest); the rest stay on disk and come in through [`Effect::Load`].
+//!
+//! The window invariant, per gate: every pending task whose key `(due, id)` is below
+//! `disk_next` is in memory, and none at or above it is. `disk_next` is a lower bound
+//! of what may still be on disk; `None` means nothing is.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use super::gate::{Gate, GateLimits, GateState, RETRY_AFTER_MAX, Signal};
+use super::ids::{GateId, TaskId};
+use super::retry::RetryPolicy;
+use super::rng::Rng;
+use super::time::Timestamp;
+
+/// A pending task's place in its gate's order.
+pub type Key = (Timestamp, TaskId);
+
+/// What the core keeps of a task: enough to order it and decide its retries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuedTask {
+    pub id: TaskId,
+    pub gate: GateId,
+    pub due: Timestamp,
+    /// Attempts already made.
+    pub attempts: u32,
+    pub first_attempt_at: Option<Timestamp>,
+    /// If the task has not started by then, it ends as expired.
+    pub expires_at: Option<Timestamp>,
+    pub policy: RetryPolicy,
+}
+
+impl QueuedTask {
+    pub fn key(&self) -> Key {
+        (self.due, self.id)
+    }
+}
+
+/// How an attempt ended, as far as the core cares.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outcome {
+    /// 2xx.
+    Succeeded,
+    /// A 4xx that blames the request: failed at once.
+    Rejected,
+    /// Refused by our own policy before it left (host not allowed): failed at once.
+    Denied,
+    /// 408, 5xx, timeout, connection error: retried with backoff.
+    Failed { retry_after: Option<Duration> },
+    /// 429 or 503: retried, and the whole gate slows down.
+    Throttled { retry_after: Option<Duration> },
+    /// The server stopped while the attempt was in flight: retried; the attempt counts.
+    Interrupted,
+}
+
+impl Outcome {
+    fn signal(self) -> Signal {
+        match self {
+            Outcome::Succeeded | Outcome::Rejected => Signal::Healthy,
+            Outcome::Denied | Outcome::Interrupted => Signal::Neutral,
+            Outcome::Failed { .. } => Signal::Failed,
+            Outcome::Throttled { retry_after } => Signal::Throttled { retry_after },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailReason {
+    /// The endpoint rejected the request (a 4xx other than 408 and 429).
+    Rejected,
+    /// Our own policy refused the request.
+    Denied,
+    AttemptsExhausted,
+    /// The next retry would fall after `max_retry_duration`.
+    RetryWindowExceeded,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Succeeded,
+    Failed(FailReason),
+    Expired,
+    /// Its gate was deleted under it.
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// Creates or reconfigures a gate. `ramp` starts the recovery ramp with an
+    /// empty bucket (the shell sets it for every gate at startup).
+    UpsertGate {
+        gate: GateId,
+        limits: GateLimits,
+        paused: bool,
+        ramp: bool,
+    },
+    RemoveGate(GateId),
+    Pause(GateId),
+    Resume(GateId),
+    /// A task became pending (created, or re-run by an operator). The shell has put
+    /// it in the store's pending index.
+    Enqueue(QueuedTask),
+    /// A pending task was taken out (cancelled). The shell removed it from the store.
+    Dequeue {
+        gate: GateId,
+        key: Key,
+    },
+    /// The answer to [`Effect::Load`]: pending tasks with keys in `[from, next)`.
+    Loaded {
+        gate: GateId,
+        tasks: Vec<QueuedTask>,
+        next: Option<Key>,
+    },
+    AttemptEnded {
+        task: TaskId,
+        outcome: Outcome,
+    },
+    /// At startup: a task whose attempt number `task.attempts` was in flight when the
+    /// server stopped.
+    Interrupted(QueuedTask),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Read the gate's pending tasks from `from` on, in key order: at most `limit`,
+    /// none due after `until`. Answer with [`Input::Loaded`] before anything else.
+    Load {
+        gate: GateId,
+        from: Key,
+        until: Timestamp,
+        limit: usize,
+    },
+    /// Persist that attempt `attempt` of the task is running, then dispatch it.
+    Start {
+        task: TaskId,
+        gate: GateId,
+        attempt: u32,
+    },
+    /// The task goes back to pending, due at `due`.
+    Requeue {
+        task: TaskId,
+        gate: GateId,
+        due: Timestamp,
+    },
+    /// A task that was running (or interrupted) is done.
+    Finish {
+        task: TaskId,
+        gate: GateId,
+        end: End,
+    },
+    /// A pending task could not start in time. The shell removes it from the index.
+    Expire {
+        task: TaskId,
+        gate: GateId,
+        due: Timestamp,
+    },
+}
+
+/// Memory bounds. Tests shrink them to exercise loading.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Most pending tasks held in memory per gate.
+    pub window: usize,
+    /// Tasks due further out than this stay on disk.
+    pub horizon: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            window: 2_048,
+            horizon: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Live figures of one gate, cheap to read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateView {
+    pub state: GateState,
+    pub effective_rate: f64,
+    pub in_flight: u32,
+    /// Pending tasks in memory that are due now; exact when `due_exact`.
+    pub due_in_memory: u64,
+    /// True when no due task can be on disk only.
+    pub due_exact: bool,
+    pub circuit_open_until: Option<Timestamp>,
+    pub throttled_until: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+struct Lane {
+    gate: Gate,
+    queue: BTreeMap<Key, QueuedTask>,
+    disk_next: Option<Key>,
+    loading: bool,
+    wake: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+struct Running {
+    task: QueuedTask,
+}
+
+pub struct Scheduler {
+    tuning: Tuning,
+    lanes: BTreeMap<GateId, Lane>,
+    /// Each lane's `wake`, ordered, so `poll_timeout` is a lookup.
+    timers: BTreeSet<(Timestamp, GateId)>,
+    running: BTreeMap<TaskId, Running>,
+    effects: VecDeque<Effect>,
+    rng: Rng,
+}
+
+impl Scheduler {
+    pub fn new(seed: u64, tuning: Tuning) -> Scheduler {
+        assert!(tuning.window >= 2, "window too small");
+        Scheduler {
+            tuning,
+            lanes: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            running: BTreeMap::new(),
+            effects: VecDeque::new(),
+            rng: Rng::new(seed),
+        }
+    }
+
+    pub fn handle_input(&mut self, now: Timestamp, input: Input) {
+        match input {
+            Input::UpsertGate {
+                gate,
+                limits,
+                paused,
+                ramp,
+            } => {
+                let lane = self.lanes.entry(gate).or_insert_with(|| Lane {
+                    gate: Gate::new(now, limits),
+                    queue: BTreeMap::new(),
+                    // Unknown until loaded: anything may be on disk.
+                    disk_next: Some((Timestamp::ZERO, TaskId(0))),
+                    loading: false,
+                    wake: None,
+                });
+                lane.gate.set_limits(now, limits);
+                if paused {
+                    lane.gate.pause();
+                } else {
+                    lane.gate.resume(now);
+                }
+                if ramp {
+                    lane.gate.start_ramp(now);
+                    lane.gate.start_empty(now);
+                }
+                self.poke(gate);
+            }
+            Input::RemoveGate(gate) => {
+                if let Some(lane) = self.lanes.remove(&gate)
+                    && let Some(w) = lane.wake
+                {
+                    self.timers.remove(&(w, gate));
+                }
+            }
+            Input::Pause(gate) => {
+                if let Some(lane) = self.lanes.get_mut(&gate) {
+                    lane.gate.pause();
+                }
+            }
+            Input::Resume(gate) => {
+                if let Some(lane) = self.lanes.get_mut(&gate) {
+                    lane.gate.resume(now);
+                }
+                self.poke(gate);
+            }
+            Input::Enqueue(task) => {
+                let gate = task.gate;
+                self.enqueue(now, task);
+                self.poke(gate);
+            }
+            Input::Dequeue { gate, key } => {
+                if let Some(lane) = self.lanes.get_mut(&gate) {
+                    lane.queue.remove(&key);
+                }
+                self.poke(gate);
+            }
+            Input::Loaded { gate, tasks, next } => {
+                let Some(lane) = self.lanes.get_mut(&gate) else {
+                    return;
+                };
+                assert!(lane.loading, "loaded without a load");
+                lane.loading = false;
+                for task in tasks {
+                    let key = task.key();
+                    assert!(
+                        lane.disk_next.is_some_and(|d| key >= d),
+                        "loaded a task already in memory"
+                    );
+                    assert!(next.is_none_or(|n| key < n), "loaded past next");
+                    lane.queue.insert(key, task);
+                }
+                lane.disk_next = next;
+                self.trim(gate);
+                self.poke(gate);
+            }
+            Input::AttemptEnded { task, outcome } => {
+                let Some(running) = self.running.remove(&task) else {
+                    // Already settled (a duplicate report): nothing to do.
+                    return;
+                };
+                let gate = running.task.gate;
+                if let Some(lane) = self.lanes.get_mut(&gate) {
+                    lane.gate.attempt_ended(now, outcome.signal());
+                }
+                self.poke(gate);
+                self.settle(now, running.task, outcome);
+            }
+            Input::Interrupted(task) => {
+                assert!(task.attempts >= 1, "interrupted before any attempt");
+                let gate = task.gate;
+                self.poke(gate);
+                self.settle(now, task, Outcome::Interrupted);
+            }
+        }
+    }
+
+    /// Starts whatever may start at `now`. A spurious call is a no-op.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some(&(at, gate)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, gate));
+            if let Some(lane) = self.lanes.get_mut(&gate) {
+                lane.wake = None;
+            }
+            self.pump(now, gate);
+        }
+    }
+
+    /// When `handle_timeout` is next due. May change after any `handle_*` call.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.first().map(|&(at, _)| at)
+    }
+
+    /// Drain after every `handle_*` call; execute in order.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    pub fn view(&self, now: Timestamp, gate: GateId) -> Option<GateView> {
+        let lane = self.lanes.get(&gate)?;
+        let due_in_memory = lane.queue.range(..=(now, TaskId(u64::MAX))).count() as u64;
+        Some(GateView {
+            state: lane.gate.state(now),
+            effective_rate: lane.gate.effective_rate(now),
+            in_flight: lane.gate.in_flight(),
+            due_in_memory,
+            due_exact: lane.disk_next.is_none_or(|(due, _)| due > now),
+            circuit_open_until: lane.gate.circuit_open_until(),
+            throttled_until: lane.gate.throttled_until(),
+        })
+    }
+
+    /// The gate's rate right now and its burst, per second.
+    pub fn pace(&self, now: Timestamp, gate: GateId) -> Option<(f64, u32)> {
+        let lane = self.lanes.get(&gate)?;
+        Some((lane.gate.effective_rate(now), lane.gate.limits().burst))
+    }
+
+    /// Attempts in flight across all gates.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_running(&self, task: TaskId) -> bool {
+        self.running.contains_key(&task)
+    }
+
+    /// Makes the gate's lane run at the next `handle_timeout`.
+    fn poke(&mut self, gate: GateId) {
+        self.set_wake(gate, Some(Timestamp::ZERO));
+    }
+
+    fn set_wake(&mut self, gate: GateId, at: Option<Timestamp>) {
+        let Some(lane) = self.lanes.get_mut(&gate) else {
+            return;
+        };
+        if let Some(old) = lane.wake {
+            self.timers.remove(&(old, gate));
+        }
+        lane.wake = at;
+        if let Some(at) = at {
+            self.timers.insert((at, gate));
+        }
+    }
+
+    fn enqueue(&mut self, now: Timestamp, task: QueuedTask) {
+        let gate = task.gate;
+        let horizon = now.plus(self.tuning.horizon);
+        let Some(lane) = self.lanes.get_mut(&gate) else {
+            // The gate is gone: the task stays on disk until the gate comes back.
+            return;
+        };
+        let key = task.key();
+        let fits = lane.disk_next.is_none_or(|d| key < d) && task.due <= horizon;
+        if fits {
+            lane.queue.insert(key, task);
+            self.trim(gate);
+        } else {
+            lane.disk_next = Some(lane.disk_next.map_or(key, |d| d.min(key)));
+            self.drop_from(gate, key);
+        }
+    }
+
+    /// Restores the window invariant after `disk_next` moved down to `key`.
+    fn drop_from(&mut self, gate: GateId, key: Key) {
+        if let Some(lane) = self.lanes.get_mut(&gate) {
+            let _ = lane.queue.split_off(&key);
+        }
+    }
+
+    /// Keeps the window within its size, spilling the latest keys back to disk.
+    fn trim(&mut self, gate: GateId) {
+        let window = self.tuning.window;
+        let Some(lane) = self.lanes.get_mut(&gate) else {
+            return;
+        };
+        while lane.queue.len() > window {
+            let Some((key, _)) = lane.queue.pop_last() else {
+                break;
+            };
+            lane.disk_next = Some(lane.disk_next.map_or(key, |d| d.min(key)));
+        }
+    }
+
+    fn pump(&mut self, now: Timestamp, gate: GateId) {
+        let tuning = self.tuning;
+        let horizon = now.plus(tuning.horizon);
+        let low = tuning.window / 2;
+        let mut wake = None;
+        loop {
+            let Some(lane) = self.lanes.get_mut(&gate) else {
+                return;
+            };
+            if lane.loading {
+                break;
+            }
+            // When the window runs low, the next tasks on disk are loaded once they
+            // come within the horizon.
+            let load_at = lane
+                .disk_next
+                .filter(|_| lane.queue.len() < low)
+                .map(|(due, _)| {
+                    Timestamp(
+                        due.as_ms()
+                            .saturating_sub(super::time::duration_ms(tuning.horizon)),
+                    )
+                });
+            if let Some(from) = lane.disk_next
+                && lane.queue.len() < low
+                && from.0 <= horizon
+            {
+                lane.loading = true;
+                self.effects.push_back(Effect::Load {
+                    gate,
+                    from,
+                    until: horizon,
+                    limit: tuning.window - lane.queue.len(),
+                });
+                break;
+            }
+            let Some((&key, head)) = lane.queue.first_key_value() else {
+                wake = load_at;
+                break;
+            };
+            if head.due > now {
+                wake = Some(load_at.map_or(head.due, |l| l.min(head.due)));
+                break;
+            }
+            if head.expires_at.is_some_and(|exp| now > exp) {
+                lane.queue.remove(&key);
+                self.effects.push_back(Effect::Expire {
+                    task: key.1,
+                    gate,
+                    due: key.0,
+                });
+                continue;
+            }
+            match lane.gate.try_start(now) {
+                Ok(()) => {
+                    let Some(mut task) = lane.queue.remove(&key) else {
+                        break;
+                    };
+                    task.attempts += 1;
+                    task.first_attempt_at.get_or_insert(now);
+                    self.effects.push_back(Effect::Start {
+                        task: task.id,
+                        gate,
+                        attempt: task.attempts,
+                    });
+                    let previous = self.running.insert(task.id, Running { task });
+                    assert!(previous.is_none(), "task started twice");
+                }
+                Err(not_before) => {
+                    // Blocked on concurrency or a pause (`None`), the lane wakes on
+                    // an event rather than a timer, unless a load falls due.
+                    wake = match (not_before, load_at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    break;
+                }
+            }
+        }
+        assert!(
+            wake.is_none_or(|w| w > now),
+            "a lane must not wake in the past"
+        );
+        self.set_wake(gate, wake);
+    }
+
+    /// Decides what follows an attempt.
+    fn settle(&mut self, now: Timestamp, mut task: QueuedTask, outcome: Outcome) {
+        let gate = task.gate;
+        let finish = |end| Effect::Finish {
+            task: task.id,
+            gate,
+            end,
+        };
+        let retry_after = match outcome {
+            Outcome::Succeeded => {
+                self.effects.push_back(finish(End::Succeeded));
+                return;
+            }
+            Outcome::Rejected => {
+                self.effects
+                    .push_back(finish(End::Failed(FailReason::Rejected)));
+                return;
+            }
+            Outcome::Denied => {
+                self.effects
+                    .push_back(finish(End::Failed(FailReason::Denied)));
+                return;
+            }
+            Outcome::Failed { retry_after } | Outcome::Throttled { retry_after } => retry_after,
+            Outcome::Interrupted => None,
+        };
+        if task.attempts >= task.policy.max_attempts {
+            self.effects
+                .push_back(finish(End::Failed(FailReason::AttemptsExhausted)));
+            return;
+        }
+        let delay = if outcome == Outcome::Interrupted {
+            Duration::ZERO
+        } else {
+            let backoff = task.policy.backoff.delay(task.attempts, &mut self.rng);
+            retry_after.map_or(backoff, |r| backoff.max(r.min(RETRY_AFTER_MAX)))
+        };
+        let due = now.plus(delay);
+        if let (Some(limit), Some(first)) = (task.policy.max_retry_duration, task.first_attempt_at)
+            && due > first.plus(limit)
+        {
+            self.effects
+                .push_back(finish(End::Failed(FailReason::RetryWindowExceeded)));
+            return;
+        }
+        if task.expires_at.is_some_and(|exp| due > exp) {
+            self.effects.push_back(finish(End::Expired));
+            return;
+        }
+        if !self.lanes.contains_key(&gate) {
+            self.effects.push_back(finish(End::Cancelled));
+            return;
+        }
+        task.due = due;
+        self.effects.push_back(Effect::Requeue {
+            task: task.id,
+            gate,
+            due,
+        });
+        self.enqueue(now, task);
+        self.poke(gate);
+    }
+}
+
+#[cfg(test)]
+#[path = "sim_tests.rs"]
+mod sim_tests;

@@ -1,0 +1,462 @@
+//! Property tests of the scheduler on simulated time: random arrivals, gate
+//! config changes, pauses and restarts, against a simulated endpoint with random
+//! latency and failures. After every step: the window bound and the concurrency
+//! cap hold for every gate, and every task is in exactly one place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proptest::prelude::{ProptestConfig, proptest};
+
+use super::*;
+use crate::core::gate::{GateLimits, Recovery};
+use crate::core::time::Rate;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Place {
+    Pending,
+    Running,
+    Done,
+}
+
+struct SimTask {
+    queued: QueuedTask,
+    place: Place,
+}
+
+struct World {
+    now: Timestamp,
+    rng: Rng,
+    sched: Scheduler,
+    tuning: Tuning,
+    gates: BTreeMap<GateId, GateLimits>,
+    paused: BTreeSet<GateId>,
+    /// The "disk": pending keys per gate, and every task.
+    pending: BTreeSet<(GateId, Key)>,
+    tasks: BTreeMap<TaskId, SimTask>,
+    /// Attempts at the endpoint: task → (gate, ends at, outcome).
+    in_flight: BTreeMap<TaskId, (GateId, Timestamp, Outcome)>,
+    /// Per gate, every start: (time, config epoch).
+    starts: BTreeMap<GateId, Vec<(Timestamp, u32)>>,
+    epoch: BTreeMap<GateId, u32>,
+    /// Per gate and epoch, the limits in force.
+    epochs: BTreeMap<(GateId, u32), GateLimits>,
+    next_id: u64,
+}
+
+fn limits(rng: &mut Rng) -> GateLimits {
+    let rates = [0.5, 2.0, 10.0, 50.0, 200.0];
+    GateLimits {
+        rate: Rate::per_second(rates[rng.below(rates.len() as u64) as usize]).expect("rate"),
+        burst: 1 + rng.below(5) as u32,
+        concurrency: 1 + rng.below(8) as u32,
+        recovery: if rng.below(2) == 0 {
+            Recovery {
+                start: 1.0,
+                over: Duration::ZERO,
+            }
+        } else {
+            Recovery {
+                start: 0.2,
+                over: Duration::from_secs(5),
+            }
+        },
+        circuit: None,
+    }
+}
+
+impl World {
+    fn new(seed: u64, tuning: Tuning) -> World {
+        let mut rng = Rng::new(seed);
+        let mut world = World {
+            now: Timestamp(1_700_000_000_000),
+            sched: Scheduler::new(rng.next_u64(), tuning),
+            tuning,
+            gates: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            pending: BTreeSet::new(),
+            tasks: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            starts: BTreeMap::new(),
+            epoch: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            next_id: 1,
+            rng: Rng::new(0),
+        };
+        for g in 0..3 {
+            let l = limits(&mut rng);
+            world.set_gate(GateId(g), l);
+        }
+        world.rng = rng;
+        world
+    }
+
+    fn set_gate(&mut self, gate: GateId, l: GateLimits) {
+        self.gates.insert(gate, l);
+        let e = self.epoch.entry(gate).or_insert(0);
+        *e += 1;
+        self.epochs.insert((gate, *e), l);
+        let paused = self.paused.contains(&gate);
+        self.sched.handle_input(
+            self.now,
+            Input::UpsertGate {
+                gate,
+                limits: l,
+                paused,
+                ramp: false,
+            },
+        );
+        self.run_effects();
+    }
+
+    fn create(&mut self) {
+        let gate = GateId(self.rng.below(3) as u32);
+        let due = self.now.plus(Duration::from_millis(self.rng.below(5_000)));
+        let id = TaskId(self.next_id);
+        self.next_id += 1;
+        let queued = QueuedTask {
+            id,
+            gate,
+            due,
+            attempts: 0,
+            first_attempt_at: None,
+            expires_at: (self.rng.below(4) == 0).then(|| due.plus(Duration::from_secs(2))),
+            policy: RetryPolicy {
+                max_attempts: 1 + self.rng.below(4) as u32,
+                backoff: super::super::retry::Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(2),
+                    multiplier: 2.0,
+                    jitter: true,
+                },
+                max_retry_duration: None,
+            },
+        };
+        self.pending.insert((gate, queued.key()));
+        self.tasks.insert(
+            id,
+            SimTask {
+                queued: queued.clone(),
+                place: Place::Pending,
+            },
+        );
+        self.sched.handle_input(self.now, Input::Enqueue(queued));
+        self.run_effects();
+    }
+
+    /// A crash: memory is gone, attempts in flight die with the process.
+    fn restart(&mut self) {
+        self.in_flight.clear();
+        self.sched = Scheduler::new(self.rng.next_u64(), self.tuning);
+        for (&gate, &l) in &self.gates {
+            let paused = self.paused.contains(&gate);
+            self.sched.handle_input(
+                self.now,
+                Input::UpsertGate {
+                    gate,
+                    limits: l,
+                    paused,
+                    ramp: true,
+                },
+            );
+        }
+        let running: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.place == Place::Running)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in running {
+            let q = self.tasks[&id].queued.clone();
+            self.sched.handle_input(self.now, Input::Interrupted(q));
+        }
+        self.run_effects();
+    }
+
+    fn run_effects(&mut self) {
+        while let Some(effect) = self.sched.poll_effect() {
+            match effect {
+                Effect::Load {
+                    gate,
+                    from,
+                    until,
+                    limit,
+                } => {
+                    let mut tasks = Vec::new();
+                    let mut next = None;
+                    for &(g, key) in self.pending.range((gate, from)..) {
+                        if g != gate {
+                            break;
+                        }
+                        if tasks.len() >= limit || key.0 > until {
+                            next = Some(key);
+                            break;
+                        }
+                        let mut q = self.tasks[&key.1].queued.clone();
+                        q.due = key.0;
+                        tasks.push(q);
+                    }
+                    self.sched
+                        .handle_input(self.now, Input::Loaded { gate, tasks, next });
+                }
+                Effect::Start {
+                    task,
+                    gate,
+                    attempt,
+                } => {
+                    let t = self.tasks.get_mut(&task).expect("task exists");
+                    assert_eq!(
+                        t.place,
+                        Place::Pending,
+                        "started a task that was not pending"
+                    );
+                    assert!(
+                        self.pending.remove(&(gate, t.queued.key())),
+                        "pending key missing"
+                    );
+                    assert!(t.queued.due <= self.now, "started before due");
+                    t.place = Place::Running;
+                    t.queued.attempts = attempt;
+                    t.queued.first_attempt_at.get_or_insert(self.now);
+                    let latency = Duration::from_millis(1 + self.rng.below(400));
+                    let outcome = match self.rng.below(10) {
+                        0..=5 => Outcome::Succeeded,
+                        6 => Outcome::Rejected,
+                        7 => Outcome::Throttled {
+                            retry_after: Some(Duration::from_millis(self.rng.below(1_000))),
+                        },
+                        _ => Outcome::Failed { retry_after: None },
+                    };
+                    self.in_flight
+                        .insert(task, (gate, self.now.plus(latency), outcome));
+                    let e = self.epoch[&gate];
+                    self.starts.entry(gate).or_default().push((self.now, e));
+                }
+                Effect::Requeue { task, gate, due } => {
+                    let t = self.tasks.get_mut(&task).expect("task exists");
+                    assert_eq!(t.place, Place::Running);
+                    t.place = Place::Pending;
+                    t.queued.due = due;
+                    self.pending.insert((gate, (due, task)));
+                }
+                Effect::Finish { task, .. } => {
+                    let t = self.tasks.get_mut(&task).expect("task exists");
+                    assert_eq!(
+                        t.place,
+                        Place::Running,
+                        "finished a task that was not running"
+                    );
+                    t.place = Place::Done;
+                }
+                Effect::Expire { task, gate, due } => {
+                    let t = self.tasks.get_mut(&task).expect("task exists");
+                    assert_eq!(t.place, Place::Pending);
+                    assert!(self.pending.remove(&(gate, (due, task))));
+                    t.place = Place::Done;
+                }
+            }
+        }
+    }
+
+    /// Jumps to the next event: an attempt ending or the scheduler's timer.
+    fn advance(&mut self) {
+        let next_end = self.in_flight.values().map(|&(_, end, _)| end).min();
+        let next = match (self.sched.poll_timeout(), next_end) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(self.now.plus(Duration::from_secs(1))),
+        };
+        self.now = self.now.max(next);
+        let ended: Vec<TaskId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, v)| v.1 <= self.now)
+            .map(|(&k, _)| k)
+            .collect();
+        for task in ended {
+            let (_, _, outcome) = self.in_flight.remove(&task).expect("in flight");
+            self.sched
+                .handle_input(self.now, Input::AttemptEnded { task, outcome });
+            self.run_effects();
+        }
+        self.sched.handle_timeout(self.now);
+        self.run_effects();
+    }
+
+    fn check(&self) {
+        for (&gate, &l) in &self.gates {
+            let n = self.in_flight.values().filter(|v| v.0 == gate).count();
+            assert!(
+                n as u32 <= l.concurrency.max(self.max_concurrency(gate)),
+                "gate {gate:?}: {n} in flight"
+            );
+        }
+        for (&gate, starts) in &self.starts {
+            // Every window between two starts, sliding: count ≤ burst + rate × T.
+            let mut j = 0;
+            for i in 0..starts.len() {
+                j = j.max(i);
+                while j + 1 < starts.len() {
+                    j += 1;
+                }
+                for k in i..starts.len() {
+                    let (t0, e0) = starts[i];
+                    let (t1, e1) = starts[k];
+                    let (burst, rate) = self.bound(gate, e0, e1);
+                    let span_s = t1.since(t0).as_secs_f64();
+                    let count = (k - i + 1) as f64;
+                    // Time is in whole milliseconds: allow one millisecond of rounding.
+                    let allowed = f64::from(burst) + rate * (span_s + 0.001);
+                    assert!(
+                        count <= allowed + 1e-9,
+                        "gate {gate:?}: {count} starts in {span_s}s, bound {allowed} (burst {burst}, rate {rate})"
+                    );
+                    if span_s > 3.0 {
+                        break;
+                    }
+                }
+            }
+        }
+        for (id, t) in &self.tasks {
+            let pending = self.pending.contains(&(t.queued.gate, (t.queued.due, *id)));
+            match t.place {
+                Place::Pending => assert!(pending, "task {id:?} lost from pending"),
+                Place::Running => assert!(!pending),
+                Place::Done => assert!(!pending),
+            }
+        }
+    }
+
+    fn max_concurrency(&self, gate: GateId) -> u32 {
+        self.epochs
+            .iter()
+            .filter(|((g, _), _)| *g == gate)
+            .map(|(_, l)| l.concurrency)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// Windows inside one config epoch use its limits; windows across a change use
+    /// the largest burst and rate involved.
+    fn bound(&self, gate: GateId, e0: u32, e1: u32) -> (u32, f64) {
+        let mut burst = 0;
+        let mut rate: f64 = 0.0;
+        for e in e0..=e1 {
+            let l = self.epochs[&(gate, e)];
+            burst = burst.max(l.burst);
+            rate = rate.max(l.rate.as_per_second());
+        }
+        if e1 > e0 {
+            // A change keeps the debt owed, but a larger bucket may fill at once.
+            burst *= 2;
+        }
+        (burst, rate)
+    }
+}
+
+fn simulate(seed: u64, steps: usize, tuning: Tuning) -> World {
+    let mut w = World::new(seed, tuning);
+    for _ in 0..steps {
+        match w.rng.below(100) {
+            0..=39 => w.create(),
+            40..=41 => {
+                let gate = GateId(w.rng.below(3) as u32);
+                let l = limits(&mut w.rng);
+                w.set_gate(gate, l);
+            }
+            42 => {
+                let gate = GateId(w.rng.below(3) as u32);
+                if w.paused.insert(gate) {
+                    w.sched.handle_input(w.now, Input::Pause(gate));
+                } else {
+                    w.paused.remove(&gate);
+                    w.sched.handle_input(w.now, Input::Resume(gate));
+                }
+                w.run_effects();
+            }
+            43 => w.restart(),
+            _ => w.advance(),
+        }
+        w.check();
+    }
+    // Drain: resume everything and run until nothing is left to do.
+    for gate in w.paused.clone() {
+        w.sched.handle_input(w.now, Input::Resume(gate));
+    }
+    w.paused.clear();
+    for _ in 0..100_000 {
+        if w.tasks.values().all(|t| t.place == Place::Done) {
+            break;
+        }
+        w.advance();
+    }
+    w.check();
+    assert!(
+        w.tasks.values().all(|t| t.place == Place::Done),
+        "some tasks never finished"
+    );
+    w
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gate_invariant_holds_under_random_workloads(seed: u64) {
+        simulate(seed, 600, Tuning::default());
+    }
+
+    /// A tiny memory window forces constant loading from "disk": the order and
+    /// completeness must not suffer.
+    #[test]
+    fn small_windows_lose_nothing(seed: u64) {
+        simulate(seed, 400, Tuning { window: 4, horizon: Duration::from_millis(500) });
+    }
+}
+
+/// Due order within a gate: with one slot, tasks start strictly by due time.
+#[test]
+fn a_gate_starts_tasks_in_due_order() {
+    let mut w = World::new(
+        7,
+        Tuning {
+            window: 4,
+            horizon: Duration::from_secs(1),
+        },
+    );
+    let l = GateLimits {
+        rate: Rate::per_second(1000.0).expect("rate"),
+        burst: 1,
+        concurrency: 1,
+        recovery: Recovery {
+            start: 1.0,
+            over: Duration::ZERO,
+        },
+        circuit: None,
+    };
+    w.set_gate(GateId(0), l);
+    for _ in 0..50 {
+        w.create();
+    }
+    let mut order = Vec::new();
+    for _ in 0..10_000 {
+        let before: BTreeSet<TaskId> = w.in_flight.keys().copied().collect();
+        w.advance();
+        for (id, v) in &w.in_flight {
+            if v.0 == GateId(0) && !before.contains(id) {
+                order.push(w.tasks[id].queued.clone());
+            }
+        }
+        if w.tasks.values().all(|t| t.place == Place::Done) {
+            break;
+        }
+    }
+    let firsts: Vec<Timestamp> = order
+        .iter()
+        .filter(|q| q.attempts == 1)
+        .map(|q| q.due)
+        .collect();
+    assert!(
+        firsts.windows(2).all(|p| p[0] <= p[1]),
+        "first attempts out of due order"
+    );
+}

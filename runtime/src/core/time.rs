@@ -1,0 +1,233 @@
+//! Time as the core sees it: a `Timestamp` in milliseconds since the Unix epoch,
+//! and the human spellings of durations (`"90s"`, `"1h30m"`) and rates (`"100/s"`).
+//!
+//! Nothing here reads a clock; the shell passes `now` in.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Milliseconds since the Unix epoch: the only notion of time in the core.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub const ZERO: Timestamp = Timestamp(0);
+    pub const MAX: Timestamp = Timestamp(u64::MAX);
+
+    pub fn from_ms(ms: u64) -> Timestamp {
+        Timestamp(ms)
+    }
+
+    pub fn as_ms(self) -> u64 {
+        self.0
+    }
+
+    pub fn plus(self, d: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(duration_ms(d)))
+    }
+
+    /// How long after `earlier` this is; zero when it is not later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// Whole milliseconds of a duration, saturating.
+pub fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("empty value")]
+    Empty,
+    #[error(
+        "invalid duration {0:?}: expected a number with a unit, like \"500ms\", \"90s\", \"10m\", \"2h\" or \"1d\""
+    )]
+    Duration(String),
+    #[error(
+        "invalid rate {0:?}: expected a positive count per unit, like \"100/s\", \"30/m\" or \"2/h\""
+    )]
+    Rate(String),
+    #[error("value out of range: {0}")]
+    Range(String),
+}
+
+/// Parses `"500ms"`, `"90s"`, `"10m"`, `"2h"`, `"1d"`, and sums of them such as `"1h30m"`.
+/// A bare number is not accepted: the unit is where mistakes hide.
+pub fn parse_duration(text: &str) -> Result<Duration, ParseError> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let bad = || ParseError::Duration(text.to_string());
+    let mut total_ms: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit_ms: f64 = match &rest[..unit_len] {
+            "ms" => 1.0,
+            "s" => 1_000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            "d" => 86_400_000.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let ms = number * unit_ms;
+        if !ms.is_finite() || ms > 1e15 {
+            return Err(ParseError::Range(format!("{text:?} is too long")));
+        }
+        total_ms += ms.round() as u128;
+    }
+    let total = u64::try_from(total_ms).map_err(|_| ParseError::Range(text.to_string()))?;
+    Ok(Duration::from_millis(total))
+}
+
+/// The shortest exact spelling of a duration that `parse_duration` reads back.
+pub fn format_duration(d: Duration) -> String {
+    let ms = duration_ms(d);
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let mut out = String::new();
+    let mut rest = ms;
+    for (size, name) in units {
+        if rest >= size {
+            out.push_str(&format!("{}{}", rest / size, name));
+            rest %= size;
+        }
+    }
+    out
+}
+
+/// A sustained rate, in dispatches per second. Always finite and positive.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Rate {
+    per_second: f64,
+}
+
+impl Rate {
+    /// Rates above this are treated as "no effective limit" and stay exact in nanoseconds.
+    pub const MAX_PER_SECOND: f64 = 1e9;
+
+    pub fn per_second(per_second: f64) -> Result<Rate, ParseError> {
+        if !per_second.is_finite() || per_second <= 0.0 || per_second > Self::MAX_PER_SECOND {
+            return Err(ParseError::Range(format!(
+                "rate must be above 0 and at most {} per second",
+                Self::MAX_PER_SECOND
+            )));
+        }
+        Ok(Rate { per_second })
+    }
+
+    pub fn as_per_second(self) -> f64 {
+        self.per_second
+    }
+
+    /// Nanoseconds between two dispatches at this rate, at least 1.
+    pub fn interval_ns(self) -> u64 {
+        ((1e9 / self.per_second).round() as u64).max(1)
+    }
+
+    /// Parses `"100/s"`, `"30/m"`, `"2/h"`, `"5/d"`, or a plain number per second.
+    pub fn parse(text: &str) -> Result<Rate, ParseError> {
+        let s = text.trim();
+        if s.is_empty() {
+            return Err(ParseError::Empty);
+        }
+        let bad = || ParseError::Rate(text.to_string());
+        let (count, unit) = match s.split_once('/') {
+            Some((c, u)) => (c.trim(), u.trim()),
+            None => (s, "s"),
+        };
+        let count: f64 = count.parse().map_err(|_| bad())?;
+        let seconds = match unit {
+            "s" | "sec" | "second" => 1.0,
+            "m" | "min" | "minute" => 60.0,
+            "h" | "hour" => 3_600.0,
+            "d" | "day" => 86_400.0,
+            _ => return Err(bad()),
+        };
+        if !count.is_finite() || count <= 0.0 {
+            return Err(bad());
+        }
+        Rate::per_second(count / seconds)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.per_second;
+        let (count, unit) = if r >= 1.0 {
+            (r, "s")
+        } else if r * 60.0 >= 1.0 {
+            (r * 60.0, "m")
+        } else if r * 3_600.0 >= 1.0 {
+            (r * 3_600.0, "h")
+        } else {
+            (r * 86_400.0, "d")
+        };
+        if (count - count.round()).abs() < 1e-9 {
+            write!(f, "{}/{}", count.round(), unit)
+        } else {
+            write!(f, "{count:.3}/{unit}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        let cases = [
+            ("500ms", 500),
+            ("90s", 90_000),
+            ("10m", 600_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+            ("1h30m", 5_400_000),
+            ("1.5s", 1_500),
+        ];
+        for (text, ms) in cases {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(duration_ms(d), ms, "{text}");
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+        for bad in ["", "10", "s", "10x", "-1s", "1s2", "1e99d", "ms", "1..2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(Rate::parse("100/s").unwrap().as_per_second(), 100.0);
+        assert_eq!(Rate::parse("30/m").unwrap().as_per_second(), 0.5);
+        assert_eq!(Rate::parse("2/h").unwrap().to_string(), "2/h");
+        assert_eq!(Rate::parse("1/m").unwrap().to_string(), "1/m");
+        assert_eq!(Rate::parse("7.5").unwrap().as_per_second(), 7.5);
+        assert_eq!(Rate::parse("50/s").unwrap().interval_ns(), 20_000_000);
+        for bad in ["", "0/s", "-1/s", "x/s", "10/y", "inf", "NaN", "1e12/s"] {
+            assert!(Rate::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+}

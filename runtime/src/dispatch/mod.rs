@@ -1,0 +1,373 @@
+//! Webhook attempts over one shared reqwest client.
+//!
+//! An attempt is planned by the shell (everything it needs, copied out of the
+//! store), run here, and reported back as a [`Report`]: the core's [`Outcome`]
+//! plus the attempt's history record. This module decides nothing about retries.
+
+pub mod guard;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::clock;
+use crate::core::{Outcome, TaskId, Timestamp};
+
+/// The first this many bytes of a response body are kept in history.
+pub const RESPONSE_EXCERPT: usize = 4 * 1024;
+
+/// Everything one webhook attempt needs.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub gate: String,
+    pub gate_id: crate::core::GateId,
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Bytes,
+    pub json: bool,
+    pub timeout: Duration,
+    pub scheduled_at: Timestamp,
+    pub idempotency_key: String,
+    pub allowed_hosts: Vec<String>,
+}
+
+/// What became of an attempt.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    pub ended_at: Timestamp,
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+    pub response: Option<String>,
+}
+
+impl Report {
+    /// The word history shows for this outcome.
+    pub fn outcome_name(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Rejected => "rejected",
+            Outcome::Denied => "denied",
+            Outcome::Failed { .. }
+                if self.status.is_none()
+                    && self
+                        .error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("timed out")) =>
+            {
+                "timeout"
+            }
+            Outcome::Failed { .. } => "failed",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Resolves names, then drops every address the guard refuses, so the address
+/// that is checked is the address that is connected to (no DNS rebinding window).
+struct GuardedResolver;
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| !guard::is_forbidden(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                let err: Box<dyn std::error::Error + Send + Sync> =
+                    format!("{host} resolves only to private or reserved addresses").into();
+                return Err(err);
+            }
+            let iter: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(iter)
+        })
+    }
+}
+
+/// The two shared clients: `guarded` refuses private addresses after DNS; `open`
+/// is used only for hosts a gate names explicitly.
+#[derive(Clone)]
+pub struct Dispatcher {
+    guarded: reqwest::Client,
+    open: reqwest::Client,
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .use_rustls_tls()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(1_024)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+}
+
+impl Dispatcher {
+    pub fn new() -> Result<Dispatcher, reqwest::Error> {
+        Ok(Dispatcher {
+            guarded: client_builder()
+                .dns_resolver(Arc::new(GuardedResolver))
+                .build()?,
+            open: client_builder().build()?,
+        })
+    }
+
+    pub async fn run(&self, plan: Plan) -> Report {
+        let started = clock::instant();
+        let (outcome, status, error, response) = self.attempt(&plan).await;
+        Report {
+            task: plan.task,
+            attempt: plan.attempt,
+            outcome,
+            ended_at: clock::now(),
+            status,
+            latency_ms: started.elapsed().as_millis() as u64,
+            error,
+            response,
+        }
+    }
+
+    async fn attempt(&self, plan: &Plan) -> (Outcome, Option<u16>, Option<String>, Option<String>) {
+        let denied = |why: String| (Outcome::Denied, None, Some(why), None);
+        let url = match reqwest::Url::parse(&plan.url) {
+            Ok(url) => url,
+            Err(e) => return denied(format!("invalid url: {e}")),
+        };
+        let Some(host) = url.host_str() else {
+            return denied("url has no host".into());
+        };
+        let port = url.port_or_known_default().unwrap_or(0);
+        if !guard::host_allowed(host, port, &plan.allowed_hosts) {
+            return denied(format!(
+                "host {host}:{port} is not in gate {}'s allowed_hosts",
+                plan.gate
+            ));
+        }
+        let explicit = guard::named_explicitly(host, port, &plan.allowed_hosts);
+        let literal: Option<IpAddr> = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal
+            && guard::is_forbidden(ip)
+            && !explicit
+        {
+            return denied(format!(
+                "{ip} is a private or reserved address; name it in the gate's allowed_hosts to allow it"
+            ));
+        }
+        let client = if explicit { &self.open } else { &self.guarded };
+        let method = match reqwest::Method::from_bytes(plan.method.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => return denied(format!("invalid method {:?}", plan.method)),
+        };
+        let headers = match self.headers(plan) {
+            Ok(h) => h,
+            Err(e) => return denied(e),
+        };
+        let request = client
+            .request(method, url)
+            .headers(headers)
+            .timeout(plan.timeout)
+            .body(plan.body.clone());
+        let exchange = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, clock::now()));
+            let excerpt = read_excerpt(response).await;
+            Ok::<_, reqwest::Error>((status, retry_after, excerpt))
+        };
+        match tokio::time::timeout(plan.timeout, exchange).await {
+            Err(_) => (
+                Outcome::Failed { retry_after: None },
+                None,
+                Some(format!(
+                    "timed out after {}",
+                    crate::core::format_duration(plan.timeout)
+                )),
+                None,
+            ),
+            Ok(Err(e)) if e.is_timeout() => (
+                Outcome::Failed { retry_after: None },
+                None,
+                Some(format!(
+                    "timed out after {}",
+                    crate::core::format_duration(plan.timeout)
+                )),
+                None,
+            ),
+            Ok(Err(e)) => (
+                Outcome::Failed { retry_after: None },
+                None,
+                Some(describe(&e)),
+                None,
+            ),
+            Ok(Ok((status, retry_after, excerpt))) => {
+                let code = status.as_u16();
+                let (outcome, error) = classify(code, retry_after);
+                (outcome, Some(code), error, excerpt)
+            }
+        }
+    }
+
+    fn headers(&self, plan: &Plan) -> Result<HeaderMap, String> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &plan.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("invalid header name {name:?}"))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("invalid value for header {name}"))?;
+            headers.insert(name, value);
+        }
+        if plan.json && !headers.contains_key(reqwest::header::CONTENT_TYPE) {
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        };
+        put("sluice-task-id", plan.task.to_string());
+        put("sluice-attempt", plan.attempt.to_string());
+        put("sluice-gate", plan.gate.clone());
+        put("sluice-scheduled-at", rfc3339(plan.scheduled_at));
+        put("idempotency-key", plan.idempotency_key.clone());
+        Ok(headers)
+    }
+}
+
+/// SPEC §2: 2xx succeeds; 429 and 503 throttle; 408 and other 5xx retry; any other
+/// status (4xx, and 3xx since redirects are not followed) fails at once.
+pub fn classify(status: u16, retry_after: Option<Duration>) -> (Outcome, Option<String>) {
+    match status {
+        200..=299 => (Outcome::Succeeded, None),
+        429 | 503 => (
+            Outcome::Throttled { retry_after },
+            Some(format!("endpoint answered {status}")),
+        ),
+        408 | 500..=599 => (
+            Outcome::Failed { retry_after },
+            Some(format!("endpoint answered {status}")),
+        ),
+        300..=399 => (
+            Outcome::Rejected,
+            Some(format!(
+                "endpoint answered {status}; redirects are not followed"
+            )),
+        ),
+        _ => (
+            Outcome::Rejected,
+            Some(format!("endpoint answered {status}")),
+        ),
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date; capped by the core.
+pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(86_400)));
+    }
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let at_ms = u64::try_from(at.as_millisecond()).ok()?;
+    Some(Timestamp(at_ms).since(now))
+}
+
+async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
+    let mut kept = Vec::new();
+    while kept.len() < RESPONSE_EXCERPT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_EXCERPT - kept.len())])
+            }
+            _ => break,
+        }
+    }
+    if kept.is_empty() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&kept).into_owned())
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut text = if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+pub fn rfc3339(t: Timestamp) -> String {
+    jiff::Timestamp::from_millisecond(t.as_ms() as i64)
+        .map(|ts| ts.to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_as_the_spec_says() {
+        assert_eq!(classify(200, None).0, Outcome::Succeeded);
+        assert_eq!(classify(204, None).0, Outcome::Succeeded);
+        assert_eq!(classify(404, None).0, Outcome::Rejected);
+        assert_eq!(classify(400, None).0, Outcome::Rejected);
+        assert_eq!(classify(301, None).0, Outcome::Rejected);
+        assert_eq!(classify(408, None).0, Outcome::Failed { retry_after: None });
+        assert_eq!(classify(500, None).0, Outcome::Failed { retry_after: None });
+        assert_eq!(classify(502, None).0, Outcome::Failed { retry_after: None });
+        let after = Some(Duration::from_secs(3));
+        assert_eq!(
+            classify(429, after).0,
+            Outcome::Throttled { retry_after: after }
+        );
+        assert_eq!(
+            classify(503, None).0,
+            Outcome::Throttled { retry_after: None }
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = Timestamp(1_445_412_480_000); // 2015-10-21T07:28:00Z
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,41 @@
+//! Validated requests, as the API hands them to the shell. Everything here has
+//! passed its checks; what depends on stored state (does the gate exist, is the
+//! host allowed) the shell checks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::core::{Backoff, CircuitPolicy, Rate, Recovery, RetryPolicy, Timestamp};
+use crate::store::WebhookRecord;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateSpec {
+    pub rate: Rate,
+    pub burst: u32,
+    pub concurrency: u32,
+    pub allowed_hosts: Vec<String>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub recovery: Recovery,
+    pub circuit: Option<CircuitPolicy>,
+}
+
+/// Defaults a gate gets for what its spec leaves out.
+pub const DEFAULT_BURST: u32 = 1;
+pub const DEFAULT_CONCURRENCY: u32 = 10;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    pub gate: String,
+    pub webhook: WebhookRecord,
+    /// When it should run: `run_at`, now + `delay`, or now.
+    pub due: Timestamp,
+    pub max_attempts: Option<u32>,
+    pub timeout: Option<Duration>,
+    pub backoff: Option<Backoff>,
+    pub max_retry_duration: Option<Duration>,
+    pub expires_after: Option<Duration>,
+    pub idempotency_key: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}

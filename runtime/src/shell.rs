@@ -1,0 +1,1140 @@
+//! The shell: one driver loop that owns the scheduler core and every write to the
+//! store, and runs attempts around them.
+//!
+//! Each turn takes what arrived (API commands, attempt reports, a timer), feeds it
+//! to the core inside one write transaction, executes the core's effects into that
+//! transaction, commits once (group commit: concurrent creates share one fsync),
+//! and only then answers the API and starts attempts. So an acknowledged create is
+//! on disk, and an attempt never starts before its start is on disk: a crash can
+//! repeat an attempt, never lose a task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock;
+use crate::core::{
+    Effect, End, FailReason, GateId, GateView, Input, Outcome, QueuedTask, Scheduler, TaskId,
+    Timestamp, Tuning,
+};
+use crate::dispatch::{self, Dispatcher, Plan, Report, guard};
+use crate::model::{GateSpec, NewTask};
+use crate::store::{
+    AttemptRecord, BodyRecord, CircuitRecord, Counts, GateRecord, RecoveryRecord, RetryRecord,
+    Store, StoreError, TaskRecord, TaskState, Tx,
+};
+
+/// Why the shell refused a command. The API maps each to its HTTP status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ShellError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ShellError>>;
+
+/// A created (or replayed) task.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub task: TaskRecord,
+    /// True when an idempotency key matched an existing task.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct GateLive {
+    pub record: GateRecord,
+    pub view: GateView,
+    pub counts: Counts,
+}
+
+pub enum Command {
+    PutGate {
+        name: String,
+        spec: GateSpec,
+        reply: Reply<(GateRecord, bool)>,
+    },
+    DeleteGate {
+        name: String,
+        force: bool,
+        reply: Reply<()>,
+    },
+    SetPaused {
+        name: String,
+        paused: bool,
+        reply: Reply<GateRecord>,
+    },
+    /// All or none.
+    CreateTasks {
+        tasks: Vec<NewTask>,
+        reply: Reply<Vec<Created>>,
+    },
+    CancelTask {
+        id: TaskId,
+        reply: Reply<TaskRecord>,
+    },
+    RetryTask {
+        id: TaskId,
+        reply: Reply<TaskRecord>,
+    },
+    Live {
+        gate: Option<String>,
+        reply: oneshot::Sender<Vec<GateLive>>,
+    },
+}
+
+/// How the API talks to the driver.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Handle {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ShellError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| ShellError::ShuttingDown)?;
+        rx.await.map_err(|_| ShellError::ShuttingDown)?
+    }
+
+    pub async fn put_gate(
+        &self,
+        name: String,
+        spec: GateSpec,
+    ) -> Result<(GateRecord, bool), ShellError> {
+        self.ask(|reply| Command::PutGate { name, spec, reply })
+            .await
+    }
+
+    pub async fn delete_gate(&self, name: String, force: bool) -> Result<(), ShellError> {
+        self.ask(|reply| Command::DeleteGate { name, force, reply })
+            .await
+    }
+
+    pub async fn set_paused(&self, name: String, paused: bool) -> Result<GateRecord, ShellError> {
+        self.ask(|reply| Command::SetPaused {
+            name,
+            paused,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>, ShellError> {
+        self.ask(|reply| Command::CreateTasks { tasks, reply })
+            .await
+    }
+
+    pub async fn cancel_task(&self, id: TaskId) -> Result<TaskRecord, ShellError> {
+        self.ask(|reply| Command::CancelTask { id, reply }).await
+    }
+
+    pub async fn retry_task(&self, id: TaskId) -> Result<TaskRecord, ShellError> {
+        self.ask(|reply| Command::RetryTask { id, reply }).await
+    }
+
+    pub async fn live(&self, gate: Option<String>) -> Result<Vec<GateLive>, ShellError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Live { gate, reply: tx })
+            .await
+            .map_err(|_| ShellError::ShuttingDown)?;
+        rx.await.map_err(|_| ShellError::ShuttingDown)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub tuning: Tuning,
+    /// How long a shutdown waits for attempts in flight.
+    pub grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tuning: Tuning::default(),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Most commands and reports taken into one turn, so a turn stays short.
+const TURN_COMMANDS: usize = 512;
+const TURN_REPORTS: usize = 8_192;
+
+/// Starts the driver on its own thread. It stops when `shutdown` turns true, after
+/// attempts in flight end or the grace period runs out. The returned join handle
+/// yields once everything is committed.
+pub fn spawn(
+    store: Arc<Store>,
+    options: Options,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<(Handle, std::thread::JoinHandle<Result<(), StoreError>>)> {
+    let (commands_tx, commands_rx) = mpsc::channel(4_096);
+    let ready = Arc::new(AtomicBool::new(false));
+    let handle = Handle {
+        commands: commands_tx,
+        ready: ready.clone(),
+    };
+    let dispatcher = Dispatcher::new().map_err(std::io::Error::other)?;
+    let runtime = tokio::runtime::Handle::current();
+    let (booted_tx, booted_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("sluice-driver".into())
+        .spawn(move || {
+            let local = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| StoreError::Corrupt {
+                    table: "-",
+                    detail: format!("driver runtime: {e}"),
+                })?;
+            local.block_on(async move {
+                let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+                let booted = Driver::boot(store, options, dispatcher, runtime, reports_tx);
+                let mut driver = match booted {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = booted_tx.send(Err(e.to_string()));
+                        return Err(e);
+                    }
+                };
+                ready.store(true, Ordering::Release);
+                let _ = booted_tx.send(Ok(()));
+                let result = driver.run(commands_rx, reports_rx, &mut shutdown).await;
+                ready.store(false, Ordering::Release);
+                result
+            })
+        })?;
+    // Answer requests only once recovery from the last stop is done.
+    match booted_rx.recv() {
+        Ok(Ok(())) => Ok((handle, thread)),
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Err(std::io::Error::other(
+            "the scheduler stopped while starting",
+        )),
+    }
+}
+
+struct Driver {
+    store: Arc<Store>,
+    options: Options,
+    core: Scheduler,
+    dispatcher: Dispatcher,
+    runtime: tokio::runtime::Handle,
+    reports: mpsc::UnboundedSender<Report>,
+    gates: BTreeMap<String, GateRecord>,
+    gate_names: HashMap<u32, String>,
+    counts: HashMap<u32, Counts>,
+    last_task_id: u64,
+    shutting_down: bool,
+    /// Per gate, the theoretical arrival time of the next release (see `release_at`).
+    pacers: HashMap<u32, std::time::Instant>,
+}
+
+/// One turn's view of the store: task records touched in this turn are cached so
+/// each is decoded and encoded once per commit.
+struct Turn<'a, 't> {
+    tx: &'a mut Tx<'t>,
+    now: Timestamp,
+    tasks: HashMap<u64, TaskRecord>,
+    dirty_counts: Vec<u32>,
+    plans: Vec<Plan>,
+}
+
+impl Turn<'_, '_> {
+    fn task(&mut self, id: u64) -> Result<Option<&mut TaskRecord>, StoreError> {
+        if !self.tasks.contains_key(&id) {
+            match self.tx.task(id)? {
+                Some(record) => {
+                    self.tasks.insert(id, record);
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(self.tasks.get_mut(&id))
+    }
+
+    fn must_task(&mut self, id: u64) -> Result<&mut TaskRecord, StoreError> {
+        self.task(id)?.ok_or_else(|| StoreError::Corrupt {
+            table: "tasks",
+            detail: format!("task {} referenced but missing", TaskId(id)),
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for task in self.tasks.values() {
+            self.tx.put_task(task)?;
+        }
+        self.tasks.clear();
+        Ok(())
+    }
+}
+
+impl Driver {
+    fn boot(
+        store: Arc<Store>,
+        options: Options,
+        dispatcher: Dispatcher,
+        runtime: tokio::runtime::Handle,
+        reports: mpsc::UnboundedSender<Report>,
+    ) -> Result<Driver, StoreError> {
+        let now = clock::now();
+        let seed = now.as_ms() ^ u64::from(std::process::id()).rotate_left(32);
+        let mut driver = Driver {
+            core: Scheduler::new(seed, options.tuning),
+            store: store.clone(),
+            options,
+            dispatcher,
+            runtime,
+            reports,
+            gates: BTreeMap::new(),
+            gate_names: HashMap::new(),
+            counts: HashMap::new(),
+            last_task_id: 0,
+            shutting_down: false,
+            pacers: HashMap::new(),
+        };
+        store.write(|tx| {
+            driver.last_task_id = tx.last_task_id()?.unwrap_or(0);
+            for (gate_id, counts) in tx.all_counts()? {
+                driver.counts.insert(gate_id, counts);
+            }
+            for gate in tx.gates()? {
+                // Every gate ramps after a start: the backlog of the outage must
+                // not come out as a flood.
+                driver.core.handle_input(
+                    now,
+                    Input::UpsertGate {
+                        gate: GateId(gate.id),
+                        limits: gate.limits(),
+                        paused: gate.paused,
+                        ramp: true,
+                    },
+                );
+                driver.gate_names.insert(gate.id, gate.name.clone());
+                driver.gates.insert(gate.name.clone(), gate);
+            }
+            let mut turn = Turn {
+                tx,
+                now,
+                tasks: HashMap::new(),
+                dirty_counts: Vec::new(),
+                plans: Vec::new(),
+            };
+            let interrupted = turn.tx.running_tasks()?;
+            for id in &interrupted {
+                let Some(task) = turn.task(*id)? else {
+                    turn.tx.set_running(*id, false)?;
+                    continue;
+                };
+                if task.state != TaskState::Running {
+                    turn.tx.set_running(*id, false)?;
+                    continue;
+                }
+                let attempt = task.attempts;
+                let queued = queued_of(task);
+                task.last_error = Some("the server stopped during this attempt".into());
+                if let Some(mut record) = turn.tx.attempt(*id, attempt)? {
+                    record.ended_at = Some(now.as_ms());
+                    record.outcome = Some("interrupted".into());
+                    record.error = Some("the server stopped during this attempt".into());
+                    turn.tx.put_attempt(*id, &record)?;
+                }
+                driver.core.handle_input(now, Input::Interrupted(queued));
+            }
+            if !interrupted.is_empty() {
+                tracing::info!(
+                    count = interrupted.len(),
+                    "retrying attempts interrupted by the last stop"
+                );
+            }
+            driver.apply_effects(&mut turn)?;
+            driver.finish_turn(&mut turn)
+        })?;
+        tracing::info!(gates = driver.gates.len(), "scheduler ready");
+        Ok(driver)
+    }
+
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), StoreError> {
+        let mut grace_until: Option<tokio::time::Instant> = None;
+        loop {
+            let mut batch_commands = Vec::new();
+            let mut batch_reports = Vec::new();
+            let wake = if self.shutting_down {
+                None
+            } else {
+                self.core.poll_timeout()
+            };
+            tokio::select! {
+                biased;
+                changed = shutdown.changed(), if !self.shutting_down => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        self.shutting_down = true;
+                        grace_until = Some(tokio::time::Instant::from_std(clock::instant() + self.options.grace));
+                        tracing::info!(in_flight = self.core.running(), "shutting down: no new attempts start");
+                    }
+                }
+                Some(report) = reports.recv() => batch_reports.push(report),
+                Some(command) = commands.recv() => batch_commands.push(command),
+                () = sleep_until(wake), if wake.is_some() => {}
+                () = sleep_until_instant(grace_until), if grace_until.is_some() => {
+                    tracing::warn!(in_flight = self.core.running(), "grace period over; unfinished attempts will be retried after restart");
+                    return Ok(());
+                }
+            }
+            while batch_reports.len() < TURN_REPORTS {
+                match reports.try_recv() {
+                    Ok(r) => batch_reports.push(r),
+                    Err(_) => break,
+                }
+            }
+            while batch_commands.len() < TURN_COMMANDS {
+                match commands.try_recv() {
+                    Ok(c) => batch_commands.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.turn(batch_commands, batch_reports)?;
+            if self.shutting_down && self.core.running() == 0 {
+                tracing::info!("all attempts settled; driver stopped");
+                return Ok(());
+            }
+        }
+    }
+
+    fn turn(&mut self, commands: Vec<Command>, reports: Vec<Report>) -> Result<(), StoreError> {
+        let now = clock::now();
+        let store = self.store.clone();
+        let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        let plans = store.write(|tx| {
+            let mut turn = Turn {
+                tx,
+                now,
+                tasks: HashMap::new(),
+                dirty_counts: Vec::new(),
+                plans: Vec::new(),
+            };
+            for report in reports {
+                self.apply_report(&mut turn, report)?;
+            }
+            for command in commands {
+                replies.push(self.apply_command(&mut turn, command)?);
+            }
+            if !self.shutting_down {
+                self.core.handle_timeout(now);
+            }
+            self.apply_effects(&mut turn)?;
+            self.finish_turn(&mut turn)?;
+            Ok(std::mem::take(&mut turn.plans))
+        });
+        let plans = match plans {
+            Ok(plans) => plans,
+            Err(e) => {
+                // The core has already moved on; memory and disk would disagree.
+                // Stop here and let the restart recover from what is on disk.
+                tracing::error!(error = %e, "commit failed; stopping so a restart recovers from disk");
+                return Err(e);
+            }
+        };
+        for reply in replies {
+            reply();
+        }
+        let released = clock::instant();
+        for plan in plans {
+            let release = self.release_at(released, plan.gate_id);
+            let dispatcher = self.dispatcher.clone();
+            let reports = self.reports.clone();
+            self.runtime.spawn(async move {
+                if release > released {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
+                }
+                let report = dispatcher.run(plan).await;
+                let _ = reports.send(report);
+            });
+        }
+        Ok(())
+    }
+
+    /// When an admitted attempt may leave. The core admits on the turn's clock;
+    /// a slow commit delays a turn's attempts, and the next turn's would then
+    /// follow them closer than the gate allows. Pacing the release on the real
+    /// clock with the same bucket keeps the gate invariant true at the endpoint.
+    fn release_at(&mut self, now: std::time::Instant, gate: GateId) -> std::time::Instant {
+        let Some((rate, burst)) = self.core.pace(clock::now(), gate) else {
+            return now;
+        };
+        let rate = rate.max(1e-9);
+        let burst = burst.max(1);
+        let interval = Duration::from_secs_f64((1.0 / rate).min(86_400.0));
+        let tolerance = interval * (burst - 1);
+        let tat = self.pacers.entry(gate.0).or_insert(now);
+        let release = tat.checked_sub(tolerance).map_or(now, |t| t.max(now));
+        *tat = (*tat).max(release) + interval;
+        release
+    }
+
+    fn finish_turn(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
+        turn.flush()?;
+        turn.dirty_counts.sort_unstable();
+        turn.dirty_counts.dedup();
+        for gate_id in turn.dirty_counts.drain(..) {
+            if let Some(counts) = self.counts.get(&gate_id) {
+                turn.tx.put_counts(gate_id, counts)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, turn: &mut Turn<'_, '_>, gate_id: u32, f: impl FnOnce(&mut Counts)) {
+        if self.gate_names.contains_key(&gate_id) {
+            f(self.counts.entry(gate_id).or_default());
+            turn.dirty_counts.push(gate_id);
+        }
+    }
+
+    fn apply_report(&mut self, turn: &mut Turn<'_, '_>, report: Report) -> Result<(), StoreError> {
+        let id = report.task.0;
+        if let Some(mut record) = turn.tx.attempt(id, report.attempt)? {
+            record.ended_at = Some(report.ended_at.as_ms());
+            record.outcome = Some(report.outcome_name().to_string());
+            record.status = report.status;
+            record.latency_ms = Some(report.latency_ms);
+            record.error = report.error.clone();
+            record.response = report.response.clone();
+            turn.tx.put_attempt(id, &record)?;
+        }
+        if let Some(task) = turn.task(id)?
+            && report.outcome != Outcome::Succeeded
+        {
+            task.last_error = report.error.clone();
+        }
+        self.core.handle_input(
+            turn.now,
+            Input::AttemptEnded {
+                task: report.task,
+                outcome: report.outcome,
+            },
+        );
+        self.apply_effects(turn)
+    }
+
+    /// Executes the core's effects into the transaction, in order.
+    fn apply_effects(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
+        while let Some(effect) = self.core.poll_effect() {
+            match effect {
+                Effect::Load {
+                    gate,
+                    from,
+                    until,
+                    limit,
+                } => {
+                    let (keys, next) = turn.tx.pending_range(
+                        gate.0,
+                        (from.0.as_ms(), from.1.0),
+                        until.as_ms(),
+                        limit,
+                    )?;
+                    let mut tasks = Vec::with_capacity(keys.len());
+                    for (_, id) in keys {
+                        tasks.push(queued_of(turn.must_task(id)?));
+                    }
+                    let next = next.map(|(due, id)| (Timestamp(due), TaskId(id)));
+                    self.core
+                        .handle_input(turn.now, Input::Loaded { gate, tasks, next });
+                }
+                Effect::Start {
+                    task,
+                    gate,
+                    attempt,
+                } => {
+                    let now = turn.now;
+                    let due = turn.must_task(task.0)?.due_at;
+                    let removed = turn.tx.remove_pending(gate.0, due, task.0)?;
+                    assert!(removed, "started a task that was not pending");
+                    let record = turn.must_task(task.0)?;
+                    record.state = TaskState::Running;
+                    record.attempts = record.attempt_offset + attempt;
+                    record.first_attempt_at.get_or_insert(now.as_ms());
+                    let number = record.attempts;
+                    let plan = self.plan(record, number);
+                    turn.tx.set_running(task.0, true)?;
+                    turn.tx.put_attempt(
+                        task.0,
+                        &AttemptRecord {
+                            attempt: number,
+                            started_at: now.as_ms(),
+                            ended_at: None,
+                            outcome: None,
+                            status: None,
+                            latency_ms: None,
+                            error: None,
+                            response: None,
+                        },
+                    )?;
+                    self.count(turn, gate.0, |c| {
+                        c.pending = c.pending.saturating_sub(1);
+                        c.running += 1;
+                        c.attempts += 1;
+                    });
+                    turn.plans.push(plan);
+                }
+                Effect::Requeue { task, gate, due } => {
+                    let record = turn.must_task(task.0)?;
+                    record.state = TaskState::Scheduled;
+                    record.due_at = due.as_ms();
+                    turn.tx.insert_pending(gate.0, due.as_ms(), task.0)?;
+                    turn.tx.set_running(task.0, false)?;
+                    self.count(turn, gate.0, |c| {
+                        c.running = c.running.saturating_sub(1);
+                        c.pending += 1;
+                        c.retried += 1;
+                    });
+                }
+                Effect::Finish { task, gate, end } => {
+                    let now = turn.now;
+                    let record = turn.must_task(task.0)?;
+                    record.state = match end {
+                        End::Succeeded => TaskState::Succeeded,
+                        End::Failed(_) => TaskState::Failed,
+                        End::Expired => TaskState::Expired,
+                        End::Cancelled => TaskState::Cancelled,
+                    };
+                    match end {
+                        End::Succeeded => record.last_error = None,
+                        End::Failed(FailReason::AttemptsExhausted) => {
+                            let last = record.last_error.take().unwrap_or_default();
+                            record.last_error = Some(format!("attempts exhausted: {last}"));
+                        }
+                        End::Failed(FailReason::RetryWindowExceeded) => {
+                            let last = record.last_error.take().unwrap_or_default();
+                            record.last_error =
+                                Some(format!("max_retry_duration exceeded: {last}"));
+                        }
+                        End::Expired => {
+                            record.last_error = Some("expired before it could retry".into());
+                        }
+                        _ => {}
+                    }
+                    record.finished_at = Some(now.as_ms());
+                    turn.tx.set_running(task.0, false)?;
+                    self.count(turn, gate.0, |c| {
+                        c.running = c.running.saturating_sub(1);
+                        match end {
+                            End::Succeeded => c.succeeded += 1,
+                            End::Failed(_) => c.failed += 1,
+                            End::Expired => c.expired += 1,
+                            End::Cancelled => c.cancelled += 1,
+                        }
+                    });
+                }
+                Effect::Expire { task, gate, due } => {
+                    let now = turn.now;
+                    turn.tx.remove_pending(gate.0, due.as_ms(), task.0)?;
+                    let record = turn.must_task(task.0)?;
+                    record.state = TaskState::Expired;
+                    record.finished_at = Some(now.as_ms());
+                    record.last_error =
+                        Some("expired: could not start before expires_after ran out".into());
+                    self.count(turn, gate.0, |c| {
+                        c.pending = c.pending.saturating_sub(1);
+                        c.expired += 1;
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn plan(&self, record: &TaskRecord, attempt: u32) -> Plan {
+        let gate = self.gates.get(&record.gate);
+        let (body, json) = match &record.webhook.body {
+            None => (Bytes::new(), false),
+            Some(BodyRecord::Json(v)) => {
+                (Bytes::from(serde_json::to_vec(v).unwrap_or_default()), true)
+            }
+            Some(BodyRecord::Text(t)) => (Bytes::from(t.clone()), false),
+        };
+        Plan {
+            task: TaskId(record.id),
+            attempt,
+            gate: record.gate.clone(),
+            gate_id: GateId(record.gate_id),
+            url: record.webhook.url.clone(),
+            method: record.webhook.method.clone(),
+            headers: record.webhook.headers.clone(),
+            body,
+            json,
+            timeout: Duration::from_millis(record.timeout_ms),
+            scheduled_at: Timestamp(record.scheduled_at),
+            idempotency_key: TaskId(record.id).to_string(),
+            allowed_hosts: gate.map(|g| g.allowed_hosts.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn apply_command(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        command: Command,
+    ) -> Result<Box<dyn FnOnce() + Send>, StoreError> {
+        fn reply<T: Send + 'static>(
+            to: Reply<T>,
+            value: Result<T, ShellError>,
+        ) -> Box<dyn FnOnce() + Send> {
+            Box::new(move || {
+                let _ = to.send(value);
+            })
+        }
+        if self.shutting_down {
+            return Ok(match command {
+                Command::Live { gate, reply: to } => {
+                    let live = self.live(turn.now, gate.as_deref());
+                    Box::new(move || {
+                        let _ = to.send(live);
+                    })
+                }
+                Command::PutGate { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::DeleteGate { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::SetPaused { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::CreateTasks { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::CancelTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::RetryTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+            });
+        }
+        Ok(match command {
+            Command::PutGate {
+                name,
+                spec,
+                reply: to,
+            } => {
+                let result = self.put_gate(turn, name, spec)?;
+                reply(to, Ok(result))
+            }
+            Command::DeleteGate {
+                name,
+                force,
+                reply: to,
+            } => {
+                let result = self.delete_gate(turn, &name, force)?;
+                reply(to, result)
+            }
+            Command::SetPaused {
+                name,
+                paused,
+                reply: to,
+            } => {
+                let result = match self.gates.get_mut(&name) {
+                    None => Err(ShellError::NotFound {
+                        what: format!("gate {name:?}"),
+                    }),
+                    Some(gate) => {
+                        gate.paused = paused;
+                        gate.updated_at = turn.now.as_ms();
+                        turn.tx.put_gate(gate)?;
+                        let id = GateId(gate.id);
+                        let record = gate.clone();
+                        self.core.handle_input(
+                            turn.now,
+                            if paused {
+                                Input::Pause(id)
+                            } else {
+                                Input::Resume(id)
+                            },
+                        );
+                        Ok(record)
+                    }
+                };
+                reply(to, result)
+            }
+            Command::CreateTasks { tasks, reply: to } => {
+                let result = self.create_tasks(turn, tasks)?;
+                reply(to, result)
+            }
+            Command::CancelTask { id, reply: to } => {
+                let result = self.cancel_task(turn, id)?;
+                reply(to, result)
+            }
+            Command::RetryTask { id, reply: to } => {
+                let result = self.retry_task(turn, id)?;
+                reply(to, result)
+            }
+            Command::Live { gate, reply: to } => {
+                let live = self.live(turn.now, gate.as_deref());
+                Box::new(move || {
+                    let _ = to.send(live);
+                })
+            }
+        })
+    }
+
+    fn live(&self, now: Timestamp, only: Option<&str>) -> Vec<GateLive> {
+        self.gates
+            .values()
+            .filter(|g| only.is_none_or(|name| g.name == name))
+            .filter_map(|g| {
+                Some(GateLive {
+                    record: g.clone(),
+                    view: self.core.view(now, GateId(g.id))?,
+                    counts: self.counts.get(&g.id).copied().unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    fn put_gate(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        name: String,
+        spec: GateSpec,
+    ) -> Result<(GateRecord, bool), StoreError> {
+        let now = turn.now.as_ms();
+        let existing = self.gates.get(&name);
+        let created = existing.is_none();
+        let (id, paused, created_at) = match existing {
+            Some(g) => (g.id, g.paused, g.created_at),
+            None => (turn.tx.next_gate_id()?, false, now),
+        };
+        let record = GateRecord {
+            id,
+            name: name.clone(),
+            rate_per_s: spec.rate.as_per_second(),
+            burst: spec.burst,
+            concurrency: spec.concurrency,
+            allowed_hosts: spec.allowed_hosts,
+            timeout_ms: crate::core::time::duration_ms(spec.timeout),
+            retry: retry_record(&spec.retry),
+            recovery: RecoveryRecord {
+                start: spec.recovery.start,
+                over_ms: crate::core::time::duration_ms(spec.recovery.over),
+            },
+            circuit: spec.circuit.map(|c| CircuitRecord {
+                failures: c.failures,
+                cooldown_ms: crate::core::time::duration_ms(c.cooldown),
+                max_cooldown_ms: crate::core::time::duration_ms(c.max_cooldown),
+            }),
+            paused,
+            created_at,
+            updated_at: now,
+        };
+        turn.tx.put_gate(&record)?;
+        if created {
+            self.counts.insert(id, Counts::default());
+            turn.dirty_counts.push(id);
+        }
+        self.core.handle_input(
+            turn.now,
+            Input::UpsertGate {
+                gate: GateId(id),
+                limits: record.limits(),
+                paused,
+                ramp: false,
+            },
+        );
+        self.gate_names.insert(id, name.clone());
+        self.gates.insert(name, record.clone());
+        Ok((record, created))
+    }
+
+    fn delete_gate(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        name: &str,
+        force: bool,
+    ) -> Result<Result<(), ShellError>, StoreError> {
+        let Some(gate) = self.gates.get(name).cloned() else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("gate {name:?}"),
+            }));
+        };
+        let counts = self.counts.get(&gate.id).copied().unwrap_or_default();
+        if counts.unfinished() > 0 && !force {
+            return Ok(Err(ShellError::Conflict(format!(
+                "gate {name:?} holds {} unfinished tasks; delete with ?force=true to cancel them",
+                counts.unfinished()
+            ))));
+        }
+        for (due, id) in turn.tx.all_pending(gate.id)? {
+            turn.tx.remove_pending(gate.id, due, id)?;
+            let now = turn.now.as_ms();
+            if let Some(task) = turn.task(id)? {
+                task.state = TaskState::Cancelled;
+                task.finished_at = Some(now);
+                task.last_error = Some(format!("cancelled: gate {name:?} was deleted"));
+            }
+        }
+        turn.tx.delete_gate(name)?;
+        turn.tx.delete_counts(gate.id)?;
+        self.core
+            .handle_input(turn.now, Input::RemoveGate(GateId(gate.id)));
+        self.gates.remove(name);
+        self.gate_names.remove(&gate.id);
+        self.counts.remove(&gate.id);
+        Ok(Ok(()))
+    }
+
+    fn create_tasks(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        tasks: Vec<NewTask>,
+    ) -> Result<Result<Vec<Created>, ShellError>, StoreError> {
+        let batch = tasks.len() > 1;
+        let field = |i: usize, name: &str| {
+            if batch {
+                format!("tasks[{i}].{name}")
+            } else {
+                name.to_string()
+            }
+        };
+        // Check everything first: a batch is all or none.
+        for (i, task) in tasks.iter().enumerate() {
+            let Some(gate) = self.gates.get(&task.gate) else {
+                return Ok(Err(ShellError::Invalid {
+                    field: Some(field(i, "gate")),
+                    message: format!(
+                        "gate {:?} does not exist; create it with PUT /v1/gates/{}",
+                        task.gate, task.gate
+                    ),
+                }));
+            };
+            if let Err(message) = check_host(&task.webhook.url, gate) {
+                return Ok(Err(ShellError::Invalid {
+                    field: Some(field(i, "webhook.url")),
+                    message,
+                }));
+            }
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let id_candidate = self.next_task_id(turn.now);
+            let gate = &self.gates[&task.gate];
+            let gate_id = gate.id;
+            if let Some(key) = &task.idempotency_key
+                && let Some(existing) = turn.tx.idempotent(gate_id, key)?
+                && let Some(record) = turn.task(existing)?
+            {
+                out.push(Created {
+                    task: record.clone(),
+                    replayed: true,
+                });
+                continue;
+            }
+            let id = id_candidate;
+            let retry = RetryRecord {
+                max_attempts: task.max_attempts.unwrap_or(gate.retry.max_attempts),
+                initial_ms: task
+                    .backoff
+                    .map_or(gate.retry.initial_ms, |b| b.initial.as_millis() as u64),
+                max_ms: task
+                    .backoff
+                    .map_or(gate.retry.max_ms, |b| b.max.as_millis() as u64),
+                multiplier: task.backoff.map_or(gate.retry.multiplier, |b| b.multiplier),
+                jitter: task.backoff.map_or(gate.retry.jitter, |b| b.jitter),
+                max_retry_duration_ms: task
+                    .max_retry_duration
+                    .map(|d| d.as_millis() as u64)
+                    .or(gate.retry.max_retry_duration_ms),
+            };
+            let record = TaskRecord {
+                id,
+                gate: task.gate.clone(),
+                gate_id,
+                state: TaskState::Scheduled,
+                webhook: task.webhook,
+                created_at: turn.now.as_ms(),
+                scheduled_at: task.due.as_ms(),
+                due_at: task.due.as_ms(),
+                timeout_ms: task
+                    .timeout
+                    .map_or(gate.timeout_ms, |d| d.as_millis() as u64),
+                retry,
+                expires_at: task.expires_after.map(|d| task.due.plus(d).as_ms()),
+                idempotency_key: task.idempotency_key.clone(),
+                labels: task.labels,
+                attempts: 0,
+                attempt_offset: 0,
+                first_attempt_at: None,
+                last_error: None,
+                finished_at: None,
+            };
+            if let Some(key) = &task.idempotency_key {
+                turn.tx.put_idempotent(gate_id, key, id)?;
+            }
+            turn.tx.index_task(gate_id, id)?;
+            turn.tx.insert_pending(gate_id, record.due_at, id)?;
+            self.count(turn, gate_id, |c| c.pending += 1);
+            self.core
+                .handle_input(turn.now, Input::Enqueue(queued_of(&record)));
+            out.push(Created {
+                task: record.clone(),
+                replayed: false,
+            });
+            turn.tasks.insert(id, record);
+        }
+        Ok(Ok(out))
+    }
+
+    fn next_task_id(&mut self, now: Timestamp) -> u64 {
+        let id = (now.as_ms() << 16).max(self.last_task_id + 1);
+        self.last_task_id = id;
+        id
+    }
+
+    fn cancel_task(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        id: TaskId,
+    ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
+        let now = turn.now.as_ms();
+        let Some(task) = turn.task(id.0)? else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("task {id}"),
+            }));
+        };
+        if task.state != TaskState::Scheduled {
+            return Ok(Err(ShellError::Conflict(format!(
+                "task {id} is {}; only scheduled tasks can be cancelled",
+                task.state.as_str()
+            ))));
+        }
+        let (gate_id, due) = (task.gate_id, task.due_at);
+        task.state = TaskState::Cancelled;
+        task.finished_at = Some(now);
+        let record = task.clone();
+        turn.tx.remove_pending(gate_id, due, id.0)?;
+        self.count(turn, gate_id, |c| {
+            c.pending = c.pending.saturating_sub(1);
+            c.cancelled += 1;
+        });
+        self.core.handle_input(
+            turn.now,
+            Input::Dequeue {
+                gate: GateId(gate_id),
+                key: (Timestamp(due), id),
+            },
+        );
+        Ok(Ok(record))
+    }
+
+    fn retry_task(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        id: TaskId,
+    ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
+        let now = turn.now;
+        let gates_known: Vec<u32> = self.gate_names.keys().copied().collect();
+        let Some(task) = turn.task(id.0)? else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("task {id}"),
+            }));
+        };
+        if !matches!(task.state, TaskState::Failed | TaskState::Expired) {
+            return Ok(Err(ShellError::Conflict(format!(
+                "task {id} is {}; only failed or expired tasks can be retried",
+                task.state.as_str()
+            ))));
+        }
+        if !gates_known.contains(&task.gate_id) {
+            return Ok(Err(ShellError::Conflict(format!(
+                "task {id}'s gate {:?} no longer exists",
+                task.gate
+            ))));
+        }
+        let was = task.state;
+        if let Some(expires_at) = task.expires_at {
+            let window = expires_at.saturating_sub(task.due_at.max(task.scheduled_at));
+            task.expires_at = Some(now.as_ms() + window);
+        }
+        task.state = TaskState::Scheduled;
+        task.attempt_offset = task.attempts;
+        task.first_attempt_at = None;
+        task.due_at = now.as_ms();
+        task.finished_at = None;
+        let record = task.clone();
+        turn.tx
+            .insert_pending(record.gate_id, record.due_at, id.0)?;
+        self.count(turn, record.gate_id, |c| {
+            c.pending += 1;
+            match was {
+                TaskState::Failed => c.failed = c.failed.saturating_sub(1),
+                _ => c.expired = c.expired.saturating_sub(1),
+            }
+        });
+        self.core
+            .handle_input(now, Input::Enqueue(queued_of(&record)));
+        Ok(Ok(record))
+    }
+}
+
+fn queued_of(record: &TaskRecord) -> QueuedTask {
+    let mut q = record.queued();
+    q.attempts = record.attempts.saturating_sub(record.attempt_offset);
+    q
+}
+
+fn retry_record(policy: &crate::core::RetryPolicy) -> RetryRecord {
+    RetryRecord {
+        max_attempts: policy.max_attempts,
+        initial_ms: policy.backoff.initial.as_millis() as u64,
+        max_ms: policy.backoff.max.as_millis() as u64,
+        multiplier: policy.backoff.multiplier,
+        jitter: policy.backoff.jitter,
+        max_retry_duration_ms: policy.max_retry_duration.map(|d| d.as_millis() as u64),
+    }
+}
+
+/// Checks a webhook URL against the gate at creation, so a task that can never be
+/// delivered is refused up front. Dispatch checks again: the gate may change.
+fn check_host(url: &str, gate: &GateRecord) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid url: {e}"))?;
+    let host = parsed.host_str().ok_or("url has no host")?;
+    let port = parsed.port_or_known_default().unwrap_or(0);
+    if !guard::host_allowed(host, port, &gate.allowed_hosts) {
+        return Err(format!(
+            "host {host}:{port} is not in gate {:?}'s allowed_hosts {:?}",
+            gate.name, gate.allowed_hosts
+        ));
+    }
+    Ok(())
+}
+
+async fn sleep_until(at: Option<Timestamp>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(clock::deadline(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_instant(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub use dispatch::rfc3339;

@@ -1,0 +1,438 @@
+//! Storage in one redb file: gates, tasks, attempts, idempotency keys, counters.
+//!
+//! The interface is deliberately narrow (open, one write closure, one reader) so a
+//! PostgreSQL backend can sit behind the same calls later. It decides nothing: the
+//! shell says what to write. Pending tasks are indexed by (gate, due, id), so the
+//! next due tasks of a gate are a range read, never a scan.
+
+pub mod records;
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+pub use records::{
+    AttemptRecord, BodyRecord, CircuitRecord, Counts, GateRecord, RecoveryRecord, RetryRecord,
+    TaskRecord, TaskState, WebhookRecord,
+};
+
+const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const GATES: TableDefinition<&str, &[u8]> = TableDefinition::new("gates");
+const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
+/// (gate id, due ms, task id): the order in which a gate starts its tasks.
+const PENDING: TableDefinition<(u32, u64, u64), ()> = TableDefinition::new("pending");
+/// Tasks with an attempt in flight, to retry after a crash.
+const RUNNING: TableDefinition<u64, ()> = TableDefinition::new("running");
+const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
+/// (gate id, key) → task id.
+const IDEMPOTENCY: TableDefinition<(u32, &str), u64> = TableDefinition::new("idempotency");
+/// (gate id, task id): a gate's tasks, newest last, for listing.
+const GATE_TASKS: TableDefinition<(u32, u64), ()> = TableDefinition::new("gate_tasks");
+const COUNTS: TableDefinition<u32, &[u8]> = TableDefinition::new("counts");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    #[error("data file has schema version {found}, this build reads {SCHEMA_VERSION}")]
+    Schema { found: u64 },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Redb(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records always serialize")
+}
+
+pub struct Store {
+    db: Database,
+}
+
+/// The tables of one write transaction, opened once for the whole batch.
+pub struct Tx<'t> {
+    meta: redb::Table<'t, &'static str, u64>,
+    gates: redb::Table<'t, &'static str, &'static [u8]>,
+    tasks: redb::Table<'t, u64, &'static [u8]>,
+    pending: redb::Table<'t, (u32, u64, u64), ()>,
+    running: redb::Table<'t, u64, ()>,
+    attempts: redb::Table<'t, (u64, u32), &'static [u8]>,
+    idempotency: redb::Table<'t, (u32, &'static str), u64>,
+    gate_tasks: redb::Table<'t, (u32, u64), ()>,
+    counts: redb::Table<'t, u32, &'static [u8]>,
+}
+
+impl Store {
+    /// Opens or creates the data file. A file left by a crash opens cleanly: redb
+    /// repairs it on open.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = Database::builder().set_cache_size(256 << 20).create(path)?;
+        let store = Store { db };
+        store.write(|tx| {
+            let found = tx.meta.get("schema_version")?.map(|v| v.value());
+            match found {
+                None => {
+                    tx.meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => return Err(StoreError::Schema { found }),
+            }
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Runs `f` in one durable write transaction: all of it is on disk when this
+    /// returns `Ok`, none of it when it returns `Err`.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<R> {
+        let txn = self.db.begin_write()?;
+        let result = {
+            let mut tx = Tx {
+                meta: txn.open_table(META)?,
+                gates: txn.open_table(GATES)?,
+                tasks: txn.open_table(TASKS)?,
+                pending: txn.open_table(PENDING)?,
+                running: txn.open_table(RUNNING)?,
+                attempts: txn.open_table(ATTEMPTS)?,
+                idempotency: txn.open_table(IDEMPOTENCY)?,
+                gate_tasks: txn.open_table(GATE_TASKS)?,
+                counts: txn.open_table(COUNTS)?,
+            };
+            f(&mut tx)?
+        };
+        txn.commit()?;
+        Ok(result)
+    }
+
+    pub fn read(&self) -> Result<Reader> {
+        Ok(Reader {
+            txn: self.db.begin_read()?,
+        })
+    }
+}
+
+impl Tx<'_> {
+    pub fn next_gate_id(&mut self) -> Result<u32> {
+        let next = self.meta.get("next_gate_id")?.map_or(1, |v| v.value());
+        self.meta.insert("next_gate_id", next + 1)?;
+        u32::try_from(next).map_err(|_| StoreError::Corrupt {
+            table: "meta",
+            detail: "gate ids exhausted".into(),
+        })
+    }
+
+    pub fn gates(&self) -> Result<Vec<GateRecord>> {
+        let mut out = Vec::new();
+        for entry in self.gates.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("gates", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_gate(&mut self, gate: &GateRecord) -> Result<()> {
+        self.gates
+            .insert(gate.name.as_str(), encode(gate).as_slice())?;
+        Ok(())
+    }
+
+    pub fn delete_gate(&mut self, name: &str) -> Result<()> {
+        self.gates.remove(name)?;
+        Ok(())
+    }
+
+    pub fn last_task_id(&self) -> Result<Option<u64>> {
+        Ok(self.tasks.last()?.map(|(k, _)| k.value()))
+    }
+
+    pub fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
+        self.tasks
+            .get(id)?
+            .map(|v| decode("tasks", v.value()))
+            .transpose()
+    }
+
+    pub fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
+        self.tasks.insert(task.id, encode(task).as_slice())?;
+        Ok(())
+    }
+
+    /// Records a new task in its gate's listing index.
+    pub fn index_task(&mut self, gate_id: u32, task_id: u64) -> Result<()> {
+        self.gate_tasks.insert((gate_id, task_id), ())?;
+        Ok(())
+    }
+
+    pub fn insert_pending(&mut self, gate_id: u32, due: u64, task_id: u64) -> Result<()> {
+        self.pending.insert((gate_id, due, task_id), ())?;
+        Ok(())
+    }
+
+    pub fn remove_pending(&mut self, gate_id: u32, due: u64, task_id: u64) -> Result<bool> {
+        Ok(self.pending.remove((gate_id, due, task_id))?.is_some())
+    }
+
+    /// Pending keys of a gate from `from` on: at most `limit`, none due after
+    /// `until`. Returns them and the first key not returned.
+    #[allow(clippy::type_complexity, reason = "a plain pair of key lists")]
+    pub fn pending_range(
+        &self,
+        gate_id: u32,
+        from: (u64, u64),
+        until: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, u64)>, Option<(u64, u64)>)> {
+        let mut keys = Vec::new();
+        let range = self
+            .pending
+            .range((gate_id, from.0, from.1)..=(gate_id, u64::MAX, u64::MAX))?;
+        for entry in range {
+            let (k, _) = entry?;
+            let (_, due, id) = k.value();
+            if keys.len() >= limit || due > until {
+                return Ok((keys, Some((due, id))));
+            }
+            keys.push((due, id));
+        }
+        Ok((keys, None))
+    }
+
+    /// Every pending key of a gate, for deleting it.
+    pub fn all_pending(&self, gate_id: u32) -> Result<Vec<(u64, u64)>> {
+        let mut keys = Vec::new();
+        for entry in self
+            .pending
+            .range((gate_id, 0, 0)..=(gate_id, u64::MAX, u64::MAX))?
+        {
+            let (k, _) = entry?;
+            let (_, due, id) = k.value();
+            keys.push((due, id));
+        }
+        Ok(keys)
+    }
+
+    pub fn set_running(&mut self, task_id: u64, running: bool) -> Result<()> {
+        if running {
+            self.running.insert(task_id, ())?;
+        } else {
+            self.running.remove(task_id)?;
+        }
+        Ok(())
+    }
+
+    pub fn running_tasks(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in self.running.iter()? {
+            out.push(entry?.0.value());
+        }
+        Ok(out)
+    }
+
+    pub fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>> {
+        self.attempts
+            .get((task_id, attempt))?
+            .map(|v| decode("attempts", v.value()))
+            .transpose()
+    }
+
+    pub fn put_attempt(&mut self, task_id: u64, attempt: &AttemptRecord) -> Result<()> {
+        self.attempts
+            .insert((task_id, attempt.attempt), encode(attempt).as_slice())?;
+        Ok(())
+    }
+
+    pub fn idempotent(&self, gate_id: u32, key: &str) -> Result<Option<u64>> {
+        Ok(self.idempotency.get((gate_id, key))?.map(|v| v.value()))
+    }
+
+    pub fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
+        self.idempotency.insert((gate_id, key), task_id)?;
+        Ok(())
+    }
+
+    pub fn all_counts(&self) -> Result<Vec<(u32, Counts)>> {
+        let mut out = Vec::new();
+        for entry in self.counts.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value(), Counts::decode(v.value())));
+        }
+        Ok(out)
+    }
+
+    pub fn put_counts(&mut self, gate_id: u32, counts: &Counts) -> Result<()> {
+        self.counts.insert(gate_id, counts.encode().as_slice())?;
+        Ok(())
+    }
+
+    pub fn delete_counts(&mut self, gate_id: u32) -> Result<()> {
+        self.counts.remove(gate_id)?;
+        Ok(())
+    }
+}
+
+/// A consistent snapshot for the API. Readers never block the writer.
+pub struct Reader {
+    txn: redb::ReadTransaction,
+}
+
+/// Which tasks a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub gate_id: Option<u32>,
+    pub state: Option<TaskState>,
+    pub label: Option<(String, String)>,
+}
+
+/// At most this many rows are looked at per listing call; a sparse filter answers
+/// with fewer rows and a cursor to continue from.
+const LIST_SCAN_LIMIT: usize = 20_000;
+
+impl Reader {
+    pub fn gates(&self) -> Result<Vec<GateRecord>> {
+        let table = self.txn.open_table(GATES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("gates", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn gate(&self, name: &str) -> Result<Option<GateRecord>> {
+        let table = self.txn.open_table(GATES)?;
+        table
+            .get(name)?
+            .map(|v| decode("gates", v.value()))
+            .transpose()
+    }
+
+    pub fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
+        let table = self.txn.open_table(TASKS)?;
+        table
+            .get(id)?
+            .map(|v| decode("tasks", v.value()))
+            .transpose()
+    }
+
+    pub fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRecord>> {
+        let table = self.txn.open_table(ATTEMPTS)?;
+        let mut out = Vec::new();
+        for entry in table.range((task_id, 0)..=(task_id, u32::MAX))? {
+            let (_, v) = entry?;
+            out.push(decode("attempts", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn counts(&self, gate_id: u32) -> Result<Counts> {
+        let table = self.txn.open_table(COUNTS)?;
+        Ok(table
+            .get(gate_id)?
+            .map_or_else(Counts::default, |v| Counts::decode(v.value())))
+    }
+
+    /// The earliest pending due time of a gate.
+    pub fn oldest_pending(&self, gate_id: u32) -> Result<Option<u64>> {
+        let table = self.txn.open_table(PENDING)?;
+        let mut range = table.range((gate_id, 0, 0)..=(gate_id, u64::MAX, u64::MAX))?;
+        Ok(match range.next() {
+            Some(entry) => Some(entry?.0.value().1),
+            None => None,
+        })
+    }
+
+    /// Pending tasks of a gate due at or before `now`, counted up to `cap`.
+    pub fn count_due(&self, gate_id: u32, now: u64, cap: u64) -> Result<u64> {
+        let table = self.txn.open_table(PENDING)?;
+        let mut n = 0;
+        for entry in table.range((gate_id, 0, 0)..=(gate_id, now, u64::MAX))? {
+            entry?;
+            n += 1;
+            if n >= cap {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Tasks newest first, starting below `before` (a task id), with the cursor to
+    /// continue from when more may follow.
+    pub fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<TaskRecord>, Option<u64>)> {
+        let tasks = self.txn.open_table(TASKS)?;
+        let upper = before.unwrap_or(u64::MAX);
+        let ids: Box<dyn Iterator<Item = Result<u64>>> = match filter.gate_id {
+            Some(gate_id) => {
+                let index = self.txn.open_table(GATE_TASKS)?;
+                let range = index.range((gate_id, 0)..(gate_id, upper))?.rev();
+                Box::new(range.map(|e| Ok(e?.0.value().1)))
+            }
+            None => {
+                let range = tasks.range(0..upper)?.rev();
+                Box::new(range.map(|e| Ok(e?.0.value())))
+            }
+        };
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        for id in ids {
+            let id = id?;
+            scanned += 1;
+            let last = Some(id);
+            let Some(task) = tasks
+                .get(id)?
+                .map(|v| decode::<TaskRecord>("tasks", v.value()))
+                .transpose()?
+            else {
+                continue;
+            };
+            let keep = filter.state.is_none_or(|s| task.state == s)
+                && filter
+                    .label
+                    .as_ref()
+                    .is_none_or(|(k, v)| task.labels.get(k) == Some(v));
+            if keep {
+                out.push(task);
+                if out.len() >= limit {
+                    return Ok((out, last));
+                }
+            }
+            if scanned >= LIST_SCAN_LIMIT {
+                return Ok((out, last));
+            }
+        }
+        Ok((out, None))
+    }
+
+    pub fn task_count(&self) -> Result<u64> {
+        Ok(self.txn.open_table(TASKS)?.len()?)
+    }
+}

@@ -1,0 +1,259 @@
+//! What is on disk. These types are the file format: change them only in ways
+//! that old files still decode (new fields need `#[serde(default)]`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{self, Backoff, CircuitPolicy, GateLimits, Rate, Recovery, RetryPolicy};
+use std::time::Duration;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GateRecord {
+    pub id: u32,
+    pub name: String,
+    /// Dispatches per second.
+    pub rate_per_s: f64,
+    pub burst: u32,
+    pub concurrency: u32,
+    pub allowed_hosts: Vec<String>,
+    pub timeout_ms: u64,
+    pub retry: RetryRecord,
+    pub recovery: RecoveryRecord,
+    pub circuit: Option<CircuitRecord>,
+    pub paused: bool,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct RetryRecord {
+    pub max_attempts: u32,
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub multiplier: f64,
+    pub jitter: bool,
+    pub max_retry_duration_ms: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct RecoveryRecord {
+    pub start: f64,
+    pub over_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct CircuitRecord {
+    pub failures: u32,
+    pub cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
+}
+
+impl GateRecord {
+    pub fn limits(&self) -> GateLimits {
+        GateLimits {
+            // Validated before it was stored; a damaged value falls back to 1/s.
+            rate: Rate::per_second(self.rate_per_s)
+                .or_else(|_| Rate::per_second(1.0))
+                .expect("1/s is a valid rate"),
+            burst: self.burst.max(1),
+            concurrency: self.concurrency.max(1),
+            recovery: Recovery {
+                start: self.recovery.start,
+                over: Duration::from_millis(self.recovery.over_ms),
+            },
+            circuit: self.circuit.map(|c| CircuitPolicy {
+                failures: c.failures.max(1),
+                cooldown: Duration::from_millis(c.cooldown_ms),
+                max_cooldown: Duration::from_millis(c.max_cooldown_ms),
+            }),
+        }
+    }
+}
+
+impl RetryRecord {
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.max(1),
+            backoff: Backoff {
+                initial: Duration::from_millis(self.initial_ms),
+                max: Duration::from_millis(self.max_ms),
+                multiplier: self.multiplier.max(1.0),
+                jitter: self.jitter,
+            },
+            max_retry_duration: self.max_retry_duration_ms.map(Duration::from_millis),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Scheduled,
+    Running,
+    Succeeded,
+    Failed,
+    Expired,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Scheduled => "scheduled",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Expired => "expired",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        Some(match s {
+            "scheduled" => TaskState::Scheduled,
+            "running" => TaskState::Running,
+            "succeeded" => TaskState::Succeeded,
+            "failed" => TaskState::Failed,
+            "expired" => TaskState::Expired,
+            "cancelled" => TaskState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, TaskState::Scheduled | TaskState::Running)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct WebhookRecord {
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<BodyRecord>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyRecord {
+    Json(serde_json::Value),
+    Text(String),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TaskRecord {
+    pub id: u64,
+    pub gate: String,
+    pub gate_id: u32,
+    pub state: TaskState,
+    pub webhook: WebhookRecord,
+    pub created_at: u64,
+    /// When the task was asked to run (`run_at` or now + `delay`).
+    pub scheduled_at: u64,
+    /// When it is next due: `scheduled_at`, or the time of its next retry.
+    pub due_at: u64,
+    pub timeout_ms: u64,
+    pub retry: RetryRecord,
+    pub expires_at: Option<u64>,
+    pub idempotency_key: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Attempts started so far, over the task's whole life.
+    pub attempts: u32,
+    /// `attempts` when an operator last re-ran the task: the retry budget counts
+    /// from here, while attempt numbers keep counting up.
+    #[serde(default)]
+    pub attempt_offset: u32,
+    pub first_attempt_at: Option<u64>,
+    pub last_error: Option<String>,
+    pub finished_at: Option<u64>,
+}
+
+impl TaskRecord {
+    pub fn queued(&self) -> core::QueuedTask {
+        core::QueuedTask {
+            id: core::TaskId(self.id),
+            gate: core::GateId(self.gate_id),
+            due: core::Timestamp(self.due_at),
+            attempts: self.attempts,
+            first_attempt_at: self.first_attempt_at.map(core::Timestamp),
+            expires_at: self.expires_at.map(core::Timestamp),
+            policy: self.retry.policy(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AttemptRecord {
+    /// 1-based.
+    pub attempt: u32,
+    pub started_at: u64,
+    pub ended_at: Option<u64>,
+    /// `succeeded`, `rejected`, `failed`, `throttled`, `timeout`, `denied`,
+    /// `interrupted`; none while running.
+    pub outcome: Option<String>,
+    pub status: Option<u16>,
+    pub latency_ms: Option<u64>,
+    pub error: Option<String>,
+    /// The first 4 KiB of the response body.
+    pub response: Option<String>,
+}
+
+/// Per-gate counters, kept in the same commits as the changes they count, so they
+/// are never recomputed by a scan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub cancelled: u64,
+    pub retried: u64,
+    pub attempts: u64,
+}
+
+impl Counts {
+    const FIELDS: usize = 8;
+
+    pub fn encode(&self) -> [u8; 8 * Self::FIELDS] {
+        let values = [
+            self.pending,
+            self.running,
+            self.succeeded,
+            self.failed,
+            self.expired,
+            self.cancelled,
+            self.retried,
+            self.attempts,
+        ];
+        let mut out = [0u8; 8 * Self::FIELDS];
+        for (i, v) in values.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Counts {
+        let get = |i: usize| {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        Counts {
+            pending: get(0),
+            running: get(1),
+            succeeded: get(2),
+            failed: get(3),
+            expired: get(4),
+            cancelled: get(5),
+            retried: get(6),
+            attempts: get(7),
+        }
+    }
+
+    pub fn unfinished(&self) -> u64 {
+        self.pending + self.running
+    }
+}

@@ -1,0 +1,467 @@
+//! The REST surface: validation, idempotency, batches, cancel, paging.
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, Sink, gate_for, webhook_task};
+
+/// Every malformed request gets a 4xx with the error JSON of SPEC §3, never a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_clear_4xx_errors() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    c.put_gate("g", gate_for(&sink, "10/s")).await;
+    let url = sink.url("/x");
+    // (method, path, body, status, code, field)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<Value>,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({})),
+            400,
+            "invalid_argument",
+            Some("rate"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({"rate": "fast"})),
+            400,
+            "invalid_argument",
+            Some("rate"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({"rate": "0/s"})),
+            400,
+            "invalid_argument",
+            Some("rate"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({"rate": -5})),
+            400,
+            "invalid_argument",
+            Some("rate"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({"rate": "1/s", "burst": 0})),
+            400,
+            "invalid_argument",
+            Some("burst"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({"rate": "1/s", "concurrency": -1})),
+            400,
+            "invalid_argument",
+            Some("concurrency"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({"rate": "1/s", "colour": "red"})),
+            400,
+            "invalid_argument",
+            None,
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({"rate": "1/s", "timeout": "soon"})),
+            400,
+            "invalid_argument",
+            Some("timeout"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({"rate": "1/s", "allowed_hosts": ["a b"]})),
+            400,
+            "invalid_argument",
+            Some("allowed_hosts[0]"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!({"rate": "1/s", "recovery": {"start": 0}})),
+            400,
+            "invalid_argument",
+            Some("recovery.start"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/bad%20name",
+            Some(json!({"rate": "1/s"})),
+            400,
+            "invalid_argument",
+            Some("name"),
+        ),
+        (
+            "PUT",
+            "/v1/gates/g2",
+            Some(json!([1, 2])),
+            400,
+            "invalid_argument",
+            None,
+        ),
+        ("GET", "/v1/gates/nope", None, 404, "not_found", None),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({})),
+            400,
+            "invalid_argument",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g"})),
+            400,
+            "invalid_argument",
+            Some("webhook"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "nope", "webhook": {"url": url}})),
+            400,
+            "invalid_argument",
+            Some("gate"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": "not a url"}})),
+            400,
+            "invalid_argument",
+            Some("webhook.url"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": "ftp://x/"}})),
+            400,
+            "invalid_argument",
+            Some("webhook.url"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": "http://other.example/"}})),
+            400,
+            "invalid_argument",
+            Some("webhook.url"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url, "method": "BREW"}})),
+            400,
+            "invalid_argument",
+            Some("webhook.method"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url}, "delay": "5"})),
+            400,
+            "invalid_argument",
+            Some("delay"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url}, "run_at": "tomorrow"})),
+            400,
+            "invalid_argument",
+            Some("run_at"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(
+                json!({"gate": "g", "webhook": {"url": url}, "run_at": "2030-01-01T00:00:00Z", "delay": "1s"}),
+            ),
+            400,
+            "invalid_argument",
+            Some("delay"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url}, "max_attempts": 0})),
+            400,
+            "invalid_argument",
+            Some("max_attempts"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url}, "priority": 3})),
+            400,
+            "invalid_argument",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url, "headers": {"sluice-task-id": "x"}}})),
+            400,
+            "invalid_argument",
+            Some("webhook.headers.sluice-task-id"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url}, "labels": {"a": 1}})),
+            400,
+            "invalid_argument",
+            Some("labels.a"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url}, "plugin": {"name": "p"}})),
+            400,
+            "invalid_argument",
+            Some("webhook"),
+        ),
+        (
+            "POST",
+            "/v1/tasks/batch",
+            Some(json!({"tasks": []})),
+            400,
+            "invalid_argument",
+            Some("tasks"),
+        ),
+        (
+            "POST",
+            "/v1/tasks/batch",
+            Some(json!({"tasks": [{"gate": "g", "webhook": {"url": url}}, {"gate": "g"}]})),
+            400,
+            "invalid_argument",
+            Some("tasks[1].webhook"),
+        ),
+        (
+            "GET",
+            "/v1/tasks/zzz",
+            None,
+            400,
+            "invalid_argument",
+            Some("id"),
+        ),
+        (
+            "GET",
+            "/v1/tasks/0000000000000",
+            None,
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/tasks?state=happy",
+            None,
+            400,
+            "invalid_argument",
+            Some("state"),
+        ),
+        (
+            "GET",
+            "/v1/tasks?limit=0",
+            None,
+            400,
+            "invalid_argument",
+            Some("limit"),
+        ),
+        (
+            "GET",
+            "/v1/tasks?sort=asc",
+            None,
+            400,
+            "invalid_argument",
+            Some("sort"),
+        ),
+        ("GET", "/v1/tasks?gate=nope", None, 404, "not_found", None),
+        (
+            "DELETE",
+            "/v1/tasks/0000000000000",
+            None,
+            404,
+            "not_found",
+            None,
+        ),
+        ("GET", "/v1/nothing", None, 404, "not_found", None),
+        (
+            "DELETE",
+            "/v1/gates/g?force=maybe",
+            None,
+            400,
+            "invalid_argument",
+            Some("force"),
+        ),
+    ];
+    for (method, path, body, status, code, field) in cases {
+        let (got, v) = c.send(method, path, body.clone()).await;
+        assert_eq!(got, status, "{method} {path} {body:?} → {v}");
+        assert_eq!(v["error"]["code"], code, "{method} {path} {body:?} → {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        if let Some(field) = field {
+            assert_eq!(v["error"]["field"], field, "{method} {path} {body:?} → {v}");
+        }
+    }
+    // Bodies that are not JSON at all.
+    for raw in [
+        b"{".to_vec(),
+        b"null".to_vec(),
+        vec![0xff, 0xfe],
+        b"{\"gate\": 1}".to_vec(),
+        Vec::new(),
+    ] {
+        let (status, v) = c
+            .raw("POST", "/v1/tasks", "application/json", raw.clone())
+            .await;
+        assert_eq!(status, 400, "{raw:?} → {v}");
+        assert_eq!(v["error"]["code"], "invalid_argument");
+    }
+    // Too large: a 2 MiB webhook body.
+    let big = "x".repeat(2 << 20);
+    let (status, v) = c
+        .send(
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url, "body": big}})),
+        )
+        .await;
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(v["error"]["code"], "payload_too_large");
+    // Nothing malformed created a task.
+    let (_, list) = c.send("GET", "/v1/tasks", None).await;
+    assert_eq!(list["tasks"].as_array().map(Vec::len), Some(0), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_create_returns_the_first_task() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    c.put_gate("g", gate_for(&sink, "10/s")).await;
+    let mut task = webhook_task("g", &sink.url("/a"));
+    task["idempotency_key"] = json!("order-42");
+    task["delay"] = json!("1h");
+    let first = c.create(task.clone()).await;
+    let (status, headers, second) = c.send_full("POST", "/v1/tasks", Some(task.clone())).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap_or("")),
+        Some("true")
+    );
+    assert_eq!(second["id"], first["id"]);
+    // In a batch too, the key maps to the same task.
+    let ids = c
+        .batch(vec![task.clone(), webhook_task("g", &sink.url("/b"))])
+        .await;
+    assert_eq!(ids[0], first["id"].as_str().unwrap_or_default());
+    assert_ne!(ids[1], ids[0]);
+    let (_, list) = c.send("GET", "/v1/tasks?gate=g", None).await;
+    assert_eq!(
+        list["tasks"].as_array().map(Vec::len),
+        Some(2),
+        "one task per key: {list}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_batch_paging_and_gate_delete() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    c.put_gate("g", gate_for(&sink, "10/s")).await;
+    let tasks: Vec<Value> = (0..25)
+        .map(|i| {
+            let mut t = webhook_task("g", &sink.url("/p"));
+            t["delay"] = json!("1h");
+            t["labels"] = json!({ "batch": if i % 2 == 0 { "even" } else { "odd" } });
+            t
+        })
+        .collect();
+    let ids = c.batch(tasks).await;
+    assert_eq!(ids.len(), 25);
+    // Paging, newest first, covers each task once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let path = if cursor.is_empty() {
+            "/v1/tasks?limit=10".to_string()
+        } else {
+            format!("/v1/tasks?limit=10&cursor={cursor}")
+        };
+        let (status, page) = c.send("GET", &path, None).await;
+        assert_eq!(status, 200);
+        for t in page["tasks"].as_array().cloned().unwrap_or_default() {
+            seen.push(t["id"].as_str().unwrap_or_default().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    let (_, odd) = c
+        .send("GET", "/v1/tasks?label=batch:odd&limit=100", None)
+        .await;
+    assert_eq!(odd["tasks"].as_array().map(Vec::len), Some(12));
+
+    let (status, cancelled) = c
+        .send("DELETE", &format!("/v1/tasks/{}", ids[0]), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(cancelled["state"], "cancelled");
+    let (status, again) = c
+        .send("DELETE", &format!("/v1/tasks/{}", ids[0]), None)
+        .await;
+    assert_eq!(status, 409, "{again}");
+    let gate = c.send("GET", "/v1/gates/g", None).await.1;
+    assert_eq!(gate["backlog"], 24);
+    assert_eq!(gate["counters"]["cancelled"], 1);
+
+    let (status, v) = c.send("DELETE", "/v1/gates/g", None).await;
+    assert_eq!(status, 409, "{v}");
+    let (status, _) = c.send("DELETE", "/v1/gates/g?force=true", None).await;
+    assert_eq!(status, 204);
+    assert_eq!(c.task(&ids[1]).await["state"], "cancelled");
+    assert_eq!(c.send("GET", "/v1/gates/g", None).await.0, 404);
+    assert_eq!(sink.hits().len(), 0, "nothing was due");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let server = Server::start().await;
+    let c = server.client();
+    assert_eq!(c.send("GET", "/healthz", None).await.0, 200);
+    assert_eq!(c.send("GET", "/readyz", None).await.0, 200);
+}

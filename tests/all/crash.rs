@@ -1,0 +1,115 @@
+//! `kill -9` of the real binary loses nothing that was acknowledged.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use sluice::clock;
+
+use crate::support::{Client, Reply, Sink, webhook_task};
+
+fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sluice")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn wait_ready(c: &Client) {
+    let start = clock::instant();
+    loop {
+        let ok = reqwest::get(format!("{}/readyz", c_base(c)))
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ok {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "server never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn c_base(c: &Client) -> String {
+    c.base_url()
+}
+
+/// 2,000 tasks are acknowledged, some are in flight at a slow sink, and the server
+/// is killed with SIGKILL. After a restart on the same file every acknowledged
+/// task reaches the sink, and none ends in any state but succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::ok().delayed(Duration::from_millis(50)));
+    let mut child = spawn_server(dir.path(), port);
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    wait_ready(&c).await;
+    c.put_gate(
+        "crash",
+        json!({
+            "rate": "400/s", "burst": 20, "concurrency": 20,
+            "allowed_hosts": [sink.host()],
+            "recovery": { "start": 1.0 },
+            "retry": { "max_attempts": 10, "backoff": { "initial": "100ms", "max": "500ms" } },
+        }),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let tasks = (0..500)
+            .map(|_| webhook_task("crash", &sink.url("/c")))
+            .collect();
+        ids.extend(c.batch(tasks).await);
+    }
+    // Kill while some attempts are in flight.
+    sink.wait_for(100, Duration::from_secs(20)).await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let before = sink.hits().len();
+    assert!(
+        before < 2_000,
+        "the kill came too late to test anything ({before} hits)"
+    );
+
+    let mut child = spawn_server(dir.path(), port);
+    wait_ready(&c).await;
+    let start = clock::instant();
+    loop {
+        let delivered: std::collections::HashSet<String> =
+            sink.hits().into_iter().map(|h| h.task).collect();
+        if ids.iter().all(|id| delivered.contains(id)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of {} acknowledged tasks never arrived",
+            ids.iter().filter(|id| !delivered.contains(*id)).count(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in ids.iter().step_by(97) {
+        c.wait_state(id, "succeeded", Duration::from_secs(20)).await;
+    }
+    let hits = sink.hits().len();
+    // Duplicates are bounded by what was in flight at the kill (concurrency 20).
+    assert!(hits <= 2_000 + 20, "{hits} hits for 2000 tasks");
+    child.kill().expect("kill");
+    let _ = child.wait();
+}

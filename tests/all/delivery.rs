@@ -1,0 +1,198 @@
+//! Webhooks reach real loopback endpoints on time, at the gate's pace, with
+//! retries and timeouts as SPEC §2 classifies them.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice::clock;
+
+use crate::support::{Reply, Server, Sink, gate_for, max_in_window, webhook_task};
+
+/// A task delayed by 1 s arrives within a bounded lateness of its due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_task_arrives_on_time() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let created = clock::instant();
+    let mut task = webhook_task("g", &sink.url("/later"));
+    task["delay"] = json!("1s");
+    let t = c.create(task).await;
+    let hits = sink.wait_for(1, Duration::from_secs(10)).await;
+    let waited = hits[0].at.duration_since(created);
+    assert!(
+        waited >= Duration::from_millis(990),
+        "arrived early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(1_250),
+        "arrived late: {waited:?}"
+    );
+    let h = &hits[0].headers;
+    assert_eq!(h["sluice-task-id"], t["id"].as_str().unwrap_or_default());
+    assert_eq!(h["sluice-attempt"], "1");
+    assert_eq!(h["sluice-gate"], "g");
+    assert_eq!(h["idempotency-key"], t["id"].as_str().unwrap_or_default());
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(
+        h["sluice-scheduled-at"],
+        t["scheduled_at"].as_str().unwrap_or_default()
+    );
+    assert_eq!(&hits[0].body[..], br#"{"hello":"world"}"#);
+    c.wait_state(
+        t["id"].as_str().unwrap_or_default(),
+        "succeeded",
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// 600 tasks through a 200/s gate: no 1 s window holds more than burst + 200, and
+/// the whole run is within a few percent of 200/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_rate_holds_at_the_sink() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    let mut gate = gate_for(&sink, "200/s");
+    gate["burst"] = json!(5);
+    c.put_gate("rated", gate).await;
+    let tasks = (0..600)
+        .map(|_| webhook_task("rated", &sink.url("/r")))
+        .collect();
+    c.batch(tasks).await;
+    let hits = sink.wait_for(600, Duration::from_secs(20)).await;
+    let times: Vec<_> = hits.iter().map(|h| h.at).collect();
+    let peak = max_in_window(&times, Duration::from_secs(1));
+    assert!(peak <= 205, "a 1 s window held {peak} arrivals");
+    let span = times
+        .iter()
+        .max()
+        .unwrap_or(&times[0])
+        .duration_since(times[0])
+        .as_secs_f64();
+    // 600 arrivals: the first 5 are the burst, the other 595 are paced at 200/s.
+    let rate = 595.0 / span;
+    assert!(
+        (rate - 200.0).abs() / 200.0 < 0.05,
+        "measured {rate:.1}/s over {span:.2}s"
+    );
+}
+
+/// A slow endpoint never sees more than `concurrency` requests at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_cap_holds_with_a_slow_sink() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::ok().delayed(Duration::from_millis(200)));
+    let mut gate = gate_for(&sink, "1000/s");
+    gate["burst"] = json!(100);
+    gate["concurrency"] = json!(3);
+    c.put_gate("slow", gate).await;
+    let ids = c
+        .batch(
+            (0..15)
+                .map(|_| webhook_task("slow", &sink.url("/s")))
+                .collect(),
+        )
+        .await;
+    sink.wait_for(15, Duration::from_secs(10)).await;
+    for id in &ids {
+        c.wait_state(id, "succeeded", Duration::from_secs(5)).await;
+    }
+    assert_eq!(sink.max_in_flight(), 3);
+}
+
+/// 500 then 200: retried, then succeeded, with both attempts in history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_error_is_retried_then_succeeds() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|hit, _| {
+        if hit.attempt == 1 {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let t = c.create(webhook_task("g", &sink.url("/flaky"))).await;
+    let id = t["id"].as_str().unwrap_or_default();
+    let done = c.wait_state(id, "succeeded", Duration::from_secs(10)).await;
+    let attempts = done["attempts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(attempts.len(), 2, "{done}");
+    assert_eq!(attempts[0]["outcome"], "failed");
+    assert_eq!(attempts[0]["status"], 500);
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+    let hits = sink.hits();
+    assert_eq!(hits.len(), 2);
+    assert!(
+        hits[1].at.duration_since(hits[0].at) >= Duration::from_millis(90),
+        "backoff respected"
+    );
+}
+
+/// 404 fails at once: no retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_error_fails_without_retry() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::status(404));
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let t = c.create(webhook_task("g", &sink.url("/missing"))).await;
+    let id = t["id"].as_str().unwrap_or_default();
+    let done = c.wait_state(id, "failed", Duration::from_secs(10)).await;
+    assert_eq!(done["attempt_count"], 1);
+    assert_eq!(done["attempts"][0]["outcome"], "rejected");
+    assert_eq!(sink.hits().len(), 1);
+}
+
+/// A request that outlives its timeout counts as a failed attempt and is retried;
+/// the retry budget ends the task as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_is_retried() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|hit, _| {
+        if hit.attempt == 1 {
+            Reply::ok().delayed(Duration::from_secs(3))
+        } else {
+            Reply::ok()
+        }
+    });
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let mut task = webhook_task("g", &sink.url("/slow"));
+    task["timeout"] = json!("300ms");
+    let t = c.create(task).await;
+    let id = t["id"].as_str().unwrap_or_default();
+    let done = c.wait_state(id, "succeeded", Duration::from_secs(10)).await;
+    assert_eq!(done["attempts"][0]["outcome"], "timeout", "{done}");
+    assert_eq!(done["attempts"][1]["outcome"], "succeeded");
+}
+
+/// A task whose gate lists no hosts may not reach loopback: refused before any
+/// packet leaves, and failed without retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_address_is_refused_unless_named() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    c.put_gate("open", json!({ "rate": "10/s" })).await;
+    let t = c.create(webhook_task("open", &sink.url("/nope"))).await;
+    let id = t["id"].as_str().unwrap_or_default();
+    let done = c.wait_state(id, "failed", Duration::from_secs(10)).await;
+    assert_eq!(done["attempts"][0]["outcome"], "denied", "{done}");
+    assert!(
+        done["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("private"),
+        "{done}"
+    );
+    assert_eq!(sink.hits().len(), 0);
+}

@@ -1,0 +1,14 @@
+//! The one integration-test binary: real servers on loopback ports, real redb
+//! files in temp dirs, real HTTP sinks started by the tests.
+
+#![allow(
+    unreachable_pub,
+    dead_code,
+    reason = "test support is shared across modules"
+)]
+
+mod api;
+mod crash;
+mod delivery;
+mod support;
+mod tidy;

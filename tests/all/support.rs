@@ -1,0 +1,392 @@
+//! Test fixtures: an in-process server, a recording HTTP sink, a JSON client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sluice::clock;
+use sluice::config::ServerConfig;
+use tokio::sync::watch;
+
+/// A server running in this process on a loopback port with its own data dir.
+pub struct Server {
+    pub running: Option<sluice::server::Running>,
+    pub url: String,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_path_buf();
+        let mut server = Server::start_in(&dir).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    pub async fn start_in(dir: &Path) -> Server {
+        let config = ServerConfig {
+            data_dir: dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            grace: Duration::from_secs(5),
+        };
+        let running = sluice::server::start(&config, None)
+            .await
+            .expect("server starts");
+        let url = format!("http://{}", running.addr());
+        Server {
+            running: Some(running),
+            url,
+            dir: dir.to_path_buf(),
+            _temp: None,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// A small JSON client that returns (status, body) and never panics on errors.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            base: base.to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        self.base.clone()
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, _, value) = self.send_full(method, path, body).await;
+        (status, value)
+    }
+
+    pub async fn send_full(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, HeaderMap, Value) {
+        let mut req = self.http.request(
+            method.parse().expect("method"),
+            format!("{}{}", self.base, path),
+        );
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&b).expect("json"));
+        }
+        let resp = req.send().await.expect("request reaches the server");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, value)
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(
+                method.parse().expect("method"),
+                format!("{}{}", self.base, path),
+            )
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request reaches the server");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn put_gate(&self, name: &str, body: Value) -> Value {
+        let (status, v) = self
+            .send("PUT", &format!("/v1/gates/{name}"), Some(body))
+            .await;
+        assert!(status == 200 || status == 201, "gate {name}: {status} {v}");
+        v
+    }
+
+    pub async fn create(&self, task: Value) -> Value {
+        let (status, v) = self.send("POST", "/v1/tasks", Some(task)).await;
+        assert_eq!(status, 201, "create: {v}");
+        v
+    }
+
+    pub async fn batch(&self, tasks: Vec<Value>) -> Vec<String> {
+        let (status, v) = self
+            .send("POST", "/v1/tasks/batch", Some(json!({ "tasks": tasks })))
+            .await;
+        assert_eq!(status, 201, "batch: {v}");
+        v["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|i| i.as_str().expect("id").to_string())
+            .collect()
+    }
+
+    pub async fn task(&self, id: &str) -> Value {
+        let (status, v) = self.send("GET", &format!("/v1/tasks/{id}"), None).await;
+        assert_eq!(status, 200, "get task: {v}");
+        v
+    }
+
+    /// Polls the task until it reaches `state`. Polling the API is the event here:
+    /// the state change is only visible through it.
+    pub async fn wait_state(&self, id: &str, state: &str, within: Duration) -> Value {
+        let start = clock::instant();
+        loop {
+            let t = self.task(id).await;
+            if t["state"] == state {
+                return t;
+            }
+            assert!(
+                start.elapsed() < within,
+                "task {id} never reached {state}: {t}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One request the sink received.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub at: Instant,
+    pub task: String,
+    pub attempt: u32,
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+/// What the sink answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn ok() -> Reply {
+        Reply::status(200)
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+type Behaviour = Arc<dyn Fn(&Hit, usize) -> Reply + Send + Sync>;
+
+struct SinkState {
+    hits: Mutex<Vec<Hit>>,
+    count: watch::Sender<usize>,
+    in_flight: Mutex<(usize, usize)>,
+    behaviour: Mutex<Behaviour>,
+}
+
+/// An HTTP endpoint on loopback that records the arrival time of every request.
+#[derive(Clone)]
+pub struct Sink {
+    state: Arc<SinkState>,
+    pub addr: SocketAddr,
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        Sink::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Sink {
+        let (count, _) = watch::channel(0);
+        let state = Arc::new(SinkState {
+            hits: Mutex::new(Vec::new()),
+            count,
+            in_flight: Mutex::new((0, 0)),
+            behaviour: Mutex::new(Arc::new(|_: &Hit, _| Reply::ok())),
+        });
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("sink binds");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Sink { state, addr }
+    }
+
+    /// Sets how the sink answers: a function of the hit and the index of the hit.
+    pub fn behave(&self, f: impl Fn(&Hit, usize) -> Reply + Send + Sync + 'static) {
+        *self.state.behaviour.lock().expect("lock") = Arc::new(f);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The `allowed_hosts` entry that names this sink.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.state.hits.lock().expect("lock").clone()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.state.in_flight.lock().expect("lock").1
+    }
+
+    /// Waits until the sink has seen at least `n` requests.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Hit> {
+        let mut rx = self.state.count.subscribe();
+        let reached = tokio::time::timeout(within, rx.wait_for(|c| *c >= n)).await;
+        let hits = self.hits();
+        assert!(
+            reached.is_ok(),
+            "sink saw {} requests, expected {n} within {within:?}",
+            hits.len()
+        );
+        hits
+    }
+}
+
+async fn record(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let at = clock::instant();
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let hit = Hit {
+        at,
+        task: get("sluice-task-id"),
+        attempt: get("sluice-attempt").parse().unwrap_or(0),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body,
+    };
+    let index = {
+        let mut hits = state.hits.lock().expect("lock");
+        hits.push(hit.clone());
+        hits.len() - 1
+    };
+    let behaviour = state.behaviour.lock().expect("lock").clone();
+    let reply = behaviour(&hit, index);
+    {
+        let mut f = state.in_flight.lock().expect("lock");
+        f.0 += 1;
+        f.1 = f.1.max(f.0);
+    }
+    state.count.send_modify(|c| *c += 1);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    state.in_flight.lock().expect("lock").0 -= 1;
+    let mut response = (
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
+        "sink",
+    )
+        .into_response();
+    for (k, v) in reply.headers {
+        if let (Ok(k), Ok(v)) = (
+            axum::http::HeaderName::from_bytes(k.as_bytes()),
+            axum::http::HeaderValue::from_str(&v),
+        ) {
+            response.headers_mut().insert(k, v);
+        }
+    }
+    response
+}
+
+/// The most arrivals in any window of `width`, over sorted arrival instants.
+pub fn max_in_window(times: &[Instant], width: Duration) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end].duration_since(sorted[start]) >= width {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+/// A gate body allowing the sink, with the given rate and no ramp.
+pub fn gate_for(sink: &Sink, rate: &str) -> Value {
+    json!({
+        "rate": rate,
+        "burst": 1,
+        "concurrency": 50,
+        "allowed_hosts": [sink.host()],
+        "recovery": { "start": 1.0 },
+        "retry": { "backoff": { "initial": "100ms", "max": "1s", "jitter": false } },
+    })
+}
+
+pub fn webhook_task(gate: &str, url: &str) -> Value {
+    json!({ "gate": gate, "webhook": { "url": url, "body": { "hello": "world" } } })
+}
