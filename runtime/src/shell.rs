@@ -249,8 +249,9 @@ struct Driver {
     counts: HashMap<u32, Counts>,
     last_task_id: u64,
     shutting_down: bool,
-    /// Per gate, the theoretical arrival time of the next release (see `release_at`).
-    pacers: HashMap<u32, std::time::Instant>,
+    /// Per gate, release tokens (negative: releases reserved ahead) and when they
+    /// were counted; see `release_at`.
+    pacers: HashMap<u32, (f64, std::time::Instant)>,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so
@@ -484,20 +485,26 @@ impl Driver {
 
     /// When an admitted attempt may leave. The core admits on the turn's clock;
     /// a slow commit delays a turn's attempts, and the next turn's would then
-    /// follow them closer than the gate allows. Pacing the release on the real
-    /// clock with the same bucket keeps the gate invariant true at the endpoint.
+    /// follow them closer than the gate allows. A second bucket on the real clock,
+    /// at the same rate and burst, spaces the releases again. It only ever delays:
+    /// what may start at all is the core's decision.
     fn release_at(&mut self, now: std::time::Instant, gate: GateId) -> std::time::Instant {
         let Some((rate, burst)) = self.core.pace(clock::now(), gate) else {
             return now;
         };
-        let rate = rate.max(1e-9);
-        let burst = burst.max(1);
-        let interval = Duration::from_secs_f64((1.0 / rate).min(86_400.0));
-        let tolerance = interval * (burst - 1);
-        let tat = self.pacers.entry(gate.0).or_insert(now);
-        let release = tat.checked_sub(tolerance).map_or(now, |t| t.max(now));
-        *tat = (*tat).max(release) + interval;
-        release
+        let rate = rate.max(1e-6);
+        let cap = f64::from(burst.max(1));
+        let pacer = self.pacers.entry(gate.0).or_insert((cap, now));
+        if now > pacer.1 {
+            pacer.0 = (pacer.0 + rate * now.duration_since(pacer.1).as_secs_f64()).min(cap);
+            pacer.1 = now;
+        }
+        pacer.0 -= 1.0;
+        if pacer.0 >= 0.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((-pacer.0 / rate).min(3_600.0))
+        }
     }
 
     fn finish_turn(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
@@ -843,6 +850,7 @@ impl Driver {
             updated_at: now,
         };
         turn.tx.put_gate(&record)?;
+        self.pacers.remove(&id);
         if created {
             self.counts.insert(id, Counts::default());
             turn.dirty_counts.push(id);

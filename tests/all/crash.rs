@@ -8,7 +8,7 @@ use sluice::clock;
 
 use crate::support::{Client, Reply, Sink, webhook_task};
 
-fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
+pub fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
@@ -20,14 +20,14 @@ fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
         .expect("spawn sluice")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
 
-async fn wait_ready(c: &Client) {
+pub async fn wait_ready(c: &Client) {
     let start = clock::instant();
     loop {
         let ok = reqwest::get(format!("{}/readyz", c_base(c)))

@@ -196,3 +196,89 @@ async fn private_address_is_refused_unless_named() {
     );
     assert_eq!(sink.hits().len(), 0);
 }
+
+/// A blocked gate (paused, with a backlog) and a slow gate never delay another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_are_independent() {
+    let server = Server::start().await;
+    let c = server.client();
+    let slow = Sink::start().await;
+    slow.behave(|_, _| Reply::ok().delayed(Duration::from_secs(2)));
+    let fast = Sink::start().await;
+    let mut g = gate_for(&slow, "1000/s");
+    g["burst"] = json!(100);
+    c.put_gate("slow", g).await;
+    c.put_gate("blocked", gate_for(&slow, "1000/s")).await;
+    c.send("POST", "/v1/gates/blocked/pause", None).await;
+    c.put_gate("fast", gate_for(&fast, "1000/s")).await;
+    c.batch(
+        (0..200)
+            .map(|_| webhook_task("slow", &slow.url("/s")))
+            .collect(),
+    )
+    .await;
+    c.batch(
+        (0..2_000)
+            .map(|_| webhook_task("blocked", &slow.url("/b")))
+            .collect(),
+    )
+    .await;
+    let started = clock::instant();
+    let t = c.create(webhook_task("fast", &fast.url("/f"))).await;
+    let hits = fast.wait_for(1, Duration::from_secs(5)).await;
+    assert!(
+        hits[0].at.duration_since(started) < Duration::from_millis(300),
+        "the fast gate waited"
+    );
+    c.wait_state(
+        t["id"].as_str().unwrap_or_default(),
+        "succeeded",
+        Duration::from_secs(5),
+    )
+    .await;
+    let blocked = c.send("GET", "/v1/gates/blocked", None).await.1;
+    assert_eq!(blocked["state"], "paused");
+    assert_eq!(blocked["backlog"], 2000);
+    assert_eq!(blocked["due"], 2000);
+}
+
+/// Changing a gate's rate takes effect at once, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_changes_apply_at_once() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    c.put_gate("g", gate_for(&sink, "1/m")).await;
+    c.batch(
+        (0..20)
+            .map(|_| webhook_task("g", &sink.url("/x")))
+            .collect(),
+    )
+    .await;
+    sink.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(sink.hits().len(), 1, "1/m lets one through");
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    sink.wait_for(20, Duration::from_secs(5)).await;
+}
+
+/// A graceful stop lets the attempt in flight finish and records it; the restart
+/// does not send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_attempts_in_flight() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start_in(dir.path()).await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::ok().delayed(Duration::from_millis(500)));
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let t = c.create(webhook_task("g", &sink.url("/x"))).await;
+    let id = t["id"].as_str().unwrap_or_default().to_string();
+    sink.wait_for(1, Duration::from_secs(5)).await;
+    server.stop().await;
+    let server = Server::start_in(dir.path()).await;
+    let c = server.client();
+    let done = c.task(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempt_count"], 1);
+    assert_eq!(sink.hits().len(), 1);
+}

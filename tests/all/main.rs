@@ -10,5 +10,6 @@
 mod api;
 mod crash;
 mod delivery;
+mod recovery;
 mod support;
 mod tidy;

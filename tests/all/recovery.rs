@@ -1,0 +1,205 @@
+//! Outage-safe recovery on a real clock: after an endpoint outage, a 429, or a
+//! `kill -9`, the backlog drains at the gate's pace, never as a flood.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice::clock;
+
+use crate::crash::{free_port, spawn_server, wait_ready};
+use crate::support::{Client, Reply, Server, Sink, max_in_window, webhook_task};
+
+/// The endpoint answers 503 for 10 s while 2,000 tasks fall due. The circuit trips
+/// after 5 failures, so the dead endpoint sees only a probe per cooldown; after it
+/// recovers, no 1 s window exceeds burst + rate, and every task succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_outage_drains_at_the_gate_pace() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    let outage = Duration::from_secs(10);
+    let began = clock::instant();
+    sink.behave(move |hit, _| {
+        if hit.at.duration_since(began) < outage {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    });
+    c.put_gate(
+        "outage",
+        json!({
+            "rate": "200/s", "burst": 10, "concurrency": 50,
+            "allowed_hosts": [sink.host()],
+            "recovery": { "start": 0.2, "over": "3s" },
+            "circuit": { "failures": 5, "cooldown": "2s", "max_cooldown": "4s" },
+            "retry": { "max_attempts": 20, "backoff": { "initial": "200ms", "max": "2s" } },
+        }),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for chunk in 0..4 {
+        let tasks = (0..500)
+            .map(|i| {
+                let mut t = webhook_task("outage", &sink.url("/o"));
+                t["delay"] = json!(format!("{}ms", (chunk * 500 + i) * 4));
+                t
+            })
+            .collect();
+        ids.extend(c.batch(tasks).await);
+    }
+    let gate = c.send("GET", "/v1/gates/outage", None).await.1;
+    assert_eq!(gate["backlog"], 2000, "{gate}");
+    // Wait for every task to succeed.
+    let start = clock::instant();
+    loop {
+        let g = c.send("GET", "/v1/gates/outage", None).await.1;
+        if g["counters"]["succeeded"] == 2000 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "did not drain: {g}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits = sink.hits();
+    let during: Vec<_> = hits
+        .iter()
+        .filter(|h| h.at.duration_since(began) < outage)
+        .collect();
+    // 5 failures trip it; then one probe per cooldown (2 s, then 4 s): a handful,
+    // plus what was already in flight when it tripped.
+    assert!(
+        during.len() <= 5 + 50 + 5,
+        "the dead endpoint got {} requests",
+        during.len()
+    );
+    let after: Vec<_> = hits
+        .iter()
+        .filter(|h| h.at.duration_since(began) >= outage)
+        .map(|h| h.at)
+        .collect();
+    let peak = max_in_window(&after, Duration::from_secs(1));
+    assert!(peak <= 210, "peak 1 s window after recovery: {peak}");
+    let first_second = after
+        .iter()
+        .filter(|t| t.duration_since(after[0]) < Duration::from_secs(1))
+        .count();
+    assert!(
+        first_second <= 10 + 200,
+        "first second after recovery: {first_second}"
+    );
+    eprintln!(
+        "outage: {} requests during 10 s down, peak {peak}/s after",
+        during.len()
+    );
+}
+
+/// A 429 with `Retry-After: 3` pauses the whole gate for 3 s, and waiting does not
+/// consume attempts of the other tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_pauses_the_whole_gate() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|_, i| {
+        if i == 0 {
+            Reply::status(429).header("retry-after", "3")
+        } else {
+            Reply::ok()
+        }
+    });
+    c.put_gate(
+        "polite",
+        json!({
+            "rate": "50/s", "concurrency": 1,
+            "allowed_hosts": [sink.host()],
+            "recovery": { "start": 1.0 },
+        }),
+    )
+    .await;
+    let ids = c
+        .batch(
+            (0..5)
+                .map(|_| webhook_task("polite", &sink.url("/p")))
+                .collect(),
+        )
+        .await;
+    let hits = sink.wait_for(6, Duration::from_secs(15)).await;
+    let gap = hits[1].at.duration_since(hits[0].at);
+    assert!(
+        gap >= Duration::from_millis(2_950),
+        "next request after {gap:?}"
+    );
+    assert!(
+        gap < Duration::from_millis(4_000),
+        "gate stayed shut too long: {gap:?}"
+    );
+    for id in &ids[1..] {
+        let t = c.wait_state(id, "succeeded", Duration::from_secs(10)).await;
+        assert_eq!(
+            t["attempt_count"], 1,
+            "waiting on the gate used no attempt: {t}"
+        );
+    }
+}
+
+/// `kill -9` while 3,000 tasks are overdue, then restart: the endpoint sees the
+/// ramp (the first second near start × rate), not the backlog at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_kill_ramps_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let sink = Sink::start().await;
+    let mut child = spawn_server(dir.path(), port);
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    wait_ready(&c).await;
+    c.put_gate(
+        "ramp",
+        json!({
+            "rate": "500/s", "burst": 10, "concurrency": 100,
+            "allowed_hosts": [sink.host()],
+            "recovery": { "start": 0.1, "over": "4s" },
+        }),
+    )
+    .await;
+    for _ in 0..6 {
+        let tasks = (0..500)
+            .map(|_| {
+                let mut t = webhook_task("ramp", &sink.url("/r"));
+                t["delay"] = json!("1s");
+                t
+            })
+            .collect();
+        c.batch(tasks).await;
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    assert_eq!(sink.hits().len(), 0, "killed before anything was due");
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // let every task become overdue
+    let restarted = clock::instant();
+    let mut child = spawn_server(dir.path(), port);
+    wait_ready(&c).await;
+    let hits = sink.wait_for(3_000, Duration::from_secs(30)).await;
+    let times: Vec<_> = hits.iter().map(|h| h.at).collect();
+    let first = times.iter().min().copied().unwrap_or(restarted);
+    let in_first_second = times
+        .iter()
+        .filter(|t| t.duration_since(first) < Duration::from_secs(1))
+        .count();
+    // The ramp starts at 50/s and rises to 500/s over 4 s: its first second allows
+    // about 50 + 450 × 1/8 ≈ 106, plus a bucket that starts empty.
+    assert!(
+        in_first_second <= 120,
+        "first second after restart: {in_first_second}"
+    );
+    assert!(
+        in_first_second >= 30,
+        "the ramp should still send: {in_first_second}"
+    );
+    let peak = max_in_window(&times, Duration::from_secs(1));
+    assert!(peak <= 510, "peak {peak}");
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
