@@ -75,6 +75,13 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Manage schedules (periodic tasks).
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+        #[command(flatten)]
+        client: Client,
+    },
     /// A table of gates: backlog, in flight, rates, state, time to drain.
     Status {
         /// Refresh in place every 2 seconds.
@@ -131,6 +138,59 @@ enum GateCommand {
     Pause { name: String },
     /// Start again (with the recovery ramp).
     Resume { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per run")]
+enum ScheduleCommand {
+    /// Create or replace a schedule.
+    Set {
+        name: String,
+        /// Cron rule, 5 fields or 6 with seconds first.
+        #[arg(long, conflicts_with = "every")]
+        cron: Option<String>,
+        /// IANA time zone for the cron rule [default: UTC].
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Run every so often, e.g. "10m".
+        #[arg(long)]
+        every: Option<String>,
+        #[arg(long)]
+        gate: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        method: Option<String>,
+        /// Body: JSON, or @file to read it from a file.
+        #[arg(long)]
+        body: Option<String>,
+        /// skip, once or all.
+        #[arg(long)]
+        misfire: Option<String>,
+        #[arg(long)]
+        catchup_limit: Option<u32>,
+        /// A stable per-schedule offset in [0, jitter), e.g. "30s".
+        #[arg(long)]
+        jitter: Option<String>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+    },
+    /// Show one schedule with its next and last runs.
+    Get {
+        name: String,
+    },
+    /// List schedules.
+    Ls,
+    /// Delete a schedule (its pending occurrence is cancelled).
+    Rm {
+        name: String,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,6 +308,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .map_err(Failure::from),
         Command::Gate { command, client } => gate(&Api::new(&client)?, command, client.json).await,
         Command::Task { command, client } => task(&Api::new(&client)?, command, client.json).await,
+        Command::Schedule { command, client } => {
+            schedule(&Api::new(&client)?, command, client.json).await
+        }
         Command::Status { watch, client } => status(&Api::new(&client)?, watch, client.json).await,
     }
 }
@@ -667,6 +730,171 @@ async fn send_batches(
         println!("created {} tasks", ids.len());
     }
     Ok(())
+}
+
+fn body_value(body: String) -> Result<Value, Failure> {
+    let text = match body.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => body,
+    };
+    Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn schedule(api: &Api, command: ScheduleCommand, json: bool) -> Result<(), Failure> {
+    let path = |name: &str| format!("/v1/schedules/{}", enc(name));
+    let value = match command {
+        ScheduleCommand::Set {
+            name,
+            cron,
+            timezone,
+            every,
+            gate,
+            url,
+            method,
+            body,
+            misfire,
+            catchup_limit,
+            jitter,
+            max_attempts,
+        } => {
+            let mut webhook = json!({ "url": url });
+            if let Some(m) = method {
+                webhook["method"] = json!(m);
+            }
+            if let Some(b) = body {
+                webhook["body"] = body_value(b)?;
+            }
+            let mut task = json!({ "gate": gate, "webhook": webhook });
+            if let Some(n) = max_attempts {
+                task["max_attempts"] = json!(n);
+            }
+            let mut s = json!({ "task": task });
+            for (k, v) in [
+                ("cron", cron),
+                ("timezone", timezone),
+                ("every", every),
+                ("misfire", misfire),
+                ("jitter", jitter),
+            ] {
+                if let Some(v) = v {
+                    s[k] = json!(v);
+                }
+            }
+            if let Some(n) = catchup_limit {
+                s["catchup_limit"] = json!(n);
+            }
+            api.call(reqwest::Method::PUT, &path(&name), Some(&s))
+                .await?
+        }
+        ScheduleCommand::Get { name } => api.get(&path(&name)).await?,
+        ScheduleCommand::Ls => {
+            let v = api.get("/v1/schedules").await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", schedules_table(&v));
+            }
+            return Ok(());
+        }
+        ScheduleCommand::Rm { name } => {
+            api.call(reqwest::Method::DELETE, &path(&name), None)
+                .await?;
+            if !json {
+                println!("deleted schedule {name}");
+            }
+            return Ok(());
+        }
+        ScheduleCommand::Pause { name } => {
+            api.call(
+                reqwest::Method::POST,
+                &format!("{}/pause", path(&name)),
+                None,
+            )
+            .await?
+        }
+        ScheduleCommand::Resume { name } => {
+            api.call(
+                reqwest::Method::POST,
+                &format!("{}/resume", path(&name)),
+                None,
+            )
+            .await?
+        }
+    };
+    if json {
+        print_json(&value);
+    } else {
+        print!("{}", schedule_detail(&value));
+    }
+    Ok(())
+}
+
+fn schedules_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["schedules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            vec![
+                s["name"].as_str().unwrap_or("").to_string(),
+                s["cron"].as_str().map_or_else(
+                    || format!("every {}", s["every"].as_str().unwrap_or("?")),
+                    str::to_string,
+                ),
+                s["timezone"].as_str().unwrap_or("").to_string(),
+                if s["paused"] == true {
+                    "paused".into()
+                } else {
+                    "active".into()
+                },
+                s["next_runs"][0].as_str().unwrap_or("-").to_string(),
+                s["last_runs"][0]["state"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string(),
+                format!("{}/{}", num(&s["missed"]), num(&s["skipped"])),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SCHEDULE",
+            "RULE",
+            "ZONE",
+            "STATE",
+            "NEXT RUN",
+            "LAST",
+            "MISSED/SKIPPED",
+        ],
+        &rows,
+    )
+}
+
+fn schedule_detail(s: &Value) -> String {
+    let mut out = schedules_table(&json!({ "schedules": [s] }));
+    out.push_str("\nnext runs:\n");
+    for r in s["next_runs"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!("  {}\n", r.as_str().unwrap_or("")));
+    }
+    let runs: Vec<Vec<String>> = s["last_runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            vec![
+                r["scheduled_at"].as_str().unwrap_or("").to_string(),
+                r["task"].as_str().unwrap_or("").to_string(),
+                r["state"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    if !runs.is_empty() {
+        out.push_str("\nlast runs:\n");
+        out.push_str(&table(&["SCHEDULED", "TASK", "STATE"], &runs));
+    }
+    out
 }
 
 async fn status(api: &Api, watch: bool, json: bool) -> Result<(), Failure> {

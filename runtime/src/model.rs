@@ -38,4 +38,19 @@ pub struct NewTask {
     pub expires_after: Option<Duration>,
     pub idempotency_key: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Set on occurrences of a schedule.
+    pub schedule: Option<String>,
+}
+
+/// A validated schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleSpec {
+    pub cron: Option<String>,
+    pub timezone: String,
+    pub every: Option<Duration>,
+    pub misfire: crate::core::schedule::Misfire,
+    pub catchup_limit: u32,
+    pub jitter: Duration,
+    /// The task each occurrence is made from (its `due` is unused).
+    pub template: NewTask,
 }

@@ -11,5 +11,6 @@ mod api;
 mod crash;
 mod delivery;
 mod recovery;
+mod schedules;
 mod support;
 mod tidy;

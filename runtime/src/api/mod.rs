@@ -22,7 +22,8 @@ use crate::shell::{GateLive, Handle};
 use crate::store::{Store, TaskFilter, TaskState};
 pub use error::ApiError;
 use wire::{
-    BatchBody, BatchCreated, GateBody, GateExtra, GateList, GateView, TaskBody, TaskList, TaskView,
+    BatchBody, BatchCreated, GateBody, GateExtra, GateList, GateView, ScheduleBody, ScheduleList,
+    ScheduleView, TaskBody, TaskList, TaskView,
 };
 
 #[derive(Clone)]
@@ -59,7 +60,17 @@ pub fn router(state: AppState) -> Router {
             post(create_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
         )
         .route("/tasks/{id}", get(get_task).delete(cancel_task))
-        .route("/tasks/{id}/retry", post(retry_task));
+        .route("/tasks/{id}/retry", post(retry_task))
+        .route("/schedules", get(list_schedules))
+        .route(
+            "/schedules/{name}",
+            put(put_schedule)
+                .get(get_schedule)
+                .delete(delete_schedule)
+                .layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)),
+        )
+        .route("/schedules/{name}/pause", post(pause_schedule))
+        .route("/schedules/{name}/resume", post(resume_schedule));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
@@ -395,4 +406,82 @@ async fn retry_task(
     let id = parse_id(&id)?;
     let task = state.shell.retry_task(id).await?;
     Ok(Json(TaskView::new(&task, None)))
+}
+
+async fn read_schedule(state: &AppState, name: String) -> Result<ScheduleView, ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || -> Result<ScheduleView, ApiError> {
+        let reader = store.read()?;
+        let record = reader
+            .schedule(&name)?
+            .ok_or_else(|| ApiError::not_found(format!("schedule {name:?} not found")))?;
+        Ok(ScheduleView::new(&record, clock::now()))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+}
+
+async fn list_schedules(State(state): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
+    let store = state.store.clone();
+    let list = tokio::task::spawn_blocking(move || -> Result<ScheduleList, ApiError> {
+        let now = clock::now();
+        let schedules = store.read()?.schedules()?;
+        Ok(ScheduleList {
+            schedules: schedules
+                .iter()
+                .map(|s| ScheduleView::new(s, now))
+                .collect(),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    Ok(Json(list))
+}
+
+async fn get_schedule(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    Ok(Json(read_schedule(&state, name).await?))
+}
+
+async fn put_schedule(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Body(body): Body<ScheduleBody>,
+) -> Result<Response, ApiError> {
+    wire::valid_name(&name)?;
+    let spec = body.validate(clock::now())?;
+    let (_, created) = state.shell.put_schedule(name.clone(), spec).await?;
+    let view = read_schedule(&state, name).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+async fn delete_schedule(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.shell.delete_schedule(name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause_schedule(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    state.shell.set_schedule_paused(name.clone(), true).await?;
+    Ok(Json(read_schedule(&state, name).await?))
+}
+
+async fn resume_schedule(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    state.shell.set_schedule_paused(name.clone(), false).await?;
+    Ok(Json(read_schedule(&state, name).await?))
 }

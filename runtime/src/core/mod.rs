@@ -8,6 +8,7 @@ pub mod gate;
 pub mod ids;
 pub mod retry;
 pub mod rng;
+pub mod schedule;
 pub mod scheduler;
 pub mod time;
 

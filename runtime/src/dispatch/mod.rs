@@ -34,6 +34,8 @@ pub struct Plan {
     pub json: bool,
     pub timeout: Duration,
     pub scheduled_at: Timestamp,
+    /// The schedule this attempt's task is an occurrence of.
+    pub schedule: Option<String>,
     pub idempotency_key: String,
     pub allowed_hosts: Vec<String>,
 }
@@ -256,6 +258,9 @@ impl Dispatcher {
         put("sluice-gate", plan.gate.clone());
         put("sluice-scheduled-at", rfc3339(plan.scheduled_at));
         put("idempotency-key", plan.idempotency_key.clone());
+        if let Some(schedule) = &plan.schedule {
+            put("sluice-schedule", schedule.clone());
+        }
         Ok(headers)
     }
 }

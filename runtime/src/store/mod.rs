@@ -12,8 +12,9 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 pub use records::{
-    AttemptRecord, BodyRecord, CircuitRecord, Counts, GateRecord, RecoveryRecord, RetryRecord,
-    TaskRecord, TaskState, WebhookRecord,
+    AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, GateRecord, OccurrenceRecord,
+    RecoveryRecord, RetryRecord, RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord,
+    WebhookRecord,
 };
 
 const SCHEMA_VERSION: u64 = 1;
@@ -31,6 +32,7 @@ const IDEMPOTENCY: TableDefinition<(u32, &str), u64> = TableDefinition::new("ide
 /// (gate id, task id): a gate's tasks, newest last, for listing.
 const GATE_TASKS: TableDefinition<(u32, u64), ()> = TableDefinition::new("gate_tasks");
 const COUNTS: TableDefinition<u32, &[u8]> = TableDefinition::new("counts");
+const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +87,7 @@ pub struct Tx<'t> {
     idempotency: redb::Table<'t, (u32, &'static str), u64>,
     gate_tasks: redb::Table<'t, (u32, u64), ()>,
     counts: redb::Table<'t, u32, &'static [u8]>,
+    schedules: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
 impl Store {
@@ -122,6 +125,7 @@ impl Store {
                 idempotency: txn.open_table(IDEMPOTENCY)?,
                 gate_tasks: txn.open_table(GATE_TASKS)?,
                 counts: txn.open_table(COUNTS)?,
+                schedules: txn.open_table(SCHEDULES)?,
             };
             f(&mut tx)?
         };
@@ -289,6 +293,26 @@ impl Tx<'_> {
         Ok(())
     }
 
+    pub fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        let mut out = Vec::new();
+        for entry in self.schedules.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("schedules", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_schedule(&mut self, schedule: &ScheduleRecord) -> Result<()> {
+        self.schedules
+            .insert(schedule.name.as_str(), encode(schedule).as_slice())?;
+        Ok(())
+    }
+
+    pub fn delete_schedule(&mut self, name: &str) -> Result<()> {
+        self.schedules.remove(name)?;
+        Ok(())
+    }
+
     pub fn delete_counts(&mut self, gate_id: u32) -> Result<()> {
         self.counts.remove(gate_id)?;
         Ok(())
@@ -430,6 +454,24 @@ impl Reader {
             }
         }
         Ok((out, None))
+    }
+
+    pub fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        let table = self.txn.open_table(SCHEDULES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("schedules", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>> {
+        let table = self.txn.open_table(SCHEDULES)?;
+        table
+            .get(name)?
+            .map(|v| decode("schedules", v.value()))
+            .transpose()
     }
 
     pub fn task_count(&self) -> Result<u64> {

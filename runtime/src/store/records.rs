@@ -167,6 +167,9 @@ pub struct TaskRecord {
     pub first_attempt_at: Option<u64>,
     pub last_error: Option<String>,
     pub finished_at: Option<u64>,
+    /// The schedule this task is an occurrence of.
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 impl TaskRecord {
@@ -255,5 +258,83 @@ impl Counts {
 
     pub fn unfinished(&self) -> u64 {
         self.pending + self.running
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct BackoffRecord {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub multiplier: f64,
+    pub jitter: bool,
+}
+
+/// What each occurrence of a schedule is made from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TemplateRecord {
+    pub gate: String,
+    pub webhook: WebhookRecord,
+    pub max_attempts: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    pub backoff: Option<BackoffRecord>,
+    pub max_retry_duration_ms: Option<u64>,
+    pub expires_after_ms: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub scheduled_at: u64,
+    pub task: u64,
+    pub state: TaskState,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct OccurrenceRecord {
+    pub task: u64,
+    pub scheduled_at: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ScheduleRecord {
+    pub name: String,
+    pub cron: Option<String>,
+    pub timezone: String,
+    pub every_ms: Option<u64>,
+    /// `every` counts from here.
+    pub anchor: u64,
+    pub misfire: String,
+    pub catchup_limit: u32,
+    pub jitter_ms: u64,
+    pub template: TemplateRecord,
+    pub paused: bool,
+    /// The occurrence in progress (pending or running); at most one.
+    pub current: Option<OccurrenceRecord>,
+    /// The scheduled time of the last occurrence that ended.
+    pub last_scheduled: Option<u64>,
+    /// Missed occurrences up to here are counted.
+    pub counted_through: u64,
+    pub missed: u64,
+    pub skipped: u64,
+    /// The last ten occurrences that ended, oldest first.
+    pub last_runs: Vec<RunRecord>,
+    pub last_error: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+impl ScheduleRecord {
+    pub fn rule(&self) -> Result<core::schedule::Rule, core::schedule::RuleError> {
+        match (&self.cron, self.every_ms) {
+            (Some(expr), _) => core::schedule::Rule::cron(expr, &self.timezone),
+            (None, Some(ms)) => {
+                core::schedule::Rule::every(Duration::from_millis(ms), core::Timestamp(self.anchor))
+            }
+            (None, None) => Err(core::schedule::RuleError::Period),
+        }
+    }
+
+    pub fn misfire(&self) -> core::schedule::Misfire {
+        core::schedule::Misfire::parse(&self.misfire).unwrap_or(core::schedule::Misfire::Skip)
     }
 }

@@ -22,11 +22,13 @@ use crate::core::{
     Timestamp, Tuning,
 };
 use crate::dispatch::{self, Dispatcher, Plan, Report, guard};
-use crate::model::{GateSpec, NewTask};
+use crate::model::{GateSpec, NewTask, ScheduleSpec};
 use crate::store::{
     AttemptRecord, BodyRecord, CircuitRecord, Counts, GateRecord, RecoveryRecord, RetryRecord,
-    Store, StoreError, TaskRecord, TaskState, Tx,
+    ScheduleRecord, Store, StoreError, TaskRecord, TaskState, Tx,
 };
+
+mod schedules;
 
 /// Why the shell refused a command. The API maps each to its HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -94,6 +96,20 @@ pub enum Command {
         gate: Option<String>,
         reply: oneshot::Sender<Vec<GateLive>>,
     },
+    PutSchedule {
+        name: String,
+        spec: Box<ScheduleSpec>,
+        reply: Reply<(ScheduleRecord, bool)>,
+    },
+    DeleteSchedule {
+        name: String,
+        reply: Reply<()>,
+    },
+    SetSchedulePaused {
+        name: String,
+        paused: bool,
+        reply: Reply<ScheduleRecord>,
+    },
 }
 
 /// How the API talks to the driver.
@@ -151,6 +167,37 @@ impl Handle {
 
     pub async fn retry_task(&self, id: TaskId) -> Result<TaskRecord, ShellError> {
         self.ask(|reply| Command::RetryTask { id, reply }).await
+    }
+
+    pub async fn put_schedule(
+        &self,
+        name: String,
+        spec: ScheduleSpec,
+    ) -> Result<(ScheduleRecord, bool), ShellError> {
+        self.ask(|reply| Command::PutSchedule {
+            name,
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete_schedule(&self, name: String) -> Result<(), ShellError> {
+        self.ask(|reply| Command::DeleteSchedule { name, reply })
+            .await
+    }
+
+    pub async fn set_schedule_paused(
+        &self,
+        name: String,
+        paused: bool,
+    ) -> Result<ScheduleRecord, ShellError> {
+        self.ask(|reply| Command::SetSchedulePaused {
+            name,
+            paused,
+            reply,
+        })
+        .await
     }
 
     pub async fn live(&self, gate: Option<String>) -> Result<Vec<GateLive>, ShellError> {
@@ -249,6 +296,7 @@ struct Driver {
     counts: HashMap<u32, Counts>,
     last_task_id: u64,
     shutting_down: bool,
+    schedules: BTreeMap<String, ScheduleRecord>,
     /// Per gate, release tokens (negative: releases reserved ahead) and when they
     /// were counted; see `release_at`.
     pacers: HashMap<u32, (f64, std::time::Instant)>,
@@ -262,6 +310,8 @@ struct Turn<'a, 't> {
     tasks: HashMap<u64, TaskRecord>,
     dirty_counts: Vec<u32>,
     plans: Vec<Plan>,
+    /// Occurrences of schedules that ended in this turn: (task, final state, schedule).
+    ended: Vec<(u64, TaskState, String)>,
 }
 
 impl Turn<'_, '_> {
@@ -316,11 +366,15 @@ impl Driver {
             last_task_id: 0,
             shutting_down: false,
             pacers: HashMap::new(),
+            schedules: BTreeMap::new(),
         };
         store.write(|tx| {
             driver.last_task_id = tx.last_task_id()?.unwrap_or(0);
             for (gate_id, counts) in tx.all_counts()? {
                 driver.counts.insert(gate_id, counts);
+            }
+            for schedule in tx.schedules()? {
+                driver.schedules.insert(schedule.name.clone(), schedule);
             }
             for gate in tx.gates()? {
                 // Every gate ramps after a start: the backlog of the outage must
@@ -343,6 +397,7 @@ impl Driver {
                 tasks: HashMap::new(),
                 dirty_counts: Vec::new(),
                 plans: Vec::new(),
+                ended: Vec::new(),
             };
             let interrupted = turn.tx.running_tasks()?;
             for id in &interrupted {
@@ -441,6 +496,7 @@ impl Driver {
                 tasks: HashMap::new(),
                 dirty_counts: Vec::new(),
                 plans: Vec::new(),
+                ended: Vec::new(),
             };
             for report in reports {
                 self.apply_report(&mut turn, report)?;
@@ -552,8 +608,21 @@ impl Driver {
         self.apply_effects(turn)
     }
 
-    /// Executes the core's effects into the transaction, in order.
+    /// Executes the core's effects into the transaction, in order, and moves
+    /// schedules on whose occurrences ended, until nothing is left to do.
     fn apply_effects(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
+        loop {
+            self.drain_effects(turn)?;
+            if turn.ended.is_empty() {
+                return Ok(());
+            }
+            for (task, state, schedule) in std::mem::take(&mut turn.ended) {
+                self.occurrence_ended(turn, &schedule, task, state)?;
+            }
+        }
+    }
+
+    fn drain_effects(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
         while let Some(effect) = self.core.poll_effect() {
             match effect {
                 Effect::Load {
@@ -650,6 +719,8 @@ impl Driver {
                         _ => {}
                     }
                     record.finished_at = Some(now.as_ms());
+                    let ended = record.schedule.clone().map(|s| (task.0, record.state, s));
+                    turn.ended.extend(ended);
                     turn.tx.set_running(task.0, false)?;
                     self.count(turn, gate.0, |c| {
                         c.running = c.running.saturating_sub(1);
@@ -669,6 +740,11 @@ impl Driver {
                     record.finished_at = Some(now.as_ms());
                     record.last_error =
                         Some("expired: could not start before expires_after ran out".into());
+                    let ended = record
+                        .schedule
+                        .clone()
+                        .map(|s| (task.0, TaskState::Expired, s));
+                    turn.ended.extend(ended);
                     self.count(turn, gate.0, |c| {
                         c.pending = c.pending.saturating_sub(1);
                         c.expired += 1;
@@ -700,7 +776,11 @@ impl Driver {
             json,
             timeout: Duration::from_millis(record.timeout_ms),
             scheduled_at: Timestamp(record.scheduled_at),
-            idempotency_key: TaskId(record.id).to_string(),
+            schedule: record.schedule.clone(),
+            idempotency_key: match (&record.schedule, &record.idempotency_key) {
+                (Some(_), Some(key)) => key.clone(),
+                _ => TaskId(record.id).to_string(),
+            },
             allowed_hosts: gate.map(|g| g.allowed_hosts.clone()).unwrap_or_default(),
         }
     }
@@ -732,6 +812,13 @@ impl Driver {
                 Command::CreateTasks { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::CancelTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::RetryTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::PutSchedule { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::DeleteSchedule { reply: to, .. } => {
+                    reply(to, Err(ShellError::ShuttingDown))
+                }
+                Command::SetSchedulePaused { reply: to, .. } => {
+                    reply(to, Err(ShellError::ShuttingDown))
+                }
             });
         }
         Ok(match command {
@@ -796,6 +883,26 @@ impl Driver {
                 Box::new(move || {
                     let _ = to.send(live);
                 })
+            }
+            Command::PutSchedule {
+                name,
+                spec,
+                reply: to,
+            } => {
+                let result = self.put_schedule(turn, name, *spec)?;
+                reply(to, result)
+            }
+            Command::DeleteSchedule { name, reply: to } => {
+                let result = self.delete_schedule(turn, &name)?;
+                reply(to, result)
+            }
+            Command::SetSchedulePaused {
+                name,
+                paused,
+                reply: to,
+            } => {
+                let result = self.set_schedule_paused(turn, &name, paused)?;
+                reply(to, result)
             }
         })
     }
@@ -894,6 +1001,9 @@ impl Driver {
                 task.state = TaskState::Cancelled;
                 task.finished_at = Some(now);
                 task.last_error = Some(format!("cancelled: gate {name:?} was deleted"));
+                if let Some(schedule) = task.schedule.clone() {
+                    turn.ended.push((id, TaskState::Cancelled, schedule));
+                }
             }
         }
         turn.tx.delete_gate(name)?;
@@ -989,6 +1099,7 @@ impl Driver {
                 first_attempt_at: None,
                 last_error: None,
                 finished_at: None,
+                schedule: task.schedule.clone(),
             };
             if let Some(key) = &task.idempotency_key {
                 turn.tx.put_idempotent(gate_id, key, id)?;
@@ -1034,6 +1145,9 @@ impl Driver {
         task.state = TaskState::Cancelled;
         task.finished_at = Some(now);
         let record = task.clone();
+        if let Some(schedule) = record.schedule.clone() {
+            turn.ended.push((id.0, TaskState::Cancelled, schedule));
+        }
         turn.tx.remove_pending(gate_id, due, id.0)?;
         self.count(turn, gate_id, |c| {
             c.pending = c.pending.saturating_sub(1);

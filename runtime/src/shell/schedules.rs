@@ -1,0 +1,283 @@
+//! Schedules in the driver: each keeps at most one occurrence in progress, and
+//! the next is created in the same commit in which the current one ends. The
+//! decisions (which occurrence is next, what is skipped) come from
+//! `core::schedule`; this file only records them.
+
+use std::time::Duration;
+
+use super::{Driver, ShellError, Turn};
+use crate::core::schedule::{self, Misfire};
+use crate::core::{TaskId, Timestamp};
+use crate::dispatch::rfc3339;
+use crate::model::{NewTask, ScheduleSpec};
+use crate::store::{
+    BackoffRecord, OccurrenceRecord, RunRecord, ScheduleRecord, StoreError, TaskState,
+    TemplateRecord,
+};
+
+/// History kept on each schedule.
+const LAST_RUNS: usize = 10;
+
+impl Driver {
+    pub(super) fn put_schedule(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        name: String,
+        spec: ScheduleSpec,
+    ) -> Result<Result<(ScheduleRecord, bool), ShellError>, StoreError> {
+        let now = turn.now;
+        let Some(gate) = self.gates.get(&spec.template.gate) else {
+            return Ok(Err(ShellError::Invalid {
+                field: Some("task.gate".into()),
+                message: format!("gate {:?} does not exist", spec.template.gate),
+            }));
+        };
+        if let Err(message) = super::check_host(&spec.template.webhook.url, gate) {
+            return Ok(Err(ShellError::Invalid {
+                field: Some("task.webhook.url".into()),
+                message,
+            }));
+        }
+        let t = &spec.template;
+        let template = TemplateRecord {
+            gate: t.gate.clone(),
+            webhook: t.webhook.clone(),
+            max_attempts: t.max_attempts,
+            timeout_ms: t.timeout.map(|d| d.as_millis() as u64),
+            backoff: t.backoff.map(|b| BackoffRecord {
+                initial_ms: b.initial.as_millis() as u64,
+                max_ms: b.max.as_millis() as u64,
+                multiplier: b.multiplier,
+                jitter: b.jitter,
+            }),
+            max_retry_duration_ms: t.max_retry_duration.map(|d| d.as_millis() as u64),
+            expires_after_ms: t.expires_after.map(|d| d.as_millis() as u64),
+            labels: t.labels.clone(),
+        };
+        let existing = self.schedules.get(&name).cloned();
+        let created = existing.is_none();
+        let mut record = ScheduleRecord {
+            name: name.clone(),
+            cron: spec.cron.clone(),
+            timezone: spec.timezone.clone(),
+            every_ms: spec.every.map(|d| d.as_millis() as u64),
+            anchor: now.as_ms(),
+            misfire: spec.misfire.as_str().into(),
+            catchup_limit: spec.catchup_limit,
+            jitter_ms: spec.jitter.as_millis() as u64,
+            template,
+            paused: existing.as_ref().is_some_and(|e| e.paused),
+            current: None,
+            last_scheduled: existing.as_ref().and_then(|e| e.last_scheduled),
+            counted_through: now.as_ms(),
+            missed: existing.as_ref().map_or(0, |e| e.missed),
+            skipped: existing.as_ref().map_or(0, |e| e.skipped),
+            last_runs: existing
+                .as_ref()
+                .map(|e| e.last_runs.clone())
+                .unwrap_or_default(),
+            last_error: None,
+            created_at: existing.as_ref().map_or(now.as_ms(), |e| e.created_at),
+            updated_at: now.as_ms(),
+        };
+        if let Some(current) = existing.and_then(|e| e.current) {
+            // A pending occurrence follows the new rule: cancel and re-plan. One
+            // already running finishes; the next is planned when it ends.
+            match turn.task(current.task)?.map(|t| t.state) {
+                Some(TaskState::Running) => record.current = Some(current),
+                Some(TaskState::Scheduled) => {
+                    self.schedules.remove(&name);
+                    let _ = self.cancel_task(turn, TaskId(current.task))?;
+                }
+                _ => {}
+            }
+        }
+        self.schedules.insert(name.clone(), record);
+        if self.schedules[&name].current.is_none() && !self.schedules[&name].paused {
+            self.plan_from(turn, &name, now, Misfire::Skip)?;
+        }
+        let record = self.schedules[&name].clone();
+        turn.tx.put_schedule(&record)?;
+        Ok(Ok((record, created)))
+    }
+
+    pub(super) fn delete_schedule(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        name: &str,
+    ) -> Result<Result<(), ShellError>, StoreError> {
+        let Some(record) = self.schedules.remove(name) else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("schedule {name:?}"),
+            }));
+        };
+        if let Some(current) = record.current
+            && turn
+                .task(current.task)?
+                .is_some_and(|t| t.state == TaskState::Scheduled)
+        {
+            let _ = self.cancel_task(turn, TaskId(current.task))?;
+        }
+        turn.tx.delete_schedule(name)?;
+        Ok(Ok(()))
+    }
+
+    pub(super) fn set_schedule_paused(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        name: &str,
+        paused: bool,
+    ) -> Result<Result<ScheduleRecord, ShellError>, StoreError> {
+        let Some(record) = self.schedules.get_mut(name) else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("schedule {name:?}"),
+            }));
+        };
+        let was = record.paused;
+        record.paused = paused;
+        record.updated_at = turn.now.as_ms();
+        if paused && !was {
+            // A pending occurrence is withdrawn; a running one finishes.
+            if let Some(current) = record.current
+                && turn
+                    .task(current.task)?
+                    .is_some_and(|t| t.state == TaskState::Scheduled)
+            {
+                if let Some(r) = self.schedules.get_mut(name) {
+                    r.current = None;
+                }
+                let _ = self.cancel_task(turn, TaskId(current.task))?;
+            }
+        }
+        if !paused && was && self.schedules[name].current.is_none() {
+            // Occurrences that fell into the pause are skipped, whatever the
+            // misfire policy: pausing means "not now".
+            self.plan_from(turn, name, turn.now, Misfire::Skip)?;
+        }
+        let record = self.schedules[name].clone();
+        turn.tx.put_schedule(&record)?;
+        Ok(Ok(record))
+    }
+
+    /// An occurrence ended (succeeded, failed for good, expired or was cancelled):
+    /// record it and request the next.
+    pub(super) fn occurrence_ended(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        name: &str,
+        task: u64,
+        state: TaskState,
+    ) -> Result<(), StoreError> {
+        let Some(record) = self.schedules.get_mut(name) else {
+            return Ok(());
+        };
+        let Some(current) = record.current.filter(|c| c.task == task) else {
+            return Ok(());
+        };
+        record.current = None;
+        record.last_scheduled = Some(current.scheduled_at);
+        record.last_runs.push(RunRecord {
+            scheduled_at: current.scheduled_at,
+            task,
+            state,
+        });
+        if record.last_runs.len() > LAST_RUNS {
+            record.last_runs.remove(0);
+        }
+        record.updated_at = turn.now.as_ms();
+        if !record.paused {
+            let misfire = record.misfire();
+            self.plan_from(turn, name, Timestamp(current.scheduled_at), misfire)?;
+        }
+        let record = self.schedules[name].clone();
+        turn.tx.put_schedule(&record)?;
+        Ok(())
+    }
+
+    /// Plans and creates the next occurrence after `prev`.
+    fn plan_from(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        name: &str,
+        prev: Timestamp,
+        misfire: Misfire,
+    ) -> Result<(), StoreError> {
+        let now = turn.now;
+        let record = &self.schedules[name];
+        let rule = match record.rule() {
+            Ok(rule) => rule,
+            Err(e) => {
+                self.stall(name, format!("rule no longer valid: {e}"));
+                return Ok(());
+            }
+        };
+        let Some(next) = schedule::next_occurrence(
+            &rule,
+            prev,
+            now,
+            Timestamp(record.counted_through),
+            misfire,
+            record.catchup_limit,
+        ) else {
+            self.stall(name, "the rule has no further occurrences".into());
+            return Ok(());
+        };
+        let jitter = schedule::jitter_offset(name, Duration::from_millis(record.jitter_ms));
+        let key = format!("schedule:{name}:{}", rfc3339(next.scheduled));
+        let task = occurrence_task(record, next.scheduled.plus(jitter), key, name);
+        if let Some(r) = self.schedules.get_mut(name) {
+            r.missed += next.missed;
+            r.skipped += next.skipped;
+            r.counted_through = r.counted_through.max(now.as_ms());
+        }
+        match self.create_tasks(turn, vec![task])? {
+            Err(e) => self.stall(name, format!("could not create the next occurrence: {e}")),
+            Ok(created) => {
+                let Some(c) = created.into_iter().next() else {
+                    return Ok(());
+                };
+                if let Some(r) = self.schedules.get_mut(name) {
+                    r.current = Some(OccurrenceRecord {
+                        task: c.task.id,
+                        scheduled_at: next.scheduled.as_ms(),
+                    });
+                    r.last_error = None;
+                }
+                if c.replayed && c.task.state.is_final() {
+                    // This occurrence already ran (its key existed): never twice.
+                    turn.ended.push((c.task.id, c.task.state, name.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stall(&mut self, name: &str, why: String) {
+        tracing::warn!(schedule = name, "{why}");
+        if let Some(r) = self.schedules.get_mut(name) {
+            r.last_error = Some(why);
+        }
+    }
+}
+
+fn occurrence_task(record: &ScheduleRecord, due: Timestamp, key: String, name: &str) -> NewTask {
+    let t = &record.template;
+    NewTask {
+        gate: t.gate.clone(),
+        webhook: t.webhook.clone(),
+        due,
+        max_attempts: t.max_attempts,
+        timeout: t.timeout_ms.map(Duration::from_millis),
+        backoff: t.backoff.map(|b| crate::core::Backoff {
+            initial: Duration::from_millis(b.initial_ms),
+            max: Duration::from_millis(b.max_ms),
+            multiplier: b.multiplier,
+            jitter: b.jitter,
+        }),
+        max_retry_duration: t.max_retry_duration_ms.map(Duration::from_millis),
+        expires_after: t.expires_after_ms.map(Duration::from_millis),
+        idempotency_key: Some(key),
+        labels: t.labels.clone(),
+        schedule: Some(name.to_string()),
+    }
+}
