@@ -12,5 +12,6 @@ mod crash;
 mod delivery;
 mod recovery;
 mod schedules;
+mod simulation;
 mod support;
 mod tidy;

@@ -345,6 +345,11 @@ impl Scheduler {
         self.timers.first().map(|&(at, _)| at)
     }
 
+    /// Whether effects are waiting to be drained.
+    pub fn has_effects(&self) -> bool {
+        !self.effects.is_empty()
+    }
+
     /// Drain after every `handle_*` call; execute in order.
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()

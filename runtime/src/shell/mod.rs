@@ -259,8 +259,10 @@ pub fn spawn(
                 })?;
             local.block_on(async move {
                 let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-                let booted = Driver::boot(store, options, dispatcher, runtime, reports_tx);
-                let mut driver = match booted {
+                let now = clock::now();
+                let seed = now.as_ms() ^ u64::from(std::process::id()).rotate_left(32);
+                let booted = Engine::boot(store, options.tuning, now, seed);
+                let engine = match booted {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = booted_tx.send(Err(e.to_string()));
@@ -269,7 +271,15 @@ pub fn spawn(
                 };
                 ready.store(true, Ordering::Release);
                 let _ = booted_tx.send(Ok(()));
-                let result = driver.run(commands_rx, reports_rx, &mut shutdown).await;
+                let mut runner = Runner {
+                    engine,
+                    dispatcher,
+                    runtime,
+                    reports: reports_tx,
+                    grace: options.grace,
+                    pacers: HashMap::new(),
+                };
+                let result = runner.run(commands_rx, reports_rx, &mut shutdown).await;
                 ready.store(false, Ordering::Release);
                 result
             })
@@ -284,22 +294,32 @@ pub fn spawn(
     }
 }
 
-struct Driver {
-    store: Arc<Store>,
-    options: Options,
-    core: Scheduler,
+/// The async loop around the engine: channels, timers, releasing attempts.
+struct Runner {
+    engine: Engine,
     dispatcher: Dispatcher,
     runtime: tokio::runtime::Handle,
     reports: mpsc::UnboundedSender<Report>,
+    grace: Duration,
+    /// Per gate, release tokens (negative: releases reserved ahead) and when they
+    /// were counted; see `release_at`.
+    pacers: HashMap<u32, (f64, std::time::Instant)>,
+}
+
+/// The shell's logic without its I/O loop: it owns the core and every write to
+/// the store. The server drives it from `Runner`; the simulation tests drive it
+/// directly, on a simulated clock.
+pub struct Engine {
+    store: Arc<Store>,
+    core: Scheduler,
     gates: BTreeMap<String, GateRecord>,
     gate_names: HashMap<u32, String>,
     counts: HashMap<u32, Counts>,
     last_task_id: u64,
     shutting_down: bool,
     schedules: BTreeMap<String, ScheduleRecord>,
-    /// Per gate, release tokens (negative: releases reserved ahead) and when they
-    /// were counted; see `release_at`.
-    pacers: HashMap<u32, (f64, std::time::Instant)>,
+    /// Gates whose config changed since the runner last asked.
+    reconfigured: Vec<u32>,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so
@@ -343,30 +363,25 @@ impl Turn<'_, '_> {
     }
 }
 
-impl Driver {
-    fn boot(
+impl Engine {
+    /// Loads what is on disk and recovers attempts the last run left in flight.
+    /// `seed` feeds the retry jitter.
+    pub fn boot(
         store: Arc<Store>,
-        options: Options,
-        dispatcher: Dispatcher,
-        runtime: tokio::runtime::Handle,
-        reports: mpsc::UnboundedSender<Report>,
-    ) -> Result<Driver, StoreError> {
-        let now = clock::now();
-        let seed = now.as_ms() ^ u64::from(std::process::id()).rotate_left(32);
-        let mut driver = Driver {
-            core: Scheduler::new(seed, options.tuning),
+        tuning: Tuning,
+        now: Timestamp,
+        seed: u64,
+    ) -> Result<Engine, StoreError> {
+        let mut driver = Engine {
+            core: Scheduler::new(seed, tuning),
             store: store.clone(),
-            options,
-            dispatcher,
-            runtime,
-            reports,
             gates: BTreeMap::new(),
             gate_names: HashMap::new(),
             counts: HashMap::new(),
             last_task_id: 0,
             shutting_down: false,
-            pacers: HashMap::new(),
             schedules: BTreeMap::new(),
+            reconfigured: Vec::new(),
         };
         store.write(|tx| {
             driver.last_task_id = tx.last_task_id()?.unwrap_or(0);
@@ -433,6 +448,32 @@ impl Driver {
         Ok(driver)
     }
 
+    /// When `turn` should next run without new input.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.shutting_down {
+            None
+        } else {
+            self.core.poll_timeout()
+        }
+    }
+
+    /// Attempts in flight.
+    pub fn running(&self) -> usize {
+        self.core.running()
+    }
+
+    /// Gates reconfigured since the last call.
+    pub fn take_reconfigured(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.reconfigured)
+    }
+
+    /// From now on no attempt starts; reports are still taken.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+}
+
+impl Runner {
     async fn run(
         &mut self,
         mut commands: mpsc::Receiver<Command>,
@@ -443,25 +484,21 @@ impl Driver {
         loop {
             let mut batch_commands = Vec::new();
             let mut batch_reports = Vec::new();
-            let wake = if self.shutting_down {
-                None
-            } else {
-                self.core.poll_timeout()
-            };
+            let wake = self.engine.poll_timeout();
             tokio::select! {
                 biased;
-                changed = shutdown.changed(), if !self.shutting_down => {
+                changed = shutdown.changed(), if grace_until.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
-                        self.shutting_down = true;
-                        grace_until = Some(tokio::time::Instant::from_std(clock::instant() + self.options.grace));
-                        tracing::info!(in_flight = self.core.running(), "shutting down: no new attempts start");
+                        self.engine.begin_shutdown();
+                        grace_until = Some(tokio::time::Instant::from_std(clock::instant() + self.grace));
+                        tracing::info!(in_flight = self.engine.running(), "shutting down: no new attempts start");
                     }
                 }
                 Some(report) = reports.recv() => batch_reports.push(report),
                 Some(command) = commands.recv() => batch_commands.push(command),
                 () = sleep_until(wake), if wake.is_some() => {}
                 () = sleep_until_instant(grace_until), if grace_until.is_some() => {
-                    tracing::warn!(in_flight = self.core.running(), "grace period over; unfinished attempts will be retried after restart");
+                    tracing::warn!(in_flight = self.engine.running(), "grace period over; unfinished attempts will be retried after restart");
                     return Ok(());
                 }
             }
@@ -477,16 +514,81 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            self.turn(batch_commands, batch_reports)?;
-            if self.shutting_down && self.core.running() == 0 {
+            let plans = self
+                .engine
+                .turn(clock::now(), batch_commands, batch_reports)?;
+            for gate in self.engine.take_reconfigured() {
+                self.pacers.remove(&gate);
+            }
+            self.release(plans);
+            if grace_until.is_some() && self.engine.running() == 0 {
                 tracing::info!("all attempts settled; driver stopped");
                 return Ok(());
             }
         }
     }
 
-    fn turn(&mut self, commands: Vec<Command>, reports: Vec<Report>) -> Result<(), StoreError> {
-        let now = clock::now();
+    /// When an admitted attempt may leave. The core admits on the turn's clock;
+    /// a slow commit delays a turn's attempts, and the next turn's would then
+    /// follow them closer than the gate allows. A second bucket on the real clock,
+    /// at the same rate and burst, spaces the releases again. It only ever delays:
+    /// what may start at all is the core's decision.
+    fn release_at(&mut self, now: std::time::Instant, gate: GateId) -> std::time::Instant {
+        let Some((rate, burst)) = self.engine.core.pace(clock::now(), gate) else {
+            return now;
+        };
+        let rate = rate.max(1e-6);
+        let cap = f64::from(burst.max(1));
+        let pacer = self.pacers.entry(gate.0).or_insert((cap, now));
+        if now > pacer.1 {
+            pacer.0 = (pacer.0 + rate * now.duration_since(pacer.1).as_secs_f64()).min(cap);
+            pacer.1 = now;
+        }
+        pacer.0 -= 1.0;
+        if pacer.0 >= 0.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((-pacer.0 / rate).min(3_600.0))
+        }
+    }
+
+    /// Starts the attempts of a committed turn on the runtime.
+    fn release(&mut self, plans: Vec<Plan>) {
+        let released = clock::instant();
+        for plan in plans {
+            let release = self.release_at(released, plan.gate_id);
+            let dispatcher = self.dispatcher.clone();
+            let reports = self.reports.clone();
+            self.runtime.spawn(async move {
+                if release > released {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
+                }
+                let report = dispatcher.run(plan).await;
+                let _ = reports.send(report);
+            });
+        }
+    }
+}
+
+impl Engine {
+    /// One turn: applies reports and commands, starts what may start at `now`,
+    /// commits once, then answers the commands. Returns the attempts to release,
+    /// whose starts are now on disk.
+    pub fn turn(
+        &mut self,
+        now: Timestamp,
+        commands: Vec<Command>,
+        reports: Vec<Report>,
+    ) -> Result<Vec<Plan>, StoreError> {
+        // A timer that starts nothing (a rate-limited wake, say) needs no commit.
+        if commands.is_empty() && reports.is_empty() {
+            if !self.shutting_down {
+                self.core.handle_timeout(now);
+            }
+            if !self.core.has_effects() {
+                return Ok(Vec::new());
+            }
+        }
         let store = self.store.clone();
         let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         let plans = store.write(|tx| {
@@ -523,44 +625,7 @@ impl Driver {
         for reply in replies {
             reply();
         }
-        let released = clock::instant();
-        for plan in plans {
-            let release = self.release_at(released, plan.gate_id);
-            let dispatcher = self.dispatcher.clone();
-            let reports = self.reports.clone();
-            self.runtime.spawn(async move {
-                if release > released {
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
-                }
-                let report = dispatcher.run(plan).await;
-                let _ = reports.send(report);
-            });
-        }
-        Ok(())
-    }
-
-    /// When an admitted attempt may leave. The core admits on the turn's clock;
-    /// a slow commit delays a turn's attempts, and the next turn's would then
-    /// follow them closer than the gate allows. A second bucket on the real clock,
-    /// at the same rate and burst, spaces the releases again. It only ever delays:
-    /// what may start at all is the core's decision.
-    fn release_at(&mut self, now: std::time::Instant, gate: GateId) -> std::time::Instant {
-        let Some((rate, burst)) = self.core.pace(clock::now(), gate) else {
-            return now;
-        };
-        let rate = rate.max(1e-6);
-        let cap = f64::from(burst.max(1));
-        let pacer = self.pacers.entry(gate.0).or_insert((cap, now));
-        if now > pacer.1 {
-            pacer.0 = (pacer.0 + rate * now.duration_since(pacer.1).as_secs_f64()).min(cap);
-            pacer.1 = now;
-        }
-        pacer.0 -= 1.0;
-        if pacer.0 >= 0.0 {
-            now
-        } else {
-            now + Duration::from_secs_f64((-pacer.0 / rate).min(3_600.0))
-        }
+        Ok(plans)
     }
 
     fn finish_turn(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
@@ -957,7 +1022,7 @@ impl Driver {
             updated_at: now,
         };
         turn.tx.put_gate(&record)?;
-        self.pacers.remove(&id);
+        self.reconfigured.push(id);
         if created {
             self.counts.insert(id, Counts::default());
             turn.dirty_counts.push(id);

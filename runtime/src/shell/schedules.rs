@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Driver, ShellError, Turn};
+use super::{Engine, ShellError, Turn};
 use crate::core::schedule::{self, Misfire};
 use crate::core::{TaskId, Timestamp};
 use crate::dispatch::rfc3339;
@@ -18,7 +18,7 @@ use crate::store::{
 /// History kept on each schedule.
 const LAST_RUNS: usize = 10;
 
-impl Driver {
+impl Engine {
     pub(super) fn put_schedule(
         &mut self,
         turn: &mut Turn<'_, '_>,

@@ -1,0 +1,612 @@
+//! Deterministic simulation: the real shell engine, the real core and the real
+//! store (on redb's in-memory backend), driven on a simulated clock against a
+//! simulated endpoint that fails, throttles with `Retry-After`, slows down and
+//! goes down for long stretches, while the server crashes and restarts.
+//!
+//! After every turn it checks the gate invariant (every window, including the
+//! ramp after each restart) and the concurrency cap; at the end, that no
+//! acknowledged task was lost, that no schedule occurrence ran twice or
+//! overlapped another, that the misfire policies held, and that the circuit
+//! kept a dead endpoint nearly untouched.
+//!
+//! Replay a failure with the seed it prints: `SIM_SEED=<seed> cargo test --test all simulation`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::core::rng::Rng;
+use sluice::core::schedule::Misfire;
+use sluice::core::{
+    Backoff, CircuitPolicy, Outcome, Rate, Recovery, RetryPolicy, TaskId, Timestamp, Tuning,
+};
+use sluice::dispatch::{Plan, Report};
+use sluice::model::{GateSpec, NewTask, ScheduleSpec};
+use sluice::shell::{Command, Engine};
+use sluice::store::{Store, TaskState, WebhookRecord};
+use tokio::sync::oneshot;
+
+const GATES: usize = 3;
+
+#[derive(Clone, Copy, Debug)]
+struct GateConf {
+    rate: f64,
+    burst: u32,
+    concurrency: u32,
+    start: f64,
+    over_ms: u64,
+    failures: u32,
+    cooldown_ms: u64,
+}
+
+/// A stretch during which a gate's endpoint answers 503.
+#[derive(Clone, Copy, Debug)]
+struct Outage {
+    gate: usize,
+    from: u64,
+    until: u64,
+}
+
+struct World {
+    seed: u64,
+    rng: Rng,
+    now: Timestamp,
+    store: Arc<Store>,
+    engine: Option<Engine>,
+    tuning: Tuning,
+    gates: Vec<GateConf>,
+    outages: Vec<Outage>,
+    /// Attempts at the endpoint, by when they end.
+    in_flight: BTreeMap<(u64, u64), (usize, Report)>,
+    seq: u64,
+    /// Per gate: every start time.
+    starts: Vec<Vec<u64>>,
+    boots: Vec<u64>,
+    /// Per gate, how many starts came before the latest boot.
+    before_boot: Vec<usize>,
+    acked: BTreeSet<u64>,
+    /// Occurrence key → task ids that ran under it.
+    occurrences: BTreeMap<String, BTreeSet<u64>>,
+    /// Per gate: attempts that hit the endpoint while it was down.
+    dead_hits: Vec<u64>,
+    turns: u64,
+}
+
+fn url(gate: usize) -> String {
+    format!("http://127.0.0.1:9/g{gate}")
+}
+
+fn gate_index(plan: &Plan) -> usize {
+    plan.gate.trim_start_matches('g').parse().unwrap_or(0)
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = Rng::new(seed);
+        let tuning = Tuning {
+            window: 2 + rng.below(64) as usize,
+            horizon: Duration::from_millis(500 + rng.below(30_000)),
+        };
+        let gates = (0..GATES)
+            .map(|_| GateConf {
+                rate: [0.5, 2.0, 5.0, 20.0, 50.0][rng.below(5) as usize],
+                burst: 1 + rng.below(5) as u32,
+                concurrency: 1 + rng.below(10) as u32,
+                start: [0.1, 0.5, 1.0][rng.below(3) as usize],
+                over_ms: 1_000 + rng.below(60_000),
+                failures: 2 + rng.below(4) as u32,
+                cooldown_ms: 2_000 + rng.below(20_000),
+            })
+            .collect();
+        let now = Timestamp(1_767_225_600_000); // 2026-01-01T00:00:00Z
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let engine = Engine::boot(store.clone(), tuning, now, rng.next_u64()).expect("boot");
+        let mut w = World {
+            seed,
+            rng,
+            now,
+            store,
+            engine: Some(engine),
+            tuning,
+            gates,
+            outages: Vec::new(),
+            in_flight: BTreeMap::new(),
+            seq: 0,
+            starts: vec![Vec::new(); GATES],
+            boots: Vec::new(),
+            before_boot: vec![0; GATES],
+            acked: BTreeSet::new(),
+            occurrences: BTreeMap::new(),
+            dead_hits: vec![0; GATES],
+            turns: 0,
+        };
+        for g in 0..GATES {
+            let c = w.gates[g];
+            let spec = GateSpec {
+                rate: Rate::per_second(c.rate).expect("rate"),
+                burst: c.burst,
+                concurrency: c.concurrency,
+                allowed_hosts: vec!["127.0.0.1:9".into()],
+                timeout: Duration::from_secs(5),
+                retry: RetryPolicy {
+                    max_attempts: 50,
+                    backoff: Backoff {
+                        initial: Duration::from_millis(500),
+                        max: Duration::from_secs(60),
+                        multiplier: 2.0,
+                        jitter: true,
+                    },
+                    max_retry_duration: None,
+                },
+                recovery: Recovery {
+                    start: c.start,
+                    over: Duration::from_millis(c.over_ms),
+                },
+                circuit: Some(CircuitPolicy {
+                    failures: c.failures,
+                    cooldown: Duration::from_millis(c.cooldown_ms),
+                    max_cooldown: Duration::from_millis(c.cooldown_ms * 4),
+                }),
+            };
+            let (tx, rx) = oneshot::channel();
+            w.turn(
+                vec![Command::PutGate {
+                    name: format!("g{g}"),
+                    spec,
+                    reply: tx,
+                }],
+                Vec::new(),
+            );
+            rx.blocking_recv().expect("reply").expect("gate created");
+        }
+        let schedules = [
+            (
+                "every-all",
+                None,
+                Some(Duration::from_secs(10)),
+                Misfire::All,
+            ),
+            ("cron-skip", Some("*/7 * * * * *"), None, Misfire::Skip),
+            (
+                "every-once",
+                None,
+                Some(Duration::from_secs(30)),
+                Misfire::Once,
+            ),
+        ];
+        for (i, (name, cron, every, misfire)) in schedules.into_iter().enumerate() {
+            let spec = ScheduleSpec {
+                cron: cron.map(String::from),
+                timezone: "UTC".into(),
+                every,
+                misfire,
+                catchup_limit: 10_000,
+                jitter: Duration::ZERO,
+                template: w.new_task(i % GATES, Timestamp(0)),
+            };
+            let (tx, rx) = oneshot::channel();
+            w.turn(
+                vec![Command::PutSchedule {
+                    name: name.into(),
+                    spec: Box::new(spec),
+                    reply: tx,
+                }],
+                Vec::new(),
+            );
+            rx.blocking_recv()
+                .expect("reply")
+                .expect("schedule created");
+        }
+        w
+    }
+
+    fn new_task(&self, gate: usize, due: Timestamp) -> NewTask {
+        NewTask {
+            gate: format!("g{gate}"),
+            webhook: WebhookRecord {
+                url: url(gate),
+                method: "POST".into(),
+                headers: BTreeMap::new(),
+                body: None,
+            },
+            due,
+            max_attempts: None,
+            timeout: None,
+            backoff: None,
+            max_retry_duration: None,
+            expires_after: None,
+            idempotency_key: None,
+            labels: BTreeMap::new(),
+            schedule: None,
+        }
+    }
+
+    fn engine(&mut self) -> &mut Engine {
+        self.engine.as_mut().expect("engine running")
+    }
+
+    fn turn(&mut self, commands: Vec<Command>, reports: Vec<Report>) {
+        let now = self.now;
+        let plans = self
+            .engine()
+            .turn(now, commands, reports)
+            .expect("turn commits");
+        self.turns += 1;
+        for plan in plans {
+            self.start(plan);
+        }
+        self.check_gates();
+    }
+
+    fn down(&self, gate: usize, at: u64) -> bool {
+        self.outages
+            .iter()
+            .any(|o| o.gate == gate && o.from <= at && at < o.until)
+    }
+
+    /// The simulated endpoint decides how the attempt ends, and when.
+    fn start(&mut self, plan: Plan) {
+        let g = gate_index(&plan);
+        let now = self.now.as_ms();
+        self.starts[g].push(now);
+        if plan.schedule.is_some() {
+            self.occurrences
+                .entry(plan.idempotency_key.clone())
+                .or_default()
+                .insert(plan.task.0);
+        }
+        let slow = self.rng.below(10) == 0;
+        let latency = 1 + self.rng.below(if slow { 4_000 } else { 300 });
+        let (outcome, status) = if self.down(g, now) {
+            self.dead_hits[g] += 1;
+            (Outcome::Throttled { retry_after: None }, 503)
+        } else {
+            match self.rng.below(20) {
+                0 => (Outcome::Failed { retry_after: None }, 500),
+                1 => (
+                    Outcome::Throttled {
+                        retry_after: Some(Duration::from_millis(self.rng.below(5_000))),
+                    },
+                    429,
+                ),
+                2 => (Outcome::Rejected, 404),
+                _ => (Outcome::Succeeded, 200),
+            }
+        };
+        let report = Report {
+            task: plan.task,
+            attempt: plan.attempt,
+            outcome,
+            ended_at: Timestamp(now + latency),
+            status: Some(status),
+            latency_ms: latency,
+            error: None,
+            response: None,
+        };
+        self.seq += 1;
+        self.in_flight
+            .insert((now + latency, self.seq), (g, report));
+        let in_flight = self
+            .in_flight
+            .values()
+            .filter(|(gate, _)| *gate == g)
+            .count() as u32;
+        assert!(
+            in_flight <= self.gates[g].concurrency,
+            "seed {}: gate g{g} has {in_flight} in flight, cap {}",
+            self.seed,
+            self.gates[g].concurrency
+        );
+    }
+
+    /// Jumps to the next event and runs a turn with whatever ended by then.
+    fn advance(&mut self, limit: u64) {
+        let next_end = self.in_flight.keys().next().map(|k| k.0);
+        let next = [
+            self.engine().poll_timeout().map(|t| t.as_ms()),
+            next_end,
+            Some(limit),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(limit);
+        self.now = Timestamp(self.now.as_ms().max(next));
+        let mut reports = Vec::new();
+        while let Some(entry) = self.in_flight.first_entry() {
+            if entry.key().0 > self.now.as_ms() {
+                break;
+            }
+            reports.push(entry.remove().1);
+        }
+        self.turn(Vec::new(), reports);
+    }
+
+    /// A crash: memory is gone, the attempts in flight die with the process, the
+    /// store keeps what was committed.
+    fn crash(&mut self) {
+        self.engine = None;
+        self.in_flight.clear();
+        self.now = Timestamp(self.now.as_ms() + self.rng.below(120_000));
+        let engine = Engine::boot(
+            self.store.clone(),
+            self.tuning,
+            self.now,
+            self.rng.next_u64(),
+        )
+        .expect("reboot");
+        self.engine = Some(engine);
+        self.boots.push(self.now.as_ms());
+        self.before_boot = self.starts.iter().map(Vec::len).collect();
+    }
+
+    fn create(&mut self) {
+        let n = 1 + self.rng.below(40);
+        let tasks: Vec<NewTask> = (0..n)
+            .map(|_| {
+                let g = self.rng.below(GATES as u64) as usize;
+                let due = Timestamp(self.now.as_ms() + self.rng.below(60_000));
+                self.new_task(g, due)
+            })
+            .collect();
+        let (tx, mut rx) = oneshot::channel();
+        self.turn(vec![Command::CreateTasks { tasks, reply: tx }], Vec::new());
+        let created = rx
+            .try_recv()
+            .expect("answered after the commit")
+            .expect("created");
+        self.acked.extend(created.iter().map(|c| c.task.id));
+    }
+
+    /// The window bound for every window that ends at a gate's latest start, and
+    /// the ramp bound for windows that begin at a boot.
+    fn check_gates(&self) {
+        for (g, starts) in self.starts.iter().enumerate() {
+            let Some(&last) = starts.last() else { continue };
+            let c = self.gates[g];
+            let n = starts.len();
+            for i in (0..n).rev() {
+                let span = last - starts[i];
+                if span > 10_000 {
+                    break;
+                }
+                let count = (n - i) as f64;
+                let allowed = f64::from(c.burst) + c.rate * (span as f64 + 1.0) / 1000.0;
+                assert!(
+                    count <= allowed + 1e-9,
+                    "seed {}: gate g{g} started {count} in {span} ms (burst {}, rate {}/s)",
+                    self.seed,
+                    c.burst,
+                    c.rate
+                );
+            }
+            // After a restart the bucket starts empty and refills along the ramp.
+            // (Gates created after the first boot start full, with no ramp.)
+            let Some(&boot) = self.boots.last() else {
+                continue;
+            };
+            let since_boot = (n - self.before_boot[g]) as f64;
+            if since_boot > 0.0 && last >= boot && last - boot <= c.over_ms + 10_000 {
+                let ramp = ramp_integral(c, (last - boot) as f64 / 1000.0);
+                assert!(
+                    since_boot <= ramp + 1.0 + 1e-6,
+                    "seed {}: gate g{g} started {since_boot} in the {} ms after boot; the ramp allows {ramp:.2} ({c:?}, starts {:?}, boot {boot})",
+                    self.seed,
+                    last - boot,
+                    &starts[self.before_boot[g]..]
+                );
+            }
+        }
+    }
+}
+
+/// Attempts the ramp allows in the first `t` seconds after a boot.
+fn ramp_integral(c: GateConf, t: f64) -> f64 {
+    let over = c.over_ms as f64 / 1000.0;
+    if c.start >= 1.0 || over == 0.0 {
+        return c.rate * (t + 0.001);
+    }
+    let ramp_t = t.min(over);
+    let during = c.rate * (c.start * ramp_t + (1.0 - c.start) * ramp_t * ramp_t / (2.0 * over));
+    during + c.rate * ((t - over).max(0.0) + 0.001)
+}
+
+/// `busy` is the percentage of steps that create tasks.
+fn simulate(seed: u64, minutes: u64, busy: u64) -> World {
+    let mut w = World::new(seed);
+    let end = w.now.as_ms() + minutes * 60_000;
+    while w.now.as_ms() < end {
+        let roll = w.rng.below(100);
+        match roll {
+            _ if roll < busy => w.create(),
+            90 => w.crash(),
+            91..=92 => {
+                let gate = w.rng.below(GATES as u64) as usize;
+                let from = w.now.as_ms();
+                let until = from + 10_000 + w.rng.below(20 * 60_000);
+                w.outages.push(Outage { gate, from, until });
+            }
+            _ => {
+                let limit = w.now.as_ms() + 1 + w.rng.below(30_000);
+                w.advance(limit);
+            }
+        }
+    }
+    // Heal everything and drain.
+    let healed = w.now.as_ms();
+    for o in &mut w.outages {
+        o.until = o.until.min(healed);
+    }
+    for round in 0..1_000_000u64 {
+        let idle = w.in_flight.is_empty() && w.engine().poll_timeout().is_none();
+        if round % 500 != 0 && !idle {
+            let limit = w.now.as_ms() + 60_000;
+            w.advance(limit);
+            continue;
+        }
+        let unfinished = {
+            let reader = w.store.read().expect("read");
+            w.acked
+                .iter()
+                .filter(|&&id| {
+                    reader
+                        .task(id)
+                        .expect("task")
+                        .is_none_or(|t| !t.state.is_final())
+                })
+                .count()
+        };
+        if unfinished == 0 {
+            break;
+        }
+        let limit = w.now.as_ms() + 60_000;
+        w.advance(limit);
+    }
+    w.check_end();
+    w
+}
+
+impl World {
+    fn check_end(&self) {
+        let seed = self.seed;
+        let reader = self.store.read().expect("read");
+        // Nothing acknowledged is lost: every task is on disk and finished.
+        for &id in &self.acked {
+            let task = reader
+                .task(id)
+                .expect("read")
+                .unwrap_or_else(|| panic!("seed {seed}: task {} lost", TaskId(id)));
+            assert!(
+                task.state.is_final(),
+                "seed {seed}: task {} stuck in {:?}",
+                TaskId(id),
+                task.state
+            );
+        }
+        // No occurrence ran as two tasks.
+        for (key, tasks) in &self.occurrences {
+            assert_eq!(
+                tasks.len(),
+                1,
+                "seed {seed}: occurrence {key} ran as {tasks:?}"
+            );
+        }
+        // Occurrences never overlap, and the misfire policies hold.
+        for schedule in reader.schedules().expect("schedules") {
+            let mut occurrences: Vec<(u64, u64, u64, TaskState)> = Vec::new(); // (id, scheduled, created, state)
+            for (key, tasks) in &self.occurrences {
+                let Some(time) = key.strip_prefix(&format!("schedule:{}:", schedule.name)) else {
+                    continue;
+                };
+                let scheduled: jiff::Timestamp = time.parse().expect("key time");
+                let id = *tasks.iter().next().expect("one task");
+                let t = reader.task(id).expect("read").expect("occurrence task");
+                occurrences.push((id, scheduled.as_millisecond() as u64, t.created_at, t.state));
+            }
+            occurrences.sort_by_key(|o| o.0);
+            for pair in occurrences.windows(2) {
+                assert!(
+                    pair[1].1 > pair[0].1,
+                    "seed {seed}: {} scheduled out of order: {pair:?}",
+                    schedule.name
+                );
+            }
+            // Each occurrence is exactly what the policy picks at the moment the
+            // previous one ended (when the next was created).
+            let rule = schedule.rule().expect("rule");
+            for pair in occurrences.windows(2) {
+                let (prev, created) = (pair[0].1, pair[1].2);
+                let mut missed = Vec::new();
+                let mut t = Timestamp(prev);
+                while let Some(next) = rule.next_after(t) {
+                    if next.as_ms() > created || missed.len() > 100_000 {
+                        break;
+                    }
+                    missed.push(next.as_ms());
+                    t = next;
+                }
+                let future = rule
+                    .next_after(Timestamp(created.max(prev)))
+                    .expect("next")
+                    .as_ms();
+                let expected = match (schedule.misfire(), missed.first(), missed.last()) {
+                    (Misfire::Skip, _, _) | (_, None, _) => future,
+                    (Misfire::Once, _, Some(&last)) => last,
+                    (Misfire::All, Some(&first), _) => first,
+                    (Misfire::Once, _, None) => future,
+                };
+                assert_eq!(
+                    pair[1].1,
+                    expected,
+                    "seed {seed}: {} ({:?}) ran {} after {prev}, created at {created}; the policy picks {expected}",
+                    schedule.name,
+                    schedule.misfire(),
+                    pair[1].1
+                );
+            }
+        }
+        // The circuit keeps a dead endpoint nearly untouched: the trip threshold
+        // and what was in flight, then at most one probe per cooldown.
+        for (g, c) in self.gates.iter().enumerate() {
+            let down_ms: u64 = self
+                .outages
+                .iter()
+                .filter(|o| o.gate == g)
+                .map(|o| o.until.saturating_sub(o.from))
+                .sum();
+            let outages = self.outages.iter().filter(|o| o.gate == g).count() as u64;
+            let restarts = self.boots.len() as u64 + 1;
+            let allowed = (outages + restarts) * u64::from(c.failures + c.concurrency)
+                + down_ms / c.cooldown_ms
+                + outages
+                + restarts;
+            assert!(
+                self.dead_hits[g] <= allowed,
+                "seed {seed}: gate g{g} hit its dead endpoint {} times in {down_ms} ms down (allowed {allowed})",
+                self.dead_hits[g]
+            );
+        }
+    }
+}
+
+fn base_seed() -> (u64, bool) {
+    match std::env::var("SIM_SEED") {
+        Ok(s) => (s.parse().expect("SIM_SEED is a number"), true),
+        Err(_) => (sluice::clock::now().as_ms(), false),
+    }
+}
+
+/// Hundreds of seeds, six simulated minutes each.
+#[test]
+fn simulation_many_seeds() {
+    let (base, fixed) = base_seed();
+    let seeds = if fixed { 1 } else { 200 };
+    for i in 0..seeds {
+        let seed = base.wrapping_add(i);
+        let result = std::panic::catch_unwind(|| simulate(seed, 6, 10));
+        if let Err(e) = result {
+            eprintln!("replay with: SIM_SEED={seed} cargo test --test all simulation");
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+/// Several simulated hours in well under a second of real time (printed).
+#[test]
+fn simulation_hours() {
+    let (seed, _) = base_seed();
+    let started = sluice::clock::instant();
+    let result = std::panic::catch_unwind(|| simulate(seed, 180, 2));
+    if let Err(e) = result {
+        eprintln!("replay with: SIM_SEED={seed} cargo test --test all simulation_hours");
+        std::panic::resume_unwind(e);
+    }
+    let w = result.unwrap_or_else(|_| unreachable!());
+    eprintln!(
+        "simulated 3 h: {} turns, {} tasks, {} restarts in {:?}",
+        w.turns,
+        w.acked.len(),
+        w.boots.len(),
+        started.elapsed()
+    );
+}
