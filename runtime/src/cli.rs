@@ -82,6 +82,22 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Measure throughput, gate accuracy, outage recovery, lateness and scale
+    /// against a fresh server and a loopback sink (build with --release).
+    Bench {
+        /// Pending tasks for the scale workload.
+        #[arg(long, default_value_t = 5_000_000)]
+        scale_tasks: u64,
+        /// Gates for the many-gates workload.
+        #[arg(long, default_value_t = 10_000)]
+        gates: u64,
+        /// Smaller counts, for a quick look.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench.json")]
+        out: PathBuf,
+    },
     /// A table of gates: backlog, in flight, rates, state, time to drain.
     Status {
         /// Refresh in place every 2 seconds.
@@ -311,6 +327,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Schedule { command, client } => {
             schedule(&Api::new(&client)?, command, client.json).await
         }
+        Command::Bench {
+            scale_tasks,
+            gates,
+            quick,
+            out,
+        } => crate::bench::run(crate::bench::Options {
+            scale_tasks: if quick {
+                scale_tasks.min(200_000)
+            } else {
+                scale_tasks
+            },
+            gates: if quick { gates.min(1_000) } else { gates },
+            out,
+            quick,
+        })
+        .await
+        .map_err(Failure::from),
         Command::Status { watch, client } => status(&Api::new(&client)?, watch, client.json).await,
     }
 }
@@ -1104,6 +1137,8 @@ fn task_detail(t: &Value) -> String {
         "id",
         "gate",
         "state",
+        "schedule",
+        "parent",
         "scheduled_at",
         "due_at",
         "created_at",
@@ -1128,7 +1163,17 @@ fn task_detail(t: &Value) -> String {
             vec![
                 num(&a["attempt"]),
                 a["started_at"].as_str().unwrap_or("").to_string(),
-                a["outcome"].as_str().unwrap_or("").to_string(),
+                match (a["outcome"].as_str(), a["lease_until"].as_str()) {
+                    (Some("leased"), Some(until)) => {
+                        let progress = if a["progress"].is_null() {
+                            String::new()
+                        } else {
+                            format!(", progress {}", a["progress"])
+                        };
+                        format!("leased until {until}{progress}")
+                    }
+                    (o, _) => o.unwrap_or("").to_string(),
+                },
                 num(&a["status"]),
                 a["latency_ms"]
                     .as_u64()

@@ -2,6 +2,7 @@
 //! endpoint. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -40,6 +40,8 @@ pub struct NewTask {
     pub labels: BTreeMap<String, String>,
     /// Set on occurrences of a schedule.
     pub schedule: Option<String>,
+    /// Set on the next steps a completion creates.
+    pub parent: Option<crate::core::TaskId>,
 }
 
 /// A validated schedule.

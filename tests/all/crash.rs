@@ -113,3 +113,115 @@ async fn kill_9_loses_no_acknowledged_task() {
     child.kill().expect("kill");
     let _ = child.wait();
 }
+
+/// Crash torture: load runs against the real binary while it is killed with
+/// SIGKILL at random moments, `TORTURE_KILLS` times (3 in CI; see the README for
+/// long runs). Afterwards every task whose create got a 2xx reached the sink,
+/// every one is in the store and finished, the file opened cleanly each time,
+/// and duplicates stay within what can have been in flight at the kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torture_kill_9_under_load() {
+    let kills: usize = std::env::var("TORTURE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed = clock::now().as_ms();
+    let mut rng = sluice::core::rng::Rng::new(seed);
+    eprintln!("torture: {kills} kills, seed {seed}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let sink = Sink::start().await;
+    sink.behave(|_, i| Reply::ok().delayed(Duration::from_millis((i % 7) as u64 * 5)));
+    let concurrency = 16;
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    let mut acked: Vec<String> = Vec::new();
+    let mut gate_made = false;
+    for round in 0..=kills {
+        let mut child = spawn_server(dir.path(), port);
+        wait_ready(&c).await;
+        if !gate_made {
+            c.put_gate(
+                "torture",
+                json!({
+                    "rate": "2000/s", "burst": 50, "concurrency": concurrency,
+                    "allowed_hosts": [sink.host()], "recovery": { "start": 1.0 },
+                    "retry": { "max_attempts": 100, "backoff": { "initial": "50ms", "max": "200ms" } },
+                }),
+            )
+            .await;
+            gate_made = true;
+        }
+        if round == kills {
+            // The last run is left alone to drain.
+            let start = clock::instant();
+            loop {
+                let delivered: std::collections::HashSet<String> =
+                    sink.hits().into_iter().map(|h| h.task).collect();
+                let missing = acked.iter().filter(|id| !delivered.contains(*id)).count();
+                if missing == 0 {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(90),
+                    "{missing} acknowledged tasks never arrived"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for id in &acked {
+                let (status, t) = c.send("GET", &format!("/v1/tasks/{id}"), None).await;
+                assert_eq!(status, 200, "acknowledged task {id} missing from the store");
+                if t["state"] != "succeeded" {
+                    c.wait_state(id, "succeeded", Duration::from_secs(30)).await;
+                }
+            }
+            child.kill().expect("kill");
+            let _ = child.wait();
+            break;
+        }
+        // Load until a random moment, then SIGKILL.
+        let kill_at = clock::instant() + Duration::from_millis(200 + rng.below(1_300));
+        let mut load = tokio::task::JoinSet::new();
+        for _ in 0..2 {
+            let c = c.clone();
+            let url = sink.url("/t");
+            load.spawn(async move {
+                let mut mine = Vec::new();
+                for _ in 0..200 {
+                    let tasks: Vec<_> = (0..50).map(|_| webhook_task("torture", &url)).collect();
+                    match c
+                        .try_send("POST", "/v1/tasks/batch", json!({ "tasks": tasks }))
+                        .await
+                    {
+                        Some((201, v)) => mine.extend(
+                            v["ids"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|i| i.as_str().map(String::from)),
+                        ),
+                        _ => break, // the server died under us: not acknowledged
+                    }
+                }
+                mine
+            });
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(kill_at)).await;
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        while let Some(r) = load.join_next().await {
+            acked.extend(r.expect("load task"));
+        }
+    }
+    let hits = sink.hits();
+    let unique: std::collections::HashSet<&str> = hits.iter().map(|h| h.task.as_str()).collect();
+    let duplicates = hits.len() - unique.len();
+    eprintln!(
+        "torture: survived {kills} kills, {} acknowledged tasks, {} deliveries, {duplicates} duplicates",
+        acked.len(),
+        hits.len()
+    );
+    assert!(
+        duplicates <= kills * concurrency as usize,
+        "{duplicates} duplicates for {kills} kills"
+    );
+}

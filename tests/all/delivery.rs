@@ -282,3 +282,39 @@ async fn graceful_shutdown_finishes_attempts_in_flight() {
     assert_eq!(done["attempt_count"], 1);
     assert_eq!(sink.hits().len(), 1);
 }
+
+/// A task that cannot start by `due + expires_after` (its gate was paused) ends
+/// as expired instead of running stale work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_task_expires_instead_of_running() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    c.send("POST", "/v1/gates/g/pause", None).await;
+    let mut task = webhook_task("g", &sink.url("/stale"));
+    task["expires_after"] = json!("300ms");
+    let stale = c.create(task).await;
+    let fresh = c.create(webhook_task("g", &sink.url("/fresh"))).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // let it go stale: time is the point here
+    c.send("POST", "/v1/gates/g/resume", None).await;
+    c.wait_state(
+        fresh["id"].as_str().unwrap_or_default(),
+        "succeeded",
+        Duration::from_secs(10),
+    )
+    .await;
+    let t = c
+        .wait_state(
+            stale["id"].as_str().unwrap_or_default(),
+            "expired",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(t["attempt_count"], 0);
+    assert!(
+        sink.hits()
+            .iter()
+            .all(|h| h.task != stale["id"].as_str().unwrap_or_default())
+    );
+}

@@ -10,6 +10,7 @@
 mod api;
 mod crash;
 mod delivery;
+mod leases;
 mod recovery;
 mod schedules;
 mod simulation;

@@ -22,7 +22,7 @@ use sluice::core::{
 };
 use sluice::dispatch::{Plan, Report};
 use sluice::model::{GateSpec, NewTask, ScheduleSpec};
-use sluice::shell::{Command, Engine};
+use sluice::shell::{Callback, Command, Engine};
 use sluice::store::{Store, TaskState, WebhookRecord};
 use tokio::sync::oneshot;
 
@@ -47,6 +47,25 @@ struct Outage {
     until: u64,
 }
 
+/// Long-running work held by the simulated endpoint.
+#[derive(Clone, Debug)]
+struct Lease {
+    gate: usize,
+    task: TaskId,
+    token: String,
+    /// When the lease runs out, as granted.
+    until: u64,
+    lease_ms: u64,
+    action: LeaseAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LeaseAction {
+    Complete,
+    Fail,
+    Heartbeat,
+}
+
 struct World {
     seed: u64,
     rng: Rng,
@@ -58,6 +77,10 @@ struct World {
     outages: Vec<Outage>,
     /// Attempts at the endpoint, by when they end.
     in_flight: BTreeMap<(u64, u64), (usize, Report)>,
+    /// Leased attempts the endpoint holds: when it acts, and how.
+    leased: BTreeMap<(u64, u64), Lease>,
+    /// Reports on leased work the engine accepted, and refused (late ones).
+    lease_reports: (u64, u64),
     seq: u64,
     /// Per gate: every start time.
     starts: Vec<Vec<u64>>,
@@ -111,6 +134,8 @@ impl World {
             gates,
             outages: Vec::new(),
             in_flight: BTreeMap::new(),
+            leased: BTreeMap::new(),
+            lease_reports: (0, 0),
             seq: 0,
             starts: vec![Vec::new(); GATES],
             boots: Vec::new(),
@@ -218,6 +243,7 @@ impl World {
             idempotency_key: None,
             labels: BTreeMap::new(),
             schedule: None,
+            parent: None,
         }
     }
 
@@ -257,6 +283,7 @@ impl World {
         }
         let slow = self.rng.below(10) == 0;
         let latency = 1 + self.rng.below(if slow { 4_000 } else { 300 });
+        let mut lease = None;
         let (outcome, status) = if self.down(g, now) {
             self.dead_hits[g] += 1;
             (Outcome::Throttled { retry_after: None }, 503)
@@ -270,9 +297,35 @@ impl World {
                     429,
                 ),
                 2 => (Outcome::Rejected, 404),
+                3..=4 => {
+                    lease = Some(Duration::from_millis(1_000 + self.rng.below(60_000)));
+                    (Outcome::Succeeded, 202)
+                }
                 _ => (Outcome::Succeeded, 200),
             }
         };
+        if let Some(l) = lease {
+            // The endpoint acts on its own time, sometimes after the lease ran out.
+            let until = now + latency + l.as_millis() as u64;
+            let act_at = now + latency + self.rng.below(l.as_millis() as u64 * 3 / 2);
+            let action = [
+                LeaseAction::Complete,
+                LeaseAction::Fail,
+                LeaseAction::Heartbeat,
+            ][self.rng.below(3) as usize];
+            self.seq += 1;
+            self.leased.insert(
+                (act_at.max(now + latency + 1), self.seq),
+                Lease {
+                    gate: g,
+                    task: plan.task,
+                    token: plan.completion_token.clone(),
+                    until,
+                    lease_ms: l.as_millis() as u64,
+                    action,
+                },
+            );
+        }
         let report = Report {
             task: plan.task,
             attempt: plan.attempt,
@@ -282,15 +335,28 @@ impl World {
             latency_ms: latency,
             error: None,
             response: None,
+            lease,
         };
         self.seq += 1;
         self.in_flight
             .insert((now + latency, self.seq), (g, report));
+        // A lease holds a slot once its 202 has reached the engine (until then the
+        // attempt is counted as in flight).
+        let held = self
+            .leased
+            .values()
+            .filter(|l| {
+                l.gate == g
+                    && l.until > now
+                    && !self.in_flight.values().any(|(_, r)| r.task == l.task)
+            })
+            .count() as u32;
         let in_flight = self
             .in_flight
             .values()
             .filter(|(gate, _)| *gate == g)
-            .count() as u32;
+            .count() as u32
+            + held;
         assert!(
             in_flight <= self.gates[g].concurrency,
             "seed {}: gate g{g} has {in_flight} in flight, cap {}",
@@ -301,7 +367,13 @@ impl World {
 
     /// Jumps to the next event and runs a turn with whatever ended by then.
     fn advance(&mut self, limit: u64) {
-        let next_end = self.in_flight.keys().next().map(|k| k.0);
+        let next_end = [
+            self.in_flight.keys().next().map(|k| k.0),
+            self.leased.keys().next().map(|k| k.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let next = [
             self.engine().poll_timeout().map(|t| t.as_ms()),
             next_end,
@@ -319,13 +391,96 @@ impl World {
             }
             reports.push(entry.remove().1);
         }
-        self.turn(Vec::new(), reports);
+        let mut commands = Vec::new();
+        let mut replies = Vec::new();
+        while let Some(entry) = self.leased.first_entry() {
+            if entry.key().0 > self.now.as_ms() {
+                break;
+            }
+            let lease = entry.remove();
+            let callback = match lease.action {
+                LeaseAction::Complete => Callback::Complete {
+                    token: lease.token.clone(),
+                    output: None,
+                    next: Vec::new(),
+                },
+                LeaseAction::Fail => Callback::Fail {
+                    token: lease.token.clone(),
+                    reason: None,
+                    retry: true,
+                    retry_after: None,
+                },
+                LeaseAction::Heartbeat => Callback::Heartbeat {
+                    token: lease.token.clone(),
+                    progress: None,
+                    lease: None,
+                },
+            };
+            let (tx, rx) = oneshot::channel();
+            commands.push(Command::Report {
+                id: lease.task,
+                callback: Box::new(callback),
+                reply: tx,
+            });
+            replies.push((lease, rx));
+        }
+        self.turn(commands, reports);
+        for (lease, mut rx) in replies {
+            match rx.try_recv().expect("answered") {
+                Ok(_) => {
+                    self.lease_reports.0 += 1;
+                    if lease.action == LeaseAction::Heartbeat {
+                        // A heartbeat renews the lease from now; complete later.
+                        let until = self.now.as_ms() + lease.lease_ms;
+                        self.seq += 1;
+                        self.leased.insert(
+                            (
+                                self.now.as_ms() + 1 + self.rng.below(lease.lease_ms),
+                                self.seq,
+                            ),
+                            Lease {
+                                until,
+                                action: LeaseAction::Complete,
+                                ..lease
+                            },
+                        );
+                    }
+                }
+                Err(sluice::shell::ShellError::Conflict(_)) => {
+                    // Too late: the lease ran out and the task moved on.
+                    assert!(
+                        self.now.as_ms() >= lease.until,
+                        "seed {}: a report inside its lease was refused",
+                        self.seed
+                    );
+                    self.lease_reports.1 += 1;
+                }
+                Err(e) => panic!("seed {}: report refused: {e}", self.seed),
+            }
+        }
     }
 
     /// A crash: memory is gone, the attempts in flight die with the process, the
     /// store keeps what was committed.
     fn crash(&mut self) {
         self.engine = None;
+        // A 202 still on its way never reached the engine: no lease was granted.
+        let lost: BTreeSet<String> = self
+            .in_flight
+            .values()
+            .filter(|(_, r)| r.lease.is_some())
+            .map(|(_, r)| format!("{}:{}", r.task.0, r.attempt))
+            .collect();
+        let tokens: BTreeSet<String> = self
+            .leased
+            .iter()
+            .filter(|(_, l)| {
+                lost.iter()
+                    .any(|k| k.starts_with(&format!("{}:", l.task.0)))
+            })
+            .map(|(_, l)| l.token.clone())
+            .collect();
+        self.leased.retain(|_, l| !tokens.contains(&l.token));
         self.in_flight.clear();
         self.now = Timestamp(self.now.as_ms() + self.rng.below(120_000));
         let engine = Engine::boot(
@@ -603,10 +758,12 @@ fn simulation_hours() {
     }
     let w = result.unwrap_or_else(|_| unreachable!());
     eprintln!(
-        "simulated 3 h: {} turns, {} tasks, {} restarts in {:?}",
+        "simulated 3 h: {} turns, {} tasks, {} restarts, {} lease reports ({} too late) in {:?}",
         w.turns,
         w.acked.len(),
         w.boots.len(),
+        w.lease_reports.0,
+        w.lease_reports.1,
         started.elapsed()
     );
 }

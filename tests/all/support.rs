@@ -88,6 +88,24 @@ impl Client {
         (status, value)
     }
 
+    /// Like `send`, but a connection failure is `None` instead of a panic.
+    pub async fn try_send(&self, method: &str, path: &str, body: Value) -> Option<(u16, Value)> {
+        let resp = self
+            .http
+            .request(method.parse().ok()?, format!("{}{}", self.base, path))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).ok()?)
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.ok()?;
+        Some((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
     pub async fn send_full(
         &self,
         method: &str,

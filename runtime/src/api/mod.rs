@@ -61,6 +61,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tasks/{id}", get(get_task).delete(cancel_task))
         .route("/tasks/{id}/retry", post(retry_task))
+        .route(
+            "/tasks/{id}/complete",
+            post(complete_task).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        )
+        .route("/tasks/{id}/fail", post(fail_task))
+        .route(
+            "/tasks/{id}/heartbeat",
+            post(heartbeat_task).layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)),
+        )
         .route("/schedules", get(list_schedules))
         .route(
             "/schedules/{name}",
@@ -484,4 +493,35 @@ async fn resume_schedule(
 ) -> Result<Json<ScheduleView>, ApiError> {
     state.shell.set_schedule_paused(name.clone(), false).await?;
     Ok(Json(read_schedule(&state, name).await?))
+}
+
+async fn complete_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<wire::CompleteBody>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = parse_id(&id)?;
+    let callback = body.validate(clock::now())?;
+    let task = state.shell.report(id, callback).await?;
+    Ok(Json(TaskView::new(&task, None)))
+}
+
+async fn fail_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<wire::FailBody>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = parse_id(&id)?;
+    let task = state.shell.report(id, body.validate()?).await?;
+    Ok(Json(TaskView::new(&task, None)))
+}
+
+async fn heartbeat_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<wire::HeartbeatBody>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = parse_id(&id)?;
+    let task = state.shell.report(id, body.validate()?).await?;
+    Ok(Json(TaskView::new(&task, None)))
 }

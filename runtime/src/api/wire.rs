@@ -511,6 +511,7 @@ impl TaskBody {
             idempotency_key: self.idempotency_key,
             labels,
             schedule: None,
+            parent: None,
         })
     }
 }
@@ -701,6 +702,13 @@ pub struct AttemptView {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// While the endpoint holds the attempt as long-running work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_at: Option<String>,
 }
 
 impl From<&AttemptRecord> for AttemptView {
@@ -709,11 +717,20 @@ impl From<&AttemptRecord> for AttemptView {
             attempt: a.attempt,
             started_at: time(a.started_at),
             ended_at: a.ended_at.map(time),
-            outcome: a.outcome.clone().unwrap_or_else(|| "running".into()),
+            outcome: a.outcome.clone().unwrap_or_else(|| {
+                if a.lease_until.is_some() {
+                    "leased".into()
+                } else {
+                    "running".into()
+                }
+            }),
             status: a.status,
             latency_ms: a.latency_ms,
             error: a.error.clone(),
             response: a.response.clone(),
+            lease_until: a.lease_until.filter(|_| a.ended_at.is_none()).map(time),
+            progress: a.progress.clone(),
+            heartbeat_at: a.heartbeat_at.map(time),
         }
     }
 }
@@ -747,6 +764,11 @@ pub struct TaskView {
     pub finished_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
+    /// The task whose completion created this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 impl TaskView {
@@ -779,6 +801,8 @@ impl TaskView {
             last_error: t.last_error.clone(),
             finished_at: t.finished_at.map(time),
             attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
+            parent: t.parent.map(|p| TaskId(p).to_string()),
+            schedule: t.schedule.clone(),
         }
     }
 }
@@ -1011,5 +1035,112 @@ impl ScheduleView {
             created_at: time(s.created_at),
             updated_at: time(s.updated_at),
         }
+    }
+}
+
+// ---- reports on long-running work ----
+
+/// Most next steps one completion may create.
+pub const MAX_NEXT: usize = 100;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    pub token: String,
+    pub output: Option<serde_json::Value>,
+    pub next: Option<Vec<TaskBody>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FailBody {
+    pub token: String,
+    pub reason: Option<String>,
+    pub retry: Option<bool>,
+    pub retry_after: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    pub token: String,
+    pub progress: Option<serde_json::Value>,
+    pub lease: Option<String>,
+}
+
+fn check_token(token: &str) -> Result<(), ApiError> {
+    if token.is_empty() || token.len() > 256 {
+        return Err(ApiError::field(
+            "token",
+            "token is the Sluice-Completion-Token the attempt was sent",
+        ));
+    }
+    Ok(())
+}
+
+fn check_size(field: &str, value: &Option<serde_json::Value>) -> Result<(), ApiError> {
+    if let Some(v) = value
+        && v.to_string().len() > MAX_TASK_BODY
+    {
+        return Err(ApiError {
+            field: Some(field.into()),
+            ..ApiError::too_large(format!("{field} is larger than 1 MiB"))
+        });
+    }
+    Ok(())
+}
+
+impl CompleteBody {
+    pub fn validate(self, now: Timestamp) -> Result<crate::shell::Callback, ApiError> {
+        check_token(&self.token)?;
+        check_size("output", &self.output)?;
+        let next = self.next.unwrap_or_default();
+        if next.len() > MAX_NEXT {
+            return Err(ApiError::field(
+                "next",
+                format!("at most {MAX_NEXT} next tasks"),
+            ));
+        }
+        let next = next
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.validate(now, &format!("next[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::shell::Callback::Complete {
+            token: self.token,
+            output: self.output,
+            next,
+        })
+    }
+}
+
+impl FailBody {
+    pub fn validate(self) -> Result<crate::shell::Callback, ApiError> {
+        check_token(&self.token)?;
+        if self.reason.as_ref().is_some_and(|r| r.len() > 64 * 1024) {
+            return Err(ApiError::field("reason", "reason is at most 64 KiB"));
+        }
+        Ok(crate::shell::Callback::Fail {
+            token: self.token,
+            reason: self.reason,
+            retry: self.retry.unwrap_or(true),
+            retry_after: opt_duration("retry_after", &self.retry_after)?,
+        })
+    }
+}
+
+impl HeartbeatBody {
+    pub fn validate(self) -> Result<crate::shell::Callback, ApiError> {
+        check_token(&self.token)?;
+        check_size("progress", &self.progress)?;
+        let lease = opt_duration("lease", &self.lease)?;
+        if lease.is_some_and(|l| l.is_zero() || l > crate::dispatch::MAX_LEASE) {
+            return Err(ApiError::field("lease", "lease is above 0 and at most 24h"));
+        }
+        Ok(crate::shell::Callback::Heartbeat {
+            token: self.token,
+            progress: self.progress,
+            lease,
+        })
     }
 }

@@ -362,6 +362,12 @@ impl Gate {
         Ok(())
     }
 
+    /// Takes a concurrency slot without the limiter: for a leased attempt that was
+    /// already admitted before a restart.
+    pub fn hold(&mut self) {
+        self.in_flight += 1;
+    }
+
     /// An attempt that `try_start` admitted has ended.
     pub fn attempt_ended(&mut self, now: Timestamp, signal: Signal) {
         assert!(

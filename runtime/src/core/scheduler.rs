@@ -122,6 +122,22 @@ pub enum Input {
     /// At startup: a task whose attempt number `task.attempts` was in flight when the
     /// server stopped.
     Interrupted(QueuedTask),
+    /// The endpoint accepted the attempt as long-running work: it stays in flight,
+    /// holding its concurrency slot, until a report or until the lease runs out.
+    Leased {
+        task: TaskId,
+        until: Timestamp,
+    },
+    /// A heartbeat moved the lease.
+    Heartbeat {
+        task: TaskId,
+        until: Timestamp,
+    },
+    /// At startup: a task whose attempt holds a lease; it keeps its slot.
+    RestoreLease {
+        task: QueuedTask,
+        until: Timestamp,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -157,6 +173,13 @@ pub enum Effect {
         task: TaskId,
         gate: GateId,
         due: Timestamp,
+    },
+    /// A lease ran out: the attempt counts as timed out. A `Requeue` or `Finish`
+    /// of the task follows.
+    LeaseExpired {
+        task: TaskId,
+        gate: GateId,
+        attempt: u32,
     },
 }
 
@@ -204,6 +227,7 @@ struct Lane {
 #[derive(Debug)]
 struct Running {
     task: QueuedTask,
+    lease: Option<Timestamp>,
 }
 
 pub struct Scheduler {
@@ -212,6 +236,8 @@ pub struct Scheduler {
     /// Each lane's `wake`, ordered, so `poll_timeout` is a lookup.
     timers: BTreeSet<(Timestamp, GateId)>,
     running: BTreeMap<TaskId, Running>,
+    /// Leased attempts by deadline.
+    leases: BTreeSet<(Timestamp, TaskId)>,
     effects: VecDeque<Effect>,
     rng: Rng,
 }
@@ -224,6 +250,7 @@ impl Scheduler {
             lanes: BTreeMap::new(),
             timers: BTreeSet::new(),
             running: BTreeMap::new(),
+            leases: BTreeSet::new(),
             effects: VecDeque::new(),
             rng: Rng::new(seed),
         }
@@ -310,6 +337,9 @@ impl Scheduler {
                     // Already settled (a duplicate report): nothing to do.
                     return;
                 };
+                if let Some(until) = running.lease {
+                    self.leases.remove(&(until, task));
+                }
                 let gate = running.task.gate;
                 if let Some(lane) = self.lanes.get_mut(&gate) {
                     lane.gate.attempt_ended(now, outcome.signal());
@@ -323,11 +353,55 @@ impl Scheduler {
                 self.poke(gate);
                 self.settle(now, task, Outcome::Interrupted);
             }
+            Input::Leased { task, until } | Input::Heartbeat { task, until } => {
+                let Some(running) = self.running.get_mut(&task) else {
+                    return;
+                };
+                if let Some(old) = running.lease.replace(until) {
+                    self.leases.remove(&(old, task));
+                }
+                self.leases.insert((until, task));
+            }
+            Input::RestoreLease { task, until } => {
+                let id = task.id;
+                if let Some(lane) = self.lanes.get_mut(&task.gate) {
+                    lane.gate.hold();
+                }
+                self.leases.insert((until, id));
+                let previous = self.running.insert(
+                    id,
+                    Running {
+                        task,
+                        lease: Some(until),
+                    },
+                );
+                assert!(previous.is_none(), "lease restored twice");
+            }
         }
     }
 
     /// Starts whatever may start at `now`. A spurious call is a no-op.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some(&(until, task)) = self.leases.first() {
+            if until > now {
+                break;
+            }
+            self.leases.remove(&(until, task));
+            let Some(running) = self.running.remove(&task) else {
+                continue;
+            };
+            let gate = running.task.gate;
+            if let Some(lane) = self.lanes.get_mut(&gate) {
+                lane.gate.attempt_ended(now, Signal::Failed);
+            }
+            self.effects.push_back(Effect::LeaseExpired {
+                task,
+                gate,
+                attempt: running.task.attempts,
+            });
+            self.poke(gate);
+            self.settle(now, running.task, Outcome::Failed { retry_after: None });
+        }
         while let Some(&(at, gate)) = self.timers.first() {
             if at > now {
                 break;
@@ -342,7 +416,12 @@ impl Scheduler {
 
     /// When `handle_timeout` is next due. May change after any `handle_*` call.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.timers.first().map(|&(at, _)| at)
+        let timer = self.timers.first().map(|&(at, _)| at);
+        let lease = self.leases.first().map(|&(at, _)| at);
+        match (timer, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether effects are waiting to be drained.
@@ -506,7 +585,7 @@ impl Scheduler {
                         gate,
                         attempt: task.attempts,
                     });
-                    let previous = self.running.insert(task.id, Running { task });
+                    let previous = self.running.insert(task.id, Running { task, lease: None });
                     assert!(previous.is_none(), "task started twice");
                 }
                 Err(not_before) => {

@@ -248,6 +248,7 @@ impl World {
                     );
                     t.place = Place::Done;
                 }
+                Effect::LeaseExpired { .. } => {}
                 Effect::Expire { task, gate, due } => {
                     let t = self.tasks.get_mut(&task).expect("task exists");
                     assert_eq!(t.place, Place::Pending);

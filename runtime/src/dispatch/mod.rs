@@ -36,6 +36,8 @@ pub struct Plan {
     pub scheduled_at: Timestamp,
     /// The schedule this attempt's task is an occurrence of.
     pub schedule: Option<String>,
+    /// Sent as `Sluice-Completion-Token`; only its hash is stored.
+    pub completion_token: String,
     pub idempotency_key: String,
     pub allowed_hosts: Vec<String>,
 }
@@ -51,7 +53,12 @@ pub struct Report {
     pub latency_ms: u64,
     pub error: Option<String>,
     pub response: Option<String>,
+    /// A `202` with `Sluice-Lease`: the endpoint holds the work for this long.
+    pub lease: Option<Duration>,
 }
+
+/// Longest lease an endpoint may ask for at once; heartbeats extend it.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3_600);
 
 impl Report {
     /// The word history shows for this outcome.
@@ -132,7 +139,7 @@ impl Dispatcher {
 
     pub async fn run(&self, plan: Plan) -> Report {
         let started = clock::instant();
-        let (outcome, status, error, response) = self.attempt(&plan).await;
+        let (outcome, status, error, response, lease) = self.attempt(&plan).await;
         Report {
             task: plan.task,
             attempt: plan.attempt,
@@ -142,11 +149,22 @@ impl Dispatcher {
             latency_ms: started.elapsed().as_millis() as u64,
             error,
             response,
+            lease,
         }
     }
 
-    async fn attempt(&self, plan: &Plan) -> (Outcome, Option<u16>, Option<String>, Option<String>) {
-        let denied = |why: String| (Outcome::Denied, None, Some(why), None);
+    #[allow(clippy::type_complexity, reason = "one tuple, taken apart once")]
+    async fn attempt(
+        &self,
+        plan: &Plan,
+    ) -> (
+        Outcome,
+        Option<u16>,
+        Option<String>,
+        Option<String>,
+        Option<Duration>,
+    ) {
+        let denied = |why: String| (Outcome::Denied, None, Some(why), None, None);
         let url = match reqwest::Url::parse(&plan.url) {
             Ok(url) => url,
             Err(e) => return denied(format!("invalid url: {e}")),
@@ -197,8 +215,15 @@ impl Dispatcher {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, clock::now()));
+            let lease = response
+                .headers()
+                .get("sluice-lease")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| crate::core::parse_duration(v).ok())
+                .filter(|d| !d.is_zero())
+                .map(|d| d.min(MAX_LEASE));
             let excerpt = read_excerpt(response).await;
-            Ok::<_, reqwest::Error>((status, retry_after, excerpt))
+            Ok::<_, reqwest::Error>((status, retry_after, excerpt, lease))
         };
         match tokio::time::timeout(plan.timeout, exchange).await {
             Err(_) => (
@@ -209,6 +234,7 @@ impl Dispatcher {
                     crate::core::format_duration(plan.timeout)
                 )),
                 None,
+                None,
             ),
             Ok(Err(e)) if e.is_timeout() => (
                 Outcome::Failed { retry_after: None },
@@ -218,17 +244,21 @@ impl Dispatcher {
                     crate::core::format_duration(plan.timeout)
                 )),
                 None,
+                None,
             ),
             Ok(Err(e)) => (
                 Outcome::Failed { retry_after: None },
                 None,
                 Some(describe(&e)),
                 None,
+                None,
             ),
-            Ok(Ok((status, retry_after, excerpt))) => {
+            Ok(Ok((status, retry_after, excerpt, lease))) => {
                 let code = status.as_u16();
                 let (outcome, error) = classify(code, retry_after);
-                (outcome, Some(code), error, excerpt)
+                // Only 202 with a lease starts long-running work.
+                let lease = lease.filter(|_| code == 202);
+                (outcome, Some(code), error, excerpt, lease)
             }
         }
     }
@@ -261,6 +291,7 @@ impl Dispatcher {
         if let Some(schedule) = &plan.schedule {
             put("sluice-schedule", schedule.clone());
         }
+        put("sluice-completion-token", plan.completion_token.clone());
         Ok(headers)
     }
 }

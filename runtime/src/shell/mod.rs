@@ -28,7 +28,10 @@ use crate::store::{
     ScheduleRecord, Store, StoreError, TaskRecord, TaskState, Tx,
 };
 
+mod leases;
 mod schedules;
+
+pub use leases::Callback;
 
 /// Why the shell refused a command. The API maps each to its HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -100,6 +103,12 @@ pub enum Command {
         name: String,
         spec: Box<ScheduleSpec>,
         reply: Reply<(ScheduleRecord, bool)>,
+    },
+    /// A report on long-running work: complete, fail or heartbeat.
+    Report {
+        id: TaskId,
+        callback: Box<Callback>,
+        reply: Reply<TaskRecord>,
     },
     DeleteSchedule {
         name: String,
@@ -182,6 +191,15 @@ impl Handle {
         .await
     }
 
+    pub async fn report(&self, id: TaskId, callback: Callback) -> Result<TaskRecord, ShellError> {
+        self.ask(|reply| Command::Report {
+            id,
+            callback: Box::new(callback),
+            reply,
+        })
+        .await
+    }
+
     pub async fn delete_schedule(&self, name: String) -> Result<(), ShellError> {
         self.ask(|reply| Command::DeleteSchedule { name, reply })
             .await
@@ -225,6 +243,9 @@ impl Default for Options {
         }
     }
 }
+
+/// The release pacer runs this fraction of the gate's rate.
+const PACER_MARGIN: f64 = 0.997;
 
 /// Most commands and reports taken into one turn, so a turn stays short.
 const TURN_COMMANDS: usize = 512;
@@ -426,8 +447,26 @@ impl Engine {
                 }
                 let attempt = task.attempts;
                 let queued = queued_of(task);
-                task.last_error = Some("the server stopped during this attempt".into());
-                if let Some(mut record) = turn.tx.attempt(*id, attempt)? {
+                let record = turn.tx.attempt(*id, attempt)?;
+                if let Some(until) = record
+                    .as_ref()
+                    .and_then(|r| r.lease_until.filter(|_| r.ended_at.is_none()))
+                {
+                    // Long-running work goes on without us: keep its slot and its
+                    // lease; a lease that ran out meanwhile expires at once.
+                    driver.core.handle_input(
+                        now,
+                        Input::RestoreLease {
+                            task: queued,
+                            until: Timestamp(until),
+                        },
+                    );
+                    continue;
+                }
+                if let Some(task) = turn.task(*id)? {
+                    task.last_error = Some("the server stopped during this attempt".into());
+                }
+                if let Some(mut record) = record {
                     record.ended_at = Some(now.as_ms());
                     record.outcome = Some("interrupted".into());
                     record.error = Some("the server stopped during this attempt".into());
@@ -537,7 +576,9 @@ impl Runner {
         let Some((rate, burst)) = self.engine.core.pace(clock::now(), gate) else {
             return now;
         };
-        let rate = rate.max(1e-6);
+        // A hair under the gate's rate, so a millisecond or two of jitter between
+        // here and the endpoint cannot push a window over the bound.
+        let rate = (rate * PACER_MARGIN).max(1e-6);
         let cap = f64::from(burst.max(1));
         let pacer = self.pacers.entry(gate.0).or_insert((cap, now));
         if now > pacer.1 {
@@ -649,7 +690,36 @@ impl Engine {
 
     fn apply_report(&mut self, turn: &mut Turn<'_, '_>, report: Report) -> Result<(), StoreError> {
         let id = report.task.0;
-        if let Some(mut record) = turn.tx.attempt(id, report.attempt)? {
+        // A report that is not about the task's open attempt (a callback settled
+        // it first, or it is from before a restart) changes nothing.
+        let current = turn.task(id)?.map(|t| (t.attempts, t.state));
+        if current != Some((report.attempt, TaskState::Running)) {
+            return Ok(());
+        }
+        let Some(mut record) = turn.tx.attempt(id, report.attempt)? else {
+            return Ok(());
+        };
+        if record.ended_at.is_some() {
+            return Ok(());
+        }
+        if let (Some(lease), Outcome::Succeeded) = (report.lease, report.outcome) {
+            let until = turn.now.plus(lease);
+            record.status = report.status;
+            record.latency_ms = Some(report.latency_ms);
+            record.response = report.response.clone();
+            record.lease_until = Some(until.as_ms());
+            record.lease_ms = Some(lease.as_millis() as u64);
+            turn.tx.put_attempt(id, &record)?;
+            self.core.handle_input(
+                turn.now,
+                Input::Leased {
+                    task: report.task,
+                    until,
+                },
+            );
+            return self.apply_effects(turn);
+        }
+        {
             record.ended_at = Some(report.ended_at.as_ms());
             record.outcome = Some(report.outcome_name().to_string());
             record.status = report.status;
@@ -724,7 +794,9 @@ impl Engine {
                     record.attempts = record.attempt_offset + attempt;
                     record.first_attempt_at.get_or_insert(now.as_ms());
                     let number = record.attempts;
-                    let plan = self.plan(record, number);
+                    let (token, token_hash) = leases::new_token();
+                    let mut plan = self.plan(record, number);
+                    plan.completion_token = token;
                     turn.tx.set_running(task.0, true)?;
                     turn.tx.put_attempt(
                         task.0,
@@ -737,6 +809,11 @@ impl Engine {
                             latency_ms: None,
                             error: None,
                             response: None,
+                            token_hash: Some(token_hash),
+                            lease_until: None,
+                            lease_ms: None,
+                            progress: None,
+                            heartbeat_at: None,
                         },
                     )?;
                     self.count(turn, gate.0, |c| {
@@ -797,6 +874,19 @@ impl Engine {
                         }
                     });
                 }
+                Effect::LeaseExpired { task, attempt, .. } => {
+                    let now = turn.now;
+                    let number = turn.must_task(task.0)?.attempt_offset + attempt;
+                    if let Some(mut record) = turn.tx.attempt(task.0, number)? {
+                        record.ended_at = Some(now.as_ms());
+                        record.outcome = Some("lease_expired".into());
+                        record.error =
+                            Some("the lease ran out before the endpoint reported back".into());
+                        turn.tx.put_attempt(task.0, &record)?;
+                    }
+                    turn.must_task(task.0)?.last_error =
+                        Some("the lease ran out before the endpoint reported back".into());
+                }
                 Effect::Expire { task, gate, due } => {
                     let now = turn.now;
                     turn.tx.remove_pending(gate.0, due.as_ms(), task.0)?;
@@ -842,6 +932,7 @@ impl Engine {
             timeout: Duration::from_millis(record.timeout_ms),
             scheduled_at: Timestamp(record.scheduled_at),
             schedule: record.schedule.clone(),
+            completion_token: String::new(),
             idempotency_key: match (&record.schedule, &record.idempotency_key) {
                 (Some(_), Some(key)) => key.clone(),
                 _ => TaskId(record.id).to_string(),
@@ -878,6 +969,7 @@ impl Engine {
                 Command::CancelTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::RetryTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::PutSchedule { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::Report { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::DeleteSchedule { reply: to, .. } => {
                     reply(to, Err(ShellError::ShuttingDown))
                 }
@@ -948,6 +1040,14 @@ impl Engine {
                 Box::new(move || {
                     let _ = to.send(live);
                 })
+            }
+            Command::Report {
+                id,
+                callback,
+                reply: to,
+            } => {
+                let result = self.callback(turn, id, *callback)?;
+                reply(to, result)
             }
             Command::PutSchedule {
                 name,
@@ -1165,6 +1265,7 @@ impl Engine {
                 last_error: None,
                 finished_at: None,
                 schedule: task.schedule.clone(),
+                parent: task.parent.map(|p| p.0),
             };
             if let Some(key) = &task.idempotency_key {
                 turn.tx.put_idempotent(gate_id, key, id)?;

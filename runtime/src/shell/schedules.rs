@@ -279,5 +279,6 @@ fn occurrence_task(record: &ScheduleRecord, due: Timestamp, key: String, name: &
         idempotency_key: Some(key),
         labels: t.labels.clone(),
         schedule: Some(name.to_string()),
+        parent: None,
     }
 }

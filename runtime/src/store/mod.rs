@@ -94,7 +94,7 @@ impl Store {
     /// Opens or creates the data file. A file left by a crash opens cleanly: redb
     /// repairs it on open.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::builder().set_cache_size(256 << 20).create(path)?;
+        let db = Database::builder().set_cache_size(64 << 20).create(path)?;
         let store = Store { db };
         store.write(|tx| {
             let found = tx.meta.get("schema_version")?.map(|v| v.value());

@@ -170,6 +170,9 @@ pub struct TaskRecord {
     /// The schedule this task is an occurrence of.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// The task whose completion created this one (a workflow's previous step).
+    #[serde(default)]
+    pub parent: Option<u64>,
 }
 
 impl TaskRecord {
@@ -200,6 +203,20 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     /// The first 4 KiB of the response body.
     pub response: Option<String>,
+    /// SHA-256 of the attempt's completion token, hex. The token itself is never
+    /// stored.
+    #[serde(default)]
+    pub token_hash: Option<String>,
+    /// Set while the endpoint holds the attempt as long-running work.
+    #[serde(default)]
+    pub lease_until: Option<u64>,
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+    /// What the last heartbeat reported.
+    #[serde(default)]
+    pub progress: Option<serde_json::Value>,
+    #[serde(default)]
+    pub heartbeat_at: Option<u64>,
 }
 
 /// Per-gate counters, kept in the same commits as the changes they count, so they

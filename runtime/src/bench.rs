@@ -1,0 +1,664 @@
+//! `sluice bench`: starts a fresh release server and a fast loopback sink,
+//! runs the workloads of docs/performance.md, prints a table and writes JSON.
+//!
+//! Everything stays on loopback. Each workload has bounded counts and a
+//! deadline, so a run ends by itself even when a target is missed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use crate::clock;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Pending tasks for W5 (5,000,000 in the full run).
+    pub scale_tasks: u64,
+    pub gates: u64,
+    pub out: PathBuf,
+    pub quick: bool,
+}
+
+/// One arrival at the sink.
+#[derive(Clone, Debug)]
+struct Arrival {
+    at: Instant,
+    wall_ms: u64,
+    path: String,
+    task: String,
+    scheduled_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct SinkState {
+    arrivals: Mutex<Vec<Arrival>>,
+    /// Paths answering 503 until this instant.
+    down_until: Mutex<BTreeMap<String, Instant>>,
+}
+
+async fn sink_handler(
+    State(state): State<Arc<SinkState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> StatusCode {
+    let at = clock::instant();
+    let path = uri.path().to_string();
+    let get = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let scheduled_ms = get("sluice-scheduled-at")
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond() as u64);
+    let slow = path.starts_with("/slow");
+    let down = state
+        .down_until
+        .lock()
+        .map(|d| d.get(&path).is_some_and(|u| at < *u))
+        .unwrap_or(false);
+    if let Ok(mut a) = state.arrivals.lock() {
+        a.push(Arrival {
+            at,
+            wall_ms: clock::now().as_ms(),
+            path,
+            task: get("sluice-task-id"),
+            scheduled_ms,
+        });
+    }
+    if slow {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    if down {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+struct Sink {
+    state: Arc<SinkState>,
+    addr: SocketAddr,
+}
+
+impl Sink {
+    async fn start() -> anyhow::Result<Sink> {
+        let state = Arc::new(SinkState::default());
+        let app = axum::Router::new()
+            .fallback(sink_handler)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Sink { state, addr })
+    }
+
+    fn arrivals(&self, path: &str) -> Vec<Arrival> {
+        self.state
+            .arrivals
+            .lock()
+            .map(|a| a.iter().filter(|x| x.path == path).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn wait(&self, path: &str, n: usize, within: Duration) -> Vec<Arrival> {
+        let start = clock::instant();
+        loop {
+            let got = self.arrivals(path);
+            let distinct = got
+                .iter()
+                .map(|a| a.task.as_str())
+                .collect::<HashSet<_>>()
+                .len();
+            if distinct >= n || start.elapsed() > within {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Server {
+    async fn spawn(dir: &Path, port: u16) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe().context("finding the sluice binary")?;
+        let child = Command::new(exe)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the server")?;
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()?,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<Duration> {
+        let start = clock::instant();
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await
+                && r.status() == 200
+            {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("server not ready after 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body)?)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value =
+            serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    async fn gate(&self, name: &str, body: Value) -> anyhow::Result<()> {
+        self.call(reqwest::Method::PUT, &format!("/v1/gates/{name}"), &body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates tasks through the batch API, `parallel` batches in flight.
+    async fn create(
+        &self,
+        tasks: Vec<Value>,
+        batch: usize,
+        parallel: usize,
+    ) -> anyhow::Result<Duration> {
+        let start = clock::instant();
+        let chunks: Vec<Vec<Value>> = tasks.chunks(batch).map(|c| c.to_vec()).collect();
+        let mut queue = chunks.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < parallel {
+                let Some(chunk) = queue.next() else { break };
+                let http = self.http.clone();
+                let url = format!("{}/v1/tasks/batch", self.base);
+                running.spawn(async move {
+                    let body = serde_json::to_vec(&json!({ "tasks": chunk }))?;
+                    let r = http
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?;
+                    if r.status() != 201 {
+                        bail!("batch create: {}", r.status());
+                    }
+                    Ok::<_, anyhow::Error>(())
+                });
+            }
+            match running.join_next().await {
+                Some(r) => r??,
+                None => break,
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    fn rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn file_mb(&self) -> f64 {
+        std::fs::metadata(self.dir.join(crate::server::DATA_FILE))
+            .map_or(0.0, |m| m.len() as f64 / 1e6)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn task(gate: &str, url: &str, due_ms: Option<u64>) -> Value {
+    let mut t = json!({ "gate": gate, "webhook": { "url": url, "body": { "n": 1 } } });
+    if let Some(ms) = due_ms
+        && let Ok(ts) = jiff::Timestamp::from_millisecond(ms as i64)
+    {
+        t["run_at"] = json!(ts.to_string());
+    }
+    t
+}
+
+fn max_in_window(times: &[Instant], width: Duration) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let (mut best, mut start) = (0, 0);
+    for end in 0..sorted.len() {
+        while sorted[end].duration_since(sorted[start]) >= width {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A gate with no effective limit.
+fn unlimited(sink: &Sink) -> Value {
+    json!({
+        "rate": 1_000_000, "burst": 1_000_000, "concurrency": 256,
+        "allowed_hosts": [sink.addr.to_string()], "recovery": { "start": 1.0 }, "circuit": null,
+    })
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let sink = Sink::start().await?;
+    let temp = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&temp);
+    std::fs::create_dir_all(&temp)?;
+    let mut results = serde_json::Map::new();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let host = sink.addr.to_string();
+    let url = |p: &str| format!("http://{host}{p}");
+
+    let mut server = Server::spawn(&temp.join("main"), free_port()?).await?;
+
+    // W1: throughput.
+    let n1 = if options.quick { 20_000 } else { 100_000 };
+    server.gate("w1", unlimited(&sink)).await?;
+    let tasks: Vec<Value> = (0..n1).map(|_| task("w1", &url("/w1"), None)).collect();
+    let created_in = server.create(tasks, 10_000, 2).await?;
+    let started = clock::instant() - created_in;
+    let got = sink.wait("/w1", n1, Duration::from_secs(300)).await;
+    let last = got.iter().map(|a| a.at).max().unwrap_or(started);
+    let first = got.iter().map(|a| a.at).min().unwrap_or(started);
+    let create_rate = n1 as f64 / created_in.as_secs_f64();
+    let end_to_end = got.len() as f64 / last.duration_since(started).as_secs_f64();
+    let delivery_rate = got.len() as f64 / last.duration_since(first).as_secs_f64().max(1e-3);
+    results.insert("w1".into(), json!({ "tasks": n1, "create_per_s": create_rate, "deliveries_per_s": delivery_rate, "end_to_end_per_s": end_to_end, "delivered": got.len() }));
+    rows.push((
+        "W1 creates/s (batch, durable)".into(),
+        format!("{create_rate:.0}"),
+        "≥ 50,000".into(),
+    ));
+    rows.push((
+        "W1 deliveries/s".into(),
+        format!("{delivery_rate:.0} ({end_to_end:.0} from first create)"),
+        "≥ 20,000".into(),
+    ));
+
+    // W2: gate accuracy at 500/s.
+    let n2 = if options.quick { 2_500 } else { 10_000 };
+    let burst2 = 10;
+    server
+        .gate("w2", json!({ "rate": "500/s", "burst": burst2, "concurrency": 100, "allowed_hosts": [host], "recovery": { "start": 1.0 } }))
+        .await?;
+    server
+        .create(
+            (0..n2).map(|_| task("w2", &url("/w2"), None)).collect(),
+            10_000,
+            1,
+        )
+        .await?;
+    let got = sink.wait("/w2", n2, Duration::from_secs(120)).await;
+    let times: Vec<Instant> = got.iter().map(|a| a.at).collect();
+    let span = times
+        .iter()
+        .max()
+        .zip(times.iter().min())
+        .map_or(1.0, |(a, b)| a.duration_since(*b).as_secs_f64());
+    let measured = (got.len() as f64 - f64::from(burst2)) / span;
+    let error = (measured - 500.0).abs() / 500.0 * 100.0;
+    let w1s = max_in_window(&times, Duration::from_secs(1));
+    let w100 = max_in_window(&times, Duration::from_millis(100));
+    results.insert("w2".into(), json!({ "tasks": n2, "rate": 500, "burst": burst2, "measured_per_s": measured, "mean_error_pct": error, "max_1s": w1s, "max_100ms": w100 }));
+    rows.push((
+        "W2 mean rate error".into(),
+        format!("{error:.2}% ({measured:.1}/s)"),
+        "≤ 1%".into(),
+    ));
+    rows.push((
+        "W2 most in any 1 s / 100 ms".into(),
+        format!("{w1s} / {w100}"),
+        format!("≤ {}", 500 + burst2),
+    ));
+
+    // W3: endpoint outage of 20 s at a 200/s gate.
+    let n3 = if options.quick { 2_000 } else { 5_000 };
+    let outage = Duration::from_secs(if options.quick { 10 } else { 20 });
+    server
+        .gate(
+            "w3",
+            json!({ "rate": "200/s", "burst": 10, "concurrency": 50, "allowed_hosts": [host],
+                    "recovery": { "start": 0.1, "over": "10s" },
+                    "circuit": { "failures": 5, "cooldown": "5s", "max_cooldown": "20s" },
+                    "retry": { "max_attempts": 100, "backoff": { "initial": "1s", "max": "30s" } } }),
+        )
+        .await?;
+    let down_from = clock::instant();
+    sink.state
+        .down_until
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .insert("/w3".into(), down_from + outage);
+    let now = clock::now().as_ms();
+    let spread = outage.as_millis() as u64;
+    let tasks = (0..n3)
+        .map(|i| task("w3", &url("/w3"), Some(now + spread * i as u64 / n3 as u64)))
+        .collect();
+    server.create(tasks, 10_000, 1).await?;
+    let got = sink.wait("/w3", n3, Duration::from_secs(300)).await;
+    let during = got.iter().filter(|a| a.at < down_from + outage).count();
+    let after: Vec<Instant> = got
+        .iter()
+        .filter(|a| a.at >= down_from + outage)
+        .map(|a| a.at)
+        .collect();
+    let peak = max_in_window(&after, Duration::from_secs(1));
+    let drain = after
+        .iter()
+        .max()
+        .map_or(0.0, |l| l.duration_since(down_from + outage).as_secs_f64());
+    let delivered: HashSet<&str> = got
+        .iter()
+        .filter(|a| a.at >= down_from + outage)
+        .map(|a| a.task.as_str())
+        .collect();
+    let lost = n3 - delivered.len();
+    results.insert("w3".into(), json!({ "tasks": n3, "outage_s": outage.as_secs(), "hits_while_down": during, "hits_while_down_per_s": during as f64 / outage.as_secs_f64(), "peak_1s_after": peak, "drain_s": drain, "lost": lost }));
+    rows.push((
+        "W3 hits on the dead endpoint".into(),
+        format!(
+            "{during} in {} s ({:.2}/s)",
+            outage.as_secs(),
+            during as f64 / outage.as_secs_f64()
+        ),
+        "one probe per cooldown".into(),
+    ));
+    rows.push((
+        "W3 peak 1 s after recovery".into(),
+        format!("{peak}"),
+        "≤ ramp, ≤ 210".into(),
+    ));
+    rows.push((
+        "W3 drain time / lost".into(),
+        format!("{drain:.1} s / {lost}"),
+        "0 lost".into(),
+    ));
+
+    // W4: lateness of 5,000 tasks due evenly over 10 s.
+    let n4 = 5_000;
+    server.gate("w4", unlimited(&sink)).await?;
+    let start4 = clock::now().as_ms() + 2_000;
+    let tasks = (0..n4)
+        .map(|i| {
+            task(
+                "w4",
+                &url("/w4"),
+                Some(start4 + 10_000 * i as u64 / n4 as u64),
+            )
+        })
+        .collect();
+    server.create(tasks, 10_000, 1).await?;
+    let got = sink.wait("/w4", n4, Duration::from_secs(60)).await;
+    let mut late: Vec<f64> = got
+        .iter()
+        .filter_map(|a| a.scheduled_ms.map(|s| a.wall_ms as f64 - s as f64))
+        .collect();
+    late.sort_by(f64::total_cmp);
+    let (p50, p99, max) = (
+        percentile(&late, 0.5),
+        percentile(&late, 0.99),
+        late.last().copied().unwrap_or(0.0),
+    );
+    results.insert(
+        "w4".into(),
+        json!({ "tasks": n4, "p50_ms": p50, "p99_ms": p99, "max_ms": max }),
+    );
+    rows.push((
+        "W4 lateness p50 / p99 / max".into(),
+        format!("{p50:.0} / {p99:.0} / {max:.0} ms"),
+        "p99 ≤ 5 ms".into(),
+    ));
+
+    // W5a: many pending tasks over a day, then a kill -9 and restart.
+    let n5 = options.scale_tasks;
+    server.gate("w5", unlimited(&sink)).await?;
+    let day_start = clock::now().as_ms() + 3_600_000;
+    let mut create_rates = Vec::new();
+    let step = 500_000.min(n5.max(1));
+    let mut made = 0;
+    while made < n5 {
+        let this = step.min(n5 - made);
+        let tasks: Vec<Value> = (0..this)
+            .map(|i| {
+                task(
+                    "w5",
+                    &url("/w5"),
+                    Some(day_start + (made + i) * 86_400_000 / n5.max(1)),
+                )
+            })
+            .collect();
+        let took = server.create(tasks, 10_000, 2).await?;
+        made += this;
+        create_rates
+            .push(json!({ "pending": made, "create_per_s": this as f64 / took.as_secs_f64() }));
+        eprintln!(
+            "w5: {made} pending, {:.0} creates/s",
+            this as f64 / took.as_secs_f64()
+        );
+    }
+    let rss_pending = server.rss_mb();
+    let file_mb = server.file_mb();
+    // One attempt in flight at a slow endpoint, then kill -9: after the restart
+    // it is retried at once, which times the restart to the first dispatch.
+    server.gate("probe", json!({ "rate": "100/s", "concurrency": 1, "allowed_hosts": [host], "recovery": { "start": 1.0 } })).await?;
+    server
+        .create(vec![task("probe", &url("/slow"), None)], 1, 1)
+        .await?;
+    sink.wait("/slow", 1, Duration::from_secs(30)).await;
+    server.kill();
+    let restarted = clock::instant();
+    let port = server.port;
+    let dir = server.dir.clone();
+    drop(server);
+    let server5 = Server::spawn(&dir, port).await?;
+    let ready = restarted.elapsed();
+    let deadline = clock::instant() + Duration::from_secs(60);
+    let mut first_dispatch = f64::NAN;
+    while clock::instant() < deadline {
+        if let Some(t) = sink
+            .arrivals("/slow")
+            .iter()
+            .map(|a| a.at)
+            .filter(|t| *t > restarted)
+            .min()
+        {
+            first_dispatch = t.duration_since(restarted).as_secs_f64();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rss_restart = server5.rss_mb();
+    results.insert("w5".into(), json!({ "pending": n5, "rss_mb": rss_pending, "file_mb": file_mb, "create_rates": create_rates, "restart_ready_s": ready.as_secs_f64(), "restart_first_dispatch_s": first_dispatch, "rss_after_restart_mb": rss_restart }));
+    rows.push((
+        format!("W5 RSS with {n5} pending"),
+        format!("{rss_pending:.0} MB (after restart {rss_restart:.0} MB)"),
+        "≤ 300 MB".into(),
+    ));
+    rows.push(("W5 data file".into(), format!("{file_mb:.0} MB"), "".into()));
+    rows.push((
+        "W5 restart to first dispatch".into(),
+        format!(
+            "{first_dispatch:.2} s (ready in {:.2} s)",
+            ready.as_secs_f64()
+        ),
+        "≤ 2 s".into(),
+    ));
+    drop(server5);
+
+    // W5b: many gates; a 500/s gate keeps its accuracy among them.
+    let mut server = Server::spawn(&temp.join("gates"), free_port()?).await?;
+    let gates = options.gates;
+    let mut set = tokio::task::JoinSet::new();
+    for chunk in (0..gates)
+        .collect::<Vec<_>>()
+        .chunks(((gates / 8).max(1)) as usize)
+    {
+        let chunk = chunk.to_vec();
+        let http = server.http.clone();
+        let base = server.base.clone();
+        let host = host.clone();
+        set.spawn(async move {
+            for g in chunk {
+                let body = json!({ "rate": "1/m", "allowed_hosts": [host] });
+                http.put(format!("{base}/v1/gates/g{g}"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await?;
+            }
+            Ok::<_, reqwest::Error>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let far = clock::now().as_ms() + 3_600_000;
+    let idle: Vec<Value> = (0..gates)
+        .map(|g| task(&format!("g{g}"), &url("/idle"), Some(far + g)))
+        .collect();
+    server.create(idle, 10_000, 2).await?;
+    let rss_gates = server.rss_mb();
+    server
+        .gate("w5b", json!({ "rate": "500/s", "burst": 10, "concurrency": 100, "allowed_hosts": [host], "recovery": { "start": 1.0 } }))
+        .await?;
+    server
+        .create(
+            (0..2_500)
+                .map(|_| task("w5b", &url("/w5b"), None))
+                .collect(),
+            10_000,
+            1,
+        )
+        .await?;
+    let got = sink.wait("/w5b", 2_500, Duration::from_secs(60)).await;
+    let times: Vec<Instant> = got.iter().map(|a| a.at).collect();
+    let span = times
+        .iter()
+        .max()
+        .zip(times.iter().min())
+        .map_or(1.0, |(a, b)| a.duration_since(*b).as_secs_f64());
+    let measured = (got.len() as f64 - 10.0) / span;
+    results.insert("w5b".into(), json!({ "gates": gates, "rss_mb": rss_gates, "busy_gate_per_s": measured, "max_1s": max_in_window(&times, Duration::from_secs(1)) }));
+    rows.push((
+        format!("W5 {gates} gates: RSS"),
+        format!("{rss_gates:.0} MB"),
+        "".into(),
+    ));
+    rows.push((
+        "W5 500/s gate among them".into(),
+        format!(
+            "{measured:.1}/s, max 1 s {}",
+            max_in_window(&times, Duration::from_secs(1))
+        ),
+        "≈ 500/s".into(),
+    ));
+    server.kill();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&temp);
+
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string())
+            )
+            .unwrap_or_default()
+    );
+    results.insert("machine".into(), json!(machine));
+    results.insert("at".into(), json!(crate::dispatch::rfc3339(clock::now())));
+    std::fs::write(
+        &options.out,
+        serde_json::to_string_pretty(&Value::Object(results))?,
+    )?;
+    println!("{:<36} {:<44} TARGET", "WORKLOAD", "RESULT");
+    for (w, r, t) in rows {
+        println!("{w:<36} {r:<44} {t}");
+    }
+    println!("\nmachine: {machine}\nJSON: {}", options.out.display());
+    Ok(())
+}

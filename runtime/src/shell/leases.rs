@@ -1,0 +1,242 @@
+//! Long-running work: an endpoint answers `202` with `Sluice-Lease`, keeps the
+//! attempt (and its concurrency slot), and reports back with the attempt's
+//! completion token. Only the token's hash is stored; a token from another
+//! attempt is refused with 409 and changes nothing. Repeating a report that
+//! already took effect is answered as before, so callbacks are safe to retry.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{Engine, ShellError, Turn};
+use crate::core::{Input, Outcome, TaskId};
+use crate::model::NewTask;
+use crate::store::{AttemptRecord, StoreError, TaskRecord, TaskState};
+
+/// Output and failure reasons kept in history are capped like response bodies.
+const KEPT: usize = 4 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Callback {
+    Complete {
+        token: String,
+        output: Option<serde_json::Value>,
+        /// Created in the same commit as the completion.
+        next: Vec<NewTask>,
+    },
+    Fail {
+        token: String,
+        reason: Option<String>,
+        retry: bool,
+        retry_after: Option<Duration>,
+    },
+    Heartbeat {
+        token: String,
+        progress: Option<serde_json::Value>,
+        lease: Option<Duration>,
+    },
+}
+
+impl Callback {
+    fn token(&self) -> &str {
+        match self {
+            Callback::Complete { token, .. }
+            | Callback::Fail { token, .. }
+            | Callback::Heartbeat { token, .. } => token,
+        }
+    }
+}
+
+/// A fresh completion token (256 random bits, hex) and its hash.
+pub(super) fn new_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness means no unguessable token: fail loudly.
+        panic!("the operating system's random source failed");
+    }
+    let token = hex(&bytes);
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+pub(super) fn hash_token(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Constant-time comparison of two hex digests.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn cap(text: String) -> String {
+    if text.len() <= KEPT {
+        return text;
+    }
+    let mut end = KEPT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+impl Engine {
+    pub(super) fn callback(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        id: TaskId,
+        callback: Callback,
+    ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
+        let now = turn.now;
+        let Some(task) = turn.task(id.0)?.cloned() else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("task {id}"),
+            }));
+        };
+        let hash = hash_token(callback.token());
+        let current = turn.tx.attempt(id.0, task.attempts)?;
+        let Some(mut attempt) =
+            current.filter(|a| a.token_hash.as_deref().is_some_and(|h| same(h, &hash)))
+        else {
+            // Which attempt, if any, the token belonged to makes a better message.
+            let mut stale = None;
+            for n in (1..task.attempts).rev() {
+                if turn
+                    .tx
+                    .attempt(id.0, n)?
+                    .is_some_and(|a| a.token_hash.as_deref().is_some_and(|h| same(h, &hash)))
+                {
+                    stale = Some(n);
+                    break;
+                }
+            }
+            let message = match stale {
+                Some(n) => format!(
+                    "stale token: it belongs to attempt {n}, the task is on attempt {}",
+                    task.attempts
+                ),
+                None => "wrong completion token for this task's current attempt".to_string(),
+            };
+            return Ok(Err(ShellError::Conflict(message)));
+        };
+        if attempt.ended_at.is_some() {
+            return Ok(repeat(&task, &attempt, &callback));
+        }
+        if task.state != TaskState::Running {
+            return Ok(Err(ShellError::Conflict(format!(
+                "task {id} is {}",
+                task.state.as_str()
+            ))));
+        }
+        match callback {
+            Callback::Heartbeat {
+                progress, lease, ..
+            } => {
+                let lease = lease
+                    .or(attempt.lease_ms.map(Duration::from_millis))
+                    .unwrap_or(Duration::from_secs(60))
+                    .min(crate::dispatch::MAX_LEASE);
+                let until = now.plus(lease);
+                attempt.lease_until = Some(until.as_ms());
+                attempt.lease_ms = Some(lease.as_millis() as u64);
+                attempt.heartbeat_at = Some(now.as_ms());
+                if progress.is_some() {
+                    attempt.progress = progress;
+                }
+                turn.tx.put_attempt(id.0, &attempt)?;
+                self.core
+                    .handle_input(now, Input::Heartbeat { task: id, until });
+            }
+            Callback::Complete { output, next, .. } => {
+                // The next steps are checked first: all or nothing.
+                let next: Vec<NewTask> = next
+                    .into_iter()
+                    .map(|mut t| {
+                        t.parent = Some(id);
+                        t
+                    })
+                    .collect();
+                if !next.is_empty()
+                    && let Err(e) = self.create_tasks(turn, next)?
+                {
+                    return Ok(Err(e));
+                }
+                attempt.ended_at = Some(now.as_ms());
+                attempt.outcome = Some("succeeded".into());
+                attempt.latency_ms = Some(now.as_ms().saturating_sub(attempt.started_at));
+                if let Some(output) = output {
+                    attempt.response = Some(cap(output.to_string()));
+                }
+                turn.tx.put_attempt(id.0, &attempt)?;
+                self.core.handle_input(
+                    now,
+                    Input::AttemptEnded {
+                        task: id,
+                        outcome: Outcome::Succeeded,
+                    },
+                );
+            }
+            Callback::Fail {
+                reason,
+                retry,
+                retry_after,
+                ..
+            } => {
+                let reason = cap(reason.unwrap_or_else(|| "the endpoint reported failure".into()));
+                attempt.ended_at = Some(now.as_ms());
+                attempt.outcome = Some(if retry { "failed" } else { "rejected" }.into());
+                attempt.latency_ms = Some(now.as_ms().saturating_sub(attempt.started_at));
+                attempt.error = Some(reason.clone());
+                turn.tx.put_attempt(id.0, &attempt)?;
+                if let Some(t) = turn.task(id.0)? {
+                    t.last_error = Some(reason);
+                }
+                let outcome = if retry {
+                    Outcome::Failed { retry_after }
+                } else {
+                    Outcome::Rejected
+                };
+                self.core
+                    .handle_input(now, Input::AttemptEnded { task: id, outcome });
+            }
+        }
+        self.apply_effects(turn)?;
+        Ok(turn
+            .task(id.0)?
+            .cloned()
+            .ok_or_else(|| ShellError::NotFound {
+                what: format!("task {id}"),
+            }))
+    }
+}
+
+/// A report repeated after its attempt ended: the same answer when it is the same
+/// report, 409 when it contradicts what happened.
+fn repeat(
+    task: &TaskRecord,
+    attempt: &AttemptRecord,
+    callback: &Callback,
+) -> Result<TaskRecord, ShellError> {
+    let outcome = attempt.outcome.as_deref().unwrap_or("");
+    let same = match callback {
+        Callback::Complete { .. } => outcome == "succeeded",
+        Callback::Fail { retry: true, .. } => outcome == "failed",
+        Callback::Fail { retry: false, .. } => outcome == "rejected",
+        Callback::Heartbeat { .. } => false,
+    };
+    if same {
+        Ok(task.clone())
+    } else {
+        Err(ShellError::Conflict(format!(
+            "attempt {} already ended ({outcome})",
+            attempt.attempt
+        )))
+    }
+}
