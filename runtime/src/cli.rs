@@ -97,6 +97,9 @@ enum Command {
         /// Where to write the JSON results.
         #[arg(long, default_value = "bench.json")]
         out: PathBuf,
+        /// Run only these workloads: w1, w2, w3, w4, w5, w5b (repeatable).
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// A table of gates: backlog, in flight, rates, state, time to drain.
     Status {
@@ -332,6 +335,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             gates,
             quick,
             out,
+            only,
         } => crate::bench::run(crate::bench::Options {
             scale_tasks: if quick {
                 scale_tasks.min(200_000)
@@ -341,6 +345,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             gates: if quick { gates.min(1_000) } else { gates },
             out,
             quick,
+            only,
         })
         .await
         .map_err(Failure::from),
