@@ -163,8 +163,9 @@ async fn torture_kill_9_under_load() {
                     break;
                 }
                 assert!(
-                    start.elapsed() < Duration::from_secs(90),
-                    "{missing} acknowledged tasks never arrived"
+                    start.elapsed() < allowed,
+                    "{missing} of {} acknowledged tasks never arrived",
+                    acked.len()
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
