@@ -603,13 +603,7 @@ async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<(), Failure
                 webhook["headers"] = json!(map);
             }
             if let Some(b) = body {
-                let text = match b.strip_prefix('@') {
-                    Some(path) => {
-                        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
-                    }
-                    None => b,
-                };
-                webhook["body"] = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                webhook["body"] = body_value(b)?;
             }
             let mut task = json!({ "gate": gate, "webhook": webhook });
             let mut set = |k: &str, v: Option<Value>| {

@@ -225,27 +225,21 @@ impl Dispatcher {
             let excerpt = read_excerpt(response).await;
             Ok::<_, reqwest::Error>((status, retry_after, excerpt, lease))
         };
+        let timed_out = || {
+            (
+                Outcome::Failed { retry_after: None },
+                None,
+                Some(format!(
+                    "timed out after {}",
+                    crate::core::format_duration(plan.timeout)
+                )),
+                None,
+                None,
+            )
+        };
         match tokio::time::timeout(plan.timeout, exchange).await {
-            Err(_) => (
-                Outcome::Failed { retry_after: None },
-                None,
-                Some(format!(
-                    "timed out after {}",
-                    crate::core::format_duration(plan.timeout)
-                )),
-                None,
-                None,
-            ),
-            Ok(Err(e)) if e.is_timeout() => (
-                Outcome::Failed { retry_after: None },
-                None,
-                Some(format!(
-                    "timed out after {}",
-                    crate::core::format_duration(plan.timeout)
-                )),
-                None,
-                None,
-            ),
+            Err(_) => timed_out(),
+            Ok(Err(e)) if e.is_timeout() => timed_out(),
             Ok(Err(e)) => (
                 Outcome::Failed { retry_after: None },
                 None,
