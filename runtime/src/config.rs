@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// How long shutdown waits for attempts in flight, e.g. `"10s"`.
     pub shutdown_grace: Option<String>,
+    /// Standard Webhooks secrets for gates without their own.
+    pub signing_secrets: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -36,6 +38,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub grace: Duration,
+    /// Server-wide Standard Webhooks secrets (`whsec_…`).
+    pub signing_secrets: Vec<String>,
 }
 
 impl ServerConfig {
@@ -62,12 +66,21 @@ impl ServerConfig {
             .unwrap_or_else(|| "10s".into());
         let grace = parse_duration(&grace_text)
             .with_context(|| format!("shutdown grace {grace_text:?}"))?;
+        let signing_secrets = match std::env::var("SLUICE_SIGNING_SECRETS") {
+            Ok(list) => list
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            Err(_) => file.signing_secrets.unwrap_or_default(),
+        };
         let config = ServerConfig {
             data_dir: data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             listen,
             grace,
+            signing_secrets,
         };
         config.check()?;
         Ok(config)
@@ -75,6 +88,10 @@ impl ServerConfig {
 
     /// With no API tokens (there are none yet) the server listens on loopback only.
     pub fn check(&self) -> anyhow::Result<()> {
+        for secret in &self.signing_secrets {
+            crate::dispatch::sign::SigningKey::parse(secret)
+                .map_err(|e| anyhow::anyhow!("signing_secrets: {e}"))?;
+        }
         if !self.listen.ip().is_loopback() {
             bail!(
                 "refusing to listen on {}: no API tokens are configured, so the server only listens on loopback (127.0.0.1 or ::1)",

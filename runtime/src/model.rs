@@ -18,6 +18,9 @@ pub struct GateSpec {
     pub retry: RetryPolicy,
     pub recovery: Recovery,
     pub circuit: Option<CircuitPolicy>,
+    /// `None` keeps the secrets the gate has (the API never shows them, so a
+    /// client cannot send them back); `Some(vec![])` removes them.
+    pub signing_secrets: Option<Vec<String>>,
 }
 
 /// Defaults a gate gets for what its spec leaves out.

@@ -64,6 +64,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     let options = Options {
         tuning: tuning.unwrap_or_default(),
         grace: config.grace,
+        signing_secrets: config.signing_secrets.clone(),
     };
     let (handle, driver) = shell::spawn(store.clone(), options, stop_rx.clone())?;
     let app = api::router(AppState {

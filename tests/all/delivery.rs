@@ -318,3 +318,78 @@ async fn stale_task_expires_instead_of_running() {
             .all(|h| h.task != stale["id"].as_str().unwrap_or_default())
     );
 }
+
+/// Every webhook carries Standard Webhooks signatures, one per active secret
+/// during a rotation, which an independent implementation (the
+/// `standardwebhooks` crate) verifies. The secrets never come back from the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_per_standard_webhooks() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    let (old, new) = (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "whsec_c2x1aWNlLXRlc3Qtc2VjcmV0LTAxMjM0NTY3ODk=",
+    );
+    let mut gate = gate_for(&sink, "100/s");
+    gate["signing_secrets"] = json!([old, new]);
+    let shown = c.put_gate("signed", gate).await;
+    assert_eq!(shown["signing_secrets"], 2);
+    let t = c.create(webhook_task("signed", &sink.url("/signed"))).await;
+    let hit = &sink.wait_for(1, Duration::from_secs(5)).await[0];
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        let value = hit
+            .headers
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        headers.insert(name, value.parse().expect("header value"));
+    }
+    assert_eq!(
+        hit.headers["webhook-id"],
+        t["id"].as_str().unwrap_or_default()
+    );
+    assert_eq!(
+        hit.headers["webhook-signature"].split(' ').count(),
+        2,
+        "both secrets sign"
+    );
+    for secret in [old, new] {
+        let verifier = standardwebhooks::Webhook::new(secret).expect("secret");
+        verifier
+            .verify(&hit.body, &headers)
+            .expect("signature verifies");
+        assert!(
+            verifier
+                .verify(b"{\"hello\":\"tampered\"}", &headers)
+                .is_err()
+        );
+    }
+    // Not in any API answer, and a re-PUT without the field keeps them.
+    for path in [
+        "/v1/gates/signed",
+        "/v1/gates",
+        &format!("/v1/tasks/{}", t["id"].as_str().unwrap_or_default()),
+    ] {
+        let (_, v) = c.send("GET", path, None).await;
+        assert!(
+            !v.to_string().contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            "{path} leaks a secret"
+        );
+    }
+    let kept = c.put_gate("signed", gate_for(&sink, "100/s")).await;
+    assert_eq!(kept["signing_secrets"], 2);
+    let (status, v) = c
+        .send(
+            "PUT",
+            "/v1/gates/bad",
+            Some(json!({ "rate": "1/s", "signing_secrets": ["hunter2"] })),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["field"], "signing_secrets[0]");
+    assert!(
+        !v.to_string().contains("hunter2"),
+        "the error does not echo the secret"
+    );
+}

@@ -170,6 +170,7 @@ impl World {
                     start: c.start,
                     over: Duration::from_millis(c.over_ms),
                 },
+                signing_secrets: None,
                 circuit: Some(CircuitPolicy {
                     failures: c.failures,
                     cooldown: Duration::from_millis(c.cooldown_ms),
@@ -180,7 +181,7 @@ impl World {
             w.turn(
                 vec![Command::PutGate {
                     name: format!("g{g}"),
-                    spec,
+                    spec: Box::new(spec),
                     reply: tx,
                 }],
                 Vec::new(),

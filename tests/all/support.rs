@@ -37,6 +37,7 @@ impl Server {
             data_dir: dir.to_path_buf(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             grace: Duration::from_secs(5),
+            signing_secrets: Vec::new(),
         };
         let running = sluice::server::start(&config, None)
             .await

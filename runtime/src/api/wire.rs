@@ -81,6 +81,8 @@ pub struct GateBody {
     /// `null` switches the circuit breaker off; absent keeps the default.
     #[serde(default, deserialize_with = "present")]
     pub circuit: Option<Option<CircuitBody>>,
+    /// Standard Webhooks secrets; several sign at once during a rotation.
+    pub signing_secrets: Option<Vec<String>>,
 }
 
 /// Tells an explicit `null` (Some(None)) from an absent field (None).
@@ -274,7 +276,21 @@ impl GateBody {
                 })
             }
         };
+        if let Some(secrets) = &self.signing_secrets {
+            if secrets.len() > 10 {
+                return Err(ApiError::field(
+                    "signing_secrets",
+                    "at most 10 signing secrets",
+                ));
+            }
+            for (i, secret) in secrets.iter().enumerate() {
+                crate::dispatch::sign::SigningKey::parse(secret).map_err(|e| {
+                    ApiError::field(&format!("signing_secrets[{i}]"), e.to_string())
+                })?;
+            }
+        }
         Ok(GateSpec {
+            signing_secrets: self.signing_secrets,
             rate,
             burst,
             concurrency,
@@ -577,6 +593,8 @@ pub struct GateView {
     pub retry: RetryView,
     pub recovery: RecoveryView,
     pub circuit: Option<CircuitView>,
+    /// How many signing secrets the gate has; the secrets are never shown.
+    pub signing_secrets: usize,
     pub paused: bool,
     pub created_at: String,
     pub updated_at: String,
@@ -638,6 +656,7 @@ impl GateView {
                 cooldown: ms_text(c.cooldown_ms),
                 max_cooldown: ms_text(c.max_cooldown_ms),
             }),
+            signing_secrets: g.signing_secrets.len(),
             paused: g.paused,
             created_at: time(g.created_at),
             updated_at: time(g.updated_at),

@@ -5,6 +5,7 @@
 //! plus the attempt's history record. This module decides nothing about retries.
 
 pub mod guard;
+pub mod sign;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +39,8 @@ pub struct Plan {
     pub schedule: Option<String>,
     /// Sent as `Sluice-Completion-Token`; only its hash is stored.
     pub completion_token: String,
+    /// Standard Webhooks keys: the gate's, or the server's default.
+    pub signing_keys: Vec<sign::SigningKey>,
     pub idempotency_key: String,
     pub allowed_hosts: Vec<String>,
 }
@@ -286,6 +289,16 @@ impl Dispatcher {
             put("sluice-schedule", schedule.clone());
         }
         put("sluice-completion-token", plan.completion_token.clone());
+        if !plan.signing_keys.is_empty() {
+            // The id stays the same across retries, as the specification asks,
+            // so receivers can drop repeats by it too.
+            let id = plan.task.to_string();
+            let timestamp = crate::clock::now().as_ms() as i64 / 1_000;
+            let signature = sign::signature(&plan.signing_keys, &id, timestamp, &plan.body);
+            put("webhook-id", id);
+            put("webhook-timestamp", timestamp.to_string());
+            put("webhook-signature", signature);
+        }
         Ok(headers)
     }
 }

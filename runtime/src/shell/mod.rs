@@ -69,7 +69,7 @@ pub struct GateLive {
 pub enum Command {
     PutGate {
         name: String,
-        spec: GateSpec,
+        spec: Box<GateSpec>,
         reply: Reply<(GateRecord, bool)>,
     },
     DeleteGate {
@@ -147,8 +147,12 @@ impl Handle {
         name: String,
         spec: GateSpec,
     ) -> Result<(GateRecord, bool), ShellError> {
-        self.ask(|reply| Command::PutGate { name, spec, reply })
-            .await
+        self.ask(|reply| Command::PutGate {
+            name,
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
     }
 
     pub async fn delete_gate(&self, name: String, force: bool) -> Result<(), ShellError> {
@@ -233,6 +237,8 @@ pub struct Options {
     pub tuning: Tuning,
     /// How long a shutdown waits for attempts in flight.
     pub grace: Duration,
+    /// Server-wide Standard Webhooks secrets.
+    pub signing_secrets: Vec<String>,
 }
 
 impl Default for Options {
@@ -240,6 +246,7 @@ impl Default for Options {
         Options {
             tuning: Tuning::default(),
             grace: Duration::from_secs(10),
+            signing_secrets: Vec::new(),
         }
     }
 }
@@ -283,13 +290,14 @@ pub fn spawn(
                 let now = clock::now();
                 let seed = now.as_ms() ^ u64::from(std::process::id()).rotate_left(32);
                 let booted = Engine::boot(store, options.tuning, now, seed);
-                let engine = match booted {
+                let mut engine = match booted {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = booted_tx.send(Err(e.to_string()));
                         return Err(e);
                     }
                 };
+                engine.set_default_secrets(options.signing_secrets.clone());
                 ready.store(true, Ordering::Release);
                 let _ = booted_tx.send(Ok(()));
                 let mut runner = Runner {
@@ -341,6 +349,8 @@ pub struct Engine {
     schedules: BTreeMap<String, ScheduleRecord>,
     /// Gates whose config changed since the runner last asked.
     reconfigured: Vec<u32>,
+    /// The server-wide signing secrets, for gates without their own.
+    default_secrets: Vec<String>,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so
@@ -403,6 +413,7 @@ impl Engine {
             shutting_down: false,
             schedules: BTreeMap::new(),
             reconfigured: Vec::new(),
+            default_secrets: Vec::new(),
         };
         store.write(|tx| {
             driver.last_task_id = tx.last_task_id()?.unwrap_or(0);
@@ -499,6 +510,11 @@ impl Engine {
     /// Attempts in flight.
     pub fn running(&self) -> usize {
         self.core.running()
+    }
+
+    /// Sets the server-wide signing secrets (validated by the caller).
+    pub fn set_default_secrets(&mut self, secrets: Vec<String>) {
+        self.default_secrets = secrets;
     }
 
     /// Gates reconfigured since the last call.
@@ -933,6 +949,16 @@ impl Engine {
             scheduled_at: Timestamp(record.scheduled_at),
             schedule: record.schedule.clone(),
             completion_token: String::new(),
+            signing_keys: {
+                let secrets = gate
+                    .map(|g| &g.signing_secrets)
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(&self.default_secrets);
+                secrets
+                    .iter()
+                    .filter_map(|s| crate::dispatch::sign::SigningKey::parse(s).ok())
+                    .collect()
+            },
             idempotency_key: match (&record.schedule, &record.idempotency_key) {
                 (Some(_), Some(key)) => key.clone(),
                 _ => TaskId(record.id).to_string(),
@@ -984,7 +1010,7 @@ impl Engine {
                 spec,
                 reply: to,
             } => {
-                let result = self.put_gate(turn, name, spec)?;
+                let result = self.put_gate(turn, name, *spec)?;
                 reply(to, Ok(result))
             }
             Command::DeleteGate {
@@ -1095,9 +1121,9 @@ impl Engine {
         let now = turn.now.as_ms();
         let existing = self.gates.get(&name);
         let created = existing.is_none();
-        let (id, paused, created_at) = match existing {
-            Some(g) => (g.id, g.paused, g.created_at),
-            None => (turn.tx.next_gate_id()?, false, now),
+        let (id, paused, created_at, secrets) = match existing {
+            Some(g) => (g.id, g.paused, g.created_at, g.signing_secrets.clone()),
+            None => (turn.tx.next_gate_id()?, false, now, Vec::new()),
         };
         let record = GateRecord {
             id,
@@ -1117,6 +1143,7 @@ impl Engine {
                 cooldown_ms: crate::core::time::duration_ms(c.cooldown),
                 max_cooldown_ms: crate::core::time::duration_ms(c.max_cooldown),
             }),
+            signing_secrets: spec.signing_secrets.unwrap_or(secrets),
             paused,
             created_at,
             updated_at: now,

@@ -21,6 +21,9 @@ pub struct GateRecord {
     pub retry: RetryRecord,
     pub recovery: RecoveryRecord,
     pub circuit: Option<CircuitRecord>,
+    /// Standard Webhooks secrets (`whsec_…`); never shown by the API.
+    #[serde(default)]
+    pub signing_secrets: Vec<String>,
     pub paused: bool,
     pub created_at: u64,
     pub updated_at: u64,
