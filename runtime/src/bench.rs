@@ -315,6 +315,16 @@ fn max_in_window(times: &[Instant], width: Duration) -> usize {
     best
 }
 
+/// Arrivals per second over their span, not counting the initial burst.
+fn rate_after_burst(times: &[Instant], burst: f64) -> f64 {
+    let span = times
+        .iter()
+        .max()
+        .zip(times.iter().min())
+        .map_or(1.0, |(a, b)| a.duration_since(*b).as_secs_f64());
+    (times.len() as f64 - burst) / span.max(1e-3)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -383,12 +393,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .await?;
         let got = sink.wait("/w2", n2, Duration::from_secs(120)).await;
         let times: Vec<Instant> = got.iter().map(|a| a.at).collect();
-        let span = times
-            .iter()
-            .max()
-            .zip(times.iter().min())
-            .map_or(1.0, |(a, b)| a.duration_since(*b).as_secs_f64());
-        let measured = (got.len() as f64 - f64::from(burst2)) / span;
+        let measured = rate_after_burst(&times, f64::from(burst2));
         let error = (measured - 500.0).abs() / 500.0 * 100.0;
         let w1s = max_in_window(&times, Duration::from_secs(1));
         let w100 = max_in_window(&times, Duration::from_millis(100));
@@ -629,12 +634,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .await?;
         let got = sink.wait("/w5b", 2_500, Duration::from_secs(60)).await;
         let times: Vec<Instant> = got.iter().map(|a| a.at).collect();
-        let span = times
-            .iter()
-            .max()
-            .zip(times.iter().min())
-            .map_or(1.0, |(a, b)| a.duration_since(*b).as_secs_f64());
-        let measured = (got.len() as f64 - 10.0) / span;
+        let measured = rate_after_burst(&times, 10.0);
         results.insert("w5b".into(), json!({ "gates": gates, "rss_mb": rss_gates, "busy_gate_per_s": measured, "max_1s": max_in_window(&times, Duration::from_secs(1)) }));
         rows.push((
             format!("W5 {gates} gates: RSS"),

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::{Server, Sink, gate_for};
+use crate::support::{Server, Sink};
 
 fn sluice(server: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -110,5 +110,4 @@ async fn cli_tables_json_and_exit_codes() {
     assert_eq!(code("invalid"), Some(5), "invalid request");
     assert_eq!(code("usage"), Some(2), "usage error");
     assert_eq!(code("down"), Some(1), "server unreachable");
-    let _ = gate_for;
 }

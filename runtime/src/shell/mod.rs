@@ -588,8 +588,13 @@ impl Runner {
     /// follow them closer than the gate allows. A second bucket on the real clock,
     /// at the same rate and burst, spaces the releases again. It only ever delays:
     /// what may start at all is the core's decision.
-    fn release_at(&mut self, now: std::time::Instant, gate: GateId) -> std::time::Instant {
-        let Some((rate, burst)) = self.engine.core.pace(clock::now(), gate) else {
+    fn release_at(
+        &mut self,
+        now: std::time::Instant,
+        wall: Timestamp,
+        gate: GateId,
+    ) -> std::time::Instant {
+        let Some((rate, burst)) = self.engine.core.pace(wall, gate) else {
             return now;
         };
         // A hair under the gate's rate, so a millisecond or two of jitter between
@@ -612,8 +617,9 @@ impl Runner {
     /// Starts the attempts of a committed turn on the runtime.
     fn release(&mut self, plans: Vec<Plan>) {
         let released = clock::instant();
+        let wall = clock::now();
         for plan in plans {
-            let release = self.release_at(released, plan.gate_id);
+            let release = self.release_at(released, wall, plan.gate_id);
             let dispatcher = self.dispatcher.clone();
             let reports = self.reports.clone();
             self.runtime.spawn(async move {
@@ -735,15 +741,13 @@ impl Engine {
             );
             return self.apply_effects(turn);
         }
-        {
-            record.ended_at = Some(report.ended_at.as_ms());
-            record.outcome = Some(report.outcome_name().to_string());
-            record.status = report.status;
-            record.latency_ms = Some(report.latency_ms);
-            record.error = report.error.clone();
-            record.response = report.response.clone();
-            turn.tx.put_attempt(id, &record)?;
-        }
+        record.ended_at = Some(report.ended_at.as_ms());
+        record.outcome = Some(report.outcome_name().to_string());
+        record.status = report.status;
+        record.latency_ms = Some(report.latency_ms);
+        record.error = report.error.clone();
+        record.response = report.response.clone();
+        turn.tx.put_attempt(id, &record)?;
         if let Some(task) = turn.task(id)?
             && report.outcome != Outcome::Succeeded
         {
