@@ -1,7 +1,8 @@
 //! The `sluice` command line: `serve`, and clients of the REST API.
 //!
 //! Exit codes scripts can rely on: 0 success, 1 server or connection error,
-//! 2 usage error, 3 not found, 4 conflict, 5 request refused as invalid.
+//! 2 usage error, 3 not found, 4 conflict, 5 request refused as invalid,
+//! 6 a gate's circuit is open (`status`), 7 not allowed (401 or 403).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -13,7 +14,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::config::ServerConfig;
+use crate::config::{Flags, ServerConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +40,9 @@ struct Client {
     /// API token.
     #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A PEM certificate to trust for an https server (for a self-signed one).
+    #[arg(long, global = true, env = "SLUICE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -57,9 +61,23 @@ enum Command {
         /// How long shutdown waits for attempts in flight [default: 10s].
         #[arg(long, env = "SLUICE_SHUTDOWN_GRACE")]
         shutdown_grace: Option<String>,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, env = "SLUICE_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, env = "SLUICE_TLS_KEY")]
+        tls_key: Option<PathBuf>,
         /// A TOML file with the same settings.
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage gates.
     Gate {
@@ -108,6 +126,19 @@ enum Command {
         watch: bool,
         #[command(flatten)]
         client: Client,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Make a new random token; prints it once, with the hash for the config.
+    New {
+        /// A name for logs and error messages.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// admin (everything), writer (tasks and schedules) or reader (GET only).
+        #[arg(long, default_value = "writer")]
+        role: String,
     },
 }
 
@@ -327,10 +358,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             data_dir,
             listen,
             shutdown_grace,
+            tls_cert,
+            tls_key,
             config,
-        } => serve(data_dir, listen, shutdown_grace, config)
-            .await
-            .map_err(Failure::from),
+        } => serve(Flags {
+            data_dir,
+            listen,
+            grace: shutdown_grace,
+            tls_cert,
+            tls_key,
+            config,
+        })
+        .await
+        .map_err(Failure::from),
+        Command::Token { command, json } => token(command, json),
         Command::Gate { command, client } => gate(&Api::new(&client)?, command, client.json).await,
         Command::Task { command, client } => task(&Api::new(&client)?, command, client.json).await,
         Command::Schedule { command, client } => {
@@ -359,12 +400,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn serve(
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    grace: Option<String>,
-    config: Option<PathBuf>,
-) -> anyhow::Result<()> {
+async fn serve(flags: Flags) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
@@ -372,9 +408,9 @@ async fn serve(
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = ServerConfig::resolve(data_dir, listen, grace, config.as_deref())?;
+    let config = ServerConfig::resolve(flags)?;
     let server = crate::server::start(&config, None).await?;
-    println!("sluice listening on http://{}", server.addr());
+    println!("sluice listening on {}", server.url());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -382,6 +418,32 @@ async fn serve(
     }
     tracing::info!("stopping");
     server.shutdown().await
+}
+
+fn token(command: TokenCommand, json: bool) -> Result<(), Failure> {
+    let TokenCommand::New { name, role } = command;
+    if crate::api::auth::Role::parse(&role).is_none() {
+        return Err(Failure {
+            code: 2,
+            message: format!("--role {role:?}: must be admin, writer or reader"),
+        });
+    }
+    let (token, hash) = crate::api::auth::new_token().context("reading random bytes")?;
+    if json {
+        println!(
+            "{}",
+            json!({"name": name, "role": role, "token": token, "hash": hash})
+        );
+    } else {
+        println!("token: {token}");
+        println!("(shown once: the server keeps only the hash)\n");
+        println!("Add this to the server's config file:\n");
+        println!("[[tokens]]");
+        println!("name = {}", Value::String(name));
+        println!("role = \"{role}\"");
+        println!("hash = \"{hash}\"");
+    }
+    Ok(())
 }
 
 struct Api {
@@ -392,10 +454,16 @@ struct Api {
 
 impl Api {
     fn new(client: &Client) -> Result<Api, Failure> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .context("building the HTTP client")?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(120));
+        if let Some(path) = &client.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --ca-cert {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).with_context(|| {
+                format!("--ca-cert {} is not a PEM certificate", path.display())
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Api {
             base: client.server.trim_end_matches('/').to_string(),
             token: client.token.clone(),
@@ -444,6 +512,7 @@ impl Api {
             404 => 3,
             409 => 4,
             400 | 413 => 5,
+            401 | 403 => 7,
             _ => 1,
         };
         Err(Failure {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::api::auth::{TokenEntry, Tokens};
 use crate::core::parse_duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7460";
@@ -23,6 +24,22 @@ pub struct FileConfig {
     pub shutdown_grace: Option<String>,
     /// Standard Webhooks secrets for gates without their own.
     pub signing_secrets: Option<Vec<String>>,
+    /// API tokens, as `sluice token new` prints them.
+    pub tokens: Option<Vec<TokenConfig>>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// When set, the only hosts any outgoing request may reach, whatever a
+    /// gate allows (patterns as in a gate's `allowed_hosts`).
+    pub outbound_hosts: Option<Vec<String>>,
+}
+
+/// One `[[tokens]]` entry of the config file.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: String,
+    pub hash: String,
 }
 
 impl FileConfig {
@@ -33,6 +50,24 @@ impl FileConfig {
     }
 }
 
+/// What the command line (flags and environment, via clap) gave.
+#[derive(Debug, Default)]
+pub struct Flags {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub grace: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
@@ -40,61 +75,116 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Server-wide Standard Webhooks secrets (`whsec_…`).
     pub signing_secrets: Vec<String>,
+    /// API tokens; empty means no auth, on loopback only.
+    pub tokens: Tokens,
+    pub tls: Option<TlsFiles>,
+    /// Empty: no server-wide limit beyond the gates' own rules.
+    pub outbound_hosts: Vec<String>,
+}
+
+/// A comma-separated environment variable, if set.
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name).ok().map(|list| {
+        list.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
 }
 
 impl ServerConfig {
-    /// Merges what the command line (flags and environment, via clap) gave with
-    /// the file.
-    pub fn resolve(
-        data_dir: Option<PathBuf>,
-        listen: Option<String>,
-        grace: Option<String>,
-        file: Option<&Path>,
-    ) -> anyhow::Result<ServerConfig> {
-        let file = match file {
+    /// A server on `listen` with everything else at its default: no tokens, no
+    /// TLS, no signing secrets.
+    pub fn local(data_dir: PathBuf, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            data_dir,
+            listen,
+            grace: Duration::from_secs(10),
+            signing_secrets: Vec::new(),
+            tokens: Tokens::default(),
+            tls: None,
+            outbound_hosts: Vec::new(),
+        }
+    }
+
+    /// Merges the flags with the environment and the file.
+    pub fn resolve(flags: Flags) -> anyhow::Result<ServerConfig> {
+        let file = match &flags.config {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
-        let listen_text = listen
+        let listen_text = flags
+            .listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen: SocketAddr = listen_text.parse().with_context(|| {
             format!("--listen {listen_text:?} is not an address like 127.0.0.1:7460")
         })?;
-        let grace_text = grace
+        let grace_text = flags
+            .grace
             .or(file.shutdown_grace)
             .unwrap_or_else(|| "10s".into());
         let grace = parse_duration(&grace_text)
             .with_context(|| format!("shutdown grace {grace_text:?}"))?;
-        let signing_secrets = match std::env::var("SLUICE_SIGNING_SECRETS") {
-            Ok(list) => list
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
+        let signing_secrets = env_list("SLUICE_SIGNING_SECRETS")
+            .or(file.signing_secrets)
+            .unwrap_or_default();
+        // SLUICE_TOKENS is `name:role:sha256:<hex>`, comma-separated.
+        let token_entries = match env_list("SLUICE_TOKENS") {
+            Some(list) => list
+                .iter()
+                .map(|item| {
+                    let mut parts = item.splitn(3, ':');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some(name), Some(role), Some(hash)) => TokenEntry::new(name, role, hash),
+                        _ => Err("SLUICE_TOKENS entries are name:role:sha256:<hex>".to_string()),
+                    }
+                })
+                .collect::<Result<Vec<_>, String>>(),
+            None => file
+                .tokens
+                .unwrap_or_default()
+                .iter()
+                .map(|t| TokenEntry::new(&t.name, &t.role, &t.hash))
                 .collect(),
-            Err(_) => file.signing_secrets.unwrap_or_default(),
+        }
+        .map_err(|e| anyhow::anyhow!("tokens: {e}"))?;
+        let tls = match (
+            flags.tls_cert.or(file.tls_cert),
+            flags.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => bail!("TLS needs both --tls-cert and --tls-key"),
         };
+        let outbound_hosts = env_list("SLUICE_OUTBOUND_HOSTS")
+            .or(file.outbound_hosts)
+            .unwrap_or_default();
         let config = ServerConfig {
-            data_dir: data_dir
+            data_dir: flags
+                .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             listen,
             grace,
             signing_secrets,
+            tokens: Tokens::new(token_entries),
+            tls,
+            outbound_hosts,
         };
         config.check()?;
         Ok(config)
     }
 
-    /// With no API tokens (there are none yet) the server listens on loopback only.
+    /// Refuses settings that cannot work, or that would expose an open API.
     pub fn check(&self) -> anyhow::Result<()> {
         for secret in &self.signing_secrets {
             crate::dispatch::sign::SigningKey::parse(secret)
                 .map_err(|e| anyhow::anyhow!("signing_secrets: {e}"))?;
         }
-        if !self.listen.ip().is_loopback() {
+        if self.tokens.is_empty() && !self.listen.ip().is_loopback() {
             bail!(
-                "refusing to listen on {}: no API tokens are configured, so the server only listens on loopback (127.0.0.1 or ::1)",
+                "refusing to listen on {}: no API tokens are configured, so the server only listens on loopback (127.0.0.1 or ::1); create one with `sluice token new` and add it to the config",
                 self.listen
             );
         }

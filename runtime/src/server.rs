@@ -4,10 +4,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
 
 use crate::api::{self, AppState};
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TlsFiles};
 use crate::core::Tuning;
 use crate::shell::{self, Options};
 use crate::store::Store;
@@ -16,6 +20,7 @@ pub const DATA_FILE: &str = "sluice.redb";
 
 pub struct Running {
     addr: SocketAddr,
+    tls: bool,
     stop: watch::Sender<bool>,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     driver: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
@@ -24,6 +29,12 @@ pub struct Running {
 impl Running {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `http://` or `https://`, and the address.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops taking requests, lets attempts in flight finish (up to the grace
@@ -51,12 +62,14 @@ impl Running {
 /// Starts a server. With `tuning` the tests shrink memory windows.
 pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Result<Running> {
     config.check()?;
+    // Certificates first: a bad file should stop the start before anything opens.
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let path = config.data_dir.join(DATA_FILE);
     let store =
         Arc::new(Store::open(&path).with_context(|| format!("opening {}", path.display()))?);
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
@@ -65,25 +78,126 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         tuning: tuning.unwrap_or_default(),
         grace: config.grace,
         signing_secrets: config.signing_secrets.clone(),
+        outbound_hosts: config.outbound_hosts.clone(),
     };
     let (handle, driver) = shell::spawn(store.clone(), options, stop_rx.clone())?;
     let app = api::router(AppState {
         store,
         shell: handle,
-    });
+    })
+    .layer(axum::middleware::from_fn_with_state(
+        Arc::new(config.tokens.clone()),
+        api::auth::layer,
+    ));
     let mut http_stop = stop_rx;
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
-    tracing::info!(%addr, data = %path.display(), "sluice listening");
+    let stopped = async move {
+        let _ = http_stop.wait_for(|stop| *stop).await;
+    };
+    let http = match tls.clone() {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+        Some(acceptor) => tokio::spawn(async move {
+            axum::serve(TlsListener::new(listener, acceptor, addr), app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+    };
+    tracing::info!(%addr, tls = tls.is_some(), auth = !config.tokens.is_empty(), data = %path.display(), "sluice listening");
     Ok(Running {
         addr,
+        tls: tls.is_some(),
         stop,
         http,
         driver,
     })
+}
+
+/// Loads the PEM certificate chain and key into a rustls acceptor (ring, TLS
+/// 1.2 and 1.3, HTTP/1.1 over ALPN).
+fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading TLS certificate {}", files.cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("no certificate found in {}", files.cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading TLS key {}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS key does not fit the certificate")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Longest a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A listener for `axum::serve` that hands over connections once their TLS
+/// handshake is done. Handshakes run in tasks of their own, so a slow client
+/// holds up no one else.
+struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, acceptor: TlsAcceptor, addr: SocketAddr) -> TlsListener {
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    _ = tx.closed() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait, go on.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { ready, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept task has gone (it only stops when we do).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
 }

@@ -14,6 +14,7 @@ mod delivery;
 mod leases;
 mod recovery;
 mod schedules;
+mod security;
 mod simulation;
 mod support;
 mod tidy;

@@ -237,6 +237,7 @@ impl World {
                 method: "POST".into(),
                 headers: BTreeMap::new(),
                 body: None,
+                secret_headers: Default::default(),
             },
             due,
             max_attempts: None,

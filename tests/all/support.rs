@@ -33,16 +33,19 @@ impl Server {
     }
 
     pub async fn start_in(dir: &Path) -> Server {
-        let config = ServerConfig {
-            data_dir: dir.to_path_buf(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            grace: Duration::from_secs(5),
-            signing_secrets: Vec::new(),
-        };
+        Server::start_with(dir, |_| {}).await
+    }
+
+    /// A server in `dir` whose config `adjust` changes first (tokens, TLS...).
+    pub async fn start_with(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Server {
+        let mut config =
+            ServerConfig::local(dir.to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
+        config.grace = Duration::from_secs(5);
+        adjust(&mut config);
         let running = sluice::server::start(&config, None)
             .await
             .expect("server starts");
-        let url = format!("http://{}", running.addr());
+        let url = running.url();
         Server {
             running: Some(running),
             url,
@@ -67,16 +70,45 @@ impl Server {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Client {
     pub fn new(base: &str) -> Client {
-        Client {
-            base: base.to_string(),
-            http: reqwest::Client::builder()
+        Client::with_http(
+            base,
+            reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
+        )
+    }
+
+    /// A client over a prepared reqwest client (one that trusts a test CA, say).
+    pub fn with_http(base: &str, http: reqwest::Client) -> Client {
+        Client {
+            base: base.to_string(),
+            http,
+            token: None,
+        }
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>`.
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: Some(token.to_string()),
+            ..self.clone()
+        }
+    }
+
+    fn request(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(
+            method.parse().expect("method"),
+            format!("{}{}", self.base, path),
+        );
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
     }
 
@@ -92,8 +124,7 @@ impl Client {
     /// Like `send`, but a connection failure is `None` instead of a panic.
     pub async fn try_send(&self, method: &str, path: &str, body: Value) -> Option<(u16, Value)> {
         let resp = self
-            .http
-            .request(method.parse().ok()?, format!("{}{}", self.base, path))
+            .request(method, path)
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&body).ok()?)
             .send()
@@ -113,10 +144,7 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> (u16, HeaderMap, Value) {
-        let mut req = self.http.request(
-            method.parse().expect("method"),
-            format!("{}{}", self.base, path),
-        );
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/json")
@@ -138,11 +166,7 @@ impl Client {
         body: Vec<u8>,
     ) -> (u16, Value) {
         let resp = self
-            .http
-            .request(
-                method.parse().expect("method"),
-                format!("{}{}", self.base, path),
-            )
+            .request(method, path)
             .header("content-type", content_type)
             .body(body)
             .send()

@@ -4,6 +4,7 @@
 //! driver. Malformed input of any shape gets a 4xx with the error JSON, never a
 //! 5xx or a panic.
 
+pub mod auth;
 pub mod error;
 pub mod wire;
 

@@ -2,7 +2,7 @@
 //! Separate from store records and core types, so neither can change the wire by
 //! accident.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,32 @@ const MAX_LABELS: usize = 64;
 const MAX_KEY_LEN: usize = 256;
 const MAX_URL_LEN: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
+/// Headers that carry credentials by their nature: secret without being marked.
+const ALWAYS_SECRET: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+/// A header value as given: `"text"` or `{"value": "text", "secret": true}`.
+fn header_value(value: serde_json::Value) -> Result<(String, bool), &'static str> {
+    const SHAPE: &str = r#"a header value is a string or {"value": "...", "secret": true}"#;
+    match value {
+        serde_json::Value::String(s) => Ok((s, false)),
+        serde_json::Value::Object(mut map) => {
+            let secret = match map.remove("secret") {
+                None => false,
+                Some(serde_json::Value::Bool(b)) => b,
+                Some(_) => return Err(SHAPE),
+            };
+            let value = match map.remove("value") {
+                Some(serde_json::Value::String(s)) => s,
+                _ => return Err(SHAPE),
+            };
+            if !map.is_empty() {
+                return Err(SHAPE);
+            }
+            Ok((value, secret))
+        }
+        _ => Err(SHAPE),
+    }
+}
 const MAX_ALLOWED_HOSTS: usize = 256;
 const MAX_ATTEMPTS: u32 = 1_000;
 const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
@@ -308,7 +334,9 @@ impl GateBody {
 pub struct WebhookBody {
     pub url: String,
     pub method: Option<String>,
-    pub headers: Option<BTreeMap<String, String>>,
+    /// A value is a string, or `{"value": "...", "secret": true}` for one that
+    /// is sent but never shown.
+    pub headers: Option<BTreeMap<String, serde_json::Value>>,
     pub body: Option<serde_json::Value>,
 }
 
@@ -396,14 +424,16 @@ impl TaskBody {
                 format!("method must be one of {METHODS:?}"),
             ));
         }
-        let headers = webhook.headers.unwrap_or_default();
-        if headers.len() > MAX_HEADERS {
+        let given = webhook.headers.unwrap_or_default();
+        if given.len() > MAX_HEADERS {
             return Err(ApiError::field(
                 &f("webhook.headers"),
                 format!("at most {MAX_HEADERS} headers"),
             ));
         }
-        for (name, value) in &headers {
+        let mut headers = BTreeMap::new();
+        let mut secret_headers = BTreeSet::new();
+        for (name, value) in given {
             let field = f(&format!("webhook.headers.{name}"));
             let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
             if !name_ok {
@@ -422,9 +452,15 @@ impl TaskBody {
             {
                 return Err(ApiError::field(&field, "this header is set by Sluice"));
             }
-            if reqwest::header::HeaderValue::from_str(value).is_err() || value.len() > 8 * 1024 {
+            let (value, marked) = header_value(value).map_err(|m| ApiError::field(&field, m))?;
+            // Messages never echo the value: it may be a credential.
+            if reqwest::header::HeaderValue::from_str(&value).is_err() || value.len() > 8 * 1024 {
                 return Err(ApiError::field(&field, "invalid header value"));
             }
+            if marked || ALWAYS_SECRET.contains(&lower.as_str()) {
+                secret_headers.insert(lower);
+            }
+            headers.insert(name, value);
         }
         let body = match webhook.body {
             None | Some(serde_json::Value::Null) => None,
@@ -510,6 +546,7 @@ impl TaskBody {
                 method,
                 headers,
                 body,
+                secret_headers,
             },
             due,
             max_attempts: self
@@ -701,9 +738,36 @@ fn retry_view(r: &crate::store::RetryRecord) -> RetryView {
 pub struct WebhookView {
     pub url: String,
     pub method: String,
-    pub headers: BTreeMap<String, String>,
+    /// Secret values show as `{"secret": true}`.
+    pub headers: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
+}
+
+impl WebhookView {
+    pub fn new(w: &WebhookRecord) -> WebhookView {
+        let headers = w
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let shown = if w.secret_headers.contains(&name.to_ascii_lowercase()) {
+                    serde_json::json!({ "secret": true })
+                } else {
+                    serde_json::Value::String(value.clone())
+                };
+                (name.clone(), shown)
+            })
+            .collect();
+        WebhookView {
+            url: w.url.clone(),
+            method: w.method.clone(),
+            headers,
+            body: w.body.as_ref().map(|b| match b {
+                BodyRecord::Json(v) => v.clone(),
+                BodyRecord::Text(s) => serde_json::Value::String(s.clone()),
+            }),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -797,15 +861,7 @@ impl TaskView {
             id: TaskId(t.id).to_string(),
             gate: t.gate.clone(),
             state: t.state.as_str().to_string(),
-            webhook: WebhookView {
-                url: t.webhook.url.clone(),
-                method: t.webhook.method.clone(),
-                headers: t.webhook.headers.clone(),
-                body: t.webhook.body.as_ref().map(|b| match b {
-                    BodyRecord::Json(v) => v.clone(),
-                    BodyRecord::Text(s) => serde_json::Value::String(s.clone()),
-                }),
-            },
+            webhook: WebhookView::new(&t.webhook),
             created_at: time(t.created_at),
             scheduled_at: time(t.scheduled_at),
             due_at: time(t.due_at),
@@ -1022,15 +1078,7 @@ impl ScheduleView {
             paused: s.paused,
             task: TemplateView {
                 gate: t.gate.clone(),
-                webhook: WebhookView {
-                    url: t.webhook.url.clone(),
-                    method: t.webhook.method.clone(),
-                    headers: t.webhook.headers.clone(),
-                    body: t.webhook.body.as_ref().map(|b| match b {
-                        BodyRecord::Json(v) => v.clone(),
-                        BodyRecord::Text(s) => serde_json::Value::String(s.clone()),
-                    }),
-                },
+                webhook: WebhookView::new(&t.webhook),
                 max_attempts: t.max_attempts,
                 timeout: t.timeout_ms.map(ms_text),
                 expires_after: t.expires_after_ms.map(ms_text),

@@ -7,7 +7,7 @@
 pub mod guard;
 pub mod sign;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,8 @@ pub struct Plan {
     pub url: String,
     pub method: String,
     pub headers: BTreeMap<String, String>,
+    /// Lowercase names of secret headers: marked sensitive on the wire.
+    pub secret_headers: BTreeSet<String>,
     pub body: Bytes,
     pub json: bool,
     pub timeout: Duration,
@@ -117,6 +119,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
 pub struct Dispatcher {
     guarded: reqwest::Client,
     open: reqwest::Client,
+    /// The server's `outbound_hosts`: when not empty, nothing else is reached.
+    outbound: Arc<[String]>,
 }
 
 fn client_builder() -> reqwest::ClientBuilder {
@@ -131,8 +135,9 @@ fn client_builder() -> reqwest::ClientBuilder {
 }
 
 impl Dispatcher {
-    pub fn new() -> Result<Dispatcher, reqwest::Error> {
+    pub fn new(outbound_hosts: Vec<String>) -> Result<Dispatcher, reqwest::Error> {
         Ok(Dispatcher {
+            outbound: outbound_hosts.into(),
             guarded: client_builder()
                 .dns_resolver(Arc::new(GuardedResolver))
                 .build()?,
@@ -180,6 +185,11 @@ impl Dispatcher {
             return denied(format!(
                 "host {host}:{port} is not in gate {}'s allowed_hosts",
                 plan.gate
+            ));
+        }
+        if !guard::host_allowed(host, port, &self.outbound) {
+            return denied(format!(
+                "host {host}:{port} is outside the server's outbound_hosts"
             ));
         }
         let explicit = guard::named_explicitly(host, port, &plan.allowed_hosts);
@@ -265,8 +275,11 @@ impl Dispatcher {
         for (name, value) in &plan.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("invalid header name {name:?}"))?;
-            let value = HeaderValue::from_str(value)
+            let mut value = HeaderValue::from_str(value)
                 .map_err(|_| format!("invalid value for header {name}"))?;
+            if plan.secret_headers.contains(name.as_str()) {
+                value.set_sensitive(true);
+            }
             headers.insert(name, value);
         }
         if plan.json && !headers.contains_key(reqwest::header::CONTENT_TYPE) {

@@ -239,6 +239,8 @@ pub struct Options {
     pub grace: Duration,
     /// Server-wide Standard Webhooks secrets.
     pub signing_secrets: Vec<String>,
+    /// When not empty, the only hosts outgoing requests may reach.
+    pub outbound_hosts: Vec<String>,
 }
 
 impl Default for Options {
@@ -247,6 +249,7 @@ impl Default for Options {
             tuning: Tuning::default(),
             grace: Duration::from_secs(10),
             signing_secrets: Vec::new(),
+            outbound_hosts: Vec::new(),
         }
     }
 }
@@ -272,7 +275,8 @@ pub fn spawn(
         commands: commands_tx,
         ready: ready.clone(),
     };
-    let dispatcher = Dispatcher::new().map_err(std::io::Error::other)?;
+    let dispatcher =
+        Dispatcher::new(options.outbound_hosts.clone()).map_err(std::io::Error::other)?;
     let runtime = tokio::runtime::Handle::current();
     let (booted_tx, booted_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
@@ -947,6 +951,7 @@ impl Engine {
             url: record.webhook.url.clone(),
             method: record.webhook.method.clone(),
             headers: record.webhook.headers.clone(),
+            secret_headers: record.webhook.secret_headers.clone(),
             body,
             json,
             timeout: Duration::from_millis(record.timeout_ms),

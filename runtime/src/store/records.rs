@@ -1,7 +1,7 @@
 //! What is on disk. These types are the file format: change them only in ways
 //! that old files still decode (new fields need `#[serde(default)]`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +135,9 @@ pub struct WebhookRecord {
     pub method: String,
     pub headers: BTreeMap<String, String>,
     pub body: Option<BodyRecord>,
+    /// Names (lowercase) of the headers whose values are secret: sent, never shown.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub secret_headers: BTreeSet<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

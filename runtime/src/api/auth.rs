@@ -1,0 +1,332 @@
+//! API tokens and roles.
+//!
+//! A token is 32 random bytes, written `sluice_` + base64url. The server keeps
+//! only `sha256:<hex>` of each token, so a leaked config file opens nothing.
+//! A presented token is hashed and compared with every configured hash in
+//! constant time; the comparison does not stop at the first match.
+//!
+//! Which role each endpoint needs is one pure function, [`required`], and the
+//! matrix is written out in SECURITY.md.
+
+use std::fmt;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+
+/// Roles, weakest first: a stronger role can do everything a weaker one can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Reader,
+    Writer,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "reader" => Some(Role::Reader),
+            "writer" => Some(Role::Writer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Writer => "writer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an endpoint asks of the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: health checks, and the dashboard's page shell (its data calls
+    /// are checked like any other).
+    Open,
+    /// Long-running work reports: the attempt's completion token is the
+    /// credential (it is checked by the shell, and a wrong one changes nothing).
+    CompletionToken,
+    Needs(Role),
+}
+
+/// The endpoint-to-role matrix. Anything not listed needs `admin`, so a new
+/// endpoint is closed until someone opens it here.
+pub fn required(method: &Method, path: &str) -> Access {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let read = *method == Method::GET || *method == Method::HEAD;
+    match segments.as_slice() {
+        ["healthz"] | ["readyz"] if read => Access::Open,
+        [""] if read => Access::Open,
+        ["assets", ..] if read => Access::Open,
+        ["metrics"] if read => Access::Needs(Role::Reader),
+        ["v1", "tasks", _, "complete" | "fail" | "heartbeat"] if *method == Method::POST => {
+            Access::CompletionToken
+        }
+        ["v1", ..] if read => Access::Needs(Role::Reader),
+        ["v1", "tasks", ..] | ["v1", "schedules", ..] => Access::Needs(Role::Writer),
+        _ if read => Access::Needs(Role::Reader),
+        _ => Access::Needs(Role::Admin),
+    }
+}
+
+/// A configured token: its name (for logs), role and hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    pub name: String,
+    pub role: Role,
+    hash: [u8; 32],
+}
+
+// Hand-written so a hash never lands in a log line by way of `{:?}`.
+impl fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenEntry {
+    /// Parses a config entry; `hash` is `sha256:` and 64 hex digits.
+    pub fn new(name: &str, role: &str, hash: &str) -> Result<TokenEntry, String> {
+        let role = Role::parse(role)
+            .ok_or_else(|| format!("token {name:?}: role must be admin, writer or reader"))?;
+        let hex = hash
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.is_ascii())
+            .ok_or_else(|| {
+                format!(
+                    "token {name:?}: hash must be sha256: and 64 hex digits, as `sluice token new` prints"
+                )
+            })?;
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| format!("token {name:?}: hash has a non-hex digit"))?;
+        }
+        Ok(TokenEntry {
+            name: name.to_string(),
+            role,
+            hash: bytes,
+        })
+    }
+}
+
+/// A new random token and the hash to put in the config.
+pub fn new_token() -> Result<(String, String), getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    let token = format!(
+        "sluice_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = hash_text(&token);
+    Ok((token, hash))
+}
+
+pub fn hash_text(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    let mut out = String::with_capacity(71);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The configured tokens. Empty means auth is off, which the config only
+/// allows on a loopback listener.
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    entries: Vec<TokenEntry>,
+}
+
+impl Tokens {
+    pub fn new(entries: Vec<TokenEntry>) -> Tokens {
+        Tokens { entries }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry a presented token belongs to. Every entry is compared, in
+    /// constant time, whatever matches.
+    pub fn find(&self, presented: &str) -> Option<&TokenEntry> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for entry in &self.entries {
+            if bool::from(entry.hash.ct_eq(&digest)) {
+                found = Some(entry);
+            }
+        }
+        found
+    }
+
+    /// Decides one request: `Ok` to go on, or the 401/403 to answer.
+    pub fn decide(
+        &self,
+        method: &Method,
+        path: &str,
+        authorization: Option<&[u8]>,
+    ) -> Result<(), ApiError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let need = match required(method, path) {
+            Access::Open | Access::CompletionToken => return Ok(()),
+            Access::Needs(role) => role,
+        };
+        let presented = authorization
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthenticated("send an API token: Authorization: Bearer <token>")
+            })?;
+        let entry = self
+            .find(presented)
+            .ok_or_else(|| ApiError::unauthenticated("the API token is not valid"))?;
+        if entry.role < need {
+            return Err(ApiError::permission_denied(format!(
+                "this needs the {need} role; token {:?} has {}",
+                entry.name, entry.role
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The axum middleware around every route.
+pub async fn layer(
+    State(tokens): State<std::sync::Arc<Tokens>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match tokens.decide(req.method(), req.uri().path(), authorization) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> (Tokens, [String; 3]) {
+        let mut entries = Vec::new();
+        let mut plain = Vec::new();
+        for role in ["reader", "writer", "admin"] {
+            let (token, hash) = new_token().expect("random");
+            entries.push(TokenEntry::new(role, role, &hash).expect("entry"));
+            plain.push(token);
+        }
+        let plain: [String; 3] = plain.try_into().expect("three");
+        (Tokens::new(entries), plain)
+    }
+
+    fn status(t: &Tokens, method: Method, path: &str, token: Option<&str>) -> u16 {
+        let header = token.map(|t| format!("Bearer {t}"));
+        match t.decide(&method, path, header.as_deref().map(str::as_bytes)) {
+            Ok(()) => 200,
+            Err(e) => e.status.as_u16(),
+        }
+    }
+
+    #[test]
+    fn matrix() {
+        use Access::*;
+        use Role::*;
+        let cases = [
+            (Method::GET, "/healthz", Open),
+            (Method::GET, "/readyz", Open),
+            (Method::GET, "/", Open),
+            (Method::GET, "/metrics", Needs(Reader)),
+            (Method::GET, "/v1/gates", Needs(Reader)),
+            (Method::GET, "/v1/openapi.json", Needs(Reader)),
+            (Method::GET, "/v1/tasks/abc", Needs(Reader)),
+            (Method::PUT, "/v1/gates/g", Needs(Admin)),
+            (Method::DELETE, "/v1/gates/g", Needs(Admin)),
+            (Method::POST, "/v1/gates/g/pause", Needs(Admin)),
+            (Method::PUT, "/v1/plugins/p/1.0.0", Needs(Admin)),
+            (Method::DELETE, "/v1/plugins/p/1.0.0", Needs(Admin)),
+            (Method::POST, "/v1/tasks", Needs(Writer)),
+            (Method::POST, "/v1/tasks/batch", Needs(Writer)),
+            (Method::DELETE, "/v1/tasks/abc", Needs(Writer)),
+            (Method::POST, "/v1/tasks/abc/retry", Needs(Writer)),
+            (Method::PUT, "/v1/schedules/s", Needs(Writer)),
+            (Method::POST, "/v1/schedules/s/pause", Needs(Writer)),
+            (Method::POST, "/v1/tasks/abc/complete", CompletionToken),
+            (Method::POST, "/v1/tasks/abc/heartbeat", CompletionToken),
+            (Method::POST, "/v1/tasks/abc/fail", CompletionToken),
+            (Method::POST, "/v1/whatever", Needs(Admin)),
+            (Method::PATCH, "/v1/tasks/abc", Needs(Writer)),
+            (Method::POST, "/healthz", Needs(Admin)),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(required(&method, path), want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let (t, [reader, writer, admin]) = tokens();
+        assert_eq!(status(&t, Method::GET, "/v1/gates", None), 401);
+        assert_eq!(
+            status(&t, Method::GET, "/v1/gates", Some("sluice_nope")),
+            401
+        );
+        assert_eq!(status(&t, Method::GET, "/v1/gates", Some(&reader)), 200);
+        assert_eq!(status(&t, Method::POST, "/v1/tasks", Some(&reader)), 403);
+        assert_eq!(status(&t, Method::POST, "/v1/tasks", Some(&writer)), 200);
+        assert_eq!(status(&t, Method::PUT, "/v1/gates/g", Some(&writer)), 403);
+        assert_eq!(status(&t, Method::PUT, "/v1/gates/g", Some(&admin)), 200);
+        assert_eq!(status(&t, Method::GET, "/healthz", None), 200);
+        // Not a bearer token at all.
+        let basic = t.decide(&Method::GET, "/v1/gates", Some(b"Basic YWxhZGRpbg=="));
+        assert_eq!(basic.map_err(|e| e.status.as_u16()), Err(401));
+        // With no tokens configured everything is open (loopback only).
+        assert_eq!(
+            status(&Tokens::default(), Method::PUT, "/v1/gates/g", None),
+            200
+        );
+    }
+
+    #[test]
+    fn config_entries() {
+        let (_, hash) = new_token().expect("random");
+        assert!(TokenEntry::new("a", "admin", &hash).is_ok());
+        assert!(TokenEntry::new("a", "root", &hash).is_err());
+        assert!(TokenEntry::new("a", "admin", "sha256:abc").is_err());
+        assert!(TokenEntry::new("a", "admin", &hash.replace("sha256:", "md5:")).is_err());
+        let bad = format!("sha256:{}", "zz".repeat(32));
+        assert!(TokenEntry::new("a", "admin", &bad).is_err());
+        // Debug never shows the hash.
+        let entry = TokenEntry::new("a", "admin", &hash).expect("entry");
+        assert!(!format!("{entry:?}").contains(&hash[7..]));
+    }
+}
