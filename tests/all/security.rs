@@ -429,3 +429,23 @@ async fn every_body_has_a_limit() {
         assert_eq!(v["error"]["code"], "payload_too_large", "{method} {path}");
     }
 }
+
+/// `outbound_hosts` narrows every outgoing request, whatever a gate allows: a
+/// task to a host outside it is refused before any DNS query or connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_hosts_overrule_the_gates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = Sink::start().await;
+    let server = Server::start_with(dir.path(), |c| {
+        c.outbound_hosts = vec!["hooks.example.com".to_string()];
+    })
+    .await;
+    let c = server.client();
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let created = c.create(webhook_task("g", &sink.url("/out"))).await;
+    let id = created["id"].as_str().expect("id");
+    let task = c.wait_state(id, "failed", Duration::from_secs(10)).await;
+    let error = task["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("outbound_hosts"), "{task}");
+    assert!(sink.hits().is_empty(), "the sink was reached");
+}
