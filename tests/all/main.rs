@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod leases;
+mod openapi;
 mod recovery;
 mod schedules;
 mod security;

@@ -4,6 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::shell::ShellError;
 use crate::store::StoreError;
@@ -97,23 +98,29 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// `invalid_argument` (400), `unauthenticated` (401), `permission_denied` (403),
+    /// `not_found` (404), `conflict` (409), `payload_too_large` (413),
+    /// `unavailable` (503) or `internal` (500).
+    #[schema(example = "invalid_argument")]
     code: &'a str,
     message: &'a str,
+    /// The input at fault, when there is one, like `rate` or `tasks[3].webhook.url`.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Inner {
+        let body = ErrorBody {
+            error: ErrorDetail {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),

@@ -3,28 +3,38 @@
 //! Reads go straight to a store snapshot; every write goes through the shell's
 //! driver. Malformed input of any shape gets a 4xx with the error JSON, never a
 //! 5xx or a panic.
+//!
+//! Routes and their OpenAPI description come from one place: each handler's
+//! `#[utoipa::path]` gives both its route (through `routes!`) and its operation,
+//! so `GET /v1/openapi.json` cannot drift from what the router serves.
 
 pub mod auth;
 pub mod error;
 pub mod wire;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, RawQuery, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr, ResponseBuilder, content::ContentBuilder};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::clock;
 use crate::core::TaskId;
 use crate::shell::{GateLive, Handle};
 use crate::store::{Store, TaskFilter, TaskState};
 pub use error::ApiError;
+use error::ErrorBody;
 use wire::{
-    BatchBody, BatchCreated, GateBody, GateExtra, GateList, GateView, ScheduleBody, ScheduleList,
-    ScheduleView, TaskBody, TaskList, TaskView,
+    BatchBody, BatchCreated, CompleteBody, FailBody, GateBody, GateExtra, GateList, GateView,
+    HeartbeatBody, ScheduleBody, ScheduleList, ScheduleView, TaskBody, TaskList, TaskView,
 };
 
 #[derive(Clone)]
@@ -39,56 +49,152 @@ const TASK_BODY_LIMIT: usize = wire::MAX_TASK_BODY + 64 * 1024;
 const BATCH_BODY_LIMIT: usize = 64 << 20;
 
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/gates", get(list_gates))
-        .route(
-            "/gates/{name}",
-            put(put_gate)
-                .get(get_gate)
-                .delete(delete_gate)
-                .layer(DefaultBodyLimit::max(GATE_BODY_LIMIT)),
-        )
-        .route("/gates/{name}/pause", post(pause_gate))
-        .route("/gates/{name}/resume", post(resume_gate))
-        .route(
-            "/tasks",
-            post(create_task)
-                .get(list_tasks)
-                .layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)),
-        )
-        .route(
-            "/tasks/batch",
-            post(create_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
-        )
-        .route("/tasks/{id}", get(get_task).delete(cancel_task))
-        .route("/tasks/{id}/retry", post(retry_task))
-        .route(
-            "/tasks/{id}/complete",
-            post(complete_task).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
-        )
-        .route("/tasks/{id}/fail", post(fail_task))
-        .route(
-            "/tasks/{id}/heartbeat",
-            post(heartbeat_task).layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)),
-        )
-        .route("/schedules", get(list_schedules))
-        .route(
-            "/schedules/{name}",
-            put(put_schedule)
-                .get(get_schedule)
-                .delete(delete_schedule)
-                .layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)),
-        )
-        .route("/schedules/{name}/pause", post(pause_schedule))
-        .route("/schedules/{name}/resume", post(resume_schedule));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(GATE_BODY_LIMIT))
         .with_state(state)
+}
+
+/// Every route with its operation. Handlers that share a path share a
+/// `routes!`; the per-route body limits are the ones that answer 413.
+fn routes() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(list_gates))
+        .routes(
+            routes!(put_gate, get_gate, delete_gate).layer(DefaultBodyLimit::max(GATE_BODY_LIMIT)),
+        )
+        .routes(routes!(pause_gate))
+        .routes(routes!(resume_gate))
+        .routes(routes!(create_task, list_tasks).layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)))
+        .routes(routes!(create_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
+        .routes(routes!(get_task, cancel_task))
+        .routes(routes!(retry_task))
+        .routes(routes!(complete_task).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
+        .routes(routes!(fail_task))
+        .routes(routes!(heartbeat_task).layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)))
+        .routes(routes!(list_schedules))
+        .routes(
+            routes!(put_schedule, get_schedule, delete_schedule)
+                .layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)),
+        )
+        .routes(routes!(pause_schedule))
+        .routes(routes!(resume_schedule))
+        .routes(routes!(openapi_json));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/v1", v1)
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice",
+        description = "A self-hosted task scheduler whose gates never let a backlog flood an endpoint."
+    ),
+    tags(
+        (name = "gates", description = "Throughput limits for endpoints"),
+        (name = "tasks", description = "Webhook tasks and reports on long-running work"),
+        (name = "schedules", description = "Periodic tasks"),
+        (name = "meta", description = "Health and this description"),
+    )
+)]
+struct ApiDoc;
+
+/// Answers that any `/v1` operation (all behind a bearer token) can give,
+/// declared once in `components.responses`: status, name, description.
+const SHARED_ANSWERS: [(&str, &str, &str); 3] = [
+    (
+        "401",
+        "Unauthenticated",
+        "No token, or one the server does not know.",
+    ),
+    (
+        "403",
+        "PermissionDenied",
+        "The token's role does not allow this.",
+    ),
+    (
+        "500",
+        "Internal",
+        "An internal error; the message has an id to find in the server log.",
+    ),
+];
+
+/// The OpenAPI 3.1 description of the router, as served at `/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut api = routes().into_openapi();
+    let components = api
+        .components
+        .get_or_insert_with(utoipa::openapi::Components::new);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    for (_, name, description) in SHARED_ANSWERS {
+        let error = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build();
+        let response = ResponseBuilder::new()
+            .description(description)
+            .content("application/json", error)
+            .build();
+        components
+            .responses
+            .insert(name.to_string(), RefOr::T(response));
+    }
+    for item in api.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            if op.security.as_ref().is_none_or(|s| s.is_empty()) {
+                continue;
+            }
+            for (status, name, _) in SHARED_ANSWERS {
+                let answer = RefOr::Ref(Ref::new(format!("#/components/responses/{name}")));
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert(answer);
+            }
+        }
+    }
+    api
+}
+
+/// The document, serialized once.
+static OPENAPI_JSON: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
+    openapi()
+        .to_json()
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+});
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object),
+    )
+)]
+async fn openapi_json() -> Result<Response, ApiError> {
+    let json = OPENAPI_JSON.as_ref().map_err(|e| ApiError::internal(e))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json.clone(),
+    )
+        .into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -102,10 +208,27 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "The process is alive", body = String, content_type = "text/plain", example = "ok\n"),
+    )
+)]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Ready to serve", body = String, content_type = "text/plain", example = "ready\n"),
+        (status = 503, description = "Starting or stopping", body = ErrorBody),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.shell.is_ready() {
         "ready\n".into_response()
@@ -201,6 +324,16 @@ async fn one_gate(state: &AppState, name: &str) -> Result<GateView, ApiError> {
     gate_view(state, live).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/gates",
+    tag = "gates",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every gate with its live figures", body = GateList),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn list_gates(State(state): State<AppState>) -> Result<Json<GateList>, ApiError> {
     let mut gates = Vec::new();
     for live in state.shell.live(None).await? {
@@ -209,6 +342,20 @@ async fn list_gates(State(state): State<AppState>) -> Result<Json<GateList>, Api
     Ok(Json(GateList { gates }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/gates/{name}",
+    tag = "gates",
+    params(
+        ("name" = String, Path, description = "The gate's name"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The gate with its live figures", body = GateView),
+        (status = 404, description = "No such gate", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn get_gate(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -216,6 +363,23 @@ async fn get_gate(
     Ok(Json(one_gate(&state, &name).await?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/gates/{name}",
+    tag = "gates",
+    params(
+        ("name" = String, Path, description = "The gate's name"),
+    ),
+    request_body(content = GateBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = GateView),
+        (status = 200, description = "Replaced", body = GateView),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn put_gate(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -233,6 +397,23 @@ async fn put_gate(
     Ok((status, Json(view)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/gates/{name}",
+    tag = "gates",
+    params(
+        ("name" = String, Path, description = "The gate's name"),
+        ("force" = Option<bool>, Query, description = "Cancel the gate's unfinished tasks instead of answering 409"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 404, description = "No such gate", body = ErrorBody),
+        (status = 409, description = "The gate holds unfinished tasks", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn delete_gate(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -252,6 +433,20 @@ async fn delete_gate(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/gates/{name}/pause",
+    tag = "gates",
+    params(
+        ("name" = String, Path, description = "The gate's name"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Paused", body = GateView),
+        (status = 404, description = "No such gate", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn pause_gate(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -260,6 +455,20 @@ async fn pause_gate(
     Ok(Json(one_gate(&state, &name).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/gates/{name}/resume",
+    tag = "gates",
+    params(
+        ("name" = String, Path, description = "The gate's name"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Resumed; the recovery ramp starts", body = GateView),
+        (status = 404, description = "No such gate", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn resume_gate(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -268,6 +477,20 @@ async fn resume_gate(
     Ok(Json(one_gate(&state, &name).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks",
+    tag = "tasks",
+    request_body(content = TaskBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = TaskView),
+        (status = 200, description = "The task created earlier with the same `idempotency_key`", body = TaskView, headers(("idempotent-replayed" = String, description = "`true`"))),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn create_task(
     State(state): State<AppState>,
     Body(body): Body<TaskBody>,
@@ -290,6 +513,19 @@ async fn create_task(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks/batch",
+    tag = "tasks",
+    request_body(content = BatchBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "All created, ids in order", body = BatchCreated),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit, or more than 10,000 tasks", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn create_batch(
     State(state): State<AppState>,
     Body(body): Body<BatchBody>,
@@ -319,6 +555,20 @@ async fn create_batch(
     Ok((StatusCode::CREATED, Json(BatchCreated { ids })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    params(
+        ("id" = String, Path, description = "The task's id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The task with its attempts", body = TaskView),
+        (status = 400, description = "Not a task id", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+    )
+)]
 async fn get_task(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -340,6 +590,24 @@ async fn get_task(
         .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    tag = "tasks",
+    params(
+        ("gate" = Option<String>, Query, description = "Only this gate's tasks"),
+        ("state" = Option<String>, Query, description = "`scheduled`, `running`, `succeeded`, `failed`, `expired` or `cancelled`"),
+        ("label" = Option<String>, Query, description = "`key:value`", example = "team:billing"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000; default 50", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Tasks, newest first, without attempts", body = TaskList),
+        (status = 400, description = "Invalid query; `field` names the parameter", body = ErrorBody),
+        (status = 404, description = "No such gate", body = ErrorBody),
+    )
+)]
 async fn list_tasks(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -400,6 +668,22 @@ async fn list_tasks(
     Ok(Json(list))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    params(
+        ("id" = String, Path, description = "The task's id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cancelled", body = TaskView),
+        (status = 400, description = "Not a task id", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is not scheduled", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn cancel_task(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -409,6 +693,22 @@ async fn cancel_task(
     Ok(Json(TaskView::new(&task, None)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/retry",
+    tag = "tasks",
+    params(
+        ("id" = String, Path, description = "The task's id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Scheduled again with fresh attempts", body = TaskView),
+        (status = 400, description = "Not a task id", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is not failed or expired, or its gate is gone", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn retry_task(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -431,6 +731,15 @@ async fn read_schedule(state: &AppState, name: String) -> Result<ScheduleView, A
     .map_err(|e| ApiError::internal(&e))?
 }
 
+#[utoipa::path(
+    get,
+    path = "/schedules",
+    tag = "schedules",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every schedule", body = ScheduleList),
+    )
+)]
 async fn list_schedules(State(state): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
     let store = state.store.clone();
     let list = tokio::task::spawn_blocking(move || -> Result<ScheduleList, ApiError> {
@@ -448,6 +757,19 @@ async fn list_schedules(State(state): State<AppState>) -> Result<Json<ScheduleLi
     Ok(Json(list))
 }
 
+#[utoipa::path(
+    get,
+    path = "/schedules/{name}",
+    tag = "schedules",
+    params(
+        ("name" = String, Path, description = "The schedule's name"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The schedule with its next and last runs", body = ScheduleView),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+    )
+)]
 async fn get_schedule(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -455,6 +777,23 @@ async fn get_schedule(
     Ok(Json(read_schedule(&state, name).await?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/schedules/{name}",
+    tag = "schedules",
+    params(
+        ("name" = String, Path, description = "The schedule's name"),
+    ),
+    request_body(content = ScheduleBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = ScheduleView),
+        (status = 200, description = "Replaced", body = ScheduleView),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn put_schedule(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -472,6 +811,20 @@ async fn put_schedule(
     Ok((status, Json(view)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/schedules/{name}",
+    tag = "schedules",
+    params(
+        ("name" = String, Path, description = "The schedule's name"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted; a scheduled occurrence is cancelled"),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn delete_schedule(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -480,6 +833,20 @@ async fn delete_schedule(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/schedules/{name}/pause",
+    tag = "schedules",
+    params(
+        ("name" = String, Path, description = "The schedule's name"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Paused", body = ScheduleView),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn pause_schedule(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -488,6 +855,20 @@ async fn pause_schedule(
     Ok(Json(read_schedule(&state, name).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/schedules/{name}/resume",
+    tag = "schedules",
+    params(
+        ("name" = String, Path, description = "The schedule's name"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Resumed", body = ScheduleView),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn resume_schedule(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -496,10 +877,28 @@ async fn resume_schedule(
     Ok(Json(read_schedule(&state, name).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/complete",
+    tag = "tasks",
+    params(
+        ("id" = String, Path, description = "The task's id"),
+    ),
+    request_body(content = CompleteBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The attempt succeeded; `next` tasks are created", body = TaskView),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Wrong or stale token, or the attempt already ended otherwise", body = ErrorBody),
+        (status = 413, description = "The body or `output` is over the size limit", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn complete_task(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Body(body): Body<wire::CompleteBody>,
+    Body(body): Body<CompleteBody>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     let callback = body.validate(clock::now())?;
@@ -507,20 +906,56 @@ async fn complete_task(
     Ok(Json(TaskView::new(&task, None)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/fail",
+    tag = "tasks",
+    params(
+        ("id" = String, Path, description = "The task's id"),
+    ),
+    request_body(content = FailBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The attempt failed; the task retries or fails", body = TaskView),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Wrong or stale token, or the attempt already ended otherwise", body = ErrorBody),
+        (status = 413, description = "The body is over the size limit", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn fail_task(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Body(body): Body<wire::FailBody>,
+    Body(body): Body<FailBody>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     let task = state.shell.report(id, body.validate()?).await?;
     Ok(Json(TaskView::new(&task, None)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/heartbeat",
+    tag = "tasks",
+    params(
+        ("id" = String, Path, description = "The task's id"),
+    ),
+    request_body(content = HeartbeatBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The lease is extended", body = TaskView),
+        (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Wrong or stale token, or the attempt ended", body = ErrorBody),
+        (status = 413, description = "The body or `progress` is over the size limit", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
 async fn heartbeat_task(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Body(body): Body<wire::HeartbeatBody>,
+    Body(body): Body<HeartbeatBody>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     let task = state.shell.report(id, body.validate()?).await?;

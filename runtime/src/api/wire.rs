@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::core::{
@@ -54,58 +55,83 @@ const MAX_ALLOWED_HOSTS: usize = 256;
 const MAX_ATTEMPTS: u32 = 1_000;
 const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
 
-/// A rate as `"100/s"` or a number per second.
-#[derive(Deserialize, Debug)]
+/// A rate as `"100/s"`, `"30/m"`, `"2/h"` (fractions allowed: `"0.5/s"`), or a
+/// number per second.
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(untagged)]
+#[schema(example = "100/s")]
 pub enum RateBody {
     Text(String),
     Number(f64),
 }
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Debug, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffBody {
+    /// Delay before the first retry, a duration like `"1s"`.
+    #[schema(example = "1s")]
     pub initial: Option<String>,
+    /// Longest delay, a duration like `"10m"`; not below `initial`.
+    #[schema(example = "10m")]
     pub max: Option<String>,
+    /// Growth per retry, 1 to 100.
     pub multiplier: Option<f64>,
     pub jitter: Option<bool>,
 }
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Debug, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBody {
+    /// 1 to 1000; default 5.
     pub max_attempts: Option<u32>,
     pub backoff: Option<BackoffBody>,
+    /// No retry starts later than this after the first attempt, e.g. `"1h"`.
     pub max_retry_duration: Option<String>,
 }
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Debug, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoveryBody {
+    /// Fraction of the rate the ramp starts at, above 0 and at most 1 (1 = no ramp).
     pub start: Option<f64>,
+    /// How long the ramp takes, a duration like `"60s"`.
+    #[schema(example = "60s")]
     pub over: Option<String>,
 }
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Debug, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBody {
+    /// Consecutive failed attempts that open the circuit.
     pub failures: Option<u32>,
+    /// A duration like `"30s"`.
+    #[schema(example = "30s")]
     pub cooldown: Option<String>,
+    /// A duration like `"10m"`.
+    #[schema(example = "10m")]
     pub max_cooldown: Option<String>,
 }
 
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GateBody {
+    /// Absent is refused with 400, so the schema requires it.
+    #[schema(value_type = RateBody, required)]
     pub rate: Option<RateBody>,
+    /// Bucket size; default 1.
     pub burst: Option<u32>,
+    /// Attempts in flight at once; default 10.
     pub concurrency: Option<u32>,
+    /// `host`, `host:port` or `*.example.com`; empty means any public host.
     pub allowed_hosts: Option<Vec<String>>,
+    /// Per-attempt deadline, a duration like `"30s"` (at most 1h).
+    #[schema(example = "30s")]
     pub timeout: Option<String>,
     pub retry: Option<RetryBody>,
     pub recovery: Option<RecoveryBody>,
     /// `null` switches the circuit breaker off; absent keeps the default.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CircuitBody>)]
     pub circuit: Option<Option<CircuitBody>>,
     /// Standard Webhooks secrets; several sign at once during a rotation.
     pub signing_secrets: Option<Vec<String>>,
@@ -329,37 +355,53 @@ impl GateBody {
     }
 }
 
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookBody {
+    /// `http` or `https`.
     pub url: String,
+    /// Default `POST`.
     pub method: Option<String>,
     /// A value is a string, or `{"value": "...", "secret": true}` for one that
     /// is sent but never shown.
+    #[schema(value_type = Option<BTreeMap<String, HeaderInput>>)]
     pub headers: Option<BTreeMap<String, serde_json::Value>>,
+    /// A JSON value is sent as `application/json`; a string is sent as is.
     pub body: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskBody {
     pub gate: String,
+    /// The target; required until plugin tasks exist.
     pub webhook: Option<WebhookBody>,
+    /// `{name, version, input}`: refused for now, this server has no
+    /// WebAssembly runtime yet.
     pub plugin: Option<serde_json::Value>,
+    /// RFC 3339; not together with `delay`. Neither means now.
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
+    /// A duration like `"90s"`.
+    #[schema(example = "90s")]
     pub delay: Option<String>,
     pub max_attempts: Option<u32>,
+    /// A duration like `"30s"`; default the gate's.
     pub timeout: Option<String>,
     pub backoff: Option<BackoffBody>,
+    /// A duration like `"1h"`.
     pub max_retry_duration: Option<String>,
+    /// A duration like `"1h"` after it falls due.
     pub expires_after: Option<String>,
+    /// Per gate: a second create with the same key returns the first task.
     pub idempotency_key: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
+    /// 1 to 10,000 tasks, created all or none.
     pub tasks: Vec<TaskBody>,
 }
 
@@ -579,7 +621,8 @@ fn ms_text(ms: u64) -> String {
     format_duration(Duration::from_millis(ms))
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+/// Durations are strings like `"1s"`, `"10m"`, `"1h30m"`.
 pub struct BackoffView {
     pub initial: String,
     pub max: String,
@@ -587,7 +630,7 @@ pub struct BackoffView {
     pub jitter: bool,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct RetryView {
     pub max_attempts: u32,
     pub backoff: BackoffView,
@@ -595,20 +638,20 @@ pub struct RetryView {
     pub max_retry_duration: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct RecoveryView {
     pub start: f64,
     pub over: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct CircuitView {
     pub failures: u32,
     pub cooldown: String,
     pub max_cooldown: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, ToSchema)]
 pub struct CountersView {
     pub succeeded: u64,
     pub failed: u64,
@@ -618,9 +661,11 @@ pub struct CountersView {
     pub attempts: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct GateView {
     pub name: String,
+    /// Like `"100/s"`.
+    #[schema(example = "100/s")]
     pub rate: String,
     pub rate_per_s: f64,
     pub burst: u32,
@@ -629,12 +674,17 @@ pub struct GateView {
     pub timeout: String,
     pub retry: RetryView,
     pub recovery: RecoveryView,
+    /// `null` when the gate has no circuit breaker.
+    #[schema(required)]
     pub circuit: Option<CircuitView>,
     /// How many signing secrets the gate has; the secrets are never shown.
     pub signing_secrets: usize,
     pub paused: bool,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    /// `open`, `paused`, `tripped`, `probing`, `recovering` or `throttled`.
     pub state: String,
     /// Pending tasks, due or not.
     pub backlog: u64,
@@ -644,11 +694,14 @@ pub struct GateView {
     pub effective_rate: f64,
     pub oldest_due_age_s: f64,
     /// Seconds to start every due task at the effective rate; `null` when paused.
+    #[schema(required)]
     pub eta_drain_s: Option<f64>,
     pub counters: CountersView,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub circuit_open_until: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub throttled_until: Option<String>,
 }
 
@@ -734,11 +787,12 @@ fn retry_view(r: &crate::store::RetryRecord) -> RetryView {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct WebhookView {
     pub url: String,
     pub method: String,
     /// Secret values show as `{"secret": true}`.
+    #[schema(value_type = BTreeMap<String, HeaderShown>)]
     pub headers: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
@@ -770,12 +824,63 @@ impl WebhookView {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+/// A header value as given: plain text, or marked secret. Documentation only:
+/// `header_value` reads it, with errors that never echo the value.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(
+    dead_code,
+    reason = "describes the wire format for the OpenAPI document"
+)]
+pub enum HeaderInput {
+    Plain(String),
+    Marked(MarkedHeader),
+}
+
+/// `{"value": "...", "secret": true}`: sent, but shown as `{"secret": true}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "describes the wire format for the OpenAPI document"
+)]
+pub struct MarkedHeader {
+    pub value: String,
+    pub secret: Option<bool>,
+}
+
+/// A header value as shown: the text, or `{"secret": true}` in place of a
+/// secret one.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(
+    dead_code,
+    reason = "describes the wire format for the OpenAPI document"
+)]
+pub enum HeaderShown {
+    Plain(String),
+    Hidden(HiddenHeader),
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(
+    dead_code,
+    reason = "describes the wire format for the OpenAPI document"
+)]
+pub struct HiddenHeader {
+    pub secret: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct AttemptView {
     pub attempt: u32,
+    #[schema(format = DateTime)]
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub ended_at: Option<String>,
+    /// `running`, `leased`, or how it ended: `succeeded`, `failed`, `rejected`, ...
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -787,10 +892,12 @@ pub struct AttemptView {
     pub response: Option<String>,
     /// While the endpoint holds the attempt as long-running work.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub lease_until: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub heartbeat_at: Option<String>,
 }
 
@@ -818,16 +925,20 @@ impl From<&AttemptRecord> for AttemptView {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct TaskView {
     pub id: String,
     pub gate: String,
+    /// `scheduled`, `running`, `succeeded`, `failed`, `expired` or `cancelled`.
     pub state: String,
     pub webhook: WebhookView,
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// When it was asked to run.
+    #[schema(format = DateTime)]
     pub scheduled_at: String,
     /// When it is next due (differs from `scheduled_at` while a retry waits).
+    #[schema(format = DateTime)]
     pub due_at: String,
     pub max_attempts: u32,
     /// Attempts made so far.
@@ -837,6 +948,7 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_retry_duration: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -844,6 +956,7 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
@@ -882,33 +995,44 @@ impl TaskView {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskView>,
+    /// The `cursor` of the next page; `null` on the last page.
+    #[schema(required)]
     pub next_cursor: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct GateList {
     pub gates: Vec<GateView>,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct BatchCreated {
     pub ids: Vec<String>,
 }
 
 // ---- schedules ----
 
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
+    /// A cron expression; give `cron` or `every`.
+    #[schema(example = "0 9 * * MON-FRI")]
     pub cron: Option<String>,
+    /// A duration like `"15m"`.
     pub every: Option<String>,
+    /// IANA zone for `cron`; default `UTC`.
     pub timezone: Option<String>,
+    /// `skip` (default), `once` or `all`.
     pub misfire: Option<String>,
+    /// 1 to 10,000; default 100.
     pub catchup_limit: Option<u32>,
+    /// A duration like `"30s"`, at most 1d.
     pub jitter: Option<String>,
+    /// The task each occurrence creates, without `run_at`, `delay` or
+    /// `idempotency_key`.
     pub task: TaskBody,
 }
 
@@ -985,14 +1109,15 @@ impl ScheduleBody {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct RunView {
+    #[schema(format = DateTime)]
     pub scheduled_at: String,
     pub task: String,
     pub state: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct TemplateView {
     pub gate: String,
     pub webhook: WebhookView,
@@ -1005,7 +1130,7 @@ pub struct TemplateView {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct ScheduleView {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1013,6 +1138,7 @@ pub struct ScheduleView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub every: Option<String>,
     pub timezone: String,
+    /// `skip`, `once` or `all`.
     pub misfire: String,
     pub catchup_limit: u32,
     pub jitter: String,
@@ -1029,11 +1155,13 @@ pub struct ScheduleView {
     pub skipped: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct ScheduleList {
     pub schedules: Vec<ScheduleView>,
 }
@@ -1110,28 +1238,37 @@ impl ScheduleView {
 /// Most next steps one completion may create.
 pub const MAX_NEXT: usize = 100;
 
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
+    /// The `Sluice-Completion-Token` the attempt was sent.
     pub token: String,
+    /// Kept with the attempt, at most 1 MiB.
     pub output: Option<serde_json::Value>,
+    /// Up to 100 tasks to create in the same commit.
     pub next: Option<Vec<TaskBody>>,
 }
 
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
+    /// The `Sluice-Completion-Token` the attempt was sent.
     pub token: String,
     pub reason: Option<String>,
+    /// Default true; false fails the task without further attempts.
     pub retry: Option<bool>,
+    /// A duration like `"30s"`.
     pub retry_after: Option<String>,
 }
 
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
+    /// The `Sluice-Completion-Token` the attempt was sent.
     pub token: String,
+    /// Kept with the attempt, at most 1 MiB.
     pub progress: Option<serde_json::Value>,
+    /// Extends the lease to this long from now, a duration like `"5m"` (at most 24h).
     pub lease: Option<String>,
 }
 
