@@ -8,6 +8,7 @@
 )]
 
 mod api;
+mod central;
 mod cli;
 mod crash;
 mod delivery;

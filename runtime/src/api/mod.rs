@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+mod metrics;
 pub mod wire;
 
 use std::sync::{Arc, LazyLock};
@@ -33,8 +34,9 @@ use crate::store::{Store, TaskFilter, TaskState};
 pub use error::ApiError;
 use error::ErrorBody;
 use wire::{
-    BatchBody, BatchCreated, CompleteBody, FailBody, GateBody, GateExtra, GateList, GateView,
-    HeartbeatBody, ScheduleBody, ScheduleList, ScheduleView, TaskBody, TaskList, TaskView,
+    BatchBody, BatchCreated, CompleteBody, FORECAST_MINUTES, FailBody, GateBody, GateExtra,
+    GateList, GateView, HeartbeatBody, ScheduleBody, ScheduleList, ScheduleView, TaskBody,
+    TaskList, TaskView,
 };
 
 #[derive(Clone)]
@@ -86,6 +88,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .nest("/v1", v1)
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics::metrics))
 }
 
 #[derive(OpenApi)]
@@ -304,11 +307,12 @@ async fn gate_view(state: &AppState, live: &GateLive) -> Result<GateView, ApiErr
         let due = if exact {
             due_in_memory
         } else {
-            reader.count_due(id, now.as_ms(), 10_000_000)?
+            reader.due_now(id, now.as_ms())?
         };
         Ok(GateExtra {
             due,
             oldest_due_ms: reader.oldest_pending(id)?,
+            forecast: reader.forecast(id, now.as_ms(), FORECAST_MINUTES)?,
         })
     })
     .await

@@ -16,6 +16,7 @@ use crate::core::{
 use crate::dispatch::rfc3339;
 use crate::model::{DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, GateSpec, NewTask};
 use crate::shell::GateLive;
+use crate::shell::stats::{self, Bucket};
 use crate::store::{AttemptRecord, BodyRecord, Counts, TaskRecord, WebhookRecord};
 
 /// Largest webhook body, serialized.
@@ -703,12 +704,82 @@ pub struct GateView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime)]
     pub throttled_until: Option<String>,
+    /// Attempts over the last minute and the last five.
+    pub recent: RecentView,
+    /// The last ten minutes in 10-second steps.
+    pub series: SeriesView,
+    /// Pending tasks falling due in each minute of the next hour.
+    pub forecast: ForecastView,
 }
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct RecentView {
+    #[serde(rename = "1m")]
+    pub one_minute: WindowView,
+    #[serde(rename = "5m")]
+    pub five_minutes: WindowView,
+}
+
+/// Attempts in a recent window (kept in memory: a restart starts afresh).
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct WindowView {
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub success_per_s: f64,
+    pub error_per_s: f64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct SeriesView {
+    pub step_s: u64,
+    /// Oldest first; the last point is the step in progress.
+    pub points: Vec<SeriesPoint>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct SeriesPoint {
+    /// Start of the step.
+    #[schema(format = DateTime)]
+    pub t: String,
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// The backlog at the end of the step (`null` before anything was seen).
+    #[schema(required)]
+    pub backlog: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct ForecastView {
+    /// Start of the current minute: `per_minute[0]` counts the tasks due in it
+    /// (overdue ones of this minute included), `per_minute[i]` those of the
+    /// i-th minute after.
+    #[schema(format = DateTime)]
+    pub from: String,
+    pub per_minute: Vec<u64>,
+}
+
+/// Minutes the forecast covers.
+pub const FORECAST_MINUTES: usize = 60;
 
 /// Figures that need a store read, gathered by the handler.
 pub struct GateExtra {
     pub due: u64,
     pub oldest_due_ms: Option<u64>,
+    pub forecast: Vec<u64>,
+}
+
+fn window_view(series: &[Bucket], now: Timestamp, span_s: u64) -> WindowView {
+    let (started, succeeded, failed) = stats::window(series, now, span_s * 1_000);
+    let per_s = |n: u64| (n as f64 / span_s as f64 * 1_000.0).round() / 1_000.0;
+    WindowView {
+        started,
+        succeeded,
+        failed,
+        success_per_s: per_s(succeeded),
+        error_per_s: per_s(failed),
+    }
 }
 
 impl GateView {
@@ -770,6 +841,28 @@ impl GateView {
                 .throttled_until
                 .filter(|&t| t > now)
                 .map(|t| time(t.as_ms())),
+            recent: RecentView {
+                one_minute: window_view(&live.series, now, 60),
+                five_minutes: window_view(&live.series, now, 300),
+            },
+            series: SeriesView {
+                step_s: stats::STEP_MS / 1_000,
+                points: live
+                    .series
+                    .iter()
+                    .map(|b| SeriesPoint {
+                        t: time(b.start_ms),
+                        started: b.started,
+                        succeeded: b.succeeded,
+                        failed: b.failed,
+                        backlog: b.backlog,
+                    })
+                    .collect(),
+            },
+            forecast: ForecastView {
+                from: time(now.as_ms() - now.as_ms() % 60_000),
+                per_minute: extra.forecast,
+            },
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::store::{
 
 mod leases;
 mod schedules;
+pub mod stats;
 
 pub use leases::Callback;
 
@@ -64,6 +65,8 @@ pub struct GateLive {
     pub record: GateRecord,
     pub view: GateView,
     pub counts: Counts,
+    /// The last ten minutes in 10 s steps, oldest first.
+    pub series: Vec<stats::Bucket>,
 }
 
 pub enum Command {
@@ -126,9 +129,15 @@ pub enum Command {
 pub struct Handle {
     commands: mpsc::Sender<Command>,
     ready: Arc<AtomicBool>,
+    metrics: stats::Metrics,
 }
 
 impl Handle {
+    /// The Prometheus metrics the driver keeps (dispatches, lateness).
+    pub fn metrics(&self) -> &stats::Metrics {
+        &self.metrics
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -271,9 +280,11 @@ pub fn spawn(
 ) -> std::io::Result<(Handle, std::thread::JoinHandle<Result<(), StoreError>>)> {
     let (commands_tx, commands_rx) = mpsc::channel(4_096);
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = stats::Metrics::default();
     let handle = Handle {
         commands: commands_tx,
         ready: ready.clone(),
+        metrics: metrics.clone(),
     };
     let dispatcher =
         Dispatcher::new(options.outbound_hosts.clone()).map_err(std::io::Error::other)?;
@@ -302,6 +313,7 @@ pub fn spawn(
                     }
                 };
                 engine.set_default_secrets(options.signing_secrets.clone());
+                engine.metrics = metrics;
                 ready.store(true, Ordering::Release);
                 let _ = booted_tx.send(Ok(()));
                 let mut runner = Runner {
@@ -355,6 +367,9 @@ pub struct Engine {
     reconfigured: Vec<u32>,
     /// The server-wide signing secrets, for gates without their own.
     default_secrets: Vec<String>,
+    /// Recent attempts per gate, for the live view.
+    series: HashMap<u32, stats::Series>,
+    metrics: stats::Metrics,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so
@@ -418,6 +433,8 @@ impl Engine {
             schedules: BTreeMap::new(),
             reconfigured: Vec::new(),
             default_secrets: Vec::new(),
+            series: HashMap::new(),
+            metrics: stats::Metrics::default(),
         };
         store.write(|tx| {
             driver.last_task_id = tx.last_task_id()?.unwrap_or(0);
@@ -728,6 +745,7 @@ impl Engine {
         if record.ended_at.is_some() {
             return Ok(());
         }
+        self.observe(turn, id, &report)?;
         if let (Some(lease), Outcome::Succeeded) = (report.lease, report.outcome) {
             let until = turn.now.plus(lease);
             record.status = report.status;
@@ -765,6 +783,37 @@ impl Engine {
             },
         );
         self.apply_effects(turn)
+    }
+
+    /// Counts an attempt's end in the gate's recent series and metrics.
+    fn observe(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        id: u64,
+        report: &Report,
+    ) -> Result<(), StoreError> {
+        let Some(gate_id) = turn.task(id)?.map(|t| t.gate_id) else {
+            return Ok(());
+        };
+        let Some(name) = self.gate_names.get(&gate_id) else {
+            return Ok(());
+        };
+        let leased = report.lease.is_some() && report.outcome == Outcome::Succeeded;
+        let outcome = if leased {
+            "leased"
+        } else {
+            report.outcome_name()
+        };
+        self.metrics.ended(name, outcome);
+        if report.outcome != Outcome::Interrupted && !leased {
+            let backlog = self.counts.get(&gate_id).map_or(0, |c| c.pending);
+            self.series.entry(gate_id).or_default().ended(
+                turn.now,
+                report.outcome == Outcome::Succeeded,
+                backlog,
+            );
+        }
+        Ok(())
     }
 
     /// Executes the core's effects into the transaction, in order, and moves
@@ -811,6 +860,9 @@ impl Engine {
                 } => {
                     let now = turn.now;
                     let due = turn.must_task(task.0)?.due_at;
+                    if let Some(name) = self.gate_names.get(&gate.0) {
+                        self.metrics.started(name, now.as_ms().saturating_sub(due));
+                    }
                     let removed = turn.tx.remove_pending(gate.0, due, task.0)?;
                     assert!(removed, "started a task that was not pending");
                     let record = turn.must_task(task.0)?;
@@ -845,6 +897,8 @@ impl Engine {
                         c.running += 1;
                         c.attempts += 1;
                     });
+                    let backlog = self.counts.get(&gate.0).map_or(0, |c| c.pending);
+                    self.series.entry(gate.0).or_default().started(now, backlog);
                     turn.plans.push(plan);
                 }
                 Effect::Requeue { task, gate, due } => {
@@ -1112,10 +1166,17 @@ impl Engine {
             .values()
             .filter(|g| only.is_none_or(|name| g.name == name))
             .filter_map(|g| {
+                let counts = self.counts.get(&g.id).copied().unwrap_or_default();
                 Some(GateLive {
                     record: g.clone(),
                     view: self.core.view(now, GateId(g.id))?,
-                    counts: self.counts.get(&g.id).copied().unwrap_or_default(),
+                    counts,
+                    series: self
+                        .series
+                        .get(&g.id)
+                        .cloned()
+                        .unwrap_or_default()
+                        .snapshot(now, counts.pending),
                 })
             })
             .collect()
@@ -1214,6 +1275,8 @@ impl Engine {
         self.gates.remove(name);
         self.gate_names.remove(&gate.id);
         self.counts.remove(&gate.id);
+        self.series.remove(&gate.id);
+        self.metrics.forget(&gate.name);
         Ok(Ok(()))
     }
 

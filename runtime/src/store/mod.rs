@@ -7,6 +7,7 @@
 
 pub mod records;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -17,7 +18,8 @@ pub use records::{
     WebhookRecord,
 };
 
-const SCHEMA_VERSION: u64 = 1;
+/// 2 added `due_minutes`; a version 1 file is brought up to date on open.
+const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GATES: TableDefinition<&str, &[u8]> = TableDefinition::new("gates");
@@ -33,6 +35,13 @@ const IDEMPOTENCY: TableDefinition<(u32, &str), u64> = TableDefinition::new("ide
 const GATE_TASKS: TableDefinition<(u32, u64), ()> = TableDefinition::new("gate_tasks");
 const COUNTS: TableDefinition<u32, &[u8]> = TableDefinition::new("counts");
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+/// (gate id, minute since the epoch) → pending tasks due in that minute: the
+/// forecast and the due count without a scan of `pending`.
+const DUE_MINUTES: TableDefinition<(u32, u64), u64> = TableDefinition::new("due_minutes");
+
+const MINUTE_MS: u64 = 60_000;
+/// Most rows `due_now` reads one by one.
+const DUE_SCAN_LIMIT: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -90,6 +99,9 @@ pub struct Tx<'t> {
     gate_tasks: redb::Table<'t, (u32, u64), ()>,
     counts: redb::Table<'t, u32, &'static [u8]>,
     schedules: redb::Table<'t, &'static str, &'static [u8]>,
+    due_minutes: redb::Table<'t, (u32, u64), u64>,
+    /// Changes to `due_minutes` in this transaction, written once at its end.
+    due_deltas: HashMap<(u32, u64), i64>,
 }
 
 impl Store {
@@ -105,6 +117,10 @@ impl Store {
             let found = tx.meta.get("schema_version")?.map(|v| v.value());
             match found {
                 None => {
+                    tx.meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                Some(1) => {
+                    tx.count_due_minutes()?;
                     tx.meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
@@ -150,8 +166,12 @@ impl Store {
                 gate_tasks: txn.open_table(GATE_TASKS)?,
                 counts: txn.open_table(COUNTS)?,
                 schedules: txn.open_table(SCHEDULES)?,
+                due_minutes: txn.open_table(DUE_MINUTES)?,
+                due_deltas: HashMap::new(),
             };
-            f(&mut tx)?
+            let result = f(&mut tx)?;
+            tx.flush_due_minutes()?;
+            result
         };
         txn.commit()?;
         Ok(result)
@@ -217,12 +237,57 @@ impl Tx<'_> {
     }
 
     pub fn insert_pending(&mut self, gate_id: u32, due: u64, task_id: u64) -> Result<()> {
-        self.pending.insert((gate_id, due, task_id), ())?;
+        if self.pending.insert((gate_id, due, task_id), ())?.is_none() {
+            *self
+                .due_deltas
+                .entry((gate_id, due / MINUTE_MS))
+                .or_default() += 1;
+        }
         Ok(())
     }
 
     pub fn remove_pending(&mut self, gate_id: u32, due: u64, task_id: u64) -> Result<bool> {
-        Ok(self.pending.remove((gate_id, due, task_id))?.is_some())
+        let removed = self.pending.remove((gate_id, due, task_id))?.is_some();
+        if removed {
+            *self
+                .due_deltas
+                .entry((gate_id, due / MINUTE_MS))
+                .or_default() -= 1;
+        }
+        Ok(removed)
+    }
+
+    /// Writes this transaction's changes to the per-minute counts.
+    fn flush_due_minutes(&mut self) -> Result<()> {
+        for ((gate_id, minute), delta) in self.due_deltas.drain() {
+            if delta == 0 {
+                continue;
+            }
+            let old = self
+                .due_minutes
+                .get((gate_id, minute))?
+                .map_or(0, |v| v.value());
+            let new = old.saturating_add_signed(delta);
+            if new == 0 {
+                self.due_minutes.remove((gate_id, minute))?;
+            } else {
+                self.due_minutes.insert((gate_id, minute), new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds `due_minutes` from `pending` (upgrading a version 1 file).
+    fn count_due_minutes(&mut self) -> Result<()> {
+        let mut counts: HashMap<(u32, u64), u64> = HashMap::new();
+        for entry in self.pending.iter()? {
+            let (gate_id, due, _) = entry?.0.value();
+            *counts.entry((gate_id, due / MINUTE_MS)).or_default() += 1;
+        }
+        for (key, n) in counts {
+            self.due_minutes.insert(key, n)?;
+        }
+        Ok(())
     }
 
     /// Pending keys of a gate from `from` on: at most `limit`, none due after
@@ -414,18 +479,42 @@ impl Reader {
         })
     }
 
-    /// Pending tasks of a gate due at or before `now`, counted up to `cap`.
-    pub fn count_due(&self, gate_id: u32, now: u64, cap: u64) -> Result<u64> {
-        let table = self.txn.open_table(PENDING)?;
+    /// Pending tasks of a gate due in each of the `n` minutes from the one
+    /// holding `from` (ms): read from the per-minute counters, not a scan.
+    pub fn forecast(&self, gate_id: u32, from: u64, n: usize) -> Result<Vec<u64>> {
+        let table = self.txn.open_table(DUE_MINUTES)?;
+        let first = from / MINUTE_MS;
+        let mut out = vec![0; n];
+        for entry in table.range((gate_id, first)..(gate_id, first + n as u64))? {
+            let (key, count) = entry?;
+            let index = (key.value().1 - first) as usize;
+            out[index] = count.value();
+        }
+        Ok(out)
+    }
+
+    /// Pending tasks of a gate due at or before `now`: whole minutes from the
+    /// counters, and the current minute's own rows up to `now`.
+    pub fn due_now(&self, gate_id: u32, now: u64) -> Result<u64> {
+        let table = self.txn.open_table(DUE_MINUTES)?;
+        let minute = now / MINUTE_MS;
         let mut n = 0;
-        for entry in table.range((gate_id, 0, 0)..=(gate_id, now, u64::MAX))? {
+        for entry in table.range((gate_id, 0)..(gate_id, minute))? {
+            n += entry?.1.value();
+        }
+        // The current minute row by row, up to a bound: past it (a herd of
+        // tasks due in the same minute) the whole minute counts as due.
+        let pending = self.txn.open_table(PENDING)?;
+        let mut in_minute = 0;
+        for entry in pending.range((gate_id, minute * MINUTE_MS, 0)..=(gate_id, now, u64::MAX))? {
             entry?;
-            n += 1;
-            if n >= cap {
-                break;
+            in_minute += 1;
+            if in_minute == DUE_SCAN_LIMIT {
+                let whole = table.get((gate_id, minute))?.map_or(0, |v| v.value());
+                return Ok(n + whole.max(in_minute));
             }
         }
-        Ok(n)
+        Ok(n + in_minute)
     }
 
     /// Tasks newest first, starting below `before` (a task id), with the cursor to
@@ -500,5 +589,88 @@ impl Reader {
 
     pub fn task_count(&self) -> Result<u64> {
         Ok(self.txn.open_table(TASKS)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = MINUTE_MS;
+
+    fn add(store: &Store, gate: u32, dues: &[u64], first_id: u64) {
+        store
+            .write(|tx| {
+                for (i, &due) in dues.iter().enumerate() {
+                    tx.insert_pending(gate, due, first_id + i as u64)?;
+                }
+                Ok(())
+            })
+            .expect("write");
+    }
+
+    #[test]
+    fn minute_counters_follow_pending() {
+        let store = Store::in_memory().expect("store");
+        let now = 1_000 * MIN + 30_000;
+        // Overdue (two minutes back, and earlier this minute), due later this
+        // minute, in five minutes, and in an hour and a half (past the forecast).
+        add(&store, 1, &[998 * MIN, 998 * MIN + 1, now - 10_000], 1);
+        add(
+            &store,
+            1,
+            &[now + 5_000, now + 5 * MIN, now + 5 * MIN + 1],
+            10,
+        );
+        add(&store, 1, &[now + 90 * MIN], 20);
+        add(&store, 2, &[now - 1], 30);
+        let r = store.read().expect("read");
+        assert_eq!(r.due_now(1, now).expect("due"), 3);
+        assert_eq!(r.due_now(2, now).expect("due"), 1);
+        let f = r.forecast(1, now, 60).expect("forecast");
+        assert_eq!(f.len(), 60);
+        assert_eq!((f[0], f[5]), (2, 2), "{f:?}");
+        assert_eq!(f.iter().sum::<u64>(), 4);
+        drop(r);
+        // Starting (removing) tasks takes them out; a key removed twice counts once.
+        store
+            .write(|tx| {
+                assert!(tx.remove_pending(1, 998 * MIN, 1)?);
+                assert!(!tx.remove_pending(1, 998 * MIN, 1)?);
+                assert!(tx.remove_pending(1, now + 5_000, 10)?);
+                Ok(())
+            })
+            .expect("write");
+        let r = store.read().expect("read");
+        assert_eq!(r.due_now(1, now).expect("due"), 2);
+        assert_eq!(r.forecast(1, now, 60).expect("forecast")[0], 1);
+        // A key inserted twice counts once.
+        drop(r);
+        add(&store, 1, &[now + 5 * MIN], 11);
+        let r = store.read().expect("read");
+        assert_eq!(r.forecast(1, now, 60).expect("forecast")[5], 2);
+    }
+
+    #[test]
+    fn a_version_1_file_gets_its_counters_on_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("v1.redb");
+        let now = 500 * MIN;
+        {
+            let store = Store::open(&path).expect("open");
+            add(&store, 7, &[now - MIN, now + 3 * MIN, now + 3 * MIN + 5], 1);
+            // Make it a version 1 file: no counters table.
+            let txn = store.db.begin_write().expect("txn");
+            txn.delete_table(DUE_MINUTES).expect("delete");
+            txn.open_table(META)
+                .expect("meta")
+                .insert("schema_version", 1)
+                .expect("version");
+            txn.commit().expect("commit");
+        }
+        let store = Store::open(&path).expect("reopen");
+        let r = store.read().expect("read");
+        assert_eq!(r.due_now(7, now).expect("due"), 1);
+        assert_eq!(r.forecast(7, now, 60).expect("forecast")[3], 2);
     }
 }
