@@ -67,6 +67,9 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, env = "SLUICE_TLS_KEY")]
         tls_key: Option<PathBuf>,
+        /// How long finished tasks and their history are kept [default: 7d].
+        #[arg(long, env = "SLUICE_RETENTION")]
+        retention: Option<String>,
         /// A TOML file with the same settings.
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
@@ -360,6 +363,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             shutdown_grace,
             tls_cert,
             tls_key,
+            retention,
             config,
         } => serve(Flags {
             data_dir,
@@ -367,6 +371,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             grace: shutdown_grace,
             tls_cert,
             tls_key,
+            retention,
             config,
         })
         .await

@@ -31,6 +31,8 @@ pub struct FileConfig {
     /// When set, the only hosts any outgoing request may reach, whatever a
     /// gate allows (patterns as in a gate's `allowed_hosts`).
     pub outbound_hosts: Option<Vec<String>>,
+    /// How long finished tasks and their history are kept, e.g. `"7d"`.
+    pub retention: Option<String>,
 }
 
 /// One `[[tokens]]` entry of the config file.
@@ -58,6 +60,7 @@ pub struct Flags {
     pub grace: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub retention: Option<String>,
     pub config: Option<PathBuf>,
 }
 
@@ -80,6 +83,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Empty: no server-wide limit beyond the gates' own rules.
     pub outbound_hosts: Vec<String>,
+    /// Finished tasks and their attempts are removed this long after they end.
+    pub retention: Duration,
 }
 
 /// A comma-separated environment variable, if set.
@@ -104,6 +109,7 @@ impl ServerConfig {
             tokens: Tokens::default(),
             tls: None,
             outbound_hosts: Vec::new(),
+            retention: crate::shell::DEFAULT_RETENTION,
         }
     }
 
@@ -157,6 +163,13 @@ impl ServerConfig {
             (None, None) => None,
             _ => bail!("TLS needs both --tls-cert and --tls-key"),
         };
+        let retention = match flags.retention.or(file.retention) {
+            Some(text) => parse_duration(&text).with_context(|| format!("retention {text:?}"))?,
+            None => crate::shell::DEFAULT_RETENTION,
+        };
+        if retention < Duration::from_secs(1) {
+            bail!("retention must be at least 1s");
+        }
         let outbound_hosts = env_list("SLUICE_OUTBOUND_HOSTS")
             .or(file.outbound_hosts)
             .unwrap_or_default();
@@ -171,6 +184,7 @@ impl ServerConfig {
             tokens: Tokens::new(token_entries),
             tls,
             outbound_hosts,
+            retention,
         };
         config.check()?;
         Ok(config)

@@ -79,6 +79,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         grace: config.grace,
         signing_secrets: config.signing_secrets.clone(),
         outbound_hosts: config.outbound_hosts.clone(),
+        retention: config.retention,
     };
     let (handle, driver) = shell::spawn(store.clone(), options, stop_rx.clone())?;
     let app = api::router(AppState {

@@ -112,3 +112,81 @@ async fn gate_figures_and_metrics_match_what_happened() {
         .expect("text");
     assert!(!text.contains("gate=\"g\""), "{text}");
 }
+
+/// Finished tasks go after `retention`, with their history and idempotency
+/// keys; unfinished ones and the gate's lifetime counters stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_finished_tasks_in_the_background() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start_with(dir.path(), |c| {
+        c.retention = Duration::from_secs(2);
+    })
+    .await;
+    let sink = Sink::start().await;
+    sink.behave(|hit, _| {
+        if hit.headers.get("x-fail").is_some() {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let c = server.client();
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let mut finished = Vec::new();
+    for i in 0..5 {
+        let t = c
+            .create(json!({ "gate": "g", "webhook": { "url": sink.url("/r") }, "idempotency_key": format!("k{i}") }))
+            .await;
+        finished.push(t["id"].as_str().expect("id").to_string());
+    }
+    let failing = c
+        .create(json!({ "gate": "g", "webhook": { "url": sink.url("/f"), "headers": { "X-Fail": "1" } }, "max_attempts": 1 }))
+        .await;
+    finished.push(failing["id"].as_str().expect("id").to_string());
+    let waiting = c
+        .create(json!({ "gate": "g", "webhook": { "url": sink.url("/w") }, "delay": "1h" }))
+        .await;
+    let waiting = waiting["id"].as_str().expect("id").to_string();
+    for id in &finished[..5] {
+        c.wait_state(id, "succeeded", Duration::from_secs(10)).await;
+    }
+    c.wait_state(&finished[5], "failed", Duration::from_secs(10))
+        .await;
+
+    // Polling the API is the event: removal is only visible through it.
+    let start = sluice::clock::instant();
+    for id in &finished {
+        loop {
+            let (status, _) = c.send("GET", &format!("/v1/tasks/{id}"), None).await;
+            if status == 404 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "task {id} was never pruned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (status, kept) = c.send("GET", &format!("/v1/tasks/{waiting}"), None).await;
+    assert_eq!(status, 200, "{kept}");
+    let (_, list) = c.send("GET", "/v1/tasks?gate=g", None).await;
+    let ids: Vec<&str> = list["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![waiting.as_str()]);
+    let (_, g) = c.send("GET", "/v1/gates/g", None).await;
+    assert_eq!(g["counters"]["succeeded"], 5, "{g}");
+    assert_eq!(g["counters"]["failed"], 1);
+    assert_eq!(g["backlog"], 1);
+    // The key of a pruned task is free again.
+    let again = c
+        .create(
+            json!({ "gate": "g", "webhook": { "url": sink.url("/r") }, "idempotency_key": "k0" }),
+        )
+        .await;
+    assert_ne!(again["id"], json!(finished[0]));
+}

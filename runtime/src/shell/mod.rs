@@ -250,6 +250,8 @@ pub struct Options {
     pub signing_secrets: Vec<String>,
     /// When not empty, the only hosts outgoing requests may reach.
     pub outbound_hosts: Vec<String>,
+    /// Finished tasks and their history are kept this long.
+    pub retention: Duration,
 }
 
 impl Default for Options {
@@ -259,9 +261,16 @@ impl Default for Options {
             grace: Duration::from_secs(10),
             signing_secrets: Vec::new(),
             outbound_hosts: Vec::new(),
+            retention: DEFAULT_RETENTION,
         }
     }
 }
+
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3_600);
+
+/// Finished tasks removed per retention commit: small, so dispatch turns
+/// interleave with a large clean-up instead of waiting for it.
+const PRUNE_BATCH: usize = 1_000;
 
 /// The release pacer runs this fraction of the gate's rate.
 const PACER_MARGIN: f64 = 0.997;
@@ -323,6 +332,7 @@ pub fn spawn(
                     reports: reports_tx,
                     grace: options.grace,
                     pacers: HashMap::new(),
+                    retention: options.retention,
                 };
                 let result = runner.run(commands_rx, reports_rx, &mut shutdown).await;
                 ready.store(false, Ordering::Release);
@@ -349,6 +359,7 @@ struct Runner {
     /// Per gate, release tokens (negative: releases reserved ahead) and when they
     /// were counted; see `release_at`.
     pacers: HashMap<u32, (f64, std::time::Instant)>,
+    retention: Duration,
 }
 
 /// The shell's logic without its I/O loop: it owns the core and every write to
@@ -520,6 +531,19 @@ impl Engine {
     }
 
     /// When `turn` should next run without new input.
+    /// Removes one batch of tasks that finished more than `retention` ago.
+    /// Returns whether more are waiting.
+    pub fn prune(&mut self, now: Timestamp, retention: Duration) -> Result<bool, StoreError> {
+        let before = now
+            .as_ms()
+            .saturating_sub(crate::core::time::duration_ms(retention));
+        let (removed, more) = self.store.write(|tx| tx.prune(before, PRUNE_BATCH))?;
+        if removed > 0 {
+            tracing::debug!(removed, "retention: removed finished tasks");
+        }
+        Ok(more)
+    }
+
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         if self.shutting_down {
             None
@@ -557,6 +581,11 @@ impl Runner {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), StoreError> {
         let mut grace_until: Option<tokio::time::Instant> = None;
+        // Retention runs a tenth of its period apart (at most a minute), in
+        // small commits back to back while there is a backlog of old tasks.
+        let prune_every =
+            (self.retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut next_prune = tokio::time::Instant::from_std(clock::instant() + prune_every);
         loop {
             let mut batch_commands = Vec::new();
             let mut batch_reports = Vec::new();
@@ -573,6 +602,12 @@ impl Runner {
                 Some(report) = reports.recv() => batch_reports.push(report),
                 Some(command) = commands.recv() => batch_commands.push(command),
                 () = sleep_until(wake), if wake.is_some() => {}
+                () = tokio::time::sleep_until(next_prune), if grace_until.is_none() => {
+                    let more = self.engine.prune(clock::now(), self.retention)?;
+                    let pause = if more { Duration::from_millis(10) } else { prune_every };
+                    next_prune = tokio::time::Instant::from_std(clock::instant() + pause);
+                    continue;
+                }
                 () = sleep_until_instant(grace_until), if grace_until.is_some() => {
                     tracing::warn!(in_flight = self.engine.running(), "grace period over; unfinished attempts will be retried after restart");
                     return Ok(());

@@ -18,7 +18,8 @@ pub use records::{
     WebhookRecord,
 };
 
-/// 2 added `due_minutes`; a version 1 file is brought up to date on open.
+/// 2 added `due_minutes` and `finished`; a version 1 file is brought up to date
+/// on open.
 const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -38,6 +39,9 @@ const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules"
 /// (gate id, minute since the epoch) → pending tasks due in that minute: the
 /// forecast and the due count without a scan of `pending`.
 const DUE_MINUTES: TableDefinition<(u32, u64), u64> = TableDefinition::new("due_minutes");
+
+/// (finished at, task id): finished tasks in the order retention removes them.
+const FINISHED: TableDefinition<(u64, u64), ()> = TableDefinition::new("finished");
 
 const MINUTE_MS: u64 = 60_000;
 /// Most rows `due_now` reads one by one.
@@ -100,6 +104,7 @@ pub struct Tx<'t> {
     counts: redb::Table<'t, u32, &'static [u8]>,
     schedules: redb::Table<'t, &'static str, &'static [u8]>,
     due_minutes: redb::Table<'t, (u32, u64), u64>,
+    finished: redb::Table<'t, (u64, u64), ()>,
     /// Changes to `due_minutes` in this transaction, written once at its end.
     due_deltas: HashMap<(u32, u64), i64>,
 }
@@ -121,6 +126,7 @@ impl Store {
                 }
                 Some(1) => {
                     tx.count_due_minutes()?;
+                    tx.index_finished()?;
                     tx.meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
@@ -167,6 +173,7 @@ impl Store {
                 counts: txn.open_table(COUNTS)?,
                 schedules: txn.open_table(SCHEDULES)?,
                 due_minutes: txn.open_table(DUE_MINUTES)?,
+                finished: txn.open_table(FINISHED)?,
                 due_deltas: HashMap::new(),
             };
             let result = f(&mut tx)?;
@@ -225,8 +232,71 @@ impl Tx<'_> {
             .transpose()
     }
 
+    /// Writes a task; a finished one also enters the retention index.
     pub fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
         self.tasks.insert(task.id, encode(task).as_slice())?;
+        if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
+            self.finished.insert((at, task.id), ())?;
+        }
+        Ok(())
+    }
+
+    /// Removes up to `limit` tasks that finished before `before`, with their
+    /// attempts, listing entries and idempotency keys. An index entry whose task
+    /// has run again since (an operator retry) is dropped, the task kept.
+    /// Returns how many tasks went and whether more are waiting.
+    pub fn prune(&mut self, before: u64, limit: usize) -> Result<(usize, bool)> {
+        let mut keys = Vec::with_capacity(limit);
+        for entry in self.finished.range((0, 0)..(before, 0))? {
+            keys.push(entry?.0.value());
+            if keys.len() > limit {
+                break;
+            }
+        }
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let mut removed = 0;
+        for (at, id) in keys {
+            self.finished.remove((at, id))?;
+            let Some(task) = self.task(id)? else {
+                continue;
+            };
+            if !task.state.is_final() || task.finished_at != Some(at) {
+                continue;
+            }
+            self.tasks.remove(id)?;
+            let attempts: Vec<(u64, u32)> = self
+                .attempts
+                .range((id, 0)..=(id, u32::MAX))?
+                .map(|e| e.map(|(k, _)| k.value()))
+                .collect::<std::result::Result<_, _>>()?;
+            for key in attempts {
+                self.attempts.remove(key)?;
+            }
+            self.gate_tasks.remove((task.gate_id, id))?;
+            if let Some(key) = &task.idempotency_key
+                && self.idempotent(task.gate_id, key)? == Some(id)
+            {
+                self.idempotency.remove((task.gate_id, key.as_str()))?;
+            }
+            removed += 1;
+        }
+        Ok((removed, more))
+    }
+
+    /// Builds `finished` from the tasks (upgrading a version 1 file).
+    fn index_finished(&mut self) -> Result<()> {
+        let mut keys = Vec::new();
+        for entry in self.tasks.iter()? {
+            let (_, bytes) = entry?;
+            let task: TaskRecord = decode("tasks", bytes.value())?;
+            if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
+                keys.push((at, task.id));
+            }
+        }
+        for key in keys {
+            self.finished.insert(key, ())?;
+        }
         Ok(())
     }
 
@@ -672,5 +742,51 @@ mod tests {
         let r = store.read().expect("read");
         assert_eq!(r.due_now(7, now).expect("due"), 1);
         assert_eq!(r.forecast(7, now, 60).expect("forecast")[3], 2);
+    }
+
+    fn task(id: u64, state: &str, finished_at: Option<u64>) -> TaskRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "gate": "g", "gate_id": 1, "state": state,
+            "webhook": { "url": "https://a.example/", "method": "POST", "headers": {}, "body": null },
+            "created_at": 1, "scheduled_at": 1, "due_at": 1, "timeout_ms": 1000,
+            "retry": { "max_attempts": 3, "initial_ms": 1, "max_ms": 1, "multiplier": 2.0,
+                       "jitter": false, "max_retry_duration_ms": null },
+            "expires_at": null, "idempotency_key": format!("key{id}"), "labels": {},
+            "attempts": 1, "first_attempt_at": 1, "last_error": null, "finished_at": finished_at,
+        }))
+        .expect("record")
+    }
+
+    #[test]
+    fn retention_spares_a_task_that_runs_again() {
+        let store = Store::in_memory().expect("store");
+        store
+            .write(|tx| {
+                for id in [1, 2] {
+                    tx.put_task(&task(id, "failed", Some(100)))?;
+                    tx.put_idempotent(1, &format!("key{id}"), id)?;
+                    tx.index_task(1, id)?;
+                }
+                // Task 2 is retried by an operator: scheduled again.
+                tx.put_task(&task(2, "scheduled", None))?;
+                Ok(())
+            })
+            .expect("write");
+        let (removed, more) = store.write(|tx| tx.prune(1_000, 10)).expect("prune");
+        assert_eq!((removed, more), (1, false));
+        let r = store.read().expect("read");
+        assert!(r.task(1).expect("read").is_none());
+        assert!(r.task(2).expect("read").is_some(), "a live task was pruned");
+        drop(r);
+        store
+            .write(|tx| {
+                assert_eq!(tx.idempotent(1, "key1")?, None);
+                assert_eq!(tx.idempotent(1, "key2")?, Some(2));
+                Ok(())
+            })
+            .expect("read keys");
+        // Nothing older is left to do.
+        let again = store.write(|tx| tx.prune(1_000, 10)).expect("prune");
+        assert_eq!(again, (0, false));
     }
 }
