@@ -1147,8 +1147,8 @@ fn status_table(v: &Value) -> String {
                 format!("{}/{}", format_rate(eff), g["rate"].as_str().unwrap_or("")),
                 format!(
                     "{}/{}",
-                    num(&g["counters"]["succeeded"]),
-                    num(&g["counters"]["failed"])
+                    num(&g["recent"]["5m"]["succeeded"]),
+                    num(&g["recent"]["5m"]["failed"])
                 ),
                 g["eta_drain_s"].as_f64().map_or("-".into(), age),
             ]
@@ -1163,7 +1163,7 @@ fn status_table(v: &Value) -> String {
             "AGE",
             "INFLIGHT/LIMIT",
             "RATE(EFF/CONF)",
-            "OK/FAIL",
+            "OK/FAIL(5m)",
             "ETA",
         ],
         &rows,

@@ -111,3 +111,51 @@ async fn cli_tables_json_and_exit_codes() {
     assert_eq!(code("usage"), Some(2), "usage error");
     assert_eq!(code("down"), Some(1), "server unreachable");
 }
+
+/// `status --watch` redraws in place: each frame clears the screen and shows
+/// the figures of that moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_redraws_in_place() {
+    use std::io::Read;
+    let server = Server::start().await;
+    let sink = Sink::start().await;
+    let c = server.client();
+    c.put_gate("watched", crate::support::gate_for(&sink, "10/s"))
+        .await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["status", "--watch", "--server", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let mut stdout = child.stdout.take().expect("stdout");
+    // Read until a third frame begins, so two are whole (two refreshes), for
+    // at most 15 s.
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let clears = |s: &[u8]| s.windows(4).filter(|w| w == b"\x1b[2J").count();
+        while clears(&seen) < 3 {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        seen
+    });
+    let start = sluice::clock::instant();
+    while !reader.is_finished() && start.elapsed() < std::time::Duration::from_secs(15) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = reader.join().expect("reader");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.matches("\x1b[2J").count() >= 3, "{text}");
+    let frames: Vec<&str> = text.split("\x1b[2J\x1b[H").skip(1).take(2).collect();
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.contains("watched") && f.contains("10/s")),
+        "{text}"
+    );
+}
