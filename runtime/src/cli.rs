@@ -79,7 +79,7 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
         /// Print JSON.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
     },
     /// Manage gates.
