@@ -378,8 +378,8 @@ pub struct Engine {
     reconfigured: Vec<u32>,
     /// The server-wide signing secrets, for gates without their own.
     default_secrets: Vec<String>,
-    /// Recent attempts per gate, for the live view.
-    series: HashMap<u32, stats::Series>,
+    /// Recent attempts and metrics per gate.
+    stats: HashMap<u32, stats::GateStats>,
     metrics: stats::Metrics,
 }
 
@@ -444,7 +444,7 @@ impl Engine {
             schedules: BTreeMap::new(),
             reconfigured: Vec::new(),
             default_secrets: Vec::new(),
-            series: HashMap::new(),
+            stats: HashMap::new(),
             metrics: stats::Metrics::default(),
         };
         store.write(|tx| {
@@ -839,15 +839,14 @@ impl Engine {
         } else {
             report.outcome_name()
         };
-        self.metrics.ended(name, outcome);
-        if report.outcome != Outcome::Interrupted && !leased {
-            let backlog = self.counts.get(&gate_id).map_or(0, |c| c.pending);
-            self.series.entry(gate_id).or_default().ended(
-                turn.now,
-                report.outcome == Outcome::Succeeded,
-                backlog,
-            );
-        }
+        let verdict = (report.outcome != Outcome::Interrupted && !leased)
+            .then_some(report.outcome == Outcome::Succeeded);
+        let backlog = self.counts.get(&gate_id).map_or(0, |c| c.pending);
+        let metrics = &self.metrics;
+        self.stats
+            .entry(gate_id)
+            .or_insert_with(|| metrics.gate(name))
+            .ended(turn.now, outcome, verdict, backlog);
         Ok(())
     }
 
@@ -895,9 +894,6 @@ impl Engine {
                 } => {
                     let now = turn.now;
                     let due = turn.must_task(task.0)?.due_at;
-                    if let Some(name) = self.gate_names.get(&gate.0) {
-                        self.metrics.started(name, now.as_ms().saturating_sub(due));
-                    }
                     let removed = turn.tx.remove_pending(gate.0, due, task.0)?;
                     assert!(removed, "started a task that was not pending");
                     let record = turn.must_task(task.0)?;
@@ -933,7 +929,13 @@ impl Engine {
                         c.attempts += 1;
                     });
                     let backlog = self.counts.get(&gate.0).map_or(0, |c| c.pending);
-                    self.series.entry(gate.0).or_default().started(now, backlog);
+                    if let Some(name) = self.gate_names.get(&gate.0) {
+                        let metrics = &self.metrics;
+                        self.stats
+                            .entry(gate.0)
+                            .or_insert_with(|| metrics.gate(name))
+                            .started(now, now.as_ms().saturating_sub(due), backlog);
+                    }
                     turn.plans.push(plan);
                 }
                 Effect::Requeue { task, gate, due } => {
@@ -1207,9 +1209,9 @@ impl Engine {
                     view: self.core.view(now, GateId(g.id))?,
                     counts,
                     series: self
-                        .series
+                        .stats
                         .get(&g.id)
-                        .cloned()
+                        .map(|s| s.series.clone())
                         .unwrap_or_default()
                         .snapshot(now, counts.pending),
                 })
@@ -1310,7 +1312,7 @@ impl Engine {
         self.gates.remove(name);
         self.gate_names.remove(&gate.id);
         self.counts.remove(&gate.id);
-        self.series.remove(&gate.id);
+        self.stats.remove(&gate.id);
         self.metrics.forget(&gate.name);
         Ok(Ok(()))
     }

@@ -167,22 +167,50 @@ pub const OUTCOMES: [&str; 8] = [
     "leased",
 ];
 
-impl Metrics {
-    pub fn started(&self, gate: &str, lateness_ms: u64) {
-        self.lateness
-            .get_or_create(&GateLabel {
-                gate: gate.to_string(),
-            })
-            .observe(lateness_ms as f64 / 1_000.0);
+/// One gate's figures: its recent series and handles on its metrics, looked up
+/// once so that an attempt costs a few atomic adds, not label lookups.
+pub struct GateStats {
+    pub series: Series,
+    lateness: Histogram,
+    dispatches: [Counter; OUTCOMES.len()],
+}
+
+impl GateStats {
+    pub fn started(&mut self, now: Timestamp, lateness_ms: u64, backlog: u64) {
+        self.lateness.observe(lateness_ms as f64 / 1_000.0);
+        self.series.started(now, backlog);
     }
 
-    pub fn ended(&self, gate: &str, outcome: &str) {
-        self.dispatches
-            .get_or_create(&OutcomeLabel {
-                gate: gate.to_string(),
-                outcome: outcome.to_string(),
-            })
-            .inc();
+    /// `outcome` is one of [`OUTCOMES`]; `success` is `None` for an end that
+    /// is not a verdict on the endpoint (interrupted, or leased).
+    pub fn ended(&mut self, now: Timestamp, outcome: &str, success: Option<bool>, backlog: u64) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.dispatches[i].inc();
+        }
+        if let Some(success) = success {
+            self.series.ended(now, success, backlog);
+        }
+    }
+}
+
+impl Metrics {
+    /// The figures of a gate, registered under its name.
+    pub fn gate(&self, gate: &str) -> GateStats {
+        let label = GateLabel {
+            gate: gate.to_string(),
+        };
+        GateStats {
+            series: Series::default(),
+            lateness: self.lateness.get_or_create(&label).clone(),
+            dispatches: OUTCOMES.map(|outcome| {
+                self.dispatches
+                    .get_or_create(&OutcomeLabel {
+                        gate: gate.to_string(),
+                        outcome: outcome.to_string(),
+                    })
+                    .clone()
+            }),
+        }
     }
 
     pub fn forget(&self, gate: &str) {
