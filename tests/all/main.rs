@@ -10,6 +10,7 @@
 mod api;
 mod cli;
 mod crash;
+mod dashboard;
 mod delivery;
 mod leases;
 mod openapi;
