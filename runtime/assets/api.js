@@ -22,7 +22,7 @@ export function setToken(value) {
 }
 
 /** Sends one request; resolves to the parsed JSON body, throws ApiError otherwise. */
-export async function call(method, path, signal) {
+async function call(method, path, signal) {
   const headers = { accept: 'application/json' };
   const bearer = token();
   if (bearer) headers.authorization = `Bearer ${bearer}`;

@@ -70,6 +70,11 @@ export function bothZones(iso) {
   return `${date.toISOString()} (local ${date.toLocaleString()})`;
 }
 
+/** A field name as a label: "created_at" → "Created at". */
+export function label(key) {
+  return key.charAt(0).toUpperCase() + key.slice(1).replaceAll('_', ' ');
+}
+
 /** hh:mm:ss of a Date, in the reader's zone. */
 export function clock(date) {
   return date.toLocaleTimeString(undefined, { hour12: false });

@@ -3,7 +3,7 @@
 import { enc, get, post, withQuery } from './api.js';
 import { barChart, lineChart, sparkline } from './charts.js';
 import { badge, facts, h, icon, link, section, table, time } from './dom.js';
-import { count, decimal, duration, inUnitOf, rate, rateUnit, unitSeconds } from './format.js';
+import { count, decimal, duration, inUnitOf, label, rate, rateUnit, unitSeconds } from './format.js';
 
 /** Figures from the server's recent-activity window, when it sends them. */
 const recent = (g, window = '1m') => g.recent?.[window];
@@ -75,15 +75,20 @@ function sortRows(gates, key, dir) {
   });
 }
 
-function header([key, label], sort, dir) {
+const TEXT_COLUMNS = ['name', 'state'];
+
+/** A column header: a button that sorts by it, and `aria-sort` when it does. */
+function header([key, title], sort, dir) {
   const active = key === sort;
-  const next = active && dir === 'asc' ? 'desc' : active ? 'asc' : key === 'name' || key === 'state' ? 'asc' : 'desc';
+  const text = TEXT_COLUMNS.includes(key);
+  // A first click sorts names A to Z and figures largest first; a second reverses.
+  const next = active ? (dir === 'asc' ? 'desc' : 'asc') : (text ? 'asc' : 'desc');
   const ariaSort = active ? (dir === 'asc' ? 'ascending' : 'descending') : undefined;
-  return h('th', { scope: 'col', 'aria-sort': ariaSort, class: key === 'name' || key === 'state' ? '' : 'num' },
+  return h('th', { scope: 'col', 'aria-sort': ariaSort, class: text ? '' : 'num' },
     h('button', {
       type: 'button', class: 'sort', dataset: { key: `sort-${key}` },
       onclick: () => { location.hash = withQuery('#/gates', { sort: key, dir: next }); },
-    }, label, icon(active ? (dir === 'asc' ? 'up' : 'down') : 'sort')));
+    }, title, icon(active ? (dir === 'asc' ? 'up' : 'down') : 'sort')));
 }
 
 function totals(gates) {
@@ -127,15 +132,16 @@ export const overview = {
   },
 };
 
-function stat(key, label, value, note) {
+function stat(key, name, value, note) {
   return h('div', { class: 'stat', dataset: { stat: key } },
-    h('span', { class: 'label' }, label), h('span', { class: 'value' }, value),
+    h('span', { class: 'label' }, name), h('span', { class: 'value' }, value),
     note ? h('span', { class: 'note' }, note) : null);
 }
 
-function rampNote(g) {
-  if (g.paused || !g.rate_per_s || g.effective_rate >= g.rate_per_s) return null;
-  return `${Math.round((g.effective_rate / g.rate_per_s) * 100)}% of the limit`;
+/** "limit 30/m", and how far up the ramp the gate is while it recovers. */
+function limitNote(g) {
+  if (g.paused || !g.rate_per_s || g.effective_rate >= g.rate_per_s) return `limit ${g.rate}`;
+  return `limit ${g.rate}, at ${Math.round((g.effective_rate / g.rate_per_s) * 100)}%`;
 }
 
 function liveStats(g) {
@@ -145,7 +151,7 @@ function liveStats(g) {
     stat('due', 'Due now', count(g.due)),
     stat('oldest', 'Oldest overdue', oldest(g)),
     stat('in_flight', 'In flight', `${count(g.in_flight)} / ${count(g.concurrency)}`),
-    stat('rate', 'Rate / limit', rateVsLimit(g), rampNote(g)),
+    stat('rate', 'Rate', inGateUnit(g, g.effective_rate), limitNote(g)),
     stat('ok', 'OK rate (1m)', inGateUnit(g, one?.success_per_s), five ? `${inGateUnit(g, five.success_per_s)} over 5m` : null),
     stat('errors', 'Error rate (1m)', inGateUnit(g, one?.error_per_s), five ? `${inGateUnit(g, five.error_per_s)} over 5m` : null),
     stat('eta', 'Drain ETA', drainEta(g)));
@@ -197,7 +203,7 @@ function config(g) {
 }
 
 function counters(g) {
-  return facts(Object.entries(g.counters).map(([k, v]) => [k, count(v)]));
+  return facts(Object.entries(g.counters).map(([k, v]) => [label(k), count(v)]));
 }
 
 function failures(g, list) {

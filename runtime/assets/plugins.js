@@ -2,7 +2,7 @@
 
 import { ApiError, get } from './api.js';
 import { h, table, time } from './dom.js';
-import { bytes, count } from './format.js';
+import { bytes, count, label } from './format.js';
 
 /** Any plugin field besides name and version, shown as it comes. */
 function shown(key, value) {
@@ -12,8 +12,6 @@ function shown(key, value) {
   if (key.endsWith('_at')) return time(value);
   return typeof value === 'object' ? JSON.stringify(value) : String(value);
 }
-
-const heading = (key) => key[0].toUpperCase() + key.slice(1).replaceAll('_', ' ');
 
 export const plugins = {
   title: 'Plugins',
@@ -35,6 +33,6 @@ export const plugins = {
     const rows = data.plugins.map((p) => h('tr', {},
       h('td', {}, p.name), h('td', {}, h('code', {}, p.version)),
       others.map((k) => h('td', {}, shown(k, p[k])))));
-    return [title, table([['Name'], ['Version'], ...others.map((k) => [heading(k)])], rows, 'Plugins')];
+    return [title, table([['Name'], ['Version'], ...others.map((k) => [label(k)])], rows, 'Plugins')];
   },
 };
