@@ -11,6 +11,7 @@ mod api;
 mod central;
 mod cli;
 mod crash;
+mod dashboard;
 mod delivery;
 mod leases;
 mod openapi;

@@ -9,6 +9,7 @@
 //! so `GET /v1/openapi.json` cannot drift from what the router serves.
 
 pub mod auth;
+mod dashboard;
 pub mod error;
 mod metrics;
 pub mod wire;
@@ -53,6 +54,7 @@ const BATCH_BODY_LIMIT: usize = 64 << 20;
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
     router
+        .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(GATE_BODY_LIMIT))

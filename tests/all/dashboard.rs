@@ -1,0 +1,293 @@
+//! The dashboard at `/`: its files are served with a strict policy, and real
+//! headless Chromium drives it against a live server
+//! (`tests/browser/dashboard.mjs`, set up by `scripts/browser-setup`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::api::auth::{TokenEntry, Tokens, new_token};
+use sluice::clock;
+
+use crate::support::{Client, Reply, Server, Sink, gate_for, webhook_task};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The browser script gives up after 60 s; this is the backstop.
+const BROWSER_LIMIT: Duration = Duration::from_secs(120);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// A server with two tokens, and those tokens: an admin's and a reader's.
+async fn server_with_tokens(dir: &Path) -> (Server, String, String) {
+    let (admin, admin_hash) = new_token().expect("random");
+    let (reader, reader_hash) = new_token().expect("random");
+    let tokens = Tokens::new(vec![
+        TokenEntry::new("operator", "admin", &admin_hash).expect("entry"),
+        TokenEntry::new("viewer", "reader", &reader_hash).expect("entry"),
+    ]);
+    let server = Server::start_with(dir, |c| c.tokens = tokens).await;
+    (server, admin, reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_files_are_served_with_a_strict_policy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, _, _) = server_with_tokens(dir.path()).await;
+    let anon = server.client();
+
+    // The page and its files need no token; the data behind them does.
+    let (status, headers, page) = anon.send_full("GET", "/", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let policy = headers["content-security-policy"].to_str().expect("ascii");
+    assert!(policy.starts_with("default-src 'self'"), "{policy}");
+    assert!(!policy.contains("unsafe"), "{policy}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(anon.send("GET", "/v1/gates", None).await.0, 401);
+
+    // No inline script, handler or style for the policy to forbid.
+    let page = page.as_str().expect("html");
+    assert!(page.contains(r#"<script type="module" src="/assets/app.js"></script>"#));
+    for inline in ["<script>", " onclick=", " style=", "http://", "https://"] {
+        assert!(!page.contains(inline), "the page has {inline:?}");
+    }
+
+    // Every module imported from a served module is served, with its type.
+    let mut pending = vec!["app.js".to_string()];
+    let mut seen = Vec::new();
+    while let Some(name) = pending.pop() {
+        if seen.contains(&name) {
+            continue;
+        }
+        let (status, headers, body) = anon
+            .send_full("GET", &format!("/assets/{name}"), None)
+            .await;
+        assert_eq!(status, 200, "/assets/{name}");
+        assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
+        assert!(headers.contains_key("content-security-policy"));
+        let text = body.as_str().expect("javascript");
+        for import in text.split("from './").skip(1) {
+            let file = import.split('\'').next().expect("a quoted name");
+            pending.push(file.to_string());
+        }
+        seen.push(name);
+    }
+    assert!(seen.len() >= 5, "modules: {seen:?}");
+    for (file, kind) in [
+        ("app.css", "text/css; charset=utf-8"),
+        ("icon.svg", "image/svg+xml"),
+    ] {
+        let (status, headers, _) = anon
+            .send_full("GET", &format!("/assets/{file}"), None)
+            .await;
+        assert_eq!(status, 200, "/assets/{file}");
+        assert_eq!(headers["content-type"], kind);
+    }
+    for missing in ["/assets/nope.js", "/assets/..%2FCargo.toml", "/assets/"] {
+        let (status, _) = anon.send("GET", missing, None).await;
+        assert_eq!(status, 404, "{missing}");
+    }
+}
+
+/// What the browser needs, and whether it is there.
+fn missing_browser_tools(browser_dir: &Path) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if !Path::new(CHROMIUM).exists() {
+        missing.push(CHROMIUM);
+    }
+    if !browser_dir.join("node_modules/playwright-core").is_dir() {
+        missing.push("tests/browser/node_modules (npm ci)");
+    }
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    if !node.is_ok_and(|s| s.success()) {
+        missing.push("node");
+    }
+    missing
+}
+
+/// Gates with a backlog draining at 1/s, a paused one, one with tasks due
+/// over the next hour, a failing one and a quiet one; a failed task with three
+/// attempts; three schedules, one of them every 2 s (so it has past runs).
+/// Returns the failed task's id.
+async fn fill(admin: &Client, sink: &Sink, failing: &Sink, secret: &str) -> String {
+    admin.put_gate("pings", gate_for(sink, "5/s")).await;
+    let heartbeat = json!({ "every": "2s", "task": webhook_task("pings", &sink.url("/ping")) });
+    let (status, v) = admin
+        .send("PUT", "/v1/schedules/heartbeat", Some(heartbeat))
+        .await;
+    assert_eq!(status, 201, "{v}");
+
+    let mut billing = gate_for(sink, "1/s");
+    billing["concurrency"] = json!(2);
+    admin.put_gate("billing", billing).await;
+    let tasks = (0..300)
+        .map(|i| {
+            let mut t = webhook_task("billing", &sink.url(&format!("/invoice/{i}")));
+            t["labels"] = json!({ "team": "billing" });
+            t
+        })
+        .collect();
+    admin.batch(tasks).await;
+
+    admin.put_gate("reports", gate_for(sink, "10/s")).await;
+    let (status, v) = admin.send("POST", "/v1/gates/reports/pause", None).await;
+    assert_eq!(status, 200, "{v}");
+    let reports = (0..120)
+        .map(|i| webhook_task("reports", &sink.url(&format!("/report/{i}"))))
+        .collect();
+    admin.batch(reports).await;
+
+    // Due over the next hour: a steady trickle and a herd at +20 minutes.
+    admin.put_gate("email", gate_for(sink, "5/s")).await;
+    let email = (0..180)
+        .map(|i| format!("{}s", 60 + i * 20))
+        .chain((0..120).map(|_| "1200s".to_string()))
+        .map(|delay| {
+            let mut t = webhook_task("email", &sink.url("/send"));
+            t["delay"] = json!(delay);
+            t
+        })
+        .collect();
+    admin.batch(email).await;
+
+    let mut hooks = gate_for(failing, "20/s");
+    hooks["circuit"] = json!({ "failures": 5, "cooldown": "10m" });
+    admin.put_gate("webhooks", hooks).await;
+    let mut task = webhook_task("webhooks", &failing.url("/hook"));
+    task["max_attempts"] = json!(3);
+    task["labels"] = json!({ "customer": "acme" });
+    task["webhook"]["headers"] = json!({
+        "X-Api-Key": { "value": secret, "secret": true },
+        "X-Request-Source": "dashboard-test",
+    });
+    let failed = admin.create(task).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    admin
+        .wait_state(&failed, "failed", Duration::from_secs(20))
+        .await;
+    // Two more failures open the gate's circuit: a tripped gate to show.
+    let mut second = webhook_task("webhooks", &failing.url("/hook"));
+    second["max_attempts"] = json!(2);
+    let second = admin.create(second).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    admin
+        .wait_state(&second, "failed", Duration::from_secs(20))
+        .await;
+
+    for (name, body) in [
+        (
+            "nightly-report",
+            json!({ "cron": "30 2 * * *", "timezone": "Europe/Berlin",
+                    "task": webhook_task("reports", &sink.url("/nightly")) }),
+        ),
+        (
+            "crm-sync",
+            json!({ "every": "15m", "task": webhook_task("billing", &sink.url("/crm")) }),
+        ),
+    ] {
+        let (status, v) = admin
+            .send("PUT", &format!("/v1/schedules/{name}"), Some(body))
+            .await;
+        assert!(status == 200 || status == 201, "{name}: {v}");
+    }
+    failed
+}
+
+/// Runs the browser script, killing it past the backstop; its output goes to
+/// `browser.log` in `artifacts`.
+async fn run_browser(script: &Path, env: &[(&str, &str)], artifacts: &Path) -> (bool, String) {
+    let log_path = artifacts.join("browser.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut command = Command::new("node");
+    command
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("node starts");
+    let start = clock::instant();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait on node") {
+            break Some(status);
+        }
+        if start.elapsed() > BROWSER_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    (status.is_some_and(|s| s.success()), output)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium() {
+    let root = workspace();
+    let browser_dir = root.join("tests/browser");
+    let missing = missing_browser_tools(&browser_dir);
+    if !missing.is_empty() {
+        assert!(
+            std::env::var_os("SLUICE_BROWSER_TESTS").is_none(),
+            "SLUICE_BROWSER_TESTS is set but {missing:?} is missing: scripts/browser-setup installs it"
+        );
+        eprintln!("skipped: run scripts/test (it installs Chromium); missing {missing:?}");
+        return;
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, token, reader) = server_with_tokens(dir.path()).await;
+    let admin = server.client().with_token(&token);
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::ok().delayed(Duration::from_millis(1500)));
+    let failing = Sink::start().await;
+    failing.behave(|_, _| Reply::status(500));
+    let secret = "never-shown-7c1d";
+    let failed = fill(&admin, &sink, &failing, secret).await;
+
+    let artifacts = root.join("target/browser-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let start = clock::instant();
+    let (passed, output) = run_browser(
+        &browser_dir.join("dashboard.mjs"),
+        &[
+            ("SLUICE_URL", &server.url),
+            ("SLUICE_TOKEN", &token),
+            ("SLUICE_READER_TOKEN", &reader),
+            ("SLUICE_ARTIFACTS", &artifacts.to_string_lossy()),
+            ("SLUICE_FAILED_TASK", &failed),
+            ("SLUICE_SECRET", secret),
+        ],
+        &artifacts,
+    )
+    .await;
+    assert!(passed, "the browser checks failed:\n{output}");
+    eprintln!("browser checks passed in {:?}", start.elapsed());
+
+    if std::env::var("SLUICE_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        let docs = root.join("docs/screenshots");
+        std::fs::create_dir_all(&docs).expect("docs/screenshots");
+        for name in ["overview", "gate-detail", "task-detail", "schedules"] {
+            let file = format!("{name}.png");
+            std::fs::copy(artifacts.join(&file), docs.join(&file)).expect("copy screenshot");
+        }
+    }
+    let email: Value = admin.send("GET", "/v1/gates/email", None).await.1;
+    assert_eq!(email["state"], "paused", "the UI paused it: {email}");
+}

@@ -1,0 +1,302 @@
+// Drives the dashboard in Debian's headless Chromium against a live server
+// that tests/all/dashboard.rs has filled, and saves screenshots.
+//
+// Environment: SLUICE_URL (the server, on loopback), SLUICE_TOKEN (admin),
+// SLUICE_READER_TOKEN (a reader's), SLUICE_ARTIFACTS (where screenshots go), SLUICE_FAILED_TASK (a task that
+// failed after several attempts), SLUICE_SECRET (a secret header value that
+// must never appear on the page). Exits 0 when every check passes.
+
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+
+const base = env('SLUICE_URL');
+const token = env('SLUICE_TOKEN');
+const readerToken = env('SLUICE_READER_TOKEN');
+const out = env('SLUICE_ARTIFACTS');
+const failedTask = env('SLUICE_FAILED_TASK');
+const secret = env('SLUICE_SECRET');
+
+const STEP_MS = 10_000;
+const WHOLE_MS = 60_000;
+
+// House rule: no packet leaves loopback. Every name resolves to nothing but
+// 127.0.0.1, and Chromium's own background traffic is switched off.
+const ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-default-apps',
+  '--no-pings',
+  '--disable-domain-reliability',
+  '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
+];
+
+const started = Date.now();
+const watchdog = setTimeout(() => {
+  console.error(`dashboard.mjs: still running after ${WHOLE_MS / 1000}s, giving up`);
+  process.exit(3);
+}, WHOLE_MS);
+watchdog.unref();
+
+function step(text) {
+  console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${text}`);
+}
+
+function check(ok, message) {
+  if (!ok) throw new Error(message);
+}
+
+async function api(path) {
+  const response = await fetch(base + path, {
+    headers: { authorization: `Bearer ${token}` },
+    signal: AbortSignal.timeout(5_000),
+  });
+  check(response.ok, `GET ${path}: ${response.status}`);
+  return response.json();
+}
+
+/** A link in the header's section navigation. */
+const section = (page, name) => page.getByRole('navigation', { name: 'Sections' }).getByRole('link', { name });
+const byName = (list) => Object.fromEntries(list.gates.map((g) => [g.name, g]));
+const digits = (text) => Number(text.replace(/[^\d]/g, ''));
+
+async function shot(page, name) {
+  await page.mouse.move(1279, 799); // no hover effect in the picture
+  await page.screenshot({ path: join(out, `${name}.png`), animations: 'disabled' });
+  step(`screenshot ${name}.png`);
+}
+
+/** The gates table as shown: name → {state, backlog, inFlight, concurrency}. */
+async function shownGates(page) {
+  const rows = await page.$$eval('table.gates tbody tr', (trs) => trs.map((tr) => ({
+    name: tr.dataset.gate,
+    state: tr.querySelector('[data-col=state]').textContent.trim(),
+    backlog: tr.querySelector('[data-col=backlog] .value').textContent,
+    inFlight: tr.querySelector('[data-col=in_flight] .value').textContent,
+  })));
+  return Object.fromEntries(rows.map((r) => {
+    const [inFlight, concurrency] = r.inFlight.split('/').map(digits);
+    return [r.name, { state: r.state, backlog: digits(r.backlog), inFlight, concurrency }];
+  }));
+}
+
+async function signIn(page, as) {
+  await page.getByLabel('API token').fill(as);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
+async function overviewMatchesApi(page) {
+  const before = byName(await api('/v1/gates'));
+  const shown = await shownGates(page);
+  const after = byName(await api('/v1/gates'));
+  check(Object.keys(shown).length === Object.keys(after).length,
+    `the table shows ${Object.keys(shown).length} gates, the API has ${Object.keys(after).length}`);
+  for (const [name, ui] of Object.entries(shown)) {
+    const [a, b] = [before[name], after[name]];
+    check(a && b, `gate ${name} is shown but not in the API`);
+    check([a.state, b.state].includes(ui.state), `${name}: state ${ui.state}, API ${a.state}/${b.state}`);
+    check(ui.concurrency === b.concurrency, `${name}: concurrency ${ui.concurrency}, API ${b.concurrency}`);
+    if (b.paused) {
+      // A paused gate's figures cannot move: they must match exactly.
+      check(ui.backlog === b.backlog && b.backlog === a.backlog, `${name}: backlog ${ui.backlog}, API ${b.backlog}`);
+      check(ui.inFlight === 0 && b.in_flight === 0, `${name}: in flight ${ui.inFlight}, API ${b.in_flight}`);
+    } else {
+      // The UI read a moment earlier: allow for a few seconds of draining.
+      const slack = Math.ceil(b.rate_per_s * 5) + b.concurrency;
+      const [low, high] = [Math.min(a.backlog, b.backlog) - slack, Math.max(a.backlog, b.backlog) + slack];
+      check(ui.backlog >= low && ui.backlog <= high, `${name}: backlog ${ui.backlog}, API ${a.backlog}→${b.backlog}`);
+      check(ui.inFlight <= b.concurrency, `${name}: in flight ${ui.inFlight} over ${b.concurrency}`);
+    }
+  }
+  check(Object.values(after).some((g) => g.paused), 'the fixture has a paused gate');
+  step(`overview matches the API for ${Object.keys(shown).join(', ')}`);
+}
+
+async function sortsByBacklog(page) {
+  await page.getByRole('button', { name: 'Backlog' }).click();
+  const header = page.locator('th', { has: page.getByRole('button', { name: 'Backlog' }) });
+  await header.and(page.locator('[aria-sort=descending]')).waitFor();
+  const backlogs = Object.values(await shownGates(page)).map((g) => g.backlog);
+  check(backlogs.every((n, i) => i === 0 || backlogs[i - 1] >= n), `not sorted by backlog: ${backlogs}`);
+  step('sorted by backlog, aria-sort says so');
+}
+
+async function pauseGate(page, name) {
+  await page.locator(`tr[data-gate="${name}"] [data-col=name] a`).click();
+  await page.getByRole('heading', { level: 1, name }).waitFor();
+  await shot(page, 'gate-detail');
+  await page.getByRole('button', { name: 'Pause gate' }).click();
+  const dialog = page.getByRole('dialog');
+  await dialog.waitFor();
+  await dialog.getByRole('button', { name: 'Pause gate' }).click();
+  await page.locator('.title .badge', { hasText: 'paused' }).waitFor();
+  const gate = await api(`/v1/gates/${name}`);
+  check(gate.paused && gate.state === 'paused', `after pausing in the UI the API says ${gate.state}`);
+  step(`paused gate ${name} through the UI; the API agrees`);
+}
+
+async function taskHistory(page) {
+  const task = await api(`/v1/tasks/${failedTask}`);
+  await page.goto(`${base}/#/tasks/${failedTask}`);
+  const rows = page.locator('tr[data-attempt]');
+  await rows.nth(task.attempts.length - 1).waitFor();
+  const shown = await rows.evaluateAll((trs) => trs.map((tr) => ({
+    outcome: tr.querySelector('[data-col=outcome]').textContent.trim(),
+    status: tr.querySelector('[data-col=status]').textContent.trim(),
+  })));
+  check(shown.length === task.attempts.length, `${shown.length} attempts shown, ${task.attempts.length} in the API`);
+  task.attempts.forEach((a, i) => {
+    check(shown[i].outcome === a.outcome && shown[i].status === String(a.status ?? '—'),
+      `attempt ${i + 1}: shown ${JSON.stringify(shown[i])}, API ${a.outcome} ${a.status}`);
+  });
+  await page.getByText('secret', { exact: true }).first().waitFor();
+  check(!(await page.content()).includes(secret), 'a secret header value is on the page');
+  check(await page.locator('details[open]').count() === 0, 'payloads start collapsed');
+  step(`task ${failedTask}: ${shown.length} attempts shown as in the API, secret hidden`);
+  await shot(page, 'task-detail');
+}
+
+async function schedules(page) {
+  await section(page, 'Schedules').click();
+  await page.locator('tr[data-schedule]').first().waitFor();
+  const { schedules: list } = await api('/v1/schedules');
+  check(await page.locator('tr[data-schedule]').count() === list.length, 'every schedule is listed');
+  step(`${list.length} schedules listed`);
+  await shot(page, 'schedules');
+}
+
+async function readerIsRefused(page) {
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await signIn(page, readerToken);
+  await page.goto(`${base}/#/gates/billing`);
+  await page.getByRole('button', { name: 'Pause gate' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Pause gate' }).click();
+  await page.getByRole('alert').filter({ hasText: 'role is too low' }).waitFor();
+  const gate = await api('/v1/gates/billing');
+  check(!gate.paused, 'a reader paused a gate');
+  step('signed in again as a reader: pausing is refused, and the UI says the role is too low');
+}
+
+async function plugins(page) {
+  await section(page, 'Plugins').click();
+  await page.getByText('No plugin support in this server yet').waitFor();
+  step('plugins: none on this server, said so');
+}
+
+/**
+ * The stats contract (`recent`, `series`, `forecast` on each gate), filled in
+ * with made-up figures of the right shape, so the charts are checked whatever
+ * the server sends yet.
+ */
+function withStats(gate) {
+  const step = 10;
+  const now = Date.now();
+  const points = Array.from({ length: 60 }, (_, i) => {
+    const started = Math.round(gate.rate_per_s * step * (0.55 + 0.45 * Math.sin(i / 7) ** 2));
+    const failed = i % 13 === 0 ? Math.ceil(started / 10) : 0;
+    return {
+      t: new Date(now - (59 - i) * step * 1000).toISOString(),
+      started, succeeded: started - failed, failed, backlog: gate.backlog + (59 - i) * 4,
+    };
+  });
+  const window = (seconds) => {
+    const last = points.slice(-seconds / step);
+    const sum = (f) => last.reduce((n, p) => n + p[f], 0);
+    return {
+      started: sum('started'), succeeded: sum('succeeded'), failed: sum('failed'),
+      success_per_s: sum('succeeded') / seconds, error_per_s: sum('failed') / seconds,
+    };
+  };
+  const perMinute = Array.from({ length: 60 }, (_, i) => (i === 20 ? 120 : 3 + (i % 5)));
+  return {
+    ...gate,
+    recent: { '1m': window(60), '5m': window(300) },
+    series: { step_s: step, points },
+    forecast: { from: new Date(now).toISOString(), per_minute: perMinute },
+  };
+}
+
+async function statsContract(page) {
+  await page.route(`${base}/v1/gates**`, async (route) => {
+    const response = await route.fetch();
+    const body = await response.json();
+    const json = body.gates ? { gates: body.gates.map(withStats) } : withStats(body);
+    await route.fulfill({ response, json });
+  });
+  await section(page, 'Gates').click();
+  const rows = page.locator('table.gates tbody tr');
+  await rows.first().locator('svg.spark').nth(1).waitFor();
+  await shot(page, 'overview-stats');
+  const sparks = await rows.evaluateAll((trs) => trs.map((tr) => tr.querySelectorAll('svg.spark').length));
+  check(sparks.every((n) => n === 2), `sparklines per row: ${sparks}`);
+  await page.locator('tr[data-gate=billing] [data-col=name] a').click();
+  await page.locator('.chart .line.started').waitFor();
+  const bars = await page.locator('.chart rect.bar').count();
+  check(bars === 60, `the forecast has ${bars} bars, not 60`);
+  await shot(page, 'gate-detail-stats');
+  await page.unroute(`${base}/v1/gates**`);
+  step('the stats contract renders: sparklines, rate chart, 60-minute forecast');
+}
+
+async function main() {
+  await mkdir(out, { recursive: true });
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ARGS, timeout: STEP_MS * 2 });
+  const problems = [];
+  try {
+    const context = await browser.newContext({
+      viewport: { width: 1280, height: 800 }, colorScheme: 'light', locale: 'en-US', timezoneId: 'UTC',
+    });
+    context.setDefaultTimeout(STEP_MS);
+    await context.route('**/*', (route) => {
+      const url = route.request().url();
+      if (url.startsWith(`${base}/`)) return route.continue();
+      problems.push(`request off the server: ${url}`);
+      return route.abort();
+    });
+    const page = await context.newPage();
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('console', (m) => {
+      // Answers like the 401 before sign-in are logged as resource errors; anything else is a fault.
+      if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console: ${m.text()}`);
+    });
+    try {
+      await page.goto(`${base}/`);
+      await signIn(page, token);
+      await page.locator('table.gates tbody tr').first().waitFor();
+      step('signed in through the token form');
+      await overviewMatchesApi(page);
+      await shot(page, 'overview');
+      await sortsByBacklog(page);
+      await pauseGate(page, 'email');
+      await taskHistory(page);
+      await schedules(page);
+      await plugins(page);
+      await readerIsRefused(page);
+      await statsContract(page);
+    } catch (e) {
+      await page.screenshot({ path: join(out, 'failure.png') }).catch(() => {});
+      throw e;
+    }
+    check(problems.length === 0, problems.join('\n'));
+  } finally {
+    await browser.close();
+  }
+  step('all checks passed');
+}
+
+main().then(() => process.exit(0), (e) => {
+  console.error(`dashboard.mjs: ${e.stack ?? e}`);
+  process.exit(1);
+});
