@@ -349,6 +349,7 @@ async fn planted_secrets_appear_nowhere() {
         format!("/v1/tasks/{id}"),
         "/v1/schedules".into(),
         "/v1/schedules/s".into(),
+        "/metrics".into(),
     ] {
         let (status, v) = keep(c.send("GET", &path, None).await);
         assert_eq!(status, 200, "{path}: {v}");
@@ -448,4 +449,39 @@ async fn outbound_hosts_overrule_the_gates() {
     let error = task["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("outbound_hosts"), "{task}");
     assert!(sink.hits().is_empty(), "the sink was reached");
+}
+
+/// Without tokens, a browser page on another site cannot drive the server:
+/// neither through a rebinding name nor with a cross-site write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_server_refuses_other_sites() {
+    let server = Server::start().await;
+    let http = reqwest::Client::new();
+    let rebound = http
+        .get(format!("{}/v1/gates", server.url))
+        .header("host", "evil.example:7460")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(rebound.status(), 403);
+    let forged = http
+        .put(format!("{}/v1/gates/g", server.url))
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/json")
+        .body(r#"{"rate": "1/s"}"#)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(forged.status(), 403);
+    let (status, v) = server.client().send("GET", "/v1/gates/g", None).await;
+    assert_eq!(status, 404, "the forged write changed nothing: {v}");
+    let own = http
+        .put(format!("{}/v1/gates/g", server.url))
+        .header("origin", server.url.clone())
+        .header("content-type", "application/json")
+        .body(r#"{"rate": "1/s"}"#)
+        .send()
+        .await
+        .expect("answer");
+    assert!(own.status().is_success(), "{}", own.status());
 }

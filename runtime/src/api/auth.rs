@@ -11,7 +11,7 @@
 use std::fmt;
 
 use axum::extract::{Request, State};
-use axum::http::{Method, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -217,12 +217,68 @@ impl Tokens {
     }
 }
 
+/// Without tokens the API is open to anything that reaches the loopback port,
+/// and a browser is such a thing: any page the operator visits could send it a
+/// request. So a server without tokens answers only requests addressed to a
+/// loopback name (no DNS rebinding), and refuses writes that a browser marks as
+/// coming from another site (no cross-site request forgery). With tokens
+/// neither is needed: a bearer token is never sent by a browser on its own.
+pub fn local_only(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(host) = headers.get(header::HOST)
+        && !host.to_str().is_ok_and(is_loopback_authority)
+    {
+        return Err(ApiError::permission_denied(
+            "this server has no API tokens, so it only answers requests addressed to 127.0.0.1, ::1 or localhost",
+        ));
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site");
+    let foreign_origin = headers.get(header::ORIGIN).is_some_and(|origin| {
+        let host = headers.get(header::HOST).map(|h| h.as_bytes());
+        let authority = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, authority)| authority.as_bytes());
+        authority.is_none() || authority != host
+    });
+    if cross_site || foreign_origin {
+        return Err(ApiError::permission_denied(
+            "a write from another site is refused; configure API tokens to use this server from other origins",
+        ));
+    }
+    Ok(())
+}
+
+/// `127.0.0.1:7460`, `[::1]:7460`, `localhost`: a Host header naming loopback.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(h, _)| h),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The axum middleware around every route.
 pub async fn layer(
     State(tokens): State<std::sync::Arc<Tokens>>,
     req: Request,
     next: Next,
 ) -> Response {
+    if tokens.is_empty()
+        && let Err(e) = local_only(req.method(), req.headers())
+    {
+        return e.into_response();
+    }
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -313,6 +369,62 @@ mod tests {
         assert_eq!(
             status(&Tokens::default(), Method::PUT, "/v1/gates/g", None),
             200
+        );
+    }
+
+    #[test]
+    fn without_tokens_only_local_same_site_requests() {
+        let check = |method: Method, pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (k, v) in pairs {
+                headers.insert(
+                    header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    v.parse().expect("value"),
+                );
+            }
+            local_only(&method, &headers).map_err(|e| e.status.as_u16())
+        };
+        for host in [
+            "127.0.0.1:7460",
+            "localhost:7460",
+            "[::1]:7460",
+            "127.0.0.2",
+            "LOCALHOST",
+        ] {
+            assert_eq!(check(Method::GET, &[("host", host)]), Ok(()), "{host}");
+        }
+        // DNS rebinding: a foreign name that resolves to 127.0.0.1.
+        for host in [
+            "evil.example:7460",
+            "10.0.0.1:7460",
+            "[::ffff:7f00:1]",
+            "localhost.evil.example",
+        ] {
+            assert_eq!(check(Method::GET, &[("host", host)]), Err(403), "{host}");
+        }
+        let local = ("host", "127.0.0.1:7460");
+        // The dashboard's own writes pass; another site's are refused.
+        assert_eq!(
+            check(Method::POST, &[local, ("origin", "http://127.0.0.1:7460")]),
+            Ok(())
+        );
+        assert_eq!(
+            check(Method::POST, &[local]),
+            Ok(()),
+            "curl sends no Origin"
+        );
+        assert_eq!(
+            check(Method::POST, &[local, ("origin", "https://evil.example")]),
+            Err(403)
+        );
+        assert_eq!(check(Method::POST, &[local, ("origin", "null")]), Err(403));
+        assert_eq!(
+            check(Method::DELETE, &[local, ("sec-fetch-site", "cross-site")]),
+            Err(403)
+        );
+        assert_eq!(
+            check(Method::POST, &[local, ("sec-fetch-site", "same-origin")]),
+            Ok(())
         );
     }
 
