@@ -40,8 +40,11 @@ const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules"
 /// forecast and the due count without a scan of `pending`.
 const DUE_MINUTES: TableDefinition<(u32, u64), u64> = TableDefinition::new("due_minutes");
 
-/// (finished at, task id): finished tasks in the order retention removes them.
-const FINISHED: TableDefinition<(u64, u64), ()> = TableDefinition::new("finished");
+/// (finished at, first task id) → the ids (8 bytes each, little-endian) of the
+/// tasks that finished at that instant: the order retention removes them in.
+/// One entry per commit and instant rather than one per task, so indexing a
+/// finish costs a few bytes, not a B-tree insert.
+const FINISHED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("finished");
 
 const MINUTE_MS: u64 = 60_000;
 /// Most rows `due_now` reads one by one.
@@ -104,7 +107,9 @@ pub struct Tx<'t> {
     counts: redb::Table<'t, u32, &'static [u8]>,
     schedules: redb::Table<'t, &'static str, &'static [u8]>,
     due_minutes: redb::Table<'t, (u32, u64), u64>,
-    finished: redb::Table<'t, (u64, u64), ()>,
+    finished: redb::Table<'t, (u64, u64), &'static [u8]>,
+    /// Tasks finished in this transaction, indexed once at its end.
+    finished_ids: Vec<(u64, u64)>,
     /// Changes to `due_minutes` in this transaction, written once at its end.
     due_deltas: HashMap<(u32, u64), i64>,
 }
@@ -174,10 +179,12 @@ impl Store {
                 schedules: txn.open_table(SCHEDULES)?,
                 due_minutes: txn.open_table(DUE_MINUTES)?,
                 finished: txn.open_table(FINISHED)?,
+                finished_ids: Vec::new(),
                 due_deltas: HashMap::new(),
             };
             let result = f(&mut tx)?;
             tx.flush_due_minutes()?;
+            tx.flush_finished()?;
             result
         };
         txn.commit()?;
@@ -236,7 +243,32 @@ impl Tx<'_> {
     pub fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
         self.tasks.insert(task.id, encode(task).as_slice())?;
         if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
-            self.finished.insert((at, task.id), ())?;
+            self.finished_ids.push((at, task.id));
+        }
+        Ok(())
+    }
+
+    /// Writes this transaction's finished tasks to the retention index.
+    fn flush_finished(&mut self) -> Result<()> {
+        let mut ids = std::mem::take(&mut self.finished_ids);
+        ids.sort_unstable();
+        ids.dedup();
+        for group in ids.chunk_by(|a, b| a.0 == b.0) {
+            let key = (group[0].0, group[0].1);
+            // A task written again in a later commit at the same instant (it is
+            // rewritten whenever a turn touches it) must not drop the others.
+            let mut bytes = self
+                .finished
+                .get(key)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            for (_, id) in group {
+                let id = id.to_le_bytes();
+                if !bytes.chunks_exact(8).any(|b| b == id) {
+                    bytes.extend_from_slice(&id);
+                }
+            }
+            self.finished.insert(key, bytes.as_slice())?;
         }
         Ok(())
     }
@@ -246,58 +278,72 @@ impl Tx<'_> {
     /// has run again since (an operator retry) is dropped, the task kept.
     /// Returns how many tasks went and whether more are waiting.
     pub fn prune(&mut self, before: u64, limit: usize) -> Result<(usize, bool)> {
-        let mut keys = Vec::with_capacity(limit);
+        let mut entries: Vec<((u64, u64), Vec<u64>)> = Vec::new();
+        let mut taken = 0;
+        let mut more = false;
         for entry in self.finished.range((0, 0)..(before, 0))? {
-            keys.push(entry?.0.value());
-            if keys.len() > limit {
+            if taken >= limit {
+                more = true;
                 break;
             }
+            let (key, value) = entry?;
+            let ids: Vec<u64> = value
+                .value()
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+                .collect();
+            taken += ids.len();
+            entries.push((key.value(), ids));
         }
-        let more = keys.len() > limit;
-        keys.truncate(limit);
         let mut removed = 0;
-        for (at, id) in keys {
-            self.finished.remove((at, id))?;
-            let Some(task) = self.task(id)? else {
-                continue;
-            };
-            if !task.state.is_final() || task.finished_at != Some(at) {
-                continue;
+        for ((at, first), ids) in entries {
+            self.finished.remove((at, first))?;
+            for id in ids {
+                if self.prune_task(id, at)? {
+                    removed += 1;
+                }
             }
-            self.tasks.remove(id)?;
-            let attempts: Vec<(u64, u32)> = self
-                .attempts
-                .range((id, 0)..=(id, u32::MAX))?
-                .map(|e| e.map(|(k, _)| k.value()))
-                .collect::<std::result::Result<_, _>>()?;
-            for key in attempts {
-                self.attempts.remove(key)?;
-            }
-            self.gate_tasks.remove((task.gate_id, id))?;
-            if let Some(key) = &task.idempotency_key
-                && self.idempotent(task.gate_id, key)? == Some(id)
-            {
-                self.idempotency.remove((task.gate_id, key.as_str()))?;
-            }
-            removed += 1;
         }
         Ok((removed, more))
     }
 
+    /// Removes one finished task and what hangs off it, if it still is the task
+    /// that finished at `at`.
+    fn prune_task(&mut self, id: u64, at: u64) -> Result<bool> {
+        let Some(task) = self.task(id)? else {
+            return Ok(false);
+        };
+        if !task.state.is_final() || task.finished_at != Some(at) {
+            return Ok(false);
+        }
+        self.tasks.remove(id)?;
+        let attempts: Vec<(u64, u32)> = self
+            .attempts
+            .range((id, 0)..=(id, u32::MAX))?
+            .map(|e| e.map(|(k, _)| k.value()))
+            .collect::<std::result::Result<_, _>>()?;
+        for key in attempts {
+            self.attempts.remove(key)?;
+        }
+        self.gate_tasks.remove((task.gate_id, id))?;
+        if let Some(key) = &task.idempotency_key
+            && self.idempotent(task.gate_id, key)? == Some(id)
+        {
+            self.idempotency.remove((task.gate_id, key.as_str()))?;
+        }
+        Ok(true)
+    }
+
     /// Builds `finished` from the tasks (upgrading a version 1 file).
     fn index_finished(&mut self) -> Result<()> {
-        let mut keys = Vec::new();
         for entry in self.tasks.iter()? {
             let (_, bytes) = entry?;
             let task: TaskRecord = decode("tasks", bytes.value())?;
             if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
-                keys.push((at, task.id));
+                self.finished_ids.push((at, task.id));
             }
         }
-        for key in keys {
-            self.finished.insert(key, ())?;
-        }
-        Ok(())
+        self.flush_finished()
     }
 
     /// Records a new task in its gate's listing index.
@@ -785,6 +831,21 @@ mod tests {
                 Ok(())
             })
             .expect("read keys");
+        // A finished task rewritten later at the same instant keeps the
+        // others of its entry indexed.
+        store
+            .write(|tx| {
+                for id in [3, 4] {
+                    tx.put_task(&task(id, "succeeded", Some(200)))?;
+                }
+                Ok(())
+            })
+            .expect("write");
+        store
+            .write(|tx| tx.put_task(&task(3, "succeeded", Some(200))))
+            .expect("rewrite");
+        let (removed, _) = store.write(|tx| tx.prune(1_000, 10)).expect("prune");
+        assert_eq!(removed, 2, "both tasks of the instant are found");
         // Nothing older is left to do.
         let again = store.write(|tx| tx.prune(1_000, 10)).expect("prune");
         assert_eq!(again, (0, false));
