@@ -130,7 +130,7 @@ async fn status_watch_redraws_in_place() {
     let mut stdout = child.stdout.take().expect("stdout");
     // Read until a third frame begins, so two are whole (two refreshes), for
     // at most 15 s.
-    let reader = std::thread::spawn(move || {
+    let mut reader = tokio::task::spawn_blocking(move || {
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
         let clears = |s: &[u8]| s.windows(4).filter(|w| w == b"\x1b[2J").count();
@@ -142,13 +142,15 @@ async fn status_watch_redraws_in_place() {
         }
         seen
     });
-    let start = sluice::clock::instant();
-    while !reader.is_finished() && start.elapsed() < std::time::Duration::from_secs(15) {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // The third frame is the event; past 15 s, stopping the child ends the read.
+    let done = tokio::time::timeout(std::time::Duration::from_secs(15), &mut reader).await;
     let _ = child.kill();
     let _ = child.wait();
-    let seen = reader.join().expect("reader");
+    let seen = match done {
+        Ok(seen) => seen,
+        Err(_) => reader.await,
+    }
+    .expect("reader");
     let text = String::from_utf8_lossy(&seen);
     assert!(text.matches("\x1b[2J").count() >= 3, "{text}");
     let frames: Vec<&str> = text.split("\x1b[2J\x1b[H").skip(1).take(2).collect();
