@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 pub mod dispatch;
 pub mod model;
+pub mod plugin;
 pub mod server;
 pub mod shell;
 pub mod store;

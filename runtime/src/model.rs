@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::core::{Backoff, CircuitPolicy, Rate, Recovery, RetryPolicy, Timestamp};
-use crate::store::WebhookRecord;
+use crate::store::Target;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateSpec {
@@ -31,7 +31,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewTask {
     pub gate: String,
-    pub webhook: WebhookRecord,
+    pub target: Target,
     /// When it should run: `run_at`, now + `delay`, or now.
     pub due: Timestamp,
     pub max_attempts: Option<u32>,

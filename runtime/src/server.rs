@@ -24,9 +24,16 @@ pub struct Running {
     stop: watch::Sender<bool>,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     driver: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
+    plugins: Arc<crate::plugin::Host>,
 }
 
 impl Running {
+    /// Components this server compiled since it started (uploads, and stored
+    /// ones an older engine compiled); a restart compiles none.
+    pub fn plugin_compilations(&self) -> u64 {
+        self.plugins.compilations()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -74,17 +81,20 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
+    let plugins = crate::plugin::Host::new(store.clone()).context("starting the plugin runtime")?;
     let options = Options {
         tuning: tuning.unwrap_or_default(),
         grace: config.grace,
         signing_secrets: config.signing_secrets.clone(),
         outbound_hosts: config.outbound_hosts.clone(),
         retention: config.retention,
+        plugins: Some(plugins.clone()),
     };
     let (handle, driver) = shell::spawn(store.clone(), options, stop_rx.clone())?;
     let app = api::router(AppState {
         store,
         shell: handle,
+        plugins: plugins.clone(),
     })
     .layer(axum::middleware::from_fn_with_state(
         Arc::new(config.tokens.clone()),
@@ -113,6 +123,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         stop,
         http,
         driver,
+        plugins,
     })
 }
 

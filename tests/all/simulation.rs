@@ -23,7 +23,7 @@ use sluice::core::{
 use sluice::dispatch::{Plan, Report};
 use sluice::model::{GateSpec, NewTask, ScheduleSpec};
 use sluice::shell::{Callback, Command, Engine};
-use sluice::store::{Store, TaskState, WebhookRecord};
+use sluice::store::{Store, Target, TaskState, WebhookRecord};
 use tokio::sync::oneshot;
 
 const GATES: usize = 3;
@@ -232,13 +232,13 @@ impl World {
     fn new_task(&self, gate: usize, due: Timestamp) -> NewTask {
         NewTask {
             gate: format!("g{gate}"),
-            webhook: WebhookRecord {
+            target: Target::Webhook(WebhookRecord {
                 url: url(gate),
                 method: "POST".into(),
                 headers: BTreeMap::new(),
                 body: None,
                 secret_headers: Default::default(),
-            },
+            }),
             due,
             max_attempts: None,
             timeout: None,
@@ -352,6 +352,8 @@ impl World {
             error: None,
             response: None,
             lease,
+            logs: Vec::new(),
+            next: Vec::new(),
         };
         self.seq += 1;
         self.in_flight

@@ -235,6 +235,9 @@ impl Client {
 #[derive(Clone, Debug)]
 pub struct Hit {
     pub at: Instant,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
     pub task: String,
     pub attempt: u32,
     pub headers: HashMap<String, String>,
@@ -247,6 +250,7 @@ pub struct Reply {
     pub status: u16,
     pub delay: Duration,
     pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
 }
 
 impl Reply {
@@ -255,7 +259,15 @@ impl Reply {
             status,
             delay: Duration::ZERO,
             headers: Vec::new(),
+            body: None,
         }
+    }
+
+    /// A JSON answer, as an API a plugin calls would give.
+    pub fn json(status: u16, body: Value) -> Reply {
+        let mut reply = Reply::status(status).header("content-type", "application/json");
+        reply.body = Some(body.to_string());
+        reply
     }
 
     pub fn ok() -> Reply {
@@ -351,7 +363,13 @@ impl Sink {
     }
 }
 
-async fn record(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn record(
+    State(state): State<Arc<SinkState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let at = clock::instant();
     let get = |name: &str| {
         headers
@@ -362,6 +380,10 @@ async fn record(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: B
     };
     let hit = Hit {
         at,
+        method: method.to_string(),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_string(), |p| p.to_string()),
         task: get("sluice-task-id"),
         attempt: get("sluice-attempt").parse().unwrap_or(0),
         headers: headers
@@ -389,7 +411,7 @@ async fn record(State(state): State<Arc<SinkState>>, headers: HeaderMap, body: B
     state.in_flight.lock().expect("lock").0 -= 1;
     let mut response = (
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
-        "sink",
+        reply.body.unwrap_or_else(|| "sink".into()),
     )
         .into_response();
     for (k, v) in reply.headers {

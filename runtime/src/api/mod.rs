@@ -12,6 +12,7 @@ pub mod auth;
 mod dashboard;
 pub mod error;
 mod metrics;
+mod plugins;
 pub mod wire;
 
 use std::sync::{Arc, LazyLock};
@@ -44,6 +45,7 @@ use wire::{
 pub struct AppState {
     pub store: Arc<Store>,
     pub shell: Handle,
+    pub plugins: Arc<crate::plugin::Host>,
 }
 
 /// Request body limits, answered with 413.
@@ -85,6 +87,15 @@ fn routes() -> OpenApiRouter<AppState> {
         )
         .routes(routes!(pause_schedule))
         .routes(routes!(resume_schedule))
+        .routes(routes!(plugins::list_plugins))
+        .routes(
+            routes!(
+                plugins::put_plugin,
+                plugins::get_plugin,
+                plugins::delete_plugin
+            )
+            .layer(DefaultBodyLimit::max(plugins::UPLOAD_LIMIT)),
+        )
         .routes(routes!(openapi_json));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
@@ -103,6 +114,7 @@ fn routes() -> OpenApiRouter<AppState> {
         (name = "gates", description = "Throughput limits for endpoints"),
         (name = "tasks", description = "Webhook tasks and reports on long-running work"),
         (name = "schedules", description = "Periodic tasks"),
+        (name = "plugins", description = "WebAssembly components that run tasks"),
         (name = "meta", description = "Health and this description"),
     )
 )]

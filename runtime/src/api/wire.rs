@@ -17,7 +17,10 @@ use crate::dispatch::rfc3339;
 use crate::model::{DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, GateSpec, NewTask};
 use crate::shell::GateLive;
 use crate::shell::stats::{self, Bucket};
-use crate::store::{AttemptRecord, BodyRecord, Counts, TaskRecord, WebhookRecord};
+use crate::store::{
+    AttemptRecord, BodyRecord, Counts, PluginCallRecord, PluginRecord, Target, TaskRecord,
+    WebhookRecord,
+};
 
 /// Largest webhook body, serialized.
 pub const MAX_TASK_BODY: usize = 1 << 20;
@@ -371,15 +374,148 @@ pub struct WebhookBody {
     pub body: Option<serde_json::Value>,
 }
 
+/// A plugin task's target.
+#[derive(Deserialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginBody {
+    /// A plugin in the registry (`GET /v1/plugins`).
+    pub name: String,
+    /// Its exact version, like `1.2.0`.
+    pub version: String,
+    /// Handed to the plugin as JSON text; `null` when absent. At most 1 MiB.
+    pub input: Option<serde_json::Value>,
+}
+
+/// A plugin name: lowercase letters, digits and '-', starting with a letter or
+/// digit, at most 64 characters.
+pub fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+}
+
+/// A semantic version: `MAJOR.MINOR.PATCH`, with an optional `-pre` and
+/// `+build` of letters, digits, '.' and '-'.
+pub fn valid_version(version: &str) -> bool {
+    if version.is_empty() || version.len() > 64 {
+        return false;
+    }
+    let (core, rest) = match version.find(['-', '+']) {
+        Some(i) => (&version[..i], &version[i..]),
+        None => (version, ""),
+    };
+    let numbers: Vec<&str> = core.split('.').collect();
+    numbers.len() == 3
+        && numbers.iter().all(|n| {
+            !n.is_empty()
+                && n.len() <= 10
+                && n.chars().all(|c| c.is_ascii_digit())
+                && (n.len() == 1 || !n.starts_with('0'))
+        })
+        && rest.get(1..).is_none_or(|tail| {
+            !tail.is_empty()
+                && tail
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'))
+        })
+}
+
+impl PluginBody {
+    fn validate(self, field: &str) -> Result<PluginCallRecord, ApiError> {
+        if !valid_plugin_name(&self.name) {
+            return Err(ApiError::field(
+                &format!("{field}.name"),
+                "plugin names are 1 to 64 lowercase letters, digits and '-'",
+            ));
+        }
+        if !valid_version(&self.version) {
+            return Err(ApiError::field(
+                &format!("{field}.version"),
+                "expected a version like 1.2.0",
+            ));
+        }
+        let input = self.input.unwrap_or(serde_json::Value::Null);
+        let size = serde_json::to_vec(&input)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_TASK_BODY {
+            return Err(ApiError {
+                field: Some(format!("{field}.input")),
+                ..ApiError::too_large(format!(
+                    "plugin input is {size} bytes; the limit is {MAX_TASK_BODY}"
+                ))
+            });
+        }
+        Ok(PluginCallRecord {
+            name: self.name,
+            version: self.version,
+            input,
+        })
+    }
+}
+
+/// A plugin task's target, as shown.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct PluginCallView {
+    pub name: String,
+    pub version: String,
+    pub input: serde_json::Value,
+}
+
+impl PluginCallView {
+    pub fn new(p: &PluginCallRecord) -> PluginCallView {
+        PluginCallView {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            input: p.input.clone(),
+        }
+    }
+}
+
+/// The target as shown: `(webhook, plugin)`, exactly one set.
+fn target_views(target: &Target) -> (Option<WebhookView>, Option<PluginCallView>) {
+    match target {
+        Target::Webhook(w) => (Some(WebhookView::new(w)), None),
+        Target::Plugin(p) => (None, Some(PluginCallView::new(p))),
+    }
+}
+
+/// The JSON texts a plugin's success asks to create, checked as
+/// `POST /v1/tasks` bodies: all or nothing.
+pub fn parse_next(texts: &[String], now: Timestamp) -> Result<Vec<NewTask>, String> {
+    if texts.len() > MAX_NEXT {
+        return Err(format!(
+            "the plugin asked for {} next tasks; at most {MAX_NEXT}",
+            texts.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let body: TaskBody = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| format!("next[{i}]: invalid task at {}: {}", e.path(), e.inner()))?;
+        let task = body
+            .validate(now, &format!("next[{i}]."))
+            .map_err(|e| match e.field {
+                Some(field) => format!("{field}: {}", e.message),
+                None => e.message,
+            })?;
+        out.push(task);
+    }
+    Ok(out)
+}
+
 #[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskBody {
     pub gate: String,
-    /// The target; required until plugin tasks exist.
+    /// An HTTP request to make; give this or `plugin`.
     pub webhook: Option<WebhookBody>,
-    /// `{name, version, input}`: refused for now, this server has no
-    /// WebAssembly runtime yet.
-    pub plugin: Option<serde_json::Value>,
+    /// A WebAssembly plugin to run; give this or `webhook`.
+    pub plugin: Option<PluginBody>,
     /// RFC 3339; not together with `delay`. Neither means now.
     #[schema(format = DateTime)]
     pub run_at: Option<String>,
@@ -406,6 +542,105 @@ pub struct BatchBody {
     pub tasks: Vec<TaskBody>,
 }
 
+/// Checks a webhook target; `f` names fields (`tasks[3].webhook.url`).
+fn webhook_record(
+    webhook: WebhookBody,
+    f: &dyn Fn(&str) -> String,
+) -> Result<WebhookRecord, ApiError> {
+    if webhook.url.len() > MAX_URL_LEN {
+        return Err(ApiError::field(
+            &f("webhook.url"),
+            "url is longer than 8 KiB",
+        ));
+    }
+    let url = reqwest::Url::parse(&webhook.url)
+        .map_err(|e| ApiError::field(&f("webhook.url"), format!("invalid url: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::field(
+            &f("webhook.url"),
+            "url must be http or https",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ApiError::field(&f("webhook.url"), "url has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::field(
+            &f("webhook.url"),
+            "put credentials in headers, not in the url",
+        ));
+    }
+    let method = webhook
+        .method
+        .unwrap_or_else(|| "POST".into())
+        .to_ascii_uppercase();
+    if !METHODS.contains(&method.as_str()) {
+        return Err(ApiError::field(
+            &f("webhook.method"),
+            format!("method must be one of {METHODS:?}"),
+        ));
+    }
+    let given = webhook.headers.unwrap_or_default();
+    if given.len() > MAX_HEADERS {
+        return Err(ApiError::field(
+            &f("webhook.headers"),
+            format!("at most {MAX_HEADERS} headers"),
+        ));
+    }
+    let mut headers = BTreeMap::new();
+    let mut secret_headers = BTreeSet::new();
+    for (name, value) in given {
+        let field = f(&format!("webhook.headers.{name}"));
+        let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
+        if !name_ok {
+            return Err(ApiError::field(&field, "invalid header name"));
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with("sluice-")
+            || matches!(
+                lower.as_str(),
+                "host" | "content-length" | "transfer-encoding" | "connection" | "idempotency-key"
+            )
+        {
+            return Err(ApiError::field(&field, "this header is set by Sluice"));
+        }
+        let (value, marked) = header_value(value).map_err(|m| ApiError::field(&field, m))?;
+        // Messages never echo the value: it may be a credential.
+        if reqwest::header::HeaderValue::from_str(&value).is_err() || value.len() > 8 * 1024 {
+            return Err(ApiError::field(&field, "invalid header value"));
+        }
+        if marked || ALWAYS_SECRET.contains(&lower.as_str()) {
+            secret_headers.insert(lower);
+        }
+        headers.insert(name, value);
+    }
+    let body = match webhook.body {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(BodyRecord::Text(s)),
+        Some(v) => Some(BodyRecord::Json(v)),
+    };
+    let body_len = match &body {
+        None => 0,
+        Some(BodyRecord::Text(s)) => s.len(),
+        Some(BodyRecord::Json(v)) => serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX),
+    };
+    if body_len > MAX_TASK_BODY {
+        return Err(ApiError {
+            field: Some(f("webhook.body")),
+            ..ApiError::too_large(format!(
+                "webhook body is {body_len} bytes; the limit is {MAX_TASK_BODY}"
+            ))
+        });
+    }
+    Ok(WebhookRecord {
+        url: webhook.url,
+        method,
+        headers,
+        body,
+        secret_headers,
+    })
+}
+
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 impl TaskBody {
@@ -413,118 +648,22 @@ impl TaskBody {
     pub fn validate(self, now: Timestamp, prefix: &str) -> Result<NewTask, ApiError> {
         let f = |name: &str| format!("{prefix}{name}");
         valid_name(&self.gate).map_err(|e| ApiError::field(&f("gate"), e.message))?;
-        let webhook = match (self.webhook, self.plugin) {
+        let target = match (self.webhook, self.plugin) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::field(
                     &f("webhook"),
                     "a task has either a webhook or a plugin, not both",
                 ));
             }
-            (None, Some(_)) => {
-                return Err(ApiError::field(
-                    &f("plugin"),
-                    "plugin tasks need the WebAssembly runtime, which this server does not have yet",
-                ));
-            }
+            (None, Some(plugin)) => Target::Plugin(plugin.validate(&f("plugin"))?),
             (None, None) => {
                 return Err(ApiError::field(
                     &f("webhook"),
-                    "a task needs a webhook target",
+                    "a task needs a target: a webhook or a plugin",
                 ));
             }
-            (Some(w), None) => w,
+            (Some(webhook), None) => Target::Webhook(webhook_record(webhook, &f)?),
         };
-        if webhook.url.len() > MAX_URL_LEN {
-            return Err(ApiError::field(
-                &f("webhook.url"),
-                "url is longer than 8 KiB",
-            ));
-        }
-        let url = reqwest::Url::parse(&webhook.url)
-            .map_err(|e| ApiError::field(&f("webhook.url"), format!("invalid url: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ApiError::field(
-                &f("webhook.url"),
-                "url must be http or https",
-            ));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(ApiError::field(&f("webhook.url"), "url has no host"));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(ApiError::field(
-                &f("webhook.url"),
-                "put credentials in headers, not in the url",
-            ));
-        }
-        let method = webhook
-            .method
-            .unwrap_or_else(|| "POST".into())
-            .to_ascii_uppercase();
-        if !METHODS.contains(&method.as_str()) {
-            return Err(ApiError::field(
-                &f("webhook.method"),
-                format!("method must be one of {METHODS:?}"),
-            ));
-        }
-        let given = webhook.headers.unwrap_or_default();
-        if given.len() > MAX_HEADERS {
-            return Err(ApiError::field(
-                &f("webhook.headers"),
-                format!("at most {MAX_HEADERS} headers"),
-            ));
-        }
-        let mut headers = BTreeMap::new();
-        let mut secret_headers = BTreeSet::new();
-        for (name, value) in given {
-            let field = f(&format!("webhook.headers.{name}"));
-            let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
-            if !name_ok {
-                return Err(ApiError::field(&field, "invalid header name"));
-            }
-            let lower = name.to_ascii_lowercase();
-            if lower.starts_with("sluice-")
-                || matches!(
-                    lower.as_str(),
-                    "host"
-                        | "content-length"
-                        | "transfer-encoding"
-                        | "connection"
-                        | "idempotency-key"
-                )
-            {
-                return Err(ApiError::field(&field, "this header is set by Sluice"));
-            }
-            let (value, marked) = header_value(value).map_err(|m| ApiError::field(&field, m))?;
-            // Messages never echo the value: it may be a credential.
-            if reqwest::header::HeaderValue::from_str(&value).is_err() || value.len() > 8 * 1024 {
-                return Err(ApiError::field(&field, "invalid header value"));
-            }
-            if marked || ALWAYS_SECRET.contains(&lower.as_str()) {
-                secret_headers.insert(lower);
-            }
-            headers.insert(name, value);
-        }
-        let body = match webhook.body {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(BodyRecord::Text(s)),
-            Some(v) => Some(BodyRecord::Json(v)),
-        };
-        let body_len = match &body {
-            None => 0,
-            Some(BodyRecord::Text(s)) => s.len(),
-            Some(BodyRecord::Json(v)) => {
-                serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX)
-            }
-        };
-        if body_len > MAX_TASK_BODY {
-            return Err(ApiError {
-                field: Some(f("webhook.body")),
-                ..ApiError::too_large(format!(
-                    "webhook body is {body_len} bytes; the limit is {MAX_TASK_BODY}"
-                ))
-            });
-        }
         let due = match (&self.run_at, &self.delay) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::field(
@@ -584,13 +723,7 @@ impl TaskBody {
             .transpose()?;
         Ok(NewTask {
             gate: self.gate,
-            webhook: WebhookRecord {
-                url: webhook.url,
-                method,
-                headers,
-                body,
-                secret_headers,
-            },
+            target,
             due,
             max_attempts: self
                 .max_attempts
@@ -992,6 +1125,10 @@ pub struct AttemptView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime)]
     pub heartbeat_at: Option<String>,
+    /// A plugin attempt's log, `level: message` per line (capped), with the
+    /// host's own notes (a denied request, say) as `sluice: ...`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
 }
 
 impl From<&AttemptRecord> for AttemptView {
@@ -1014,6 +1151,7 @@ impl From<&AttemptRecord> for AttemptView {
             lease_until: a.lease_until.filter(|_| a.ended_at.is_none()).map(time),
             progress: a.progress.clone(),
             heartbeat_at: a.heartbeat_at.map(time),
+            logs: a.logs.clone(),
         }
     }
 }
@@ -1024,7 +1162,10 @@ pub struct TaskView {
     pub gate: String,
     /// `scheduled`, `running`, `succeeded`, `failed`, `expired` or `cancelled`.
     pub state: String,
-    pub webhook: WebhookView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginCallView>,
     #[schema(format = DateTime)]
     pub created_at: String,
     /// When it was asked to run.
@@ -1063,11 +1204,13 @@ pub struct TaskView {
 impl TaskView {
     pub fn new(t: &TaskRecord, attempts: Option<&[AttemptRecord]>) -> TaskView {
         let retry = retry_view(&t.retry);
+        let (webhook, plugin) = target_views(&t.target());
         TaskView {
             id: TaskId(t.id).to_string(),
             gate: t.gate.clone(),
             state: t.state.as_str().to_string(),
-            webhook: WebhookView::new(&t.webhook),
+            webhook,
+            plugin,
             created_at: time(t.created_at),
             scheduled_at: time(t.scheduled_at),
             due_at: time(t.due_at),
@@ -1213,7 +1356,10 @@ pub struct RunView {
 #[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct TemplateView {
     pub gate: String,
-    pub webhook: WebhookView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginCallView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1299,7 +1445,8 @@ impl ScheduleView {
             paused: s.paused,
             task: TemplateView {
                 gate: t.gate.clone(),
-                webhook: WebhookView::new(&t.webhook),
+                webhook: target_views(&t.target()).0,
+                plugin: target_views(&t.target()).1,
                 max_attempts: t.max_attempts,
                 timeout: t.timeout_ms.map(ms_text),
                 expires_after: t.expires_after_ms.map(ms_text),
@@ -1440,4 +1587,43 @@ impl HeartbeatBody {
             lease,
         })
     }
+}
+
+// ---- the plugin registry ----
+
+/// A plugin version in the registry.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    /// Bytes of the component.
+    pub size: u64,
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    #[schema(format = DateTime)]
+    pub uploaded_at: String,
+    /// What the component imports (all within the `sluice:task` world).
+    pub imports: Vec<String>,
+    /// Unfinished tasks and schedules that run it; it cannot be deleted while
+    /// this is above zero.
+    pub references: u64,
+}
+
+impl PluginView {
+    pub fn new(p: &PluginRecord, schedules: u64) -> PluginView {
+        PluginView {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            size: p.size,
+            sha256: p.sha256.clone(),
+            uploaded_at: time(p.uploaded_at),
+            imports: p.imports.clone(),
+            references: p.unfinished + schedules,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct PluginList {
+    pub plugins: Vec<PluginView>,
 }

@@ -362,6 +362,79 @@ impl Gate {
         Ok(())
     }
 
+    /// Whether an HTTP request of a running plugin attempt may go out at `now`.
+    /// Like [`Gate::try_start`] it waits for a pause, an open circuit, a
+    /// throttle and the bucket; `extra_slot` asks for a concurrency slot of its
+    /// own (the attempt's slot already covers one request at a time). `Ok` takes
+    /// the token (and the slot). A half-open circuit lets requests through: they
+    /// belong to attempts already admitted, the probe among them.
+    pub fn try_request(
+        &mut self,
+        now: Timestamp,
+        extra_slot: bool,
+    ) -> Result<(), Option<Timestamp>> {
+        if self.paused {
+            return Err(None);
+        }
+        if let Circuit::Open { until, .. } = self.circuit
+            && now < until
+        {
+            return Err(Some(until));
+        }
+        if let Some(until) = self.throttled_until
+            && now < until
+        {
+            return Err(Some(until));
+        }
+        if extra_slot && self.in_flight >= self.limits.concurrency {
+            return Err(None);
+        }
+        let rate = self.effective_rate(now);
+        self.limiter
+            .admit(now, rate, self.limits.burst)
+            .map_err(Some)?;
+        if extra_slot {
+            self.in_flight += 1;
+        }
+        Ok(())
+    }
+
+    /// A request admitted by [`Gate::try_request`] has ended. `extra_slot`
+    /// gives back the slot it took; a 429 or 503 throttles the gate as a
+    /// webhook's does. The circuit counts attempts, not requests: the plugin's
+    /// outcome decides.
+    pub fn request_ended(&mut self, now: Timestamp, extra_slot: bool, signal: Signal) {
+        if extra_slot {
+            self.release_slot();
+        }
+        if let Signal::Throttled { retry_after } = signal {
+            self.throttle(now, retry_after);
+        }
+    }
+
+    /// Gives back a slot taken for a request, when its attempt ended first.
+    pub fn release_slot(&mut self) {
+        assert!(
+            self.in_flight > 0,
+            "slot released on a gate with none taken"
+        );
+        self.in_flight -= 1;
+    }
+
+    fn throttle(&mut self, now: Timestamp, retry_after: Option<std::time::Duration>) {
+        if let Some(after) = retry_after {
+            let until = now.plus(after.min(RETRY_AFTER_MAX));
+            self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
+        }
+        let recent = self
+            .cut
+            .is_some_and(|(_, at)| now.since(at).as_millis() < u128::from(THROTTLE_CUT_EVERY_MS));
+        if !recent {
+            let factor = (self.throttle_factor(now) * 0.5).max(THROTTLE_FLOOR);
+            self.cut = Some((factor, now));
+        }
+    }
+
     /// Takes a concurrency slot without the limiter: for a leased attempt that was
     /// already admitted before a restart.
     pub fn hold(&mut self) {
@@ -376,17 +449,7 @@ impl Gate {
         );
         self.in_flight -= 1;
         if let Signal::Throttled { retry_after } = signal {
-            if let Some(after) = retry_after {
-                let until = now.plus(after.min(RETRY_AFTER_MAX));
-                self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
-            }
-            let recent = self.cut.is_some_and(|(_, at)| {
-                now.since(at).as_millis() < u128::from(THROTTLE_CUT_EVERY_MS)
-            });
-            if !recent {
-                let factor = (self.throttle_factor(now) * 0.5).max(THROTTLE_FLOOR);
-                self.cut = Some((factor, now));
-            }
+            self.throttle(now, retry_after);
         }
         let Some(policy) = self.limits.circuit else {
             return;

@@ -138,6 +138,21 @@ pub enum Input {
         task: QueuedTask,
         until: Timestamp,
     },
+    /// The plugin running attempt `attempt` of `task` wants to send an HTTP
+    /// request. Answered by a permit (see [`Scheduler::poll_permit`]) when the
+    /// gate allows it; dropped if the attempt ends first.
+    Ask {
+        task: TaskId,
+        attempt: u32,
+        ask: u64,
+    },
+    /// A request that had its permit is done; `signal` says whether the endpoint
+    /// asked the gate to slow down (only `Throttled` changes the gate).
+    RequestEnded {
+        task: TaskId,
+        attempt: u32,
+        signal: Signal,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -218,6 +233,9 @@ pub struct GateView {
 #[derive(Debug)]
 struct Lane {
     gate: Gate,
+    /// Plugin requests waiting for the gate, first come first served, ahead of
+    /// tasks waiting to start: (task, attempt, ask).
+    asks: VecDeque<(TaskId, u32, u64)>,
     queue: BTreeMap<Key, QueuedTask>,
     disk_next: Option<Key>,
     loading: bool,
@@ -228,6 +246,24 @@ struct Lane {
 struct Running {
     task: QueuedTask,
     lease: Option<Timestamp>,
+    /// Plugin requests in flight. The first rides the attempt's own concurrency
+    /// slot; each one beyond it holds a slot of its own.
+    requests: u32,
+}
+
+impl Running {
+    fn new(task: QueuedTask, lease: Option<Timestamp>) -> Running {
+        Running {
+            task,
+            lease,
+            requests: 0,
+        }
+    }
+
+    /// Slots held beyond the attempt's own.
+    fn extra_slots(&self) -> u32 {
+        self.requests.saturating_sub(1)
+    }
 }
 
 pub struct Scheduler {
@@ -239,6 +275,8 @@ pub struct Scheduler {
     /// Leased attempts by deadline.
     leases: BTreeSet<(Timestamp, TaskId)>,
     effects: VecDeque<Effect>,
+    /// Plugin requests allowed out: (task, ask).
+    permits: VecDeque<(TaskId, u64)>,
     rng: Rng,
 }
 
@@ -252,6 +290,7 @@ impl Scheduler {
             running: BTreeMap::new(),
             leases: BTreeSet::new(),
             effects: VecDeque::new(),
+            permits: VecDeque::new(),
             rng: Rng::new(seed),
         }
     }
@@ -266,6 +305,7 @@ impl Scheduler {
             } => {
                 let lane = self.lanes.entry(gate).or_insert_with(|| Lane {
                     gate: Gate::new(now, limits),
+                    asks: VecDeque::new(),
                     queue: BTreeMap::new(),
                     // Unknown until loaded: anything may be on disk.
                     disk_next: Some((Timestamp::ZERO, TaskId(0))),
@@ -341,6 +381,7 @@ impl Scheduler {
                     self.leases.remove(&(until, task));
                 }
                 let gate = running.task.gate;
+                self.release_requests(&running);
                 if let Some(lane) = self.lanes.get_mut(&gate) {
                     lane.gate.attempt_ended(now, outcome.signal());
                 }
@@ -368,16 +409,63 @@ impl Scheduler {
                     lane.gate.hold();
                 }
                 self.leases.insert((until, id));
-                let previous = self.running.insert(
-                    id,
-                    Running {
-                        task,
-                        lease: Some(until),
-                    },
-                );
+                let previous = self.running.insert(id, Running::new(task, Some(until)));
                 assert!(previous.is_none(), "lease restored twice");
             }
+            Input::Ask { task, attempt, ask } => {
+                let Some(gate) = self
+                    .running
+                    .get(&task)
+                    .filter(|r| r.task.attempts == attempt)
+                    .map(|r| r.task.gate)
+                else {
+                    return;
+                };
+                if let Some(lane) = self.lanes.get_mut(&gate) {
+                    lane.asks.push_back((task, attempt, ask));
+                    self.poke(gate);
+                }
+            }
+            Input::RequestEnded {
+                task,
+                attempt,
+                signal,
+            } => {
+                let Some(running) = self
+                    .running
+                    .get_mut(&task)
+                    .filter(|r| r.task.attempts == attempt && r.requests > 0)
+                else {
+                    // The attempt ended first and gave the slots back then.
+                    return;
+                };
+                let extra = running.requests > 1;
+                running.requests -= 1;
+                let gate = running.task.gate;
+                if let Some(lane) = self.lanes.get_mut(&gate) {
+                    lane.gate.request_ended(now, extra, signal);
+                }
+                self.poke(gate);
+            }
         }
+    }
+
+    /// Gives back the slots an ending attempt's requests held beyond its own, and
+    /// forgets its requests still waiting.
+    fn release_requests(&mut self, running: &Running) {
+        let Some(lane) = self.lanes.get_mut(&running.task.gate) else {
+            return;
+        };
+        for _ in 0..running.extra_slots() {
+            lane.gate.release_slot();
+        }
+        let id = running.task.id;
+        lane.asks.retain(|&(task, _, _)| task != id);
+    }
+
+    /// A plugin request allowed out, as (task, ask). Drain after every turn.
+    pub fn poll_permit(&mut self) -> Option<(TaskId, u64)> {
+        self.permits.pop_front()
     }
 
     /// Starts whatever may start at `now`. A spurious call is a no-op.
@@ -391,6 +479,7 @@ impl Scheduler {
                 continue;
             };
             let gate = running.task.gate;
+            self.release_requests(&running);
             if let Some(lane) = self.lanes.get_mut(&gate) {
                 lane.gate.attempt_ended(now, Signal::Failed);
             }
@@ -459,6 +548,11 @@ impl Scheduler {
         self.running.len()
     }
 
+    /// The gate of a running task.
+    pub fn gate_of(&self, task: TaskId) -> Option<GateId> {
+        self.running.get(&task).map(|r| r.task.gate)
+    }
+
     pub fn is_running(&self, task: TaskId) -> bool {
         self.running.contains_key(&task)
     }
@@ -525,6 +619,11 @@ impl Scheduler {
         let horizon = now.plus(tuning.horizon);
         let low = tuning.window / 2;
         let mut wake = None;
+        if let Err(not_before) = self.serve_asks(now, gate) {
+            // Requests of running attempts go first; new starts wait behind them.
+            self.set_wake(gate, not_before);
+            return;
+        }
         loop {
             let Some(lane) = self.lanes.get_mut(&gate) else {
                 return;
@@ -585,7 +684,7 @@ impl Scheduler {
                         gate,
                         attempt: task.attempts,
                     });
-                    let previous = self.running.insert(task.id, Running { task, lease: None });
+                    let previous = self.running.insert(task.id, Running::new(task, None));
                     assert!(previous.is_none(), "task started twice");
                 }
                 Err(not_before) => {
@@ -604,6 +703,28 @@ impl Scheduler {
             "a lane must not wake in the past"
         );
         self.set_wake(gate, wake);
+    }
+
+    /// Lets waiting plugin requests out while the gate allows, in order.
+    fn serve_asks(&mut self, now: Timestamp, gate: GateId) -> Result<(), Option<Timestamp>> {
+        let Some(lane) = self.lanes.get_mut(&gate) else {
+            return Ok(());
+        };
+        while let Some(&(task, attempt, ask)) = lane.asks.front() {
+            let Some(running) = self
+                .running
+                .get_mut(&task)
+                .filter(|r| r.task.attempts == attempt)
+            else {
+                lane.asks.pop_front();
+                continue;
+            };
+            lane.gate.try_request(now, running.requests > 0)?;
+            running.requests += 1;
+            lane.asks.pop_front();
+            self.permits.push_back((task, ask));
+        }
+        Ok(())
     }
 
     /// Decides what follows an attempt.

@@ -1,7 +1,10 @@
 //! Property tests of the scheduler on simulated time: random arrivals, gate
 //! config changes, pauses and restarts, against a simulated endpoint with random
-//! latency and failures. After every step: the window bound and the concurrency
-//! cap hold for every gate, and every task is in exactly one place.
+//! latency and failures. A third of the attempts are plugins that ask for one to
+//! four HTTP requests at once. After every step: the window bound (attempt starts
+//! and plugin requests together) and the concurrency cap (attempts plus the
+//! requests beyond each attempt's first) hold for every gate, and every task is in
+//! exactly one place.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -36,12 +39,24 @@ struct World {
     tasks: BTreeMap<TaskId, SimTask>,
     /// Attempts at the endpoint: task → (gate, ends at, outcome).
     in_flight: BTreeMap<TaskId, (GateId, Timestamp, Outcome)>,
+    /// Plugin attempts: they end when all their requests have.
+    plugins: BTreeMap<TaskId, PluginRun>,
     /// Per gate, every start: (time, config epoch).
     starts: BTreeMap<GateId, Vec<(Timestamp, u32)>>,
     epoch: BTreeMap<GateId, u32>,
     /// Per gate and epoch, the limits in force.
     epochs: BTreeMap<(GateId, u32), GateLimits>,
     next_id: u64,
+}
+
+struct PluginRun {
+    gate: GateId,
+    attempt: u32,
+    /// Requests asked for and not yet allowed.
+    waiting: u32,
+    /// When each allowed request ends.
+    requests: Vec<Timestamp>,
+    outcome: Outcome,
 }
 
 fn limits(rng: &mut Rng) -> GateLimits {
@@ -77,6 +92,7 @@ impl World {
             pending: BTreeSet::new(),
             tasks: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            plugins: BTreeMap::new(),
             starts: BTreeMap::new(),
             epoch: BTreeMap::new(),
             epochs: BTreeMap::new(),
@@ -147,6 +163,7 @@ impl World {
     /// A crash: memory is gone, attempts in flight die with the process.
     fn restart(&mut self) {
         self.in_flight.clear();
+        self.plugins.clear();
         self.sched = Scheduler::new(self.rng.next_u64(), self.tuning);
         for (&gate, &l) in &self.gates {
             let paused = self.paused.contains(&gate);
@@ -174,6 +191,26 @@ impl World {
     }
 
     fn run_effects(&mut self) {
+        loop {
+            self.run_core_effects();
+            let Some((task, _ask)) = self.sched.poll_permit() else {
+                break;
+            };
+            let run = self
+                .plugins
+                .get_mut(&task)
+                .expect("permit for a plugin run");
+            assert!(run.waiting > 0, "permit nobody asked for");
+            run.waiting -= 1;
+            let latency = Duration::from_millis(1 + self.rng.below(300));
+            run.requests.push(self.now.plus(latency));
+            let gate = run.gate;
+            let e = self.epoch[&gate];
+            self.starts.entry(gate).or_default().push((self.now, e));
+        }
+    }
+
+    fn run_core_effects(&mut self) {
         while let Some(effect) = self.sched.poll_effect() {
             match effect {
                 Effect::Load {
@@ -227,9 +264,27 @@ impl World {
                         },
                         _ => Outcome::Failed { retry_after: None },
                     };
-                    self.in_flight
-                        .insert(task, (gate, self.now.plus(latency), outcome));
                     let e = self.epoch[&gate];
+                    if self.rng.below(3) == 0 {
+                        let asks = 1 + self.rng.below(4) as u32;
+                        self.plugins.insert(
+                            task,
+                            PluginRun {
+                                gate,
+                                attempt,
+                                waiting: asks,
+                                requests: Vec::new(),
+                                outcome,
+                            },
+                        );
+                        for ask in 0..u64::from(asks) {
+                            self.sched
+                                .handle_input(self.now, Input::Ask { task, attempt, ask });
+                        }
+                    } else {
+                        self.in_flight
+                            .insert(task, (gate, self.now.plus(latency), outcome));
+                    }
                     self.starts.entry(gate).or_default().push((self.now, e));
                 }
                 Effect::Requeue { task, gate, due } => {
@@ -261,7 +316,16 @@ impl World {
 
     /// Jumps to the next event: an attempt ending or the scheduler's timer.
     fn advance(&mut self) {
-        let next_end = self.in_flight.values().map(|&(_, end, _)| end).min();
+        let next_end = self
+            .in_flight
+            .values()
+            .map(|&(_, end, _)| end)
+            .chain(
+                self.plugins
+                    .values()
+                    .flat_map(|r| r.requests.iter().copied()),
+            )
+            .min();
         let next = match (self.sched.poll_timeout(), next_end) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(self.now.plus(Duration::from_secs(1))),
@@ -279,13 +343,60 @@ impl World {
                 .handle_input(self.now, Input::AttemptEnded { task, outcome });
             self.run_effects();
         }
+        let plugins: Vec<TaskId> = self.plugins.keys().copied().collect();
+        for task in plugins {
+            let Some(run) = self.plugins.get_mut(&task) else {
+                continue;
+            };
+            let (attempt, before) = (run.attempt, run.requests.len());
+            let now = self.now;
+            run.requests.retain(|&end| end > now);
+            let ended = before - run.requests.len();
+            let done = run.waiting == 0 && run.requests.is_empty();
+            for _ in 0..ended {
+                let signal = if self.rng.below(8) == 0 {
+                    Signal::Throttled {
+                        retry_after: Some(Duration::from_millis(self.rng.below(500))),
+                    }
+                } else {
+                    Signal::Healthy
+                };
+                self.sched.handle_input(
+                    self.now,
+                    Input::RequestEnded {
+                        task,
+                        attempt,
+                        signal,
+                    },
+                );
+            }
+            if done {
+                let run = self.plugins.remove(&task).expect("plugin run");
+                self.sched.handle_input(
+                    self.now,
+                    Input::AttemptEnded {
+                        task,
+                        outcome: run.outcome,
+                    },
+                );
+            }
+            self.run_effects();
+        }
         self.sched.handle_timeout(self.now);
         self.run_effects();
     }
 
     fn check(&self) {
         for (&gate, &l) in &self.gates {
-            let n = self.in_flight.values().filter(|v| v.0 == gate).count();
+            let attempts = self.in_flight.values().filter(|v| v.0 == gate).count()
+                + self.plugins.values().filter(|r| r.gate == gate).count();
+            let extra: usize = self
+                .plugins
+                .values()
+                .filter(|r| r.gate == gate)
+                .map(|r| r.requests.len().saturating_sub(1))
+                .sum();
+            let n = attempts + extra;
             assert!(
                 n as u32 <= l.concurrency.max(self.max_concurrency(gate)),
                 "gate {gate:?}: {n} in flight"

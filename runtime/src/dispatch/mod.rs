@@ -45,6 +45,17 @@ pub struct Plan {
     pub signing_keys: Vec<sign::SigningKey>,
     pub idempotency_key: String,
     pub allowed_hosts: Vec<String>,
+    /// Set for a plugin task: the webhook fields are then unused.
+    pub plugin: Option<PluginCall>,
+}
+
+/// What a plugin attempt runs.
+#[derive(Clone, Debug)]
+pub struct PluginCall {
+    pub name: String,
+    pub version: String,
+    /// The task's `plugin.input` as JSON text.
+    pub input: String,
 }
 
 /// What became of an attempt.
@@ -60,6 +71,11 @@ pub struct Report {
     pub response: Option<String>,
     /// A `202` with `Sluice-Lease`: the endpoint holds the work for this long.
     pub lease: Option<Duration>,
+    /// A plugin attempt's log lines.
+    pub logs: Vec<String>,
+    /// Tasks a plugin's success asks for, as `POST /v1/tasks` JSON texts;
+    /// created in the same commit as the success, or the attempt fails.
+    pub next: Vec<String>,
 }
 
 /// Longest lease an endpoint may ask for at once; heartbeats extend it.
@@ -158,7 +174,52 @@ impl Dispatcher {
             error,
             response,
             lease,
+            logs: Vec::new(),
+            next: Vec::new(),
         }
+    }
+
+    /// The client that may carry a request to `url` for a gate with these
+    /// `allowed_hosts`, or why none may: the host must be allowed by the gate
+    /// and by the server's `outbound_hosts`; a private or reserved address
+    /// needs the gate to name the host explicitly, and is then reached through
+    /// the open client; any other name goes through the guarded resolver. The
+    /// same rules for webhooks and plugin requests.
+    pub fn client_for(
+        &self,
+        url: &reqwest::Url,
+        gate: &str,
+        allowed_hosts: &[String],
+    ) -> Result<&reqwest::Client, String> {
+        let Some(host) = url.host_str() else {
+            return Err("url has no host".into());
+        };
+        let port = url.port_or_known_default().unwrap_or(0);
+        if !guard::host_allowed(host, port, allowed_hosts) {
+            return Err(format!(
+                "host {host}:{port} is not in gate {gate}'s allowed_hosts"
+            ));
+        }
+        if !guard::host_allowed(host, port, &self.outbound) {
+            return Err(format!(
+                "host {host}:{port} is outside the server's outbound_hosts"
+            ));
+        }
+        let explicit = guard::named_explicitly(host, port, allowed_hosts);
+        let literal: Option<IpAddr> = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal
+            && guard::is_forbidden(ip)
+            && !explicit
+        {
+            return Err(format!(
+                "{ip} is a private or reserved address; name it in the gate's allowed_hosts to allow it"
+            ));
+        }
+        Ok(if explicit { &self.open } else { &self.guarded })
     }
 
     #[allow(clippy::type_complexity, reason = "one tuple, taken apart once")]
@@ -177,36 +238,10 @@ impl Dispatcher {
             Ok(url) => url,
             Err(e) => return denied(format!("invalid url: {e}")),
         };
-        let Some(host) = url.host_str() else {
-            return denied("url has no host".into());
+        let client = match self.client_for(&url, &plan.gate, &plan.allowed_hosts) {
+            Ok(client) => client,
+            Err(why) => return denied(why),
         };
-        let port = url.port_or_known_default().unwrap_or(0);
-        if !guard::host_allowed(host, port, &plan.allowed_hosts) {
-            return denied(format!(
-                "host {host}:{port} is not in gate {}'s allowed_hosts",
-                plan.gate
-            ));
-        }
-        if !guard::host_allowed(host, port, &self.outbound) {
-            return denied(format!(
-                "host {host}:{port} is outside the server's outbound_hosts"
-            ));
-        }
-        let explicit = guard::named_explicitly(host, port, &plan.allowed_hosts);
-        let literal: Option<IpAddr> = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal
-            && guard::is_forbidden(ip)
-            && !explicit
-        {
-            return denied(format!(
-                "{ip} is a private or reserved address; name it in the gate's allowed_hosts to allow it"
-            ));
-        }
-        let client = if explicit { &self.open } else { &self.guarded };
         let method = match reqwest::Method::from_bytes(plan.method.as_bytes()) {
             Ok(m) => m,
             Err(_) => return denied(format!("invalid method {:?}", plan.method)),

@@ -23,12 +23,14 @@ use crate::core::{
 };
 use crate::dispatch::{self, Dispatcher, Plan, Report, guard};
 use crate::model::{GateSpec, NewTask, ScheduleSpec};
+use crate::plugin::{self, PermitMessage};
 use crate::store::{
-    AttemptRecord, BodyRecord, CircuitRecord, Counts, GateRecord, RecoveryRecord, RetryRecord,
-    ScheduleRecord, Store, StoreError, TaskRecord, TaskState, Tx,
+    AttemptRecord, BodyRecord, CircuitRecord, Counts, GateRecord, PluginRecord, RecoveryRecord,
+    RetryRecord, ScheduleRecord, Store, StoreError, Target, TaskRecord, TaskState, Tx,
 };
 
 mod leases;
+pub mod plugins;
 mod schedules;
 pub mod stats;
 
@@ -121,6 +123,15 @@ pub enum Command {
         name: String,
         paused: bool,
         reply: Reply<ScheduleRecord>,
+    },
+    /// Stores an audited, compiled upload.
+    PutPlugin {
+        upload: Box<plugins::Upload>,
+        reply: Reply<(PluginRecord, bool)>,
+    },
+    DeletePlugin {
+        key: String,
+        reply: Reply<()>,
     },
 }
 
@@ -231,6 +242,23 @@ impl Handle {
         .await
     }
 
+    /// Stores an upload; `true` when it is new, `false` when the same bytes
+    /// were already there under that version.
+    pub async fn put_plugin(
+        &self,
+        upload: plugins::Upload,
+    ) -> Result<(PluginRecord, bool), ShellError> {
+        self.ask(|reply| Command::PutPlugin {
+            upload: Box::new(upload),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete_plugin(&self, key: String) -> Result<(), ShellError> {
+        self.ask(|reply| Command::DeletePlugin { key, reply }).await
+    }
+
     pub async fn live(&self, gate: Option<String>) -> Result<Vec<GateLive>, ShellError> {
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -252,6 +280,14 @@ pub struct Options {
     pub outbound_hosts: Vec<String>,
     /// Finished tasks and their history are kept this long.
     pub retention: Duration,
+    /// Runs plugin tasks; without one they fail as denied.
+    pub plugins: Option<Arc<plugin::Host>>,
+}
+
+impl std::fmt::Debug for plugin::Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("plugin::Host").finish_non_exhaustive()
+    }
 }
 
 impl Default for Options {
@@ -262,6 +298,7 @@ impl Default for Options {
             signing_secrets: Vec::new(),
             outbound_hosts: Vec::new(),
             retention: DEFAULT_RETENTION,
+            plugins: None,
         }
     }
 }
@@ -325,6 +362,7 @@ pub fn spawn(
                 engine.metrics = metrics;
                 ready.store(true, Ordering::Release);
                 let _ = booted_tx.send(Ok(()));
+                let (permits_tx, permits_rx) = mpsc::unbounded_channel();
                 let mut runner = Runner {
                     engine,
                     dispatcher,
@@ -333,8 +371,13 @@ pub fn spawn(
                     grace: options.grace,
                     pacers: HashMap::new(),
                     retention: options.retention,
+                    plugins: options.plugins.clone(),
+                    asks: HashMap::new(),
+                    permits: permits_tx,
                 };
-                let result = runner.run(commands_rx, reports_rx, &mut shutdown).await;
+                let result = runner
+                    .run(commands_rx, reports_rx, permits_rx, &mut shutdown)
+                    .await;
                 ready.store(false, Ordering::Release);
                 result
             })
@@ -360,6 +403,10 @@ struct Runner {
     /// were counted; see `release_at`.
     pacers: HashMap<u32, (f64, std::time::Instant)>,
     retention: Duration,
+    plugins: Option<Arc<plugin::Host>>,
+    /// Plugin requests waiting for their gate, by task: (ask, attempt, reply).
+    asks: HashMap<TaskId, Vec<(u64, u32, tokio::sync::oneshot::Sender<()>)>>,
+    permits: mpsc::UnboundedSender<PermitMessage>,
 }
 
 /// The shell's logic without its I/O loop: it owns the core and every write to
@@ -381,6 +428,8 @@ pub struct Engine {
     /// Recent attempts and metrics per gate.
     stats: HashMap<u32, stats::GateStats>,
     metrics: stats::Metrics,
+    /// The plugin registry's records, by `name@version`.
+    plugins: BTreeMap<String, PluginRecord>,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so
@@ -393,6 +442,8 @@ struct Turn<'a, 't> {
     plans: Vec<Plan>,
     /// Occurrences of schedules that ended in this turn: (task, final state, schedule).
     ended: Vec<(u64, TaskState, String)>,
+    /// Plugin records whose reference counts changed in this turn.
+    dirty_plugins: Vec<String>,
 }
 
 impl Turn<'_, '_> {
@@ -446,9 +497,16 @@ impl Engine {
             default_secrets: Vec::new(),
             stats: HashMap::new(),
             metrics: stats::Metrics::default(),
+            plugins: BTreeMap::new(),
         };
         store.write(|tx| {
             driver.last_task_id = tx.last_task_id()?.unwrap_or(0);
+            for plugin in tx.plugins()? {
+                driver.plugins.insert(
+                    crate::store::plugin_key(&plugin.name, &plugin.version),
+                    plugin,
+                );
+            }
             for (gate_id, counts) in tx.all_counts()? {
                 driver.counts.insert(gate_id, counts);
             }
@@ -477,6 +535,7 @@ impl Engine {
                 dirty_counts: Vec::new(),
                 plans: Vec::new(),
                 ended: Vec::new(),
+                dirty_plugins: Vec::new(),
             };
             let interrupted = turn.tx.running_tasks()?;
             for id in &interrupted {
@@ -578,6 +637,7 @@ impl Runner {
         &mut self,
         mut commands: mpsc::Receiver<Command>,
         mut reports: mpsc::UnboundedReceiver<Report>,
+        mut permits: mpsc::UnboundedReceiver<PermitMessage>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), StoreError> {
         let mut grace_until: Option<tokio::time::Instant> = None;
@@ -600,6 +660,12 @@ impl Runner {
                     }
                 }
                 Some(report) = reports.recv() => batch_reports.push(report),
+                Some(message) = permits.recv() => {
+                    self.permit_message(message);
+                    while let Ok(message) = permits.try_recv() {
+                        self.permit_message(message);
+                    }
+                }
                 Some(command) = commands.recv() => batch_commands.push(command),
                 () = sleep_until(wake), if wake.is_some() => {}
                 () = tokio::time::sleep_until(next_prune), if grace_until.is_none() => {
@@ -625,6 +691,10 @@ impl Runner {
                     Err(_) => break,
                 }
             }
+            for report in &batch_reports {
+                // Whatever the attempt still waited for, it waits no more.
+                self.asks.remove(&report.task);
+            }
             let plans = self
                 .engine
                 .turn(clock::now(), batch_commands, batch_reports)?;
@@ -632,6 +702,7 @@ impl Runner {
                 self.pacers.remove(&gate);
             }
             self.release(plans);
+            self.grant();
             if grace_until.is_some() && self.engine.running() == 0 {
                 tracing::info!("all attempts settled; driver stopped");
                 return Ok(());
@@ -678,13 +749,92 @@ impl Runner {
             let release = self.release_at(released, wall, plan.gate_id);
             let dispatcher = self.dispatcher.clone();
             let reports = self.reports.clone();
+            let plugins = plan.plugin.as_ref().map(|_| self.plugins.clone());
+            let permits = self.permits.clone();
             self.runtime.spawn(async move {
                 if release > released {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
                 }
-                let report = dispatcher.run(plan).await;
+                let report = match plugins {
+                    None => dispatcher.run(plan).await,
+                    Some(Some(host)) => host.run(plan, dispatcher, permits).await,
+                    Some(None) => plugin::unavailable(plan),
+                };
                 let _ = reports.send(report);
             });
+        }
+    }
+
+    /// Takes a message of a plugin's request into the core.
+    fn permit_message(&mut self, message: PermitMessage) {
+        let now = clock::now();
+        match message {
+            PermitMessage::Ask {
+                task,
+                attempt,
+                ask,
+                reply,
+            } => {
+                self.asks
+                    .entry(task)
+                    .or_default()
+                    .push((ask, attempt, reply));
+                self.engine
+                    .core
+                    .handle_input(now, Input::Ask { task, attempt, ask });
+            }
+            PermitMessage::Ended {
+                task,
+                attempt,
+                signal,
+            } => self.engine.core.handle_input(
+                now,
+                Input::RequestEnded {
+                    task,
+                    attempt,
+                    signal,
+                },
+            ),
+        }
+    }
+
+    /// Answers the plugin requests the gates allowed in this turn, spaced on the
+    /// real clock like attempt releases. A permit nobody waits for any more is
+    /// handed back at once.
+    fn grant(&mut self) {
+        let released = clock::instant();
+        let wall = clock::now();
+        while let Some((task, ask)) = self.engine.core.poll_permit() {
+            let Some(waiting) = self.asks.get_mut(&task) else {
+                continue;
+            };
+            let Some(i) = waiting.iter().position(|w| w.0 == ask) else {
+                continue;
+            };
+            let (_, attempt, reply) = waiting.swap_remove(i);
+            if waiting.is_empty() {
+                self.asks.remove(&task);
+            }
+            let gate = self.engine.core.gate_of(task);
+            let release = gate.map_or(released, |g| self.release_at(released, wall, g));
+            let permits = self.permits.clone();
+            let answer = move || {
+                if reply.send(()).is_err() {
+                    let _ = permits.send(PermitMessage::Ended {
+                        task,
+                        attempt,
+                        signal: crate::core::Signal::Neutral,
+                    });
+                }
+            };
+            if release > released {
+                self.runtime.spawn(async move {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
+                    answer();
+                });
+            } else {
+                answer();
+            }
         }
     }
 }
@@ -718,6 +868,7 @@ impl Engine {
                 dirty_counts: Vec::new(),
                 plans: Vec::new(),
                 ended: Vec::new(),
+                dirty_plugins: Vec::new(),
             };
             for report in reports {
                 self.apply_report(&mut turn, report)?;
@@ -749,6 +900,13 @@ impl Engine {
 
     fn finish_turn(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
         turn.flush()?;
+        turn.dirty_plugins.sort_unstable();
+        turn.dirty_plugins.dedup();
+        for key in turn.dirty_plugins.drain(..) {
+            if let Some(plugin) = self.plugins.get(&key) {
+                turn.tx.put_plugin(plugin)?;
+            }
+        }
         turn.dirty_counts.sort_unstable();
         turn.dirty_counts.dedup();
         for gate_id in turn.dirty_counts.drain(..) {
@@ -759,6 +917,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Counts a plugin task becoming unfinished (`+1`) or finished (`-1`), so a
+    /// plugin still in use cannot be deleted.
+    fn plugin_ref(&mut self, turn: &mut Turn<'_, '_>, key: Option<String>, delta: i64) {
+        let Some(key) = key else {
+            return;
+        };
+        if let Some(plugin) = self.plugins.get_mut(&key) {
+            plugin.unfinished = plugin.unfinished.saturating_add_signed(delta);
+            turn.dirty_plugins.push(key);
+        }
+    }
+
     fn count(&mut self, turn: &mut Turn<'_, '_>, gate_id: u32, f: impl FnOnce(&mut Counts)) {
         if self.gate_names.contains_key(&gate_id) {
             f(self.counts.entry(gate_id).or_default());
@@ -766,7 +936,11 @@ impl Engine {
         }
     }
 
-    fn apply_report(&mut self, turn: &mut Turn<'_, '_>, report: Report) -> Result<(), StoreError> {
+    fn apply_report(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        mut report: Report,
+    ) -> Result<(), StoreError> {
         let id = report.task.0;
         // A report that is not about the task's open attempt (a callback settled
         // it first, or it is from before a restart) changes nothing.
@@ -779,6 +953,29 @@ impl Engine {
         };
         if record.ended_at.is_some() {
             return Ok(());
+        }
+        if report.outcome == Outcome::Succeeded && !report.next.is_empty() {
+            // A plugin's next steps: created with the success, or the attempt
+            // fails (all or nothing, like a completion's).
+            let created = match crate::api::wire::parse_next(&report.next, turn.now) {
+                Ok(tasks) => {
+                    let tasks = tasks
+                        .into_iter()
+                        .map(|mut t| {
+                            t.parent = Some(report.task);
+                            t
+                        })
+                        .collect();
+                    self.create_tasks(turn, tasks)?
+                        .map(|_| ())
+                        .map_err(|e| format!("next: {e}"))
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(why) = created {
+                report.outcome = Outcome::Rejected;
+                report.error = Some(format!("the plugin's next tasks were refused: {why}"));
+            }
         }
         self.observe(turn, id, &report)?;
         if let (Some(lease), Outcome::Succeeded) = (report.lease, report.outcome) {
@@ -804,6 +1001,7 @@ impl Engine {
         record.latency_ms = Some(report.latency_ms);
         record.error = report.error.clone();
         record.response = report.response.clone();
+        record.logs = std::mem::take(&mut report.logs);
         turn.tx.put_attempt(id, &record)?;
         if let Some(task) = turn.task(id)?
             && report.outcome != Outcome::Succeeded
@@ -921,6 +1119,7 @@ impl Engine {
                             lease_ms: None,
                             progress: None,
                             heartbeat_at: None,
+                            logs: Vec::new(),
                         },
                     )?;
                     self.count(turn, gate.0, |c| {
@@ -977,7 +1176,9 @@ impl Engine {
                     }
                     record.finished_at = Some(now.as_ms());
                     let ended = record.schedule.clone().map(|s| (task.0, record.state, s));
+                    let plugin = record.plugin.as_ref().map(|p| p.key());
                     turn.ended.extend(ended);
+                    self.plugin_ref(turn, plugin, -1);
                     turn.tx.set_running(task.0, false)?;
                     self.count(turn, gate.0, |c| {
                         c.running = c.running.saturating_sub(1);
@@ -1014,7 +1215,9 @@ impl Engine {
                         .schedule
                         .clone()
                         .map(|s| (task.0, TaskState::Expired, s));
+                    let plugin = record.plugin.as_ref().map(|p| p.key());
                     turn.ended.extend(ended);
+                    self.plugin_ref(turn, plugin, -1);
                     self.count(turn, gate.0, |c| {
                         c.pending = c.pending.saturating_sub(1);
                         c.expired += 1;
@@ -1027,7 +1230,25 @@ impl Engine {
 
     fn plan(&self, record: &TaskRecord, attempt: u32) -> Plan {
         let gate = self.gates.get(&record.gate);
-        let (body, json) = match &record.webhook.body {
+        let target = record.target();
+        let (webhook, plugin) = match target {
+            Target::Webhook(w) => (w, None),
+            Target::Plugin(p) => (
+                crate::store::WebhookRecord {
+                    url: String::new(),
+                    method: String::new(),
+                    headers: Default::default(),
+                    body: None,
+                    secret_headers: Default::default(),
+                },
+                Some(dispatch::PluginCall {
+                    input: p.input.to_string(),
+                    name: p.name,
+                    version: p.version,
+                }),
+            ),
+        };
+        let (body, json) = match &webhook.body {
             None => (Bytes::new(), false),
             Some(BodyRecord::Json(v)) => {
                 (Bytes::from(serde_json::to_vec(v).unwrap_or_default()), true)
@@ -1039,10 +1260,10 @@ impl Engine {
             attempt,
             gate: record.gate.clone(),
             gate_id: GateId(record.gate_id),
-            url: record.webhook.url.clone(),
-            method: record.webhook.method.clone(),
-            headers: record.webhook.headers.clone(),
-            secret_headers: record.webhook.secret_headers.clone(),
+            url: webhook.url,
+            method: webhook.method,
+            headers: webhook.headers,
+            secret_headers: webhook.secret_headers,
             body,
             json,
             timeout: Duration::from_millis(record.timeout_ms),
@@ -1064,6 +1285,7 @@ impl Engine {
                 _ => TaskId(record.id).to_string(),
             },
             allowed_hosts: gate.map(|g| g.allowed_hosts.clone()).unwrap_or_default(),
+            plugin,
         }
     }
 
@@ -1102,6 +1324,8 @@ impl Engine {
                 Command::SetSchedulePaused { reply: to, .. } => {
                     reply(to, Err(ShellError::ShuttingDown))
                 }
+                Command::PutPlugin { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::DeletePlugin { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
             });
         }
         Ok(match command {
@@ -1193,6 +1417,14 @@ impl Engine {
                 reply: to,
             } => {
                 let result = self.set_schedule_paused(turn, &name, paused)?;
+                reply(to, result)
+            }
+            Command::PutPlugin { upload, reply: to } => {
+                let result = self.put_plugin(turn, *upload)?;
+                reply(to, result)
+            }
+            Command::DeletePlugin { key, reply: to } => {
+                let result = self.delete_plugin(turn, &key)?;
                 reply(to, result)
             }
         })
@@ -1296,14 +1528,17 @@ impl Engine {
         for (due, id) in turn.tx.all_pending(gate.id)? {
             turn.tx.remove_pending(gate.id, due, id)?;
             let now = turn.now.as_ms();
+            let mut plugin = None;
             if let Some(task) = turn.task(id)? {
                 task.state = TaskState::Cancelled;
                 task.finished_at = Some(now);
                 task.last_error = Some(format!("cancelled: gate {name:?} was deleted"));
+                plugin = task.plugin.as_ref().map(|p| p.key());
                 if let Some(schedule) = task.schedule.clone() {
                     turn.ended.push((id, TaskState::Cancelled, schedule));
                 }
             }
+            self.plugin_ref(turn, plugin, -1);
         }
         turn.tx.delete_gate(name)?;
         turn.tx.delete_counts(gate.id)?;
@@ -1341,9 +1576,9 @@ impl Engine {
                     ),
                 }));
             };
-            if let Err(message) = check_host(&task.webhook.url, gate) {
+            if let Err((at, message)) = self.check_target(&task.target, gate) {
                 return Ok(Err(ShellError::Invalid {
-                    field: Some(field(i, "webhook.url")),
+                    field: Some(field(i, at)),
                     message,
                 }));
             }
@@ -1379,12 +1614,14 @@ impl Engine {
                     .map(|d| d.as_millis() as u64)
                     .or(gate.retry.max_retry_duration_ms),
             };
-            let record = TaskRecord {
+            let plugin = task.target.plugin().map(|p| p.key());
+            let mut record = TaskRecord {
                 id,
                 gate: task.gate.clone(),
                 gate_id,
                 state: TaskState::Scheduled,
-                webhook: task.webhook,
+                webhook: None,
+                plugin: None,
                 created_at: turn.now.as_ms(),
                 scheduled_at: task.due.as_ms(),
                 due_at: task.due.as_ms(),
@@ -1403,6 +1640,8 @@ impl Engine {
                 schedule: task.schedule.clone(),
                 parent: task.parent.map(|p| p.0),
             };
+            record.set_target(task.target);
+            self.plugin_ref(turn, plugin, 1);
             if let Some(key) = &task.idempotency_key {
                 turn.tx.put_idempotent(gate_id, key, id)?;
             }
@@ -1450,6 +1689,7 @@ impl Engine {
         if let Some(schedule) = record.schedule.clone() {
             turn.ended.push((id.0, TaskState::Cancelled, schedule));
         }
+        self.plugin_ref(turn, record.plugin.as_ref().map(|p| p.key()), -1);
         turn.tx.remove_pending(gate_id, due, id.0)?;
         self.count(turn, gate_id, |c| {
             c.pending = c.pending.saturating_sub(1);
@@ -1500,6 +1740,7 @@ impl Engine {
         task.due_at = now.as_ms();
         task.finished_at = None;
         let record = task.clone();
+        self.plugin_ref(turn, record.plugin.as_ref().map(|p| p.key()), 1);
         turn.tx
             .insert_pending(record.gate_id, record.due_at, id.0)?;
         self.count(turn, record.gate_id, |c| {
@@ -1529,6 +1770,28 @@ fn retry_record(policy: &crate::core::RetryPolicy) -> RetryRecord {
         multiplier: policy.backoff.multiplier,
         jitter: policy.backoff.jitter,
         max_retry_duration_ms: policy.max_retry_duration.map(|d| d.as_millis() as u64),
+    }
+}
+
+impl Engine {
+    /// Checks a target against what is stored: a webhook's host against the
+    /// gate, a plugin against the registry. Errors name the field at fault.
+    fn check_target(
+        &self,
+        target: &Target,
+        gate: &GateRecord,
+    ) -> Result<(), (&'static str, String)> {
+        match target {
+            Target::Webhook(w) => check_host(&w.url, gate).map_err(|m| ("webhook.url", m)),
+            Target::Plugin(p) if self.plugins.contains_key(&p.key()) => Ok(()),
+            Target::Plugin(p) => Err((
+                "plugin",
+                format!(
+                    "plugin {}@{} is not in the registry; upload it with PUT /v1/plugins/{}/{}",
+                    p.name, p.version, p.name, p.version
+                ),
+            )),
+        }
     }
 }
 

@@ -32,16 +32,17 @@ impl Engine {
                 message: format!("gate {:?} does not exist", spec.template.gate),
             }));
         };
-        if let Err(message) = super::check_host(&spec.template.webhook.url, gate) {
+        if let Err((at, message)) = self.check_target(&spec.template.target, gate) {
             return Ok(Err(ShellError::Invalid {
-                field: Some("task.webhook.url".into()),
+                field: Some(format!("task.{at}")),
                 message,
             }));
         }
         let t = &spec.template;
-        let template = TemplateRecord {
+        let mut template = TemplateRecord {
             gate: t.gate.clone(),
-            webhook: t.webhook.clone(),
+            webhook: None,
+            plugin: None,
             max_attempts: t.max_attempts,
             timeout_ms: t.timeout.map(|d| d.as_millis() as u64),
             backoff: t.backoff.map(|b| BackoffRecord {
@@ -54,6 +55,7 @@ impl Engine {
             expires_after_ms: t.expires_after.map(|d| d.as_millis() as u64),
             labels: t.labels.clone(),
         };
+        template.set_target(t.target.clone());
         let existing = self.schedules.get(&name).cloned();
         let created = existing.is_none();
         let mut record = ScheduleRecord {
@@ -264,7 +266,7 @@ fn occurrence_task(record: &ScheduleRecord, due: Timestamp, key: String, name: &
     let t = &record.template;
     NewTask {
         gate: t.gate.clone(),
-        webhook: t.webhook.clone(),
+        target: t.target(),
         due,
         max_attempts: t.max_attempts,
         timeout: t.timeout_ms.map(Duration::from_millis),

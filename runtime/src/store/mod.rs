@@ -14,13 +14,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 pub use records::{
     AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, GateRecord, OccurrenceRecord,
-    RecoveryRecord, RetryRecord, RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord,
-    WebhookRecord,
+    PluginCallRecord, PluginRecord, RecoveryRecord, RetryRecord, RunRecord, ScheduleRecord, Target,
+    TaskRecord, TaskState, TemplateRecord, WebhookRecord, plugin_key,
 };
 
-/// 2 added `due_minutes` and `finished`; a version 1 file is brought up to date
-/// on open.
-const SCHEMA_VERSION: u64 = 2;
+/// 2 added `due_minutes` and `finished`; 3 added the plugin tables. Older files
+/// are brought up to date on open.
+const SCHEMA_VERSION: u64 = 3;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GATES: TableDefinition<&str, &[u8]> = TableDefinition::new("gates");
@@ -45,6 +45,16 @@ const DUE_MINUTES: TableDefinition<(u32, u64), u64> = TableDefinition::new("due_
 /// One entry per commit and instant rather than one per task, so indexing a
 /// finish costs a few bytes, not a B-tree insert.
 const FINISHED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("finished");
+
+/// `name@version` → [`PluginRecord`].
+const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
+/// `name@version` → the component as uploaded.
+const PLUGIN_WASM: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_wasm");
+/// (`name@version`, engine compatibility hash) → the compiled artifact, so a
+/// restart on the same engine never compiles again, and a new engine compiles
+/// once from `plugin_wasm`.
+const PLUGIN_COMPILED: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("plugin_compiled");
 
 const MINUTE_MS: u64 = 60_000;
 /// Most rows `due_now` reads one by one.
@@ -108,6 +118,9 @@ pub struct Tx<'t> {
     schedules: redb::Table<'t, &'static str, &'static [u8]>,
     due_minutes: redb::Table<'t, (u32, u64), u64>,
     finished: redb::Table<'t, (u64, u64), &'static [u8]>,
+    plugins: redb::Table<'t, &'static str, &'static [u8]>,
+    plugin_wasm: redb::Table<'t, &'static str, &'static [u8]>,
+    plugin_compiled: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     /// Tasks finished in this transaction, indexed once at its end.
     finished_ids: Vec<(u64, u64)>,
     /// Changes to `due_minutes` in this transaction, written once at its end.
@@ -132,6 +145,10 @@ impl Store {
                 Some(1) => {
                     tx.count_due_minutes()?;
                     tx.index_finished()?;
+                    tx.meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                // The plugin tables are created empty by opening them.
+                Some(2) => {
                     tx.meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
@@ -179,6 +196,9 @@ impl Store {
                 schedules: txn.open_table(SCHEDULES)?,
                 due_minutes: txn.open_table(DUE_MINUTES)?,
                 finished: txn.open_table(FINISHED)?,
+                plugins: txn.open_table(PLUGINS)?,
+                plugin_wasm: txn.open_table(PLUGIN_WASM)?,
+                plugin_compiled: txn.open_table(PLUGIN_COMPILED)?,
                 finished_ids: Vec::new(),
                 due_deltas: HashMap::new(),
             };
@@ -498,6 +518,47 @@ impl Tx<'_> {
         Ok(())
     }
 
+    pub fn plugins(&self) -> Result<Vec<PluginRecord>> {
+        let mut out = Vec::new();
+        for entry in self.plugins.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("plugins", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_plugin(&mut self, plugin: &PluginRecord) -> Result<()> {
+        let key = plugin_key(&plugin.name, &plugin.version);
+        self.plugins
+            .insert(key.as_str(), encode(plugin).as_slice())?;
+        Ok(())
+    }
+
+    pub fn put_plugin_wasm(&mut self, key: &str, wasm: &[u8]) -> Result<()> {
+        self.plugin_wasm.insert(key, wasm)?;
+        Ok(())
+    }
+
+    pub fn put_compiled(&mut self, key: &str, engine: u64, artifact: &[u8]) -> Result<()> {
+        self.plugin_compiled.insert((key, engine), artifact)?;
+        Ok(())
+    }
+
+    /// Removes a plugin version with its component and every compiled artifact.
+    pub fn delete_plugin(&mut self, key: &str) -> Result<()> {
+        self.plugins.remove(key)?;
+        self.plugin_wasm.remove(key)?;
+        let engines: Vec<u64> = self
+            .plugin_compiled
+            .range((key, 0)..=(key, u64::MAX))?
+            .map(|e| e.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for engine in engines {
+            self.plugin_compiled.remove((key, engine))?;
+        }
+        Ok(())
+    }
+
     pub fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
         let mut out = Vec::new();
         for entry in self.schedules.iter()? {
@@ -542,6 +603,34 @@ pub struct TaskFilter {
 const LIST_SCAN_LIMIT: usize = 20_000;
 
 impl Reader {
+    pub fn plugins(&self) -> Result<Vec<PluginRecord>> {
+        let table = self.txn.open_table(PLUGINS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("plugins", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn plugin(&self, key: &str) -> Result<Option<PluginRecord>> {
+        let table = self.txn.open_table(PLUGINS)?;
+        table
+            .get(key)?
+            .map(|v| decode("plugins", v.value()))
+            .transpose()
+    }
+
+    pub fn plugin_wasm(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.txn.open_table(PLUGIN_WASM)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn compiled(&self, key: &str, engine: u64) -> Result<Option<Vec<u8>>> {
+        let table = self.txn.open_table(PLUGIN_COMPILED)?;
+        Ok(table.get((key, engine))?.map(|v| v.value().to_vec()))
+    }
+
     pub fn gates(&self) -> Result<Vec<GateRecord>> {
         let table = self.txn.open_table(GATES)?;
         let mut out = Vec::new();

@@ -140,6 +140,78 @@ pub struct WebhookRecord {
     pub secret_headers: BTreeSet<String>,
 }
 
+/// A plugin task's target: which plugin version runs it, with what input.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PluginCallRecord {
+    pub name: String,
+    pub version: String,
+    pub input: serde_json::Value,
+}
+
+impl PluginCallRecord {
+    /// The registry key, `name@version`.
+    pub fn key(&self) -> String {
+        plugin_key(&self.name, &self.version)
+    }
+}
+
+pub fn plugin_key(name: &str, version: &str) -> String {
+    format!("{name}@{version}")
+}
+
+/// What a task acts on: exactly one of these.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    Webhook(WebhookRecord),
+    Plugin(PluginCallRecord),
+}
+
+impl Target {
+    pub fn plugin(&self) -> Option<&PluginCallRecord> {
+        match self {
+            Target::Plugin(p) => Some(p),
+            Target::Webhook(_) => None,
+        }
+    }
+
+    fn split(self) -> (Option<WebhookRecord>, Option<PluginCallRecord>) {
+        match self {
+            Target::Webhook(w) => (Some(w), None),
+            Target::Plugin(p) => (None, Some(p)),
+        }
+    }
+
+    fn join(webhook: &Option<WebhookRecord>, plugin: &Option<PluginCallRecord>) -> Target {
+        match (webhook, plugin) {
+            (_, Some(p)) => Target::Plugin(p.clone()),
+            (Some(w), None) => Target::Webhook(w.clone()),
+            // Never written; a damaged record gets a target that is refused.
+            (None, None) => Target::Webhook(WebhookRecord {
+                url: String::new(),
+                method: "POST".into(),
+                headers: BTreeMap::new(),
+                body: None,
+                secret_headers: BTreeSet::new(),
+            }),
+        }
+    }
+}
+
+/// A plugin version in the registry. The component's bytes and its compiled
+/// artifacts live in tables of their own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PluginRecord {
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    pub uploaded_at: u64,
+    pub imports: Vec<String>,
+    /// Unfinished tasks that run it; kept in the same commits as the tasks.
+    pub unfinished: u64,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum BodyRecord {
@@ -153,7 +225,11 @@ pub struct TaskRecord {
     pub gate: String,
     pub gate_id: u32,
     pub state: TaskState,
-    pub webhook: WebhookRecord,
+    /// Exactly one of `webhook` and `plugin` is set; see [`TaskRecord::target`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginCallRecord>,
     pub created_at: u64,
     /// When the task was asked to run (`run_at` or now + `delay`).
     pub scheduled_at: u64,
@@ -182,6 +258,14 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    pub fn target(&self) -> Target {
+        Target::join(&self.webhook, &self.plugin)
+    }
+
+    pub fn set_target(&mut self, target: Target) {
+        (self.webhook, self.plugin) = target.split();
+    }
+
     pub fn queued(&self) -> core::QueuedTask {
         core::QueuedTask {
             id: core::TaskId(self.id),
@@ -221,6 +305,9 @@ pub struct AttemptRecord {
     /// What the last heartbeat reported.
     #[serde(default)]
     pub progress: Option<serde_json::Value>,
+    /// A plugin attempt's log lines, `level: message`, capped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
     #[serde(default)]
     pub heartbeat_at: Option<u64>,
 }
@@ -296,13 +383,26 @@ pub struct BackoffRecord {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct TemplateRecord {
     pub gate: String,
-    pub webhook: WebhookRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginCallRecord>,
     pub max_attempts: Option<u32>,
     pub timeout_ms: Option<u64>,
     pub backoff: Option<BackoffRecord>,
     pub max_retry_duration_ms: Option<u64>,
     pub expires_after_ms: Option<u64>,
     pub labels: BTreeMap<String, String>,
+}
+
+impl TemplateRecord {
+    pub fn target(&self) -> Target {
+        Target::join(&self.webhook, &self.plugin)
+    }
+
+    pub fn set_target(&mut self, target: Target) {
+        (self.webhook, self.plugin) = target.split();
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

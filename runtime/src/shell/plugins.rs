@@ -1,0 +1,73 @@
+//! The plugin registry's writes: uploads and deletions go through the driver,
+//! like every write, so a deletion and a task that starts to use the plugin
+//! cannot pass each other. Versions are immutable; a plugin still used by an
+//! unfinished task or a schedule cannot be deleted.
+
+use super::{Engine, ShellError, Turn};
+use crate::store::{PluginRecord, StoreError, plugin_key};
+
+/// An upload that passed the audit and compiled.
+pub struct Upload {
+    pub record: PluginRecord,
+    pub wasm: Vec<u8>,
+    /// The compiled artifact and the engine hash it is valid for.
+    pub artifact: Vec<u8>,
+    pub engine: u64,
+}
+
+impl Engine {
+    pub(super) fn put_plugin(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        upload: Upload,
+    ) -> Result<Result<(PluginRecord, bool), ShellError>, StoreError> {
+        let key = plugin_key(&upload.record.name, &upload.record.version);
+        if let Some(existing) = self.plugins.get(&key) {
+            if existing.sha256 == upload.record.sha256 {
+                return Ok(Ok((existing.clone(), false)));
+            }
+            return Ok(Err(ShellError::Conflict(format!(
+                "plugin {key} already exists with other contents (sha256 {}); versions are immutable, upload a new version",
+                existing.sha256
+            ))));
+        }
+        turn.tx.put_plugin(&upload.record)?;
+        turn.tx.put_plugin_wasm(&key, &upload.wasm)?;
+        turn.tx
+            .put_compiled(&key, upload.engine, &upload.artifact)?;
+        self.plugins.insert(key, upload.record.clone());
+        Ok(Ok((upload.record, true)))
+    }
+
+    pub(super) fn delete_plugin(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        key: &str,
+    ) -> Result<Result<(), ShellError>, StoreError> {
+        let Some(plugin) = self.plugins.get(key) else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("plugin {key}"),
+            }));
+        };
+        if plugin.unfinished > 0 {
+            return Ok(Err(ShellError::Conflict(format!(
+                "plugin {key} is used by {} unfinished tasks; cancel them or let them finish first",
+                plugin.unfinished
+            ))));
+        }
+        let schedules: Vec<&str> = self
+            .schedules
+            .values()
+            .filter(|s| s.template.plugin.as_ref().is_some_and(|p| p.key() == key))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !schedules.is_empty() {
+            return Ok(Err(ShellError::Conflict(format!(
+                "plugin {key} is used by schedules {schedules:?}; delete or change them first"
+            ))));
+        }
+        turn.tx.delete_plugin(key)?;
+        self.plugins.remove(key);
+        Ok(Ok(()))
+    }
+}

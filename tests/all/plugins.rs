@@ -1,0 +1,714 @@
+//! WebAssembly plugins end to end: the registry (audit, immutability,
+//! references), the example plugins against loopback services that play their
+//! APIs, and the hostile ones, each of which must fail only its own attempt.
+//!
+//! The components are built from `plugins/` and `tests/plugins/` by
+//! `scripts/build-plugins` (which `scripts/test` runs) into `target/plugins/`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Client, Hit, Reply, Server, Sink, max_in_window};
+
+fn wasm(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../target/plugins/{name}.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{path}: {e}; build the plugins first with scripts/build-plugins (scripts/test does)"
+        )
+    })
+}
+
+async fn push(client: &Client, name: &str, version: &str, file: &str) -> (u16, Value) {
+    client
+        .raw(
+            "PUT",
+            &format!("/v1/plugins/{name}/{version}"),
+            "application/wasm",
+            wasm(file),
+        )
+        .await
+}
+
+async fn push_ok(client: &Client, name: &str) {
+    let (status, v) = push(client, name, "0.1.0", name).await;
+    assert_eq!(status, 201, "upload {name}: {v}");
+}
+
+fn plugin_task(gate: &str, name: &str, input: Value) -> Value {
+    json!({ "gate": gate, "plugin": { "name": name, "version": "0.1.0", "input": input } })
+}
+
+/// A gate open to the sink only, paced at `rate` with burst 1.
+fn gate(sink: &Sink, rate: &str, timeout: &str) -> Value {
+    json!({
+        "rate": rate,
+        "burst": 1,
+        "concurrency": 10,
+        "allowed_hosts": [sink.host()],
+        "recovery": { "start": 1.0 },
+        "timeout": timeout,
+        "retry": { "max_attempts": 3, "backoff": { "initial": "100ms", "max": "1s", "jitter": false } },
+    })
+}
+
+fn last_attempt(task: &Value) -> &Value {
+    task["attempts"]
+        .as_array()
+        .and_then(|a| a.last())
+        .expect("an attempt")
+}
+
+fn logs(attempt: &Value) -> String {
+    attempt["logs"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_registry_audits_uploads_and_keeps_versions_immutable() {
+    let server = Server::start().await;
+    let c = server.client();
+
+    let (status, v) = push(&c, "hibernate-idle", "0.1.0", "hibernate-idle").await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["name"], "hibernate-idle");
+    assert_eq!(v["size"], wasm("hibernate-idle").len());
+    assert_eq!(v["sha256"].as_str().map(str::len), Some(64));
+    let imports: Vec<&str> = v["imports"]
+        .as_array()
+        .expect("imports")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        imports.contains(&"wasi:http/outgoing-handler@0.2.12"),
+        "{v}"
+    );
+    assert!(imports.contains(&"sluice:task/log@0.1.0"), "{v}");
+
+    // The same bytes again: nothing changes. Other bytes: versions are immutable.
+    let (status, again) = push(&c, "hibernate-idle", "0.1.0", "hibernate-idle").await;
+    assert_eq!((status, &again["sha256"]), (200, &v["sha256"]));
+    let (status, e) = push(&c, "hibernate-idle", "0.1.0", "cleanup-stray").await;
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["error"]["code"], "conflict");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("immutable"),
+        "{e}"
+    );
+
+    // Forbidden imports are refused at upload, naming the import.
+    for (file, import) in [
+        ("imports-filesystem", "wasi:filesystem/"),
+        ("imports-sockets", "wasi:sockets/"),
+    ] {
+        let (status, e) = push(&c, file, "1.0.0", file).await;
+        assert_eq!(status, 400, "{file}: {e}");
+        let message = e["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(import), "{file}: {message}");
+    }
+    let (status, e) = c
+        .raw(
+            "PUT",
+            "/v1/plugins/junk/1.0.0",
+            "application/wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 400, "a core module is not a component: {e}");
+    let (status, _) = c
+        .raw(
+            "PUT",
+            "/v1/plugins/junk/1.0.0",
+            "application/wasm",
+            b"hello".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, e) = push(&c, "Bad_Name", "1.0.0", "hibernate-idle").await;
+    assert_eq!((status, e["error"]["field"].as_str()), (400, Some("name")));
+    let (status, e) = push(&c, "ok", "1.0", "hibernate-idle").await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("version"))
+    );
+    let (status, e) = c
+        .raw(
+            "PUT",
+            "/v1/plugins/big/1.0.0",
+            "application/wasm",
+            vec![0u8; (50 << 20) + 1],
+        )
+        .await;
+    assert_eq!(status, 413, "{e}");
+
+    let (status, list) = c.send("GET", "/v1/plugins", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["hibernate-idle"],
+        "refused uploads leave nothing behind"
+    );
+
+    // A task needs a plugin that exists; a plugin in use cannot be deleted.
+    let sink = Sink::start().await;
+    c.put_gate("apps", gate(&sink, "10/s", "5s")).await;
+    let (status, e) = c
+        .send(
+            "POST",
+            "/v1/tasks",
+            Some(plugin_task("apps", "nope", json!({}))),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("plugin")),
+        "{e}"
+    );
+    let mut later = plugin_task("apps", "hibernate-idle", json!({}));
+    later["delay"] = json!("1h");
+    let task = c.create(later).await;
+    assert_eq!(task["plugin"]["name"], "hibernate-idle");
+    assert!(task.get("webhook").is_none(), "{task}");
+    let (status, one) = c
+        .send("GET", "/v1/plugins/hibernate-idle/0.1.0", None)
+        .await;
+    assert_eq!((status, &one["references"]), (200, &json!(1)));
+    let (status, e) = c
+        .send("DELETE", "/v1/plugins/hibernate-idle/0.1.0", None)
+        .await;
+    assert_eq!(status, 409, "{e}");
+    let id = task["id"].as_str().expect("id");
+    let (status, _) = c.send("DELETE", &format!("/v1/tasks/{id}"), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = c
+        .send("DELETE", "/v1/plugins/hibernate-idle/0.1.0", None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = c
+        .send("GET", "/v1/plugins/hibernate-idle/0.1.0", None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+/// A loopback service playing the apps API of `hibernate-idle`.
+fn apps_api(sink: &Sink, now: jiff::Timestamp) {
+    let old = (now - jiff::SignedDuration::from_hours(48)).to_string();
+    let fresh = now.to_string();
+    sink.behave(
+        move |hit: &Hit, _| match (hit.method.as_str(), hit.path.as_str()) {
+            ("GET", "/apps") => Reply::json(
+                200,
+                json!([
+                    { "id": "a1", "last_active": old },
+                    { "id": "a2", "last_active": old },
+                    { "id": "a3", "last_active": old, "state": "hibernated" },
+                    { "id": "a4", "last_active": fresh },
+                    { "id": "a5", "last_active": old },
+                    { "id": "gone", "last_active": old },
+                ]),
+            ),
+            ("POST", "/apps/gone/hibernate") => Reply::status(404),
+            ("POST", p) if p.ends_with("/hibernate") => Reply::json(200, json!({"ok": true})),
+            _ => Reply::status(400),
+        },
+    );
+}
+
+#[tokio::test]
+async fn hibernate_idle_pays_every_request_to_its_gate() {
+    let mut server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "hibernate-idle").await;
+    let sink = Sink::start().await;
+    apps_api(&sink, jiff::Timestamp::now());
+    // 5/s with burst 1: the five requests (one list, four hibernations) must
+    // be spread over at least (5 - 1) / 5 s, the attempt's own start included.
+    c.put_gate("apps", gate(&sink, "5/s", "10s")).await;
+    let task = c
+        .create(plugin_task(
+            "apps",
+            "hibernate-idle",
+            json!({ "api": sink.url(""), "idle_after": "24h" }),
+        ))
+        .await;
+    let id = task["id"].as_str().expect("id");
+    let done = c.wait_state(id, "succeeded", Duration::from_secs(20)).await;
+    let attempt = last_attempt(&done);
+    let output: Value = serde_json::from_str(attempt["response"].as_str().expect("output"))
+        .expect("output is JSON");
+    assert_eq!(
+        output,
+        json!({ "apps": 6, "idle": 4, "hibernated": 3, "skipped": 1 })
+    );
+    assert!(
+        logs(attempt).contains("info: hibernated a1"),
+        "{}",
+        logs(attempt)
+    );
+
+    let hits = sink.hits();
+    let paths: Vec<&str> = hits.iter().map(|h| h.path.as_str()).collect();
+    assert_eq!(paths[0], "/apps");
+    assert_eq!(hits.len(), 5, "{paths:?}");
+    let times: Vec<Instant> = hits.iter().map(|h| h.at).collect();
+    // The gate's bound over any window, counting the attempt's start as one.
+    assert!(
+        max_in_window(&times, Duration::from_millis(190)) <= 1,
+        "{times:?}"
+    );
+    let span = times[4].duration_since(times[0]);
+    assert!(
+        span >= Duration::from_millis(750),
+        "5 requests at 5/s took only {span:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cleanup_stray_retries_after_the_api_fails_then_finishes() {
+    let server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "cleanup-stray").await;
+    let sink = Sink::start().await;
+    sink.behave(|hit: &Hit, i| match (hit.method.as_str(), hit.path.as_str()) {
+        // The first listing fails: the whole task retries.
+        ("GET", "/instances") if i == 0 => Reply::status(500),
+        ("GET", "/instances") => Reply::json(
+            200,
+            json!([
+                { "id": "i-1", "tags": { "owner": "team-a" } },
+                { "id": "i-2" },
+                { "id": "i-3", "tags": {} },
+                { "id": "i-4", "tags": { "owner": "team-b" }, "expires_at": "2020-01-01T00:00:00Z" },
+            ]),
+        ),
+        ("DELETE", "/instances/i-3") => Reply::status(404),
+        ("DELETE", _) => Reply::status(204),
+        _ => Reply::status(400),
+    });
+    c.put_gate("cloud", gate(&sink, "50/s", "10s")).await;
+    let task = c
+        .create(plugin_task(
+            "cloud",
+            "cleanup-stray",
+            json!({ "api": sink.url(""), "retry_delay": "200ms" }),
+        ))
+        .await;
+    let id = task["id"].as_str().expect("id");
+    let done = c.wait_state(id, "succeeded", Duration::from_secs(20)).await;
+    let attempts = done["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{done}");
+    assert_eq!(attempts[0]["outcome"], "failed");
+    assert!(
+        attempts[0]["error"].as_str().unwrap_or("").contains("500"),
+        "{}",
+        attempts[0]
+    );
+    let output: Value =
+        serde_json::from_str(attempts[1]["response"].as_str().expect("output")).expect("JSON");
+    assert_eq!(
+        output,
+        json!({ "instances": 4, "strays": 3, "deleted": 2, "already_gone": 1, "dry_run": false })
+    );
+    let deletes: Vec<String> = sink
+        .hits()
+        .iter()
+        .filter(|h| h.method == "DELETE")
+        .map(|h| h.path.clone())
+        .collect();
+    assert_eq!(deletes.len(), 3, "{deletes:?}");
+}
+
+#[tokio::test]
+async fn charge_invoice_succeeds_with_its_receipt_or_fails_for_good() {
+    let server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "charge-invoice").await;
+    let sink = Sink::start().await;
+    sink.behave(|hit: &Hit, _| {
+        let body: Value = serde_json::from_slice(&hit.body).unwrap_or(Value::Null);
+        match (hit.method.as_str(), hit.path.as_str()) {
+            ("POST", "/v1/charges") if body["invoice"] == "inv_declined" => {
+                Reply::json(402, json!({ "decline_code": "insufficient_funds" }))
+            }
+            ("POST", "/v1/charges") => {
+                Reply::json(201, json!({ "id": "ch_1", "status": "succeeded" }))
+            }
+            ("POST", "/receipts") => Reply::ok(),
+            _ => Reply::status(400),
+        }
+    });
+    c.put_gate("payments", gate(&sink, "50/s", "10s")).await;
+    let input = |invoice: &str| {
+        json!({
+            "api": sink.url(""),
+            "invoice": invoice,
+            "amount_cents": 1999,
+            "currency": "eur",
+            "receipt": { "gate": "payments", "url": sink.url("/receipts") },
+        })
+    };
+    let paid = c
+        .create(plugin_task("payments", "charge-invoice", input("inv_42")))
+        .await;
+    let declined = c
+        .create(plugin_task(
+            "payments",
+            "charge-invoice",
+            input("inv_declined"),
+        ))
+        .await;
+    let paid_id = paid["id"].as_str().expect("id");
+    let declined_id = declined["id"].as_str().expect("id");
+
+    let done = c
+        .wait_state(paid_id, "succeeded", Duration::from_secs(20))
+        .await;
+    let output: Value =
+        serde_json::from_str(last_attempt(&done)["response"].as_str().expect("output"))
+            .expect("JSON");
+    assert_eq!(output, json!({ "charge": "ch_1", "status": "succeeded" }));
+    // The receipt, created in the same commit as the success, is delivered.
+    let receipt = sink
+        .wait_for(3, Duration::from_secs(10))
+        .await
+        .into_iter()
+        .find(|h| h.path == "/receipts")
+        .expect("the receipt webhook arrives");
+    let (_, listed) = c.send("GET", "/v1/tasks?gate=payments", None).await;
+    let child = listed["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["parent"] == paid_id)
+        .expect("the receipt task names its parent")
+        .clone();
+    assert_eq!(receipt.task, child["id"].as_str().expect("id"));
+    // The charge carried the task's idempotency key.
+    let charge = sink
+        .hits()
+        .into_iter()
+        .find(|h| h.path == "/v1/charges" && h.body.windows(6).any(|w| w == b"inv_42"))
+        .expect("charge request");
+    assert_eq!(
+        charge.headers.get("idempotency-key").map(String::as_str),
+        Some(paid_id)
+    );
+
+    let failed = c
+        .wait_state(declined_id, "failed", Duration::from_secs(20))
+        .await;
+    let attempts = failed["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "a decline is not retried: {failed}");
+    assert_eq!(attempts[0]["outcome"], "rejected");
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("card declined (insufficient_funds)"),
+        "{}",
+        attempts[0]
+    );
+}
+
+#[tokio::test]
+async fn a_restart_runs_stored_plugins_without_compiling_them_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start_in(dir.path()).await;
+    let c = server.client();
+    push_ok(&c, "hibernate-idle").await;
+    assert_eq!(
+        server.running.as_ref().map(|r| r.plugin_compilations()),
+        Some(1)
+    );
+    server.stop().await;
+
+    let mut server = Server::start_in(dir.path()).await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    apps_api(&sink, jiff::Timestamp::now());
+    c.put_gate("apps", gate(&sink, "100/s", "10s")).await;
+    let task = c
+        .create(plugin_task(
+            "apps",
+            "hibernate-idle",
+            json!({ "api": sink.url(""), "idle_after": "24h" }),
+        ))
+        .await;
+    c.wait_state(
+        task["id"].as_str().expect("id"),
+        "succeeded",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        server.running.as_ref().map(|r| r.plugin_compilations()),
+        Some(0),
+        "the stored artifact was used"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_plugins_fail_only_their_own_attempt() {
+    let mut server = Server::start().await;
+    let c = server.client();
+    for name in [
+        "infinite-loop",
+        "memory-bomb",
+        "deep-recursion",
+        "huge-output",
+        "log-flood",
+        "http-disallowed",
+        "http-private",
+    ] {
+        push_ok(&c, name).await;
+    }
+    let sink = Sink::start().await;
+    let mut hostile = gate(&sink, "50/s", "3s");
+    hostile["retry"]["max_attempts"] = json!(1);
+    c.put_gate("hostile", hostile).await;
+    // Open to every public host, so only the address guard stands between the
+    // plugin and loopback.
+    c.put_gate(
+        "public",
+        json!({ "rate": "50/s", "allowed_hosts": [], "timeout": "5s", "retry": { "max_attempts": 1 } }),
+    )
+    .await;
+    c.put_gate("calm", gate(&sink, "100/s", "5s")).await;
+
+    let port = sink.addr.port();
+    let cases = [
+        ("hostile", "infinite-loop", json!({})),
+        ("hostile", "memory-bomb", json!({})),
+        ("hostile", "deep-recursion", json!({})),
+        (
+            "hostile",
+            "huge-output",
+            json!({ "bytes": 4 << 20, "into": "output" }),
+        ),
+        (
+            "hostile",
+            "huge-output",
+            json!({ "bytes": 4 << 20, "into": "fail" }),
+        ),
+        ("hostile", "log-flood", json!({})),
+        // Loopback, but another address than the one the gate names.
+        (
+            "hostile",
+            "http-disallowed",
+            json!({ "url": format!("http://127.0.0.2:{port}/") }),
+        ),
+        (
+            "public",
+            "http-private",
+            json!({ "urls": [
+                format!("http://127.0.0.1:{port}/"),
+                format!("http://[::1]:{port}/"),
+                format!("http://localhost:{port}/"),
+            ] }),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (gate, name, input) in &cases {
+        ids.push(c.create(plugin_task(gate, name, input.clone())).await["id"].clone());
+    }
+    // Meanwhile ordinary webhooks carry on.
+    let calm: Vec<Value> = (0..20)
+        .map(|i| json!({ "gate": "calm", "webhook": { "url": sink.url(&format!("/calm/{i}")) } }))
+        .collect();
+    let calm_ids = c.batch(calm).await;
+
+    let mut ended = Vec::new();
+    for id in &ids {
+        let id = id.as_str().expect("id");
+        let start = Instant::now();
+        let task = loop {
+            let t = c.task(id).await;
+            if matches!(t["state"].as_str(), Some("succeeded" | "failed")) {
+                break t;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{t}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        ended.push(task);
+    }
+    let summary = |t: &Value| {
+        let a = last_attempt(t);
+        format!(
+            "{} {} error={} response={} logs={}",
+            t["plugin"]["name"],
+            a["outcome"],
+            a["error"],
+            a["response"].as_str().map_or(0, str::len),
+            a["logs"].as_array().map_or(0, Vec::len)
+        )
+    };
+    let error = |t: &Value| last_attempt(t)["error"].as_str().unwrap_or("").to_string();
+
+    let [
+        looping,
+        bomb,
+        recursion,
+        output,
+        reason,
+        flood,
+        disallowed,
+        private,
+    ] = ended.as_slice()
+    else {
+        panic!("eight cases");
+    };
+    assert_eq!(looping["state"], "failed");
+    assert_eq!(
+        last_attempt(looping)["outcome"],
+        "timeout",
+        "{}",
+        summary(looping)
+    );
+    assert!(
+        error(looping).starts_with("timed out after 3s"),
+        "{}",
+        summary(looping)
+    );
+
+    assert_eq!(bomb["state"], "failed", "{}", summary(bomb));
+    assert!(error(bomb).starts_with("trap:"), "{}", summary(bomb));
+    assert_eq!(recursion["state"], "failed", "{}", summary(recursion));
+    assert!(
+        error(recursion).contains("stack overflow"),
+        "{}",
+        summary(recursion)
+    );
+
+    // Huge output and reasons are kept capped, never whole.
+    assert_eq!(output["state"], "succeeded", "{}", summary(output));
+    assert_eq!(
+        last_attempt(output)["response"].as_str().map(str::len),
+        Some(4096)
+    );
+    assert_eq!(reason["state"], "failed", "{}", summary(reason));
+    assert_eq!(error(reason).len(), 4096, "{}", summary(reason));
+
+    // A flood of log lines keeps a capped share and says what it dropped.
+    let flood_log = logs(last_attempt(flood));
+    assert!(
+        flood_log.len() <= 20 * 1024,
+        "{} bytes kept",
+        flood_log.len()
+    );
+    assert!(
+        flood_log.contains("more lines dropped"),
+        "{}",
+        summary(flood)
+    );
+
+    // Outgoing requests outside the gate are refused before they leave, and
+    // the refusal is in the attempt's history.
+    assert_eq!(disallowed["state"], "succeeded", "{}", summary(disallowed));
+    assert!(
+        logs(last_attempt(disallowed)).contains("not in gate hostile's allowed_hosts"),
+        "{}",
+        logs(last_attempt(disallowed))
+    );
+    assert_eq!(private["state"], "succeeded", "{}", summary(private));
+    let refused = logs(last_attempt(private));
+    assert!(
+        refused.matches("denied").count() + refused.matches("failed").count() >= 3,
+        "{refused}"
+    );
+    assert!(
+        sink.hits().iter().all(|h| h.path.starts_with("/calm/")),
+        "no hostile request reached the sink: {:?}",
+        sink.hits().iter().map(|h| &h.path).collect::<Vec<_>>()
+    );
+
+    for id in &calm_ids {
+        c.wait_state(id, "succeeded", Duration::from_secs(20)).await;
+    }
+    let (status, _) = c.send("GET", "/healthz", None).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_plugin_requests_is_held_to_the_gate() {
+    let server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "request-burst").await;
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::ok().delayed(Duration::from_millis(50)));
+    c.put_gate(
+        "burst",
+        json!({
+            "rate": "10/s",
+            "burst": 2,
+            "concurrency": 3,
+            "allowed_hosts": [sink.host()],
+            "recovery": { "start": 1.0 },
+            "timeout": "20s",
+        }),
+    )
+    .await;
+    let task = c
+        .create(plugin_task(
+            "burst",
+            "request-burst",
+            json!({ "url": sink.url("/hit"), "count": 20 }),
+        ))
+        .await;
+    let done = c
+        .wait_state(
+            task["id"].as_str().expect("id"),
+            "succeeded",
+            Duration::from_secs(30),
+        )
+        .await;
+    let output: Value =
+        serde_json::from_str(last_attempt(&done)["response"].as_str().expect("output"))
+            .expect("JSON");
+    assert_eq!(output["ok"], 20, "{output}");
+    let times: Vec<Instant> = sink.hits().iter().map(|h| h.at).collect();
+    assert_eq!(times.len(), 20);
+    // Never more than burst + rate × T in any window (the attempt's start took
+    // one token too), never more than the concurrency in flight.
+    for (width, bound) in [(500, 7), (1_000, 12)] {
+        let seen = max_in_window(&times, Duration::from_millis(width));
+        assert!(seen <= bound, "{seen} requests within {width} ms");
+    }
+    assert!(
+        sink.max_in_flight() <= 3,
+        "{} in flight",
+        sink.max_in_flight()
+    );
+    let elapsed = times
+        .iter()
+        .max()
+        .expect("hits")
+        .duration_since(*times.iter().min().expect("hits"));
+    assert!(
+        elapsed >= Duration::from_millis(1_650),
+        "20 requests at 10/s took {elapsed:?}"
+    );
+}
