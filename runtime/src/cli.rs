@@ -1,4 +1,5 @@
-//! The `sluice` command line: `serve`, and clients of the REST API.
+//! The `sluice` command line: `serve`, `plugin new` (scaffolds a plugin crate),
+//! and clients of the REST API.
 //!
 //! Exit codes scripts can rely on: 0 success, 1 server or connection error,
 //! 2 usage error, 3 not found, 4 conflict, 5 request refused as invalid,
@@ -100,6 +101,13 @@ enum Command {
     Schedule {
         #[command(subcommand)]
         command: ScheduleCommand,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Manage plugins (WebAssembly tasks): push, list, remove, scaffold.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
         #[command(flatten)]
         client: Client,
     },
@@ -247,6 +255,36 @@ enum ScheduleCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Upload a component (a .wasm file) as NAME at VERSION.
+    Push {
+        /// Lowercase letters, digits and '-'.
+        name: String,
+        /// A semantic version, such as 0.1.0; a version never changes.
+        version: String,
+        /// The component, e.g. target/wasm32-wasip2/release/NAME.wasm.
+        file: PathBuf,
+    },
+    /// List plugins.
+    Ls,
+    /// Show one plugin version, with its imports.
+    Get { name: String, version: String },
+    /// Delete a plugin version (refused while tasks or schedules use it).
+    Rm { name: String, version: String },
+    /// Scaffold a plugin crate that builds with the SDK.
+    New {
+        /// The crate's and the plugin's name: lowercase letters, digits and '-'.
+        name: String,
+        /// The directory to create [default: ./NAME].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Use the SDK at this path (a checkout's sdk/) instead of crates.io.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum TaskCommand {
     /// Create a webhook task.
     Create {
@@ -382,6 +420,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Schedule { command, client } => {
             schedule(&Api::new(&client)?, command, client.json).await
         }
+        Command::Plugin { command, client } => plugin(&client, command).await,
         Command::Bench {
             scale_tasks,
             gates,
@@ -476,21 +515,39 @@ impl Api {
         })
     }
 
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{}", self.base, path));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, Failure> {
-        let mut request = self.http.request(method, format!("{}{}", self.base, path));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let mut request = self.request(method, path);
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(serde_json::to_vec(body).unwrap_or_default());
         }
+        let (status, value) = self.send(request).await?;
+        if status.is_success() {
+            return Ok(value);
+        }
+        Err(failure(status, &value))
+    }
+
+    /// Sends a request and returns its status and JSON body, whatever the
+    /// status; fails only when the server cannot be reached.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, Value), Failure> {
         let response = request.send().await.map_err(|e| Failure {
             code: 1,
             message: format!("cannot reach the server at {}: {e}", self.base),
@@ -502,32 +559,35 @@ impl Api {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        if status.is_success() {
-            return Ok(value);
-        }
-        let message = value["error"]["message"]
-            .as_str()
-            .unwrap_or("request failed")
-            .to_string();
-        let field = value["error"]["field"]
-            .as_str()
-            .map(|f| format!(" (field {f})"))
-            .unwrap_or_default();
-        let code = match status.as_u16() {
-            404 => 3,
-            409 => 4,
-            400 | 413 => 5,
-            401 | 403 => 7,
-            _ => 1,
-        };
-        Err(Failure {
-            code,
-            message: format!("{message}{field} [{}]", status.as_u16()),
-        })
+        Ok((status, value))
     }
 
     async fn get(&self, path: &str) -> Result<Value, Failure> {
         self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+/// An error answer as a failure: the server's message, the field at fault,
+/// the status, and the exit code for it.
+fn failure(status: reqwest::StatusCode, value: &Value) -> Failure {
+    let message = value["error"]["message"]
+        .as_str()
+        .unwrap_or("request failed")
+        .to_string();
+    let field = value["error"]["field"]
+        .as_str()
+        .map(|f| format!(" (field {f})"))
+        .unwrap_or_default();
+    let code = match status.as_u16() {
+        404 => 3,
+        409 => 4,
+        400 | 413 => 5,
+        401 | 403 => 7,
+        _ => 1,
+    };
+    Failure {
+        code,
+        message: format!("{message}{field} [{}]", status.as_u16()),
     }
 }
 
@@ -1007,6 +1067,471 @@ fn schedule_detail(s: &Value) -> String {
         out.push_str(&table(&["SCHEDULED", "TASK", "STATE"], &runs));
     }
     out
+}
+
+/// Past this size the server refuses a component (413).
+const PLUGIN_MAX_BYTES: u64 = 50 * 1024 * 1024;
+
+async fn plugin(client: &Client, command: PluginCommand) -> Result<(), Failure> {
+    let json = client.json;
+    let path = |name: &str, version: &str| format!("/v1/plugins/{}/{}", enc(name), enc(version));
+    let value = match command {
+        // The only one that needs no server.
+        PluginCommand::New { name, dir, sdk } => return plugin_new(&name, dir, sdk, json),
+        PluginCommand::Push {
+            name,
+            version,
+            file,
+        } => {
+            let api = Api::new(client)?;
+            return plugin_push(&api, &path(&name, &version), &name, &version, &file, json).await;
+        }
+        PluginCommand::Ls => {
+            let v = Api::new(client)?.get("/v1/plugins").await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", plugins_table(&v));
+            }
+            return Ok(());
+        }
+        PluginCommand::Get { name, version } => {
+            Api::new(client)?.get(&path(&name, &version)).await?
+        }
+        PluginCommand::Rm { name, version } => {
+            Api::new(client)?
+                .call(reqwest::Method::DELETE, &path(&name, &version), None)
+                .await?;
+            if !json {
+                println!("deleted plugin {name} {version}");
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        print_json(&value);
+    } else {
+        print!("{}", plugin_detail(&value));
+    }
+    Ok(())
+}
+
+async fn plugin_push(
+    api: &Api,
+    path: &str,
+    name: &str,
+    version: &str,
+    file: &std::path::Path,
+    json: bool,
+) -> Result<(), Failure> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    // Caught here, the common mistakes get a clearer word than the server's.
+    check_component(&bytes).map_err(|why| Failure {
+        code: 5,
+        message: format!("{}: {why}", file.display()),
+    })?;
+    let size = bytes.len() as u64;
+    let request = api
+        .request(reqwest::Method::PUT, path)
+        .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+        .body(bytes);
+    let sent = if std::io::stderr().is_terminal() {
+        let what = format!(
+            "uploading {}, then the server checks and compiles it…",
+            human_size(size)
+        );
+        with_progress(api.send(request), &what).await
+    } else {
+        api.send(request).await
+    };
+    let (status, value) = match sent {
+        Ok(answer) => answer,
+        // A server refusing an oversized body may close the connection before
+        // it answers 413.
+        Err(f) if size > PLUGIN_MAX_BYTES => {
+            return Err(Failure {
+                code: 5,
+                message: format!(
+                    "{} is {}, over the server's limit of {}: {}",
+                    file.display(),
+                    human_size(size),
+                    human_size(PLUGIN_MAX_BYTES),
+                    f.message
+                ),
+            });
+        }
+        Err(f) => return Err(f),
+    };
+    if status.is_success() {
+        let existed = status == reqwest::StatusCode::OK;
+        if json {
+            if existed {
+                eprintln!("{name} {version} was already there with the same bytes");
+            }
+            print_json(&value);
+        } else {
+            if existed {
+                println!("{name} {version} was already there with the same bytes: nothing changed");
+            } else {
+                println!("uploaded {name} {version}");
+            }
+            print!("{}", plugin_detail(&value));
+        }
+        return Ok(());
+    }
+    let mut f = failure(status, &value);
+    f.message = match status.as_u16() {
+        409 => format!(
+            "cannot push {name} {version}: {} (a version never changes: push this file as a new version)",
+            f.message
+        ),
+        413 => format!(
+            "cannot push {name} {version}: {} is {}: {}",
+            file.display(),
+            human_size(size),
+            f.message
+        ),
+        _ => format!("cannot push {name} {version}: {}", f.message),
+    };
+    Err(f)
+}
+
+/// Whether `bytes` look like a component: `\0asm`, a version, then layer 1
+/// (a core module, what `wasm32-unknown-unknown` or `wasip1` builds, has
+/// layer 0).
+fn check_component(bytes: &[u8]) -> Result<(), String> {
+    match bytes {
+        [0, b'a', b's', b'm', _, _, 1, 0, ..] => Ok(()),
+        [0, b'a', b's', b'm', ..] => Err(
+            "a core WebAssembly module, not a component: build the plugin with `cargo build --release --target wasm32-wasip2`".into(),
+        ),
+        _ => Err("not a WebAssembly component (it does not start with \\0asm)".into()),
+    }
+}
+
+/// Waits for `work`, redrawing `what` and the seconds elapsed on stderr.
+async fn with_progress<T>(work: impl std::future::Future<Output = T>, what: &str) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut seconds = 0u64;
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = tick.tick() => {
+                eprint!("\r{what} {seconds}s");
+                let _ = std::io::stderr().flush();
+                seconds += 1;
+            }
+        }
+    };
+    eprint!("\r\x1b[K");
+    let _ = std::io::stderr().flush();
+    result
+}
+
+fn human_size(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    }
+}
+
+fn plugins_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["plugins"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            vec![
+                p["name"].as_str().unwrap_or("").to_string(),
+                p["version"].as_str().unwrap_or("").to_string(),
+                p["size"].as_u64().map_or("-".into(), human_size),
+                p["sha256"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(12)
+                    .collect(),
+                p["uploaded_at"].as_str().unwrap_or("").to_string(),
+                num(&p["references"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "VERSION",
+            "SIZE",
+            "SHA256",
+            "UPLOADED (UTC)",
+            "REFERENCES",
+        ],
+        &rows,
+    )
+}
+
+fn plugin_detail(p: &Value) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let mut out = String::new();
+    for (k, v) in [
+        ("name", text(&p["name"])),
+        ("version", text(&p["version"])),
+        (
+            "size",
+            p["size"]
+                .as_u64()
+                .map_or("-".into(), |n| format!("{} ({n} bytes)", human_size(n))),
+        ),
+        ("sha256", text(&p["sha256"])),
+        ("uploaded_at", text(&p["uploaded_at"])),
+        ("references", num(&p["references"])),
+    ] {
+        out.push_str(&format!("{k:<14}{v}\n"));
+    }
+    let imports = p["imports"].as_array().cloned().unwrap_or_default();
+    if !imports.is_empty() {
+        out.push_str("imports\n");
+        for i in imports {
+            out.push_str(&format!("  {}\n", i.as_str().unwrap_or("")));
+        }
+    }
+    out
+}
+
+/// The files of a new plugin crate, as templates in which `{{name}}`,
+/// `{{lib_name}}` and `{{sdk}}` are filled in.
+const PLUGIN_TEMPLATE: [(&str, &str); 5] = [
+    (
+        "Cargo.toml",
+        include_str!("cli/plugin-template/Cargo.toml.in"),
+    ),
+    ("src/lib.rs", include_str!("cli/plugin-template/lib.rs.in")),
+    (
+        ".cargo/config.toml",
+        include_str!("cli/plugin-template/config.toml.in"),
+    ),
+    (
+        ".gitignore",
+        include_str!("cli/plugin-template/gitignore.in"),
+    ),
+    (
+        "README.md",
+        include_str!("cli/plugin-template/README.md.in"),
+    ),
+];
+
+/// Rust's keywords and the crates a plugin's own name must not shadow.
+const RESERVED_NAMES: &[&str] = &[
+    "abstract",
+    "alloc",
+    "as",
+    "async",
+    "await",
+    "become",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "core",
+    "crate",
+    "do",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "final",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "macro",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "override",
+    "priv",
+    "proc-macro",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "serde",
+    "serde-json",
+    "sluice-sdk",
+    "static",
+    "std",
+    "struct",
+    "super",
+    "test",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typeof",
+    "unsafe",
+    "unsized",
+    "use",
+    "virtual",
+    "where",
+    "while",
+    "yield",
+];
+
+/// A plugin's name is also its crate's: lowercase letters, digits and '-',
+/// starting with a letter (which the server's plugin names allow too).
+fn check_plugin_name(name: &str) -> Result<(), String> {
+    let valid = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a valid plugin name: use lowercase letters, digits and '-', starting with a letter and not ending with '-', at most 64 characters (e.g. \"check-health\")"
+        ));
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "{name:?} cannot name a plugin crate: it is a Rust keyword or a crate the plugin uses"
+        ));
+    }
+    Ok(())
+}
+
+/// The `sluice-sdk` line of the new crate's Cargo.toml: `--sdk`, else the SDK
+/// of the source tree this binary was built from if it is still there, else
+/// crates.io.
+fn sdk_dependency(sdk: Option<PathBuf>) -> Result<String, Failure> {
+    let is_sdk = |dir: &std::path::Path| {
+        std::fs::read_to_string(dir.join("Cargo.toml"))
+            .is_ok_and(|manifest| manifest.contains("name = \"sluice-sdk\""))
+    };
+    let local = match sdk {
+        Some(given) => {
+            let dir = std::fs::canonicalize(&given)
+                .ok()
+                .filter(|dir| is_sdk(dir))
+                .ok_or_else(|| Failure {
+                    code: 2,
+                    message: format!(
+                        "--sdk {}: not the SDK's directory (no Cargo.toml of sluice-sdk there)",
+                        given.display()
+                    ),
+                })?;
+            Some(dir)
+        }
+        None => std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk"))
+            .ok()
+            .filter(|dir| is_sdk(dir)),
+    };
+    let Some(dir) = local else {
+        return Ok(
+            "# From crates.io; `sluice plugin new --sdk PATH` uses a source tree's sdk/ instead.\nsluice-sdk = \"0.1\""
+                .into(),
+        );
+    };
+    let text = dir.to_str().ok_or_else(|| Failure {
+        code: 2,
+        message: format!("the SDK's path {} is not UTF-8", dir.display()),
+    })?;
+    Ok(format!(
+        "sluice-sdk = {{ path = {} }}",
+        toml::Value::String(text.to_string())
+    ))
+}
+
+fn render_plugin(template: &str, name: &str, sdk: &str) -> String {
+    template
+        .replace("{{name}}", name)
+        .replace("{{lib_name}}", &name.replace('-', "_"))
+        .replace("{{sdk}}", sdk)
+}
+
+fn plugin_new(
+    name: &str,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+    json: bool,
+) -> Result<(), Failure> {
+    check_plugin_name(name).map_err(|message| Failure { code: 2, message })?;
+    let sdk = sdk_dependency(sdk)?;
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    match std::fs::metadata(&dir) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(Failure {
+                code: 4,
+                message: format!("{} exists and is not a directory", dir.display()),
+            });
+        }
+        Ok(_) => {
+            let mut entries =
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            if entries.next().is_some() {
+                return Err(Failure {
+                    code: 4,
+                    message: format!(
+                        "{} exists and is not empty: choose another --dir",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("reading {}", dir.display()))
+                .into());
+        }
+    }
+    for (file, template) in PLUGIN_TEMPLATE {
+        let path = dir.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(render_plugin(template, name, &sdk).as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let wasm = format!(
+        "target/wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    );
+    let files: Vec<&str> = PLUGIN_TEMPLATE.iter().map(|(file, _)| *file).collect();
+    if json {
+        print_json(&json!({
+            "name": name,
+            "dir": dir.display().to_string(),
+            "files": files,
+            "wasm": wasm,
+        }));
+    } else {
+        println!("created plugin crate {name} in {}", dir.display());
+        for file in files {
+            println!("  {file}");
+        }
+        println!("\nnext:");
+        println!("  cd {}", dir.display());
+        println!("  cargo build --release --target wasm32-wasip2");
+        println!("  sluice plugin push {name} 0.1.0 {wasm}");
+    }
+    Ok(())
 }
 
 async fn status(api: &Api, watch: bool, json: bool) -> Result<(), Failure> {

@@ -1,9 +1,10 @@
 //! The `sluice` binary as a client: tables by default, `--json` for scripts, and
 //! exit codes scripts can rely on.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{Server, Sink};
 
@@ -12,12 +13,30 @@ fn sluice(server: &str, args: &[&str]) -> Output {
         .args(args)
         .env("SLUICE_SERVER", server)
         .env("NO_COLOR", "1")
+        .env_remove("SLUICE_TOKEN")
         .output()
         .expect("run sluice")
 }
 
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn errors(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs the binary off the runtime's threads, so the in-process server keeps
+/// answering while it waits.
+async fn sluice_async(server: &str, args: &[&str]) -> Output {
+    let server = server.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sluice(&server, &args)
+    })
+    .await
+    .expect("sluice runs")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,4 +179,566 @@ async fn status_watch_redraws_in_place() {
             .all(|f| f.contains("watched") && f.contains("10/s")),
         "{text}"
     );
+}
+
+/// The repository's SDK, which scaffolds in tests build against.
+const SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk");
+
+/// Components built by these tests: under the shared target directory, so that
+/// the SDK and its dependencies compile once and reruns take seconds.
+const WASM_TARGET: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/plugin-scaffold");
+
+/// `\0asm`, then the component binary's version (13) and layer (1).
+const COMPONENT_MAGIC: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
+/// `cargo build --release --target wasm32-wasip2` in `dir`, into WASM_TARGET.
+fn build_wasm(dir: &Path, extra: &[&str]) {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(dir)
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .args(["--target-dir", WASM_TARGET])
+        .args(extra)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build in {} failed:\n{}",
+        dir.display(),
+        errors(&out)
+    );
+}
+
+fn built(lib_name: &str) -> PathBuf {
+    Path::new(WASM_TARGET).join(format!("wasm32-wasip2/release/{lib_name}.wasm"))
+}
+
+/// Scaffolds plugin `name` in `parent` with `sluice plugin new` against the
+/// repository's SDK, and builds it; returns the crate's directory and the
+/// component's bytes.
+fn scaffold_and_build(parent: &Path, name: &str) -> (PathBuf, Vec<u8>) {
+    let dir = parent.join(name);
+    let new = sluice(
+        "http://127.0.0.1:9",
+        &[
+            "plugin",
+            "new",
+            name,
+            "--dir",
+            dir.to_str().expect("utf-8"),
+            "--sdk",
+            SDK,
+        ],
+    );
+    assert_eq!(new.status.code(), Some(0), "{}", errors(&new));
+    // The examples' lock file pins the versions the SDK is known to build
+    // with (and those WASM_TARGET already holds); cargo adds the new crate.
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .expect("copy the lock file");
+    let lib_name = name.replace('-', "_");
+    let _ = std::fs::remove_file(built(&lib_name));
+    build_wasm(&dir, &[]);
+    let wasm = std::fs::read(built(&lib_name)).expect("the component was built");
+    (dir, wasm)
+}
+
+/// `sluice plugin new` makes a crate that builds, as it is, into a component
+/// for the server: the files, the SDK dependency, the README's commands.
+#[test]
+fn plugin_new_scaffolds_a_crate_that_builds_a_component() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().join("check-health");
+    let new = sluice(
+        "http://127.0.0.1:9",
+        &[
+            "plugin",
+            "new",
+            "check-health",
+            "--dir",
+            dir.to_str().expect("utf-8"),
+            "--sdk",
+            SDK,
+        ],
+    );
+    assert_eq!(new.status.code(), Some(0), "{}", errors(&new));
+    let push =
+        "sluice plugin push check-health 0.1.0 target/wasm32-wasip2/release/check_health.wasm";
+    assert!(text(&new).contains(push), "{}", text(&new));
+
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect(file);
+    for file in [
+        "Cargo.toml",
+        "src/lib.rs",
+        ".cargo/config.toml",
+        ".gitignore",
+        "README.md",
+    ] {
+        assert!(!read(file).contains("{{"), "{file} has a placeholder left");
+    }
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml is TOML");
+    assert_eq!(manifest["package"]["name"].as_str(), Some("check-health"));
+    assert_eq!(manifest["package"]["edition"].as_str(), Some("2024"));
+    assert_eq!(
+        manifest["lib"]["crate-type"].as_array().map(Vec::as_slice),
+        Some(&[toml::Value::from("cdylib")][..])
+    );
+    let sdk = std::fs::canonicalize(SDK).expect("sdk");
+    assert_eq!(
+        manifest["dependencies"]["sluice-sdk"]["path"].as_str(),
+        sdk.to_str(),
+        "the SDK as a canonical absolute path"
+    );
+    let serde = &manifest["dependencies"]["serde"];
+    assert!(
+        serde["features"]
+            .as_array()
+            .is_some_and(|f| f.contains(&"derive".into())),
+        "{serde}"
+    );
+    assert!(manifest["dependencies"].get("serde_json").is_some());
+    let release = &manifest["profile"]["release"];
+    assert_eq!(release["opt-level"].as_str(), Some("s"));
+    assert_eq!(release["lto"].as_bool(), Some(true));
+    assert_eq!(release["strip"].as_bool(), Some(true));
+    let config: toml::Table = read(".cargo/config.toml").parse().expect("config is TOML");
+    assert_eq!(config["build"]["target"].as_str(), Some("wasm32-wasip2"));
+    assert!(read(".gitignore").lines().any(|l| l == "target/"));
+    let lib = read("src/lib.rs");
+    for needle in [
+        "#[derive(Deserialize)]",
+        "ctx.http()",
+        "info!(",
+        "Outcome<",
+        "sluice_sdk::export!(run);",
+    ] {
+        assert!(lib.contains(needle), "src/lib.rs lacks {needle}");
+    }
+    let readme = read("README.md");
+    assert!(
+        readme.contains("cargo build --release --target wasm32-wasip2"),
+        "{readme}"
+    );
+    assert!(readme.contains(push), "{readme}");
+    // The README's task is valid JSON naming the plugin.
+    let example = readme
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a JSON example");
+    let task: Value = serde_json::from_str(example).expect("the example is JSON");
+    assert_eq!(task["plugin"]["name"], "check-health");
+    assert_eq!(task["plugin"]["version"], "0.1.0");
+    assert!(
+        task["gate"].is_string() && task["plugin"]["input"].is_object(),
+        "{task}"
+    );
+
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .expect("copy the lock file");
+    let _ = std::fs::remove_file(built("check_health"));
+    build_wasm(&dir, &[]);
+    let wasm = std::fs::read(built("check_health")).expect("the component was built");
+    assert!(
+        wasm.starts_with(&COMPONENT_MAGIC),
+        "not a component: {:02x?}",
+        &wasm[..wasm.len().min(8)]
+    );
+}
+
+/// Names that are not crate names, and directories already in use, are
+/// refused before anything is written.
+#[test]
+fn plugin_new_refuses_bad_names_and_occupied_dirs() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let at = |name: &str| temp.path().join(name).to_str().expect("utf-8").to_string();
+    for bad in [
+        "Check",
+        "check_health",
+        "9lives",
+        "-x",
+        "x-",
+        "a b",
+        "fn",
+        "std",
+        "",
+    ] {
+        let dir = at("bad");
+        let out = sluice(
+            "http://127.0.0.1:9",
+            &["plugin", "new", "--dir", &dir, "--", bad],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", errors(&out));
+        assert!(
+            errors(&out).contains("plugin name") || errors(&out).contains("cannot name"),
+            "{bad:?}: {}",
+            errors(&out)
+        );
+        assert!(!Path::new(&dir).exists(), "{bad:?} wrote nothing");
+    }
+    let long = "a".repeat(65);
+    let out = sluice(
+        "http://127.0.0.1:9",
+        &["plugin", "new", &long, "--dir", &at("long")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+
+    let occupied = at("occupied");
+    std::fs::create_dir(&occupied).expect("dir");
+    std::fs::write(Path::new(&occupied).join("notes.txt"), "mine").expect("file");
+    let out = sluice(
+        "http://127.0.0.1:9",
+        &["plugin", "new", "fine", "--dir", &occupied],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", errors(&out));
+    assert!(errors(&out).contains("not empty"), "{}", errors(&out));
+    assert_eq!(
+        std::fs::read_dir(&occupied).expect("dir").count(),
+        1,
+        "nothing added"
+    );
+
+    let out = sluice(
+        "http://127.0.0.1:9",
+        &[
+            "plugin",
+            "new",
+            "fine",
+            "--dir",
+            &at("fine"),
+            "--sdk",
+            &at("no-sdk"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", errors(&out));
+    assert!(errors(&out).contains("--sdk"), "{}", errors(&out));
+
+    // An empty directory will do.
+    let empty = at("empty");
+    std::fs::create_dir(&empty).expect("dir");
+    let out = sluice(
+        "http://127.0.0.1:9",
+        &[
+            "plugin", "new", "fine", "--dir", &empty, "--sdk", SDK, "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let v: Value = serde_json::from_str(&text(&out)).expect("--json prints JSON");
+    assert_eq!(v["wasm"], "target/wasm32-wasip2/release/fine.wasm");
+    assert!(Path::new(&empty).join("src/lib.rs").is_file());
+}
+
+/// `plugin push` checks the file before sending it: a missing file, a text
+/// file and a core module (not a component) never reach the server.
+#[test]
+fn plugin_push_refuses_what_is_not_a_component() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let file = |name: &str, bytes: &[u8]| {
+        let path = temp.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path.to_str().expect("utf-8").to_string()
+    };
+    // Nothing listens on port 9: a request would fail with exit code 1.
+    let missing = temp.path().join("missing.wasm");
+    let out = sluice(
+        "http://127.0.0.1:9",
+        &[
+            "plugin",
+            "push",
+            "p",
+            "0.1.0",
+            missing.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", errors(&out));
+    assert!(errors(&out).contains("missing.wasm"), "{}", errors(&out));
+
+    let text_file = file("notes.wasm", b"not wasm at all");
+    let out = sluice(
+        "http://127.0.0.1:9",
+        &["plugin", "push", "p", "0.1.0", &text_file],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", errors(&out));
+    assert!(
+        errors(&out).contains("not a WebAssembly component"),
+        "{}",
+        errors(&out)
+    );
+
+    let core = file("core.wasm", b"\0asm\x01\x00\x00\x00");
+    let out = sluice(
+        "http://127.0.0.1:9",
+        &["plugin", "push", "p", "0.1.0", &core],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", errors(&out));
+    assert!(
+        errors(&out).contains("core WebAssembly module") && errors(&out).contains("wasm32-wasip2"),
+        "{}",
+        errors(&out)
+    );
+
+    let usage = sluice("http://127.0.0.1:9", &["plugin", "push", "p", &core]);
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "NAME VERSION FILE are all required"
+    );
+}
+
+/// The same component with a custom section appended: still valid, other bytes.
+fn with_custom_section(wasm: &[u8], payload: &[u8]) -> Vec<u8> {
+    let name = b"sluice-test";
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128, "one-byte LEB128 sizes only");
+    let mut out = wasm.to_vec();
+    out.extend_from_slice(&[0, size as u8, name.len() as u8]);
+    out.extend_from_slice(name);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// push, ls, get and rm against the registry: 201 then 200 for the same bytes,
+/// 409 for other bytes at the same version, 404, and 409 while a task uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the plugin registry"]
+async fn plugin_push_ls_get_rm() {
+    use sha2::Digest;
+    let server = Server::start().await;
+    let url = server.url.clone();
+    let temp = tempfile::tempdir().expect("temp dir");
+    let parent = temp.path().to_path_buf();
+    let (_, wasm) = tokio::task::spawn_blocking(move || scaffold_and_build(&parent, "push-me"))
+        .await
+        .expect("build");
+    let first = temp.path().join("first.wasm");
+    std::fs::write(&first, &wasm).expect("write");
+    let first = first.to_str().expect("utf-8").to_string();
+    let sha = format!("{:x}", sha2::Sha256::digest(&wasm));
+
+    let out = sluice_async(&url, &["plugin", "push", "push-me", "0.1.0", &first]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert!(
+        text(&out).contains("uploaded push-me 0.1.0"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&sha),
+        "prints the sha256: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&wasm.len().to_string()),
+        "prints the size: {}",
+        text(&out)
+    );
+
+    let out = sluice_async(&url, &["plugin", "push", "push-me", "0.1.0", &first]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the same bytes again: {}",
+        errors(&out)
+    );
+    assert!(text(&out).contains("already there"), "{}", text(&out));
+    let out = sluice_async(
+        &url,
+        &["plugin", "push", "push-me", "0.1.0", &first, "--json"],
+    )
+    .await;
+    let v: Value = serde_json::from_str(&text(&out)).expect("--json prints JSON");
+    assert_eq!(v["sha256"], sha.as_str());
+    assert_eq!(v["size"], wasm.len());
+
+    let second = temp.path().join("second.wasm");
+    std::fs::write(&second, with_custom_section(&wasm, b"2")).expect("write");
+    let second = second.to_str().expect("utf-8").to_string();
+    let out = sluice_async(&url, &["plugin", "push", "push-me", "0.1.0", &second]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "other bytes, same version: {}",
+        errors(&out)
+    );
+    assert!(
+        errors(&out).contains("push-me 0.1.0") && errors(&out).contains("[409]"),
+        "{}",
+        errors(&out)
+    );
+    let out = sluice_async(&url, &["plugin", "push", "push-me", "0.2.0", &second]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+
+    let out = sluice_async(&url, &["plugin", "ls"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let table = text(&out);
+    for needle in [
+        "NAME",
+        "VERSION",
+        "SHA256",
+        "REFERENCES",
+        "push-me",
+        "0.1.0",
+        "0.2.0",
+        &sha[..12],
+    ] {
+        assert!(table.contains(needle), "ls lacks {needle}: {table}");
+    }
+    let out = sluice_async(&url, &["plugin", "ls", "--json"]).await;
+    let v: Value = serde_json::from_str(&text(&out)).expect("--json prints JSON");
+    let versions: Vec<&str> = v["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["version"].as_str())
+        .collect();
+    assert_eq!(versions, ["0.1.0", "0.2.0"]);
+
+    let out = sluice_async(&url, &["plugin", "get", "push-me", "0.1.0"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert!(
+        text(&out).contains(&sha) && text(&out).contains("sluice:task/log@0.1.0"),
+        "{}",
+        text(&out)
+    );
+    let out = sluice_async(&url, &["plugin", "get", "push-me", "9.9.9"]).await;
+    assert_eq!(out.status.code(), Some(3), "not found: {}", errors(&out));
+
+    // A task that will run 0.2.0 holds it.
+    let c = server.client();
+    c.put_gate("plugins", json!({ "rate": "1/s" })).await;
+    let (status, body) = c
+        .send(
+            "POST",
+            "/v1/tasks",
+            Some(json!({
+                "gate": "plugins",
+                "delay": "1h",
+                "plugin": { "name": "push-me", "version": "0.2.0", "input": { "url": "http://x.test/" } },
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let out = sluice_async(&url, &["plugin", "rm", "push-me", "0.2.0"]).await;
+    assert_eq!(out.status.code(), Some(4), "referenced: {}", errors(&out));
+    assert!(errors(&out).contains("[409]"), "{}", errors(&out));
+
+    let out = sluice_async(&url, &["plugin", "rm", "push-me", "0.1.0"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert!(
+        text(&out).contains("deleted plugin push-me 0.1.0"),
+        "{}",
+        text(&out)
+    );
+    let out = sluice_async(&url, &["plugin", "rm", "push-me", "0.1.0"]).await;
+    assert_eq!(out.status.code(), Some(3), "gone: {}", errors(&out));
+}
+
+/// What the server refuses comes back with its reason and exit code 5: a
+/// component importing what the world does not grant (named), one over
+/// 50 MiB, an invalid version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the plugin registry"]
+async fn plugin_push_shows_the_servers_refusals() {
+    let server = Server::start().await;
+    let url = server.url.clone();
+    let temp = tempfile::tempdir().expect("temp dir");
+    let hostile = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/plugins"));
+    let wasm = tokio::task::spawn_blocking(move || {
+        build_wasm(hostile, &["--locked", "-p", "imports-filesystem"]);
+        std::fs::read(built("imports_filesystem")).expect("built")
+    })
+    .await
+    .expect("build");
+    let file = temp.path().join("imports-filesystem.wasm");
+    std::fs::write(&file, &wasm).expect("write");
+    let out = sluice_async(
+        &url,
+        &[
+            "plugin",
+            "push",
+            "imports-filesystem",
+            "0.1.0",
+            file.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", errors(&out));
+    assert!(
+        errors(&out).contains("wasi:filesystem") && errors(&out).contains("[400]"),
+        "names the import: {}",
+        errors(&out)
+    );
+
+    let out = sluice_async(
+        &url,
+        &[
+            "plugin",
+            "push",
+            "imports-filesystem",
+            "latest",
+            file.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", errors(&out));
+
+    let mut huge = COMPONENT_MAGIC.to_vec();
+    huge.resize(51 * 1024 * 1024, 0);
+    let file = temp.path().join("huge.wasm");
+    std::fs::write(&file, &huge).expect("write");
+    let out = sluice_async(
+        &url,
+        &[
+            "plugin",
+            "push",
+            "huge",
+            "0.1.0",
+            file.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", errors(&out));
+    assert!(errors(&out).contains("MiB"), "{}", errors(&out));
+
+    let out = sluice_async(&url, &["plugin", "ls"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert!(!text(&out).contains("imports-filesystem"), "{}", text(&out));
+}
+
+/// Plugins are the admin's: a reader may list them, not push or remove them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the plugin registry"]
+async fn plugin_commands_need_the_right_role() {
+    use sluice::api::auth::{TokenEntry, Tokens, new_token};
+    let (reader, hash) = new_token().expect("random");
+    let tokens = Tokens::new(vec![
+        TokenEntry::new("reader", "reader", &hash).expect("entry"),
+    ]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start_with(dir.path(), |c| c.tokens = tokens).await;
+    let file = dir.path().join("tiny.wasm");
+    std::fs::write(&file, COMPONENT_MAGIC).expect("write");
+    let file = file.to_str().expect("utf-8").to_string();
+    let token = ["--token", reader.as_str()];
+    let ls = sluice_async(&server.url, &[&["plugin", "ls"][..], &token].concat()).await;
+    assert_eq!(ls.status.code(), Some(0), "{}", errors(&ls));
+    let push = sluice_async(
+        &server.url,
+        &[&["plugin", "push", "tiny", "0.1.0", &file][..], &token].concat(),
+    )
+    .await;
+    assert_eq!(push.status.code(), Some(7), "{}", errors(&push));
+    let rm = sluice_async(
+        &server.url,
+        &[&["plugin", "rm", "tiny", "0.1.0"][..], &token].concat(),
+    )
+    .await;
+    assert_eq!(rm.status.code(), Some(7), "{}", errors(&rm));
+    let anonymous = sluice_async(&server.url, &["plugin", "ls"]).await;
+    assert_eq!(anonymous.status.code(), Some(7), "{}", errors(&anonymous));
 }
