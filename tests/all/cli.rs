@@ -505,7 +505,6 @@ fn with_custom_section(wasm: &[u8], payload: &[u8]) -> Vec<u8> {
 /// push, ls, get and rm against the registry: 201 then 200 for the same bytes,
 /// 409 for other bytes at the same version, 404, and 409 while a task uses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the plugin registry"]
 async fn plugin_push_ls_get_rm() {
     use sha2::Digest;
     let server = Server::start().await;
@@ -642,7 +641,6 @@ async fn plugin_push_ls_get_rm() {
 /// component importing what the world does not grant (named), one over
 /// 50 MiB, an invalid version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the plugin registry"]
 async fn plugin_push_shows_the_servers_refusals() {
     let server = Server::start().await;
     let url = server.url.clone();
@@ -712,7 +710,6 @@ async fn plugin_push_shows_the_servers_refusals() {
 
 /// Plugins are the admin's: a reader may list them, not push or remove them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the plugin registry"]
 async fn plugin_commands_need_the_right_role() {
     use sluice::api::auth::{TokenEntry, Tokens, new_token};
     let (reader, hash) = new_token().expect("random");
