@@ -543,7 +543,7 @@ async fn hostile_plugins_fail_only_their_own_attempt() {
     let mut ended = Vec::new();
     for id in &ids {
         let id = id.as_str().expect("id");
-        let start = Instant::now();
+        let start = sluice::clock::instant();
         let task = loop {
             let t = c.task(id).await;
             if matches!(t["state"].as_str(), Some("succeeded" | "failed")) {

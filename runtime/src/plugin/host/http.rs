@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::{mpsc, oneshot};
+
+use super::super::PermitMessage;
 use wasmtime_wasi_http::{Error, WasiBody, WasiHttpHooks};
 
 use super::AttemptLog;
@@ -26,25 +28,6 @@ use crate::dispatch::{Dispatcher, parse_retry_after};
 /// Largest request body a plugin may send, and response body it may receive.
 pub(crate) const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
 pub(crate) const MAX_RESPONSE_BODY: usize = 8 * 1024 * 1024;
-
-/// Between the plugin runtime and the driver, which owns the gates.
-#[derive(Debug)]
-pub enum PermitMessage {
-    /// A request waits for the gate; `reply` is answered (or dropped, if the
-    /// attempt ends first) when the gate allows it.
-    Ask {
-        task: TaskId,
-        attempt: u32,
-        ask: u64,
-        reply: oneshot::Sender<()>,
-    },
-    /// A request that had its permit is over.
-    Ended {
-        task: TaskId,
-        attempt: u32,
-        signal: Signal,
-    },
-}
 
 /// What a request needs to know of its attempt.
 pub(super) struct Link {

@@ -1,0 +1,560 @@
+//! The wasmtime side of plugins: engine, linker, compile and cache, attempts.
+
+mod http;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, mpsc};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::clock;
+use crate::core::Outcome;
+use crate::dispatch::{Dispatcher, Plan, Report};
+use crate::store::Store as DataStore;
+
+use super::{PermitMessage, PluginError, audit};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sluice:task/task",
+        exports: { default: async },
+        with: {
+            "wasi": wasmtime_wasi::p2::bindings,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        },
+    });
+}
+
+use bindings::exports::sluice::task::handler;
+use bindings::sluice::task::log;
+
+/// Memory one attempt may grow to (all its linear memories together are
+/// bounded by this each).
+pub const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
+/// Plugin attempts running at once on this server; more wait for a slot (their
+/// deadline running).
+pub const MAX_INSTANCES: u32 = 512;
+/// Kept of an output or a reason, as of a webhook's response body.
+const KEPT: usize = 4 * 1024;
+/// Longest log line kept, and most kept per attempt.
+const LOG_LINE: usize = 1024;
+const LOG_TOTAL: usize = 16 * 1024;
+/// How often the epoch advances; a running guest gives way this often.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// A component that passed the upload checks, ready to store.
+pub struct Compiled {
+    pub sha256: String,
+    pub imports: Vec<String>,
+    pub artifact: Vec<u8>,
+    pre: bindings::TaskPre<Attempt>,
+}
+
+/// The plugin runtime: one engine, one linker, the loaded components.
+pub struct Host {
+    engine: Engine,
+    linker: Linker<Attempt>,
+    /// Loaded components by `name@version`.
+    loaded: RwLock<HashMap<String, bindings::TaskPre<Attempt>>>,
+    store: Arc<DataStore>,
+    slots: Arc<Semaphore>,
+    engine_hash: u64,
+    compilations: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one attempt's store holds.
+pub(crate) struct Attempt {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: http::GateHooks,
+    log: Arc<Mutex<AttemptLog>>,
+}
+
+/// The attempt's history lines, capped: past the cap lines are counted, not kept.
+#[derive(Default)]
+pub(crate) struct AttemptLog {
+    lines: Vec<String>,
+    bytes: usize,
+    dropped: u64,
+}
+
+impl AttemptLog {
+    pub(crate) fn push(&mut self, level: &str, message: &str) {
+        let message = cut(message, LOG_LINE);
+        let line = format!("{level}: {message}");
+        if self.bytes + line.len() > LOG_TOTAL {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += line.len();
+        self.lines.push(line);
+    }
+
+    fn take(&mut self) -> Vec<String> {
+        let mut lines = std::mem::take(&mut self.lines);
+        if self.dropped > 0 {
+            lines.push(format!(
+                "sluice: {} more lines dropped (the log keeps {} KiB per attempt)",
+                self.dropped,
+                LOG_TOTAL / 1024
+            ));
+        }
+        lines
+    }
+}
+
+impl WasiView for Attempt {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Attempt {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl log::Host for Attempt {
+    fn log(&mut self, level: log::Level, message: String) {
+        let level = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        if let Ok(mut log) = self.log.lock() {
+            log.push(level, &message);
+        }
+    }
+}
+
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn engine() -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    let n = MAX_INSTANCES;
+    pool.total_component_instances(n)
+        .total_core_instances(n * 8)
+        .max_core_instances_per_component(8)
+        .total_memories(n * 2)
+        .max_memories_per_component(2)
+        .total_tables(n * 4)
+        .max_tables_per_component(4)
+        .total_stacks(n)
+        .max_memory_size(MEMORY_LIMIT);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(512 * 1024)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+}
+
+fn linker(engine: &Engine) -> wasmtime::Result<Linker<Attempt>> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView as _};
+    use wasmtime_wasi::p2::bindings::{cli, random};
+    use wasmtime_wasi::random::WasiRandom;
+
+    let mut linker = Linker::new(engine);
+    // Only what the world grants: io, clocks, randomness and inert stdio, the
+    // rest of what std imports, HTTP, and the log. No file system, no sockets,
+    // so even a component that slipped past the audit could not link them.
+    wasmtime_wasi::p2::add_to_linker_proxy_interfaces_async(&mut linker)?;
+    let l = &mut linker;
+    cli::exit::add_to_linker::<Attempt, WasiCli>(l, Attempt::cli)?;
+    cli::environment::add_to_linker::<Attempt, WasiCli>(l, Attempt::cli)?;
+    cli::terminal_input::add_to_linker::<Attempt, WasiCli>(l, Attempt::cli)?;
+    cli::terminal_output::add_to_linker::<Attempt, WasiCli>(l, Attempt::cli)?;
+    cli::terminal_stdin::add_to_linker::<Attempt, WasiCli>(l, Attempt::cli)?;
+    cli::terminal_stdout::add_to_linker::<Attempt, WasiCli>(l, Attempt::cli)?;
+    cli::terminal_stderr::add_to_linker::<Attempt, WasiCli>(l, Attempt::cli)?;
+    random::insecure::add_to_linker::<Attempt, WasiRandom>(l, |t| t.wasi.random())?;
+    random::insecure_seed::add_to_linker::<Attempt, WasiRandom>(l, |t| t.wasi.random())?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
+    log::add_to_linker::<Attempt, HasSelf<Attempt>>(l, |t| t)?;
+    Ok(linker)
+}
+
+impl Host {
+    /// Starts the engine and its epoch ticker.
+    pub fn new(store: Arc<DataStore>) -> Result<Arc<Host>, PluginError> {
+        let engine = engine().map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        let linker = linker(&engine).map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = engine.weak();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| PluginError::Link(format!("epoch thread: {e}")))?;
+        Ok(Arc::new(Host {
+            engine,
+            linker,
+            loaded: RwLock::new(HashMap::new()),
+            store,
+            slots: Arc::new(Semaphore::new(MAX_INSTANCES as usize)),
+            engine_hash: hasher.finish(),
+            compilations: AtomicU64::new(0),
+            stop,
+        }))
+    }
+
+    /// The key compiled artifacts are stored under for this engine.
+    pub fn engine_hash(&self) -> u64 {
+        self.engine_hash
+    }
+
+    /// Components compiled since start (uploads, and stored ones whose artifact
+    /// was made by another engine). A restart on the same build compiles none.
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
+    }
+
+    /// Validates, audits, compiles and links an upload. Blocking: run it off
+    /// the async threads.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, PluginError> {
+        if !wasmparser_is_component(wasm) {
+            return Err(PluginError::Invalid(
+                "expected a component (build for wasm32-wasip2), found a core module or other bytes"
+                    .into(),
+            ));
+        }
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        audit::check(
+            imports.iter().map(String::as_str),
+            exports.iter().map(String::as_str),
+        )?;
+        let pre = self.link(&component)?;
+        let artifact = component
+            .serialize()
+            .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+        Ok(Compiled {
+            sha256: hex(&Sha256::digest(wasm)),
+            imports,
+            artifact,
+            pre,
+        })
+    }
+
+    fn link(&self, component: &Component) -> Result<bindings::TaskPre<Attempt>, PluginError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        bindings::TaskPre::new(pre).map_err(|e| {
+            PluginError::Link(format!(
+                "the component does not fit the sluice:task world: {e:#}"
+            ))
+        })
+    }
+
+    /// Makes an uploaded component runnable under `key` (after it is stored).
+    pub fn install(&self, key: &str, compiled: &Compiled) {
+        if let Ok(mut loaded) = self.loaded.write() {
+            loaded.insert(key.to_string(), compiled.pre.clone());
+        }
+    }
+
+    /// Forgets a deleted plugin.
+    pub fn evict(&self, key: &str) {
+        if let Ok(mut loaded) = self.loaded.write() {
+            loaded.remove(key);
+        }
+    }
+
+    /// The pre-instantiated component for `key`: from memory, else from its
+    /// stored artifact, else compiled from its stored bytes (a new engine) and
+    /// the artifact stored for next time.
+    fn pre(&self, key: &str) -> Result<bindings::TaskPre<Attempt>, PluginError> {
+        if let Some(pre) = self.loaded.read().ok().and_then(|l| l.get(key).cloned()) {
+            return Ok(pre);
+        }
+        let reader = self.store.read()?;
+        let component = match reader.compiled(key, self.engine_hash)? {
+            Some(artifact) => deserialize(&self.engine, &artifact)?,
+            None => {
+                let wasm = reader
+                    .plugin_wasm(key)?
+                    .ok_or_else(|| PluginError::Missing(key.to_string()))?;
+                drop(reader);
+                let component = Component::new(&self.engine, &wasm)
+                    .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
+                self.compilations.fetch_add(1, Ordering::Relaxed);
+                if let Ok(artifact) = component.serialize() {
+                    let hash = self.engine_hash;
+                    self.store
+                        .write(|tx| tx.put_compiled(key, hash, &artifact))?;
+                }
+                component
+            }
+        };
+        let pre = self.link(&component)?;
+        if let Ok(mut loaded) = self.loaded.write() {
+            loaded.insert(key.to_string(), pre.clone());
+        }
+        Ok(pre)
+    }
+
+    /// Runs one plugin attempt and reports it like a webhook attempt.
+    pub async fn run(
+        self: Arc<Self>,
+        plan: Plan,
+        dispatcher: Dispatcher,
+        permits: mpsc::UnboundedSender<PermitMessage>,
+    ) -> Report {
+        let started = clock::instant();
+        let log = Arc::new(Mutex::new(AttemptLog::default()));
+        let ran = tokio::time::timeout(
+            plan.timeout,
+            self.clone()
+                .attempt(&plan, dispatcher, permits, log.clone()),
+        )
+        .await;
+        let (outcome, error, response, next) = match ran {
+            Ok(result) => result,
+            Err(_) => (
+                Outcome::Failed { retry_after: None },
+                Some(format!(
+                    "timed out after {}",
+                    crate::core::format_duration(plan.timeout)
+                )),
+                None,
+                Vec::new(),
+            ),
+        };
+        let logs = log.lock().map(|mut l| l.take()).unwrap_or_default();
+        Report {
+            task: plan.task,
+            attempt: plan.attempt,
+            outcome,
+            ended_at: clock::now(),
+            status: None,
+            latency_ms: started.elapsed().as_millis() as u64,
+            error,
+            response,
+            lease: None,
+            logs,
+            next,
+        }
+    }
+
+    #[allow(clippy::type_complexity, reason = "one tuple, taken apart once")]
+    async fn attempt(
+        self: Arc<Self>,
+        plan: &Plan,
+        dispatcher: Dispatcher,
+        permits: mpsc::UnboundedSender<PermitMessage>,
+        log: Arc<Mutex<AttemptLog>>,
+    ) -> (Outcome, Option<String>, Option<String>, Vec<String>) {
+        let Some(call) = &plan.plugin else {
+            return denied("not a plugin task".into());
+        };
+        let key = crate::store::plugin_key(&call.name, &call.version);
+        let loaded = self.loaded.read().ok().and_then(|l| l.get(&key).cloned());
+        let pre = match loaded {
+            Some(pre) => pre,
+            None => {
+                // First use since start: load the stored artifact, off the
+                // async threads.
+                let host = self.clone();
+                let lookup = key.clone();
+                match tokio::task::spawn_blocking(move || host.pre(&lookup)).await {
+                    Ok(Ok(pre)) => pre,
+                    Ok(Err(e @ PluginError::Missing(_))) => return denied(e.to_string()),
+                    Ok(Err(e)) => return failed(format!("plugin {key}: {e}")),
+                    Err(e) => return failed(format!("plugin {key} could not load: {e}")),
+                }
+            }
+        };
+        // A slot of the instance pool; waiting for one counts against the deadline.
+        let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+            return failed("the plugin runtime is shutting down".into());
+        };
+        let deadline = clock::now().plus(plan.timeout);
+        let hooks = http::GateHooks::new(http::Link {
+            task: plan.task,
+            attempt: plan.attempt,
+            gate: plan.gate.clone(),
+            allowed_hosts: plan.allowed_hosts.clone().into(),
+            dispatcher,
+            permits,
+            log: log.clone(),
+            next_ask: AtomicU64::new(0),
+        });
+        let mut http_ctx = WasiHttpCtx::new();
+        http_ctx.set_field_size_limit(64 * 1024);
+        let state = Attempt {
+            table: ResourceTable::new(),
+            // An empty environment, no arguments, no preopens, no network;
+            // stdin empty and stdout/stderr discarded.
+            wasi: WasiCtx::builder().build(),
+            http: http_ctx,
+            hooks,
+            log,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let context = handler::Context {
+            task_id: plan.task.to_string(),
+            gate: plan.gate.clone(),
+            attempt: plan.attempt,
+            scheduled_at_ms: plan.scheduled_at.as_ms(),
+            deadline_ms: deadline.as_ms(),
+            idempotency_key: plan.idempotency_key.clone(),
+            schedule: plan.schedule.clone(),
+        };
+        let instance = match pre.instantiate_async(&mut store).await {
+            Ok(i) => i,
+            Err(e) => return failed(describe_trap(&e)),
+        };
+        let result = instance
+            .sluice_task_handler()
+            .call_run(&mut store, &context, &call.input)
+            .await;
+        match result {
+            Err(e) => failed(describe_trap(&e)),
+            Ok(handler::Outcome::Success(success)) => (
+                Outcome::Succeeded,
+                None,
+                Some(cut(&success.output, KEPT).to_string()).filter(|o| !o.is_empty()),
+                success.next,
+            ),
+            Ok(handler::Outcome::Retry(retry)) => (
+                Outcome::Failed {
+                    retry_after: retry.after_ms.map(Duration::from_millis),
+                },
+                Some(cut(&retry.reason, KEPT).to_string()),
+                None,
+                Vec::new(),
+            ),
+            Ok(handler::Outcome::Fail(reason)) => (
+                Outcome::Rejected,
+                Some(cut(&reason, KEPT).to_string()),
+                None,
+                Vec::new(),
+            ),
+        }
+    }
+}
+
+type Ended = (Outcome, Option<String>, Option<String>, Vec<String>);
+
+fn failed(error: String) -> Ended {
+    (
+        Outcome::Failed { retry_after: None },
+        Some(error),
+        None,
+        Vec::new(),
+    )
+}
+
+fn denied(error: String) -> Ended {
+    (Outcome::Denied, Some(error), None, Vec::new())
+}
+
+/// A trap as history shows it: what happened, not a backtrace.
+fn describe_trap(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        let what = match trap {
+            wasmtime::Trap::StackOverflow => "stack overflow".to_string(),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "the plugin aborted (a panic, or memory exhausted; see the log)".to_string()
+            }
+            wasmtime::Trap::Interrupt => "interrupted at its deadline".to_string(),
+            // Rust keeps its own stack in linear memory: overflowing it runs off
+            // the start of memory.
+            wasmtime::Trap::MemoryOutOfBounds => {
+                "out-of-bounds memory access (a stack overflow in the plugin's own stack, or a bug)"
+                    .to_string()
+            }
+            other => other.to_string(),
+        };
+        return format!("trap: {what}");
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return format!("the plugin called exit({})", exit.0);
+    }
+    let text = format!("{e:#}");
+    format!("trap: {}", cut(&text, KEPT))
+}
+
+/// The component binary's header: `\0asm`, then a layer of 1 (a component).
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+/// Loads an artifact this host's engine made and stored itself.
+#[allow(unsafe_code, reason = "the one deserialization of compiled code")]
+fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component, PluginError> {
+    // SAFETY: wasmtime runs deserialized artifacts as native code without
+    // validating them. These bytes were produced by `Component::serialize` of
+    // an engine with the same compatibility hash (the key they are stored
+    // under) and read back from our own data file, which only the server
+    // writes; wasmtime also checks the artifact's header against this engine's
+    // version and settings. Anyone who can write the data file can already
+    // replace the server binary.
+    unsafe { Component::deserialize(engine, artifact) }
+        .map_err(|e| PluginError::Invalid(format!("stored artifact: {e:#}")))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

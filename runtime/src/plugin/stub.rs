@@ -1,0 +1,51 @@
+//! A build without the `plugins` feature (the fuzz targets): the same API, and
+//! every plugin task fails as denied. Keeps wasmtime out of sanitizer builds.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{PermitMessage, PluginError};
+use crate::dispatch::{Dispatcher, Plan, Report};
+use crate::store::Store;
+
+pub struct Compiled {
+    pub sha256: String,
+    pub imports: Vec<String>,
+    pub artifact: Vec<u8>,
+}
+
+pub struct Host;
+
+impl Host {
+    pub fn new(_store: Arc<Store>) -> Result<Arc<Host>, PluginError> {
+        Ok(Arc::new(Host))
+    }
+
+    pub fn engine_hash(&self) -> u64 {
+        0
+    }
+
+    pub fn compilations(&self) -> u64 {
+        0
+    }
+
+    pub fn compile(&self, _wasm: &[u8]) -> Result<Compiled, PluginError> {
+        Err(PluginError::Link(
+            "this build of sluice has no plugin runtime".into(),
+        ))
+    }
+
+    pub fn install(&self, _key: &str, _compiled: &Compiled) {}
+
+    pub fn evict(&self, _key: &str) {}
+
+    pub async fn run(
+        self: Arc<Self>,
+        plan: Plan,
+        _dispatcher: Dispatcher,
+        _permits: mpsc::UnboundedSender<PermitMessage>,
+    ) -> Report {
+        super::unavailable(plan)
+    }
+}
