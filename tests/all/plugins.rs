@@ -712,3 +712,124 @@ async fn a_burst_of_plugin_requests_is_held_to_the_gate() {
         "20 requests at 10/s took {elapsed:?}"
     );
 }
+
+#[tokio::test]
+async fn the_deadline_covers_time_spent_waiting_on_the_network() {
+    let server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "http-disallowed").await;
+    let sink = Sink::start().await;
+    sink.behave(|hit: &Hit, _| match hit.path.as_str() {
+        // Never answers within the task's deadline.
+        "/hang" => Reply::ok().delayed(Duration::from_secs(30)),
+        // A body past the host's 8 MiB cap.
+        "/huge" => {
+            let mut reply = Reply::ok();
+            reply.body = Some("x".repeat(9 << 20));
+            reply
+        }
+        _ => Reply::ok(),
+    });
+    let mut body = gate(&sink, "50/s", "1s");
+    body["concurrency"] = json!(1);
+    body["retry"]["max_attempts"] = json!(1);
+    c.put_gate("net", body).await;
+
+    let started = Instant::now();
+    let hang = c
+        .create(plugin_task(
+            "net",
+            "http-disallowed",
+            json!({ "url": sink.url("/hang") }),
+        ))
+        .await;
+    let hung = c
+        .wait_state(
+            hang["id"].as_str().expect("id"),
+            "failed",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(last_attempt(&hung)["outcome"], "timeout", "{hung}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The request's slot came back with the attempt: with concurrency 1 the
+    // next task runs, and gets an error for a body over the cap.
+    let huge = c
+        .create(plugin_task(
+            "net",
+            "http-disallowed",
+            json!({ "url": sink.url("/huge") }),
+        ))
+        .await;
+    let capped = c
+        .wait_state(
+            huge["id"].as_str().expect("id"),
+            "failed",
+            Duration::from_secs(10),
+        )
+        .await;
+    let error = last_attempt(&capped)["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.starts_with("not denied:") && !error.contains("answered 200"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_schedule_runs_a_plugin_and_holds_it_in_the_registry() {
+    let server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "cleanup-stray").await;
+    let sink = Sink::start().await;
+    sink.behave(|hit: &Hit, _| match hit.method.as_str() {
+        "GET" => Reply::json(200, json!([])),
+        _ => Reply::status(400),
+    });
+    c.put_gate("cloud", gate(&sink, "50/s", "5s")).await;
+    let schedule = json!({
+        "every": "1s",
+        "task": {
+            "gate": "cloud",
+            "plugin": { "name": "cleanup-stray", "version": "0.1.0", "input": { "api": sink.url("") } },
+        },
+    });
+    let (status, v) = c.send("PUT", "/v1/schedules/sweep", Some(schedule)).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["task"]["plugin"]["name"], "cleanup-stray");
+    let hits = sink.wait_for(2, Duration::from_secs(10)).await;
+    assert!(hits.iter().all(|h| h.path == "/instances"), "{hits:?}");
+
+    let (status, e) = c
+        .send("DELETE", "/v1/plugins/cleanup-stray/0.1.0", None)
+        .await;
+    assert_eq!(status, 409, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sweep"),
+        "{e}"
+    );
+
+    // A schedule for a plugin that is not there is refused up front.
+    let (status, e) = c
+        .send(
+            "PUT",
+            "/v1/schedules/ghost",
+            Some(json!({ "every": "1m", "task": { "gate": "cloud", "plugin": { "name": "ghost", "version": "1.0.0" } } })),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("task.plugin")),
+        "{e}"
+    );
+}

@@ -49,21 +49,23 @@ impl Engine {
                 what: format!("plugin {key}"),
             }));
         };
-        if plugin.unfinished > 0 {
-            return Ok(Err(ShellError::Conflict(format!(
-                "plugin {key} is used by {} unfinished tasks; cancel them or let them finish first",
-                plugin.unfinished
-            ))));
-        }
         let schedules: Vec<&str> = self
             .schedules
             .values()
             .filter(|s| s.template.plugin.as_ref().is_some_and(|p| p.key() == key))
             .map(|s| s.name.as_str())
             .collect();
+        let mut users = Vec::new();
+        if plugin.unfinished > 0 {
+            users.push(format!("{} unfinished tasks", plugin.unfinished));
+        }
         if !schedules.is_empty() {
+            users.push(format!("schedules {schedules:?}"));
+        }
+        if !users.is_empty() {
             return Ok(Err(ShellError::Conflict(format!(
-                "plugin {key} is used by schedules {schedules:?}; delete or change them first"
+                "plugin {key} is used by {}; let the tasks finish (or cancel them) and change the schedules first",
+                users.join(" and ")
             ))));
         }
         turn.tx.delete_plugin(key)?;
