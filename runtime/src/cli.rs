@@ -286,19 +286,26 @@ enum PluginCommand {
 
 #[derive(Subcommand, Debug)]
 enum TaskCommand {
-    /// Create a webhook task.
+    /// Create a webhook task (--url) or a plugin task (--plugin).
     Create {
         #[arg(long)]
         gate: String,
+        /// The webhook's URL.
+        #[arg(long, required_unless_present = "plugin", conflicts_with = "plugin")]
+        url: Option<String>,
+        /// A plugin to run, as NAME@VERSION (see `sluice plugin ls`).
         #[arg(long)]
-        url: String,
-        #[arg(long)]
+        plugin: Option<String>,
+        /// The plugin's input: JSON, or @file to read it from a file.
+        #[arg(long, requires = "plugin")]
+        input: Option<String>,
+        #[arg(long, conflicts_with = "plugin")]
         method: Option<String>,
         /// A header as name:value (repeatable).
-        #[arg(long = "header")]
+        #[arg(long = "header", conflicts_with = "plugin")]
         headers: Vec<String>,
         /// Body: JSON, or @file to read it from a file.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "plugin")]
         body: Option<String>,
         /// Run after this long, e.g. "90s".
         #[arg(long, conflicts_with = "run_at")]
@@ -712,6 +719,8 @@ async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<(), Failure
         TaskCommand::Create {
             gate,
             url,
+            plugin,
+            input,
             method,
             headers,
             body,
@@ -724,22 +733,34 @@ async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<(), Failure
             labels,
             count,
         } => {
-            let mut webhook = json!({ "url": url });
-            if let Some(m) = method {
-                webhook["method"] = json!(m);
-            }
-            if !headers.is_empty() {
-                let mut map = BTreeMap::new();
-                for h in &headers {
-                    let (k, v) = split_pair(h, ':', "header")?;
-                    map.insert(k.trim().to_string(), v.trim().to_string());
+            let mut task = match (plugin, url) {
+                (Some(plugin), _) => {
+                    let (name, version) = split_pair(&plugin, '@', "plugin")?;
+                    let mut target = json!({ "name": name.trim(), "version": version.trim() });
+                    if let Some(i) = input {
+                        target["input"] = body_value(i)?;
+                    }
+                    json!({ "gate": gate, "plugin": target })
                 }
-                webhook["headers"] = json!(map);
-            }
-            if let Some(b) = body {
-                webhook["body"] = body_value(b)?;
-            }
-            let mut task = json!({ "gate": gate, "webhook": webhook });
+                (None, url) => {
+                    let mut webhook = json!({ "url": url });
+                    if let Some(m) = method {
+                        webhook["method"] = json!(m);
+                    }
+                    if !headers.is_empty() {
+                        let mut map = BTreeMap::new();
+                        for h in &headers {
+                            let (k, v) = split_pair(h, ':', "header")?;
+                            map.insert(k.trim().to_string(), v.trim().to_string());
+                        }
+                        webhook["headers"] = json!(map);
+                    }
+                    if let Some(b) = body {
+                        webhook["body"] = body_value(b)?;
+                    }
+                    json!({ "gate": gate, "webhook": webhook })
+                }
+            };
             let mut set = |k: &str, v: Option<Value>| {
                 if let Some(v) = v {
                     task[k] = v;

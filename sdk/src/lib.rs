@@ -47,8 +47,31 @@
 //! sluice_sdk::export!(run);
 //! ```
 //!
-//! Build it as a `cdylib` with `cargo build --release --target wasm32-wasip2`;
-//! the `.wasm` file is the component to upload (`PUT /v1/plugins/{name}/{version}`).
+//! # From scaffold to a running task
+//!
+//! ```sh
+//! sluice plugin new close-sessions          # a crate with this SDK, ready to build
+//! cd close-sessions
+//! cargo build --release --target wasm32-wasip2
+//! sluice plugin push close-sessions 0.1.0 \
+//!     target/wasm32-wasip2/release/close_sessions.wasm
+//! ```
+//!
+//! `push` uploads the component (`PUT /v1/plugins/{name}/{version}`); the
+//! server checks that it imports nothing outside the `sluice:task` world,
+//! compiles it once and keeps it. Versions are immutable: change the code,
+//! push a new version. Then create tasks that run it, in a gate that allows the
+//! hosts it calls:
+//!
+//! ```sh
+//! sluice gate set accounts --rate 20/s --allow-host accounts.internal:8080
+//! sluice task create --gate accounts --plugin close-sessions@0.1.0 \
+//!     --input '{"api": "http://accounts.internal:8080", "account": 42}'
+//! ```
+//!
+//! `GET /v1/tasks/{id}` (or the dashboard) then shows each attempt with its
+//! output, its error and its log lines. Schedules run plugins the same way,
+//! with a `plugin` target in their `task`.
 //!
 //! # How an attempt ends
 //!

@@ -607,21 +607,46 @@ async fn plugin_push_ls_get_rm() {
     let out = sluice_async(&url, &["plugin", "get", "push-me", "9.9.9"]).await;
     assert_eq!(out.status.code(), Some(3), "not found: {}", errors(&out));
 
-    // A task that will run 0.2.0 holds it.
+    // A task that will run 0.2.0 holds it; `task create --plugin` makes one.
     let c = server.client();
     c.put_gate("plugins", json!({ "rate": "1/s" })).await;
-    let (status, body) = c
-        .send(
-            "POST",
-            "/v1/tasks",
-            Some(json!({
-                "gate": "plugins",
-                "delay": "1h",
-                "plugin": { "name": "push-me", "version": "0.2.0", "input": { "url": "http://x.test/" } },
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let out = sluice_async(
+        &url,
+        &[
+            "task",
+            "create",
+            "--gate",
+            "plugins",
+            "--delay",
+            "1h",
+            "--plugin",
+            "push-me@0.2.0",
+            "--input",
+            r#"{"url": "http://x.test/"}"#,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let created: serde_json::Value = serde_json::from_str(&text(&out)).expect("task JSON");
+    assert_eq!(created["plugin"]["version"], "0.2.0", "{created}");
+    assert_eq!(
+        created["plugin"]["input"]["url"], "http://x.test/",
+        "{created}"
+    );
+    let out = sluice_async(
+        &url,
+        &[
+            "task",
+            "create",
+            "--gate",
+            "plugins",
+            "--plugin",
+            "no-version",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", errors(&out));
     let out = sluice_async(&url, &["plugin", "rm", "push-me", "0.2.0"]).await;
     assert_eq!(out.status.code(), Some(4), "referenced: {}", errors(&out));
     assert!(errors(&out).contains("[409]"), "{}", errors(&out));
