@@ -236,7 +236,9 @@ async fn malformed_requests_get_clear_4xx_errors() {
         (
             "POST",
             "/v1/tasks",
-            Some(json!({"gate": "g", "webhook": {"url": url}, "plugin": {"name": "p"}})),
+            Some(
+                json!({"gate": "g", "webhook": {"url": url}, "plugin": {"name": "p", "version": "1.0.0"}}),
+            ),
             400,
             "invalid_argument",
             Some("webhook"),

@@ -360,11 +360,12 @@ impl Host {
         permits: mpsc::UnboundedSender<PermitMessage>,
     ) -> Report {
         let started = clock::instant();
+        let deadline = clock::now().plus(plan.timeout);
         let log = Arc::new(Mutex::new(AttemptLog::default()));
         let ran = tokio::time::timeout(
             plan.timeout,
             self.clone()
-                .attempt(&plan, dispatcher, permits, log.clone()),
+                .attempt(&plan, deadline, dispatcher, permits, log.clone()),
         )
         .await;
         let (outcome, error, response, next) = match ran {
@@ -399,6 +400,7 @@ impl Host {
     async fn attempt(
         self: Arc<Self>,
         plan: &Plan,
+        deadline: crate::core::Timestamp,
         dispatcher: Dispatcher,
         permits: mpsc::UnboundedSender<PermitMessage>,
         log: Arc<Mutex<AttemptLog>>,
@@ -427,7 +429,6 @@ impl Host {
         let Ok(_slot) = self.slots.clone().acquire_owned().await else {
             return failed("the plugin runtime is shutting down".into());
         };
-        let deadline = clock::now().plus(plan.timeout);
         let hooks = http::GateHooks::new(http::Link {
             task: plan.task,
             attempt: plan.attempt,
