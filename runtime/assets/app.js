@@ -7,7 +7,7 @@ import { ApiError, setToken, token } from './api.js';
 import { confirm, focusByKey, h, swap } from './dom.js';
 import { clock } from './format.js';
 import { gateDetail, overview } from './gates.js';
-import { plugins } from './plugins.js';
+import { pluginDetail, plugins } from './plugins.js';
 import { scheduleDetail, scheduleList } from './schedules.js';
 import { taskDetail, taskList } from './tasks.js';
 
@@ -16,7 +16,7 @@ const ROUTES = {
   gates: [overview, gateDetail],
   tasks: [taskList, taskDetail],
   schedules: [scheduleList, scheduleDetail],
-  plugins: [plugins],
+  plugins: [plugins, pluginDetail],
 };
 
 const INTERVALS = [1, 2, 5, 10, 30];
@@ -49,6 +49,7 @@ let signingIn = false;
 let pendingFocus = null;
 let pendingAnnouncement = null;
 let lastUpdate = null;
+let keepNotice = false;
 
 function decode(part) {
   try {
@@ -148,14 +149,21 @@ function failed(e) {
   }
 }
 
-/** Runs an operator action after the user confirms it, then refreshes. */
-async function act({ question, detail, action, run, done }) {
+/** Runs an operator action after the user confirms it, then refreshes, or
+ * on success goes to `next` (a hash) when the current page is gone. */
+async function act({ question, detail, action, run, done, next }) {
   const opener = document.activeElement?.dataset?.key ?? null;
   if (!(await confirm(question, detail, action))) return;
   try {
     await run();
     notify(done, 'ok');
     pendingAnnouncement = done;
+    if (next) {
+      keepNotice = true;
+      pendingFocus = '';
+      location.hash = next;
+      return;
+    }
   } catch (e) {
     if (!(e instanceof ApiError)) throw e;
     if (e.status === 401) return signIn();
@@ -179,7 +187,7 @@ function signIn() {
   const input = h('input', { id: 'token', name: 'token', type: 'password', required: true, autocomplete: 'off', spellcheck: 'false' });
   const form = h('form', { class: 'panel signin', 'aria-labelledby': 'signin-title' },
     h('h1', { id: 'signin-title' }, 'Sign in'),
-    h('p', {}, 'This server asks for an API token. A reader token shows everything; cancelling and retrying tasks needs writer, pausing gates needs admin.'),
+    h('p', {}, 'This server asks for an API token. A reader token shows everything; cancelling and retrying tasks needs writer, pausing gates and deleting plugins needs admin.'),
     refused ? h('p', { class: 'error', role: 'alert' }, 'The server did not accept that token.') : null,
     h('label', { for: 'token' }, 'API token'),
     input,
@@ -217,8 +225,9 @@ function open() {
   ui.controls.replaceChildren(...(view.controls?.(route) ?? []));
   if (previous?.name !== route.name || previous?.arg !== route.arg) {
     ui.view.replaceChildren(h('p', { class: 'empty' }, 'Loading…'));
-    notify(null);
+    if (!keepNotice) notify(null);
   }
+  keepNotice = false;
   refresh();
 }
 

@@ -1,7 +1,7 @@
 // Building the page: elements, state badges, times, dialogs. Text always goes
 // in as text, never as HTML, so nothing from the API can become markup.
 
-import { bothZones, relative } from './format.js';
+import { bothZones, pluginRef, relative } from './format.js';
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -120,6 +120,30 @@ export function section(title, ...content) {
 export function collapsed(summary, value, key) {
   const text = typeof value === 'string' ? value : JSON.stringify(value, null, 2);
   return h('details', { dataset: { key } }, h('summary', {}, summary), h('pre', {}, text));
+}
+
+/** A collapsed list of lines, such as a plugin attempt's log; each line is
+ * marked with its level ("info: ..." → info, "sluice: ..." → sluice). */
+export function collapsedLines(summary, lines, key) {
+  return h('details', { dataset: { key } }, h('summary', {}, summary),
+    h('ol', { class: 'lines' }, lines.map((line) => {
+      const level = /^([a-z]+): /.exec(line)?.[1];
+      return h('li', { dataset: level ? { level } : null }, line);
+    })));
+}
+
+/** A task's or template's target on one line: the webhook's method and URL,
+ * or "plugin" and the plugin's name@version (a link to it). */
+export function targetLine(t) {
+  if (t.plugin) {
+    const ref = pluginRef(t.plugin);
+    return h('p', { class: 'target' }, h('span', { class: 'method' }, 'plugin'), ' ',
+      h('code', {}, link(`#/plugins/${encodeURIComponent(t.plugin.name)}/${encodeURIComponent(t.plugin.version)}`, ref, 'plugin')));
+  }
+  if (t.webhook) {
+    return h('p', { class: 'target' }, h('span', { class: 'method' }, t.webhook.method), ' ', h('code', { class: 'url' }, t.webhook.url));
+  }
+  return h('p', { class: 'target muted' }, 'No target shown by this server.');
 }
 
 /**

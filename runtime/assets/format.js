@@ -90,3 +90,21 @@ export function millis(ms) {
   if (typeof ms !== 'number') return '—';
   return ms < 1000 ? `${ms} ms` : `${decimal(ms / 1000, 1)}s`;
 }
+
+/** A plugin call as "name@version". */
+export function pluginRef(p) {
+  return `${p.name}@${p.version}`;
+}
+
+/** A task's or template's target in one line: "plugin name@version", or the
+ * webhook's URL (with its method when `method` is set). */
+export function target(t, method = false) {
+  if (t.plugin) return `plugin ${pluginRef(t.plugin)}`;
+  if (t.webhook) return method ? `${t.webhook.method} ${t.webhook.url}` : t.webhook.url;
+  return '—';
+}
+
+/** A SHA-256 in hex, shortened for a table: the first 12 digits. */
+export function shortHash(hex) {
+  return typeof hex === 'string' ? hex.slice(0, 12) : '—';
+}

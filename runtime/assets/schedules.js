@@ -1,8 +1,8 @@
 // Schedules: the list, and one schedule with its next and last runs.
 
 import { enc, get, post } from './api.js';
-import { badge, facts, h, icon, link, section, table, time } from './dom.js';
-import { count } from './format.js';
+import { badge, collapsed, facts, h, icon, link, section, table, targetLine, time } from './dom.js';
+import { count, target } from './format.js';
 
 const rule = (sc) => (sc.cron ? `cron ${sc.cron} (${sc.timezone})` : `every ${sc.every}`);
 const status = (sc) => badge(sc.paused ? 'paused' : 'active');
@@ -16,9 +16,10 @@ function strip(runs) {
 function row(sc) {
   const last = sc.last_runs[0];
   return h('tr', { dataset: { schedule: sc.name } },
-    h('td', {}, link(`#/schedules/${enc(sc.name)}`, sc.name, `schedule-${sc.name}`)),
+    h('td', { class: 'nowrap' }, link(`#/schedules/${enc(sc.name)}`, sc.name, `schedule-${sc.name}`)),
     h('td', {}, h('code', {}, rule(sc))),
     h('td', {}, link(`#/gates/${enc(sc.task.gate)}`, sc.task.gate, `gate-${sc.name}`)),
+    h('td', { class: 'target-cell', title: target(sc.task, true), dataset: { col: 'target' } }, target(sc.task)),
     h('td', {}, status(sc)),
     h('td', {}, time(sc.next_runs[0])),
     h('td', {}, last ? h('span', { class: 'pair' }, time(last.scheduled_at), badge(last.state)) : '—'),
@@ -35,7 +36,7 @@ export const scheduleList = {
     if (!schedules.length) {
       return [h('h1', {}, 'Schedules'), h('p', { class: 'empty' }, 'No schedules yet.')];
     }
-    const columns = [['Schedule'], ['Rule'], ['Gate'], ['State'], ['Next run'], ['Last run'], ['Recent'], ['Missed', 'num'], ['Skipped', 'num']];
+    const columns = [['Schedule'], ['Rule'], ['Gate'], ['Target'], ['State'], ['Next run'], ['Last run'], ['Recent'], ['Missed', 'num'], ['Skipped', 'num']];
     return [h('h1', {}, 'Schedules'), table(columns, schedules.map(row), 'Every schedule')];
   },
 };
@@ -87,7 +88,8 @@ export const scheduleDetail = {
           ['Running now', sc.current_task ? link(`#/tasks/${enc(sc.current_task)}`, sc.current_task, 'current') : null],
           ['Last error', sc.last_error ? h('span', { class: 'error' }, sc.last_error) : null],
           ['Gate', link(`#/gates/${enc(t.gate)}`, t.gate, 'gate')],
-          ['Target', h('code', {}, `${t.webhook.method} ${t.webhook.url}`)],
+          ['Target', targetLine(t)],
+          ['Input', t.plugin ? collapsed('Input', t.plugin.input, 'input') : null],
           ['Created', time(sc.created_at)],
           ['Updated', time(sc.updated_at)],
         ])),

@@ -1,8 +1,8 @@
 // Tasks: search with filters kept in the URL, and one task with every attempt.
 
 import { enc, get, post, remove, withQuery } from './api.js';
-import { badge, collapsed, facts, h, icon, link, section, table, time } from './dom.js';
-import { bytes, count, duration, millis } from './format.js';
+import { badge, collapsed, collapsedLines, facts, h, icon, link, section, table, targetLine, time } from './dom.js';
+import { bytes, count, duration, millis, target } from './format.js';
 
 const STATES = ['scheduled', 'running', 'succeeded', 'failed', 'expired', 'cancelled'];
 const FILTERS = ['gate', 'state', 'label', 'limit'];
@@ -68,6 +68,7 @@ function taskRow(t) {
   return h('tr', { dataset: { task: t.id } },
     h('td', { class: 'mono' }, link(`#/tasks/${enc(t.id)}`, t.id, `task-${t.id}`)),
     h('td', {}, link(`#/gates/${enc(t.gate)}`, t.gate, `gate-${t.id}`)),
+    h('td', { class: 'target-cell', title: target(t, true), dataset: { col: 'target' } }, target(t)),
     h('td', {}, taskBadge(t)),
     h('td', {}, when(t)),
     h('td', { class: 'num' }, `${t.attempt_count} / ${t.max_attempts}`),
@@ -89,7 +90,7 @@ export const taskList = {
   announce: (list) => `${count(list.tasks.length)} tasks shown${list.next_cursor ? ', more on the next page' : ''}.`,
   render(list, route) {
     if (!list.tasks.length) return [h('p', { class: 'empty' }, 'No task matches.')];
-    const columns = [['Task'], ['Gate'], ['State'], ['Due or ended'], ['Attempts', 'num'], ['Created'], ['Last error']];
+    const columns = [['Task'], ['Gate'], ['Target'], ['State'], ['Due or ended'], ['Attempts', 'num'], ['Created'], ['Last error']];
     return [
       h('p', { class: 'summary' }, `${count(list.tasks.length)} tasks, newest first`),
       table(columns, list.tasks.map(taskRow), 'Tasks, newest first'),
@@ -104,11 +105,26 @@ function headerValue(value) {
     : h('span', { class: 'badge idle secret' }, icon('slash'), 'secret');
 }
 
+/** Input shown as it is when short, collapsed when long. */
+function input(value) {
+  const text = JSON.stringify(value, null, 2) ?? 'null';
+  if (text.length <= 600 && text.split('\n').length <= 12) {
+    return h('div', { class: 'input' }, h('h3', {}, 'Input'), h('pre', {}, text));
+  }
+  return collapsed(`Input (${bytes(text.length)})`, text, 'input');
+}
+
+/** The plugin the task runs, and its input. */
+function plugin(t) {
+  return [targetLine(t), input(t.plugin.input)];
+}
+
 function webhook(t) {
   const w = t.webhook;
-  const headers = Object.entries(w.headers);
+  if (!w) return [targetLine(t)];
+  const headers = Object.entries(w.headers ?? {});
   return [
-    h('p', { class: 'target' }, h('span', { class: 'method' }, w.method), ' ', h('code', { class: 'url' }, w.url)),
+    targetLine(t),
     headers.length
       ? table([['Header'], ['Value']], headers.map(([name, value]) => h('tr', {}, h('td', {}, h('code', {}, name)), h('td', {}, headerValue(value)))), 'Request headers')
       : null,
@@ -153,7 +169,10 @@ function summary(t) {
   ]);
 }
 
-function attemptRow(a) {
+/** Whether attempts are a plugin's: their payload is its output, and they have logs. */
+const ranPlugin = (t) => t.plugin !== undefined || t.attempts?.some((a) => a.logs?.length);
+
+function attemptRow(a, isPlugin) {
   const extra = [
     a.lease_until ? h('div', {}, 'lease until ', time(a.lease_until)) : null,
     a.heartbeat_at ? h('div', {}, 'heartbeat ', time(a.heartbeat_at)) : null,
@@ -167,13 +186,18 @@ function attemptRow(a) {
     h('td', { dataset: { col: 'outcome' } }, badge(a.outcome)),
     h('td', { class: 'num', dataset: { col: 'status' } }, a.status ?? '—'),
     h('td', { class: 'error' }, a.error ?? '', extra),
-    h('td', {}, a.response ? collapsed(`Response (${bytes(a.response.length)})`, a.response, `response-${a.attempt}`) : '—'));
+    h('td', {}, a.response ? collapsed(`${isPlugin ? 'Output' : 'Response'} (${bytes(a.response.length)})`, a.response, `response-${a.attempt}`) : '—'),
+    isPlugin ? h('td', { dataset: { col: 'logs' } }, a.logs?.length
+      ? collapsedLines(`Log (${count(a.logs.length)} ${a.logs.length === 1 ? 'line' : 'lines'})`, a.logs, `logs-${a.attempt}`)
+      : '—') : null);
 }
 
 function attempts(t) {
   if (!t.attempts?.length) return h('p', { class: 'empty' }, 'No attempt yet.');
-  const columns = [['#', 'num'], ['Started'], ['Ended'], ['Took', 'num'], ['Outcome'], ['Status', 'num'], ['Error'], ['Response']];
-  return table(columns, t.attempts.map(attemptRow), 'Attempts, first to last');
+  const isPlugin = ranPlugin(t);
+  const columns = [['#', 'num'], ['Started'], ['Ended'], ['Took', 'num'], ['Outcome'], ['Status', 'num'], ['Error'],
+    [isPlugin ? 'Output' : 'Response'], ...(isPlugin ? [['Log']] : [])];
+  return table(columns, t.attempts.map((a) => attemptRow(a, isPlugin)), 'Attempts, first to last');
 }
 
 function actions(t, ctx) {
@@ -210,7 +234,7 @@ export const taskDetail = {
       h('div', { class: 'title' }, h('h1', { class: 'mono' }, t.id), taskBadge(t), actions(t, ctx)),
       h('div', { class: 'grid-2' },
         section('Task', summary(t)),
-        section('Webhook', ...webhook(t))),
+        t.plugin ? section('Plugin', ...plugin(t)) : section('Webhook', ...webhook(t))),
       section('Attempts', attempts(t)),
     ];
   },

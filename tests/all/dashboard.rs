@@ -114,11 +114,53 @@ fn missing_browser_tools(browser_dir: &Path) -> Vec<&'static str> {
     missing
 }
 
+/// A built plugin component, from `scripts/build-plugins`: in the shared
+/// target directory when `CARGO_TARGET_DIR` names one, else in `target/`.
+fn plugin_wasm(name: &str) -> Vec<u8> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("plugins").is_dir())
+        .unwrap_or_else(|| workspace().join("target"));
+    let path = target.join(format!("plugins/{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the plugins first with scripts/build-plugins (scripts/test does)",
+            path.display()
+        )
+    })
+}
+
+/// The ids the browser script looks at.
+struct Filled {
+    /// A webhook task that failed after three attempts.
+    failed: String,
+    /// A plugin task that succeeded, with a log.
+    plugin_task: String,
+}
+
+/// A loopback service playing the apps API of `hibernate-idle`: two apps
+/// idle for years, one active (in the future, so never idle).
+fn apps_api(sink: &Sink) {
+    sink.behave(|hit, _| match (hit.method.as_str(), hit.path.as_str()) {
+        ("GET", "/apps") => Reply::json(
+            200,
+            json!([
+                { "id": "web-1", "last_active": "2020-01-01T00:00:00Z" },
+                { "id": "web-2", "last_active": "2020-01-02T00:00:00Z", "state": "hibernated" },
+                { "id": "api", "last_active": "2999-01-01T00:00:00Z" },
+            ]),
+        ),
+        ("POST", p) if p.ends_with("/hibernate") => Reply::json(200, json!({ "ok": true })),
+        _ => Reply::status(400),
+    });
+}
+
 /// Gates with a backlog draining at 1/s, a paused one, one with tasks due
 /// over the next hour, a failing one and a quiet one; a failed task with three
 /// attempts; three schedules, one of them every 2 s (so it has past runs).
-/// Returns the failed task's id.
-async fn fill(admin: &Client, sink: &Sink, failing: &Sink, secret: &str) -> String {
+/// Plugins: `hibernate-idle` with a finished task (its log), a waiting one and
+/// a schedule using it, and `cleanup-stray`, used by nothing.
+async fn fill(admin: &Client, sink: &Sink, failing: &Sink, apps: &Sink, secret: &str) -> Filled {
     admin.put_gate("pings", gate_for(sink, "5/s")).await;
     let heartbeat = json!({ "every": "2s", "task": webhook_task("pings", &sink.url("/ping")) });
     let (status, v) = admin
@@ -203,7 +245,54 @@ async fn fill(admin: &Client, sink: &Sink, failing: &Sink, secret: &str) -> Stri
             .await;
         assert!(status == 200 || status == 201, "{name}: {v}");
     }
-    failed
+
+    for name in ["hibernate-idle", "cleanup-stray"] {
+        let (status, v) = admin
+            .raw(
+                "PUT",
+                &format!("/v1/plugins/{name}/0.1.0"),
+                "application/wasm",
+                plugin_wasm(name),
+            )
+            .await;
+        assert_eq!(status, 201, "upload {name}: {v}");
+    }
+    apps_api(apps);
+    admin.put_gate("apps", gate_for(apps, "5/s")).await;
+    let hibernate = |input: Value| {
+        json!({ "gate": "apps",
+                "plugin": { "name": "hibernate-idle", "version": "0.1.0", "input": input } })
+    };
+    let input = json!({ "api": apps.url(""), "idle_after": "24h" });
+    let plugin_task = admin.create(hibernate(input.clone())).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let done = admin
+        .wait_state(&plugin_task, "succeeded", Duration::from_secs(20))
+        .await;
+    let logs = &done["attempts"][0]["logs"];
+    assert!(
+        logs.as_array().is_some_and(|l| l
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|l| l.starts_with("info: hibernated web-1"))),
+        "{done}"
+    );
+    // Users of the plugin: a task waiting an hour, and a nightly schedule
+    // (with its next occurrence, a task created ahead: three references).
+    let mut later = hibernate(input.clone());
+    later["delay"] = json!("1h");
+    admin.create(later).await;
+    let nightly = json!({ "cron": "0 3 * * *", "timezone": "UTC", "task": hibernate(input) });
+    let (status, v) = admin
+        .send("PUT", "/v1/schedules/hibernate-apps", Some(nightly))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    Filled {
+        failed,
+        plugin_task,
+    }
 }
 
 /// Runs the browser script, killing it past the backstop; its output goes to
@@ -258,8 +347,9 @@ async fn dashboard_in_headless_chromium() {
     sink.behave(|_, _| Reply::ok().delayed(Duration::from_millis(1500)));
     let failing = Sink::start().await;
     failing.behave(|_, _| Reply::status(500));
+    let apps = Sink::start().await;
     let secret = "never-shown-7c1d";
-    let failed = fill(&admin, &sink, &failing, secret).await;
+    let filled = fill(&admin, &sink, &failing, &apps, secret).await;
 
     let artifacts = root.join("target/browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
@@ -271,7 +361,8 @@ async fn dashboard_in_headless_chromium() {
             ("SLUICE_TOKEN", &token),
             ("SLUICE_READER_TOKEN", &reader),
             ("SLUICE_ARTIFACTS", &artifacts.to_string_lossy()),
-            ("SLUICE_FAILED_TASK", &failed),
+            ("SLUICE_FAILED_TASK", &filled.failed),
+            ("SLUICE_PLUGIN_TASK", &filled.plugin_task),
             ("SLUICE_SECRET", secret),
         ],
         &artifacts,
@@ -283,11 +374,27 @@ async fn dashboard_in_headless_chromium() {
     if std::env::var("SLUICE_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
         let docs = root.join("docs/screenshots");
         std::fs::create_dir_all(&docs).expect("docs/screenshots");
-        for name in ["overview", "gate-detail", "task-detail", "schedules"] {
+        for name in [
+            "overview",
+            "gate-detail",
+            "task-detail",
+            "schedules",
+            "plugins",
+            "plugin-task",
+        ] {
             let file = format!("{name}.png");
             std::fs::copy(artifacts.join(&file), docs.join(&file)).expect("copy screenshot");
         }
     }
     let email: Value = admin.send("GET", "/v1/gates/email", None).await.1;
     assert_eq!(email["state"], "paused", "the UI paused it: {email}");
+    // The UI deleted the unused plugin, and was refused the one in use.
+    let (status, _) = admin
+        .send("GET", "/v1/plugins/cleanup-stray/0.1.0", None)
+        .await;
+    assert_eq!(status, 404, "the UI deleted cleanup-stray");
+    let (status, _) = admin
+        .send("GET", "/v1/plugins/hibernate-idle/0.1.0", None)
+        .await;
+    assert_eq!(status, 200, "hibernate-idle is in use and stays");
 }

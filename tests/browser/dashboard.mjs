@@ -3,8 +3,10 @@
 //
 // Environment: SLUICE_URL (the server, on loopback), SLUICE_TOKEN (admin),
 // SLUICE_READER_TOKEN (a reader's), SLUICE_ARTIFACTS (where screenshots go), SLUICE_FAILED_TASK (a task that
-// failed after several attempts), SLUICE_SECRET (a secret header value that
-// must never appear on the page). Exits 0 when every check passes.
+// failed after several attempts), SLUICE_PLUGIN_TASK (a hibernate-idle task
+// that succeeded, with a log), SLUICE_SECRET (a secret header value that
+// must never appear on the page). The server holds the plugins hibernate-idle
+// (in use) and cleanup-stray (unused). Exits 0 when every check passes.
 
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,6 +23,7 @@ const token = env('SLUICE_TOKEN');
 const readerToken = env('SLUICE_READER_TOKEN');
 const out = env('SLUICE_ARTIFACTS');
 const failedTask = env('SLUICE_FAILED_TASK');
+const pluginTask = env('SLUICE_PLUGIN_TASK');
 const secret = env('SLUICE_SECRET');
 
 const STEP_MS = 10_000;
@@ -65,6 +68,15 @@ async function api(path) {
   });
   check(response.ok, `GET ${path}: ${response.status}`);
   return response.json();
+}
+
+/** Just the status of GET path. */
+async function apiStatus(path) {
+  const response = await fetch(base + path, {
+    headers: { authorization: `Bearer ${token}` },
+    signal: AbortSignal.timeout(5_000),
+  });
+  return response.status;
 }
 
 /** A link in the header's section navigation. */
@@ -168,12 +180,42 @@ async function taskHistory(page) {
   await shot(page, 'task-detail');
 }
 
+async function pluginTaskHistory(page) {
+  const task = await api(`/v1/tasks/${pluginTask}`);
+  const logs = task.attempts.flatMap((a) => a.logs ?? []);
+  check(logs.some((l) => l.startsWith('info: hibernated web-1')), `the fixture's log: ${logs}`);
+  await page.goto(`${base}/#/tasks/${pluginTask}`);
+  await page.locator('.target', { hasText: 'plugin hibernate-idle@0.1.0' }).waitFor();
+  const target = (await page.locator('.target').first().textContent()).replace(/\s+/g, ' ').trim();
+  check(target === 'plugin hibernate-idle@0.1.0', `the target reads ${JSON.stringify(target)}`);
+  await page.locator('.input pre', { hasText: task.plugin.input.api }).waitFor();
+  check(await page.locator('details[open]').count() === 0, 'logs and output start collapsed');
+  const row = page.locator('tr[data-attempt="1"]');
+  await row.locator('[data-col=logs] summary').click();
+  const shown = await row.locator('[data-col=logs] li').allTextContents();
+  check(JSON.stringify(shown) === JSON.stringify(task.attempts[0].logs),
+    `log shown ${JSON.stringify(shown)}, API ${JSON.stringify(task.attempts[0].logs)}`);
+  await row.getByText('info: hibernated web-1').waitFor();
+  await row.getByText('Output', { exact: false }).first().click();
+  step(`plugin task ${pluginTask}: target plugin hibernate-idle@0.1.0, input, ${shown.length} log lines shown as in the API`);
+  await shot(page, 'plugin-task');
+
+  // The target in search results too.
+  await page.goto(`${base}/#/tasks?gate=apps`);
+  await page.locator(`tr[data-task="${pluginTask}"] [data-col=target]`, { hasText: 'plugin hibernate-idle@0.1.0' }).waitFor();
+  const webhookTarget = await api(`/v1/tasks/${failedTask}`);
+  await page.goto(`${base}/#/tasks?gate=webhooks`);
+  await page.locator(`tr[data-task="${failedTask}"] [data-col=target]`, { hasText: webhookTarget.webhook.url }).waitFor();
+  step('task rows show the target: plugin name@version, or the URL');
+}
+
 async function schedules(page) {
   await section(page, 'Schedules').click();
   await page.locator('tr[data-schedule]').first().waitFor();
   const { schedules: list } = await api('/v1/schedules');
   check(await page.locator('tr[data-schedule]').count() === list.length, 'every schedule is listed');
-  step(`${list.length} schedules listed`);
+  await page.locator('tr[data-schedule="hibernate-apps"] [data-col=target]', { hasText: 'plugin hibernate-idle@0.1.0' }).waitFor();
+  step(`${list.length} schedules listed, the plugin one with its target`);
   await shot(page, 'schedules');
 }
 
@@ -191,8 +233,51 @@ async function readerIsRefused(page) {
 
 async function plugins(page) {
   await section(page, 'Plugins').click();
-  await page.getByText('No plugin support in this server yet').waitFor();
-  step('plugins: none on this server, said so');
+  const { plugins: list } = await api('/v1/plugins');
+  const rows = page.locator('tr[data-plugin]');
+  await rows.nth(list.length - 1).waitFor();
+  check(await rows.count() === list.length, `${await rows.count()} plugins shown, ${list.length} in the API`);
+  for (const p of list) {
+    const row = page.locator(`tr[data-plugin="${p.name}@${p.version}"]`);
+    const cells = {
+      name: await row.locator('[data-col=name]').textContent(),
+      version: await row.locator('[data-col=version]').textContent(),
+      references: await row.locator('[data-col=references]').textContent(),
+    };
+    check(cells.name === p.name && cells.version === p.version, `${p.name}: shown ${JSON.stringify(cells)}`);
+    check(digits(cells.references) === p.references, `${p.name}: ${cells.references} shown, ${p.references} in the API`);
+    await row.getByText(p.sha256.slice(0, 12)).waitFor();
+  }
+  const hibernate = list.find((p) => p.name === 'hibernate-idle');
+  // A waiting task and a schedule, and the schedule's next occurrence (a task
+  // created ahead of its time) as well: at least two.
+  check(hibernate?.references >= 2, `hibernate-idle has a waiting task and a schedule: ${JSON.stringify(hibernate)}`);
+  const row = page.locator('tr[data-plugin="hibernate-idle@0.1.0"]');
+  await row.getByText(/^\d+ imports?$/).click();
+  for (const i of hibernate.imports) await row.getByText(i, { exact: true }).waitFor();
+  step(`plugins: ${list.length} listed as in the API, with references and imports`);
+  await shot(page, 'plugins');
+
+  // In use: the server refuses with 409, and the UI says why.
+  await row.getByRole('button', { name: 'Delete plugin hibernate-idle@0.1.0' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Delete plugin' }).click();
+  await page.getByRole('alert').filter({ hasText: 'Delete plugin failed: plugin hibernate-idle@0.1.0 is used by' }).waitFor();
+  check(await apiStatus('/v1/plugins/hibernate-idle/0.1.0') === 200, 'a plugin in use was deleted');
+  await page.getByRole('button', { name: 'Dismiss' }).click();
+
+  // Unused: deleted, and gone from the list.
+  await page.getByRole('button', { name: 'Delete plugin cleanup-stray@0.1.0' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Delete plugin' }).click();
+  await page.locator('.notice.ok', { hasText: 'Plugin cleanup-stray@0.1.0 deleted.' }).waitFor();
+  await page.locator('tr[data-plugin="cleanup-stray@0.1.0"]').waitFor({ state: 'detached' });
+  check(await apiStatus('/v1/plugins/cleanup-stray/0.1.0') === 404, 'the UI said deleted, the API still has it');
+  step('delete: refused for the plugin in use (409 shown), done for the unused one');
+
+  // One version in full.
+  await row.locator('[data-col=name] a').click();
+  await page.getByRole('heading', { level: 1, name: 'hibernate-idle@0.1.0' }).waitFor();
+  await page.getByText(hibernate.sha256, { exact: true }).waitFor();
+  step('plugin detail: full SHA-256 and imports');
 }
 
 /**
@@ -281,6 +366,7 @@ async function main() {
       await sortsByBacklog(page);
       await pauseGate(page, 'email');
       await taskHistory(page);
+      await pluginTaskHistory(page);
       await schedules(page);
       await plugins(page);
       await readerIsRefused(page);
