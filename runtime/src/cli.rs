@@ -285,6 +285,7 @@ enum PluginCommand {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per run")]
 enum TaskCommand {
     /// Create a webhook task (--url) or a plugin task (--plugin).
     Create {

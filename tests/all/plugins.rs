@@ -735,7 +735,7 @@ async fn the_deadline_covers_time_spent_waiting_on_the_network() {
     body["retry"]["max_attempts"] = json!(1);
     c.put_gate("net", body).await;
 
-    let started = Instant::now();
+    let started = sluice::clock::instant();
     let hang = c
         .create(plugin_task(
             "net",
