@@ -833,3 +833,46 @@ async fn a_schedule_runs_a_plugin_and_holds_it_in_the_registry() {
         "{e}"
     );
 }
+
+/// Plugin attempts waiting on the network hold no thread: a thousand of them
+/// wait on a slow endpoint at once, on a server whose runtime has two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_plugin_attempts_wait_on_http_at_once() {
+    let server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "request-burst").await;
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::ok().delayed(Duration::from_secs(3)));
+    c.put_gate(
+        "wide",
+        json!({
+            "rate": "100000/s",
+            "burst": 2000,
+            "concurrency": 2000,
+            "allowed_hosts": [sink.host()],
+            "recovery": { "start": 1.0 },
+            "timeout": "60s",
+        }),
+    )
+    .await;
+    let n = 1_000;
+    let tasks: Vec<Value> = (0..n)
+        .map(|_| {
+            plugin_task(
+                "wide",
+                "request-burst",
+                json!({ "url": sink.url("/slow"), "count": 1 }),
+            )
+        })
+        .collect();
+    let ids = c.batch(tasks).await;
+    sink.wait_for(n, Duration::from_secs(60)).await;
+    assert!(
+        sink.max_in_flight() >= n * 9 / 10,
+        "only {} requests in flight at once",
+        sink.max_in_flight()
+    );
+    for id in ids.iter().step_by(100) {
+        c.wait_state(id, "succeeded", Duration::from_secs(60)).await;
+    }
+}

@@ -42,7 +42,7 @@ use bindings::sluice::task::log;
 pub const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
 /// Plugin attempts running at once on this server; more wait for a slot (their
 /// deadline running).
-pub const MAX_INSTANCES: u32 = 512;
+pub const MAX_INSTANCES: u32 = 2_048;
 /// Kept of an output or a reason, as of a webhook's response body.
 const KEPT: usize = 4 * 1024;
 /// Longest log line kept, and most kept per attempt.
@@ -178,7 +178,12 @@ fn engine() -> wasmtime::Result<Engine> {
         .total_stacks(n)
         .max_memory_size(MEMORY_LIMIT);
     let mut config = Config::new();
+    // Reserve only what a memory may grow to, not wasmtime's default 4 GiB per
+    // slot: thousands of slots then take a few hundred GiB of address space,
+    // not terabytes, at the price of explicit bounds checks.
     config
+        .memory_reservation(MEMORY_LIMIT as u64)
+        .memory_reservation_for_growth(0)
         .wasm_component_model(true)
         .epoch_interruption(true)
         .max_wasm_stack(512 * 1024)
