@@ -25,7 +25,7 @@ pub struct Options {
     pub gates: u64,
     pub out: PathBuf,
     pub quick: bool,
-    /// Run only these workloads (w1 … w5b); all when empty.
+    /// Run only these workloads (w1 … w5b, w6); all when empty.
     pub only: Vec<String>,
 }
 
@@ -258,6 +258,60 @@ impl Server {
         Ok(start.elapsed())
     }
 
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value =
+            serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// Uploads a plugin component (`PUT /v1/plugins/{name}/{version}`).
+    async fn upload_plugin(&self, name: &str, version: &str, wasm: Vec<u8>) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .put(format!("{}/v1/plugins/{name}/{version}", self.base))
+            .header("content-type", "application/wasm")
+            .body(wasm)
+            .send()
+            .await?;
+        let status = r.status();
+        if !status.is_success() {
+            bail!(
+                "uploading plugin {name}@{version}: {status} {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// CPU time the server process has used (user and system), from /proc.
+    fn cpu_s(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces:
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|t| t.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+        ticks as f64 / 100.0
+    }
+
     fn rss_mb(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -330,6 +384,104 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A component built by `scripts/build-plugins`, from `target/plugins/` under
+/// the working directory or beside the binary's own target directory
+/// (`target/release/sluice` → `target/plugins/`).
+fn plugin_component(name: &str) -> anyhow::Result<Vec<u8>> {
+    let file = format!("{name}.wasm");
+    let mut places = vec![Path::new("target/plugins").join(&file)];
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(target) = exe.parent().and_then(Path::parent)
+    {
+        places.push(target.join("plugins").join(&file));
+    }
+    for place in &places {
+        if let Ok(wasm) = std::fs::read(place) {
+            return Ok(wasm);
+        }
+    }
+    bail!(
+        "W6 needs the {name} plugin, target/plugins/{file}: build it with scripts/build-plugins \
+         (looked for {})",
+        places
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// What one plugin attempt costs by itself, in process: `attempts` no-op
+/// attempts one after another through `Host::run`, the path the server takes
+/// (a pool slot, a fresh `Store`, instantiation from the pre-instantiated
+/// component, the call, the drop), on a host over an in-memory store. Returns
+/// the microseconds of each attempt, after a warm-up that is not counted.
+async fn plugin_attempts(
+    wasm: Vec<u8>,
+    attempts: usize,
+    within: Duration,
+) -> anyhow::Result<Vec<f64>> {
+    use crate::core::{GateId, Outcome, TaskId};
+    use crate::dispatch::{Dispatcher, Plan, PluginCall};
+
+    let store = Arc::new(crate::store::Store::in_memory()?);
+    let host = crate::plugin::Host::new(store)?;
+    let compiler = host.clone();
+    let compiled = tokio::task::spawn_blocking(move || compiler.compile(&wasm)).await??;
+    host.install(&crate::store::plugin_key("noop", "0.1.0"), &compiled);
+    let dispatcher = Dispatcher::new(Vec::new())?;
+    // The no-op never asks the gate for a permit; the receiver only keeps the
+    // channel open, as the driver does.
+    let (permits, _permits_rx) = tokio::sync::mpsc::unbounded_channel();
+    let plan = |n: u64| Plan {
+        task: TaskId(n),
+        attempt: 1,
+        gate: "w6".into(),
+        gate_id: GateId(1),
+        url: String::new(),
+        method: String::new(),
+        headers: Default::default(),
+        secret_headers: Default::default(),
+        body: Default::default(),
+        json: false,
+        timeout: Duration::from_secs(30),
+        scheduled_at: clock::now(),
+        schedule: None,
+        completion_token: String::new(),
+        signing_keys: Vec::new(),
+        idempotency_key: TaskId(n).to_string(),
+        allowed_hosts: Vec::new(),
+        plugin: Some(PluginCall {
+            name: "noop".into(),
+            version: "0.1.0".into(),
+            input: "{}".into(),
+        }),
+    };
+    let warm_up = (attempts / 10).clamp(10, 1_000);
+    let mut micros = Vec::with_capacity(attempts);
+    let deadline = clock::instant() + within;
+    for n in 0..(warm_up + attempts) as u64 {
+        if clock::instant() > deadline {
+            break;
+        }
+        let (plan, dispatcher, permits) = (plan(n + 1), dispatcher.clone(), permits.clone());
+        let start = clock::instant();
+        let report = host.clone().run(plan, dispatcher, permits).await;
+        let took = start.elapsed();
+        if report.outcome != Outcome::Succeeded {
+            bail!(
+                "the noop plugin did not succeed: {:?} {}",
+                report.outcome,
+                report.error.unwrap_or_default()
+            );
+        }
+        if n >= warm_up as u64 {
+            micros.push(took.as_secs_f64() * 1e6);
+        }
+    }
+    Ok(micros)
 }
 
 /// A gate with no effective limit.
@@ -651,6 +803,72 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         ));
         server.kill();
         drop(server);
+    }
+    if options.runs("w6") {
+        // W6a: a no-op plugin attempt's own cost, in this process.
+        let wasm = plugin_component("noop")?;
+        let n6a = if options.quick { 2_000 } else { 20_000 };
+        let mut micros = plugin_attempts(wasm.clone(), n6a, Duration::from_secs(120)).await?;
+        let mean = micros.iter().sum::<f64>() / micros.len().max(1) as f64;
+        micros.sort_by(f64::total_cmp);
+        let (p50, p99, max) = (
+            percentile(&micros, 0.5),
+            percentile(&micros, 0.99),
+            micros.last().copied().unwrap_or(0.0),
+        );
+        rows.push((
+            "W6 no-op plugin attempt: mean / p99".into(),
+            format!("{mean:.1} / {p99:.1} µs (p50 {p50:.1}, max {max:.0})"),
+            "≤ 100 µs".into(),
+        ));
+
+        // W6b: plugin tasks end to end on a fresh server, from the first create
+        // to the last success, with a gate that does not hold them back.
+        let n6 = if options.quick { 10_000 } else { 50_000 };
+        let server6 = Server::spawn(&temp.join("plugins"), free_port()?).await?;
+        server6.upload_plugin("noop", "0.1.0", wasm).await?;
+        server6
+            .gate(
+                "w6",
+                json!({ "rate": "100000/s", "burst": 1_000, "concurrency": 512,
+                        "recovery": { "start": 1.0 }, "circuit": null }),
+            )
+            .await?;
+        let tasks: Vec<Value> = (0..n6)
+            .map(|_| json!({ "gate": "w6", "plugin": { "name": "noop", "version": "0.1.0", "input": {} } }))
+            .collect();
+        let cpu_before = server6.cpu_s();
+        let started = clock::instant();
+        let created_in = server6.create(tasks, 10_000, 2).await?;
+        let deadline = started + Duration::from_secs(300);
+        let (mut succeeded, mut ended) = (0, 0);
+        while ended < n6 && clock::instant() < deadline {
+            let gate = server6.get("/v1/gates/w6").await?;
+            let count = |k: &str| gate["counters"][k].as_u64().unwrap_or(0);
+            succeeded = count("succeeded");
+            ended = succeeded + count("failed") + count("expired") + count("cancelled");
+            if ended < n6 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let took = started.elapsed().as_secs_f64();
+        let cpu_us = (server6.cpu_s() - cpu_before) * 1e6 / (succeeded.max(1) as f64);
+        let per_s = succeeded as f64 / took;
+        let create_per_s = n6 as f64 / created_in.as_secs_f64();
+        results.insert("w6".into(), json!({
+            "attempts": micros.len(), "attempt_mean_us": mean, "attempt_p50_us": p50,
+            "attempt_p99_us": p99, "attempt_max_us": max,
+            "tasks": n6, "succeeded": succeeded, "ended": ended, "seconds": took,
+            "tasks_per_s": per_s, "create_per_s": create_per_s, "server_cpu_us_per_task": cpu_us,
+        }));
+        rows.push((
+            "W6 plugin tasks/s, end to end".into(),
+            format!(
+                "{per_s:.0} ({succeeded} of {n6} in {took:.1} s, server CPU {cpu_us:.0} µs/task)"
+            ),
+            "≥ 5,000".into(),
+        ));
+        drop(server6);
     }
     let _ = std::fs::remove_dir_all(&temp);
     let machine = format!(

@@ -111,8 +111,9 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
-    /// Measure throughput, gate accuracy, outage recovery, lateness and scale
-    /// against a fresh server and a loopback sink (build with --release).
+    /// Measure throughput, gate accuracy, outage recovery, lateness, scale and
+    /// plugin overhead against a fresh server and a loopback sink (build with
+    /// --release; W6 needs scripts/build-plugins).
     Bench {
         /// Pending tasks for the scale workload.
         #[arg(long, default_value_t = 5_000_000)]
@@ -126,7 +127,7 @@ enum Command {
         /// Where to write the JSON results.
         #[arg(long, default_value = "bench.json")]
         out: PathBuf,
-        /// Run only these workloads: w1, w2, w3, w4, w5, w5b (repeatable).
+        /// Run only these workloads: w1, w2, w3, w4, w5, w5b, w6 (repeatable).
         #[arg(long)]
         only: Vec<String>,
     },
