@@ -537,6 +537,62 @@ async fn plugin_push_ls_get_rm() {
         text(&out)
     );
 
+    // What the SDK docs promise: the scaffold, built and pushed, runs as a task
+    // that calls an API through its gate.
+    let api = Sink::start().await;
+    api.behave(|_, _| crate::support::Reply::json(200, json!({ "status": "ok" })));
+    let out = sluice_async(
+        &url,
+        &[
+            "gate",
+            "set",
+            "health",
+            "--rate",
+            "5/s",
+            "--allow-host",
+            &api.host(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let input = json!({ "url": api.url("/health") }).to_string();
+    let out = sluice_async(
+        &url,
+        &[
+            "task",
+            "create",
+            "--gate",
+            "health",
+            "--plugin",
+            "push-me@0.1.0",
+            "--input",
+            &input,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let created: Value = serde_json::from_str(&text(&out)).expect("task JSON");
+    let id = created["id"].as_str().expect("id");
+    let done = server
+        .client()
+        .wait_state(id, "succeeded", std::time::Duration::from_secs(20))
+        .await;
+    let attempt = &done["attempts"][0];
+    let output: Value =
+        serde_json::from_str(attempt["response"].as_str().expect("output")).expect("JSON");
+    assert_eq!(output["status"], "ok", "{done}");
+    assert!(
+        attempt["logs"].as_array().is_some_and(|l| !l.is_empty()),
+        "{done}"
+    );
+    let hits = api.hits();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (hits[0].method.as_str(), hits[0].path.as_str()),
+        ("GET", "/health")
+    );
+
     let out = sluice_async(&url, &["plugin", "push", "push-me", "0.1.0", &first]).await;
     assert_eq!(
         out.status.code(),
