@@ -346,11 +346,20 @@ async fn charge_invoice_succeeds_with_its_receipt_or_fails_for_good() {
     let c = server.client();
     push_ok(&c, "charge-invoice").await;
     let sink = Sink::start().await;
-    sink.behave(|hit: &Hit, _| {
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let still_busy = busy.clone();
+    sink.behave(move |hit: &Hit, _| {
         let body: Value = serde_json::from_slice(&hit.body).unwrap_or(Value::Null);
         match (hit.method.as_str(), hit.path.as_str()) {
             ("POST", "/v1/charges") if body["invoice"] == "inv_declined" => {
                 Reply::json(402, json!({ "decline_code": "insufficient_funds" }))
+            }
+            // Busy once: the plugin asks for a retry after the Retry-After.
+            ("POST", "/v1/charges")
+                if body["invoice"] == "inv_busy"
+                    && still_busy.swap(false, std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Reply::status(503).header("retry-after", "1")
             }
             ("POST", "/v1/charges") => {
                 Reply::json(201, json!({ "id": "ch_1", "status": "succeeded" }))
@@ -379,6 +388,9 @@ async fn charge_invoice_succeeds_with_its_receipt_or_fails_for_good() {
             input("inv_declined"),
         ))
         .await;
+    let retried = c
+        .create(plugin_task("payments", "charge-invoice", input("inv_busy")))
+        .await;
     let paid_id = paid["id"].as_str().expect("id");
     let declined_id = declined["id"].as_str().expect("id");
 
@@ -390,12 +402,18 @@ async fn charge_invoice_succeeds_with_its_receipt_or_fails_for_good() {
             .expect("JSON");
     assert_eq!(output, json!({ "charge": "ch_1", "status": "succeeded" }));
     // The receipt, created in the same commit as the success, is delivered.
-    let receipt = sink
-        .wait_for(3, Duration::from_secs(10))
-        .await
-        .into_iter()
-        .find(|h| h.path == "/receipts")
-        .expect("the receipt webhook arrives");
+    let mut receipt = None;
+    for seen in 3..=6 {
+        receipt = sink
+            .wait_for(seen, Duration::from_secs(10))
+            .await
+            .into_iter()
+            .find(|h| h.path == "/receipts");
+        if receipt.is_some() {
+            break;
+        }
+    }
+    let receipt = receipt.expect("the receipt webhook arrives");
     let (_, listed) = c.send("GET", "/v1/tasks?gate=payments", None).await;
     let child = listed["tasks"]
         .as_array()
@@ -414,6 +432,34 @@ async fn charge_invoice_succeeds_with_its_receipt_or_fails_for_good() {
     assert_eq!(
         charge.headers.get("idempotency-key").map(String::as_str),
         Some(paid_id)
+    );
+
+    // A 503 with Retry-After: the plugin's retry outcome, then success.
+    let done = c
+        .wait_state(
+            retried["id"].as_str().expect("id"),
+            "succeeded",
+            Duration::from_secs(20),
+        )
+        .await;
+    let attempts = done["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{done}");
+    assert_eq!(attempts[0]["outcome"], "failed", "{done}");
+    assert!(!busy.load(std::sync::atomic::Ordering::SeqCst));
+    let first_end = attempts[0]["ended_at"]
+        .as_str()
+        .expect("ended")
+        .parse::<jiff::Timestamp>();
+    let second = attempts[1]["started_at"]
+        .as_str()
+        .expect("started")
+        .parse::<jiff::Timestamp>();
+    let waited = second
+        .expect("time")
+        .duration_since(first_end.expect("time"));
+    assert!(
+        waited >= jiff::SignedDuration::from_millis(900),
+        "retried after {waited:?}, before the Retry-After"
     );
 
     let failed = c
