@@ -119,8 +119,9 @@ pub struct Tx<'t> {
     due_minutes: redb::Table<'t, (u32, u64), u64>,
     finished: redb::Table<'t, (u64, u64), &'static [u8]>,
     plugins: redb::Table<'t, &'static str, &'static [u8]>,
-    plugin_wasm: redb::Table<'t, &'static str, &'static [u8]>,
-    plugin_compiled: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    /// For the tables only uploads and deletions touch, opened when they do,
+    /// so an ordinary commit does not pay for them.
+    txn: &'t redb::WriteTransaction,
     /// Tasks finished in this transaction, indexed once at its end.
     finished_ids: Vec<(u64, u64)>,
     /// Changes to `due_minutes` in this transaction, written once at its end.
@@ -137,6 +138,7 @@ impl Store {
             quick_repair: true,
         };
         store.write(|tx| {
+            tx.create_lazy_tables()?;
             let found = tx.meta.get("schema_version")?.map(|v| v.value());
             match found {
                 None => {
@@ -168,6 +170,7 @@ impl Store {
             quick_repair: false,
         };
         store.write(|tx| {
+            tx.create_lazy_tables()?;
             tx.meta.insert("schema_version", SCHEMA_VERSION)?;
             Ok(())
         })?;
@@ -197,8 +200,7 @@ impl Store {
                 due_minutes: txn.open_table(DUE_MINUTES)?,
                 finished: txn.open_table(FINISHED)?,
                 plugins: txn.open_table(PLUGINS)?,
-                plugin_wasm: txn.open_table(PLUGIN_WASM)?,
-                plugin_compiled: txn.open_table(PLUGIN_COMPILED)?,
+                txn: &txn,
                 finished_ids: Vec::new(),
                 due_deltas: HashMap::new(),
             };
@@ -535,27 +537,36 @@ impl Tx<'_> {
     }
 
     pub fn put_plugin_wasm(&mut self, key: &str, wasm: &[u8]) -> Result<()> {
-        self.plugin_wasm.insert(key, wasm)?;
+        self.txn.open_table(PLUGIN_WASM)?.insert(key, wasm)?;
         Ok(())
     }
 
     pub fn put_compiled(&mut self, key: &str, engine: u64, artifact: &[u8]) -> Result<()> {
-        self.plugin_compiled.insert((key, engine), artifact)?;
+        self.txn
+            .open_table(PLUGIN_COMPILED)?
+            .insert((key, engine), artifact)?;
         Ok(())
     }
 
     /// Removes a plugin version with its component and every compiled artifact.
     pub fn delete_plugin(&mut self, key: &str) -> Result<()> {
         self.plugins.remove(key)?;
-        self.plugin_wasm.remove(key)?;
-        let engines: Vec<u64> = self
-            .plugin_compiled
+        self.txn.open_table(PLUGIN_WASM)?.remove(key)?;
+        let mut compiled = self.txn.open_table(PLUGIN_COMPILED)?;
+        let engines: Vec<u64> = compiled
             .range((key, 0)..=(key, u64::MAX))?
             .map(|e| e.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()?;
         for engine in engines {
-            self.plugin_compiled.remove((key, engine))?;
+            compiled.remove((key, engine))?;
         }
+        Ok(())
+    }
+
+    /// Creates the tables opened only on demand, so readers always find them.
+    fn create_lazy_tables(&mut self) -> Result<()> {
+        self.txn.open_table(PLUGIN_WASM)?;
+        self.txn.open_table(PLUGIN_COMPILED)?;
         Ok(())
     }
 
