@@ -122,14 +122,15 @@ export function collapsed(summary, value, key) {
   return h('details', { dataset: { key } }, h('summary', {}, summary), h('pre', {}, text));
 }
 
-/** A collapsed list of lines, such as a plugin attempt's log; each line is
- * marked with its level ("info: ..." → info, "sluice: ..." → sluice). */
+/** A collapsed list of log lines ({source, level, message}), such as a plugin
+ * attempt's log: the plugin's lines marked with their level, the host's notes
+ * with a "sluice" tag. */
 export function collapsedLines(summary, lines, key) {
   return h('details', { dataset: { key } }, h('summary', {}, summary),
-    h('ol', { class: 'lines' }, lines.map((line) => {
-      const level = /^([a-z]+): /.exec(line)?.[1];
-      return h('li', { dataset: level ? { level } : null }, line);
-    })));
+    h('ol', { class: 'lines' }, lines.map((line) => line.source === 'host'
+      // The host's notes are marked by the API's field, never by their text.
+      ? h('li', { dataset: { source: 'host' } }, h('span', { class: 'source' }, 'sluice'), ' ', line.message)
+      : h('li', { dataset: { level: line.level, source: 'plugin' } }, `${line.level}: ${line.message}`))));
 }
 
 /** A task's or template's target on one line: the webhook's method and URL,

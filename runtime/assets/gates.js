@@ -189,6 +189,7 @@ function config(g) {
     ['Rate', `${g.rate} (burst ${g.burst})`],
     ['Concurrency', count(g.concurrency)],
     ['Allowed hosts', g.allowed_hosts.length ? g.allowed_hosts.join(', ') : 'any public host'],
+    ['Next tasks from', g.accept_next_from?.length ? `this gate and ${g.accept_next_from.join(', ')}` : 'this gate only'],
     ['Timeout', g.timeout],
     ['Retries', `up to ${retry.max_attempts} attempts, backoff ${backoff.initial} → ${backoff.max} ×${decimal(backoff.multiplier)}${backoff.jitter ? ' with jitter' : ''}`],
     ['Retry window', retry.max_retry_duration],

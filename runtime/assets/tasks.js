@@ -165,6 +165,7 @@ function summary(t) {
     ['Labels', labels(t)],
     ['Schedule', t.schedule ? link(`#/schedules/${enc(t.schedule)}`, t.schedule, 'schedule') : null],
     ['Created by', t.parent ? link(`#/tasks/${enc(t.parent)}`, t.parent, 'parent') : null],
+    ['Lineage', t.depth > 0 ? h('span', {}, link(`#/tasks/${enc(t.root)}`, t.root, 'root'), ` (depth ${t.depth})`) : null],
     ['Last error', t.last_error ? h('span', { class: 'error' }, t.last_error) : null],
   ]);
 }

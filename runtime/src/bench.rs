@@ -427,7 +427,7 @@ async fn plugin_attempts(
     use crate::dispatch::{Dispatcher, Plan, PluginCall};
 
     let store = Arc::new(crate::store::Store::in_memory()?);
-    let host = crate::plugin::Host::new(store)?;
+    let host = crate::plugin::Host::new(store, crate::plugin::DEFAULT_INSTANCES)?;
     let compiler = host.clone();
     let compiled = tokio::task::spawn_blocking(move || compiler.compile(&wasm)).await??;
     host.install(&crate::store::plugin_key("noop", "0.1.0"), &compiled);

@@ -169,6 +169,10 @@ enum GateCommand {
         /// A host its tasks may reach (repeat for several): host, host:port, *.domain.
         #[arg(long = "allow-host")]
         allow_host: Vec<String>,
+        /// A gate whose tasks may create next tasks in this one (repeat for
+        /// several); by default only this gate's own tasks may.
+        #[arg(long = "accept-next-from")]
+        accept_next_from: Vec<String>,
         /// Default per-attempt timeout, e.g. "30s".
         #[arg(long)]
         timeout: Option<String>,
@@ -619,6 +623,7 @@ async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<(), Failure
             burst,
             concurrency,
             allow_host,
+            accept_next_from,
             timeout,
             max_attempts,
             recovery_start,
@@ -634,6 +639,9 @@ async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<(), Failure
             }
             if !allow_host.is_empty() {
                 body["allowed_hosts"] = json!(allow_host);
+            }
+            if !accept_next_from.is_empty() {
+                body["accept_next_from"] = json!(accept_next_from);
             }
             if let Some(t) = timeout {
                 body["timeout"] = json!(t);

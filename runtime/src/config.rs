@@ -33,6 +33,11 @@ pub struct FileConfig {
     pub outbound_hosts: Option<Vec<String>>,
     /// How long finished tasks and their history are kept, e.g. `"7d"`.
     pub retention: Option<String>,
+    /// Plugin attempts that may run at once (each reserves an instance slot
+    /// with its memory); more wait for a slot.
+    pub plugin_instances: Option<u32>,
+    /// Most tasks one root task's `next` chain may create, all generations.
+    pub max_descendants: Option<u32>,
 }
 
 /// One `[[tokens]]` entry of the config file.
@@ -85,6 +90,26 @@ pub struct ServerConfig {
     pub outbound_hosts: Vec<String>,
     /// Finished tasks and their attempts are removed this long after they end.
     pub retention: Duration,
+    /// Plugin attempts at once (instance slots of the pooling allocator).
+    pub plugin_instances: u32,
+    /// Most descendants a root task may have through `next` (SPEC §1).
+    pub max_descendants: u32,
+}
+
+/// Default of `max_descendants`.
+pub const DEFAULT_MAX_DESCENDANTS: u32 = 1_000;
+
+/// A numeric environment variable, if set; a value that is not a number is
+/// an error naming the variable.
+fn env_number(name: &str) -> anyhow::Result<Option<u32>> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{name}={text:?} is not a whole number")),
+        Err(_) => Ok(None),
+    }
 }
 
 /// A comma-separated environment variable, if set.
@@ -110,6 +135,8 @@ impl ServerConfig {
             tls: None,
             outbound_hosts: Vec::new(),
             retention: crate::shell::DEFAULT_RETENTION,
+            plugin_instances: crate::plugin::DEFAULT_INSTANCES,
+            max_descendants: DEFAULT_MAX_DESCENDANTS,
         }
     }
 
@@ -173,6 +200,12 @@ impl ServerConfig {
         let outbound_hosts = env_list("SLUICE_OUTBOUND_HOSTS")
             .or(file.outbound_hosts)
             .unwrap_or_default();
+        let plugin_instances = env_number("SLUICE_PLUGIN_INSTANCES")?
+            .or(file.plugin_instances)
+            .unwrap_or(crate::plugin::DEFAULT_INSTANCES);
+        let max_descendants = env_number("SLUICE_MAX_DESCENDANTS")?
+            .or(file.max_descendants)
+            .unwrap_or(DEFAULT_MAX_DESCENDANTS);
         let config = ServerConfig {
             data_dir: flags
                 .data_dir
@@ -185,6 +218,8 @@ impl ServerConfig {
             tls,
             outbound_hosts,
             retention,
+            plugin_instances,
+            max_descendants,
         };
         config.check()?;
         Ok(config)
@@ -192,6 +227,12 @@ impl ServerConfig {
 
     /// Refuses settings that cannot work, or that would expose an open API.
     pub fn check(&self) -> anyhow::Result<()> {
+        if !(1..=crate::plugin::DEFAULT_INSTANCES).contains(&self.plugin_instances) {
+            bail!(
+                "plugin_instances must be between 1 and {}",
+                crate::plugin::DEFAULT_INSTANCES
+            );
+        }
         for secret in &self.signing_secrets {
             crate::dispatch::sign::SigningKey::parse(secret)
                 .map_err(|e| anyhow::anyhow!("signing_secrets: {e}"))?;

@@ -18,6 +18,8 @@ pub struct GateSpec {
     pub retry: RetryPolicy,
     pub recovery: Recovery,
     pub circuit: Option<CircuitPolicy>,
+    /// Gates whose tasks may create `next` tasks in this one.
+    pub accept_next_from: Vec<String>,
     /// `None` keeps the secrets the gate has (the API never shows them, so a
     /// client cannot send them back); `Some(vec![])` removes them.
     pub signing_secrets: Option<Vec<String>>,
@@ -45,6 +47,9 @@ pub struct NewTask {
     pub schedule: Option<String>,
     /// Set on the next steps a completion creates.
     pub parent: Option<crate::core::TaskId>,
+    /// Set with `parent`: the chain's first task, and this task's generation
+    /// below it.
+    pub lineage: Option<(crate::core::TaskId, u32)>,
 }
 
 /// A validated schedule.

@@ -81,13 +81,15 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
-    let plugins = crate::plugin::Host::new(store.clone()).context("starting the plugin runtime")?;
+    let plugins = crate::plugin::Host::new(store.clone(), config.plugin_instances)
+        .context("starting the plugin runtime")?;
     let options = Options {
         tuning: tuning.unwrap_or_default(),
         grace: config.grace,
         signing_secrets: config.signing_secrets.clone(),
         outbound_hosts: config.outbound_hosts.clone(),
         retention: config.retention,
+        max_descendants: config.max_descendants,
         plugins: Some(plugins.clone()),
     };
     let (handle, driver) = shell::spawn(store.clone(), options, stop_rx.clone())?;

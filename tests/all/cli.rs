@@ -60,6 +60,8 @@ async fn cli_tables_json_and_exit_codes() {
                 "5",
                 "--allow-host",
                 &host,
+                "--accept-next-from",
+                "onboarding",
             ],
         );
         results.push(("gate set", set.status.code(), text(&set)));
@@ -110,6 +112,8 @@ async fn cli_tables_json_and_exit_codes() {
         "{}",
         stdout("gate set")
     );
+    let (_, gate) = server.client().send("GET", "/v1/gates/billing", None).await;
+    assert_eq!(gate["accept_next_from"], json!(["onboarding"]), "{gate}");
     assert_eq!(code("task create"), Some(0));
     assert_eq!(stdout("task create").trim().len(), 13, "prints the id");
     assert!(

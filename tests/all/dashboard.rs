@@ -170,6 +170,7 @@ async fn fill(admin: &Client, sink: &Sink, failing: &Sink, apps: &Sink, secret: 
 
     let mut billing = gate_for(sink, "1/s");
     billing["concurrency"] = json!(2);
+    billing["accept_next_from"] = json!(["pings"]);
     admin.put_gate("billing", billing).await;
     let tasks = (0..300)
         .map(|i| {
@@ -273,10 +274,12 @@ async fn fill(admin: &Client, sink: &Sink, failing: &Sink, apps: &Sink, secret: 
         .await;
     let logs = &done["attempts"][0]["logs"];
     assert!(
-        logs.as_array().is_some_and(|l| l
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|l| l.starts_with("info: hibernated web-1"))),
+        logs.as_array()
+            .is_some_and(|l| l.iter().any(|l| l["source"] == "plugin"
+                && l["level"] == "info"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("hibernated web-1")))),
         "{done}"
     );
     // Users of the plugin: a task waiting an hour, and a nightly schedule

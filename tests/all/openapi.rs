@@ -341,6 +341,7 @@ async fn bodies_and_answers_match_the_document() {
 
     let mut gate = gate_for(&sink, "50/s");
     gate["circuit"] = json!({ "failures": 3, "cooldown": "1s" });
+    gate["accept_next_from"] = json!(["onboarding"]);
     let (status, _) = round_trip(
         &c,
         &doc,

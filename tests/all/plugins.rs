@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Client, Hit, Reply, Server, Sink, max_in_window};
 
-fn wasm(name: &str) -> Vec<u8> {
+pub fn wasm(name: &str) -> Vec<u8> {
     let path = format!(
         "{}/../target/plugins/{name}.wasm",
         env!("CARGO_MANIFEST_DIR")
@@ -23,7 +23,7 @@ fn wasm(name: &str) -> Vec<u8> {
     })
 }
 
-async fn push(client: &Client, name: &str, version: &str, file: &str) -> (u16, Value) {
+pub async fn push(client: &Client, name: &str, version: &str, file: &str) -> (u16, Value) {
     client
         .raw(
             "PUT",
@@ -34,12 +34,12 @@ async fn push(client: &Client, name: &str, version: &str, file: &str) -> (u16, V
         .await
 }
 
-async fn push_ok(client: &Client, name: &str) {
+pub async fn push_ok(client: &Client, name: &str) {
     let (status, v) = push(client, name, "0.1.0", name).await;
     assert_eq!(status, 201, "upload {name}: {v}");
 }
 
-fn plugin_task(gate: &str, name: &str, input: Value) -> Value {
+pub fn plugin_task(gate: &str, name: &str, input: Value) -> Value {
     json!({ "gate": gate, "plugin": { "name": name, "version": "0.1.0", "input": input } })
 }
 
@@ -56,19 +56,27 @@ fn gate(sink: &Sink, rate: &str, timeout: &str) -> Value {
     })
 }
 
-fn last_attempt(task: &Value) -> &Value {
+pub fn last_attempt(task: &Value) -> &Value {
     task["attempts"]
         .as_array()
         .and_then(|a| a.last())
         .expect("an attempt")
 }
 
-fn logs(attempt: &Value) -> String {
+/// An attempt's log as text: the plugin's lines as `level: message`, the
+/// host's notes as `[host] message`.
+pub fn logs(attempt: &Value) -> String {
     attempt["logs"]
         .as_array()
         .map(|l| {
             l.iter()
-                .filter_map(Value::as_str)
+                .map(|line| {
+                    let message = line["message"].as_str().unwrap_or("");
+                    match line["source"].as_str() {
+                        Some("host") => format!("[host] {message}"),
+                        _ => format!("{}: {message}", line["level"].as_str().unwrap_or("")),
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("\n")
         })

@@ -155,6 +155,7 @@ impl World {
                 burst: c.burst,
                 concurrency: c.concurrency,
                 allowed_hosts: vec!["127.0.0.1:9".into()],
+                accept_next_from: Vec::new(),
                 timeout: Duration::from_secs(5),
                 retry: RetryPolicy {
                     max_attempts: 50,
@@ -249,6 +250,7 @@ impl World {
             labels: BTreeMap::new(),
             schedule: None,
             parent: None,
+            lineage: None,
         }
     }
 

@@ -213,6 +213,22 @@ impl Client {
         v
     }
 
+    /// Polls the task until it has ended, whichever way.
+    pub async fn wait_done(&self, id: &str, within: Duration) -> Value {
+        let start = clock::instant();
+        loop {
+            let t = self.task(id).await;
+            if matches!(
+                t["state"].as_str(),
+                Some("succeeded" | "failed" | "expired" | "cancelled")
+            ) {
+                return t;
+            }
+            assert!(start.elapsed() < within, "task {id} never ended: {t}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls the task until it reaches `state`. Polling the API is the event here:
     /// the state change is only visible through it.
     pub async fn wait_state(&self, id: &str, state: &str, within: Duration) -> Value {
@@ -399,16 +415,27 @@ async fn record(
     };
     let behaviour = state.behaviour.lock().expect("lock").clone();
     let reply = behaviour(&hit, index);
+    /// Counts the request out however it ends: answered, or dropped when
+    /// its client went away.
+    struct InFlight(Arc<SinkState>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            if let Ok(mut f) = self.0.in_flight.lock() {
+                f.0 -= 1;
+            }
+        }
+    }
     {
         let mut f = state.in_flight.lock().expect("lock");
         f.0 += 1;
         f.1 = f.1.max(f.0);
     }
+    let in_flight = InFlight(state.clone());
     state.count.send_modify(|c| *c += 1);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    state.in_flight.lock().expect("lock").0 -= 1;
+    drop(in_flight);
     let mut response = (
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
         reply.body.unwrap_or_else(|| "sink".into()),

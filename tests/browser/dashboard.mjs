@@ -183,7 +183,8 @@ async function taskHistory(page) {
 async function pluginTaskHistory(page) {
   const task = await api(`/v1/tasks/${pluginTask}`);
   const logs = task.attempts.flatMap((a) => a.logs ?? []);
-  check(logs.some((l) => l.startsWith('info: hibernated web-1')), `the fixture's log: ${logs}`);
+  check(logs.some((l) => l.source === 'plugin' && l.level === 'info' && l.message.startsWith('hibernated web-1')),
+    `the fixture's log: ${JSON.stringify(logs)}`);
   await page.goto(`${base}/#/tasks/${pluginTask}`);
   await page.locator('.target', { hasText: 'plugin hibernate-idle@0.1.0' }).waitFor();
   const target = (await page.locator('.target').first().textContent()).replace(/\s+/g, ' ').trim();
@@ -193,7 +194,10 @@ async function pluginTaskHistory(page) {
   const row = page.locator('tr[data-attempt="1"]');
   await row.locator('[data-col=logs] summary').click();
   const shown = await row.locator('[data-col=logs] li').allTextContents();
-  check(JSON.stringify(shown) === JSON.stringify(task.attempts[0].logs),
+  // The plugin's lines read "level: message"; the host's notes carry a tag of
+  // their own, from the API's `source`, never from their text.
+  const expected = task.attempts[0].logs.map((l) => (l.source === 'host' ? `sluice ${l.message}` : `${l.level}: ${l.message}`));
+  check(JSON.stringify(shown) === JSON.stringify(expected),
     `log shown ${JSON.stringify(shown)}, API ${JSON.stringify(task.attempts[0].logs)}`);
   await row.getByText('info: hibernated web-1').waitFor();
   await row.getByText('Output', { exact: false }).first().click();
@@ -223,12 +227,13 @@ async function readerIsRefused(page) {
   await page.getByRole('button', { name: 'Sign out' }).click();
   await signIn(page, readerToken);
   await page.goto(`${base}/#/gates/billing`);
+  await page.getByText('this gate and pings', { exact: true }).waitFor();
   await page.getByRole('button', { name: 'Pause gate' }).click();
   await page.getByRole('dialog').getByRole('button', { name: 'Pause gate' }).click();
   await page.getByRole('alert').filter({ hasText: 'role is too low' }).waitFor();
   const gate = await api('/v1/gates/billing');
   check(!gate.paused, 'a reader paused a gate');
-  step('signed in again as a reader: pausing is refused, and the UI says the role is too low');
+  step('signed in again as a reader: the gate shows whose next tasks it accepts; pausing is refused, and the UI says the role is too low');
 }
 
 async function plugins(page) {

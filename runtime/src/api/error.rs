@@ -142,6 +142,14 @@ impl From<ShellError> for ApiError {
         match e {
             ShellError::NotFound { what } => ApiError::not_found(format!("{what} not found")),
             ShellError::Conflict(message) => ApiError::conflict(message),
+            ShellError::Forbidden { field, message } => ApiError {
+                field: Some(field),
+                ..ApiError::permission_denied(message)
+            },
+            ShellError::Exhausted { field, message } => ApiError {
+                field: Some(field),
+                ..ApiError::conflict(message)
+            },
             ShellError::Invalid { field, message } => ApiError::invalid(field, message),
             ShellError::ShuttingDown => ApiError::unavailable("the server is shutting down"),
         }

@@ -139,6 +139,9 @@ pub struct GateBody {
     pub circuit: Option<Option<CircuitBody>>,
     /// Standard Webhooks secrets; several sign at once during a rotation.
     pub signing_secrets: Option<Vec<String>>,
+    /// Gates whose tasks may create `next` tasks (a completion's, a plugin's)
+    /// in this gate. Default none: a `next` task stays in its source's gate.
+    pub accept_next_from: Option<Vec<String>>,
 }
 
 /// Tells an explicit `null` (Some(None)) from an absent field (None).
@@ -345,8 +348,22 @@ impl GateBody {
                 })?;
             }
         }
+        let accept_next_from = self.accept_next_from.unwrap_or_default();
+        if accept_next_from.len() > MAX_ALLOWED_HOSTS {
+            return Err(ApiError::field(
+                "accept_next_from",
+                format!("at most {MAX_ALLOWED_HOSTS} gates"),
+            ));
+        }
+        for (i, name) in accept_next_from.iter().enumerate() {
+            valid_name(name).map_err(|e| ApiError {
+                field: Some(format!("accept_next_from[{i}]")),
+                ..e
+            })?;
+        }
         Ok(GateSpec {
             signing_secrets: self.signing_secrets,
+            accept_next_from,
             rate,
             burst,
             concurrency,
@@ -741,6 +758,7 @@ impl TaskBody {
             labels,
             schedule: None,
             parent: None,
+            lineage: None,
         })
     }
 }
@@ -805,6 +823,8 @@ pub struct GateView {
     pub burst: u32,
     pub concurrency: u32,
     pub allowed_hosts: Vec<String>,
+    /// Gates whose tasks may create `next` tasks in this one.
+    pub accept_next_from: Vec<String>,
     pub timeout: String,
     pub retry: RetryView,
     pub recovery: RecoveryView,
@@ -939,6 +959,7 @@ impl GateView {
             burst: g.burst,
             concurrency: g.concurrency,
             allowed_hosts: g.allowed_hosts.clone(),
+            accept_next_from: g.accept_next_from.clone(),
             timeout: ms_text(g.timeout_ms),
             retry: retry_view(&g.retry),
             recovery: RecoveryView {
@@ -1125,10 +1146,36 @@ pub struct AttemptView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime)]
     pub heartbeat_at: Option<String>,
-    /// A plugin attempt's log, `level: message` per line (capped), with the
-    /// host's own notes (a denied request, say) as `sluice: ...`.
+    /// A plugin attempt's log (capped), with the host's own notes (a denied
+    /// request, a limit reached) marked `"source": "host"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub logs: Vec<String>,
+    pub logs: Vec<LogLineView>,
+}
+
+/// One line of a plugin attempt's log.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct LogLineView {
+    /// `plugin` (its own `log` calls) or `host` (what Sluice noted: a refused
+    /// request, a limit reached). Only the host writes `host` lines.
+    #[schema(example = "plugin")]
+    pub source: String,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    pub message: String,
+}
+
+impl From<&crate::store::LogRecord> for LogLineView {
+    fn from(l: &crate::store::LogRecord) -> LogLineView {
+        LogLineView {
+            source: match l.source {
+                crate::store::LogSource::Plugin => "plugin",
+                crate::store::LogSource::Host => "host",
+            }
+            .to_string(),
+            level: l.level.clone(),
+            message: l.message.clone(),
+        }
+    }
 }
 
 impl From<&AttemptRecord> for AttemptView {
@@ -1151,7 +1198,7 @@ impl From<&AttemptRecord> for AttemptView {
             lease_until: a.lease_until.filter(|_| a.ended_at.is_none()).map(time),
             progress: a.progress.clone(),
             heartbeat_at: a.heartbeat_at.map(time),
-            logs: a.logs.clone(),
+            logs: a.logs.iter().map(LogLineView::from).collect(),
         }
     }
 }
@@ -1197,6 +1244,11 @@ pub struct TaskView {
     /// The task whose completion created this one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// The first task of its `next` chain: the task itself unless a `next`
+    /// made it. A root's descendants are capped (`max_descendants`).
+    pub root: String,
+    /// Generations below `root` (0 for a root; at most 10).
+    pub depth: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
 }
@@ -1226,6 +1278,8 @@ impl TaskView {
             finished_at: t.finished_at.map(time),
             attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
             parent: t.parent.map(|p| TaskId(p).to_string()),
+            root: TaskId(t.root_id()).to_string(),
+            depth: t.depth,
             schedule: t.schedule.clone(),
         }
     }

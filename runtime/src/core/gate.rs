@@ -441,13 +441,17 @@ impl Gate {
         self.in_flight += 1;
     }
 
-    /// An attempt that `try_start` admitted has ended.
-    pub fn attempt_ended(&mut self, now: Timestamp, signal: Signal) {
+    /// An attempt that `try_start` admitted has ended. `release` gives its slot
+    /// back; without it the slot stays taken (by a request of the attempt that
+    /// is still in flight) until [`Gate::request_ended`] frees it.
+    pub fn attempt_ended(&mut self, now: Timestamp, signal: Signal, release: bool) {
         assert!(
             self.in_flight > 0,
             "attempt ended on a gate with none in flight"
         );
-        self.in_flight -= 1;
+        if release {
+            self.in_flight -= 1;
+        }
         if let Signal::Throttled { retry_after } = signal {
             self.throttle(now, retry_after);
         }
@@ -584,7 +588,7 @@ mod tests {
         assert!(gate.try_start(t0).is_ok());
         assert!(gate.try_start(t0).is_ok());
         assert_eq!(gate.try_start(t0), Err(None));
-        gate.attempt_ended(t0, Signal::Healthy);
+        gate.attempt_ended(t0, Signal::Healthy, true);
         assert!(gate.try_start(t0).is_ok());
     }
 
@@ -601,7 +605,7 @@ mod tests {
         let mut now = Timestamp(1_000_000);
         for _ in 0..3 {
             gate.try_start(now).unwrap();
-            gate.attempt_ended(now, Signal::Failed);
+            gate.attempt_ended(now, Signal::Failed, true);
         }
         assert_eq!(gate.state(now), GateState::Tripped);
         assert_eq!(
@@ -611,14 +615,14 @@ mod tests {
         now = now.plus(Duration::from_secs(10));
         assert_eq!(gate.try_start(now), Ok(()), "the probe");
         assert_eq!(gate.try_start(now), Err(None), "only one probe");
-        gate.attempt_ended(now, Signal::Failed);
+        gate.attempt_ended(now, Signal::Failed, true);
         assert_eq!(
             gate.circuit_open_until(),
             Some(now.plus(Duration::from_secs(20)))
         );
         now = now.plus(Duration::from_secs(20));
         gate.try_start(now).unwrap();
-        gate.attempt_ended(now, Signal::Failed);
+        gate.attempt_ended(now, Signal::Failed, true);
         assert_eq!(
             gate.circuit_open_until(),
             Some(now.plus(Duration::from_secs(30))),
@@ -626,7 +630,7 @@ mod tests {
         );
         now = now.plus(Duration::from_secs(30));
         gate.try_start(now).unwrap();
-        gate.attempt_ended(now, Signal::Healthy);
+        gate.attempt_ended(now, Signal::Healthy, true);
         assert_eq!(gate.state(now), GateState::Recovering);
         assert!((gate.effective_rate(now) - 100.0).abs() < 1e-6);
         now = now.plus(Duration::from_secs(5));
@@ -645,6 +649,7 @@ mod tests {
             Signal::Throttled {
                 retry_after: Some(Duration::from_secs(3)),
             },
+            true,
         );
         assert_eq!(gate.state(now), GateState::Throttled);
         assert_eq!(gate.try_start(now), Err(Some(Timestamp(1_003_000))));

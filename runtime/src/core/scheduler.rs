@@ -259,11 +259,6 @@ impl Running {
             requests: 0,
         }
     }
-
-    /// Slots held beyond the attempt's own.
-    fn extra_slots(&self) -> u32 {
-        self.requests.saturating_sub(1)
-    }
 }
 
 pub struct Scheduler {
@@ -274,9 +269,13 @@ pub struct Scheduler {
     running: BTreeMap<TaskId, Running>,
     /// Leased attempts by deadline.
     leases: BTreeSet<(Timestamp, TaskId)>,
+    /// Plugin requests still in flight after their attempt ended, by
+    /// (task, attempt): (gate, count). Each holds a concurrency slot until it
+    /// ends, since the endpoint is still working on it.
+    orphans: BTreeMap<(TaskId, u32), (GateId, u32)>,
     effects: VecDeque<Effect>,
     /// Plugin requests allowed out: (task, ask).
-    permits: VecDeque<(TaskId, u64)>,
+    permits: VecDeque<(TaskId, u32, u64)>,
     rng: Rng,
 }
 
@@ -289,6 +288,7 @@ impl Scheduler {
             timers: BTreeSet::new(),
             running: BTreeMap::new(),
             leases: BTreeSet::new(),
+            orphans: BTreeMap::new(),
             effects: VecDeque::new(),
             permits: VecDeque::new(),
             rng: Rng::new(seed),
@@ -381,10 +381,7 @@ impl Scheduler {
                     self.leases.remove(&(until, task));
                 }
                 let gate = running.task.gate;
-                self.release_requests(&running);
-                if let Some(lane) = self.lanes.get_mut(&gate) {
-                    lane.gate.attempt_ended(now, outcome.signal());
-                }
+                self.attempt_over(now, &running, outcome.signal());
                 self.poke(gate);
                 self.settle(now, running.task, outcome);
             }
@@ -436,7 +433,8 @@ impl Scheduler {
                     .get_mut(&task)
                     .filter(|r| r.task.attempts == attempt && r.requests > 0)
                 else {
-                    // The attempt ended first and gave the slots back then.
+                    // The attempt ended first; its requests kept their slots.
+                    self.orphan_ended(now, task, attempt, signal);
                     return;
                 };
                 let extra = running.requests > 1;
@@ -450,21 +448,45 @@ impl Scheduler {
         }
     }
 
-    /// Gives back the slots an ending attempt's requests held beyond its own, and
-    /// forgets its requests still waiting.
-    fn release_requests(&mut self, running: &Running) {
+    /// An attempt is over: the gate hears how it went and forgets its requests
+    /// still waiting. Its slots stay taken by requests still in flight (the
+    /// endpoint is still working on them: one slot each, the attempt's own
+    /// covering the first) until each one ends.
+    fn attempt_over(&mut self, now: Timestamp, running: &Running, signal: Signal) {
         let Some(lane) = self.lanes.get_mut(&running.task.gate) else {
             return;
         };
-        for _ in 0..running.extra_slots() {
-            lane.gate.release_slot();
-        }
         let id = running.task.id;
         lane.asks.retain(|&(task, _, _)| task != id);
+        lane.gate.attempt_ended(now, signal, running.requests == 0);
+        if running.requests > 0 {
+            self.orphans.insert(
+                (id, running.task.attempts),
+                (running.task.gate, running.requests),
+            );
+        }
     }
 
-    /// A plugin request allowed out, as (task, ask). Drain after every turn.
-    pub fn poll_permit(&mut self) -> Option<(TaskId, u64)> {
+    /// A request of an attempt that already ended is over: its slot is free.
+    fn orphan_ended(&mut self, now: Timestamp, task: TaskId, attempt: u32, signal: Signal) {
+        let Some((gate, left)) = self.orphans.get_mut(&(task, attempt)) else {
+            return;
+        };
+        let gate = *gate;
+        *left -= 1;
+        if *left == 0 {
+            self.orphans.remove(&(task, attempt));
+        }
+        if let Some(lane) = self.lanes.get_mut(&gate) {
+            lane.gate.request_ended(now, true, signal);
+        }
+        self.poke(gate);
+    }
+
+    /// A plugin request allowed out, as (task, attempt, ask). Drain after
+    /// every turn. The request holds its slot until its `RequestEnded`, also
+    /// when nobody waits for the permit any more.
+    pub fn poll_permit(&mut self) -> Option<(TaskId, u32, u64)> {
         self.permits.pop_front()
     }
 
@@ -479,10 +501,7 @@ impl Scheduler {
                 continue;
             };
             let gate = running.task.gate;
-            self.release_requests(&running);
-            if let Some(lane) = self.lanes.get_mut(&gate) {
-                lane.gate.attempt_ended(now, Signal::Failed);
-            }
+            self.attempt_over(now, &running, Signal::Failed);
             self.effects.push_back(Effect::LeaseExpired {
                 task,
                 gate,
@@ -722,7 +741,7 @@ impl Scheduler {
             lane.gate.try_request(now, running.requests > 0)?;
             running.requests += 1;
             lane.asks.pop_front();
-            self.permits.push_back((task, ask));
+            self.permits.push_back((task, attempt, ask));
         }
         Ok(())
     }

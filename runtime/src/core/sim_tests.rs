@@ -1,10 +1,12 @@
 //! Property tests of the scheduler on simulated time: random arrivals, gate
 //! config changes, pauses and restarts, against a simulated endpoint with random
 //! latency and failures. A third of the attempts are plugins that ask for one to
-//! four HTTP requests at once. After every step: the window bound (attempt starts
-//! and plugin requests together) and the concurrency cap (attempts plus the
-//! requests beyond each attempt's first) hold for every gate, and every task is in
-//! exactly one place.
+//! four HTTP requests at once; a third of those end their attempt as soon as a
+//! request is out, leaving it in flight (it keeps its slot until it ends).
+//! After every step: the window bound (attempt starts and plugin requests
+//! together) and the concurrency cap (attempts plus the requests beyond each
+//! attempt's first, plus requests whose attempt has ended) hold for every gate,
+//! and every task is in exactly one place.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -39,8 +41,12 @@ struct World {
     tasks: BTreeMap<TaskId, SimTask>,
     /// Attempts at the endpoint: task → (gate, ends at, outcome).
     in_flight: BTreeMap<TaskId, (GateId, Timestamp, Outcome)>,
-    /// Plugin attempts: they end when all their requests have.
+    /// Plugin attempts: they end when all their requests have, or (those
+    /// that abandon their requests) as soon as one is out.
     plugins: BTreeMap<TaskId, PluginRun>,
+    /// Requests of attempts that ended before them: (task, attempt, gate,
+    /// ends at). Each holds a slot until it ends.
+    orphans: Vec<(TaskId, u32, GateId, Timestamp)>,
     /// Per gate, every start: (time, config epoch).
     starts: BTreeMap<GateId, Vec<(Timestamp, u32)>>,
     epoch: BTreeMap<GateId, u32>,
@@ -57,6 +63,8 @@ struct PluginRun {
     /// When each allowed request ends.
     requests: Vec<Timestamp>,
     outcome: Outcome,
+    /// Ends the attempt as soon as a request is out, leaving it in flight.
+    abandon: bool,
 }
 
 fn limits(rng: &mut Rng) -> GateLimits {
@@ -93,6 +101,7 @@ impl World {
             tasks: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             plugins: BTreeMap::new(),
+            orphans: Vec::new(),
             starts: BTreeMap::new(),
             epoch: BTreeMap::new(),
             epochs: BTreeMap::new(),
@@ -164,6 +173,7 @@ impl World {
     fn restart(&mut self) {
         self.in_flight.clear();
         self.plugins.clear();
+        self.orphans.clear();
         self.sched = Scheduler::new(self.rng.next_u64(), self.tuning);
         for (&gate, &l) in &self.gates {
             let paused = self.paused.contains(&gate);
@@ -193,7 +203,7 @@ impl World {
     fn run_effects(&mut self) {
         loop {
             self.run_core_effects();
-            let Some((task, _ask)) = self.sched.poll_permit() else {
+            let Some((task, _attempt, _ask)) = self.sched.poll_permit() else {
                 break;
             };
             let run = self
@@ -275,6 +285,7 @@ impl World {
                                 waiting: asks,
                                 requests: Vec::new(),
                                 outcome,
+                                abandon: self.rng.below(3) == 0,
                             },
                         );
                         for ask in 0..u64::from(asks) {
@@ -325,6 +336,7 @@ impl World {
                     .values()
                     .flat_map(|r| r.requests.iter().copied()),
             )
+            .chain(self.orphans.iter().map(|o| o.3))
             .min();
         let next = match (self.sched.poll_timeout(), next_end) {
             (Some(a), Some(b)) => a.min(b),
@@ -370,7 +382,20 @@ impl World {
                     },
                 );
             }
-            if done {
+            let abandoned = !done && run.abandon && !run.requests.is_empty();
+            if abandoned {
+                let run = self.plugins.remove(&task).expect("plugin run");
+                for end in run.requests {
+                    self.orphans.push((task, run.attempt, run.gate, end));
+                }
+                self.sched.handle_input(
+                    self.now,
+                    Input::AttemptEnded {
+                        task,
+                        outcome: run.outcome,
+                    },
+                );
+            } else if done {
                 let run = self.plugins.remove(&task).expect("plugin run");
                 self.sched.handle_input(
                     self.now,
@@ -380,6 +405,22 @@ impl World {
                     },
                 );
             }
+            self.run_effects();
+        }
+        let now = self.now;
+        let (ended, left) = std::mem::take(&mut self.orphans)
+            .into_iter()
+            .partition(|o| o.3 <= now);
+        self.orphans = left;
+        for (task, attempt, _, _) in ended {
+            self.sched.handle_input(
+                now,
+                Input::RequestEnded {
+                    task,
+                    attempt,
+                    signal: Signal::Healthy,
+                },
+            );
             self.run_effects();
         }
         self.sched.handle_timeout(self.now);
@@ -396,7 +437,8 @@ impl World {
                 .filter(|r| r.gate == gate)
                 .map(|r| r.requests.len().saturating_sub(1))
                 .sum();
-            let n = attempts + extra;
+            let orphans = self.orphans.iter().filter(|o| o.2 == gate).count();
+            let n = attempts + extra + orphans;
             assert!(
                 n as u32 <= l.concurrency.max(self.max_concurrency(gate)),
                 "gate {gate:?}: {n} in flight"

@@ -72,7 +72,7 @@ pub struct Report {
     /// A `202` with `Sluice-Lease`: the endpoint holds the work for this long.
     pub lease: Option<Duration>,
     /// A plugin attempt's log lines.
-    pub logs: Vec<String>,
+    pub logs: Vec<crate::store::LogRecord>,
     /// Tasks a plugin's success asks for, as `POST /v1/tasks` JSON texts;
     /// created in the same commit as the success, or the attempt fails.
     pub next: Vec<String>,
@@ -104,6 +104,22 @@ impl Report {
     }
 }
 
+/// The guard refused every address a name resolves to. A type of its own, so
+/// callers recognise a refusal by what it is, not by its wording.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves only to private or reserved addresses")]
+pub struct GuardRefused {
+    pub host: String,
+}
+
+/// A name did not resolve.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} did not resolve: {source}")]
+pub struct DnsFailed {
+    pub host: String,
+    pub source: std::io::Error,
+}
+
 /// Resolves names, then drops every address the guard refuses, so the address
 /// that is checked is the address that is connected to (no DNS rebinding window).
 struct GuardedResolver;
@@ -112,16 +128,19 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let looked_up = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map(|addrs| addrs.collect::<Vec<SocketAddr>>());
+            let addrs = match looked_up {
+                Ok(addrs) => addrs,
+                Err(source) => return Err(Box::new(DnsFailed { host, source }) as _),
+            };
             let allowed: Vec<SocketAddr> = addrs
                 .into_iter()
                 .filter(|a| !guard::is_forbidden(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                let err: Box<dyn std::error::Error + Send + Sync> =
-                    format!("{host} resolves only to private or reserved addresses").into();
-                return Err(err);
+                return Err(Box::new(GuardRefused { host }) as _);
             }
             let iter: reqwest::dns::Addrs = Box::new(allowed.into_iter());
             Ok(iter)
@@ -148,6 +167,10 @@ fn client_builder() -> reqwest::ClientBuilder {
         .pool_idle_timeout(Duration::from_secs(60))
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+        // Proxies from the environment (`HTTP_PROXY`, `HTTPS_PROXY`,
+        // `ALL_PROXY`) are ignored: through a proxy the address guard would
+        // check only the proxy's address, never the endpoint's.
+        .no_proxy()
 }
 
 impl Dispatcher {

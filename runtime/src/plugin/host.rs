@@ -18,7 +18,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::clock;
 use crate::core::Outcome;
 use crate::dispatch::{Dispatcher, Plan, Report};
-use crate::store::Store as DataStore;
+use crate::store::{LogRecord, LogSource, Store as DataStore};
 
 use super::{PermitMessage, PluginError, audit};
 
@@ -40,9 +40,13 @@ use bindings::sluice::task::log;
 /// Memory one attempt may grow to (all its linear memories together are
 /// bounded by this each).
 pub const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
-/// Plugin attempts running at once on this server; more wait for a slot (their
-/// deadline running).
-pub const MAX_INSTANCES: u32 = 2_048;
+/// Host resources one attempt may hold at once (header lists, requests,
+/// bodies, streams, pollables...): with [`MAX_FIELDS_BYTES`] per header list,
+/// this bounds what the host keeps on an attempt's behalf.
+pub const MAX_HANDLES: usize = 1_024;
+/// Largest header list a plugin may build (wasmtime counts names and values
+/// with their in-memory overhead).
+pub const MAX_FIELDS_BYTES: usize = 8 * 1024;
 /// Kept of an output or a reason, as of a webhook's response body.
 const KEPT: usize = 4 * 1024;
 /// Longest log line kept, and most kept per attempt.
@@ -87,38 +91,59 @@ pub(crate) struct Attempt {
     log: Arc<Mutex<AttemptLog>>,
 }
 
-/// The attempt's history lines, capped: past the cap lines are counted, not kept.
+/// The attempt's history lines, capped: past the cap the plugin's lines are
+/// counted, not kept. The host's own notes are marked as such by a field, so a
+/// plugin cannot pass its lines off as the host's.
 #[derive(Default)]
 pub(crate) struct AttemptLog {
-    lines: Vec<String>,
+    lines: Vec<LogRecord>,
     bytes: usize,
     dropped: u64,
 }
 
 impl AttemptLog {
+    /// A line the plugin logged.
     pub(crate) fn push(&mut self, level: &str, message: &str) {
         let message = cut(message, LOG_LINE);
-        let line = format!("{level}: {message}");
-        if self.bytes + line.len() > LOG_TOTAL {
+        if self.bytes + level.len() + message.len() > LOG_TOTAL {
             self.dropped += 1;
             return;
         }
-        self.bytes += line.len();
-        self.lines.push(line);
+        self.bytes += level.len() + message.len();
+        self.lines.push(LogRecord::plugin(level, message));
     }
 
-    fn take(&mut self) -> Vec<String> {
+    /// A note of the host's: a refusal, a limit reached. Kept within the same
+    /// budget, but never crowded out by the plugin's own lines past it.
+    pub(crate) fn note(&mut self, message: &str) {
+        let message = cut(message, LOG_LINE);
+        if self
+            .lines
+            .iter()
+            .filter(|l| l.source == LogSource::Host)
+            .count()
+            >= HOST_NOTES
+        {
+            return;
+        }
+        self.lines.push(LogRecord::host(message));
+    }
+
+    fn take(&mut self) -> Vec<LogRecord> {
         let mut lines = std::mem::take(&mut self.lines);
         if self.dropped > 0 {
-            lines.push(format!(
-                "sluice: {} more lines dropped (the log keeps {} KiB per attempt)",
+            lines.push(LogRecord::host(&format!(
+                "{} more lines dropped (the log keeps {} KiB per attempt)",
                 self.dropped,
                 LOG_TOTAL / 1024
-            ));
+            )));
         }
         lines
     }
 }
+
+/// Most host notes kept per attempt.
+const HOST_NOTES: usize = 32;
 
 impl WasiView for Attempt {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -165,9 +190,9 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-fn engine() -> wasmtime::Result<Engine> {
+fn engine(instances: u32) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
-    let n = MAX_INSTANCES;
+    let n = instances.max(1);
     pool.total_component_instances(n)
         .total_core_instances(n * 8)
         .max_core_instances_per_component(8)
@@ -217,9 +242,10 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<Attempt>> {
 }
 
 impl Host {
-    /// Starts the engine and its epoch ticker.
-    pub fn new(store: Arc<DataStore>) -> Result<Arc<Host>, PluginError> {
-        let engine = engine().map_err(|e| PluginError::Link(format!("{e:#}")))?;
+    /// Starts the engine, with room for `instances` attempts at once, and its
+    /// epoch ticker.
+    pub fn new(store: Arc<DataStore>, instances: u32) -> Result<Arc<Host>, PluginError> {
+        let engine = engine(instances).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let linker = linker(&engine).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -243,7 +269,7 @@ impl Host {
             linker,
             loaded: RwLock::new(HashMap::new()),
             store,
-            slots: Arc::new(Semaphore::new(MAX_INSTANCES as usize)),
+            slots: Arc::new(Semaphore::new(instances.max(1) as usize)),
             engine_hash: hasher.finish(),
             compilations: AtomicU64::new(0),
             stop,
@@ -443,11 +469,18 @@ impl Host {
             permits,
             log: log.clone(),
             next_ask: AtomicU64::new(0),
+            deadline: clock::deadline(deadline),
+            open: http::Link::open_requests(),
         });
         let mut http_ctx = WasiHttpCtx::new();
-        http_ctx.set_field_size_limit(64 * 1024);
+        http_ctx.set_field_size_limit(MAX_FIELDS_BYTES);
+        // What the host keeps on the attempt's behalf is bounded: resources
+        // (each header list capped above, each body's buffer a chunk or two),
+        // open requests (see `http`), and the log.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         let state = Attempt {
-            table: ResourceTable::new(),
+            table,
             // An empty environment, no arguments, no preopens, no network;
             // stdin empty and stdout/stderr discarded.
             wasi: WasiCtx::builder().build(),
@@ -456,6 +489,8 @@ impl Host {
             log,
         };
         let mut store = Store::new(&self.engine, state);
+        // Above the table's own cap, so the table's clearer error comes first.
+        store.set_max_component_handles(2 * MAX_HANDLES);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         let context = handler::Context {
@@ -476,7 +511,15 @@ impl Host {
             .call_run(&mut store, &context, &call.input)
             .await;
         match result {
-            Err(e) => failed(describe_trap(&e)),
+            Err(e) => {
+                let why = describe_trap(&e);
+                if let Some(limit) = budget_exceeded(&e)
+                    && let Ok(mut log) = store.data().log.lock()
+                {
+                    log.note(&limit);
+                }
+                failed(why)
+            }
             Ok(handler::Outcome::Success(success)) => (
                 Outcome::Succeeded,
                 None,
@@ -516,8 +559,32 @@ fn denied(error: String) -> Ended {
     (Outcome::Denied, Some(error), None, Vec::new())
 }
 
+/// The host's budget for an attempt, when that is what a trap ran into.
+fn budget_exceeded(e: &wasmtime::Error) -> Option<String> {
+    if let Some(wasmtime::component::ResourceTableError::Full) =
+        e.downcast_ref::<wasmtime::component::ResourceTableError>()
+    {
+        return Some(format!(
+            "the plugin held more than {MAX_HANDLES} host resources at once (header lists, requests, bodies, streams); the host keeps no more for one attempt"
+        ));
+    }
+    use wasmtime_wasi_http::FieldMapError;
+    if let Some(FieldMapError::TotalSizeTooBig | FieldMapError::TooManyFields) =
+        e.downcast_ref::<FieldMapError>()
+    {
+        return Some(format!(
+            "the plugin built a header list over {} KiB; the host keeps no more in one",
+            MAX_FIELDS_BYTES / 1024
+        ));
+    }
+    None
+}
+
 /// A trap as history shows it: what happened, not a backtrace.
 fn describe_trap(e: &wasmtime::Error) -> String {
+    if let Some(limit) = budget_exceeded(e) {
+        return format!("trap: {limit}");
+    }
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         let what = match trap {
             wasmtime::Trap::StackOverflow => "stack overflow".to_string(),

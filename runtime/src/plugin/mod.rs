@@ -19,7 +19,10 @@ mod host;
 mod stub;
 
 #[cfg(feature = "plugins")]
-pub use host::{Compiled, Host, MAX_INSTANCES, MEMORY_LIMIT};
+pub use host::{Compiled, Host, MAX_FIELDS_BYTES, MAX_HANDLES, MEMORY_LIMIT};
+
+/// Plugin attempts at once unless `plugin_instances` says otherwise.
+pub const DEFAULT_INSTANCES: u32 = 2_048;
 #[cfg(not(feature = "plugins"))]
 pub use stub::{Compiled, Host};
 

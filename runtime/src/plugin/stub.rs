@@ -18,7 +18,7 @@ pub struct Compiled {
 pub struct Host;
 
 impl Host {
-    pub fn new(_store: Arc<Store>) -> Result<Arc<Host>, PluginError> {
+    pub fn new(_store: Arc<Store>, _instances: u32) -> Result<Arc<Host>, PluginError> {
         Ok(Arc::new(Host))
     }
 

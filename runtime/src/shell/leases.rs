@@ -156,15 +156,8 @@ impl Engine {
             }
             Callback::Complete { output, next, .. } => {
                 // The next steps are checked first: all or nothing.
-                let next: Vec<NewTask> = next
-                    .into_iter()
-                    .map(|mut t| {
-                        t.parent = Some(id);
-                        t
-                    })
-                    .collect();
                 if !next.is_empty()
-                    && let Err(e) = self.create_tasks(turn, next)?
+                    && let Err(e) = self.create_next(turn, &task, next)?
                 {
                     return Ok(Err(e));
                 }

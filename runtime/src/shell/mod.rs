@@ -43,6 +43,12 @@ pub enum ShellError {
     NotFound { what: String },
     #[error("{0}")]
     Conflict(String),
+    /// A `next` task that its source may not create (another gate's).
+    #[error("{message}")]
+    Forbidden { field: String, message: String },
+    /// A `next` task beyond its chain's budget.
+    #[error("{message}")]
+    Exhausted { field: String, message: String },
     #[error("{message}")]
     Invalid {
         field: Option<String>,
@@ -50,6 +56,21 @@ pub enum ShellError {
     },
     #[error("the server is shutting down")]
     ShuttingDown,
+}
+
+impl ShellError {
+    /// The message with the field at fault in front, for history text.
+    pub fn with_field(&self) -> String {
+        match self {
+            ShellError::Invalid {
+                field: Some(field),
+                message,
+            }
+            | ShellError::Forbidden { field, message }
+            | ShellError::Exhausted { field, message } => format!("{field}: {message}"),
+            other => other.to_string(),
+        }
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ShellError>>;
@@ -280,6 +301,8 @@ pub struct Options {
     pub outbound_hosts: Vec<String>,
     /// Finished tasks and their history are kept this long.
     pub retention: Duration,
+    /// Most tasks one root's `next` chains may create.
+    pub max_descendants: u32,
     /// Runs plugin tasks; without one they fail as denied.
     pub plugins: Option<Arc<plugin::Host>>,
 }
@@ -298,12 +321,16 @@ impl Default for Options {
             signing_secrets: Vec::new(),
             outbound_hosts: Vec::new(),
             retention: DEFAULT_RETENTION,
+            max_descendants: crate::config::DEFAULT_MAX_DESCENDANTS,
             plugins: None,
         }
     }
 }
 
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3_600);
+
+/// Generations a `next` chain may have below its root.
+pub const MAX_DEPTH: u32 = 10;
 
 /// Finished tasks removed per retention commit: small, so dispatch turns
 /// interleave with a large clean-up instead of waiting for it.
@@ -359,6 +386,7 @@ pub fn spawn(
                     }
                 };
                 engine.set_default_secrets(options.signing_secrets.clone());
+                engine.set_max_descendants(options.max_descendants);
                 engine.metrics = metrics;
                 ready.store(true, Ordering::Release);
                 let _ = booted_tx.send(Ok(()));
@@ -430,6 +458,8 @@ pub struct Engine {
     metrics: stats::Metrics,
     /// The plugin registry's records, by `name@version`.
     plugins: BTreeMap<String, PluginRecord>,
+    /// Most tasks one root's `next` chains may create.
+    max_descendants: u32,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so
@@ -498,6 +528,7 @@ impl Engine {
             stats: HashMap::new(),
             metrics: stats::Metrics::default(),
             plugins: BTreeMap::new(),
+            max_descendants: crate::config::DEFAULT_MAX_DESCENDANTS,
         };
         store.write(|tx| {
             driver.last_task_id = tx.last_task_id()?.unwrap_or(0);
@@ -619,6 +650,11 @@ impl Engine {
     /// Sets the server-wide signing secrets (validated by the caller).
     pub fn set_default_secrets(&mut self, secrets: Vec<String>) {
         self.default_secrets = secrets;
+    }
+
+    /// Sets the lineage budget: most tasks one root's `next` chains create.
+    pub fn set_max_descendants(&mut self, max: u32) {
+        self.max_descendants = max;
     }
 
     /// Gates reconfigured since the last call.
@@ -804,15 +840,25 @@ impl Runner {
     fn grant(&mut self) {
         let released = clock::instant();
         let wall = clock::now();
-        while let Some((task, ask)) = self.engine.core.poll_permit() {
-            let Some(waiting) = self.asks.get_mut(&task) else {
+        while let Some((task, attempt, ask)) = self.engine.core.poll_permit() {
+            let waiter = self.asks.get_mut(&task).and_then(|waiting| {
+                let i = waiting.iter().position(|w| w.0 == ask && w.1 == attempt)?;
+                Some(waiting.swap_remove(i))
+            });
+            let Some((_, _, reply)) = waiter else {
+                // The attempt ended while its request waited: nothing will be
+                // sent, so the slot the permit took is free again.
+                self.engine.core.handle_input(
+                    wall,
+                    Input::RequestEnded {
+                        task,
+                        attempt,
+                        signal: crate::core::Signal::Neutral,
+                    },
+                );
                 continue;
             };
-            let Some(i) = waiting.iter().position(|w| w.0 == ask) else {
-                continue;
-            };
-            let (_, attempt, reply) = waiting.swap_remove(i);
-            if waiting.is_empty() {
+            if self.asks.get(&task).is_some_and(Vec::is_empty) {
                 self.asks.remove(&task);
             }
             let gate = self.engine.core.gate_of(task);
@@ -959,16 +1005,10 @@ impl Engine {
             // fails (all or nothing, like a completion's).
             let created = match crate::api::wire::parse_next(&report.next, turn.now) {
                 Ok(tasks) => {
-                    let tasks = tasks
-                        .into_iter()
-                        .map(|mut t| {
-                            t.parent = Some(report.task);
-                            t
-                        })
-                        .collect();
-                    self.create_tasks(turn, tasks)?
+                    let parent = turn.must_task(id)?.clone();
+                    self.create_next(turn, &parent, tasks)?
                         .map(|_| ())
-                        .map_err(|e| format!("next: {e}"))
+                        .map_err(|e| e.with_field())
                 }
                 Err(e) => Err(e),
             };
@@ -1374,7 +1414,8 @@ impl Engine {
                 reply(to, result)
             }
             Command::CreateTasks { tasks, reply: to } => {
-                let result = self.create_tasks(turn, tasks)?;
+                let list = (tasks.len() > 1).then_some("tasks");
+                let result = self.create_tasks(turn, tasks, list)?;
                 reply(to, result)
             }
             Command::CancelTask { id, reply: to } => {
@@ -1482,6 +1523,7 @@ impl Engine {
                 cooldown_ms: crate::core::time::duration_ms(c.cooldown),
                 max_cooldown_ms: crate::core::time::duration_ms(c.max_cooldown),
             }),
+            accept_next_from: spec.accept_next_from,
             signing_secrets: spec.signing_secrets.unwrap_or(secrets),
             paused,
             created_at,
@@ -1552,18 +1594,17 @@ impl Engine {
         Ok(Ok(()))
     }
 
+    /// Creates tasks, all or none. Fields at fault are named `list[i].field`
+    /// (`tasks`, `next`), or plainly for a single task.
     fn create_tasks(
         &mut self,
         turn: &mut Turn<'_, '_>,
         tasks: Vec<NewTask>,
+        list: Option<&str>,
     ) -> Result<Result<Vec<Created>, ShellError>, StoreError> {
-        let batch = tasks.len() > 1;
-        let field = |i: usize, name: &str| {
-            if batch {
-                format!("tasks[{i}].{name}")
-            } else {
-                name.to_string()
-            }
+        let field = |i: usize, name: &str| match list {
+            Some(list) => format!("{list}[{i}].{name}"),
+            None => name.to_string(),
         };
         // Check everything first: a batch is all or none.
         for (i, task) in tasks.iter().enumerate() {
@@ -1639,6 +1680,8 @@ impl Engine {
                 finished_at: None,
                 schedule: task.schedule.clone(),
                 parent: task.parent.map(|p| p.0),
+                root: task.lineage.map(|(root, _)| root.0),
+                depth: task.lineage.map_or(0, |(_, depth)| depth),
             };
             record.set_target(task.target);
             self.plugin_ref(turn, plugin, 1);
@@ -1657,6 +1700,73 @@ impl Engine {
             turn.tasks.insert(id, record);
         }
         Ok(Ok(out))
+    }
+
+    /// Creates the `next` tasks of `parent`'s finished attempt, under SPEC §1's
+    /// rules: each stays in the parent's gate unless its gate lists the
+    /// parent's in `accept_next_from`, and the chain stays within its depth
+    /// and its root's budget of descendants. All or none.
+    fn create_next(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        parent: &TaskRecord,
+        tasks: Vec<NewTask>,
+    ) -> Result<Result<Vec<Created>, ShellError>, StoreError> {
+        for (i, task) in tasks.iter().enumerate() {
+            let accepted = task.gate == parent.gate
+                || self
+                    .gates
+                    .get(&task.gate)
+                    .is_some_and(|g| g.accept_next_from.contains(&parent.gate));
+            if !accepted {
+                return Ok(Err(ShellError::Forbidden {
+                    field: format!("next[{i}].gate"),
+                    message: format!(
+                        "a next task stays in its source's gate {:?}; gate {:?} does not list {:?} in accept_next_from",
+                        parent.gate, task.gate, parent.gate
+                    ),
+                }));
+            }
+        }
+        let depth = parent.depth + 1;
+        if depth > MAX_DEPTH {
+            return Ok(Err(ShellError::Exhausted {
+                field: "next".into(),
+                message: format!(
+                    "task {} is {} generations below its root; a next chain is at most {MAX_DEPTH} deep",
+                    TaskId(parent.id),
+                    parent.depth
+                ),
+            }));
+        }
+        let root = parent.root_id();
+        let had = turn.tx.descendants(root)?;
+        let asked = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
+        if had.saturating_add(asked) > self.max_descendants {
+            return Ok(Err(ShellError::Exhausted {
+                field: "next".into(),
+                message: format!(
+                    "root task {} has {had} descendants; {asked} more would pass the server's max_descendants of {}",
+                    TaskId(root),
+                    self.max_descendants
+                ),
+            }));
+        }
+        let tasks = tasks
+            .into_iter()
+            .map(|mut t| {
+                t.parent = Some(TaskId(parent.id));
+                t.lineage = Some((TaskId(root), depth));
+                t
+            })
+            .collect();
+        let created = self.create_tasks(turn, tasks, Some("next"))?;
+        if let Ok(created) = &created {
+            let new = created.iter().filter(|c| !c.replayed).count();
+            let new = u32::try_from(new).unwrap_or(u32::MAX);
+            turn.tx.set_descendants(root, had.saturating_add(new))?;
+        }
+        Ok(created)
     }
 
     fn next_task_id(&mut self, now: Timestamp) -> u64 {

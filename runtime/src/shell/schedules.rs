@@ -232,7 +232,7 @@ impl Engine {
             r.skipped += next.skipped;
             r.counted_through = r.counted_through.max(now.as_ms());
         }
-        match self.create_tasks(turn, vec![task])? {
+        match self.create_tasks(turn, vec![task], None)? {
             Err(e) => self.stall(name, format!("could not create the next occurrence: {e}")),
             Ok(created) => {
                 let Some(c) = created.into_iter().next() else {
@@ -282,5 +282,6 @@ fn occurrence_task(record: &ScheduleRecord, due: Timestamp, key: String, name: &
         labels: t.labels.clone(),
         schedule: Some(name.to_string()),
         parent: None,
+        lineage: None,
     }
 }

@@ -13,14 +13,15 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 pub use records::{
-    AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, GateRecord, OccurrenceRecord,
-    PluginCallRecord, PluginRecord, RecoveryRecord, RetryRecord, RunRecord, ScheduleRecord, Target,
-    TaskRecord, TaskState, TemplateRecord, WebhookRecord, plugin_key,
+    AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, GateRecord, LogRecord,
+    LogSource, OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord, RetryRecord,
+    RunRecord, ScheduleRecord, Target, TaskRecord, TaskState, TemplateRecord, WebhookRecord,
+    plugin_key,
 };
 
-/// 2 added `due_minutes` and `finished`; 3 added the plugin tables. Older files
-/// are brought up to date on open.
-const SCHEMA_VERSION: u64 = 3;
+/// 2 added `due_minutes` and `finished`; 3 added the plugin tables; 4 added
+/// `lineage`. Older files are brought up to date on open.
+const SCHEMA_VERSION: u64 = 4;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GATES: TableDefinition<&str, &[u8]> = TableDefinition::new("gates");
@@ -55,6 +56,10 @@ const PLUGIN_WASM: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_w
 /// once from `plugin_wasm`.
 const PLUGIN_COMPILED: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("plugin_compiled");
+/// Root task id → how many tasks its `next` chains created, all generations:
+/// the lineage budget. Kept apart from the root's record so a chain that
+/// outlives its root's retention still counts; removed with the root.
+const LINEAGE: TableDefinition<u64, u32> = TableDefinition::new("lineage");
 
 const MINUTE_MS: u64 = 60_000;
 /// Most rows `due_now` reads one by one.
@@ -149,8 +154,9 @@ impl Store {
                     tx.index_finished()?;
                     tx.meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
-                // The plugin tables are created empty by opening them.
-                Some(2) => {
+                // The plugin and lineage tables are created empty by opening
+                // them; tasks without a `root` are their own.
+                Some(2 | 3) => {
                     tx.meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
@@ -348,6 +354,9 @@ impl Tx<'_> {
             self.attempts.remove(key)?;
         }
         self.gate_tasks.remove((task.gate_id, id))?;
+        if task.root.is_none_or(|root| root == id) {
+            self.txn.open_table(LINEAGE)?.remove(id)?;
+        }
         if let Some(key) = &task.idempotency_key
             && self.idempotent(task.gate_id, key)? == Some(id)
         {
@@ -567,6 +576,21 @@ impl Tx<'_> {
     fn create_lazy_tables(&mut self) -> Result<()> {
         self.txn.open_table(PLUGIN_WASM)?;
         self.txn.open_table(PLUGIN_COMPILED)?;
+        self.txn.open_table(LINEAGE)?;
+        Ok(())
+    }
+
+    /// Tasks created so far by the `next` chains of root task `root`.
+    pub fn descendants(&self, root: u64) -> Result<u32> {
+        Ok(self
+            .txn
+            .open_table(LINEAGE)?
+            .get(root)?
+            .map_or(0, |v| v.value()))
+    }
+
+    pub fn set_descendants(&mut self, root: u64, count: u32) -> Result<()> {
+        self.txn.open_table(LINEAGE)?.insert(root, count)?;
         Ok(())
     }
 

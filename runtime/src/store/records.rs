@@ -24,6 +24,9 @@ pub struct GateRecord {
     /// Standard Webhooks secrets (`whsec_…`); never shown by the API.
     #[serde(default)]
     pub signing_secrets: Vec<String>,
+    /// Gates whose tasks may create `next` tasks in this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept_next_from: Vec<String>,
     pub paused: bool,
     pub created_at: u64,
     pub updated_at: u64,
@@ -255,6 +258,23 @@ pub struct TaskRecord {
     /// The task whose completion created this one (a workflow's previous step).
     #[serde(default)]
     pub parent: Option<u64>,
+    /// The first task of its `next` chain; `None` for a root (the task itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<u64>,
+    /// Generations below the root: 0 for a root, its parent's plus one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl TaskRecord {
+    /// The root of this task's `next` chain: itself unless a `next` made it.
+    pub fn root_id(&self) -> u64 {
+        self.root.unwrap_or(self.id)
+    }
 }
 
 impl TaskRecord {
@@ -305,11 +325,83 @@ pub struct AttemptRecord {
     /// What the last heartbeat reported.
     #[serde(default)]
     pub progress: Option<serde_json::Value>,
-    /// A plugin attempt's log lines, `level: message`, capped.
+    /// A plugin attempt's log lines and the host's notes, capped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub logs: Vec<String>,
+    pub logs: Vec<LogRecord>,
     #[serde(default)]
     pub heartbeat_at: Option<u64>,
+}
+
+/// Who wrote a line of an attempt's log.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSource {
+    /// The plugin, through `sluice:task/log`.
+    Plugin,
+    /// The host: a refusal, a limit reached, lines dropped.
+    Host,
+}
+
+/// One line of an attempt's log. Whether the host wrote it is a field, never
+/// a prefix of the text, so a plugin cannot pass its lines off as the host's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(from = "LogRepr")]
+pub struct LogRecord {
+    pub source: LogSource,
+    /// The plugin's level (`trace` … `error`); `info` for the host's notes.
+    pub level: String,
+    pub message: String,
+}
+
+impl LogRecord {
+    pub fn plugin(level: &str, message: &str) -> LogRecord {
+        LogRecord {
+            source: LogSource::Plugin,
+            level: level.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn host(message: &str) -> LogRecord {
+        LogRecord {
+            source: LogSource::Host,
+            level: "info".to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Files of schema 3 kept lines as `level: message` text; those read back as
+/// the plugin's lines (a plugin could have written any of them).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LogRepr {
+    Line {
+        source: LogSource,
+        level: String,
+        message: String,
+    },
+    Text(String),
+}
+
+impl From<LogRepr> for LogRecord {
+    fn from(repr: LogRepr) -> LogRecord {
+        match repr {
+            LogRepr::Line {
+                source,
+                level,
+                message,
+            } => LogRecord {
+                source,
+                level,
+                message,
+            },
+            LogRepr::Text(text) => match text.split_once(": ") {
+                Some((level, message)) => LogRecord::plugin(level, message),
+                None => LogRecord::plugin("info", &text),
+            },
+        }
+    }
 }
 
 /// Per-gate counters, kept in the same commits as the changes they count, so they

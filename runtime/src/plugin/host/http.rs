@@ -1,20 +1,34 @@
 //! A plugin's outgoing HTTP: the `wasi:http` send-request hook, bound to the
 //! attempt's gate.
 //!
-//! Each request, in order: the host must pass the same checks as a webhook's
-//! (gate `allowed_hosts`, server `outbound_hosts`, no private or reserved
-//! address the gate does not name), or the guest gets `HTTP-request-denied`
-//! before any packet leaves; then it waits for a permit from the gate (a token,
-//! and a concurrency slot beyond the attempt's own when several run at once);
-//! then it goes out through the shared guarded client, with no redirects, and
-//! its response body is read whole up to a cap. A 429 or 503 slows the gate as
-//! a webhook's does.
+//! Each request, in order:
+//! - must pass the same checks as a webhook's (gate `allowed_hosts`, server
+//!   `outbound_hosts`, no private or reserved address the gate does not name),
+//!   or the guest gets `HTTP-request-denied` before any packet leaves; the URL's
+//!   userinfo is dropped and `Host` comes from the checked URL, never from the
+//!   guest;
+//! - waits until the attempt has fewer than [`MAX_OPEN_REQUESTS`] requests in
+//!   flight, then for a permit from the gate (a token, and a concurrency slot
+//!   beyond the attempt's own when several run at once), before a byte of its
+//!   body is read: until then the body waits in wasmtime's small per-body
+//!   buffer;
+//! - then runs in a task of its own that holds the permit until the response
+//!   has ended (read to its end, capped) or the attempt's deadline passed,
+//!   whether or not the guest still wants it. Dropping a request does not free
+//!   its slot while the endpoint may still be working on it.
+//!
+//! Request and response bodies are streamed, never collected whole: what the
+//! host holds for a request is a chunk or two. A 429 or 503 slows the gate as a
+//! webhook's does.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body::Frame;
+use http_body_util::{BodyExt, Limited};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::PermitMessage;
@@ -23,11 +37,21 @@ use wasmtime_wasi_http::{Error, WasiBody, WasiHttpHooks};
 use super::AttemptLog;
 use crate::clock;
 use crate::core::{Signal, TaskId};
-use crate::dispatch::{Dispatcher, parse_retry_after};
+use crate::dispatch::{Dispatcher, GuardRefused, parse_retry_after};
 
 /// Largest request body a plugin may send, and response body it may receive.
 pub(crate) const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
 pub(crate) const MAX_RESPONSE_BODY: usize = 8 * 1024 * 1024;
+/// Largest response header section handed to a plugin (names and values).
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 64 * 1024;
+/// Requests one attempt may have in flight at once; more wait their turn.
+pub(crate) const MAX_OPEN_REQUESTS: usize = 32;
+/// The size of one write to a request body, and how many writes wasmtime
+/// buffers before the guest must wait: what a body holds until it is sent.
+pub(crate) const BODY_CHUNK: usize = 16 * 1024;
+const BODY_CHUNKS_BUFFERED: usize = 1;
+/// Response chunks queued for the guest before the connection waits for it.
+const RESPONSE_CHUNKS_QUEUED: usize = 2;
 
 /// What a request needs to know of its attempt.
 pub(super) struct Link {
@@ -39,6 +63,16 @@ pub(super) struct Link {
     pub permits: mpsc::UnboundedSender<PermitMessage>,
     pub log: Arc<Mutex<AttemptLog>>,
     pub next_ask: AtomicU64,
+    /// The attempt's deadline: no request outlives it.
+    pub deadline: tokio::time::Instant,
+    /// One permit per request in flight (or asking the gate).
+    pub open: Arc<tokio::sync::Semaphore>,
+}
+
+impl Link {
+    pub(super) fn open_requests() -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_REQUESTS))
+    }
 }
 
 pub(super) struct GateHooks {
@@ -54,14 +88,30 @@ impl GateHooks {
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
+type SendFuture =
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send>;
 
 impl WasiHttpHooks for GateHooks {
+    /// `Host` is built from the checked URL by the client, never taken from the
+    /// guest's authority as spelled.
+    fn set_host_header(&mut self) -> bool {
+        false
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        BODY_CHUNKS_BUFFERED
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
         _options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: IoFuture,
-    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send> {
+    ) -> SendFuture {
         let link = self.link.clone();
         Box::new(async move {
             let response = link.send(request).await?;
@@ -71,12 +121,12 @@ impl WasiHttpHooks for GateHooks {
 }
 
 /// Holds a permit; gives it back when dropped, however the request ended.
-struct Permit<'a> {
-    link: &'a Link,
+struct Permit {
+    link: Arc<Link>,
     signal: Signal,
 }
 
-impl Drop for Permit<'_> {
+impl Drop for Permit {
     fn drop(&mut self) {
         let _ = self.link.permits.send(PermitMessage::Ended {
             task: self.link.task,
@@ -86,14 +136,18 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// What the request task hands the guest: the response head, then its body.
+type Head = Result<(http::StatusCode, http::HeaderMap), Error>;
+
 impl Link {
+    /// A note of the host's own in the attempt's log.
     fn note(&self, line: String) {
         if let Ok(mut log) = self.log.lock() {
-            log.push("sluice", &line);
+            log.note(&line);
         }
     }
 
-    async fn permit(&self) -> Result<Permit<'_>, Error> {
+    async fn permit(self: &Arc<Self>) -> Result<Permit, Error> {
         let (reply, allowed) = oneshot::channel();
         let ask = self.next_ask.fetch_add(1, Ordering::Relaxed);
         self.permits
@@ -107,112 +161,289 @@ impl Link {
         // Dropped unanswered: the attempt ended or the server is stopping.
         allowed.await.map_err(|_| Error::HttpRequestDenied)?;
         Ok(Permit {
-            link: self,
+            link: self.clone(),
             signal: Signal::Healthy,
         })
     }
 
     async fn send(
-        &self,
+        self: Arc<Self>,
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, Error> {
-        let (parts, body) = request.into_parts();
-        let target = parts.uri.to_string();
-        let url = reqwest::Url::parse(&target).map_err(|_| Error::HttpRequestUriInvalid)?;
+        let (mut parts, body) = request.into_parts();
+        let method = parts.method.clone();
+        let mut url = reqwest::Url::parse(&parts.uri.to_string())
+            .map_err(|_| Error::HttpRequestUriInvalid)?;
+        if !url.username().is_empty() || url.password().is_some() {
+            // Credentials in the authority never leave: not as userinfo, not as
+            // a `Host`, not as a basic `Authorization` built from them.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            self.note(format!("{method} {url}: userinfo in the URL dropped"));
+        }
         let client = match self
             .dispatcher
             .client_for(&url, &self.gate, &self.allowed_hosts)
         {
-            Ok(client) => client,
+            Ok(client) => client.clone(),
             Err(why) => {
-                self.note(format!("{} {url} denied: {why}", parts.method));
+                self.note(format!("{method} {url} denied: {why}"));
                 return Err(Error::HttpRequestDenied);
             }
         };
-        let body = Limited::new(body, MAX_REQUEST_BODY)
-            .collect()
+        parts.headers.remove(http::header::HOST);
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|&n| n > MAX_REQUEST_BODY as u64) {
+            self.note(format!(
+                "{method} {url} refused: a body of {n} bytes; at most {MAX_REQUEST_BODY}"
+            ));
+            return Err(Error::HttpRequestBodySize(Some(n)));
+        }
+        // Nothing of the body is read before the gate allows the request.
+        let open = self
+            .open
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|_| Error::HttpRequestBodySize(None))?
-            .to_bytes();
-        let mut permit = self.permit().await?;
-        let started = clock::instant();
-        let response = client
-            .request(parts.method.clone(), url.clone())
+            .map_err(|_| Error::HttpRequestDenied)?;
+        let permit = self.permit().await?;
+        let (head_tx, head_rx) = oneshot::channel::<Head>();
+        let (body_tx, body_rx) = mpsc::channel(RESPONSE_CHUNKS_QUEUED);
+        let request = client
+            .request(method, url)
             .headers(parts.headers)
-            .body(body)
-            .send()
-            .await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => {
-                let (code, text) = classify_error(&e);
-                self.note(format!("{} {url} failed: {text}", parts.method));
-                return Err(code);
+            .body(reqwest::Body::wrap(SyncBody::new(Limited::new(
+                body,
+                MAX_REQUEST_BODY,
+            ))));
+        let deadline = self.deadline;
+        // Its own task: dropping the guest's future must not end the request
+        // (and free its slot) while the endpoint may still be working on it.
+        tokio::spawn(async move {
+            let _open = open;
+            let mut permit = permit;
+            let mut head = Some(head_tx);
+            let exchange = exchange(request, &mut permit, &mut head, body_tx);
+            if tokio::time::timeout_at(deadline, exchange).await.is_err()
+                && let Some(head) = head.take()
+            {
+                let _ = head.send(Err(Error::ConnectionTimeout));
             }
-        };
-        let status = response.status();
-        if matches!(status.as_u16(), 429 | 503) {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, clock::now()));
-            permit.signal = Signal::Throttled { retry_after };
-        }
-        let mut builder = http::Response::builder().status(status);
-        for (name, value) in response.headers() {
-            builder = builder.header(name, value);
-        }
-        let bytes = read_capped(response).await?;
-        drop(permit);
-        tracing::debug!(task = %self.task, %url, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "plugin request");
-        let body = Full::new(bytes)
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        builder.body(body).map_err(|_| Error::HttpProtocolError)
+        });
+        let (status, headers) = head_rx.await.map_err(|_| Error::HttpResponseIncomplete)??;
+        let mut response = http::Response::new(ChannelBody(body_rx).boxed_unsync());
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(response)
     }
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Bytes, Error> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BODY as u64)
-    {
-        return Err(Error::HttpResponseBodySize(response.content_length()));
+/// Sends the request and moves its response to the guest: the head through
+/// `head`, the body chunk by chunk through `body` (it waits while the guest
+/// does not read). A guest that went away still gets its response read to the
+/// end, capped, so the permit is held for as long as the endpoint works.
+async fn exchange(
+    request: reqwest::RequestBuilder,
+    permit: &mut Permit,
+    head: &mut Option<oneshot::Sender<Head>>,
+    body: mpsc::Sender<Result<Bytes, Error>>,
+) {
+    let link = permit.link.clone();
+    let started = clock::instant();
+    let mut response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            let (code, text) = classify_error(&e);
+            link.note(format!("request failed: {text}"));
+            if let Some(head) = head.take() {
+                let _ = head.send(Err(code));
+            }
+            return;
+        }
+    };
+    let status = response.status();
+    if matches!(status.as_u16(), 429 | 503) {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, clock::now()));
+        permit.signal = Signal::Throttled { retry_after };
     }
-    let mut kept = Vec::new();
+    let section: usize = response
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    let refused = if section > MAX_RESPONSE_HEADERS {
+        Some(Error::HttpResponseHeaderSectionSize(
+            u32::try_from(section).ok(),
+        ))
+    } else {
+        response
+            .content_length()
+            .filter(|&n| n > MAX_RESPONSE_BODY as u64)
+            .map(|n| Error::HttpResponseBodySize(Some(n)))
+    };
+    let answer = match refused {
+        Some(e) => {
+            link.note(format!("response refused: {e}"));
+            Err(e)
+        }
+        None => Ok((status, response.headers().clone())),
+    };
+    let refused = answer.is_err();
+    let mut forward = head.take().is_some_and(|h| h.send(answer).is_ok()) && !refused;
+    if refused {
+        return;
+    }
+    let mut total = 0usize;
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                if kept.len() + chunk.len() > MAX_RESPONSE_BODY {
-                    return Err(Error::HttpResponseBodySize(None));
+                total += chunk.len();
+                if total > MAX_RESPONSE_BODY {
+                    if forward {
+                        let _ = body.send(Err(Error::HttpResponseBodySize(None))).await;
+                    }
+                    break;
                 }
-                kept.extend_from_slice(&chunk);
+                if forward && body.send(Ok(chunk)).await.is_err() {
+                    // The guest let go; the endpoint is still answering.
+                    forward = false;
+                }
             }
-            Ok(None) => return Ok(Bytes::from(kept)),
-            Err(_) => return Err(Error::HttpResponseIncomplete),
+            Ok(None) => break,
+            Err(_) => {
+                if forward {
+                    let _ = body.send(Err(Error::HttpResponseIncomplete)).await;
+                }
+                break;
+            }
         }
+    }
+    tracing::debug!(task = %link.task, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "plugin request");
+}
+
+/// The guest's request body for reqwest, which wants a `Sync` body: only ever
+/// polled through `&mut`, so the wrapper never locks.
+struct SyncBody<B>(sync_wrapper::SyncWrapper<B>);
+
+impl<B> SyncBody<B> {
+    fn new(body: B) -> SyncBody<B> {
+        SyncBody(sync_wrapper::SyncWrapper::new(body))
     }
 }
 
-/// The `wasi:http` error code for a failed send, and the text for the log.
+impl<B: http_body::Body + Unpin> http_body::Body for SyncBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(self.get_mut().0.get_mut()).poll_frame(cx)
+    }
+}
+
+/// The response body as the guest reads it: chunks from the request's task.
+struct ChannelBody(mpsc::Receiver<Result<Bytes, Error>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| c.map(Frame::data)))
+    }
+}
+
+/// The `wasi:http` error code for a failed send, and the text for the log:
+/// from the error's causes, never from its wording.
 fn classify_error(e: &reqwest::Error) -> (Error, String) {
     use std::error::Error as _;
     let mut text = e.to_string();
+    let mut code = None;
     let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
+        code = code.or_else(|| cause_code(s));
         source = s.source();
     }
-    let code = if text.contains("private or reserved") {
-        Error::DestinationIpProhibited
-    } else if e.is_timeout() {
+    let code = code.unwrap_or(if e.is_timeout() {
         Error::ConnectionTimeout
     } else if e.is_connect() {
-        Error::ConnectionRefused
+        Error::DestinationUnavailable
+    } else if e.is_body() {
+        Error::HttpRequestBodySize(None)
     } else {
         Error::HttpProtocolError
-    };
+    });
     (code, text)
+}
+
+/// The error code one cause in the chain stands for, if it is one we know.
+fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    use tokio_rustls::rustls;
+    if cause.is::<GuardRefused>() {
+        return Some(Error::DestinationIpProhibited);
+    }
+    if cause.is::<crate::dispatch::DnsFailed>() {
+        return Some(Error::DnsError {
+            rcode: None,
+            info_code: None,
+        });
+    }
+    if cause.is::<http_body_util::LengthLimitError>() {
+        return Some(Error::HttpRequestBodySize(None));
+    }
+    let tls = |e: &rustls::Error| match e {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            Error::TlsCertificateError
+        }
+        rustls::Error::AlertReceived(alert) => Error::TlsAlertReceived {
+            alert_id: Some(u8::from(*alert)),
+            alert_message: Some(format!("{alert:?}")),
+        },
+        _ => Error::TlsProtocolError,
+    };
+    if let Some(e) = cause.downcast_ref::<rustls::Error>() {
+        return Some(tls(e));
+    }
+    let mut io = cause.downcast_ref::<std::io::Error>()?;
+    // An I/O error hides the error it carries from `source`, and may carry
+    // another I/O error.
+    while let Some(inner) = io.get_ref() {
+        if let Some(e) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls(e));
+        }
+        match inner.downcast_ref::<std::io::Error>() {
+            Some(e) => io = e,
+            None => break,
+        }
+    }
+    use std::io::ErrorKind;
+    match io.kind() {
+        ErrorKind::ConnectionRefused => Some(Error::ConnectionRefused),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            Some(Error::ConnectionTerminated)
+        }
+        ErrorKind::TimedOut => Some(Error::ConnectionTimeout),
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+            Some(Error::DestinationIpUnroutable)
+        }
+        _ => None,
+    }
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice::api::auth::{TokenEntry, Tokens, new_token};
 
+mod next;
+mod plugins;
+
 use crate::crash::{free_port, wait_ready};
 use crate::support::{Client, Reply, Server, Sink, gate_for, webhook_task};
 
@@ -484,4 +487,77 @@ async fn an_open_server_refuses_other_sites() {
         .await
         .expect("answer");
     assert!(own.status().is_success(), "{}", own.status());
+}
+
+/// Proxies in the server's environment are ignored: through one, the address
+/// guard would see only the proxy's address. A webhook to loopback through a
+/// gate that does not name it is refused, one to a named host goes straight
+/// there, and the proxy hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_in_the_environment_are_ignored() {
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("proxy binds");
+    let proxy_url = format!("http://{}", proxy.local_addr().expect("addr"));
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = heard.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = proxy.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SLUICE_LOG", "warn")
+        .env("HTTP_PROXY", &proxy_url)
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("ALL_PROXY", &proxy_url)
+        .env("http_proxy", &proxy_url)
+        .env("https_proxy", &proxy_url)
+        .env("all_proxy", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sluice");
+    let c = Client::new(&format!("http://127.0.0.1:{port}"));
+    wait_ready(&c).await;
+    let mut open = gate_for(&sink, "100/s");
+    open["allowed_hosts"] = serde_json::json!([]);
+    c.put_gate("open", open).await;
+    c.put_gate("named", gate_for(&sink, "100/s")).await;
+    let by_name = format!("http://localhost:{}/by-name", sink.addr.port());
+    let refused = c.create(webhook_task("open", &by_name)).await;
+    let direct = c.create(webhook_task("named", &sink.url("/direct"))).await;
+    let refused = c
+        .wait_state(
+            refused["id"].as_str().expect("id"),
+            "failed",
+            Duration::from_secs(20),
+        )
+        .await;
+    c.wait_state(
+        direct["id"].as_str().expect("id"),
+        "succeeded",
+        Duration::from_secs(20),
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let error = refused["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("private or reserved"), "{refused}");
+    let paths: Vec<String> = sink.hits().into_iter().map(|h| h.path).collect();
+    assert_eq!(paths, ["/direct"], "only the named host was reached");
+    assert_eq!(
+        heard.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the proxy was used"
+    );
 }
