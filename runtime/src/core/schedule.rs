@@ -60,6 +60,9 @@ pub enum RuleError {
     Period,
 }
 
+/// Where the check that a cron rule ever fires starts: 2000-01-01 UTC.
+const NEVER_CHECK_FROM: Timestamp = Timestamp(946_684_800_000);
+
 /// Missed occurrences are counted up to this many per decision.
 const COUNT_CAP: u64 = 100_000;
 
@@ -74,6 +77,17 @@ impl Rule {
                 reason: format!("expected 5 fields (or 6 with seconds first), found {fields}"),
             });
         }
+        // croner takes an empty list item ("1,,2", ",") for a field that
+        // matches nothing, and then searches for seconds before giving up.
+        if let Some(field) = expr
+            .split_whitespace()
+            .find(|f| !macro_form && f.split(',').any(str::is_empty))
+        {
+            return Err(RuleError::Cron {
+                expr: expr.into(),
+                reason: format!("the field {field:?} has an empty item in its list"),
+            });
+        }
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Optional)
             .year(croner::parser::Year::Disallowed)
@@ -84,10 +98,19 @@ impl Rule {
                 reason: e.to_string(),
             })?;
         let zone = jiff::tz::TimeZone::get(zone).map_err(|_| RuleError::Zone(zone.into()))?;
-        Ok(Rule::Cron {
+        let rule = Rule::Cron {
             cron: Box::new(cron),
             zone,
-        })
+        };
+        // Calendars repeat within 28 years, so a rule with no occurrence after
+        // a fixed instant never has one (the 31st of February, say).
+        if rule.next_after(NEVER_CHECK_FROM).is_none() {
+            return Err(RuleError::Cron {
+                expr: expr.into(),
+                reason: "the rule matches no date".into(),
+            });
+        }
+        Ok(rule)
     }
 
     pub fn every(period: Duration, anchor: Timestamp) -> Result<Rule, RuleError> {
@@ -244,6 +267,21 @@ mod tests {
             .to_zoned(jiff::tz::TimeZone::get(zone).expect("zone"))
             .strftime("%Y-%m-%dT%H:%M:%S%:z")
             .to_string()
+    }
+
+    #[test]
+    fn cron_rules_that_never_fire_are_refused() {
+        for (expr, why) in [
+            ("0 , * * * MON", "empty item"),
+            (", * * * *", "empty item"),
+            ("1,,2 * * * *", "empty item"),
+            ("0 0 31 2 *", "matches no date"),
+            ("0 0 31 4,6,9,11 *", "matches no date"),
+        ] {
+            let e = Rule::cron(expr, "UTC").expect_err(expr).to_string();
+            assert!(e.contains(why), "{expr}: {e}");
+        }
+        assert!(Rule::cron("0 0 29 2 *", "UTC").is_ok(), "leap days exist");
     }
 
     #[test]
