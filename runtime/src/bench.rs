@@ -25,7 +25,7 @@ pub struct Options {
     pub gates: u64,
     pub out: PathBuf,
     pub quick: bool,
-    /// Run only these workloads (w1 … w5b, w6); all when empty.
+    /// Run only these workloads (w1, w1c, w2 … w5b, w6, w7); all when empty.
     pub only: Vec<String>,
 }
 
@@ -448,6 +448,7 @@ async fn plugin_attempts(
         json: false,
         timeout: Duration::from_secs(30),
         scheduled_at: clock::now(),
+        release_at: clock::now(),
         schedule: None,
         completion_token: String::new(),
         signing_keys: Vec::new(),
@@ -528,6 +529,77 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             format!("{delivery_rate:.0} ({end_to_end:.0} from first create)"),
             "≥ 20,000".into(),
         ));
+    }
+    if options.runs("w1c") {
+        // W1 at the concurrency people give an endpoint: no rate limit, 100
+        // connections (the peers' harness setting).
+        let n = if options.quick { 20_000 } else { 50_000 };
+        let mut gate = unlimited(&sink);
+        gate["concurrency"] = json!(100);
+        server.gate("w1c", gate).await?;
+        let tasks: Vec<Value> = (0..n).map(|_| task("w1c", &url("/w1c"), None)).collect();
+        server.create(tasks, 10_000, 2).await?;
+        let got = sink.wait("/w1c", n, Duration::from_secs(300)).await;
+        let times: Vec<Instant> = got.iter().map(|a| a.at).collect();
+        let per_s = rate_after_burst(&times, 0.0);
+        results.insert(
+            "w1c".into(),
+            json!({ "tasks": n, "concurrency": 100, "deliveries_per_s": per_s, "delivered": got.len() }),
+        );
+        rows.push((
+            "W1 deliveries/s at concurrency 100".into(),
+            format!("{per_s:.0}"),
+            "≥ 20,000".into(),
+        ));
+    }
+    if options.runs("w7") {
+        // W7: gate accuracy across rates and bursts, burst 1 (the default,
+        // strictly smooth) first; about five seconds of tasks each, 2,000 at
+        // 200/s as the issue measured.
+        let mut sweep = Vec::new();
+        for (rate, concurrency) in [
+            (50u32, 50u32),
+            (200, 50),
+            (500, 100),
+            (1_000, 100),
+            (5_000, 100),
+        ] {
+            for burst in [1u32, 50] {
+                let n = if rate == 200 {
+                    2_000
+                } else {
+                    (rate * 5).max(250)
+                } as usize;
+                let n = if options.quick { n / 2 } else { n };
+                let name = format!("w7-{rate}-{burst}");
+                let path = format!("/{name}");
+                server
+                    .gate(&name, json!({ "rate": format!("{rate}/s"), "burst": burst, "concurrency": concurrency, "allowed_hosts": [host], "recovery": { "start": 1.0 }, "circuit": null }))
+                    .await?;
+                server
+                    .create(
+                        (0..n).map(|_| task(&name, &url(&path), None)).collect(),
+                        10_000,
+                        1,
+                    )
+                    .await?;
+                let within = Duration::from_secs(u64::from(60 + 2 * n as u32 / rate));
+                let got = sink.wait(&path, n, within).await;
+                let times: Vec<Instant> = got.iter().map(|a| a.at).collect();
+                let measured = rate_after_burst(&times, f64::from(burst));
+                let error = (measured - f64::from(rate)) / f64::from(rate) * 100.0;
+                let w1s = max_in_window(&times, Duration::from_secs(1));
+                let w100 = max_in_window(&times, Duration::from_millis(100));
+                let (b1s, b100) = (burst + rate, burst + rate / 10);
+                sweep.push(json!({ "rate": rate, "burst": burst, "concurrency": concurrency, "tasks": n, "measured_per_s": measured, "error_pct": error, "max_1s": w1s, "max_100ms": w100, "bound_1s": b1s, "bound_100ms": b100 }));
+                rows.push((
+                    format!("W7 {rate}/s burst {burst} (c {concurrency})"),
+                    format!("{measured:.1}/s ({error:+.2}%), {w1s} / {w100} in 1 s / 100 ms"),
+                    format!("±1%, ≤ {b1s} / {b100}"),
+                ));
+            }
+        }
+        results.insert("w7".into(), json!(sweep));
     }
     if options.runs("w2") {
         // W2: gate accuracy at 500/s.

@@ -127,7 +127,8 @@ enum Command {
         /// Where to write the JSON results.
         #[arg(long, default_value = "bench.json")]
         out: PathBuf,
-        /// Run only these workloads: w1, w2, w3, w4, w5, w5b, w6 (repeatable).
+        /// Run only these workloads: w1, w1c, w2, w3, w4, w5, w5b, w6, w7
+        /// (repeatable).
         #[arg(long)]
         only: Vec<String>,
     },

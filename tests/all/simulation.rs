@@ -111,6 +111,7 @@ impl World {
         let tuning = Tuning {
             window: 2 + rng.below(64) as usize,
             horizon: Duration::from_millis(500 + rng.below(30_000)),
+            lookahead: Duration::from_millis(rng.below(50)),
         };
         let gates = (0..GATES)
             .map(|_| GateConf {
@@ -280,8 +281,12 @@ impl World {
     /// The simulated endpoint decides how the attempt ends, and when.
     fn start(&mut self, plan: Plan) {
         let g = gate_index(&plan);
-        let now = self.now.as_ms();
-        self.starts[g].push(now);
+        // The attempt leaves at its slot time (the turn's `now`, or a little
+        // after when admitted ahead of its token).
+        let now = plan.release_at.as_ms();
+        assert!(now >= self.now.as_ms(), "released in the past");
+        let pos = self.starts[g].partition_point(|&t| t <= now);
+        self.starts[g].insert(pos, now);
         if let Some(schedule) = &plan.schedule {
             // One occurrence at a time: no other occurrence of this schedule may
             // be at the endpoint now.

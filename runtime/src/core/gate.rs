@@ -88,52 +88,72 @@ impl GateState {
 /// refills at the lower of the rates in force at either end, which never exceeds
 /// the effective rate over that span. So in any window of length T at most
 /// `burst + ∫ rate` attempts start, whatever the ramp and throttling did.
+///
+/// A token may be taken a little before it is there (`ahead`): the balance goes
+/// below zero and the start gets the instant at which its token will have
+/// arrived, its release instant. Those instants are GCRA's slot times: the
+/// bound holds over them, and a decision made late (a slow commit before the
+/// turn) loses no token, since the slots were chosen before they came.
 #[derive(Clone, Copy, Debug)]
 pub struct Limiter {
-    tokens_nano: u64,
+    /// Below zero while tokens are promised ahead of their arrival.
+    tokens_nano: i64,
     updated: Timestamp,
     /// Tokens per second at `updated`.
     rate: f64,
 }
 
-const TOKEN: u64 = 1_000_000_000;
+const TOKEN: i64 = 1_000_000_000;
 
 impl Limiter {
     pub fn full(now: Timestamp, burst: u32, rate: f64) -> Limiter {
         Limiter {
-            tokens_nano: u64::from(burst) * TOKEN,
+            tokens_nano: i64::from(burst) * TOKEN,
             updated: now,
             rate,
         }
     }
 
     fn refill(&mut self, now: Timestamp, rate: f64, burst: u32) {
-        let cap = u64::from(burst.max(1)) * TOKEN;
+        let cap = i64::from(burst.max(1)) * TOKEN;
         if now > self.updated {
             let per_ms = self.rate.min(rate) * 1e6;
             let add = (per_ms * (now.as_ms() - self.updated.as_ms()) as f64).floor();
-            let add = if add >= cap as f64 { cap } else { add as u64 };
-            self.tokens_nano = self.tokens_nano.saturating_add(add);
+            let room = cap.saturating_sub(self.tokens_nano).max(0);
+            self.tokens_nano += if add >= room as f64 { room } else { add as i64 };
             self.updated = now;
         }
         self.tokens_nano = self.tokens_nano.min(cap);
         self.rate = rate;
     }
 
-    /// Takes a token at `now`, or says when one may be there.
-    pub fn admit(&mut self, now: Timestamp, rate: f64, burst: u32) -> Result<(), Timestamp> {
+    /// Takes a token that is there by `now + ahead_ms`, answering when it is
+    /// (the start's release instant, never before `now`); or says when asking
+    /// again may succeed.
+    pub fn admit(
+        &mut self,
+        now: Timestamp,
+        rate: f64,
+        burst: u32,
+        ahead_ms: u64,
+    ) -> Result<Timestamp, Timestamp> {
         self.refill(now, rate, burst);
-        if self.tokens_nano >= TOKEN {
+        let wait_ms = if self.tokens_nano >= TOKEN {
+            0
+        } else {
+            let missing = (TOKEN - self.tokens_nano) as f64;
+            (missing / (rate * 1e6)).ceil().clamp(1.0, 86_400_000.0) as u64
+        };
+        if wait_ms <= ahead_ms {
             self.tokens_nano -= TOKEN;
-            return Ok(());
+            return Ok(Timestamp(now.as_ms() + wait_ms));
         }
-        let missing = (TOKEN - self.tokens_nano) as f64;
-        let wait_ms = (missing / (rate * 1e6)).ceil().clamp(1.0, 86_400_000.0) as u64;
-        Err(Timestamp(now.as_ms() + wait_ms))
+        let retry_ms = wait_ms.saturating_sub(ahead_ms).max(1);
+        Err(Timestamp(now.as_ms() + retry_ms))
     }
 
     fn empty(&mut self, now: Timestamp, rate: f64) {
-        self.tokens_nano = 0;
+        self.tokens_nano = self.tokens_nano.min(0);
         self.updated = now;
         self.rate = rate;
     }
@@ -190,6 +210,8 @@ pub struct Gate {
     throttled_until: Option<Timestamp>,
     /// The AIMD factor right after the last cut, and when that was.
     cut: Option<(f64, Timestamp)>,
+    /// How far ahead of its token a start may be admitted (see [`Limiter`]).
+    lookahead_ms: u64,
 }
 
 impl Gate {
@@ -205,7 +227,16 @@ impl Gate {
             ramp_since: None,
             throttled_until: None,
             cut: None,
+            lookahead_ms: 0,
         }
+    }
+
+    /// Admits starts and requests up to `lookahead` before their token is
+    /// there, each with its release instant: enough to cover a commit, so a
+    /// turn that runs late still releases on the gate's own schedule.
+    pub fn with_lookahead(mut self, lookahead: Duration) -> Gate {
+        self.lookahead_ms = duration_ms(lookahead);
+        self
     }
 
     pub fn limits(&self) -> &GateLimits {
@@ -306,10 +337,12 @@ impl Gate {
         GateState::Open
     }
 
-    /// Whether an attempt may start at `now`. `Ok` takes the slot: the caller must
-    /// start exactly one attempt. `Err(Some(t))`: not before `t`. `Err(None)`: not
-    /// until something else happens (an attempt ends, a resume).
-    pub fn try_start(&mut self, now: Timestamp) -> Result<(), Option<Timestamp>> {
+    /// Whether an attempt may start at `now`. `Ok(at)` takes the slot: the
+    /// caller must start exactly one attempt, released at `at` (`now`, or a
+    /// little later when its token is still on its way). `Err(Some(t))`: not
+    /// before `t`. `Err(None)`: not until something else happens (an attempt
+    /// ends, a resume).
+    pub fn try_start(&mut self, now: Timestamp) -> Result<Timestamp, Option<Timestamp>> {
         if self.paused {
             return Err(None);
         }
@@ -349,8 +382,11 @@ impl Gate {
             self.cut = None;
         }
         let rate = self.effective_rate(now);
-        self.limiter
-            .admit(now, rate, self.limits.burst)
+        // A probe goes alone, when its token is there.
+        let ahead = if probe { 0 } else { self.lookahead_ms };
+        let at = self
+            .limiter
+            .admit(now, rate, self.limits.burst, ahead)
             .map_err(Some)?;
         if probe && let Circuit::HalfOpen { cooldown, .. } = self.circuit {
             self.circuit = Circuit::HalfOpen {
@@ -359,7 +395,7 @@ impl Gate {
             };
         }
         self.in_flight += 1;
-        Ok(())
+        Ok(at)
     }
 
     /// Whether an HTTP request of a running plugin attempt may go out at `now`.
@@ -372,7 +408,7 @@ impl Gate {
         &mut self,
         now: Timestamp,
         extra_slot: bool,
-    ) -> Result<(), Option<Timestamp>> {
+    ) -> Result<Timestamp, Option<Timestamp>> {
         if self.paused {
             return Err(None);
         }
@@ -390,13 +426,14 @@ impl Gate {
             return Err(None);
         }
         let rate = self.effective_rate(now);
-        self.limiter
-            .admit(now, rate, self.limits.burst)
+        let at = self
+            .limiter
+            .admit(now, rate, self.limits.burst, self.lookahead_ms)
             .map_err(Some)?;
         if extra_slot {
             self.in_flight += 1;
         }
-        Ok(())
+        Ok(at)
     }
 
     /// A request admitted by [`Gate::try_request`] has ended. `extra_slot`
@@ -566,9 +603,52 @@ mod tests {
     fn smooth_gate_spaces_attempts() {
         let mut gate = Gate::new(Timestamp(1_000_000), limits("10/s", 1, 100));
         let t0 = Timestamp(1_000_000);
-        assert_eq!(gate.try_start(t0), Ok(()));
+        assert_eq!(gate.try_start(t0), Ok(t0));
         assert_eq!(gate.try_start(t0), Err(Some(Timestamp(1_000_100))));
-        assert_eq!(gate.try_start(Timestamp(1_000_100)), Ok(()));
+        let t1 = Timestamp(1_000_100);
+        assert_eq!(gate.try_start(t1), Ok(t1));
+    }
+
+    /// Ahead of its token a start gets the instant the token arrives: the slot
+    /// times of a smooth gate, as many as fit in the lookahead.
+    #[test]
+    fn lookahead_hands_out_slot_times() {
+        let t0 = Timestamp(1_000_000);
+        let mut gate =
+            Gate::new(t0, limits("200/s", 1, 100)).with_lookahead(Duration::from_millis(20));
+        let slots: Vec<Timestamp> = (0..5).map(|_| gate.try_start(t0).unwrap()).collect();
+        let expected: Vec<Timestamp> = (0..5).map(|i| Timestamp(t0.as_ms() + 5 * i)).collect();
+        assert_eq!(slots, expected);
+        assert_eq!(gate.try_start(t0), Err(Some(Timestamp(t0.as_ms() + 5))));
+    }
+
+    /// Decisions made at uneven, late instants still fill every slot: a second
+    /// of a 200/s smooth gate holds 200 starts, exactly 5 ms apart, whether
+    /// the turns come every 3 ms or every 7.
+    #[test]
+    fn late_turns_lose_no_tokens() {
+        for every in [1, 3, 7, 13] {
+            let t0 = Timestamp(1_000_000);
+            let mut gate =
+                Gate::new(t0, limits("200/s", 1, 1_000)).with_lookahead(Duration::from_millis(15));
+            let mut slots = Vec::new();
+            let mut now = t0;
+            while now.as_ms() < t0.as_ms() + 1_000 {
+                while let Ok(at) = gate.try_start(now) {
+                    slots.push(at);
+                }
+                now = Timestamp(now.as_ms() + every);
+            }
+            let in_second = slots
+                .iter()
+                .filter(|t| t.as_ms() < t0.as_ms() + 1_000)
+                .count();
+            assert_eq!(in_second, 200, "turns every {every} ms");
+            assert!(
+                slots.windows(2).all(|w| w[1].as_ms() - w[0].as_ms() == 5),
+                "turns every {every} ms: {slots:?}"
+            );
+        }
     }
 
     #[test]
@@ -576,7 +656,7 @@ mod tests {
         let mut gate = Gate::new(Timestamp(1_000_000), limits("10/s", 5, 100));
         let t0 = Timestamp(1_000_000);
         for _ in 0..5 {
-            assert_eq!(gate.try_start(t0), Ok(()));
+            assert_eq!(gate.try_start(t0), Ok(t0));
         }
         assert!(gate.try_start(t0).is_err());
     }
@@ -613,7 +693,7 @@ mod tests {
             Err(Some(now.plus(Duration::from_secs(10))))
         );
         now = now.plus(Duration::from_secs(10));
-        assert_eq!(gate.try_start(now), Ok(()), "the probe");
+        assert_eq!(gate.try_start(now), Ok(now), "the probe");
         assert_eq!(gate.try_start(now), Err(None), "only one probe");
         gate.attempt_ended(now, Signal::Failed, true);
         assert_eq!(

@@ -155,6 +155,16 @@ pub enum Input {
     },
 }
 
+/// A plugin request the gate allowed out, at its slot time `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permit {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub ask: u64,
+    pub gate: GateId,
+    pub at: Timestamp,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Read the gate's pending tasks from `from` on, in key order: at most `limit`,
@@ -165,11 +175,14 @@ pub enum Effect {
         until: Timestamp,
         limit: usize,
     },
-    /// Persist that attempt `attempt` of the task is running, then dispatch it.
+    /// Persist that attempt `attempt` of the task is running, then dispatch it
+    /// at `at` (its slot time: the turn's `now` or a little after). Releases of
+    /// one gate must keep at least the spacing of their `at`s.
     Start {
         task: TaskId,
         gate: GateId,
         attempt: u32,
+        at: Timestamp,
     },
     /// The task goes back to pending, due at `due`.
     Requeue {
@@ -205,6 +218,10 @@ pub struct Tuning {
     pub window: usize,
     /// Tasks due further out than this stay on disk.
     pub horizon: Duration,
+    /// How far ahead of their tokens starts and requests are admitted, with
+    /// their slot times: longer than a commit, so the gate's pace does not
+    /// depend on the disk's.
+    pub lookahead: Duration,
 }
 
 impl Default for Tuning {
@@ -212,6 +229,7 @@ impl Default for Tuning {
         Tuning {
             window: 2_048,
             horizon: Duration::from_secs(30),
+            lookahead: Duration::from_millis(20),
         }
     }
 }
@@ -275,7 +293,7 @@ pub struct Scheduler {
     orphans: BTreeMap<(TaskId, u32), (GateId, u32)>,
     effects: VecDeque<Effect>,
     /// Plugin requests allowed out: (task, ask).
-    permits: VecDeque<(TaskId, u32, u64)>,
+    permits: VecDeque<Permit>,
     rng: Rng,
 }
 
@@ -304,7 +322,7 @@ impl Scheduler {
                 ramp,
             } => {
                 let lane = self.lanes.entry(gate).or_insert_with(|| Lane {
-                    gate: Gate::new(now, limits),
+                    gate: Gate::new(now, limits).with_lookahead(self.tuning.lookahead),
                     asks: VecDeque::new(),
                     queue: BTreeMap::new(),
                     // Unknown until loaded: anything may be on disk.
@@ -483,10 +501,10 @@ impl Scheduler {
         self.poke(gate);
     }
 
-    /// A plugin request allowed out, as (task, attempt, ask). Drain after
-    /// every turn. The request holds its slot until its `RequestEnded`, also
-    /// when nobody waits for the permit any more.
-    pub fn poll_permit(&mut self) -> Option<(TaskId, u32, u64)> {
+    /// A plugin request allowed out. Drain after every turn. The request holds
+    /// its slot until its `RequestEnded`, also when nobody waits for the
+    /// permit any more.
+    pub fn poll_permit(&mut self) -> Option<Permit> {
         self.permits.pop_front()
     }
 
@@ -692,7 +710,7 @@ impl Scheduler {
                 continue;
             }
             match lane.gate.try_start(now) {
-                Ok(()) => {
+                Ok(at) => {
                     let Some(mut task) = lane.queue.remove(&key) else {
                         break;
                     };
@@ -702,6 +720,7 @@ impl Scheduler {
                         task: task.id,
                         gate,
                         attempt: task.attempts,
+                        at,
                     });
                     let previous = self.running.insert(task.id, Running::new(task, None));
                     assert!(previous.is_none(), "task started twice");
@@ -738,10 +757,16 @@ impl Scheduler {
                 lane.asks.pop_front();
                 continue;
             };
-            lane.gate.try_request(now, running.requests > 0)?;
+            let at = lane.gate.try_request(now, running.requests > 0)?;
             running.requests += 1;
             lane.asks.pop_front();
-            self.permits.push_back((task, attempt, ask));
+            self.permits.push_back(Permit {
+                task,
+                attempt,
+                ask,
+                gate,
+                at,
+            });
         }
         Ok(())
     }

@@ -174,6 +174,12 @@ impl World {
         self.in_flight.clear();
         self.plugins.clear();
         self.orphans.clear();
+        // Attempts admitted ahead of their slot time died with the process
+        // before they left.
+        let now = self.now;
+        for starts in self.starts.values_mut() {
+            starts.retain(|&(at, _)| at <= now);
+        }
         self.sched = Scheduler::new(self.rng.next_u64(), self.tuning);
         for (&gate, &l) in &self.gates {
             let paused = self.paused.contains(&gate);
@@ -203,9 +209,11 @@ impl World {
     fn run_effects(&mut self) {
         loop {
             self.run_core_effects();
-            let Some((task, _attempt, _ask)) = self.sched.poll_permit() else {
+            let Some(permit) = self.sched.poll_permit() else {
                 break;
             };
+            let task = permit.task;
+            assert!(permit.at >= self.now, "a request released in the past");
             let run = self
                 .plugins
                 .get_mut(&task)
@@ -213,10 +221,11 @@ impl World {
             assert!(run.waiting > 0, "permit nobody asked for");
             run.waiting -= 1;
             let latency = Duration::from_millis(1 + self.rng.below(300));
-            run.requests.push(self.now.plus(latency));
+            run.requests.push(permit.at.plus(latency));
             let gate = run.gate;
+            assert_eq!(gate, permit.gate);
             let e = self.epoch[&gate];
-            self.starts.entry(gate).or_default().push((self.now, e));
+            self.starts.entry(gate).or_default().push((permit.at, e));
         }
     }
 
@@ -250,7 +259,9 @@ impl World {
                     task,
                     gate,
                     attempt,
+                    at,
                 } => {
+                    assert!(at >= self.now, "an attempt released in the past");
                     let t = self.tasks.get_mut(&task).expect("task exists");
                     assert_eq!(
                         t.place,
@@ -294,9 +305,9 @@ impl World {
                         }
                     } else {
                         self.in_flight
-                            .insert(task, (gate, self.now.plus(latency), outcome));
+                            .insert(task, (gate, at.plus(latency), outcome));
                     }
-                    self.starts.entry(gate).or_default().push((self.now, e));
+                    self.starts.entry(gate).or_default().push((at, e));
                 }
                 Effect::Requeue { task, gate, due } => {
                     let t = self.tasks.get_mut(&task).expect("task exists");
@@ -445,16 +456,18 @@ impl World {
             );
         }
         for (&gate, starts) in &self.starts {
+            // Slot times, in order: admitted ahead, a start can precede one
+            // admitted before it (the rate rose in between).
+            let mut starts = starts.clone();
+            starts.sort_unstable();
             // Every window between two starts, sliding: count ≤ burst + rate × T.
-            let mut j = 0;
             for i in 0..starts.len() {
-                j = j.max(i);
-                while j + 1 < starts.len() {
-                    j += 1;
-                }
+                let (mut e0, mut e1) = (starts[i].1, starts[i].1);
                 for k in i..starts.len() {
-                    let (t0, e0) = starts[i];
-                    let (t1, e1) = starts[k];
+                    let (t0, _) = starts[i];
+                    let (t1, e) = starts[k];
+                    // The epochs of every start in the window.
+                    (e0, e1) = (e0.min(e), e1.max(e));
                     let (burst, rate) = self.bound(gate, e0, e1);
                     let span_s = t1.since(t0).as_secs_f64();
                     let count = (k - i + 1) as f64;
@@ -556,14 +569,23 @@ proptest! {
 
     #[test]
     fn gate_invariant_holds_under_random_workloads(seed: u64) {
-        simulate(seed, 600, Tuning::default());
+        let lookahead = Duration::from_millis(seed % 60);
+        simulate(seed, 600, Tuning { lookahead, ..Tuning::default() });
     }
 
     /// A tiny memory window forces constant loading from "disk": the order and
     /// completeness must not suffer.
     #[test]
     fn small_windows_lose_nothing(seed: u64) {
-        simulate(seed, 400, Tuning { window: 4, horizon: Duration::from_millis(500) });
+        simulate(
+            seed,
+            400,
+            Tuning {
+                window: 4,
+                horizon: Duration::from_millis(500),
+                lookahead: Duration::from_millis(seed % 60),
+            },
+        );
     }
 }
 
@@ -575,6 +597,7 @@ fn a_gate_starts_tasks_in_due_order() {
         Tuning {
             window: 4,
             horizon: Duration::from_secs(1),
+            lookahead: Duration::ZERO,
         },
     );
     let l = GateLimits {

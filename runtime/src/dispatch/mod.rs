@@ -37,6 +37,8 @@ pub struct Plan {
     pub json: bool,
     pub timeout: Duration,
     pub scheduled_at: Timestamp,
+    /// The attempt's slot time in its gate: released then, not before.
+    pub release_at: Timestamp,
     /// The schedule this attempt's task is an occurrence of.
     pub schedule: Option<String>,
     /// Sent as `Sluice-Completion-Token`; only its hash is stored.

@@ -427,8 +427,8 @@ struct Runner {
     runtime: tokio::runtime::Handle,
     reports: mpsc::UnboundedSender<Report>,
     grace: Duration,
-    /// Per gate, release tokens (negative: releases reserved ahead) and when they
-    /// were counted; see `release_at`.
+    /// Per gate, release tokens (negative: releases reserved ahead) and when
+    /// they were counted; see `release_at`.
     pacers: HashMap<u32, (f64, std::time::Instant)>,
     retention: Duration,
     plugins: Option<Arc<plugin::Host>>,
@@ -450,7 +450,6 @@ pub struct Engine {
     shutting_down: bool,
     schedules: BTreeMap<String, ScheduleRecord>,
     /// Gates whose config changed since the runner last asked.
-    reconfigured: Vec<u32>,
     /// The server-wide signing secrets, for gates without their own.
     default_secrets: Vec<String>,
     /// Recent attempts and metrics per gate.
@@ -523,7 +522,6 @@ impl Engine {
             last_task_id: 0,
             shutting_down: false,
             schedules: BTreeMap::new(),
-            reconfigured: Vec::new(),
             default_secrets: Vec::new(),
             stats: HashMap::new(),
             metrics: stats::Metrics::default(),
@@ -657,11 +655,6 @@ impl Engine {
         self.max_descendants = max;
     }
 
-    /// Gates reconfigured since the last call.
-    pub fn take_reconfigured(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.reconfigured)
-    }
-
     /// From now on no attempt starts; reports are still taken.
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
@@ -734,9 +727,6 @@ impl Runner {
             let plans = self
                 .engine
                 .turn(clock::now(), batch_commands, batch_reports)?;
-            for gate in self.engine.take_reconfigured() {
-                self.pacers.remove(&gate);
-            }
             self.release(plans);
             self.grant();
             if grace_until.is_some() && self.engine.running() == 0 {
@@ -746,34 +736,39 @@ impl Runner {
         }
     }
 
-    /// When an admitted attempt may leave. The core admits on the turn's clock;
-    /// a slow commit delays a turn's attempts, and the next turn's would then
-    /// follow them closer than the gate allows. A second bucket on the real clock,
-    /// at the same rate and burst, spaces the releases again. It only ever delays:
-    /// what may start at all is the core's decision.
+    /// When an admitted attempt (or a plugin request) may leave: not before
+    /// its slot time `at`, chosen by the core ahead of the commit, and not
+    /// before a second bucket on the real clock, at the gate's rate and burst,
+    /// has a token. The slot times conform to the gate, so when the commit is
+    /// done in time the second bucket never holds a release back; when a
+    /// commit runs late, it keeps the releases that were waiting for it from
+    /// bunching at the endpoint. It only ever delays: what may start at all is
+    /// the core's decision.
     fn release_at(
         &mut self,
         now: std::time::Instant,
         wall: Timestamp,
         gate: GateId,
+        at: Timestamp,
     ) -> std::time::Instant {
+        let due = now + at.since(wall);
         let Some((rate, burst)) = self.engine.core.pace(wall, gate) else {
-            return now;
+            return due;
         };
         // A hair under the gate's rate, so a millisecond or two of jitter between
         // here and the endpoint cannot push a window over the bound.
         let rate = (rate * PACER_MARGIN).max(1e-6);
         let cap = f64::from(burst.max(1));
-        let pacer = self.pacers.entry(gate.0).or_insert((cap, now));
-        if now > pacer.1 {
-            pacer.0 = (pacer.0 + rate * now.duration_since(pacer.1).as_secs_f64()).min(cap);
-            pacer.1 = now;
+        let pacer = self.pacers.entry(gate.0).or_insert((cap, due));
+        if due > pacer.1 {
+            pacer.0 = (pacer.0 + rate * due.duration_since(pacer.1).as_secs_f64()).min(cap);
+            pacer.1 = due;
         }
         pacer.0 -= 1.0;
         if pacer.0 >= 0.0 {
-            now
+            due
         } else {
-            now + Duration::from_secs_f64((-pacer.0 / rate).min(3_600.0))
+            pacer.1 + Duration::from_secs_f64((-pacer.0 / rate).min(3_600.0))
         }
     }
 
@@ -782,7 +777,7 @@ impl Runner {
         let released = clock::instant();
         let wall = clock::now();
         for plan in plans {
-            let release = self.release_at(released, wall, plan.gate_id);
+            let release = self.release_at(released, wall, plan.gate_id, plan.release_at);
             let dispatcher = self.dispatcher.clone();
             let reports = self.reports.clone();
             let plugins = plan.plugin.as_ref().map(|_| self.plugins.clone());
@@ -840,7 +835,8 @@ impl Runner {
     fn grant(&mut self) {
         let released = clock::instant();
         let wall = clock::now();
-        while let Some((task, attempt, ask)) = self.engine.core.poll_permit() {
+        while let Some(permit) = self.engine.core.poll_permit() {
+            let (task, attempt, ask) = (permit.task, permit.attempt, permit.ask);
             let waiter = self.asks.get_mut(&task).and_then(|waiting| {
                 let i = waiting.iter().position(|w| w.0 == ask && w.1 == attempt)?;
                 Some(waiting.swap_remove(i))
@@ -861,8 +857,7 @@ impl Runner {
             if self.asks.get(&task).is_some_and(Vec::is_empty) {
                 self.asks.remove(&task);
             }
-            let gate = self.engine.core.gate_of(task);
-            let release = gate.map_or(released, |g| self.release_at(released, wall, g));
+            let release = self.release_at(released, wall, permit.gate, permit.at);
             let permits = self.permits.clone();
             let answer = move || {
                 if reply.send(()).is_err() {
@@ -1129,6 +1124,7 @@ impl Engine {
                     task,
                     gate,
                     attempt,
+                    at,
                 } => {
                     let now = turn.now;
                     let due = turn.must_task(task.0)?.due_at;
@@ -1142,6 +1138,7 @@ impl Engine {
                     let (token, token_hash) = leases::new_token();
                     let mut plan = self.plan(record, number);
                     plan.completion_token = token;
+                    plan.release_at = at;
                     turn.tx.set_running(task.0, true)?;
                     turn.tx.put_attempt(
                         task.0,
@@ -1308,6 +1305,7 @@ impl Engine {
             json,
             timeout: Duration::from_millis(record.timeout_ms),
             scheduled_at: Timestamp(record.scheduled_at),
+            release_at: Timestamp::ZERO,
             schedule: record.schedule.clone(),
             completion_token: String::new(),
             signing_keys: {
@@ -1530,7 +1528,6 @@ impl Engine {
             updated_at: now,
         };
         turn.tx.put_gate(&record)?;
-        self.reconfigured.push(id);
         if created {
             self.counts.insert(id, Counts::default());
             turn.dirty_counts.push(id);
