@@ -510,7 +510,7 @@ async fn proxies_in_the_environment_are_ignored() {
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.path())
@@ -527,6 +527,7 @@ async fn proxies_in_the_environment_are_ignored() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn sluice");
+    let mut child = KillOnDrop(child);
     let c = Client::new(&format!("http://127.0.0.1:{port}"));
     wait_ready(&c).await;
     let mut open = gate_for(&sink, "100/s");
@@ -549,8 +550,7 @@ async fn proxies_in_the_environment_are_ignored() {
         Duration::from_secs(20),
     )
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    child.stop();
     let error = refused["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("private or reserved"), "{refused}");
     let paths: Vec<String> = sink.hits().into_iter().map(|h| h.path).collect();
@@ -560,4 +560,20 @@ async fn proxies_in_the_environment_are_ignored() {
         0,
         "the proxy was used"
     );
+}
+
+/// The server under test, stopped (by its PID) however the test ends.
+pub(crate) struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::KillOnDrop;
 use crate::crash::{free_port, wait_ready};
 use crate::plugins::{last_attempt, logs, plugin_task, push_ok};
 use crate::support::{Client, Reply, Server, Sink};
@@ -378,20 +379,4 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("a memory figure")
-}
-
-/// The server under test, stopped (by its PID) however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl KillOnDrop {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
