@@ -382,8 +382,16 @@ impl Gate {
             self.cut = None;
         }
         let rate = self.effective_rate(now);
-        // A probe goes alone, when its token is there.
-        let ahead = if probe { 0 } else { self.lookahead_ms };
+        // Ahead of the token only while the endpoint looks healthy: after a
+        // failure, each start waits to hear how the ones before it went, and
+        // a probe goes alone, when its token is there.
+        let healthy = matches!(
+            self.circuit,
+            Circuit::Closed {
+                consecutive_failures: 0
+            }
+        );
+        let ahead = if healthy { self.lookahead_ms } else { 0 };
         let at = self
             .limiter
             .admit(now, rate, self.limits.burst, ahead)
@@ -620,6 +628,26 @@ mod tests {
         let expected: Vec<Timestamp> = (0..5).map(|i| Timestamp(t0.as_ms() + 5 * i)).collect();
         assert_eq!(slots, expected);
         assert_eq!(gate.try_start(t0), Err(Some(Timestamp(t0.as_ms() + 5))));
+    }
+
+    /// After a failure nothing more is admitted ahead of its token: the next
+    /// start waits for its token, and for how the ones before it went.
+    #[test]
+    fn no_lookahead_after_a_failure() {
+        let t0 = Timestamp(1_000_000);
+        let mut gate =
+            Gate::new(t0, limits("200/s", 1, 100)).with_lookahead(Duration::from_millis(20));
+        assert_eq!(gate.try_start(t0), Ok(t0));
+        gate.attempt_ended(t0, Signal::Failed, true);
+        assert_eq!(gate.try_start(t0), Err(Some(Timestamp(t0.as_ms() + 5))));
+        let t1 = Timestamp(t0.as_ms() + 5);
+        assert_eq!(gate.try_start(t1), Ok(t1));
+        gate.attempt_ended(t1, Signal::Healthy, true);
+        assert_eq!(
+            gate.try_start(t1),
+            Ok(Timestamp(t1.as_ms() + 5)),
+            "healthy again"
+        );
     }
 
     /// Decisions made at uneven, late instants still fill every slot: a second
