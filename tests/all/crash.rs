@@ -9,15 +9,25 @@ use sluice::clock;
 use crate::support::{Client, Reply, Sink, webhook_task};
 
 pub fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
+    spawn_server_with(dir, port, |_| {})
+}
+
+/// The real binary on `port`, its command adjusted first (environment, say).
+pub fn spawn_server_with(
+    dir: &std::path::Path,
+    port: u16,
+    adjust: impl FnOnce(&mut Command),
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir)
         .env("SLUICE_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sluice")
+        .stderr(Stdio::inherit());
+    adjust(&mut command);
+    command.spawn().expect("spawn sluice")
 }
 
 pub fn free_port() -> u16 {

@@ -10,7 +10,7 @@ use sluice::api::auth::{TokenEntry, Tokens, new_token};
 mod next;
 mod plugins;
 
-use crate::crash::{free_port, wait_ready};
+use crate::crash::{free_port, spawn_server_with, wait_ready};
 use crate::support::{Client, Reply, Server, Sink, gate_for, webhook_task};
 
 /// Three tokens, one per role, and their plain texts (reader, writer, admin).
@@ -510,24 +510,13 @@ async fn proxies_in_the_environment_are_ignored() {
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("SLUICE_LOG", "warn")
-        .env("HTTP_PROXY", &proxy_url)
-        .env("HTTPS_PROXY", &proxy_url)
-        .env("ALL_PROXY", &proxy_url)
-        .env("http_proxy", &proxy_url)
-        .env("https_proxy", &proxy_url)
-        .env("all_proxy", &proxy_url)
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sluice");
-    let mut child = KillOnDrop(child);
+    let mut child = KillOnDrop(spawn_server_with(dir.path(), port, |command| {
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+            command.env(name, &proxy_url);
+            command.env(name.to_lowercase(), &proxy_url);
+        }
+        command.env_remove("NO_PROXY").env_remove("no_proxy");
+    }));
     let c = Client::new(&format!("http://127.0.0.1:{port}"));
     wait_ready(&c).await;
     let mut open = gate_for(&sink, "100/s");
