@@ -101,7 +101,8 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     .layer(axum::middleware::from_fn_with_state(
         Arc::new(config.tokens.clone()),
         api::auth::layer,
-    ));
+    ))
+    .layer(axum::middleware::from_fn(api::linger::layer));
     let mut http_stop = stop_rx;
     let stopped = async move {
         let _ = http_stop.wait_for(|stop| *stop).await;

@@ -11,6 +11,7 @@
 pub mod auth;
 mod dashboard;
 pub mod error;
+pub mod linger;
 mod metrics;
 mod plugins;
 pub mod wire;
