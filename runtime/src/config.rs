@@ -96,8 +96,7 @@ pub struct ServerConfig {
     pub max_descendants: u32,
 }
 
-/// Default of `max_descendants`.
-pub const DEFAULT_MAX_DESCENDANTS: u32 = 1_000;
+pub use crate::shell::DEFAULT_MAX_DESCENDANTS;
 
 /// A numeric environment variable, if set; a value that is not a number is
 /// an error naming the variable.
@@ -234,7 +233,7 @@ impl ServerConfig {
             );
         }
         for secret in &self.signing_secrets {
-            crate::dispatch::sign::SigningKey::parse(secret)
+            crate::attempt::sign::SigningKey::parse(secret)
                 .map_err(|e| anyhow::anyhow!("signing_secrets: {e}"))?;
         }
         if self.tokens.is_empty() && !self.listen.ip().is_loopback() {

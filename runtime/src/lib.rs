@@ -1,7 +1,26 @@
 //! Sluice: a self-hosted task scheduler whose gates never let a backlog flood an
 //! endpoint. See ARCHITECTURE.md for the map.
+//!
+//! # Layers
+//!
+//! Lowest first. A module imports from layers below its own and never from its
+//! own layer or above; `tests/all/tidy.rs` reads this list and checks every file.
+//!
+//! 1. `core`: the pure decisions (gates, the scheduler, retries, time).
+//! 2. `clock` `store`: the one real clock; the redb tables and records.
+//! 3. `model` `attempt`: validated requests for the shell; an attempt's plan
+//!    and report between the shell and the executors.
+//! 4. `dispatch`: webhook attempts, the outgoing-address guard.
+//! 5. `plugin`: the WebAssembly host, whose requests go out through `dispatch`.
+//! 6. `shell`: the engine and its runner: every write, the core's effects.
+//! 7. `api`: the REST API, its wire format and the dashboard.
+//! 8. `config`: settings from flags, environment and file.
+//! 9. `server`: wiring a running server together.
+//! 10. `bench`: `sluice bench`.
+//! 11. `cli`: the command line.
 
 pub mod api;
+pub mod attempt;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -91,6 +91,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         retention: config.retention,
         max_descendants: config.max_descendants,
         plugins: Some(plugins.clone()),
+        next_reader: api::wire::parse_next,
     };
     let (handle, driver) = shell::spawn(store.clone(), options, stop_rx.clone())?;
     let app = api::router(AppState {

@@ -20,5 +20,6 @@ mod recovery;
 mod schedules;
 mod security;
 mod simulation;
+mod store;
 mod support;
 mod tidy;

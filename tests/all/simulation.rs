@@ -15,15 +15,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice::attempt::{Plan, Report};
 use sluice::core::rng::Rng;
 use sluice::core::schedule::Misfire;
 use sluice::core::{
     Backoff, CircuitPolicy, Outcome, Rate, Recovery, RetryPolicy, TaskId, Timestamp, Tuning,
 };
-use sluice::dispatch::{Plan, Report};
 use sluice::model::{GateSpec, NewTask, ScheduleSpec};
 use sluice::shell::{Callback, Command, Engine};
-use sluice::store::{Store, Target, TaskState, WebhookRecord};
+use sluice::store::{Reads, Store, Target, TaskState, WebhookRecord};
 use tokio::sync::oneshot;
 
 const GATES: usize = 3;
@@ -357,6 +357,7 @@ impl World {
             status: Some(status),
             latency_ms: latency,
             error: None,
+            timed_out: false,
             response: None,
             lease,
             logs: Vec::new(),

@@ -137,22 +137,52 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ShellError> for ApiError {
-    fn from(e: ShellError) -> ApiError {
+/// Where a request carries its tasks, so that a shell error's field is
+/// named as the client wrote it.
+#[derive(Debug, Clone, Copy)]
+pub enum Tasks {
+    /// The body is the task (`POST /v1/tasks`): `gate`.
+    One,
+    /// A list of them: `tasks[2].gate`, `next[0].gate`.
+    List(&'static str),
+    /// One, under a field: `task.gate`.
+    Under(&'static str),
+}
+
+impl ApiError {
+    /// A shell error as the answer to a request whose tasks are where `tasks` says.
+    pub fn shell(e: ShellError, tasks: Tasks) -> ApiError {
+        let field = e.at().map(|at| match tasks {
+            Tasks::One => at.field.to_string(),
+            Tasks::List(list) => at.in_list(list),
+            Tasks::Under(name) => format!("{name}.{}", at.field),
+        });
+        let with = |error: ApiError| ApiError { field, ..error };
         match e {
             ShellError::NotFound { what } => ApiError::not_found(format!("{what} not found")),
             ShellError::Conflict(message) => ApiError::conflict(message),
-            ShellError::Forbidden { field, message } => ApiError {
-                field: Some(field),
-                ..ApiError::permission_denied(message)
-            },
-            ShellError::Exhausted { field, message } => ApiError {
-                field: Some(field),
-                ..ApiError::conflict(message)
-            },
-            ShellError::Invalid { field, message } => ApiError::invalid(field, message),
+            ShellError::Forbidden { message, .. } => with(ApiError::permission_denied(message)),
+            ShellError::Exhausted { message, .. } => with(ApiError::conflict(message)),
+            ShellError::NoGate { gate, .. } => with(ApiError::invalid(
+                None,
+                format!("gate {gate:?} does not exist; create it with PUT /v1/gates/{gate}"),
+            )),
+            ShellError::NoPlugin { key, .. } => with(ApiError::invalid(
+                None,
+                format!(
+                    "plugin {key} is not in the registry; upload it with PUT /v1/plugins/{}",
+                    key.replacen('@', "/", 1)
+                ),
+            )),
+            ShellError::Invalid { message, .. } => with(ApiError::invalid(None, message)),
             ShellError::ShuttingDown => ApiError::unavailable("the server is shutting down"),
         }
+    }
+}
+
+impl From<ShellError> for ApiError {
+    fn from(e: ShellError) -> ApiError {
+        ApiError::shell(e, Tasks::One)
     }
 }
 

@@ -16,6 +16,7 @@ use super::wire::{PluginList, PluginView, valid_plugin_name, valid_version};
 use crate::clock;
 use crate::plugin::{self, PluginError};
 use crate::shell::plugins::Upload;
+use crate::store::Reads;
 use crate::store::{PluginRecord, Store, plugin_key};
 
 /// Request body limit for uploads; one byte more is answered 413.

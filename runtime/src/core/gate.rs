@@ -3,6 +3,9 @@
 //! It owns the rate limiter (GCRA), the concurrency count, the operator pause, the
 //! circuit breaker, 429/503 throttling and the recovery ramp. It decides *whether*
 //! an attempt may start at `now`; which task starts is the scheduler's business.
+//!
+//! Past 600 lines with its unit tests, which sit beside the state machine they
+//! drive.
 
 use std::time::Duration;
 

@@ -7,6 +7,10 @@
 //! The window invariant, per gate: every pending task whose key `(due, id)` is below
 //! `disk_next` is in memory, and none at or above it is. `disk_next` is a lower bound
 //! of what may still be on disk; `None` means nothing is.
+//!
+//! Longer than most files, on purpose: the windows, the running set, the asks
+//! and the orphan requests change together on every input, and the invariants
+//! above are read off one `handle_input`. Split, each would be half a proof.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;

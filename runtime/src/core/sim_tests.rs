@@ -7,6 +7,8 @@
 //! together) and the concurrency cap (attempts plus the requests beyond each
 //! attempt's first, plus requests whose attempt has ended) hold for every gate,
 //! and every task is in exactly one place.
+//!
+//! A test module: its length is its cases.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

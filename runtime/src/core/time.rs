@@ -11,6 +11,14 @@ use std::time::Duration;
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// RFC 3339 in UTC with milliseconds where there are any
+    /// (`2026-12-02T06:31:57.123Z`); empty past the year 9999.
+    pub fn rfc3339(self) -> String {
+        jiff::Timestamp::from_millisecond(self.0 as i64)
+            .map(|ts| ts.to_string())
+            .unwrap_or_default()
+    }
+
     pub const ZERO: Timestamp = Timestamp(0);
     pub const MAX: Timestamp = Timestamp(u64::MAX);
 

@@ -5,106 +5,19 @@
 //! plus the attempt's history record. This module decides nothing about retries.
 
 pub mod guard;
-pub mod sign;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::attempt::{MAX_LEASE, Plan, Report, classify, parse_retry_after, sign};
 use crate::clock;
-use crate::core::{Outcome, TaskId, Timestamp};
+use crate::core::Outcome;
 
 /// The first this many bytes of a response body are kept in history.
 pub const RESPONSE_EXCERPT: usize = 4 * 1024;
-
-/// Everything one webhook attempt needs.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    pub task: TaskId,
-    pub attempt: u32,
-    pub gate: String,
-    pub gate_id: crate::core::GateId,
-    pub url: String,
-    pub method: String,
-    pub headers: BTreeMap<String, String>,
-    /// Lowercase names of secret headers: marked sensitive on the wire.
-    pub secret_headers: BTreeSet<String>,
-    pub body: Bytes,
-    pub json: bool,
-    pub timeout: Duration,
-    pub scheduled_at: Timestamp,
-    /// The attempt's slot time in its gate: released then, not before.
-    pub release_at: Timestamp,
-    /// The schedule this attempt's task is an occurrence of.
-    pub schedule: Option<String>,
-    /// Sent as `Sluice-Completion-Token`; only its hash is stored.
-    pub completion_token: String,
-    /// Standard Webhooks keys: the gate's, or the server's default.
-    pub signing_keys: Vec<sign::SigningKey>,
-    pub idempotency_key: String,
-    pub allowed_hosts: Vec<String>,
-    /// Set for a plugin task: the webhook fields are then unused.
-    pub plugin: Option<PluginCall>,
-}
-
-/// What a plugin attempt runs.
-#[derive(Clone, Debug)]
-pub struct PluginCall {
-    pub name: String,
-    pub version: String,
-    /// The task's `plugin.input` as JSON text.
-    pub input: String,
-}
-
-/// What became of an attempt.
-#[derive(Clone, Debug)]
-pub struct Report {
-    pub task: TaskId,
-    pub attempt: u32,
-    pub outcome: Outcome,
-    pub ended_at: Timestamp,
-    pub status: Option<u16>,
-    pub latency_ms: u64,
-    pub error: Option<String>,
-    pub response: Option<String>,
-    /// A `202` with `Sluice-Lease`: the endpoint holds the work for this long.
-    pub lease: Option<Duration>,
-    /// A plugin attempt's log lines.
-    pub logs: Vec<crate::store::LogRecord>,
-    /// Tasks a plugin's success asks for, as `POST /v1/tasks` JSON texts;
-    /// created in the same commit as the success, or the attempt fails.
-    pub next: Vec<String>,
-}
-
-/// Longest lease an endpoint may ask for at once; heartbeats extend it.
-pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3_600);
-
-impl Report {
-    /// The word history shows for this outcome.
-    pub fn outcome_name(&self) -> &'static str {
-        match self.outcome {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Rejected => "rejected",
-            Outcome::Denied => "denied",
-            Outcome::Failed { .. }
-                if self.status.is_none()
-                    && self
-                        .error
-                        .as_deref()
-                        .is_some_and(|e| e.starts_with("timed out")) =>
-            {
-                "timeout"
-            }
-            Outcome::Failed { .. } => "failed",
-            Outcome::Throttled { .. } => "throttled",
-            Outcome::Interrupted => "interrupted",
-        }
-    }
-}
 
 /// The guard refused every address a name resolves to. A type of its own, so
 /// callers recognise a refusal by what it is, not by its wording.
@@ -188,7 +101,14 @@ impl Dispatcher {
 
     pub async fn run(&self, plan: Plan) -> Report {
         let started = clock::instant();
-        let (outcome, status, error, response, lease) = self.attempt(&plan).await;
+        let Exchange {
+            outcome,
+            status,
+            error,
+            timed_out,
+            response,
+            lease,
+        } = self.attempt(&plan).await;
         Report {
             task: plan.task,
             attempt: plan.attempt,
@@ -197,6 +117,7 @@ impl Dispatcher {
             status,
             latency_ms: started.elapsed().as_millis() as u64,
             error,
+            timed_out,
             response,
             lease,
             logs: Vec::new(),
@@ -247,18 +168,8 @@ impl Dispatcher {
         Ok(if explicit { &self.open } else { &self.guarded })
     }
 
-    #[allow(clippy::type_complexity, reason = "one tuple, taken apart once")]
-    async fn attempt(
-        &self,
-        plan: &Plan,
-    ) -> (
-        Outcome,
-        Option<u16>,
-        Option<String>,
-        Option<String>,
-        Option<Duration>,
-    ) {
-        let denied = |why: String| (Outcome::Denied, None, Some(why), None, None);
+    async fn attempt(&self, plan: &Plan) -> Exchange {
+        let denied = |why: String| Exchange::failed(Outcome::Denied, why);
         let url = match reqwest::Url::parse(&plan.url) {
             Ok(url) => url,
             Err(e) => return denied(format!("invalid url: {e}")),
@@ -298,34 +209,32 @@ impl Dispatcher {
             let excerpt = read_excerpt(response).await;
             Ok::<_, reqwest::Error>((status, retry_after, excerpt, lease))
         };
-        let timed_out = || {
-            (
+        let timed_out = || Exchange {
+            timed_out: true,
+            ..Exchange::failed(
                 Outcome::Failed { retry_after: None },
-                None,
-                Some(format!(
+                format!(
                     "timed out after {}",
                     crate::core::format_duration(plan.timeout)
-                )),
-                None,
-                None,
+                ),
             )
         };
         match tokio::time::timeout(plan.timeout, exchange).await {
             Err(_) => timed_out(),
             Ok(Err(e)) if e.is_timeout() => timed_out(),
-            Ok(Err(e)) => (
-                Outcome::Failed { retry_after: None },
-                None,
-                Some(describe(&e)),
-                None,
-                None,
-            ),
+            Ok(Err(e)) => Exchange::failed(Outcome::Failed { retry_after: None }, describe(&e)),
             Ok(Ok((status, retry_after, excerpt, lease))) => {
                 let code = status.as_u16();
                 let (outcome, error) = classify(code, retry_after);
-                // Only 202 with a lease starts long-running work.
-                let lease = lease.filter(|_| code == 202);
-                (outcome, Some(code), error, excerpt, lease)
+                Exchange {
+                    outcome,
+                    status: Some(code),
+                    error,
+                    timed_out: false,
+                    response: excerpt,
+                    // Only 202 with a lease starts long-running work.
+                    lease: lease.filter(|_| code == 202),
+                }
             }
         }
     }
@@ -356,7 +265,7 @@ impl Dispatcher {
         put("sluice-task-id", plan.task.to_string());
         put("sluice-attempt", plan.attempt.to_string());
         put("sluice-gate", plan.gate.clone());
-        put("sluice-scheduled-at", rfc3339(plan.scheduled_at));
+        put("sluice-scheduled-at", plan.scheduled_at.rfc3339());
         put("idempotency-key", plan.idempotency_key.clone());
         if let Some(schedule) = &plan.schedule {
             put("sluice-schedule", schedule.clone());
@@ -376,41 +285,28 @@ impl Dispatcher {
     }
 }
 
-/// SPEC §2: 2xx succeeds; 429 and 503 throttle; 408 and other 5xx retry; any other
-/// status (4xx, and 3xx since redirects are not followed) fails at once.
-pub fn classify(status: u16, retry_after: Option<Duration>) -> (Outcome, Option<String>) {
-    match status {
-        200..=299 => (Outcome::Succeeded, None),
-        429 | 503 => (
-            Outcome::Throttled { retry_after },
-            Some(format!("endpoint answered {status}")),
-        ),
-        408 | 500..=599 => (
-            Outcome::Failed { retry_after },
-            Some(format!("endpoint answered {status}")),
-        ),
-        300..=399 => (
-            Outcome::Rejected,
-            Some(format!(
-                "endpoint answered {status}; redirects are not followed"
-            )),
-        ),
-        _ => (
-            Outcome::Rejected,
-            Some(format!("endpoint answered {status}")),
-        ),
-    }
+/// What came of one exchange with the endpoint.
+struct Exchange {
+    outcome: Outcome,
+    status: Option<u16>,
+    error: Option<String>,
+    timed_out: bool,
+    response: Option<String>,
+    lease: Option<Duration>,
 }
 
-/// `Retry-After` as seconds or an HTTP date; capped by the core.
-pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(86_400)));
+impl Exchange {
+    /// Ended without an answer from the endpoint.
+    fn failed(outcome: Outcome, why: String) -> Exchange {
+        Exchange {
+            outcome,
+            status: None,
+            error: Some(why),
+            timed_out: false,
+            response: None,
+            lease: None,
+        }
     }
-    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    let at_ms = u64::try_from(at.as_millisecond()).ok()?;
-    Some(Timestamp(at_ms).since(now))
 }
 
 async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
@@ -443,47 +339,4 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-pub fn rfc3339(t: Timestamp) -> String {
-    jiff::Timestamp::from_millisecond(t.as_ms() as i64)
-        .map(|ts| ts.to_string())
-        .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_are_classified_as_the_spec_says() {
-        assert_eq!(classify(200, None).0, Outcome::Succeeded);
-        assert_eq!(classify(204, None).0, Outcome::Succeeded);
-        assert_eq!(classify(404, None).0, Outcome::Rejected);
-        assert_eq!(classify(400, None).0, Outcome::Rejected);
-        assert_eq!(classify(301, None).0, Outcome::Rejected);
-        assert_eq!(classify(408, None).0, Outcome::Failed { retry_after: None });
-        assert_eq!(classify(500, None).0, Outcome::Failed { retry_after: None });
-        assert_eq!(classify(502, None).0, Outcome::Failed { retry_after: None });
-        let after = Some(Duration::from_secs(3));
-        assert_eq!(
-            classify(429, after).0,
-            Outcome::Throttled { retry_after: after }
-        );
-        assert_eq!(
-            classify(503, None).0,
-            Outcome::Throttled { retry_after: None }
-        );
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        let now = Timestamp(1_445_412_480_000); // 2015-10-21T07:28:00Z
-        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
 }

@@ -1,4 +1,8 @@
 //! The wasmtime side of plugins: engine, linker, compile and cache, attempts.
+//!
+//! One file for one wasmtime `Engine` and everything configured on it (pool,
+//! epochs, limits, the linker's grants): the sandbox is reviewed here as a
+//! whole. The outgoing HTTP hook is `host/http.rs`.
 
 mod http;
 
@@ -15,10 +19,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::attempt::{Plan, Report};
 use crate::clock;
 use crate::core::Outcome;
-use crate::dispatch::{Dispatcher, Plan, Report};
-use crate::store::{LogRecord, LogSource, Store as DataStore};
+use crate::dispatch::Dispatcher;
+use crate::store::{LogRecord, LogSource, Reads, Store as DataStore, Writes};
 
 use super::{PermitMessage, PluginError, audit};
 
@@ -399,6 +404,7 @@ impl Host {
                 .attempt(&plan, deadline, dispatcher, permits, log.clone()),
         )
         .await;
+        let timed_out = ran.is_err();
         let (outcome, error, response, next) = match ran {
             Ok(result) => result,
             Err(_) => (
@@ -420,6 +426,7 @@ impl Host {
             status: None,
             latency_ms: started.elapsed().as_millis() as u64,
             error,
+            timed_out,
             response,
             lease: None,
             logs,

@@ -28,9 +28,9 @@ pub use stub::{Compiled, Host};
 
 use tokio::sync::oneshot;
 
+use crate::attempt::{Plan, Report};
 use crate::clock;
 use crate::core::{Outcome, Signal, TaskId};
-use crate::dispatch::{Plan, Report};
 use crate::store::StoreError;
 
 /// Largest component accepted for upload.
@@ -80,6 +80,7 @@ pub fn unavailable(plan: Plan) -> Report {
         status: None,
         latency_ms: 0,
         error: Some("this server runs no plugins".into()),
+        timed_out: false,
         response: None,
         lease: None,
         logs: Vec::new(),

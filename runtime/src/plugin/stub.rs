@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::{PermitMessage, PluginError};
-use crate::dispatch::{Dispatcher, Plan, Report};
+use crate::attempt::{Plan, Report};
+use crate::dispatch::Dispatcher;
 use crate::store::Store;
 
 pub struct Compiled {

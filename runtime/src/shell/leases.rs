@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::{Engine, ShellError, Turn};
 use crate::core::{Input, Outcome, TaskId};
 use crate::model::NewTask;
-use crate::store::{AttemptRecord, StoreError, TaskRecord, TaskState};
+use crate::store::{AttemptRecord, StoreError, TaskRecord, TaskState, Writes};
 
 /// Output and failure reasons kept in history are capped like response bodies.
 const KEPT: usize = 4 * 1024;
@@ -142,7 +142,7 @@ impl Engine {
                 let lease = lease
                     .or(attempt.lease_ms.map(Duration::from_millis))
                     .unwrap_or(Duration::from_secs(60))
-                    .min(crate::dispatch::MAX_LEASE);
+                    .min(crate::attempt::MAX_LEASE);
                 let until = now.plus(lease);
                 attempt.lease_until = Some(until.as_ms());
                 attempt.lease_ms = Some(lease.as_millis() as u64);

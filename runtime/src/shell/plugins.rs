@@ -4,7 +4,7 @@
 //! unfinished task or a schedule cannot be deleted.
 
 use super::{Engine, ShellError, Turn};
-use crate::store::{PluginRecord, StoreError, plugin_key};
+use crate::store::{PluginRecord, StoreError, Writes, plugin_key};
 
 /// An upload that passed the audit and compiled.
 pub struct Upload {

@@ -5,14 +5,13 @@
 
 use std::time::Duration;
 
-use super::{Engine, ShellError, Turn};
+use super::{At, Engine, ShellError, Turn};
 use crate::core::schedule::{self, Misfire};
 use crate::core::{TaskId, Timestamp};
-use crate::dispatch::rfc3339;
 use crate::model::{NewTask, ScheduleSpec};
 use crate::store::{
     BackoffRecord, OccurrenceRecord, RunRecord, ScheduleRecord, StoreError, TaskState,
-    TemplateRecord,
+    TemplateRecord, Writes,
 };
 
 /// History kept on each schedule.
@@ -27,16 +26,13 @@ impl Engine {
     ) -> Result<Result<(ScheduleRecord, bool), ShellError>, StoreError> {
         let now = turn.now;
         let Some(gate) = self.gates.get(&spec.template.gate) else {
-            return Ok(Err(ShellError::Invalid {
-                field: Some("task.gate".into()),
-                message: format!("gate {:?} does not exist", spec.template.gate),
+            return Ok(Err(ShellError::NoGate {
+                at: At::item(0, "gate"),
+                gate: spec.template.gate.clone(),
             }));
         };
-        if let Err((at, message)) = self.check_target(&spec.template.target, gate) {
-            return Ok(Err(ShellError::Invalid {
-                field: Some(format!("task.{at}")),
-                message,
-            }));
+        if let Err(e) = self.check_target(&spec.template.target, gate, 0) {
+            return Ok(Err(e));
         }
         let t = &spec.template;
         let mut template = TemplateRecord {
@@ -225,14 +221,14 @@ impl Engine {
             return Ok(());
         };
         let jitter = schedule::jitter_offset(name, Duration::from_millis(record.jitter_ms));
-        let key = format!("schedule:{name}:{}", rfc3339(next.scheduled));
+        let key = format!("schedule:{name}:{}", next.scheduled.rfc3339());
         let task = occurrence_task(record, next.scheduled.plus(jitter), key, name);
         if let Some(r) = self.schedules.get_mut(name) {
             r.missed += next.missed;
             r.skipped += next.skipped;
             r.counted_through = r.counted_through.max(now.as_ms());
         }
-        match self.create_tasks(turn, vec![task], None)? {
+        match self.create_tasks(turn, vec![task])? {
             Err(e) => self.stall(name, format!("could not create the next occurrence: {e}")),
             Ok(created) => {
                 let Some(c) = created.into_iter().next() else {

@@ -35,9 +35,10 @@ use super::super::PermitMessage;
 use wasmtime_wasi_http::{Error, WasiBody, WasiHttpHooks};
 
 use super::AttemptLog;
+use crate::attempt::parse_retry_after;
 use crate::clock;
 use crate::core::{Signal, TaskId};
-use crate::dispatch::{Dispatcher, GuardRefused, parse_retry_after};
+use crate::dispatch::{Dispatcher, GuardRefused};
 
 /// Largest request body a plugin may send, and response body it may receive.
 pub(crate) const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;

@@ -1,0 +1,40 @@
+//! The plugin registry: `PluginView`.
+
+use super::*;
+
+/// A plugin version in the registry.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    /// Bytes of the component.
+    pub size: u64,
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    #[schema(format = DateTime)]
+    pub uploaded_at: String,
+    /// What the component imports (all within the `sluice:task` world).
+    pub imports: Vec<String>,
+    /// Unfinished tasks and schedules that run it; it cannot be deleted while
+    /// this is above zero.
+    pub references: u64,
+}
+
+impl PluginView {
+    pub fn new(p: &PluginRecord, schedules: u64) -> PluginView {
+        PluginView {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            size: p.size,
+            sha256: p.sha256.clone(),
+            uploaded_at: time(p.uploaded_at),
+            imports: p.imports.clone(),
+            references: p.unfinished + schedules,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct PluginList {
+    pub plugins: Vec<PluginView>,
+}

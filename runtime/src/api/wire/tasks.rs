@@ -1,0 +1,391 @@
+//! Tasks in: `TaskBody` (a webhook or a plugin call) and its validation into
+//! a `NewTask`, batches, and the `next` tasks of a completion or a plugin.
+
+use super::*;
+
+#[derive(Deserialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBody {
+    /// `http` or `https`.
+    pub url: String,
+    /// Default `POST`.
+    pub method: Option<String>,
+    /// A value is a string, or `{"value": "...", "secret": true}` for one that
+    /// is sent but never shown.
+    #[schema(value_type = Option<BTreeMap<String, HeaderInput>>)]
+    pub headers: Option<BTreeMap<String, serde_json::Value>>,
+    /// A JSON value is sent as `application/json`; a string is sent as is.
+    pub body: Option<serde_json::Value>,
+}
+
+/// A plugin task's target.
+#[derive(Deserialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginBody {
+    /// A plugin in the registry (`GET /v1/plugins`).
+    pub name: String,
+    /// Its exact version, like `1.2.0`.
+    pub version: String,
+    /// Handed to the plugin as JSON text; `null` when absent. At most 1 MiB.
+    pub input: Option<serde_json::Value>,
+}
+
+/// A plugin name: lowercase letters, digits and '-', starting with a letter or
+/// digit, at most 64 characters.
+pub fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+}
+
+/// A semantic version: `MAJOR.MINOR.PATCH`, with an optional `-pre` and
+/// `+build` of letters, digits, '.' and '-'.
+pub fn valid_version(version: &str) -> bool {
+    if version.is_empty() || version.len() > 64 {
+        return false;
+    }
+    let (core, rest) = match version.find(['-', '+']) {
+        Some(i) => (&version[..i], &version[i..]),
+        None => (version, ""),
+    };
+    let numbers: Vec<&str> = core.split('.').collect();
+    numbers.len() == 3
+        && numbers.iter().all(|n| {
+            !n.is_empty()
+                && n.len() <= 10
+                && n.chars().all(|c| c.is_ascii_digit())
+                && (n.len() == 1 || !n.starts_with('0'))
+        })
+        && rest.get(1..).is_none_or(|tail| {
+            !tail.is_empty()
+                && tail
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'))
+        })
+}
+
+impl PluginBody {
+    fn validate(self, field: &str) -> Result<PluginCallRecord, ApiError> {
+        if !valid_plugin_name(&self.name) {
+            return Err(ApiError::field(
+                &format!("{field}.name"),
+                "plugin names are 1 to 64 lowercase letters, digits and '-'",
+            ));
+        }
+        if !valid_version(&self.version) {
+            return Err(ApiError::field(
+                &format!("{field}.version"),
+                "expected a version like 1.2.0",
+            ));
+        }
+        let input = self.input.unwrap_or(serde_json::Value::Null);
+        let size = serde_json::to_vec(&input)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_TASK_BODY {
+            return Err(ApiError {
+                field: Some(format!("{field}.input")),
+                ..ApiError::too_large(format!(
+                    "plugin input is {size} bytes; the limit is {MAX_TASK_BODY}"
+                ))
+            });
+        }
+        Ok(PluginCallRecord {
+            name: self.name,
+            version: self.version,
+            input,
+        })
+    }
+}
+
+/// A plugin task's target, as shown.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct PluginCallView {
+    pub name: String,
+    pub version: String,
+    pub input: serde_json::Value,
+}
+
+impl PluginCallView {
+    pub fn new(p: &PluginCallRecord) -> PluginCallView {
+        PluginCallView {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            input: p.input.clone(),
+        }
+    }
+}
+
+/// The target as shown: `(webhook, plugin)`, exactly one set.
+pub(super) fn target_views(target: &Target) -> (Option<WebhookView>, Option<PluginCallView>) {
+    match target {
+        Target::Webhook(w) => (Some(WebhookView::new(w)), None),
+        Target::Plugin(p) => (None, Some(PluginCallView::new(p))),
+    }
+}
+
+/// The JSON texts a plugin's success asks to create, checked as
+/// `POST /v1/tasks` bodies: all or nothing.
+pub fn parse_next(texts: &[String], now: Timestamp) -> Result<Vec<NewTask>, String> {
+    if texts.len() > MAX_NEXT {
+        return Err(format!(
+            "the plugin asked for {} next tasks; at most {MAX_NEXT}",
+            texts.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let body: TaskBody = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| format!("next[{i}]: invalid task at {}: {}", e.path(), e.inner()))?;
+        let task = body
+            .validate(now, &format!("next[{i}]."))
+            .map_err(|e| match e.field {
+                Some(field) => format!("{field}: {}", e.message),
+                None => e.message,
+            })?;
+        out.push(task);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBody {
+    pub gate: String,
+    /// An HTTP request to make; give this or `plugin`.
+    pub webhook: Option<WebhookBody>,
+    /// A WebAssembly plugin to run; give this or `webhook`.
+    pub plugin: Option<PluginBody>,
+    /// RFC 3339; not together with `delay`. Neither means now.
+    #[schema(format = DateTime)]
+    pub run_at: Option<String>,
+    /// A duration like `"90s"`.
+    #[schema(example = "90s")]
+    pub delay: Option<String>,
+    pub max_attempts: Option<u32>,
+    /// A duration like `"30s"`; default the gate's.
+    pub timeout: Option<String>,
+    pub backoff: Option<BackoffBody>,
+    /// A duration like `"1h"`.
+    pub max_retry_duration: Option<String>,
+    /// A duration like `"1h"` after it falls due.
+    pub expires_after: Option<String>,
+    /// Per gate: a second create with the same key returns the first task.
+    pub idempotency_key: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// 1 to 10,000 tasks, created all or none.
+    pub tasks: Vec<TaskBody>,
+}
+
+/// Checks a webhook target; `f` names fields (`tasks[3].webhook.url`).
+pub(super) fn webhook_record(
+    webhook: WebhookBody,
+    f: &dyn Fn(&str) -> String,
+) -> Result<WebhookRecord, ApiError> {
+    if webhook.url.len() > MAX_URL_LEN {
+        return Err(ApiError::field(
+            &f("webhook.url"),
+            "url is longer than 8 KiB",
+        ));
+    }
+    let url = reqwest::Url::parse(&webhook.url)
+        .map_err(|e| ApiError::field(&f("webhook.url"), format!("invalid url: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::field(
+            &f("webhook.url"),
+            "url must be http or https",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ApiError::field(&f("webhook.url"), "url has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::field(
+            &f("webhook.url"),
+            "put credentials in headers, not in the url",
+        ));
+    }
+    let method = webhook
+        .method
+        .unwrap_or_else(|| "POST".into())
+        .to_ascii_uppercase();
+    if !METHODS.contains(&method.as_str()) {
+        return Err(ApiError::field(
+            &f("webhook.method"),
+            format!("method must be one of {METHODS:?}"),
+        ));
+    }
+    let given = webhook.headers.unwrap_or_default();
+    if given.len() > MAX_HEADERS {
+        return Err(ApiError::field(
+            &f("webhook.headers"),
+            format!("at most {MAX_HEADERS} headers"),
+        ));
+    }
+    let mut headers = BTreeMap::new();
+    let mut secret_headers = BTreeSet::new();
+    for (name, value) in given {
+        let field = f(&format!("webhook.headers.{name}"));
+        let name_ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
+        if !name_ok {
+            return Err(ApiError::field(&field, "invalid header name"));
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with("sluice-")
+            || matches!(
+                lower.as_str(),
+                "host" | "content-length" | "transfer-encoding" | "connection" | "idempotency-key"
+            )
+        {
+            return Err(ApiError::field(&field, "this header is set by Sluice"));
+        }
+        let (value, marked) = header_value(value).map_err(|m| ApiError::field(&field, m))?;
+        // Messages never echo the value: it may be a credential.
+        if reqwest::header::HeaderValue::from_str(&value).is_err() || value.len() > 8 * 1024 {
+            return Err(ApiError::field(&field, "invalid header value"));
+        }
+        if marked || ALWAYS_SECRET.contains(&lower.as_str()) {
+            secret_headers.insert(lower);
+        }
+        headers.insert(name, value);
+    }
+    let body = match webhook.body {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(BodyRecord::Text(s)),
+        Some(v) => Some(BodyRecord::Json(v)),
+    };
+    let body_len = match &body {
+        None => 0,
+        Some(BodyRecord::Text(s)) => s.len(),
+        Some(BodyRecord::Json(v)) => serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX),
+    };
+    if body_len > MAX_TASK_BODY {
+        return Err(ApiError {
+            field: Some(f("webhook.body")),
+            ..ApiError::too_large(format!(
+                "webhook body is {body_len} bytes; the limit is {MAX_TASK_BODY}"
+            ))
+        });
+    }
+    Ok(WebhookRecord {
+        url: webhook.url,
+        method,
+        headers,
+        body,
+        secret_headers,
+    })
+}
+
+pub(super) const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+impl TaskBody {
+    /// `prefix` is `""` for a single task, `"tasks[3]."` inside a batch.
+    pub fn validate(self, now: Timestamp, prefix: &str) -> Result<NewTask, ApiError> {
+        let f = |name: &str| format!("{prefix}{name}");
+        valid_name(&self.gate).map_err(|e| ApiError::field(&f("gate"), e.message))?;
+        let target = match (self.webhook, self.plugin) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field(
+                    &f("webhook"),
+                    "a task has either a webhook or a plugin, not both",
+                ));
+            }
+            (None, Some(plugin)) => Target::Plugin(plugin.validate(&f("plugin"))?),
+            (None, None) => {
+                return Err(ApiError::field(
+                    &f("webhook"),
+                    "a task needs a target: a webhook or a plugin",
+                ));
+            }
+            (Some(webhook), None) => Target::Webhook(webhook_record(webhook, &f)?),
+        };
+        let due = match (&self.run_at, &self.delay) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::field(
+                    &f("delay"),
+                    "give run_at or delay, not both",
+                ));
+            }
+            (Some(at), None) => {
+                let ts: jiff::Timestamp = at.parse().map_err(|e| {
+                    ApiError::field(
+                        &f("run_at"),
+                        format!("expected RFC 3339, like 2026-01-02T03:04:05Z: {e}"),
+                    )
+                })?;
+                let ms = ts.as_millisecond();
+                if ms < 0 {
+                    return Err(ApiError::field(&f("run_at"), "run_at is before 1970"));
+                }
+                // A time in the past means "now": it is due, and runs at once.
+                Timestamp(ms as u64)
+            }
+            (None, Some(d)) => {
+                let d = duration(&f("delay"), d)?;
+                if d > Duration::from_secs(10 * 365 * 86_400) {
+                    return Err(ApiError::field(&f("delay"), "delay is capped at 10 years"));
+                }
+                now.plus(d)
+            }
+            (None, None) => now,
+        };
+        let labels = self.labels.unwrap_or_default();
+        if labels.len() > MAX_LABELS {
+            return Err(ApiError::field(
+                &f("labels"),
+                format!("at most {MAX_LABELS} labels"),
+            ));
+        }
+        for (k, v) in &labels {
+            if k.is_empty() || k.len() > 128 || v.len() > 512 || k.contains(':') {
+                return Err(ApiError::field(
+                    &f(&format!("labels.{k}")),
+                    "label keys are 1-128 characters without ':', values at most 512",
+                ));
+            }
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > MAX_KEY_LEN)
+        {
+            return Err(ApiError::field(
+                &f("idempotency_key"),
+                format!("must be 1 to {MAX_KEY_LEN} characters"),
+            ));
+        }
+        let backoff = self
+            .backoff
+            .map(|b| backoff(&f("backoff"), &b, Backoff::default()))
+            .transpose()?;
+        Ok(NewTask {
+            gate: self.gate,
+            target,
+            due,
+            max_attempts: self
+                .max_attempts
+                .map(|n| max_attempts(&f("max_attempts"), n))
+                .transpose()?,
+            timeout: self
+                .timeout
+                .as_deref()
+                .map(|t| timeout(&f("timeout"), t))
+                .transpose()?,
+            backoff,
+            max_retry_duration: opt_duration(&f("max_retry_duration"), &self.max_retry_duration)?,
+            expires_after: opt_duration(&f("expires_after"), &self.expires_after)?,
+            idempotency_key: self.idempotency_key,
+            labels,
+            schedule: None,
+            parent: None,
+            lineage: None,
+        })
+    }
+}

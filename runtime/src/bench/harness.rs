@@ -1,0 +1,469 @@
+//! What the workloads run against: a loopback sink that records arrivals, a
+//! release server started as a child process with its own data dir, and the
+//! statistics (windows, rates, percentiles) the figures come from.
+
+use super::*;
+
+/// One arrival at the sink.
+#[derive(Clone, Debug)]
+pub(super) struct Arrival {
+    pub(super) at: Instant,
+    pub(super) wall_ms: u64,
+    pub(super) path: String,
+    pub(super) task: String,
+    pub(super) scheduled_ms: Option<u64>,
+}
+
+#[derive(Default)]
+pub(super) struct SinkState {
+    pub(super) arrivals: Mutex<Vec<Arrival>>,
+    /// Paths answering 503 until this instant.
+    pub(super) down_until: Mutex<BTreeMap<String, Instant>>,
+}
+
+pub(super) async fn sink_handler(
+    State(state): State<Arc<SinkState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> StatusCode {
+    let at = clock::instant();
+    let path = uri.path().to_string();
+    let get = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let scheduled_ms = get("sluice-scheduled-at")
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond() as u64);
+    let slow = path.starts_with("/slow");
+    let down = state
+        .down_until
+        .lock()
+        .map(|d| d.get(&path).is_some_and(|u| at < *u))
+        .unwrap_or(false);
+    if let Ok(mut a) = state.arrivals.lock() {
+        a.push(Arrival {
+            at,
+            wall_ms: clock::now().as_ms(),
+            path,
+            task: get("sluice-task-id"),
+            scheduled_ms,
+        });
+    }
+    if slow {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    if down {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+pub(super) struct Sink {
+    pub(super) state: Arc<SinkState>,
+    pub(super) addr: SocketAddr,
+}
+
+impl Sink {
+    pub(super) async fn start() -> anyhow::Result<Sink> {
+        let state = Arc::new(SinkState::default());
+        let app = axum::Router::new()
+            .fallback(sink_handler)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Sink { state, addr })
+    }
+
+    pub(super) fn arrivals(&self, path: &str) -> Vec<Arrival> {
+        self.state
+            .arrivals
+            .lock()
+            .map(|a| a.iter().filter(|x| x.path == path).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(super) async fn wait(&self, path: &str, n: usize, within: Duration) -> Vec<Arrival> {
+        let start = clock::instant();
+        loop {
+            // Counting is cheap; the distinct check (and the copy) runs only once
+            // enough requests arrived, so the sink does not compete with the server.
+            let arrived = self.state.arrivals.lock().map_or(0, |a| a.len());
+            if arrived >= n || start.elapsed() > within {
+                let got = self.arrivals(path);
+                let distinct = got
+                    .iter()
+                    .map(|a| a.task.as_str())
+                    .collect::<HashSet<_>>()
+                    .len();
+                if distinct >= n || start.elapsed() > within {
+                    return got;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) base: String,
+    pub(super) http: reqwest::Client,
+    pub(super) port: u16,
+    pub(super) dir: PathBuf,
+}
+
+impl Server {
+    pub(super) async fn spawn(dir: &Path, port: u16) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe().context("finding the sluice binary")?;
+        let child = Command::new(exe)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the server")?;
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()?,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    pub(super) async fn wait_ready(&self) -> anyhow::Result<Duration> {
+        let start = clock::instant();
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await
+                && r.status() == 200
+            {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("server not ready after 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub(super) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body)?)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value =
+            serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    pub(super) async fn gate(&self, name: &str, body: Value) -> anyhow::Result<()> {
+        self.call(reqwest::Method::PUT, &format!("/v1/gates/{name}"), &body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates tasks through the batch API, `parallel` batches in flight.
+    pub(super) async fn create(
+        &self,
+        tasks: Vec<Value>,
+        batch: usize,
+        parallel: usize,
+    ) -> anyhow::Result<Duration> {
+        let start = clock::instant();
+        let chunks: Vec<Vec<Value>> = tasks.chunks(batch).map(|c| c.to_vec()).collect();
+        let mut queue = chunks.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < parallel {
+                let Some(chunk) = queue.next() else { break };
+                let http = self.http.clone();
+                let url = format!("{}/v1/tasks/batch", self.base);
+                running.spawn(async move {
+                    let body = serde_json::to_vec(&json!({ "tasks": chunk }))?;
+                    let r = http
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?;
+                    if r.status() != 201 {
+                        bail!("batch create: {}", r.status());
+                    }
+                    Ok::<_, anyhow::Error>(())
+                });
+            }
+            match running.join_next().await {
+                Some(r) => r??,
+                None => break,
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    pub(super) async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value =
+            serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// Uploads a plugin component (`PUT /v1/plugins/{name}/{version}`).
+    pub(super) async fn upload_plugin(
+        &self,
+        name: &str,
+        version: &str,
+        wasm: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .put(format!("{}/v1/plugins/{name}/{version}", self.base))
+            .header("content-type", "application/wasm")
+            .body(wasm)
+            .send()
+            .await?;
+        let status = r.status();
+        if !status.is_success() {
+            bail!(
+                "uploading plugin {name}@{version}: {status} {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// CPU time the server process has used (user and system), from /proc.
+    pub(super) fn cpu_s(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces:
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|t| t.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+        ticks as f64 / 100.0
+    }
+
+    pub(super) fn rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    pub(super) fn file_mb(&self) -> f64 {
+        std::fs::metadata(self.dir.join(crate::server::DATA_FILE))
+            .map_or(0.0, |m| m.len() as f64 / 1e6)
+    }
+
+    pub(super) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub(super) fn task(gate: &str, url: &str, due_ms: Option<u64>) -> Value {
+    let mut t = json!({ "gate": gate, "webhook": { "url": url, "body": { "n": 1 } } });
+    if let Some(ms) = due_ms
+        && let Ok(ts) = jiff::Timestamp::from_millisecond(ms as i64)
+    {
+        t["run_at"] = json!(ts.to_string());
+    }
+    t
+}
+
+pub(super) fn max_in_window(times: &[Instant], width: Duration) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let (mut best, mut start) = (0, 0);
+    for end in 0..sorted.len() {
+        while sorted[end].duration_since(sorted[start]) >= width {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+/// Arrivals per second over their span, not counting the initial burst.
+pub(super) fn rate_after_burst(times: &[Instant], burst: f64) -> f64 {
+    let span = times
+        .iter()
+        .max()
+        .zip(times.iter().min())
+        .map_or(1.0, |(a, b)| a.duration_since(*b).as_secs_f64());
+    (times.len() as f64 - burst) / span.max(1e-3)
+}
+
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A component built by `scripts/build-plugins`, from `target/plugins/` under
+/// the working directory or beside the binary's own target directory
+/// (`target/release/sluice` → `target/plugins/`).
+pub(super) fn plugin_component(name: &str) -> anyhow::Result<Vec<u8>> {
+    let file = format!("{name}.wasm");
+    let mut places = vec![Path::new("target/plugins").join(&file)];
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(target) = exe.parent().and_then(Path::parent)
+    {
+        places.push(target.join("plugins").join(&file));
+    }
+    for place in &places {
+        if let Ok(wasm) = std::fs::read(place) {
+            return Ok(wasm);
+        }
+    }
+    bail!(
+        "W6 needs the {name} plugin, target/plugins/{file}: build it with scripts/build-plugins \
+         (looked for {})",
+        places
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// What one plugin attempt costs by itself, in process: `attempts` no-op
+/// attempts one after another through `Host::run`, the path the server takes
+/// (a pool slot, a fresh `Store`, instantiation from the pre-instantiated
+/// component, the call, the drop), on a host over an in-memory store. Returns
+/// the microseconds of each attempt, after a warm-up that is not counted.
+pub(super) async fn plugin_attempts(
+    wasm: Vec<u8>,
+    attempts: usize,
+    within: Duration,
+) -> anyhow::Result<Vec<f64>> {
+    use crate::attempt::{Plan, PluginCall};
+    use crate::core::{GateId, Outcome, TaskId};
+    use crate::dispatch::Dispatcher;
+
+    let store = Arc::new(crate::store::Store::in_memory()?);
+    let host = crate::plugin::Host::new(store, crate::plugin::DEFAULT_INSTANCES)?;
+    let compiler = host.clone();
+    let compiled = tokio::task::spawn_blocking(move || compiler.compile(&wasm)).await??;
+    host.install(&crate::store::plugin_key("noop", "0.1.0"), &compiled);
+    let dispatcher = Dispatcher::new(Vec::new())?;
+    // The no-op never asks the gate for a permit; the receiver only keeps the
+    // channel open, as the driver does.
+    let (permits, _permits_rx) = tokio::sync::mpsc::unbounded_channel();
+    let plan = |n: u64| Plan {
+        task: TaskId(n),
+        attempt: 1,
+        gate: "w6".into(),
+        gate_id: GateId(1),
+        url: String::new(),
+        method: String::new(),
+        headers: Default::default(),
+        secret_headers: Default::default(),
+        body: Default::default(),
+        json: false,
+        timeout: Duration::from_secs(30),
+        scheduled_at: clock::now(),
+        release_at: clock::now(),
+        schedule: None,
+        completion_token: String::new(),
+        signing_keys: Vec::new(),
+        idempotency_key: TaskId(n).to_string(),
+        allowed_hosts: Vec::new(),
+        plugin: Some(PluginCall {
+            name: "noop".into(),
+            version: "0.1.0".into(),
+            input: "{}".into(),
+        }),
+    };
+    let warm_up = (attempts / 10).clamp(10, 1_000);
+    let mut micros = Vec::with_capacity(attempts);
+    let deadline = clock::instant() + within;
+    for n in 0..(warm_up + attempts) as u64 {
+        if clock::instant() > deadline {
+            break;
+        }
+        let (plan, dispatcher, permits) = (plan(n + 1), dispatcher.clone(), permits.clone());
+        let start = clock::instant();
+        let report = host.clone().run(plan, dispatcher, permits).await;
+        let took = start.elapsed();
+        if report.outcome != Outcome::Succeeded {
+            bail!(
+                "the noop plugin did not succeed: {:?} {}",
+                report.outcome,
+                report.error.unwrap_or_default()
+            );
+        }
+        if n >= warm_up as u64 {
+            micros.push(took.as_secs_f64() * 1e6);
+        }
+    }
+    Ok(micros)
+}
+
+/// A gate with no effective limit.
+pub(super) fn unlimited(sink: &Sink) -> Value {
+    json!({
+        "rate": 1_000_000, "burst": 1_000_000, "concurrency": 2_000,
+        "allowed_hosts": [sink.addr.to_string()], "recovery": { "start": 1.0 }, "circuit": null,
+    })
+}

@@ -1,0 +1,148 @@
+//! `sluice gate …`.
+
+use super::*;
+
+pub(super) async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<(), Failure> {
+    let value = match command {
+        GateCommand::Set {
+            name,
+            rate,
+            burst,
+            concurrency,
+            allow_host,
+            accept_next_from,
+            timeout,
+            max_attempts,
+            recovery_start,
+            recovery_over,
+            no_circuit,
+        } => {
+            let mut body = json!({ "rate": rate });
+            if let Some(b) = burst {
+                body["burst"] = json!(b);
+            }
+            if let Some(c) = concurrency {
+                body["concurrency"] = json!(c);
+            }
+            if !allow_host.is_empty() {
+                body["allowed_hosts"] = json!(allow_host);
+            }
+            if !accept_next_from.is_empty() {
+                body["accept_next_from"] = json!(accept_next_from);
+            }
+            if let Some(t) = timeout {
+                body["timeout"] = json!(t);
+            }
+            if let Some(n) = max_attempts {
+                body["retry"] = json!({ "max_attempts": n });
+            }
+            if recovery_start.is_some() || recovery_over.is_some() {
+                let mut r = json!({});
+                if let Some(s) = recovery_start {
+                    r["start"] = json!(s);
+                }
+                if let Some(o) = recovery_over {
+                    r["over"] = json!(o);
+                }
+                body["recovery"] = r;
+            }
+            if no_circuit {
+                body["circuit"] = Value::Null;
+            }
+            api.call(
+                reqwest::Method::PUT,
+                &format!("/v1/gates/{}", enc(&name)),
+                Some(&body),
+            )
+            .await?
+        }
+        GateCommand::Get { name } => api.get(&format!("/v1/gates/{}", enc(&name))).await?,
+        GateCommand::Ls => {
+            let v = api.get("/v1/gates").await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", gates_table(&v));
+            }
+            return Ok(());
+        }
+        GateCommand::Rm { name, force } => {
+            let q = if force { "?force=true" } else { "" };
+            api.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/gates/{}{q}", enc(&name)),
+                None,
+            )
+            .await?;
+            if !json {
+                println!("deleted gate {name}");
+            }
+            return Ok(());
+        }
+        GateCommand::Pause { name } => {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/v1/gates/{}/pause", enc(&name)),
+                None,
+            )
+            .await?
+        }
+        GateCommand::Resume { name } => {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/v1/gates/{}/resume", enc(&name)),
+                None,
+            )
+            .await?
+        }
+    };
+    if json {
+        print_json(&value);
+    } else {
+        print!("{}", gates_table(&json!({ "gates": [value] })));
+    }
+    Ok(())
+}
+
+pub(super) fn split_pair<'a>(
+    text: &'a str,
+    sep: char,
+    what: &str,
+) -> Result<(&'a str, &'a str), Failure> {
+    text.split_once(sep).ok_or_else(|| Failure {
+        code: 2,
+        message: format!("{what} {text:?} must look like name{sep}value"),
+    })
+}
+
+pub(super) fn gates_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["gates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| {
+            vec![
+                g["name"].as_str().unwrap_or("").to_string(),
+                g["state"].as_str().unwrap_or("").to_string(),
+                g["rate"].as_str().unwrap_or("").to_string(),
+                num(&g["burst"]),
+                num(&g["concurrency"]),
+                g["allowed_hosts"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|h| h.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "(any public)".into()),
+            ]
+        })
+        .collect();
+    table(
+        &["GATE", "STATE", "RATE", "BURST", "CONCURRENCY", "HOSTS"],
+        &rows,
+    )
+}

@@ -1,0 +1,588 @@
+//! The API's commands as the engine applies them: gates, tasks (and the
+//! `next` tasks a completion creates), cancel and retry; the checks that
+//! need stored state.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn apply_command(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        command: Command,
+    ) -> Result<Box<dyn FnOnce() + Send>, StoreError> {
+        fn reply<T: Send + 'static>(
+            to: Reply<T>,
+            value: Result<T, ShellError>,
+        ) -> Box<dyn FnOnce() + Send> {
+            Box::new(move || {
+                let _ = to.send(value);
+            })
+        }
+        if self.shutting_down {
+            return Ok(match command {
+                Command::Live { gate, reply: to } => {
+                    let live = self.live(turn.now, gate.as_deref());
+                    Box::new(move || {
+                        let _ = to.send(live);
+                    })
+                }
+                Command::PutGate { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::DeleteGate { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::SetPaused { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::CreateTasks { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::CancelTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::RetryTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::PutSchedule { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::Report { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::DeleteSchedule { reply: to, .. } => {
+                    reply(to, Err(ShellError::ShuttingDown))
+                }
+                Command::SetSchedulePaused { reply: to, .. } => {
+                    reply(to, Err(ShellError::ShuttingDown))
+                }
+                Command::PutPlugin { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::DeletePlugin { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+            });
+        }
+        Ok(match command {
+            Command::PutGate {
+                name,
+                spec,
+                reply: to,
+            } => {
+                let result = self.put_gate(turn, name, *spec)?;
+                reply(to, Ok(result))
+            }
+            Command::DeleteGate {
+                name,
+                force,
+                reply: to,
+            } => {
+                let result = self.delete_gate(turn, &name, force)?;
+                reply(to, result)
+            }
+            Command::SetPaused {
+                name,
+                paused,
+                reply: to,
+            } => {
+                let result = match self.gates.get_mut(&name) {
+                    None => Err(ShellError::NotFound {
+                        what: format!("gate {name:?}"),
+                    }),
+                    Some(gate) => {
+                        gate.paused = paused;
+                        gate.updated_at = turn.now.as_ms();
+                        turn.tx.put_gate(gate)?;
+                        let id = GateId(gate.id);
+                        let record = gate.clone();
+                        self.core.handle_input(
+                            turn.now,
+                            if paused {
+                                Input::Pause(id)
+                            } else {
+                                Input::Resume(id)
+                            },
+                        );
+                        Ok(record)
+                    }
+                };
+                reply(to, result)
+            }
+            Command::CreateTasks { tasks, reply: to } => {
+                let result = self.create_tasks(turn, tasks)?;
+                reply(to, result)
+            }
+            Command::CancelTask { id, reply: to } => {
+                let result = self.cancel_task(turn, id)?;
+                reply(to, result)
+            }
+            Command::RetryTask { id, reply: to } => {
+                let result = self.retry_task(turn, id)?;
+                reply(to, result)
+            }
+            Command::Live { gate, reply: to } => {
+                let live = self.live(turn.now, gate.as_deref());
+                Box::new(move || {
+                    let _ = to.send(live);
+                })
+            }
+            Command::Report {
+                id,
+                callback,
+                reply: to,
+            } => {
+                let result = self.callback(turn, id, *callback)?;
+                reply(to, result)
+            }
+            Command::PutSchedule {
+                name,
+                spec,
+                reply: to,
+            } => {
+                let result = self.put_schedule(turn, name, *spec)?;
+                reply(to, result)
+            }
+            Command::DeleteSchedule { name, reply: to } => {
+                let result = self.delete_schedule(turn, &name)?;
+                reply(to, result)
+            }
+            Command::SetSchedulePaused {
+                name,
+                paused,
+                reply: to,
+            } => {
+                let result = self.set_schedule_paused(turn, &name, paused)?;
+                reply(to, result)
+            }
+            Command::PutPlugin { upload, reply: to } => {
+                let result = self.put_plugin(turn, *upload)?;
+                reply(to, result)
+            }
+            Command::DeletePlugin { key, reply: to } => {
+                let result = self.delete_plugin(turn, &key)?;
+                reply(to, result)
+            }
+        })
+    }
+
+    pub(super) fn live(&self, now: Timestamp, only: Option<&str>) -> Vec<GateLive> {
+        self.gates
+            .values()
+            .filter(|g| only.is_none_or(|name| g.name == name))
+            .filter_map(|g| {
+                let counts = self.counts.get(&g.id).copied().unwrap_or_default();
+                Some(GateLive {
+                    record: g.clone(),
+                    view: self.core.view(now, GateId(g.id))?,
+                    counts,
+                    series: self
+                        .stats
+                        .get(&g.id)
+                        .map(|s| s.series.clone())
+                        .unwrap_or_default()
+                        .snapshot(now, counts.pending),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn put_gate(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        name: String,
+        spec: GateSpec,
+    ) -> Result<(GateRecord, bool), StoreError> {
+        let now = turn.now.as_ms();
+        let existing = self.gates.get(&name);
+        let created = existing.is_none();
+        let (id, paused, created_at, secrets) = match existing {
+            Some(g) => (g.id, g.paused, g.created_at, g.signing_secrets.clone()),
+            None => (turn.tx.next_gate_id()?, false, now, Vec::new()),
+        };
+        let record = GateRecord {
+            id,
+            name: name.clone(),
+            rate_per_s: spec.rate.as_per_second(),
+            burst: spec.burst,
+            concurrency: spec.concurrency,
+            allowed_hosts: spec.allowed_hosts,
+            timeout_ms: crate::core::time::duration_ms(spec.timeout),
+            retry: retry_record(&spec.retry),
+            recovery: RecoveryRecord {
+                start: spec.recovery.start,
+                over_ms: crate::core::time::duration_ms(spec.recovery.over),
+            },
+            circuit: spec.circuit.map(|c| CircuitRecord {
+                failures: c.failures,
+                cooldown_ms: crate::core::time::duration_ms(c.cooldown),
+                max_cooldown_ms: crate::core::time::duration_ms(c.max_cooldown),
+            }),
+            accept_next_from: spec.accept_next_from,
+            signing_secrets: spec.signing_secrets.unwrap_or(secrets),
+            paused,
+            created_at,
+            updated_at: now,
+        };
+        turn.tx.put_gate(&record)?;
+        if created {
+            self.counts.insert(id, Counts::default());
+            turn.dirty_counts.push(id);
+        }
+        self.core.handle_input(
+            turn.now,
+            Input::UpsertGate {
+                gate: GateId(id),
+                limits: record.limits(),
+                paused,
+                ramp: false,
+            },
+        );
+        self.gate_names.insert(id, name.clone());
+        self.gates.insert(name, record.clone());
+        Ok((record, created))
+    }
+
+    pub(super) fn delete_gate(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        name: &str,
+        force: bool,
+    ) -> Result<Result<(), ShellError>, StoreError> {
+        let Some(gate) = self.gates.get(name).cloned() else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("gate {name:?}"),
+            }));
+        };
+        let counts = self.counts.get(&gate.id).copied().unwrap_or_default();
+        if counts.unfinished() > 0 && !force {
+            return Ok(Err(ShellError::Conflict(format!(
+                "gate {name:?} holds {} unfinished tasks; delete with ?force=true to cancel them",
+                counts.unfinished()
+            ))));
+        }
+        for (due, id) in turn.tx.all_pending(GateId(gate.id))? {
+            turn.tx.remove_pending(GateId(gate.id), due, id)?;
+            let id = id.0;
+            let now = turn.now.as_ms();
+            let mut plugin = None;
+            if let Some(task) = turn.task(id)? {
+                task.state = TaskState::Cancelled;
+                task.finished_at = Some(now);
+                task.last_error = Some(format!("cancelled: gate {name:?} was deleted"));
+                plugin = task.plugin.as_ref().map(|p| p.key());
+                if let Some(schedule) = task.schedule.clone() {
+                    turn.ended.push((id, TaskState::Cancelled, schedule));
+                }
+            }
+            self.plugin_ref(turn, plugin, -1);
+        }
+        turn.tx.delete_gate(name)?;
+        turn.tx.delete_counts(gate.id)?;
+        self.core
+            .handle_input(turn.now, Input::RemoveGate(GateId(gate.id)));
+        self.gates.remove(name);
+        self.gate_names.remove(&gate.id);
+        self.counts.remove(&gate.id);
+        self.stats.remove(&gate.id);
+        self.metrics.forget(&gate.name);
+        Ok(Ok(()))
+    }
+
+    /// Creates tasks, all or none. A fault names the task by its index.
+    pub(super) fn create_tasks(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        tasks: Vec<NewTask>,
+    ) -> Result<Result<Vec<Created>, ShellError>, StoreError> {
+        // Check everything first: a batch is all or none.
+        for (i, task) in tasks.iter().enumerate() {
+            let Some(gate) = self.gates.get(&task.gate) else {
+                return Ok(Err(ShellError::NoGate {
+                    at: At::item(i, "gate"),
+                    gate: task.gate.clone(),
+                }));
+            };
+            if let Err(e) = self.check_target(&task.target, gate, i) {
+                return Ok(Err(e));
+            }
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let id_candidate = self.next_task_id(turn.now);
+            let gate = &self.gates[&task.gate];
+            let gate_id = gate.id;
+            if let Some(key) = &task.idempotency_key
+                && let Some(existing) = turn.tx.idempotent(gate_id, key)?
+                && let Some(record) = turn.task(existing)?
+            {
+                out.push(Created {
+                    task: record.clone(),
+                    replayed: true,
+                });
+                continue;
+            }
+            let id = id_candidate;
+            let retry = RetryRecord {
+                max_attempts: task.max_attempts.unwrap_or(gate.retry.max_attempts),
+                initial_ms: task
+                    .backoff
+                    .map_or(gate.retry.initial_ms, |b| b.initial.as_millis() as u64),
+                max_ms: task
+                    .backoff
+                    .map_or(gate.retry.max_ms, |b| b.max.as_millis() as u64),
+                multiplier: task.backoff.map_or(gate.retry.multiplier, |b| b.multiplier),
+                jitter: task.backoff.map_or(gate.retry.jitter, |b| b.jitter),
+                max_retry_duration_ms: task
+                    .max_retry_duration
+                    .map(|d| d.as_millis() as u64)
+                    .or(gate.retry.max_retry_duration_ms),
+            };
+            let plugin = task.target.plugin().map(|p| p.key());
+            let mut record = TaskRecord {
+                id,
+                gate: task.gate.clone(),
+                gate_id,
+                state: TaskState::Scheduled,
+                webhook: None,
+                plugin: None,
+                created_at: turn.now.as_ms(),
+                scheduled_at: task.due.as_ms(),
+                due_at: task.due.as_ms(),
+                timeout_ms: task
+                    .timeout
+                    .map_or(gate.timeout_ms, |d| d.as_millis() as u64),
+                retry,
+                expires_at: task.expires_after.map(|d| task.due.plus(d).as_ms()),
+                idempotency_key: task.idempotency_key.clone(),
+                labels: task.labels,
+                attempts: 0,
+                attempt_offset: 0,
+                first_attempt_at: None,
+                last_error: None,
+                finished_at: None,
+                schedule: task.schedule.clone(),
+                parent: task.parent.map(|p| p.0),
+                root: task.lineage.map(|(root, _)| root.0),
+                depth: task.lineage.map_or(0, |(_, depth)| depth),
+            };
+            record.set_target(task.target);
+            self.plugin_ref(turn, plugin, 1);
+            if let Some(key) = &task.idempotency_key {
+                turn.tx.put_idempotent(gate_id, key, id)?;
+            }
+            turn.tx.index_task(gate_id, id)?;
+            turn.tx
+                .insert_pending(GateId(gate_id), Timestamp(record.due_at), TaskId(id))?;
+            self.count(turn, gate_id, |c| c.pending += 1);
+            self.core
+                .handle_input(turn.now, Input::Enqueue(queued_of(&record)));
+            out.push(Created {
+                task: record.clone(),
+                replayed: false,
+            });
+            turn.tasks.insert(id, record);
+        }
+        Ok(Ok(out))
+    }
+
+    /// Creates the `next` tasks of `parent`'s finished attempt, under SPEC §1's
+    /// rules: each stays in the parent's gate unless its gate lists the
+    /// parent's in `accept_next_from`, and the chain stays within its depth
+    /// and its root's budget of descendants. All or none.
+    pub(super) fn create_next(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        parent: &TaskRecord,
+        tasks: Vec<NewTask>,
+    ) -> Result<Result<Vec<Created>, ShellError>, StoreError> {
+        for (i, task) in tasks.iter().enumerate() {
+            let accepted = task.gate == parent.gate
+                || self
+                    .gates
+                    .get(&task.gate)
+                    .is_some_and(|g| g.accept_next_from.contains(&parent.gate));
+            if !accepted {
+                return Ok(Err(ShellError::Forbidden {
+                    at: At::item(i, "gate"),
+                    message: format!(
+                        "a next task stays in its source's gate {:?}; gate {:?} does not list {:?} in accept_next_from",
+                        parent.gate, task.gate, parent.gate
+                    ),
+                }));
+            }
+        }
+        let depth = parent.depth + 1;
+        if depth > MAX_DEPTH {
+            return Ok(Err(ShellError::Exhausted {
+                at: At::whole("next"),
+                message: format!(
+                    "task {} is {} generations below its root; a next chain is at most {MAX_DEPTH} deep",
+                    TaskId(parent.id),
+                    parent.depth
+                ),
+            }));
+        }
+        let root = parent.root_id();
+        let had = turn.tx.descendants(root)?;
+        let asked = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
+        if had.saturating_add(asked) > self.max_descendants {
+            return Ok(Err(ShellError::Exhausted {
+                at: At::whole("next"),
+                message: format!(
+                    "root task {} has {had} descendants; {asked} more would pass the server's max_descendants of {}",
+                    TaskId(root),
+                    self.max_descendants
+                ),
+            }));
+        }
+        let tasks = tasks
+            .into_iter()
+            .map(|mut t| {
+                t.parent = Some(TaskId(parent.id));
+                t.lineage = Some((TaskId(root), depth));
+                t
+            })
+            .collect();
+        let created = self.create_tasks(turn, tasks)?;
+        if let Ok(created) = &created {
+            let new = created.iter().filter(|c| !c.replayed).count();
+            let new = u32::try_from(new).unwrap_or(u32::MAX);
+            turn.tx.set_descendants(root, had.saturating_add(new))?;
+        }
+        Ok(created)
+    }
+
+    pub(super) fn next_task_id(&mut self, now: Timestamp) -> u64 {
+        let id = (now.as_ms() << 16).max(self.last_task_id + 1);
+        self.last_task_id = id;
+        id
+    }
+
+    pub(super) fn cancel_task(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        id: TaskId,
+    ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
+        let now = turn.now.as_ms();
+        let Some(task) = turn.task(id.0)? else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("task {id}"),
+            }));
+        };
+        if task.state != TaskState::Scheduled {
+            return Ok(Err(ShellError::Conflict(format!(
+                "task {id} is {}; only scheduled tasks can be cancelled",
+                task.state.as_str()
+            ))));
+        }
+        let (gate_id, due) = (task.gate_id, task.due_at);
+        task.state = TaskState::Cancelled;
+        task.finished_at = Some(now);
+        let record = task.clone();
+        if let Some(schedule) = record.schedule.clone() {
+            turn.ended.push((id.0, TaskState::Cancelled, schedule));
+        }
+        self.plugin_ref(turn, record.plugin.as_ref().map(|p| p.key()), -1);
+        turn.tx
+            .remove_pending(GateId(gate_id), Timestamp(due), id)?;
+        self.count(turn, gate_id, |c| {
+            c.pending = c.pending.saturating_sub(1);
+            c.cancelled += 1;
+        });
+        self.core.handle_input(
+            turn.now,
+            Input::Dequeue {
+                gate: GateId(gate_id),
+                key: (Timestamp(due), id),
+            },
+        );
+        Ok(Ok(record))
+    }
+
+    pub(super) fn retry_task(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        id: TaskId,
+    ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
+        let now = turn.now;
+        let gates_known: Vec<u32> = self.gate_names.keys().copied().collect();
+        let Some(task) = turn.task(id.0)? else {
+            return Ok(Err(ShellError::NotFound {
+                what: format!("task {id}"),
+            }));
+        };
+        if !matches!(task.state, TaskState::Failed | TaskState::Expired) {
+            return Ok(Err(ShellError::Conflict(format!(
+                "task {id} is {}; only failed or expired tasks can be retried",
+                task.state.as_str()
+            ))));
+        }
+        if !gates_known.contains(&task.gate_id) {
+            return Ok(Err(ShellError::Conflict(format!(
+                "task {id}'s gate {:?} no longer exists",
+                task.gate
+            ))));
+        }
+        let was = task.state;
+        if let Some(expires_at) = task.expires_at {
+            let window = expires_at.saturating_sub(task.due_at.max(task.scheduled_at));
+            task.expires_at = Some(now.as_ms() + window);
+        }
+        task.state = TaskState::Scheduled;
+        task.attempt_offset = task.attempts;
+        task.first_attempt_at = None;
+        task.due_at = now.as_ms();
+        task.finished_at = None;
+        let record = task.clone();
+        self.plugin_ref(turn, record.plugin.as_ref().map(|p| p.key()), 1);
+        turn.tx
+            .insert_pending(GateId(record.gate_id), Timestamp(record.due_at), id)?;
+        self.count(turn, record.gate_id, |c| {
+            c.pending += 1;
+            match was {
+                TaskState::Failed => c.failed = c.failed.saturating_sub(1),
+                _ => c.expired = c.expired.saturating_sub(1),
+            }
+        });
+        self.core
+            .handle_input(now, Input::Enqueue(queued_of(&record)));
+        Ok(Ok(record))
+    }
+}
+
+pub(super) fn queued_of(record: &TaskRecord) -> QueuedTask {
+    let mut q = record.queued();
+    q.attempts = record.attempts.saturating_sub(record.attempt_offset);
+    q
+}
+
+pub(super) fn retry_record(policy: &crate::core::RetryPolicy) -> RetryRecord {
+    RetryRecord {
+        max_attempts: policy.max_attempts,
+        initial_ms: policy.backoff.initial.as_millis() as u64,
+        max_ms: policy.backoff.max.as_millis() as u64,
+        multiplier: policy.backoff.multiplier,
+        jitter: policy.backoff.jitter,
+        max_retry_duration_ms: policy.max_retry_duration.map(|d| d.as_millis() as u64),
+    }
+}
+
+impl Engine {
+    /// Checks a target against what is stored: a webhook's host against the
+    /// gate, a plugin against the registry. Errors name the field at fault,
+    /// of the command's task number `item`.
+    pub(super) fn check_target(
+        &self,
+        target: &Target,
+        gate: &GateRecord,
+        item: usize,
+    ) -> Result<(), ShellError> {
+        match target {
+            Target::Webhook(w) => check_host(&w.url, gate).map_err(|message| ShellError::Invalid {
+                at: Some(At::item(item, "webhook.url")),
+                message,
+            }),
+            Target::Plugin(p) if self.plugins.contains_key(&p.key()) => Ok(()),
+            Target::Plugin(p) => Err(ShellError::NoPlugin {
+                at: At::item(item, "plugin"),
+                key: p.key(),
+            }),
+        }
+    }
+}
+
+/// Checks a webhook URL against the gate at creation, so a task that can never be
+/// delivered is refused up front. Dispatch checks again: the gate may change.
+pub(super) fn check_host(url: &str, gate: &GateRecord) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid url: {e}"))?;
+    let host = parsed.host_str().ok_or("url has no host")?;
+    let port = parsed.port_or_known_default().unwrap_or(0);
+    if !guard::host_allowed(host, port, &gate.allowed_hosts) {
+        return Err(format!(
+            "host {host}:{port} is not in gate {:?}'s allowed_hosts {:?}",
+            gate.name, gate.allowed_hosts
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The core's effects written into the turn's transaction, and the plan of
+//! each attempt that starts.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn drain_effects(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
+        while let Some(effect) = self.core.poll_effect() {
+            match effect {
+                Effect::Load {
+                    gate,
+                    from,
+                    until,
+                    limit,
+                } => {
+                    let (keys, next) = turn.tx.pending_range(gate, from, until, limit)?;
+                    let mut tasks = Vec::with_capacity(keys.len());
+                    for (_, id) in keys {
+                        tasks.push(queued_of(turn.must_task(id.0)?));
+                    }
+                    self.core
+                        .handle_input(turn.now, Input::Loaded { gate, tasks, next });
+                }
+                Effect::Start {
+                    task,
+                    gate,
+                    attempt,
+                    at,
+                } => {
+                    let now = turn.now;
+                    let due = turn.must_task(task.0)?.due_at;
+                    let removed = turn.tx.remove_pending(gate, Timestamp(due), task)?;
+                    assert!(removed, "started a task that was not pending");
+                    let record = turn.must_task(task.0)?;
+                    record.state = TaskState::Running;
+                    record.attempts = record.attempt_offset + attempt;
+                    record.first_attempt_at.get_or_insert(now.as_ms());
+                    let number = record.attempts;
+                    let (token, token_hash) = leases::new_token();
+                    let mut plan = self.plan(record, number);
+                    plan.completion_token = token;
+                    plan.release_at = at;
+                    turn.tx.set_running(task.0, true)?;
+                    turn.tx.put_attempt(
+                        task.0,
+                        &AttemptRecord {
+                            attempt: number,
+                            started_at: now.as_ms(),
+                            ended_at: None,
+                            outcome: None,
+                            status: None,
+                            latency_ms: None,
+                            error: None,
+                            response: None,
+                            token_hash: Some(token_hash),
+                            lease_until: None,
+                            lease_ms: None,
+                            progress: None,
+                            heartbeat_at: None,
+                            logs: Vec::new(),
+                        },
+                    )?;
+                    self.count(turn, gate.0, |c| {
+                        c.pending = c.pending.saturating_sub(1);
+                        c.running += 1;
+                        c.attempts += 1;
+                    });
+                    let backlog = self.counts.get(&gate.0).map_or(0, |c| c.pending);
+                    if let Some(name) = self.gate_names.get(&gate.0) {
+                        let metrics = &self.metrics;
+                        self.stats
+                            .entry(gate.0)
+                            .or_insert_with(|| metrics.gate(name))
+                            .started(now, now.as_ms().saturating_sub(due), backlog);
+                    }
+                    turn.plans.push(plan);
+                }
+                Effect::Requeue { task, gate, due } => {
+                    let record = turn.must_task(task.0)?;
+                    record.state = TaskState::Scheduled;
+                    record.due_at = due.as_ms();
+                    turn.tx.insert_pending(gate, due, task)?;
+                    turn.tx.set_running(task.0, false)?;
+                    self.count(turn, gate.0, |c| {
+                        c.running = c.running.saturating_sub(1);
+                        c.pending += 1;
+                        c.retried += 1;
+                    });
+                }
+                Effect::Finish { task, gate, end } => {
+                    let now = turn.now;
+                    let record = turn.must_task(task.0)?;
+                    record.state = match end {
+                        End::Succeeded => TaskState::Succeeded,
+                        End::Failed(_) => TaskState::Failed,
+                        End::Expired => TaskState::Expired,
+                        End::Cancelled => TaskState::Cancelled,
+                    };
+                    match end {
+                        End::Succeeded => record.last_error = None,
+                        End::Failed(FailReason::AttemptsExhausted) => {
+                            let last = record.last_error.take().unwrap_or_default();
+                            record.last_error = Some(format!("attempts exhausted: {last}"));
+                        }
+                        End::Failed(FailReason::RetryWindowExceeded) => {
+                            let last = record.last_error.take().unwrap_or_default();
+                            record.last_error =
+                                Some(format!("max_retry_duration exceeded: {last}"));
+                        }
+                        End::Expired => {
+                            record.last_error = Some("expired before it could retry".into());
+                        }
+                        _ => {}
+                    }
+                    record.finished_at = Some(now.as_ms());
+                    let ended = record.schedule.clone().map(|s| (task.0, record.state, s));
+                    let plugin = record.plugin.as_ref().map(|p| p.key());
+                    turn.ended.extend(ended);
+                    self.plugin_ref(turn, plugin, -1);
+                    turn.tx.set_running(task.0, false)?;
+                    self.count(turn, gate.0, |c| {
+                        c.running = c.running.saturating_sub(1);
+                        match end {
+                            End::Succeeded => c.succeeded += 1,
+                            End::Failed(_) => c.failed += 1,
+                            End::Expired => c.expired += 1,
+                            End::Cancelled => c.cancelled += 1,
+                        }
+                    });
+                }
+                Effect::LeaseExpired { task, attempt, .. } => {
+                    let now = turn.now;
+                    let number = turn.must_task(task.0)?.attempt_offset + attempt;
+                    if let Some(mut record) = turn.tx.attempt(task.0, number)? {
+                        record.ended_at = Some(now.as_ms());
+                        record.outcome = Some("lease_expired".into());
+                        record.error =
+                            Some("the lease ran out before the endpoint reported back".into());
+                        turn.tx.put_attempt(task.0, &record)?;
+                    }
+                    turn.must_task(task.0)?.last_error =
+                        Some("the lease ran out before the endpoint reported back".into());
+                }
+                Effect::Expire { task, gate, due } => {
+                    let now = turn.now;
+                    turn.tx.remove_pending(gate, due, task)?;
+                    let record = turn.must_task(task.0)?;
+                    record.state = TaskState::Expired;
+                    record.finished_at = Some(now.as_ms());
+                    record.last_error =
+                        Some("expired: could not start before expires_after ran out".into());
+                    let ended = record
+                        .schedule
+                        .clone()
+                        .map(|s| (task.0, TaskState::Expired, s));
+                    let plugin = record.plugin.as_ref().map(|p| p.key());
+                    turn.ended.extend(ended);
+                    self.plugin_ref(turn, plugin, -1);
+                    self.count(turn, gate.0, |c| {
+                        c.pending = c.pending.saturating_sub(1);
+                        c.expired += 1;
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn plan(&self, record: &TaskRecord, attempt: u32) -> Plan {
+        let gate = self.gates.get(&record.gate);
+        let target = record.target();
+        let (webhook, plugin) = match target {
+            Target::Webhook(w) => (w, None),
+            Target::Plugin(p) => (
+                crate::store::WebhookRecord {
+                    url: String::new(),
+                    method: String::new(),
+                    headers: Default::default(),
+                    body: None,
+                    secret_headers: Default::default(),
+                },
+                Some(PluginCall {
+                    input: p.input.to_string(),
+                    name: p.name,
+                    version: p.version,
+                }),
+            ),
+        };
+        let (body, json) = match &webhook.body {
+            None => (Bytes::new(), false),
+            Some(BodyRecord::Json(v)) => {
+                (Bytes::from(serde_json::to_vec(v).unwrap_or_default()), true)
+            }
+            Some(BodyRecord::Text(t)) => (Bytes::from(t.clone()), false),
+        };
+        Plan {
+            task: TaskId(record.id),
+            attempt,
+            gate: record.gate.clone(),
+            gate_id: GateId(record.gate_id),
+            url: webhook.url,
+            method: webhook.method,
+            headers: webhook.headers,
+            secret_headers: webhook.secret_headers,
+            body,
+            json,
+            timeout: Duration::from_millis(record.timeout_ms),
+            scheduled_at: Timestamp(record.scheduled_at),
+            release_at: Timestamp::ZERO,
+            schedule: record.schedule.clone(),
+            completion_token: String::new(),
+            signing_keys: {
+                let secrets = gate
+                    .map(|g| &g.signing_secrets)
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(&self.default_secrets);
+                secrets
+                    .iter()
+                    .filter_map(|s| crate::attempt::sign::SigningKey::parse(s).ok())
+                    .collect()
+            },
+            idempotency_key: match (&record.schedule, &record.idempotency_key) {
+                (Some(_), Some(key)) => key.clone(),
+                _ => TaskId(record.id).to_string(),
+            },
+            allowed_hosts: gate.map(|g| g.allowed_hosts.clone()).unwrap_or_default(),
+            plugin,
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! How the API talks to the driver: `Handle` sends a `Command` and awaits
+//! its answer, which comes only after the turn that applied it has committed.
+
+use super::*;
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, ShellError>>;
+
+pub enum Command {
+    PutGate {
+        name: String,
+        spec: Box<GateSpec>,
+        reply: Reply<(GateRecord, bool)>,
+    },
+    DeleteGate {
+        name: String,
+        force: bool,
+        reply: Reply<()>,
+    },
+    SetPaused {
+        name: String,
+        paused: bool,
+        reply: Reply<GateRecord>,
+    },
+    /// All or none.
+    CreateTasks {
+        tasks: Vec<NewTask>,
+        reply: Reply<Vec<Created>>,
+    },
+    CancelTask {
+        id: TaskId,
+        reply: Reply<TaskRecord>,
+    },
+    RetryTask {
+        id: TaskId,
+        reply: Reply<TaskRecord>,
+    },
+    Live {
+        gate: Option<String>,
+        reply: oneshot::Sender<Vec<GateLive>>,
+    },
+    PutSchedule {
+        name: String,
+        spec: Box<ScheduleSpec>,
+        reply: Reply<(ScheduleRecord, bool)>,
+    },
+    /// A report on long-running work: complete, fail or heartbeat.
+    Report {
+        id: TaskId,
+        callback: Box<Callback>,
+        reply: Reply<TaskRecord>,
+    },
+    DeleteSchedule {
+        name: String,
+        reply: Reply<()>,
+    },
+    SetSchedulePaused {
+        name: String,
+        paused: bool,
+        reply: Reply<ScheduleRecord>,
+    },
+    /// Stores an audited, compiled upload.
+    PutPlugin {
+        upload: Box<plugins::Upload>,
+        reply: Reply<(PluginRecord, bool)>,
+    },
+    DeletePlugin {
+        key: String,
+        reply: Reply<()>,
+    },
+}
+
+/// How the API talks to the driver.
+#[derive(Clone)]
+pub struct Handle {
+    pub(super) commands: mpsc::Sender<Command>,
+    pub(super) ready: Arc<AtomicBool>,
+    pub(super) metrics: stats::Metrics,
+}
+
+impl Handle {
+    /// The Prometheus metrics the driver keeps (dispatches, lateness).
+    pub fn metrics(&self) -> &stats::Metrics {
+        &self.metrics
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ShellError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| ShellError::ShuttingDown)?;
+        rx.await.map_err(|_| ShellError::ShuttingDown)?
+    }
+
+    pub async fn put_gate(
+        &self,
+        name: String,
+        spec: GateSpec,
+    ) -> Result<(GateRecord, bool), ShellError> {
+        self.ask(|reply| Command::PutGate {
+            name,
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete_gate(&self, name: String, force: bool) -> Result<(), ShellError> {
+        self.ask(|reply| Command::DeleteGate { name, force, reply })
+            .await
+    }
+
+    pub async fn set_paused(&self, name: String, paused: bool) -> Result<GateRecord, ShellError> {
+        self.ask(|reply| Command::SetPaused {
+            name,
+            paused,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<Created>, ShellError> {
+        self.ask(|reply| Command::CreateTasks { tasks, reply })
+            .await
+    }
+
+    pub async fn cancel_task(&self, id: TaskId) -> Result<TaskRecord, ShellError> {
+        self.ask(|reply| Command::CancelTask { id, reply }).await
+    }
+
+    pub async fn retry_task(&self, id: TaskId) -> Result<TaskRecord, ShellError> {
+        self.ask(|reply| Command::RetryTask { id, reply }).await
+    }
+
+    pub async fn put_schedule(
+        &self,
+        name: String,
+        spec: ScheduleSpec,
+    ) -> Result<(ScheduleRecord, bool), ShellError> {
+        self.ask(|reply| Command::PutSchedule {
+            name,
+            spec: Box::new(spec),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn report(&self, id: TaskId, callback: Callback) -> Result<TaskRecord, ShellError> {
+        self.ask(|reply| Command::Report {
+            id,
+            callback: Box::new(callback),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete_schedule(&self, name: String) -> Result<(), ShellError> {
+        self.ask(|reply| Command::DeleteSchedule { name, reply })
+            .await
+    }
+
+    pub async fn set_schedule_paused(
+        &self,
+        name: String,
+        paused: bool,
+    ) -> Result<ScheduleRecord, ShellError> {
+        self.ask(|reply| Command::SetSchedulePaused {
+            name,
+            paused,
+            reply,
+        })
+        .await
+    }
+
+    /// Stores an upload; `true` when it is new, `false` when the same bytes
+    /// were already there under that version.
+    pub async fn put_plugin(
+        &self,
+        upload: plugins::Upload,
+    ) -> Result<(PluginRecord, bool), ShellError> {
+        self.ask(|reply| Command::PutPlugin {
+            upload: Box::new(upload),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn delete_plugin(&self, key: String) -> Result<(), ShellError> {
+        self.ask(|reply| Command::DeletePlugin { key, reply }).await
+    }
+
+    pub async fn live(&self, gate: Option<String>) -> Result<Vec<GateLive>, ShellError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Live { gate, reply: tx })
+            .await
+            .map_err(|_| ShellError::ShuttingDown)?;
+        rx.await.map_err(|_| ShellError::ShuttingDown)
+    }
+}

@@ -1,0 +1,227 @@
+//! One turn of the engine: reports and commands in, the core's decisions
+//! applied, one commit, answers and attempts out.
+
+use super::*;
+
+impl Engine {
+    /// One turn: applies reports and commands, starts what may start at `now`,
+    /// commits once, then answers the commands. Returns the attempts to release,
+    /// whose starts are now on disk.
+    pub fn turn(
+        &mut self,
+        now: Timestamp,
+        commands: Vec<Command>,
+        reports: Vec<Report>,
+    ) -> Result<Vec<Plan>, StoreError> {
+        // A timer that starts nothing (a rate-limited wake, say) needs no commit.
+        if commands.is_empty() && reports.is_empty() {
+            if !self.shutting_down {
+                self.core.handle_timeout(now);
+            }
+            if !self.core.has_effects() {
+                return Ok(Vec::new());
+            }
+        }
+        let store = self.store.clone();
+        let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        let plans = store.write(|tx| {
+            let mut turn = Turn {
+                tx,
+                now,
+                tasks: HashMap::new(),
+                dirty_counts: Vec::new(),
+                plans: Vec::new(),
+                ended: Vec::new(),
+                dirty_plugins: Vec::new(),
+            };
+            for report in reports {
+                self.apply_report(&mut turn, report)?;
+            }
+            for command in commands {
+                replies.push(self.apply_command(&mut turn, command)?);
+            }
+            if !self.shutting_down {
+                self.core.handle_timeout(now);
+            }
+            self.apply_effects(&mut turn)?;
+            self.finish_turn(&mut turn)?;
+            Ok(std::mem::take(&mut turn.plans))
+        });
+        let plans = match plans {
+            Ok(plans) => plans,
+            Err(e) => {
+                // The core has already moved on; memory and disk would disagree.
+                // Stop here and let the restart recover from what is on disk.
+                tracing::error!(error = %e, "commit failed; stopping so a restart recovers from disk");
+                return Err(e);
+            }
+        };
+        for reply in replies {
+            reply();
+        }
+        Ok(plans)
+    }
+
+    pub(super) fn finish_turn(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
+        turn.flush()?;
+        turn.dirty_plugins.sort_unstable();
+        turn.dirty_plugins.dedup();
+        for key in turn.dirty_plugins.drain(..) {
+            if let Some(plugin) = self.plugins.get(&key) {
+                turn.tx.put_plugin(plugin)?;
+            }
+        }
+        turn.dirty_counts.sort_unstable();
+        turn.dirty_counts.dedup();
+        for gate_id in turn.dirty_counts.drain(..) {
+            if let Some(counts) = self.counts.get(&gate_id) {
+                turn.tx.put_counts(gate_id, counts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a plugin task becoming unfinished (`+1`) or finished (`-1`), so a
+    /// plugin still in use cannot be deleted.
+    pub(super) fn plugin_ref(&mut self, turn: &mut Turn<'_, '_>, key: Option<String>, delta: i64) {
+        let Some(key) = key else {
+            return;
+        };
+        if let Some(plugin) = self.plugins.get_mut(&key) {
+            plugin.unfinished = plugin.unfinished.saturating_add_signed(delta);
+            turn.dirty_plugins.push(key);
+        }
+    }
+
+    pub(super) fn count(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        gate_id: u32,
+        f: impl FnOnce(&mut Counts),
+    ) {
+        if self.gate_names.contains_key(&gate_id) {
+            f(self.counts.entry(gate_id).or_default());
+            turn.dirty_counts.push(gate_id);
+        }
+    }
+
+    pub(super) fn apply_report(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        mut report: Report,
+    ) -> Result<(), StoreError> {
+        let id = report.task.0;
+        // A report that is not about the task's open attempt (a callback settled
+        // it first, or it is from before a restart) changes nothing.
+        let current = turn.task(id)?.map(|t| (t.attempts, t.state));
+        if current != Some((report.attempt, TaskState::Running)) {
+            return Ok(());
+        }
+        let Some(mut record) = turn.tx.attempt(id, report.attempt)? else {
+            return Ok(());
+        };
+        if record.ended_at.is_some() {
+            return Ok(());
+        }
+        if report.outcome == Outcome::Succeeded && !report.next.is_empty() {
+            // A plugin's next steps: created with the success, or the attempt
+            // fails (all or nothing, like a completion's).
+            let created = match (self.next_reader)(&report.next, turn.now) {
+                Ok(tasks) => {
+                    let parent = turn.must_task(id)?.clone();
+                    self.create_next(turn, &parent, tasks)?
+                        .map(|_| ())
+                        .map_err(|e| e.in_list("next"))
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(why) = created {
+                report.outcome = Outcome::Rejected;
+                report.error = Some(format!("the plugin's next tasks were refused: {why}"));
+            }
+        }
+        self.observe(turn, id, &report)?;
+        if let (Some(lease), Outcome::Succeeded) = (report.lease, report.outcome) {
+            let until = turn.now.plus(lease);
+            record.status = report.status;
+            record.latency_ms = Some(report.latency_ms);
+            record.response = report.response.clone();
+            record.lease_until = Some(until.as_ms());
+            record.lease_ms = Some(lease.as_millis() as u64);
+            turn.tx.put_attempt(id, &record)?;
+            self.core.handle_input(
+                turn.now,
+                Input::Leased {
+                    task: report.task,
+                    until,
+                },
+            );
+            return self.apply_effects(turn);
+        }
+        record.ended_at = Some(report.ended_at.as_ms());
+        record.outcome = Some(report.outcome_name().to_string());
+        record.status = report.status;
+        record.latency_ms = Some(report.latency_ms);
+        record.error = report.error.clone();
+        record.response = report.response.clone();
+        record.logs = std::mem::take(&mut report.logs);
+        turn.tx.put_attempt(id, &record)?;
+        if let Some(task) = turn.task(id)?
+            && report.outcome != Outcome::Succeeded
+        {
+            task.last_error = report.error.clone();
+        }
+        self.core.handle_input(
+            turn.now,
+            Input::AttemptEnded {
+                task: report.task,
+                outcome: report.outcome,
+            },
+        );
+        self.apply_effects(turn)
+    }
+
+    /// Counts an attempt's end in the gate's recent series and metrics.
+    pub(super) fn observe(
+        &mut self,
+        turn: &mut Turn<'_, '_>,
+        id: u64,
+        report: &Report,
+    ) -> Result<(), StoreError> {
+        let Some(gate_id) = turn.task(id)?.map(|t| t.gate_id) else {
+            return Ok(());
+        };
+        let Some(name) = self.gate_names.get(&gate_id) else {
+            return Ok(());
+        };
+        let leased = report.lease.is_some() && report.outcome == Outcome::Succeeded;
+        let outcome = if leased {
+            "leased"
+        } else {
+            report.outcome_name()
+        };
+        let verdict = (report.outcome != Outcome::Interrupted && !leased)
+            .then_some(report.outcome == Outcome::Succeeded);
+        let backlog = self.counts.get(&gate_id).map_or(0, |c| c.pending);
+        let metrics = &self.metrics;
+        self.stats
+            .entry(gate_id)
+            .or_insert_with(|| metrics.gate(name))
+            .ended(turn.now, outcome, verdict, backlog);
+        Ok(())
+    }
+
+    /// Executes the core's effects into the transaction, in order, and moves
+    /// schedules on whose occurrences ended, until nothing is left to do.
+    pub(super) fn apply_effects(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
+        loop {
+            self.drain_effects(turn)?;
+            if turn.ended.is_empty() {
+                return Ok(());
+            }
+            for (task, state, schedule) in std::mem::take(&mut turn.ended) {
+                self.occurrence_ended(turn, &schedule, task, state)?;
+            }
+        }
+    }
+}

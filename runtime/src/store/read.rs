@@ -1,0 +1,204 @@
+//! Reads: `Reader`, a consistent snapshot for the API, never blocking the
+//! writer.
+
+use super::*;
+
+/// Which tasks a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub gate_id: Option<u32>,
+    pub state: Option<TaskState>,
+    pub label: Option<(String, String)>,
+}
+
+/// At most this many rows are looked at per listing call; a sparse filter answers
+/// with fewer rows and a cursor to continue from.
+const LIST_SCAN_LIMIT: usize = 20_000;
+
+impl Reads for Reader {
+    fn plugins(&self) -> Result<Vec<PluginRecord>> {
+        let table = self.txn.open_table(PLUGINS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("plugins", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn plugin(&self, key: &str) -> Result<Option<PluginRecord>> {
+        let table = self.txn.open_table(PLUGINS)?;
+        table
+            .get(key)?
+            .map(|v| decode("plugins", v.value()))
+            .transpose()
+    }
+
+    fn plugin_wasm(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.txn.open_table(PLUGIN_WASM)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn compiled(&self, key: &str, engine: u64) -> Result<Option<Vec<u8>>> {
+        let table = self.txn.open_table(PLUGIN_COMPILED)?;
+        Ok(table.get((key, engine))?.map(|v| v.value().to_vec()))
+    }
+
+    fn gates(&self) -> Result<Vec<GateRecord>> {
+        let table = self.txn.open_table(GATES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("gates", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn gate(&self, name: &str) -> Result<Option<GateRecord>> {
+        let table = self.txn.open_table(GATES)?;
+        table
+            .get(name)?
+            .map(|v| decode("gates", v.value()))
+            .transpose()
+    }
+
+    fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
+        let table = self.txn.open_table(TASKS)?;
+        table
+            .get(id)?
+            .map(|v| decode("tasks", v.value()))
+            .transpose()
+    }
+
+    fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRecord>> {
+        let table = self.txn.open_table(ATTEMPTS)?;
+        let mut out = Vec::new();
+        for entry in table.range((task_id, 0)..=(task_id, u32::MAX))? {
+            let (_, v) = entry?;
+            out.push(decode("attempts", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn counts(&self, gate_id: u32) -> Result<Counts> {
+        let table = self.txn.open_table(COUNTS)?;
+        Ok(table
+            .get(gate_id)?
+            .map_or_else(Counts::default, |v| Counts::decode(v.value())))
+    }
+
+    fn oldest_pending(&self, gate_id: u32) -> Result<Option<u64>> {
+        let table = self.txn.open_table(PENDING)?;
+        let mut range = table.range((gate_id, 0, 0)..=(gate_id, u64::MAX, u64::MAX))?;
+        Ok(match range.next() {
+            Some(entry) => Some(entry?.0.value().1),
+            None => None,
+        })
+    }
+
+    fn forecast(&self, gate_id: u32, from: u64, n: usize) -> Result<Vec<u64>> {
+        let table = self.txn.open_table(DUE_MINUTES)?;
+        let first = from / MINUTE_MS;
+        let mut out = vec![0; n];
+        for entry in table.range((gate_id, first)..(gate_id, first + n as u64))? {
+            let (key, count) = entry?;
+            let index = (key.value().1 - first) as usize;
+            out[index] = count.value();
+        }
+        Ok(out)
+    }
+
+    fn due_now(&self, gate_id: u32, now: u64) -> Result<u64> {
+        let table = self.txn.open_table(DUE_MINUTES)?;
+        let minute = now / MINUTE_MS;
+        let mut n = 0;
+        for entry in table.range((gate_id, 0)..(gate_id, minute))? {
+            n += entry?.1.value();
+        }
+        // The current minute row by row, up to a bound: past it (a herd of
+        // tasks due in the same minute) the whole minute counts as due.
+        let pending = self.txn.open_table(PENDING)?;
+        let mut in_minute = 0;
+        for entry in pending.range((gate_id, minute * MINUTE_MS, 0)..=(gate_id, now, u64::MAX))? {
+            entry?;
+            in_minute += 1;
+            if in_minute == DUE_SCAN_LIMIT {
+                let whole = table.get((gate_id, minute))?.map_or(0, |v| v.value());
+                return Ok(n + whole.max(in_minute));
+            }
+        }
+        Ok(n + in_minute)
+    }
+
+    fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<TaskRecord>, Option<u64>)> {
+        let tasks = self.txn.open_table(TASKS)?;
+        let upper = before.unwrap_or(u64::MAX);
+        let ids: Box<dyn Iterator<Item = Result<u64>>> = match filter.gate_id {
+            Some(gate_id) => {
+                let index = self.txn.open_table(GATE_TASKS)?;
+                let range = index.range((gate_id, 0)..(gate_id, upper))?.rev();
+                Box::new(range.map(|e| Ok(e?.0.value().1)))
+            }
+            None => {
+                let range = tasks.range(0..upper)?.rev();
+                Box::new(range.map(|e| Ok(e?.0.value())))
+            }
+        };
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        for id in ids {
+            let id = id?;
+            scanned += 1;
+            let last = Some(id);
+            let Some(task) = tasks
+                .get(id)?
+                .map(|v| decode::<TaskRecord>("tasks", v.value()))
+                .transpose()?
+            else {
+                continue;
+            };
+            let keep = filter.state.is_none_or(|s| task.state == s)
+                && filter
+                    .label
+                    .as_ref()
+                    .is_none_or(|(k, v)| task.labels.get(k) == Some(v));
+            if keep {
+                out.push(task);
+                if out.len() >= limit {
+                    return Ok((out, last));
+                }
+            }
+            if scanned >= LIST_SCAN_LIMIT {
+                return Ok((out, last));
+            }
+        }
+        Ok((out, None))
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        let table = self.txn.open_table(SCHEDULES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("schedules", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>> {
+        let table = self.txn.open_table(SCHEDULES)?;
+        table
+            .get(name)?
+            .map(|v| decode("schedules", v.value()))
+            .transpose()
+    }
+
+    fn task_count(&self) -> Result<u64> {
+        Ok(self.txn.open_table(TASKS)?.len()?)
+    }
+}

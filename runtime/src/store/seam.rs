@@ -1,0 +1,169 @@
+//! The store seam: what the engine writes and the API reads, as traits a
+//! second store can implement (PostgreSQL, SPEC §9, is the next). redb's
+//! `Store` is the first implementation; `tests/all/store.rs` is the
+//! conformance suite every implementation passes.
+//!
+//! A write transaction (`Writes`) is all or nothing and durable when
+//! `Backend::write` returns; a reader (`Reads`) sees one consistent snapshot
+//! and never blocks the writer. Neither decides anything.
+
+use super::*;
+
+/// A store: one write transaction at a time, any number of readers.
+pub trait Backend: Send + Sync {
+    type Tx<'t>: Writes;
+    type Reader: Reads;
+
+    /// Runs `f` in one durable write transaction: all of it is stored when
+    /// this returns `Ok`, none of it when it returns `Err`.
+    fn write<R>(&self, f: impl FnOnce(&mut Self::Tx<'_>) -> Result<R>) -> Result<R>;
+
+    /// A consistent snapshot.
+    fn read(&self) -> Result<Self::Reader>;
+}
+
+/// What one write transaction can do. Pending tasks are keyed (gate, due,
+/// task); every change to them keeps the per-minute due counts in step.
+pub trait Writes {
+    fn next_gate_id(&mut self) -> Result<u32>;
+
+    fn gates(&self) -> Result<Vec<GateRecord>>;
+
+    fn put_gate(&mut self, gate: &GateRecord) -> Result<()>;
+
+    fn delete_gate(&mut self, name: &str) -> Result<()>;
+
+    fn last_task_id(&self) -> Result<Option<u64>>;
+
+    fn task(&self, id: u64) -> Result<Option<TaskRecord>>;
+
+    /// Writes a task; a finished one also enters the retention index.
+    fn put_task(&mut self, task: &TaskRecord) -> Result<()>;
+
+    /// Removes up to `limit` tasks that finished before `before`, with their
+    /// attempts, listing entries and idempotency keys. An index entry whose task
+    /// has run again since (an operator retry) is dropped, the task kept.
+    /// Returns how many tasks went and whether more are waiting.
+    fn prune(&mut self, before: u64, limit: usize) -> Result<(usize, bool)>;
+
+    /// Records a new task in its gate's listing index.
+    fn index_task(&mut self, gate_id: u32, task_id: u64) -> Result<()>;
+
+    fn insert_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<()>;
+
+    fn remove_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<bool>;
+
+    /// Pending keys of a gate from `from` on: at most `limit`, none due after
+    /// `until`. Returns them and the first key not returned.
+    #[allow(clippy::type_complexity, reason = "a plain pair of key lists")]
+    fn pending_range(
+        &self,
+        gate: GateId,
+        from: (Timestamp, TaskId),
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<(Timestamp, TaskId)>, Option<(Timestamp, TaskId)>)>;
+
+    /// Every pending key of a gate, for deleting it.
+    fn all_pending(&self, gate: GateId) -> Result<Vec<(Timestamp, TaskId)>>;
+
+    fn set_running(&mut self, task_id: u64, running: bool) -> Result<()>;
+
+    fn running_tasks(&self) -> Result<Vec<u64>>;
+
+    fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>>;
+
+    fn put_attempt(&mut self, task_id: u64, attempt: &AttemptRecord) -> Result<()>;
+
+    fn idempotent(&self, gate_id: u32, key: &str) -> Result<Option<u64>>;
+
+    fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()>;
+
+    fn all_counts(&self) -> Result<Vec<(u32, Counts)>>;
+
+    fn put_counts(&mut self, gate_id: u32, counts: &Counts) -> Result<()>;
+
+    fn plugins(&self) -> Result<Vec<PluginRecord>>;
+
+    fn put_plugin(&mut self, plugin: &PluginRecord) -> Result<()>;
+
+    fn put_plugin_wasm(&mut self, key: &str, wasm: &[u8]) -> Result<()>;
+
+    fn put_compiled(&mut self, key: &str, engine: u64, artifact: &[u8]) -> Result<()>;
+
+    /// Removes a plugin version with its component and every compiled artifact.
+    fn delete_plugin(&mut self, key: &str) -> Result<()>;
+
+    /// Tasks created so far by the `next` chains of root task `root`.
+    fn descendants(&self, root: u64) -> Result<u32>;
+
+    fn set_descendants(&mut self, root: u64, count: u32) -> Result<()>;
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>>;
+
+    fn put_schedule(&mut self, schedule: &ScheduleRecord) -> Result<()>;
+
+    fn delete_schedule(&mut self, name: &str) -> Result<()>;
+
+    fn delete_counts(&mut self, gate_id: u32) -> Result<()>;
+}
+
+/// What a snapshot can answer.
+pub trait Reads {
+    fn plugins(&self) -> Result<Vec<PluginRecord>>;
+
+    fn plugin(&self, key: &str) -> Result<Option<PluginRecord>>;
+
+    fn plugin_wasm(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    fn compiled(&self, key: &str, engine: u64) -> Result<Option<Vec<u8>>>;
+
+    fn gates(&self) -> Result<Vec<GateRecord>>;
+
+    fn gate(&self, name: &str) -> Result<Option<GateRecord>>;
+
+    fn task(&self, id: u64) -> Result<Option<TaskRecord>>;
+
+    fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRecord>>;
+
+    fn counts(&self, gate_id: u32) -> Result<Counts>;
+
+    /// The earliest pending due time of a gate.
+    fn oldest_pending(&self, gate_id: u32) -> Result<Option<u64>>;
+
+    /// Pending tasks of a gate due in each of the `n` minutes from the one
+    /// holding `from` (ms): read from the per-minute counters, not a scan.
+    fn forecast(&self, gate_id: u32, from: u64, n: usize) -> Result<Vec<u64>>;
+
+    /// Pending tasks of a gate due at or before `now`: whole minutes from the
+    /// counters, and the current minute's own rows up to `now`.
+    fn due_now(&self, gate_id: u32, now: u64) -> Result<u64>;
+
+    /// Tasks newest first, starting below `before` (a task id), with the cursor to
+    /// continue from when more may follow.
+    fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<TaskRecord>, Option<u64>)>;
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>>;
+
+    fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>>;
+
+    fn task_count(&self) -> Result<u64>;
+}
+
+impl Backend for Store {
+    type Tx<'t> = Tx<'t>;
+    type Reader = Reader;
+
+    fn write<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<R> {
+        Store::write(self, f)
+    }
+
+    fn read(&self) -> Result<Reader> {
+        Store::read(self)
+    }
+}

@@ -1,0 +1,392 @@
+//! Writes: `Tx`, the tables of one write transaction, and what each change
+//! keeps in step with it (`due_minutes`, `finished`, the counters).
+
+use super::*;
+
+impl Tx<'_> {
+    /// Writes this transaction's finished tasks to the retention index.
+    pub(super) fn flush_finished(&mut self) -> Result<()> {
+        let mut ids = std::mem::take(&mut self.finished_ids);
+        ids.sort_unstable();
+        ids.dedup();
+        for group in ids.chunk_by(|a, b| a.0 == b.0) {
+            let key = (group[0].0, group[0].1);
+            // A task written again in a later commit at the same instant (it is
+            // rewritten whenever a turn touches it) must not drop the others.
+            let mut bytes = self
+                .finished
+                .get(key)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            for (_, id) in group {
+                let id = id.to_le_bytes();
+                if !bytes.chunks_exact(8).any(|b| b == id) {
+                    bytes.extend_from_slice(&id);
+                }
+            }
+            self.finished.insert(key, bytes.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Removes one finished task and what hangs off it, if it still is the task
+    /// that finished at `at`.
+    pub(super) fn prune_task(&mut self, id: u64, at: u64) -> Result<bool> {
+        let Some(task) = self.task(id)? else {
+            return Ok(false);
+        };
+        if !task.state.is_final() || task.finished_at != Some(at) {
+            return Ok(false);
+        }
+        self.tasks.remove(id)?;
+        let attempts: Vec<(u64, u32)> = self
+            .attempts
+            .range((id, 0)..=(id, u32::MAX))?
+            .map(|e| e.map(|(k, _)| k.value()))
+            .collect::<std::result::Result<_, _>>()?;
+        for key in attempts {
+            self.attempts.remove(key)?;
+        }
+        self.gate_tasks.remove((task.gate_id, id))?;
+        if task.root.is_none_or(|root| root == id) {
+            self.txn.open_table(LINEAGE)?.remove(id)?;
+        }
+        if let Some(key) = &task.idempotency_key
+            && self.idempotent(task.gate_id, key)? == Some(id)
+        {
+            self.idempotency.remove((task.gate_id, key.as_str()))?;
+        }
+        Ok(true)
+    }
+
+    /// Builds `finished` from the tasks (upgrading a version 1 file).
+    pub(super) fn index_finished(&mut self) -> Result<()> {
+        for entry in self.tasks.iter()? {
+            let (_, bytes) = entry?;
+            let task: TaskRecord = decode("tasks", bytes.value())?;
+            if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
+                self.finished_ids.push((at, task.id));
+            }
+        }
+        self.flush_finished()
+    }
+
+    /// Writes this transaction's changes to the per-minute counts.
+    pub(super) fn flush_due_minutes(&mut self) -> Result<()> {
+        for ((gate_id, minute), delta) in self.due_deltas.drain() {
+            if delta == 0 {
+                continue;
+            }
+            let old = self
+                .due_minutes
+                .get((gate_id, minute))?
+                .map_or(0, |v| v.value());
+            let new = old.saturating_add_signed(delta);
+            if new == 0 {
+                self.due_minutes.remove((gate_id, minute))?;
+            } else {
+                self.due_minutes.insert((gate_id, minute), new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds `due_minutes` from `pending` (upgrading a version 1 file).
+    pub(super) fn count_due_minutes(&mut self) -> Result<()> {
+        let mut counts: HashMap<(u32, u64), u64> = HashMap::new();
+        for entry in self.pending.iter()? {
+            let (gate_id, due, _) = entry?.0.value();
+            *counts.entry((gate_id, due / MINUTE_MS)).or_default() += 1;
+        }
+        for (key, n) in counts {
+            self.due_minutes.insert(key, n)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the tables opened only on demand, so readers always find them.
+    pub(super) fn create_lazy_tables(&mut self) -> Result<()> {
+        self.txn.open_table(PLUGIN_WASM)?;
+        self.txn.open_table(PLUGIN_COMPILED)?;
+        self.txn.open_table(LINEAGE)?;
+        Ok(())
+    }
+}
+
+impl Writes for Tx<'_> {
+    fn next_gate_id(&mut self) -> Result<u32> {
+        let next = self.meta.get("next_gate_id")?.map_or(1, |v| v.value());
+        self.meta.insert("next_gate_id", next + 1)?;
+        u32::try_from(next).map_err(|_| StoreError::Corrupt {
+            table: "meta",
+            detail: "gate ids exhausted".into(),
+        })
+    }
+
+    fn gates(&self) -> Result<Vec<GateRecord>> {
+        let mut out = Vec::new();
+        for entry in self.gates.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("gates", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_gate(&mut self, gate: &GateRecord) -> Result<()> {
+        self.gates
+            .insert(gate.name.as_str(), encode(gate).as_slice())?;
+        Ok(())
+    }
+
+    fn delete_gate(&mut self, name: &str) -> Result<()> {
+        self.gates.remove(name)?;
+        Ok(())
+    }
+
+    fn last_task_id(&self) -> Result<Option<u64>> {
+        Ok(self.tasks.last()?.map(|(k, _)| k.value()))
+    }
+
+    fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
+        self.tasks
+            .get(id)?
+            .map(|v| decode("tasks", v.value()))
+            .transpose()
+    }
+
+    fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
+        self.tasks.insert(task.id, encode(task).as_slice())?;
+        if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
+            self.finished_ids.push((at, task.id));
+        }
+        Ok(())
+    }
+
+    fn prune(&mut self, before: u64, limit: usize) -> Result<(usize, bool)> {
+        let mut entries: Vec<((u64, u64), Vec<u64>)> = Vec::new();
+        let mut taken = 0;
+        let mut more = false;
+        for entry in self.finished.range((0, 0)..(before, 0))? {
+            if taken >= limit {
+                more = true;
+                break;
+            }
+            let (key, value) = entry?;
+            let ids: Vec<u64> = value
+                .value()
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+                .collect();
+            taken += ids.len();
+            entries.push((key.value(), ids));
+        }
+        let mut removed = 0;
+        for ((at, first), ids) in entries {
+            self.finished.remove((at, first))?;
+            for id in ids {
+                if self.prune_task(id, at)? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok((removed, more))
+    }
+
+    fn index_task(&mut self, gate_id: u32, task_id: u64) -> Result<()> {
+        self.gate_tasks.insert((gate_id, task_id), ())?;
+        Ok(())
+    }
+
+    fn insert_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<()> {
+        let (gate_id, due) = (gate.0, due.as_ms());
+        if self.pending.insert((gate_id, due, task.0), ())?.is_none() {
+            *self
+                .due_deltas
+                .entry((gate_id, due / MINUTE_MS))
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+
+    fn remove_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<bool> {
+        let (gate_id, due) = (gate.0, due.as_ms());
+        let removed = self.pending.remove((gate_id, due, task.0))?.is_some();
+        if removed {
+            *self
+                .due_deltas
+                .entry((gate_id, due / MINUTE_MS))
+                .or_default() -= 1;
+        }
+        Ok(removed)
+    }
+
+    #[allow(clippy::type_complexity, reason = "a plain pair of key lists")]
+    fn pending_range(
+        &self,
+        gate: GateId,
+        from: (Timestamp, TaskId),
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<(Timestamp, TaskId)>, Option<(Timestamp, TaskId)>)> {
+        let mut keys = Vec::new();
+        let range = self
+            .pending
+            .range((gate.0, from.0.as_ms(), from.1.0)..=(gate.0, u64::MAX, u64::MAX))?;
+        for entry in range {
+            let (k, _) = entry?;
+            let (_, due, id) = k.value();
+            let key = (Timestamp(due), TaskId(id));
+            if keys.len() >= limit || key.0 > until {
+                return Ok((keys, Some(key)));
+            }
+            keys.push(key);
+        }
+        Ok((keys, None))
+    }
+
+    fn all_pending(&self, gate: GateId) -> Result<Vec<(Timestamp, TaskId)>> {
+        let mut keys = Vec::new();
+        for entry in self
+            .pending
+            .range((gate.0, 0, 0)..=(gate.0, u64::MAX, u64::MAX))?
+        {
+            let (k, _) = entry?;
+            let (_, due, id) = k.value();
+            keys.push((Timestamp(due), TaskId(id)));
+        }
+        Ok(keys)
+    }
+
+    fn set_running(&mut self, task_id: u64, running: bool) -> Result<()> {
+        if running {
+            self.running.insert(task_id, ())?;
+        } else {
+            self.running.remove(task_id)?;
+        }
+        Ok(())
+    }
+
+    fn running_tasks(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in self.running.iter()? {
+            out.push(entry?.0.value());
+        }
+        Ok(out)
+    }
+
+    fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>> {
+        self.attempts
+            .get((task_id, attempt))?
+            .map(|v| decode("attempts", v.value()))
+            .transpose()
+    }
+
+    fn put_attempt(&mut self, task_id: u64, attempt: &AttemptRecord) -> Result<()> {
+        self.attempts
+            .insert((task_id, attempt.attempt), encode(attempt).as_slice())?;
+        Ok(())
+    }
+
+    fn idempotent(&self, gate_id: u32, key: &str) -> Result<Option<u64>> {
+        Ok(self.idempotency.get((gate_id, key))?.map(|v| v.value()))
+    }
+
+    fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
+        self.idempotency.insert((gate_id, key), task_id)?;
+        Ok(())
+    }
+
+    fn all_counts(&self) -> Result<Vec<(u32, Counts)>> {
+        let mut out = Vec::new();
+        for entry in self.counts.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value(), Counts::decode(v.value())));
+        }
+        Ok(out)
+    }
+
+    fn put_counts(&mut self, gate_id: u32, counts: &Counts) -> Result<()> {
+        self.counts.insert(gate_id, counts.encode().as_slice())?;
+        Ok(())
+    }
+
+    fn plugins(&self) -> Result<Vec<PluginRecord>> {
+        let mut out = Vec::new();
+        for entry in self.plugins.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("plugins", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_plugin(&mut self, plugin: &PluginRecord) -> Result<()> {
+        let key = plugin_key(&plugin.name, &plugin.version);
+        self.plugins
+            .insert(key.as_str(), encode(plugin).as_slice())?;
+        Ok(())
+    }
+
+    fn put_plugin_wasm(&mut self, key: &str, wasm: &[u8]) -> Result<()> {
+        self.txn.open_table(PLUGIN_WASM)?.insert(key, wasm)?;
+        Ok(())
+    }
+
+    fn put_compiled(&mut self, key: &str, engine: u64, artifact: &[u8]) -> Result<()> {
+        self.txn
+            .open_table(PLUGIN_COMPILED)?
+            .insert((key, engine), artifact)?;
+        Ok(())
+    }
+
+    fn delete_plugin(&mut self, key: &str) -> Result<()> {
+        self.plugins.remove(key)?;
+        self.txn.open_table(PLUGIN_WASM)?.remove(key)?;
+        let mut compiled = self.txn.open_table(PLUGIN_COMPILED)?;
+        let engines: Vec<u64> = compiled
+            .range((key, 0)..=(key, u64::MAX))?
+            .map(|e| e.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for engine in engines {
+            compiled.remove((key, engine))?;
+        }
+        Ok(())
+    }
+
+    fn descendants(&self, root: u64) -> Result<u32> {
+        Ok(self
+            .txn
+            .open_table(LINEAGE)?
+            .get(root)?
+            .map_or(0, |v| v.value()))
+    }
+
+    fn set_descendants(&mut self, root: u64, count: u32) -> Result<()> {
+        self.txn.open_table(LINEAGE)?.insert(root, count)?;
+        Ok(())
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        let mut out = Vec::new();
+        for entry in self.schedules.iter()? {
+            let (_, v) = entry?;
+            out.push(decode("schedules", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_schedule(&mut self, schedule: &ScheduleRecord) -> Result<()> {
+        self.schedules
+            .insert(schedule.name.as_str(), encode(schedule).as_slice())?;
+        Ok(())
+    }
+
+    fn delete_schedule(&mut self, name: &str) -> Result<()> {
+        self.schedules.remove(name)?;
+        Ok(())
+    }
+
+    fn delete_counts(&mut self, gate_id: u32) -> Result<()> {
+        self.counts.remove(gate_id)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,421 @@
+//! The store conformance suite: what every implementation of the store seam
+//! (`Backend`, `Writes`, `Reads`) must do, written once, generic over the
+//! backend. redb runs it on a file and in memory; a PostgreSQL store will run
+//! the same functions.
+
+use serde_json::json;
+use sluice::core::{GateId, TaskId, Timestamp};
+use sluice::store::{
+    AttemptRecord, Backend, Counts, GateRecord, PluginRecord, Reads, ScheduleRecord, Store,
+    StoreError, TaskFilter, TaskRecord, TaskState, Writes,
+};
+
+const MIN: u64 = 60_000;
+
+/// Every check, on one fresh store each.
+fn conformance<B: Backend>(fresh: impl Fn() -> B) {
+    writes_are_all_or_nothing_and_readers_see_snapshots(&fresh());
+    gates_and_their_ids(&fresh());
+    tasks_attempts_and_the_running_set(&fresh());
+    pending_keys_in_due_order(&fresh());
+    minute_counts_follow_pending(&fresh());
+    idempotency_keys_belong_to_a_gate(&fresh());
+    counters_round_trip(&fresh());
+    listings_newest_first(&fresh());
+    retention_spares_a_task_that_runs_again(&fresh());
+    plugins_and_their_artifacts(&fresh());
+    schedules_and_lineage(&fresh());
+}
+
+#[test]
+fn redb_file_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let n = std::sync::atomic::AtomicU32::new(0);
+    conformance(|| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Store::open(&dir.path().join(format!("store-{i}.redb"))).expect("open")
+    });
+}
+
+#[test]
+fn redb_in_memory_conforms() {
+    conformance(|| Store::in_memory().expect("store"));
+}
+
+fn gate(id: u32, name: &str) -> GateRecord {
+    serde_json::from_value(json!({
+        "id": id, "name": name, "rate_per_s": 10.0, "burst": 1, "concurrency": 10,
+        "allowed_hosts": [], "timeout_ms": 30_000,
+        "retry": { "max_attempts": 3, "initial_ms": 1_000, "max_ms": 60_000,
+                   "multiplier": 2.0, "jitter": true, "max_retry_duration_ms": null },
+        "recovery": { "start": 0.1, "over_ms": 60_000 },
+        "circuit": null, "paused": false, "created_at": 1, "updated_at": 1,
+    }))
+    .expect("gate record")
+}
+
+fn task(id: u64, gate_id: u32, state: &str, finished_at: Option<u64>) -> TaskRecord {
+    serde_json::from_value(json!({
+        "id": id, "gate": format!("g{gate_id}"), "gate_id": gate_id, "state": state,
+        "webhook": { "url": "https://a.example/", "method": "POST", "headers": {}, "body": null },
+        "created_at": 1, "scheduled_at": 1, "due_at": 1, "timeout_ms": 1000,
+        "retry": { "max_attempts": 3, "initial_ms": 1, "max_ms": 1, "multiplier": 2.0,
+                   "jitter": false, "max_retry_duration_ms": null },
+        "expires_at": null, "idempotency_key": format!("key{id}"),
+        "labels": { "n": id.to_string() },
+        "attempts": 1, "first_attempt_at": 1, "last_error": null, "finished_at": finished_at,
+    }))
+    .expect("task record")
+}
+
+fn attempt(n: u32) -> AttemptRecord {
+    serde_json::from_value(json!({
+        "attempt": n, "started_at": 10 * u64::from(n), "ended_at": null, "outcome": null,
+        "status": null, "latency_ms": null, "error": null, "response": null,
+    }))
+    .expect("attempt record")
+}
+
+fn ok<T>(result: Result<T, StoreError>) -> T {
+    result.expect("the store answers")
+}
+
+fn writes_are_all_or_nothing_and_readers_see_snapshots<B: Backend>(store: &B) {
+    let before = ok(store.read());
+    ok(store.write(|tx| tx.put_gate(&gate(1, "kept"))));
+    // A write that fails part way leaves nothing behind.
+    let failed: Result<(), _> = store.write(|tx| {
+        tx.put_gate(&gate(2, "dropped"))?;
+        Err(StoreError::Corrupt {
+            table: "test",
+            detail: "abort".into(),
+        })
+    });
+    assert!(failed.is_err());
+    let after = ok(store.read());
+    let names: Vec<_> = ok(after.gates()).into_iter().map(|g| g.name).collect();
+    assert_eq!(names, ["kept"], "a failed write left something");
+    // A reader taken before the commit still sees the store as it was.
+    assert!(
+        ok(before.gates()).is_empty(),
+        "a snapshot saw a later commit"
+    );
+}
+
+fn gates_and_their_ids<B: Backend>(store: &B) {
+    let (a, b) = ok(store.write(|tx| Ok((tx.next_gate_id()?, tx.next_gate_id()?))));
+    assert!(a >= 1 && b > a, "gate ids {a}, {b}");
+    ok(store.write(|tx| {
+        tx.put_gate(&gate(a, "alpha"))?;
+        tx.put_gate(&gate(b, "beta"))
+    }));
+    let mut changed = gate(a, "alpha");
+    changed.paused = true;
+    ok(store.write(|tx| tx.put_gate(&changed)));
+    let r = ok(store.read());
+    assert_eq!(ok(r.gate("alpha")), Some(changed.clone()));
+    assert_eq!(ok(r.gates()).len(), 2);
+    drop(r);
+    ok(store.write(|tx| tx.delete_gate("beta")));
+    let r = ok(store.read());
+    assert_eq!(ok(r.gate("beta")), None);
+    // An id is never handed out twice, deletions or not.
+    let c = ok(store.write(|tx| tx.next_gate_id()));
+    assert!(c > b);
+}
+
+fn tasks_attempts_and_the_running_set<B: Backend>(store: &B) {
+    ok(store.write(|tx| {
+        assert_eq!(tx.last_task_id()?, None);
+        for id in [5, 9, 7] {
+            tx.put_task(&task(id, 1, "scheduled", None))?;
+        }
+        assert_eq!(
+            tx.task(9)?.map(|t| t.id),
+            Some(9),
+            "a write sees its own task"
+        );
+        for n in [2, 1, 3] {
+            tx.put_attempt(9, &attempt(n))?;
+        }
+        tx.set_running(9, true)?;
+        tx.set_running(7, true)?;
+        tx.set_running(7, false)
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.task_count()), 3);
+    assert_eq!(ok(r.task(7)).map(|t| t.state), Some(TaskState::Scheduled));
+    assert_eq!(ok(r.task(8)), None);
+    let numbers: Vec<u32> = ok(r.attempts(9)).iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, [1, 2, 3], "attempts in order");
+    drop(r);
+    ok(store.write(|tx| {
+        assert_eq!(tx.last_task_id()?, Some(9));
+        assert_eq!(tx.running_tasks()?, [9]);
+        assert_eq!(tx.attempt(9, 2)?.map(|a| a.started_at), Some(20));
+        assert_eq!(tx.attempt(9, 4)?, None);
+        Ok(())
+    }));
+}
+
+fn pending_keys_in_due_order<B: Backend>(store: &B) {
+    let (g, other) = (GateId(1), GateId(2));
+    ok(store.write(|tx| {
+        for (due, id) in [(30, 3), (10, 1), (20, 2), (20, 1), (40, 4)] {
+            tx.insert_pending(g, Timestamp(due), TaskId(id))?;
+        }
+        tx.insert_pending(other, Timestamp(5), TaskId(99))
+    }));
+    let key = |due, id| (Timestamp(due), TaskId(id));
+    ok(store.write(|tx| {
+        let (keys, next) = tx.pending_range(g, key(0, 0), Timestamp(u64::MAX), 3)?;
+        assert_eq!(
+            keys,
+            [key(10, 1), key(20, 1), key(20, 2)],
+            "by due, then id"
+        );
+        assert_eq!(next, Some(key(30, 3)));
+        // From a key on, and not past `until`.
+        let (keys, next) = tx.pending_range(g, key(20, 2), Timestamp(30), 10)?;
+        assert_eq!(keys, [key(20, 2), key(30, 3)]);
+        assert_eq!(next, Some(key(40, 4)));
+        let (keys, next) = tx.pending_range(g, key(41, 0), Timestamp(u64::MAX), 10)?;
+        assert!(keys.is_empty() && next.is_none());
+        assert!(tx.remove_pending(g, Timestamp(20), TaskId(1))?);
+        assert!(
+            !tx.remove_pending(g, Timestamp(20), TaskId(1))?,
+            "removed twice"
+        );
+        assert!(
+            !tx.remove_pending(g, Timestamp(99), TaskId(3))?,
+            "wrong due"
+        );
+        assert_eq!(tx.all_pending(other)?, [key(5, 99)]);
+        Ok(())
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.oldest_pending(1)), Some(10));
+    assert_eq!(ok(r.oldest_pending(3)), None);
+}
+
+fn minute_counts_follow_pending<B: Backend>(store: &B) {
+    let now = 1_000 * MIN + 30_000;
+    let add = |gate: u32, dues: &[u64], first: u64| {
+        ok(store.write(|tx| {
+            for (i, &due) in dues.iter().enumerate() {
+                tx.insert_pending(GateId(gate), Timestamp(due), TaskId(first + i as u64))?;
+            }
+            Ok(())
+        }))
+    };
+    // Overdue (two minutes back, and earlier this minute), due later this
+    // minute, in five minutes, and in an hour and a half (past the forecast).
+    add(1, &[998 * MIN, 998 * MIN + 1, now - 10_000], 1);
+    add(1, &[now + 5_000, now + 5 * MIN, now + 5 * MIN + 1], 10);
+    add(1, &[now + 90 * MIN], 20);
+    add(2, &[now - 1], 30);
+    let r = ok(store.read());
+    assert_eq!(ok(r.due_now(1, now)), 3);
+    assert_eq!(ok(r.due_now(2, now)), 1);
+    let forecast = ok(r.forecast(1, now, 60));
+    assert_eq!(forecast.len(), 60);
+    assert_eq!((forecast[0], forecast[5]), (2, 2), "{forecast:?}");
+    assert_eq!(forecast.iter().sum::<u64>(), 4);
+    drop(r);
+    // Starting (removing) tasks takes them out; a key removed twice counts once.
+    ok(store.write(|tx| {
+        let (g, t) = (GateId(1), Timestamp);
+        assert!(tx.remove_pending(g, t(998 * MIN), TaskId(1))?);
+        assert!(!tx.remove_pending(g, t(998 * MIN), TaskId(1))?);
+        assert!(tx.remove_pending(g, t(now + 5_000), TaskId(10))?);
+        Ok(())
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.due_now(1, now)), 2);
+    assert_eq!(ok(r.forecast(1, now, 60))[0], 1);
+    drop(r);
+    // A key inserted twice counts once.
+    add(1, &[now + 5 * MIN], 11);
+    assert_eq!(ok(ok(store.read()).forecast(1, now, 60))[5], 2);
+}
+
+fn idempotency_keys_belong_to_a_gate<B: Backend>(store: &B) {
+    ok(store.write(|tx| tx.put_idempotent(1, "order-42", 7)));
+    ok(store.write(|tx| {
+        assert_eq!(tx.idempotent(1, "order-42")?, Some(7));
+        assert_eq!(tx.idempotent(2, "order-42")?, None, "keys are per gate");
+        assert_eq!(tx.idempotent(1, "order-43")?, None);
+        Ok(())
+    }));
+}
+
+fn counters_round_trip<B: Backend>(store: &B) {
+    let counts = Counts {
+        pending: 3,
+        running: 1,
+        succeeded: 10,
+        attempts: 12,
+        ..Counts::default()
+    };
+    ok(store.write(|tx| {
+        tx.put_counts(1, &counts)?;
+        tx.put_counts(2, &Counts::default())
+    }));
+    assert_eq!(ok(ok(store.read()).counts(1)), counts);
+    ok(store.write(|tx| {
+        assert_eq!(tx.all_counts()?.len(), 2);
+        tx.delete_counts(2)?;
+        assert_eq!(tx.all_counts()?, [(1, counts)]);
+        Ok(())
+    }));
+    assert_eq!(ok(ok(store.read()).counts(9)), Counts::default());
+}
+
+fn listings_newest_first<B: Backend>(store: &B) {
+    ok(store.write(|tx| {
+        for id in 1..=6u64 {
+            let gate_id = if id % 2 == 0 { 2 } else { 1 };
+            let state = if id == 5 { "failed" } else { "scheduled" };
+            tx.put_task(&task(id, gate_id, state, None))?;
+            tx.index_task(gate_id, id)?;
+        }
+        Ok(())
+    }));
+    let r = ok(store.read());
+    let ids = |filter: TaskFilter, before, limit| {
+        let (tasks, cursor) = ok(r.list_tasks(&filter, before, limit));
+        (tasks.iter().map(|t| t.id).collect::<Vec<_>>(), cursor)
+    };
+    let all = TaskFilter::default();
+    assert_eq!(ids(all.clone(), None, 10), (vec![6, 5, 4, 3, 2, 1], None));
+    let (page, cursor) = ids(all.clone(), None, 2);
+    assert_eq!(page, [6, 5]);
+    assert_eq!(ids(all, cursor, 10).0, [4, 3, 2, 1], "the cursor continues");
+    let gate_1 = TaskFilter {
+        gate_id: Some(1),
+        ..TaskFilter::default()
+    };
+    assert_eq!(ids(gate_1.clone(), None, 10).0, [5, 3, 1]);
+    let failed = TaskFilter {
+        state: Some(TaskState::Failed),
+        ..gate_1
+    };
+    assert_eq!(ids(failed, None, 10).0, [5]);
+    let labelled = TaskFilter {
+        label: Some(("n".into(), "4".into())),
+        ..TaskFilter::default()
+    };
+    assert_eq!(ids(labelled, None, 10).0, [4]);
+}
+
+fn retention_spares_a_task_that_runs_again<B: Backend>(store: &B) {
+    ok(store.write(|tx| {
+        for id in [1, 2] {
+            tx.put_task(&task(id, 1, "failed", Some(100)))?;
+            tx.put_idempotent(1, &format!("key{id}"), id)?;
+            tx.index_task(1, id)?;
+            tx.put_attempt(id, &attempt(1))?;
+        }
+        // Task 2 is retried by an operator: scheduled again.
+        tx.put_task(&task(2, 1, "scheduled", None))
+    }));
+    let (removed, more) = ok(store.write(|tx| tx.prune(1_000, 10)));
+    assert_eq!((removed, more), (1, false));
+    let r = ok(store.read());
+    assert!(ok(r.task(1)).is_none());
+    assert!(ok(r.attempts(1)).is_empty(), "attempts go with their task");
+    assert!(ok(r.task(2)).is_some(), "a live task was pruned");
+    drop(r);
+    ok(store.write(|tx| {
+        assert_eq!(tx.idempotent(1, "key1")?, None);
+        assert_eq!(tx.idempotent(1, "key2")?, Some(2));
+        Ok(())
+    }));
+    // A finished task rewritten later at the same instant keeps the others of
+    // its entry indexed; a limit leaves the rest for the next call.
+    ok(store.write(|tx| {
+        for id in [3, 4, 5] {
+            tx.put_task(&task(id, 1, "succeeded", Some(200)))?;
+        }
+        Ok(())
+    }));
+    ok(store.write(|tx| tx.put_task(&task(3, 1, "succeeded", Some(200)))));
+    assert_eq!(
+        ok(store.write(|tx| tx.prune(150, 10))),
+        (0, false),
+        "too young"
+    );
+    // A limit may leave some for the next call; all three of the instant are
+    // found in the end, and nothing else.
+    let mut total = 0;
+    for _ in 0..4 {
+        let (removed, more) = ok(store.write(|tx| tx.prune(1_000, 1)));
+        total += removed;
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(total, 3, "all three of the instant are found");
+    assert_eq!(ok(store.write(|tx| tx.prune(1_000, 10))), (0, false));
+}
+
+fn plugins_and_their_artifacts<B: Backend>(store: &B) {
+    let record: PluginRecord = serde_json::from_value(json!({
+        "name": "resize", "version": "1.0.0", "size": 4, "sha256": "00",
+        "uploaded_at": 1, "imports": ["sluice:task/log@0.1.0"], "unfinished": 0,
+    }))
+    .expect("plugin record");
+    let key = "resize@1.0.0";
+    ok(store.write(|tx| {
+        tx.put_plugin(&record)?;
+        tx.put_plugin_wasm(key, b"\0asm")?;
+        tx.put_compiled(key, 7, b"artifact")?;
+        assert_eq!(tx.plugins()?, std::slice::from_ref(&record));
+        Ok(())
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.plugin(key)), Some(record.clone()));
+    assert_eq!(ok(r.plugin_wasm(key)).as_deref(), Some(&b"\0asm"[..]));
+    assert_eq!(ok(r.compiled(key, 7)).as_deref(), Some(&b"artifact"[..]));
+    assert_eq!(ok(r.compiled(key, 8)), None, "another engine's artifact");
+    drop(r);
+    ok(store.write(|tx| tx.delete_plugin(key)));
+    let r = ok(store.read());
+    assert!(ok(r.plugins()).is_empty());
+    assert_eq!(
+        ok(r.plugin_wasm(key)),
+        None,
+        "the component goes with its record"
+    );
+    assert_eq!(ok(r.compiled(key, 7)), None, "and every compiled artifact");
+}
+
+fn schedules_and_lineage<B: Backend>(store: &B) {
+    let schedule: ScheduleRecord = serde_json::from_value(json!({
+        "name": "nightly", "cron": "0 3 * * *", "timezone": "UTC", "every_ms": null,
+        "anchor": 0, "misfire": "skip", "catchup_limit": 0, "jitter_ms": 0,
+        "template": { "gate": "g", "webhook": { "url": "https://a.example/",
+            "method": "POST", "headers": {}, "body": null },
+            "max_attempts": null, "timeout_ms": null, "backoff": null,
+            "max_retry_duration_ms": null, "expires_after_ms": null, "labels": {} },
+        "paused": false, "current": null, "last_scheduled": null, "counted_through": 0,
+        "missed": 0, "skipped": 0, "last_runs": [], "last_error": null,
+        "created_at": 1, "updated_at": 1,
+    }))
+    .expect("schedule record");
+    ok(store.write(|tx| {
+        tx.put_schedule(&schedule)?;
+        assert_eq!(tx.descendants(1)?, 0);
+        tx.set_descendants(1, 12)
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.schedule("nightly")), Some(schedule.clone()));
+    assert_eq!(ok(r.schedules()).len(), 1);
+    drop(r);
+    ok(store.write(|tx| {
+        assert_eq!(tx.schedules()?, std::slice::from_ref(&schedule));
+        assert_eq!(tx.descendants(1)?, 12);
+        tx.delete_schedule("nightly")
+    }));
+    assert_eq!(ok(ok(store.read()).schedule("nightly")), None);
+}
