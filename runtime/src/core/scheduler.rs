@@ -842,3 +842,7 @@ impl Scheduler {
 #[cfg(test)]
 #[path = "sim_tests.rs"]
 mod sim_tests;
+
+#[cfg(test)]
+#[path = "scripted_tests.rs"]
+mod scripted_tests;

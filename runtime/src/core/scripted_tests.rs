@@ -1,0 +1,316 @@
+//! Scripted tests of the scheduler: one path each (leases, heartbeats,
+//! Retry-After, expiry, plugin asks), a few inputs at chosen instants, and the
+//! exact effects and permits that must come out. The property tests in
+//! `sim_tests.rs` check the invariants over random runs; these pin down what
+//! each path does.
+
+use std::time::Duration;
+
+use super::*;
+use crate::core::gate::{CircuitPolicy, GateLimits, Recovery};
+use crate::core::retry::{Backoff, RetryPolicy};
+use crate::core::time::Rate;
+
+const G: GateId = GateId(1);
+
+fn ms(n: u64) -> Timestamp {
+    Timestamp(n)
+}
+
+fn limits(per_s: f64, concurrency: u32) -> GateLimits {
+    GateLimits {
+        rate: Rate::per_second(per_s).expect("rate"),
+        burst: 1,
+        concurrency,
+        recovery: Recovery {
+            start: 1.0,
+            over: Duration::ZERO,
+        },
+        circuit: None::<CircuitPolicy>,
+    }
+}
+
+fn task(id: u64, due: u64) -> QueuedTask {
+    QueuedTask {
+        id: TaskId(id),
+        gate: G,
+        due: ms(due),
+        attempts: 0,
+        first_attempt_at: None,
+        expires_at: None,
+        policy: RetryPolicy {
+            max_attempts: 3,
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+                multiplier: 2.0,
+                jitter: false,
+            },
+            max_retry_duration: None,
+        },
+    }
+}
+
+/// The scheduler as a turn of the shell drives it: inputs, then the timers
+/// due, then every effect drained. Loads are answered at once with an empty
+/// disk: every task here came in through `Enqueue`.
+struct Script {
+    core: Scheduler,
+}
+
+impl Script {
+    fn new(limits: GateLimits) -> Script {
+        let tuning = Tuning {
+            window: 64,
+            horizon: Duration::from_secs(3_600),
+            lookahead: Duration::ZERO,
+        };
+        let mut script = Script {
+            core: Scheduler::new(1, tuning),
+        };
+        let ready = script.input(
+            0,
+            Input::UpsertGate {
+                gate: G,
+                limits,
+                paused: false,
+                ramp: false,
+            },
+        );
+        assert!(ready.is_empty(), "{ready:?}");
+        script
+    }
+
+    fn input(&mut self, now: u64, input: Input) -> Vec<Effect> {
+        self.core.handle_input(ms(now), input);
+        self.at(now)
+    }
+
+    fn at(&mut self, now: u64) -> Vec<Effect> {
+        self.core.handle_timeout(ms(now));
+        let mut out = Vec::new();
+        while let Some(effect) = self.core.poll_effect() {
+            match effect {
+                Effect::Load { gate, .. } => self.core.handle_input(
+                    ms(now),
+                    Input::Loaded {
+                        gate,
+                        tasks: Vec::new(),
+                        next: None,
+                    },
+                ),
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    fn permits(&mut self) -> Vec<(u64, u64)> {
+        std::iter::from_fn(|| self.core.poll_permit())
+            .map(|p| (p.ask, p.at.as_ms()))
+            .collect()
+    }
+}
+
+fn start(id: u64, attempt: u32, at: u64) -> Effect {
+    Effect::Start {
+        task: TaskId(id),
+        gate: G,
+        attempt,
+        at: ms(at),
+    }
+}
+
+#[test]
+fn a_lease_holds_its_slot_until_it_runs_out() {
+    let mut s = Script::new(limits(1_000.0, 1));
+    s.input(0, Input::Enqueue(task(1, 0)));
+    let second = s.input(0, Input::Enqueue(task(2, 0)));
+    assert!(second.is_empty(), "concurrency 1: {second:?}");
+    let leased = s.input(
+        5,
+        Input::Leased {
+            task: TaskId(1),
+            until: ms(10_000),
+        },
+    );
+    assert!(leased.is_empty(), "{leased:?}");
+    assert_eq!(s.core.poll_timeout(), Some(ms(10_000)));
+    assert!(s.at(9_999).is_empty(), "the lease still holds the slot");
+    assert_eq!(
+        s.at(10_000),
+        [
+            Effect::LeaseExpired {
+                task: TaskId(1),
+                gate: G,
+                attempt: 1
+            },
+            Effect::Requeue {
+                task: TaskId(1),
+                gate: G,
+                due: ms(11_000)
+            },
+            start(2, 1, 10_000),
+        ],
+        "a lease that runs out is a failed attempt: retried after its backoff, slot freed"
+    );
+}
+
+#[test]
+fn a_heartbeat_moves_the_lease_and_a_report_ends_it() {
+    let mut s = Script::new(limits(1_000.0, 1));
+    assert_eq!(s.input(0, Input::Enqueue(task(1, 0))), [start(1, 1, 0)]);
+    let until = |t| Input::Leased {
+        task: TaskId(1),
+        until: ms(t),
+    };
+    s.input(5, until(10_000));
+    let beat = Input::Heartbeat {
+        task: TaskId(1),
+        until: ms(20_000),
+    };
+    assert!(s.input(9_000, beat).is_empty());
+    assert!(s.at(10_000).is_empty(), "the heartbeat moved the deadline");
+    assert_eq!(s.core.poll_timeout(), Some(ms(20_000)));
+    let done = s.input(
+        15_000,
+        Input::AttemptEnded {
+            task: TaskId(1),
+            outcome: Outcome::Succeeded,
+        },
+    );
+    assert_eq!(
+        done,
+        [Effect::Finish {
+            task: TaskId(1),
+            gate: G,
+            end: End::Succeeded
+        }]
+    );
+    assert!(s.at(20_000).is_empty(), "an ended lease never expires");
+    assert_eq!(s.core.running(), 0);
+}
+
+#[test]
+fn retry_after_sets_the_next_due_and_throttling_holds_the_gate() {
+    let mut s = Script::new(limits(1_000.0, 10));
+    s.input(0, Input::Enqueue(task(1, 0)));
+    // A 503 with Retry-After: 30 s outweighs the 1 s backoff.
+    let failed = s.input(
+        100,
+        Input::AttemptEnded {
+            task: TaskId(1),
+            outcome: Outcome::Failed {
+                retry_after: Some(Duration::from_secs(30)),
+            },
+        },
+    );
+    let requeue = |id, due| Effect::Requeue {
+        task: TaskId(id),
+        gate: G,
+        due: ms(due),
+    };
+    assert_eq!(failed, [requeue(1, 30_100)]);
+    // A 429 with Retry-After throttles the whole gate: a task due now waits.
+    assert_eq!(
+        s.input(200, Input::Enqueue(task(2, 200))),
+        [start(2, 1, 200)]
+    );
+    let throttled = s.input(
+        300,
+        Input::AttemptEnded {
+            task: TaskId(2),
+            outcome: Outcome::Throttled {
+                retry_after: Some(Duration::from_secs(5)),
+            },
+        },
+    );
+    assert_eq!(throttled, [requeue(2, 5_300)]);
+    assert!(s.input(400, Input::Enqueue(task(3, 400))).is_empty());
+    assert!(s.at(5_299).is_empty(), "the gate is held until Retry-After");
+    let resumed = s.at(5_300);
+    assert!(
+        resumed.first() == Some(&start(3, 1, 5_300))
+            || resumed.first() == Some(&start(2, 2, 5_300)),
+        "{resumed:?}"
+    );
+}
+
+#[test]
+fn a_task_that_cannot_start_in_time_expires() {
+    // One start a minute: the second task's turn comes after its deadline.
+    let mut s = Script::new(limits(1.0 / 60.0, 10));
+    assert_eq!(s.input(0, Input::Enqueue(task(1, 0))), [start(1, 1, 0)]);
+    let late = QueuedTask {
+        expires_at: Some(ms(5_000)),
+        ..task(2, 0)
+    };
+    assert!(s.input(0, Input::Enqueue(late)).is_empty());
+    assert_eq!(s.core.poll_timeout(), Some(ms(60_000)));
+    assert_eq!(
+        s.at(60_000),
+        [Effect::Expire {
+            task: TaskId(2),
+            gate: G,
+            due: ms(0)
+        }]
+    );
+    // A retry due after the deadline ends the task as expired instead.
+    let mut s = Script::new(limits(1_000.0, 10));
+    let short = QueuedTask {
+        expires_at: Some(ms(500)),
+        ..task(3, 0)
+    };
+    s.input(0, Input::Enqueue(short));
+    let failed = s.input(
+        10,
+        Input::AttemptEnded {
+            task: TaskId(3),
+            outcome: Outcome::Failed { retry_after: None },
+        },
+    );
+    assert_eq!(
+        failed,
+        [Effect::Finish {
+            task: TaskId(3),
+            gate: G,
+            end: End::Expired
+        }]
+    );
+}
+
+#[test]
+fn plugin_asks_get_permits_within_the_gate() {
+    let mut s = Script::new(limits(1_000.0, 2));
+    assert_eq!(s.input(0, Input::Enqueue(task(1, 0))), [start(1, 1, 0)]);
+    let ask = |n| Input::Ask {
+        task: TaskId(1),
+        attempt: 1,
+        ask: n,
+    };
+    // The attempt's own slot covers its first request.
+    s.input(100, ask(1));
+    assert_eq!(s.permits(), [(1, 100)]);
+    // A second at once takes the gate's other slot, a third waits for one.
+    s.input(200, ask(2));
+    assert_eq!(s.permits(), [(2, 200)]);
+    s.input(300, ask(3));
+    assert!(s.permits().is_empty(), "concurrency 2 is taken");
+    let ended = Input::RequestEnded {
+        task: TaskId(1),
+        attempt: 1,
+        signal: Signal::Healthy,
+    };
+    s.input(400, ended);
+    assert_eq!(s.permits(), [(3, 400)], "an ended request frees its slot");
+    // An ask of an attempt that has ended gets nothing.
+    s.input(
+        500,
+        Input::AttemptEnded {
+            task: TaskId(1),
+            outcome: Outcome::Succeeded,
+        },
+    );
+    s.input(600, ask(4));
+    assert!(s.permits().is_empty(), "a permit for an ended attempt");
+}
