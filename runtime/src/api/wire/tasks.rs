@@ -389,3 +389,79 @@ impl TaskBody {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// 2026-09-21, in milliseconds.
+    const NOW: Timestamp = Timestamp(1_790_000_000_000);
+
+    fn validate(v: serde_json::Value, prefix: &str) -> Result<NewTask, ApiError> {
+        let body: TaskBody = serde_json::from_value(v).expect("a task body");
+        body.validate(NOW, prefix)
+    }
+
+    #[test]
+    fn a_webhook_task_gets_its_defaults_and_due_time() {
+        let url = "https://a.example/x";
+        let task = validate(json!({"gate": "g", "webhook": {"url": url}}), "").expect("valid");
+        assert_eq!((task.gate.as_str(), task.due), ("g", NOW));
+        match &task.target {
+            Target::Webhook(w) => assert_eq!((w.url.as_str(), w.method.as_str()), (url, "POST")),
+            other => unreachable!("a webhook became {other:?}"),
+        }
+        let later = json!({"gate": "g", "webhook": {"url": url}, "delay": "1m30s"});
+        assert_eq!(
+            validate(later, "").expect("valid").due,
+            NOW.plus(Duration::from_secs(90))
+        );
+        // A time in the past is kept: the task is due at once.
+        let past = json!({"gate": "g", "webhook": {"url": url}, "run_at": "1999-01-01T00:00:00Z"});
+        assert!(validate(past, "").expect("valid").due < NOW);
+    }
+
+    #[test]
+    fn errors_name_the_field_under_the_prefix() {
+        let url = "https://a.example/";
+        let cases = [
+            (json!({"gate": "g"}), "webhook"),
+            (
+                json!({"gate": "not a name", "webhook": {"url": url}}),
+                "gate",
+            ),
+            (
+                json!({"gate": "g", "webhook": {"url": url}, "run_at": "soon"}),
+                "run_at",
+            ),
+            (
+                json!({"gate": "g", "webhook": {"url": url}, "run_at": "2026-01-01T00:00:00Z", "delay": "1s"}),
+                "delay",
+            ),
+            (
+                json!({"gate": "g", "webhook": {"url": url}, "plugin": {"name": "p", "version": "1.0.0", "input": {}}}),
+                "webhook",
+            ),
+        ];
+        for (body, field) in cases {
+            for prefix in ["", "tasks[3]."] {
+                let e = validate(body.clone(), prefix).expect_err("invalid");
+                assert_eq!(e.status, 400, "{body}");
+                assert_eq!(e.field, Some(format!("{prefix}{field}")), "{body}: {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn next_tasks_are_read_all_or_nothing() {
+        let one = json!({"gate": "g", "webhook": {"url": "https://a.example/"}}).to_string();
+        let read = parse_next(&[one.clone(), one.clone()], NOW).expect("two tasks");
+        assert_eq!(read.len(), 2);
+        let bad = parse_next(&[one.clone(), "{\"gate\": 1}".into()], NOW).expect_err("bad");
+        assert!(bad.starts_with("next[1]"), "{bad}");
+        let too_many = vec![one; MAX_NEXT + 1];
+        assert!(parse_next(&too_many, NOW).is_err());
+    }
+}
