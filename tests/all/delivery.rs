@@ -19,16 +19,20 @@ async fn delayed_task_arrives_on_time() {
     let mut task = webhook_task("g", &sink.url("/later"));
     task["delay"] = json!("1s");
     let t = c.create(task).await;
+    // The due time is taken when the server receives the task, somewhere
+    // between these two instants; a commit stalled by a busy disk moves both.
+    let answered = clock::instant();
     let hits = sink.wait_for(1, Duration::from_secs(10)).await;
-    let waited = hits[0].at.duration_since(created);
+    let early = hits[0].at.duration_since(created);
     assert!(
-        waited >= Duration::from_millis(990),
-        "arrived early: {waited:?}"
+        early >= Duration::from_millis(990),
+        "arrived early: {early:?}"
     );
-    assert!(
-        waited < Duration::from_millis(1_250),
-        "arrived late: {waited:?}"
-    );
+    // Exact timing is the core's (`a_delayed_task_starts_at_its_due_time_not_before`);
+    // here the bound catches a shell that misses its timer and waits for some
+    // other wake-up, with room for a machine that runs every other test beside.
+    let late = hits[0].at.saturating_duration_since(answered);
+    assert!(late < Duration::from_secs(4), "arrived late: {late:?}");
     let h = &hits[0].headers;
     assert_eq!(h["sluice-task-id"], t["id"].as_str().unwrap_or_default());
     assert_eq!(h["sluice-attempt"], "1");

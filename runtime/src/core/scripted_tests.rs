@@ -122,6 +122,23 @@ fn start(id: u64, attempt: u32, at: u64) -> Effect {
 }
 
 #[test]
+fn a_delayed_task_starts_at_its_due_time_not_before() {
+    let mut s = Script::new(limits(100.0, 10));
+    assert!(s.input(0, Input::Enqueue(task(1, 1_000))).is_empty());
+    assert_eq!(
+        s.core.poll_timeout(),
+        Some(ms(1_000)),
+        "the shell sleeps until the due time"
+    );
+    assert!(s.at(999).is_empty(), "a millisecond early");
+    assert_eq!(s.at(1_000), [start(1, 1, 1_000)]);
+    // A timer that fires late starts the task at once, not at its slot in the past.
+    let mut s = Script::new(limits(100.0, 10));
+    s.input(0, Input::Enqueue(task(2, 1_000)));
+    assert_eq!(s.at(3_200), [start(2, 1, 3_200)]);
+}
+
+#[test]
 fn a_lease_holds_its_slot_until_it_runs_out() {
     let mut s = Script::new(limits(1_000.0, 1));
     s.input(0, Input::Enqueue(task(1, 0)));
