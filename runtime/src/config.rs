@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::auth::{TokenEntry, Tokens};
 use crate::core::parse_duration;
@@ -15,7 +15,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7460";
 pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
 
 /// The `--config` file. Every key is optional.
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Serialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
@@ -41,7 +41,7 @@ pub struct FileConfig {
 }
 
 /// One `[[tokens]]` entry of the config file.
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Serialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     pub name: String,
@@ -244,4 +244,183 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// One server setting as `docs/config.md` lists it: where it can be given
+/// (file key, flag, environment variable), its default, and what it does.
+/// `tests/all/ops.rs` checks this list against the flags `sluice serve`
+/// takes and the keys the config file accepts, and the document against it.
+pub struct Setting {
+    pub key: Option<&'static str>,
+    pub flag: Option<&'static str>,
+    pub env: Option<&'static str>,
+    pub default: String,
+    pub help: &'static str,
+}
+
+/// Every setting of `sluice serve`, in the order the reference lists them.
+pub fn settings() -> Vec<Setting> {
+    let setting = |key, flag, env, default: &str, help| Setting {
+        key,
+        flag,
+        env,
+        default: default.to_string(),
+        help,
+    };
+    let days = crate::shell::DEFAULT_RETENTION.as_secs() / 86_400;
+    vec![
+        setting(
+            None,
+            Some("--config"),
+            Some("SLUICE_CONFIG"),
+            "",
+            "A TOML file with any of the keys below.",
+        ),
+        setting(
+            Some("data_dir"),
+            Some("--data-dir"),
+            Some("SLUICE_DATA_DIR"),
+            DEFAULT_DATA_DIR,
+            "Directory of the data file (`sluice.redb`), created if missing.",
+        ),
+        setting(
+            Some("listen"),
+            Some("--listen"),
+            Some("SLUICE_LISTEN"),
+            DEFAULT_LISTEN,
+            "Address and port of the API and dashboard. Beyond loopback only with API tokens.",
+        ),
+        setting(
+            Some("shutdown_grace"),
+            Some("--shutdown-grace"),
+            Some("SLUICE_SHUTDOWN_GRACE"),
+            "10s",
+            "How long a stop (SIGTERM, Ctrl-C) waits for attempts in flight; what is still running then is retried after the restart.",
+        ),
+        setting(
+            Some("tls_cert"),
+            Some("--tls-cert"),
+            Some("SLUICE_TLS_CERT"),
+            "",
+            "Serve HTTPS with this PEM certificate chain (with `tls_key`).",
+        ),
+        setting(
+            Some("tls_key"),
+            Some("--tls-key"),
+            Some("SLUICE_TLS_KEY"),
+            "",
+            "The PEM private key of `tls_cert`.",
+        ),
+        setting(
+            Some("retention"),
+            Some("--retention"),
+            Some("SLUICE_RETENTION"),
+            &format!("{days}d"),
+            "How long finished tasks and their attempts are kept; at least 1s.",
+        ),
+        setting(
+            None,
+            Some("--log-format"),
+            Some("SLUICE_LOG_FORMAT"),
+            "text",
+            "`text`, or `json`: one object per line (timestamp, level, target, message, fields, and `span.request_id` on API calls).",
+        ),
+        setting(
+            None,
+            None,
+            Some("SLUICE_LOG"),
+            "info",
+            "Which log lines to write, as a tracing filter: `debug`, `warn,sluice=info`, ...",
+        ),
+        setting(
+            Some("tokens"),
+            None,
+            Some("SLUICE_TOKENS"),
+            "",
+            "API tokens as `sluice token new` prints them: `[[tokens]]` tables with `name`, `role` (admin, writer, reader) and `hash`; in the environment, comma-separated `name:role:sha256:<hex>`. None: the API is open, on loopback only.",
+        ),
+        setting(
+            Some("signing_secrets"),
+            None,
+            Some("SLUICE_SIGNING_SECRETS"),
+            "",
+            "Standard Webhooks secrets (`whsec_...`) for gates without their own; each one signs every delivery (one signature per secret), so a secret can be rotated without a gap. Comma-separated in the environment.",
+        ),
+        setting(
+            Some("outbound_hosts"),
+            None,
+            Some("SLUICE_OUTBOUND_HOSTS"),
+            "",
+            "When set, the only hosts any webhook or plugin request may reach, whatever a gate allows (`host`, `host:port`, `*.domain`). Comma-separated in the environment.",
+        ),
+        setting(
+            Some("plugin_instances"),
+            None,
+            Some("SLUICE_PLUGIN_INSTANCES"),
+            &crate::plugin::DEFAULT_INSTANCES.to_string(),
+            "Plugin attempts that may run at once; more wait for a slot. Each slot reserves address space for its memory.",
+        ),
+        setting(
+            Some("max_descendants"),
+            None,
+            Some("SLUICE_MAX_DESCENDANTS"),
+            &DEFAULT_MAX_DESCENDANTS.to_string(),
+            "Most tasks one root task's `next` chains may create, all generations together.",
+        ),
+        setting(
+            None,
+            None,
+            Some("TOKIO_WORKER_THREADS"),
+            "cores - 1",
+            "Async worker threads; the scheduler's driver has a thread of its own beside them.",
+        ),
+    ]
+}
+
+/// `docs/config.md`, generated from [`settings`].
+pub fn reference() -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the code (`sluice::config::settings`); `tests/all/ops.rs`\n\
+         fails when this file, the flags of `sluice serve` or the keys of the\n\
+         config file drift apart. Regenerate with\n\
+         `SLUICE_BLESS=1 cargo test --test all config_reference`.\n\n\
+         A flag wins over its environment variable, which wins over the key in\n\
+         the `--config` file, which wins over the default. Durations are written\n\
+         like `500ms`, `30s`, `10m`, `2h`, `7d`.\n\n\
+         | File key | Flag | Environment | Default | What it does |\n\
+         |---|---|---|---|---|\n",
+    );
+    let cell = |v: Option<&str>| v.map_or_else(|| "-".to_string(), |v| format!("`{v}`"));
+    for s in settings() {
+        let default = if s.default.is_empty() {
+            "-".to_string()
+        } else {
+            format!("`{}`", s.default)
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            cell(s.key),
+            cell(s.flag),
+            cell(s.env),
+            default,
+            s.help
+        ));
+    }
+    out.push_str(
+        "\nAn example file:\n\n\
+         ```toml\n\
+         data_dir = \"/var/lib/sluice\"\n\
+         listen = \"0.0.0.0:7460\"\n\
+         shutdown_grace = \"30s\"\n\
+         retention = \"14d\"\n\
+         outbound_hosts = [\"api.example.com\", \"*.hooks.example.com\"]\n\
+         \n\
+         [[tokens]]\n\
+         name = \"ops\"\n\
+         role = \"admin\"\n\
+         hash = \"sha256:<from sluice token new>\"\n\
+         ```\n",
+    );
+    out
 }

@@ -21,7 +21,14 @@ pub const DATA_FILE: &str = "sluice.redb";
 pub struct Running {
     addr: SocketAddr,
     tls: bool,
+    /// Stops the driver: readiness turns false, no attempt starts, those in
+    /// flight get the grace period.
     stop: watch::Sender<bool>,
+    /// Closes the listener, once the driver has stopped.
+    http_stop: watch::Sender<bool>,
+    /// How long the listener waits for answers still being sent (a backup's
+    /// stream, say) before it drops them.
+    grace: std::time::Duration,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     driver: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
     plugins: Arc<crate::plugin::Host>,
@@ -52,13 +59,24 @@ impl Running {
     }
 
     /// Waits until the server stops (after `shutdown`, or a fatal store error).
+    /// The API answers until the driver has stopped (with `/readyz` at 503
+    /// from the start of the stop); then the listener closes, and answers
+    /// still being sent get the grace period before they are cut.
     pub async fn wait(self) -> anyhow::Result<()> {
         let driver = self.driver;
         let result = tokio::task::spawn_blocking(move || driver.join())
             .await
             .context("joining the driver")?;
         let _ = self.stop.send(true);
-        self.http.await.context("joining the HTTP server")??;
+        let _ = self.http_stop.send(true);
+        let mut http = self.http;
+        match tokio::time::timeout(self.grace, &mut http).await {
+            Ok(joined) => joined.context("joining the HTTP server")??,
+            Err(_) => {
+                tracing::warn!("answers still being sent after the grace period are cut off");
+                http.abort();
+            }
+        }
         match result {
             Ok(r) => r.context("the scheduler stopped on a storage error"),
             Err(_) => anyhow::bail!("the scheduler thread panicked"),
@@ -81,6 +99,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
+    let (http_stop, http_stop_rx) = watch::channel(false);
     let plugins = crate::plugin::Host::new(store.clone(), config.plugin_instances)
         .context("starting the plugin runtime")?;
     let options = Options {
@@ -93,20 +112,24 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         plugins: Some(plugins.clone()),
         next_reader: api::wire::parse_next,
     };
-    let (handle, driver) = shell::spawn(store.clone(), options, stop_rx.clone())?;
+    let (handle, driver) = shell::spawn(store.clone(), options, stop_rx)?;
+    api::admin::clear_scratch(&config.data_dir);
     let app = api::router(AppState {
         store,
         shell: handle,
         plugins: plugins.clone(),
+        scratch: config.data_dir.clone(),
+        backup: Arc::default(),
     })
     .layer(axum::middleware::from_fn_with_state(
         Arc::new(config.tokens.clone()),
         api::auth::layer,
     ))
-    .layer(axum::middleware::from_fn(api::linger::layer));
-    let mut http_stop = stop_rx;
+    .layer(axum::middleware::from_fn(api::linger::layer))
+    .layer(axum::middleware::from_fn(api::request_id::layer));
+    let mut http_stopping = http_stop_rx;
     let stopped = async move {
-        let _ = http_stop.wait_for(|stop| *stop).await;
+        let _ = http_stopping.wait_for(|stop| *stop).await;
     };
     let http = match tls.clone() {
         None => tokio::spawn(async move {
@@ -125,6 +148,8 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         addr,
         tls: tls.is_some(),
         stop,
+        http_stop,
+        grace: config.grace,
         http,
         driver,
         plugins,

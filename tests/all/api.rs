@@ -465,3 +465,40 @@ async fn health_and_readiness() {
     assert_eq!(c.send("GET", "/healthz", None).await.0, 200);
     assert_eq!(c.send("GET", "/readyz", None).await.0, 200);
 }
+
+/// Every answer names its request: a fresh id each time, or the one a proxy
+/// sent; error bodies carry the same id as the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_a_request_id() {
+    let server = Server::start().await;
+    let c = server.client();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let (status, headers, body) = c.send_full("GET", "/v1/gates/missing", None).await;
+        assert_eq!(status, 404);
+        let id = headers["x-request-id"].to_str().expect("ascii").to_string();
+        assert_eq!(id.len(), 16, "{id}");
+        assert_eq!(body["error"]["request_id"], id.as_str(), "{body}");
+        assert!(seen.insert(id), "request ids repeat");
+    }
+    let (status, headers, _) = c.send_full("GET", "/healthz", None).await;
+    assert_eq!(status, 200);
+    assert!(headers.contains_key("x-request-id"));
+    let given = reqwest::Client::new()
+        .get(format!("{}/v1/gates/missing", server.url))
+        .header("x-request-id", "from-the-proxy.42")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(given.headers()["x-request-id"], "from-the-proxy.42");
+    let body: Value = serde_json::from_str(&given.text().await.expect("body")).expect("json");
+    assert_eq!(body["error"]["request_id"], "from-the-proxy.42");
+    // Something that is not an id is replaced, never echoed.
+    let odd = reqwest::Client::new()
+        .get(format!("{}/v1/gates/missing", server.url))
+        .header("x-request-id", "<script>")
+        .send()
+        .await
+        .expect("answer");
+    assert_ne!(odd.headers()["x-request-id"], "<script>");
+}

@@ -96,6 +96,20 @@ async fn kill_9_loses_no_acknowledged_task() {
         before < 2_000,
         "the kill came too late to test anything ({before} hits)"
     );
+    // What a kill leaves is consistent: each commit changes the records and
+    // everything derived from them together, or nothing.
+    let check = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run sluice check");
+    assert!(
+        check.status.success(),
+        "check after kill -9: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let mut child = spawn_server(dir.path(), port);
     wait_ready(&c).await;

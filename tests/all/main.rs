@@ -15,6 +15,7 @@ mod dashboard;
 mod delivery;
 mod leases;
 mod openapi;
+mod ops;
 mod plugins;
 mod recovery;
 mod schedules;

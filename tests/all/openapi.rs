@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Client, Server, Sink, gate_for, webhook_task};
 
-/// Every endpoint of SPEC §3 (the dashboard at `/` is not an API operation).
+/// Every endpoint of SPEC §3 and §10 (the dashboard at `/` is not an API operation).
 const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/v1/gates"),
     ("put", "/v1/gates/{name}"),
@@ -35,6 +35,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/v1/plugins"),
     ("get", "/v1/plugins/{name}/{version}"),
     ("delete", "/v1/plugins/{name}/{version}"),
+    ("post", "/v1/admin/backup"),
     ("get", "/v1/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),

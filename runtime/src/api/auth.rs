@@ -78,6 +78,8 @@ pub fn required(method: &Method, path: &str) -> Access {
         ["v1", "tasks", _, "complete" | "fail" | "heartbeat"] if *method == Method::POST => {
             Access::CompletionToken
         }
+        // Backups hold every secret: admin whatever the method.
+        ["v1", "admin", ..] => Access::Needs(Role::Admin),
         ["v1", ..] if read => Access::Needs(Role::Reader),
         ["v1", "tasks", ..] | ["v1", "schedules", ..] => Access::Needs(Role::Writer),
         _ if read => Access::Needs(Role::Reader),
@@ -330,6 +332,8 @@ mod tests {
             (Method::POST, "/v1/gates/g/pause", Needs(Admin)),
             (Method::PUT, "/v1/plugins/p/1.0.0", Needs(Admin)),
             (Method::DELETE, "/v1/plugins/p/1.0.0", Needs(Admin)),
+            (Method::POST, "/v1/admin/backup", Needs(Admin)),
+            (Method::GET, "/v1/admin/backup", Needs(Admin)),
             (Method::POST, "/v1/tasks", Needs(Writer)),
             (Method::POST, "/v1/tasks/batch", Needs(Writer)),
             (Method::DELETE, "/v1/tasks/abc", Needs(Writer)),

@@ -86,13 +86,18 @@ impl ApiError {
     }
 
     /// A 5xx says only "internal error" and an id to find the details in the log.
+    /// An error whose detail goes to the log only; the answer names the
+    /// request, whose id is on that log line.
     pub fn internal(detail: &dyn std::fmt::Display) -> ApiError {
-        let id = crate::clock::now().as_ms();
-        tracing::error!(error_id = id, "internal error: {detail}");
+        tracing::error!("internal error: {detail}");
+        let message = match super::request_id::current() {
+            Some(id) => format!("internal error (request {id}; see the server log)"),
+            None => "internal error (see the server log)".to_string(),
+        };
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
-            message: format!("internal error (id {id})"),
+            message,
             field: None,
         }
     }
@@ -115,6 +120,11 @@ pub struct ErrorDetail<'a> {
     /// The input at fault, when there is one, like `rate` or `tasks[3].webhook.url`.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// The id of this request, as in the `x-request-id` header and on the
+    /// server's log lines about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "4f1c2a9be07d3165")]
+    request_id: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -124,6 +134,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
+                request_id: super::request_id::current(),
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();

@@ -8,6 +8,7 @@
 //! `#[utoipa::path]` gives both its route (through `routes!`) and its operation,
 //! so `GET /v1/openapi.json` cannot drift from what the router serves.
 
+pub mod admin;
 pub mod auth;
 mod dashboard;
 pub mod error;
@@ -15,6 +16,7 @@ mod gates;
 pub mod linger;
 mod metrics;
 mod plugins;
+pub mod request_id;
 mod schedules;
 mod tasks;
 pub mod wire;
@@ -50,6 +52,10 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub shell: Handle,
     pub plugins: Arc<crate::plugin::Host>,
+    /// Where backups are written before they are sent: the data directory.
+    pub scratch: std::path::PathBuf,
+    /// Held while a backup runs: one at a time.
+    pub backup: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Request body limits, answered with 413.
@@ -108,6 +114,7 @@ fn routes() -> OpenApiRouter<AppState> {
             )
             .layer(DefaultBodyLimit::max(plugins::UPLOAD_LIMIT)),
         )
+        .routes(routes!(admin::backup))
         .routes(routes!(openapi_json));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
@@ -127,6 +134,7 @@ fn routes() -> OpenApiRouter<AppState> {
         (name = "tasks", description = "Webhook tasks and reports on long-running work"),
         (name = "schedules", description = "Periodic tasks"),
         (name = "plugins", description = "WebAssembly components that run tasks"),
+        (name = "admin", description = "Backups of the running server"),
         (name = "meta", description = "Health and this description"),
     )
 )]
@@ -148,7 +156,7 @@ const SHARED_ANSWERS: [(&str, &str, &str); 3] = [
     (
         "500",
         "Internal",
-        "An internal error; the message has an id to find in the server log.",
+        "An internal error; its `request_id` finds it in the server log.",
     ),
 ];
 

@@ -297,6 +297,29 @@ impl Server {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
+    /// Takes a backup (`POST /v1/admin/backup`), reading it to the end and
+    /// keeping nothing; returns how long it took, its size, and the server's
+    /// peak RSS seen while it ran.
+    pub(super) async fn backup(&self) -> anyhow::Result<(Duration, u64, f64)> {
+        let start = clock::instant();
+        let mut r = self
+            .http
+            .post(format!("{}/v1/admin/backup", self.base))
+            .timeout(Duration::from_secs(3_600))
+            .send()
+            .await?;
+        let mut peak = self.rss_mb();
+        if !r.status().is_success() {
+            bail!("backup: {}", r.status());
+        }
+        peak = peak.max(self.rss_mb());
+        let mut bytes = 0u64;
+        while let Some(chunk) = r.chunk().await? {
+            bytes += chunk.len() as u64;
+        }
+        Ok((start.elapsed(), bytes, peak))
+    }
+
     pub(super) fn file_mb(&self) -> f64 {
         std::fs::metadata(self.dir.join(crate::server::DATA_FILE))
             .map_or(0.0, |m| m.len() as f64 / 1e6)

@@ -19,6 +19,15 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Failure {
+        Failure {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
 pub(super) struct Api {
     base: String,
     token: Option<String>,

@@ -3,7 +3,8 @@
 //!
 //! Exit codes scripts can rely on: 0 success, 1 server or connection error,
 //! 2 usage error, 3 not found, 4 conflict, 5 request refused as invalid,
-//! 6 a gate's circuit is open (`status`), 7 not allowed (401 or 403).
+//! 6 a gate's circuit is open (`status`), 7 not allowed (401 or 403), 8 `check`
+//! found problems.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -74,6 +75,11 @@ enum Command {
         /// A TOML file with the same settings.
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
+        /// Log lines as text, or as json: one object per line with the fields
+        /// timestamp, level, target, message, the event's own fields, and the
+        /// request span (`span.request_id`) of API calls.
+        #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// API tokens.
     Token {
@@ -132,6 +138,44 @@ enum Command {
         #[arg(long)]
         only: Vec<String>,
     },
+    /// Download a consistent snapshot of the running server's store (admin
+    /// token); the server keeps dispatching meanwhile.
+    Backup {
+        /// Where to write it (replaced if it exists, once the download is whole).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Put a backup in place as a stopped server's store.
+    Restore {
+        /// A file `sluice backup` wrote.
+        file: PathBuf,
+        /// The data directory to restore into.
+        #[arg(long, env = "SLUICE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Replace a store already there (it is kept as sluice.redb.before-restore).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Verify a stopped server's store: counters, indexes and reference counts
+    /// against a scan of the records. Changes nothing unless --repair.
+    Check {
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Rebuild what can be derived from the records.
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when the server is ready to serve (`GET /readyz` answers 200):
+    /// a health probe that needs no curl.
+    Ready {
+        #[command(flatten)]
+        client: Client,
+    },
     /// A table of gates: backlog, in flight, rates, state, time to drain.
     Status {
         /// Refresh in place every 2 seconds.
@@ -140,6 +184,12 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -365,6 +415,7 @@ enum TaskCommand {
 
 mod client;
 mod gates;
+mod ops;
 mod plugins;
 mod scaffold;
 mod schedules;
@@ -400,6 +451,9 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli));
+    // Work still on the blocking pool (a backup snapshot being written when a
+    // stop came) must not hold the exit; its scratch file goes at the next start.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -419,15 +473,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             tls_key,
             retention,
             config,
-        } => serve(Flags {
-            data_dir,
-            listen,
-            grace: shutdown_grace,
-            tls_cert,
-            tls_key,
-            retention,
-            config,
-        })
+            log_format,
+        } => serve(
+            Flags {
+                data_dir,
+                listen,
+                grace: shutdown_grace,
+                tls_cert,
+                tls_key,
+                retention,
+                config,
+            },
+            log_format,
+        )
         .await
         .map_err(Failure::from),
         Command::Token { command, json } => token(command, json),
@@ -457,17 +515,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         .await
         .map_err(Failure::from),
         Command::Status { watch, client } => status(&Api::new(&client)?, watch, client.json).await,
+        Command::Ready { client } => ops::ready(&Api::new(&client)?).await,
+        Command::Backup { out, client } => {
+            ops::backup(&Api::new(&client)?, &out, client.json).await
+        }
+        Command::Restore {
+            file,
+            data_dir,
+            force,
+        } => ops::restore(&file, &data_dir, force),
+        Command::Check {
+            data_dir,
+            repair,
+            json,
+        } => ops::check(&data_dir, repair, json),
     }
 }
 
-async fn serve(flags: Flags) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn serve(flags: Flags, log_format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     let config = ServerConfig::resolve(flags)?;
     let server = crate::server::start(&config, None).await?;
     println!("sluice listening on {}", server.url());

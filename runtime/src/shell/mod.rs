@@ -272,6 +272,7 @@ pub fn spawn(
                     plugins: options.plugins.clone(),
                     asks: HashMap::new(),
                     permits: permits_tx,
+                    ready: ready.clone(),
                 };
                 let result = runner
                     .run(commands_rx, reports_rx, permits_rx, &mut shutdown)
@@ -293,6 +294,9 @@ pub fn spawn(
 /// The async loop around the engine: channels, timers, releasing attempts.
 struct Runner {
     engine: Engine,
+    /// `/readyz`: false from the moment a stop begins, while the API still
+    /// answers, so a load balancer stops sending before the listener closes.
+    ready: Arc<AtomicBool>,
     dispatcher: Dispatcher,
     runtime: tokio::runtime::Handle,
     reports: mpsc::UnboundedSender<Report>,

@@ -25,6 +25,7 @@ impl Runner {
                 biased;
                 changed = shutdown.changed(), if grace_until.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
+                        self.ready.store(false, Ordering::Release);
                         self.engine.begin_shutdown();
                         grace_until = Some(tokio::time::Instant::from_std(clock::instant() + self.grace));
                         tracing::info!(in_flight = self.engine.running(), "shutting down: no new attempts start");

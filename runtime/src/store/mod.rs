@@ -5,11 +5,15 @@
 //! shell says what to write. Pending tasks are indexed by (gate, due, id), so the
 //! next due tasks of a gate are a range read, never a scan.
 
+mod backup;
+mod check;
 mod read;
 pub mod records;
 mod seam;
 mod write;
 
+pub use backup::{Copied, Offline, in_use, needs_repair};
+pub use check::Findings;
 pub use read::TaskFilter;
 pub use seam::{Backend, Reads, Writes};
 
@@ -28,7 +32,7 @@ pub use records::{
 
 /// 2 added `due_minutes` and `finished`; 3 added the plugin tables; 4 added
 /// `lineage`. Older files are brought up to date on open.
-const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 4;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GATES: TableDefinition<&str, &[u8]> = TableDefinition::new("gates");
@@ -78,7 +82,10 @@ pub enum StoreError {
     Redb(#[from] redb::Error),
     #[error("corrupt record in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
-    #[error("data file has schema version {found}, this build reads {SCHEMA_VERSION}")]
+    #[error(
+        "the data file has schema version {found}, newer than this build reads ({SCHEMA_VERSION}): \
+         it was written by a later Sluice; run that version, or restore a backup taken before the upgrade"
+    )]
     Schema { found: u64 },
 }
 
@@ -276,5 +283,29 @@ mod tests {
         let r = store.read().expect("read");
         assert_eq!(r.due_now(7, now).expect("due"), 1);
         assert_eq!(r.forecast(7, now, 60).expect("forecast")[3], 2);
+    }
+
+    #[test]
+    fn a_newer_file_is_refused_with_both_versions_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("next.redb");
+        {
+            let store = Store::open(&path).expect("open");
+            let txn = store.db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert("schema_version", SCHEMA_VERSION + 1)
+                .expect("version");
+            txn.commit().expect("commit");
+        }
+        let err = match Store::open(&path) {
+            Ok(_) => panic!("a newer file opened"),
+            Err(e) => e.to_string(),
+        };
+        let (newer, ours) = (SCHEMA_VERSION + 1, SCHEMA_VERSION);
+        assert!(
+            err.contains(&format!("schema version {newer}")) && err.contains(&format!("({ours})")),
+            "{err}"
+        );
     }
 }

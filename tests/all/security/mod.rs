@@ -226,6 +226,33 @@ async fn tls_serves_https_and_nothing_in_the_clear() {
 /// and every log line the server wrote at debug level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_secrets_appear_nowhere() {
+    planted_secrets("text").await;
+}
+
+/// The same with `--log-format json`, whose lines are also each one JSON
+/// object with the stable fields, and carry the request id of the API call
+/// they belong to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_secrets_appear_nowhere_in_json_logs() {
+    let logs = planted_secrets("json").await;
+    let mut with_request = 0;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(v.get(field).is_some(), "no {field:?} in {line}");
+        }
+        if let Some(id) = v["span"]["request_id"].as_str() {
+            assert!(id.len() >= 16, "{line}");
+            with_request += 1;
+        }
+    }
+    assert!(with_request > 0, "no line carried a request id:\n{logs}");
+}
+
+/// Runs the planted-secrets check with the server's log in `log_format`;
+/// returns what the server wrote to stderr.
+async fn planted_secrets(log_format: &str) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let sink = Sink::start().await;
     sink.behave(|_, i| {
@@ -273,6 +300,7 @@ async fn planted_secrets_appear_nowhere() {
         .arg(dir.path().join("data"))
         .arg("--config")
         .arg(&config)
+        .args(["--log-format", log_format])
         .env("SLUICE_LOG", "debug")
         .stdout(Stdio::from(
             std::fs::File::create(dir.path().join("server.out")).expect("out"),
@@ -370,8 +398,9 @@ async fn planted_secrets_appear_nowhere() {
         .expect("wait");
     assert!(exit.success(), "{exit:?}");
 
-    let logs = std::fs::read_to_string(&log).expect("log")
-        + &std::fs::read_to_string(dir.path().join("server.out")).expect("out");
+    let stderr = std::fs::read_to_string(&log).expect("log");
+    let logs =
+        stderr.clone() + &std::fs::read_to_string(dir.path().join("server.out")).expect("out");
     assert!(
         logs.contains("sluice listening"),
         "the log was captured: {logs}"
@@ -384,6 +413,7 @@ async fn planted_secrets_appear_nowhere() {
             &secret[..8]
         );
     }
+    stderr
 }
 
 fn b64(text: &str) -> String {

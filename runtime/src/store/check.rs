@@ -1,0 +1,377 @@
+//! `sluice check`: what the store keeps beside its records (indexes, counters,
+//! reference counts) against a scan of the records themselves.
+//!
+//! Every derived table is rebuilt in memory from `tasks` and `plugins`, then
+//! compared with what is on disk. `repair` writes the rebuilt tables back; the
+//! records themselves are never changed, so nothing a client was told is lost.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use redb::ReadTransaction;
+
+use super::*;
+
+/// What disagrees, one line each, and how much was looked at.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Findings {
+    pub tasks: u64,
+    pub attempts: u64,
+    pub gates: u64,
+    pub schedules: u64,
+    pub plugins: u64,
+    pub problems: Vec<String>,
+}
+
+impl Findings {
+    fn problem(&mut self, text: String) {
+        // A store broken everywhere says so in a page, not a million lines.
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(text);
+        } else if self.problems.len() == MAX_PROBLEMS {
+            self.problems.push("… more problems not listed".into());
+        }
+    }
+}
+
+const MAX_PROBLEMS: usize = 200;
+
+/// The derived tables as the records say they should be.
+#[derive(Default)]
+struct Derived {
+    pending: BTreeSet<(u32, u64, u64)>,
+    running: BTreeSet<u64>,
+    gate_tasks: BTreeSet<(u32, u64)>,
+    due_minutes: BTreeMap<(u32, u64), u64>,
+    /// Per gate: (scheduled, running), which the counters hold exactly, and
+    /// the finished tasks by state, which the counters hold at least (they
+    /// count what retention removed since).
+    live: BTreeMap<u32, (u64, u64)>,
+    ended: BTreeMap<u32, Counts>,
+    /// (finished at, task) of every finished task: the retention index.
+    finished: BTreeSet<(u64, u64)>,
+    /// `name@version` → unfinished tasks that run it.
+    plugin_users: BTreeMap<String, u64>,
+}
+
+impl Derived {
+    /// Per gate: the counters on disk, and what they should be: pending and
+    /// running exactly what is stored; the finished ones at least that (they
+    /// also count what retention removed since), never lowered.
+    fn counts(&self, counted: &BTreeMap<u32, Counts>) -> Vec<(u32, Counts, Counts)> {
+        let gates: BTreeSet<u32> = counted
+            .keys()
+            .chain(self.live.keys())
+            .chain(self.ended.keys())
+            .copied()
+            .collect();
+        gates
+            .into_iter()
+            .map(|gate| {
+                let on_disk = counted.get(&gate).copied().unwrap_or_default();
+                let (pending, running) = self.live.get(&gate).copied().unwrap_or_default();
+                let ended = self.ended.get(&gate).copied().unwrap_or_default();
+                let should = Counts {
+                    pending,
+                    running,
+                    succeeded: on_disk.succeeded.max(ended.succeeded),
+                    failed: on_disk.failed.max(ended.failed),
+                    expired: on_disk.expired.max(ended.expired),
+                    cancelled: on_disk.cancelled.max(ended.cancelled),
+                    ..on_disk
+                };
+                (gate, on_disk, should)
+            })
+            .collect()
+    }
+}
+
+fn read_counts(table: &impl ReadableTable<u32, &'static [u8]>) -> Result<BTreeMap<u32, Counts>> {
+    let mut counted = BTreeMap::new();
+    for entry in table.iter()? {
+        let (gate, bytes) = entry?;
+        counted.insert(gate.value(), Counts::decode(bytes.value()));
+    }
+    Ok(counted)
+}
+
+/// Reads every record once and says what the derived tables should hold.
+fn derive(txn: &ReadTransaction, found: &mut Findings) -> Result<Derived> {
+    let mut d = Derived::default();
+    let tasks = txn.open_table(TASKS)?;
+    for entry in tasks.iter()? {
+        let (key, bytes) = entry?;
+        found.tasks += 1;
+        let task: TaskRecord = match decode("tasks", bytes.value()) {
+            Ok(t) => t,
+            Err(e) => {
+                found.problem(format!("task {}: {e}", key.value()));
+                continue;
+            }
+        };
+        if task.id != key.value() {
+            found.problem(format!(
+                "task {} is stored under id {}",
+                task.id,
+                key.value()
+            ));
+        }
+        d.gate_tasks.insert((task.gate_id, task.id));
+        let live = d.live.entry(task.gate_id).or_default();
+        match task.state {
+            TaskState::Scheduled => {
+                live.0 += 1;
+                d.pending.insert((task.gate_id, task.due_at, task.id));
+                *d.due_minutes
+                    .entry((task.gate_id, task.due_at / MINUTE_MS))
+                    .or_default() += 1;
+            }
+            TaskState::Running => {
+                live.1 += 1;
+                d.running.insert(task.id);
+            }
+            ended => {
+                let c = d.ended.entry(task.gate_id).or_default();
+                match ended {
+                    TaskState::Succeeded => c.succeeded += 1,
+                    TaskState::Failed => c.failed += 1,
+                    TaskState::Expired => c.expired += 1,
+                    _ => c.cancelled += 1,
+                }
+                if let Some(at) = task.finished_at {
+                    d.finished.insert((at, task.id));
+                }
+            }
+        }
+        if !task.state.is_final()
+            && let Some(plugin) = &task.plugin
+        {
+            *d.plugin_users
+                .entry(plugin_key(&plugin.name, &plugin.version))
+                .or_default() += 1;
+        }
+    }
+    Ok(d)
+}
+
+/// Checks the store `txn` reads: every record decodes, and every derived
+/// table agrees with the records. Changes nothing.
+pub(super) fn check(txn: &ReadTransaction) -> Result<Findings> {
+    let mut found = Findings::default();
+    let d = derive(txn, &mut found)?;
+    let gates = txn.open_table(GATES)?;
+    let mut gate_ids = BTreeSet::new();
+    for entry in gates.iter()? {
+        let (name, bytes) = entry?;
+        found.gates += 1;
+        match decode::<GateRecord>("gates", bytes.value()) {
+            Ok(g) => {
+                gate_ids.insert(g.id);
+            }
+            Err(e) => found.problem(format!("gate {:?}: {e}", name.value())),
+        }
+    }
+    for (gate, (scheduled, running)) in &d.live {
+        if (*scheduled > 0 || *running > 0) && !gate_ids.contains(gate) {
+            found.problem(format!(
+                "gate id {gate}: {scheduled} scheduled and {running} running tasks, but no such gate"
+            ));
+        }
+    }
+    for entry in txn.open_table(SCHEDULES)?.iter()? {
+        let (name, bytes) = entry?;
+        found.schedules += 1;
+        if let Err(e) = decode::<ScheduleRecord>("schedules", bytes.value()) {
+            found.problem(format!("schedule {:?}: {e}", name.value()));
+        }
+    }
+    for entry in txn.open_table(ATTEMPTS)?.iter()? {
+        let (key, bytes) = entry?;
+        found.attempts += 1;
+        if let Err(e) = decode::<AttemptRecord>("attempts", bytes.value()) {
+            let (task, n) = key.value();
+            found.problem(format!("attempt {n} of task {task}: {e}"));
+        }
+    }
+
+    // Indexes: the same set of keys on disk as the records imply.
+    let mut pending = BTreeSet::new();
+    for entry in txn.open_table(PENDING)?.iter()? {
+        pending.insert(entry?.0.value());
+    }
+    compare(
+        &mut found,
+        "pending",
+        &d.pending,
+        &pending,
+        |(g, due, id)| format!("task {id} (gate id {g}, due {due})"),
+    );
+    let mut running = BTreeSet::new();
+    for entry in txn.open_table(RUNNING)?.iter()? {
+        running.insert(entry?.0.value());
+    }
+    compare(&mut found, "running", &d.running, &running, |id| {
+        format!("task {id}")
+    });
+    let mut gate_tasks = BTreeSet::new();
+    for entry in txn.open_table(GATE_TASKS)?.iter()? {
+        gate_tasks.insert(entry?.0.value());
+    }
+    compare(
+        &mut found,
+        "gate_tasks",
+        &d.gate_tasks,
+        &gate_tasks,
+        |(g, id)| format!("task {id} (gate id {g})"),
+    );
+    let mut finished = BTreeSet::new();
+    for entry in txn.open_table(FINISHED)?.iter()? {
+        let (key, ids) = entry?;
+        let (at, _) = key.value();
+        for id in ids.value().chunks_exact(8) {
+            let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
+            finished.insert((at, id));
+        }
+    }
+    // The retention index may name tasks already removed (it is read lazily);
+    // what it must not do is miss one, or that task is never removed.
+    for (at, id) in d.finished.difference(&finished) {
+        found.problem(format!(
+            "finished: task {id} (finished at {at}) is missing, so retention never removes it"
+        ));
+    }
+
+    // Counters.
+    let mut due_minutes = BTreeMap::new();
+    for entry in txn.open_table(DUE_MINUTES)?.iter()? {
+        let (key, n) = entry?;
+        due_minutes.insert(key.value(), n.value());
+    }
+    if due_minutes != d.due_minutes {
+        let keys: BTreeSet<_> = due_minutes.keys().chain(d.due_minutes.keys()).collect();
+        for key in keys {
+            let (on_disk, scanned) = (
+                due_minutes.get(key).copied().unwrap_or(0),
+                d.due_minutes.get(key).copied().unwrap_or(0),
+            );
+            if on_disk != scanned {
+                found.problem(format!(
+                    "due_minutes: gate id {} minute {}: {on_disk} counted, {scanned} pending",
+                    key.0, key.1
+                ));
+            }
+        }
+    }
+    let counted = read_counts(&txn.open_table(COUNTS)?)?;
+    for (gate, on_disk, should) in d.counts(&counted) {
+        for (name, on_disk, should) in [
+            ("pending", on_disk.pending, should.pending),
+            ("running", on_disk.running, should.running),
+            ("succeeded", on_disk.succeeded, should.succeeded),
+            ("failed", on_disk.failed, should.failed),
+            ("expired", on_disk.expired, should.expired),
+            ("cancelled", on_disk.cancelled, should.cancelled),
+        ] {
+            if on_disk != should {
+                found.problem(format!(
+                    "counts: gate id {gate}: {on_disk} {name} counted, {should} such tasks stored"
+                ));
+            }
+        }
+    }
+
+    // Plugins: each record has its component, and counts its unfinished users.
+    let wasm = txn.open_table(PLUGIN_WASM)?;
+    for entry in txn.open_table(PLUGINS)?.iter()? {
+        let (key, bytes) = entry?;
+        found.plugins += 1;
+        let key = key.value();
+        let plugin: PluginRecord = match decode("plugins", bytes.value()) {
+            Ok(p) => p,
+            Err(e) => {
+                found.problem(format!("plugin {key}: {e}"));
+                continue;
+            }
+        };
+        if wasm.get(key)?.is_none() {
+            found.problem(format!("plugin {key}: its component is missing"));
+        }
+        let users = d.plugin_users.get(key).copied().unwrap_or(0);
+        if plugin.unfinished != users {
+            found.problem(format!(
+                "plugin {key}: {} unfinished tasks counted, {users} stored",
+                plugin.unfinished
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// Lines for the keys only one side has.
+fn compare<K: Ord + Copy>(
+    found: &mut Findings,
+    table: &str,
+    expected: &BTreeSet<K>,
+    on_disk: &BTreeSet<K>,
+    name: impl Fn(K) -> String,
+) {
+    for &k in expected.difference(on_disk) {
+        found.problem(format!("{table}: {} is missing", name(k)));
+    }
+    for &k in on_disk.difference(expected) {
+        found.problem(format!("{table}: {} should not be there", name(k)));
+    }
+}
+
+impl Store {
+    /// Checks the store; see [`check`].
+    pub fn check(&self) -> Result<Findings> {
+        check(&self.db.begin_read()?)
+    }
+
+    /// Rebuilds every derived table from the records, in one commit: the
+    /// indexes, `due_minutes`, the live counters (the finished ones are raised
+    /// to what is stored, never lowered) and the plugins' counts of users.
+    pub fn repair(&self) -> Result<()> {
+        let mut ignored = Findings::default();
+        let d = derive(&self.db.begin_read()?, &mut ignored)?;
+        self.write(|tx| {
+            tx.pending.retain(|_, _| false)?;
+            for &key in &d.pending {
+                tx.pending.insert(key, ())?;
+            }
+            tx.running.retain(|_, _| false)?;
+            for &id in &d.running {
+                tx.running.insert(id, ())?;
+            }
+            tx.gate_tasks.retain(|_, _| false)?;
+            for &key in &d.gate_tasks {
+                tx.gate_tasks.insert(key, ())?;
+            }
+            tx.due_minutes.retain(|_, _| false)?;
+            for (&key, &n) in &d.due_minutes {
+                tx.due_minutes.insert(key, n)?;
+            }
+            tx.finished_ids.extend(d.finished.iter().copied());
+            let counted = read_counts(&tx.counts)?;
+            for (gate, _, should) in d.counts(&counted) {
+                tx.counts.insert(gate, should.encode().as_slice())?;
+            }
+            let mut plugins = Vec::new();
+            for entry in tx.plugins.iter()? {
+                let (_, bytes) = entry?;
+                if let Ok(p) = decode::<PluginRecord>("plugins", bytes.value()) {
+                    plugins.push(p);
+                }
+            }
+            for mut plugin in plugins {
+                plugin.unfinished = d
+                    .plugin_users
+                    .get(&plugin_key(&plugin.name, &plugin.version))
+                    .copied()
+                    .unwrap_or(0);
+                tx.put_plugin(&plugin)?;
+            }
+            Ok(())
+        })
+    }
+}
