@@ -565,12 +565,13 @@ async fn stores_of_every_earlier_schema_upgrade_in_place() {
     }
 }
 
-/// SIGTERM while a plugin upload is half sent and batches of tasks are being
-/// created: the server exits cleanly within its grace period; after a restart
-/// every task whose batch was acknowledged is there, and the upload either is
-/// there whole or not at all.
+/// SIGTERM while a plugin upload is half sent, batches of tasks are being
+/// created and failed tasks are being replayed (`retry`): the server exits
+/// cleanly within its grace period; after a restart every task whose batch was
+/// acknowledged is there, every acknowledged replay runs again, and the upload
+/// is not there at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_an_upload_and_creates_ends_cleanly() {
+async fn sigterm_during_an_upload_creates_and_replays_ends_cleanly() {
     use tokio::io::AsyncWriteExt;
 
     use crate::crash::{free_port, spawn_server_with, wait_ready};
@@ -583,7 +584,27 @@ async fn sigterm_during_an_upload_and_creates_ends_cleanly() {
     let c = crate::support::Client::new(&format!("http://127.0.0.1:{port}"));
     wait_ready(&c).await;
     let sink = Sink::start().await;
-    c.put_gate("g", gate_for(&sink, "10/s")).await;
+    // First attempts fail for good (a 400), replays succeed.
+    sink.behave(|hit, _| {
+        if hit.attempt == 1 && hit.path.starts_with("/replay") {
+            Reply::status(400)
+        } else {
+            Reply::ok()
+        }
+    });
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let mut failed = Vec::new();
+    for _ in 0..20 {
+        failed.push(
+            c.create(webhook_task("g", &sink.url("/replay"))).await["id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    for id in &failed {
+        c.wait_state(id, "failed", Duration::from_secs(10)).await;
+    }
 
     // Half an upload, then silence.
     let wasm = crate::plugins::wasm("noop");
@@ -631,9 +652,32 @@ async fn sigterm_during_an_upload_and_creates_ends_cleanly() {
             acknowledged
         })
     };
+    let replaying = {
+        let c = c.clone();
+        let failed = failed.clone();
+        tokio::spawn(async move {
+            let mut replayed = Vec::new();
+            for id in failed {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                match c
+                    .try_send("POST", &format!("/v1/tasks/{id}/retry"), json!({}))
+                    .await
+                {
+                    Some((200, _)) => replayed.push(id),
+                    _ => break,
+                }
+            }
+            replayed
+        })
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop_cleanly(child).await;
     let acknowledged = creating.await.expect("creates");
+    let replayed = replaying.await.expect("replays");
+    assert!(
+        !replayed.is_empty(),
+        "no replay was acknowledged before the stop"
+    );
     assert!(
         !acknowledged.is_empty(),
         "no batch was acknowledged before the stop"
@@ -651,6 +695,9 @@ async fn sigterm_during_an_upload_and_creates_ends_cleanly() {
     for id in acknowledged.iter().step_by(37) {
         let (status, v) = r.send("GET", &format!("/v1/tasks/{id}"), None).await;
         assert_eq!(status, 200, "acknowledged task {id} is gone: {v}");
+    }
+    for id in &replayed {
+        r.wait_state(id, "succeeded", Duration::from_secs(10)).await;
     }
     let (status, v) = r.send("GET", "/v1/plugins/half/0.1.0", None).await;
     assert_eq!(status, 404, "half an upload was stored: {v}");
