@@ -441,15 +441,9 @@ async fn readiness_turns_false_before_the_listener_closes() {
 /// has everything and no scratch file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_backup_ends_cleanly() {
-    use crate::crash::{free_port, spawn_server_with, wait_ready};
     let temp = tempfile::tempdir().expect("dir");
     let dir = temp.path().to_path_buf();
-    let port = free_port();
-    let child = spawn_server_with(&dir, port, |c| {
-        c.args(["--shutdown-grace", "1s"]);
-    });
-    let c = crate::support::Client::new(&format!("http://127.0.0.1:{port}"));
-    wait_ready(&c).await;
+    let (child, port, c) = start_process(&dir).await;
     let sink = Sink::start().await;
     c.put_gate("g", gate_for(&sink, "10/s")).await;
     // Enough that the backup cannot sit whole in the socket buffers.
@@ -574,15 +568,9 @@ async fn stores_of_every_earlier_schema_upgrade_in_place() {
 async fn sigterm_during_an_upload_creates_and_replays_ends_cleanly() {
     use tokio::io::AsyncWriteExt;
 
-    use crate::crash::{free_port, spawn_server_with, wait_ready};
     let temp = tempfile::tempdir().expect("dir");
     let dir = temp.path().to_path_buf();
-    let port = free_port();
-    let child = spawn_server_with(&dir, port, |c| {
-        c.args(["--shutdown-grace", "1s"]);
-    });
-    let c = crate::support::Client::new(&format!("http://127.0.0.1:{port}"));
-    wait_ready(&c).await;
+    let (child, port, c) = start_process(&dir).await;
     let sink = Sink::start().await;
     // First attempts fail for good (a 400), replays succeed.
     sink.behave(|hit, _| {
@@ -701,6 +689,19 @@ async fn sigterm_during_an_upload_creates_and_replays_ends_cleanly() {
     }
     let (status, v) = r.send("GET", "/v1/plugins/half/0.1.0", None).await;
     assert_eq!(status, 404, "half an upload was stored: {v}");
+}
+
+/// The real binary on a free loopback port in `dir`, with a 1 s grace
+/// period, once it is ready.
+async fn start_process(dir: &Path) -> (std::process::Child, u16, crate::support::Client) {
+    use crate::crash::{free_port, spawn_server_with, wait_ready};
+    let port = free_port();
+    let child = spawn_server_with(dir, port, |c| {
+        c.args(["--shutdown-grace", "1s"]);
+    });
+    let c = crate::support::Client::new(&format!("http://127.0.0.1:{port}"));
+    wait_ready(&c).await;
+    (child, port, c)
 }
 
 /// Sends SIGTERM to the server process (by its PID) and waits, at most 10 s,

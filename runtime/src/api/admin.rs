@@ -57,7 +57,7 @@ pub(super) async fn backup(State(state): State<AppState>) -> Result<Response, Ap
             "a backup is already running; try again when it is done",
         ));
     };
-    let path = scratch_path(&state.scratch)?;
+    let path = scratch_path(&state.scratch);
     let store = state.store.clone();
     let started = crate::clock::instant();
     let (file, copied, size) = tokio::task::spawn_blocking({
@@ -121,9 +121,9 @@ pub(super) async fn backup(State(state): State<AppState>) -> Result<Response, Ap
         .into_response())
 }
 
-fn scratch_path(dir: &Path) -> Result<PathBuf, ApiError> {
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce).map_err(|e| ApiError::internal(&e))?;
-    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(dir.join(format!("{SCRATCH_PREFIX}{nonce}.redb")))
+fn scratch_path(dir: &Path) -> PathBuf {
+    dir.join(format!(
+        "{SCRATCH_PREFIX}{}.redb",
+        super::request_id::fresh()
+    ))
 }

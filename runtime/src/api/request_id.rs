@@ -32,7 +32,8 @@ fn given(req: &Request) -> Option<String> {
     fine.then(|| id.to_string())
 }
 
-fn fresh() -> String {
+/// 16 random hex digits (a counter's if the system has no randomness).
+pub(super) fn fresh() -> String {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         // No randomness: a process-wide counter is still unique here.

@@ -194,43 +194,32 @@ pub(super) fn check(txn: &ReadTransaction) -> Result<Findings> {
     }
 
     // Indexes: the same set of keys on disk as the records imply.
-    let mut pending = BTreeSet::new();
-    for entry in txn.open_table(PENDING)?.iter()? {
-        pending.insert(entry?.0.value());
-    }
     compare(
         &mut found,
         "pending",
         &d.pending,
-        &pending,
+        &keys(txn, PENDING)?,
         |(g, due, id)| format!("task {id} (gate id {g}, due {due})"),
     );
-    let mut running = BTreeSet::new();
-    for entry in txn.open_table(RUNNING)?.iter()? {
-        running.insert(entry?.0.value());
-    }
-    compare(&mut found, "running", &d.running, &running, |id| {
-        format!("task {id}")
-    });
-    let mut gate_tasks = BTreeSet::new();
-    for entry in txn.open_table(GATE_TASKS)?.iter()? {
-        gate_tasks.insert(entry?.0.value());
-    }
+    compare(
+        &mut found,
+        "running",
+        &d.running,
+        &keys(txn, RUNNING)?,
+        |id| format!("task {id}"),
+    );
     compare(
         &mut found,
         "gate_tasks",
         &d.gate_tasks,
-        &gate_tasks,
+        &keys(txn, GATE_TASKS)?,
         |(g, id)| format!("task {id} (gate id {g})"),
     );
     let mut finished = BTreeSet::new();
     for entry in txn.open_table(FINISHED)?.iter()? {
         let (key, ids) = entry?;
         let (at, _) = key.value();
-        for id in ids.value().chunks_exact(8) {
-            let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
-            finished.insert((at, id));
-        }
+        finished.extend(finished_ids(ids.value()).map(|id| (at, id)));
     }
     // The retention index may name tasks already removed (it is read lazily);
     // what it must not do is miss one, or that task is never removed.
@@ -304,6 +293,18 @@ pub(super) fn check(txn: &ReadTransaction) -> Result<Findings> {
         }
     }
     Ok(found)
+}
+
+/// Every key of an index table (one whose values are `()`).
+fn keys<K>(txn: &ReadTransaction, table: TableDefinition<K, ()>) -> Result<BTreeSet<K>>
+where
+    K: redb::Key + Ord + 'static + for<'a> redb::Value<SelfType<'a> = K>,
+{
+    let mut out = BTreeSet::new();
+    for entry in txn.open_table(table)?.iter()? {
+        out.insert(entry?.0.value());
+    }
+    Ok(out)
 }
 
 /// Lines for the keys only one side has.

@@ -113,6 +113,13 @@ fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> 
     })
 }
 
+/// The task ids of one `finished` row: little-endian u64s, back to back.
+fn finished_ids(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records always serialize")
 }

@@ -172,11 +172,7 @@ impl Writes for Tx<'_> {
                 break;
             }
             let (key, value) = entry?;
-            let ids: Vec<u64> = value
-                .value()
-                .chunks_exact(8)
-                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-                .collect();
+            let ids: Vec<u64> = finished_ids(value.value()).collect();
             taken += ids.len();
             entries.push((key.value(), ids));
         }
