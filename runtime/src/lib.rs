@@ -14,7 +14,8 @@
 //! 5. `plugin`: the WebAssembly host, whose requests go out through `dispatch`.
 //! 6. `shell`: the engine and its runner: every write, the core's effects.
 //! 7. `api`: the REST API, its wire format and the dashboard.
-//! 8. `config`: settings from flags, environment and file.
+//! 8. `config` `client`: settings from flags, environment and file; the
+//!    typed client of the REST API that the CLI, the bench and the tests use.
 //! 9. `server`: wiring a running server together.
 //! 10. `bench`: `sluice bench`.
 //! 11. `cli`: the command line.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod attempt;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod core;

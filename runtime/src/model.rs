@@ -2,11 +2,10 @@
 //! passed its checks; what depends on stored state (does the gate exist, is the
 //! host allowed) the shell checks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::core::{Backoff, CircuitPolicy, Rate, Recovery, RetryPolicy, Timestamp};
-use crate::store::Target;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateSpec {
@@ -50,6 +49,56 @@ pub struct NewTask {
     /// Set with `parent`: the chain's first task, and this task's generation
     /// below it.
     pub lineage: Option<(crate::core::TaskId, u32)>,
+}
+
+/// What a task acts on: exactly one of these.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    Webhook(Webhook),
+    Plugin(PluginCall),
+}
+
+impl Target {
+    pub fn plugin(&self) -> Option<&PluginCall> {
+        match self {
+            Target::Plugin(p) => Some(p),
+            Target::Webhook(_) => None,
+        }
+    }
+}
+
+/// A validated webhook: an HTTPS request to a host its gate allows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Webhook {
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<Body>,
+    /// Names (lowercase) of the headers whose values are secret: sent, never
+    /// shown.
+    pub secret_headers: BTreeSet<String>,
+}
+
+/// A webhook's body: JSON, or text sent as it is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    Json(serde_json::Value),
+    Text(String),
+}
+
+/// Which plugin version runs a task, with what input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginCall {
+    pub name: String,
+    pub version: String,
+    pub input: serde_json::Value,
+}
+
+impl PluginCall {
+    /// The registry key, `name@version`.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
 }
 
 /// A validated schedule.

@@ -14,7 +14,7 @@ use crate::api::{self, AppState};
 use crate::config::{ServerConfig, TlsFiles};
 use crate::core::Tuning;
 use crate::shell::{self, Options};
-use crate::store::Store;
+use crate::store::{Backend, Store};
 
 pub const DATA_FILE: &str = "sluice.redb";
 
@@ -92,7 +92,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let path = config.data_dir.join(DATA_FILE);
-    let store =
+    let store: Arc<dyn Backend> =
         Arc::new(Store::open(&path).with_context(|| format!("opening {}", path.display()))?);
     let listener = TcpListener::bind(config.listen)
         .await

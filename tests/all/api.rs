@@ -502,3 +502,56 @@ async fn every_answer_carries_a_request_id() {
         .expect("answer");
     assert_ne!(odd.headers()["x-request-id"], "<script>");
 }
+
+/// The shared client (`sluice::client`, which the CLI and the bench use too)
+/// decodes what the server answers into the wire views, and a refusal into
+/// its status, message and field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_client_reads_the_servers_answers() {
+    let server = Server::start().await;
+    let api = server.client().api().clone();
+    let sink = Sink::start().await;
+    let gate = api
+        .put_gate("typed", &gate_for(&sink, "20/s"))
+        .await
+        .expect("gate");
+    assert_eq!((gate.name.as_str(), gate.rate_per_s), ("typed", 20.0));
+    assert_eq!(gate.allowed_hosts, vec![sink.host()]);
+    let one = api
+        .create_task(&webhook_task("typed", &sink.url("/one")))
+        .await
+        .expect("task");
+    assert_eq!(one.gate, "typed");
+    assert_eq!(
+        one.max_attempts, gate.retry.max_attempts,
+        "the gate's default"
+    );
+    let ids = api
+        .create_tasks(&[
+            webhook_task("typed", &sink.url("/a")),
+            webhook_task("typed", &sink.url("/b")),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(ids.len(), 2);
+    sink.wait_for(3, std::time::Duration::from_secs(10)).await;
+    let read = api.task(&ids[1]).await.expect("read back");
+    assert_eq!(read.id, ids[1]);
+    assert_eq!(
+        read.webhook.map(|w| w.url),
+        Some(sink.url("/b")),
+        "the view keeps the task's URL"
+    );
+    let refused = api
+        .create_task(&webhook_task("nowhere", &sink.url("/x")))
+        .await
+        .expect_err("no such gate");
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(400));
+    match refused {
+        sluice::client::ClientError::Refused { field, .. } => {
+            assert_eq!(field.as_deref(), Some("gate"))
+        }
+        other => panic!("not a refusal: {other}"),
+    }
+    assert!(api.ready().await);
+}

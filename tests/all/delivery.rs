@@ -301,11 +301,13 @@ async fn stale_task_expires_instead_of_running() {
     let sink = Sink::start().await;
     c.put_gate("g", gate_for(&sink, "100/s")).await;
     c.send("POST", "/v1/gates/g/pause", None).await;
+    // Due a second ago with 300 ms to start: stale once the gate resumes.
     let mut task = webhook_task("g", &sink.url("/stale"));
+    let due = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    task["run_at"] = json!(due.to_string());
     task["expires_after"] = json!("300ms");
     let stale = c.create(task).await;
     let fresh = c.create(webhook_task("g", &sink.url("/fresh"))).await;
-    tokio::time::sleep(Duration::from_millis(600)).await; // let it go stale: time is the point here
     c.send("POST", "/v1/gates/g/resume", None).await;
     c.wait_state(
         fresh["id"].as_str().unwrap_or_default(),

@@ -170,12 +170,22 @@ async fn open_leases_hold_the_gate_concurrency() {
     )
     .await;
     let hits = sink.wait_for(5, Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // the sixth would have come in ~1 ms
+    // Once the fifth lease is on record, the turn that recorded it has
+    // decided: a sixth start would be committed in that same turn.
+    for hit in &hits {
+        wait_leased(&c, &hit.task).await;
+    }
+    let sixth = c
+        .send("GET", "/v1/tasks?gate=g&state=scheduled", None)
+        .await
+        .1;
     assert_eq!(
-        sink.hits().len(),
-        5,
-        "a sixth attempt started while five leases were open"
+        sixth["tasks"].as_array().map(Vec::len),
+        Some(1),
+        "a sixth attempt started while five leases were open: {sixth}"
     );
+    assert_eq!(sixth["tasks"][0]["attempt_count"], 0, "{sixth}");
+    assert_eq!(sink.hits().len(), 5);
     let g = c.send("GET", "/v1/gates/g", None).await.1;
     assert_eq!(g["in_flight"], 5, "{g}");
     let (status, v) = report(
@@ -241,4 +251,17 @@ async fn leases_survive_kill_9() {
     assert_eq!(t["attempts"][0]["outcome"], "lease_expired", "{t}");
     child.kill().expect("kill");
     let _ = child.wait();
+}
+
+/// Waits until the task's first attempt has its `202` on record (a lease).
+async fn wait_leased(c: &Client, id: &str) {
+    let start = sluice::clock::instant();
+    loop {
+        let t = c.task(id).await;
+        if t["attempts"][0]["status"] == 202 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no lease: {t}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

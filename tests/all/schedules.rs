@@ -22,9 +22,11 @@ fn gate_body(sink: &Sink) -> serde_json::Value {
     json!({ "rate": "10/s", "allowed_hosts": [sink.host()], "recovery": { "start": 1.0 } })
 }
 
-/// Every 2 seconds, across a graceful restart that spans several occurrences:
-/// each occurrence arrives once (its key is unique), on time while the server
-/// runs, never overlapping another, and the schedule picks up after the restart.
+/// Every 2 seconds, across a graceful restart: each occurrence arrives once
+/// (its key is unique), on time while the server runs, never overlapping
+/// another, and the schedule picks up after the restart. What a restart does
+/// to occurrences it spans (skip, run once, catch up) is the simulation's to
+/// check, over hours of simulated downtime (`simulation.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_with_seconds_survives_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -51,7 +53,6 @@ async fn cron_with_seconds_survives_a_restart() {
     sink.wait_for(3, Duration::from_secs(10)).await;
     server.stop().await;
     let stopped_with = sink.hits().len();
-    tokio::time::sleep(Duration::from_secs(5)).await; // two or three occurrences pass
     let server = Server::start_in(dir.path()).await;
     let c = server.client();
     sink.wait_for(stopped_with + 3, Duration::from_secs(15))
@@ -96,10 +97,6 @@ async fn cron_with_seconds_survives_a_restart() {
         );
     }
     let s = c.send("GET", "/v1/schedules/tick", None).await.1;
-    assert!(
-        s["skipped"].as_u64().is_some_and(|n| n >= 1),
-        "the restart skipped occurrences: {s}"
-    );
     assert!(
         s["last_runs"].as_array().is_some_and(|r| r.len() >= 3),
         "{s}"

@@ -21,9 +21,9 @@ use sluice::core::schedule::Misfire;
 use sluice::core::{
     Backoff, CircuitPolicy, Outcome, Rate, Recovery, RetryPolicy, TaskId, Timestamp, Tuning,
 };
-use sluice::model::{GateSpec, NewTask, ScheduleSpec};
+use sluice::model::{GateSpec, NewTask, ScheduleSpec, Target, Webhook};
 use sluice::shell::{Callback, Command, Engine};
-use sluice::store::{Reads, Store, Target, TaskState, WebhookRecord};
+use sluice::store::{Reads, Store, TaskState};
 use tokio::sync::oneshot;
 
 const GATES: usize = 3;
@@ -234,7 +234,7 @@ impl World {
     fn new_task(&self, gate: usize, due: Timestamp) -> NewTask {
         NewTask {
             gate: format!("g{gate}"),
-            target: Target::Webhook(WebhookRecord {
+            target: Target::Webhook(Webhook {
                 url: url(gate),
                 method: "POST".into(),
                 headers: BTreeMap::new(),

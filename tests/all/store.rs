@@ -1,30 +1,30 @@
 //! The store conformance suite: what every implementation of the store seam
-//! (`Backend`, `Writes`, `Reads`) must do, written once, generic over the
-//! backend. redb runs it on a file and in memory; a PostgreSQL store will run
-//! the same functions.
+//! (`Backend`, `Writes`, `Reads`) must do, written once over `dyn Backend`.
+//! redb runs it on a file and in memory; a PostgreSQL store will run the same
+//! functions.
 
 use serde_json::json;
 use sluice::core::{GateId, TaskId, Timestamp};
 use sluice::store::{
-    AttemptRecord, Backend, Counts, GateRecord, PluginRecord, Reads, ScheduleRecord, Store,
-    StoreError, TaskFilter, TaskRecord, TaskState, Writes,
+    AttemptRecord, Backend, Counts, GateRecord, PluginRecord, ScheduleRecord, Store, StoreError,
+    TaskFilter, TaskRecord, TaskState,
 };
 
 const MIN: u64 = 60_000;
 
 /// Every check, on one fresh store each.
-fn conformance<B: Backend>(fresh: impl Fn() -> B) {
-    writes_are_all_or_nothing_and_readers_see_snapshots(&fresh());
-    gates_and_their_ids(&fresh());
-    tasks_attempts_and_the_running_set(&fresh());
-    pending_keys_in_due_order(&fresh());
-    minute_counts_follow_pending(&fresh());
-    idempotency_keys_belong_to_a_gate(&fresh());
-    counters_round_trip(&fresh());
-    listings_newest_first(&fresh());
-    retention_spares_a_task_that_runs_again(&fresh());
-    plugins_and_their_artifacts(&fresh());
-    schedules_and_lineage(&fresh());
+fn conformance(fresh: impl Fn() -> Box<dyn Backend>) {
+    writes_are_all_or_nothing_and_readers_see_snapshots(fresh().as_ref());
+    gates_and_their_ids(fresh().as_ref());
+    tasks_attempts_and_the_running_set(fresh().as_ref());
+    pending_keys_in_due_order(fresh().as_ref());
+    minute_counts_follow_pending(fresh().as_ref());
+    idempotency_keys_belong_to_a_gate(fresh().as_ref());
+    counters_round_trip(fresh().as_ref());
+    listings_newest_first(fresh().as_ref());
+    retention_spares_a_task_that_runs_again(fresh().as_ref());
+    plugins_and_their_artifacts(fresh().as_ref());
+    schedules_and_lineage(fresh().as_ref());
 }
 
 #[test]
@@ -33,13 +33,13 @@ fn redb_file_conforms() {
     let n = std::sync::atomic::AtomicU32::new(0);
     conformance(|| {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Store::open(&dir.path().join(format!("store-{i}.redb"))).expect("open")
+        Box::new(Store::open(&dir.path().join(format!("store-{i}.redb"))).expect("open"))
     });
 }
 
 #[test]
 fn redb_in_memory_conforms() {
-    conformance(|| Store::in_memory().expect("store"));
+    conformance(|| Box::new(Store::in_memory().expect("store")));
 }
 
 fn gate(id: u32, name: &str) -> GateRecord {
@@ -80,7 +80,7 @@ fn ok<T>(result: Result<T, StoreError>) -> T {
     result.expect("the store answers")
 }
 
-fn writes_are_all_or_nothing_and_readers_see_snapshots<B: Backend>(store: &B) {
+fn writes_are_all_or_nothing_and_readers_see_snapshots(store: &dyn Backend) {
     let before = ok(store.read());
     ok(store.write(|tx| tx.put_gate(&gate(1, "kept"))));
     // A write that fails part way leaves nothing behind.
@@ -102,7 +102,7 @@ fn writes_are_all_or_nothing_and_readers_see_snapshots<B: Backend>(store: &B) {
     );
 }
 
-fn gates_and_their_ids<B: Backend>(store: &B) {
+fn gates_and_their_ids(store: &dyn Backend) {
     let (a, b) = ok(store.write(|tx| Ok((tx.next_gate_id()?, tx.next_gate_id()?))));
     assert!(a >= 1 && b > a, "gate ids {a}, {b}");
     ok(store.write(|tx| {
@@ -124,7 +124,7 @@ fn gates_and_their_ids<B: Backend>(store: &B) {
     assert!(c > b);
 }
 
-fn tasks_attempts_and_the_running_set<B: Backend>(store: &B) {
+fn tasks_attempts_and_the_running_set(store: &dyn Backend) {
     ok(store.write(|tx| {
         assert_eq!(tx.last_task_id()?, None);
         for id in [5, 9, 7] {
@@ -158,7 +158,7 @@ fn tasks_attempts_and_the_running_set<B: Backend>(store: &B) {
     }));
 }
 
-fn pending_keys_in_due_order<B: Backend>(store: &B) {
+fn pending_keys_in_due_order(store: &dyn Backend) {
     let (g, other) = (GateId(1), GateId(2));
     ok(store.write(|tx| {
         for (due, id) in [(30, 3), (10, 1), (20, 2), (20, 1), (40, 4)] {
@@ -198,7 +198,7 @@ fn pending_keys_in_due_order<B: Backend>(store: &B) {
     assert_eq!(ok(r.oldest_pending(3)), None);
 }
 
-fn minute_counts_follow_pending<B: Backend>(store: &B) {
+fn minute_counts_follow_pending(store: &dyn Backend) {
     let now = 1_000 * MIN + 30_000;
     let add = |gate: u32, dues: &[u64], first: u64| {
         ok(store.write(|tx| {
@@ -239,7 +239,7 @@ fn minute_counts_follow_pending<B: Backend>(store: &B) {
     assert_eq!(ok(ok(store.read()).forecast(1, now, 60))[5], 2);
 }
 
-fn idempotency_keys_belong_to_a_gate<B: Backend>(store: &B) {
+fn idempotency_keys_belong_to_a_gate(store: &dyn Backend) {
     ok(store.write(|tx| tx.put_idempotent(1, "order-42", 7)));
     ok(store.write(|tx| {
         assert_eq!(tx.idempotent(1, "order-42")?, Some(7));
@@ -249,7 +249,7 @@ fn idempotency_keys_belong_to_a_gate<B: Backend>(store: &B) {
     }));
 }
 
-fn counters_round_trip<B: Backend>(store: &B) {
+fn counters_round_trip(store: &dyn Backend) {
     let counts = Counts {
         pending: 3,
         running: 1,
@@ -271,7 +271,7 @@ fn counters_round_trip<B: Backend>(store: &B) {
     assert_eq!(ok(ok(store.read()).counts(9)), Counts::default());
 }
 
-fn listings_newest_first<B: Backend>(store: &B) {
+fn listings_newest_first(store: &dyn Backend) {
     ok(store.write(|tx| {
         for id in 1..=6u64 {
             let gate_id = if id % 2 == 0 { 2 } else { 1 };
@@ -308,7 +308,7 @@ fn listings_newest_first<B: Backend>(store: &B) {
     assert_eq!(ids(labelled, None, 10).0, [4]);
 }
 
-fn retention_spares_a_task_that_runs_again<B: Backend>(store: &B) {
+fn retention_spares_a_task_that_runs_again(store: &dyn Backend) {
     ok(store.write(|tx| {
         for id in [1, 2] {
             tx.put_task(&task(id, 1, "failed", Some(100)))?;
@@ -359,7 +359,7 @@ fn retention_spares_a_task_that_runs_again<B: Backend>(store: &B) {
     assert_eq!(ok(store.write(|tx| tx.prune(1_000, 10))), (0, false));
 }
 
-fn plugins_and_their_artifacts<B: Backend>(store: &B) {
+fn plugins_and_their_artifacts(store: &dyn Backend) {
     let record: PluginRecord = serde_json::from_value(json!({
         "name": "resize", "version": "1.0.0", "size": 4, "sha256": "00",
         "uploaded_at": 1, "imports": ["sluice:task/log@0.1.0"], "unfinished": 0,
@@ -390,7 +390,7 @@ fn plugins_and_their_artifacts<B: Backend>(store: &B) {
     assert_eq!(ok(r.compiled(key, 7)), None, "and every compiled artifact");
 }
 
-fn schedules_and_lineage<B: Backend>(store: &B) {
+fn schedules_and_lineage(store: &dyn Backend) {
     let schedule: ScheduleRecord = serde_json::from_value(json!({
         "name": "nightly", "cron": "0 3 * * *", "timezone": "UTC", "every_ms": null,
         "anchor": 0, "misfire": "skip", "catchup_limit": 0, "jitter_ms": 0,

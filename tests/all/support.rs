@@ -65,12 +65,11 @@ impl Server {
     }
 }
 
-/// A small JSON client that returns (status, body) and never panics on errors.
+/// The tests' face of `sluice::client::Client`: answers as (status, body),
+/// and helpers that fail the test on an unexpected answer.
 #[derive(Clone)]
 pub struct Client {
-    base: String,
-    http: reqwest::Client,
-    token: Option<String>,
+    api: sluice::client::Client,
 }
 
 impl Client {
@@ -87,33 +86,28 @@ impl Client {
     /// A client over a prepared reqwest client (one that trusts a test CA, say).
     pub fn with_http(base: &str, http: reqwest::Client) -> Client {
         Client {
-            base: base.to_string(),
-            http,
-            token: None,
+            api: sluice::client::Client::with_http(base, http),
         }
     }
 
     /// The same client, sending `Authorization: Bearer <token>`.
     pub fn with_token(&self, token: &str) -> Client {
         Client {
-            token: Some(token.to_string()),
-            ..self.clone()
+            api: self.api.with_token(Some(token)),
         }
     }
 
-    fn request(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
-        let req = self.http.request(
-            method.parse().expect("method"),
-            format!("{}{}", self.base, path),
-        );
-        match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+    /// The shared typed client underneath.
+    pub fn api(&self) -> &sluice::client::Client {
+        &self.api
     }
 
     pub fn base_url(&self) -> String {
-        self.base.clone()
+        self.api.base().to_string()
+    }
+
+    fn method(method: &str) -> reqwest::Method {
+        method.parse().expect("method")
     }
 
     pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -123,19 +117,12 @@ impl Client {
 
     /// Like `send`, but a connection failure is `None` instead of a panic.
     pub async fn try_send(&self, method: &str, path: &str, body: Value) -> Option<(u16, Value)> {
-        let resp = self
-            .request(method, path)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(&body).ok()?)
-            .send()
+        let answer = self
+            .api
+            .send(Client::method(method), path, Some(&body))
             .await
             .ok()?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.ok()?;
-        Some((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        Some((answer.status.as_u16(), answer.body))
     }
 
     pub async fn send_full(
@@ -144,18 +131,12 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> (u16, HeaderMap, Value) {
-        let mut req = self.request(method, path);
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&b).expect("json"));
-        }
-        let resp = req.send().await.expect("request reaches the server");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("body");
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, headers, value)
+        let answer = self
+            .api
+            .send(Client::method(method), path, body.as_ref())
+            .await
+            .expect("request reaches the server");
+        (answer.status.as_u16(), answer.headers, answer.body)
     }
 
     pub async fn raw(
@@ -165,19 +146,17 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
     ) -> (u16, Value) {
-        let resp = self
-            .request(method, path)
+        let request = self
+            .api
+            .request(Client::method(method), path)
             .header("content-type", content_type)
-            .body(body)
-            .send()
+            .body(body);
+        let answer = self
+            .api
+            .send_request(request)
             .await
             .expect("request reaches the server");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (answer.status.as_u16(), answer.body)
     }
 
     pub async fn put_gate(&self, name: &str, body: Value) -> Value {

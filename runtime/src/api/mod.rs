@@ -38,7 +38,7 @@ use utoipa_axum::routes;
 use crate::clock;
 use crate::core::TaskId;
 use crate::shell::{GateLive, Handle};
-use crate::store::{Reads, Store, TaskFilter, TaskState};
+use crate::store::{Backend, TaskFilter, TaskState};
 pub use error::ApiError;
 use error::ErrorBody;
 use wire::{
@@ -49,7 +49,7 @@ use wire::{
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Backend>,
     pub shell: Handle,
     pub plugins: Arc<crate::plugin::Host>,
     /// Where backups are written before they are sent: the data directory.

@@ -16,8 +16,7 @@ use super::wire::{PluginList, PluginView, valid_plugin_name, valid_version};
 use crate::clock;
 use crate::plugin::{self, PluginError};
 use crate::shell::plugins::Upload;
-use crate::store::Reads;
-use crate::store::{PluginRecord, Store, plugin_key};
+use crate::store::{Backend, PluginRecord, plugin_key};
 
 /// Request body limit for uploads; one byte more is answered 413.
 pub(super) const UPLOAD_LIMIT: usize = plugin::MAX_COMPONENT;
@@ -49,7 +48,7 @@ impl From<PluginError> for ApiError {
 }
 
 /// Views of plugin records, with the schedules that use each counted.
-fn views(store: &Store, records: &[PluginRecord]) -> Result<Vec<PluginView>, ApiError> {
+fn views(store: &dyn Backend, records: &[PluginRecord]) -> Result<Vec<PluginView>, ApiError> {
     let schedules = store.read()?.schedules()?;
     Ok(records
         .iter()
@@ -66,7 +65,7 @@ fn views(store: &Store, records: &[PluginRecord]) -> Result<Vec<PluginView>, Api
 
 async fn view(state: &AppState, record: PluginRecord) -> Result<PluginView, ApiError> {
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || views(&store, &[record]))
+    tokio::task::spawn_blocking(move || views(store.as_ref(), &[record]))
         .await
         .map_err(|e| ApiError::internal(&e))??
         .pop()
@@ -186,9 +185,10 @@ pub(super) async fn list_plugins(
     State(state): State<AppState>,
 ) -> Result<Json<PluginList>, ApiError> {
     let store = state.store.clone();
-    let plugins = tokio::task::spawn_blocking(move || views(&store, &store.read()?.plugins()?))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    let plugins =
+        tokio::task::spawn_blocking(move || views(store.as_ref(), &store.read()?.plugins()?))
+            .await
+            .map_err(|e| ApiError::internal(&e))??;
     Ok(Json(PluginList { plugins }))
 }
 

@@ -16,20 +16,14 @@ use bytes::Bytes;
 use crate::core::{GateId, Outcome, TaskId, Timestamp};
 use crate::store::LogRecord;
 
-/// Everything one webhook attempt needs.
+/// Everything one attempt needs.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub task: TaskId,
     pub attempt: u32,
     pub gate: String,
     pub gate_id: GateId,
-    pub url: String,
-    pub method: String,
-    pub headers: BTreeMap<String, String>,
-    /// Lowercase names of secret headers: marked sensitive on the wire.
-    pub secret_headers: BTreeSet<String>,
-    pub body: Bytes,
-    pub json: bool,
+    pub action: Action,
     pub timeout: Duration,
     pub scheduled_at: Timestamp,
     /// The attempt's slot time in its gate: released then, not before.
@@ -42,8 +36,27 @@ pub struct Plan {
     pub signing_keys: Vec<sign::SigningKey>,
     pub idempotency_key: String,
     pub allowed_hosts: Vec<String>,
-    /// Set for a plugin task: the webhook fields are then unused.
-    pub plugin: Option<PluginCall>,
+}
+
+/// What an attempt does: send a webhook, or run a plugin.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Webhook(Request),
+    Plugin(PluginCall),
+}
+
+/// A webhook attempt's request, ready to send.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    /// Lowercase names of secret headers: marked sensitive on the wire.
+    pub secret_headers: BTreeSet<String>,
+    pub body: Bytes,
+    /// The body is JSON: sent with `content-type: application/json` unless a
+    /// header says otherwise.
+    pub json: bool,
 }
 
 /// What a plugin attempt runs.

@@ -115,8 +115,7 @@ impl Sink {
 
 pub(super) struct Server {
     pub(super) child: Child,
-    pub(super) base: String,
-    pub(super) http: reqwest::Client,
+    pub(super) api: Client,
     pub(super) port: u16,
     pub(super) dir: PathBuf,
 }
@@ -133,12 +132,12 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the server")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()?;
         let server = Server {
             child,
-            base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .build()?,
+            api: Client::with_http(&format!("http://127.0.0.1:{port}"), http),
             port,
             dir: dir.to_path_buf(),
         };
@@ -148,45 +147,18 @@ impl Server {
 
     pub(super) async fn wait_ready(&self) -> anyhow::Result<Duration> {
         let start = clock::instant();
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await
-                && r.status() == 200
-            {
-                return Ok(start.elapsed());
-            }
+        while !self.api.ready().await {
             if start.elapsed() > Duration::from_secs(120) {
                 bail!("server not ready after 120 s");
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    }
-
-    pub(super) async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: &Value,
-    ) -> anyhow::Result<Value> {
-        let r = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(body)?)
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value =
-            serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{path}: {status} {v}");
-        }
-        Ok(v)
+        Ok(start.elapsed())
     }
 
     pub(super) async fn gate(&self, name: &str, body: Value) -> anyhow::Result<()> {
-        self.call(reqwest::Method::PUT, &format!("/v1/gates/{name}"), &body)
-            .await
-            .map(|_| ())
+        self.api.put_gate(name, &body).await?;
+        Ok(())
     }
 
     /// Creates tasks through the batch API, `parallel` batches in flight.
@@ -203,21 +175,8 @@ impl Server {
         loop {
             while running.len() < parallel {
                 let Some(chunk) = queue.next() else { break };
-                let http = self.http.clone();
-                let url = format!("{}/v1/tasks/batch", self.base);
-                running.spawn(async move {
-                    let body = serde_json::to_vec(&json!({ "tasks": chunk }))?;
-                    let r = http
-                        .post(url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await?;
-                    if r.status() != 201 {
-                        bail!("batch create: {}", r.status());
-                    }
-                    Ok::<_, anyhow::Error>(())
-                });
+                let api = self.api.clone();
+                running.spawn(async move { api.create_tasks(&chunk).await.map(|_| ()) });
             }
             match running.join_next().await {
                 Some(r) => r??,
@@ -228,18 +187,7 @@ impl Server {
     }
 
     pub(super) async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let r = self
-            .http
-            .get(format!("{}{}", self.base, path))
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value =
-            serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{path}: {status} {v}");
-        }
-        Ok(v)
+        Ok(self.api.get(path).await?)
     }
 
     /// Uploads a plugin component (`PUT /v1/plugins/{name}/{version}`).
@@ -249,20 +197,7 @@ impl Server {
         version: &str,
         wasm: Vec<u8>,
     ) -> anyhow::Result<()> {
-        let r = self
-            .http
-            .put(format!("{}/v1/plugins/{name}/{version}", self.base))
-            .header("content-type", "application/wasm")
-            .body(wasm)
-            .send()
-            .await?;
-        let status = r.status();
-        if !status.is_success() {
-            bail!(
-                "uploading plugin {name}@{version}: {status} {}",
-                r.text().await.unwrap_or_default()
-            );
-        }
+        self.api.upload_plugin(name, version, wasm).await?;
         Ok(())
     }
 
@@ -303,8 +238,8 @@ impl Server {
     pub(super) async fn backup(&self) -> anyhow::Result<(Duration, u64, f64)> {
         let start = clock::instant();
         let mut r = self
-            .http
-            .post(format!("{}/v1/admin/backup", self.base))
+            .api
+            .request(reqwest::Method::POST, "/v1/admin/backup")
             .timeout(Duration::from_secs(3_600))
             .send()
             .await?;
@@ -420,7 +355,7 @@ pub(super) async fn plugin_attempts(
     attempts: usize,
     within: Duration,
 ) -> anyhow::Result<Vec<f64>> {
-    use crate::attempt::{Plan, PluginCall};
+    use crate::attempt::{Action, Plan, PluginCall};
     use crate::core::{GateId, Outcome, TaskId};
     use crate::dispatch::Dispatcher;
 
@@ -438,12 +373,11 @@ pub(super) async fn plugin_attempts(
         attempt: 1,
         gate: "w6".into(),
         gate_id: GateId(1),
-        url: String::new(),
-        method: String::new(),
-        headers: Default::default(),
-        secret_headers: Default::default(),
-        body: Default::default(),
-        json: false,
+        action: Action::Plugin(PluginCall {
+            name: "noop".into(),
+            version: "0.1.0".into(),
+            input: "{}".into(),
+        }),
         timeout: Duration::from_secs(30),
         scheduled_at: clock::now(),
         release_at: clock::now(),
@@ -452,11 +386,6 @@ pub(super) async fn plugin_attempts(
         signing_keys: Vec::new(),
         idempotency_key: TaskId(n).to_string(),
         allowed_hosts: Vec::new(),
-        plugin: Some(PluginCall {
-            name: "noop".into(),
-            version: "0.1.0".into(),
-            input: "{}".into(),
-        }),
     };
     let warm_up = (attempts / 10).clamp(10, 1_000);
     let mut micros = Vec::with_capacity(attempts);

@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
+use crate::client::Client;
 use crate::clock;
 
 mod harness;
@@ -395,19 +396,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .chunks(((gates / 8).max(1)) as usize)
         {
             let chunk = chunk.to_vec();
-            let http = server.http.clone();
-            let base = server.base.clone();
+            let api = server.api.clone();
             let host = host.clone();
             set.spawn(async move {
                 for g in chunk {
                     let body = json!({ "rate": "1/m", "allowed_hosts": [host] });
-                    http.put(format!("{base}/v1/gates/g{g}"))
-                        .header("content-type", "application/json")
-                        .body(body.to_string())
-                        .send()
-                        .await?;
+                    api.put_gate(&format!("g{g}"), &body).await?;
                 }
-                Ok::<_, reqwest::Error>(())
+                Ok::<_, crate::client::ClientError>(())
             });
         }
         while let Some(r) = set.join_next().await {

@@ -2,6 +2,7 @@
 //! answer becomes a message and an exit code.
 
 use super::*;
+use crate::client::ClientError;
 
 /// A failed client call, carrying its exit code.
 #[derive(Debug)]
@@ -28,10 +29,30 @@ impl From<crate::store::StoreError> for Failure {
     }
 }
 
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure {
+            code: e.status().map_or(1, exit_code),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The exit code for an error status.
+fn exit_code(status: reqwest::StatusCode) -> u8 {
+    match status.as_u16() {
+        404 => 3,
+        409 => 4,
+        400 | 413 => 5,
+        401 | 403 => 7,
+        _ => 1,
+    }
+}
+
+/// The commands' view of the API: the shared client, its answers as
+/// failures with exit codes.
 pub(super) struct Api {
-    base: String,
-    token: Option<String>,
-    http: reqwest::Client,
+    client: crate::client::Client,
 }
 
 impl Api {
@@ -47,18 +68,13 @@ impl Api {
         }
         let http = builder.build().context("building the HTTP client")?;
         Ok(Api {
-            base: client.server.trim_end_matches('/').to_string(),
-            token: client.token.clone(),
-            http,
+            client: crate::client::Client::with_http(&client.server, http)
+                .with_token(client.token.as_deref()),
         })
     }
 
     pub(super) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{}", self.base, path));
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
+        self.client.request(method, path)
     }
 
     pub(super) async fn call(
@@ -67,17 +83,7 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, Failure> {
-        let mut request = self.request(method, path);
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(serde_json::to_vec(body).unwrap_or_default());
-        }
-        let (status, value) = self.send(request).await?;
-        if status.is_success() {
-            return Ok(value);
-        }
-        Err(failure(status, &value))
+        Ok(self.client.send(method, path, body).await?.ok()?)
     }
 
     /// Sends a request and returns its status and JSON body, whatever the
@@ -86,46 +92,29 @@ impl Api {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, Value), Failure> {
-        let response = request.send().await.map_err(|e| Failure {
-            code: 1,
-            message: format!("cannot reach the server at {}: {e}", self.base),
-        })?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let value: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Ok((status, value))
+        let answer = self.client.send_request(request).await?;
+        Ok((answer.status, answer.body))
     }
 
     pub(super) async fn get(&self, path: &str) -> Result<Value, Failure> {
-        self.call(reqwest::Method::GET, path, None).await
+        Ok(self.client.get(path).await?)
     }
 }
 
 /// An error answer as a failure: the server's message, the field at fault,
 /// the status, and the exit code for it.
 pub(super) fn failure(status: reqwest::StatusCode, value: &Value) -> Failure {
-    let message = value["error"]["message"]
-        .as_str()
-        .unwrap_or("request failed")
-        .to_string();
-    let field = value["error"]["field"]
-        .as_str()
-        .map(|f| format!(" (field {f})"))
-        .unwrap_or_default();
-    let code = match status.as_u16() {
-        404 => 3,
-        409 => 4,
-        400 | 413 => 5,
-        401 | 403 => 7,
-        _ => 1,
+    let answer = crate::client::Answer {
+        status,
+        headers: reqwest::header::HeaderMap::new(),
+        body: value.clone(),
     };
-    Failure {
-        code,
-        message: format!("{message}{field} [{}]", status.as_u16()),
+    match answer.ok() {
+        Err(e) => e.into(),
+        Ok(_) => Failure {
+            code: 1,
+            message: format!("unexpected answer [{}]", status.as_u16()),
+        },
     }
 }
 
@@ -136,6 +125,4 @@ pub(super) fn print_json(value: &Value) {
     );
 }
 
-pub(super) fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
+pub(super) use crate::client::enc;

@@ -16,6 +16,6 @@ pub use gate::{CircuitPolicy, Gate, GateLimits, GateState, Recovery, Signal};
 pub use ids::{GateId, TaskId};
 pub use retry::{Backoff, RetryPolicy};
 pub use scheduler::{
-    Effect, End, FailReason, GateView, Input, Key, Outcome, Permit, QueuedTask, Scheduler, Tuning,
+    Effect, End, FailReason, GateStatus, Input, Key, Outcome, Permit, QueuedTask, Scheduler, Tuning,
 };
 pub use time::{Rate, Timestamp, format_duration, parse_duration};

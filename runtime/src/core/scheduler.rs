@@ -240,7 +240,7 @@ impl Default for Tuning {
 
 /// Live figures of one gate, cheap to read.
 #[derive(Clone, Debug, PartialEq)]
-pub struct GateView {
+pub struct GateStatus {
     pub state: GateState,
     pub effective_rate: f64,
     pub in_flight: u32,
@@ -564,10 +564,10 @@ impl Scheduler {
         self.effects.pop_front()
     }
 
-    pub fn view(&self, now: Timestamp, gate: GateId) -> Option<GateView> {
+    pub fn view(&self, now: Timestamp, gate: GateId) -> Option<GateStatus> {
         let lane = self.lanes.get(&gate)?;
         let due_in_memory = lane.queue.range(..=(now, TaskId(u64::MAX))).count() as u64;
-        Some(GateView {
+        Some(GateStatus {
             state: lane.gate.state(now),
             effective_rate: lane.gate.effective_rate(now),
             in_flight: lane.gate.in_flight(),

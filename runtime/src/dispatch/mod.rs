@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::attempt::{MAX_LEASE, Plan, Report, classify, parse_retry_after, sign};
+use crate::attempt::{Action, MAX_LEASE, Plan, Report, Request, classify, parse_retry_after, sign};
 use crate::clock;
 use crate::core::Outcome;
 
@@ -170,7 +170,10 @@ impl Dispatcher {
 
     async fn attempt(&self, plan: &Plan) -> Exchange {
         let denied = |why: String| Exchange::failed(Outcome::Denied, why);
-        let url = match reqwest::Url::parse(&plan.url) {
+        let Action::Webhook(webhook) = &plan.action else {
+            return denied("not a webhook task".into());
+        };
+        let url = match reqwest::Url::parse(&webhook.url) {
             Ok(url) => url,
             Err(e) => return denied(format!("invalid url: {e}")),
         };
@@ -178,11 +181,11 @@ impl Dispatcher {
             Ok(client) => client,
             Err(why) => return denied(why),
         };
-        let method = match reqwest::Method::from_bytes(plan.method.as_bytes()) {
+        let method = match reqwest::Method::from_bytes(webhook.method.as_bytes()) {
             Ok(m) => m,
-            Err(_) => return denied(format!("invalid method {:?}", plan.method)),
+            Err(_) => return denied(format!("invalid method {:?}", webhook.method)),
         };
-        let headers = match self.headers(plan) {
+        let headers = match self.headers(plan, webhook) {
             Ok(h) => h,
             Err(e) => return denied(e),
         };
@@ -190,7 +193,7 @@ impl Dispatcher {
             .request(method, url)
             .headers(headers)
             .timeout(plan.timeout)
-            .body(plan.body.clone());
+            .body(webhook.body.clone());
         let exchange = async {
             let response = request.send().await?;
             let status = response.status();
@@ -239,19 +242,19 @@ impl Dispatcher {
         }
     }
 
-    fn headers(&self, plan: &Plan) -> Result<HeaderMap, String> {
+    fn headers(&self, plan: &Plan, webhook: &Request) -> Result<HeaderMap, String> {
         let mut headers = HeaderMap::new();
-        for (name, value) in &plan.headers {
+        for (name, value) in &webhook.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("invalid header name {name:?}"))?;
             let mut value = HeaderValue::from_str(value)
                 .map_err(|_| format!("invalid value for header {name}"))?;
-            if plan.secret_headers.contains(name.as_str()) {
+            if webhook.secret_headers.contains(name.as_str()) {
                 value.set_sensitive(true);
             }
             headers.insert(name, value);
         }
-        if plan.json && !headers.contains_key(reqwest::header::CONTENT_TYPE) {
+        if webhook.json && !headers.contains_key(reqwest::header::CONTENT_TYPE) {
             headers.insert(
                 reqwest::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -276,7 +279,7 @@ impl Dispatcher {
             // so receivers can drop repeats by it too.
             let id = plan.task.to_string();
             let timestamp = crate::clock::now().as_ms() as i64 / 1_000;
-            let signature = sign::signature(&plan.signing_keys, &id, timestamp, &plan.body);
+            let signature = sign::signature(&plan.signing_keys, &id, timestamp, &webhook.body);
             put("webhook-id", id);
             put("webhook-timestamp", timestamp.to_string());
             put("webhook-signature", signature);

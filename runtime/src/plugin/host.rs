@@ -19,11 +19,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::attempt::{Plan, Report};
+use crate::attempt::{Action, Plan, Report};
 use crate::clock;
 use crate::core::Outcome;
 use crate::dispatch::Dispatcher;
-use crate::store::{LogRecord, LogSource, Reads, Store as DataStore, Writes};
+use crate::store::{Backend, LogRecord, LogSource};
 
 use super::{PermitMessage, PluginError, audit};
 
@@ -74,7 +74,7 @@ pub struct Host {
     linker: Linker<Attempt>,
     /// Loaded components by `name@version`.
     loaded: RwLock<HashMap<String, bindings::TaskPre<Attempt>>>,
-    store: Arc<DataStore>,
+    store: Arc<dyn Backend>,
     slots: Arc<Semaphore>,
     engine_hash: u64,
     compilations: AtomicU64,
@@ -249,7 +249,7 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<Attempt>> {
 impl Host {
     /// Starts the engine, with room for `instances` attempts at once, and its
     /// epoch ticker.
-    pub fn new(store: Arc<DataStore>, instances: u32) -> Result<Arc<Host>, PluginError> {
+    pub fn new(store: Arc<dyn Backend>, instances: u32) -> Result<Arc<Host>, PluginError> {
         let engine = engine(instances).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let linker = linker(&engine).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let mut hasher = std::hash::DefaultHasher::new();
@@ -443,7 +443,7 @@ impl Host {
         permits: mpsc::UnboundedSender<PermitMessage>,
         log: Arc<Mutex<AttemptLog>>,
     ) -> (Outcome, Option<String>, Option<String>, Vec<String>) {
-        let Some(call) = &plan.plugin else {
+        let Action::Plugin(call) = &plan.action else {
             return denied("not a plugin task".into());
         };
         let key = crate::store::plugin_key(&call.name, &call.version);

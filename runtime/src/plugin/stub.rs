@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use super::{PermitMessage, PluginError};
 use crate::attempt::{Plan, Report};
 use crate::dispatch::Dispatcher;
-use crate::store::Store;
+use crate::store::Backend;
 
 pub struct Compiled {
     pub sha256: String,
@@ -19,7 +19,7 @@ pub struct Compiled {
 pub struct Host;
 
 impl Host {
-    pub fn new(_store: Arc<Store>, _instances: u32) -> Result<Arc<Host>, PluginError> {
+    pub fn new(_store: Arc<dyn Backend>, _instances: u32) -> Result<Arc<Host>, PluginError> {
         Ok(Arc::new(Host))
     }
 

@@ -7,7 +7,7 @@ impl Engine {
     /// Loads what is on disk and recovers attempts the last run left in flight.
     /// `seed` feeds the retry jitter.
     pub fn boot(
-        store: Arc<Store>,
+        store: Arc<dyn Backend>,
         tuning: Tuning,
         now: Timestamp,
         seed: u64,
@@ -57,15 +57,7 @@ impl Engine {
                 driver.gate_names.insert(gate.id, gate.name.clone());
                 driver.gates.insert(gate.name.clone(), gate);
             }
-            let mut turn = Turn {
-                tx,
-                now,
-                tasks: HashMap::new(),
-                dirty_counts: Vec::new(),
-                plans: Vec::new(),
-                ended: Vec::new(),
-                dirty_plugins: Vec::new(),
-            };
+            let mut turn = Turn::new(tx, now);
             let interrupted = turn.tx.running_tasks()?;
             for id in &interrupted {
                 let Some(task) = turn.task(*id)? else {

@@ -7,7 +7,7 @@ use super::*;
 impl Engine {
     pub(super) fn apply_command(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         command: Command,
     ) -> Result<Box<dyn FnOnce() + Send>, StoreError> {
         fn reply<T: Send + 'static>(
@@ -169,7 +169,7 @@ impl Engine {
 
     pub(super) fn put_gate(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         name: String,
         spec: GateSpec,
     ) -> Result<(GateRecord, bool), StoreError> {
@@ -225,7 +225,7 @@ impl Engine {
 
     pub(super) fn delete_gate(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         name: &str,
         force: bool,
     ) -> Result<Result<(), ShellError>, StoreError> {
@@ -272,7 +272,7 @@ impl Engine {
     /// Creates tasks, all or none. A fault names the task by its index.
     pub(super) fn create_tasks(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         tasks: Vec<NewTask>,
     ) -> Result<Result<Vec<Created>, ShellError>, StoreError> {
         // Check everything first: a batch is all or none.
@@ -346,7 +346,7 @@ impl Engine {
                 root: task.lineage.map(|(root, _)| root.0),
                 depth: task.lineage.map_or(0, |(_, depth)| depth),
             };
-            record.set_target(task.target);
+            (record.webhook, record.plugin) = targets::to_records(task.target);
             self.plugin_ref(turn, plugin, 1);
             if let Some(key) = &task.idempotency_key {
                 turn.tx.put_idempotent(gate_id, key, id)?;
@@ -372,7 +372,7 @@ impl Engine {
     /// and its root's budget of descendants. All or none.
     pub(super) fn create_next(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         parent: &TaskRecord,
         tasks: Vec<NewTask>,
     ) -> Result<Result<Vec<Created>, ShellError>, StoreError> {
@@ -441,7 +441,7 @@ impl Engine {
 
     pub(super) fn cancel_task(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         id: TaskId,
     ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
         let now = turn.now.as_ms();
@@ -482,7 +482,7 @@ impl Engine {
 
     pub(super) fn retry_task(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         id: TaskId,
     ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
         let now = turn.now;

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn drain_effects(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
+    pub(super) fn drain_effects(&mut self, turn: &mut Turn<'_>) -> Result<(), StoreError> {
         while let Some(effect) = self.core.poll_effect() {
             match effect {
                 Effect::Load {
@@ -168,42 +168,12 @@ impl Engine {
 
     pub(super) fn plan(&self, record: &TaskRecord, attempt: u32) -> Plan {
         let gate = self.gates.get(&record.gate);
-        let target = record.target();
-        let (webhook, plugin) = match target {
-            Target::Webhook(w) => (w, None),
-            Target::Plugin(p) => (
-                crate::store::WebhookRecord {
-                    url: String::new(),
-                    method: String::new(),
-                    headers: Default::default(),
-                    body: None,
-                    secret_headers: Default::default(),
-                },
-                Some(PluginCall {
-                    input: p.input.to_string(),
-                    name: p.name,
-                    version: p.version,
-                }),
-            ),
-        };
-        let (body, json) = match &webhook.body {
-            None => (Bytes::new(), false),
-            Some(BodyRecord::Json(v)) => {
-                (Bytes::from(serde_json::to_vec(v).unwrap_or_default()), true)
-            }
-            Some(BodyRecord::Text(t)) => (Bytes::from(t.clone()), false),
-        };
         Plan {
             task: TaskId(record.id),
             attempt,
             gate: record.gate.clone(),
             gate_id: GateId(record.gate_id),
-            url: webhook.url,
-            method: webhook.method,
-            headers: webhook.headers,
-            secret_headers: webhook.secret_headers,
-            body,
-            json,
+            action: targets::action(record),
             timeout: Duration::from_millis(record.timeout_ms),
             scheduled_at: Timestamp(record.scheduled_at),
             release_at: Timestamp::ZERO,
@@ -224,7 +194,6 @@ impl Engine {
                 _ => TaskId(record.id).to_string(),
             },
             allowed_hosts: gate.map(|g| g.allowed_hosts.clone()).unwrap_or_default(),
-            plugin,
         }
     }
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::{Engine, ShellError, Turn};
 use crate::core::{Input, Outcome, TaskId};
 use crate::model::NewTask;
-use crate::store::{AttemptRecord, StoreError, TaskRecord, TaskState, Writes};
+use crate::store::{AttemptRecord, StoreError, TaskRecord, TaskState};
 
 /// Output and failure reasons kept in history are capped like response bodies.
 const KEPT: usize = 4 * 1024;
@@ -90,7 +90,7 @@ fn cap(text: String) -> String {
 impl Engine {
     pub(super) fn callback(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         id: TaskId,
         callback: Callback,
     ) -> Result<Result<TaskRecord, ShellError>, StoreError> {

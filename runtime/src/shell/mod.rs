@@ -16,18 +16,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::attempt::{Plan, PluginCall, Report};
+use crate::attempt::{Action, Plan, PluginCall, Report, Request};
 use crate::clock;
 use crate::core::{
-    Effect, End, FailReason, GateId, GateView, Input, Outcome, QueuedTask, Scheduler, TaskId,
+    Effect, End, FailReason, GateId, GateStatus, Input, Outcome, QueuedTask, Scheduler, TaskId,
     Timestamp, Tuning,
 };
 use crate::dispatch::{Dispatcher, guard};
-use crate::model::{GateSpec, NewTask, ScheduleSpec};
+use crate::model::{GateSpec, NewTask, ScheduleSpec, Target};
 use crate::plugin::{self, PermitMessage};
 use crate::store::{
-    AttemptRecord, BodyRecord, CircuitRecord, Counts, GateRecord, PluginRecord, RecoveryRecord,
-    RetryRecord, ScheduleRecord, Store, StoreError, Target, TaskRecord, TaskState, Tx, Writes,
+    AttemptRecord, Backend, BodyRecord, CircuitRecord, Counts, GateRecord, PluginRecord,
+    RecoveryRecord, RetryRecord, ScheduleRecord, StoreError, TaskRecord, TaskState, Writes,
 };
 
 mod boot;
@@ -39,6 +39,7 @@ pub mod plugins;
 mod runner;
 mod schedules;
 pub mod stats;
+mod targets;
 mod turn;
 
 use commands::queued_of;
@@ -138,7 +139,7 @@ pub struct Created {
 #[derive(Debug, Clone)]
 pub struct GateLive {
     pub record: GateRecord,
-    pub view: GateView,
+    pub view: GateStatus,
     pub counts: Counts,
     /// The last ten minutes in 10 s steps, oldest first.
     pub series: Vec<stats::Bucket>,
@@ -216,7 +217,7 @@ const TURN_REPORTS: usize = 8_192;
 /// attempts in flight end or the grace period runs out. The returned join handle
 /// yields once everything is committed.
 pub fn spawn(
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     options: Options,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(Handle, std::thread::JoinHandle<Result<(), StoreError>>)> {
@@ -315,7 +316,7 @@ struct Runner {
 /// the store. The server drives it from `Runner`; the simulation tests drive it
 /// directly, on a simulated clock.
 pub struct Engine {
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     core: Scheduler,
     gates: BTreeMap<String, GateRecord>,
     gate_names: HashMap<u32, String>,
@@ -338,8 +339,8 @@ pub struct Engine {
 
 /// One turn's view of the store: task records touched in this turn are cached so
 /// each is decoded and encoded once per commit.
-struct Turn<'a, 't> {
-    tx: &'a mut Tx<'t>,
+struct Turn<'a> {
+    tx: &'a mut dyn Writes,
     now: Timestamp,
     tasks: HashMap<u64, TaskRecord>,
     dirty_counts: Vec<u32>,
@@ -350,7 +351,19 @@ struct Turn<'a, 't> {
     dirty_plugins: Vec<String>,
 }
 
-impl Turn<'_, '_> {
+impl<'a> Turn<'a> {
+    fn new(tx: &'a mut dyn Writes, now: Timestamp) -> Turn<'a> {
+        Turn {
+            tx,
+            now,
+            tasks: HashMap::new(),
+            dirty_counts: Vec::new(),
+            plans: Vec::new(),
+            ended: Vec::new(),
+            dirty_plugins: Vec::new(),
+        }
+    }
+
     fn task(&mut self, id: u64) -> Result<Option<&mut TaskRecord>, StoreError> {
         if !self.tasks.contains_key(&id) {
             match self.tx.task(id)? {

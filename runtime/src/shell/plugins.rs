@@ -4,7 +4,7 @@
 //! unfinished task or a schedule cannot be deleted.
 
 use super::{Engine, ShellError, Turn};
-use crate::store::{PluginRecord, StoreError, Writes, plugin_key};
+use crate::store::{PluginRecord, StoreError, plugin_key};
 
 /// An upload that passed the audit and compiled.
 pub struct Upload {
@@ -18,7 +18,7 @@ pub struct Upload {
 impl Engine {
     pub(super) fn put_plugin(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         upload: Upload,
     ) -> Result<Result<(PluginRecord, bool), ShellError>, StoreError> {
         let key = plugin_key(&upload.record.name, &upload.record.version);
@@ -41,7 +41,7 @@ impl Engine {
 
     pub(super) fn delete_plugin(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         key: &str,
     ) -> Result<Result<(), ShellError>, StoreError> {
         let Some(plugin) = self.plugins.get(key) else {

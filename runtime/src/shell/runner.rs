@@ -123,7 +123,7 @@ impl Runner {
             let release = self.release_at(released, wall, plan.gate_id, plan.release_at);
             let dispatcher = self.dispatcher.clone();
             let reports = self.reports.clone();
-            let plugins = plan.plugin.as_ref().map(|_| self.plugins.clone());
+            let plugins = matches!(plan.action, Action::Plugin(_)).then(|| self.plugins.clone());
             let permits = self.permits.clone();
             self.runtime.spawn(async move {
                 if release > released {

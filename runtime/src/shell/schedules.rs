@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use super::{At, Engine, ShellError, Turn};
+use super::{At, Engine, ShellError, Turn, targets};
 use crate::core::schedule::{self, Misfire};
 use crate::core::{TaskId, Timestamp};
 use crate::model::{NewTask, ScheduleSpec};
 use crate::store::{
     BackoffRecord, OccurrenceRecord, RunRecord, ScheduleRecord, StoreError, TaskState,
-    TemplateRecord, Writes,
+    TemplateRecord,
 };
 
 /// History kept on each schedule.
@@ -20,7 +20,7 @@ const LAST_RUNS: usize = 10;
 impl Engine {
     pub(super) fn put_schedule(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         name: String,
         spec: ScheduleSpec,
     ) -> Result<Result<(ScheduleRecord, bool), ShellError>, StoreError> {
@@ -51,7 +51,7 @@ impl Engine {
             expires_after_ms: t.expires_after.map(|d| d.as_millis() as u64),
             labels: t.labels.clone(),
         };
-        template.set_target(t.target.clone());
+        (template.webhook, template.plugin) = targets::to_records(t.target.clone());
         let existing = self.schedules.get(&name).cloned();
         let created = existing.is_none();
         let mut record = ScheduleRecord {
@@ -101,7 +101,7 @@ impl Engine {
 
     pub(super) fn delete_schedule(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         name: &str,
     ) -> Result<Result<(), ShellError>, StoreError> {
         let Some(record) = self.schedules.remove(name) else {
@@ -122,7 +122,7 @@ impl Engine {
 
     pub(super) fn set_schedule_paused(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         name: &str,
         paused: bool,
     ) -> Result<Result<ScheduleRecord, ShellError>, StoreError> {
@@ -161,7 +161,7 @@ impl Engine {
     /// record it and request the next.
     pub(super) fn occurrence_ended(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         name: &str,
         task: u64,
         state: TaskState,
@@ -195,7 +195,7 @@ impl Engine {
     /// Plans and creates the next occurrence after `prev`.
     fn plan_from(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         name: &str,
         prev: Timestamp,
         misfire: Misfire,
@@ -262,7 +262,7 @@ fn occurrence_task(record: &ScheduleRecord, due: Timestamp, key: String, name: &
     let t = &record.template;
     NewTask {
         gate: t.gate.clone(),
-        target: t.target(),
+        target: targets::of_records(&t.webhook, &t.plugin),
         due,
         max_attempts: t.max_attempts,
         timeout: t.timeout_ms.map(Duration::from_millis),

@@ -25,15 +25,7 @@ impl Engine {
         let store = self.store.clone();
         let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         let plans = store.write(|tx| {
-            let mut turn = Turn {
-                tx,
-                now,
-                tasks: HashMap::new(),
-                dirty_counts: Vec::new(),
-                plans: Vec::new(),
-                ended: Vec::new(),
-                dirty_plugins: Vec::new(),
-            };
+            let mut turn = Turn::new(tx, now);
             for report in reports {
                 self.apply_report(&mut turn, report)?;
             }
@@ -62,7 +54,7 @@ impl Engine {
         Ok(plans)
     }
 
-    pub(super) fn finish_turn(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
+    pub(super) fn finish_turn(&mut self, turn: &mut Turn<'_>) -> Result<(), StoreError> {
         turn.flush()?;
         turn.dirty_plugins.sort_unstable();
         turn.dirty_plugins.dedup();
@@ -83,7 +75,7 @@ impl Engine {
 
     /// Counts a plugin task becoming unfinished (`+1`) or finished (`-1`), so a
     /// plugin still in use cannot be deleted.
-    pub(super) fn plugin_ref(&mut self, turn: &mut Turn<'_, '_>, key: Option<String>, delta: i64) {
+    pub(super) fn plugin_ref(&mut self, turn: &mut Turn<'_>, key: Option<String>, delta: i64) {
         let Some(key) = key else {
             return;
         };
@@ -93,12 +85,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn count(
-        &mut self,
-        turn: &mut Turn<'_, '_>,
-        gate_id: u32,
-        f: impl FnOnce(&mut Counts),
-    ) {
+    pub(super) fn count(&mut self, turn: &mut Turn<'_>, gate_id: u32, f: impl FnOnce(&mut Counts)) {
         if self.gate_names.contains_key(&gate_id) {
             f(self.counts.entry(gate_id).or_default());
             turn.dirty_counts.push(gate_id);
@@ -107,7 +94,7 @@ impl Engine {
 
     pub(super) fn apply_report(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         mut report: Report,
     ) -> Result<(), StoreError> {
         let id = report.task.0;
@@ -184,7 +171,7 @@ impl Engine {
     /// Counts an attempt's end in the gate's recent series and metrics.
     pub(super) fn observe(
         &mut self,
-        turn: &mut Turn<'_, '_>,
+        turn: &mut Turn<'_>,
         id: u64,
         report: &Report,
     ) -> Result<(), StoreError> {
@@ -213,7 +200,7 @@ impl Engine {
 
     /// Executes the core's effects into the transaction, in order, and moves
     /// schedules on whose occurrences ended, until nothing is left to do.
-    pub(super) fn apply_effects(&mut self, turn: &mut Turn<'_, '_>) -> Result<(), StoreError> {
+    pub(super) fn apply_effects(&mut self, turn: &mut Turn<'_>) -> Result<(), StoreError> {
         loop {
             self.drain_effects(turn)?;
             if turn.ended.is_empty() {

@@ -26,8 +26,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 pub use records::{
     AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, GateRecord, LogRecord,
     LogSource, OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord, RetryRecord,
-    RunRecord, ScheduleRecord, Target, TaskRecord, TaskState, TemplateRecord, WebhookRecord,
-    plugin_key,
+    RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord, WebhookRecord, plugin_key,
 };
 
 /// 2 added `due_minutes` and `finished`; 3 added the plugin tables; 4 added

@@ -162,44 +162,6 @@ pub fn plugin_key(name: &str, version: &str) -> String {
     format!("{name}@{version}")
 }
 
-/// What a task acts on: exactly one of these.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Target {
-    Webhook(WebhookRecord),
-    Plugin(PluginCallRecord),
-}
-
-impl Target {
-    pub fn plugin(&self) -> Option<&PluginCallRecord> {
-        match self {
-            Target::Plugin(p) => Some(p),
-            Target::Webhook(_) => None,
-        }
-    }
-
-    fn split(self) -> (Option<WebhookRecord>, Option<PluginCallRecord>) {
-        match self {
-            Target::Webhook(w) => (Some(w), None),
-            Target::Plugin(p) => (None, Some(p)),
-        }
-    }
-
-    fn join(webhook: &Option<WebhookRecord>, plugin: &Option<PluginCallRecord>) -> Target {
-        match (webhook, plugin) {
-            (_, Some(p)) => Target::Plugin(p.clone()),
-            (Some(w), None) => Target::Webhook(w.clone()),
-            // Never written; a damaged record gets a target that is refused.
-            (None, None) => Target::Webhook(WebhookRecord {
-                url: String::new(),
-                method: "POST".into(),
-                headers: BTreeMap::new(),
-                body: None,
-                secret_headers: BTreeSet::new(),
-            }),
-        }
-    }
-}
-
 /// A plugin version in the registry. The component's bytes and its compiled
 /// artifacts live in tables of their own.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -278,14 +240,6 @@ impl TaskRecord {
 }
 
 impl TaskRecord {
-    pub fn target(&self) -> Target {
-        Target::join(&self.webhook, &self.plugin)
-    }
-
-    pub fn set_target(&mut self, target: Target) {
-        (self.webhook, self.plugin) = target.split();
-    }
-
     pub fn queued(&self) -> core::QueuedTask {
         core::QueuedTask {
             id: core::TaskId(self.id),
@@ -485,16 +439,6 @@ pub struct TemplateRecord {
     pub max_retry_duration_ms: Option<u64>,
     pub expires_after_ms: Option<u64>,
     pub labels: BTreeMap<String, String>,
-}
-
-impl TemplateRecord {
-    pub fn target(&self) -> Target {
-        Target::join(&self.webhook, &self.plugin)
-    }
-
-    pub fn set_target(&mut self, target: Target) {
-        (self.webhook, self.plugin) = target.split();
-    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -7,19 +7,48 @@
 //! `Backend::write` returns; a reader (`Reads`) sees one consistent snapshot
 //! and never blocks the writer. Neither decides anything.
 
+use std::path::Path;
+
 use super::*;
 
-/// A store: one write transaction at a time, any number of readers.
+/// A store: one write transaction at a time, any number of readers. The
+/// engine, the API and the plugin host hold it as `Arc<dyn Backend>`, so they
+/// never name an implementation; `write` (on `dyn Backend`) is the typed way
+/// to run a transaction.
 pub trait Backend: Send + Sync {
-    type Tx<'t>: Writes;
-    type Reader: Reads;
-
-    /// Runs `f` in one durable write transaction: all of it is stored when
-    /// this returns `Ok`, none of it when it returns `Err`.
-    fn write<R>(&self, f: impl FnOnce(&mut Self::Tx<'_>) -> Result<R>) -> Result<R>;
+    /// Runs `f` once in one durable write transaction: all of it is stored
+    /// when this returns `Ok`, none of it when it returns `Err`.
+    fn transact(&self, f: &mut dyn FnMut(&mut dyn Writes) -> Result<()>) -> Result<()>;
 
     /// A consistent snapshot.
-    fn read(&self) -> Result<Self::Reader>;
+    fn snapshot(&self) -> Result<Box<dyn Reads>>;
+
+    /// Copies everything, as of one snapshot, into a new store file at
+    /// `path` while writes go on.
+    fn backup_to(&self, path: &Path) -> Result<Copied>;
+}
+
+impl dyn Backend + '_ {
+    /// Runs `f` in one durable write transaction and returns what it returns.
+    pub fn write<R>(&self, f: impl FnOnce(&mut dyn Writes) -> Result<R>) -> Result<R> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.transact(&mut |tx| {
+            if let Some(f) = f.take() {
+                out = Some(f(tx)?);
+            }
+            Ok(())
+        })?;
+        out.ok_or_else(|| StoreError::Corrupt {
+            table: "-",
+            detail: "a write transaction ended without running".into(),
+        })
+    }
+
+    /// A consistent snapshot.
+    pub fn read(&self) -> Result<Box<dyn Reads>> {
+        self.snapshot()
+    }
 }
 
 /// What one write transaction can do. Pending tasks are keyed (gate, due,
@@ -156,14 +185,15 @@ pub trait Reads {
 }
 
 impl Backend for Store {
-    type Tx<'t> = Tx<'t>;
-    type Reader = Reader;
-
-    fn write<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<R> {
-        Store::write(self, f)
+    fn transact(&self, f: &mut dyn FnMut(&mut dyn Writes) -> Result<()>) -> Result<()> {
+        Store::write(self, |tx| f(tx))
     }
 
-    fn read(&self) -> Result<Reader> {
-        Store::read(self)
+    fn snapshot(&self) -> Result<Box<dyn Reads>> {
+        Ok(Box::new(Store::read(self)?))
+    }
+
+    fn backup_to(&self, path: &Path) -> Result<Copied> {
+        Store::backup_to(self, path)
     }
 }

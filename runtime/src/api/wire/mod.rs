@@ -13,12 +13,14 @@ use crate::core::{
     Backoff, CircuitPolicy, Rate, Recovery, RetryPolicy, TaskId, Timestamp, format_duration,
     parse_duration,
 };
-use crate::model::{DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, GateSpec, NewTask};
+use crate::model::{
+    Body, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, GateSpec, NewTask, PluginCall,
+    Target, Webhook,
+};
 use crate::shell::GateLive;
 use crate::shell::stats::{self, Bucket};
 use crate::store::{
-    AttemptRecord, BodyRecord, Counts, PluginCallRecord, PluginRecord, Target, TaskRecord,
-    WebhookRecord,
+    AttemptRecord, BodyRecord, Counts, PluginCallRecord, PluginRecord, TaskRecord, WebhookRecord,
 };
 
 mod gates;

@@ -196,8 +196,8 @@ impl ScheduleView {
             paused: s.paused,
             task: TemplateView {
                 gate: t.gate.clone(),
-                webhook: target_views(&t.target()).0,
-                plugin: target_views(&t.target()).1,
+                webhook: target_views(&t.webhook, &t.plugin).0,
+                plugin: target_views(&t.webhook, &t.plugin).1,
                 max_attempts: t.max_attempts,
                 timeout: t.timeout_ms.map(ms_text),
                 expires_after: t.expires_after_ms.map(ms_text),

@@ -225,7 +225,7 @@ pub struct TaskView {
 impl TaskView {
     pub fn new(t: &TaskRecord, attempts: Option<&[AttemptRecord]>) -> TaskView {
         let retry = retry_view(&t.retry);
-        let (webhook, plugin) = target_views(&t.target());
+        let (webhook, plugin) = target_views(&t.webhook, &t.plugin);
         TaskView {
             id: TaskId(t.id).to_string(),
             gate: t.gate.clone(),

@@ -68,7 +68,7 @@ pub fn valid_version(version: &str) -> bool {
 }
 
 impl PluginBody {
-    fn validate(self, field: &str) -> Result<PluginCallRecord, ApiError> {
+    fn validate(self, field: &str) -> Result<PluginCall, ApiError> {
         if !valid_plugin_name(&self.name) {
             return Err(ApiError::field(
                 &format!("{field}.name"),
@@ -93,7 +93,7 @@ impl PluginBody {
                 ))
             });
         }
-        Ok(PluginCallRecord {
+        Ok(PluginCall {
             name: self.name,
             version: self.version,
             input,
@@ -119,11 +119,15 @@ impl PluginCallView {
     }
 }
 
-/// The target as shown: `(webhook, plugin)`, exactly one set.
-pub(super) fn target_views(target: &Target) -> (Option<WebhookView>, Option<PluginCallView>) {
-    match target {
-        Target::Webhook(w) => (Some(WebhookView::new(w)), None),
-        Target::Plugin(p) => (None, Some(PluginCallView::new(p))),
+/// A stored task's (or template's) target as shown: `(webhook, plugin)`,
+/// exactly one set.
+pub(super) fn target_views(
+    webhook: &Option<WebhookRecord>,
+    plugin: &Option<PluginCallRecord>,
+) -> (Option<WebhookView>, Option<PluginCallView>) {
+    match (webhook, plugin) {
+        (_, Some(p)) => (None, Some(PluginCallView::new(p))),
+        (w, None) => (w.as_ref().map(WebhookView::new), None),
     }
 }
 
@@ -187,10 +191,10 @@ pub struct BatchBody {
 }
 
 /// Checks a webhook target; `f` names fields (`tasks[3].webhook.url`).
-pub(super) fn webhook_record(
+pub(super) fn valid_webhook(
     webhook: WebhookBody,
     f: &dyn Fn(&str) -> String,
-) -> Result<WebhookRecord, ApiError> {
+) -> Result<Webhook, ApiError> {
     if webhook.url.len() > MAX_URL_LEN {
         return Err(ApiError::field(
             &f("webhook.url"),
@@ -260,13 +264,13 @@ pub(super) fn webhook_record(
     }
     let body = match webhook.body {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(BodyRecord::Text(s)),
-        Some(v) => Some(BodyRecord::Json(v)),
+        Some(serde_json::Value::String(s)) => Some(Body::Text(s)),
+        Some(v) => Some(Body::Json(v)),
     };
     let body_len = match &body {
         None => 0,
-        Some(BodyRecord::Text(s)) => s.len(),
-        Some(BodyRecord::Json(v)) => serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX),
+        Some(Body::Text(s)) => s.len(),
+        Some(Body::Json(v)) => serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX),
     };
     if body_len > MAX_TASK_BODY {
         return Err(ApiError {
@@ -276,7 +280,7 @@ pub(super) fn webhook_record(
             ))
         });
     }
-    Ok(WebhookRecord {
+    Ok(Webhook {
         url: webhook.url,
         method,
         headers,
@@ -306,7 +310,7 @@ impl TaskBody {
                     "a task needs a target: a webhook or a plugin",
                 ));
             }
-            (Some(webhook), None) => Target::Webhook(webhook_record(webhook, &f)?),
+            (Some(webhook), None) => Target::Webhook(valid_webhook(webhook, &f)?),
         };
         let due = match (&self.run_at, &self.delay) {
             (Some(_), Some(_)) => {
