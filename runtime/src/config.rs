@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub plugin_instances: Option<u32>,
     /// Most tasks one root task's `next` chain may create, all generations.
     pub max_descendants: Option<u32>,
+    /// `postgres://…`: the data in PostgreSQL instead of the data dir's file.
+    pub store: Option<String>,
 }
 
 /// One `[[tokens]]` entry of the config file.
@@ -67,6 +69,7 @@ pub struct Flags {
     pub tls_key: Option<PathBuf>,
     pub retention: Option<String>,
     pub config: Option<PathBuf>,
+    pub store: Option<String>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -94,6 +97,8 @@ pub struct ServerConfig {
     pub plugin_instances: u32,
     /// Most descendants a root task may have through `next` (SPEC §1).
     pub max_descendants: u32,
+    /// A PostgreSQL URL; `None` keeps the data in `data_dir`'s redb file.
+    pub store: Option<String>,
 }
 
 pub use crate::shell::DEFAULT_MAX_DESCENDANTS;
@@ -136,6 +141,7 @@ impl ServerConfig {
             retention: crate::shell::DEFAULT_RETENTION,
             plugin_instances: crate::plugin::DEFAULT_INSTANCES,
             max_descendants: DEFAULT_MAX_DESCENDANTS,
+            store: None,
         }
     }
 
@@ -219,6 +225,7 @@ impl ServerConfig {
             retention,
             plugin_instances,
             max_descendants,
+            store: flags.store.or(file.store),
         };
         config.check()?;
         Ok(config)
@@ -282,6 +289,13 @@ pub fn settings() -> Vec<Setting> {
             Some("SLUICE_DATA_DIR"),
             DEFAULT_DATA_DIR,
             "Directory of the data file (`sluice.redb`), created if missing.",
+        ),
+        setting(
+            Some("store"),
+            Some("--store"),
+            Some("SLUICE_STORE"),
+            "",
+            "`postgres://user@host:port/db`: keep the data in PostgreSQL (schema `sluice`, created if missing) instead of the data dir's file. Back it up with PostgreSQL's tools.",
         ),
         setting(
             Some("listen"),

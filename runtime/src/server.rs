@@ -14,7 +14,7 @@ use crate::api::{self, AppState};
 use crate::config::{ServerConfig, TlsFiles};
 use crate::core::Tuning;
 use crate::shell::{self, Options};
-use crate::store::{Backend, Store};
+use crate::store::{Backend, PgStore, Store};
 
 pub const DATA_FILE: &str = "sluice.redb";
 
@@ -92,8 +92,19 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let path = config.data_dir.join(DATA_FILE);
-    let store: Arc<dyn Backend> =
-        Arc::new(Store::open(&path).with_context(|| format!("opening {}", path.display()))?);
+    let store: Arc<dyn Backend> = match &config.store {
+        None => {
+            Arc::new(Store::open(&path).with_context(|| format!("opening {}", path.display()))?)
+        }
+        // The URL may hold a password: errors name the store, not the URL.
+        Some(url) => {
+            let url = url.clone();
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&url))
+                .await?
+                .context("opening the PostgreSQL store")?;
+            Arc::new(store)
+        }
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -6,8 +6,8 @@
 use serde_json::json;
 use sluice::core::{GateId, TaskId, Timestamp};
 use sluice::store::{
-    AttemptRecord, Backend, Counts, GateRecord, PluginRecord, ScheduleRecord, Store, StoreError,
-    TaskFilter, TaskRecord, TaskState,
+    AttemptRecord, Backend, Counts, GateRecord, PgStore, PluginRecord, ScheduleRecord, Store,
+    StoreError, TaskFilter, TaskRecord, TaskState,
 };
 
 const MIN: u64 = 60_000;
@@ -34,6 +34,20 @@ fn redb_file_conforms() {
     conformance(|| {
         let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::new(Store::open(&dir.path().join(format!("store-{i}.redb"))).expect("open"))
+    });
+}
+
+/// The PostgreSQL store, each check in a schema of its own on a server this
+/// test starts.
+#[test]
+fn postgres_conforms() {
+    let Some(server) = crate::pg::PgServer::start() else {
+        return;
+    };
+    let n = std::sync::atomic::AtomicU32::new(0);
+    conformance(|| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::new(PgStore::open_in(&server.url(), &format!("conformance_{i}")).expect("open"))
     });
 }
 

@@ -199,6 +199,14 @@ impl From<ShellError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        ApiError::internal(&e)
+        match e {
+            StoreError::Unsupported(message) => ApiError {
+                status: StatusCode::NOT_IMPLEMENTED,
+                code: "unimplemented",
+                message,
+                field: None,
+            },
+            e => ApiError::internal(&e),
+        }
     }
 }

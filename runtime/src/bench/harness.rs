@@ -121,9 +121,18 @@ pub(super) struct Server {
 }
 
 impl Server {
-    pub(super) async fn spawn(dir: &Path, port: u16) -> anyhow::Result<Server> {
+    pub(super) async fn spawn(
+        dir: &Path,
+        port: u16,
+        store: Option<&str>,
+    ) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("finding the sluice binary")?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        match store {
+            Some(url) => command.env("SLUICE_STORE", url),
+            None => command.env_remove("SLUICE_STORE"),
+        };
+        let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(dir)

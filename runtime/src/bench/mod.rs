@@ -32,6 +32,8 @@ pub struct Options {
     pub quick: bool,
     /// Run only these workloads (w1, w1c, w2 … w5b, w6, w7); all when empty.
     pub only: Vec<String>,
+    /// A PostgreSQL URL for the servers' store; redb files when `None`.
+    pub store: Option<String>,
 }
 
 impl Options {
@@ -50,7 +52,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let host = sink.addr.to_string();
     let url = |p: &str| format!("http://{host}{p}");
 
-    let mut server = Server::spawn(&temp.join("main"), free_port()?).await?;
+    let mut server =
+        Server::spawn(&temp.join("main"), free_port()?, options.store.as_deref()).await?;
 
     if options.runs("w1") {
         // W1: throughput.
@@ -322,7 +325,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let port = server.port;
         let dir = server.dir.clone();
         drop(server);
-        let server5 = Server::spawn(&dir, port).await?;
+        let server5 = Server::spawn(&dir, port, options.store.as_deref()).await?;
         let ready = restarted.elapsed();
         let deadline = clock::instant() + Duration::from_secs(60);
         let mut first_dispatch = f64::NAN;
@@ -388,7 +391,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     if options.runs("w5b") {
         // W5b: many gates; a 500/s gate keeps its accuracy among them.
-        let mut server = Server::spawn(&temp.join("gates"), free_port()?).await?;
+        let mut server =
+            Server::spawn(&temp.join("gates"), free_port()?, options.store.as_deref()).await?;
         let gates = options.gates;
         let mut set = tokio::task::JoinSet::new();
         for chunk in (0..gates)
@@ -468,7 +472,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         // W6b: plugin tasks end to end on a fresh server, from the first create
         // to the last success, with a gate that does not hold them back.
         let n6 = if options.quick { 10_000 } else { 50_000 };
-        let server6 = Server::spawn(&temp.join("plugins"), free_port()?).await?;
+        let server6 = Server::spawn(
+            &temp.join("plugins"),
+            free_port()?,
+            options.store.as_deref(),
+        )
+        .await?;
         server6.upload_plugin("noop", "0.1.0", wasm).await?;
         server6
             .gate(
@@ -529,7 +538,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             )
             .unwrap_or_default()
     );
+    let store = if options.store.is_some() {
+        "PostgreSQL (--store)"
+    } else {
+        "redb"
+    };
     results.insert("machine".into(), json!(machine));
+    results.insert("store".into(), json!(store));
     results.insert("at".into(), json!(clock::now().rfc3339()));
     std::fs::write(
         &options.out,
@@ -539,6 +554,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     for (w, r, t) in rows {
         println!("{w:<36} {r:<44} {t}");
     }
-    println!("\nmachine: {machine}\nJSON: {}", options.out.display());
+    println!(
+        "\nmachine: {machine}; store: {store}\nJSON: {}",
+        options.out.display()
+    );
     Ok(())
 }

@@ -75,6 +75,10 @@ enum Command {
         /// A TOML file with the same settings.
         #[arg(long, env = "SLUICE_CONFIG")]
         config: Option<PathBuf>,
+        /// Keep the data in PostgreSQL (`postgres://user@host/db`) instead of
+        /// the data dir's file.
+        #[arg(long, env = "SLUICE_STORE", hide_env_values = true)]
+        store: Option<String>,
         /// Log lines as text, or as json: one object per line with the fields
         /// timestamp, level, target, message, the event's own fields, and the
         /// request span (`span.request_id`) of API calls.
@@ -137,6 +141,10 @@ enum Command {
         /// (repeatable).
         #[arg(long)]
         only: Vec<String>,
+        /// Run the servers on this PostgreSQL database (`--store` of
+        /// `sluice serve`) instead of redb files.
+        #[arg(long, hide_env_values = true)]
+        store: Option<String>,
     },
     /// Download a consistent snapshot of the running server's store (admin
     /// token); the server keeps dispatching meanwhile.
@@ -473,6 +481,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             tls_key,
             retention,
             config,
+            store,
             log_format,
         } => serve(
             Flags {
@@ -483,6 +492,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 tls_key,
                 retention,
                 config,
+                store,
             },
             log_format,
         )
@@ -501,7 +511,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             quick,
             out,
             only,
+            store,
         } => crate::bench::run(crate::bench::Options {
+            store,
             scale_tasks: if quick {
                 scale_tasks.min(200_000)
             } else {

@@ -7,6 +7,7 @@
 
 mod backup;
 mod check;
+mod postgres;
 mod read;
 pub mod records;
 mod seam;
@@ -14,7 +15,9 @@ mod write;
 
 pub use backup::{Copied, Offline, in_use, needs_repair};
 pub use check::Findings;
+pub use postgres::PgStore;
 pub use read::TaskFilter;
+use read::{LIST_SCAN_LIMIT, cut_range};
 pub use seam::{Backend, Reads, Writes};
 
 use std::collections::HashMap;
@@ -86,6 +89,11 @@ pub enum StoreError {
          it was written by a later Sluice; run that version, or restore a backup taken before the upgrade"
     )]
     Schema { found: u64 },
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    /// Something this store does not do (a file backup of PostgreSQL).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 macro_rules! from_redb {

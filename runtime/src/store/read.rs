@@ -11,9 +11,40 @@ pub struct TaskFilter {
     pub label: Option<(String, String)>,
 }
 
+impl TaskFilter {
+    /// Whether a task passes the state and label parts (the gate part is the
+    /// index a listing walks).
+    pub(super) fn matches(&self, task: &TaskRecord) -> bool {
+        self.state.is_none_or(|s| task.state == s)
+            && self
+                .label
+                .as_ref()
+                .is_none_or(|(k, v)| task.labels.get(k) == Some(v))
+    }
+}
+
+/// Pending keys in order, cut where `pending_range` stops: at `limit` keys
+/// or at the first due after `until`, returning the first key not taken.
+#[allow(clippy::type_complexity, reason = "a plain pair of key lists")]
+pub(super) fn cut_range(
+    keys: impl IntoIterator<Item = Result<(Timestamp, TaskId)>>,
+    until: Timestamp,
+    limit: usize,
+) -> Result<(Vec<(Timestamp, TaskId)>, Option<(Timestamp, TaskId)>)> {
+    let mut out = Vec::new();
+    for key in keys {
+        let key = key?;
+        if out.len() >= limit || key.0 > until {
+            return Ok((out, Some(key)));
+        }
+        out.push(key);
+    }
+    Ok((out, None))
+}
+
 /// At most this many rows are looked at per listing call; a sparse filter answers
 /// with fewer rows and a cursor to continue from.
-const LIST_SCAN_LIMIT: usize = 20_000;
+pub(super) const LIST_SCAN_LIMIT: usize = 20_000;
 
 impl Reads for Reader {
     fn plugins(&self) -> Result<Vec<PluginRecord>> {
@@ -162,12 +193,7 @@ impl Reads for Reader {
             else {
                 continue;
             };
-            let keep = filter.state.is_none_or(|s| task.state == s)
-                && filter
-                    .label
-                    .as_ref()
-                    .is_none_or(|(k, v)| task.labels.get(k) == Some(v));
-            if keep {
+            if filter.matches(&task) {
                 out.push(task);
                 if out.len() >= limit {
                     return Ok((out, last));

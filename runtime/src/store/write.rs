@@ -224,20 +224,14 @@ impl Writes for Tx<'_> {
         until: Timestamp,
         limit: usize,
     ) -> Result<(Vec<(Timestamp, TaskId)>, Option<(Timestamp, TaskId)>)> {
-        let mut keys = Vec::new();
         let range = self
             .pending
             .range((gate.0, from.0.as_ms(), from.1.0)..=(gate.0, u64::MAX, u64::MAX))?;
-        for entry in range {
-            let (k, _) = entry?;
-            let (_, due, id) = k.value();
-            let key = (Timestamp(due), TaskId(id));
-            if keys.len() >= limit || key.0 > until {
-                return Ok((keys, Some(key)));
-            }
-            keys.push(key);
-        }
-        Ok((keys, None))
+        let keys = range.map(|entry| {
+            let (_, due, id) = entry?.0.value();
+            Ok((Timestamp(due), TaskId(id)))
+        });
+        cut_range(keys, until, limit)
     }
 
     fn all_pending(&self, gate: GateId) -> Result<Vec<(Timestamp, TaskId)>> {

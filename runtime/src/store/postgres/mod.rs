@@ -1,0 +1,387 @@
+//! The store on PostgreSQL (SPEC §9): the same seam as redb, for servers that
+//! outgrow one machine's file. Every table of the redb store is a table in
+//! the schema `sluice` (or one the caller names); records are the same JSON
+//! bytes, so a record means the same in both stores.
+//!
+//! The seam is synchronous (the engine runs one transaction per turn on its
+//! own thread), tokio-postgres is not: the store owns a small runtime that
+//! drives its connections, and each call waits for its answer with
+//! `futures_executor::block_on`, which needs no runtime of its own. One
+//! connection writes (the engine's transactions, one at a time); readers take
+//! a connection from a small pool, each snapshot one `REPEATABLE READ`
+//! transaction.
+//!
+//! Integers: PostgreSQL has no unsigned types; ids, times and counts are
+//! stored as `bigint` (`int` for gate ids and attempt numbers), all far below
+//! 2^63.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use super::*;
+
+mod read;
+mod write;
+
+use read::PgReader;
+use write::PgTx;
+
+/// The tables, created on first open. A schema version in `meta` guards
+/// against an older build on a newer schema, as the redb file's does.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS gates (name text PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (id bigint PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (
+    gate_id int NOT NULL, due bigint NOT NULL, task_id bigint NOT NULL,
+    PRIMARY KEY (gate_id, due, task_id));
+CREATE TABLE IF NOT EXISTS running (task_id bigint PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS attempts (
+    task_id bigint NOT NULL, attempt int NOT NULL, record bytea NOT NULL,
+    PRIMARY KEY (task_id, attempt));
+CREATE TABLE IF NOT EXISTS idempotency (
+    gate_id int NOT NULL, key text NOT NULL, task_id bigint NOT NULL,
+    PRIMARY KEY (gate_id, key));
+CREATE TABLE IF NOT EXISTS gate_tasks (
+    gate_id int NOT NULL, task_id bigint NOT NULL, PRIMARY KEY (gate_id, task_id));
+CREATE TABLE IF NOT EXISTS counts (gate_id int PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS schedules (name text PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS due_minutes (
+    gate_id int NOT NULL, minute bigint NOT NULL, n bigint NOT NULL,
+    PRIMARY KEY (gate_id, minute));
+CREATE TABLE IF NOT EXISTS finished (
+    at bigint NOT NULL, task_id bigint NOT NULL, PRIMARY KEY (at, task_id));
+CREATE TABLE IF NOT EXISTS plugins (key text PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS plugin_wasm (key text PRIMARY KEY, wasm bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS plugin_compiled (
+    key text NOT NULL, engine bigint NOT NULL, artifact bytea NOT NULL,
+    PRIMARY KEY (key, engine));
+CREATE TABLE IF NOT EXISTS lineage (root bigint PRIMARY KEY, n int NOT NULL);
+INSERT INTO meta VALUES ('next_gate_id', 1) ON CONFLICT DO NOTHING;
+";
+
+/// The PostgreSQL schema version this build writes.
+const PG_SCHEMA_VERSION: u64 = 1;
+
+/// Read connections kept for reuse.
+const POOL: usize = 8;
+
+/// The store in a PostgreSQL database.
+pub struct PgStore {
+    /// Drives the connections; shut down in the background on drop, which
+    /// may happen inside another runtime.
+    runtime: Option<tokio::runtime::Runtime>,
+    config: tokio_postgres::Config,
+    schema: String,
+    writer: Mutex<Conn>,
+    readers: Arc<Mutex<Vec<Conn>>>,
+}
+
+/// A connection with the statements it has prepared: each SQL text is
+/// parsed once per connection, not once per call.
+pub(super) struct Conn {
+    client: Client,
+    statements: Mutex<HashMap<&'static str, Statement>>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            statements: Mutex::default(),
+        }
+    }
+
+    fn statement(&self, sql: &'static str) -> Result<Statement> {
+        let cached = self
+            .statements
+            .lock()
+            .ok()
+            .and_then(|s| s.get(sql).cloned());
+        if let Some(statement) = cached {
+            return Ok(statement);
+        }
+        let statement = wait(self.client.prepare(sql))?;
+        if let Ok(mut statements) = self.statements.lock() {
+            statements.insert(sql, statement.clone());
+        }
+        Ok(statement)
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Postgres(e.to_string())
+}
+
+/// Waits for a future that needs no runtime of its own (a query on a
+/// connection that the store's runtime drives).
+fn wait<T>(
+    future: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    futures_executor::block_on(future).map_err(pg)
+}
+
+/// `u64` as `bigint`: every value stored is far below 2^63; larger ones (a
+/// range's open end) clamp.
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn unbig(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn unint(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+fn valid_schema(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) and creates the
+    /// tables in schema `sluice` if they are not there.
+    pub fn open(url: &str) -> Result<PgStore> {
+        PgStore::open_in(url, "sluice")
+    }
+
+    /// Like `open`, in schema `schema` (lowercase letters, digits, `_`).
+    pub fn open_in(url: &str, schema: &str) -> Result<PgStore> {
+        if !valid_schema(schema) {
+            return Err(StoreError::Postgres(format!(
+                "invalid schema name {schema:?}: use lowercase letters, digits and '_'"
+            )));
+        }
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Postgres(format!("invalid PostgreSQL URL: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Postgres(format!("starting the PostgreSQL runtime: {e}")))?;
+        let writer = Conn::new(connect(&runtime, &config, schema)?);
+        let store = PgStore {
+            runtime: Some(runtime),
+            config,
+            schema: schema.to_string(),
+            writer: Mutex::new(writer),
+            readers: Arc::default(),
+        };
+        store.create_schema()?;
+        store.hold_the_writer_lock()?;
+        Ok(store)
+    }
+
+    /// One server writes a schema at a time: a session lock on the writer
+    /// connection, released when the connection ends (the server stops or
+    /// dies). Several servers on one database need gate ownership (SPEC §9),
+    /// which this store does not do yet, so a second one is refused.
+    fn hold_the_writer_lock(&self) -> Result<()> {
+        let client = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Postgres("the writer connection was poisoned".into()))?;
+        let held: bool = wait(client.client.query_one(
+            "SELECT pg_try_advisory_lock(7206317, hashtext(current_schema()))",
+            &[],
+        ))?
+        .get(0);
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::Postgres(format!(
+                "another Sluice server is using schema {:?} of this database; \
+                 one server per schema for now (several nodes on one database come with gate ownership)",
+                self.schema
+            )))
+        }
+    }
+
+    /// A new connection, its `search_path` set to the store's schema.
+    fn connect(&self) -> Result<Client> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| StoreError::Postgres("the PostgreSQL runtime has stopped".into()))?;
+        connect(runtime, &self.config, &self.schema)
+    }
+
+    fn create_schema(&self) -> Result<()> {
+        self.write_client(|conn| {
+            let client = &conn.client;
+            // Nodes starting together create the tables one at a time.
+            wait(client.execute("SELECT pg_advisory_xact_lock(7206316)", &[]))?;
+            wait(client.batch_execute(SCHEMA))?;
+            let found: Option<i64> =
+                wait(client.query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[]))?
+                    .map(|row| row.get(0));
+            match found.map(unbig) {
+                None => {
+                    wait(client.execute(
+                        "INSERT INTO meta VALUES ('schema_version', $1)",
+                        &[&big(PG_SCHEMA_VERSION)],
+                    ))?;
+                }
+                Some(PG_SCHEMA_VERSION) => {}
+                Some(found) => {
+                    return Err(StoreError::Postgres(format!(
+                        "the database has Sluice schema version {found}, newer than this \
+                         build reads ({PG_SCHEMA_VERSION}): run the later Sluice"
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` inside one transaction on the writer connection.
+    fn write_client<R>(&self, f: impl FnOnce(&Conn) -> Result<R>) -> Result<R> {
+        let client = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Postgres("the writer connection was poisoned".into()))?;
+        wait(client.client.batch_execute("BEGIN"))?;
+        match f(&client) {
+            Ok(value) => {
+                wait(client.client.batch_execute("COMMIT"))?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = wait(client.client.batch_execute("ROLLBACK"));
+                Err(e)
+            }
+        }
+    }
+
+    /// A reader connection: one from the pool, or a new one.
+    fn reader_client(&self) -> Result<Conn> {
+        let pooled = self.readers.lock().ok().and_then(|mut pool| pool.pop());
+        match pooled {
+            Some(conn) if !conn.client.is_closed() => Ok(conn),
+            _ => self.connect().map(Conn::new),
+        }
+    }
+}
+
+/// A new connection driven by `runtime`, its `search_path` set to `schema`.
+fn connect(
+    runtime: &tokio::runtime::Runtime,
+    config: &tokio_postgres::Config,
+    schema: &str,
+) -> Result<Client> {
+    let config = config.clone();
+    let schema = schema.to_string();
+    let connecting = runtime.spawn(async move {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!("PostgreSQL connection ended: {e}");
+            }
+        });
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+            ))
+            .await?;
+        Ok::<_, tokio_postgres::Error>(client)
+    });
+    match futures_executor::block_on(connecting) {
+        Ok(result) => result.map_err(pg),
+        Err(e) => Err(StoreError::Postgres(format!("connecting: {e}"))),
+    }
+}
+
+impl Backend for PgStore {
+    fn transact(&self, f: &mut dyn FnMut(&mut dyn Writes) -> Result<()>) -> Result<()> {
+        self.write_client(|conn| {
+            let mut tx = PgTx::new(conn);
+            f(&mut tx)?;
+            tx.commit()
+        })
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn Reads>> {
+        let client = self.reader_client()?;
+        wait(
+            client
+                .client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1"),
+        )?;
+        Ok(Box::new(PgReader {
+            client: Some(client),
+            pool: self.readers.clone(),
+        }))
+    }
+
+    fn backup_to(&self, _path: &Path) -> Result<Copied> {
+        Err(StoreError::Unsupported(
+            "this server keeps its data in PostgreSQL: back it up with PostgreSQL's own \
+             tools (pg_dump, or base backups with WAL archiving)"
+                .into(),
+        ))
+    }
+}
+
+fn rows(conn: &Conn, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+    wait(conn.client.query(&conn.statement(sql)?, params))
+}
+
+fn one(conn: &Conn, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
+    wait(conn.client.query_opt(&conn.statement(sql)?, params))
+}
+
+fn exec(conn: &Conn, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+    wait(conn.client.execute(&conn.statement(sql)?, params))
+}
+
+fn records<T: serde::de::DeserializeOwned>(table: &'static str, rows: Vec<Row>) -> Result<Vec<T>> {
+    rows.iter()
+        .map(|row| decode(table, row.get::<_, &[u8]>(0)))
+        .collect()
+}
+
+fn record<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    row: Option<Row>,
+) -> Result<Option<T>> {
+    row.map(|row| decode(table, row.get::<_, &[u8]>(0)))
+        .transpose()
+}
+
+fn keys(rows: Vec<Row>) -> Vec<(Timestamp, TaskId)> {
+    rows.iter()
+        .map(|row| (Timestamp(unbig(row.get(0))), TaskId(unbig(row.get(1)))))
+        .collect()
+}

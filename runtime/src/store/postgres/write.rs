@@ -1,0 +1,483 @@
+//! Writes: `PgTx`, one transaction on the writer connection, and the
+//! per-minute due counts it keeps in step, written once at its end.
+//!
+//! A write whose answer nobody waits for (a record put, an index entry) is
+//! queued, and the queue goes out as one pipeline (every statement sent
+//! before the first answer is read) before the next read and at commit.
+//! PostgreSQL runs a connection's statements in order, so a read still sees
+//! every write before it.
+
+use std::cell::RefCell;
+
+use super::*;
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A queued write, and the minute count it changes if it changed a row.
+struct Queued {
+    sql: &'static str,
+    params: Vec<Param>,
+    due_delta: Option<((u32, u64), i64)>,
+}
+
+/// One write transaction on the writer connection.
+pub(super) struct PgTx<'a> {
+    client: &'a Conn,
+    queued: RefCell<Vec<Queued>>,
+    /// Changes to `due_minutes`, written once at the end.
+    due_deltas: RefCell<HashMap<(u32, u64), i64>>,
+}
+
+impl<'a> PgTx<'a> {
+    pub(super) fn new(client: &'a Conn) -> PgTx<'a> {
+        PgTx {
+            client,
+            queued: RefCell::default(),
+            due_deltas: RefCell::default(),
+        }
+    }
+
+    fn send(&self, sql: &'static str, params: Vec<Param>) {
+        self.send_counted(sql, params, None);
+    }
+
+    fn send_counted(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+        due_delta: Option<((u32, u64), i64)>,
+    ) {
+        self.queued.borrow_mut().push(Queued {
+            sql,
+            params,
+            due_delta,
+        });
+    }
+
+    /// Sends the queued writes as one pipeline and waits for every answer.
+    fn flush(&self) -> Result<()> {
+        let queued = std::mem::take(&mut *self.queued.borrow_mut());
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let statements = queued
+            .iter()
+            .map(|q| self.client.statement(q.sql))
+            .collect::<Result<Vec<_>>>()?;
+        let answers = queued.iter().zip(&statements).map(|(q, statement)| {
+            let params = q.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync));
+            self.client.client.execute_raw(statement, params)
+        });
+        let changed = wait(futures_util::future::try_join_all(answers))?;
+        let mut deltas = self.due_deltas.borrow_mut();
+        for (q, n) in queued.iter().zip(changed) {
+            if let (Some((key, delta)), true) = (q.due_delta, n > 0) {
+                *deltas.entry(key).or_default() += delta;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what is queued, then the minute counts.
+    pub(super) fn commit(&mut self) -> Result<()> {
+        self.flush()?;
+        let deltas = std::mem::take(&mut *self.due_deltas.borrow_mut());
+        for ((gate_id, minute), delta) in deltas {
+            if delta == 0 {
+                continue;
+            }
+            self.send(
+                "INSERT INTO due_minutes VALUES ($1, $2, $3) ON CONFLICT (gate_id, minute) \
+                 DO UPDATE SET n = due_minutes.n + EXCLUDED.n",
+                vec![
+                    Box::new(int(gate_id)),
+                    Box::new(big(minute)),
+                    Box::new(delta),
+                ],
+            );
+            self.send(
+                "DELETE FROM due_minutes WHERE gate_id = $1 AND minute = $2 AND n <= 0",
+                vec![Box::new(int(gate_id)), Box::new(big(minute))],
+            );
+        }
+        self.flush()
+    }
+
+    /// The connection, once every queued write has gone out.
+    fn read(&self) -> Result<&Conn> {
+        self.flush()?;
+        Ok(self.client)
+    }
+
+    /// Removes one finished task and what hangs off it, if it still is the
+    /// task that finished at `at`.
+    fn prune_task(&mut self, id: u64, at: u64) -> Result<bool> {
+        let Some(task) = self.task(id)? else {
+            return Ok(false);
+        };
+        if !task.state.is_final() || task.finished_at != Some(at) {
+            return Ok(false);
+        }
+        self.send("DELETE FROM tasks WHERE id = $1", vec![Box::new(big(id))]);
+        self.send(
+            "DELETE FROM attempts WHERE task_id = $1",
+            vec![Box::new(big(id))],
+        );
+        self.send(
+            "DELETE FROM gate_tasks WHERE gate_id = $1 AND task_id = $2",
+            vec![Box::new(int(task.gate_id)), Box::new(big(id))],
+        );
+        if task.root.is_none_or(|root| root == id) {
+            self.send(
+                "DELETE FROM lineage WHERE root = $1",
+                vec![Box::new(big(id))],
+            );
+        }
+        if let Some(key) = task.idempotency_key {
+            self.send(
+                "DELETE FROM idempotency WHERE gate_id = $1 AND key = $2 AND task_id = $3",
+                vec![
+                    Box::new(int(task.gate_id)),
+                    Box::new(key),
+                    Box::new(big(id)),
+                ],
+            );
+        }
+        Ok(true)
+    }
+}
+
+impl Writes for PgTx<'_> {
+    fn next_gate_id(&mut self) -> Result<u32> {
+        let row = one(
+            self.read()?,
+            "UPDATE meta SET value = value + 1 WHERE key = 'next_gate_id' RETURNING value - 1",
+            &[],
+        )?;
+        let next = row.map_or(1, |row| unbig(row.get(0)));
+        u32::try_from(next).map_err(|_| StoreError::Corrupt {
+            table: "meta",
+            detail: "gate ids exhausted".into(),
+        })
+    }
+
+    fn gates(&self) -> Result<Vec<GateRecord>> {
+        records(
+            "gates",
+            rows(self.read()?, "SELECT record FROM gates", &[])?,
+        )
+    }
+
+    fn put_gate(&mut self, gate: &GateRecord) -> Result<()> {
+        self.send(
+            "INSERT INTO gates VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+            vec![Box::new(gate.name.clone()), Box::new(encode(gate))],
+        );
+        Ok(())
+    }
+
+    fn delete_gate(&mut self, name: &str) -> Result<()> {
+        self.send(
+            "DELETE FROM gates WHERE name = $1",
+            vec![Box::new(name.to_string())],
+        );
+        Ok(())
+    }
+
+    fn last_task_id(&self) -> Result<Option<u64>> {
+        let row = one(self.read()?, "SELECT max(id) FROM tasks", &[])?;
+        Ok(row.and_then(|row| row.get::<_, Option<i64>>(0)).map(unbig))
+    }
+
+    fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
+        record(
+            "tasks",
+            one(
+                self.read()?,
+                "SELECT record FROM tasks WHERE id = $1",
+                &[&big(id)],
+            )?,
+        )
+    }
+
+    fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
+        self.send(
+            "INSERT INTO tasks VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            vec![Box::new(big(task.id)), Box::new(encode(task))],
+        );
+        if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
+            self.send(
+                "INSERT INTO finished VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                vec![Box::new(big(at)), Box::new(big(task.id))],
+            );
+        }
+        Ok(())
+    }
+
+    fn prune(&mut self, before: u64, limit: usize) -> Result<(usize, bool)> {
+        let found = rows(
+            self.read()?,
+            "SELECT at, task_id FROM finished WHERE at < $1 ORDER BY at, task_id LIMIT $2",
+            &[&big(before), &big(limit as u64 + 1)],
+        )?;
+        let more = found.len() > limit;
+        let mut removed = 0;
+        for row in found.iter().take(limit) {
+            let (at, id): (i64, i64) = (row.get(0), row.get(1));
+            self.send(
+                "DELETE FROM finished WHERE at = $1 AND task_id = $2",
+                vec![Box::new(at), Box::new(id)],
+            );
+            if self.prune_task(unbig(id), unbig(at))? {
+                removed += 1;
+            }
+        }
+        Ok((removed, more))
+    }
+
+    fn index_task(&mut self, gate_id: u32, task_id: u64) -> Result<()> {
+        self.send(
+            "INSERT INTO gate_tasks VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            vec![Box::new(int(gate_id)), Box::new(big(task_id))],
+        );
+        Ok(())
+    }
+
+    fn insert_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<()> {
+        self.send_counted(
+            "INSERT INTO pending VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            vec![
+                Box::new(int(gate.0)),
+                Box::new(big(due.as_ms())),
+                Box::new(big(task.0)),
+            ],
+            Some(((gate.0, due.as_ms() / MINUTE_MS), 1)),
+        );
+        Ok(())
+    }
+
+    fn remove_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<bool> {
+        let removed = exec(
+            self.read()?,
+            "DELETE FROM pending WHERE gate_id = $1 AND due = $2 AND task_id = $3",
+            &[&int(gate.0), &big(due.as_ms()), &big(task.0)],
+        )? > 0;
+        if removed {
+            *self
+                .due_deltas
+                .borrow_mut()
+                .entry((gate.0, due.as_ms() / MINUTE_MS))
+                .or_default() -= 1;
+        }
+        Ok(removed)
+    }
+
+    #[allow(clippy::type_complexity, reason = "a plain pair of key lists")]
+    fn pending_range(
+        &self,
+        gate: GateId,
+        from: (Timestamp, TaskId),
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<(Timestamp, TaskId)>, Option<(Timestamp, TaskId)>)> {
+        let found = keys(rows(
+            self.read()?,
+            "SELECT due, task_id FROM pending WHERE gate_id = $1 AND (due, task_id) >= ($2, $3) \
+             ORDER BY due, task_id LIMIT $4",
+            &[
+                &int(gate.0),
+                &big(from.0.as_ms()),
+                &big(from.1.0),
+                &big(limit as u64 + 1),
+            ],
+        )?);
+        cut_range(found.into_iter().map(Ok), until, limit)
+    }
+
+    fn all_pending(&self, gate: GateId) -> Result<Vec<(Timestamp, TaskId)>> {
+        Ok(keys(rows(
+            self.read()?,
+            "SELECT due, task_id FROM pending WHERE gate_id = $1 ORDER BY due, task_id",
+            &[&int(gate.0)],
+        )?))
+    }
+
+    fn set_running(&mut self, task_id: u64, running: bool) -> Result<()> {
+        let sql = if running {
+            "INSERT INTO running VALUES ($1) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM running WHERE task_id = $1"
+        };
+        self.send(sql, vec![Box::new(big(task_id))]);
+        Ok(())
+    }
+
+    fn running_tasks(&self) -> Result<Vec<u64>> {
+        let found = rows(
+            self.read()?,
+            "SELECT task_id FROM running ORDER BY task_id",
+            &[],
+        )?;
+        Ok(found.iter().map(|row| unbig(row.get(0))).collect())
+    }
+
+    fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>> {
+        record(
+            "attempts",
+            one(
+                self.read()?,
+                "SELECT record FROM attempts WHERE task_id = $1 AND attempt = $2",
+                &[&big(task_id), &int(attempt)],
+            )?,
+        )
+    }
+
+    fn put_attempt(&mut self, task_id: u64, attempt: &AttemptRecord) -> Result<()> {
+        self.send(
+            "INSERT INTO attempts VALUES ($1, $2, $3) \
+             ON CONFLICT (task_id, attempt) DO UPDATE SET record = EXCLUDED.record",
+            vec![
+                Box::new(big(task_id)),
+                Box::new(int(attempt.attempt)),
+                Box::new(encode(attempt)),
+            ],
+        );
+        Ok(())
+    }
+
+    fn idempotent(&self, gate_id: u32, key: &str) -> Result<Option<u64>> {
+        let row = one(
+            self.read()?,
+            "SELECT task_id FROM idempotency WHERE gate_id = $1 AND key = $2",
+            &[&int(gate_id), &key],
+        )?;
+        Ok(row.map(|row| unbig(row.get(0))))
+    }
+
+    fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
+        self.send(
+            "INSERT INTO idempotency VALUES ($1, $2, $3) \
+             ON CONFLICT (gate_id, key) DO UPDATE SET task_id = EXCLUDED.task_id",
+            vec![
+                Box::new(int(gate_id)),
+                Box::new(key.to_string()),
+                Box::new(big(task_id)),
+            ],
+        );
+        Ok(())
+    }
+
+    fn all_counts(&self) -> Result<Vec<(u32, Counts)>> {
+        let found = rows(self.read()?, "SELECT gate_id, record FROM counts", &[])?;
+        Ok(found
+            .iter()
+            .map(|row| (unint(row.get(0)), Counts::decode(row.get::<_, &[u8]>(1))))
+            .collect())
+    }
+
+    fn put_counts(&mut self, gate_id: u32, counts: &Counts) -> Result<()> {
+        self.send(
+            "INSERT INTO counts VALUES ($1, $2) ON CONFLICT (gate_id) DO UPDATE SET record = EXCLUDED.record",
+            vec![Box::new(int(gate_id)), Box::new(counts.encode().to_vec())],
+        );
+        Ok(())
+    }
+
+    fn plugins(&self) -> Result<Vec<PluginRecord>> {
+        records(
+            "plugins",
+            rows(self.read()?, "SELECT record FROM plugins", &[])?,
+        )
+    }
+
+    fn put_plugin(&mut self, plugin: &PluginRecord) -> Result<()> {
+        self.send(
+            "INSERT INTO plugins VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record",
+            vec![
+                Box::new(plugin_key(&plugin.name, &plugin.version)),
+                Box::new(encode(plugin)),
+            ],
+        );
+        Ok(())
+    }
+
+    fn put_plugin_wasm(&mut self, key: &str, wasm: &[u8]) -> Result<()> {
+        self.send(
+            "INSERT INTO plugin_wasm VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET wasm = EXCLUDED.wasm",
+            vec![Box::new(key.to_string()), Box::new(wasm.to_vec())],
+        );
+        Ok(())
+    }
+
+    fn put_compiled(&mut self, key: &str, engine: u64, artifact: &[u8]) -> Result<()> {
+        self.send(
+            "INSERT INTO plugin_compiled VALUES ($1, $2, $3) \
+             ON CONFLICT (key, engine) DO UPDATE SET artifact = EXCLUDED.artifact",
+            vec![
+                Box::new(key.to_string()),
+                Box::new(engine as i64),
+                Box::new(artifact.to_vec()),
+            ],
+        );
+        Ok(())
+    }
+
+    fn delete_plugin(&mut self, key: &str) -> Result<()> {
+        for sql in [
+            "DELETE FROM plugins WHERE key = $1",
+            "DELETE FROM plugin_wasm WHERE key = $1",
+            "DELETE FROM plugin_compiled WHERE key = $1",
+        ] {
+            self.send(sql, vec![Box::new(key.to_string())]);
+        }
+        Ok(())
+    }
+
+    fn descendants(&self, root: u64) -> Result<u32> {
+        let row = one(
+            self.read()?,
+            "SELECT n FROM lineage WHERE root = $1",
+            &[&big(root)],
+        )?;
+        Ok(row.map_or(0, |row| unint(row.get(0))))
+    }
+
+    fn set_descendants(&mut self, root: u64, count: u32) -> Result<()> {
+        self.send(
+            "INSERT INTO lineage VALUES ($1, $2) ON CONFLICT (root) DO UPDATE SET n = EXCLUDED.n",
+            vec![Box::new(big(root)), Box::new(int(count))],
+        );
+        Ok(())
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        records(
+            "schedules",
+            rows(self.read()?, "SELECT record FROM schedules", &[])?,
+        )
+    }
+
+    fn put_schedule(&mut self, schedule: &ScheduleRecord) -> Result<()> {
+        self.send(
+            "INSERT INTO schedules VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+            vec![Box::new(schedule.name.clone()), Box::new(encode(schedule))],
+        );
+        Ok(())
+    }
+
+    fn delete_schedule(&mut self, name: &str) -> Result<()> {
+        self.send(
+            "DELETE FROM schedules WHERE name = $1",
+            vec![Box::new(name.to_string())],
+        );
+        Ok(())
+    }
+
+    fn delete_counts(&mut self, gate_id: u32) -> Result<()> {
+        self.send(
+            "DELETE FROM counts WHERE gate_id = $1",
+            vec![Box::new(int(gate_id))],
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! A PostgreSQL server of the test's own: `initdb` in a temp dir, started
+//! with `pg_ctl` on a free loopback port (no Unix socket), stopped by
+//! `pg_ctl stop` on that data dir when the test ends. Never a shared server.
+//! As root (CI), the commands run as the `postgres` user, which owns the dir.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub struct PgServer {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    _temp: tempfile::TempDir,
+}
+
+/// The directory of `pg_ctl` and `initdb`: `SLUICE_PG_BIN`, Debian's
+/// newest version, or the `PATH`.
+fn bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("SLUICE_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("pg_ctl").is_file())
+        .collect();
+    debian.sort_by_key(|bin| {
+        bin.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    if let Some(bin) = debian.pop() {
+        return Some(bin);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .find(|dir| dir.join("pg_ctl").is_file() && dir.join("initdb").is_file())
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+impl PgServer {
+    /// A running server, or `None` (with a note) when PostgreSQL is not
+    /// installed and `SLUICE_PG_TESTS` is not set; with it set, a missing
+    /// server fails the test.
+    pub fn start() -> Option<PgServer> {
+        let Some(bin) = bin_dir() else {
+            assert!(
+                std::env::var_os("SLUICE_PG_TESTS").is_none(),
+                "SLUICE_PG_TESTS is set but PostgreSQL is missing: scripts/pg-setup installs it"
+            );
+            eprintln!("skipped: PostgreSQL is not installed (scripts/pg-setup installs it)");
+            return None;
+        };
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data = temp.path().join("data");
+        let as_postgres = is_root();
+        if as_postgres {
+            let chown = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(temp.path())
+                .status()
+                .expect("chown");
+            assert!(chown.success(), "chown of the temp dir to postgres");
+        }
+        let port = crate::crash::free_port();
+        let server = PgServer {
+            bin,
+            data,
+            port,
+            as_postgres,
+            _temp: temp,
+        };
+        let data = server.data.display().to_string();
+        let log = server.log().display().to_string();
+        server.run(
+            "initdb",
+            &[
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+                &data,
+            ],
+        );
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
+        );
+        server.run(
+            "pg_ctl",
+            &["start", "-w", "-s", "-o", &options, "-l", &log, "-D", &data],
+        );
+        Some(server)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.data.with_file_name("postgres.log")
+    }
+
+    /// A PostgreSQL tool, as `postgres` when we are root.
+    fn tool(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .tool(tool)
+            .args(args)
+            .output()
+            .expect("running a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.log()).unwrap_or_default()
+        );
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    /// Stops the server this test started, through its own data dir.
+    fn drop(&mut self) {
+        let _ = self
+            .tool("pg_ctl")
+            .args(["stop", "-s", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .output();
+    }
+}

@@ -1,0 +1,87 @@
+//! A server on PostgreSQL (`--store postgres://…`): the same API and
+//! delivery as on redb, and what it acknowledged survives a restart.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::pg::PgServer;
+use crate::support::{Server, Sink, gate_for, webhook_task};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_postgres_delivers_and_keeps_its_tasks_across_a_restart() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = pg.url();
+    let on_pg = |config: &mut sluice::config::ServerConfig| config.store = Some(url.clone());
+    let sink = Sink::start().await;
+    let mut server = Server::start_with(dir.path(), on_pg).await;
+    let c = server.client();
+    // A second server on the same schema would write beside the first.
+    let second_dir = tempfile::tempdir().expect("temp dir");
+    let mut second = sluice::config::ServerConfig::local(
+        second_dir.path().to_path_buf(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    second.store = Some(url.clone());
+    let refused = match sluice::server::start(&second, None).await {
+        Ok(_) => panic!("a second server started on the same schema"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(refused.contains("another Sluice server"), "{refused}");
+    c.put_gate("pg", gate_for(&sink, "100/s")).await;
+    let mut keyed = webhook_task("pg", &sink.url("/now"));
+    keyed["idempotency_key"] = json!("order-7");
+    let first = c.create(keyed.clone()).await;
+    let (status, replay) = c.send("POST", "/v1/tasks", Some(keyed)).await;
+    assert_eq!((status, &replay["id"]), (200, &first["id"]), "{replay}");
+    let ids = c
+        .batch(
+            (0..20)
+                .map(|_| webhook_task("pg", &sink.url("/batch")))
+                .collect(),
+        )
+        .await;
+    let mut later = webhook_task("pg", &sink.url("/later"));
+    later["delay"] = json!("1500ms");
+    let later = c.create(later).await;
+    sink.wait_for(21, Duration::from_secs(10)).await;
+    let done = c
+        .wait_state(&ids[19], "succeeded", Duration::from_secs(10))
+        .await;
+    assert_eq!(done["attempts"][0]["status"], 200, "{done}");
+    // No file backups of a PostgreSQL store: PostgreSQL's tools do that.
+    let (status, body) = c.send("POST", "/v1/admin/backup", None).await;
+    assert_eq!(status, 501, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pg_dump")),
+        "{body}"
+    );
+    server.stop().await;
+    assert!(
+        !dir.path().join(sluice::server::DATA_FILE).exists(),
+        "nothing is written to the data dir's file"
+    );
+
+    let server = Server::start_with(dir.path(), on_pg).await;
+    let c = server.client();
+    let later_id = later["id"].as_str().expect("id");
+    let t = c
+        .wait_state(later_id, "succeeded", Duration::from_secs(15))
+        .await;
+    assert_eq!(t["attempt_count"], 1, "{t}");
+    let gate = c.send("GET", "/v1/gates/pg", None).await.1;
+    assert_eq!(gate["counters"]["succeeded"], 22, "{gate}");
+    assert_eq!(gate["backlog"], 0, "{gate}");
+    let listed = c.send("GET", "/v1/tasks?gate=pg&limit=100", None).await.1;
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(22),
+        "{listed}"
+    );
+    assert_eq!(sink.hits().len(), 22, "each task arrived once");
+}
