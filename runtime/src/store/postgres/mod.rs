@@ -159,6 +159,30 @@ fn unint(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
+/// Refuses a connection that would carry the password and the data in the
+/// clear beyond this machine: this build speaks to PostgreSQL without TLS,
+/// so a server elsewhere is reached only when the URL says `sslmode=disable`
+/// (a private network, a TLS tunnel); loopback and Unix sockets always.
+fn check_transport(config: &tokio_postgres::Config) -> Result<()> {
+    use tokio_postgres::config::{Host, SslMode};
+    let loopback = |name: &str| {
+        name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    };
+    let remote = config.get_hosts().iter().any(|host| match host {
+        Host::Tcp(name) => !loopback(name),
+        Host::Unix(_) => false,
+    }) || config.get_hostaddrs().iter().any(|ip| !ip.is_loopback());
+    if remote && !matches!(config.get_ssl_mode(), SslMode::Disable) {
+        return Err(StoreError::Postgres(
+            "this build connects to PostgreSQL without TLS, so it refuses a server beyond \
+             loopback: add sslmode=disable to the URL if the network between is trusted \
+             (or tunnelled), or connect through a Unix socket"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn valid_schema(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -185,6 +209,7 @@ impl PgStore {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Postgres(format!("invalid PostgreSQL URL: {e}")))?;
+        check_transport(&config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("sluice-postgres")
@@ -384,4 +409,44 @@ fn keys(rows: Vec<Row>) -> Vec<(Timestamp, TaskId)> {
     rows.iter()
         .map(|row| (Timestamp(unbig(row.get(0))), TaskId(unbig(row.get(1)))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(url: &str) -> Result<()> {
+        check_transport(&url.parse().expect("a PostgreSQL URL"))
+    }
+
+    #[test]
+    fn plaintext_leaves_this_machine_only_when_the_url_says_so() {
+        for local in [
+            "postgres://sluice@127.0.0.1:5432/sluice",
+            "postgres://sluice@localhost/sluice",
+            "postgres://sluice@[::1]:5432/sluice",
+            "host=/var/run/postgresql user=sluice",
+            "postgres://sluice@db.internal/sluice?sslmode=disable",
+        ] {
+            assert!(transport(local).is_ok(), "{local}");
+        }
+        for remote in [
+            "postgres://sluice@db.internal/sluice",
+            "postgres://sluice@10.0.0.5/sluice?sslmode=require",
+            "host=localhost hostaddr=10.0.0.5 user=sluice",
+        ] {
+            let refused = transport(remote).expect_err(remote).to_string();
+            assert!(refused.contains("sslmode=disable"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["sluice", "tenant_7", "_x"] {
+            assert!(valid_schema(good), "{good}");
+        }
+        for bad in ["", "Sluice", "a-b", "x; DROP TABLE t", "7days", &"s".repeat(64)] {
+            assert!(!valid_schema(bad), "{bad}");
+        }
+    }
 }
