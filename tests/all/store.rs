@@ -168,6 +168,11 @@ fn tasks_attempts_and_the_running_set(store: &dyn Backend) {
         assert_eq!(tx.running_tasks()?, [9]);
         assert_eq!(tx.attempt(9, 2)?.map(|a| a.started_at), Some(20));
         assert_eq!(tx.attempt(9, 4)?, None);
+        let mut read: Vec<u64> = tx.tasks(&[9, 8, 5])?.iter().map(|t| t.id).collect();
+        read.sort_unstable();
+        assert_eq!(read, [5, 9], "the records that exist, read at once");
+        tx.put_task(&task(8, 1, "scheduled", None))?;
+        assert_eq!(tx.tasks(&[8])?.len(), 1, "and one written in the same transaction");
         Ok(())
     }));
 }

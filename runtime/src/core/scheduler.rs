@@ -215,6 +215,20 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// The task it acts on; `None` for a load.
+    pub fn task(&self) -> Option<TaskId> {
+        match self {
+            Effect::Load { .. } => None,
+            Effect::Start { task, .. }
+            | Effect::Requeue { task, .. }
+            | Effect::Finish { task, .. }
+            | Effect::Expire { task, .. }
+            | Effect::LeaseExpired { task, .. } => Some(*task),
+        }
+    }
+}
+
 /// Memory bounds. Tests shrink them to exercise loading.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
@@ -562,6 +576,12 @@ impl Scheduler {
     /// Drain after every `handle_*` call; execute in order.
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
+    }
+
+    /// The tasks the queued effects act on, in order: a store with round
+    /// trips reads their records at once instead of one by one.
+    pub fn effect_tasks(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.effects.iter().filter_map(Effect::task)
     }
 
     pub fn view(&self, now: Timestamp, gate: GateId) -> Option<GateStatus> {

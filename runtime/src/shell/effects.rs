@@ -6,6 +6,12 @@ use super::*;
 impl Engine {
     pub(super) fn drain_effects(&mut self, turn: &mut Turn<'_>) -> Result<(), StoreError> {
         while let Some(effect) = self.core.poll_effect() {
+            if let Some(task) = effect.task()
+                && !turn.tasks.contains_key(&task.0)
+            {
+                let queued = self.core.effect_tasks().map(|t| t.0);
+                turn.prefetch(std::iter::once(task.0).chain(queued))?;
+            }
             match effect {
                 Effect::Load {
                     gate,
@@ -14,6 +20,7 @@ impl Engine {
                     limit,
                 } => {
                     let (keys, next) = turn.tx.pending_range(gate, from, until, limit)?;
+                    turn.prefetch(keys.iter().map(|(_, id)| id.0))?;
                     let mut tasks = Vec::with_capacity(keys.len());
                     for (_, id) in keys {
                         tasks.push(queued_of(turn.must_task(id.0)?));

@@ -376,6 +376,22 @@ impl<'a> Turn<'a> {
         Ok(self.tasks.get_mut(&id))
     }
 
+    /// Reads the records of `ids` not yet in this turn's cache, at once.
+    fn prefetch(&mut self, ids: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
+        let mut missing: Vec<u64> = ids
+            .into_iter()
+            .filter(|id| !self.tasks.contains_key(id))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.len() > 1 {
+            for record in self.tx.tasks(&missing)? {
+                self.tasks.insert(record.id, record);
+            }
+        }
+        Ok(())
+    }
+
     fn must_task(&mut self, id: u64) -> Result<&mut TaskRecord, StoreError> {
         self.task(id)?.ok_or_else(|| StoreError::Corrupt {
             table: "tasks",

@@ -26,6 +26,7 @@ impl Engine {
         let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         let plans = store.write(|tx| {
             let mut turn = Turn::new(tx, now);
+            turn.prefetch(reports.iter().map(|r| r.task.0))?;
             for report in reports {
                 self.apply_report(&mut turn, report)?;
             }

@@ -200,6 +200,18 @@ impl Writes for PgTx<'_> {
         )
     }
 
+    fn tasks(&self, ids: &[u64]) -> Result<Vec<TaskRecord>> {
+        let ids: Vec<i64> = ids.iter().map(|&id| big(id)).collect();
+        records(
+            "tasks",
+            rows(
+                self.read()?,
+                "SELECT record FROM tasks WHERE id = ANY($1)",
+                &[&ids],
+            )?,
+        )
+    }
+
     fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
         self.send(
             "INSERT INTO tasks VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
