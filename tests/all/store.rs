@@ -172,7 +172,11 @@ fn tasks_attempts_and_the_running_set(store: &dyn Backend) {
         read.sort_unstable();
         assert_eq!(read, [5, 9], "the records that exist, read at once");
         tx.put_task(&task(8, 1, "scheduled", None))?;
-        assert_eq!(tx.tasks(&[8])?.len(), 1, "and one written in the same transaction");
+        assert_eq!(
+            tx.tasks(&[8])?.len(),
+            1,
+            "and one written in the same transaction"
+        );
         Ok(())
     }));
 }

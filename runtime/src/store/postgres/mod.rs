@@ -166,7 +166,10 @@ fn unint(n: i32) -> u32 {
 fn check_transport(config: &tokio_postgres::Config) -> Result<()> {
     use tokio_postgres::config::{Host, SslMode};
     let loopback = |name: &str| {
-        name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        name == "localhost"
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     };
     let remote = config.get_hosts().iter().any(|host| match host {
         Host::Tcp(name) => !loopback(name),
@@ -445,7 +448,14 @@ mod tests {
         for good in ["sluice", "tenant_7", "_x"] {
             assert!(valid_schema(good), "{good}");
         }
-        for bad in ["", "Sluice", "a-b", "x; DROP TABLE t", "7days", &"s".repeat(64)] {
+        for bad in [
+            "",
+            "Sluice",
+            "a-b",
+            "x; DROP TABLE t",
+            "7days",
+            &"s".repeat(64),
+        ] {
             assert!(!valid_schema(bad), "{bad}");
         }
     }
