@@ -188,11 +188,19 @@ async fn restart_after_kill_ramps_up() {
         .iter()
         .filter(|t| t.duration_since(first) < Duration::from_secs(1))
         .count();
-    // The ramp starts at 50/s and rises to 500/s over 4 s: its first second allows
-    // about 50 + 450 × 1/8 ≈ 106, plus a bucket that starts empty.
+    // The ramp starts at 50/s when the restarted server boots and rises to
+    // 500/s over 4 s: the second from `s` seconds into it allows
+    // 50 + 450 × ((s + 1)² − s²) / 8 (the bucket starts empty). It booted at
+    // the earliest when we spawned it, so the first arrival is at most
+    // `late` into the ramp: 106 when `late` is 0, more on a busy machine
+    // where the process start and the first load take a while; plus the
+    // burst (10) and a little loopback jitter.
+    let late = first.duration_since(restarted).as_secs_f64().min(3.0);
+    let allowed = 50.0 + 450.0 * ((late + 1.0).powi(2) - late.powi(2)) / 8.0;
     assert!(
-        in_first_second <= 120,
-        "first second after restart: {in_first_second}"
+        in_first_second as f64 <= allowed + 14.0,
+        "first second after restart: {in_first_second}, the ramp allows {allowed:.0} \
+         (first arrival {late:.2} s after the spawn)"
     );
     assert!(
         in_first_second >= 30,
