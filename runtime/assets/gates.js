@@ -108,16 +108,43 @@ function totals(gates) {
   return parts;
 }
 
+/** In a cluster, its nodes and which one dispatches the gates. */
+function nodes(cluster) {
+  if (cluster?.store !== 'postgres') return null;
+  const rows = cluster.nodes.map((n) => h('tr', { dataset: { node: n.id } },
+    h('td', {}, h('code', {}, n.id)),
+    h('td', {}, n.address ?? '—'),
+    h('td', { class: 'num' }, `${decimal(n.last_heartbeat_s)} s ago`),
+    h('td', { class: 'num' }, count(n.gates_owned)),
+    h('td', {}, n.id === cluster.owner ? badge('owner') : 'standby')));
+  return h('section', { class: 'nodes', dataset: { section: 'nodes' } },
+    h('h2', {}, 'Nodes'),
+    h('p', { class: 'summary' }, cluster.owner
+      ? `${count(cluster.nodes.length)} nodes; the gates are dispatched by ${cluster.owner}.`
+      : `${count(cluster.nodes.length)} nodes; no owner right now (a takeover is under way).`),
+    h('div', { class: 'table-wrap' }, h('table', { class: 'nodes' },
+      h('caption', { class: 'visually-hidden' }, 'The nodes of the cluster'),
+      h('thead', {}, h('tr', {}, ['Node', 'Address', 'Heartbeat', 'Gates', 'Role'].map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', {}, rows))));
+}
+
 export const overview = {
   title: 'Gates',
-  load: (route, signal) => get('/v1/gates', signal),
+  async load(route, signal) {
+    // A server from before clusters has no /v1/cluster: no nodes shown.
+    const [gates, cluster] = await Promise.all([
+      get('/v1/gates', signal),
+      get('/v1/cluster', signal).catch(() => null),
+    ]);
+    return { ...gates, cluster };
+  },
   announce: (data) => `${totals(data.gates).slice(0, 3).join(', ')}.`,
   render(data, route) {
     const sort = route.query.get('sort') ?? 'name';
     const dir = route.query.get('dir') === 'desc' ? 'desc' : 'asc';
     if (!data.gates.length) {
       return [h('h1', {}, 'Gates'), h('p', { class: 'empty' }, 'No gates yet. Create one with ',
-        h('code', {}, 'PUT /v1/gates/{name}'), ' or ', h('code', {}, 'sluice gate set'), '.')];
+        h('code', {}, 'PUT /v1/gates/{name}'), ' or ', h('code', {}, 'sluice gate set'), '.'), nodes(data.cluster)].filter(Boolean);
     }
     const rows = sortRows(data.gates, sort, dir).map((g) =>
       h('tr', { dataset: { gate: g.name } }, COLUMNS.map(([, , , render]) => render(g))));
@@ -128,7 +155,8 @@ export const overview = {
         h('caption', { class: 'visually-hidden' }, 'Every gate with its live figures'),
         h('thead', {}, h('tr', {}, COLUMNS.map((c) => header(c, sort, dir)))),
         h('tbody', {}, rows))),
-    ];
+      nodes(data.cluster),
+    ].filter(Boolean);
   },
 };
 

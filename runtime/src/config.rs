@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub max_descendants: Option<u32>,
     /// `postgres://…`: the data in PostgreSQL instead of the data dir's file.
     pub store: Option<String>,
+    /// In a cluster, the URL other nodes reach this one at.
+    pub advertise: Option<String>,
 }
 
 /// One `[[tokens]]` entry of the config file.
@@ -70,6 +72,7 @@ pub struct Flags {
     pub retention: Option<String>,
     pub config: Option<PathBuf>,
     pub store: Option<String>,
+    pub advertise: Option<String>,
 }
 
 /// A PEM certificate chain and its private key.
@@ -99,6 +102,9 @@ pub struct ServerConfig {
     pub max_descendants: u32,
     /// A PostgreSQL URL; `None` keeps the data in `data_dir`'s redb file.
     pub store: Option<String>,
+    /// In a cluster, the URL other nodes forward requests to (default: the
+    /// scheme and the address listened on).
+    pub advertise: Option<String>,
 }
 
 pub use crate::shell::DEFAULT_MAX_DESCENDANTS;
@@ -142,6 +148,7 @@ impl ServerConfig {
             plugin_instances: crate::plugin::DEFAULT_INSTANCES,
             max_descendants: DEFAULT_MAX_DESCENDANTS,
             store: None,
+            advertise: None,
         }
     }
 
@@ -226,6 +233,7 @@ impl ServerConfig {
             plugin_instances,
             max_descendants,
             store: flags.store.or(file.store),
+            advertise: flags.advertise.or(file.advertise),
         };
         config.check()?;
         Ok(config)
@@ -242,6 +250,13 @@ impl ServerConfig {
         for secret in &self.signing_secrets {
             crate::attempt::sign::SigningKey::parse(secret)
                 .map_err(|e| anyhow::anyhow!("signing_secrets: {e}"))?;
+        }
+        if let Some(url) = &self.advertise {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| anyhow::anyhow!("advertise: {url:?} is not a URL: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                bail!("advertise: {url:?} must be an http(s) URL with a host");
+            }
         }
         if self.tokens.is_empty() && !self.listen.ip().is_loopback() {
             bail!(
@@ -296,6 +311,13 @@ pub fn settings() -> Vec<Setting> {
             Some("SLUICE_STORE"),
             "",
             "`postgres://user@host:port/db`: keep the data in PostgreSQL (schema `sluice`, created if missing) instead of the data dir's file. Back it up with PostgreSQL's tools. Without TLS: a server beyond loopback needs `sslmode=disable` in the URL.",
+        ),
+        setting(
+            Some("advertise"),
+            Some("--advertise"),
+            Some("SLUICE_ADVERTISE"),
+            "",
+            "In a cluster (`store` on PostgreSQL): the URL other nodes forward API requests to, like `http://10.0.0.7:7070`. Default: the scheme and the address listened on.",
         ),
         setting(
             Some("listen"),

@@ -12,7 +12,8 @@
 //!    and report between the shell and the executors.
 //! 4. `dispatch`: webhook attempts, the outgoing-address guard.
 //! 5. `plugin`: the WebAssembly host, whose requests go out through `dispatch`.
-//! 6. `shell`: the engine and its runner: every write, the core's effects.
+//! 6. `shell` `cluster`: the engine and its runner: every write, the core's
+//!    effects; who owns the gates when several nodes share PostgreSQL.
 //! 7. `api`: the REST API, its wire format and the dashboard.
 //! 8. `config` `client`: settings from flags, environment and file; the
 //!    typed client of the REST API that the CLI, the bench and the tests use.
@@ -26,6 +27,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod dispatch;

@@ -10,11 +10,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, forward, forward::Peers};
+use crate::cluster::{Cluster, Terms};
 use crate::config::{ServerConfig, TlsFiles};
 use crate::core::Tuning;
-use crate::shell::{self, Options};
-use crate::store::{Backend, PgStore, Store};
+use crate::shell::{self, Handle, Options, Start};
+use crate::store::{Backend, PgStore, Store, StoreError};
 
 pub const DATA_FILE: &str = "sluice.redb";
 
@@ -30,8 +31,10 @@ pub struct Running {
     /// stream, say) before it drops them.
     grace: std::time::Duration,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
-    driver: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
+    /// The driver (alone) or the node's supervisor (in a cluster).
+    driver: tokio::task::JoinHandle<anyhow::Result<()>>,
     plugins: Arc<crate::plugin::Host>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Running {
@@ -63,10 +66,7 @@ impl Running {
     /// from the start of the stop); then the listener closes, and answers
     /// still being sent get the grace period before they are cut.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let driver = self.driver;
-        let result = tokio::task::spawn_blocking(move || driver.join())
-            .await
-            .context("joining the driver")?;
+        let result = self.driver.await.context("joining the driver")?;
         let _ = self.stop.send(true);
         let _ = self.http_stop.send(true);
         let mut http = self.http;
@@ -77,10 +77,29 @@ impl Running {
                 http.abort();
             }
         }
-        match result {
-            Ok(r) => r.context("the scheduler stopped on a storage error"),
-            Err(_) => anyhow::bail!("the scheduler thread panicked"),
-        }
+        result
+    }
+
+    /// This node's id in a cluster.
+    pub fn node(&self) -> Option<String> {
+        self.cluster.as_ref().map(|c| c.id().to_string())
+    }
+}
+
+/// Waits `every`, or until the stop.
+async fn pause(every: std::time::Duration, stop: &mut watch::Receiver<bool>) {
+    let _ = tokio::time::timeout(every, async {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await;
+}
+
+/// Waits for a driver thread, off the runtime.
+async fn join(driver: std::thread::JoinHandle<Result<(), StoreError>>) -> anyhow::Result<()> {
+    match tokio::task::spawn_blocking(move || driver.join()).await {
+        Ok(Ok(result)) => result.context("the scheduler stopped on a storage error"),
+        Ok(Err(_)) => anyhow::bail!("the scheduler thread panicked"),
+        Err(e) => Err(e).context("joining the driver"),
     }
 }
 
@@ -92,23 +111,42 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let path = config.data_dir.join(DATA_FILE);
-    let store: Arc<dyn Backend> = match &config.store {
-        None => {
-            Arc::new(Store::open(&path).with_context(|| format!("opening {}", path.display()))?)
-        }
+    let (store, postgres): (Arc<dyn Backend>, Option<Arc<PgStore>>) = match &config.store {
+        None => (
+            Arc::new(Store::open(&path).with_context(|| format!("opening {}", path.display()))?),
+            None,
+        ),
         // The URL may hold a password: errors name the store, not the URL.
         Some(url) => {
             let url = url.clone();
-            let store = tokio::task::spawn_blocking(move || PgStore::open(&url))
-                .await?
-                .context("opening the PostgreSQL store")?;
-            Arc::new(store)
+            let store = Arc::new(
+                tokio::task::spawn_blocking(move || PgStore::open(&url))
+                    .await?
+                    .context("opening the PostgreSQL store")?,
+            );
+            (store.clone(), Some(store))
         }
     };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let cluster = match &postgres {
+        None => None,
+        Some(store) => {
+            let (settings, schema) = store.settings();
+            let advertised = match &config.advertise {
+                Some(url) => url.clone(),
+                None => format!("{scheme}://{addr}"),
+            };
+            Some(
+                Cluster::join(settings, schema, advertised, Terms::default())
+                    .await
+                    .context("joining the cluster")?,
+            )
+        }
+    };
     let (stop, stop_rx) = watch::channel(false);
     let (http_stop, http_stop_rx) = watch::channel(false);
     let plugins = crate::plugin::Host::new(store.clone(), config.plugin_instances)
@@ -122,16 +160,36 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         max_descendants: config.max_descendants,
         plugins: Some(plugins.clone()),
         next_reader: api::wire::parse_next,
+        deadline: None,
+        start: Start::Restart,
     };
-    let (handle, driver) = shell::spawn(store.clone(), options, stop_rx)?;
+    let (handle, link) = Handle::linked();
+    let driver = match (&cluster, postgres) {
+        (Some(cluster), Some(postgres)) => {
+            tokio::spawn(supervise(cluster.clone(), postgres, options, link, stop_rx))
+        }
+        _ => tokio::spawn(join(shell::spawn_linked(
+            store.clone(),
+            options,
+            stop_rx,
+            &link,
+        )?)),
+    };
     api::admin::clear_scratch(&config.data_dir);
+    let peers = cluster
+        .clone()
+        .map(Peers::new)
+        .transpose()
+        .context("the client that forwards to the owner of the gates")?;
     let app = api::router(AppState {
         store,
         shell: handle,
         plugins: plugins.clone(),
         scratch: config.data_dir.clone(),
         backup: Arc::default(),
+        cluster: cluster.clone(),
     })
+    .layer(axum::middleware::from_fn_with_state(peers, forward::layer))
     .layer(axum::middleware::from_fn_with_state(
         Arc::new(config.tokens.clone()),
         api::auth::layer,
@@ -164,7 +222,103 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         http,
         driver,
         plugins,
+        cluster,
     })
+}
+
+/// A cluster node's life: take the gates when their lease is free, run the
+/// engine while the lease holds, and wait again when it is lost; on stop,
+/// let the engine finish its grace period and hand the gates over at once.
+/// The heartbeat (which also renews the lease) runs beside it throughout.
+async fn supervise(
+    cluster: Arc<Cluster>,
+    store: Arc<PgStore>,
+    options: Options,
+    link: shell::Link,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let every = cluster.terms().renew_every;
+    let beating = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            loop {
+                let beat = cluster.beat().await;
+                if let Err(e) = beat {
+                    tracing::warn!(error = %e, "cluster heartbeat failed");
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    };
+    let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
+    let mut result = Ok(());
+    while !stopped(&stop) {
+        let lease = match cluster.try_acquire().await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                pause(every, &mut stop).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look at the lease on the gates");
+                pause(every, &mut stop).await;
+                continue;
+            }
+        };
+        store.set_fence(Some((cluster.id().to_string(), lease.epoch)));
+        let engine_options = Options {
+            deadline: Some(lease.deadline.clone()),
+            start: Start::Takeover,
+            ..options.clone()
+        };
+        let (engine_stop, engine_stop_rx) = watch::channel(false);
+        let spawned = {
+            let (store, link): (Arc<dyn Backend>, _) = (store.clone(), link.clone());
+            tokio::task::spawn_blocking(move || {
+                shell::spawn_linked(store, engine_options, engine_stop_rx, &link)
+            })
+            .await
+        };
+        let engine = match spawned {
+            Ok(Ok(engine)) => engine,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the engine did not start; the lease lapses");
+                cluster.drop_lease();
+                pause(every, &mut stop).await;
+                continue;
+            }
+            Err(e) => {
+                cluster.drop_lease();
+                result = Err(e).context("starting the engine");
+                break;
+            }
+        };
+        let mut running = std::pin::pin!(join(engine));
+        tokio::select! {
+            ended = &mut running => {
+                // The lease ran out or a commit failed (PostgreSQL went away,
+                // or another node took over): wait to take the gates again.
+                if let Err(e) = ended {
+                    tracing::warn!(error = format!("{e:#}"), "the engine stopped");
+                }
+                cluster.drop_lease();
+                link.refuse_waiting();
+            }
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                let _ = engine_stop.send(true);
+                result = running.await;
+                if let Err(e) = cluster.release(&lease).await {
+                    tracing::warn!(error = %e, "could not hand the gates over; they move when the lease lapses");
+                }
+                break;
+            }
+        }
+    }
+    beating.abort();
+    if let Err(e) = cluster.leave().await {
+        tracing::warn!(error = %e, "could not leave the list of nodes");
+    }
+    result
 }
 
 /// Loads the PEM certificate chain and key into a rustls acceptor (ring, TLS

@@ -10,6 +10,7 @@
 mod api;
 mod central;
 mod cli;
+mod cluster;
 mod crash;
 mod dashboard;
 mod delivery;

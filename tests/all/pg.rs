@@ -138,6 +138,24 @@ impl PgServer {
         );
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Restarts the server (fast shutdown: connections are cut, as when
+    /// PostgreSQL itself restarts under load).
+    pub fn restart(&self) {
+        let (data, log) = (
+            self.data.display().to_string(),
+            self.log().display().to_string(),
+        );
+        // With its log file: the server must not hold this test's pipes.
+        self.run(
+            "pg_ctl",
+            &["restart", "-w", "-s", "-m", "fast", "-l", &log, "-D", &data],
+        );
+    }
+
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

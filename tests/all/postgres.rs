@@ -19,18 +19,21 @@ async fn a_server_on_postgres_delivers_and_keeps_its_tasks_across_a_restart() {
     let sink = Sink::start().await;
     let mut server = Server::start_with(dir.path(), on_pg).await;
     let c = server.client();
-    // A second server on the same schema would write beside the first.
+    // A second server on the same schema joins as a node that does not own
+    // the gates: it answers by forwarding to the first.
     let second_dir = tempfile::tempdir().expect("temp dir");
-    let mut second = sluice::config::ServerConfig::local(
-        second_dir.path().to_path_buf(),
-        "127.0.0.1:0".parse().expect("addr"),
+    let mut second = Server::start_with(second_dir.path(), on_pg).await;
+    let c2 = second.client();
+    let cluster = c2.send("GET", "/v1/cluster", None).await.1;
+    assert_eq!(cluster["store"], "postgres", "{cluster}");
+    assert_eq!(
+        cluster["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{cluster}"
     );
-    second.store = Some(url.clone());
-    let refused = match sluice::server::start(&second, None).await {
-        Ok(_) => panic!("a second server started on the same schema"),
-        Err(e) => format!("{e:#}"),
-    };
-    assert!(refused.contains("another Sluice server"), "{refused}");
+    let first_node = server.node().expect("a cluster node");
+    assert_eq!(cluster["owner"], first_node.as_str(), "{cluster}");
+    assert_ne!(cluster["node"], first_node.as_str(), "{cluster}");
     c.put_gate("pg", gate_for(&sink, "100/s")).await;
     let mut keyed = webhook_task("pg", &sink.url("/now"));
     keyed["idempotency_key"] = json!("order-7");
@@ -47,7 +50,15 @@ async fn a_server_on_postgres_delivers_and_keeps_its_tasks_across_a_restart() {
     let mut later = webhook_task("pg", &sink.url("/later"));
     later["delay"] = json!("1500ms");
     let later = c.create(later).await;
-    sink.wait_for(21, Duration::from_secs(10)).await;
+    // Through the node that does not own the gates: the owner commits it,
+    // and its answer comes back as it gave it.
+    let forwarded = c2.create(webhook_task("pg", &sink.url("/forwarded"))).await;
+    let seen = c2.task(forwarded["id"].as_str().expect("id")).await;
+    assert_eq!(seen["gate"], "pg", "{seen}");
+    let gate = c2.send("GET", "/v1/gates/pg", None).await.1;
+    assert_eq!(gate["owner"], first_node.as_str(), "{gate}");
+    second.stop().await;
+    sink.wait_for(22, Duration::from_secs(10)).await;
     let done = c
         .wait_state(&ids[19], "succeeded", Duration::from_secs(10))
         .await;
@@ -75,13 +86,13 @@ async fn a_server_on_postgres_delivers_and_keeps_its_tasks_across_a_restart() {
         .await;
     assert_eq!(t["attempt_count"], 1, "{t}");
     let gate = c.send("GET", "/v1/gates/pg", None).await.1;
-    assert_eq!(gate["counters"]["succeeded"], 22, "{gate}");
+    assert_eq!(gate["counters"]["succeeded"], 23, "{gate}");
     assert_eq!(gate["backlog"], 0, "{gate}");
     let listed = c.send("GET", "/v1/tasks?gate=pg&limit=100", None).await.1;
     assert_eq!(
         listed["tasks"].as_array().map(Vec::len),
-        Some(22),
+        Some(23),
         "{listed}"
     );
-    assert_eq!(sink.hits().len(), 22, "each task arrived once");
+    assert_eq!(sink.hits().len(), 23, "each task arrived once");
 }

@@ -42,16 +42,27 @@ impl Server {
             ServerConfig::local(dir.to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
         config.grace = Duration::from_secs(5);
         adjust(&mut config);
+        let cluster = config.store.is_some();
         let running = sluice::server::start(&config, None)
             .await
             .expect("server starts");
         let url = running.url();
-        Server {
+        let server = Server {
             running: Some(running),
             url,
             dir: dir.to_path_buf(),
             _temp: None,
+        };
+        if cluster {
+            // A cluster node answers once it owns the gates or knows who does.
+            crate::crash::wait_ready(&server.client()).await;
         }
+        server
+    }
+
+    /// Its node id, in a cluster.
+    pub fn node(&self) -> Option<String> {
+        self.running.as_ref().and_then(|r| r.node())
     }
 
     pub fn client(&self) -> Client {

@@ -22,7 +22,9 @@ pub(super) async fn gate_view(state: &AppState, live: &GateLive) -> Result<GateV
     })
     .await
     .map_err(|e| ApiError::internal(&e))??;
-    Ok(GateView::new(live, extra, now))
+    let mut view = GateView::new(live, extra, now);
+    view.owner = state.cluster.as_ref().map(|c| c.id().to_string());
+    Ok(view)
 }
 
 pub(super) async fn one_gate(state: &AppState, name: &str) -> Result<GateView, ApiError> {

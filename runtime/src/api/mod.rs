@@ -10,8 +10,10 @@
 
 pub mod admin;
 pub mod auth;
+mod cluster;
 mod dashboard;
 pub mod error;
+pub mod forward;
 mod gates;
 pub mod linger;
 mod metrics;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub scratch: std::path::PathBuf,
     /// Held while a backup runs: one at a time.
     pub backup: Arc<tokio::sync::Mutex<()>>,
+    /// This node's place in a cluster (PostgreSQL store); `None` alone.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Request body limits, answered with 413.
@@ -115,6 +119,7 @@ fn routes() -> OpenApiRouter<AppState> {
             .layer(DefaultBodyLimit::max(plugins::UPLOAD_LIMIT)),
         )
         .routes(routes!(admin::backup))
+        .routes(routes!(cluster::cluster))
         .routes(routes!(openapi_json));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
@@ -267,7 +272,12 @@ async fn healthz() -> &'static str {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.shell.is_ready() {
+    // A node that does not own the gates serves by forwarding to the owner.
+    let forwards = state
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.owner().is_some_and(|(owner, _)| owner != c.id()));
+    if state.shell.is_ready() || forwards {
         "ready\n".into_response()
     } else {
         ApiError::unavailable("starting or stopping").into_response()

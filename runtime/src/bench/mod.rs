@@ -30,7 +30,8 @@ pub struct Options {
     pub gates: u64,
     pub out: PathBuf,
     pub quick: bool,
-    /// Run only these workloads (w1, w1c, w2 … w5b, w6, w7); all when empty.
+    /// Run only these workloads (w1, w1c, w2 … w5b, w6, w7, w7c); all when
+    /// empty. W7c (a cluster) runs only with a PostgreSQL `store`.
     pub only: Vec<String>,
     /// A PostgreSQL URL for the servers' store; redb files when `None`.
     pub store: Option<String>,
@@ -324,7 +325,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let restarted = clock::instant();
         let port = server.port;
         let dir = server.dir.clone();
-        drop(server);
         let server5 = Server::spawn(&dir, port, options.store.as_deref()).await?;
         let ready = restarted.elapsed();
         let deadline = clock::instant() + Duration::from_secs(60);
@@ -522,6 +522,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         ));
         drop(server6);
     }
+    if options.runs("w7c")
+        && let Some(store) = options.store.as_deref()
+    {
+        let (figures, mut lines) = cluster(&mut server, store, &sink, &temp, options.quick).await?;
+        results.insert("w7c".into(), figures);
+        rows.append(&mut lines);
+    }
     let _ = std::fs::remove_dir_all(&temp);
     let machine = format!(
         "{} cores, {}",
@@ -559,4 +566,177 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         options.out.display()
     );
     Ok(())
+}
+
+/// W7c: three nodes on one PostgreSQL database (`main` is the first, and
+/// owns the gates). Tasks created through the two others (each request
+/// forwarded once), what each task costs the database and the nodes, then
+/// `kill -9` of the owner of a busy 200/s gate: how long it stood still,
+/// and whether the sink's windows held across the handover.
+async fn cluster(
+    main: &mut Server,
+    store: &str,
+    sink: &Sink,
+    temp: &Path,
+    quick: bool,
+) -> anyhow::Result<(Value, Vec<(String, String, String)>)> {
+    let host = sink.addr.to_string();
+    let url = |p: &str| format!("http://{host}{p}");
+    if main.child.try_wait()?.is_some() {
+        // W5 stopped it: a fresh first node.
+        *main = Server::spawn(&temp.join("node-a"), free_port()?, Some(store)).await?;
+    }
+    let mut others = [
+        Server::spawn(&temp.join("node-b"), free_port()?, Some(store)).await?,
+        Server::spawn(&temp.join("node-c"), free_port()?, Some(store)).await?,
+    ];
+    let n = if quick { 10_000 } else { 50_000 };
+    let mut gate = unlimited(sink);
+    gate["concurrency"] = json!(100);
+    others[0].gate("w7c", gate).await?;
+    let (writes_before, commits_before) = pg_counters(store).await?;
+    let cpu_before: Vec<f64> = std::iter::once(main.cpu_s())
+        .chain(others.iter().map(Server::cpu_s))
+        .collect();
+    let start = clock::instant();
+    let tasks: Vec<Value> = (0..n).map(|_| task("w7c", &url("/w7c"), None)).collect();
+    let (b_tasks, c_tasks) = tasks.split_at(n / 2);
+    let (b, c) = tokio::join!(
+        others[0].create(b_tasks.to_vec(), 1_000, 2),
+        others[1].create(c_tasks.to_vec(), 1_000, 2)
+    );
+    let created_in = b?.max(c?);
+    let got = sink.wait("/w7c", n, Duration::from_secs(300)).await;
+    let last = got.iter().map(|a| a.at).max().unwrap_or(start);
+    let times: Vec<Instant> = got.iter().map(|a| a.at).collect();
+    let delivered_per_s = rate_after_burst(&times, 0.0);
+    let end_to_end = got.len() as f64 / last.duration_since(start).as_secs_f64().max(1e-3);
+    // PostgreSQL's statistics reach its views within a second or so.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (writes_after, commits_after) = pg_counters(store).await?;
+    let cpu_ms: Vec<f64> = std::iter::once(main.cpu_s())
+        .chain(others.iter().map(Server::cpu_s))
+        .zip(&cpu_before)
+        .map(|(after, before)| (after - before) * 1_000.0 / n as f64)
+        .collect();
+    let writes = (writes_after - writes_before) as f64 / n as f64;
+    let commits = (commits_after - commits_before) as f64 / n as f64;
+
+    // Failover: a busy gate at 200/s, then kill -9 of its owner.
+    others[0]
+        .gate(
+            "w7f",
+            json!({ "rate": "200/s", "burst": 1, "concurrency": 50, "allowed_hosts": [host], "recovery": { "start": 0.5, "over": "2s" }, "circuit": null }),
+        )
+        .await?;
+    let total = if quick { 3_000 } else { 6_000 };
+    let feed: Vec<Value> = (0..total)
+        .map(|_| task("w7f", &url("/w7f"), None))
+        .collect();
+    others[0].create(feed, 1_000, 1).await?;
+    sink.wait("/w7f", 600, Duration::from_secs(60)).await;
+    let cluster = others[0].get("/v1/cluster").await?;
+    let owner = cluster["owner"].as_str().unwrap_or("").to_string();
+    let address = cluster["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == owner.as_str())
+        .and_then(|n| n["address"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let port_of = |s: &Server| format!("http://127.0.0.1:{}", s.port);
+    let killed = clock::instant();
+    if port_of(main) == address {
+        main.kill();
+    } else if let Some(o) = others.iter_mut().find(|o| port_of(o) == address) {
+        o.kill();
+    } else {
+        bail!("W7c: no node answers at the owner's address {address:?}");
+    }
+    let got = sink.wait("/w7f", total, Duration::from_secs(120)).await;
+    // The killed process is gone once `kill` returns; what arrives 100 ms
+    // later was sent by the new owner. (The attempts the old owner had in
+    // flight come last: they are held until their timeout, 30 s here.)
+    let failover = got
+        .iter()
+        .map(|a| a.at)
+        .filter(|t| *t >= killed + Duration::from_millis(100))
+        .min()
+        .map_or(f64::NAN, |t| t.duration_since(killed).as_secs_f64());
+    let all: Vec<Instant> = got.iter().map(|a| a.at).collect();
+    let peak = max_in_window(&all, Duration::from_secs(1));
+    let distinct = got
+        .iter()
+        .map(|a| a.task.as_str())
+        .collect::<HashSet<_>>()
+        .len();
+    let figures = json!({
+        "nodes": 3, "tasks": n, "create_per_s_through_standbys": n as f64 / created_in.as_secs_f64(),
+        "deliveries_per_s": delivered_per_s, "end_to_end_per_s": end_to_end,
+        "row_writes_per_task": writes, "transactions_per_task": commits,
+        "cpu_ms_per_task_by_node": cpu_ms,
+        "failover_s": failover, "failover_peak_1s": peak, "failover_bound_1s": 201,
+        "failover_delivered": distinct, "failover_tasks": total,
+    });
+    let lines = vec![
+        (
+            "W7c 3 nodes: creates/s via standbys".into(),
+            format!(
+                "{:.0} (deliveries {delivered_per_s:.0}/s)",
+                n as f64 / created_in.as_secs_f64()
+            ),
+            "".into(),
+        ),
+        (
+            "W7c per task in PostgreSQL".into(),
+            format!("{writes:.1} row writes, {commits:.2} transactions"),
+            "≤ 2 writes".into(),
+        ),
+        (
+            "W7c node CPU per task (owner, b, c)".into(),
+            cpu_ms
+                .iter()
+                .map(|ms| format!("{ms:.3}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+                + " ms",
+            "".into(),
+        ),
+        (
+            "W7c failover after kill -9".into(),
+            format!(
+                "{failover:.1} s; peak 1 s window {peak} (bound 201); {distinct}/{total} delivered"
+            ),
+            "≤ 10 s".into(),
+        ),
+    ];
+    Ok((figures, lines))
+}
+
+/// Rows written to Sluice's tables and transactions committed, as
+/// PostgreSQL's statistics count them.
+async fn pg_counters(store: &str) -> anyhow::Result<(i64, i64)> {
+    let (client, connection) = tokio_postgres::connect(store, tokio_postgres::NoTls)
+        .await
+        .context("connecting to PostgreSQL for its statistics")?;
+    let driver = tokio::spawn(connection);
+    let writes: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint \
+             FROM pg_stat_user_tables WHERE schemaname = 'sluice'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let commits: i64 = client
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await?
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    Ok((writes, commits))
 }

@@ -79,6 +79,10 @@ enum Command {
         /// the data dir's file.
         #[arg(long, env = "SLUICE_STORE", hide_env_values = true)]
         store: Option<String>,
+        /// In a cluster, the URL other nodes forward requests to [default:
+        /// the address listened on].
+        #[arg(long, env = "SLUICE_ADVERTISE")]
+        advertise: Option<String>,
         /// Log lines as text, or as json: one object per line with the fields
         /// timestamp, level, target, message, the event's own fields, and the
         /// request span (`span.request_id`) of API calls.
@@ -482,6 +486,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             retention,
             config,
             store,
+            advertise,
             log_format,
         } => serve(
             Flags {
@@ -493,6 +498,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 retention,
                 config,
                 store,
+                advertise,
             },
             log_format,
         )

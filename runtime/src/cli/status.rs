@@ -10,7 +10,11 @@ pub(super) async fn status(api: &Api, watch: bool, json: bool) -> Result<(), Fai
                 println!("{}", serde_json::to_string(&g).unwrap_or_default());
             }
         } else {
-            let table = status_table(&v);
+            let mut table = status_table(&v);
+            // A server from before clusters has no /v1/cluster: no lines.
+            if let Ok(cluster) = api.get("/v1/cluster").await {
+                table.push_str(&cluster_lines(&cluster));
+            }
             if watch {
                 print!("\x1b[2J\x1b[H");
             }
@@ -32,6 +36,48 @@ pub(super) async fn status(api: &Api, watch: bool, json: bool) -> Result<(), Fai
         let _ = std::io::stdout().flush();
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// The nodes of a cluster and which one dispatches the gates; nothing for
+/// a single server.
+pub(super) fn cluster_lines(v: &Value) -> String {
+    if v["store"] != "postgres" {
+        return String::new();
+    }
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    let owner = v["owner"]
+        .as_str()
+        .unwrap_or("none (a takeover is under way)");
+    let mut out = format!(
+        "\ncluster: {} nodes, gates dispatched by {owner}\n",
+        nodes.len()
+    );
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let id = n["id"].as_str().unwrap_or("");
+            let mut role = if Some(id) == v["owner"].as_str() {
+                "owner".to_string()
+            } else {
+                "standby".to_string()
+            };
+            if Some(id) == v["node"].as_str() {
+                role.push_str(", answered");
+            }
+            vec![
+                id.to_string(),
+                n["address"].as_str().unwrap_or("").to_string(),
+                format!("{:.1} s ago", n["last_heartbeat_s"].as_f64().unwrap_or(0.0)),
+                num(&n["gates_owned"]),
+                role,
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["NODE", "ADDRESS", "HEARTBEAT", "GATES", "ROLE"],
+        &rows,
+    ));
+    out
 }
 
 pub(super) fn status_table(v: &Value) -> String {
@@ -86,4 +132,31 @@ pub(super) fn status_table(v: &Value) -> String {
         &rows,
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_shows_its_nodes_and_the_owner() {
+        let cluster = serde_json::json!({
+            "store": "postgres", "node": "n-2", "owner": "n-1",
+            "nodes": [
+                {"id": "n-1", "address": "http://10.0.0.7:7070", "last_heartbeat_s": 0.4, "gates_owned": 3},
+                {"id": "n-2", "address": "http://10.0.0.8:7070", "last_heartbeat_s": 0.9, "gates_owned": 0},
+            ],
+        });
+        let text = cluster_lines(&cluster);
+        assert!(
+            text.contains("cluster: 2 nodes, gates dispatched by n-1"),
+            "{text}"
+        );
+        let owner = text.lines().find(|l| l.starts_with("n-1")).expect("n-1");
+        assert!(owner.contains("owner") && owner.contains(" 3 "), "{text}");
+        let other = text.lines().find(|l| l.starts_with("n-2")).expect("n-2");
+        assert!(other.contains("standby, answered"), "{text}");
+        let single = serde_json::json!({"store": "redb", "nodes": []});
+        assert_eq!(cluster_lines(&single), "");
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod gate;
 pub mod ids;
+pub mod lease;
 pub mod retry;
 pub mod rng;
 pub mod schedule;

@@ -142,6 +142,14 @@ pub enum Input {
         task: QueuedTask,
         until: Timestamp,
     },
+    /// At a takeover: an attempt another node sent, which may still be at
+    /// its endpoint. It keeps its slot until `until` (its start plus its
+    /// timeout), then ends as interrupted: neither a failure for the
+    /// circuit nor one of the task's attempts lost to the endpoint.
+    HoldInterrupted {
+        task: QueuedTask,
+        until: Timestamp,
+    },
     /// The plugin running attempt `attempt` of `task` wants to send an HTTP
     /// request. Answered by a permit (see [`Scheduler::poll_permit`]) when the
     /// gate allows it; dropped if the attempt ends first.
@@ -285,6 +293,9 @@ struct Running {
     /// Plugin requests in flight. The first rides the attempt's own concurrency
     /// slot; each one beyond it holds a slot of its own.
     requests: u32,
+    /// Held for another node's attempt (`Input::HoldInterrupted`): its
+    /// lease running out is an interruption, not a failure.
+    interrupted: bool,
 }
 
 impl Running {
@@ -293,6 +304,7 @@ impl Running {
             task,
             lease,
             requests: 0,
+            interrupted: false,
         }
     }
 }
@@ -329,6 +341,20 @@ impl Scheduler {
             permits: VecDeque::new(),
             rng: Rng::new(seed),
         }
+    }
+
+    /// Takes in an attempt already in flight (a restored lease, or another
+    /// node's attempt) with its slot, until `until`.
+    fn hold(&mut self, task: QueuedTask, until: Timestamp, interrupted: bool) {
+        let id = task.id;
+        if let Some(lane) = self.lanes.get_mut(&task.gate) {
+            lane.gate.hold();
+        }
+        self.leases.insert((until, id));
+        let mut running = Running::new(task, Some(until));
+        running.interrupted = interrupted;
+        let previous = self.running.insert(id, running);
+        assert!(previous.is_none(), "lease restored twice");
     }
 
     pub fn handle_input(&mut self, now: Timestamp, input: Input) {
@@ -436,15 +462,8 @@ impl Scheduler {
                 }
                 self.leases.insert((until, task));
             }
-            Input::RestoreLease { task, until } => {
-                let id = task.id;
-                if let Some(lane) = self.lanes.get_mut(&task.gate) {
-                    lane.gate.hold();
-                }
-                self.leases.insert((until, id));
-                let previous = self.running.insert(id, Running::new(task, Some(until)));
-                assert!(previous.is_none(), "lease restored twice");
-            }
+            Input::RestoreLease { task, until } => self.hold(task, until, false),
+            Input::HoldInterrupted { task, until } => self.hold(task, until, true),
             Input::Ask { task, attempt, ask } => {
                 let Some(gate) = self
                     .running
@@ -537,14 +556,19 @@ impl Scheduler {
                 continue;
             };
             let gate = running.task.gate;
-            self.attempt_over(now, &running, Signal::Failed);
+            let (signal, outcome) = if running.interrupted {
+                (Signal::Neutral, Outcome::Interrupted)
+            } else {
+                (Signal::Failed, Outcome::Failed { retry_after: None })
+            };
+            self.attempt_over(now, &running, signal);
             self.effects.push_back(Effect::LeaseExpired {
                 task,
                 gate,
                 attempt: running.task.attempts,
             });
             self.poke(gate);
-            self.settle(now, running.task, Outcome::Failed { retry_after: None });
+            self.settle(now, running.task, outcome);
         }
         while let Some(&(at, gate)) = self.timers.first() {
             if at > now {

@@ -331,3 +331,44 @@ fn plugin_asks_get_permits_within_the_gate() {
     s.input(600, ask(4));
     assert!(s.permits().is_empty(), "a permit for an ended attempt");
 }
+
+#[test]
+fn another_nodes_attempt_holds_its_slot_then_counts_as_interrupted() {
+    let mut gate = limits(1_000.0, 1);
+    gate.circuit = Some(CircuitPolicy {
+        failures: 1,
+        ..CircuitPolicy::default()
+    });
+    let mut s = Script::new(gate);
+    let mut theirs = task(1, 0);
+    theirs.attempts = 1;
+    s.input(
+        0,
+        Input::HoldInterrupted {
+            task: theirs,
+            until: ms(2_000),
+        },
+    );
+    let waiting = s.input(0, Input::Enqueue(task(2, 0)));
+    assert!(
+        waiting.is_empty(),
+        "the held attempt has the slot: {waiting:?}"
+    );
+    assert_eq!(
+        s.at(2_000),
+        [
+            Effect::LeaseExpired {
+                task: TaskId(1),
+                gate: G,
+                attempt: 1
+            },
+            Effect::Requeue {
+                task: TaskId(1),
+                gate: G,
+                due: ms(2_000)
+            },
+            start(2, 1, 2_000),
+        ],
+        "no backoff, and the circuit (tripped by one failure) stays closed"
+    );
+}

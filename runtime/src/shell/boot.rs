@@ -12,6 +12,17 @@ impl Engine {
         now: Timestamp,
         seed: u64,
     ) -> Result<Engine, StoreError> {
+        Engine::boot_as(store, tuning, now, seed, Start::Restart)
+    }
+
+    /// `boot`, saying how the last dispatcher stopped (see `Start`).
+    pub fn boot_as(
+        store: Arc<dyn Backend>,
+        tuning: Tuning,
+        now: Timestamp,
+        seed: u64,
+        start: Start,
+    ) -> Result<Engine, StoreError> {
         let mut driver = Engine {
             core: Scheduler::new(seed, tuning),
             store: store.clone(),
@@ -82,6 +93,22 @@ impl Engine {
                         Input::RestoreLease {
                             task: queued,
                             until: Timestamp(until),
+                        },
+                    );
+                    continue;
+                }
+                if start == Start::Takeover {
+                    // Another node sent this attempt and may still be waiting
+                    // for its answer: the endpoint is busy with it until its
+                    // timeout, so it keeps its slot until then, then counts as
+                    // interrupted and retries.
+                    let timeout = turn.task(*id)?.map_or(0, |t| t.timeout_ms);
+                    let started = record.as_ref().map_or(now.as_ms(), |r| r.started_at);
+                    driver.core.handle_input(
+                        now,
+                        Input::HoldInterrupted {
+                            task: queued,
+                            until: Timestamp(started.saturating_add(timeout).max(now.as_ms())),
                         },
                     );
                     continue;

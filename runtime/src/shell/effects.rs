@@ -138,15 +138,23 @@ impl Engine {
                 Effect::LeaseExpired { task, attempt, .. } => {
                     let now = turn.now;
                     let number = turn.must_task(task.0)?.attempt_offset + attempt;
+                    let mut why = "the lease ran out before the endpoint reported back";
                     if let Some(mut record) = turn.tx.attempt(task.0, number)? {
+                        // No lease on record: an attempt of a node that lost
+                        // the gates, held here until its timeout (boot).
+                        let (outcome, error) = match record.lease_until {
+                            Some(_) => ("lease_expired", why),
+                            None => {
+                                why = HANDED_OVER;
+                                ("interrupted", why)
+                            }
+                        };
                         record.ended_at = Some(now.as_ms());
-                        record.outcome = Some("lease_expired".into());
-                        record.error =
-                            Some("the lease ran out before the endpoint reported back".into());
+                        record.outcome = Some(outcome.into());
+                        record.error = Some(error.into());
                         turn.tx.put_attempt(task.0, &record)?;
                     }
-                    turn.must_task(task.0)?.last_error =
-                        Some("the lease ran out before the endpoint reported back".into());
+                    turn.must_task(task.0)?.last_error = Some(why.into());
                 }
                 Effect::Expire { task, gate, due } => {
                     let now = turn.now;

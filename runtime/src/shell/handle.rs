@@ -78,6 +78,24 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// A handle and the link a driver serves it through.
+    pub fn linked() -> (Handle, Link) {
+        let (commands_tx, commands_rx) = mpsc::channel(4_096);
+        let ready = Arc::new(AtomicBool::new(false));
+        let metrics = stats::Metrics::default();
+        let link = Link {
+            commands: Arc::new(tokio::sync::Mutex::new(commands_rx)),
+            ready: ready.clone(),
+            metrics: metrics.clone(),
+        };
+        let handle = Handle {
+            commands: commands_tx,
+            ready,
+            metrics,
+        };
+        (handle, link)
+    }
+
     /// The Prometheus metrics the driver keeps (dispatches, lateness).
     pub fn metrics(&self) -> &stats::Metrics {
         &self.metrics

@@ -162,7 +162,29 @@ pub struct Options {
     pub plugins: Option<Arc<plugin::Host>>,
     /// Reads what a plugin's success asks to create next.
     pub next_reader: NextReader,
+    /// In a cluster: until when this node may dispatch (its lease on the
+    /// gates). Nothing leaves after it, and the driver stops there.
+    pub deadline: Option<Arc<clock::Deadline>>,
+    /// How the last dispatcher stopped.
+    pub start: Start,
 }
+
+/// How the engine's last run ended, which decides what becomes of the
+/// attempts it left in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Start {
+    /// This process ran the gates before and stopped (or died): its
+    /// attempts died with it and are retried at once.
+    #[default]
+    Restart,
+    /// Another node ran the gates and lost them (cluster): its attempts may
+    /// still be at their endpoints, so each keeps its slot until its timeout.
+    Takeover,
+}
+
+/// Why an attempt of a node that lost the gates ended.
+pub(super) const HANDED_OVER: &str =
+    "the node running this attempt lost the gates; held until its timeout, then retried";
 
 impl std::fmt::Debug for plugin::Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,6 +203,8 @@ impl Default for Options {
             max_descendants: DEFAULT_MAX_DESCENDANTS,
             plugins: None,
             next_reader: no_next_reader,
+            deadline: None,
+            start: Start::Restart,
         }
     }
 }
@@ -219,16 +243,48 @@ const TURN_REPORTS: usize = 8_192;
 pub fn spawn(
     store: Arc<dyn Backend>,
     options: Options,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(Handle, std::thread::JoinHandle<Result<(), StoreError>>)> {
-    let (commands_tx, commands_rx) = mpsc::channel(4_096);
-    let ready = Arc::new(AtomicBool::new(false));
-    let metrics = stats::Metrics::default();
-    let handle = Handle {
-        commands: commands_tx,
-        ready: ready.clone(),
-        metrics: metrics.clone(),
-    };
+    let (handle, link) = Handle::linked();
+    let driver = spawn_linked(store, options, shutdown, &link)?;
+    Ok((handle, driver))
+}
+
+/// The receiving end of a `Handle`: one driver after another may serve it
+/// (a cluster node runs a driver while it owns the gates, and the API keeps
+/// its handle throughout).
+#[derive(Clone)]
+pub struct Link {
+    commands: Arc<tokio::sync::Mutex<mpsc::Receiver<Command>>>,
+    ready: Arc<AtomicBool>,
+    metrics: stats::Metrics,
+}
+
+impl Link {
+    /// Refuses the commands waiting for a driver that will not come (this
+    /// node lost the gates): each caller gets "shutting down" (a 503 to
+    /// retry) instead of waiting for ever.
+    pub fn refuse_waiting(&self) {
+        if let Ok(mut commands) = self.commands.try_lock() {
+            while let Ok(command) = commands.try_recv() {
+                drop(command);
+            }
+        }
+    }
+}
+
+/// `spawn` for a handle made before: the driver serves `link` until it stops.
+pub fn spawn_linked(
+    store: Arc<dyn Backend>,
+    options: Options,
+    mut shutdown: watch::Receiver<bool>,
+    link: &Link,
+) -> std::io::Result<std::thread::JoinHandle<Result<(), StoreError>>> {
+    let Link {
+        commands,
+        ready,
+        metrics,
+    } = link.clone();
     let dispatcher =
         Dispatcher::new(options.outbound_hosts.clone()).map_err(std::io::Error::other)?;
     let runtime = tokio::runtime::Handle::current();
@@ -244,10 +300,11 @@ pub fn spawn(
                     detail: format!("driver runtime: {e}"),
                 })?;
             local.block_on(async move {
+                let mut commands_rx = commands.lock().await;
                 let (reports_tx, reports_rx) = mpsc::unbounded_channel();
                 let now = clock::now();
                 let seed = now.as_ms() ^ u64::from(std::process::id()).rotate_left(32);
-                let booted = Engine::boot(store, options.tuning, now, seed);
+                let booted = Engine::boot_as(store, options.tuning, now, seed, options.start);
                 let mut engine = match booted {
                     Ok(d) => d,
                     Err(e) => {
@@ -274,9 +331,10 @@ pub fn spawn(
                     asks: HashMap::new(),
                     permits: permits_tx,
                     ready: ready.clone(),
+                    deadline: options.deadline.clone(),
                 };
                 let result = runner
-                    .run(commands_rx, reports_rx, permits_rx, &mut shutdown)
+                    .run(&mut commands_rx, reports_rx, permits_rx, &mut shutdown)
                     .await;
                 ready.store(false, Ordering::Release);
                 result
@@ -284,7 +342,7 @@ pub fn spawn(
         })?;
     // Answer requests only once recovery from the last stop is done.
     match booted_rx.recv() {
-        Ok(Ok(())) => Ok((handle, thread)),
+        Ok(Ok(())) => Ok(thread),
         Ok(Err(e)) => Err(std::io::Error::other(e)),
         Err(_) => Err(std::io::Error::other(
             "the scheduler stopped while starting",
@@ -310,6 +368,9 @@ struct Runner {
     /// Plugin requests waiting for their gate, by task: (ask, attempt, reply).
     asks: HashMap<TaskId, Vec<(u64, u32, tokio::sync::oneshot::Sender<()>)>>,
     permits: mpsc::UnboundedSender<PermitMessage>,
+    /// In a cluster, the lease's deadline: checked right before anything is
+    /// sent, and the loop ends when it passes.
+    deadline: Option<Arc<clock::Deadline>>,
 }
 
 /// The shell's logic without its I/O loop: it owns the core and every write to

@@ -6,7 +6,7 @@ use super::*;
 impl Runner {
     pub(super) async fn run(
         &mut self,
-        mut commands: mpsc::Receiver<Command>,
+        commands: &mut mpsc::Receiver<Command>,
         mut reports: mpsc::UnboundedReceiver<Report>,
         mut permits: mpsc::UnboundedReceiver<PermitMessage>,
         shutdown: &mut watch::Receiver<bool>,
@@ -23,6 +23,15 @@ impl Runner {
             let wake = self.engine.poll_timeout();
             tokio::select! {
                 biased;
+                () = sleep_until_instant(self.deadline.as_ref().map(|d| tokio::time::Instant::from_std(d.at()))), if self.deadline.is_some() => {
+                    if self.deadline.as_ref().is_some_and(|d| !d.valid()) {
+                        // Another node may own the gates from now on: stop
+                        // at once, without a commit or a grace period.
+                        self.ready.store(false, Ordering::Release);
+                        tracing::warn!(in_flight = self.engine.running(), "the lease on the gates ran out; this node stops dispatching");
+                        return Ok(());
+                    }
+                }
                 changed = shutdown.changed(), if grace_until.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
                         self.ready.store(false, Ordering::Release);
@@ -125,9 +134,15 @@ impl Runner {
             let reports = self.reports.clone();
             let plugins = matches!(plan.action, Action::Plugin(_)).then(|| self.plugins.clone());
             let permits = self.permits.clone();
+            let deadline = self.deadline.clone();
             self.runtime.spawn(async move {
                 if release > released {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
+                }
+                if deadline.is_some_and(|d| !d.valid()) {
+                    // The lease ran out while this attempt waited: the next
+                    // owner runs it (its start is on record, so it is retried).
+                    return;
                 }
                 let report = match plugins {
                     None => dispatcher.run(plan).await,
@@ -202,7 +217,12 @@ impl Runner {
             }
             let release = self.release_at(released, wall, permit.gate, permit.at);
             let permits = self.permits.clone();
+            let deadline = self.deadline.clone();
             let answer = move || {
+                if deadline.is_some_and(|d| !d.valid()) {
+                    // Dropping the reply refuses the request: the lease is gone.
+                    return;
+                }
                 if reply.send(()).is_err() {
                     let _ = permits.send(PermitMessage::Ended {
                         task,

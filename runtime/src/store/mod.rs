@@ -94,6 +94,12 @@ pub enum StoreError {
     /// Something this store does not do (a file backup of PostgreSQL).
     #[error("{0}")]
     Unsupported(String),
+    /// A write of a node that no longer owns the gates (SPEC §9): another
+    /// node took them over, so it changed nothing.
+    #[error(
+        "this node no longer owns the gates (epoch {epoch} was superseded); nothing was written"
+    )]
+    Fenced { epoch: u64 },
 }
 
 macro_rules! from_redb {

@@ -329,6 +329,9 @@ pub struct GateView {
     pub series: SeriesView,
     /// Pending tasks falling due in each minute of the next hour.
     pub forecast: ForecastView,
+    /// In a cluster, the node that dispatches this gate.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub owner: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
@@ -483,6 +486,47 @@ impl GateView {
                 from: time(now.as_ms() - now.as_ms() % 60_000),
                 per_minute: extra.forecast,
             },
+            owner: None,
+        }
+    }
+}
+
+/// `GET /v1/cluster`.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct ClusterView {
+    /// `redb` (one node, nothing to share) or `postgres`.
+    pub store: String,
+    /// The node that answered.
+    pub node: String,
+    /// The node that owns (dispatches) the gates; `null` while a takeover
+    /// is under way.
+    #[schema(required)]
+    pub owner: Option<String>,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    /// Where the node answers the API; `null` for a single node.
+    #[schema(required)]
+    pub address: Option<String>,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub last_heartbeat_s: f64,
+    #[schema(format = DateTime)]
+    pub started_at: Option<String>,
+    /// Gates this node dispatches.
+    pub gates_owned: usize,
+}
+
+impl NodeView {
+    pub fn of(node: &crate::cluster::Node, gates: usize) -> NodeView {
+        NodeView {
+            id: node.id.clone(),
+            address: Some(node.address.clone()),
+            last_heartbeat_s: node.heartbeat_age_ms as f64 / 1000.0,
+            started_at: Some(time(node.started_at)),
+            gates_owned: if node.owner { gates } else { 0 },
         }
     }
 }

@@ -61,11 +61,25 @@ CREATE TABLE IF NOT EXISTS plugin_compiled (
     key text NOT NULL, engine bigint NOT NULL, artifact bytea NOT NULL,
     PRIMARY KEY (key, engine));
 CREATE TABLE IF NOT EXISTS lineage (root bigint PRIMARY KEY, n int NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    id text PRIMARY KEY, address text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS ownership (
+    scope text PRIMARY KEY, owner text, epoch bigint NOT NULL,
+    expires_at timestamptz NOT NULL);
 INSERT INTO meta VALUES ('next_gate_id', 1) ON CONFLICT DO NOTHING;
+INSERT INTO ownership VALUES ('gates', NULL, 0, '-infinity') ON CONFLICT DO NOTHING;
 ";
 
-/// The PostgreSQL schema version this build writes.
-const PG_SCHEMA_VERSION: u64 = 1;
+/// The PostgreSQL schema version this build writes. 2 added `nodes` and
+/// `ownership` (the cluster); a version 1 schema is upgraded in place.
+const PG_SCHEMA_VERSION: u64 = 2;
+
+/// A transaction left idle this long (its node paused, or cut off from
+/// the database) is ended by PostgreSQL, so the locks it holds (the share
+/// lock on the ownership row among them) do not hold up the next owner.
+const IDLE_IN_TRANSACTION: &str = "3s";
 
 /// Read connections kept for reuse.
 const POOL: usize = 8;
@@ -79,6 +93,10 @@ pub struct PgStore {
     schema: String,
     writer: Mutex<Conn>,
     readers: Arc<Mutex<Vec<Conn>>>,
+    /// When set, the node and epoch under which this store may write: every
+    /// write transaction first checks (and share-locks) the ownership row,
+    /// so a node whose lease was taken over writes nothing.
+    fence: Mutex<Option<(String, u64)>>,
 }
 
 /// A connection with the statements it has prepared: each SQL text is
@@ -226,35 +244,24 @@ impl PgStore {
             schema: schema.to_string(),
             writer: Mutex::new(writer),
             readers: Arc::default(),
+            fence: Mutex::default(),
         };
         store.create_schema()?;
-        store.hold_the_writer_lock()?;
         Ok(store)
     }
 
-    /// One server writes a schema at a time: a session lock on the writer
-    /// connection, released when the connection ends (the server stops or
-    /// dies). Several servers on one database need gate ownership (SPEC §9),
-    /// which this store does not do yet, so a second one is refused.
-    fn hold_the_writer_lock(&self) -> Result<()> {
-        let client = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Postgres("the writer connection was poisoned".into()))?;
-        let held: bool = wait(client.client.query_one(
-            "SELECT pg_try_advisory_lock(7206317, hashtext(current_schema()))",
-            &[],
-        ))?
-        .get(0);
-        if held {
-            Ok(())
-        } else {
-            Err(StoreError::Postgres(format!(
-                "another Sluice server is using schema {:?} of this database; \
-                 one server per schema for now (several nodes on one database come with gate ownership)",
-                self.schema
-            )))
+    /// From now on every write transaction runs only while `node` holds
+    /// the gates under `epoch` (see `cluster`); `None` lifts the check.
+    pub fn set_fence(&self, fence: Option<(String, u64)>) {
+        if let Ok(mut held) = self.fence.lock() {
+            *held = fence;
         }
+    }
+
+    /// The URL's connection settings and the schema, for the cluster's own
+    /// connections.
+    pub fn settings(&self) -> (tokio_postgres::Config, String) {
+        (self.config.clone(), self.schema.clone())
     }
 
     /// A new connection, its `search_path` set to the store's schema.
@@ -283,6 +290,13 @@ impl PgStore {
                     ))?;
                 }
                 Some(PG_SCHEMA_VERSION) => {}
+                Some(found) if found < PG_SCHEMA_VERSION => {
+                    // The tables above were created if missing: the upgrade.
+                    wait(client.execute(
+                        "UPDATE meta SET value = $1 WHERE key = 'schema_version'",
+                        &[&big(PG_SCHEMA_VERSION)],
+                    ))?;
+                }
                 Some(found) => {
                     return Err(StoreError::Postgres(format!(
                         "the database has Sluice schema version {found}, newer than this \
@@ -294,12 +308,16 @@ impl PgStore {
         })
     }
 
-    /// Runs `f` inside one transaction on the writer connection.
+    /// Runs `f` inside one transaction on the writer connection (a new one
+    /// if the last was lost: PostgreSQL restarted, say).
     fn write_client<R>(&self, f: impl FnOnce(&Conn) -> Result<R>) -> Result<R> {
-        let client = self
+        let mut client = self
             .writer
             .lock()
             .map_err(|_| StoreError::Postgres("the writer connection was poisoned".into()))?;
+        if client.client.is_closed() {
+            *client = Conn::new(self.connect()?);
+        }
         wait(client.client.batch_execute("BEGIN"))?;
         match f(&client) {
             Ok(value) => {
@@ -340,7 +358,8 @@ fn connect(
         });
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; \
+                 SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
             ))
             .await?;
         Ok::<_, tokio_postgres::Error>(client)
@@ -353,7 +372,11 @@ fn connect(
 
 impl Backend for PgStore {
     fn transact(&self, f: &mut dyn FnMut(&mut dyn Writes) -> Result<()>) -> Result<()> {
+        let fence = self.fence.lock().ok().and_then(|f| f.clone());
         self.write_client(|conn| {
+            if let Some((node, epoch)) = &fence {
+                check_fence(conn, node, *epoch)?;
+            }
             let mut tx = PgTx::new(conn);
             f(&mut tx)?;
             tx.commit()
@@ -379,6 +402,25 @@ impl Backend for PgStore {
              tools (pg_dump, or base backups with WAL archiving)"
                 .into(),
         ))
+    }
+}
+
+/// Whether `node` still holds the gates under `epoch`. The row stays
+/// key-share-locked to the end of the transaction, so a takeover (which
+/// locks it for update first) waits for this commit: either the commit
+/// lands before the takeover, whose owner then reads it, or it never lands.
+/// A renewal (a plain update of the expiry) does not wait for it.
+fn check_fence(conn: &Conn, node: &str, epoch: u64) -> Result<()> {
+    let held: Option<i64> = one(
+        conn,
+        "SELECT epoch FROM ownership WHERE scope = 'gates' AND owner = $1 FOR KEY SHARE",
+        &[&node],
+    )?
+    .map(|row| row.get(0));
+    if held.map(unbig) == Some(epoch) {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced { epoch })
     }
 }
 

@@ -1,0 +1,149 @@
+//! In a cluster, a node that does not own the gates hands each API request
+//! to the node that does, and passes its answer back: every node answers
+//! the whole API, and every write is made (and committed to PostgreSQL) by
+//! the one node whose engine holds the gates in memory. Health, readiness,
+//! `/v1/cluster`, the OpenAPI document and the dashboard's pages are
+//! answered by the node itself.
+//!
+//! A request is forwarded at most once (`sluice-forwarded-by`): if the
+//! owner has just lost the gates, the client gets a 503 with `Retry-After`
+//! and tries again, as it would while a takeover is under way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+use crate::cluster::Cluster;
+
+/// Marks a forwarded request, naming the node that sent it on.
+pub const FORWARDED_BY: &str = "sluice-forwarded-by";
+
+/// Largest request body forwarded: a plugin upload's limit and some.
+const BODY_LIMIT: usize = crate::plugin::MAX_COMPONENT + (1 << 20);
+
+/// The owner's answers may take as long as a backup's stream.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What forwarding needs: this node's view of the cluster and a client for
+/// the owner. The client reaches cluster members only, at the addresses
+/// they registered in the database, so it is not the guarded client of
+/// outgoing requests.
+#[derive(Clone)]
+pub struct Peers {
+    pub cluster: Arc<Cluster>,
+    http: reqwest::Client,
+}
+
+impl Peers {
+    pub fn new(cluster: Arc<Cluster>) -> reqwest::Result<Peers> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(ANSWER_TIMEOUT)
+            .no_proxy()
+            .build()?;
+        Ok(Peers { cluster, http })
+    }
+}
+
+/// Paths every node answers itself.
+fn local(path: &str) -> bool {
+    !(path.starts_with("/v1/") || path == "/metrics")
+        || path == "/v1/cluster"
+        || path == "/v1/openapi.json"
+}
+
+/// Hop-by-hop headers, and those the sending side sets again.
+fn passes(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-connection"
+            | "content-length"
+    )
+}
+
+fn retry_later(message: String) -> Response {
+    let mut answer = ApiError::unavailable(message).into_response();
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    answer
+}
+
+pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: Next) -> Response {
+    let Some(peers) = peers else {
+        return next.run(request).await;
+    };
+    if local(request.uri().path()) || peers.cluster.owns() {
+        return next.run(request).await;
+    }
+    if request.headers().contains_key(FORWARDED_BY) {
+        return retry_later("the gates are changing hands; retry".into());
+    }
+    let Some((owner, address)) = peers.cluster.owner() else {
+        return retry_later(
+            "no node owns the gates right now (a takeover is under way); retry".into(),
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(_) => {
+            return ApiError::too_large(format!("request body over {} MiB", BODY_LIMIT >> 20))
+                .into_response();
+        }
+    };
+    let target = format!(
+        "{}{}",
+        address.trim_end_matches('/'),
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut sent = peers.http.request(parts.method, &target).body(body);
+    for (name, value) in &parts.headers {
+        if passes(name) {
+            sent = sent.header(name, value);
+        }
+    }
+    sent = sent.header(FORWARDED_BY, peers.cluster.id());
+    let answer = match sent.send().await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(%owner, error = %e, "the owner of the gates did not answer");
+            return retry_later(format!(
+                "the node that owns the gates ({owner}) did not answer; retry"
+            ));
+        }
+    };
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = match answer.bytes().await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!(%owner, error = %e, "the owner's answer was cut off");
+            return retry_later(format!(
+                "the answer of the node that owns the gates ({owner}) was cut off"
+            ));
+        }
+    };
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    for (name, value) in &headers {
+        if passes(name) {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    response
+}

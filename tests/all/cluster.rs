@@ -1,0 +1,393 @@
+//! Three real `sluice serve` processes on one PostgreSQL server of the
+//! test's own, and the recording sink (SPEC §9). The owner of a busy gate
+//! is killed (`kill -9`), paused past its lease (`SIGSTOP`), or cut off from
+//! PostgreSQL; each time the gate moves to another node within 15 s,
+//! nothing acknowledged is lost, the sink never sees more than
+//! `burst + rate × T` in any window across the handover, and a paused
+//! owner that wakes up sends nothing more.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::clock;
+
+use crate::crash::{free_port, spawn_server_with, wait_ready};
+use crate::pg::PgServer;
+use crate::support::{Client, Hit, Sink, max_in_window, webhook_task};
+
+const RATE: f64 = 40.0;
+const BURST: usize = 4;
+const TASKS: usize = 400;
+
+struct Node {
+    child: Child,
+    client: Client,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// A node on `store`, forwarding to PostgreSQL through nothing or the
+    /// test's proxy.
+    fn spawn(store: &str) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = spawn_server_with(dir.path(), port, |c| {
+            c.env("SLUICE_STORE", store);
+        });
+        let address = format!("http://127.0.0.1:{port}");
+        Node {
+            child,
+            client: Client::new(&address),
+            address,
+            _dir: dir,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {signal}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Ours and not yet reaped: the PID is still this process's.
+            self.signal("-CONT");
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy on loopback in front of PostgreSQL that can stop forwarding:
+/// a network cut between one node and the database. Connections stay open
+/// and silent, as behind a dropped route.
+struct Proxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy listens");
+        let port = listener.local_addr().expect("addr").port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let (down_r, down_w) = down.into_split();
+                let (up_r, up_w) = up.into_split();
+                links.spawn(pipe(down_r, up_w, cut_rx.clone()));
+                links.spawn(pipe(up_r, down_w, cut_rx.clone()));
+            }
+        });
+        Proxy { port, cut, task }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        let _ = self.cut.send(cut);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while not cut; while cut, reads nothing.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if cut.wait_for(|c| !*c).await.is_err() {
+            return;
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = cut.wait_for(|c| *c) => continue,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The index of the node that owns the gates, as `asker` sees it, waiting
+/// up to 20 s for one that is not `not`.
+async fn owner(nodes: &[Node], asker: usize, not: Option<usize>) -> usize {
+    let start = clock::instant();
+    loop {
+        let (status, cluster) = nodes[asker].client.send("GET", "/v1/cluster", None).await;
+        if status == 200
+            && let Some(owner) = cluster["owner"].as_str()
+        {
+            let address = cluster["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["id"] == owner)
+                .and_then(|n| n["address"].as_str())
+                .unwrap_or("");
+            if let Some(i) = nodes.iter().position(|n| n.address == address)
+                && Some(i) != not
+            {
+                return i;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no owner other than {not:?}: {cluster}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three nodes, the first on `first` and the owner (it starts alone), the
+/// others on `store`; a busy gate with `TASKS` tasks created through
+/// another node, and some delivered already.
+async fn busy_cluster(first: &str, store: &str, sink: &Sink) -> (Vec<Node>, usize) {
+    let mut nodes = vec![Node::spawn(first)];
+    wait_ready(&nodes[0].client).await;
+    assert_eq!(owner(&nodes, 0, None).await, 0);
+    nodes.extend((1..3).map(|_| Node::spawn(store)));
+    for node in &nodes {
+        wait_ready(&node.client).await;
+    }
+    let owner = owner(&nodes, 0, None).await;
+    let other = (owner + 1) % nodes.len();
+    let c = &nodes[other].client;
+    c.put_gate(
+        "busy",
+        json!({
+            "rate": format!("{RATE}/s"), "burst": BURST, "concurrency": 10,
+            "timeout": "2s",
+            "allowed_hosts": [sink.host()],
+            "recovery": { "start": 0.25, "over": "2s" },
+        }),
+    )
+    .await;
+    for _ in 0..4 {
+        c.batch(
+            (0..TASKS / 4)
+                .map(|_| webhook_task("busy", &sink.url("/busy")))
+                .collect(),
+        )
+        .await;
+    }
+    sink.wait_for(60, Duration::from_secs(20)).await;
+    (nodes, owner)
+}
+
+/// Waits until every task has reached the sink, and every node still up
+/// counts them all as succeeded.
+async fn all_delivered(sink: &Sink, survivor: &Client) -> Vec<Hit> {
+    let start = clock::instant();
+    loop {
+        let hits = sink.hits();
+        let tasks: BTreeSet<&str> = hits.iter().map(|h| h.task.as_str()).collect();
+        if tasks.len() >= TASKS {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} of {TASKS} tasks reached the sink",
+            tasks.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let (_, gate) = survivor.send("GET", "/v1/gates/busy", None).await;
+        if gate["counters"]["succeeded"] == TASKS {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not all tasks succeeded: {gate}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sink.hits()
+}
+
+/// The sink's windows across the whole run, handovers included. Two owners
+/// at once would send at twice the rate.
+fn windows_hold(hits: &[Hit]) {
+    let times: Vec<Instant> = hits.iter().map(|h| h.at).collect();
+    for (width, slack) in [(Duration::from_secs(1), 2), (Duration::from_secs(5), 2)] {
+        let bound = BURST + (RATE * width.as_secs_f64()) as usize;
+        let seen = max_in_window(&times, width);
+        assert!(
+            seen <= bound + slack,
+            "{seen} arrivals in a {width:?} window, bound {bound}"
+        );
+    }
+}
+
+/// The longest silence at the sink after `from`: how long the gate stood
+/// still while it moved.
+fn longest_gap(hits: &[Hit], from: Instant) -> Duration {
+    let mut times: Vec<Instant> = hits.iter().map(|h| h.at).filter(|t| *t >= from).collect();
+    times.sort();
+    let mut gap = times
+        .first()
+        .map_or(Duration::MAX, |t| t.duration_since(from));
+    for pair in times.windows(2) {
+        gap = gap.max(pair[1].duration_since(pair[0]));
+    }
+    gap
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_death_moves_its_gates_and_the_window_holds() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let (mut nodes, owner) = busy_cluster(&pg.url(), &pg.url(), &sink).await;
+    let killed = clock::instant();
+    nodes[owner].child.kill().expect("kill -9");
+    let _ = nodes[owner].child.wait();
+    let survivor = (owner + 1) % nodes.len();
+    let taker = self::owner(&nodes, survivor, Some(owner)).await;
+    assert_ne!(taker, owner);
+    let hits = all_delivered(&sink, &nodes[survivor].client).await;
+    let gap = longest_gap(&hits, killed);
+    eprintln!("kill -9: the gate stood still for {gap:?}");
+    assert!(
+        gap < Duration::from_secs(15),
+        "the gate stood still {gap:?}"
+    );
+    windows_hold(&hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_wakes_up_to_send_nothing() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let (nodes, owner) = busy_cluster(&pg.url(), &pg.url(), &sink).await;
+    let survivor = (owner + 1) % nodes.len();
+    nodes[owner].signal("-STOP");
+    let paused = clock::instant();
+    let taker = self::owner(&nodes, survivor, Some(owner)).await;
+    // Stay paused well past the lease (5 s) and the takeover.
+    let sent_before = sink.hits().len();
+    sink.wait_for(sent_before + 40, Duration::from_secs(15))
+        .await;
+    nodes[owner].signal("-CONT");
+    let woke = clock::instant();
+    assert!(woke.duration_since(paused) > Duration::from_secs(5));
+    let hits = all_delivered(&sink, &nodes[taker].client).await;
+    let gap = longest_gap(&hits, paused);
+    eprintln!("SIGSTOP: the gate stood still for {gap:?}");
+    assert!(
+        gap < Duration::from_secs(15),
+        "the gate stood still {gap:?}"
+    );
+    windows_hold(&hits);
+    // What the woken node still had to send is what the taker holds as
+    // "lost the gates": none of those attempts may reach the sink after
+    // the wake-up.
+    let late: BTreeSet<(&str, u32)> = hits
+        .iter()
+        .filter(|h| h.at > woke)
+        .map(|h| (h.task.as_str(), h.attempt))
+        .collect();
+    for (task, attempt) in late {
+        let t = nodes[taker].client.task(task).await;
+        let record = &t["attempts"][attempt as usize - 1];
+        assert!(
+            !record["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("lost the gates")),
+            "the woken node sent attempt {attempt} of {task}: {t}"
+        );
+    }
+    // It is a node like the others again: it answers by forwarding.
+    let (status, cluster) = nodes[owner].client.send("GET", "/v1/cluster", None).await;
+    assert_eq!(status, 200, "{cluster}");
+    assert_ne!(cluster["owner"], Value::Null, "{cluster}");
+    assert_ne!(cluster["owner"], cluster["node"], "{cluster}");
+    let late = nodes[owner]
+        .client
+        .create(webhook_task("busy", &sink.url("/after")))
+        .await;
+    assert_eq!(late["gate"], "busy", "{late}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_cut_off_from_postgres_stops_and_its_gates_move() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(pg.port()).await;
+    let sink = Sink::start().await;
+    let (nodes, owner) = busy_cluster(&proxy.url(), &pg.url(), &sink).await;
+    assert_eq!(owner, 0, "the node behind the proxy owns the gates");
+    proxy.set_cut(true);
+    let cut = clock::instant();
+    let taker = self::owner(&nodes, 1, Some(0)).await;
+    let sent_before = sink.hits().len();
+    sink.wait_for(sent_before + 40, Duration::from_secs(15))
+        .await;
+    proxy.set_cut(false);
+    let hits = all_delivered(&sink, &nodes[taker].client).await;
+    let gap = longest_gap(&hits, cut);
+    eprintln!("cut off: the gate stood still for {gap:?}");
+    assert!(
+        gap < Duration::from_secs(15),
+        "the gate stood still {gap:?}"
+    );
+    windows_hold(&hits);
+    // Back on the network, it answers again, by forwarding.
+    let back = nodes[0]
+        .client
+        .create(webhook_task("busy", &sink.url("/after")))
+        .await;
+    assert_eq!(back["gate"], "busy", "{back}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_loses_nothing() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let (nodes, owner) = busy_cluster(&pg.url(), &pg.url(), &sink).await;
+    let restarted = clock::instant();
+    pg.restart();
+    let hits = all_delivered(&sink, &nodes[(owner + 1) % nodes.len()].client).await;
+    let gap = longest_gap(&hits, restarted);
+    eprintln!("PostgreSQL restart: the gate stood still for {gap:?}");
+    assert!(
+        gap < Duration::from_secs(15),
+        "the gate stood still {gap:?}"
+    );
+    windows_hold(&hits);
+}
