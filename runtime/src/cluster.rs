@@ -88,7 +88,10 @@ pub struct Cluster {
     terms: Terms,
     config: tokio_postgres::Config,
     schema: String,
+    /// The heartbeat's and the lease's connection.
     client: tokio::sync::Mutex<Option<Client>>,
+    /// The API's (`nodes`), so a busy dashboard never delays a renewal.
+    views: tokio::sync::Mutex<Option<Client>>,
     seen: Mutex<Seen>,
 }
 
@@ -124,6 +127,7 @@ impl Cluster {
             config,
             schema,
             client: tokio::sync::Mutex::new(None),
+            views: tokio::sync::Mutex::new(None),
             seen: Mutex::default(),
         });
         cluster.beat().await?;
@@ -162,7 +166,15 @@ impl Cluster {
         &self,
         query: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
-        let mut slot = self.client.lock().await;
+        self.on(&self.client, query).await
+    }
+
+    async fn on<T>(
+        &self,
+        connection: &tokio::sync::Mutex<Option<Client>>,
+        query: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut slot = connection.lock().await;
         let limit = self.terms.renew_every.max(Duration::from_millis(200));
         if slot.as_ref().is_none_or(Client::is_closed) {
             let connecting = tokio::time::timeout(limit, connect(&self.config, &self.schema));
@@ -243,10 +255,12 @@ impl Cluster {
             .seen
             .lock()
             .map_err(|_| StoreError::Postgres("cluster state poisoned".into()))?;
+        let current =
+            |seen: &Seen, lease: &Lease| seen.held.as_ref().is_some_and(|l| l.epoch == lease.epoch);
         if let Some(lease) = &held {
-            if renewed {
+            if renewed && current(&seen, lease) {
                 lease.deadline.extend_to(deadline(&self.terms, sent));
-            } else if seen.held.as_ref().is_some_and(|l| l.epoch == lease.epoch) {
+            } else if !renewed && current(&seen, lease) {
                 // Taken over (it can only have lapsed): stop now.
                 tracing::warn!(epoch = lease.epoch, "the gates were taken over");
                 lease.deadline.revoke();
@@ -349,7 +363,7 @@ impl Cluster {
 
     /// The nodes, freshest first, with the owner marked.
     pub async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
-        self.with_client(async |client| {
+        self.on(&self.views, async |client| {
             let rows = client
                 .query(
                     "SELECT n.id, n.address, \

@@ -256,6 +256,9 @@ async fn supervise(
         let lease = match cluster.try_acquire().await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
+                // A request that reached the handle just as the gates left
+                // gets its 503 (retry) now, not when they come back.
+                link.refuse_waiting();
                 pause(every, &mut stop).await;
                 continue;
             }

@@ -295,7 +295,23 @@ async fn a_paused_owner_wakes_up_to_send_nothing() {
     let survivor = (owner + 1) % nodes.len();
     nodes[owner].signal("-STOP");
     let paused = clock::instant();
-    let taker = self::owner(&nodes, survivor, Some(owner)).await;
+    // A request another node forwards to the paused owner (whose kernel
+    // still accepts the connection) comes back once the gates have moved,
+    // not after the forwarding timeout.
+    let forwarded = async {
+        let (status, body) = nodes[survivor]
+            .client
+            .send("GET", "/v1/gates/busy", None)
+            .await;
+        (status, body, paused.elapsed())
+    };
+    let (taker, (status, body, took)) =
+        tokio::join!(self::owner(&nodes, survivor, Some(owner)), forwarded);
+    assert!(status == 503 || status == 200, "{status}: {body}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the forwarded request took {took:?}"
+    );
     // Stay paused well past the lease (5 s) and the takeover.
     let sent_before = sink.hits().len();
     sink.wait_for(sent_before + 40, Duration::from_secs(15))

@@ -96,3 +96,55 @@ async fn a_server_on_postgres_delivers_and_keeps_its_tasks_across_a_restart() {
     );
     assert_eq!(sink.hits().len(), 23, "each task arrived once");
 }
+
+/// A server from before clusters held an exclusive advisory lock on its
+/// schema and knows no lease: a node must not start beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_does_not_start_beside_a_server_from_before_clusters() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    let open = |url: String| {
+        tokio::task::spawn_blocking(move || sluice::store::PgStore::open(&url).map(drop))
+    };
+    open(url.clone())
+        .await
+        .expect("joined")
+        .expect("the schema is created");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .batch_execute("SET search_path TO sluice")
+        .await
+        .expect("search_path");
+    // As the old server did; the store just closed may still hold its
+    // shared lock for a moment.
+    let start = sluice::clock::instant();
+    loop {
+        let held: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(7206317, hashtext(current_schema()))",
+                &[],
+            )
+            .await
+            .expect("lock")
+            .get(0);
+        if held {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never got the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = open(url.clone()).await.expect("joined");
+    let message = refused
+        .expect_err("started beside an old server")
+        .to_string();
+    assert!(message.contains("before clusters"), "{message}");
+    drop(client);
+}

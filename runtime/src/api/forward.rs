@@ -27,8 +27,8 @@ pub const FORWARDED_BY: &str = "sluice-forwarded-by";
 /// Largest request body forwarded: a plugin upload's limit and some.
 const BODY_LIMIT: usize = crate::plugin::MAX_COMPONENT + (1 << 20);
 
-/// The owner's answers may take as long as a backup's stream.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest wait for the owner's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What forwarding needs: this node's view of the cluster and a client for
 /// the owner. The client reaches cluster members only, at the addresses
@@ -118,7 +118,23 @@ pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: N
         }
     }
     sent = sent.header(FORWARDED_BY, peers.cluster.id());
-    let answer = match sent.send().await {
+    // A paused owner still accepts connections (its kernel does): give up
+    // as soon as another node has taken the gates over.
+    let moved = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if peers.cluster.owner().is_none_or(|(id, _)| id != owner) {
+                return;
+            }
+        }
+    };
+    let sent = tokio::select! {
+        sent = sent.send() => sent,
+        () = moved => {
+            return retry_later(format!("the gates moved away from {owner} while it answered; retry"));
+        }
+    };
+    let answer = match sent {
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(%owner, error = %e, "the owner of the gates did not answer");

@@ -98,17 +98,17 @@ impl Engine {
                     continue;
                 }
                 if start == Start::Takeover {
-                    // Another node sent this attempt and may still be waiting
-                    // for its answer: the endpoint is busy with it until its
-                    // timeout, so it keeps its slot until then, then counts as
-                    // interrupted and retries.
+                    // Another node may have sent this attempt (at any time
+                    // up to its deadline, which is before now) and may still
+                    // be waiting for its answer: the endpoint can be busy
+                    // with it for a timeout from now, so it keeps its slot
+                    // until then, then counts as interrupted and retries.
                     let timeout = turn.task(*id)?.map_or(0, |t| t.timeout_ms);
-                    let started = record.as_ref().map_or(now.as_ms(), |r| r.started_at);
                     driver.core.handle_input(
                         now,
                         Input::HoldInterrupted {
                             task: queued,
-                            until: Timestamp(started.saturating_add(timeout).max(now.as_ms())),
+                            until: Timestamp(now.as_ms().saturating_add(timeout)),
                         },
                     );
                     continue;

@@ -139,15 +139,27 @@ impl Runner {
                 if release > released {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
                 }
-                if deadline.is_some_and(|d| !d.valid()) {
+                if deadline.as_ref().is_some_and(|d| !d.valid()) {
                     // The lease ran out while this attempt waited: the next
                     // owner runs it (its start is on record, so it is retried).
                     return;
                 }
-                let report = match plugins {
-                    None => dispatcher.run(plan).await,
-                    Some(Some(host)) => host.run(plan, dispatcher, permits).await,
-                    Some(None) => plugin::unavailable(plan),
+                let run = async {
+                    match plugins {
+                        None => dispatcher.run(plan).await,
+                        Some(Some(host)) => host.run(plan, dispatcher, permits).await,
+                        Some(None) => plugin::unavailable(plan),
+                    }
+                };
+                let report = match deadline {
+                    None => run.await,
+                    // A lookup or a connect still under way when the lease
+                    // runs out is dropped before anything is written, and
+                    // the driver, which stopped, wants no report.
+                    Some(deadline) => tokio::select! {
+                        report = run => report,
+                        () = deadline.lapsed() => return,
+                    },
                 };
                 let _ = reports.send(report);
             });

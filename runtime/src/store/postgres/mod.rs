@@ -177,6 +177,20 @@ fn unint(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
+/// A database that stops answering (a cut network, a frozen host) is
+/// noticed within seconds, not when TCP gives up after minutes: keepalive
+/// probes after 5 s of silence, and sent data unacknowledged for 10 s ends
+/// the connection. The writer then fails its transaction, the driver stops,
+/// and the node stands by until it can take the gates again.
+fn detect_lost_peers(config: &mut tokio_postgres::Config) {
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(5))
+        .keepalives_interval(std::time::Duration::from_secs(1))
+        .keepalives_retries(3)
+        .tcp_user_timeout(std::time::Duration::from_secs(10));
+}
+
 /// Refuses a connection that would carry the password and the data in the
 /// clear beyond this machine: this build speaks to PostgreSQL without TLS,
 /// so a server elsewhere is reached only when the URL says `sslmode=disable`
@@ -231,6 +245,8 @@ impl PgStore {
             .parse()
             .map_err(|e| StoreError::Postgres(format!("invalid PostgreSQL URL: {e}")))?;
         check_transport(&config)?;
+        let mut config = config;
+        detect_lost_peers(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("sluice-postgres")
@@ -247,7 +263,38 @@ impl PgStore {
             fence: Mutex::default(),
         };
         store.create_schema()?;
+        store.refuse_older_servers()?;
         Ok(store)
+    }
+
+    /// Servers from before clusters held this lock exclusively to be alone
+    /// on a schema; every node now holds it shared for its life (its
+    /// writer connection's session). So a node will not start beside such
+    /// a server, which knows no lease and no fence, nor it beside a node.
+    fn refuse_older_servers(&self) -> Result<()> {
+        let client = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Postgres("the writer connection was poisoned".into()))?;
+        self.share_the_schema(&client)
+    }
+
+    /// Takes the shared lock on `conn`'s session (see `refuse_older_servers`).
+    fn share_the_schema(&self, conn: &Conn) -> Result<()> {
+        let held: bool = wait(conn.client.query_one(
+            "SELECT pg_try_advisory_lock_shared(7206317, hashtext(current_schema()))",
+            &[],
+        ))?
+        .get(0);
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::Postgres(format!(
+                "a Sluice server from before clusters is using schema {:?} of this database: \
+                 stop it before starting this one (upgrade every node)",
+                self.schema
+            )))
+        }
     }
 
     /// From now on every write transaction runs only while `node` holds
@@ -316,7 +363,9 @@ impl PgStore {
             .lock()
             .map_err(|_| StoreError::Postgres("the writer connection was poisoned".into()))?;
         if client.client.is_closed() {
-            *client = Conn::new(self.connect()?);
+            let fresh = Conn::new(self.connect()?);
+            self.share_the_schema(&fresh)?;
+            *client = fresh;
         }
         wait(client.client.batch_execute("BEGIN"))?;
         match f(&client) {
