@@ -148,3 +148,37 @@ async fn a_node_does_not_start_beside_a_server_from_before_clusters() {
     assert!(message.contains("before clusters"), "{message}");
     drop(client);
 }
+
+/// `sluice migrate` creates (or upgrades) the schema and exits, as the
+/// step before starting a new build on every node; run again, it changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_schema_and_can_run_again() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    for _ in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["migrate", "--store", &pg.url()])
+            .output()
+            .expect("sluice migrate");
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{said}");
+        assert!(
+            said.contains(&format!(
+                "schema is at version {}",
+                sluice::store::PG_SCHEMA_VERSION
+            )),
+            "{said}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("SLUICE_STORE")
+        .output()
+        .expect("sluice migrate");
+    assert_eq!(out.status.code(), Some(3), "no store in an empty dir");
+}

@@ -182,6 +182,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create or upgrade the store's schema and exit (`serve` does the same
+    /// when it starts): the upgrade step before starting a new build on
+    /// every node of a cluster.
+    Migrate {
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The PostgreSQL store (`postgres://user@host/db`); the data dir's
+        /// file when not given.
+        #[arg(long, env = "SLUICE_STORE", hide_env_values = true)]
+        store: Option<String>,
+    },
     /// Exit 0 when the server is ready to serve (`GET /readyz` answers 200):
     /// a health probe that needs no curl.
     Ready {
@@ -547,6 +558,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             repair,
             json,
         } => ops::check(&data_dir, repair, json),
+        Command::Migrate { data_dir, store } => ops::migrate(&data_dir, store.as_deref()),
     }
 }
 

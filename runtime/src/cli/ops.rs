@@ -196,6 +196,44 @@ pub(super) fn restore(file: &Path, data_dir: &Path, force: bool) -> Result<(), F
 
 /// `sluice check --data-dir DIR [--repair]`: a stopped server's store against
 /// a scan of its records.
+/// `sluice migrate`: opens the store the way `serve` does, which creates
+/// or upgrades its schema (under PostgreSQL's advisory lock, or redb's file
+/// lock), and says where it stands.
+pub(super) fn migrate(data_dir: &Path, store: Option<&str>) -> Result<(), Failure> {
+    match store {
+        Some(url) => {
+            // The URL may hold a password: the message names the store only.
+            crate::store::PgStore::open(url).map_err(|e| Failure {
+                code: 1,
+                message: format!("the PostgreSQL store: {e}"),
+            })?;
+            println!(
+                "the PostgreSQL schema is at version {}",
+                crate::store::PG_SCHEMA_VERSION
+            );
+        }
+        None => {
+            let path = data_dir.join(DATA_FILE);
+            if !path.exists() {
+                return Err(Failure {
+                    code: 3,
+                    message: format!("no store at {}", path.display()),
+                });
+            }
+            crate::store::Store::open(&path).map_err(|e| Failure {
+                code: if in_use(&e) { 4 } else { 1 },
+                message: format!("opening {}: {e}", path.display()),
+            })?;
+            println!(
+                "{} is at schema version {}",
+                path.display(),
+                crate::store::SCHEMA_VERSION
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn check(data_dir: &Path, repair: bool, json: bool) -> Result<(), Failure> {
     let path = data_dir.join(DATA_FILE);
     if !path.exists() {

@@ -74,7 +74,7 @@ INSERT INTO ownership VALUES ('gates', NULL, 0, '-infinity') ON CONFLICT DO NOTH
 
 /// The PostgreSQL schema version this build writes. 2 added `nodes` and
 /// `ownership` (the cluster); a version 1 schema is upgraded in place.
-const PG_SCHEMA_VERSION: u64 = 2;
+pub const PG_SCHEMA_VERSION: u64 = 2;
 
 /// A transaction left idle this long (its node paused, or cut off from
 /// the database) is ended by PostgreSQL, so the locks it holds (the share
