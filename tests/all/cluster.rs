@@ -248,6 +248,21 @@ fn windows_hold(hits: &[Hit]) {
     }
 }
 
+/// After a disruption at `since`: every task delivered (and counted by
+/// `survivor`), the gate never still for 15 s, the windows held. Prints
+/// how long it stood still.
+async fn moved_on(sink: &Sink, survivor: &Client, since: Instant, what: &str) -> Vec<Hit> {
+    let hits = all_delivered(sink, survivor).await;
+    let gap = longest_gap(&hits, since);
+    eprintln!("{what}: the gate stood still for {gap:?}");
+    assert!(
+        gap < Duration::from_secs(15),
+        "{what}: the gate stood still {gap:?}"
+    );
+    windows_hold(&hits);
+    hits
+}
+
 /// The longest silence at the sink after `from`: how long the gate stood
 /// still while it moved.
 fn longest_gap(hits: &[Hit], from: Instant) -> Duration {
@@ -275,14 +290,7 @@ async fn the_owners_death_moves_its_gates_and_the_window_holds() {
     let survivor = (owner + 1) % nodes.len();
     let taker = self::owner(&nodes, survivor, Some(owner)).await;
     assert_ne!(taker, owner);
-    let hits = all_delivered(&sink, &nodes[survivor].client).await;
-    let gap = longest_gap(&hits, killed);
-    eprintln!("kill -9: the gate stood still for {gap:?}");
-    assert!(
-        gap < Duration::from_secs(15),
-        "the gate stood still {gap:?}"
-    );
-    windows_hold(&hits);
+    moved_on(&sink, &nodes[survivor].client, killed, "kill -9").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,14 +327,7 @@ async fn a_paused_owner_wakes_up_to_send_nothing() {
     nodes[owner].signal("-CONT");
     let woke = clock::instant();
     assert!(woke.duration_since(paused) > Duration::from_secs(5));
-    let hits = all_delivered(&sink, &nodes[taker].client).await;
-    let gap = longest_gap(&hits, paused);
-    eprintln!("SIGSTOP: the gate stood still for {gap:?}");
-    assert!(
-        gap < Duration::from_secs(15),
-        "the gate stood still {gap:?}"
-    );
-    windows_hold(&hits);
+    let hits = moved_on(&sink, &nodes[taker].client, paused, "SIGSTOP").await;
     // What the woken node still had to send is what the taker holds as
     // "lost the gates": none of those attempts may reach the sink after
     // the wake-up.
@@ -373,14 +374,7 @@ async fn an_owner_cut_off_from_postgres_stops_and_its_gates_move() {
     sink.wait_for(sent_before + 40, Duration::from_secs(15))
         .await;
     proxy.set_cut(false);
-    let hits = all_delivered(&sink, &nodes[taker].client).await;
-    let gap = longest_gap(&hits, cut);
-    eprintln!("cut off: the gate stood still for {gap:?}");
-    assert!(
-        gap < Duration::from_secs(15),
-        "the gate stood still {gap:?}"
-    );
-    windows_hold(&hits);
+    moved_on(&sink, &nodes[taker].client, cut, "cut off").await;
     // Back on the network, it answers again, by forwarding.
     let back = nodes[0]
         .client
@@ -398,12 +392,11 @@ async fn postgres_restarted_under_load_loses_nothing() {
     let (nodes, owner) = busy_cluster(&pg.url(), &pg.url(), &sink).await;
     let restarted = clock::instant();
     pg.restart();
-    let hits = all_delivered(&sink, &nodes[(owner + 1) % nodes.len()].client).await;
-    let gap = longest_gap(&hits, restarted);
-    eprintln!("PostgreSQL restart: the gate stood still for {gap:?}");
-    assert!(
-        gap < Duration::from_secs(15),
-        "the gate stood still {gap:?}"
-    );
-    windows_hold(&hits);
+    moved_on(
+        &sink,
+        &nodes[(owner + 1) % nodes.len()].client,
+        restarted,
+        "PostgreSQL restart",
+    )
+    .await;
 }

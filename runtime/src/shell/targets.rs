@@ -45,24 +45,21 @@ pub(super) fn of_records(
             version: p.version.clone(),
             input: p.input.clone(),
         }),
-        (Some(w), None) => Target::Webhook(Webhook {
-            url: w.url.clone(),
-            method: w.method.clone(),
-            headers: w.headers.clone(),
-            body: w.body.clone().map(|b| match b {
-                BodyRecord::Json(v) => Body::Json(v),
-                BodyRecord::Text(t) => Body::Text(t),
-            }),
-            secret_headers: w.secret_headers.clone(),
-        }),
-        // Never written; a damaged record gets a target its gate refuses.
-        (None, None) => Target::Webhook(Webhook {
-            url: String::new(),
-            method: "POST".into(),
-            headers: Default::default(),
-            body: None,
-            secret_headers: Default::default(),
-        }),
+        (webhook, None) => {
+            // Neither is never written; a damaged record gets a target its
+            // gate refuses.
+            let w = webhook.clone().unwrap_or_else(WebhookRecord::empty);
+            Target::Webhook(Webhook {
+                url: w.url,
+                method: w.method,
+                headers: w.headers,
+                body: w.body.map(|b| match b {
+                    BodyRecord::Json(v) => Body::Json(v),
+                    BodyRecord::Text(t) => Body::Text(t),
+                }),
+                secret_headers: w.secret_headers,
+            })
+        }
     }
 }
 
@@ -75,13 +72,7 @@ pub(super) fn action(record: &TaskRecord) -> Action {
             input: p.input.to_string(),
         }),
         (webhook, None) => {
-            let w = webhook.clone().unwrap_or_else(|| WebhookRecord {
-                url: String::new(),
-                method: "POST".into(),
-                headers: Default::default(),
-                body: None,
-                secret_headers: Default::default(),
-            });
+            let w = webhook.clone().unwrap_or_else(WebhookRecord::empty);
             let (body, json) = match &w.body {
                 None => (Bytes::new(), false),
                 Some(BodyRecord::Json(v)) => {

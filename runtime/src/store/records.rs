@@ -143,6 +143,21 @@ pub struct WebhookRecord {
     pub secret_headers: BTreeSet<String>,
 }
 
+impl WebhookRecord {
+    /// A request to nowhere: what a damaged task record (neither a webhook
+    /// nor a plugin) reads as, so its gate refuses it instead of the
+    /// engine failing on it.
+    pub fn empty() -> WebhookRecord {
+        WebhookRecord {
+            url: String::new(),
+            method: "POST".into(),
+            headers: Default::default(),
+            body: None,
+            secret_headers: Default::default(),
+        }
+    }
+}
+
 /// A plugin task's target: which plugin version runs it, with what input.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct PluginCallRecord {
