@@ -32,39 +32,55 @@ pub fn deadline(at: Timestamp) -> tokio::time::Instant {
     tokio::time::Instant::from_std(instant() + wait)
 }
 
-/// How long this node may still act for a cluster lease: an instant on the
-/// monotonic clock, moved later by each renewal. A paused process
-/// (`SIGSTOP`, a long stall) wakes up past it, because the monotonic clock
-/// runs on while the process does not (not across a suspend of the whole
-/// machine, which `CLOCK_MONOTONIC` does not count). Everything that sends
-/// on the lease's behalf asks `valid` right before it sends, and gives up
-/// at `lapsed`. A revoked deadline stays revoked: a renewal that lands
-/// after a handover cannot bring it back.
-#[derive(Debug)]
+/// A reading of a clock that counts every moment since the machine
+/// started, a suspend of the whole machine included (Linux's
+/// `CLOCK_BOOTTIME`; elsewhere the monotonic clock): what the cluster
+/// lease's deadline is measured on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Uptime(u64);
+
+impl Uptime {
+    pub fn plus(self, d: std::time::Duration) -> Uptime {
+        Uptime(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub fn uptime() -> Uptime {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+    Uptime(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn uptime() -> Uptime {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(instant);
+    Uptime(u64::try_from(instant().duration_since(start).as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// How long this node may still act for a cluster lease, on the `uptime`
+/// clock, moved later by each renewal. A paused process (`SIGSTOP`, a long
+/// stall) or a suspended machine wakes up past it, because that clock ran
+/// on. Everything that sends on the lease's behalf asks `valid` right
+/// before it sends, and gives up at `lapsed`. A revoked deadline stays
+/// revoked: a renewal that lands after a handover cannot bring it back.
+#[derive(Debug, Default)]
 pub struct Deadline {
-    base: Instant,
-    /// Nanoseconds after `base`; 0 means never valid.
+    /// `Uptime` nanoseconds; 0 means never valid.
     until: std::sync::atomic::AtomicU64,
     revoked: std::sync::atomic::AtomicBool,
 }
 
-impl Default for Deadline {
-    fn default() -> Self {
-        Deadline {
-            base: instant(),
-            until: std::sync::atomic::AtomicU64::new(0),
-            revoked: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-}
-
 impl Deadline {
     /// Moves the deadline to `at`, if that is later (and it is not revoked).
-    pub fn extend_to(&self, at: Instant) {
-        let nanos = at.saturating_duration_since(self.base).as_nanos();
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
+    pub fn extend_to(&self, at: Uptime) {
         self.until
-            .fetch_max(nanos, std::sync::atomic::Ordering::AcqRel);
+            .fetch_max(at.0, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// From now on nothing is valid, for good (the lease was handed over
@@ -74,28 +90,33 @@ impl Deadline {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    pub fn at(&self) -> Instant {
+    fn left(&self) -> std::time::Duration {
         if self.revoked.load(std::sync::atomic::Ordering::Acquire) {
-            return self.base;
+            return std::time::Duration::ZERO;
         }
-        let nanos = self.until.load(std::sync::atomic::Ordering::Acquire);
-        self.base + std::time::Duration::from_nanos(nanos)
+        let until = self.until.load(std::sync::atomic::Ordering::Acquire);
+        std::time::Duration::from_nanos(until.saturating_sub(uptime().0))
+    }
+
+    /// When it passes, as an instant of the monotonic clock (for timers).
+    pub fn at(&self) -> Instant {
+        instant() + self.left()
     }
 
     /// Whether the lease still holds on this node's clock.
     pub fn valid(&self) -> bool {
-        instant() < self.at()
+        !self.left().is_zero()
     }
 
     /// Waits until the deadline has passed for good (renewals move it
     /// while this waits).
     pub async fn lapsed(&self) {
         loop {
-            let at = self.at();
-            if instant() >= at {
+            let left = self.left();
+            if left.is_zero() {
                 return;
             }
-            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            tokio::time::sleep(left).await;
         }
     }
 }
@@ -108,11 +129,11 @@ mod tests {
     fn a_revoked_deadline_stays_revoked() {
         let deadline = Deadline::default();
         assert!(!deadline.valid(), "never valid before a renewal");
-        deadline.extend_to(instant() + std::time::Duration::from_secs(60));
+        deadline.extend_to(uptime().plus(std::time::Duration::from_secs(60)));
         assert!(deadline.valid());
         deadline.revoke();
         assert!(!deadline.valid());
-        deadline.extend_to(instant() + std::time::Duration::from_secs(120));
+        deadline.extend_to(uptime().plus(std::time::Duration::from_secs(120)));
         assert!(!deadline.valid(), "a late renewal brought it back");
     }
 }

@@ -6,8 +6,9 @@
 //! and why the gate invariant holds across a handover:
 //!
 //! - The owner renews every `Terms::renew_every`. It may act until
-//!   `Terms::deadline(sent)`, measured on its own monotonic clock from the
-//!   moment it sent the renewal that succeeded. The database sets the expiry
+//!   `Terms::hold` after the moment it sent the renewal that succeeded, on
+//!   its own clock (`clock::uptime`, which neither a pause nor a suspend of
+//!   the machine stops). The database sets the expiry
 //!   to its `now()` plus the lease, and its `now()` comes after that moment,
 //!   so the owner's deadline (a margin short of the lease) falls before the
 //!   expiry, whatever happens to the owner meanwhile: a `SIGSTOP`, a long
@@ -36,7 +37,7 @@
 //! only after its commit, so an acknowledged create is in PostgreSQL.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
@@ -45,8 +46,8 @@ use crate::store::StoreError;
 
 pub use crate::core::lease::Terms;
 
-fn deadline(terms: &Terms, sent: Instant) -> Instant {
-    sent + terms.hold()
+fn deadline(terms: &Terms, sent: clock::Uptime) -> clock::Uptime {
+    sent.plus(terms.hold())
 }
 
 fn lease_ms(terms: &Terms) -> i64 {
@@ -207,7 +208,7 @@ impl Cluster {
     /// owner as the database sees it.
     pub async fn beat(&self) -> Result<(), StoreError> {
         let held = self.seen.lock().ok().and_then(|s| s.held.clone());
-        let sent = clock::instant();
+        let sent = clock::uptime();
         let (id, address, lease_ms) =
             (self.id.clone(), self.address.clone(), lease_ms(&self.terms));
         let (renewed, owner) = self
@@ -278,7 +279,7 @@ impl Cluster {
     /// stopped (PostgreSQL restarted under it, say): the new epoch fences
     /// whatever that engine left. `None` while another node holds them.
     pub async fn try_acquire(&self) -> Result<Option<Lease>, StoreError> {
-        let sent = clock::instant();
+        let sent = clock::uptime();
         let (id, lease_ms) = (self.id.clone(), lease_ms(&self.terms));
         let epoch = self
             .with_client(async |client| {
