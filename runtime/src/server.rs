@@ -19,6 +19,9 @@ use crate::store::{Backend, PgStore, Store, StoreError};
 
 pub const DATA_FILE: &str = "sluice.redb";
 
+/// How long a stopped server waits for the last user of its store to let go.
+const STORE_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Running {
     addr: SocketAddr,
     tls: bool,
@@ -35,6 +38,9 @@ pub struct Running {
     driver: tokio::task::JoinHandle<anyhow::Result<()>>,
     plugins: Arc<crate::plugin::Host>,
     cluster: Option<Arc<Cluster>>,
+    /// The store, to see it closed: `wait` returns once nothing holds it, so
+    /// the file (or the connections) are free for whatever comes next.
+    store: std::sync::Weak<dyn Backend>,
 }
 
 impl Running {
@@ -70,12 +76,32 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = self.http_stop.send(true);
         let mut http = self.http;
-        match tokio::time::timeout(self.grace, &mut http).await {
-            Ok(joined) => joined.context("joining the HTTP server")??,
+        let cut = match tokio::time::timeout(self.grace, &mut http).await {
+            Ok(joined) => {
+                joined.context("joining the HTTP server")??;
+                false
+            }
             Err(_) => {
                 tracing::warn!("answers still being sent after the grace period are cut off");
                 http.abort();
+                true
             }
+        };
+        drop(self.plugins);
+        // The listener's end does not wait for its connections' tasks to drop
+        // what they hold (the router, and with it the store): after a clean
+        // end, wait for them, within a bound, so that the file (or the
+        // connections) are free when this returns. Cut answers hold it until
+        // the runtime ends.
+        let closing = std::time::Instant::now();
+        while !cut && self.store.strong_count() > 0 {
+            if closing.elapsed() > STORE_CLOSE_WAIT {
+                tracing::warn!(
+                    "the store is still held after the stop; it closes when its last user ends"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         result
     }
@@ -181,6 +207,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         .map(Peers::new)
         .transpose()
         .context("the client that forwards to the owner of the gates")?;
+    let held_store = Arc::downgrade(&store);
     let app = api::router(AppState {
         store,
         shell: handle,
@@ -223,6 +250,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         driver,
         plugins,
         cluster,
+        store: held_store,
     })
 }
 

@@ -559,6 +559,35 @@ async fn stores_of_every_earlier_schema_upgrade_in_place() {
     }
 }
 
+/// A stopped server has let go of its store: the file opens at once, even
+/// right after answers on several kept-alive connections (whose tasks end a
+/// moment after the listener does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_lets_go_of_its_file() {
+    let temp = tempfile::tempdir().expect("dir");
+    for round in 0..20 {
+        let mut server = Server::start_in(temp.path()).await;
+        let mut asking = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let c = server.client();
+            asking.spawn(async move {
+                for _ in 0..3 {
+                    let (status, _) = c.send("GET", "/v1/gates", None).await;
+                    assert_eq!(status, 200);
+                }
+            });
+        }
+        while let Some(asked) = asking.join_next().await {
+            asked.expect("asked");
+        }
+        server.stop().await;
+        let file = temp.path().join(sluice::server::DATA_FILE);
+        if let Err(e) = Store::open(&file) {
+            panic!("round {round}: the stopped server still holds its file: {e}");
+        }
+    }
+}
+
 /// SIGTERM while a plugin upload is half sent, batches of tasks are being
 /// created and failed tasks are being replayed (`retry`): the server exits
 /// cleanly within its grace period; after a restart every task whose batch was
