@@ -225,10 +225,18 @@ function config(g) {
     ['Circuit', g.circuit ? `opens after ${g.circuit.failures} failures, cooldown ${g.circuit.cooldown} (max ${g.circuit.max_cooldown})` : 'off'],
     ['Circuit open until', g.circuit_open_until ? time(g.circuit_open_until) : null],
     ['Throttled until', g.throttled_until ? time(g.throttled_until) : null],
+    ['Endpoint quota', g.quota_headers ? quota(g.quota) : 'ignored (quota_headers off)'],
     ['Signing secrets', count(g.signing_secrets)],
     ['Created', time(g.created_at)],
     ['Updated', time(g.updated_at)],
   ]);
+}
+
+// What the endpoint's own quota headers said, less what the gate sent since.
+function quota(q) {
+  if (!q) return 'none stated';
+  const of = q.limit != null ? ` of ${count(q.limit)}${q.window ? ` per ${q.window}` : ''}` : '';
+  return `${count(q.remaining)} left${of}, resets ${time(q.reset_at)}`;
 }
 
 function counters(g) {

@@ -22,6 +22,8 @@ pub struct GateSpec {
     /// `None` keeps the secrets the gate has (the API never shows them, so a
     /// client cannot send them back); `Some(vec![])` removes them.
     pub signing_secrets: Option<Vec<String>>,
+    /// Pace by the quota the endpoint's responses state.
+    pub quota_headers: bool,
 }
 
 /// Defaults a gate gets for what its spec leaves out.

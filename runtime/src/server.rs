@@ -93,7 +93,7 @@ impl Running {
         // end, wait for them, within a bound, so that the file (or the
         // connections) are free when this returns. Cut answers hold it until
         // the runtime ends.
-        let closing = std::time::Instant::now();
+        let closing = crate::clock::instant();
         while !cut && self.store.strong_count() > 0 {
             if closing.elapsed() > STORE_CLOSE_WAIT {
                 tracing::warn!(

@@ -20,6 +20,7 @@ mod ops;
 mod pg;
 mod plugins;
 mod postgres;
+mod quota;
 mod recovery;
 mod schedules;
 mod security;

@@ -157,6 +157,7 @@ impl World {
                 concurrency: c.concurrency,
                 allowed_hosts: vec!["127.0.0.1:9".into()],
                 accept_next_from: Vec::new(),
+                quota_headers: true,
                 timeout: Duration::from_secs(5),
                 retry: RetryPolicy {
                     max_attempts: 50,
@@ -360,6 +361,7 @@ impl World {
             timed_out: false,
             response: None,
             lease,
+            quota: None,
             logs: Vec::new(),
             next: Vec::new(),
         };

@@ -45,6 +45,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     let float = || Family::<GateLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let int = Family::<GateLabel, Gauge>::default;
     let (backlog, due, in_flight, concurrency) = (int(), int(), int(), int());
+    let (quota_remaining, quota_reset) = (int(), float());
     let (effective, configured, oldest) = (float(), float(), float());
     let gate_state = Family::<StateLabel, Gauge>::default();
     for live in state.shell.live(None).await? {
@@ -64,6 +65,10 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         effective.get_or_create(&label).set(view.effective_rate);
         configured.get_or_create(&label).set(view.rate_per_s);
         oldest.get_or_create(&label).set(view.oldest_due_age_s);
+        if let Some(quota) = &view.quota {
+            set(&quota_remaining, quota.remaining);
+            quota_reset.get_or_create(&label).set(quota.reset_in_s);
+        }
         for s in STATES {
             gate_state
                 .get_or_create(&StateLabel {
@@ -98,6 +103,16 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         oldest,
     );
     registry.register("gate_state", "1 for the gate's current state", gate_state);
+    registry.register(
+        "gate_quota_remaining",
+        "Requests the endpoint's stated quota still allows before its reset (gates whose endpoint states one)",
+        quota_remaining,
+    );
+    registry.register(
+        "gate_quota_reset_seconds",
+        "Seconds until the endpoint's stated quota resets",
+        quota_reset,
+    );
     let kept = state.shell.metrics();
     registry.register(
         "dispatches",

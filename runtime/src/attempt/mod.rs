@@ -6,6 +6,7 @@
 //! Below both executors and the shell, so none of them reaches sideways or up
 //! for these.
 
+pub mod quota;
 pub mod sign;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,6 +84,8 @@ pub struct Report {
     pub timed_out: bool,
     /// A `202` with `Sluice-Lease`: the endpoint holds the work for this long.
     pub lease: Option<Duration>,
+    /// The quota the response stated (`quota::read_quota`).
+    pub quota: Option<crate::core::Quota>,
     /// A plugin attempt's log lines.
     pub logs: Vec<LogRecord>,
     /// Tasks a plugin's success asks for, as `POST /v1/tasks` JSON texts;

@@ -19,14 +19,61 @@ pub(super) struct SinkState {
     pub(super) arrivals: Mutex<Vec<Arrival>>,
     /// Paths answering 503 until this instant.
     pub(super) down_until: Mutex<BTreeMap<String, Instant>>,
+    /// Paths that enforce a quota and state it.
+    pub(super) quotas: Mutex<BTreeMap<String, Quota>>,
+}
+
+/// An endpoint's quota: `limit` requests per fixed window of the wall clock
+/// (windows start at multiples of `window_ms` since the Unix epoch), stated
+/// in every answer as the IETF draft's `RateLimit` and `RateLimit-Policy`;
+/// past it, 429.
+#[derive(Default)]
+pub(super) struct Quota {
+    pub(super) limit: u64,
+    pub(super) window_ms: u64,
+    pub(super) counts: BTreeMap<u64, u64>,
+    pub(super) refused: u64,
+}
+
+impl Quota {
+    pub(super) fn new(limit: u64, window: Duration) -> Quota {
+        Quota {
+            limit,
+            window_ms: window.as_millis() as u64,
+            ..Quota::default()
+        }
+    }
+
+    /// Counts a request at `wall_ms`: whether it is within the quota, and
+    /// the headers that state what is left.
+    fn arrive(&mut self, wall_ms: u64) -> (bool, [(&'static str, String); 2]) {
+        let window = wall_ms / self.window_ms;
+        let count = self.counts.entry(window).or_default();
+        *count += 1;
+        let allowed = *count <= self.limit;
+        if !allowed {
+            self.refused += 1;
+        }
+        let left = self.limit.saturating_sub(*count);
+        let reset_s = ((window + 1) * self.window_ms - wall_ms).div_ceil(1_000);
+        let headers = [
+            ("ratelimit", format!("\"q\";r={left};t={reset_s}")),
+            (
+                "ratelimit-policy",
+                format!("\"q\";q={};w={}", self.limit, self.window_ms / 1_000),
+            ),
+        ];
+        (allowed, headers)
+    }
 }
 
 pub(super) async fn sink_handler(
     State(state): State<Arc<SinkState>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-) -> StatusCode {
+) -> (StatusCode, HeaderMap) {
     let at = clock::instant();
+    let wall_ms = clock::now().as_ms();
     let path = uri.path().to_string();
     let get = |n: &str| {
         headers
@@ -48,7 +95,7 @@ pub(super) async fn sink_handler(
     if let Ok(mut a) = state.arrivals.lock() {
         a.push(Arrival {
             at,
-            wall_ms: clock::now().as_ms(),
+            wall_ms,
             path,
             task: get("sluice-task-id"),
             scheduled_ms,
@@ -57,10 +104,26 @@ pub(super) async fn sink_handler(
     if slow {
         tokio::time::sleep(Duration::from_secs(120)).await;
     }
+    let mut answer = HeaderMap::new();
+    let quota = state
+        .quotas
+        .lock()
+        .ok()
+        .and_then(|mut q| q.get_mut(uri.path()).map(|q| q.arrive(wall_ms)));
+    if let Some((allowed, stated)) = quota {
+        for (name, value) in stated {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                answer.insert(name, value);
+            }
+        }
+        if !allowed {
+            return (StatusCode::TOO_MANY_REQUESTS, answer);
+        }
+    }
     if down {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, answer)
     } else {
-        StatusCode::OK
+        (StatusCode::OK, answer)
     }
 }
 

@@ -30,7 +30,7 @@ pub struct Options {
     pub gates: u64,
     pub out: PathBuf,
     pub quick: bool,
-    /// Run only these workloads (w1, w1c, w2 … w5b, w6, w7, w7c); all when
+    /// Run only these workloads (w1, w1c, w2 … w5b, w6, w7, w7c, w10); all when
     /// empty. W7c (a cluster) runs only with a PostgreSQL `store`.
     pub only: Vec<String>,
     /// A PostgreSQL URL for the servers' store; redb files when `None`.
@@ -151,6 +151,68 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             }
         }
         results.insert("w7".into(), json!(sweep));
+    }
+    if options.runs("w10") {
+        // W10: an endpoint that allows 1,000 requests per 10 s window and
+        // says so in its headers; a gate configured far above it.
+        let (limit, window_s, n) = if options.quick {
+            (100u64, 3u64, 500usize)
+        } else {
+            (1_000, 10, 5_000)
+        };
+        let path = "/w10";
+        if let Ok(mut quotas) = sink.state.quotas.lock() {
+            quotas.insert(
+                path.into(),
+                Quota::new(limit, Duration::from_secs(window_s)),
+            );
+        }
+        server
+            .gate("w10", json!({ "rate": "10000/s", "burst": 100, "concurrency": 100, "allowed_hosts": [host], "recovery": { "start": 1.0 }, "circuit": null, "retry": { "max_attempts": 100 } }))
+            .await?;
+        server
+            .create(
+                (0..n).map(|_| task("w10", &url(path), None)).collect(),
+                10_000,
+                1,
+            )
+            .await?;
+        let windows = (n as u64).div_ceil(limit);
+        let within = Duration::from_secs(60 + 3 * windows * window_s);
+        let got = sink.wait(path, n, within).await;
+        let (refused, busiest) = sink
+            .state
+            .quotas
+            .lock()
+            .ok()
+            .and_then(|q| {
+                q.get(path)
+                    .map(|q| (q.refused, q.counts.values().copied().max().unwrap_or(0)))
+            })
+            .unwrap_or_default();
+        let first = got.iter().map(|a| a.wall_ms).min().unwrap_or(0);
+        let last = got.iter().map(|a| a.wall_ms).max().unwrap_or(0);
+        let makespan_s = (last - first) as f64 / 1_000.0;
+        // Ideal: the whole quota of each window from the first arrival on,
+        // the last window's share sent the moment it opens.
+        let window_ms = window_s * 1_000;
+        let ideal_s = (((first / window_ms) + windows - 1) * window_ms).saturating_sub(first)
+            as f64
+            / 1_000.0;
+        results.insert(
+            "w10".into(),
+            json!({ "tasks": n, "limit": limit, "window_s": window_s, "requests": got.len(), "refused_429": refused, "busiest_window": busiest, "makespan_s": makespan_s, "ideal_makespan_s": ideal_s }),
+        );
+        rows.push((
+            format!("W10 quota {limit} per {window_s} s, {n} tasks: 429s, busiest window"),
+            format!("{refused} ({} requests), {busiest}", got.len()),
+            format!("0, ≤ {limit}"),
+        ));
+        rows.push((
+            "W10 makespan (ideal)".into(),
+            format!("{makespan_s:.1} s ({ideal_s:.1} s)"),
+            String::new(),
+        ));
     }
     if options.runs("w2") {
         // W2: gate accuracy at 500/s.

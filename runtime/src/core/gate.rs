@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use super::quota::{Quota, QuotaPace, QuotaView};
 use super::time::{Rate, Timestamp, duration_ms};
 
 /// The limits of a gate, as the core needs them. Hosts, timeouts and default
@@ -22,6 +23,9 @@ pub struct GateLimits {
     pub concurrency: u32,
     pub recovery: Recovery,
     pub circuit: Option<CircuitPolicy>,
+    /// Pace by the quota the endpoint states in its responses (SPEC §1,
+    /// `quota_headers`).
+    pub quota_headers: bool,
 }
 
 /// After a start, a resume or a closed circuit, the effective rate begins at
@@ -215,6 +219,8 @@ pub struct Gate {
     cut: Option<(f64, Timestamp)>,
     /// How far ahead of its token a start may be admitted (see [`Limiter`]).
     lookahead_ms: u64,
+    /// The endpoint's quota, as its last answers stated it.
+    quota: Option<QuotaPace>,
 }
 
 impl Gate {
@@ -231,6 +237,7 @@ impl Gate {
             throttled_until: None,
             cut: None,
             lookahead_ms: 0,
+            quota: None,
         }
     }
 
@@ -252,6 +259,9 @@ impl Gate {
         let rate = self.effective_rate(now);
         self.limiter.refill(now, rate, self.limits.burst);
         self.limits = limits;
+        if !limits.quota_headers {
+            self.quota = None;
+        }
         if limits.circuit.is_none() {
             self.circuit = Circuit::Closed {
                 consecutive_failures: 0,
@@ -378,6 +388,7 @@ impl Gate {
         if self.in_flight >= self.limits.concurrency {
             return Err(None);
         }
+        self.quota_allows(now).map_err(Some)?;
         if self.ramp_since.is_some() && self.ramp_factor(now) >= 1.0 {
             self.ramp_since = None;
         }
@@ -399,6 +410,7 @@ impl Gate {
             .limiter
             .admit(now, rate, self.limits.burst, ahead)
             .map_err(Some)?;
+        self.quota_taken(now);
         if probe && let Circuit::HalfOpen { cooldown, .. } = self.circuit {
             self.circuit = Circuit::HalfOpen {
                 cooldown,
@@ -436,11 +448,13 @@ impl Gate {
         if extra_slot && self.in_flight >= self.limits.concurrency {
             return Err(None);
         }
+        self.quota_allows(now).map_err(Some)?;
         let rate = self.effective_rate(now);
         let at = self
             .limiter
             .admit(now, rate, self.limits.burst, self.lookahead_ms)
             .map_err(Some)?;
+        self.quota_taken(now);
         if extra_slot {
             self.in_flight += 1;
         }
@@ -457,6 +471,33 @@ impl Gate {
         }
         if let Signal::Throttled { retry_after } = signal {
             self.throttle(now, retry_after);
+        }
+    }
+
+    /// A response stated the endpoint's quota: from now on the gate spends
+    /// what remains of it evenly until the reset (see [`QuotaPace`]). The
+    /// attempts in flight besides the one that answered are charged to it.
+    pub fn quota_seen(&mut self, now: Timestamp, quota: Quota) {
+        if !self.limits.quota_headers {
+            return;
+        }
+        let others = u64::from(self.in_flight.saturating_sub(1));
+        self.quota = Some(QuotaPace::seen(self.quota, now, quota, others));
+    }
+
+    /// The quota as last stated, less what the gate spent since.
+    pub fn quota(&self, now: Timestamp) -> Option<QuotaView> {
+        self.quota.and_then(|q| q.at(now)).map(|q| q.view())
+    }
+
+    fn quota_allows(&mut self, now: Timestamp) -> Result<(), Timestamp> {
+        self.quota = self.quota.and_then(|q| q.at(now));
+        self.quota.as_ref().map_or(Ok(()), |q| q.check(now))
+    }
+
+    fn quota_taken(&mut self, now: Timestamp) {
+        if let Some(quota) = &mut self.quota {
+            quota.take(now);
         }
     }
 
@@ -607,6 +648,7 @@ mod tests {
                 cooldown: Duration::from_secs(10),
                 max_cooldown: Duration::from_secs(30),
             }),
+            quota_headers: true,
         }
     }
 

@@ -125,6 +125,7 @@ impl World {
                     over: Duration::from_secs(2),
                 },
                 circuit: None,
+                quota_headers: true,
             },
             row: Row::vacant(),
             nodes,

@@ -7,6 +7,7 @@
 pub mod gate;
 pub mod ids;
 pub mod lease;
+pub mod quota;
 pub mod retry;
 pub mod rng;
 pub mod schedule;
@@ -15,6 +16,7 @@ pub mod time;
 
 pub use gate::{CircuitPolicy, Gate, GateLimits, GateState, Recovery, Signal};
 pub use ids::{GateId, TaskId};
+pub use quota::{Quota, QuotaView};
 pub use retry::{Backoff, RetryPolicy};
 pub use scheduler::{
     Effect, End, FailReason, GateStatus, Input, Key, Outcome, Permit, QueuedTask, Scheduler, Tuning,

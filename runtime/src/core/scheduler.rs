@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use super::gate::{Gate, GateLimits, GateState, RETRY_AFTER_MAX, Signal};
 use super::ids::{GateId, TaskId};
+use super::quota::{Quota, QuotaView};
 use super::retry::RetryPolicy;
 use super::rng::Rng;
 use super::time::Timestamp;
@@ -158,6 +159,14 @@ pub enum Input {
         attempt: u32,
         ask: u64,
     },
+    /// The answer to attempt `attempt` of `task` (or to one of its plugin's
+    /// requests) stated the endpoint's quota. Comes before the attempt's
+    /// (or request's) end, while it is still counted in flight.
+    QuotaSeen {
+        task: TaskId,
+        attempt: u32,
+        quota: Quota,
+    },
     /// A request that had its permit is done; `signal` says whether the endpoint
     /// asked the gate to slow down (only `Throttled` changes the gate).
     RequestEnded {
@@ -272,6 +281,7 @@ pub struct GateStatus {
     pub due_exact: bool,
     pub circuit_open_until: Option<Timestamp>,
     pub throttled_until: Option<Timestamp>,
+    pub quota: Option<QuotaView>,
 }
 
 #[derive(Debug)]
@@ -478,6 +488,19 @@ impl Scheduler {
                     self.poke(gate);
                 }
             }
+            Input::QuotaSeen {
+                task,
+                attempt,
+                quota,
+            } => {
+                let gate = match self.running.get(&task) {
+                    Some(r) if r.task.attempts == attempt => Some(r.task.gate),
+                    _ => self.orphans.get(&(task, attempt)).map(|&(gate, _)| gate),
+                };
+                if let Some(lane) = gate.and_then(|g| self.lanes.get_mut(&g)) {
+                    lane.gate.quota_seen(now, quota);
+                }
+            }
             Input::RequestEnded {
                 task,
                 attempt,
@@ -619,6 +642,7 @@ impl Scheduler {
             due_exact: lane.disk_next.is_none_or(|(due, _)| due > now),
             circuit_open_until: lane.gate.circuit_open_until(),
             throttled_until: lane.gate.throttled_until(),
+            quota: lane.gate.quota(now),
         })
     }
 

@@ -27,6 +27,7 @@ fn limits(per_s: f64, concurrency: u32) -> GateLimits {
             over: Duration::ZERO,
         },
         circuit: None::<CircuitPolicy>,
+        quota_headers: true,
     }
 }
 

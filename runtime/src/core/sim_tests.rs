@@ -87,6 +87,7 @@ fn limits(rng: &mut Rng) -> GateLimits {
             }
         },
         circuit: None,
+        quota_headers: true,
     }
 }
 
@@ -611,6 +612,7 @@ fn a_gate_starts_tasks_in_due_order() {
             over: Duration::ZERO,
         },
         circuit: None,
+        quota_headers: true,
     };
     w.set_gate(GateId(0), l);
     for _ in 0..50 {

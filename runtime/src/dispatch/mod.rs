@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::attempt::quota::read_quota;
 use crate::attempt::{Action, MAX_LEASE, Plan, Report, Request, classify, parse_retry_after, sign};
 use crate::clock;
-use crate::core::Outcome;
+use crate::core::{Outcome, Quota};
+use crate::store::LogRecord;
 
 /// The first this many bytes of a response body are kept in history.
 pub const RESPONSE_EXCERPT: usize = 4 * 1024;
@@ -108,7 +110,12 @@ impl Dispatcher {
             timed_out,
             response,
             lease,
+            quota,
         } = self.attempt(&plan).await;
+        let (quota, logs) = match quota {
+            Ok(quota) => (quota, Vec::new()),
+            Err(why) => (None, vec![LogRecord::host(&why)]),
+        };
         Report {
             task: plan.task,
             attempt: plan.attempt,
@@ -120,7 +127,8 @@ impl Dispatcher {
             timed_out,
             response,
             lease,
-            logs: Vec::new(),
+            quota,
+            logs,
             next: Vec::new(),
         }
     }
@@ -209,8 +217,18 @@ impl Dispatcher {
                 .and_then(|v| crate::core::parse_duration(v).ok())
                 .filter(|d| !d.is_zero())
                 .map(|d| d.min(MAX_LEASE));
+            let headers = response.headers();
+            let quota = read_quota(
+                |name| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                },
+                clock::now(),
+            );
             let excerpt = read_excerpt(response).await;
-            Ok::<_, reqwest::Error>((status, retry_after, excerpt, lease))
+            Ok::<_, reqwest::Error>((status, retry_after, excerpt, lease, quota))
         };
         let timed_out = || Exchange {
             timed_out: true,
@@ -226,7 +244,7 @@ impl Dispatcher {
             Err(_) => timed_out(),
             Ok(Err(e)) if e.is_timeout() => timed_out(),
             Ok(Err(e)) => Exchange::failed(Outcome::Failed { retry_after: None }, describe(&e)),
-            Ok(Ok((status, retry_after, excerpt, lease))) => {
+            Ok(Ok((status, retry_after, excerpt, lease, quota))) => {
                 let code = status.as_u16();
                 let (outcome, error) = classify(code, retry_after);
                 Exchange {
@@ -237,6 +255,7 @@ impl Dispatcher {
                     response: excerpt,
                     // Only 202 with a lease starts long-running work.
                     lease: lease.filter(|_| code == 202),
+                    quota,
                 }
             }
         }
@@ -296,6 +315,8 @@ struct Exchange {
     timed_out: bool,
     response: Option<String>,
     lease: Option<Duration>,
+    /// What the response said of the endpoint's quota, or why it was ignored.
+    quota: Result<Option<Quota>, String>,
 }
 
 impl Exchange {
@@ -308,6 +329,7 @@ impl Exchange {
             timed_out: false,
             response: None,
             lease: None,
+            quota: Ok(None),
         }
     }
 }

@@ -429,6 +429,7 @@ impl Host {
             timed_out,
             response,
             lease: None,
+            quota: None,
             logs,
             next,
         }

@@ -67,6 +67,8 @@ pub enum PermitMessage {
         task: TaskId,
         attempt: u32,
         signal: Signal,
+        /// The quota the response stated.
+        quota: Option<crate::core::Quota>,
     },
 }
 
@@ -83,6 +85,7 @@ pub fn unavailable(plan: Plan) -> Report {
         timed_out: false,
         response: None,
         lease: None,
+        quota: None,
         logs: Vec::new(),
         next: Vec::new(),
     }

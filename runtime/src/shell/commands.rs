@@ -199,6 +199,7 @@ impl Engine {
                 max_cooldown_ms: crate::core::time::duration_ms(c.max_cooldown),
             }),
             accept_next_from: spec.accept_next_from,
+            quota_headers: spec.quota_headers,
             signing_secrets: spec.signing_secrets.unwrap_or(secrets),
             paused,
             created_at,

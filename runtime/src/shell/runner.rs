@@ -188,14 +188,23 @@ impl Runner {
                 task,
                 attempt,
                 signal,
-            } => self.engine.core.handle_input(
-                now,
-                Input::RequestEnded {
+                quota,
+            } => {
+                if let Some(quota) = quota {
+                    let seen = Input::QuotaSeen {
+                        task,
+                        attempt,
+                        quota,
+                    };
+                    self.engine.core.handle_input(now, seen);
+                }
+                let ended = Input::RequestEnded {
                     task,
                     attempt,
                     signal,
-                },
-            ),
+                };
+                self.engine.core.handle_input(now, ended);
+            }
         }
     }
 
@@ -240,6 +249,7 @@ impl Runner {
                         task,
                         attempt,
                         signal: crate::core::Signal::Neutral,
+                        quota: None,
                     });
                 }
             };

@@ -111,6 +111,16 @@ impl Engine {
         if record.ended_at.is_some() {
             return Ok(());
         }
+        if let Some(quota) = report.quota {
+            self.core.handle_input(
+                turn.now,
+                Input::QuotaSeen {
+                    task: report.task,
+                    attempt: report.attempt,
+                    quota,
+                },
+            );
+        }
         if report.outcome == Outcome::Succeeded && !report.next.is_empty() {
             // A plugin's next steps: created with the success, or the attempt
             // fails (all or nothing, like a completion's).
@@ -136,6 +146,7 @@ impl Engine {
             record.response = report.response.clone();
             record.lease_until = Some(until.as_ms());
             record.lease_ms = Some(lease.as_millis() as u64);
+            record.logs = std::mem::take(&mut report.logs);
             turn.tx.put_attempt(id, &record)?;
             self.core.handle_input(
                 turn.now,

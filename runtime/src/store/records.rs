@@ -27,6 +27,9 @@ pub struct GateRecord {
     /// Gates whose tasks may create `next` tasks in this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accept_next_from: Vec<String>,
+    /// Pace by the quota the endpoint's responses state (on unless turned off).
+    #[serde(default = "on", skip_serializing_if = "is_on")]
+    pub quota_headers: bool,
     pub paused: bool,
     pub created_at: u64,
     pub updated_at: u64,
@@ -55,6 +58,14 @@ pub struct CircuitRecord {
     pub max_cooldown_ms: u64,
 }
 
+fn on() -> bool {
+    true
+}
+
+fn is_on(value: &bool) -> bool {
+    *value
+}
+
 impl GateRecord {
     pub fn limits(&self) -> GateLimits {
         GateLimits {
@@ -73,6 +84,7 @@ impl GateRecord {
                 cooldown: Duration::from_millis(c.cooldown_ms),
                 max_cooldown: Duration::from_millis(c.max_cooldown_ms),
             }),
+            quota_headers: self.quota_headers,
         }
     }
 }

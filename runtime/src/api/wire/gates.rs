@@ -90,6 +90,10 @@ pub struct GateBody {
     /// Gates whose tasks may create `next` tasks (a completion's, a plugin's)
     /// in this gate. Default none: a `next` task stays in its source's gate.
     pub accept_next_from: Option<Vec<String>>,
+    /// Pace by the quota the endpoint states in its responses (`RateLimit` /
+    /// `RateLimit-Policy`, `RateLimit-*`, `X-RateLimit-*`), so its limit is
+    /// never exceeded; default `true`.
+    pub quota_headers: Option<bool>,
 }
 
 impl GateBody {
@@ -225,6 +229,7 @@ impl GateBody {
             })?;
         }
         Ok(GateSpec {
+            quota_headers: self.quota_headers.unwrap_or(true),
             signing_secrets: self.signing_secrets,
             accept_next_from,
             rate,
@@ -299,6 +304,8 @@ pub struct GateView {
     pub circuit: Option<CircuitView>,
     /// How many signing secrets the gate has; the secrets are never shown.
     pub signing_secrets: usize,
+    /// Whether the endpoint's quota headers pace the gate.
+    pub quota_headers: bool,
     pub paused: bool,
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -323,6 +330,10 @@ pub struct GateView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime)]
     pub throttled_until: Option<String>,
+    /// The endpoint's quota as its last answers stated it, less what the
+    /// gate sent since; absent when none stated one (or `quota_headers` is off).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub quota: Option<QuotaStateView>,
     /// Attempts over the last minute and the last five.
     pub recent: RecentView,
     /// The last ten minutes in 10-second steps.
@@ -332,6 +343,23 @@ pub struct GateView {
     /// In a cluster, the node that dispatches this gate.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub owner: Option<String>,
+}
+
+/// What the gate knows of its endpoint's quota.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct QuotaStateView {
+    /// Requests the gate may still send before `reset_at`.
+    pub remaining: u64,
+    #[schema(format = DateTime)]
+    pub reset_at: String,
+    /// Seconds from now to `reset_at`.
+    pub reset_in_s: f64,
+    /// The endpoint's stated limit per window, when it stated one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub limit: Option<u64>,
+    /// The window, like `"60s"`, when the endpoint stated one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub window: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
@@ -441,6 +469,7 @@ impl GateView {
                 max_cooldown: ms_text(c.max_cooldown_ms),
             }),
             signing_secrets: g.signing_secrets.len(),
+            quota_headers: g.quota_headers,
             paused: g.paused,
             created_at: time(g.created_at),
             updated_at: time(g.updated_at),
@@ -464,6 +493,13 @@ impl GateView {
                 .throttled_until
                 .filter(|&t| t > now)
                 .map(|t| time(t.as_ms())),
+            quota: view.quota.map(|q| QuotaStateView {
+                remaining: q.remaining,
+                reset_at: time(q.reset_at.as_ms()),
+                reset_in_s: q.reset_at.as_ms().saturating_sub(now.as_ms()) as f64 / 1_000.0,
+                limit: q.limit,
+                window: q.window.map(crate::core::format_duration),
+            }),
             recent: RecentView {
                 one_minute: window_view(&live.series, now, 60),
                 five_minutes: window_view(&live.series, now, 300),

@@ -36,8 +36,9 @@ use wasmtime_wasi_http::{Error, WasiBody, WasiHttpHooks};
 
 use super::AttemptLog;
 use crate::attempt::parse_retry_after;
+use crate::attempt::quota::read_quota;
 use crate::clock;
-use crate::core::{Signal, TaskId};
+use crate::core::{Quota, Signal, TaskId};
 use crate::dispatch::{Dispatcher, GuardRefused};
 
 /// Largest request body a plugin may send, and response body it may receive.
@@ -125,6 +126,8 @@ impl WasiHttpHooks for GateHooks {
 struct Permit {
     link: Arc<Link>,
     signal: Signal,
+    /// The endpoint's quota, as the response stated it.
+    quota: Option<Quota>,
 }
 
 impl Drop for Permit {
@@ -133,6 +136,7 @@ impl Drop for Permit {
             task: self.link.task,
             attempt: self.link.attempt,
             signal: self.signal,
+            quota: self.quota,
         });
     }
 }
@@ -164,6 +168,7 @@ impl Link {
         Ok(Permit {
             link: self.clone(),
             signal: Signal::Healthy,
+            quota: None,
         })
     }
 
@@ -274,6 +279,17 @@ async fn exchange(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, clock::now()));
         permit.signal = Signal::Throttled { retry_after };
+    }
+    let headers = response.headers();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    match read_quota(header, clock::now()) {
+        Ok(quota) => permit.quota = quota,
+        Err(why) => link.note(why),
     }
     let section: usize = response
         .headers()

@@ -1,0 +1,217 @@
+//! Self-tuning gates against endpoints that behave like real ones: an
+//! endpoint that enforces a quota in fixed windows and states it in each
+//! header family, a gate configured far above it. The gate must learn the
+//! quota from the answers and never be told 429.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Reply, Server, Sink, webhook_task};
+
+const LIMIT: u64 = 12;
+const WINDOW_S: u64 = 3;
+const TASKS: usize = 30;
+
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    /// `RateLimit` and `RateLimit-Policy` as structured-field lists.
+    Structured,
+    /// `RateLimit` as draft 07's dictionary.
+    Dictionary,
+    /// `RateLimit-Limit`, `-Remaining`, `-Reset`.
+    Trio,
+    /// `X-RateLimit-*` with the reset in seconds from now.
+    XDelay,
+    /// `X-RateLimit-*` with the reset as a Unix time.
+    XUnixTime,
+}
+
+/// Answers 429 past `LIMIT` requests in a window of the wall clock (windows
+/// start at multiples of `WINDOW_S` since the Unix epoch), and states the
+/// quota in `family`'s headers. Answers the counts per window and how many
+/// 429s it gave.
+fn enforce(sink: &Sink, family: Family) -> Arc<Mutex<(HashMap<u64, u64>, u64)>> {
+    let seen = Arc::new(Mutex::new((HashMap::new(), 0u64)));
+    let counts = seen.clone();
+    sink.behave(move |_, _| {
+        let now_ms = sluice::clock::now().as_ms();
+        let window = now_ms / (WINDOW_S * 1_000);
+        let end_ms = (window + 1) * WINDOW_S * 1_000;
+        let mut counts = counts.lock().expect("lock");
+        let count = {
+            let c = counts.0.entry(window).or_default();
+            *c += 1;
+            *c
+        };
+        let remaining = LIMIT.saturating_sub(count);
+        let reset = (end_ms - now_ms).div_ceil(1_000).to_string();
+        let mut reply = if count > LIMIT {
+            counts.1 += 1;
+            Reply::status(429)
+        } else {
+            Reply::ok()
+        };
+        let (limit, left) = (LIMIT.to_string(), remaining.to_string());
+        reply = match family {
+            Family::Structured => reply
+                .header("RateLimit", &format!("\"default\";r={left};t={reset}"))
+                .header(
+                    "RateLimit-Policy",
+                    &format!("\"default\";q={limit};w={WINDOW_S}"),
+                ),
+            Family::Dictionary => reply.header(
+                "RateLimit",
+                &format!("limit={limit}, remaining={left}, reset={reset}"),
+            ),
+            Family::Trio => reply
+                .header("RateLimit-Limit", &limit)
+                .header("RateLimit-Remaining", &left)
+                .header("RateLimit-Reset", &reset),
+            Family::XDelay => reply
+                .header("X-RateLimit-Limit", &limit)
+                .header("X-RateLimit-Remaining", &left)
+                .header("X-RateLimit-Reset", &reset),
+            Family::XUnixTime => reply
+                .header("X-RateLimit-Limit", &limit)
+                .header("X-RateLimit-Remaining", &left)
+                .header("X-RateLimit-Reset", &(end_ms / 1_000).to_string()),
+        };
+        reply
+    });
+    seen
+}
+
+fn fast_gate(sink: &Sink, quota_headers: bool) -> serde_json::Value {
+    json!({
+        "rate": "1000/s",
+        "burst": 20,
+        "concurrency": 4,
+        "allowed_hosts": [sink.host()],
+        "recovery": { "start": 1.0 },
+        "circuit": null,
+        "quota_headers": quota_headers,
+        "retry": { "max_attempts": 20, "backoff": { "initial": "100ms", "max": "1s", "jitter": false } },
+    })
+}
+
+/// Each header family paces a gate of 1,000/s down to the endpoint's 12
+/// requests per 3 s: every task succeeds, no answer is a 429, and the gate
+/// view shows the quota it learned. Without `quota_headers` the same
+/// endpoint answers 429s at once (so it does enforce its quota).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_quota_family_paces_the_gate_without_a_429() {
+    let server = Server::start().await;
+    let c = server.client();
+    let families = [
+        Family::Structured,
+        Family::Dictionary,
+        Family::Trio,
+        Family::XDelay,
+        Family::XUnixTime,
+    ];
+    let mut runs = Vec::new();
+    for (i, family) in families.into_iter().enumerate() {
+        let sink = Sink::start().await;
+        let seen = enforce(&sink, family);
+        let gate = format!("quota{i}");
+        c.put_gate(&gate, fast_gate(&sink, true)).await;
+        let ids = c
+            .batch(
+                (0..TASKS)
+                    .map(|_| webhook_task(&gate, &sink.url("/q")))
+                    .collect(),
+            )
+            .await;
+        runs.push((family, gate, sink, seen, ids));
+    }
+    // The control: the same endpoint, quota headers off.
+    let blind = Sink::start().await;
+    let blind_seen = enforce(&blind, Family::XDelay);
+    c.put_gate("blind", fast_gate(&blind, false)).await;
+    c.batch(
+        (0..TASKS)
+            .map(|_| webhook_task("blind", &blind.url("/q")))
+            .collect(),
+    )
+    .await;
+
+    // While the gates work, each view shows the quota learned (it lapses at
+    // the reset when the endpoint stated no window).
+    let mut learned: HashMap<String, Option<serde_json::Value>> =
+        runs.iter().map(|r| (r.1.clone(), None)).collect();
+    let looking = sluice::clock::instant();
+    while learned.values().any(Option::is_none) && looking.elapsed() < Duration::from_secs(10) {
+        for (gate, quota) in learned.iter_mut().filter(|(_, q)| q.is_none()) {
+            let (status, view) = c.send("GET", &format!("/v1/gates/{gate}"), None).await;
+            assert_eq!(status, 200);
+            assert_eq!(view["quota_headers"], true);
+            if view["quota"]["reset_at"].is_string() && view["quota"]["remaining"].is_u64() {
+                *quota = Some(view["quota"].clone());
+            }
+        }
+    }
+
+    // 30 tasks at 12 per 3 s take three to four windows.
+    let within = Duration::from_secs(WINDOW_S * 8);
+    for (family, gate, sink, seen, ids) in &runs {
+        for id in ids {
+            let done = c.wait_done(id, within).await;
+            assert_eq!(done["state"], "succeeded", "{family:?}: {done}");
+        }
+        let (counts, refused) = seen.lock().expect("lock").clone();
+        assert_eq!(
+            refused, 0,
+            "{family:?}: the endpoint answered 429s: {counts:?}"
+        );
+        assert!(
+            counts.values().all(|&n| n <= LIMIT),
+            "{family:?}: {counts:?}"
+        );
+        assert_eq!(sink.hits().len(), TASKS, "{family:?}: one request per task");
+        assert!(
+            learned[gate].is_some(),
+            "{family:?}: the gate view showed the quota it learned"
+        );
+    }
+    blind.wait_for(TASKS, within).await;
+    assert!(
+        blind_seen.lock().expect("lock").1 > 0,
+        "without quota_headers the endpoint refuses some: the test's endpoint enforces its quota"
+    );
+}
+
+/// Headers that cannot be trusted are ignored, and the attempt's history
+/// says why; the gate goes on at its own pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrustworthy_quota_headers_are_ignored_with_a_reason() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|_, _| {
+        Reply::ok()
+            .header("X-RateLimit-Remaining", "-5")
+            .header("X-RateLimit-Reset", "30")
+    });
+    c.put_gate("liar", fast_gate(&sink, true)).await;
+    let ids = c
+        .batch(
+            (0..5)
+                .map(|_| webhook_task("liar", &sink.url("/q")))
+                .collect(),
+        )
+        .await;
+    for id in &ids {
+        let done = c.wait_done(id, Duration::from_secs(20)).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        let logs = done["attempts"][0]["logs"].to_string();
+        assert!(
+            logs.contains("X-RateLimit-* headers ignored") && logs.contains("negative"),
+            "{done}"
+        );
+    }
+    let (_, view) = c.send("GET", "/v1/gates/liar", None).await;
+    assert!(view.get("quota").is_none(), "{view}");
+}
