@@ -215,7 +215,7 @@ function config(g) {
   const backoff = retry.backoff;
   return facts([
     ['Rate', `${g.rate} (burst ${g.burst})`],
-    ['Concurrency', count(g.concurrency)],
+    ['Concurrency', g.adaptive ? adaptive(g) : count(g.concurrency)],
     ['Allowed hosts', g.allowed_hosts.length ? g.allowed_hosts.join(', ') : 'any public host'],
     ['Next tasks from', g.accept_next_from?.length ? `this gate and ${g.accept_next_from.join(', ')}` : 'this gate only'],
     ['Timeout', g.timeout],
@@ -230,6 +230,13 @@ function config(g) {
     ['Created', time(g.created_at)],
     ['Updated', time(g.updated_at)],
   ]);
+}
+
+// The adaptive search: the limit it found, its range and what it learned.
+function adaptive(g) {
+  const a = g.adaptive;
+  const ms = (v) => (v == null ? '—' : `${decimal(v)} ms`);
+  return `${count(g.concurrency)} now, searching ${count(a.min)}–${count(a.max)} (latency ${ms(a.recent_ms)}, baseline ${ms(a.baseline_ms)})`;
 }
 
 // What the endpoint's own quota headers said, less what the gate sent since.

@@ -24,6 +24,8 @@ pub struct GateSpec {
     pub signing_secrets: Option<Vec<String>>,
     /// Pace by the quota the endpoint's responses state.
     pub quota_headers: bool,
+    /// Search for the endpoint's safe concurrency in this range.
+    pub adaptive: Option<crate::core::AdaptiveRange>,
 }
 
 /// Defaults a gate gets for what its spec leaves out.

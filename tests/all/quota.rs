@@ -1,7 +1,9 @@
-//! Self-tuning gates against endpoints that behave like real ones: an
-//! endpoint that enforces a quota in fixed windows and states it in each
-//! header family, a gate configured far above it. The gate must learn the
-//! quota from the answers and never be told 429.
+//! Self-tuning gates against endpoints that behave like real ones: one that
+//! enforces a quota in fixed windows and states it in each header family,
+//! with a gate configured far above it (the gate must learn the quota from
+//! the answers and never be told 429); one whose latency grows with the
+//! requests it holds and that fails past a knee (an adaptive gate must find
+//! the knee).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -214,4 +216,96 @@ async fn untrustworthy_quota_headers_are_ignored_with_a_reason() {
     }
     let (_, view) = c.send("GET", "/v1/gates/liar", None).await;
     assert!(view.get("quota").is_none(), "{view}");
+}
+
+/// An endpoint that answers in 50 ms while it holds up to 8 requests, in
+/// 150 ms up to 12, and with 500 beyond: an adaptive gate (1 to 50, starting
+/// at 4) settles near 8 (within 25 % for the middle of the arrivals in the
+/// second half) and causes few errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_gate_finds_the_knee() {
+    const KNEE: usize = 8;
+    const TASKS: usize = 400;
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    let held: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let (seen, at) = (held.clone(), sink.clone());
+    sink.behave(move |_, _| {
+        let now = at.in_flight() + 1;
+        seen.lock().expect("lock").push(now);
+        match now {
+            n if n <= KNEE => Reply::ok().delayed(Duration::from_millis(50)),
+            n if n <= KNEE + 4 => Reply::ok().delayed(Duration::from_millis(150)),
+            _ => Reply::status(500),
+        }
+    });
+    c.put_gate(
+        "knee",
+        json!({
+            "rate": "1000/s", "burst": 10, "concurrency": 4,
+            "adaptive": { "min": 1, "max": 50 },
+            "allowed_hosts": [sink.host()], "recovery": { "start": 1.0 }, "circuit": null,
+            "retry": { "max_attempts": 10, "backoff": { "initial": "50ms", "max": "200ms", "jitter": false } },
+        }),
+    )
+    .await;
+    let ids = c
+        .batch(
+            (0..TASKS)
+                .map(|_| webhook_task("knee", &sink.url("/k")))
+                .collect(),
+        )
+        .await;
+    for id in &ids {
+        let done = c.wait_done(id, Duration::from_secs(60)).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    let held = held.lock().expect("lock").clone();
+    let mut late = held[held.len() / 2..].to_vec();
+    late.sort_unstable();
+    let middle = late[late.len() / 2];
+    assert!(
+        (6..=10).contains(&middle),
+        "requests held when each arrived, second half, middle {middle}: {late:?}"
+    );
+    let errors = held.iter().filter(|&&n| n > KNEE + 4).count();
+    assert!(
+        errors * 20 <= held.len(),
+        "{errors} of {} arrivals past the error point",
+        held.len()
+    );
+    let (_, view) = c.send("GET", "/v1/gates/knee", None).await;
+    assert_eq!(view["adaptive"]["min"], 1, "{view}");
+    assert!(
+        view["adaptive"]["baseline_ms"]
+            .as_f64()
+            .is_some_and(|b| b >= 45.0),
+        "{view}"
+    );
+    let live = view["concurrency"].as_u64().unwrap_or(0);
+    assert!((1..=50).contains(&live), "{view}");
+}
+
+/// A range that cannot be searched is refused, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_ranges_are_checked() {
+    let server = Server::start().await;
+    let c = server.client();
+    for (adaptive, field) in [
+        (json!({ "min": 0, "max": 5 }), "adaptive.min"),
+        (json!({ "min": 5, "max": 2 }), "adaptive.max"),
+        (json!({ "min": 1, "max": 100_001 }), "adaptive.max"),
+    ] {
+        let body = json!({ "rate": "10/s", "adaptive": adaptive });
+        let (status, v) = c.send("PUT", "/v1/gates/bad", Some(body)).await;
+        assert_eq!(status, 400, "{adaptive}: {v}");
+        assert_eq!(v["error"]["field"], field, "{adaptive}: {v}");
+    }
+    let body = json!({ "rate": "10/s", "adaptive": { "min": 2, "max": 9 }, "concurrency": 5, "quota_headers": false });
+    let (status, v) = c.send("PUT", "/v1/gates/good", Some(body)).await;
+    assert_eq!(status, 201, "created: {v}");
+    assert_eq!(v["concurrency"], 5, "the search starts at concurrency: {v}");
+    assert_eq!(v["adaptive"]["max"], 9, "{v}");
+    assert_eq!(v["quota_headers"], false, "{v}");
 }

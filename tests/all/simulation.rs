@@ -158,6 +158,7 @@ impl World {
                 allowed_hosts: vec!["127.0.0.1:9".into()],
                 accept_next_from: Vec::new(),
                 quota_headers: true,
+                adaptive: None,
                 timeout: Duration::from_secs(5),
                 retry: RetryPolicy {
                     max_attempts: 50,

@@ -355,6 +355,12 @@ impl Sink {
         self.state.in_flight.lock().expect("lock").1
     }
 
+    /// Requests it holds now (a behaviour sees those before the one it
+    /// answers).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.lock().expect("lock").0
+    }
+
     /// Waits until the sink has seen at least `n` requests.
     pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Hit> {
         let mut rx = self.state.count.subscribe();

@@ -84,7 +84,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     registry.register("gate_in_flight", "Attempts running now", in_flight);
     registry.register(
         "gate_concurrency",
-        "Configured concurrency limit",
+        "Concurrency limit in force (the adaptive search's, when it runs)",
         concurrency,
     );
     registry.register(

@@ -21,6 +21,32 @@ pub(super) struct SinkState {
     pub(super) down_until: Mutex<BTreeMap<String, Instant>>,
     /// Paths that enforce a quota and state it.
     pub(super) quotas: Mutex<BTreeMap<String, Quota>>,
+    /// Paths under `/knee`: requests each holds now, and the 500s it gave.
+    pub(super) knees: Mutex<BTreeMap<String, (u32, u64)>>,
+}
+
+/// A knee endpoint's answer to a request that arrives while it holds `held`
+/// (this one included): 20 ms up to 40, 40 ms (p50 doubled) up to 60, and a
+/// 500 beyond.
+fn knee(held: u32) -> Option<Duration> {
+    match held {
+        0..=40 => Some(Duration::from_millis(20)),
+        41..=60 => Some(Duration::from_millis(40)),
+        _ => None,
+    }
+}
+
+/// Counts a request out of a knee endpoint however it ends.
+struct Held(Arc<SinkState>, String);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(mut knees) = self.0.knees.lock()
+            && let Some(k) = knees.get_mut(&self.1)
+        {
+            k.0 = k.0.saturating_sub(1);
+        }
+    }
 }
 
 /// An endpoint's quota: `limit` requests per fixed window of the wall clock
@@ -103,6 +129,26 @@ pub(super) async fn sink_handler(
     }
     if slow {
         tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    if uri.path().starts_with("/knee") {
+        let path = uri.path().to_string();
+        let held = state.knees.lock().map_or(0, |mut k| {
+            let k = k.entry(path.clone()).or_default();
+            k.0 += 1;
+            k.0
+        });
+        let _held = Held(state.clone(), path.clone());
+        match knee(held) {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => {
+                if let Ok(mut k) = state.knees.lock()
+                    && let Some(k) = k.get_mut(&path)
+                {
+                    k.1 += 1;
+                }
+                return (StatusCode::INTERNAL_SERVER_ERROR, HeaderMap::new());
+            }
+        }
     }
     let mut answer = HeaderMap::new();
     let quota = state

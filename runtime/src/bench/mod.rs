@@ -30,7 +30,7 @@ pub struct Options {
     pub gates: u64,
     pub out: PathBuf,
     pub quick: bool,
-    /// Run only these workloads (w1, w1c, w2 … w5b, w6, w7, w7c, w10); all when
+    /// Run only these workloads (w1, w1c, w2 … w5b, w6, w7, w7c, w10, w11); all when
     /// empty. W7c (a cluster) runs only with a PostgreSQL `store`.
     pub only: Vec<String>,
     /// A PostgreSQL URL for the servers' store; redb files when `None`.
@@ -213,6 +213,82 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             format!("{makespan_s:.1} s ({ideal_s:.1} s)"),
             String::new(),
         ));
+    }
+    if options.runs("w11") {
+        // W11: an endpoint whose p50 latency doubles past 40 requests held
+        // and that fails past 60: fixed concurrency settings against the
+        // adaptive search.
+        let n = if options.quick { 4_000 } else { 12_000 };
+        let mut sweep = Vec::new();
+        for setting in ["20", "40", "60", "100", "adaptive"] {
+            let name = format!("w11-{setting}");
+            let path = format!("/knee-{setting}");
+            let mut gate = json!({ "rate": "100000/s", "burst": 100, "allowed_hosts": [host], "recovery": { "start": 1.0 }, "circuit": null, "retry": { "max_attempts": 100, "backoff": { "initial": "100ms", "max": "1s" } } });
+            if setting == "adaptive" {
+                gate["concurrency"] = json!(10);
+                gate["adaptive"] = json!({ "min": 1, "max": 200 });
+            } else {
+                gate["concurrency"] = json!(setting.parse::<u32>()?);
+            }
+            server.gate(&name, gate).await?;
+            server
+                .create(
+                    (0..n).map(|_| task(&name, &url(&path), None)).collect(),
+                    10_000,
+                    1,
+                )
+                .await?;
+            // The limit the gate runs at, sampled while it works.
+            let mut limits = Vec::new();
+            let began = clock::instant();
+            let done = loop {
+                let got = sink.arrivals(&path);
+                let ok = got
+                    .iter()
+                    .map(|a| a.task.as_str())
+                    .collect::<HashSet<_>>()
+                    .len();
+                let errors = sink
+                    .state
+                    .knees
+                    .lock()
+                    .map_or(0, |k| k.get(&path).map_or(0, |k| k.1));
+                if got.len() as u64 >= n as u64 + errors && ok >= n
+                    || began.elapsed() > Duration::from_secs(300)
+                {
+                    break got;
+                }
+                if let Ok(view) = server.api.gate(&name).await {
+                    limits.push(view.concurrency);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let errors = sink
+                .state
+                .knees
+                .lock()
+                .map_or(0, |k| k.get(&path).map_or(0, |k| k.1));
+            let first = done.iter().map(|a| a.at).min().unwrap_or(began);
+            let last = done.iter().map(|a| a.at).max().unwrap_or(began);
+            let per_s = (done.len() as u64 - errors) as f64
+                / last.duration_since(first).as_secs_f64().max(1e-3);
+            let settled = limits[limits.len() / 2..]
+                .iter()
+                .map(|&l| f64::from(l))
+                .sum::<f64>()
+                / (limits.len() - limits.len() / 2).max(1) as f64;
+            sweep.push(json!({ "concurrency": setting, "tasks": n, "succeeded_per_s": per_s, "errors_500": errors, "settled_limit": settled }));
+            rows.push((
+                format!("W11 knee at 40 (errors past 60), concurrency {setting}"),
+                format!("{per_s:.0}/s, {errors} errors, limit {settled:.1}"),
+                if setting == "adaptive" {
+                    "near 40 (30–50), few errors".into()
+                } else {
+                    String::new()
+                },
+            ));
+        }
+        results.insert("w11".into(), json!(sweep));
     }
     if options.runs("w2") {
         // W2: gate accuracy at 500/s.

@@ -16,6 +16,8 @@ pub(super) async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<
             recovery_start,
             recovery_over,
             no_circuit,
+            adaptive,
+            no_quota_headers,
         } => {
             let mut body = json!({ "rate": rate });
             if let Some(b) = burst {
@@ -48,6 +50,12 @@ pub(super) async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<
             }
             if no_circuit {
                 body["circuit"] = Value::Null;
+            }
+            if let Some((min, max)) = adaptive {
+                body["adaptive"] = json!({ "min": min, "max": max });
+            }
+            if no_quota_headers {
+                body["quota_headers"] = json!(false);
             }
             api.call(
                 reqwest::Method::PUT,

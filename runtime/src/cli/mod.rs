@@ -228,6 +228,19 @@ enum TokenCommand {
     },
 }
 
+/// `MIN-MAX`, two whole numbers.
+fn parse_range(text: &str) -> Result<(u32, u32), String> {
+    let (min, max) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not MIN-MAX, e.g. 1-100"))?;
+    let number = |n: &str| {
+        n.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{n:?} in {text:?} is not a whole number"))
+    };
+    Ok((number(min)?, number(max)?))
+}
+
 #[derive(Subcommand, Debug)]
 enum GateCommand {
     /// Create or replace a gate.
@@ -262,6 +275,13 @@ enum GateCommand {
         /// Turn the circuit breaker off.
         #[arg(long)]
         no_circuit: bool,
+        /// Search for the endpoint's safe concurrency in a range, "MIN-MAX"
+        /// (e.g. "1-100"); --concurrency is where the search starts.
+        #[arg(long, value_parser = parse_range)]
+        adaptive: Option<(u32, u32)>,
+        /// Ignore the quota the endpoint states in its response headers.
+        #[arg(long)]
+        no_quota_headers: bool,
     },
     /// Show one gate.
     Get { name: String },
@@ -613,4 +633,18 @@ fn token(command: TokenCommand, json: bool) -> Result<(), Failure> {
         println!("hash = \"{hash}\"");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn adaptive_ranges_are_read_or_refused_clearly() {
+        assert_eq!(parse_range("1-100"), Ok((1, 100)));
+        assert_eq!(parse_range(" 2 - 8 "), Ok((2, 8)));
+        assert!(parse_range("10").is_err_and(|e| e.contains("MIN-MAX")));
+        assert!(parse_range("a-3").is_err_and(|e| e.contains("\"a\"")));
+        assert!(parse_range("-3").is_err());
+    }
 }

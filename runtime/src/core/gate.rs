@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use super::adaptive::{Adaptive, AdaptiveRange};
 use super::quota::{Quota, QuotaPace, QuotaView};
 use super::time::{Rate, Timestamp, duration_ms};
 
@@ -19,8 +20,11 @@ pub struct GateLimits {
     pub rate: Rate,
     /// Bucket size: how many attempts may start back to back. At least 1.
     pub burst: u32,
-    /// Attempts in flight at once. At least 1.
+    /// Attempts in flight at once. At least 1. With `adaptive`, where the
+    /// search starts.
     pub concurrency: u32,
+    /// Search for the endpoint's safe concurrency in this range (SPEC §1).
+    pub adaptive: Option<AdaptiveRange>,
     pub recovery: Recovery,
     pub circuit: Option<CircuitPolicy>,
     /// Pace by the quota the endpoint states in its responses (SPEC §1,
@@ -221,6 +225,8 @@ pub struct Gate {
     lookahead_ms: u64,
     /// The endpoint's quota, as its last answers stated it.
     quota: Option<QuotaPace>,
+    /// The concurrency found so far, with `limits.adaptive`.
+    adaptive: Option<Adaptive>,
 }
 
 impl Gate {
@@ -238,6 +244,9 @@ impl Gate {
             cut: None,
             lookahead_ms: 0,
             quota: None,
+            adaptive: limits
+                .adaptive
+                .map(|range| Adaptive::new(range, limits.concurrency)),
         }
     }
 
@@ -259,6 +268,11 @@ impl Gate {
         let rate = self.effective_rate(now);
         self.limiter.refill(now, rate, self.limits.burst);
         self.limits = limits;
+        self.adaptive = match (limits.adaptive, self.adaptive) {
+            (None, _) => None,
+            (Some(range), Some(held)) => Some(held.with_range(range, limits.concurrency)),
+            (Some(range), None) => Some(Adaptive::new(range, limits.concurrency)),
+        };
         if !limits.quota_headers {
             self.quota = None;
         }
@@ -273,6 +287,19 @@ impl Gate {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight
+    }
+
+    /// Attempts allowed in flight now: the configured concurrency, or the
+    /// one the adaptive search has found.
+    pub fn concurrency(&self) -> u32 {
+        self.adaptive
+            .as_ref()
+            .map_or(self.limits.concurrency, Adaptive::limit)
+    }
+
+    /// The adaptive search's baseline and recent latency (ms), if it runs.
+    pub fn latencies(&self) -> Option<(Option<f64>, Option<f64>)> {
+        self.adaptive.as_ref().map(Adaptive::latencies)
     }
 
     pub fn is_paused(&self) -> bool {
@@ -385,7 +412,7 @@ impl Gate {
             }
             self.throttled_until = None;
         }
-        if self.in_flight >= self.limits.concurrency {
+        if self.in_flight >= self.concurrency() {
             return Err(None);
         }
         self.quota_allows(now).map_err(Some)?;
@@ -445,7 +472,7 @@ impl Gate {
         {
             return Err(Some(until));
         }
-        if extra_slot && self.in_flight >= self.limits.concurrency {
+        if extra_slot && self.in_flight >= self.concurrency() {
             return Err(None);
         }
         self.quota_allows(now).map_err(Some)?;
@@ -471,6 +498,19 @@ impl Gate {
         }
         if let Signal::Throttled { retry_after } = signal {
             self.throttle(now, retry_after);
+            if let Some(adaptive) = &mut self.adaptive {
+                adaptive.failed(now);
+            }
+        }
+    }
+
+    /// The endpoint answered an attempt (or a plugin's request) after
+    /// `latency`: a sample for the adaptive search. Comes before the
+    /// attempt's end, while it is still counted in flight.
+    pub fn answered(&mut self, now: Timestamp, latency: Duration) {
+        let in_flight = self.in_flight;
+        if let Some(adaptive) = &mut self.adaptive {
+            adaptive.answered(now, latency, in_flight);
         }
     }
 
@@ -543,6 +583,11 @@ impl Gate {
         }
         if let Signal::Throttled { retry_after } = signal {
             self.throttle(now, retry_after);
+        }
+        if matches!(signal, Signal::Failed | Signal::Throttled { .. })
+            && let Some(adaptive) = &mut self.adaptive
+        {
+            adaptive.failed(now);
         }
         let Some(policy) = self.limits.circuit else {
             return;
@@ -649,6 +694,7 @@ mod tests {
                 max_cooldown: Duration::from_secs(30),
             }),
             quota_headers: true,
+            adaptive: None,
         }
     }
 

@@ -126,6 +126,7 @@ impl World {
                 },
                 circuit: None,
                 quota_headers: true,
+                adaptive: None,
             },
             row: Row::vacant(),
             nodes,

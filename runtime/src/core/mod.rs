@@ -4,6 +4,7 @@
 //! randomness only from a PRNG the shell seeds. That is what lets the simulation
 //! tests replay hours of outages in milliseconds. A tidy test keeps it that way.
 
+pub mod adaptive;
 pub mod gate;
 pub mod ids;
 pub mod lease;
@@ -14,6 +15,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod time;
 
+pub use adaptive::AdaptiveRange;
 pub use gate::{CircuitPolicy, Gate, GateLimits, GateState, Recovery, Signal};
 pub use ids::{GateId, TaskId};
 pub use quota::{Quota, QuotaView};

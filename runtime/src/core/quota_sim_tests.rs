@@ -81,6 +81,7 @@ fn run(seed: u64, seconds: u64) -> (u64, u64, Endpoint) {
         },
         circuit: None,
         quota_headers: true,
+        adaptive: None,
     };
     let mut gate = Gate::new(t0, limits).with_lookahead(Duration::from_millis(20));
     // Requests on their way: arrival time; answers on their way: (back at, quota).

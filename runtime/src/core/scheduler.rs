@@ -159,13 +159,15 @@ pub enum Input {
         attempt: u32,
         ask: u64,
     },
-    /// The answer to attempt `attempt` of `task` (or to one of its plugin's
-    /// requests) stated the endpoint's quota. Comes before the attempt's
-    /// (or request's) end, while it is still counted in flight.
-    QuotaSeen {
+    /// The endpoint answered attempt `attempt` of `task` (or one of its
+    /// plugin's requests) after `latency`, stating `quota` if it did. Comes
+    /// before the attempt's (or request's) end, while it is still counted
+    /// in flight.
+    Answered {
         task: TaskId,
         attempt: u32,
-        quota: Quota,
+        latency: Duration,
+        quota: Option<Quota>,
     },
     /// A request that had its permit is done; `signal` says whether the endpoint
     /// asked the gate to slow down (only `Throttled` changes the gate).
@@ -282,6 +284,11 @@ pub struct GateStatus {
     pub circuit_open_until: Option<Timestamp>,
     pub throttled_until: Option<Timestamp>,
     pub quota: Option<QuotaView>,
+    /// Attempts allowed in flight now (the adaptive search's limit, when
+    /// it runs).
+    pub concurrency: u32,
+    /// The adaptive search's baseline and recent latency (ms), if it runs.
+    pub latencies: Option<(Option<f64>, Option<f64>)>,
 }
 
 #[derive(Debug)]
@@ -488,9 +495,10 @@ impl Scheduler {
                     self.poke(gate);
                 }
             }
-            Input::QuotaSeen {
+            Input::Answered {
                 task,
                 attempt,
+                latency,
                 quota,
             } => {
                 let gate = match self.running.get(&task) {
@@ -498,7 +506,10 @@ impl Scheduler {
                     _ => self.orphans.get(&(task, attempt)).map(|&(gate, _)| gate),
                 };
                 if let Some(lane) = gate.and_then(|g| self.lanes.get_mut(&g)) {
-                    lane.gate.quota_seen(now, quota);
+                    lane.gate.answered(now, latency);
+                    if let Some(quota) = quota {
+                        lane.gate.quota_seen(now, quota);
+                    }
                 }
             }
             Input::RequestEnded {
@@ -643,6 +654,8 @@ impl Scheduler {
             circuit_open_until: lane.gate.circuit_open_until(),
             throttled_until: lane.gate.throttled_until(),
             quota: lane.gate.quota(now),
+            concurrency: lane.gate.concurrency(),
+            latencies: lane.gate.latencies(),
         })
     }
 

@@ -28,6 +28,7 @@ fn limits(per_s: f64, concurrency: u32) -> GateLimits {
         },
         circuit: None::<CircuitPolicy>,
         quota_headers: true,
+        adaptive: None,
     }
 }
 

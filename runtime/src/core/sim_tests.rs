@@ -88,6 +88,7 @@ fn limits(rng: &mut Rng) -> GateLimits {
         },
         circuit: None,
         quota_headers: true,
+        adaptive: None,
     }
 }
 
@@ -613,6 +614,7 @@ fn a_gate_starts_tasks_in_due_order() {
         },
         circuit: None,
         quota_headers: true,
+        adaptive: None,
     };
     w.set_gate(GateId(0), l);
     for _ in 0..50 {

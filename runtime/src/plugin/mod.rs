@@ -67,8 +67,9 @@ pub enum PermitMessage {
         task: TaskId,
         attempt: u32,
         signal: Signal,
-        /// The quota the response stated.
-        quota: Option<crate::core::Quota>,
+        /// When the endpoint answered: after how long, and the quota it
+        /// stated.
+        answered: Option<(std::time::Duration, Option<crate::core::Quota>)>,
     },
 }
 

@@ -200,6 +200,10 @@ impl Engine {
             }),
             accept_next_from: spec.accept_next_from,
             quota_headers: spec.quota_headers,
+            adaptive: spec.adaptive.map(|a| AdaptiveRecord {
+                min: a.min,
+                max: a.max,
+            }),
             signing_secrets: spec.signing_secrets.unwrap_or(secrets),
             paused,
             created_at,

@@ -26,8 +26,9 @@ use crate::dispatch::{Dispatcher, guard};
 use crate::model::{GateSpec, NewTask, ScheduleSpec, Target};
 use crate::plugin::{self, PermitMessage};
 use crate::store::{
-    AttemptRecord, Backend, BodyRecord, CircuitRecord, Counts, GateRecord, PluginRecord,
-    RecoveryRecord, RetryRecord, ScheduleRecord, StoreError, TaskRecord, TaskState, Writes,
+    AdaptiveRecord, AttemptRecord, Backend, BodyRecord, CircuitRecord, Counts, GateRecord,
+    PluginRecord, RecoveryRecord, RetryRecord, ScheduleRecord, StoreError, TaskRecord, TaskState,
+    Writes,
 };
 
 mod boot;

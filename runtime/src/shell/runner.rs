@@ -188,15 +188,16 @@ impl Runner {
                 task,
                 attempt,
                 signal,
-                quota,
+                answered,
             } => {
-                if let Some(quota) = quota {
-                    let seen = Input::QuotaSeen {
+                if let Some((latency, quota)) = answered {
+                    let answered = Input::Answered {
                         task,
                         attempt,
+                        latency,
                         quota,
                     };
-                    self.engine.core.handle_input(now, seen);
+                    self.engine.core.handle_input(now, answered);
                 }
                 let ended = Input::RequestEnded {
                     task,
@@ -249,7 +250,7 @@ impl Runner {
                         task,
                         attempt,
                         signal: crate::core::Signal::Neutral,
-                        quota: None,
+                        answered: None,
                     });
                 }
             };

@@ -111,13 +111,14 @@ impl Engine {
         if record.ended_at.is_some() {
             return Ok(());
         }
-        if let Some(quota) = report.quota {
+        if report.status.is_some() {
             self.core.handle_input(
                 turn.now,
-                Input::QuotaSeen {
+                Input::Answered {
                     task: report.task,
                     attempt: report.attempt,
-                    quota,
+                    latency: Duration::from_millis(report.latency_ms),
+                    quota: report.quota,
                 },
             );
         }

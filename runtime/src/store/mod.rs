@@ -27,9 +27,10 @@ use crate::core::{GateId, TaskId, Timestamp};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 pub use records::{
-    AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, GateRecord, LogRecord,
-    LogSource, OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord, RetryRecord,
-    RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord, WebhookRecord, plugin_key,
+    AdaptiveRecord, AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, GateRecord,
+    LogRecord, LogSource, OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord,
+    RetryRecord, RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord, WebhookRecord,
+    plugin_key,
 };
 
 /// 2 added `due_minutes` and `finished`; 3 added the plugin tables; 4 added

@@ -30,6 +30,9 @@ pub struct GateRecord {
     /// Pace by the quota the endpoint's responses state (on unless turned off).
     #[serde(default = "on", skip_serializing_if = "is_on")]
     pub quota_headers: bool,
+    /// The range of the adaptive concurrency search, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveRecord>,
     pub paused: bool,
     pub created_at: u64,
     pub updated_at: u64,
@@ -49,6 +52,12 @@ pub struct RetryRecord {
 pub struct RecoveryRecord {
     pub start: f64,
     pub over_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct AdaptiveRecord {
+    pub min: u32,
+    pub max: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
@@ -85,6 +94,10 @@ impl GateRecord {
                 max_cooldown: Duration::from_millis(c.max_cooldown_ms),
             }),
             quota_headers: self.quota_headers,
+            adaptive: self.adaptive.map(|a| core::AdaptiveRange {
+                min: a.min.max(1),
+                max: a.max.max(a.min.max(1)),
+            }),
         }
     }
 }

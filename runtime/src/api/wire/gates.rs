@@ -94,6 +94,20 @@ pub struct GateBody {
     /// `RateLimit-Policy`, `RateLimit-*`, `X-RateLimit-*`), so its limit is
     /// never exceeded; default `true`.
     pub quota_headers: Option<bool>,
+    /// Search for the endpoint's safe concurrency between `min` and `max`
+    /// from latency and errors; `concurrency` is then where the search
+    /// starts, and the gate view shows the limit found. Absent or `null`:
+    /// off.
+    pub adaptive: Option<AdaptiveBody>,
+}
+
+#[derive(Deserialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveBody {
+    /// At least 1.
+    pub min: u32,
+    /// At least `min`, at most 100000.
+    pub max: u32,
 }
 
 impl GateBody {
@@ -118,6 +132,24 @@ impl GateBody {
                 "concurrency must be between 1 and 100000",
             ));
         }
+        let adaptive = match self.adaptive {
+            None => None,
+            Some(AdaptiveBody { min, max }) => {
+                if min == 0 || min > 100_000 {
+                    return Err(ApiError::field(
+                        "adaptive.min",
+                        "adaptive.min must be between 1 and 100000",
+                    ));
+                }
+                if max < min || max > 100_000 {
+                    return Err(ApiError::field(
+                        "adaptive.max",
+                        "adaptive.max must be between adaptive.min and 100000",
+                    ));
+                }
+                Some(AdaptiveRange { min, max })
+            }
+        };
         let allowed_hosts = self.allowed_hosts.unwrap_or_default();
         if allowed_hosts.len() > MAX_ALLOWED_HOSTS {
             return Err(ApiError::field(
@@ -230,6 +262,7 @@ impl GateBody {
         }
         Ok(GateSpec {
             quota_headers: self.quota_headers.unwrap_or(true),
+            adaptive,
             signing_secrets: self.signing_secrets,
             accept_next_from,
             rate,
@@ -292,7 +325,12 @@ pub struct GateView {
     pub rate: String,
     pub rate_per_s: f64,
     pub burst: u32,
+    /// Attempts allowed in flight at once; with `adaptive`, the limit the
+    /// search has found, live.
     pub concurrency: u32,
+    /// The adaptive concurrency search, when it runs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub adaptive: Option<AdaptiveView>,
     pub allowed_hosts: Vec<String>,
     /// Gates whose tasks may create `next` tasks in this one.
     pub accept_next_from: Vec<String>,
@@ -343,6 +381,21 @@ pub struct GateView {
     /// In a cluster, the node that dispatches this gate.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub owner: Option<String>,
+}
+
+/// The adaptive concurrency search: its range and what it has learned.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct AdaptiveView {
+    pub min: u32,
+    pub max: u32,
+    /// Where the search starts (after a restart, say): the gate's `concurrency`.
+    pub start: u32,
+    /// The lowest latency seen lately, in milliseconds (`null` before any answer).
+    #[schema(required)]
+    pub baseline_ms: Option<f64>,
+    /// The moving average of the last answers' latency, in milliseconds.
+    #[schema(required)]
+    pub recent_ms: Option<f64>,
 }
 
 /// What the gate knows of its endpoint's quota.
@@ -454,7 +507,22 @@ impl GateView {
             rate,
             rate_per_s: g.rate_per_s,
             burst: g.burst,
-            concurrency: g.concurrency,
+            concurrency: if g.adaptive.is_some() {
+                view.concurrency
+            } else {
+                g.concurrency
+            },
+            adaptive: g.adaptive.map(|a| {
+                let (baseline, recent) = view.latencies.unwrap_or((None, None));
+                let round = |ms: Option<f64>| ms.map(|v| (v * 100.0).round() / 100.0);
+                AdaptiveView {
+                    min: a.min,
+                    max: a.max,
+                    start: g.concurrency,
+                    baseline_ms: round(baseline),
+                    recent_ms: round(recent),
+                }
+            }),
             allowed_hosts: g.allowed_hosts.clone(),
             accept_next_from: g.accept_next_from.clone(),
             timeout: ms_text(g.timeout_ms),

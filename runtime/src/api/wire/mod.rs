@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::core::{
-    Backoff, CircuitPolicy, Rate, Recovery, RetryPolicy, TaskId, Timestamp, format_duration,
-    parse_duration,
+    AdaptiveRange, Backoff, CircuitPolicy, Rate, Recovery, RetryPolicy, TaskId, Timestamp,
+    format_duration, parse_duration,
 };
 use crate::model::{
     Body, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, GateSpec, NewTask, PluginCall,

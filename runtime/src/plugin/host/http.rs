@@ -126,8 +126,8 @@ impl WasiHttpHooks for GateHooks {
 struct Permit {
     link: Arc<Link>,
     signal: Signal,
-    /// The endpoint's quota, as the response stated it.
-    quota: Option<Quota>,
+    /// When the endpoint answered: after how long, and the quota it stated.
+    answered: Option<(std::time::Duration, Option<Quota>)>,
 }
 
 impl Drop for Permit {
@@ -136,7 +136,7 @@ impl Drop for Permit {
             task: self.link.task,
             attempt: self.link.attempt,
             signal: self.signal,
-            quota: self.quota,
+            answered: self.answered,
         });
     }
 }
@@ -168,7 +168,7 @@ impl Link {
         Ok(Permit {
             link: self.clone(),
             signal: Signal::Healthy,
-            quota: None,
+            answered: None,
         })
     }
 
@@ -287,10 +287,11 @@ async fn exchange(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    match read_quota(header, clock::now()) {
-        Ok(quota) => permit.quota = quota,
-        Err(why) => link.note(why),
-    }
+    let quota = read_quota(header, clock::now()).unwrap_or_else(|why| {
+        link.note(why);
+        None
+    });
+    permit.answered = Some((started.elapsed(), quota));
     let section: usize = response
         .headers()
         .iter()
