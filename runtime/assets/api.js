@@ -22,8 +22,9 @@ export function setToken(value) {
 }
 
 /** Sends one request; resolves to the parsed JSON body, throws ApiError otherwise. */
-async function call(method, path, signal) {
+async function call(method, path, signal, payload) {
   const headers = { accept: 'application/json' };
+  if (payload !== undefined) headers['content-type'] = 'application/json';
   const bearer = token();
   if (bearer) headers.authorization = `Bearer ${bearer}`;
   const timeout = AbortSignal.timeout(TIMEOUT_MS);
@@ -31,6 +32,7 @@ async function call(method, path, signal) {
     method,
     headers,
     cache: 'no-store',
+    body: payload === undefined ? undefined : JSON.stringify(payload),
     signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
   }).catch((e) => {
     if (e.name === 'AbortError') throw e;
@@ -45,7 +47,7 @@ async function call(method, path, signal) {
 }
 
 export const get = (path, signal) => call('GET', path, signal);
-export const post = (path) => call('POST', path);
+export const post = (path, body) => call('POST', path, undefined, body);
 export const remove = (path) => call('DELETE', path);
 
 /** `/v1/tasks?...` from a filter object, leaving out empty values. */

@@ -250,7 +250,36 @@ function counters(g) {
   return facts(Object.entries(g.counters).map(([k, v]) => [label(k), count(v)]));
 }
 
-function failures(g, list) {
+// Replays the gate's failed tasks through it, paced, after showing what the
+// dry run counted and how long starting them takes at the current rate.
+function replay(g, ctx) {
+  const body = { gate: g.name };
+  return h('button', {
+    type: 'button', class: 'primary', dataset: { key: 'gate-replay' },
+    onclick: async () => {
+      const run = () => post('/v1/tasks/replay', body);
+      let dry;
+      try {
+        dry = await post('/v1/tasks/replay', { ...body, dry_run: true });
+      } catch (e) {
+        return ctx.act({
+          question: `Replay the failed tasks of ${g.name}?`,
+          detail: `They run again through the gate, paced like any task (no count: ${e.message}).`,
+          action: 'Replay tasks', run, done: `Replaying the failed tasks of ${g.name}.`,
+        });
+      }
+      const when = dry.eta_s == null ? 'not while the gate is paused'
+        : dry.eta_s < 1 ? 'within a second' : `in about ${duration(dry.eta_s)} at its current rate`;
+      return ctx.act({
+        question: `Replay ${count(dry.count)} failed tasks of ${g.name}?`,
+        detail: `They run again through the gate, paced like any task, all started ${when}.`,
+        action: 'Replay tasks', run, done: `Replaying ${count(dry.count)} tasks of ${g.name}.`,
+      });
+    },
+  }, icon('retry'), 'Replay failed tasks');
+}
+
+function failures(g, list, ctx) {
   const all = link(withQuery('#/tasks', { gate: g.name, state: 'failed' }), 'All failed tasks', 'all-failed');
   if (!list.tasks.length) return [h('p', { class: 'empty' }, 'No failed tasks.')];
   const rows = list.tasks.map((t) => h('tr', {},
@@ -258,7 +287,7 @@ function failures(g, list) {
     h('td', {}, time(t.finished_at)),
     h('td', { class: 'num' }, `${t.attempt_count} / ${t.max_attempts}`),
     h('td', { class: 'error clip', title: t.last_error }, t.last_error ?? '—')));
-  return [table([['Task'], ['Failed'], ['Attempts', 'num'], ['Last error']], rows, 'Recent failed tasks'), h('p', {}, all)];
+  return [table([['Task'], ['Failed'], ['Attempts', 'num'], ['Last error']], rows, 'Recent failed tasks'), h('p', { class: 'actions' }, all, replay(g, ctx))];
 }
 
 function toggle(g, ctx) {
@@ -298,7 +327,7 @@ export const gateDetail = {
         section('Rate', rateChart(g)),
         section('Due in the next hour', forecastChart(g))),
       h('div', { class: 'grid-2' },
-        section('Recent failures', ...failures(g, failed)),
+        section('Recent failures', ...failures(g, failed, ctx)),
         h('div', {}, section('Configuration', config(g)), section('Counters', counters(g)))),
     ];
   },

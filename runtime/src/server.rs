@@ -215,6 +215,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         scratch: config.data_dir.clone(),
         backup: Arc::default(),
         cluster: cluster.clone(),
+        replays: Arc::default(),
     })
     .layer(axum::middleware::from_fn_with_state(peers, forward::layer))
     .layer(axum::middleware::from_fn_with_state(

@@ -22,6 +22,7 @@ mod plugins;
 mod postgres;
 mod quota;
 mod recovery;
+mod replay;
 mod schedules;
 mod security;
 mod simulation;

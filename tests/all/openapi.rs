@@ -25,6 +25,10 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/v1/tasks/{id}/complete"),
     ("post", "/v1/tasks/{id}/fail"),
     ("post", "/v1/tasks/{id}/heartbeat"),
+    // SPEC §1, self-tuning gates.
+    ("post", "/v1/tasks/replay"),
+    ("get", "/v1/tasks/replay/{id}"),
+    ("delete", "/v1/tasks/replay/{id}"),
     ("get", "/v1/schedules"),
     ("put", "/v1/schedules/{name}"),
     ("get", "/v1/schedules/{name}"),

@@ -223,6 +223,25 @@ async function schedules(page) {
   await shot(page, 'schedules');
 }
 
+async function replayFailures(page) {
+  await page.goto(`${base}/#/gates/webhooks`);
+  await page.getByRole('heading', { level: 1, name: 'webhooks' }).waitFor();
+  await page.getByRole('button', { name: 'Replay failed tasks' }).click();
+  const dialog = page.getByRole('dialog');
+  await dialog.getByText('Replay 2 failed tasks of webhooks?').waitFor();
+  await dialog.getByText('paced like any task').waitFor();
+  await dialog.getByRole('button', { name: 'Replay tasks' }).click();
+  await page.getByText('Replaying 2 tasks of webhooks.').first().waitFor();
+  const deadline = Date.now() + STEP_MS;
+  let task = await api(`/v1/tasks/${failedTask}`);
+  while (task.state === 'failed' && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    task = await api(`/v1/tasks/${failedTask}`);
+  }
+  check(task.state !== 'failed', `after the replay the task is still ${task.state}`);
+  step('replayed a gate\'s failed tasks from its page: the dry run\'s count asked first, the API agrees');
+}
+
 async function readerIsRefused(page) {
   await page.getByRole('button', { name: 'Sign out' }).click();
   await signIn(page, readerToken);
@@ -374,6 +393,7 @@ async function main() {
       await pluginTaskHistory(page);
       await schedules(page);
       await plugins(page);
+      await replayFailures(page);
       await readerIsRefused(page);
       await statsContract(page);
     } catch (e) {

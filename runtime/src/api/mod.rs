@@ -18,6 +18,7 @@ mod gates;
 pub mod linger;
 mod metrics;
 mod plugins;
+pub mod replay;
 pub mod request_id;
 mod schedules;
 mod tasks;
@@ -40,7 +41,7 @@ use utoipa_axum::routes;
 use crate::clock;
 use crate::core::TaskId;
 use crate::shell::{GateLive, Handle};
-use crate::store::{Backend, TaskFilter, TaskState};
+use crate::store::{Backend, TaskFilter, TaskRecord, TaskState};
 pub use error::ApiError;
 use error::ErrorBody;
 use wire::{
@@ -60,6 +61,8 @@ pub struct AppState {
     pub backup: Arc<tokio::sync::Mutex<()>>,
     /// This node's place in a cluster (PostgreSQL store); `None` alone.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Paced replays started on this server.
+    pub replays: Arc<replay::Jobs>,
 }
 
 /// Request body limits, answered with 413.
@@ -95,6 +98,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::create_batch).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
         .routes(routes!(tasks::get_task, tasks::cancel_task))
         .routes(routes!(tasks::retry_task))
+        .routes(routes!(replay::replay))
+        .routes(routes!(replay::get_replay, replay::cancel_replay))
         .routes(routes!(tasks::complete_task).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
         .routes(routes!(tasks::fail_task))
         .routes(routes!(tasks::heartbeat_task).layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)))

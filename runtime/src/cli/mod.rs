@@ -454,6 +454,26 @@ enum TaskCommand {
     Cancel { id: String },
     /// Re-run a failed or expired task.
     Retry { id: String },
+    /// Re-run every failed (or expired) task that matches, paced through
+    /// its gate; --dry-run says how many and how long it would take.
+    Replay {
+        #[arg(long)]
+        gate: Option<String>,
+        /// failed (default), expired or superseded.
+        #[arg(long)]
+        state: Option<String>,
+        /// Finished at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Finished at or before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// key:value
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 mod client;

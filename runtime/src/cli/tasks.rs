@@ -168,6 +168,48 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
             }
             Ok(())
         }
+        TaskCommand::Replay {
+            gate,
+            state,
+            since,
+            until,
+            label,
+            dry_run,
+        } => {
+            let mut body = json!({ "dry_run": dry_run });
+            for (key, value) in [
+                ("gate", gate),
+                ("state", state),
+                ("since", since),
+                ("until", until),
+                ("label", label),
+            ] {
+                if let Some(value) = value {
+                    body[key] = json!(value);
+                }
+            }
+            let v = api
+                .call(reqwest::Method::POST, "/v1/tasks/replay", Some(&body))
+                .await?;
+            if json {
+                print_json(&v);
+            } else if dry_run {
+                let eta = v["eta_s"]
+                    .as_f64()
+                    .map_or("never (a gate is paused)".to_string(), |s| format!("{s} s"));
+                println!("{} tasks would run again; all started in {eta}", v["count"]);
+                for g in v["gates"].as_array().into_iter().flatten() {
+                    println!("  {}: {}", g["gate"].as_str().unwrap_or(""), g["count"]);
+                }
+            } else {
+                println!(
+                    "replay {} started; follow it with GET /v1/tasks/replay/{}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["id"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
     }
 }
 

@@ -32,6 +32,7 @@ impl Engine {
                 Command::CreateTasks { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::CancelTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::RetryTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::ReplayTasks { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::PutSchedule { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::Report { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::DeleteSchedule { reply: to, .. } => {
@@ -100,6 +101,13 @@ impl Engine {
             Command::RetryTask { id, reply: to } => {
                 let result = self.retry_task(turn, id)?;
                 reply(to, result)
+            }
+            Command::ReplayTasks { ids, reply: to } => {
+                let mut replayed = 0;
+                for id in ids {
+                    replayed += usize::from(self.retry_task(turn, id)?.is_ok());
+                }
+                reply(to, Ok(replayed))
             }
             Command::Live { gate, reply: to } => {
                 let live = self.live(turn.now, gate.as_deref());

@@ -34,6 +34,12 @@ pub enum Command {
         id: TaskId,
         reply: Reply<TaskRecord>,
     },
+    /// Runs these failed or expired tasks again, in one commit; answers how
+    /// many were (the others had moved on).
+    ReplayTasks {
+        ids: Vec<TaskId>,
+        reply: Reply<usize>,
+    },
     Live {
         gate: Option<String>,
         reply: oneshot::Sender<Vec<GateLive>>,
@@ -152,6 +158,10 @@ impl Handle {
 
     pub async fn retry_task(&self, id: TaskId) -> Result<TaskRecord, ShellError> {
         self.ask(|reply| Command::RetryTask { id, reply }).await
+    }
+
+    pub async fn replay_tasks(&self, ids: Vec<TaskId>) -> Result<usize, ShellError> {
+        self.ask(|reply| Command::ReplayTasks { ids, reply }).await
     }
 
     pub async fn put_schedule(

@@ -9,17 +9,22 @@ pub struct TaskFilter {
     pub gate_id: Option<u32>,
     pub state: Option<TaskState>,
     pub label: Option<(String, String)>,
+    /// Finished within `[from, to]` (ms).
+    pub finished: Option<(u64, u64)>,
 }
 
 impl TaskFilter {
     /// Whether a task passes the state and label parts (the gate part is the
     /// index a listing walks).
-    pub(super) fn matches(&self, task: &TaskRecord) -> bool {
+    pub fn matches(&self, task: &TaskRecord) -> bool {
         self.state.is_none_or(|s| task.state == s)
             && self
                 .label
                 .as_ref()
                 .is_none_or(|(k, v)| task.labels.get(k) == Some(v))
+            && self.finished.is_none_or(|(from, to)| {
+                task.finished_at.is_some_and(|at| (from..=to).contains(&at))
+            })
     }
 }
 

@@ -1,0 +1,534 @@
+//! Paced replay (SPEC §1): failed or expired tasks that match a filter run
+//! again through their gates, paced like any task.
+//!
+//! A replay is a job of this server: it walks the matching tasks newest
+//! first from a snapshot, a page at a time, and hands each page to the
+//! engine as one command (one bounded commit, between dispatch turns). It
+//! can be cancelled between pages. Tasks replayed are replayed for good; a
+//! job is not kept across a restart (what it had not reached stays failed,
+//! and the same request picks it up).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::*;
+use crate::core::Timestamp;
+
+/// Tasks per page: per commit of the engine.
+pub const REPLAY_PAGE: usize = 250;
+/// Finished jobs kept for their `GET`.
+const KEEP_JOBS: usize = 100;
+
+#[derive(Deserialize, Debug, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    /// Only this gate's tasks; all gates when absent.
+    pub gate: Option<String>,
+    /// `failed` (default), `expired` or `superseded`.
+    pub state: Option<String>,
+    /// Finished at or after this instant (RFC 3339).
+    pub since: Option<String>,
+    /// Finished at or before this instant (RFC 3339).
+    pub until: Option<String>,
+    /// `key:value`.
+    pub label: Option<String>,
+    /// Answer the count and the drain time, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A dry run's answer.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct ReplayEstimate {
+    pub dry_run: bool,
+    /// Tasks that match now.
+    pub count: u64,
+    /// Seconds to start them all at each gate's current effective rate,
+    /// behind what is already due there (the slowest gate's).
+    #[schema(required)]
+    pub eta_s: Option<f64>,
+    pub gates: Vec<ReplayGate>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct ReplayGate {
+    pub gate: String,
+    pub count: u64,
+    /// `null` when the gate is paused.
+    #[schema(required)]
+    pub eta_s: Option<f64>,
+}
+
+/// A replay job.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct ReplayView {
+    pub id: String,
+    /// `running`, `done`, `cancelled` or `failed`.
+    pub state: String,
+    /// Matching tasks found so far.
+    pub matched: u64,
+    /// Tasks that run again (a match that moved on before its page, say
+    /// retried by hand, is not counted).
+    pub replayed: u64,
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(format = DateTime)]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+pub struct Job {
+    id: String,
+    started_at: u64,
+    matched: AtomicU64,
+    replayed: AtomicU64,
+    cancelled: AtomicBool,
+    end: Mutex<Option<(u64, &'static str, Option<String>)>>,
+}
+
+impl Job {
+    fn view(&self) -> ReplayView {
+        let end = self.end.lock().ok().and_then(|e| e.clone());
+        ReplayView {
+            id: self.id.clone(),
+            state: end
+                .as_ref()
+                .map_or("running", |(_, state, _)| state)
+                .to_string(),
+            matched: self.matched.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
+            started_at: Timestamp(self.started_at).rfc3339(),
+            finished_at: end.as_ref().map(|(at, _, _)| Timestamp(*at).rfc3339()),
+            error: end.and_then(|(_, _, e)| e),
+        }
+    }
+}
+
+/// The jobs of this server, the running ones and the last finished.
+#[derive(Default)]
+pub struct Jobs {
+    jobs: Mutex<BTreeMap<String, Arc<Job>>>,
+}
+
+impl Jobs {
+    fn add(&self, job: Arc<Job>) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            let finished: Vec<String> = jobs
+                .iter()
+                .filter(|(_, j)| j.end.lock().is_ok_and(|e| e.is_some()))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in finished
+                .iter()
+                .take(finished.len().saturating_sub(KEEP_JOBS))
+            {
+                jobs.remove(id);
+            }
+            jobs.insert(job.id.clone(), job);
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs.lock().ok().and_then(|j| j.get(id).cloned())
+    }
+}
+
+fn filter_of(body: &ReplayBody) -> Result<TaskFilter, ApiError> {
+    // No task is superseded before coalescing exists: that filter matches
+    // none (an empty range of finish times).
+    let (state, none) = match body.state.as_deref().unwrap_or("failed") {
+        "failed" => (TaskState::Failed, false),
+        "expired" => (TaskState::Expired, false),
+        "superseded" => (TaskState::Failed, true),
+        _ => {
+            return Err(ApiError::field(
+                "state",
+                "state is failed, expired or superseded",
+            ));
+        }
+    };
+    let instant = |field: &str, text: &Option<String>| -> Result<Option<u64>, ApiError> {
+        text.as_deref()
+            .map(|t| {
+                t.parse::<jiff::Timestamp>()
+                    .map(|ts| ts.as_millisecond().max(0) as u64)
+                    .map_err(|e| {
+                        ApiError::field(
+                            field,
+                            format!("expected RFC 3339, like 2026-01-02T03:04:05Z: {e}"),
+                        )
+                    })
+            })
+            .transpose()
+    };
+    let since = instant("since", &body.since)?;
+    let until = instant("until", &body.until)?;
+    if let (Some(s), Some(u)) = (since, until)
+        && s > u
+    {
+        return Err(ApiError::field("until", "until is before since"));
+    }
+    let label = body
+        .label
+        .as_deref()
+        .map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| ApiError::field("label", "label filter is key:value"))
+        })
+        .transpose()?;
+    let finished = if none {
+        Some((1, 0))
+    } else {
+        (since.is_some() || until.is_some())
+            .then(|| (since.unwrap_or(0), until.unwrap_or(u64::MAX)))
+    };
+    Ok(TaskFilter {
+        gate_id: None,
+        state: Some(state),
+        label,
+        finished,
+    })
+}
+
+/// One page of matching task ids below `before`, with the cursor to go on
+/// from (`None`: the walk is over).
+fn page(
+    store: &Arc<dyn Backend>,
+    filter: &TaskFilter,
+    before: Option<u64>,
+) -> Result<(Vec<TaskRecord>, Option<u64>), ApiError> {
+    Ok(store.read()?.list_tasks(filter, before, REPLAY_PAGE)?)
+}
+
+#[utoipa::path(
+    post,
+    path = "/tasks/replay",
+    tag = "tasks",
+    request_body = ReplayBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A dry run: the count and the drain time", body = ReplayEstimate),
+        (status = 202, description = "The replay started; follow it at its `id`", body = ReplayView),
+        (status = 400, description = "Invalid filter; `field` names it", body = ErrorBody),
+        (status = 404, description = "No such gate", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    )
+)]
+pub(super) async fn replay(
+    State(state): State<AppState>,
+    Body(body): Body<ReplayBody>,
+) -> Result<Response, ApiError> {
+    let mut filter = filter_of(&body)?;
+    let store = state.store.clone();
+    if let Some(name) = &body.gate {
+        let name = name.clone();
+        let gate = tokio::task::spawn_blocking({
+            let store = store.clone();
+            move || store.read()?.gate(&name)
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+        match gate {
+            Some(g) => filter.gate_id = Some(g.id),
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "gate {:?} not found",
+                    body.gate.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    if body.dry_run {
+        return Ok(Json(estimate(&state, filter).await?).into_response());
+    }
+    let job = Arc::new(Job {
+        id: format!("rp_{}", request_id::fresh()),
+        started_at: clock::now().as_ms(),
+        matched: AtomicU64::new(0),
+        replayed: AtomicU64::new(0),
+        cancelled: AtomicBool::new(false),
+        end: Mutex::new(None),
+    });
+    state.replays.add(job.clone());
+    let view = job.view();
+    let shell = state.shell.clone();
+    tokio::spawn(async move {
+        let ended = walk(
+            &job,
+            |before| {
+                let (store, filter) = (store.clone(), filter.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || page(&store, &filter, before))
+                        .await
+                        .map_err(|e| ApiError::internal(&e))?
+                }
+            },
+            |ids| {
+                let shell = shell.clone();
+                async move { shell.replay_tasks(ids).await.map_err(ApiError::from) }
+            },
+        )
+        .await;
+        let (state, error) = match ended {
+            Ok(true) => ("cancelled", None),
+            Ok(false) => ("done", None),
+            Err(e) => ("failed", Some(e.message)),
+        };
+        if let Ok(mut end) = job.end.lock() {
+            *end = Some((clock::now().as_ms(), state, error));
+        }
+    });
+    let location = format!("/v1/tasks/replay/{}", view.id);
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// Walks the pages and replays each; answers whether it was cancelled.
+/// The cancel is looked at before each page, so a cancelled job commits
+/// nothing more.
+async fn walk<P, PF, A, AF>(job: &Job, mut next_page: P, mut apply: A) -> Result<bool, ApiError>
+where
+    P: FnMut(Option<u64>) -> PF,
+    PF: std::future::Future<Output = Result<(Vec<TaskRecord>, Option<u64>), ApiError>>,
+    A: FnMut(Vec<TaskId>) -> AF,
+    AF: std::future::Future<Output = Result<usize, ApiError>>,
+{
+    let mut cursor = None;
+    loop {
+        if job.cancelled.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let (tasks, next) = next_page(cursor).await?;
+        job.matched.fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        if !tasks.is_empty() {
+            if job.cancelled.load(Ordering::Relaxed) {
+                return Ok(true);
+            }
+            let replayed = apply(tasks.iter().map(|t| TaskId(t.id)).collect()).await?;
+            job.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+        }
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(false),
+        }
+    }
+}
+
+/// Counts the matches per gate and what starting them would take.
+async fn estimate(state: &AppState, filter: TaskFilter) -> Result<ReplayEstimate, ApiError> {
+    let store = state.store.clone();
+    let per_gate = tokio::task::spawn_blocking(move || -> Result<HashMap<u32, u64>, ApiError> {
+        let mut counts = HashMap::new();
+        let mut cursor = None;
+        loop {
+            let (tasks, next) = page(&store, &filter, cursor)?;
+            for t in &tasks {
+                *counts.entry(t.gate_id).or_default() += 1;
+            }
+            match next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(counts),
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    let mut gates = Vec::new();
+    for live in state.shell.live(None).await? {
+        let Some(&count) = per_gate.get(&live.record.id) else {
+            continue;
+        };
+        let rate = live.view.effective_rate;
+        let eta_s = (!live.record.paused && rate > 0.0).then(|| {
+            let due = live.view.due_in_memory;
+            ((count + due) as f64 / rate * 10.0).round() / 10.0
+        });
+        gates.push(ReplayGate {
+            gate: live.record.name.clone(),
+            count,
+            eta_s,
+        });
+    }
+    gates.sort_by(|a, b| a.gate.cmp(&b.gate));
+    let count = gates.iter().map(|g| g.count).sum();
+    let eta_s = gates
+        .iter()
+        .map(|g| g.eta_s)
+        .try_fold(0.0f64, |most, eta| eta.map(|e| most.max(e)));
+    Ok(ReplayEstimate {
+        dry_run: true,
+        count,
+        eta_s: if count == 0 { Some(0.0) } else { eta_s },
+        gates,
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/tasks/replay/{id}",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The replay's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The replay", body = ReplayView),
+        (status = 404, description = "No such replay on this server", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_replay(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ReplayView>, ApiError> {
+    let job = state
+        .replays
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("replay {id:?} not found")))?;
+    Ok(Json(job.view()))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/tasks/replay/{id}",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The replay's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cancelled: no page after the current one is replayed", body = ReplayView),
+        (status = 404, description = "No such replay on this server", body = ErrorBody),
+    )
+)]
+pub(super) async fn cancel_replay(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ReplayView>, ApiError> {
+    let job = state
+        .replays
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("replay {id:?} not found")))?;
+    job.cancelled.store(true, Ordering::Relaxed);
+    Ok(Json(job.view()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            id: "rp_test".into(),
+            started_at: 0,
+            matched: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            cancelled: AtomicBool::new(false),
+            end: Mutex::new(None),
+        }
+    }
+
+    fn task(id: u64) -> TaskRecord {
+        let mut t: TaskRecord = serde_json::from_value(serde_json::json!({
+            "id": id, "gate": "g", "gate_id": 1, "state": "failed",
+            "webhook": { "url": "https://a.example/", "method": "POST", "headers": {}, "body": null },
+            "created_at": 1, "scheduled_at": 1, "due_at": 1, "timeout_ms": 1000,
+            "retry": { "max_attempts": 1, "initial_ms": 1, "max_ms": 1, "multiplier": 2.0,
+                       "jitter": false, "max_retry_duration_ms": null },
+            "expires_at": null, "idempotency_key": format!("k{id}"), "labels": {},
+            "attempts": 1, "first_attempt_at": 1, "last_error": null, "finished_at": 5,
+        }))
+        .expect("task record");
+        t.id = id;
+        t
+    }
+
+    /// Three pages: every one is replayed, in order, and the walk ends.
+    #[test]
+    fn every_page_is_replayed() {
+        let job = job();
+        let applied = Mutex::new(Vec::new());
+        let cancelled = futures_executor::block_on(walk(
+            &job,
+            |before| async move {
+                Ok(match before {
+                    None => (vec![task(9), task(8)], Some(8)),
+                    Some(8) => (vec![task(5)], Some(5)),
+                    _ => (vec![task(2)], None),
+                })
+            },
+            |ids| {
+                let n = ids.len();
+                applied.lock().expect("lock").push(ids);
+                async move { Ok(n) }
+            },
+        ));
+        assert_eq!(cancelled, Ok(false));
+        assert_eq!(job.matched.load(Ordering::Relaxed), 4);
+        assert_eq!(job.replayed.load(Ordering::Relaxed), 4);
+        assert_eq!(applied.lock().expect("lock").len(), 3);
+    }
+
+    /// A cancel takes effect before the next page: nothing more is replayed.
+    #[test]
+    fn a_cancel_stops_before_the_next_page() {
+        let job = job();
+        let applied = Mutex::new(0);
+        let cancelled = futures_executor::block_on(walk(
+            &job,
+            |before| async move {
+                Ok(match before {
+                    None => (vec![task(9)], Some(9)),
+                    _ => (vec![task(1)], None),
+                })
+            },
+            |ids| {
+                *applied.lock().expect("lock") += 1;
+                job.cancelled.store(true, Ordering::Relaxed);
+                async move { Ok(ids.len()) }
+            },
+        ));
+        assert_eq!(cancelled, Ok(true));
+        assert_eq!(*applied.lock().expect("lock"), 1);
+        assert_eq!(job.replayed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn filters_are_checked() {
+        let body =
+            |json: serde_json::Value| -> ReplayBody { serde_json::from_value(json).expect("body") };
+        let field = |json| filter_of(&body(json)).err().and_then(|e| e.field);
+        assert_eq!(
+            field(serde_json::json!({ "state": "running" })).as_deref(),
+            Some("state")
+        );
+        assert_eq!(
+            field(serde_json::json!({ "since": "yesterday" })).as_deref(),
+            Some("since")
+        );
+        assert_eq!(
+            field(serde_json::json!({ "since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z" }))
+                .as_deref(),
+            Some("until")
+        );
+        assert_eq!(
+            field(serde_json::json!({ "label": "nocolon" })).as_deref(),
+            Some("label")
+        );
+        let superseded =
+            filter_of(&body(serde_json::json!({ "state": "superseded" }))).expect("ok");
+        assert!(!superseded.matches(&task(1)), "no task is superseded yet");
+        let failed = filter_of(&body(serde_json::json!({}))).expect("ok");
+        assert!(failed.matches(&task(1)));
+        let window = filter_of(&body(
+            serde_json::json!({ "since": "1970-01-01T00:00:00.006Z" }),
+        ))
+        .expect("ok");
+        assert!(!window.matches(&task(1)), "finished at 5 ms, before since");
+    }
+}

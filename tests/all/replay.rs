@@ -1,0 +1,143 @@
+//! Paced replay (`POST /v1/tasks/replay`): what failed during an outage runs
+//! again through its gate, paced like any task, never as a flood.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Client, Reply, Server, Sink, max_in_window};
+
+async fn failed_tasks(c: &Client, sink: &Sink, team: &str, n: usize) -> Vec<String> {
+    let ids = c
+        .batch(
+            (0..n)
+                .map(|_| {
+                    json!({ "gate": "outage", "labels": { "team": team },
+                            "webhook": { "url": sink.url("/r") } })
+                })
+                .collect(),
+        )
+        .await;
+    for id in &ids {
+        c.wait_state(id, "failed", Duration::from_secs(30)).await;
+    }
+    ids
+}
+
+async fn replay(c: &Client, body: Value) -> (u16, Value) {
+    c.send("POST", "/v1/tasks/replay", Some(body)).await
+}
+
+/// Waits for a replay job to end; answers its view.
+async fn finished(c: &Client, id: &str) -> Value {
+    let began = sluice::clock::instant();
+    loop {
+        let (status, job) = c.send("GET", &format!("/v1/tasks/replay/{id}"), None).await;
+        assert_eq!(status, 200, "{job}");
+        if job["state"] != "running" {
+            return job;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "the replay did not end: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Tasks failed while the endpoint was down. A dry run counts them and says
+/// how long they take at the gate's rate, changing nothing; the replay runs
+/// exactly the matching ones again, paced by the gate (never more than
+/// burst + rate × T at the endpoint); a cancelled replay counts every task it
+/// replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tasks_replay_through_their_gate() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::status(500));
+    c.put_gate(
+        "outage",
+        json!({ "rate": "100/s", "burst": 1, "concurrency": 10, "allowed_hosts": [sink.host()],
+                "recovery": { "start": 1.0 }, "circuit": null, "retry": { "max_attempts": 1 } }),
+    )
+    .await;
+    let a = failed_tasks(&c, &sink, "a", 40).await;
+    let b = failed_tasks(&c, &sink, "b", 10).await;
+    sink.behave(|_, _| Reply::ok());
+    let before = sink.hits().len();
+
+    // Bad filters are refused, naming the field; an unknown gate is 404.
+    for (body, field) in [
+        (json!({ "state": "running" }), "state"),
+        (json!({ "since": "soon" }), "since"),
+        (json!({ "label": "team" }), "label"),
+        (json!({ "gates": "outage" }), "gates"),
+    ] {
+        let (status, v) = replay(&c, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (status, v) = replay(&c, json!({ "gate": "nope" })).await;
+    assert_eq!(status, 404, "{v}");
+
+    let (status, dry) = replay(
+        &c,
+        json!({ "gate": "outage", "label": "team:a", "dry_run": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["count"], 40, "{dry}");
+    let eta = dry["eta_s"].as_f64().unwrap_or(-1.0);
+    assert!((0.3..=0.5).contains(&eta), "40 tasks at 100/s: {dry}");
+    assert_eq!(
+        c.task(&a[0]).await["state"],
+        "failed",
+        "a dry run changes nothing"
+    );
+
+    let (status, job) = replay(&c, json!({ "label": "team:a" })).await;
+    assert_eq!(status, 202, "{job}");
+    let job = finished(&c, job["id"].as_str().unwrap_or_default()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(
+        (job["matched"].clone(), job["replayed"].clone()),
+        (json!(40), json!(40))
+    );
+    for id in &a {
+        let done = c.wait_done(id, Duration::from_secs(30)).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    for id in &b {
+        assert_eq!(
+            c.task(id).await["state"],
+            "failed",
+            "team b was not asked for"
+        );
+    }
+    let replayed: Vec<_> = sink.hits()[before..].iter().map(|h| h.at).collect();
+    assert_eq!(replayed.len(), 40);
+    let most = max_in_window(&replayed, Duration::from_millis(100));
+    assert!(most <= 11, "{most} arrivals in 100 ms at 100/s, burst 1");
+
+    // Cancelled at once: whatever it reached, it counted.
+    let (status, job) = replay(&c, json!({ "gate": "outage" })).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    let (status, _) = c
+        .send("DELETE", &format!("/v1/tasks/replay/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let job = finished(&c, &id).await;
+    assert!(
+        job["state"] == "cancelled" || job["state"] == "done",
+        "{job}"
+    );
+    let mut moved = 0;
+    for id in &b {
+        moved += u64::from(c.task(id).await["state"] != "failed");
+    }
+    assert_eq!(job["replayed"], moved, "{job}");
+    let (status, _) = c.send("GET", "/v1/tasks/replay/rp_nope", None).await;
+    assert_eq!(status, 404);
+}
