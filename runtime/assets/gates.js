@@ -201,6 +201,19 @@ function rateChart(g) {
   return chart ?? h('p', { class: 'empty' }, 'No rate history from this server yet.');
 }
 
+// An adaptive gate's limit over the series, against its range.
+function concurrencyChart(g) {
+  const values = (g.series?.points ?? []).map((p) => p.concurrency ?? 0);
+  const chart = lineChart({
+    lines: [{ name: 'concurrency limit found', cls: 'started', values }],
+    limit: g.adaptive.max,
+    spanLabel: `−${seriesSpan(g)}`,
+    format: (v) => count(Math.round(v)),
+    label: `The concurrency limit gate ${g.name} found over the last ${seriesSpan(g)}, searching ${g.adaptive.min} to ${g.adaptive.max}; ${g.concurrency} now`,
+  });
+  return chart ?? h('p', { class: 'empty' }, 'No concurrency history from this server yet.');
+}
+
 function forecastChart(g) {
   const chart = barChart({
     values: g.forecast?.per_minute,
@@ -325,7 +338,8 @@ export const gateDetail = {
       section('Now', liveStats(g)),
       h('div', { class: 'grid-2' },
         section('Rate', rateChart(g)),
-        section('Due in the next hour', forecastChart(g))),
+        section('Due in the next hour', forecastChart(g)),
+        ...(g.adaptive ? [section('Concurrency (adaptive)', concurrencyChart(g))] : [])),
       h('div', { class: 'grid-2' },
         section('Recent failures', ...failures(g, failed, ctx)),
         h('div', {}, section('Configuration', config(g)), section('Counters', counters(g)))),

@@ -181,6 +181,19 @@ async fn fill(admin: &Client, sink: &Sink, failing: &Sink, apps: &Sink, secret: 
         .collect();
     admin.batch(tasks).await;
 
+    // An adaptive gate, searching its endpoint's concurrency.
+    let mut search = gate_for(sink, "20/s");
+    search["concurrency"] = json!(4);
+    search["adaptive"] = json!({ "min": 1, "max": 20 });
+    admin.put_gate("search", search).await;
+    admin
+        .batch(
+            (0..20)
+                .map(|_| webhook_task("search", &sink.url("/search")))
+                .collect(),
+        )
+        .await;
+
     admin.put_gate("reports", gate_for(sink, "10/s")).await;
     let (status, v) = admin.send("POST", "/v1/gates/reports/pause", None).await;
     assert_eq!(status, 200, "{v}");

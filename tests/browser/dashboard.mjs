@@ -223,6 +223,18 @@ async function schedules(page) {
   await shot(page, 'schedules');
 }
 
+async function adaptiveGate(page) {
+  await page.goto(`${base}/#/gates/search`);
+  await page.getByRole('heading', { level: 1, name: 'search' }).waitFor();
+  const chart = page.locator('section', { has: page.getByRole('heading', { name: 'Concurrency (adaptive)' }) }).locator('svg');
+  await chart.waitFor();
+  await page.getByText(/\d+ now, searching 1–20/).waitFor();
+  const gate = await api('/v1/gates/search');
+  check(gate.adaptive?.min === 1 && gate.concurrency >= 1 && gate.concurrency <= 20, `the API's search: ${JSON.stringify(gate.adaptive)}`);
+  await shot(page, 'gate-adaptive');
+  step('adaptive gate: the limit found, its range and its chart are shown');
+}
+
 async function replayFailures(page) {
   await page.goto(`${base}/#/gates/webhooks`);
   await page.getByRole('heading', { level: 1, name: 'webhooks' }).waitFor();
@@ -393,6 +405,7 @@ async function main() {
       await pluginTaskHistory(page);
       await schedules(page);
       await plugins(page);
+      await adaptiveGate(page);
       await replayFailures(page);
       await readerIsRefused(page);
       await statsContract(page);

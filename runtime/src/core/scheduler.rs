@@ -659,6 +659,13 @@ impl Scheduler {
         })
     }
 
+    /// An adaptive gate's concurrency limit now (`None` for a gate without
+    /// the search).
+    pub fn adaptive_limit(&self, gate: GateId) -> Option<u32> {
+        let lane = self.lanes.get(&gate)?;
+        lane.gate.latencies().map(|_| lane.gate.concurrency())
+    }
+
     /// The gate's rate right now and its burst, per second.
     pub fn pace(&self, now: Timestamp, gate: GateId) -> Option<(f64, u32)> {
         let lane = self.lanes.get(&gate)?;

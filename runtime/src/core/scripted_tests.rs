@@ -374,3 +374,76 @@ fn another_nodes_attempt_holds_its_slot_then_counts_as_interrupted() {
         "no backoff, and the circuit (tripped by one failure) stays closed"
     );
 }
+
+/// An answer that says no quota remains holds the gate until the reset; an
+/// answer for an attempt that is not running (a stale report) changes
+/// nothing; the adaptive search hears the latency of the attempt's answer.
+#[test]
+fn an_answer_routes_its_quota_and_latency_to_the_attempts_gate() {
+    let mut s = Script::new(limits(100.0, 10));
+    assert_eq!(s.input(0, Input::Enqueue(task(1, 0))), [start(1, 1, 0)]);
+    assert!(
+        s.input(0, Input::Enqueue(task(2, 0))).is_empty(),
+        "its token comes at 10 ms"
+    );
+    let exhausted = super::Quota {
+        remaining: 0,
+        reset_in: Duration::from_secs(5),
+        limit: Some(10),
+        window: None,
+    };
+    // The wrong attempt's answer is ignored: task 2 starts on time.
+    let stale = Input::Answered {
+        task: TaskId(1),
+        attempt: 7,
+        latency: Duration::from_millis(3),
+        quota: Some(exhausted),
+    };
+    assert!(s.input(1, stale).is_empty());
+    let answered = Input::Answered {
+        task: TaskId(1),
+        attempt: 1,
+        latency: Duration::from_millis(3),
+        quota: Some(exhausted),
+    };
+    s.input(5, answered);
+    let ended = Input::AttemptEnded {
+        task: TaskId(1),
+        outcome: Outcome::Succeeded,
+    };
+    let after = s.input(5, ended);
+    assert!(
+        !after.iter().any(|e| matches!(e, Effect::Start { .. })),
+        "the quota is spent: task 2 waits: {after:?}"
+    );
+    let view = s.core.view(ms(5), G).expect("gate");
+    assert_eq!(
+        view.quota.map(|q| (q.remaining, q.reset_at)),
+        Some((0, ms(5_005)))
+    );
+    assert!(s.at(5_004).is_empty());
+    assert_eq!(s.at(5_005), [start(2, 1, 5_005)], "started at the reset");
+
+    let mut adaptive = limits(1_000.0, 4);
+    adaptive.adaptive = Some(crate::core::AdaptiveRange { min: 1, max: 8 });
+    let mut s = Script::new(adaptive);
+    assert_eq!(s.input(0, Input::Enqueue(task(3, 0))), [start(3, 1, 0)]);
+    assert_eq!(s.core.adaptive_limit(G), Some(4));
+    let slow = Input::Answered {
+        task: TaskId(3),
+        attempt: 1,
+        latency: Duration::from_millis(40),
+        quota: None,
+    };
+    s.input(40, slow);
+    let failed = Input::AttemptEnded {
+        task: TaskId(3),
+        outcome: Outcome::Failed { retry_after: None },
+    };
+    s.input(40, failed);
+    assert_eq!(
+        s.core.adaptive_limit(G),
+        Some(3),
+        "an error cuts the limit by a quarter"
+    );
+}

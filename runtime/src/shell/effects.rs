@@ -75,10 +75,14 @@ impl Engine {
                     let backlog = self.counts.get(&gate.0).map_or(0, |c| c.pending);
                     if let Some(name) = self.gate_names.get(&gate.0) {
                         let metrics = &self.metrics;
-                        self.stats
+                        let stats = self
+                            .stats
                             .entry(gate.0)
-                            .or_insert_with(|| metrics.gate(name))
-                            .started(now, now.as_ms().saturating_sub(due), backlog);
+                            .or_insert_with(|| metrics.gate(name));
+                        stats.started(now, now.as_ms().saturating_sub(due), backlog);
+                        if let Some(limit) = self.core.adaptive_limit(gate) {
+                            stats.series.limit(now, limit);
+                        }
                     }
                     turn.plans.push(plan);
                 }

@@ -27,6 +27,8 @@ pub struct Bucket {
     pub failed: u64,
     /// The backlog when the bucket was last touched.
     pub backlog: Option<u64>,
+    /// An adaptive gate's concurrency limit when the bucket was last touched.
+    pub concurrency: Option<u32>,
 }
 
 /// The recent series of one gate.
@@ -89,19 +91,27 @@ impl Series {
         self.at(now).backlog = Some(backlog);
     }
 
+    /// An adaptive gate's limit now.
+    pub fn limit(&mut self, now: Timestamp, concurrency: u32) {
+        self.at(now).concurrency = Some(concurrency);
+    }
+
     /// The window up to `now`, oldest first, with every step present and the
     /// backlog carried forward over steps in which nothing happened.
     pub fn snapshot(&self, now: Timestamp, backlog: u64) -> Vec<Bucket> {
         let mut copy = self.clone();
         copy.touch(now, backlog);
-        let mut carried = None;
+        let (mut carried, mut limit) = (None, None);
         copy.buckets
             .into_iter()
             .map(|mut b| {
                 if b.backlog.is_none() {
                     b.backlog = carried;
                 }
-                carried = b.backlog;
+                if b.concurrency.is_none() {
+                    b.concurrency = limit;
+                }
+                (carried, limit) = (b.backlog, b.concurrency);
                 b
             })
             .collect()

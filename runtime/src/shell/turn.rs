@@ -204,10 +204,14 @@ impl Engine {
             .then_some(report.outcome == Outcome::Succeeded);
         let backlog = self.counts.get(&gate_id).map_or(0, |c| c.pending);
         let metrics = &self.metrics;
-        self.stats
+        let stats = self
+            .stats
             .entry(gate_id)
-            .or_insert_with(|| metrics.gate(name))
-            .ended(turn.now, outcome, verdict, backlog);
+            .or_insert_with(|| metrics.gate(name));
+        stats.ended(turn.now, outcome, verdict, backlog);
+        if let Some(limit) = self.core.adaptive_limit(GateId(gate_id)) {
+            stats.series.limit(turn.now, limit);
+        }
         Ok(())
     }
 

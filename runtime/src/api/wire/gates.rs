@@ -451,6 +451,9 @@ pub struct SeriesPoint {
     /// The backlog at the end of the step (`null` before anything was seen).
     #[schema(required)]
     pub backlog: Option<u64>,
+    /// An adaptive gate's concurrency limit at the end of the step.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub concurrency: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
@@ -583,6 +586,7 @@ impl GateView {
                         succeeded: b.succeeded,
                         failed: b.failed,
                         backlog: b.backlog,
+                        concurrency: b.concurrency,
                     })
                     .collect(),
             },
