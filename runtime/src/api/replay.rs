@@ -134,8 +134,12 @@ impl Jobs {
         }
     }
 
-    fn get(&self, id: &str) -> Option<Arc<Job>> {
-        self.jobs.lock().ok().and_then(|j| j.get(id).cloned())
+    fn find(&self, id: &str) -> Result<Arc<Job>, ApiError> {
+        self.jobs
+            .lock()
+            .ok()
+            .and_then(|j| j.get(id).cloned())
+            .ok_or_else(|| ApiError::not_found(format!("replay {id:?} not found")))
     }
 }
 
@@ -388,11 +392,7 @@ pub(super) async fn get_replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ReplayView>, ApiError> {
-    let job = state
-        .replays
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("replay {id:?} not found")))?;
-    Ok(Json(job.view()))
+    Ok(Json(state.replays.find(&id)?.view()))
 }
 
 #[utoipa::path(
@@ -410,10 +410,7 @@ pub(super) async fn cancel_replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ReplayView>, ApiError> {
-    let job = state
-        .replays
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("replay {id:?} not found")))?;
+    let job = state.replays.find(&id)?;
     job.cancelled.store(true, Ordering::Relaxed);
     Ok(Json(job.view()))
 }
