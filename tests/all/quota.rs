@@ -309,3 +309,74 @@ async fn adaptive_ranges_are_checked() {
     assert_eq!(v["adaptive"]["max"], 9, "{v}");
     assert_eq!(v["quota_headers"], false, "{v}");
 }
+
+/// The knee endpoint turns slow (every answer four times slower): within
+/// seconds the adaptive gate holds far fewer requests there, measured at the
+/// endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_gate_backs_off_when_the_endpoint_slows() {
+    const KNEE: usize = 8;
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    // Each arrival: when, and how many requests the endpoint then held.
+    let arrivals: Arc<Mutex<Vec<(std::time::Instant, usize)>>> = Arc::default();
+    let slow_from: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+    let (seen, at, slow) = (arrivals.clone(), sink.clone(), slow_from.clone());
+    sink.behave(move |hit, _| {
+        let held = at.in_flight() + 1;
+        seen.lock().expect("lock").push((hit.at, held));
+        let factor = if slow.lock().expect("lock").is_some() {
+            4
+        } else {
+            1
+        };
+        match held {
+            n if n <= KNEE => Reply::ok().delayed(Duration::from_millis(50 * factor)),
+            n if n <= KNEE + 4 => Reply::ok().delayed(Duration::from_millis(150 * factor)),
+            _ => Reply::status(500),
+        }
+    });
+    c.put_gate(
+        "flips",
+        json!({
+            "rate": "1000/s", "burst": 10, "concurrency": 8,
+            "adaptive": { "min": 1, "max": 50 },
+            "allowed_hosts": [sink.host()], "recovery": { "start": 1.0 }, "circuit": null,
+            "retry": { "max_attempts": 10, "backoff": { "initial": "50ms", "max": "200ms", "jitter": false } },
+        }),
+    )
+    .await;
+    c.batch(
+        (0..800)
+            .map(|_| webhook_task("flips", &sink.url("/f")))
+            .collect(),
+    )
+    .await;
+    // Healthy for about two seconds, then slow.
+    sink.wait_for(300, Duration::from_secs(30)).await;
+    let turned = sluice::clock::instant();
+    *slow_from.lock().expect("lock") = Some(turned);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let arrivals = arrivals.lock().expect("lock").clone();
+    let middle = |from: std::time::Instant, to: std::time::Instant| {
+        let mut held: Vec<usize> = arrivals
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|&(_, n)| n)
+            .collect();
+        held.sort_unstable();
+        held.get(held.len() / 2).copied()
+    };
+    let before = middle(turned - Duration::from_secs(1), turned).expect("arrivals before");
+    let after = middle(
+        turned + Duration::from_secs(3),
+        turned + Duration::from_secs(5),
+    )
+    .expect("arrivals after");
+    assert!(
+        before >= 5 && after * 10 <= before * 6,
+        "held before the slowdown {before}, 3 to 5 s after it {after}"
+    );
+}
