@@ -218,6 +218,16 @@ async fn untrustworthy_quota_headers_are_ignored_with_a_reason() {
     assert!(view.get("quota").is_none(), "{view}");
 }
 
+/// A gate far above its endpoint's knee, searching 1 to 50 from `start`.
+fn adaptive_gate(sink: &Sink, start: u32) -> serde_json::Value {
+    json!({
+        "rate": "1000/s", "burst": 10, "concurrency": start,
+        "adaptive": { "min": 1, "max": 50 },
+        "allowed_hosts": [sink.host()], "recovery": { "start": 1.0 }, "circuit": null,
+        "retry": { "max_attempts": 10, "backoff": { "initial": "50ms", "max": "200ms", "jitter": false } },
+    })
+}
+
 /// An endpoint that answers in 50 ms while it holds up to 8 requests, in
 /// 150 ms up to 12, and with 500 beyond: an adaptive gate (1 to 50, starting
 /// at 4) settles near 8 (within 25 % for the middle of the arrivals in the
@@ -240,16 +250,7 @@ async fn an_adaptive_gate_finds_the_knee() {
             _ => Reply::status(500),
         }
     });
-    c.put_gate(
-        "knee",
-        json!({
-            "rate": "1000/s", "burst": 10, "concurrency": 4,
-            "adaptive": { "min": 1, "max": 50 },
-            "allowed_hosts": [sink.host()], "recovery": { "start": 1.0 }, "circuit": null,
-            "retry": { "max_attempts": 10, "backoff": { "initial": "50ms", "max": "200ms", "jitter": false } },
-        }),
-    )
-    .await;
+    c.put_gate("knee", adaptive_gate(&sink, 4)).await;
     let ids = c
         .batch(
             (0..TASKS)
@@ -337,16 +338,7 @@ async fn an_adaptive_gate_backs_off_when_the_endpoint_slows() {
             _ => Reply::status(500),
         }
     });
-    c.put_gate(
-        "flips",
-        json!({
-            "rate": "1000/s", "burst": 10, "concurrency": 8,
-            "adaptive": { "min": 1, "max": 50 },
-            "allowed_hosts": [sink.host()], "recovery": { "start": 1.0 }, "circuit": null,
-            "retry": { "max_attempts": 10, "backoff": { "initial": "50ms", "max": "200ms", "jitter": false } },
-        }),
-    )
-    .await;
+    c.put_gate("flips", adaptive_gate(&sink, 8)).await;
     c.batch(
         (0..800)
             .map(|_| webhook_task("flips", &sink.url("/f")))
