@@ -70,6 +70,7 @@ const STATES = {
   interrupted: ['warn', 'bolt'],
   expired: ['warn', 'glass'],
   cancelled: ['idle', 'slash'],
+  superseded: ['idle', 'retry'],
   // schedules
   active: ['ok', 'dot'],
 };

@@ -259,6 +259,34 @@ function quota(q) {
   return `${count(q.remaining)} left${of}, resets ${time(q.reset_at)}`;
 }
 
+// One key's limits inside the gate, as a phrase.
+function keyLimits(l) {
+  const parts = [l.rate ? `${l.rate} (burst ${l.burst})` : 'the gate\'s rate',
+    l.concurrency != null ? `${count(l.concurrency)} at once` : 'the gate\'s concurrency'];
+  if (l.weight !== 1) parts.push(`weight ${l.weight}`);
+  return parts.join(', ');
+}
+
+// Keys: their limits, and the busiest of those with work now.
+function keys(g) {
+  const limits = g.keys ? [['Each key', keyLimits(g.keys)],
+    ...Object.entries(g.keys.overrides ?? {}).map(([k, l]) => [h('code', {}, k), keyLimits(l)])] : [];
+  const rows = (g.busiest_keys ?? []).map((k) => h('tr', { dataset: { key: 'busy-key' } },
+    h('td', {}, k.key == null ? h('em', {}, 'no key') : h('code', {}, k.key)),
+    h('td', { class: 'num' }, count(k.in_flight)),
+    h('td', { class: 'num' }, count(k.due)),
+    h('td', {}, k.oldest_due_age_s != null ? duration(k.oldest_due_age_s) : '—'),
+    h('td', {}, k.state ? badge(k.state) : '—')));
+  return [
+    facts([['Keys with work', count(g.active_keys)],
+      ['Isolation', g.isolate === 'key' ? 'a key\'s 429s and failures hold back that key only' : 'the whole gate'],
+      ...limits]),
+    rows.length
+      ? table([['Key'], ['In flight', 'num'], ['Due', 'num'], ['Oldest due'], ['State']], rows, 'Busiest keys')
+      : h('p', { class: 'empty' }, 'No key has work now.'),
+  ];
+}
+
 function counters(g) {
   return facts(Object.entries(g.counters).map(([k, v]) => [label(k), count(v)]));
 }
@@ -340,6 +368,7 @@ export const gateDetail = {
         section('Rate', rateChart(g)),
         section('Due in the next hour', forecastChart(g)),
         ...(g.adaptive ? [section('Concurrency (adaptive)', concurrencyChart(g))] : [])),
+      ...(g.keys || g.active_keys > 0 || g.isolate === 'key' ? [section('Keys', ...keys(g))] : []),
       h('div', { class: 'grid-2' },
         section('Recent failures', ...failures(g, failed, ctx)),
         h('div', {}, section('Configuration', config(g)), section('Counters', counters(g)))),

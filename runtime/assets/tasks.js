@@ -4,7 +4,7 @@ import { enc, get, post, remove, withQuery } from './api.js';
 import { badge, collapsed, collapsedLines, facts, h, icon, link, section, table, targetLine, time } from './dom.js';
 import { bytes, count, duration, millis, target } from './format.js';
 
-const STATES = ['scheduled', 'running', 'succeeded', 'failed', 'expired', 'cancelled'];
+const STATES = ['scheduled', 'running', 'succeeded', 'failed', 'expired', 'cancelled', 'superseded'];
 const FILTERS = ['gate', 'state', 'label', 'limit'];
 
 /** The list's query from the route: filters plus the page cursor. */
@@ -162,6 +162,9 @@ function summary(t) {
     ['Backoff', `${b.initial} → ${b.max} ×${b.multiplier}${b.jitter ? ' with jitter' : ''}`],
     ['Retry window', t.max_retry_duration],
     ['Idempotency key', t.idempotency_key ? h('code', {}, t.idempotency_key) : null],
+    ['Key', t.key ? h('code', {}, t.key) : null],
+    ['Coalesce key', t.coalesce_key ? h('code', {}, t.coalesce_key) : null],
+    ['Replaced', t.supersedes ? link(`#/tasks/${enc(t.supersedes)}`, t.supersedes, 'superseded') : null],
     ['Labels', labels(t)],
     ['Schedule', t.schedule ? link(`#/schedules/${enc(t.schedule)}`, t.schedule, 'schedule') : null],
     ['Created by', t.parent ? link(`#/tasks/${enc(t.parent)}`, t.parent, 'parent') : null],
@@ -213,7 +216,7 @@ function actions(t, ctx) {
       }),
     }, icon('slash'), 'Cancel task'));
   }
-  if (t.state === 'failed' || t.state === 'expired') {
+  if (t.state === 'failed' || t.state === 'expired' || t.state === 'superseded') {
     buttons.push(h('button', {
       type: 'button', class: 'primary', dataset: { key: 'task-retry' },
       onclick: () => ctx.act({

@@ -26,6 +26,10 @@ pub struct GateSpec {
     pub quota_headers: bool,
     /// Search for the endpoint's safe concurrency in this range.
     pub adaptive: Option<crate::core::AdaptiveRange>,
+    /// Per-key limits, weights and isolation.
+    pub keys: Option<crate::store::KeysRecord>,
+    /// A waiting task gains a priority level per this much; `None`: a minute.
+    pub priority_aging: Option<Duration>,
 }
 
 /// Defaults a gate gets for what its spec leaves out.
@@ -46,6 +50,12 @@ pub struct NewTask {
     pub expires_after: Option<Duration>,
     pub idempotency_key: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The tenant it acts for (≤ 128 bytes).
+    pub key: Option<String>,
+    /// A later create with the same one replaces this task until it starts.
+    pub coalesce_key: Option<String>,
+    /// 0–9, higher first among its key's due tasks; `None`: 5.
+    pub priority: Option<u8>,
     /// Set on occurrences of a schedule.
     pub schedule: Option<String>,
     /// Set on the next steps a completion creates.

@@ -212,7 +212,7 @@ async fn malformed_requests_get_clear_4xx_errors() {
         (
             "POST",
             "/v1/tasks",
-            Some(json!({"gate": "g", "webhook": {"url": url}, "priority": 3})),
+            Some(json!({"gate": "g", "webhook": {"url": url}, "urgency": 3})),
             400,
             "invalid_argument",
             None,

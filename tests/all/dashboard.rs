@@ -194,6 +194,27 @@ async fn fill(admin: &Client, sink: &Sink, failing: &Sink, apps: &Sink, secret: 
         )
         .await;
 
+    // Tenants sharing one gate, each key limited, one with more weight.
+    let mut tenants = gate_for(sink, "2/s");
+    tenants["keys"] =
+        json!({ "rate": "1/s", "overrides": { "acme": { "rate": "2/s", "weight": 3 } } });
+    tenants["isolate"] = json!("key");
+    admin.put_gate("tenants", tenants).await;
+    admin
+        .batch(
+            ["acme", "globex", "initech"]
+                .iter()
+                .cycle()
+                .take(60)
+                .map(|k| {
+                    let mut t = webhook_task("tenants", &sink.url("/tenant"));
+                    t["key"] = json!(k);
+                    t
+                })
+                .collect(),
+        )
+        .await;
+
     admin.put_gate("reports", gate_for(sink, "10/s")).await;
     let (status, v) = admin.send("POST", "/v1/gates/reports/pause", None).await;
     assert_eq!(status, 200, "{v}");

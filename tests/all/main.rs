@@ -14,6 +14,7 @@ mod cluster;
 mod crash;
 mod dashboard;
 mod delivery;
+mod keys;
 mod leases;
 mod openapi;
 mod ops;

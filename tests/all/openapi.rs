@@ -16,6 +16,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("delete", "/v1/gates/{name}"),
     ("post", "/v1/gates/{name}/pause"),
     ("post", "/v1/gates/{name}/resume"),
+    // Issue 17: a gate's keys, paged.
+    ("get", "/v1/gates/{name}/keys"),
     ("post", "/v1/tasks"),
     ("get", "/v1/tasks"),
     ("post", "/v1/tasks/batch"),

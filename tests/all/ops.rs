@@ -215,6 +215,7 @@ async fn check_reports_corruption_and_repair_rebuilds() {
                 let record = tx.task(lost_id)?.expect("task");
                 assert!(tx.remove_pending(
                     GateId(record.gate_id),
+                    None,
                     Timestamp(record.due_at),
                     TaskId(lost_id)
                 )?);

@@ -110,6 +110,7 @@ impl World {
         let mut rng = Rng::new(seed);
         let tuning = Tuning {
             window: 2 + rng.below(64) as usize,
+            key_budget: 2 + rng.below(64) as usize,
             horizon: Duration::from_millis(500 + rng.below(30_000)),
             lookahead: Duration::from_millis(rng.below(50)),
         };
@@ -159,6 +160,15 @@ impl World {
                 accept_next_from: Vec::new(),
                 quota_headers: true,
                 adaptive: None,
+                priority_aging: None,
+                // Half the gates limit each key; all share by key.
+                keys: (g % 2 == 0).then(|| sluice::store::KeysRecord {
+                    limits: sluice::store::KeyLimitsRecord {
+                        concurrency: Some(2),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }),
                 timeout: Duration::from_secs(5),
                 retry: RetryPolicy {
                     max_attempts: 50,
@@ -251,6 +261,12 @@ impl World {
             expires_after: None,
             idempotency_key: None,
             labels: BTreeMap::new(),
+            // Tasks of a few keys, and some without.
+            key: ["a", "b", "c"]
+                .get((due.as_ms() % 4) as usize)
+                .map(|k| (*k).to_owned()),
+            coalesce_key: None,
+            priority: Some((due.as_ms() % 10) as u8),
             schedule: None,
             parent: None,
             lineage: None,

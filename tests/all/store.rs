@@ -18,8 +18,10 @@ fn conformance(fresh: impl Fn() -> Box<dyn Backend>) {
     gates_and_their_ids(fresh().as_ref());
     tasks_attempts_and_the_running_set(fresh().as_ref());
     pending_keys_in_due_order(fresh().as_ref());
+    pending_tasks_by_key(fresh().as_ref());
     minute_counts_follow_pending(fresh().as_ref());
     idempotency_keys_belong_to_a_gate(fresh().as_ref());
+    coalesce_keys_name_the_last_task(fresh().as_ref());
     counters_round_trip(fresh().as_ref());
     listings_newest_first(fresh().as_ref());
     retention_spares_a_task_that_runs_again(fresh().as_ref());
@@ -185,13 +187,13 @@ fn pending_keys_in_due_order(store: &dyn Backend) {
     let (g, other) = (GateId(1), GateId(2));
     ok(store.write(|tx| {
         for (due, id) in [(30, 3), (10, 1), (20, 2), (20, 1), (40, 4)] {
-            tx.insert_pending(g, Timestamp(due), TaskId(id))?;
+            tx.insert_pending(g, None, Timestamp(due), TaskId(id))?;
         }
-        tx.insert_pending(other, Timestamp(5), TaskId(99))
+        tx.insert_pending(other, None, Timestamp(5), TaskId(99))
     }));
     let key = |due, id| (Timestamp(due), TaskId(id));
     ok(store.write(|tx| {
-        let (keys, next) = tx.pending_range(g, key(0, 0), Timestamp(u64::MAX), 3)?;
+        let (keys, next) = tx.pending_range(g, None, key(0, 0), Timestamp(u64::MAX), 3)?;
         assert_eq!(
             keys,
             [key(10, 1), key(20, 1), key(20, 2)],
@@ -199,21 +201,21 @@ fn pending_keys_in_due_order(store: &dyn Backend) {
         );
         assert_eq!(next, Some(key(30, 3)));
         // From a key on, and not past `until`.
-        let (keys, next) = tx.pending_range(g, key(20, 2), Timestamp(30), 10)?;
+        let (keys, next) = tx.pending_range(g, None, key(20, 2), Timestamp(30), 10)?;
         assert_eq!(keys, [key(20, 2), key(30, 3)]);
         assert_eq!(next, Some(key(40, 4)));
-        let (keys, next) = tx.pending_range(g, key(41, 0), Timestamp(u64::MAX), 10)?;
+        let (keys, next) = tx.pending_range(g, None, key(41, 0), Timestamp(u64::MAX), 10)?;
         assert!(keys.is_empty() && next.is_none());
-        assert!(tx.remove_pending(g, Timestamp(20), TaskId(1))?);
+        assert!(tx.remove_pending(g, None, Timestamp(20), TaskId(1))?);
         assert!(
-            !tx.remove_pending(g, Timestamp(20), TaskId(1))?,
+            !tx.remove_pending(g, None, Timestamp(20), TaskId(1))?,
             "removed twice"
         );
         assert!(
-            !tx.remove_pending(g, Timestamp(99), TaskId(3))?,
+            !tx.remove_pending(g, None, Timestamp(99), TaskId(3))?,
             "wrong due"
         );
-        assert_eq!(tx.all_pending(other)?, [key(5, 99)]);
+        assert_eq!(tx.all_pending(other)?, [(None, Timestamp(5), TaskId(99))]);
         Ok(())
     }));
     let r = ok(store.read());
@@ -221,12 +223,64 @@ fn pending_keys_in_due_order(store: &dyn Backend) {
     assert_eq!(ok(r.oldest_pending(3)), None);
 }
 
+fn pending_tasks_by_key(store: &dyn Backend) {
+    let (g, other) = (GateId(5), GateId(6));
+    ok(store.write(|tx| {
+        tx.insert_pending(g, None, Timestamp(50), TaskId(1))?;
+        for (key, due, id) in [
+            ("b", 30, 2),
+            ("a", 40, 3),
+            ("a", 10, 4),
+            ("b", 20, 5),
+            ("a", 10, 6),
+            ("ab", 5, 7),
+        ] {
+            tx.insert_pending(g, Some(key), Timestamp(due), TaskId(id))?;
+        }
+        tx.insert_pending(other, Some("a"), Timestamp(1), TaskId(8))
+    }));
+    let order = |due, id| (Timestamp(due), TaskId(id));
+    ok(store.write(|tx| {
+        // Each key in its own order, the unnamed one apart.
+        let (a, next) = tx.pending_range(g, Some("a"), order(0, 0), Timestamp(u64::MAX), 2)?;
+        assert_eq!(a, [order(10, 4), order(10, 6)]);
+        assert_eq!(next, Some(order(40, 3)));
+        let (b, next) = tx.pending_range(g, Some("b"), order(0, 0), Timestamp(25), 10)?;
+        assert_eq!(b, [order(20, 5)]);
+        assert_eq!(next, Some(order(30, 2)));
+        let (unnamed, _) = tx.pending_range(g, None, order(0, 0), Timestamp(u64::MAX), 10)?;
+        assert_eq!(unnamed, [order(50, 1)]);
+        // Every key with its first task, the unnamed one as `None`.
+        let mut keys = tx.pending_keys(g)?;
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                (None, order(50, 1)),
+                (Some("a".into()), order(10, 4)),
+                (Some("ab".into()), order(5, 7)),
+                (Some("b".into()), order(20, 5)),
+            ]
+        );
+        assert_eq!(tx.pending_keys(other)?, [(Some("a".into()), order(1, 8))]);
+        assert!(tx.remove_pending(g, Some("a"), Timestamp(10), TaskId(4))?);
+        assert!(
+            !tx.remove_pending(g, Some("b"), Timestamp(10), TaskId(6))?,
+            "under another key"
+        );
+        assert_eq!(tx.all_pending(g)?.len(), 6);
+        Ok(())
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.oldest_pending(5)), Some(5), "the keyed tasks count");
+}
+
 fn minute_counts_follow_pending(store: &dyn Backend) {
     let now = 1_000 * MIN + 30_000;
     let add = |gate: u32, dues: &[u64], first: u64| {
         ok(store.write(|tx| {
             for (i, &due) in dues.iter().enumerate() {
-                tx.insert_pending(GateId(gate), Timestamp(due), TaskId(first + i as u64))?;
+                tx.insert_pending(GateId(gate), None, Timestamp(due), TaskId(first + i as u64))?;
             }
             Ok(())
         }))
@@ -248,9 +302,9 @@ fn minute_counts_follow_pending(store: &dyn Backend) {
     // Starting (removing) tasks takes them out; a key removed twice counts once.
     ok(store.write(|tx| {
         let (g, t) = (GateId(1), Timestamp);
-        assert!(tx.remove_pending(g, t(998 * MIN), TaskId(1))?);
-        assert!(!tx.remove_pending(g, t(998 * MIN), TaskId(1))?);
-        assert!(tx.remove_pending(g, t(now + 5_000), TaskId(10))?);
+        assert!(tx.remove_pending(g, None, t(998 * MIN), TaskId(1))?);
+        assert!(!tx.remove_pending(g, None, t(998 * MIN), TaskId(1))?);
+        assert!(tx.remove_pending(g, None, t(now + 5_000), TaskId(10))?);
         Ok(())
     }));
     let r = ok(store.read());
@@ -272,11 +326,30 @@ fn idempotency_keys_belong_to_a_gate(store: &dyn Backend) {
     }));
 }
 
+fn coalesce_keys_name_the_last_task(store: &dyn Backend) {
+    ok(store.write(|tx| {
+        tx.put_coalesced(1, "order-42", 7)?;
+        tx.put_coalesced(1, "order-42", 8)?;
+        assert_eq!(
+            tx.coalesced(1, "order-42")?,
+            Some(8),
+            "in the same transaction"
+        );
+        Ok(())
+    }));
+    ok(store.write(|tx| {
+        assert_eq!(tx.coalesced(1, "order-42")?, Some(8), "the last one wins");
+        assert_eq!(tx.coalesced(2, "order-42")?, None, "keys are per gate");
+        Ok(())
+    }));
+}
+
 fn counters_round_trip(store: &dyn Backend) {
     let counts = Counts {
         pending: 3,
         running: 1,
         succeeded: 10,
+        superseded: 2,
         attempts: 12,
         ..Counts::default()
     };

@@ -235,6 +235,23 @@ async function adaptiveGate(page) {
   step('adaptive gate: the limit found, its range and its chart are shown');
 }
 
+async function gateWithKeys(page) {
+  await page.goto(`${base}/#/gates/tenants`);
+  await page.getByRole('heading', { level: 1, name: 'tenants' }).waitFor();
+  const keys = page.locator('section', { has: page.getByRole('heading', { name: 'Keys' }) });
+  await keys.getByText('1/s (burst 1), the gate\'s concurrency').waitFor();
+  await keys.getByText('2/s (burst 1), the gate\'s concurrency, weight 3').waitFor();
+  await keys.getByText('a key\'s 429s and failures hold back that key only').waitFor();
+  await keys.locator('tr[data-key="busy-key"]').first().waitFor();
+  const shown = await keys.locator('tr[data-key="busy-key"] code').allTextContents();
+  const gate = await api('/v1/gates/tenants');
+  const listed = gate.busiest_keys.map((k) => k.key);
+  check(shown.length > 0 && shown.every((k) => ['acme', 'globex', 'initech'].includes(k)), `keys shown: ${shown}`);
+  check(gate.active_keys >= shown.length && listed.length > 0, `the API's keys: ${JSON.stringify(gate.busiest_keys)}`);
+  await shot(page, 'gate-keys');
+  step(`gate with keys: limits, isolation and ${shown.length} busy keys shown, as the API lists them`);
+}
+
 async function replayFailures(page) {
   await page.goto(`${base}/#/gates/webhooks`);
   await page.getByRole('heading', { level: 1, name: 'webhooks' }).waitFor();
@@ -406,6 +423,7 @@ async function main() {
       await schedules(page);
       await plugins(page);
       await adaptiveGate(page);
+      await gateWithKeys(page);
       await replayFailures(page);
       await readerIsRefused(page);
       await statsContract(page);

@@ -53,6 +53,65 @@ pub(super) async fn list_gates(State(state): State<AppState>) -> Result<Json<Gat
     Ok(Json(GateList { gates }))
 }
 
+/// Pending tasks counted per key in a page of keys, at most.
+const KEY_COUNT_CAP: u64 = 100_000;
+
+#[utoipa::path(
+    get,
+    path = "/gates/{name}/keys",
+    tag = "gates",
+    params(
+        ("name" = String, Path, description = "The gate's name"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000; default 100", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The gate's keys with pending tasks, in key order, each with its backlog", body = KeysPage),
+        (status = 400, description = "Invalid query; `field` names the parameter", body = ErrorBody),
+        (status = 404, description = "No such gate", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_keys(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<KeysPage>, ApiError> {
+    let pairs = query_pairs(&query, &["limit", "cursor"])?;
+    let mut limit = 100usize;
+    let mut cursor = None;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1_000).contains(n))
+                    .ok_or_else(|| ApiError::field("limit", "limit is a number from 1 to 1000"))?
+            }
+            "cursor" => cursor = Some(v),
+            _ => {}
+        }
+    }
+    let store = state.store.clone();
+    let page = tokio::task::spawn_blocking(move || -> Result<KeysPage, ApiError> {
+        let reader = store.read()?;
+        let gate = reader
+            .gate(&name)?
+            .ok_or_else(|| ApiError::not_found(format!("gate {name:?} not found")))?;
+        let mut keys = reader.gate_keys(gate.id, cursor.as_deref(), limit + 1, KEY_COUNT_CAP)?;
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        Ok(KeysPage {
+            next_cursor: more.then(|| keys.last().map(|k| k.key.clone())).flatten(),
+            keys: keys.iter().map(KeyBacklogView::new).collect(),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    Ok(Json(page))
+}
+
 #[utoipa::path(
     get,
     path = "/gates/{name}",

@@ -45,6 +45,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     let float = || Family::<GateLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let int = Family::<GateLabel, Gauge>::default;
     let (backlog, due, in_flight, concurrency) = (int(), int(), int(), int());
+    let active_keys = int();
     let (quota_remaining, quota_reset) = (int(), float());
     let (effective, configured, oldest) = (float(), float(), float());
     let gate_state = Family::<StateLabel, Gauge>::default();
@@ -62,6 +63,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         set(&due, view.due);
         set(&in_flight, u64::from(view.in_flight));
         set(&concurrency, u64::from(view.concurrency));
+        set(&active_keys, view.active_keys as u64);
         effective.get_or_create(&label).set(view.effective_rate);
         configured.get_or_create(&label).set(view.rate_per_s);
         oldest.get_or_create(&label).set(view.oldest_due_age_s);
@@ -86,6 +88,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         "gate_concurrency",
         "Concurrency limit in force (the adaptive search's, when it runs)",
         concurrency,
+    );
+    registry.register(
+        "gate_active_keys",
+        "Keys with pending or running tasks (tasks without a key count as one)",
+        active_keys,
     );
     registry.register(
         "gate_effective_rate",

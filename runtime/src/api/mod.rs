@@ -46,8 +46,8 @@ pub use error::ApiError;
 use error::ErrorBody;
 use wire::{
     BatchBody, BatchCreated, CompleteBody, FORECAST_MINUTES, FailBody, GateBody, GateExtra,
-    GateList, GateView, HeartbeatBody, ScheduleBody, ScheduleList, ScheduleView, TaskBody,
-    TaskList, TaskView,
+    GateList, GateView, HeartbeatBody, KeyBacklogView, KeysPage, ScheduleBody, ScheduleList,
+    ScheduleView, TaskBody, TaskList, TaskView,
 };
 
 #[derive(Clone)]
@@ -89,6 +89,7 @@ fn routes() -> OpenApiRouter<AppState> {
             routes!(gates::put_gate, gates::get_gate, gates::delete_gate)
                 .layer(DefaultBodyLimit::max(GATE_BODY_LIMIT)),
         )
+        .routes(routes!(gates::list_keys))
         .routes(routes!(gates::pause_gate))
         .routes(routes!(gates::resume_gate))
         .routes(

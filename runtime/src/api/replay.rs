@@ -144,12 +144,10 @@ impl Jobs {
 }
 
 fn filter_of(body: &ReplayBody) -> Result<TaskFilter, ApiError> {
-    // No task is superseded before coalescing exists: that filter matches
-    // none (an empty range of finish times).
-    let (state, none) = match body.state.as_deref().unwrap_or("failed") {
-        "failed" => (TaskState::Failed, false),
-        "expired" => (TaskState::Expired, false),
-        "superseded" => (TaskState::Failed, true),
+    let state = match body.state.as_deref().unwrap_or("failed") {
+        "failed" => TaskState::Failed,
+        "expired" => TaskState::Expired,
+        "superseded" => TaskState::Superseded,
         _ => {
             return Err(ApiError::field(
                 "state",
@@ -187,12 +185,8 @@ fn filter_of(body: &ReplayBody) -> Result<TaskFilter, ApiError> {
                 .ok_or_else(|| ApiError::field("label", "label filter is key:value"))
         })
         .transpose()?;
-    let finished = if none {
-        Some((1, 0))
-    } else {
-        (since.is_some() || until.is_some())
-            .then(|| (since.unwrap_or(0), until.unwrap_or(u64::MAX)))
-    };
+    let finished = (since.is_some() || until.is_some())
+        .then(|| (since.unwrap_or(0), until.unwrap_or(u64::MAX)));
     Ok(TaskFilter {
         gate_id: None,
         state: Some(state),
@@ -519,7 +513,13 @@ mod tests {
         );
         let superseded =
             filter_of(&body(serde_json::json!({ "state": "superseded" }))).expect("ok");
-        assert!(!superseded.matches(&task(1)), "no task is superseded yet");
+        assert!(
+            !superseded.matches(&task(1)),
+            "a failed task is not superseded"
+        );
+        let mut replaced = task(2);
+        replaced.state = TaskState::Superseded;
+        assert!(superseded.matches(&replaced));
         let failed = filter_of(&body(serde_json::json!({}))).expect("ok");
         assert!(failed.matches(&task(1)));
         let window = filter_of(&body(

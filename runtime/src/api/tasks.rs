@@ -126,7 +126,7 @@ pub(super) async fn get_task(
     tag = "tasks",
     params(
         ("gate" = Option<String>, Query, description = "Only this gate's tasks"),
-        ("state" = Option<String>, Query, description = "`scheduled`, `running`, `succeeded`, `failed`, `expired` or `cancelled`"),
+        ("state" = Option<String>, Query, description = "`scheduled`, `running`, `succeeded`, `failed`, `expired`, `cancelled` or `superseded`"),
         ("label" = Option<String>, Query, description = "`key:value`", example = "team:billing"),
         ("limit" = Option<u32>, Query, description = "1 to 1000; default 50", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
@@ -154,7 +154,7 @@ pub(super) async fn list_tasks(
                 filter.state = Some(TaskState::parse(&v).ok_or_else(|| {
                     ApiError::field(
                         "state",
-                        "state is one of scheduled, running, succeeded, failed, expired, cancelled",
+                        "state is one of scheduled, running, succeeded, failed, expired, cancelled, superseded",
                     )
                 })?)
             }

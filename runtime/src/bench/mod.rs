@@ -20,6 +20,7 @@ use crate::client::Client;
 use crate::clock;
 
 mod harness;
+mod keys;
 
 use harness::*;
 
@@ -30,7 +31,8 @@ pub struct Options {
     pub gates: u64,
     pub out: PathBuf,
     pub quick: bool,
-    /// Run only these workloads (w1, w1c, w2 … w5b, w6, w7, w7c, w10, w11); all when
+    /// Run only these workloads (w1, w1c, w1k, w2 … w5b, w6, w7, w7c, w8, w9, w10,
+    /// w11); all when
     /// empty. W7c (a cluster) runs only with a PostgreSQL `store`.
     pub only: Vec<String>,
     /// A PostgreSQL URL for the servers' store; redb files when `None`.
@@ -102,6 +104,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             format!("{per_s:.0}"),
             "≥ 20,000".into(),
         ));
+    }
+    for (name, workload) in [("w1k", 0), ("w8", 1), ("w9", 2)] {
+        if !options.runs(name) {
+            continue;
+        }
+        let (figures, mut lines) = match workload {
+            0 => keys::w1_keys(&server, &sink, options.quick).await?,
+            1 => keys::w8(&server, &sink, options.quick).await?,
+            _ => keys::w9(&server, &sink, options.quick).await?,
+        };
+        results.insert(name.into(), figures);
+        rows.append(&mut lines);
     }
     if options.runs("w7") {
         // W7: gate accuracy across rates and bursts, burst 1 (the default,

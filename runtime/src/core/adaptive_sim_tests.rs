@@ -42,6 +42,7 @@ fn run(seed: u64, seconds: u64, range: AdaptiveRange, rate: f64, endpoint: &Endp
         },
         circuit: None,
         quota_headers: true,
+        priority_aging: Duration::from_secs(60),
     };
     let mut gate = Gate::new(t0, limits).with_lookahead(Duration::from_millis(20));
     let mut answers: BTreeMap<(u64, u64), (u64, bool)> = BTreeMap::new();

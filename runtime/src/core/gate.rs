@@ -30,6 +30,9 @@ pub struct GateLimits {
     /// Pace by the quota the endpoint states in its responses (SPEC §1,
     /// `quota_headers`).
     pub quota_headers: bool,
+    /// A waiting task gains one priority level per this much time past its
+    /// due time, so low priority is delayed, never starved.
+    pub priority_aging: Duration,
 }
 
 /// After a start, a resume or a closed circuit, the effective rate begins at
@@ -163,6 +166,17 @@ impl Limiter {
         Err(Timestamp(now.as_ms() + retry_ms))
     }
 
+    /// The rate changes at once (a new config): tokens promised ahead keep
+    /// their instants. The debt is kept in time, not in tokens, so the
+    /// balance is back at zero when the last promised slot comes, whatever
+    /// the new rate; otherwise a higher rate would hand out slots before
+    /// those already promised.
+    fn rescale_debt(&mut self, from: f64, to: f64) {
+        if self.tokens_nano < 0 && from > 0.0 && to > 0.0 {
+            self.tokens_nano = (self.tokens_nano as f64 * (to / from)).floor() as i64;
+        }
+    }
+
     fn empty(&mut self, now: Timestamp, rate: f64) {
         self.tokens_nano = self.tokens_nano.min(0);
         self.updated = now;
@@ -265,8 +279,8 @@ impl Gate {
     /// The bucket keeps its tokens (capped at the new burst), so a change neither
     /// releases a flood nor stalls the gate.
     pub fn set_limits(&mut self, now: Timestamp, limits: GateLimits) {
-        let rate = self.effective_rate(now);
-        self.limiter.refill(now, rate, self.limits.burst);
+        let before = self.effective_rate(now);
+        self.limiter.refill(now, before, self.limits.burst);
         self.limits = limits;
         self.adaptive = match (limits.adaptive, self.adaptive) {
             (None, _) => None,
@@ -282,6 +296,7 @@ impl Gate {
             };
         }
         let rate = self.effective_rate(now);
+        self.limiter.rescale_debt(before, rate);
         self.limiter.refill(now, rate, limits.burst);
     }
 
@@ -662,6 +677,31 @@ impl Gate {
         };
     }
 
+    /// When the gate will be as good as a new one: nothing in flight, the
+    /// circuit closed and clear, no throttle, ramp or pause in force, and the
+    /// bucket full. `None` while that is not in sight.
+    pub fn rested_at(&self, now: Timestamp) -> Option<Timestamp> {
+        let clear = self.in_flight == 0
+            && !self.paused
+            && self.circuit
+                == Circuit::Closed {
+                    consecutive_failures: 0,
+                }
+            && self.throttled_until.is_none_or(|t| t <= now)
+            && self.ramp_factor(now) >= 1.0
+            && self.throttle_factor(now) >= 1.0;
+        if !clear {
+            return None;
+        }
+        let mut limiter = self.limiter;
+        let rate = self.effective_rate(now);
+        limiter.refill(now, rate, self.limits.burst);
+        let missing = (i64::from(self.limits.burst.max(1)) * TOKEN - limiter.tokens_nano).max(0);
+        let wait_ms = (missing as f64 / (rate * 1e6)).ceil().min(86_400_000.0) as u64;
+        // A key's limiter is charged at release instants, which may be ahead.
+        Some(Timestamp(now.max(limiter.updated).as_ms() + wait_ms))
+    }
+
     /// When the circuit next lets a probe out, if it is open.
     pub fn circuit_open_until(&self) -> Option<Timestamp> {
         match self.circuit {
@@ -694,6 +734,7 @@ mod tests {
                 max_cooldown: Duration::from_secs(30),
             }),
             quota_headers: true,
+            priority_aging: Duration::from_secs(60),
             adaptive: None,
         }
     }
@@ -719,6 +760,24 @@ mod tests {
         let expected: Vec<Timestamp> = (0..5).map(|i| Timestamp(t0.as_ms() + 5 * i)).collect();
         assert_eq!(slots, expected);
         assert_eq!(gate.try_start(t0), Err(Some(Timestamp(t0.as_ms() + 5))));
+    }
+
+    /// A rate raised while slots are promised ahead keeps those slots: the
+    /// next slot comes after the last promised one at the new spacing, never
+    /// before it (found by the simulation: a slot handed out before one
+    /// already promised put two starts in one slot's window).
+    #[test]
+    fn a_raised_rate_keeps_the_slots_promised() {
+        let t0 = Timestamp(1_000_000);
+        let mut gate =
+            Gate::new(t0, limits("50/s", 1, 100)).with_lookahead(Duration::from_millis(30));
+        assert_eq!(gate.try_start(t0), Ok(t0));
+        let promised = gate.try_start(t0).unwrap();
+        assert_eq!(promised, Timestamp(t0.as_ms() + 20));
+        let t1 = Timestamp(t0.as_ms() + 8);
+        gate.set_limits(t1, limits("200/s", 1, 100));
+        let next = gate.try_start(t1).unwrap();
+        assert_eq!(next, Timestamp(promised.as_ms() + 5), "after the promise");
     }
 
     /// After a failure nothing more is admitted ahead of its token: the next

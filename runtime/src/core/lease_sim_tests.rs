@@ -126,6 +126,7 @@ impl World {
                 },
                 circuit: None,
                 quota_headers: true,
+                priority_aging: Duration::from_secs(60),
                 adaptive: None,
             },
             row: Row::vacant(),

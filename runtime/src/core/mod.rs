@@ -7,6 +7,7 @@
 pub mod adaptive;
 pub mod gate;
 pub mod ids;
+pub mod keys;
 pub mod lease;
 pub mod quota;
 pub mod retry;
@@ -18,9 +19,11 @@ pub mod time;
 pub use adaptive::AdaptiveRange;
 pub use gate::{CircuitPolicy, Gate, GateLimits, GateState, Recovery, Signal};
 pub use ids::{GateId, TaskId};
+pub use keys::{KeyLimits, KeyPolicy, TaskKey};
 pub use quota::{Quota, QuotaView};
 pub use retry::{Backoff, RetryPolicy};
 pub use scheduler::{
-    Effect, End, FailReason, GateStatus, Input, Key, Outcome, Permit, QueuedTask, Scheduler, Tuning,
+    DEFAULT_PRIORITY, Effect, End, FailReason, GateStatus, Input, KeyStatus, Order, Outcome,
+    Permit, QueuedTask, Scheduler, Tuning,
 };
 pub use time::{Rate, Timestamp, format_duration, parse_duration};

@@ -81,6 +81,7 @@ fn run(seed: u64, seconds: u64) -> (u64, u64, Endpoint) {
         },
         circuit: None,
         quota_headers: true,
+        priority_aging: Duration::from_secs(60),
         adaptive: None,
     };
     let mut gate = Gate::new(t0, limits).with_lookahead(Duration::from_millis(20));

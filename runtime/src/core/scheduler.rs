@@ -1,35 +1,51 @@
 //! The scheduler: which task starts when, and what happens to it after an attempt.
 //!
 //! Pure: time comes in as an argument, work goes out as [`Effect`]s that the shell
-//! executes in order. It keeps only a window of each gate's pending tasks in memory
+//! executes in order. It keeps only a window of each key's pending tasks in memory
 //! (those due soonest); the rest stay on disk and come in through [`Effect::Load`].
 //!
-//! The window invariant, per gate: every pending task whose key `(due, id)` is below
-//! `disk_next` is in memory, and none at or above it is. `disk_next` is a lower bound
-//! of what may still be on disk; `None` means nothing is.
+//! A gate's tasks are split by their `key` (the tenant, see [`super::keys`]) into
+//! parts, which share the gate in weighted round robin. The window invariant, per
+//! gate and key: every pending task whose order `(due, id)` is below the part's
+//! `disk_next` is in memory, and none at or above it is. `disk_next` is a lower
+//! bound of what may still be on disk; `None` means nothing is. Which keys have
+//! anything on disk the store says once per gate ([`Effect::LoadKeys`]); until it
+//! has, tasks of the gate stay on disk.
 //!
 //! Longer than most files, on purpose: the windows, the running set, the asks
 //! and the orphan requests change together on every input, and the invariants
 //! above are read off one `handle_input`. Split, each would be half a proof.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::gate::{Gate, GateLimits, GateState, RETRY_AFTER_MAX, Signal};
 use super::ids::{GateId, TaskId};
+use super::keys::{KeyPolicy, Part, Place, TaskKey};
 use super::quota::{Quota, QuotaView};
 use super::retry::RetryPolicy;
 use super::rng::Rng;
 use super::time::Timestamp;
 
-/// A pending task's place in its gate's order.
-pub type Key = (Timestamp, TaskId);
+/// A pending task's place in its key's order.
+pub type Order = (Timestamp, TaskId);
+
+/// Keys whose windows one pump loads at most.
+const KEY_LOADS_PER_PUMP: usize = 256;
+
+/// A task's priority when it names none (0–9, higher first).
+pub const DEFAULT_PRIORITY: u8 = 5;
 
 /// What the core keeps of a task: enough to order it and decide its retries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueuedTask {
     pub id: TaskId,
     pub gate: GateId,
+    /// The tenant it acts for: its share of the gate.
+    pub key: TaskKey,
+    /// 0–9: among its key's due tasks, higher starts first.
+    pub priority: u8,
     pub due: Timestamp,
     /// Attempts already made.
     pub attempts: u32,
@@ -40,7 +56,7 @@ pub struct QueuedTask {
 }
 
 impl QueuedTask {
-    pub fn key(&self) -> Key {
+    pub fn order(&self) -> Order {
         (self.due, self.id)
     }
 }
@@ -100,6 +116,9 @@ pub enum Input {
     UpsertGate {
         gate: GateId,
         limits: GateLimits,
+        /// Per-key limits, weights and isolation; `None`: keys share the gate
+        /// in plain round robin.
+        keys: Option<Arc<KeyPolicy>>,
         paused: bool,
         ramp: bool,
     },
@@ -112,13 +131,22 @@ pub enum Input {
     /// A pending task was taken out (cancelled). The shell removed it from the store.
     Dequeue {
         gate: GateId,
-        key: Key,
+        key: TaskKey,
+        order: Order,
     },
-    /// The answer to [`Effect::Load`]: pending tasks with keys in `[from, next)`.
+    /// The answer to [`Effect::Load`]: the key's pending tasks with orders in
+    /// `[from, next)`.
     Loaded {
         gate: GateId,
+        key: TaskKey,
         tasks: Vec<QueuedTask>,
-        next: Option<Key>,
+        next: Option<Order>,
+    },
+    /// The answer to [`Effect::LoadKeys`]: every key of the gate with pending
+    /// tasks on disk (the unnamed one included), and its first task's order.
+    KeysLoaded {
+        gate: GateId,
+        keys: Vec<(TaskKey, Order)>,
     },
     AttemptEnded {
         task: TaskId,
@@ -190,14 +218,18 @@ pub struct Permit {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    /// Read the gate's pending tasks from `from` on, in key order: at most `limit`,
+    /// Read the key's pending tasks from `from` on, in order: at most `limit`,
     /// none due after `until`. Answer with [`Input::Loaded`] before anything else.
     Load {
         gate: GateId,
-        from: Key,
+        key: TaskKey,
+        from: Order,
         until: Timestamp,
         limit: usize,
     },
+    /// Say which keys of the gate have pending tasks. Answer with
+    /// [`Input::KeysLoaded`] before anything else.
+    LoadKeys { gate: GateId },
     /// Persist that attempt `attempt` of the task is running, then dispatch it
     /// at `at` (its slot time: the turn's `now` or a little after). Releases of
     /// one gate must keep at least the spacing of their `at`s.
@@ -238,7 +270,7 @@ impl Effect {
     /// The task it acts on; `None` for a load.
     pub fn task(&self) -> Option<TaskId> {
         match self {
-            Effect::Load { .. } => None,
+            Effect::Load { .. } | Effect::LoadKeys { .. } => None,
             Effect::Start { task, .. }
             | Effect::Requeue { task, .. }
             | Effect::Finish { task, .. }
@@ -251,8 +283,11 @@ impl Effect {
 /// Memory bounds. Tests shrink them to exercise loading.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
-    /// Most pending tasks held in memory per gate.
+    /// Most pending tasks held in memory per key.
     pub window: usize,
+    /// Pending tasks held in memory per gate across its keys: with many keys
+    /// each holds fewer (never under two).
+    pub key_budget: usize,
     /// Tasks due further out than this stay on disk.
     pub horizon: Duration,
     /// How far ahead of their tokens starts and requests are admitted, with
@@ -265,6 +300,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             window: 2_048,
+            key_budget: 65_536,
             horizon: Duration::from_secs(30),
             lookahead: Duration::from_millis(20),
         }
@@ -289,6 +325,23 @@ pub struct GateStatus {
     pub concurrency: u32,
     /// The adaptive search's baseline and recent latency (ms), if it runs.
     pub latencies: Option<(Option<f64>, Option<f64>)>,
+    /// Keys with pending or running work.
+    pub keys: usize,
+}
+
+/// Live figures of one key of a gate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyStatus {
+    pub key: TaskKey,
+    /// Pending tasks in memory that are due now (a key's window is short:
+    /// the store counts its whole backlog).
+    pub due_in_memory: u64,
+    pub in_flight: u32,
+    /// Its first pending task's due time, if it has one in memory.
+    pub oldest_due: Option<Timestamp>,
+    /// Its own limiter's state, when it has one.
+    pub state: Option<GateState>,
+    pub weight: u32,
 }
 
 #[derive(Debug)]
@@ -297,10 +350,102 @@ struct Lane {
     /// Plugin requests waiting for the gate, first come first served, ahead of
     /// tasks waiting to start: (task, attempt, ask).
     asks: VecDeque<(TaskId, u32, u64)>,
-    queue: BTreeMap<Key, QueuedTask>,
-    disk_next: Option<Key>,
-    loading: bool,
+    policy: Option<Arc<KeyPolicy>>,
+    /// Keys with pending or running work (or a limiter still refilling).
+    parts: BTreeMap<TaskKey, Part>,
+    /// Keys with a due task, in round-robin order; each once.
+    ready: VecDeque<TaskKey>,
+    /// Keys waiting for an instant: (instant, key).
+    waits: BTreeSet<(Timestamp, TaskKey)>,
+    /// Whether the store has said which keys have pending tasks.
+    keys_known: bool,
+    loading_keys: bool,
+    /// Key limiters made before then start with an empty bucket: after a
+    /// restart nothing is known of what the last run sent for each key.
+    fresh_until: Option<Timestamp>,
     wake: Option<Timestamp>,
+}
+
+impl Lane {
+    fn new(now: Timestamp, limits: GateLimits, lookahead: Duration) -> Lane {
+        Lane {
+            gate: Gate::new(now, limits).with_lookahead(lookahead),
+            asks: VecDeque::new(),
+            policy: None,
+            parts: BTreeMap::new(),
+            ready: VecDeque::new(),
+            waits: BTreeSet::new(),
+            keys_known: false,
+            loading_keys: false,
+            fresh_until: None,
+            wake: None,
+        }
+    }
+
+    /// The key's part, made if it has none.
+    fn part(&mut self, now: Timestamp, key: &TaskKey) -> &mut Part {
+        if !self.parts.contains_key(key) {
+            let part = self.new_part(now, key);
+            self.parts.insert(key.clone(), part);
+        }
+        self.parts.get_mut(key).expect("just made")
+    }
+
+    fn new_part(&self, now: Timestamp, key: &TaskKey) -> Part {
+        let Some(policy) = &self.policy else {
+            return Part::new(None, 1);
+        };
+        let limiter = policy.gate_limits(key, self.gate.limits()).map(|l| {
+            let mut limiter = Gate::new(now, l);
+            if self.fresh_until.is_some_and(|t| now < t) {
+                limiter.start_empty(now);
+            }
+            limiter
+        });
+        Part::new(limiter, policy.limits(key).weight)
+    }
+
+    /// Puts the key in the ready ring (out of any wait), if it has a part.
+    fn wake_key(&mut self, key: &TaskKey) {
+        let Some(part) = self.parts.get_mut(key) else {
+            return;
+        };
+        match part.place {
+            Place::Ready => {}
+            Place::Waiting(at) => {
+                self.waits.remove(&(at, key.clone()));
+                part.place = Place::Ready;
+                self.ready.push_back(key.clone());
+            }
+            Place::Idle => {
+                part.place = Place::Ready;
+                self.ready.push_back(key.clone());
+            }
+        }
+    }
+
+    /// Takes the key at the front of the ring out, to wait for `at` (or for
+    /// an event, with `None`).
+    fn park_front(&mut self, at: Option<Timestamp>) {
+        let Some(key) = self.ready.pop_front() else {
+            return;
+        };
+        let Some(part) = self.parts.get_mut(&key) else {
+            return;
+        };
+        part.place = match at {
+            Some(at) => {
+                self.waits.insert((at, key));
+                Place::Waiting(at)
+            }
+            None => Place::Idle,
+        };
+    }
+
+    /// Pending tasks a key keeps in memory: fewer each as keys multiply.
+    fn window(&self, tuning: &Tuning) -> usize {
+        (tuning.key_budget / self.parts.len().max(1)).clamp(2, tuning.window.max(2))
+    }
 }
 
 #[derive(Debug)]
@@ -335,9 +480,9 @@ pub struct Scheduler {
     /// Leased attempts by deadline.
     leases: BTreeSet<(Timestamp, TaskId)>,
     /// Plugin requests still in flight after their attempt ended, by
-    /// (task, attempt): (gate, count). Each holds a concurrency slot until it
-    /// ends, since the endpoint is still working on it.
-    orphans: BTreeMap<(TaskId, u32), (GateId, u32)>,
+    /// (task, attempt): (gate, key, count). Each holds a concurrency slot of
+    /// gate and key until it ends, since the endpoint is still working on it.
+    orphans: BTreeMap<(TaskId, u32), (GateId, TaskKey, u32)>,
     effects: VecDeque<Effect>,
     /// Plugin requests allowed out: (task, ask).
     permits: VecDeque<Permit>,
@@ -362,10 +507,15 @@ impl Scheduler {
 
     /// Takes in an attempt already in flight (a restored lease, or another
     /// node's attempt) with its slot, until `until`.
-    fn hold(&mut self, task: QueuedTask, until: Timestamp, interrupted: bool) {
+    fn hold(&mut self, now: Timestamp, task: QueuedTask, until: Timestamp, interrupted: bool) {
         let id = task.id;
         if let Some(lane) = self.lanes.get_mut(&task.gate) {
             lane.gate.hold();
+            let part = lane.part(now, &task.key);
+            part.held += 1;
+            if let Some(limiter) = &mut part.limiter {
+                limiter.hold();
+            }
         }
         self.leases.insert((until, id));
         let mut running = Running::new(task, Some(until));
@@ -379,18 +529,15 @@ impl Scheduler {
             Input::UpsertGate {
                 gate,
                 limits,
+                keys,
                 paused,
                 ramp,
             } => {
-                let lane = self.lanes.entry(gate).or_insert_with(|| Lane {
-                    gate: Gate::new(now, limits).with_lookahead(self.tuning.lookahead),
-                    asks: VecDeque::new(),
-                    queue: BTreeMap::new(),
-                    // Unknown until loaded: anything may be on disk.
-                    disk_next: Some((Timestamp::ZERO, TaskId(0))),
-                    loading: false,
-                    wake: None,
-                });
+                let lookahead = self.tuning.lookahead;
+                let lane = self
+                    .lanes
+                    .entry(gate)
+                    .or_insert_with(|| Lane::new(now, limits, lookahead));
                 lane.gate.set_limits(now, limits);
                 if paused {
                     lane.gate.pause();
@@ -400,6 +547,37 @@ impl Scheduler {
                 if ramp {
                     lane.gate.start_ramp(now);
                     lane.gate.start_empty(now);
+                    let refill = keys.as_ref().map_or(Duration::ZERO, |p| p.refill());
+                    lane.fresh_until = Some(now.plus(refill));
+                }
+                lane.policy = keys;
+                let keys: Vec<TaskKey> = lane.parts.keys().cloned().collect();
+                for key in keys {
+                    let fresh = lane.new_part(now, &key);
+                    let Some(part) = lane.parts.get_mut(&key) else {
+                        continue;
+                    };
+                    part.weight = fresh.weight;
+                    part.limiter = match (part.limiter.take(), fresh.limiter) {
+                        (Some(mut held), Some(new)) => {
+                            held.set_limits(now, *new.limits());
+                            if ramp {
+                                held.start_empty(now);
+                            }
+                            Some(held)
+                        }
+                        // A key limited from now on starts empty: what it
+                        // sent just before is not counted anywhere.
+                        (None, Some(mut new)) => {
+                            new.start_empty(now);
+                            for _ in 0..part.held {
+                                new.hold();
+                            }
+                            Some(new)
+                        }
+                        (_, None) => None,
+                    };
+                    lane.wake_key(&key);
                 }
                 self.poke(gate);
             }
@@ -426,29 +604,59 @@ impl Scheduler {
                 self.enqueue(now, task);
                 self.poke(gate);
             }
-            Input::Dequeue { gate, key } => {
-                if let Some(lane) = self.lanes.get_mut(&gate) {
-                    lane.queue.remove(&key);
+            Input::Dequeue { gate, key, order } => {
+                if let Some(part) = self
+                    .lanes
+                    .get_mut(&gate)
+                    .and_then(|lane| lane.parts.get_mut(&key))
+                {
+                    part.remove(&order);
                 }
                 self.poke(gate);
             }
-            Input::Loaded { gate, tasks, next } => {
+            Input::Loaded {
+                gate,
+                key,
+                tasks,
+                next,
+            } => {
+                let tuning = self.tuning;
                 let Some(lane) = self.lanes.get_mut(&gate) else {
                     return;
                 };
-                assert!(lane.loading, "loaded without a load");
-                lane.loading = false;
+                let window = lane.window(&tuning);
+                let Some(part) = lane.parts.get_mut(&key) else {
+                    return;
+                };
+                assert!(part.loading, "loaded without a load");
+                part.loading = false;
                 for task in tasks {
-                    let key = task.key();
+                    let order = task.order();
                     assert!(
-                        lane.disk_next.is_some_and(|d| key >= d),
+                        part.disk_next.is_some_and(|d| order >= d),
                         "loaded a task already in memory"
                     );
-                    assert!(next.is_none_or(|n| key < n), "loaded past next");
-                    lane.queue.insert(key, task);
+                    assert!(next.is_none_or(|n| order < n), "loaded past next");
+                    part.insert(task);
                 }
-                lane.disk_next = next;
-                self.trim(gate);
+                part.disk_next = next;
+                part.trim(window);
+                lane.wake_key(&key);
+                self.poke(gate);
+            }
+            Input::KeysLoaded { gate, keys } => {
+                let Some(lane) = self.lanes.get_mut(&gate) else {
+                    return;
+                };
+                assert!(lane.loading_keys, "keys loaded without a load");
+                lane.loading_keys = false;
+                lane.keys_known = true;
+                for (key, first) in keys {
+                    let part = lane.part(now, &key);
+                    assert!(part.queue.is_empty(), "a key's tasks came before its keys");
+                    part.disk_next = Some(part.disk_next.map_or(first, |d| d.min(first)));
+                    lane.wake_key(&key);
+                }
                 self.poke(gate);
             }
             Input::AttemptEnded { task, outcome } => {
@@ -479,8 +687,8 @@ impl Scheduler {
                 }
                 self.leases.insert((until, task));
             }
-            Input::RestoreLease { task, until } => self.hold(task, until, false),
-            Input::HoldInterrupted { task, until } => self.hold(task, until, true),
+            Input::RestoreLease { task, until } => self.hold(now, task, until, false),
+            Input::HoldInterrupted { task, until } => self.hold(now, task, until, true),
             Input::Ask { task, attempt, ask } => {
                 let Some(gate) = self
                     .running
@@ -503,7 +711,7 @@ impl Scheduler {
             } => {
                 let gate = match self.running.get(&task) {
                     Some(r) if r.task.attempts == attempt => Some(r.task.gate),
-                    _ => self.orphans.get(&(task, attempt)).map(|&(gate, _)| gate),
+                    _ => self.orphans.get(&(task, attempt)).map(|(gate, _, _)| *gate),
                 };
                 if let Some(lane) = gate.and_then(|g| self.lanes.get_mut(&g)) {
                     lane.gate.answered(now, latency);
@@ -528,46 +736,66 @@ impl Scheduler {
                 };
                 let extra = running.requests > 1;
                 running.requests -= 1;
-                let gate = running.task.gate;
+                let (gate, key) = (running.task.gate, running.task.key.clone());
                 if let Some(lane) = self.lanes.get_mut(&gate) {
-                    lane.gate.request_ended(now, extra, signal);
+                    request_ended(lane, now, &key, extra, signal);
                 }
                 self.poke(gate);
             }
         }
     }
 
-    /// An attempt is over: the gate hears how it went and forgets its requests
-    /// still waiting. Its slots stay taken by requests still in flight (the
-    /// endpoint is still working on them: one slot each, the attempt's own
-    /// covering the first) until each one ends.
+    /// An attempt is over: gate and key hear how it went and forget its
+    /// requests still waiting. Its slots stay taken by requests still in
+    /// flight (the endpoint is still working on them: one slot each, the
+    /// attempt's own covering the first) until each one ends.
     fn attempt_over(&mut self, now: Timestamp, running: &Running, signal: Signal) {
         let Some(lane) = self.lanes.get_mut(&running.task.gate) else {
             return;
         };
         let id = running.task.id;
+        let key = &running.task.key;
+        let release = running.requests == 0;
         lane.asks.retain(|&(task, _, _)| task != id);
-        lane.gate.attempt_ended(now, signal, running.requests == 0);
+        let (to_gate, to_key) = match &lane.policy {
+            Some(policy) => policy.split(signal),
+            None => (signal, Signal::Neutral),
+        };
+        lane.gate.attempt_ended(now, to_gate, release);
+        if let Some(part) = lane.parts.get_mut(key) {
+            if let Some(limiter) = &mut part.limiter {
+                limiter.attempt_ended(now, to_key, release);
+            }
+            if release {
+                part.held -= 1;
+            }
+        }
+        lane.wake_key(key);
         if running.requests > 0 {
             self.orphans.insert(
                 (id, running.task.attempts),
-                (running.task.gate, running.requests),
+                (running.task.gate, key.clone(), running.requests),
             );
         }
     }
 
     /// A request of an attempt that already ended is over: its slot is free.
     fn orphan_ended(&mut self, now: Timestamp, task: TaskId, attempt: u32, signal: Signal) {
-        let Some((gate, left)) = self.orphans.get_mut(&(task, attempt)) else {
+        let Some((gate, key, left)) = self.orphans.get_mut(&(task, attempt)) else {
             return;
         };
-        let gate = *gate;
+        let (gate, key) = (*gate, key.clone());
         *left -= 1;
-        if *left == 0 {
+        let last = *left == 0;
+        if last {
             self.orphans.remove(&(task, attempt));
         }
         if let Some(lane) = self.lanes.get_mut(&gate) {
-            lane.gate.request_ended(now, true, signal);
+            request_ended(lane, now, &key, true, signal);
+            if last && let Some(part) = lane.parts.get_mut(&key) {
+                part.held -= 1;
+                lane.wake_key(&key);
+            }
         }
         self.poke(gate);
     }
@@ -644,19 +872,62 @@ impl Scheduler {
 
     pub fn view(&self, now: Timestamp, gate: GateId) -> Option<GateStatus> {
         let lane = self.lanes.get(&gate)?;
-        let due_in_memory = lane.queue.range(..=(now, TaskId(u64::MAX))).count() as u64;
+        let due_now = ..=(now, TaskId(u64::MAX));
+        let due_in_memory = lane
+            .parts
+            .values()
+            .map(|p| p.queue.range(due_now).count() as u64)
+            .sum();
+        let due_exact = lane.keys_known
+            && lane
+                .parts
+                .values()
+                .all(|p| p.disk_next.is_none_or(|(due, _)| due > now));
         Some(GateStatus {
             state: lane.gate.state(now),
             effective_rate: lane.gate.effective_rate(now),
             in_flight: lane.gate.in_flight(),
             due_in_memory,
-            due_exact: lane.disk_next.is_none_or(|(due, _)| due > now),
+            due_exact,
             circuit_open_until: lane.gate.circuit_open_until(),
             throttled_until: lane.gate.throttled_until(),
             quota: lane.gate.quota(now),
             concurrency: lane.gate.concurrency(),
             latencies: lane.gate.latencies(),
+            keys: lane
+                .parts
+                .values()
+                .filter(|p| p.held > 0 || !p.queue.is_empty() || p.disk_next.is_some())
+                .count(),
         })
+    }
+
+    /// The gate's busiest keys now: the most attempts in flight, then the
+    /// most due in memory, at most `limit`.
+    pub fn busiest_keys(&self, now: Timestamp, gate: GateId, limit: usize) -> Vec<KeyStatus> {
+        let Some(lane) = self.lanes.get(&gate) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<KeyStatus> = lane
+            .parts
+            .iter()
+            .map(|(key, p)| KeyStatus {
+                key: key.clone(),
+                due_in_memory: p.queue.range(..=(now, TaskId(u64::MAX))).count() as u64,
+                in_flight: p.held,
+                oldest_due: p.queue.first_key_value().map(|(&(due, _), _)| due),
+                state: p.limiter.as_ref().map(|l| l.state(now)),
+                weight: p.weight,
+            })
+            .filter(|k| k.in_flight > 0 || k.oldest_due.is_some())
+            .collect();
+        keys.sort_by(|a, b| {
+            (b.in_flight, b.due_in_memory)
+                .cmp(&(a.in_flight, a.due_in_memory))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        keys.truncate(limit);
+        keys
     }
 
     /// An adaptive gate's concurrency limit now (`None` for a gate without
@@ -705,129 +976,192 @@ impl Scheduler {
     }
 
     fn enqueue(&mut self, now: Timestamp, task: QueuedTask) {
-        let gate = task.gate;
         let horizon = now.plus(self.tuning.horizon);
-        let Some(lane) = self.lanes.get_mut(&gate) else {
+        let tuning = self.tuning;
+        let Some(lane) = self.lanes.get_mut(&task.gate) else {
             // The gate is gone: the task stays on disk until the gate comes back.
             return;
         };
-        let key = task.key();
-        let fits = lane.disk_next.is_none_or(|d| key < d) && task.due <= horizon;
-        if fits {
-            lane.queue.insert(key, task);
-            self.trim(gate);
-        } else {
-            lane.disk_next = Some(lane.disk_next.map_or(key, |d| d.min(key)));
-            self.drop_from(gate, key);
-        }
-    }
-
-    /// Restores the window invariant after `disk_next` moved down to `key`.
-    fn drop_from(&mut self, gate: GateId, key: Key) {
-        if let Some(lane) = self.lanes.get_mut(&gate) {
-            let _ = lane.queue.split_off(&key);
-        }
-    }
-
-    /// Keeps the window within its size, spilling the latest keys back to disk.
-    fn trim(&mut self, gate: GateId) {
-        let window = self.tuning.window;
-        let Some(lane) = self.lanes.get_mut(&gate) else {
+        if !lane.keys_known {
+            // On disk, where the load of the gate's keys will find it.
             return;
-        };
-        while lane.queue.len() > window {
-            let Some((key, _)) = lane.queue.pop_last() else {
-                break;
-            };
-            lane.disk_next = Some(lane.disk_next.map_or(key, |d| d.min(key)));
         }
+        let key = task.key.clone();
+        let window = lane.window(&tuning);
+        let part = lane.part(now, &key);
+        let order = task.order();
+        let fits = part.disk_next.is_none_or(|d| order < d) && task.due <= horizon;
+        if fits {
+            part.insert(task);
+            part.trim(window);
+        } else {
+            part.disk_next = Some(part.disk_next.map_or(order, |d| d.min(order)));
+            part.drop_from(order);
+        }
+        lane.wake_key(&key);
     }
 
     fn pump(&mut self, now: Timestamp, gate: GateId) {
         let tuning = self.tuning;
         let horizon = now.plus(tuning.horizon);
-        let low = tuning.window / 2;
-        let mut wake = None;
-        if let Err(not_before) = self.serve_asks(now, gate) {
+        let not_before = match self.serve_asks(now, gate) {
             // Requests of running attempts go first; new starts wait behind them.
-            self.set_wake(gate, not_before);
+            Err(not_before) => {
+                self.set_wake(gate, not_before);
+                return;
+            }
+            Ok(not_before) => not_before,
+        };
+        let Some(lane) = self.lanes.get_mut(&gate) else {
+            return;
+        };
+        if !lane.keys_known {
+            if !lane.loading_keys {
+                lane.loading_keys = true;
+                self.effects.push_back(Effect::LoadKeys { gate });
+            }
+            self.set_wake(gate, None);
             return;
         }
-        loop {
-            let Some(lane) = self.lanes.get_mut(&gate) else {
-                return;
+        // Keys whose instant has come join the round.
+        while let Some((at, key)) = lane.waits.first().cloned()
+            && at <= now
+        {
+            lane.waits.remove(&(at, key.clone()));
+            lane.wake_key(&key);
+        }
+        let window = lane.window(&tuning);
+        let low = (window / 2).max(1);
+        let aging = lane.gate.limits().priority_aging;
+        let mut gate_wake = not_before;
+        let mut loads = 0;
+        while let Some(key) = lane.ready.front().cloned() {
+            let Some(part) = lane.parts.get_mut(&key) else {
+                lane.ready.pop_front();
+                continue;
             };
-            if lane.loading {
-                break;
+            if part.loading {
+                lane.park_front(None);
+                continue;
             }
-            // When the window runs low, the next tasks on disk are loaded once they
-            // come within the horizon.
-            let load_at = lane
+            // When the window runs low, the key's next tasks on disk are loaded
+            // once they come within the horizon.
+            let load_at = part
                 .disk_next
-                .filter(|_| lane.queue.len() < low)
+                .filter(|_| part.queue.len() < low)
                 .map(|(due, _)| {
                     Timestamp(
                         due.as_ms()
                             .saturating_sub(super::time::duration_ms(tuning.horizon)),
                     )
                 });
-            if let Some(from) = lane.disk_next
-                && lane.queue.len() < low
+            if let Some(from) = part.disk_next
+                && part.queue.len() < low
                 && from.0 <= horizon
             {
-                lane.loading = true;
+                if loads == KEY_LOADS_PER_PUMP {
+                    // The loads asked for poke the gate when answered: the
+                    // rest of the ring is served then, so one turn never
+                    // reads the windows of a hundred thousand keys.
+                    break;
+                }
+                loads += 1;
+                part.loading = true;
                 self.effects.push_back(Effect::Load {
                     gate,
+                    key,
                     from,
                     until: horizon,
-                    limit: tuning.window - lane.queue.len(),
+                    limit: window.saturating_sub(part.queue.len()).max(1),
                 });
-                break;
+                lane.park_front(None);
+                continue;
             }
-            let Some((&key, head)) = lane.queue.first_key_value() else {
-                wake = load_at;
-                break;
+            let Some((order, head)) = part
+                .pick(now, aging)
+                .and_then(|o| part.queue.get(&o).map(|t| (o, t)))
+            else {
+                if load_at.is_some() {
+                    lane.park_front(load_at);
+                    continue;
+                }
+                let (rested, held) = (part.rested_at(now), part.held);
+                match rested {
+                    Some(at) if at <= now => {
+                        lane.ready.pop_front();
+                        lane.parts.remove(&key);
+                    }
+                    // Its limiter still refills: forgetting it now would
+                    // hand it a fresh burst.
+                    Some(at) => lane.park_front(Some(at)),
+                    None if held > 0 => lane.park_front(None),
+                    None => lane.park_front(Some(now.plus(Duration::from_secs(1)))),
+                }
+                continue;
             };
             if head.due > now {
-                wake = Some(load_at.map_or(head.due, |l| l.min(head.due)));
-                break;
+                let at = load_at.map_or(head.due, |l| l.min(head.due));
+                lane.park_front(Some(at));
+                continue;
             }
             if head.expires_at.is_some_and(|exp| now > exp) {
-                lane.queue.remove(&key);
+                part.remove(&order);
                 self.effects.push_back(Effect::Expire {
-                    task: key.1,
+                    task: order.1,
                     gate,
-                    due: key.0,
+                    due: order.0,
                 });
                 continue;
             }
-            match lane.gate.try_start(now) {
-                Ok(at) => {
-                    let Some(mut task) = lane.queue.remove(&key) else {
-                        break;
-                    };
-                    task.attempts += 1;
-                    task.first_attempt_at.get_or_insert(now);
-                    self.effects.push_back(Effect::Start {
-                        task: task.id,
-                        gate,
-                        attempt: task.attempts,
-                        at,
-                    });
-                    let previous = self.running.insert(task.id, Running::new(task, None));
-                    assert!(previous.is_none(), "task started twice");
-                }
-                Err(not_before) => {
-                    // Blocked on concurrency or a pause (`None`), the lane wakes on
-                    // an event rather than a timer, unless a load falls due.
-                    wake = match (not_before, load_at) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    break;
+            // The key's own limiter is asked first, on a copy, so that a
+            // refusal by the gate costs the key nothing.
+            if let Some(limiter) = &part.limiter {
+                let mut trial = limiter.clone();
+                if let Err(at) = trial.try_start(now) {
+                    lane.park_front(at);
+                    continue;
                 }
             }
+            let at = match lane.gate.try_start(now) {
+                Ok(at) => at,
+                Err(at) => {
+                    // Blocked on concurrency or a pause (`None`), the lane wakes
+                    // on an event rather than a timer, unless a key waits.
+                    gate_wake = earliest(gate_wake, at);
+                    break;
+                }
+            };
+            if let Some(limiter) = &mut part.limiter
+                && limiter.try_start(at).is_err()
+            {
+                // Unreachable: a key's bucket only fills between `now` and
+                // `at`. Should it happen, the gate's token is lost, never
+                // the key's bound.
+                lane.gate.release_slot();
+                lane.park_front(Some(now.plus(Duration::from_millis(1))));
+                continue;
+            }
+            let Some(mut task) = part.remove(&order) else {
+                break;
+            };
+            part.held += 1;
+            part.credit += 1;
+            if part.credit >= part.weight {
+                part.credit = 0;
+                lane.ready.rotate_left(1);
+            }
+            task.attempts += 1;
+            task.first_attempt_at.get_or_insert(now);
+            self.effects.push_back(Effect::Start {
+                task: task.id,
+                gate,
+                attempt: task.attempts,
+                at,
+            });
+            let previous = self.running.insert(task.id, Running::new(task, None));
+            assert!(previous.is_none(), "task started twice");
         }
+        let wake = earliest(gate_wake, lane.waits.first().map(|&(at, _)| at));
         assert!(
             wake.is_none_or(|w| w > now),
             "a lane must not wake in the past"
@@ -835,23 +1169,58 @@ impl Scheduler {
         self.set_wake(gate, wake);
     }
 
-    /// Lets waiting plugin requests out while the gate allows, in order.
-    fn serve_asks(&mut self, now: Timestamp, gate: GateId) -> Result<(), Option<Timestamp>> {
+    /// Lets waiting plugin requests out while gate and key allow, in order.
+    /// A request its key holds back waits without holding back the others;
+    /// `Ok` says when such a request may go. One the gate holds back stops
+    /// the line (`Err`, with when to try again).
+    fn serve_asks(
+        &mut self,
+        now: Timestamp,
+        gate: GateId,
+    ) -> Result<Option<Timestamp>, Option<Timestamp>> {
         let Some(lane) = self.lanes.get_mut(&gate) else {
-            return Ok(());
+            return Ok(None);
         };
-        while let Some(&(task, attempt, ask)) = lane.asks.front() {
+        let mut held_back = VecDeque::new();
+        let mut key_wake = None;
+        let mut result = Ok(());
+        while let Some((task, attempt, ask)) = lane.asks.pop_front() {
             let Some(running) = self
                 .running
                 .get_mut(&task)
                 .filter(|r| r.task.attempts == attempt)
             else {
-                lane.asks.pop_front();
                 continue;
             };
-            let at = lane.gate.try_request(now, running.requests > 0)?;
+            let extra = running.requests > 0;
+            let part = lane.parts.get_mut(&running.task.key);
+            if let Some(limiter) = part.as_ref().and_then(|p| p.limiter.as_ref()) {
+                let mut trial = limiter.clone();
+                if let Err(at) = trial.try_request(now, extra) {
+                    key_wake = earliest(key_wake, at);
+                    held_back.push_back((task, attempt, ask));
+                    continue;
+                }
+            }
+            let at = match lane.gate.try_request(now, extra) {
+                Ok(at) => at,
+                Err(at) => {
+                    lane.asks.push_front((task, attempt, ask));
+                    result = Err(at);
+                    break;
+                }
+            };
+            if let Some(limiter) = part.and_then(|p| p.limiter.as_mut())
+                && limiter.try_request(at, extra).is_err()
+            {
+                // Unreachable, as for starts: the gate's token is lost.
+                if extra {
+                    lane.gate.release_slot();
+                }
+                held_back.push_back((task, attempt, ask));
+                continue;
+            }
             running.requests += 1;
-            lane.asks.pop_front();
             self.permits.push_back(Permit {
                 task,
                 attempt,
@@ -860,7 +1229,11 @@ impl Scheduler {
                 at,
             });
         }
-        Ok(())
+        // Those their keys held back keep their places, ahead of the rest.
+        while let Some(ask) = held_back.pop_back() {
+            lane.asks.push_front(ask);
+        }
+        result.map(|()| key_wake)
     }
 
     /// Decides what follows an attempt.
@@ -925,6 +1298,28 @@ impl Scheduler {
         self.enqueue(now, task);
         self.poke(gate);
     }
+}
+
+/// The sooner of two wake-ups, `None` being never.
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A plugin request is over: gate and key hear of it, and `extra` gives
+/// back the slot it held of each.
+fn request_ended(lane: &mut Lane, now: Timestamp, key: &TaskKey, extra: bool, signal: Signal) {
+    let (to_gate, to_key) = match &lane.policy {
+        Some(policy) => policy.split(signal),
+        None => (signal, Signal::Neutral),
+    };
+    lane.gate.request_ended(now, extra, to_gate);
+    if let Some(limiter) = lane.parts.get_mut(key).and_then(|p| p.limiter.as_mut()) {
+        limiter.request_ended(now, extra, to_key);
+    }
+    lane.wake_key(key);
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ fn limits(per_s: f64, concurrency: u32) -> GateLimits {
         },
         circuit: None::<CircuitPolicy>,
         quota_headers: true,
+        priority_aging: Duration::from_secs(60),
         adaptive: None,
     }
 }
@@ -36,6 +37,8 @@ fn task(id: u64, due: u64) -> QueuedTask {
     QueuedTask {
         id: TaskId(id),
         gate: G,
+        key: None,
+        priority: DEFAULT_PRIORITY,
         due: ms(due),
         attempts: 0,
         first_attempt_at: None,
@@ -64,6 +67,7 @@ impl Script {
     fn new(limits: GateLimits) -> Script {
         let tuning = Tuning {
             window: 64,
+            key_budget: 64,
             horizon: Duration::from_secs(3_600),
             lookahead: Duration::ZERO,
         };
@@ -75,6 +79,7 @@ impl Script {
             Input::UpsertGate {
                 gate: G,
                 limits,
+                keys: None,
                 paused: false,
                 ramp: false,
             },
@@ -93,12 +98,20 @@ impl Script {
         let mut out = Vec::new();
         while let Some(effect) = self.core.poll_effect() {
             match effect {
-                Effect::Load { gate, .. } => self.core.handle_input(
+                Effect::Load { gate, key, .. } => self.core.handle_input(
                     ms(now),
                     Input::Loaded {
                         gate,
+                        key,
                         tasks: Vec::new(),
                         next: None,
+                    },
+                ),
+                Effect::LoadKeys { gate } => self.core.handle_input(
+                    ms(now),
+                    Input::KeysLoaded {
+                        gate,
+                        keys: Vec::new(),
                     },
                 ),
                 other => out.push(other),
@@ -446,4 +459,43 @@ fn an_answer_routes_its_quota_and_latency_to_the_attempts_gate() {
         Some(3),
         "an error cuts the limit by a quarter"
     );
+}
+
+fn prioritized(id: u64, due: u64, priority: u8) -> QueuedTask {
+    QueuedTask {
+        priority,
+        ..task(id, due)
+    }
+}
+
+/// Among due tasks the higher priority starts first; a waiting task gains a
+/// level per `priority_aging`, so a low one is delayed, never starved.
+#[test]
+fn priority_orders_due_tasks_and_aging_lifts_the_low() {
+    let mut limits = limits(10.0, 100);
+    limits.priority_aging = Duration::from_secs(1);
+    let mut s = Script::new(limits);
+    for (id, p) in [(1, 5), (2, 9), (3, 1)] {
+        s.core
+            .handle_input(ms(0), Input::Enqueue(prioritized(id, 0, p)));
+    }
+    let started = |effects: Vec<Effect>| -> Vec<u64> {
+        effects
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Start { task, .. } => Some(task.0),
+                _ => None,
+            })
+            .collect()
+    };
+    // One token: the highest priority goes, whatever the order of creation.
+    assert_eq!(started(s.at(0)), [2]);
+    assert_eq!(started(s.at(100)), [1]);
+    // Task 3 (priority 1) has waited 8 s by then: 1 + 8 levels, level with
+    // a fresh priority 9 task, and the older of equals goes first.
+    s.core
+        .handle_input(ms(7_900), Input::Enqueue(prioritized(4, 7_900, 9)));
+    let first = started(s.at(8_000));
+    assert_eq!(first, [3], "the aged task first");
+    assert_eq!(started(s.at(8_100)), [4]);
 }

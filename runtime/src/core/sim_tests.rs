@@ -6,17 +6,21 @@
 //! After every step: the window bound (attempt starts and plugin requests
 //! together) and the concurrency cap (attempts plus the requests beyond each
 //! attempt's first, plus requests whose attempt has ended) hold for every gate,
-//! and every task is in exactly one place.
+//! and every task is in exactly one place. With keys on (half the cases),
+//! tasks name one of a few keys and each gate sets per-key limits: the bound
+//! and the cap hold for every key too.
 //!
 //! A test module: its length is its cases.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::{ProptestConfig, proptest};
 
 use super::*;
 use crate::core::gate::{GateLimits, Recovery};
+use crate::core::keys::{KeyLimits, KeyPolicy};
 use crate::core::time::Rate;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -38,8 +42,12 @@ struct World {
     tuning: Tuning,
     gates: BTreeMap<GateId, GateLimits>,
     paused: BTreeSet<GateId>,
-    /// The "disk": pending keys per gate, and every task.
-    pending: BTreeSet<(GateId, Key)>,
+    /// The "disk": pending orders per gate and key, and every task.
+    pending: BTreeSet<(GateId, TaskKey, Order)>,
+    /// Per gate, its fixed key policy (when keys are on).
+    policies: BTreeMap<GateId, Arc<KeyPolicy>>,
+    /// Per gate and key, every start's slot time.
+    key_starts: BTreeMap<(GateId, TaskKey), Vec<Timestamp>>,
     tasks: BTreeMap<TaskId, SimTask>,
     /// Attempts at the endpoint: task → (gate, ends at, outcome).
     in_flight: BTreeMap<TaskId, (GateId, Timestamp, Outcome)>,
@@ -69,6 +77,26 @@ struct PluginRun {
     abandon: bool,
 }
 
+fn key_policy(rng: &mut Rng) -> KeyPolicy {
+    let rates = [1.0, 5.0, 20.0, 100.0];
+    let mut limits = || KeyLimits {
+        rate: (rng.below(4) > 0)
+            .then(|| Rate::per_second(rates[rng.below(4) as usize]).expect("rate")),
+        burst: 1 + rng.below(3) as u32,
+        concurrency: (rng.below(4) > 0).then(|| 1 + rng.below(3) as u32),
+        weight: 1 + rng.below(3) as u32,
+    };
+    let default = limits();
+    let overrides = [(Arc::from("a"), limits())].into_iter().collect();
+    KeyPolicy {
+        default,
+        overrides,
+        isolate: rng.below(2) == 0,
+    }
+}
+
+const KEYS: [&str; 4] = ["a", "b", "c", "d"];
+
 fn limits(rng: &mut Rng) -> GateLimits {
     let rates = [0.5, 2.0, 10.0, 50.0, 200.0];
     GateLimits {
@@ -88,12 +116,17 @@ fn limits(rng: &mut Rng) -> GateLimits {
         },
         circuit: None,
         quota_headers: true,
+        priority_aging: Duration::from_secs(60),
         adaptive: None,
     }
 }
 
 impl World {
     fn new(seed: u64, tuning: Tuning) -> World {
+        World::with_keys(seed, tuning, false)
+    }
+
+    fn with_keys(seed: u64, tuning: Tuning, keys: bool) -> World {
         let mut rng = Rng::new(seed);
         let mut world = World {
             now: Timestamp(1_700_000_000_000),
@@ -102,6 +135,8 @@ impl World {
             gates: BTreeMap::new(),
             paused: BTreeSet::new(),
             pending: BTreeSet::new(),
+            policies: BTreeMap::new(),
+            key_starts: BTreeMap::new(),
             tasks: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             plugins: BTreeMap::new(),
@@ -113,6 +148,11 @@ impl World {
             rng: Rng::new(0),
         };
         for g in 0..3 {
+            if keys {
+                world
+                    .policies
+                    .insert(GateId(g), Arc::new(key_policy(&mut rng)));
+            }
             let l = limits(&mut rng);
             world.set_gate(GateId(g), l);
         }
@@ -131,6 +171,7 @@ impl World {
             Input::UpsertGate {
                 gate,
                 limits: l,
+                keys: self.policies.get(&gate).cloned(),
                 paused,
                 ramp: false,
             },
@@ -143,9 +184,25 @@ impl World {
         let due = self.now.plus(Duration::from_millis(self.rng.below(5_000)));
         let id = TaskId(self.next_id);
         self.next_id += 1;
+        let key = if self.policies.is_empty() {
+            None
+        } else {
+            match self.rng.below(5) {
+                4 => None,
+                k => Some(Arc::from(KEYS[k as usize])),
+            }
+        };
+        // With keys on, priorities too (due order is checked apart).
+        let priority = if self.policies.is_empty() {
+            DEFAULT_PRIORITY
+        } else {
+            self.rng.below(10) as u8
+        };
         let queued = QueuedTask {
             id,
             gate,
+            key,
+            priority,
             due,
             attempts: 0,
             first_attempt_at: None,
@@ -161,7 +218,8 @@ impl World {
                 max_retry_duration: None,
             },
         };
-        self.pending.insert((gate, queued.key()));
+        self.pending
+            .insert((gate, queued.key.clone(), queued.order()));
         self.tasks.insert(
             id,
             SimTask {
@@ -184,6 +242,9 @@ impl World {
         for starts in self.starts.values_mut() {
             starts.retain(|&(at, _)| at <= now);
         }
+        for starts in self.key_starts.values_mut() {
+            starts.retain(|&at| at <= now);
+        }
         self.sched = Scheduler::new(self.rng.next_u64(), self.tuning);
         for (&gate, &l) in &self.gates {
             let paused = self.paused.contains(&gate);
@@ -192,6 +253,7 @@ impl World {
                 Input::UpsertGate {
                     gate,
                     limits: l,
+                    keys: self.policies.get(&gate).cloned(),
                     paused,
                     ramp: true,
                 },
@@ -230,6 +292,11 @@ impl World {
             assert_eq!(gate, permit.gate);
             let e = self.epoch[&gate];
             self.starts.entry(gate).or_default().push((permit.at, e));
+            let key = self.tasks[&task].queued.key.clone();
+            self.key_starts
+                .entry((gate, key))
+                .or_default()
+                .push(permit.at);
         }
     }
 
@@ -238,26 +305,42 @@ impl World {
             match effect {
                 Effect::Load {
                     gate,
+                    key,
                     from,
                     until,
                     limit,
                 } => {
                     let mut tasks = Vec::new();
                     let mut next = None;
-                    for &(g, key) in self.pending.range((gate, from)..) {
-                        if g != gate {
+                    for (g, k, order) in self.pending.range((gate, key.clone(), from)..) {
+                        if *g != gate || *k != key {
                             break;
                         }
-                        if tasks.len() >= limit || key.0 > until {
-                            next = Some(key);
+                        if tasks.len() >= limit || order.0 > until {
+                            next = Some(*order);
                             break;
                         }
-                        let mut q = self.tasks[&key.1].queued.clone();
-                        q.due = key.0;
+                        let mut q = self.tasks[&order.1].queued.clone();
+                        q.due = order.0;
                         tasks.push(q);
                     }
+                    let loaded = Input::Loaded {
+                        gate,
+                        key,
+                        tasks,
+                        next,
+                    };
+                    self.sched.handle_input(self.now, loaded);
+                }
+                Effect::LoadKeys { gate } => {
+                    let mut keys: Vec<(TaskKey, Order)> = Vec::new();
+                    for (g, k, order) in &self.pending {
+                        if *g == gate && keys.last().is_none_or(|(last, _)| last != k) {
+                            keys.push((k.clone(), *order));
+                        }
+                    }
                     self.sched
-                        .handle_input(self.now, Input::Loaded { gate, tasks, next });
+                        .handle_input(self.now, Input::KeysLoaded { gate, keys });
                 }
                 Effect::Start {
                     task,
@@ -273,7 +356,8 @@ impl World {
                         "started a task that was not pending"
                     );
                     assert!(
-                        self.pending.remove(&(gate, t.queued.key())),
+                        self.pending
+                            .remove(&(gate, t.queued.key.clone(), t.queued.order())),
                         "pending key missing"
                     );
                     assert!(t.queued.due <= self.now, "started before due");
@@ -312,13 +396,16 @@ impl World {
                             .insert(task, (gate, at.plus(latency), outcome));
                     }
                     self.starts.entry(gate).or_default().push((at, e));
+                    let key = self.tasks[&task].queued.key.clone();
+                    self.key_starts.entry((gate, key)).or_default().push(at);
                 }
                 Effect::Requeue { task, gate, due } => {
                     let t = self.tasks.get_mut(&task).expect("task exists");
                     assert_eq!(t.place, Place::Running);
                     t.place = Place::Pending;
                     t.queued.due = due;
-                    self.pending.insert((gate, (due, task)));
+                    self.pending
+                        .insert((gate, t.queued.key.clone(), (due, task)));
                 }
                 Effect::Finish { task, .. } => {
                     let t = self.tasks.get_mut(&task).expect("task exists");
@@ -333,7 +420,10 @@ impl World {
                 Effect::Expire { task, gate, due } => {
                     let t = self.tasks.get_mut(&task).expect("task exists");
                     assert_eq!(t.place, Place::Pending);
-                    assert!(self.pending.remove(&(gate, (due, task))));
+                    assert!(
+                        self.pending
+                            .remove(&(gate, t.queued.key.clone(), (due, task)))
+                    );
                     t.place = Place::Done;
                 }
             }
@@ -487,12 +577,67 @@ impl World {
                 }
             }
         }
+        self.check_keys();
         for (id, t) in &self.tasks {
-            let pending = self.pending.contains(&(t.queued.gate, (t.queued.due, *id)));
+            let q = &t.queued;
+            let pending = self
+                .pending
+                .contains(&(q.gate, q.key.clone(), (q.due, *id)));
             match t.place {
                 Place::Pending => assert!(pending, "task {id:?} lost from pending"),
                 Place::Running => assert!(!pending),
                 Place::Done => assert!(!pending),
+            }
+        }
+    }
+
+    /// Each key's cap and window bound, under its gate's fixed policy.
+    fn check_keys(&self) {
+        let key_of = |task: &TaskId| self.tasks[task].queued.key.clone();
+        let mut held: BTreeMap<(GateId, TaskKey), usize> = BTreeMap::new();
+        for (task, v) in &self.in_flight {
+            *held.entry((v.0, key_of(task))).or_default() += 1;
+        }
+        for (task, r) in &self.plugins {
+            *held.entry((r.gate, key_of(task))).or_default() += r.requests.len().max(1);
+        }
+        for o in &self.orphans {
+            *held.entry((o.2, key_of(&o.0))).or_default() += 1;
+        }
+        for ((gate, key), n) in held {
+            let Some(policy) = self.policies.get(&gate) else {
+                continue;
+            };
+            if let Some(cap) = policy.limits(&key).concurrency {
+                assert!(
+                    n as u32 <= cap,
+                    "gate {gate:?} key {key:?}: {n} in flight, cap {cap}"
+                );
+            }
+        }
+        for ((gate, key), starts) in &self.key_starts {
+            let Some(policy) = self.policies.get(gate) else {
+                continue;
+            };
+            let limits = policy.limits(key);
+            let Some(rate) = limits.rate else {
+                continue;
+            };
+            let mut starts = starts.clone();
+            starts.sort_unstable();
+            for i in 0..starts.len() {
+                for k in i..starts.len() {
+                    let span_s = starts[k].since(starts[i]).as_secs_f64();
+                    let allowed = f64::from(limits.burst) + rate.as_per_second() * (span_s + 0.001);
+                    let count = (k - i + 1) as f64;
+                    assert!(
+                        count <= allowed + 1e-9,
+                        "gate {gate:?} key {key:?}: {count} starts in {span_s}s, bound {allowed}"
+                    );
+                    if span_s > 3.0 {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -525,7 +670,7 @@ impl World {
 }
 
 fn simulate(seed: u64, steps: usize, tuning: Tuning) -> World {
-    let mut w = World::new(seed, tuning);
+    let mut w = World::with_keys(seed, tuning, seed.is_multiple_of(2));
     for _ in 0..steps {
         match w.rng.below(100) {
             0..=39 => w.create(),
@@ -586,6 +731,7 @@ proptest! {
             400,
             Tuning {
                 window: 4,
+                key_budget: 4,
                 horizon: Duration::from_millis(500),
                 lookahead: Duration::from_millis(seed % 60),
             },
@@ -600,6 +746,7 @@ fn a_gate_starts_tasks_in_due_order() {
         7,
         Tuning {
             window: 4,
+            key_budget: 4,
             horizon: Duration::from_secs(1),
             lookahead: Duration::ZERO,
         },
@@ -614,6 +761,7 @@ fn a_gate_starts_tasks_in_due_order() {
         },
         circuit: None,
         quota_headers: true,
+        priority_aging: Duration::from_secs(60),
         adaptive: None,
     };
     w.set_gate(GateId(0), l);
@@ -642,4 +790,257 @@ fn a_gate_starts_tasks_in_due_order() {
         firsts.windows(2).all(|p| p[0] <= p[1]),
         "first attempts out of due order"
     );
+}
+
+type Disk = BTreeSet<(TaskKey, Order)>;
+
+/// Enqueues `n` tasks of `key` due `now`, on the "disk" first.
+fn add_tasks(
+    core: &mut Scheduler,
+    (disk, tasks): (&mut Disk, &mut BTreeMap<TaskId, QueuedTask>),
+    next_id: &mut u64,
+    key: &str,
+    n: usize,
+    now: Timestamp,
+) {
+    for _ in 0..n {
+        let task = QueuedTask {
+            id: TaskId(*next_id),
+            gate: GateId(0),
+            key: Some(Arc::from(key)),
+            priority: DEFAULT_PRIORITY,
+            due: now,
+            attempts: 0,
+            first_attempt_at: None,
+            expires_at: None,
+            policy: RetryPolicy {
+                max_attempts: 1,
+                backoff: super::super::retry::Backoff::default(),
+                max_retry_duration: None,
+            },
+        };
+        *next_id += 1;
+        disk.insert((task.key.clone(), task.order()));
+        tasks.insert(task.id, task.clone());
+        core.handle_input(now, Input::Enqueue(task));
+    }
+}
+
+/// A gate with one heavy key and ten light ones, driven to the end with
+/// attempts that succeed at once: returns each task's key and release
+/// instant, in order.
+fn fair_run(policy: Option<KeyPolicy>, heavy: usize, light: usize) -> Vec<(TaskKey, Timestamp)> {
+    let gate = GateId(0);
+    let mut core = Scheduler::new(1, Tuning::default());
+    let t0 = Timestamp(1_700_000_000_000);
+    let limits = GateLimits {
+        rate: Rate::per_second(100.0).expect("rate"),
+        burst: 1,
+        concurrency: 10_000,
+        recovery: Recovery {
+            start: 1.0,
+            over: Duration::ZERO,
+        },
+        circuit: None,
+        quota_headers: false,
+        priority_aging: Duration::from_secs(60),
+        adaptive: None,
+    };
+    let mut disk: Disk = BTreeSet::new();
+    let mut tasks: BTreeMap<TaskId, QueuedTask> = BTreeMap::new();
+    let mut starts = Vec::new();
+    let mut next_id = 1;
+    let mut now = t0;
+    core.handle_input(
+        now,
+        Input::UpsertGate {
+            gate,
+            limits,
+            keys: policy.map(Arc::new),
+            paused: false,
+            ramp: false,
+        },
+    );
+    let lights: Vec<String> = (0..10).map(|k| format!("light-{k}")).collect();
+    let mut added_lights = false;
+    for _ in 0..1_000_000 {
+        if !added_lights && now >= t0.plus(Duration::from_secs(1)) {
+            for key in &lights {
+                add_tasks(
+                    &mut core,
+                    (&mut disk, &mut tasks),
+                    &mut next_id,
+                    key,
+                    light,
+                    now,
+                );
+            }
+            added_lights = true;
+        }
+        if now == t0 {
+            add_tasks(
+                &mut core,
+                (&mut disk, &mut tasks),
+                &mut next_id,
+                "heavy",
+                heavy,
+                now,
+            );
+        }
+        core.handle_timeout(now);
+        while let Some(effect) = core.poll_effect() {
+            match effect {
+                Effect::LoadKeys { gate } => {
+                    let mut keys: Vec<(TaskKey, Order)> = Vec::new();
+                    for (k, order) in &disk {
+                        if keys.last().is_none_or(|(last, _)| last != k) {
+                            keys.push((k.clone(), *order));
+                        }
+                    }
+                    core.handle_input(now, Input::KeysLoaded { gate, keys });
+                }
+                Effect::Load {
+                    gate,
+                    key,
+                    from,
+                    until,
+                    limit,
+                } => {
+                    let mut loaded = Vec::new();
+                    let mut next = None;
+                    for (k, order) in disk.range((key.clone(), from)..) {
+                        if *k != key {
+                            break;
+                        }
+                        if loaded.len() >= limit || order.0 > until {
+                            next = Some(*order);
+                            break;
+                        }
+                        loaded.push(tasks[&order.1].clone());
+                    }
+                    core.handle_input(
+                        now,
+                        Input::Loaded {
+                            gate,
+                            key,
+                            tasks: loaded,
+                            next,
+                        },
+                    );
+                }
+                Effect::Start { task, at, .. } => {
+                    let q = &tasks[&task];
+                    assert!(disk.remove(&(q.key.clone(), q.order())));
+                    starts.push((q.key.clone(), at));
+                    core.handle_input(
+                        now,
+                        Input::AttemptEnded {
+                            task,
+                            outcome: Outcome::Succeeded,
+                        },
+                    );
+                }
+                Effect::Finish { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if starts.len() == heavy + 10 * light {
+            break;
+        }
+        let next = core
+            .poll_timeout()
+            .unwrap_or(now.plus(Duration::from_millis(1)));
+        now = next
+            .max(now.plus(Duration::from_millis(1)))
+            .min(if added_lights {
+                Timestamp(u64::MAX)
+            } else {
+                t0.plus(Duration::from_secs(1))
+            });
+    }
+    assert_eq!(starts.len(), heavy + 10 * light, "every task started");
+    starts
+}
+
+/// Fair share: a key with 5,000 overdue tasks delays another key's first
+/// task by about (active keys ÷ gate rate), not by its backlog, and the
+/// light keys are done in about their share of the gate.
+#[test]
+fn a_backlog_of_one_key_does_not_hold_up_the_others() {
+    let starts = fair_run(None, 5_000, 10);
+    let t_lights = starts
+        .iter()
+        .find(|(k, _)| k.as_deref() != Some("heavy"))
+        .map(|&(_, at)| at)
+        .expect("a light key started");
+    let lights: Vec<Timestamp> = starts
+        .iter()
+        .filter(|(k, _)| k.as_deref() != Some("heavy"))
+        .map(|&(_, at)| at)
+        .collect();
+    let first_heavy = starts[0].1;
+    // The light keys came at 1 s; eleven keys at 100/s: each key's first
+    // start within 11 slots of 10 ms (and the lookahead).
+    let came = first_heavy.plus(Duration::from_secs(1));
+    for key in 0..10 {
+        let name = format!("light-{key}");
+        let first = starts
+            .iter()
+            .find(|(k, _)| k.as_deref() == Some(name.as_str()))
+            .map(|&(_, at)| at)
+            .expect("every light key started");
+        let wait = first.since(came);
+        assert!(wait <= Duration::from_millis(140), "{name} waited {wait:?}");
+    }
+    // 100 light tasks share the gate with the heavy key: 11 starts per
+    // round, ten rounds, about 1.1 s.
+    let last = *lights.last().expect("light tasks");
+    assert!(
+        last.since(came) <= Duration::from_millis(1_250),
+        "the light keys took {:?}",
+        last.since(came)
+    );
+    assert!(t_lights >= came);
+    // The gate's own bound held throughout: 100/s, burst 1.
+    let mut all: Vec<Timestamp> = starts.iter().map(|&(_, at)| at).collect();
+    all.sort_unstable();
+    for pair in all.windows(2) {
+        assert!(pair[1].since(pair[0]) >= Duration::from_millis(10));
+    }
+}
+
+/// Weights split the gate: a key of weight 4 gets four starts to each one of
+/// a key of weight 1 while both have work.
+#[test]
+fn weights_split_the_gate() {
+    let mut policy = KeyPolicy::default();
+    policy.overrides.insert(
+        Arc::from("heavy"),
+        KeyLimits {
+            weight: 4,
+            ..KeyLimits::default()
+        },
+    );
+    let starts = fair_run(Some(policy), 2_000, 40);
+    let came = starts[0].1.plus(Duration::from_secs(1));
+    // While the light keys have work, count what the heavy key got.
+    let last_light = starts
+        .iter()
+        .filter(|(k, _)| k.as_deref() != Some("heavy"))
+        .map(|&(_, at)| at)
+        .max()
+        .expect("light tasks");
+    let (mut heavy, mut light) = (0, 0);
+    for (k, at) in &starts {
+        if *at >= came && *at <= last_light {
+            if k.as_deref() == Some("heavy") {
+                heavy += 1;
+            } else {
+                light += 1;
+            }
+        }
+    }
+    // Ten light keys of weight 1, one heavy of weight 4: 4 of every 14.
+    let share = f64::from(heavy) / f64::from(heavy + light);
+    assert!((share - 4.0 / 14.0).abs() < 0.03, "heavy share {share}");
 }

@@ -61,6 +61,7 @@ impl Engine {
                     Input::UpsertGate {
                         gate: GateId(gate.id),
                         limits: gate.limits(),
+                        keys: gate.key_policy(),
                         paused: gate.paused,
                         ramp: true,
                     },

@@ -163,6 +163,10 @@ impl Engine {
                 Some(GateLive {
                     record: g.clone(),
                     view: self.core.view(now, GateId(g.id))?,
+                    keys: match only {
+                        Some(_) => self.core.busiest_keys(now, GateId(g.id), BUSIEST_KEYS),
+                        None => Vec::new(),
+                    },
                     counts,
                     series: self
                         .stats
@@ -212,6 +216,8 @@ impl Engine {
                 min: a.min,
                 max: a.max,
             }),
+            keys: spec.keys,
+            priority_aging_ms: spec.priority_aging.map(crate::core::time::duration_ms),
             signing_secrets: spec.signing_secrets.unwrap_or(secrets),
             paused,
             created_at,
@@ -227,6 +233,7 @@ impl Engine {
             Input::UpsertGate {
                 gate: GateId(id),
                 limits: record.limits(),
+                keys: record.key_policy(),
                 paused,
                 ramp: false,
             },
@@ -254,8 +261,9 @@ impl Engine {
                 counts.unfinished()
             ))));
         }
-        for (due, id) in turn.tx.all_pending(GateId(gate.id))? {
-            turn.tx.remove_pending(GateId(gate.id), due, id)?;
+        for (key, due, id) in turn.tx.all_pending(GateId(gate.id))? {
+            turn.tx
+                .remove_pending(GateId(gate.id), key.as_deref(), due, id)?;
             let id = id.0;
             let now = turn.now.as_ms();
             let mut plugin = None;
@@ -316,6 +324,16 @@ impl Engine {
                 continue;
             }
             let id = id_candidate;
+            // A task of the same coalesce key that has not started gives
+            // way (within a batch too: the earlier item is in this turn).
+            let mut supersedes = None;
+            if let Some(ck) = &task.coalesce_key
+                && let Some(old) = turn.tx.coalesced(gate_id, ck)?
+                && self.supersede(turn, old, id)?
+            {
+                supersedes = Some(old);
+            }
+            let gate = &self.gates[&task.gate];
             let retry = RetryRecord {
                 max_attempts: task.max_attempts.unwrap_or(gate.retry.max_attempts),
                 initial_ms: task
@@ -349,6 +367,10 @@ impl Engine {
                 expires_at: task.expires_after.map(|d| task.due.plus(d).as_ms()),
                 idempotency_key: task.idempotency_key.clone(),
                 labels: task.labels,
+                key: task.key.clone(),
+                coalesce_key: task.coalesce_key.clone(),
+                priority: task.priority.unwrap_or(crate::core::DEFAULT_PRIORITY),
+                supersedes,
                 attempts: 0,
                 attempt_offset: 0,
                 first_attempt_at: None,
@@ -364,9 +386,16 @@ impl Engine {
             if let Some(key) = &task.idempotency_key {
                 turn.tx.put_idempotent(gate_id, key, id)?;
             }
+            if let Some(ck) = &task.coalesce_key {
+                turn.tx.put_coalesced(gate_id, ck, id)?;
+            }
             turn.tx.index_task(gate_id, id)?;
-            turn.tx
-                .insert_pending(GateId(gate_id), Timestamp(record.due_at), TaskId(id))?;
+            turn.tx.insert_pending(
+                GateId(gate_id),
+                record.key.as_deref(),
+                Timestamp(record.due_at),
+                TaskId(id),
+            )?;
             self.count(turn, gate_id, |c| c.pending += 1);
             self.core
                 .handle_input(turn.now, Input::Enqueue(queued_of(&record)));
@@ -469,28 +498,61 @@ impl Engine {
                 task.state.as_str()
             ))));
         }
-        let (gate_id, due) = (task.gate_id, task.due_at);
-        task.state = TaskState::Cancelled;
         task.finished_at = Some(now);
+        Ok(Ok(self.end_pending(turn, id, TaskState::Cancelled)?))
+    }
+
+    /// Replaces a task that has not started with a newer one of the same
+    /// coalesce key (`by`): it ends superseded. False when it has started
+    /// (or ended) since the key last named it.
+    fn supersede(&mut self, turn: &mut Turn<'_>, old: u64, by: u64) -> Result<bool, StoreError> {
+        let now = turn.now.as_ms();
+        let Some(task) = turn.task(old)? else {
+            return Ok(false);
+        };
+        if task.state != TaskState::Scheduled || task.first_attempt_at.is_some() {
+            return Ok(false);
+        }
+        task.finished_at = Some(now);
+        task.last_error = Some(format!("superseded by task {}", TaskId(by)));
+        self.end_pending(turn, TaskId(old), TaskState::Superseded)?;
+        Ok(true)
+    }
+
+    /// Ends a pending task (already read into the turn) as `state`: out of
+    /// the pending index and the core's window, counted.
+    fn end_pending(
+        &mut self,
+        turn: &mut Turn<'_>,
+        id: TaskId,
+        state: TaskState,
+    ) -> Result<TaskRecord, StoreError> {
+        let task = turn.must_task(id.0)?;
+        let (gate_id, due, key) = (task.gate_id, task.due_at, task.key.clone());
+        task.state = state;
         let record = task.clone();
         if let Some(schedule) = record.schedule.clone() {
-            turn.ended.push((id.0, TaskState::Cancelled, schedule));
+            turn.ended.push((id.0, state, schedule));
         }
         self.plugin_ref(turn, record.plugin.as_ref().map(|p| p.key()), -1);
         turn.tx
-            .remove_pending(GateId(gate_id), Timestamp(due), id)?;
+            .remove_pending(GateId(gate_id), key.as_deref(), Timestamp(due), id)?;
         self.count(turn, gate_id, |c| {
             c.pending = c.pending.saturating_sub(1);
-            c.cancelled += 1;
+            match state {
+                TaskState::Superseded => c.superseded += 1,
+                _ => c.cancelled += 1,
+            }
         });
         self.core.handle_input(
             turn.now,
             Input::Dequeue {
                 gate: GateId(gate_id),
-                key: (Timestamp(due), id),
+                key: key.map(std::sync::Arc::from),
+                order: (Timestamp(due), id),
             },
         );
-        Ok(Ok(record))
+        Ok(record)
     }
 
     pub(super) fn retry_task(
@@ -505,9 +567,12 @@ impl Engine {
                 what: format!("task {id}"),
             }));
         };
-        if !matches!(task.state, TaskState::Failed | TaskState::Expired) {
+        if !matches!(
+            task.state,
+            TaskState::Failed | TaskState::Expired | TaskState::Superseded
+        ) {
             return Ok(Err(ShellError::Conflict(format!(
-                "task {id} is {}; only failed or expired tasks can be retried",
+                "task {id} is {}; only failed, expired or superseded tasks can be retried",
                 task.state.as_str()
             ))));
         }
@@ -529,12 +594,17 @@ impl Engine {
         task.finished_at = None;
         let record = task.clone();
         self.plugin_ref(turn, record.plugin.as_ref().map(|p| p.key()), 1);
-        turn.tx
-            .insert_pending(GateId(record.gate_id), Timestamp(record.due_at), id)?;
+        turn.tx.insert_pending(
+            GateId(record.gate_id),
+            record.key.as_deref(),
+            Timestamp(record.due_at),
+            id,
+        )?;
         self.count(turn, record.gate_id, |c| {
             c.pending += 1;
             match was {
                 TaskState::Failed => c.failed = c.failed.saturating_sub(1),
+                TaskState::Superseded => c.superseded = c.superseded.saturating_sub(1),
                 _ => c.expired = c.expired.saturating_sub(1),
             }
         });
@@ -543,6 +613,9 @@ impl Engine {
         Ok(Ok(record))
     }
 }
+
+/// Keys a gate's view lists.
+const BUSIEST_KEYS: usize = 10;
 
 pub(super) fn queued_of(record: &TaskRecord) -> QueuedTask {
     let mut q = record.queued();

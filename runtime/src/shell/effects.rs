@@ -15,18 +15,39 @@ impl Engine {
             match effect {
                 Effect::Load {
                     gate,
+                    key,
                     from,
                     until,
                     limit,
                 } => {
-                    let (keys, next) = turn.tx.pending_range(gate, from, until, limit)?;
-                    turn.prefetch(keys.iter().map(|(_, id)| id.0))?;
-                    let mut tasks = Vec::with_capacity(keys.len());
-                    for (_, id) in keys {
-                        tasks.push(queued_of(turn.must_task(id.0)?));
+                    let (orders, next) =
+                        turn.tx
+                            .pending_range(gate, key.as_deref(), from, until, limit)?;
+                    turn.prefetch(orders.iter().map(|(_, id)| id.0))?;
+                    let mut tasks = Vec::with_capacity(orders.len());
+                    for (_, id) in orders {
+                        let mut task = queued_of(turn.must_task(id.0)?);
+                        // One copy of the key for all its tasks.
+                        task.key.clone_from(&key);
+                        tasks.push(task);
                     }
+                    let loaded = Input::Loaded {
+                        gate,
+                        key,
+                        tasks,
+                        next,
+                    };
+                    self.core.handle_input(turn.now, loaded);
+                }
+                Effect::LoadKeys { gate } => {
+                    let keys = turn
+                        .tx
+                        .pending_keys(gate)?
+                        .into_iter()
+                        .map(|(key, first)| (key.map(std::sync::Arc::from), first))
+                        .collect();
                     self.core
-                        .handle_input(turn.now, Input::Loaded { gate, tasks, next });
+                        .handle_input(turn.now, Input::KeysLoaded { gate, keys });
                 }
                 Effect::Start {
                     task,
@@ -35,8 +56,11 @@ impl Engine {
                     at,
                 } => {
                     let now = turn.now;
-                    let due = turn.must_task(task.0)?.due_at;
-                    let removed = turn.tx.remove_pending(gate, Timestamp(due), task)?;
+                    let record = turn.must_task(task.0)?;
+                    let (due, key) = (record.due_at, record.key.clone());
+                    let removed =
+                        turn.tx
+                            .remove_pending(gate, key.as_deref(), Timestamp(due), task)?;
                     assert!(removed, "started a task that was not pending");
                     let record = turn.must_task(task.0)?;
                     record.state = TaskState::Running;
@@ -90,7 +114,8 @@ impl Engine {
                     let record = turn.must_task(task.0)?;
                     record.state = TaskState::Scheduled;
                     record.due_at = due.as_ms();
-                    turn.tx.insert_pending(gate, due, task)?;
+                    let key = record.key.clone();
+                    turn.tx.insert_pending(gate, key.as_deref(), due, task)?;
                     turn.tx.set_running(task.0, false)?;
                     self.count(turn, gate.0, |c| {
                         c.running = c.running.saturating_sub(1);
@@ -162,7 +187,8 @@ impl Engine {
                 }
                 Effect::Expire { task, gate, due } => {
                     let now = turn.now;
-                    turn.tx.remove_pending(gate, due, task)?;
+                    let key = turn.must_task(task.0)?.key.clone();
+                    turn.tx.remove_pending(gate, key.as_deref(), due, task)?;
                     let record = turn.must_task(task.0)?;
                     record.state = TaskState::Expired;
                     record.finished_at = Some(now.as_ms());

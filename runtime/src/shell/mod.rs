@@ -141,6 +141,8 @@ pub struct Created {
 pub struct GateLive {
     pub record: GateRecord,
     pub view: GateStatus,
+    /// Its busiest keys (in a view of one gate; empty in a listing).
+    pub keys: Vec<crate::core::KeyStatus>,
     pub counts: Counts,
     /// The last ten minutes in 10 s steps, oldest first.
     pub series: Vec<stats::Bucket>,

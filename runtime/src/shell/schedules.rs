@@ -50,6 +50,7 @@ impl Engine {
             max_retry_duration_ms: t.max_retry_duration.map(|d| d.as_millis() as u64),
             expires_after_ms: t.expires_after.map(|d| d.as_millis() as u64),
             labels: t.labels.clone(),
+            key: t.key.clone(),
         };
         (template.webhook, template.plugin) = targets::to_records(t.target.clone());
         let existing = self.schedules.get(&name).cloned();
@@ -276,6 +277,9 @@ fn occurrence_task(record: &ScheduleRecord, due: Timestamp, key: String, name: &
         expires_after: t.expires_after_ms.map(Duration::from_millis),
         idempotency_key: Some(key),
         labels: t.labels.clone(),
+        key: t.key.clone(),
+        coalesce_key: None,
+        priority: None,
         schedule: Some(name.to_string()),
         parent: None,
         lineage: None,

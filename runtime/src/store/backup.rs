@@ -119,6 +119,8 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<Copied> {
     rows += copy(from, to, GATES)?;
     rows += copy(from, to, TASKS)?;
     rows += copy(from, to, PENDING)?;
+    rows += copy(from, to, PENDING_KEYED)?;
+    rows += copy(from, to, COALESCE)?;
     rows += copy(from, to, RUNNING)?;
     rows += copy(from, to, ATTEMPTS)?;
     rows += copy(from, to, IDEMPOTENCY)?;

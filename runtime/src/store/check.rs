@@ -39,6 +39,7 @@ const MAX_PROBLEMS: usize = 200;
 #[derive(Default)]
 struct Derived {
     pending: BTreeSet<(u32, u64, u64)>,
+    pending_keyed: BTreeSet<(u32, String, u64, u64)>,
     running: BTreeSet<u64>,
     gate_tasks: BTreeSet<(u32, u64)>,
     due_minutes: BTreeMap<(u32, u64), u64>,
@@ -77,6 +78,7 @@ impl Derived {
                     failed: on_disk.failed.max(ended.failed),
                     expired: on_disk.expired.max(ended.expired),
                     cancelled: on_disk.cancelled.max(ended.cancelled),
+                    superseded: on_disk.superseded.max(ended.superseded),
                     ..on_disk
                 };
                 (gate, on_disk, should)
@@ -120,7 +122,13 @@ fn derive(txn: &ReadTransaction, found: &mut Findings) -> Result<Derived> {
         match task.state {
             TaskState::Scheduled => {
                 live.0 += 1;
-                d.pending.insert((task.gate_id, task.due_at, task.id));
+                match &task.key {
+                    None => d.pending.insert((task.gate_id, task.due_at, task.id)),
+                    Some(key) => {
+                        d.pending_keyed
+                            .insert((task.gate_id, key.clone(), task.due_at, task.id))
+                    }
+                };
                 *d.due_minutes
                     .entry((task.gate_id, task.due_at / MINUTE_MS))
                     .or_default() += 1;
@@ -135,6 +143,7 @@ fn derive(txn: &ReadTransaction, found: &mut Findings) -> Result<Derived> {
                     TaskState::Succeeded => c.succeeded += 1,
                     TaskState::Failed => c.failed += 1,
                     TaskState::Expired => c.expired += 1,
+                    TaskState::Superseded => c.superseded += 1,
                     _ => c.cancelled += 1,
                 }
                 if let Some(at) = task.finished_at {
@@ -201,6 +210,26 @@ pub(super) fn check(txn: &ReadTransaction) -> Result<Findings> {
         &keys(txn, PENDING)?,
         |(g, due, id)| format!("task {id} (gate id {g}, due {due})"),
     );
+    let mut keyed = BTreeSet::new();
+    // A file from before keys has no such table: nothing is indexed by key.
+    match txn.open_table(PENDING_KEYED) {
+        Ok(table) => {
+            for entry in table.iter()? {
+                let (k, _) = entry?;
+                let (gate, key, due, id) = k.value();
+                keyed.insert((gate, key.to_owned(), due, id));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    compare(
+        &mut found,
+        "pending_keyed",
+        &d.pending_keyed,
+        &keyed,
+        |(g, key, due, id)| format!("task {id} (gate id {g}, key {key:?}, due {due})"),
+    );
     compare(
         &mut found,
         "running",
@@ -259,6 +288,7 @@ pub(super) fn check(txn: &ReadTransaction) -> Result<Findings> {
             ("failed", on_disk.failed, should.failed),
             ("expired", on_disk.expired, should.expired),
             ("cancelled", on_disk.cancelled, should.cancelled),
+            ("superseded", on_disk.superseded, should.superseded),
         ] {
             if on_disk != should {
                 found.problem(format!(
@@ -308,18 +338,18 @@ where
 }
 
 /// Lines for the keys only one side has.
-fn compare<K: Ord + Copy>(
+fn compare<K: Ord + Clone>(
     found: &mut Findings,
     table: &str,
     expected: &BTreeSet<K>,
     on_disk: &BTreeSet<K>,
     name: impl Fn(K) -> String,
 ) {
-    for &k in expected.difference(on_disk) {
-        found.problem(format!("{table}: {} is missing", name(k)));
+    for k in expected.difference(on_disk) {
+        found.problem(format!("{table}: {} is missing", name(k.clone())));
     }
-    for &k in on_disk.difference(expected) {
-        found.problem(format!("{table}: {} should not be there", name(k)));
+    for k in on_disk.difference(expected) {
+        found.problem(format!("{table}: {} should not be there", name(k.clone())));
     }
 }
 
@@ -339,6 +369,11 @@ impl Store {
             tx.pending.retain(|_, _| false)?;
             for &key in &d.pending {
                 tx.pending.insert(key, ())?;
+            }
+            tx.pending_keyed.retain(|_, _| false)?;
+            for (gate, key, due, id) in &d.pending_keyed {
+                tx.pending_keyed
+                    .insert((*gate, key.as_str(), *due, *id), ())?;
             }
             tx.running.retain(|_, _| false)?;
             for &id in &d.running {

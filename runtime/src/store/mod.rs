@@ -16,8 +16,8 @@ mod write;
 pub use backup::{Copied, Offline, in_use, needs_repair};
 pub use check::Findings;
 pub use postgres::{PG_SCHEMA_VERSION, PgStore};
-pub use read::TaskFilter;
-use read::{LIST_SCAN_LIMIT, cut_range};
+pub use read::{KeyBacklog, TaskFilter};
+use read::{LIST_SCAN_LIMIT, cut_range, keyed_firsts};
 pub use seam::{Backend, Reads, Writes};
 
 use std::collections::HashMap;
@@ -27,26 +27,34 @@ use crate::core::{GateId, TaskId, Timestamp};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 pub use records::{
-    AdaptiveRecord, AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, GateRecord,
-    LogRecord, LogSource, OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord,
-    RetryRecord, RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord, WebhookRecord,
-    plugin_key,
+    AdaptiveRecord, AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts,
+    DEFAULT_PRIORITY_AGING_MS, GateRecord, KeyLimitsRecord, KeysRecord, LogRecord, LogSource,
+    OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord, RetryRecord, RunRecord,
+    ScheduleRecord, TaskRecord, TaskState, TemplateRecord, WebhookRecord, plugin_key,
 };
 
 /// 2 added `due_minutes` and `finished`; 3 added the plugin tables; 4 added
-/// `lineage`. Older files are brought up to date on open.
-pub const SCHEMA_VERSION: u64 = 4;
+/// `lineage`; 5 added `pending_keyed` and `coalesce`. Older files are brought up to date on
+/// open.
+pub const SCHEMA_VERSION: u64 = 5;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GATES: TableDefinition<&str, &[u8]> = TableDefinition::new("gates");
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 /// (gate id, due ms, task id): the order in which a gate starts its tasks.
 const PENDING: TableDefinition<(u32, u64, u64), ()> = TableDefinition::new("pending");
+/// (gate id, key, due ms, task id): the pending tasks that name a key, each
+/// key in the order it starts them.
+const PENDING_KEYED: TableDefinition<(u32, &str, u64, u64), ()> =
+    TableDefinition::new("pending_keyed");
 /// Tasks with an attempt in flight, to retry after a crash.
 const RUNNING: TableDefinition<u64, ()> = TableDefinition::new("running");
 const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
 /// (gate id, key) → task id.
 const IDEMPOTENCY: TableDefinition<(u32, &str), u64> = TableDefinition::new("idempotency");
+/// (gate id, coalesce key) → the task a create with that key last made:
+/// the one a later create replaces while it has not started.
+const COALESCE: TableDefinition<(u32, &str), u64> = TableDefinition::new("coalesce");
 /// (gate id, task id): a gate's tasks, newest last, for listing.
 const GATE_TASKS: TableDefinition<(u32, u64), ()> = TableDefinition::new("gate_tasks");
 const COUNTS: TableDefinition<u32, &[u8]> = TableDefinition::new("counts");
@@ -150,6 +158,7 @@ pub struct Tx<'t> {
     gates: redb::Table<'t, &'static str, &'static [u8]>,
     tasks: redb::Table<'t, u64, &'static [u8]>,
     pending: redb::Table<'t, (u32, u64, u64), ()>,
+    pending_keyed: redb::Table<'t, (u32, &'static str, u64, u64), ()>,
     running: redb::Table<'t, u64, ()>,
     attempts: redb::Table<'t, (u64, u32), &'static [u8]>,
     idempotency: redb::Table<'t, (u32, &'static str), u64>,
@@ -189,9 +198,9 @@ impl Store {
                     tx.index_finished()?;
                     tx.meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
-                // The plugin and lineage tables are created empty by opening
-                // them; tasks without a `root` are their own.
-                Some(2 | 3) => {
+                // The plugin, lineage and keyed tables are created empty by
+                // opening them; tasks without a `root` are their own.
+                Some(2..=4) => {
                     tx.meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
@@ -232,6 +241,7 @@ impl Store {
                 gates: txn.open_table(GATES)?,
                 tasks: txn.open_table(TASKS)?,
                 pending: txn.open_table(PENDING)?,
+                pending_keyed: txn.open_table(PENDING_KEYED)?,
                 running: txn.open_table(RUNNING)?,
                 attempts: txn.open_table(ATTEMPTS)?,
                 idempotency: txn.open_table(IDEMPOTENCY)?,
@@ -276,7 +286,8 @@ mod tests {
         store
             .write(|tx| {
                 for (i, &due) in dues.iter().enumerate() {
-                    tx.insert_pending(GateId(gate), Timestamp(due), TaskId(first_id + i as u64))?;
+                    let id = TaskId(first_id + i as u64);
+                    tx.insert_pending(GateId(gate), None, Timestamp(due), id)?;
                 }
                 Ok(())
             })

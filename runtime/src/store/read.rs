@@ -47,6 +47,50 @@ pub(super) fn cut_range(
     Ok((out, None))
 }
 
+/// Appends each key of the gate in `pending_keyed` with its first task's
+/// order, at most `limit` keys: one seek per key, never a walk of a key's
+/// backlog.
+#[allow(clippy::type_complexity, reason = "a plain list of pairs")]
+pub(super) fn keyed_firsts(
+    table: &impl ReadableTable<(u32, &'static str, u64, u64), ()>,
+    gate_id: u32,
+    limit: usize,
+    out: &mut Vec<(Option<String>, (Timestamp, TaskId))>,
+) -> Result<()> {
+    use std::ops::Bound;
+    let upper = (gate_id.saturating_add(1), "", 0, 0);
+    let mut after: Option<String> = None;
+    for _ in 0..limit {
+        let lower = match &after {
+            None => Bound::Included((gate_id, "", 0, 0)),
+            Some(key) => Bound::Excluded((gate_id, key.as_str(), u64::MAX, u64::MAX)),
+        };
+        let Some(entry) = table.range((lower, Bound::Excluded(upper)))?.next() else {
+            break;
+        };
+        let (k, _) = entry?;
+        let (g, key, due, id) = k.value();
+        if g != gate_id {
+            break;
+        }
+        out.push((Some(key.to_owned()), (Timestamp(due), TaskId(id))));
+        after = Some(key.to_owned());
+    }
+    Ok(())
+}
+
+/// One key of a gate with pending tasks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyBacklog {
+    pub key: String,
+    /// Pending tasks, counted up to the cap asked for.
+    pub pending: u64,
+    pub oldest_due_ms: u64,
+}
+
+/// Keys looked at for a gate's oldest pending task.
+const OLDEST_KEYS_LIMIT: usize = 10_000;
+
 /// At most this many rows are looked at per listing call; a sparse filter answers
 /// with fewer rows and a cursor to continue from.
 pub(super) const LIST_SCAN_LIMIT: usize = 20_000;
@@ -123,12 +167,68 @@ impl Reads for Reader {
             .map_or_else(Counts::default, |v| Counts::decode(v.value())))
     }
 
+    fn gate_keys(
+        &self,
+        gate_id: u32,
+        after: Option<&str>,
+        limit: usize,
+        count_cap: u64,
+    ) -> Result<Vec<KeyBacklog>> {
+        use std::ops::Bound;
+        let table = self.txn.open_table(PENDING_KEYED)?;
+        let upper = Bound::Excluded((gate_id.saturating_add(1), "", 0, 0));
+        let mut after = after.map(str::to_owned);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let lower = match &after {
+                None => Bound::Included((gate_id, "", 0, 0)),
+                Some(key) => Bound::Excluded((gate_id, key.as_str(), u64::MAX, u64::MAX)),
+            };
+            let Some(entry) = table.range((lower, upper))?.next() else {
+                break;
+            };
+            let (k, _) = entry?;
+            let (g, key, due, _) = k.value();
+            if g != gate_id {
+                break;
+            }
+            let key = key.to_owned();
+            let mut pending = 0;
+            for entry in table.range(
+                (gate_id, key.as_str(), 0, 0)..=(gate_id, key.as_str(), u64::MAX, u64::MAX),
+            )? {
+                entry?;
+                pending += 1;
+                if pending >= count_cap {
+                    break;
+                }
+            }
+            out.push(KeyBacklog {
+                key: key.clone(),
+                pending,
+                oldest_due_ms: due,
+            });
+            after = Some(key);
+        }
+        Ok(out)
+    }
+
     fn oldest_pending(&self, gate_id: u32) -> Result<Option<u64>> {
         let table = self.txn.open_table(PENDING)?;
         let mut range = table.range((gate_id, 0, 0)..=(gate_id, u64::MAX, u64::MAX))?;
-        Ok(match range.next() {
+        let unnamed = match range.next() {
             Some(entry) => Some(entry?.0.value().1),
             None => None,
+        };
+        // With keys, the oldest of each key's first (of the first keys, past
+        // thousands of them).
+        let mut firsts = Vec::new();
+        let keyed = self.txn.open_table(PENDING_KEYED)?;
+        keyed_firsts(&keyed, gate_id, OLDEST_KEYS_LIMIT, &mut firsts)?;
+        let oldest_keyed = firsts.iter().map(|(_, (due, _))| due.as_ms()).min();
+        Ok(match (unnamed, oldest_keyed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         })
     }
 
@@ -153,6 +253,15 @@ impl Reads for Reader {
         }
         // The current minute row by row, up to a bound: past it (a herd of
         // tasks due in the same minute) the whole minute counts as due.
+        // Tasks with keys due this minute are not walked: the whole minute
+        // counts then.
+        let keyed = self.txn.open_table(PENDING_KEYED)?;
+        let mut any_keyed =
+            keyed.range((gate_id, "", 0, 0)..(gate_id.saturating_add(1), "", 0, 0))?;
+        if any_keyed.next().is_some() {
+            let whole = table.get((gate_id, minute))?.map_or(0, |v| v.value());
+            return Ok(n + whole);
+        }
         let pending = self.txn.open_table(PENDING)?;
         let mut in_minute = 0;
         for entry in pending.range((gate_id, minute * MINUTE_MS, 0)..=(gate_id, now, u64::MAX))? {

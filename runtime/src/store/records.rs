@@ -33,6 +33,12 @@ pub struct GateRecord {
     /// The range of the adaptive concurrency search, when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveRecord>,
+    /// Per-key limits and isolation (SPEC §1 "Keys").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeysRecord>,
+    /// `priority_aging`; `None` is the default, a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_aging_ms: Option<u64>,
     pub paused: bool,
     pub created_at: u64,
     pub updated_at: u64,
@@ -60,12 +66,56 @@ pub struct AdaptiveRecord {
     pub max: u32,
 }
 
+/// A gate's `keys` and `isolate`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct KeysRecord {
+    pub limits: KeyLimitsRecord,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, KeyLimitsRecord>,
+    #[serde(default)]
+    pub isolate: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct KeyLimitsRecord {
+    pub rate_per_s: Option<f64>,
+    pub burst: u32,
+    pub concurrency: Option<u32>,
+    pub weight: u32,
+}
+
+impl Default for KeyLimitsRecord {
+    fn default() -> Self {
+        KeyLimitsRecord {
+            rate_per_s: None,
+            burst: 1,
+            concurrency: None,
+            weight: 1,
+        }
+    }
+}
+
+impl KeyLimitsRecord {
+    fn limits(&self) -> core::KeyLimits {
+        core::KeyLimits {
+            // Validated before it was stored; a damaged rate limits nothing.
+            rate: self.rate_per_s.and_then(|r| Rate::per_second(r).ok()),
+            burst: self.burst.max(1),
+            concurrency: self.concurrency.map(|c| c.max(1)),
+            weight: self.weight.max(1),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct CircuitRecord {
     pub failures: u32,
     pub cooldown_ms: u64,
     pub max_cooldown_ms: u64,
 }
+
+/// A waiting task gains a priority level a minute unless the gate says.
+pub const DEFAULT_PRIORITY_AGING_MS: u64 = 60_000;
 
 fn on() -> bool {
     true
@@ -76,6 +126,20 @@ fn is_on(value: &bool) -> bool {
 }
 
 impl GateRecord {
+    /// What the core needs of `keys`; `None` when the gate sets nothing.
+    pub fn key_policy(&self) -> Option<std::sync::Arc<core::KeyPolicy>> {
+        let keys = self.keys.as_ref()?;
+        Some(std::sync::Arc::new(core::KeyPolicy {
+            default: keys.limits.limits(),
+            overrides: keys
+                .overrides
+                .iter()
+                .map(|(k, l)| (std::sync::Arc::from(k.as_str()), l.limits()))
+                .collect(),
+            isolate: keys.isolate,
+        }))
+    }
+
     pub fn limits(&self) -> GateLimits {
         GateLimits {
             // Validated before it was stored; a damaged value falls back to 1/s.
@@ -94,6 +158,11 @@ impl GateRecord {
                 max_cooldown: Duration::from_millis(c.max_cooldown_ms),
             }),
             quota_headers: self.quota_headers,
+            priority_aging: Duration::from_millis(
+                self.priority_aging_ms
+                    .unwrap_or(DEFAULT_PRIORITY_AGING_MS)
+                    .max(1),
+            ),
             adaptive: self.adaptive.map(|a| core::AdaptiveRange {
                 min: a.min.max(1),
                 max: a.max.max(a.min.max(1)),
@@ -126,6 +195,8 @@ pub enum TaskState {
     Failed,
     Expired,
     Cancelled,
+    /// Replaced before it started by a newer task with its `coalesce_key`.
+    Superseded,
 }
 
 impl TaskState {
@@ -137,6 +208,7 @@ impl TaskState {
             TaskState::Failed => "failed",
             TaskState::Expired => "expired",
             TaskState::Cancelled => "cancelled",
+            TaskState::Superseded => "superseded",
         }
     }
 
@@ -148,6 +220,7 @@ impl TaskState {
             "failed" => TaskState::Failed,
             "expired" => TaskState::Expired,
             "cancelled" => TaskState::Cancelled,
+            "superseded" => TaskState::Superseded,
             _ => return None,
         })
     }
@@ -245,6 +318,21 @@ pub struct TaskRecord {
     pub expires_at: Option<u64>,
     pub idempotency_key: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The tenant it acts for: its share of the gate (SPEC §1 "Keys").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// A later create with the same one replaces this task until it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce_key: Option<String>,
+    /// 0–9: among its key's due tasks, higher starts first.
+    #[serde(
+        default = "default_priority",
+        skip_serializing_if = "is_default_priority"
+    )]
+    pub priority: u8,
+    /// The task this one replaced (coalescing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<u64>,
     /// Attempts started so far, over the task's whole life.
     pub attempts: u32,
     /// `attempts` when an operator last re-ran the task: the retry budget counts
@@ -268,6 +356,14 @@ pub struct TaskRecord {
     pub depth: u32,
 }
 
+fn default_priority() -> u8 {
+    core::DEFAULT_PRIORITY
+}
+
+fn is_default_priority(p: &u8) -> bool {
+    *p == core::DEFAULT_PRIORITY
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -284,6 +380,8 @@ impl TaskRecord {
         core::QueuedTask {
             id: core::TaskId(self.id),
             gate: core::GateId(self.gate_id),
+            key: self.key.as_deref().map(std::sync::Arc::from),
+            priority: self.priority,
             due: core::Timestamp(self.due_at),
             attempts: self.attempts,
             first_attempt_at: self.first_attempt_at.map(core::Timestamp),
@@ -410,10 +508,12 @@ pub struct Counts {
     pub cancelled: u64,
     pub retried: u64,
     pub attempts: u64,
+    /// Added later: older counters decode it as 0.
+    pub superseded: u64,
 }
 
 impl Counts {
-    const FIELDS: usize = 8;
+    const FIELDS: usize = 9;
 
     pub fn encode(&self) -> [u8; 8 * Self::FIELDS] {
         let values = [
@@ -425,6 +525,7 @@ impl Counts {
             self.cancelled,
             self.retried,
             self.attempts,
+            self.superseded,
         ];
         let mut out = [0u8; 8 * Self::FIELDS];
         for (i, v) in values.iter().enumerate() {
@@ -449,6 +550,7 @@ impl Counts {
             cancelled: get(5),
             retried: get(6),
             attempts: get(7),
+            superseded: get(8),
         }
     }
 
@@ -479,6 +581,9 @@ pub struct TemplateRecord {
     pub max_retry_duration_ms: Option<u64>,
     pub expires_after_ms: Option<u64>,
     pub labels: BTreeMap<String, String>,
+    /// The key each occurrence acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

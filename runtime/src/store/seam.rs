@@ -87,23 +87,43 @@ pub trait Writes {
     /// Records a new task in its gate's listing index.
     fn index_task(&mut self, gate_id: u32, task_id: u64) -> Result<()>;
 
-    fn insert_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<()>;
+    /// Indexes a pending task under its gate and key (`None`: the unnamed key).
+    fn insert_pending(
+        &mut self,
+        gate: GateId,
+        key: Option<&str>,
+        due: Timestamp,
+        task: TaskId,
+    ) -> Result<()>;
 
-    fn remove_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<bool>;
+    fn remove_pending(
+        &mut self,
+        gate: GateId,
+        key: Option<&str>,
+        due: Timestamp,
+        task: TaskId,
+    ) -> Result<bool>;
 
-    /// Pending keys of a gate from `from` on: at most `limit`, none due after
-    /// `until`. Returns them and the first key not returned.
+    /// Pending orders of a gate's key from `from` on: at most `limit`, none
+    /// due after `until`. Returns them and the first order not returned.
     #[allow(clippy::type_complexity, reason = "a plain pair of key lists")]
     fn pending_range(
         &self,
         gate: GateId,
+        key: Option<&str>,
         from: (Timestamp, TaskId),
         until: Timestamp,
         limit: usize,
     ) -> Result<(Vec<(Timestamp, TaskId)>, Option<(Timestamp, TaskId)>)>;
 
-    /// Every pending key of a gate, for deleting it.
-    fn all_pending(&self, gate: GateId) -> Result<Vec<(Timestamp, TaskId)>>;
+    /// Every key of a gate with pending tasks (the unnamed one as `None`)
+    /// and its first task's order.
+    #[allow(clippy::type_complexity, reason = "a plain list of pairs")]
+    fn pending_keys(&self, gate: GateId) -> Result<Vec<(Option<String>, (Timestamp, TaskId))>>;
+
+    /// Every pending task of a gate (its key, due time and id), for deleting it.
+    #[allow(clippy::type_complexity, reason = "a plain list of triples")]
+    fn all_pending(&self, gate: GateId) -> Result<Vec<(Option<String>, Timestamp, TaskId)>>;
 
     fn set_running(&mut self, task_id: u64, running: bool) -> Result<()>;
 
@@ -116,6 +136,12 @@ pub trait Writes {
     fn idempotent(&self, gate_id: u32, key: &str) -> Result<Option<u64>>;
 
     fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()>;
+
+    /// The task a coalesce key of the gate last named. It may have started
+    /// or ended since: the caller looks.
+    fn coalesced(&self, gate_id: u32, key: &str) -> Result<Option<u64>>;
+
+    fn put_coalesced(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()>;
 
     fn all_counts(&self) -> Result<Vec<(u32, Counts)>>;
 
@@ -159,6 +185,17 @@ pub trait Reads {
     fn gates(&self) -> Result<Vec<GateRecord>>;
 
     fn gate(&self, name: &str) -> Result<Option<GateRecord>>;
+
+    /// A page of the gate's keys with pending tasks, in key order after
+    /// `after`: each key, its pending tasks (counted up to `count_cap`) and
+    /// its first due time.
+    fn gate_keys(
+        &self,
+        gate_id: u32,
+        after: Option<&str>,
+        limit: usize,
+        count_cap: u64,
+    ) -> Result<Vec<KeyBacklog>>;
 
     fn task(&self, id: u64) -> Result<Option<TaskRecord>>;
 

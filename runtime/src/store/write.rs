@@ -56,6 +56,13 @@ impl Tx<'_> {
         {
             self.idempotency.remove((task.gate_id, key.as_str()))?;
         }
+        if let Some(key) = &task.coalesce_key
+            && self.coalesced(task.gate_id, key)? == Some(id)
+        {
+            self.txn
+                .open_table(COALESCE)?
+                .remove((task.gate_id, key.as_str()))?;
+        }
         Ok(true)
     }
 
@@ -109,6 +116,7 @@ impl Tx<'_> {
         self.txn.open_table(PLUGIN_WASM)?;
         self.txn.open_table(PLUGIN_COMPILED)?;
         self.txn.open_table(LINEAGE)?;
+        self.txn.open_table(COALESCE)?;
         Ok(())
     }
 }
@@ -193,9 +201,22 @@ impl Writes for Tx<'_> {
         Ok(())
     }
 
-    fn insert_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<()> {
+    fn insert_pending(
+        &mut self,
+        gate: GateId,
+        key: Option<&str>,
+        due: Timestamp,
+        task: TaskId,
+    ) -> Result<()> {
         let (gate_id, due) = (gate.0, due.as_ms());
-        if self.pending.insert((gate_id, due, task.0), ())?.is_none() {
+        let fresh = match key {
+            None => self.pending.insert((gate_id, due, task.0), ())?.is_none(),
+            Some(key) => self
+                .pending_keyed
+                .insert((gate_id, key, due, task.0), ())?
+                .is_none(),
+        };
+        if fresh {
             *self
                 .due_deltas
                 .entry((gate_id, due / MINUTE_MS))
@@ -204,9 +225,21 @@ impl Writes for Tx<'_> {
         Ok(())
     }
 
-    fn remove_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<bool> {
+    fn remove_pending(
+        &mut self,
+        gate: GateId,
+        key: Option<&str>,
+        due: Timestamp,
+        task: TaskId,
+    ) -> Result<bool> {
         let (gate_id, due) = (gate.0, due.as_ms());
-        let removed = self.pending.remove((gate_id, due, task.0))?.is_some();
+        let removed = match key {
+            None => self.pending.remove((gate_id, due, task.0))?.is_some(),
+            Some(key) => self
+                .pending_keyed
+                .remove((gate_id, key, due, task.0))?
+                .is_some(),
+        };
         if removed {
             *self
                 .due_deltas
@@ -220,21 +253,51 @@ impl Writes for Tx<'_> {
     fn pending_range(
         &self,
         gate: GateId,
+        key: Option<&str>,
         from: (Timestamp, TaskId),
         until: Timestamp,
         limit: usize,
     ) -> Result<(Vec<(Timestamp, TaskId)>, Option<(Timestamp, TaskId)>)> {
-        let range = self
-            .pending
-            .range((gate.0, from.0.as_ms(), from.1.0)..=(gate.0, u64::MAX, u64::MAX))?;
-        let keys = range.map(|entry| {
-            let (_, due, id) = entry?.0.value();
-            Ok((Timestamp(due), TaskId(id)))
-        });
-        cut_range(keys, until, limit)
+        let (from_due, from_id) = (from.0.as_ms(), from.1.0);
+        match key {
+            None => {
+                let range = self
+                    .pending
+                    .range((gate.0, from_due, from_id)..=(gate.0, u64::MAX, u64::MAX))?;
+                let keys = range.map(|entry| {
+                    let (_, due, id) = entry?.0.value();
+                    Ok((Timestamp(due), TaskId(id)))
+                });
+                cut_range(keys, until, limit)
+            }
+            Some(key) => {
+                let range = self
+                    .pending_keyed
+                    .range((gate.0, key, from_due, from_id)..=(gate.0, key, u64::MAX, u64::MAX))?;
+                let keys = range.map(|entry| {
+                    let (_, _, due, id) = entry?.0.value();
+                    Ok((Timestamp(due), TaskId(id)))
+                });
+                cut_range(keys, until, limit)
+            }
+        }
     }
 
-    fn all_pending(&self, gate: GateId) -> Result<Vec<(Timestamp, TaskId)>> {
+    fn pending_keys(&self, gate: GateId) -> Result<Vec<(Option<String>, (Timestamp, TaskId))>> {
+        let mut out = Vec::new();
+        if let Some(entry) = self
+            .pending
+            .range((gate.0, 0, 0)..=(gate.0, u64::MAX, u64::MAX))?
+            .next()
+        {
+            let (_, due, id) = entry?.0.value();
+            out.push((None, (Timestamp(due), TaskId(id))));
+        }
+        keyed_firsts(&self.pending_keyed, gate.0, usize::MAX, &mut out)?;
+        Ok(out)
+    }
+
+    fn all_pending(&self, gate: GateId) -> Result<Vec<(Option<String>, Timestamp, TaskId)>> {
         let mut keys = Vec::new();
         for entry in self
             .pending
@@ -242,7 +305,15 @@ impl Writes for Tx<'_> {
         {
             let (k, _) = entry?;
             let (_, due, id) = k.value();
-            keys.push((Timestamp(due), TaskId(id)));
+            keys.push((None, Timestamp(due), TaskId(id)));
+        }
+        let upper = (gate.0.saturating_add(1), "", 0, 0);
+        for entry in self.pending_keyed.range((gate.0, "", 0, 0)..upper)? {
+            let (k, _) = entry?;
+            let (g, key, due, id) = k.value();
+            if g == gate.0 {
+                keys.push((Some(key.to_owned()), Timestamp(due), TaskId(id)));
+            }
         }
         Ok(keys)
     }
@@ -283,6 +354,18 @@ impl Writes for Tx<'_> {
 
     fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
         self.idempotency.insert((gate_id, key), task_id)?;
+        Ok(())
+    }
+
+    fn coalesced(&self, gate_id: u32, key: &str) -> Result<Option<u64>> {
+        let table = self.txn.open_table(COALESCE)?;
+        Ok(table.get((gate_id, key))?.map(|v| v.value()))
+    }
+
+    fn put_coalesced(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
+        self.txn
+            .open_table(COALESCE)?
+            .insert((gate_id, key), task_id)?;
         Ok(())
     }
 

@@ -99,6 +99,152 @@ pub struct GateBody {
     /// starts, and the gate view shows the limit found. Absent or `null`:
     /// off.
     pub adaptive: Option<AdaptiveBody>,
+    /// Limits every task `key` gets inside the gate, with overrides and
+    /// weights per key. Keys share the gate in weighted round robin whether
+    /// or not this is set.
+    pub keys: Option<KeysBody>,
+    /// `"key"`: a 429/503, `Retry-After` or a failing run throttles or trips
+    /// only the key whose request drew it; `"gate"` (default): the gate.
+    pub isolate: Option<String>,
+    /// A waiting task gains one priority level per this much past its due
+    /// time, so low priority is delayed, never starved; default `"1m"`.
+    #[schema(example = "1m")]
+    pub priority_aging: Option<String>,
+}
+
+/// Limits of each key inside its gate. A limit left out is the gate's.
+#[derive(Deserialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeysBody {
+    #[schema(value_type = Option<RateBody>)]
+    pub rate: Option<RateBody>,
+    /// Default 1.
+    pub burst: Option<u32>,
+    pub concurrency: Option<u32>,
+    /// Share in the round robin; default 1.
+    pub weight: Option<u32>,
+    /// Keys with limits of their own; what one leaves out is the default's.
+    pub overrides: Option<BTreeMap<String, KeyLimitsBody>>,
+}
+
+#[derive(Deserialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimitsBody {
+    #[schema(value_type = Option<RateBody>)]
+    pub rate: Option<RateBody>,
+    pub burst: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub weight: Option<u32>,
+}
+
+/// Most keys with limits of their own in one gate.
+const MAX_KEY_OVERRIDES: usize = 1_000;
+/// The longest task `key`, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+
+impl KeyLimitsBody {
+    /// Checks one key's limits, filling what it leaves out from `base`.
+    fn validate(self, field: &str, base: KeyLimitsRecord) -> Result<KeyLimitsRecord, ApiError> {
+        let rate = match self.rate {
+            None => base.rate_per_s,
+            Some(body) => Some(
+                match body {
+                    RateBody::Text(t) => Rate::parse(&t),
+                    RateBody::Number(n) => Rate::per_second(n),
+                }
+                .map_err(|e| ApiError::field(&format!("{field}.rate"), e.to_string()))?
+                .as_per_second(),
+            ),
+        };
+        let burst = self.burst.unwrap_or(base.burst);
+        if burst == 0 || burst > 1_000_000 {
+            return Err(ApiError::field(
+                &format!("{field}.burst"),
+                "burst must be between 1 and 1000000",
+            ));
+        }
+        let concurrency = self.concurrency.or(base.concurrency);
+        if concurrency.is_some_and(|c| c == 0 || c > 100_000) {
+            return Err(ApiError::field(
+                &format!("{field}.concurrency"),
+                "concurrency must be between 1 and 100000",
+            ));
+        }
+        let weight = self.weight.unwrap_or(base.weight);
+        if weight == 0 || weight > 1_000 {
+            return Err(ApiError::field(
+                &format!("{field}.weight"),
+                "weight must be between 1 and 1000",
+            ));
+        }
+        Ok(KeyLimitsRecord {
+            rate_per_s: rate,
+            burst,
+            concurrency,
+            weight,
+        })
+    }
+}
+
+/// A gate's `keys` and `isolate`, checked.
+fn keys_record(
+    keys: Option<KeysBody>,
+    isolate: Option<String>,
+) -> Result<Option<KeysRecord>, ApiError> {
+    let isolate = match isolate.as_deref() {
+        None | Some("gate") => false,
+        Some("key") => true,
+        Some(other) => {
+            return Err(ApiError::field(
+                "isolate",
+                format!("isolate is \"gate\" or \"key\", not {other:?}"),
+            ));
+        }
+    };
+    let Some(body) = keys else {
+        return Ok(isolate.then(|| KeysRecord {
+            isolate,
+            ..KeysRecord::default()
+        }));
+    };
+    let defaults = KeyLimitsBody {
+        rate: body.rate,
+        burst: body.burst,
+        concurrency: body.concurrency,
+        weight: body.weight,
+    };
+    let limits = defaults.validate("keys", KeyLimitsRecord::default())?;
+    let overrides = body.overrides.unwrap_or_default();
+    if overrides.len() > MAX_KEY_OVERRIDES {
+        return Err(ApiError::field(
+            "keys.overrides",
+            format!("at most {MAX_KEY_OVERRIDES} keys with limits of their own"),
+        ));
+    }
+    let mut checked = BTreeMap::new();
+    for (key, o) in overrides {
+        let field = format!("keys.overrides.{key}");
+        valid_key(&key).map_err(|why| ApiError::field(&field, why))?;
+        let o = o.validate(&field, limits)?;
+        checked.insert(key, o);
+    }
+    Ok(Some(KeysRecord {
+        limits,
+        overrides: checked,
+        isolate,
+    }))
+}
+
+/// A task `key` (or a key named in a gate's overrides): 1 to 128 bytes,
+/// no control characters.
+pub fn valid_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(format!("a key is 1 to {MAX_KEY_BYTES} bytes"));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("a key has no control characters".into());
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, Debug, ToSchema)]
@@ -260,7 +406,18 @@ impl GateBody {
                 ..e
             })?;
         }
+        let priority_aging = opt_duration("priority_aging", &self.priority_aging)?;
+        if priority_aging
+            .is_some_and(|d| d < Duration::from_secs(1) || d > Duration::from_secs(86_400))
+        {
+            return Err(ApiError::field(
+                "priority_aging",
+                "priority_aging is between 1s and 24h",
+            ));
+        }
         Ok(GateSpec {
+            keys: keys_record(self.keys, self.isolate)?,
+            priority_aging,
             quota_headers: self.quota_headers.unwrap_or(true),
             adaptive,
             signing_secrets: self.signing_secrets,
@@ -313,6 +470,8 @@ pub struct CountersView {
     pub failed: u64,
     pub expired: u64,
     pub cancelled: u64,
+    /// Replaced before they started by a newer task of their coalesce key.
+    pub superseded: u64,
     pub retried: u64,
     pub attempts: u64,
 }
@@ -344,6 +503,20 @@ pub struct GateView {
     pub signing_secrets: usize,
     /// Whether the endpoint's quota headers pace the gate.
     pub quota_headers: bool,
+    /// Per-key limits, when the gate sets any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub keys: Option<KeysView>,
+    /// `gate` or `key`: what a 429, a `Retry-After` or a tripped circuit
+    /// holds back.
+    pub isolate: String,
+    /// Keys with pending or running work.
+    pub active_keys: usize,
+    /// A waiting task gains one priority level per this much.
+    pub priority_aging: String,
+    /// The busiest keys now (most in flight, then most due), in a view of
+    /// one gate.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub busiest_keys: Vec<KeyStateView>,
     pub paused: bool,
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -381,6 +554,87 @@ pub struct GateView {
     /// In a cluster, the node that dispatches this gate.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub owner: Option<String>,
+}
+
+/// One page of a gate's keys with pending tasks, in key order.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct KeysPage {
+    pub keys: Vec<KeyBacklogView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    #[schema(required)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct KeyBacklogView {
+    pub key: String,
+    /// Pending tasks of the key (counted up to 100,000: more reads as that).
+    pub pending: u64,
+    /// Its first pending task's due time.
+    #[schema(format = DateTime)]
+    pub oldest_due: String,
+}
+
+impl KeyBacklogView {
+    pub fn new(k: &crate::store::KeyBacklog) -> KeyBacklogView {
+        KeyBacklogView {
+            key: k.key.clone(),
+            pending: k.pending,
+            oldest_due: time(k.oldest_due_ms),
+        }
+    }
+}
+
+/// One key's limits inside its gate.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct KeyLimitsView {
+    /// Absent: the gate's rate.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rate: Option<String>,
+    pub burst: u32,
+    /// Absent: the gate's concurrency.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub concurrency: Option<u32>,
+    pub weight: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct KeysView {
+    #[serde(flatten)]
+    pub limits: KeyLimitsView,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub overrides: BTreeMap<String, KeyLimitsView>,
+}
+
+/// A key of a gate as it stands.
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
+pub struct KeyStateView {
+    /// `null` for tasks without a key.
+    #[schema(required)]
+    pub key: Option<String>,
+    pub in_flight: u32,
+    /// Due tasks the scheduler holds in memory for it (a lower bound of its
+    /// backlog).
+    pub due: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub oldest_due_age_s: Option<f64>,
+    /// Its own limiter's state, when it has one: `open`, `tripped`,
+    /// `probing`, `recovering` or `throttled`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state: Option<String>,
+    pub weight: u32,
+}
+
+fn key_limits_view(l: &KeyLimitsRecord) -> KeyLimitsView {
+    KeyLimitsView {
+        rate: l
+            .rate_per_s
+            .and_then(|r| Rate::per_second(r).ok())
+            .map(|r| r.to_string()),
+        burst: l.burst,
+        concurrency: l.concurrency,
+        weight: l.weight,
+    }
 }
 
 /// The adaptive concurrency search: its range and what it has learned.
@@ -541,6 +795,49 @@ impl GateView {
             }),
             signing_secrets: g.signing_secrets.len(),
             quota_headers: g.quota_headers,
+            keys: g
+                .keys
+                .as_ref()
+                .filter(|k| {
+                    *k != &KeysRecord {
+                        isolate: k.isolate,
+                        ..KeysRecord::default()
+                    }
+                })
+                .map(|k| KeysView {
+                    limits: key_limits_view(&k.limits),
+                    overrides: k
+                        .overrides
+                        .iter()
+                        .map(|(name, l)| (name.clone(), key_limits_view(l)))
+                        .collect(),
+                }),
+            isolate: if g.keys.as_ref().is_some_and(|k| k.isolate) {
+                "key"
+            } else {
+                "gate"
+            }
+            .into(),
+            active_keys: view.keys,
+            priority_aging: ms_text(
+                g.priority_aging_ms
+                    .unwrap_or(crate::store::DEFAULT_PRIORITY_AGING_MS),
+            ),
+            busiest_keys: live
+                .keys
+                .iter()
+                .map(|k| KeyStateView {
+                    key: k.key.as_deref().map(str::to_owned),
+                    in_flight: k.in_flight,
+                    due: k.due_in_memory,
+                    oldest_due_age_s: k
+                        .oldest_due
+                        .filter(|&t| t <= now)
+                        .map(|t| now.as_ms().saturating_sub(t.as_ms()) as f64 / 1_000.0),
+                    state: k.state.map(|s| s.as_str().to_string()),
+                    weight: k.weight,
+                })
+                .collect(),
             paused: g.paused,
             created_at: time(g.created_at),
             updated_at: time(g.updated_at),
@@ -556,6 +853,7 @@ impl GateView {
                 failed: c.failed,
                 expired: c.expired,
                 cancelled: c.cancelled,
+                superseded: c.superseded,
                 retried: c.retried,
                 attempts: c.attempts,
             },

@@ -20,7 +20,8 @@ use crate::model::{
 use crate::shell::GateLive;
 use crate::shell::stats::{self, Bucket};
 use crate::store::{
-    AttemptRecord, BodyRecord, Counts, PluginCallRecord, PluginRecord, TaskRecord, WebhookRecord,
+    AttemptRecord, BodyRecord, Counts, KeyLimitsRecord, KeysRecord, PluginCallRecord, PluginRecord,
+    TaskRecord, WebhookRecord,
 };
 
 mod gates;

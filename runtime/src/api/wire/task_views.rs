@@ -176,7 +176,7 @@ impl From<&AttemptRecord> for AttemptView {
 pub struct TaskView {
     pub id: String,
     pub gate: String,
-    /// `scheduled`, `running`, `succeeded`, `failed`, `expired` or `cancelled`.
+    /// `scheduled`, `running`, `succeeded`, `failed`, `expired`, `cancelled` or `superseded`.
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookView>,
@@ -203,6 +203,16 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The tenant it acts for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub coalesce_key: Option<String>,
+    /// 0–9, higher first.
+    pub priority: u8,
+    /// The task this one replaced, which ended `superseded`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub supersedes: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -242,6 +252,10 @@ impl TaskView {
             max_retry_duration: retry.max_retry_duration,
             expires_at: t.expires_at.map(time),
             idempotency_key: t.idempotency_key.clone(),
+            key: t.key.clone(),
+            coalesce_key: t.coalesce_key.clone(),
+            priority: t.priority,
+            supersedes: t.supersedes.map(|id| TaskId(id).to_string()),
             labels: t.labels.clone(),
             last_error: t.last_error.clone(),
             finished_at: t.finished_at.map(time),

@@ -181,6 +181,16 @@ pub struct TaskBody {
     /// Per gate: a second create with the same key returns the first task.
     pub idempotency_key: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
+    /// The tenant, customer or account the task acts for (1 to 128 bytes):
+    /// keys share their gate fairly, each within the gate's `keys` limits.
+    pub key: Option<String>,
+    /// A create whose `coalesce_key` matches a task of the same gate that
+    /// has not started replaces it: the older ends `superseded` and the
+    /// answer names it in `supersedes`. With `delay`, a trailing debounce.
+    pub coalesce_key: Option<String>,
+    /// 0–9 (default 5): among its key's due tasks, higher starts first; a
+    /// waiting task gains a level per the gate's `priority_aging`.
+    pub priority: Option<u8>,
 }
 
 #[derive(Deserialize, Debug, ToSchema)]
@@ -365,6 +375,18 @@ impl TaskBody {
                 format!("must be 1 to {MAX_KEY_LEN} characters"),
             ));
         }
+        if let Some(key) = &self.key {
+            gates::valid_key(key).map_err(|why| ApiError::field(&f("key"), why))?;
+        }
+        if self.priority.is_some_and(|p| p > 9) {
+            return Err(ApiError::field(
+                &f("priority"),
+                "priority is 0 to 9 (default 5)",
+            ));
+        }
+        if let Some(key) = &self.coalesce_key {
+            gates::valid_key(key).map_err(|why| ApiError::field(&f("coalesce_key"), why))?;
+        }
         let backoff = self
             .backoff
             .map(|b| backoff(&f("backoff"), &b, Backoff::default()))
@@ -387,6 +409,9 @@ impl TaskBody {
             expires_after: opt_duration(&f("expires_after"), &self.expires_after)?,
             idempotency_key: self.idempotency_key,
             labels,
+            key: self.key,
+            coalesce_key: self.coalesce_key,
+            priority: self.priority,
             schedule: None,
             parent: None,
             lineage: None,

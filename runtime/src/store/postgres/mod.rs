@@ -39,11 +39,17 @@ CREATE TABLE IF NOT EXISTS tasks (id bigint PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (
     gate_id int NOT NULL, due bigint NOT NULL, task_id bigint NOT NULL,
     PRIMARY KEY (gate_id, due, task_id));
+CREATE TABLE IF NOT EXISTS pending_keyed (
+    gate_id int NOT NULL, key text COLLATE \"C\" NOT NULL, due bigint NOT NULL,
+    task_id bigint NOT NULL, PRIMARY KEY (gate_id, key, due, task_id));
 CREATE TABLE IF NOT EXISTS running (task_id bigint PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS attempts (
     task_id bigint NOT NULL, attempt int NOT NULL, record bytea NOT NULL,
     PRIMARY KEY (task_id, attempt));
 CREATE TABLE IF NOT EXISTS idempotency (
+    gate_id int NOT NULL, key text NOT NULL, task_id bigint NOT NULL,
+    PRIMARY KEY (gate_id, key));
+CREATE TABLE IF NOT EXISTS coalesce (
     gate_id int NOT NULL, key text NOT NULL, task_id bigint NOT NULL,
     PRIMARY KEY (gate_id, key));
 CREATE TABLE IF NOT EXISTS gate_tasks (
@@ -73,8 +79,9 @@ INSERT INTO ownership VALUES ('gates', NULL, 0, '-infinity') ON CONFLICT DO NOTH
 ";
 
 /// The PostgreSQL schema version this build writes. 2 added `nodes` and
-/// `ownership` (the cluster); a version 1 schema is upgraded in place.
-pub const PG_SCHEMA_VERSION: u64 = 2;
+/// `ownership` (the cluster), 3 `pending_keyed` and `coalesce`; older schemas are upgraded
+/// in place.
+pub const PG_SCHEMA_VERSION: u64 = 3;
 
 /// A transaction left idle this long (its node paused, or cut off from
 /// the database) is ended by PostgreSQL, so the locks it holds (the share

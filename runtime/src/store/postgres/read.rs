@@ -123,10 +123,34 @@ impl Reads for PgReader {
         }))
     }
 
+    fn gate_keys(
+        &self,
+        gate_id: u32,
+        after: Option<&str>,
+        limit: usize,
+        count_cap: u64,
+    ) -> Result<Vec<KeyBacklog>> {
+        let found = rows(
+            self.client()?,
+            "SELECT key, count(*), min(due) FROM pending_keyed \
+             WHERE gate_id = $1 AND key > $2 GROUP BY key ORDER BY key LIMIT $3",
+            &[&int(gate_id), &after.unwrap_or(""), &big(limit as u64)],
+        )?;
+        Ok(found
+            .iter()
+            .map(|row| KeyBacklog {
+                key: row.get(0),
+                pending: unbig(row.get(1)).min(count_cap),
+                oldest_due_ms: unbig(row.get(2)),
+            })
+            .collect())
+    }
+
     fn oldest_pending(&self, gate_id: u32) -> Result<Option<u64>> {
         let row = one(
             self.client()?,
-            "SELECT min(due) FROM pending WHERE gate_id = $1",
+            "SELECT least((SELECT min(due) FROM pending WHERE gate_id = $1), \
+                          (SELECT min(due) FROM pending_keyed WHERE gate_id = $1))",
             &[&int(gate_id)],
         )?;
         Ok(row.and_then(|row| row.get::<_, Option<i64>>(0)).map(unbig))
@@ -157,6 +181,8 @@ impl Reads for PgReader {
             "SELECT (SELECT coalesce(sum(n), 0)::bigint FROM due_minutes \
                      WHERE gate_id = $1 AND minute < $2) \
                   + (SELECT count(*) FROM pending \
+                     WHERE gate_id = $1 AND due >= $3 AND due <= $4) \
+                  + (SELECT count(*) FROM pending_keyed \
                      WHERE gate_id = $1 AND due >= $3 AND due <= $4)",
             &[
                 &int(gate_id),

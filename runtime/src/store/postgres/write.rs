@@ -143,6 +143,16 @@ impl<'a> PgTx<'a> {
                 ],
             );
         }
+        if let Some(key) = task.coalesce_key {
+            self.send(
+                "DELETE FROM coalesce WHERE gate_id = $1 AND key = $2 AND task_id = $3",
+                vec![
+                    Box::new(int(task.gate_id)),
+                    Box::new(key),
+                    Box::new(big(id)),
+                ],
+            );
+        }
         Ok(true)
     }
 }
@@ -255,25 +265,55 @@ impl Writes for PgTx<'_> {
         Ok(())
     }
 
-    fn insert_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<()> {
-        self.send_counted(
-            "INSERT INTO pending VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            vec![
-                Box::new(int(gate.0)),
-                Box::new(big(due.as_ms())),
-                Box::new(big(task.0)),
-            ],
-            Some(((gate.0, due.as_ms() / MINUTE_MS), 1)),
-        );
+    fn insert_pending(
+        &mut self,
+        gate: GateId,
+        key: Option<&str>,
+        due: Timestamp,
+        task: TaskId,
+    ) -> Result<()> {
+        let counted = Some(((gate.0, due.as_ms() / MINUTE_MS), 1));
+        let (gate, due, task) = (int(gate.0), big(due.as_ms()), big(task.0));
+        match key {
+            None => self.send_counted(
+                "INSERT INTO pending VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                vec![Box::new(gate), Box::new(due), Box::new(task)],
+                counted,
+            ),
+            Some(key) => self.send_counted(
+                "INSERT INTO pending_keyed VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                vec![
+                    Box::new(gate),
+                    Box::new(key.to_owned()),
+                    Box::new(due),
+                    Box::new(task),
+                ],
+                counted,
+            ),
+        }
         Ok(())
     }
 
-    fn remove_pending(&mut self, gate: GateId, due: Timestamp, task: TaskId) -> Result<bool> {
-        let removed = exec(
-            self.read()?,
-            "DELETE FROM pending WHERE gate_id = $1 AND due = $2 AND task_id = $3",
-            &[&int(gate.0), &big(due.as_ms()), &big(task.0)],
-        )? > 0;
+    fn remove_pending(
+        &mut self,
+        gate: GateId,
+        key: Option<&str>,
+        due: Timestamp,
+        task: TaskId,
+    ) -> Result<bool> {
+        let removed = match key {
+            None => exec(
+                self.read()?,
+                "DELETE FROM pending WHERE gate_id = $1 AND due = $2 AND task_id = $3",
+                &[&int(gate.0), &big(due.as_ms()), &big(task.0)],
+            )?,
+            Some(key) => exec(
+                self.read()?,
+                "DELETE FROM pending_keyed \
+                 WHERE gate_id = $1 AND key = $2 AND due = $3 AND task_id = $4",
+                &[&int(gate.0), &key, &big(due.as_ms()), &big(task.0)],
+            )?,
+        } > 0;
         if removed {
             *self
                 .due_deltas
@@ -288,30 +328,79 @@ impl Writes for PgTx<'_> {
     fn pending_range(
         &self,
         gate: GateId,
+        key: Option<&str>,
         from: (Timestamp, TaskId),
         until: Timestamp,
         limit: usize,
     ) -> Result<(Vec<(Timestamp, TaskId)>, Option<(Timestamp, TaskId)>)> {
-        let found = keys(rows(
-            self.read()?,
-            "SELECT due, task_id FROM pending WHERE gate_id = $1 AND (due, task_id) >= ($2, $3) \
-             ORDER BY due, task_id LIMIT $4",
-            &[
-                &int(gate.0),
-                &big(from.0.as_ms()),
-                &big(from.1.0),
-                &big(limit as u64 + 1),
-            ],
-        )?);
+        let (gate, due, id, limit1) = (
+            int(gate.0),
+            big(from.0.as_ms()),
+            big(from.1.0),
+            big(limit as u64 + 1),
+        );
+        let found = keys(match key {
+            None => rows(
+                self.read()?,
+                "SELECT due, task_id FROM pending \
+                 WHERE gate_id = $1 AND (due, task_id) >= ($2, $3) \
+                 ORDER BY due, task_id LIMIT $4",
+                &[&gate, &due, &id, &limit1],
+            )?,
+            Some(key) => rows(
+                self.read()?,
+                "SELECT due, task_id FROM pending_keyed \
+                 WHERE gate_id = $1 AND key = $5 AND (due, task_id) >= ($2, $3) \
+                 ORDER BY due, task_id LIMIT $4",
+                &[&gate, &due, &id, &limit1, &key],
+            )?,
+        });
         cut_range(found.into_iter().map(Ok), until, limit)
     }
 
-    fn all_pending(&self, gate: GateId) -> Result<Vec<(Timestamp, TaskId)>> {
-        Ok(keys(rows(
+    fn pending_keys(&self, gate: GateId) -> Result<Vec<(Option<String>, (Timestamp, TaskId))>> {
+        let mut out: Vec<_> = keys(rows(
+            self.read()?,
+            "SELECT due, task_id FROM pending WHERE gate_id = $1 ORDER BY due, task_id LIMIT 1",
+            &[&int(gate.0)],
+        )?)
+        .into_iter()
+        .map(|first| (None, first))
+        .collect();
+        let firsts = rows(
+            self.read()?,
+            "SELECT DISTINCT ON (key) key, due, task_id FROM pending_keyed \
+             WHERE gate_id = $1 ORDER BY key, due, task_id",
+            &[&int(gate.0)],
+        )?;
+        for row in firsts {
+            let first = (Timestamp(unbig(row.get(1))), TaskId(unbig(row.get(2))));
+            out.push((Some(row.get(0)), first));
+        }
+        Ok(out)
+    }
+
+    fn all_pending(&self, gate: GateId) -> Result<Vec<(Option<String>, Timestamp, TaskId)>> {
+        let mut out: Vec<_> = keys(rows(
             self.read()?,
             "SELECT due, task_id FROM pending WHERE gate_id = $1 ORDER BY due, task_id",
             &[&int(gate.0)],
-        )?))
+        )?)
+        .into_iter()
+        .map(|(due, id)| (None, due, id))
+        .collect();
+        for row in rows(
+            self.read()?,
+            "SELECT key, due, task_id FROM pending_keyed WHERE gate_id = $1",
+            &[&int(gate.0)],
+        )? {
+            out.push((
+                Some(row.get(0)),
+                Timestamp(unbig(row.get(1))),
+                TaskId(unbig(row.get(2))),
+            ));
+        }
+        Ok(out)
     }
 
     fn set_running(&mut self, task_id: u64, running: bool) -> Result<()> {
@@ -364,6 +453,28 @@ impl Writes for PgTx<'_> {
             &[&int(gate_id), &key],
         )?;
         Ok(row.map(|row| unbig(row.get(0))))
+    }
+
+    fn coalesced(&self, gate_id: u32, key: &str) -> Result<Option<u64>> {
+        let row = one(
+            self.read()?,
+            "SELECT task_id FROM coalesce WHERE gate_id = $1 AND key = $2",
+            &[&int(gate_id), &key],
+        )?;
+        Ok(row.map(|row| unbig(row.get(0))))
+    }
+
+    fn put_coalesced(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
+        self.send(
+            "INSERT INTO coalesce VALUES ($1, $2, $3) \
+             ON CONFLICT (gate_id, key) DO UPDATE SET task_id = EXCLUDED.task_id",
+            vec![
+                Box::new(int(gate_id)),
+                Box::new(key.to_string()),
+                Box::new(big(task_id)),
+            ],
+        );
+        Ok(())
     }
 
     fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
