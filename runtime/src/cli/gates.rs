@@ -108,8 +108,34 @@ pub(super) async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<
         print_json(&value);
     } else {
         print!("{}", gates_table(&json!({ "gates": [value] })));
+        print!("{}", keys_table(&value));
     }
     Ok(())
+}
+
+/// A gate's busiest keys, when it has keys with work; nothing otherwise.
+pub(super) fn keys_table(gate: &Value) -> String {
+    let keys = gate["busiest_keys"].as_array().cloned().unwrap_or_default();
+    if keys.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k["key"].as_str().unwrap_or("(no key)").to_string(),
+                num(&k["in_flight"]),
+                num(&k["due"]),
+                k["oldest_due_age_s"].as_f64().map_or("-".into(), age),
+                k["state"].as_str().unwrap_or("-").to_string(),
+            ]
+        })
+        .collect();
+    format!(
+        "\n{} keys with work, the busiest:\n{}",
+        num(&gate["active_keys"]),
+        table(&["KEY", "INFLIGHT", "DUE", "OLDEST", "STATE"], &rows)
+    )
 }
 
 pub(super) fn split_pair<'a>(
@@ -153,4 +179,26 @@ pub(super) fn gates_table(v: &Value) -> String {
         &["GATE", "STATE", "RATE", "BURST", "CONCURRENCY", "HOSTS"],
         &rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_with_keys_lists_its_busiest() {
+        let gate = json!({
+            "active_keys": 2,
+            "busiest_keys": [
+                { "key": "acme", "in_flight": 2, "due": 40, "oldest_due_age_s": 3.0, "state": "tripped", "weight": 1 },
+                { "key": null, "in_flight": 0, "due": 1, "weight": 1 },
+            ],
+        });
+        let text = keys_table(&gate);
+        assert!(text.contains("2 keys with work"), "{text}");
+        let acme = text.lines().find(|l| l.starts_with("acme")).expect("acme");
+        assert!(acme.contains("tripped") && acme.contains(" 40 "), "{text}");
+        assert!(text.contains("(no key)"), "{text}");
+        assert_eq!(keys_table(&json!({ "busiest_keys": [] })), "");
+    }
 }

@@ -421,6 +421,15 @@ enum TaskCommand {
         expires_after: Option<String>,
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// The tenant the task acts for: keys share their gate fairly.
+        #[arg(long)]
+        key: Option<String>,
+        /// 0–9 (default 5): higher starts first among its key's due tasks.
+        #[arg(long)]
+        priority: Option<u8>,
+        /// Replace the gate's task of this coalesce key that has not started.
+        #[arg(long)]
+        coalesce_key: Option<String>,
         /// A label as key=value (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,

@@ -114,6 +114,7 @@ pub(super) fn status_table(v: &Value) -> String {
                     num(&g["recent"]["5m"]["failed"])
                 ),
                 g["eta_drain_s"].as_f64().map_or("-".into(), age),
+                num(&g["active_keys"]),
             ]
         })
         .collect();
@@ -128,6 +129,7 @@ pub(super) fn status_table(v: &Value) -> String {
             "RATE(EFF/CONF)",
             "OK/FAIL(5m)",
             "ETA",
+            "KEYS",
         ],
         &rows,
     ));

@@ -19,6 +19,9 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
             timeout,
             expires_after,
             idempotency_key,
+            key,
+            priority,
+            coalesce_key,
             labels,
             count,
         } => {
@@ -61,6 +64,9 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
             set("timeout", timeout.map(Value::from));
             set("expires_after", expires_after.map(Value::from));
             set("idempotency_key", idempotency_key.map(Value::from));
+            set("key", key.map(Value::from));
+            set("priority", priority.map(Value::from));
+            set("coalesce_key", coalesce_key.map(Value::from));
             if !labels.is_empty() {
                 let mut map = BTreeMap::new();
                 for l in &labels {
