@@ -689,7 +689,8 @@ impl Gate {
                 }
             && self.throttled_until.is_none_or(|t| t <= now)
             && self.ramp_factor(now) >= 1.0
-            && self.throttle_factor(now) >= 1.0;
+            && self.throttle_factor(now) >= 1.0
+            && self.quota(now).is_none();
         if !clear {
             return None;
         }

@@ -87,7 +87,8 @@ impl KeyPolicy {
     }
 
     /// The limits of a key's own limiter, if it needs one: its rate, burst and
-    /// concurrency; with isolation also the gate's circuit and ramp.
+    /// concurrency; with isolation also the gate's circuit, ramp and quota
+    /// headers.
     pub fn gate_limits(&self, key: &TaskKey, gate: &GateLimits) -> Option<GateLimits> {
         let limits = self.limits(key);
         if !limits.limited() && !self.isolate {
@@ -108,7 +109,8 @@ impl KeyPolicy {
                 }
             },
             circuit: if self.isolate { gate.circuit } else { None },
-            quota_headers: false,
+            // An isolated key is paced by the quota its own answers state.
+            quota_headers: self.isolate && gate.quota_headers,
             priority_aging: gate.priority_aging,
         })
     }

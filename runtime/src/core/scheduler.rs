@@ -709,14 +709,27 @@ impl Scheduler {
                 latency,
                 quota,
             } => {
-                let gate = match self.running.get(&task) {
-                    Some(r) if r.task.attempts == attempt => Some(r.task.gate),
-                    _ => self.orphans.get(&(task, attempt)).map(|(gate, _, _)| *gate),
+                let found = match self.running.get(&task) {
+                    Some(r) if r.task.attempts == attempt => {
+                        Some((r.task.gate, r.task.key.clone()))
+                    }
+                    _ => self
+                        .orphans
+                        .get(&(task, attempt))
+                        .map(|(gate, key, _)| (*gate, key.clone())),
                 };
-                if let Some(lane) = gate.and_then(|g| self.lanes.get_mut(&g)) {
+                if let Some((gate, key)) = found
+                    && let Some(lane) = self.lanes.get_mut(&gate)
+                {
                     lane.gate.answered(now, latency);
                     if let Some(quota) = quota {
-                        lane.gate.quota_seen(now, quota);
+                        // With isolation, the quota an answer states is its
+                        // key's (a tenant's API key, say), not the gate's.
+                        let isolated = lane.policy.as_ref().is_some_and(|p| p.isolate);
+                        match lane.parts.get_mut(&key).and_then(|p| p.limiter.as_mut()) {
+                            Some(limiter) if isolated => limiter.quota_seen(now, quota),
+                            _ => lane.gate.quota_seen(now, quota),
+                        }
                     }
                 }
             }

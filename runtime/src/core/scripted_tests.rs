@@ -65,6 +65,10 @@ struct Script {
 
 impl Script {
     fn new(limits: GateLimits) -> Script {
+        Script::with_keys(limits, None)
+    }
+
+    fn with_keys(limits: GateLimits, keys: Option<std::sync::Arc<KeyPolicy>>) -> Script {
         let tuning = Tuning {
             window: 64,
             key_budget: 64,
@@ -79,7 +83,7 @@ impl Script {
             Input::UpsertGate {
                 gate: G,
                 limits,
-                keys: None,
+                keys,
                 paused: false,
                 ramp: false,
             },
@@ -498,4 +502,51 @@ fn priority_orders_due_tasks_and_aging_lifts_the_low() {
     let first = started(s.at(8_000));
     assert_eq!(first, [3], "the aged task first");
     assert_eq!(started(s.at(8_100)), [4]);
+}
+
+/// With `isolate: key`, the quota an answer states paces the key whose
+/// request drew it: a tenant whose own quota is spent waits for its reset,
+/// the other keys go on, and the gate itself is not paced.
+#[test]
+fn an_isolated_keys_quota_holds_back_only_that_key() {
+    let policy = KeyPolicy {
+        isolate: true,
+        ..KeyPolicy::default()
+    };
+    let mut s = Script::with_keys(limits(1_000.0, 10), Some(std::sync::Arc::new(policy)));
+    let keyed = |id, key: &str| QueuedTask {
+        key: Some(std::sync::Arc::from(key)),
+        ..task(id, 0)
+    };
+    assert_eq!(s.input(0, Input::Enqueue(keyed(1, "a"))), [start(1, 1, 0)]);
+    let spent = super::Quota {
+        remaining: 0,
+        reset_in: Duration::from_secs(5),
+        limit: Some(10),
+        window: None,
+    };
+    let answered = Input::Answered {
+        task: TaskId(1),
+        attempt: 1,
+        latency: Duration::from_millis(3),
+        quota: Some(spent),
+    };
+    s.input(5, answered);
+    let ended = Input::AttemptEnded {
+        task: TaskId(1),
+        outcome: Outcome::Succeeded,
+    };
+    s.input(5, ended);
+    s.core.handle_input(ms(10), Input::Enqueue(keyed(2, "a")));
+    s.core.handle_input(ms(10), Input::Enqueue(keyed(3, "b")));
+    assert_eq!(s.at(10), [start(3, 1, 10)], "key a waits for its reset");
+    let view = s.core.view(ms(10), G).expect("gate");
+    assert!(view.quota.is_none(), "the gate is not paced: {view:?}");
+    let a = s.core.busiest_keys(ms(10), G, 10);
+    assert!(
+        a.iter()
+            .any(|k| k.key.as_deref() == Some("a") && k.due_in_memory == 1)
+    );
+    // At the reset (5 s after the answer) key a goes again.
+    assert_eq!(s.at(5_005), [start(2, 1, 5_005)]);
 }
