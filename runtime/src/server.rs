@@ -38,9 +38,11 @@ pub struct Running {
     driver: tokio::task::JoinHandle<anyhow::Result<()>>,
     plugins: Arc<crate::plugin::Host>,
     cluster: Option<Arc<Cluster>>,
-    /// The store, to see it closed: `wait` returns once nothing holds it, so
-    /// the file (or the connections) are free for whatever comes next.
-    store: std::sync::Weak<dyn Backend>,
+    /// The store, to close it: `wait` waits until nothing else holds it and
+    /// drops it last, on its own thread, so the file (or the connections)
+    /// are free when it returns. A count of zero seen from a weak handle is
+    /// not enough: the last holder may still be inside the store's drop.
+    store: Arc<dyn Backend>,
 }
 
 impl Running {
@@ -94,7 +96,7 @@ impl Running {
         // connections) are free when this returns. Cut answers hold it until
         // the runtime ends.
         let closing = crate::clock::instant();
-        while !cut && self.store.strong_count() > 0 {
+        while !cut && Arc::strong_count(&self.store) > 1 {
             if closing.elapsed() > STORE_CLOSE_WAIT {
                 tracing::warn!(
                     "the store is still held after the stop; it closes when its last user ends"
@@ -103,6 +105,8 @@ impl Running {
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
+        // The last holder closes it here, before `wait` returns.
+        drop(self.store);
         result
     }
 
@@ -207,7 +211,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         .map(Peers::new)
         .transpose()
         .context("the client that forwards to the owner of the gates")?;
-    let held_store = Arc::downgrade(&store);
+    let held_store = store.clone();
     let app = api::router(AppState {
         store,
         shell: handle,
