@@ -18,7 +18,8 @@
 //! 8. `config` `client`: settings from flags, environment and file; the
 //!    typed client of the REST API that the CLI, the bench and the tests use.
 //! 9. `server`: wiring a running server together.
-//! 10. `bench`: `sluice bench`.
+//! 10. `bench` `fuzzing`: `sluice bench`; the properties the fuzz targets
+//!     check, which the tests also run over the fuzz seeds.
 //! 11. `cli`: the command line.
 
 pub mod api;
@@ -31,6 +32,8 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod dispatch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod plugin;
 pub mod server;

@@ -210,3 +210,37 @@ fn the_layer_check_catches_an_upward_import() {
     let commented = violations("core", "// see crate::shell::Engine", &layers);
     assert!(commented.is_empty(), "{commented:?}");
 }
+
+/// Every seed in `fuzz/seeds/<target>/` (a crash libFuzzer found, once fixed,
+/// belongs there) still holds its target's property. `scripts/fuzz` runs the
+/// targets themselves; this keeps what they found from coming back.
+#[test]
+fn fuzz_seeds_hold_their_properties() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut targets: Vec<String> = std::fs::read_dir(fuzz.join("fuzz_targets"))
+        .expect("fuzz targets")
+        .filter_map(|e| {
+            let name = e.expect("entry").file_name().into_string().ok()?;
+            Some(name.strip_suffix(".rs")?.to_string())
+        })
+        .collect();
+    targets.sort();
+    let names: Vec<&str> = sluice::fuzzing::TARGETS.iter().map(|t| t.0).collect();
+    assert_eq!(
+        targets, names,
+        "fuzz/fuzz_targets and sluice::fuzzing::TARGETS"
+    );
+    let seeds = fuzz.join("seeds");
+    for (target, check) in sluice::fuzzing::TARGETS {
+        let dir = seeds.join(target);
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).expect("seed dir") {
+            let path = entry.expect("entry").path();
+            let data = std::fs::read(&path).expect("seed");
+            let result = std::panic::catch_unwind(|| check(&data));
+            assert!(result.is_ok(), "{target}: {} fails", path.display());
+            count += 1;
+        }
+        assert!(count > 0, "{target} has no seeds in {}", dir.display());
+    }
+}
