@@ -9,8 +9,11 @@ use crate::api::wire::{BatchBody, GateBody, ScheduleBody, TaskBody};
 use crate::core::schedule::Rule;
 use crate::core::{Rate, Timestamp, format_duration, parse_duration};
 
+/// A target's check: panics when its property fails.
+pub type Check = fn(&[u8]);
+
 /// The targets by name, as in `fuzz/Cargo.toml` and `fuzz/seeds/`.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Check); 4] = [
     ("cron", cron),
     ("duration", duration),
     ("rate", rate),

@@ -38,6 +38,9 @@ pub struct Running {
     driver: tokio::task::JoinHandle<anyhow::Result<()>>,
     plugins: Arc<crate::plugin::Host>,
     cluster: Option<Arc<Cluster>>,
+    /// Picks up replays that were running (it holds the store: stopped
+    /// with the driver).
+    resume: tokio::task::JoinHandle<()>,
     /// The store, to close it: `wait` waits until nothing else holds it and
     /// drops it last, on its own thread, so the file (or the connections)
     /// are free when it returns. A count of zero seen from a weak handle is
@@ -75,6 +78,7 @@ impl Running {
     /// still being sent get the grace period before they are cut.
     pub async fn wait(self) -> anyhow::Result<()> {
         let result = self.driver.await.context("joining the driver")?;
+        self.resume.abort();
         let _ = self.stop.send(true);
         let _ = self.http_stop.send(true);
         let mut http = self.http;
@@ -212,7 +216,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         .transpose()
         .context("the client that forwards to the owner of the gates")?;
     let held_store = store.clone();
-    let app = api::router(AppState {
+    let state = AppState {
         store,
         shell: handle,
         plugins: plugins.clone(),
@@ -220,14 +224,16 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         backup: Arc::default(),
         cluster: cluster.clone(),
         replays: Arc::default(),
-    })
-    .layer(axum::middleware::from_fn_with_state(peers, forward::layer))
-    .layer(axum::middleware::from_fn_with_state(
-        Arc::new(config.tokens.clone()),
-        api::auth::layer,
-    ))
-    .layer(axum::middleware::from_fn(api::linger::layer))
-    .layer(axum::middleware::from_fn(api::request_id::layer));
+    };
+    let resume = tokio::spawn(api::replay::resume(state.clone()));
+    let app = api::router(state)
+        .layer(axum::middleware::from_fn_with_state(peers, forward::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(config.tokens.clone()),
+            api::auth::layer,
+        ))
+        .layer(axum::middleware::from_fn(api::linger::layer))
+        .layer(axum::middleware::from_fn(api::request_id::layer));
     let mut http_stopping = http_stop_rx;
     let stopped = async move {
         let _ = http_stopping.wait_for(|stop| *stop).await;
@@ -255,6 +261,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         driver,
         plugins,
         cluster,
+        resume,
         store: held_store,
     })
 }

@@ -141,3 +141,104 @@ async fn failed_tasks_replay_through_their_gate() {
     let (status, _) = c.send("GET", "/v1/tasks/replay/rp_nope", None).await;
     assert_eq!(status, 404);
 }
+
+/// A replay is durable like the tasks it walks: one accepted (its record
+/// committed) and stopped by a crash goes on when the server is back, from
+/// the page after its last committed one; one that ended is still there to
+/// `GET`. The crash is set up in the file: a job left running with its
+/// cursor halfway, as a `kill -9` between two pages leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_goes_on_after_a_restart() {
+    use sluice::store::{Reads, ReplayRecord, Store, TaskFilter, TaskState, Writes};
+
+    let temp = tempfile::tempdir().expect("dir");
+    let mut server = Server::start_in(temp.path()).await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::status(500));
+    c.put_gate(
+        "outage",
+        json!({ "rate": "5000/s", "burst": 100, "concurrency": 50, "allowed_hosts": [sink.host()],
+                "recovery": { "start": 1.0 }, "circuit": null, "retry": { "max_attempts": 1 } }),
+    )
+    .await;
+    let ids = failed_tasks(&c, &sink, "a", 600).await;
+    // One replay that ends before the restart: of a label no task has.
+    let (status, ended) = replay(&c, json!({ "label": "team:nobody" })).await;
+    assert_eq!(status, 202, "{ended}");
+    let ended = finished(&c, ended["id"].as_str().unwrap_or_default()).await;
+    server.stop().await;
+
+    let file = temp.path().join(sluice::server::DATA_FILE);
+    let filter = TaskFilter {
+        state: Some(TaskState::Failed),
+        ..TaskFilter::default()
+    };
+    {
+        let store = Store::open(&file).expect("open");
+        // The newest 300 were replayed (and, say, failed again) before the
+        // crash: the walk goes on below them.
+        let (newest, cursor) = store
+            .read()
+            .and_then(|r| r.list_tasks(&filter, None, 300))
+            .expect("page");
+        assert_eq!(newest.len(), 300);
+        let record = ReplayRecord {
+            id: "rp_halfway".into(),
+            filter: filter.clone(),
+            cursor,
+            matched: 300,
+            replayed: 300,
+            started_at: 1,
+            cancelled: false,
+            ended: None,
+        };
+        store.write(|tx| tx.put_replay(&record)).expect("write");
+    }
+    sink.behave(|_, _| Reply::ok());
+    let before = sink.hits().len();
+    let server = Server::start_in(temp.path()).await;
+    let c = server.client();
+    let began = sluice::clock::instant();
+    while c.send("GET", "/v1/tasks/replay/rp_halfway", None).await.0 != 200 {
+        assert!(began.elapsed() < Duration::from_secs(10), "never picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let job = finished(&c, "rp_halfway").await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(
+        (job["matched"].clone(), job["replayed"].clone()),
+        (json!(600), json!(600))
+    );
+    let (status, again) = c
+        .send(
+            "GET",
+            &format!(
+                "/v1/tasks/replay/{}",
+                ended["id"].as_str().unwrap_or_default()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (again["state"].clone(), again["matched"].clone()),
+        (json!("done"), json!(0))
+    );
+
+    // Tasks are listed newest first (the batch made them in order): the
+    // older half ran again, the newer half was left alone.
+    for (n, id) in ids.iter().enumerate() {
+        let t = c.task(id).await;
+        if n < 300 {
+            assert_ne!(t["state"], "failed", "task {n}, older than the cursor: {t}");
+        } else {
+            assert_eq!(t["state"], "failed", "task {n}, newer than the cursor: {t}");
+        }
+    }
+    for id in &ids[..300] {
+        let done = c.wait_done(id, Duration::from_secs(30)).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    assert_eq!(sink.hits().len() - before, 300);
+}

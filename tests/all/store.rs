@@ -6,8 +6,8 @@
 use serde_json::json;
 use sluice::core::{GateId, TaskId, Timestamp};
 use sluice::store::{
-    AttemptRecord, Backend, Counts, GateRecord, PgStore, PluginRecord, ScheduleRecord, Store,
-    StoreError, TaskFilter, TaskRecord, TaskState,
+    AttemptRecord, Backend, Counts, GateRecord, PgStore, PluginRecord, ReplayEnd, ReplayRecord,
+    ScheduleRecord, Store, StoreError, TaskFilter, TaskRecord, TaskState,
 };
 
 const MIN: u64 = 60_000;
@@ -27,6 +27,7 @@ fn conformance(fresh: impl Fn() -> Box<dyn Backend>) {
     retention_spares_a_task_that_runs_again(fresh().as_ref());
     plugins_and_their_artifacts(fresh().as_ref());
     schedules_and_lineage(fresh().as_ref());
+    replay_jobs(fresh().as_ref());
 }
 
 #[test]
@@ -514,4 +515,54 @@ fn schedules_and_lineage(store: &dyn Backend) {
         tx.delete_schedule("nightly")
     }));
     assert_eq!(ok(ok(store.read()).schedule("nightly")), None);
+}
+
+/// Replay jobs: written whole, overwritten by id, listed, forgotten.
+fn replay_jobs(store: &dyn Backend) {
+    let running = ReplayRecord {
+        id: "rp_a".into(),
+        filter: TaskFilter {
+            gate_id: Some(3),
+            state: Some(TaskState::Failed),
+            label: Some(("team".into(), "a".into())),
+            finished: Some((5, 9)),
+        },
+        cursor: Some(42),
+        matched: 250,
+        replayed: 249,
+        started_at: 7,
+        cancelled: false,
+        ended: None,
+    };
+    let ended = ReplayRecord {
+        id: "rp_b".into(),
+        cursor: Some(0),
+        ended: Some(ReplayEnd {
+            at: 8,
+            state: "done".into(),
+            error: None,
+        }),
+        ..running.clone()
+    };
+    assert_eq!(ok(ok(store.read()).replays()), []);
+    ok(store.write(|tx| {
+        tx.put_replay(&running)?;
+        tx.put_replay(&ended)
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.replay("rp_a")), Some(running.clone()));
+    assert_eq!(ok(r.replays()), [running.clone(), ended.clone()]);
+    drop(r);
+    let moved = ReplayRecord {
+        cursor: Some(17),
+        matched: 500,
+        ..running.clone()
+    };
+    ok(store.write(|tx| {
+        tx.put_replay(&moved)?;
+        tx.delete_replay("rp_b")
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.replays()), [moved]);
+    assert_eq!(ok(r.replay("rp_b")), None);
 }

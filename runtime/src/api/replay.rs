@@ -1,12 +1,13 @@
 //! Paced replay (SPEC §1): failed or expired tasks that match a filter run
 //! again through their gates, paced like any task.
 //!
-//! A replay is a job of this server: it walks the matching tasks newest
-//! first from a snapshot, a page at a time, and hands each page to the
-//! engine as one command (one bounded commit, between dispatch turns). It
-//! can be cancelled between pages. Tasks replayed are replayed for good; a
-//! job is not kept across a restart (what it had not reached stays failed,
-//! and the same request picks it up).
+//! A replay is a job: it walks the matching tasks newest first, a page at a
+//! time, and hands each page to the engine as one command (one bounded
+//! commit, between dispatch turns) together with the job's record after the
+//! page. So the job is as durable as its tasks: accepted only once its
+//! record is committed, and after a restart (or on the node that takes the
+//! gates over) it goes on from the page after the last one committed. It can
+//! be cancelled between pages.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -17,11 +18,14 @@ use utoipa::ToSchema;
 
 use super::*;
 use crate::core::Timestamp;
+use crate::store::{ReplayEnd, ReplayRecord};
 
 /// Tasks per page: per commit of the engine.
 pub const REPLAY_PAGE: usize = 250;
-/// Finished jobs kept for their `GET`.
+/// Ended jobs kept for their `GET`.
 const KEEP_JOBS: usize = 100;
+/// How often a node of a cluster looks for replays to go on with.
+const RESUME_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Deserialize, Debug, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -86,31 +90,78 @@ pub struct ReplayView {
 pub struct Job {
     id: String,
     started_at: u64,
+    filter: TaskFilter,
     matched: AtomicU64,
     replayed: AtomicU64,
     cancelled: AtomicBool,
-    end: Mutex<Option<(u64, &'static str, Option<String>)>>,
+    /// Where the walk goes on: below this task id (`None` before the first
+    /// page, `Some(0)` once the last page is done).
+    cursor: Mutex<Option<u64>>,
+    end: Mutex<Option<ReplayEnd>>,
 }
 
 impl Job {
+    fn new(filter: TaskFilter, started_at: u64) -> Job {
+        Job {
+            id: format!("rp_{}", request_id::fresh()),
+            started_at,
+            filter,
+            matched: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            cancelled: AtomicBool::new(false),
+            cursor: Mutex::new(None),
+            end: Mutex::new(None),
+        }
+    }
+
+    fn of(record: ReplayRecord) -> Job {
+        Job {
+            id: record.id,
+            started_at: record.started_at,
+            filter: record.filter,
+            matched: AtomicU64::new(record.matched),
+            replayed: AtomicU64::new(record.replayed),
+            cancelled: AtomicBool::new(record.cancelled),
+            cursor: Mutex::new(record.cursor),
+            end: Mutex::new(record.ended),
+        }
+    }
+
+    fn record(&self) -> ReplayRecord {
+        ReplayRecord {
+            id: self.id.clone(),
+            filter: self.filter.clone(),
+            cursor: self.cursor.lock().ok().and_then(|c| *c),
+            matched: self.matched.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
+            started_at: self.started_at,
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+            ended: self.end.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.end.lock().is_ok_and(|e| e.is_some())
+    }
+
     fn view(&self) -> ReplayView {
         let end = self.end.lock().ok().and_then(|e| e.clone());
         ReplayView {
             id: self.id.clone(),
             state: end
                 .as_ref()
-                .map_or("running", |(_, state, _)| state)
+                .map_or("running", |e| e.state.as_str())
                 .to_string(),
             matched: self.matched.load(Ordering::Relaxed),
             replayed: self.replayed.load(Ordering::Relaxed),
             started_at: Timestamp(self.started_at).rfc3339(),
-            finished_at: end.as_ref().map(|(at, _, _)| Timestamp(*at).rfc3339()),
-            error: end.and_then(|(_, _, e)| e),
+            finished_at: end.as_ref().map(|e| Timestamp(e.at).rfc3339()),
+            error: end.and_then(|e| e.error),
         }
     }
 }
 
-/// The jobs of this server, the running ones and the last finished.
+/// The jobs this server knows: those it runs and the last that ended.
 #[derive(Default)]
 pub struct Jobs {
     jobs: Mutex<BTreeMap<String, Arc<Job>>>,
@@ -119,19 +170,32 @@ pub struct Jobs {
 impl Jobs {
     fn add(&self, job: Arc<Job>) {
         if let Ok(mut jobs) = self.jobs.lock() {
-            let finished: Vec<String> = jobs
-                .iter()
-                .filter(|(_, j)| j.end.lock().is_ok_and(|e| e.is_some()))
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in finished
-                .iter()
-                .take(finished.len().saturating_sub(KEEP_JOBS))
-            {
-                jobs.remove(id);
-            }
             jobs.insert(job.id.clone(), job);
         }
+    }
+
+    /// The ended jobs beyond the newest `KEEP_JOBS`, which a new one's
+    /// record forgets.
+    fn surplus(&self) -> Vec<String> {
+        let Ok(mut jobs) = self.jobs.lock() else {
+            return Vec::new();
+        };
+        let mut ended: Vec<(u64, String)> = jobs
+            .values()
+            .filter(|j| j.ended())
+            .map(|j| (j.started_at, j.id.clone()))
+            .collect();
+        ended.sort();
+        let surplus: Vec<String> = ended
+            .into_iter()
+            .rev()
+            .skip(KEEP_JOBS)
+            .map(|(_, id)| id)
+            .collect();
+        for id in &surplus {
+            jobs.remove(id);
+        }
+        surplus
     }
 
     fn find(&self, id: &str) -> Result<Arc<Job>, ApiError> {
@@ -140,6 +204,10 @@ impl Jobs {
             .ok()
             .and_then(|j| j.get(id).cloned())
             .ok_or_else(|| ApiError::not_found(format!("replay {id:?} not found")))
+    }
+
+    fn has(&self, id: &str) -> bool {
+        self.jobs.lock().is_ok_and(|j| j.contains_key(id))
     }
 }
 
@@ -246,18 +314,26 @@ pub(super) async fn replay(
     if body.dry_run {
         return Ok(Json(estimate(&state, filter).await?).into_response());
     }
-    let job = Arc::new(Job {
-        id: format!("rp_{}", request_id::fresh()),
-        started_at: clock::now().as_ms(),
-        matched: AtomicU64::new(0),
-        replayed: AtomicU64::new(0),
-        cancelled: AtomicBool::new(false),
-        end: Mutex::new(None),
-    });
+    let job = Arc::new(Job::new(filter, clock::now().as_ms()));
+    // Durable before it is accepted: from here a restart goes on with it.
+    let forget = state.replays.surplus();
+    state.shell.put_replay(job.record(), forget).await?;
     state.replays.add(job.clone());
     let view = job.view();
-    let shell = state.shell.clone();
+    run(&state, job);
+    let location = format!("/v1/tasks/replay/{}", view.id);
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// Walks the job's pages in the background and records how it ended.
+fn run(state: &AppState, job: Arc<Job>) {
+    let (store, shell) = (state.store.clone(), state.shell.clone());
     tokio::spawn(async move {
+        let filter = job.filter.clone();
         let ended = walk(
             &job,
             |before| {
@@ -268,57 +344,110 @@ pub(super) async fn replay(
                         .map_err(|e| ApiError::internal(&e))?
                 }
             },
-            |ids| {
+            |ids, record| {
                 let shell = shell.clone();
-                async move { shell.replay_tasks(ids).await.map_err(ApiError::from) }
+                async move {
+                    shell
+                        .replay_tasks(ids, Some(record))
+                        .await
+                        .map_err(ApiError::from)
+                }
             },
         )
         .await;
         let (state, error) = match ended {
             Ok(true) => ("cancelled", None),
             Ok(false) => ("done", None),
+            // The engine stopped (a shutdown, or this node no longer owns
+            // the gates): the record still says running, so whoever runs
+            // the engine next goes on with it.
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::info!(replay = %job.id, "replay paused until the engine runs again: {}", e.message);
+                return;
+            }
             Err(e) => ("failed", Some(e.message)),
         };
         if let Ok(mut end) = job.end.lock() {
-            *end = Some((clock::now().as_ms(), state, error));
+            *end = Some(ReplayEnd {
+                at: clock::now().as_ms(),
+                state: state.into(),
+                error,
+            });
+        }
+        if let Err(e) = shell.put_replay(job.record(), Vec::new()).await {
+            tracing::warn!(replay = %job.id, "the replay's end was not recorded: {e}");
         }
     });
-    let location = format!("/v1/tasks/replay/{}", view.id);
-    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
+}
+
+/// Picks up the replays that were running when the engine last stopped:
+/// at start, and in a cluster whenever this node owns the gates (the node
+/// that ran a job may have died). Ended jobs are loaded for their `GET`.
+pub async fn resume(state: AppState) {
+    loop {
+        let owns = state.cluster.as_ref().is_none_or(|c| c.owns());
+        if owns {
+            let store = state.store.clone();
+            let records = tokio::task::spawn_blocking(move || store.read()?.replays()).await;
+            match records {
+                Ok(Ok(records)) => {
+                    for record in records {
+                        if state.replays.has(&record.id) {
+                            continue;
+                        }
+                        let running = record.ended.is_none();
+                        let job = Arc::new(Job::of(record));
+                        state.replays.add(job.clone());
+                        if running {
+                            tracing::info!(replay = %job.id, "going on with a replay");
+                            run(&state, job);
+                        }
+                    }
+                    if state.cluster.is_none() {
+                        return;
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("reading the replays: {e}"),
+                Err(e) => tracing::warn!("reading the replays: {e}"),
+            }
+        }
+        tokio::time::sleep(RESUME_EVERY).await;
     }
-    Ok(response)
 }
 
 /// Walks the pages and replays each; answers whether it was cancelled.
 /// The cancel is looked at before each page, so a cancelled job commits
-/// nothing more.
+/// nothing more. Each page goes to `apply` with the job's record after it.
 async fn walk<P, PF, A, AF>(job: &Job, mut next_page: P, mut apply: A) -> Result<bool, ApiError>
 where
     P: FnMut(Option<u64>) -> PF,
     PF: std::future::Future<Output = Result<(Vec<TaskRecord>, Option<u64>), ApiError>>,
-    A: FnMut(Vec<TaskId>) -> AF,
+    A: FnMut(Vec<TaskId>, ReplayRecord) -> AF,
     AF: std::future::Future<Output = Result<usize, ApiError>>,
 {
-    let mut cursor = None;
+    let mut cursor = job.cursor.lock().ok().and_then(|c| *c);
     loop {
         if job.cancelled.load(Ordering::Relaxed) {
             return Ok(true);
         }
+        if cursor == Some(0) {
+            return Ok(false);
+        }
         let (tasks, next) = next_page(cursor).await?;
+        if job.cancelled.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let after = next.unwrap_or(0);
+        let mut record = job.record();
+        record.cursor = Some(after);
+        record.matched += tasks.len() as u64;
+        let replayed = apply(tasks.iter().map(|t| TaskId(t.id)).collect(), record).await?;
         job.matched.fetch_add(tasks.len() as u64, Ordering::Relaxed);
-        if !tasks.is_empty() {
-            if job.cancelled.load(Ordering::Relaxed) {
-                return Ok(true);
-            }
-            let replayed = apply(tasks.iter().map(|t| TaskId(t.id)).collect()).await?;
-            job.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+        job.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+        if let Ok(mut c) = job.cursor.lock() {
+            *c = Some(after);
         }
-        match next {
-            Some(next) => cursor = Some(next),
-            None => return Ok(false),
-        }
+        cursor = Some(after);
     }
 }
 
@@ -405,7 +534,11 @@ pub(super) async fn cancel_replay(
     Path(id): Path<String>,
 ) -> Result<Json<ReplayView>, ApiError> {
     let job = state.replays.find(&id)?;
-    job.cancelled.store(true, Ordering::Relaxed);
+    if !job.ended() {
+        job.cancelled.store(true, Ordering::Relaxed);
+        // Durable at once: a restart before the walk sees it does not go on.
+        state.shell.put_replay(job.record(), Vec::new()).await?;
+    }
     Ok(Json(job.view()))
 }
 
@@ -414,14 +547,7 @@ mod tests {
     use super::*;
 
     fn job() -> Job {
-        Job {
-            id: "rp_test".into(),
-            started_at: 0,
-            matched: AtomicU64::new(0),
-            replayed: AtomicU64::new(0),
-            cancelled: AtomicBool::new(false),
-            end: Mutex::new(None),
-        }
+        Job::new(TaskFilter::default(), 0)
     }
 
     fn task(id: u64) -> TaskRecord {
@@ -453,16 +579,57 @@ mod tests {
                     _ => (vec![task(2)], None),
                 })
             },
-            |ids| {
+            |ids, record| {
                 let n = ids.len();
-                applied.lock().expect("lock").push(ids);
+                applied.lock().expect("lock").push((ids, record));
                 async move { Ok(n) }
             },
         ));
         assert_eq!(cancelled, Ok(false));
+        // Each page's record is where the job stands after it: a restart
+        // goes on below the cursor, and after the last page at nothing.
+        let records: Vec<_> = applied
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, r)| (r.cursor, r.matched))
+            .collect();
+        assert_eq!(records, [(Some(8), 2), (Some(5), 3), (Some(0), 4)]);
+        assert_eq!(job.record().cursor, Some(0));
         assert_eq!(job.matched.load(Ordering::Relaxed), 4);
         assert_eq!(job.replayed.load(Ordering::Relaxed), 4);
         assert_eq!(applied.lock().expect("lock").len(), 3);
+    }
+
+    /// A job picked up after a restart goes on below its cursor, with its
+    /// counts, and one whose last page was done walks no more.
+    #[test]
+    fn a_resumed_job_goes_on_below_its_cursor() {
+        let mut record = job().record();
+        record.cursor = Some(5);
+        record.matched = 3;
+        record.replayed = 2;
+        let resumed = Job::of(record.clone());
+        let asked = Mutex::new(Vec::new());
+        let cancelled = futures_executor::block_on(walk(
+            &resumed,
+            |before| {
+                asked.lock().expect("lock").push(before);
+                async move { Ok((vec![task(2)], None)) }
+            },
+            |ids, _| async move { Ok(ids.len()) },
+        ));
+        assert_eq!(cancelled, Ok(false));
+        assert_eq!(*asked.lock().expect("lock"), [Some(5)]);
+        assert_eq!(resumed.matched.load(Ordering::Relaxed), 4);
+        assert_eq!(resumed.replayed.load(Ordering::Relaxed), 3);
+        let finished = Job::of(resumed.record());
+        let cancelled = futures_executor::block_on(walk(
+            &finished,
+            |_| async { panic!("a finished walk asked for a page") },
+            |_, _| async { Ok(0) },
+        ));
+        assert_eq!(cancelled, Ok(false));
     }
 
     /// A cancel takes effect before the next page: nothing more is replayed.
@@ -478,7 +645,7 @@ mod tests {
                     _ => (vec![task(1)], None),
                 })
             },
-            |ids| {
+            |ids, _| {
                 *applied.lock().expect("lock") += 1;
                 job.cancelled.store(true, Ordering::Relaxed);
                 async move { Ok(ids.len()) }

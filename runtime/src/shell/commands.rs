@@ -33,6 +33,7 @@ impl Engine {
                 Command::CancelTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::RetryTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::ReplayTasks { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
+                Command::PutReplay { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::PutSchedule { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::Report { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
                 Command::DeleteSchedule { reply: to, .. } => {
@@ -102,12 +103,31 @@ impl Engine {
                 let result = self.retry_task(turn, id)?;
                 reply(to, result)
             }
-            Command::ReplayTasks { ids, reply: to } => {
+            Command::ReplayTasks {
+                ids,
+                job,
+                reply: to,
+            } => {
                 let mut replayed = 0;
                 for id in ids {
                     replayed += usize::from(self.retry_task(turn, id)?.is_ok());
                 }
+                if let Some(mut job) = job {
+                    job.replayed += replayed as u64;
+                    turn.tx.put_replay(&job)?;
+                }
                 reply(to, Ok(replayed))
+            }
+            Command::PutReplay {
+                record,
+                forget,
+                reply: to,
+            } => {
+                turn.tx.put_replay(&record)?;
+                for id in forget {
+                    turn.tx.delete_replay(&id)?;
+                }
+                reply(to, Ok(()))
             }
             Command::Live { gate, reply: to } => {
                 let live = self.live(turn.now, gate.as_deref());

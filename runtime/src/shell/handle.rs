@@ -34,11 +34,19 @@ pub enum Command {
         id: TaskId,
         reply: Reply<TaskRecord>,
     },
-    /// Runs these failed or expired tasks again, in one commit; answers how
-    /// many were (the others had moved on).
+    /// Runs these failed or expired tasks again, in one commit with the
+    /// job's record after this page (its `replayed` counts them); answers
+    /// how many were (the others had moved on).
     ReplayTasks {
         ids: Vec<TaskId>,
+        job: Option<Box<ReplayRecord>>,
         reply: Reply<usize>,
+    },
+    /// Writes a replay job's record and forgets the named ended ones.
+    PutReplay {
+        record: Box<ReplayRecord>,
+        forget: Vec<String>,
+        reply: Reply<()>,
     },
     Live {
         gate: Option<String>,
@@ -160,8 +168,32 @@ impl Handle {
         self.ask(|reply| Command::RetryTask { id, reply }).await
     }
 
-    pub async fn replay_tasks(&self, ids: Vec<TaskId>) -> Result<usize, ShellError> {
-        self.ask(|reply| Command::ReplayTasks { ids, reply }).await
+    /// Replays one page of tasks; `job`, when given, is the replay's record
+    /// after the page, committed with it.
+    pub async fn replay_tasks(
+        &self,
+        ids: Vec<TaskId>,
+        job: Option<ReplayRecord>,
+    ) -> Result<usize, ShellError> {
+        self.ask(|reply| Command::ReplayTasks {
+            ids,
+            job: job.map(Box::new),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn put_replay(
+        &self,
+        record: ReplayRecord,
+        forget: Vec<String>,
+    ) -> Result<(), ShellError> {
+        self.ask(|reply| Command::PutReplay {
+            record: Box::new(record),
+            forget,
+            reply,
+        })
+        .await
     }
 
     pub async fn put_schedule(

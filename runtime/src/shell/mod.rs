@@ -27,8 +27,8 @@ use crate::model::{GateSpec, NewTask, ScheduleSpec, Target};
 use crate::plugin::{self, PermitMessage};
 use crate::store::{
     AdaptiveRecord, AttemptRecord, Backend, BodyRecord, CircuitRecord, Counts, GateRecord,
-    PluginRecord, RecoveryRecord, RetryRecord, ScheduleRecord, StoreError, TaskRecord, TaskState,
-    Writes,
+    PluginRecord, RecoveryRecord, ReplayRecord, RetryRecord, ScheduleRecord, StoreError,
+    TaskRecord, TaskState, Writes,
 };
 
 mod boot;

@@ -133,6 +133,7 @@ fn copy_all(from: &ReadTransaction, to: &WriteTransaction) -> Result<Copied> {
     rows += copy(from, to, PLUGIN_WASM)?;
     rows += copy(from, to, PLUGIN_COMPILED)?;
     rows += copy(from, to, LINEAGE)?;
+    rows += copy(from, to, REPLAYS)?;
     Ok(Copied {
         rows,
         ..summarize(from)?

@@ -29,8 +29,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 pub use records::{
     AdaptiveRecord, AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts,
     DEFAULT_PRIORITY_AGING_MS, GateRecord, KeyLimitsRecord, KeysRecord, LogRecord, LogSource,
-    OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord, RetryRecord, RunRecord,
-    ScheduleRecord, TaskRecord, TaskState, TemplateRecord, WebhookRecord, plugin_key,
+    OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord, ReplayEnd, ReplayRecord,
+    RetryRecord, RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord, WebhookRecord,
+    plugin_key,
 };
 
 /// 2 added `due_minutes` and `finished`; 3 added the plugin tables; 4 added
@@ -82,6 +83,9 @@ const PLUGIN_COMPILED: TableDefinition<(&str, u64), &[u8]> =
 /// the lineage budget. Kept apart from the root's record so a chain that
 /// outlives its root's retention still counts; removed with the root.
 const LINEAGE: TableDefinition<u64, u32> = TableDefinition::new("lineage");
+/// Replay jobs by id (JSON `ReplayRecord`). Added without a schema change:
+/// a file without it gets it empty on open.
+const REPLAYS: TableDefinition<&str, &[u8]> = TableDefinition::new("replays");
 
 const MINUTE_MS: u64 = 60_000;
 /// Most rows `due_now` reads one by one.

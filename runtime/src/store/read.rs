@@ -4,7 +4,7 @@
 use super::*;
 
 /// Which tasks a listing wants.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TaskFilter {
     pub gate_id: Option<u32>,
     pub state: Option<TaskState>,
@@ -340,5 +340,30 @@ impl Reads for Reader {
 
     fn task_count(&self) -> Result<u64> {
         Ok(self.txn.open_table(TASKS)?.len()?)
+    }
+
+    fn replay(&self, id: &str) -> Result<Option<ReplayRecord>> {
+        let table = match self.txn.open_table(REPLAYS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        table
+            .get(id)?
+            .map(|v| decode("replays", v.value()))
+            .transpose()
+    }
+
+    fn replays(&self) -> Result<Vec<ReplayRecord>> {
+        let table = match self.txn.open_table(REPLAYS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(decode("replays", entry?.1.value())?);
+        }
+        Ok(out)
     }
 }

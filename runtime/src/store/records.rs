@@ -642,3 +642,30 @@ impl ScheduleRecord {
         core::schedule::Misfire::parse(&self.misfire).unwrap_or(core::schedule::Misfire::Skip)
     }
 }
+
+/// A paced replay (SPEC §1): what it matches, how far its walk got, and how
+/// it ended. Each page's tasks and the job's new cursor commit together, so
+/// a restart goes on from the page after the last one committed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ReplayRecord {
+    pub id: String,
+    pub filter: super::TaskFilter,
+    /// The walk goes on below this task id; `None` before the first page.
+    pub cursor: Option<u64>,
+    pub matched: u64,
+    pub replayed: u64,
+    pub started_at: u64,
+    /// Asked to stop: no page after the current one is replayed.
+    #[serde(default)]
+    pub cancelled: bool,
+    /// `None` while the job runs.
+    pub ended: Option<ReplayEnd>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ReplayEnd {
+    pub at: u64,
+    /// `done`, `cancelled` or `failed`.
+    pub state: String,
+    pub error: Option<String>,
+}

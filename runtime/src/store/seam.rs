@@ -170,6 +170,8 @@ pub trait Writes {
     fn delete_schedule(&mut self, name: &str) -> Result<()>;
 
     fn delete_counts(&mut self, gate_id: u32) -> Result<()>;
+    fn put_replay(&mut self, replay: &ReplayRecord) -> Result<()>;
+    fn delete_replay(&mut self, id: &str) -> Result<()>;
 }
 
 /// What a snapshot can answer.
@@ -228,6 +230,9 @@ pub trait Reads {
     fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>>;
 
     fn task_count(&self) -> Result<u64>;
+    fn replay(&self, id: &str) -> Result<Option<ReplayRecord>>;
+    /// Every replay job kept, running or ended.
+    fn replays(&self) -> Result<Vec<ReplayRecord>>;
 }
 
 impl Backend for Store {

@@ -117,6 +117,7 @@ impl Tx<'_> {
         self.txn.open_table(PLUGIN_COMPILED)?;
         self.txn.open_table(LINEAGE)?;
         self.txn.open_table(COALESCE)?;
+        self.txn.open_table(REPLAYS)?;
         Ok(())
     }
 }
@@ -460,6 +461,18 @@ impl Writes for Tx<'_> {
 
     fn delete_counts(&mut self, gate_id: u32) -> Result<()> {
         self.counts.remove(gate_id)?;
+        Ok(())
+    }
+
+    fn put_replay(&mut self, replay: &ReplayRecord) -> Result<()> {
+        self.txn
+            .open_table(REPLAYS)?
+            .insert(replay.id.as_str(), encode(replay).as_slice())?;
+        Ok(())
+    }
+
+    fn delete_replay(&mut self, id: &str) -> Result<()> {
+        self.txn.open_table(REPLAYS)?.remove(id)?;
         Ok(())
     }
 }

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS plugin_compiled (
     key text NOT NULL, engine bigint NOT NULL, artifact bytea NOT NULL,
     PRIMARY KEY (key, engine));
 CREATE TABLE IF NOT EXISTS lineage (root bigint PRIMARY KEY, n int NOT NULL);
+CREATE TABLE IF NOT EXISTS replays (id text PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
     id text PRIMARY KEY, address text NOT NULL,
     started_at timestamptz NOT NULL DEFAULT now(),

@@ -265,4 +265,26 @@ impl Reads for PgReader {
         let row = one(self.client()?, "SELECT count(*) FROM tasks", &[])?;
         Ok(row.map_or(0, |row| unbig(row.get(0))))
     }
+
+    fn replay(&self, id: &str) -> Result<Option<ReplayRecord>> {
+        record(
+            "replays",
+            one(
+                self.client()?,
+                "SELECT record FROM replays WHERE id = $1",
+                &[&id],
+            )?,
+        )
+    }
+
+    fn replays(&self) -> Result<Vec<ReplayRecord>> {
+        records(
+            "replays",
+            rows(
+                self.client()?,
+                "SELECT record FROM replays ORDER BY id",
+                &[],
+            )?,
+        )
+    }
 }

@@ -603,4 +603,20 @@ impl Writes for PgTx<'_> {
         );
         Ok(())
     }
+
+    fn put_replay(&mut self, replay: &ReplayRecord) -> Result<()> {
+        self.send(
+            "INSERT INTO replays VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            vec![Box::new(replay.id.clone()), Box::new(encode(replay))],
+        );
+        Ok(())
+    }
+
+    fn delete_replay(&mut self, id: &str) -> Result<()> {
+        self.send(
+            "DELETE FROM replays WHERE id = $1",
+            vec![Box::new(id.to_string())],
+        );
+        Ok(())
+    }
 }
