@@ -22,6 +22,9 @@ use crate::store::{ReplayEnd, ReplayRecord};
 
 /// Tasks per page: per commit of the engine.
 pub const REPLAY_PAGE: usize = 250;
+/// The least time between two pages: a walk writes at most 10,000 tasks a
+/// second (a million in 100 s, far faster than any gate drains them).
+const PAGE_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 /// Ended jobs kept for their `GET`.
 const KEEP_JOBS: usize = 100;
 /// How often a node of a cluster looks for replays to go on with.
@@ -334,6 +337,7 @@ fn run(state: &AppState, job: Arc<Job>) {
     let (store, shell) = (state.store.clone(), state.shell.clone());
     tokio::spawn(async move {
         let filter = job.filter.clone();
+        let mut last = clock::instant();
         let ended = walk(
             &job,
             |before| {
@@ -346,7 +350,13 @@ fn run(state: &AppState, job: Arc<Job>) {
             },
             |ids, record| {
                 let shell = shell.clone();
+                // At most one page per `PAGE_EVERY`: the pending tasks drain
+                // at their gates' pace anyway, and a walk at full speed
+                // takes the cores (and the disk) from dispatch.
+                let wait = PAGE_EVERY.saturating_sub(last.elapsed());
+                last = clock::instant() + wait;
                 async move {
+                    tokio::time::sleep(wait).await;
                     shell
                         .replay_tasks(ids, Some(record))
                         .await

@@ -21,6 +21,7 @@ use crate::clock;
 
 mod harness;
 mod keys;
+mod replay;
 
 use harness::*;
 
@@ -31,9 +32,8 @@ pub struct Options {
     pub gates: u64,
     pub out: PathBuf,
     pub quick: bool,
-    /// Run only these workloads (w1, w1c, w1k, w2 … w5b, w6, w7, w7c, w8, w9, w10,
-    /// w11); all when
-    /// empty. W7c (a cluster) runs only with a PostgreSQL `store`.
+    /// Run only these workloads (w1, w1c, w1k, w2 … w5b, w6, w7, w7c, w8 …
+    /// w12); all when empty. W7c (a cluster) runs only with a PostgreSQL `store`.
     pub only: Vec<String>,
     /// A PostgreSQL URL for the servers' store; redb files when `None`.
     pub store: Option<String>,
@@ -168,65 +168,71 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     if options.runs("w10") {
         // W10: an endpoint that allows 1,000 requests per 10 s window and
-        // says so in its headers; a gate configured far above it.
+        // says so in its headers; a gate configured far above it, with a
+        // burst of 100 and with burst 1 (the default).
         let (limit, window_s, n) = if options.quick {
             (100u64, 3u64, 500usize)
         } else {
             (1_000, 10, 5_000)
         };
-        let path = "/w10";
-        if let Ok(mut quotas) = sink.state.quotas.lock() {
-            quotas.insert(
-                path.into(),
-                Quota::new(limit, Duration::from_secs(window_s)),
-            );
+        let mut sweep = Vec::new();
+        for burst in [100u32, 1] {
+            let (name, path) = if burst == 1 {
+                ("w10-b1", "/w10-b1")
+            } else {
+                ("w10", "/w10")
+            };
+            if let Ok(mut quotas) = sink.state.quotas.lock() {
+                quotas.insert(
+                    path.into(),
+                    Quota::new(limit, Duration::from_secs(window_s)),
+                );
+            }
+            server
+                .gate(name, json!({ "rate": "10000/s", "burst": burst, "concurrency": 100, "allowed_hosts": [host], "recovery": { "start": 1.0 }, "circuit": null, "retry": { "max_attempts": 100 } }))
+                .await?;
+            server
+                .create(
+                    (0..n).map(|_| task(name, &url(path), None)).collect(),
+                    10_000,
+                    1,
+                )
+                .await?;
+            let windows = (n as u64).div_ceil(limit);
+            let within = Duration::from_secs(60 + 3 * windows * window_s);
+            let got = sink.wait(path, n, within).await;
+            let (refused, busiest) = sink
+                .state
+                .quotas
+                .lock()
+                .ok()
+                .and_then(|q| {
+                    q.get(path)
+                        .map(|q| (q.refused, q.counts.values().copied().max().unwrap_or(0)))
+                })
+                .unwrap_or_default();
+            let first = got.iter().map(|a| a.wall_ms).min().unwrap_or(0);
+            let last = got.iter().map(|a| a.wall_ms).max().unwrap_or(0);
+            let makespan_s = (last - first) as f64 / 1_000.0;
+            // Ideal: the whole quota of each window from the first arrival on,
+            // the last window's share sent the moment it opens.
+            let window_ms = window_s * 1_000;
+            let ideal_s = (((first / window_ms) + windows - 1) * window_ms).saturating_sub(first)
+                as f64
+                / 1_000.0;
+            sweep.push(json!({ "burst": burst, "tasks": n, "limit": limit, "window_s": window_s, "requests": got.len(), "refused_429": refused, "busiest_window": busiest, "makespan_s": makespan_s, "ideal_makespan_s": ideal_s }));
+            rows.push((
+                format!("W10 quota {limit} per {window_s} s, {n} tasks, burst {burst}: 429s, busiest window"),
+                format!("{refused} ({} requests), {busiest}", got.len()),
+                format!("0, ≤ {limit}"),
+            ));
+            rows.push((
+                format!("W10 makespan, burst {burst} (ideal)"),
+                format!("{makespan_s:.1} s ({ideal_s:.1} s)"),
+                String::new(),
+            ));
         }
-        server
-            .gate("w10", json!({ "rate": "10000/s", "burst": 100, "concurrency": 100, "allowed_hosts": [host], "recovery": { "start": 1.0 }, "circuit": null, "retry": { "max_attempts": 100 } }))
-            .await?;
-        server
-            .create(
-                (0..n).map(|_| task("w10", &url(path), None)).collect(),
-                10_000,
-                1,
-            )
-            .await?;
-        let windows = (n as u64).div_ceil(limit);
-        let within = Duration::from_secs(60 + 3 * windows * window_s);
-        let got = sink.wait(path, n, within).await;
-        let (refused, busiest) = sink
-            .state
-            .quotas
-            .lock()
-            .ok()
-            .and_then(|q| {
-                q.get(path)
-                    .map(|q| (q.refused, q.counts.values().copied().max().unwrap_or(0)))
-            })
-            .unwrap_or_default();
-        let first = got.iter().map(|a| a.wall_ms).min().unwrap_or(0);
-        let last = got.iter().map(|a| a.wall_ms).max().unwrap_or(0);
-        let makespan_s = (last - first) as f64 / 1_000.0;
-        // Ideal: the whole quota of each window from the first arrival on,
-        // the last window's share sent the moment it opens.
-        let window_ms = window_s * 1_000;
-        let ideal_s = (((first / window_ms) + windows - 1) * window_ms).saturating_sub(first)
-            as f64
-            / 1_000.0;
-        results.insert(
-            "w10".into(),
-            json!({ "tasks": n, "limit": limit, "window_s": window_s, "requests": got.len(), "refused_429": refused, "busiest_window": busiest, "makespan_s": makespan_s, "ideal_makespan_s": ideal_s }),
-        );
-        rows.push((
-            format!("W10 quota {limit} per {window_s} s, {n} tasks: 429s, busiest window"),
-            format!("{refused} ({} requests), {busiest}", got.len()),
-            format!("0, ≤ {limit}"),
-        ));
-        rows.push((
-            "W10 makespan (ideal)".into(),
-            format!("{makespan_s:.1} s ({ideal_s:.1} s)"),
-            String::new(),
-        ));
+        results.insert("w10".into(), json!(sweep));
     }
     if options.runs("w11") {
         // W11: an endpoint whose p50 latency doubles past 40 requests held
@@ -234,13 +240,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         // adaptive search.
         let n = if options.quick { 4_000 } else { 12_000 };
         let mut sweep = Vec::new();
-        for setting in ["20", "40", "60", "100", "adaptive"] {
+        for setting in ["20", "40", "60", "100", "adaptive", "adaptive-b1"] {
             let name = format!("w11-{setting}");
             let path = format!("/knee-{setting}");
             let mut gate = json!({ "rate": "100000/s", "burst": 100, "allowed_hosts": [host], "recovery": { "start": 1.0 }, "circuit": null, "retry": { "max_attempts": 100, "backoff": { "initial": "100ms", "max": "1s" } } });
-            if setting == "adaptive" {
+            if setting.starts_with("adaptive") {
                 gate["concurrency"] = json!(10);
                 gate["adaptive"] = json!({ "min": 1, "max": 200 });
+                if setting == "adaptive-b1" {
+                    gate["burst"] = json!(1);
+                }
             } else {
                 gate["concurrency"] = json!(setting.parse::<u32>()?);
             }
@@ -295,7 +304,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             rows.push((
                 format!("W11 knee at 40 (errors past 60), concurrency {setting}"),
                 format!("{per_s:.0}/s, {errors} errors, limit {settled:.1}"),
-                if setting == "adaptive" {
+                if setting.starts_with("adaptive") {
                     "near 40 (30–50), few errors".into()
                 } else {
                     String::new()
@@ -303,6 +312,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             ));
         }
         results.insert("w11".into(), json!(sweep));
+    }
+    if options.runs("w12") {
+        let (figures, mut lines) = replay::w12(
+            &temp.join("replay"),
+            options.store.as_deref(),
+            &sink,
+            options.quick,
+        )
+        .await?;
+        results.insert("w12".into(), figures);
+        rows.append(&mut lines);
     }
     if options.runs("w2") {
         // W2: gate accuracy at 500/s.

@@ -142,7 +142,7 @@ enum Command {
         #[arg(long, default_value = "bench.json")]
         out: PathBuf,
         /// Run only these workloads: w1, w1c, w1k, w2, w3, w4, w5, w5b, w6, w7, w7c, w8,
-        /// w9, w10, w11 (repeatable).
+        /// w9, w10, w11, w12 (repeatable).
         #[arg(long)]
         only: Vec<String>,
         /// Run the servers on this PostgreSQL database (`--store` of
