@@ -369,3 +369,55 @@ async fn keys_are_paged_with_their_backlog() {
         "three keys and the unnamed one: {gate}"
     );
 }
+
+/// A task of raised priority passes the backlog its aged priority passes,
+/// even one longer than the window a gate keeps in memory (2,048): 3,000
+/// tasks wait behind a paused gate, then one of priority 9 and one of the
+/// default come. The first starts among the first few, not after the
+/// 3,000 (nor after the window's first half, as when priority applied in
+/// memory only); the second waits its turn, among the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_task_passes_a_backlog_longer_than_the_window() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    c.put_gate(
+        "urgent",
+        json!({ "rate": "1000/s", "burst": 1, "concurrency": 10, "allowed_hosts": [sink.host()],
+                "recovery": { "start": 1.0 } }),
+    )
+    .await;
+    let (status, v) = c.send("POST", "/v1/gates/urgent/pause", None).await;
+    assert_eq!(status, 200, "{v}");
+    for _ in 0..3 {
+        let bulk = (0..1_000)
+            .map(|_| webhook_task("urgent", &sink.url("/bulk")))
+            .collect();
+        c.batch(bulk).await;
+    }
+    let mut urgent = webhook_task("urgent", &sink.url("/urgent"));
+    urgent["priority"] = json!(9);
+    c.create(urgent).await;
+    c.create(webhook_task("urgent", &sink.url("/late"))).await;
+    let (status, v) = c.send("POST", "/v1/gates/urgent/resume", None).await;
+    assert_eq!(status, 200, "{v}");
+    let began = sluice::clock::instant();
+    while sink.hits().len() < 3_002 {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "{} of 3,002 arrived",
+            sink.hits().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut hits = sink.hits();
+    hits.sort_by_key(|h| h.at);
+    let place = |path: &str| hits.iter().position(|h| h.path == path);
+    let urgent_at = place("/urgent").expect("the urgent task arrived");
+    assert!(urgent_at < 20, "the urgent task arrived {urgent_at}th");
+    let late_at = place("/late").expect("the late task arrived");
+    assert!(
+        late_at >= 2_990,
+        "the default one made last arrived {late_at}th"
+    );
+}

@@ -191,6 +191,7 @@ async fn check_reports_corruption_and_repair_rebuilds() {
     let mut task = webhook_task("g", &sink.url("/c"));
     task["delay"] = json!("2s");
     let lost = c.create(task.clone()).await;
+    task["coalesce_key"] = json!("c1");
     let kept = c.create(task).await;
 
     let busy = sluice(&["check", "--data-dir", path(dir)]).await;
@@ -205,6 +206,7 @@ async fn check_reports_corruption_and_repair_rebuilds() {
     // Corrupt it: a counter off by a lot, and one task's pending entry gone.
     let file = dir.join(sluice::server::DATA_FILE);
     let lost_id: u64 = task_number(lost["id"].as_str().expect("id"));
+    let kept_id: u64 = task_number(kept["id"].as_str().expect("id"));
     {
         let store = Store::open(&file).expect("open");
         store
@@ -219,6 +221,8 @@ async fn check_reports_corruption_and_repair_rebuilds() {
                     Timestamp(record.due_at),
                     TaskId(lost_id)
                 )?);
+                // The coalesce key names another task than the waiting one.
+                tx.put_coalesced(record.gate_id, "c1", lost_id)?;
                 Ok(())
             })
             .expect("corrupt");
@@ -233,6 +237,12 @@ async fn check_reports_corruption_and_repair_rebuilds() {
     );
     assert!(text.contains(&format!("pending: task {lost_id}")), "{text}");
     assert!(text.contains("due_minutes"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "coalesce: gate id 1 key \"c1\" names task {lost_id}, not the waiting task {kept_id}"
+        )),
+        "{text}"
+    );
     assert_eq!(
         std::fs::read(&file).expect("read"),
         before,
@@ -261,6 +271,10 @@ async fn check_reports_corruption_and_repair_rebuilds() {
     let store = Store::open(&file).expect("open");
     let counts: Vec<(u32, Counts)> = store.write(|tx| tx.all_counts()).expect("counts");
     assert_eq!(counts[0].1.pending, 2);
+    let named = store
+        .write(|tx| tx.coalesced(counts[0].0, "c1"))
+        .expect("coalesce");
+    assert_eq!(named, Some(kept_id), "repair names the waiting task again");
     drop(store);
 
     // The task whose index entry was lost is found again and delivered.

@@ -380,6 +380,7 @@ impl Engine {
                 created_at: turn.now.as_ms(),
                 scheduled_at: task.due.as_ms(),
                 due_at: task.due.as_ms(),
+                order_at: None,
                 timeout_ms: task
                     .timeout
                     .map_or(gate.timeout_ms, |d| d.as_millis() as u64),
@@ -402,6 +403,11 @@ impl Engine {
                 depth: task.lineage.map_or(0, |(_, depth)| depth),
             };
             (record.webhook, record.plugin) = targets::to_records(task.target);
+            record.set_due(
+                task.due.as_ms(),
+                turn.now.as_ms(),
+                gate.limits().priority_aging,
+            );
             self.plugin_ref(turn, plugin, 1);
             if let Some(key) = &task.idempotency_key {
                 turn.tx.put_idempotent(gate_id, key, id)?;
@@ -413,7 +419,7 @@ impl Engine {
             turn.tx.insert_pending(
                 GateId(gate_id),
                 record.key.as_deref(),
-                Timestamp(record.due_at),
+                Timestamp(record.order_ms()),
                 TaskId(id),
             )?;
             self.count(turn, gate_id, |c| c.pending += 1);
@@ -548,7 +554,7 @@ impl Engine {
         state: TaskState,
     ) -> Result<TaskRecord, StoreError> {
         let task = turn.must_task(id.0)?;
-        let (gate_id, due, key) = (task.gate_id, task.due_at, task.key.clone());
+        let (gate_id, due, key) = (task.gate_id, task.order_ms(), task.key.clone());
         task.state = state;
         let record = task.clone();
         if let Some(schedule) = record.schedule.clone() {
@@ -603,6 +609,14 @@ impl Engine {
             ))));
         }
         let was = task.state;
+        let aging = self
+            .gate_names
+            .get(&task.gate_id)
+            .and_then(|name| self.gates.get(name))
+            .map_or(
+                Duration::from_millis(crate::store::DEFAULT_PRIORITY_AGING_MS),
+                |g| g.limits().priority_aging,
+            );
         if let Some(expires_at) = task.expires_at {
             let window = expires_at.saturating_sub(task.due_at.max(task.scheduled_at));
             task.expires_at = Some(now.as_ms() + window);
@@ -610,14 +624,14 @@ impl Engine {
         task.state = TaskState::Scheduled;
         task.attempt_offset = task.attempts;
         task.first_attempt_at = None;
-        task.due_at = now.as_ms();
+        task.set_due(now.as_ms(), now.as_ms(), aging);
         task.finished_at = None;
         let record = task.clone();
         self.plugin_ref(turn, record.plugin.as_ref().map(|p| p.key()), 1);
         turn.tx.insert_pending(
             GateId(record.gate_id),
             record.key.as_deref(),
-            Timestamp(record.due_at),
+            Timestamp(record.order_ms()),
             id,
         )?;
         self.count(turn, record.gate_id, |c| {

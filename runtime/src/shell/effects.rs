@@ -57,10 +57,10 @@ impl Engine {
                 } => {
                     let now = turn.now;
                     let record = turn.must_task(task.0)?;
-                    let (due, key) = (record.due_at, record.key.clone());
+                    let (due, order, key) = (record.due_at, record.order_ms(), record.key.clone());
                     let removed =
                         turn.tx
-                            .remove_pending(gate, key.as_deref(), Timestamp(due), task)?;
+                            .remove_pending(gate, key.as_deref(), Timestamp(order), task)?;
                     assert!(removed, "started a task that was not pending");
                     let record = turn.must_task(task.0)?;
                     record.state = TaskState::Running;
@@ -113,7 +113,9 @@ impl Engine {
                 Effect::Requeue { task, gate, due } => {
                     let record = turn.must_task(task.0)?;
                     record.state = TaskState::Scheduled;
+                    // A retry waits for its backoff: due later, in due order.
                     record.due_at = due.as_ms();
+                    record.order_at = None;
                     let key = record.key.clone();
                     turn.tx.insert_pending(gate, key.as_deref(), due, task)?;
                     turn.tx.set_running(task.0, false)?;

@@ -52,6 +52,8 @@ struct Derived {
     finished: BTreeSet<(u64, u64)>,
     /// `name@version` → unfinished tasks that run it.
     plugin_users: BTreeMap<String, u64>,
+    /// (gate, coalesce key) → the tasks with that key not yet started.
+    coalesce: BTreeMap<(u32, String), Vec<u64>>,
 }
 
 impl Derived {
@@ -123,15 +125,23 @@ fn derive(txn: &ReadTransaction, found: &mut Findings) -> Result<Derived> {
             TaskState::Scheduled => {
                 live.0 += 1;
                 match &task.key {
-                    None => d.pending.insert((task.gate_id, task.due_at, task.id)),
-                    Some(key) => {
-                        d.pending_keyed
-                            .insert((task.gate_id, key.clone(), task.due_at, task.id))
-                    }
+                    None => d.pending.insert((task.gate_id, task.order_ms(), task.id)),
+                    Some(key) => d.pending_keyed.insert((
+                        task.gate_id,
+                        key.clone(),
+                        task.order_ms(),
+                        task.id,
+                    )),
                 };
                 *d.due_minutes
-                    .entry((task.gate_id, task.due_at / MINUTE_MS))
+                    .entry((task.gate_id, task.order_ms() / MINUTE_MS))
                     .or_default() += 1;
+                if let Some(key) = &task.coalesce_key {
+                    d.coalesce
+                        .entry((task.gate_id, key.clone()))
+                        .or_default()
+                        .push(task.id);
+                }
             }
             TaskState::Running => {
                 live.1 += 1;
@@ -244,6 +254,33 @@ pub(super) fn check(txn: &ReadTransaction) -> Result<Findings> {
         &keys(txn, GATE_TASKS)?,
         |(g, id)| format!("task {id} (gate id {g})"),
     );
+    // Coalescing: the task not yet started is the one its key names, or a
+    // create with that key would not replace it.
+    let coalesce = match txn.open_table(COALESCE) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    for ((gate, key), ids) in &d.coalesce {
+        if ids.len() > 1 {
+            found.problem(format!(
+                "coalesce: gate id {gate} key {key:?}: {} tasks not yet started ({ids:?}), one at most",
+                ids.len()
+            ));
+        }
+        let named = match &coalesce {
+            Some(table) => table.get((*gate, key.as_str()))?.map(|v| v.value()),
+            None => None,
+        };
+        let newest = ids.iter().max().copied();
+        if named != newest {
+            let named = named.map_or("no task".to_string(), |id| format!("task {id}"));
+            found.problem(format!(
+                "coalesce: gate id {gate} key {key:?} names {named}, not the waiting task {}",
+                newest.unwrap_or_default()
+            ));
+        }
+    }
     let mut finished = BTreeSet::new();
     for entry in txn.open_table(FINISHED)?.iter()? {
         let (key, ids) = entry?;
@@ -360,7 +397,7 @@ impl Store {
     }
 
     /// Rebuilds every derived table from the records, in one commit: the
-    /// indexes, `due_minutes`, the live counters (the finished ones are raised
+    /// indexes (a coalesce key names its waiting task again), `due_minutes`, the live counters (the finished ones are raised
     /// to what is stored, never lowered) and the plugins' counts of users.
     pub fn repair(&self) -> Result<()> {
         let mut ignored = Findings::default();
@@ -388,6 +425,11 @@ impl Store {
                 tx.due_minutes.insert(key, n)?;
             }
             tx.finished_ids.extend(d.finished.iter().copied());
+            for ((gate, key), ids) in &d.coalesce {
+                if let Some(&newest) = ids.iter().max() {
+                    tx.put_coalesced(*gate, key, newest)?;
+                }
+            }
             let counted = read_counts(&tx.counts)?;
             for (gate, _, should) in d.counts(&counted) {
                 tx.counts.insert(gate, should.encode().as_slice())?;

@@ -313,6 +313,13 @@ pub struct TaskRecord {
     pub scheduled_at: u64,
     /// When it is next due: `scheduled_at`, or the time of its next retry.
     pub due_at: u64,
+    /// Its place in its key's order when not `due_at`: a task of priority
+    /// above the default that is due when it is made (created, retried by
+    /// hand, replayed) goes `(priority − 5) × priority_aging` ahead, so it
+    /// passes the backlog its priority passes after aging, wherever that
+    /// backlog is (in memory or on disk). See [`TaskRecord::order_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_at: Option<u64>,
     pub timeout_ms: u64,
     pub retry: RetryRecord,
     pub expires_at: Option<u64>,
@@ -376,13 +383,30 @@ impl TaskRecord {
 }
 
 impl TaskRecord {
+    /// The instant its pending entry is ordered by: `order_at`, else its due
+    /// time. Never after `due_at`.
+    pub fn order_ms(&self) -> u64 {
+        self.order_at.unwrap_or(self.due_at)
+    }
+
+    /// Makes the task due at `due` (ms), now `now`: a task of raised
+    /// priority that is due already is ordered `(priority − 5) × aging`
+    /// earlier. With aging linear, that order among due tasks is the order
+    /// of their aged priorities (`p + waited / aging`), whatever the time.
+    pub fn set_due(&mut self, due: u64, now: u64, aging: Duration) {
+        self.due_at = due;
+        let raised = u64::from(self.priority.min(9).saturating_sub(core::DEFAULT_PRIORITY));
+        let ahead = raised.saturating_mul(core::time::duration_ms(aging));
+        self.order_at = (raised > 0 && due <= now).then(|| due.saturating_sub(ahead));
+    }
+
     pub fn queued(&self) -> core::QueuedTask {
         core::QueuedTask {
             id: core::TaskId(self.id),
             gate: core::GateId(self.gate_id),
             key: self.key.as_deref().map(std::sync::Arc::from),
             priority: self.priority,
-            due: core::Timestamp(self.due_at),
+            due: core::Timestamp(self.order_ms()),
             attempts: self.attempts,
             first_attempt_at: self.first_attempt_at.map(core::Timestamp),
             expires_at: self.expires_at.map(core::Timestamp),
