@@ -209,6 +209,12 @@ impl Jobs {
             .ok_or_else(|| ApiError::not_found(format!("replay {id:?} not found")))
     }
 
+    fn forget(&self, id: &str) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.remove(id);
+        }
+    }
+
     fn has(&self, id: &str) -> bool {
         self.jobs.lock().is_ok_and(|j| j.contains_key(id))
     }
@@ -335,6 +341,7 @@ pub(super) async fn replay(
 /// Walks the job's pages in the background and records how it ended.
 fn run(state: &AppState, job: Arc<Job>) {
     let (store, shell) = (state.store.clone(), state.shell.clone());
+    let jobs = state.replays.clone();
     tokio::spawn(async move {
         let filter = job.filter.clone();
         let mut last = clock::instant();
@@ -371,8 +378,11 @@ fn run(state: &AppState, job: Arc<Job>) {
             // The engine stopped (a shutdown, or this node no longer owns
             // the gates): the record still says running, so whoever runs
             // the engine next goes on with it.
+            // Forgotten here, so that `resume` takes it up again when
+            // this node runs the engine again.
             Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
                 tracing::info!(replay = %job.id, "replay paused until the engine runs again: {}", e.message);
+                jobs.forget(&job.id);
                 return;
             }
             Err(e) => ("failed", Some(e.message)),
