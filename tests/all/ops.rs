@@ -290,7 +290,7 @@ async fn check_reports_corruption_and_repair_rebuilds() {
     }
 }
 
-fn task_number(id: &str) -> u64 {
+pub(crate) fn task_number(id: &str) -> u64 {
     id.parse::<TaskId>().expect("a task id").0
 }
 

@@ -182,3 +182,74 @@ async fn migrate_creates_the_schema_and_can_run_again() {
         .expect("sluice migrate");
     assert_eq!(out.status.code(), Some(3), "no store in an empty dir");
 }
+
+/// `sluice check --store` checks a PostgreSQL store as it does a file: no
+/// problems after a server ran on it; a pending entry deleted behind the
+/// server's back is found (exit 8, in text and JSON); `--repair` there is
+/// refused (exit 2), naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_a_lost_index_entry_in_postgres() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = pg.url();
+    let sink = Sink::start().await;
+    let mut server =
+        Server::start_with(dir.path(), |config| config.store = Some(url.clone())).await;
+    let c = server.client();
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let mut later = webhook_task("g", &sink.url("/later"));
+    later["delay"] = json!("1h");
+    let waiting = c.create(later.clone()).await;
+    later["coalesce_key"] = json!("c1");
+    later["priority"] = json!(9);
+    c.create(later).await;
+    let done = c.create(webhook_task("g", &sink.url("/now"))).await;
+    c.wait_state(
+        done["id"].as_str().expect("id"),
+        "succeeded",
+        Duration::from_secs(15),
+    )
+    .await;
+    server.stop().await;
+
+    let check = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "--store", &url])
+            .args(args)
+            .env_remove("SLUICE_STORE")
+            .output()
+            .expect("sluice check");
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), said)
+    };
+    let (code, said) = check(&[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("checked 3 tasks"), "{said}");
+    assert!(said.contains("no problems"), "{said}");
+
+    let lost = crate::ops::task_number(waiting["id"].as_str().expect("id"));
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let deleted = client
+        .execute(
+            "DELETE FROM sluice.pending WHERE task_id = $1",
+            &[&(lost as i64)],
+        )
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 1);
+    let (code, said) = check(&[]);
+    assert_eq!(code, Some(8), "{said}");
+    assert!(said.contains(&format!("pending: task {lost}")), "{said}");
+    let (code, said) = check(&["--json"]);
+    assert_eq!(code, Some(8), "{said}");
+    assert!(said.contains("\"ok\":false"), "{said}");
+    let (code, said) = check(&["--repair"]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("redb file only"), "{said}");
+}

@@ -175,6 +175,10 @@ enum Command {
     Check {
         #[arg(long, env = "SLUICE_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Check this PostgreSQL store (`postgres://user@host/db`) instead
+        /// of the data dir's file.
+        #[arg(long, env = "SLUICE_STORE", hide_env_values = true)]
+        store: Option<String>,
         /// Rebuild what can be derived from the records.
         #[arg(long)]
         repair: bool,
@@ -604,6 +608,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => ops::restore(&file, &data_dir, force),
         Command::Check {
             data_dir,
+            store: Some(url),
+            repair,
+            json,
+        } => {
+            let _ = data_dir;
+            ops::check_postgres(&url, repair, json)
+        }
+        Command::Check {
+            data_dir,
+            store: None,
             repair,
             json,
         } => ops::check(&data_dir, repair, json),

@@ -23,7 +23,7 @@ pub struct Findings {
 }
 
 impl Findings {
-    fn problem(&mut self, text: String) {
+    pub(super) fn problem(&mut self, text: String) {
         // A store broken everywhere says so in a page, not a million lines.
         if self.problems.len() < MAX_PROBLEMS {
             self.problems.push(text);
@@ -37,7 +37,7 @@ const MAX_PROBLEMS: usize = 200;
 
 /// The derived tables as the records say they should be.
 #[derive(Default)]
-struct Derived {
+pub(super) struct Derived {
     pending: BTreeSet<(u32, u64, u64)>,
     pending_keyed: BTreeSet<(u32, String, u64, u64)>,
     running: BTreeSet<u64>,
@@ -98,46 +98,43 @@ fn read_counts(table: &impl ReadableTable<u32, &'static [u8]>) -> Result<BTreeMa
     Ok(counted)
 }
 
-/// Reads every record once and says what the derived tables should hold.
-fn derive(txn: &ReadTransaction, found: &mut Findings) -> Result<Derived> {
-    let mut d = Derived::default();
-    let tasks = txn.open_table(TASKS)?;
-    for entry in tasks.iter()? {
-        let (key, bytes) = entry?;
+impl Derived {
+    /// Adds the task stored under `key` as `bytes` to what the derived
+    /// tables should hold.
+    pub(super) fn add(&mut self, key: u64, bytes: &[u8], found: &mut Findings) {
         found.tasks += 1;
-        let task: TaskRecord = match decode("tasks", bytes.value()) {
+        let task: TaskRecord = match decode("tasks", bytes) {
             Ok(t) => t,
             Err(e) => {
-                found.problem(format!("task {}: {e}", key.value()));
-                continue;
+                found.problem(format!("task {}: {e}", key));
+                return;
             }
         };
-        if task.id != key.value() {
-            found.problem(format!(
-                "task {} is stored under id {}",
-                task.id,
-                key.value()
-            ));
+        if task.id != key {
+            found.problem(format!("task {} is stored under id {}", task.id, key));
         }
-        d.gate_tasks.insert((task.gate_id, task.id));
-        let live = d.live.entry(task.gate_id).or_default();
+        self.gate_tasks.insert((task.gate_id, task.id));
+        let live = self.live.entry(task.gate_id).or_default();
         match task.state {
             TaskState::Scheduled => {
                 live.0 += 1;
                 match &task.key {
-                    None => d.pending.insert((task.gate_id, task.order_ms(), task.id)),
-                    Some(key) => d.pending_keyed.insert((
+                    None => self
+                        .pending
+                        .insert((task.gate_id, task.order_ms(), task.id)),
+                    Some(key) => self.pending_keyed.insert((
                         task.gate_id,
                         key.clone(),
                         task.order_ms(),
                         task.id,
                     )),
                 };
-                *d.due_minutes
+                *self
+                    .due_minutes
                     .entry((task.gate_id, task.order_ms() / MINUTE_MS))
                     .or_default() += 1;
                 if let Some(key) = &task.coalesce_key {
-                    d.coalesce
+                    self.coalesce
                         .entry((task.gate_id, key.clone()))
                         .or_default()
                         .push(task.id);
@@ -145,10 +142,10 @@ fn derive(txn: &ReadTransaction, found: &mut Findings) -> Result<Derived> {
             }
             TaskState::Running => {
                 live.1 += 1;
-                d.running.insert(task.id);
+                self.running.insert(task.id);
             }
             ended => {
-                let c = d.ended.entry(task.gate_id).or_default();
+                let c = self.ended.entry(task.gate_id).or_default();
                 match ended {
                     TaskState::Succeeded => c.succeeded += 1,
                     TaskState::Failed => c.failed += 1,
@@ -157,19 +154,138 @@ fn derive(txn: &ReadTransaction, found: &mut Findings) -> Result<Derived> {
                     _ => c.cancelled += 1,
                 }
                 if let Some(at) = task.finished_at {
-                    d.finished.insert((at, task.id));
+                    self.finished.insert((at, task.id));
                 }
             }
         }
         if !task.state.is_final()
             && let Some(plugin) = &task.plugin
         {
-            *d.plugin_users
+            *self
+                .plugin_users
                 .entry(plugin_key(&plugin.name, &plugin.version))
                 .or_default() += 1;
         }
     }
+}
+
+/// Reads every record once and says what the derived tables should hold.
+fn derive(txn: &ReadTransaction, found: &mut Findings) -> Result<Derived> {
+    let mut d = Derived::default();
+    let tasks = txn.open_table(TASKS)?;
+    for entry in tasks.iter()? {
+        let (key, bytes) = entry?;
+        d.add(key.value(), bytes.value(), found);
+    }
     Ok(d)
+}
+
+/// What a store holds beside its records, as read from it.
+#[derive(Default)]
+pub(super) struct Stored {
+    pub(super) gate_ids: BTreeSet<u32>,
+    pub(super) pending: BTreeSet<(u32, u64, u64)>,
+    pub(super) pending_keyed: BTreeSet<(u32, String, u64, u64)>,
+    pub(super) running: BTreeSet<u64>,
+    pub(super) gate_tasks: BTreeSet<(u32, u64)>,
+    /// (finished at, task) as the retention index lists them.
+    pub(super) finished: BTreeSet<(u64, u64)>,
+    pub(super) due_minutes: BTreeMap<(u32, u64), u64>,
+    pub(super) counted: BTreeMap<u32, Counts>,
+    /// (gate, coalesce key) → the task it names.
+    pub(super) coalesce: BTreeMap<(u32, String), u64>,
+}
+
+/// Compares what a store holds beside its records with what the records
+/// say it should: the same on every store.
+pub(super) fn compare_stored(d: &Derived, s: &Stored, found: &mut Findings) {
+    for (gate, (scheduled, running)) in &d.live {
+        if (*scheduled > 0 || *running > 0) && !s.gate_ids.contains(gate) {
+            found.problem(format!(
+                "gate id {gate}: {scheduled} scheduled and {running} running tasks, but no such gate"
+            ));
+        }
+    }
+    // Indexes: the same set of keys on disk as the records imply.
+    compare(found, "pending", &d.pending, &s.pending, |(g, due, id)| {
+        format!("task {id} (gate id {g}, due {due})")
+    });
+    compare(
+        found,
+        "pending_keyed",
+        &d.pending_keyed,
+        &s.pending_keyed,
+        |(g, key, due, id)| format!("task {id} (gate id {g}, key {key:?}, due {due})"),
+    );
+    compare(found, "running", &d.running, &s.running, |id| {
+        format!("task {id}")
+    });
+    compare(
+        found,
+        "gate_tasks",
+        &d.gate_tasks,
+        &s.gate_tasks,
+        |(g, id)| format!("task {id} (gate id {g})"),
+    );
+    // Coalescing: the task not yet started is the one its key names, or a
+    // create with that key would not replace it.
+    for ((gate, key), ids) in &d.coalesce {
+        if ids.len() > 1 {
+            found.problem(format!(
+                "coalesce: gate id {gate} key {key:?}: {} tasks not yet started ({ids:?}), one at most",
+                ids.len()
+            ));
+        }
+        let named = s.coalesce.get(&(*gate, key.clone())).copied();
+        let newest = ids.iter().max().copied();
+        if named != newest {
+            let named = named.map_or("no task".to_string(), |id| format!("task {id}"));
+            found.problem(format!(
+                "coalesce: gate id {gate} key {key:?} names {named}, not the waiting task {}",
+                newest.unwrap_or_default()
+            ));
+        }
+    }
+    // The retention index may name tasks already removed (it is read lazily);
+    // what it must not do is miss one, or that task is never removed.
+    for (at, id) in d.finished.difference(&s.finished) {
+        found.problem(format!(
+            "finished: task {id} (finished at {at}) is missing, so retention never removes it"
+        ));
+    }
+    // Counters.
+    if s.due_minutes != d.due_minutes {
+        let keys: BTreeSet<_> = s.due_minutes.keys().chain(d.due_minutes.keys()).collect();
+        for key in keys {
+            let (on_disk, scanned) = (
+                s.due_minutes.get(key).copied().unwrap_or(0),
+                d.due_minutes.get(key).copied().unwrap_or(0),
+            );
+            if on_disk != scanned {
+                found.problem(format!(
+                    "due_minutes: gate id {} minute {}: {on_disk} counted, {scanned} pending",
+                    key.0, key.1
+                ));
+            }
+        }
+    }
+    for (gate, on_disk, should) in d.counts(&s.counted) {
+        for (name, on_disk, should) in [
+            ("pending", on_disk.pending, should.pending),
+            ("running", on_disk.running, should.running),
+            ("succeeded", on_disk.succeeded, should.succeeded),
+            ("failed", on_disk.failed, should.failed),
+            ("expired", on_disk.expired, should.expired),
+            ("cancelled", on_disk.cancelled, should.cancelled),
+            ("superseded", on_disk.superseded, should.superseded),
+        ] {
+            if on_disk != should {
+                found.problem(format!(
+                    "counts: gate id {gate}: {on_disk} {name} counted, {should} such tasks stored"
+                ));
+            }
+        }
+    }
 }
 
 /// Checks the store `txn` reads: every record decodes, and every derived
@@ -177,23 +293,15 @@ fn derive(txn: &ReadTransaction, found: &mut Findings) -> Result<Derived> {
 pub(super) fn check(txn: &ReadTransaction) -> Result<Findings> {
     let mut found = Findings::default();
     let d = derive(txn, &mut found)?;
-    let gates = txn.open_table(GATES)?;
-    let mut gate_ids = BTreeSet::new();
-    for entry in gates.iter()? {
+    let mut s = Stored::default();
+    for entry in txn.open_table(GATES)?.iter()? {
         let (name, bytes) = entry?;
         found.gates += 1;
         match decode::<GateRecord>("gates", bytes.value()) {
             Ok(g) => {
-                gate_ids.insert(g.id);
+                s.gate_ids.insert(g.id);
             }
             Err(e) => found.problem(format!("gate {:?}: {e}", name.value())),
-        }
-    }
-    for (gate, (scheduled, running)) in &d.live {
-        if (*scheduled > 0 || *running > 0) && !gate_ids.contains(gate) {
-            found.problem(format!(
-                "gate id {gate}: {scheduled} scheduled and {running} running tasks, but no such gate"
-            ));
         }
     }
     for entry in txn.open_table(SCHEDULES)?.iter()? {
@@ -211,129 +319,44 @@ pub(super) fn check(txn: &ReadTransaction) -> Result<Findings> {
             found.problem(format!("attempt {n} of task {task}: {e}"));
         }
     }
-
-    // Indexes: the same set of keys on disk as the records imply.
-    compare(
-        &mut found,
-        "pending",
-        &d.pending,
-        &keys(txn, PENDING)?,
-        |(g, due, id)| format!("task {id} (gate id {g}, due {due})"),
-    );
-    let mut keyed = BTreeSet::new();
+    s.pending = keys(txn, PENDING)?;
     // A file from before keys has no such table: nothing is indexed by key.
     match txn.open_table(PENDING_KEYED) {
         Ok(table) => {
             for entry in table.iter()? {
                 let (k, _) = entry?;
                 let (gate, key, due, id) = k.value();
-                keyed.insert((gate, key.to_owned(), due, id));
+                s.pending_keyed.insert((gate, key.to_owned(), due, id));
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    compare(
-        &mut found,
-        "pending_keyed",
-        &d.pending_keyed,
-        &keyed,
-        |(g, key, due, id)| format!("task {id} (gate id {g}, key {key:?}, due {due})"),
-    );
-    compare(
-        &mut found,
-        "running",
-        &d.running,
-        &keys(txn, RUNNING)?,
-        |id| format!("task {id}"),
-    );
-    compare(
-        &mut found,
-        "gate_tasks",
-        &d.gate_tasks,
-        &keys(txn, GATE_TASKS)?,
-        |(g, id)| format!("task {id} (gate id {g})"),
-    );
-    // Coalescing: the task not yet started is the one its key names, or a
-    // create with that key would not replace it.
-    let coalesce = match txn.open_table(COALESCE) {
-        Ok(table) => Some(table),
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
+    s.running = keys(txn, RUNNING)?;
+    s.gate_tasks = keys(txn, GATE_TASKS)?;
+    match txn.open_table(COALESCE) {
+        Ok(table) => {
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                let (gate, key) = k.value();
+                s.coalesce.insert((gate, key.to_owned()), v.value());
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(e.into()),
-    };
-    for ((gate, key), ids) in &d.coalesce {
-        if ids.len() > 1 {
-            found.problem(format!(
-                "coalesce: gate id {gate} key {key:?}: {} tasks not yet started ({ids:?}), one at most",
-                ids.len()
-            ));
-        }
-        let named = match &coalesce {
-            Some(table) => table.get((*gate, key.as_str()))?.map(|v| v.value()),
-            None => None,
-        };
-        let newest = ids.iter().max().copied();
-        if named != newest {
-            let named = named.map_or("no task".to_string(), |id| format!("task {id}"));
-            found.problem(format!(
-                "coalesce: gate id {gate} key {key:?} names {named}, not the waiting task {}",
-                newest.unwrap_or_default()
-            ));
-        }
     }
-    let mut finished = BTreeSet::new();
     for entry in txn.open_table(FINISHED)?.iter()? {
         let (key, ids) = entry?;
         let (at, _) = key.value();
-        finished.extend(finished_ids(ids.value()).map(|id| (at, id)));
+        s.finished
+            .extend(finished_ids(ids.value()).map(|id| (at, id)));
     }
-    // The retention index may name tasks already removed (it is read lazily);
-    // what it must not do is miss one, or that task is never removed.
-    for (at, id) in d.finished.difference(&finished) {
-        found.problem(format!(
-            "finished: task {id} (finished at {at}) is missing, so retention never removes it"
-        ));
-    }
-
-    // Counters.
-    let mut due_minutes = BTreeMap::new();
     for entry in txn.open_table(DUE_MINUTES)?.iter()? {
         let (key, n) = entry?;
-        due_minutes.insert(key.value(), n.value());
+        s.due_minutes.insert(key.value(), n.value());
     }
-    if due_minutes != d.due_minutes {
-        let keys: BTreeSet<_> = due_minutes.keys().chain(d.due_minutes.keys()).collect();
-        for key in keys {
-            let (on_disk, scanned) = (
-                due_minutes.get(key).copied().unwrap_or(0),
-                d.due_minutes.get(key).copied().unwrap_or(0),
-            );
-            if on_disk != scanned {
-                found.problem(format!(
-                    "due_minutes: gate id {} minute {}: {on_disk} counted, {scanned} pending",
-                    key.0, key.1
-                ));
-            }
-        }
-    }
-    let counted = read_counts(&txn.open_table(COUNTS)?)?;
-    for (gate, on_disk, should) in d.counts(&counted) {
-        for (name, on_disk, should) in [
-            ("pending", on_disk.pending, should.pending),
-            ("running", on_disk.running, should.running),
-            ("succeeded", on_disk.succeeded, should.succeeded),
-            ("failed", on_disk.failed, should.failed),
-            ("expired", on_disk.expired, should.expired),
-            ("cancelled", on_disk.cancelled, should.cancelled),
-            ("superseded", on_disk.superseded, should.superseded),
-        ] {
-            if on_disk != should {
-                found.problem(format!(
-                    "counts: gate id {gate}: {on_disk} {name} counted, {should} such tasks stored"
-                ));
-            }
-        }
-    }
+    s.counted = read_counts(&txn.open_table(COUNTS)?)?;
+    compare_stored(&d, &s, &mut found);
 
     // Plugins: each record has its component, and counts its unfinished users.
     let wasm = txn.open_table(PLUGIN_WASM)?;

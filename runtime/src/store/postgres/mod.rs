@@ -24,6 +24,7 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::*;
 
+mod check;
 mod read;
 mod write;
 
