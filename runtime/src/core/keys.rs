@@ -228,7 +228,10 @@ impl Part {
             if head.0 > now {
                 continue;
             }
-            let aged = (level as u64 + now.since(head.0).as_millis() as u64 / aging_ms).min(9);
+            // Aging counts from the due time, not from an order moved ahead.
+            let ahead = self.queue.get(&head).map_or(0, |t| t.ahead_ms);
+            let waited = now.since(head.0).as_millis() as u64;
+            let aged = (level as u64 + waited.saturating_sub(ahead) / aging_ms).min(9);
             let candidate = (aged, std::cmp::Reverse(head));
             if best.is_none_or(|b| candidate > b) {
                 best = Some(candidate);

@@ -46,7 +46,12 @@ pub struct QueuedTask {
     pub key: TaskKey,
     /// 0–9: among its key's due tasks, higher starts first.
     pub priority: u8,
+    /// Its place in the order: its due time, or earlier by `ahead_ms`.
     pub due: Timestamp,
+    /// How far its order is ahead of its due time: a task of raised
+    /// priority made due goes ahead (the store's `TaskRecord::set_due`);
+    /// its aging counts from its due time all the same.
+    pub ahead_ms: u64,
     /// Attempts already made.
     pub attempts: u32,
     pub first_attempt_at: Option<Timestamp>,
@@ -1303,6 +1308,7 @@ impl Scheduler {
             return;
         }
         task.due = due;
+        task.ahead_ms = 0;
         self.effects.push_back(Effect::Requeue {
             task: task.id,
             gate,

@@ -40,6 +40,7 @@ fn task(id: u64, due: u64) -> QueuedTask {
         key: None,
         priority: DEFAULT_PRIORITY,
         due: ms(due),
+        ahead_ms: 0,
         attempts: 0,
         first_attempt_at: None,
         expires_at: None,
@@ -502,6 +503,33 @@ fn priority_orders_due_tasks_and_aging_lifts_the_low() {
     let first = started(s.at(8_000));
     assert_eq!(first, [3], "the aged task first");
     assert_eq!(started(s.at(8_100)), [4]);
+}
+
+/// A task of raised priority made due is ordered ahead of its due time
+/// (the store's `order_at`), but ages from its due time: a priority-6 task
+/// moved a level ahead does not tie with a priority-7 task due with it.
+#[test]
+fn a_task_ordered_ahead_ages_from_its_due_time() {
+    let mut limits = limits(10.0, 100);
+    limits.priority_aging = Duration::from_secs(1);
+    let mut s = Script::new(limits);
+    let ahead = QueuedTask {
+        due: ms(0),
+        ahead_ms: 1_000,
+        ..prioritized(1, 0, 6)
+    };
+    s.core.handle_input(ms(1_000), Input::Enqueue(ahead));
+    s.core
+        .handle_input(ms(1_000), Input::Enqueue(prioritized(2, 1_000, 7)));
+    let first: Vec<u64> = s
+        .at(1_000)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Start { task, .. } => Some(task.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(first, [2], "priority 7 before priority 6, both just due");
 }
 
 /// With `isolate: key`, the quota an answer states paces the key whose

@@ -407,6 +407,7 @@ impl TaskRecord {
             key: self.key.as_deref().map(std::sync::Arc::from),
             priority: self.priority,
             due: core::Timestamp(self.order_ms()),
+            ahead_ms: self.due_at.saturating_sub(self.order_ms()),
             attempts: self.attempts,
             first_attempt_at: self.first_attempt_at.map(core::Timestamp),
             expires_at: self.expires_at.map(core::Timestamp),
