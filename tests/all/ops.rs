@@ -14,7 +14,7 @@ use sluice::store::{Counts, Store, Writes};
 use crate::plugins::{plugin_task, push_ok};
 use crate::support::{Reply, Server, Sink, gate_for, webhook_task};
 
-async fn sluice(args: &[&str]) -> Output {
+pub(crate) async fn sluice(args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -29,7 +29,7 @@ async fn sluice(args: &[&str]) -> Output {
     .expect("join")
 }
 
-fn said(o: &Output) -> String {
+pub(crate) fn said(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),

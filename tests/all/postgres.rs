@@ -214,18 +214,16 @@ async fn check_finds_a_lost_index_entry_in_postgres() {
     .await;
     server.stop().await;
 
-    let check = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["check", "--store", &url])
-            .args(args)
-            .env_remove("SLUICE_STORE")
-            .output()
-            .expect("sluice check");
-        let said = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), said)
+    let check = |args: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let mut all = vec!["check", "--store", url.as_str()];
+            all.extend_from_slice(args);
+            let out = crate::ops::sluice(&all).await;
+            (out.status.code(), crate::ops::said(&out))
+        }
     };
-    let (code, said) = check(&[]);
+    let (code, said) = check(&[]).await;
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("checked 3 tasks"), "{said}");
     assert!(said.contains("no problems"), "{said}");
@@ -243,13 +241,13 @@ async fn check_finds_a_lost_index_entry_in_postgres() {
         .await
         .expect("delete");
     assert_eq!(deleted, 1);
-    let (code, said) = check(&[]);
+    let (code, said) = check(&[]).await;
     assert_eq!(code, Some(8), "{said}");
     assert!(said.contains(&format!("pending: task {lost}")), "{said}");
-    let (code, said) = check(&["--json"]);
+    let (code, said) = check(&["--json"]).await;
     assert_eq!(code, Some(8), "{said}");
     assert!(said.contains("\"ok\":false"), "{said}");
-    let (code, said) = check(&["--repair"]);
+    let (code, said) = check(&["--repair"]).await;
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("redb file only"), "{said}");
 }

@@ -98,27 +98,17 @@ pub(super) async fn w12(
     let baseline = clock::instant();
     tokio::time::sleep(Duration::from_secs(5)).await;
 
+    let api = &server.api;
+    let replay = |body: Value| async move {
+        api.send(Method::POST, "/v1/tasks/replay", Some(&body))
+            .await?
+            .ok()
+    };
     let asked = clock::instant();
-    let dry = server
-        .api
-        .send(
-            Method::POST,
-            "/v1/tasks/replay",
-            Some(&json!({ "gate": "w12", "dry_run": true })),
-        )
-        .await?
-        .ok()?;
+    let dry = replay(json!({ "gate": "w12", "dry_run": true })).await?;
     let dry_run_s = asked.elapsed().as_secs_f64();
     let started = clock::instant();
-    let job = server
-        .api
-        .send(
-            Method::POST,
-            "/v1/tasks/replay",
-            Some(&json!({ "gate": "w12" })),
-        )
-        .await?
-        .ok()?;
+    let job = replay(json!({ "gate": "w12" })).await?;
     let path = format!(
         "/v1/tasks/replay/{}",
         job["id"].as_str().unwrap_or_default()

@@ -466,6 +466,17 @@ fn an_answer_routes_its_quota_and_latency_to_the_attempts_gate() {
     );
 }
 
+/// The tasks `effects` start, in order.
+fn started(effects: Vec<Effect>) -> Vec<u64> {
+    effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Start { task, .. } => Some(task.0),
+            _ => None,
+        })
+        .collect()
+}
+
 fn prioritized(id: u64, due: u64, priority: u8) -> QueuedTask {
     QueuedTask {
         priority,
@@ -484,15 +495,6 @@ fn priority_orders_due_tasks_and_aging_lifts_the_low() {
         s.core
             .handle_input(ms(0), Input::Enqueue(prioritized(id, 0, p)));
     }
-    let started = |effects: Vec<Effect>| -> Vec<u64> {
-        effects
-            .into_iter()
-            .filter_map(|e| match e {
-                Effect::Start { task, .. } => Some(task.0),
-                _ => None,
-            })
-            .collect()
-    };
     // One token: the highest priority goes, whatever the order of creation.
     assert_eq!(started(s.at(0)), [2]);
     assert_eq!(started(s.at(100)), [1]);
@@ -521,15 +523,11 @@ fn a_task_ordered_ahead_ages_from_its_due_time() {
     s.core.handle_input(ms(1_000), Input::Enqueue(ahead));
     s.core
         .handle_input(ms(1_000), Input::Enqueue(prioritized(2, 1_000, 7)));
-    let first: Vec<u64> = s
-        .at(1_000)
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Start { task, .. } => Some(task.0),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(first, [2], "priority 7 before priority 6, both just due");
+    assert_eq!(
+        started(s.at(1_000)),
+        [2],
+        "priority 7 before priority 6, both just due"
+    );
 }
 
 /// With `isolate: key`, the quota an answer states paces the key whose
