@@ -36,6 +36,8 @@ pub struct FileConfig {
     /// Plugin attempts that may run at once (each reserves an instance slot
     /// with its memory); more wait for a slot.
     pub plugin_instances: Option<u32>,
+    /// The most memory (MiB) a plugin may ask for at upload.
+    pub plugin_memory_max: Option<u32>,
     /// Most tasks one root task's `next` chain may create, all generations.
     pub max_descendants: Option<u32>,
     /// `postgres://…`: the data in PostgreSQL instead of the data dir's file.
@@ -98,6 +100,9 @@ pub struct ServerConfig {
     pub retention: Duration,
     /// Plugin attempts at once (instance slots of the pooling allocator).
     pub plugin_instances: u32,
+    /// The most linear memory (MiB) a plugin may ask for at upload; each
+    /// instance slot reserves this much address space.
+    pub plugin_memory_max: u32,
     /// Most descendants a root task may have through `next` (SPEC §1).
     pub max_descendants: u32,
     /// A PostgreSQL URL; `None` keeps the data in `data_dir`'s redb file.
@@ -146,6 +151,7 @@ impl ServerConfig {
             outbound_hosts: Vec::new(),
             retention: crate::shell::DEFAULT_RETENTION,
             plugin_instances: crate::plugin::DEFAULT_INSTANCES,
+            plugin_memory_max: crate::plugin::DEFAULT_MEMORY_MIB,
             max_descendants: DEFAULT_MAX_DESCENDANTS,
             store: None,
             advertise: None,
@@ -215,6 +221,9 @@ impl ServerConfig {
         let plugin_instances = env_number("SLUICE_PLUGIN_INSTANCES")?
             .or(file.plugin_instances)
             .unwrap_or(crate::plugin::DEFAULT_INSTANCES);
+        let plugin_memory_max = env_number("SLUICE_PLUGIN_MEMORY_MAX")?
+            .or(file.plugin_memory_max)
+            .unwrap_or(crate::plugin::DEFAULT_MEMORY_MIB);
         let max_descendants = env_number("SLUICE_MAX_DESCENDANTS")?
             .or(file.max_descendants)
             .unwrap_or(DEFAULT_MAX_DESCENDANTS);
@@ -231,6 +240,7 @@ impl ServerConfig {
             outbound_hosts,
             retention,
             plugin_instances,
+            plugin_memory_max,
             max_descendants,
             store: flags.store.or(file.store),
             advertise: flags.advertise.or(file.advertise),
@@ -245,6 +255,14 @@ impl ServerConfig {
             bail!(
                 "plugin_instances must be between 1 and {}",
                 crate::plugin::DEFAULT_INSTANCES
+            );
+        }
+        let memory = crate::plugin::DEFAULT_MEMORY_MIB..=crate::plugin::MAX_MEMORY_MIB;
+        if !memory.contains(&self.plugin_memory_max) {
+            bail!(
+                "plugin_memory_max must be between {} and {} (MiB)",
+                memory.start(),
+                memory.end()
             );
         }
         for secret in &self.signing_secrets {
@@ -395,6 +413,13 @@ pub fn settings() -> Vec<Setting> {
             Some("SLUICE_PLUGIN_INSTANCES"),
             &crate::plugin::DEFAULT_INSTANCES.to_string(),
             "Plugin attempts that may run at once; more wait for a slot. Each slot reserves address space for its memory.",
+        ),
+        setting(
+            Some("plugin_memory_max"),
+            None,
+            Some("SLUICE_PLUGIN_MEMORY_MAX"),
+            &crate::plugin::DEFAULT_MEMORY_MIB.to_string(),
+            "The most linear memory, in MiB, a plugin may ask for at upload (`memory`; interpreters need more than the default 64), at most 512. Each instance slot reserves this much address space (not memory).",
         ),
         setting(
             Some("max_descendants"),

@@ -183,8 +183,12 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     };
     let (stop, stop_rx) = watch::channel(false);
     let (http_stop, http_stop_rx) = watch::channel(false);
-    let plugins = crate::plugin::Host::new(store.clone(), config.plugin_instances)
-        .context("starting the plugin runtime")?;
+    let plugins = crate::plugin::Host::new(
+        store.clone(),
+        config.plugin_instances,
+        config.plugin_memory_max,
+    )
+    .context("starting the plugin runtime")?;
     let options = Options {
         tuning: tuning.unwrap_or_default(),
         grace: config.grace,

@@ -722,52 +722,34 @@ async fn plugin_push_ls_get_rm() {
     assert_eq!(out.status.code(), Some(3), "gone: {}", errors(&out));
 }
 
-/// What the server refuses comes back with its reason and exit code 5: a
-/// component importing what the world does not grant (named), one over
-/// 50 MiB, an invalid version.
+/// What the server refuses comes back with its reason and exit code 5: more
+/// memory than the server allows (the parameter named), one over 50 MiB, an
+/// invalid version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_push_shows_the_servers_refusals() {
     let server = Server::start().await;
     let url = server.url.clone();
     let temp = tempfile::tempdir().expect("temp dir");
-    let hostile = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/plugins"));
-    let wasm = tokio::task::spawn_blocking(move || {
-        build_wasm(hostile, &["--locked", "-p", "imports-filesystem"]);
-        std::fs::read(built("imports_filesystem")).expect("built")
-    })
-    .await
-    .expect("build");
-    let file = temp.path().join("imports-filesystem.wasm");
-    std::fs::write(&file, &wasm).expect("write");
+    let file = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/plugins/noop.wasm"
+    ));
+    let file = file.to_str().expect("utf-8");
     let out = sluice_async(
         &url,
         &[
-            "plugin",
-            "push",
-            "imports-filesystem",
-            "0.1.0",
-            file.to_str().expect("utf-8"),
+            "plugin", "push", "greedy", "0.1.0", file, "--memory", "1GiB",
         ],
     )
     .await;
     assert_eq!(out.status.code(), Some(5), "{}", errors(&out));
     assert!(
-        errors(&out).contains("wasi:filesystem") && errors(&out).contains("[400]"),
-        "names the import: {}",
+        errors(&out).contains("memory") && errors(&out).contains("64MiB to 64MiB"),
+        "names the parameter and the bounds: {}",
         errors(&out)
     );
 
-    let out = sluice_async(
-        &url,
-        &[
-            "plugin",
-            "push",
-            "imports-filesystem",
-            "latest",
-            file.to_str().expect("utf-8"),
-        ],
-    )
-    .await;
+    let out = sluice_async(&url, &["plugin", "push", "greedy", "latest", file]).await;
     assert_eq!(out.status.code(), Some(5), "{}", errors(&out));
 
     let mut huge = COMPONENT_MAGIC.to_vec();
@@ -790,7 +772,7 @@ async fn plugin_push_shows_the_servers_refusals() {
 
     let out = sluice_async(&url, &["plugin", "ls"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
-    assert!(!text(&out).contains("imports-filesystem"), "{}", text(&out));
+    assert!(!text(&out).contains("greedy"), "{}", text(&out));
 }
 
 /// Plugins are the admin's: a reader may list them, not push or remove them.
@@ -823,4 +805,117 @@ async fn plugin_commands_need_the_right_role() {
     assert_eq!(rm.status.code(), Some(7), "{}", errors(&rm));
     let anonymous = sluice_async(&server.url, &["plugin", "ls"]).await;
     assert_eq!(anonymous.status.code(), Some(7), "{}", errors(&anonymous));
+}
+
+/// The commands of a scaffold's README under `## Build`: the lines of its
+/// first `sh` block, comments dropped.
+fn readme_build_commands(readme: &str) -> Vec<String> {
+    let build = readme
+        .split("## Build")
+        .nth(1)
+        .expect("the README has a Build section");
+    let block = build
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("an sh block");
+    block
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// `sluice plugin new --lang js|python`: the scaffold, built with the
+/// commands its own README gives (the pinned componentize-js and
+/// componentize-py, from the package registries), pushed with the CLI, runs
+/// as a task that calls an API through its gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_new_scaffolds_js_and_python_plugins_that_run() {
+    let server = Server::start().await;
+    let url = server.url.clone();
+    let temp = tempfile::tempdir().expect("temp dir");
+    let api = Sink::start().await;
+    api.behave(|_, _| crate::support::Reply::json(200, json!({ "status": "ok" })));
+    for (lang, name, wasm) in [
+        ("js", "health-js", "plugin.wasm"),
+        ("python", "health-py", "app.wasm"),
+    ] {
+        let dir = temp.path().join(name);
+        let dir_arg = dir.to_str().expect("utf-8").to_string();
+        let out = sluice_async(
+            &url,
+            &["plugin", "new", name, "--lang", lang, "--dir", &dir_arg],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+        let push = format!("sluice plugin push {name} 0.1.0 {wasm}");
+        assert!(text(&out).contains(&push), "{}", text(&out));
+        let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
+        assert!(readme.contains(&push), "{readme}");
+        assert!(!readme.contains("{{"), "a placeholder left: {readme}");
+        let commands = readme_build_commands(&readme);
+        assert_eq!(commands.len(), 2, "two commands build it: {commands:?}");
+        for command in commands {
+            let dir = dir.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                Command::new("sh")
+                    .args(["-c", &command])
+                    .current_dir(&dir)
+                    .output()
+                    .expect("run sh")
+            })
+            .await
+            .expect("build");
+            assert!(out.status.success(), "{lang}: {}", errors(&out));
+        }
+        let component = dir.join(wasm);
+        let component = component.to_str().expect("utf-8");
+        let out = sluice_async(&url, &["plugin", "push", name, "0.1.0", component]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+
+        let gate = format!("{name}-gate");
+        let out = sluice_async(
+            &url,
+            &[
+                "gate",
+                "set",
+                &gate,
+                "--rate",
+                "5/s",
+                "--allow-host",
+                &api.host(),
+            ],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+        let input = json!({ "url": api.url(&format!("/{name}")) }).to_string();
+        let plugin = format!("{name}@0.1.0");
+        let out = sluice_async(
+            &url,
+            &[
+                "task", "create", "--gate", &gate, "--plugin", &plugin, "--input", &input, "--json",
+            ],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+        let created: Value = serde_json::from_str(&text(&out)).expect("task JSON");
+        let id = created["id"].as_str().expect("id");
+        let done = server
+            .client()
+            .wait_state(id, "succeeded", std::time::Duration::from_secs(30))
+            .await;
+        let attempt = &done["attempts"][0];
+        let output: Value =
+            serde_json::from_str(attempt["response"].as_str().expect("output")).expect("JSON");
+        assert_eq!(output["status"], "ok", "{lang}: {done}");
+        assert!(
+            attempt["logs"].as_array().is_some_and(|l| !l.is_empty()),
+            "{lang}: {done}"
+        );
+        assert!(
+            api.hits().iter().any(|h| h.path == format!("/{name}")),
+            "{lang}: the plugin called the API"
+        );
+    }
 }

@@ -15,6 +15,7 @@ mod crash;
 mod dashboard;
 mod delivery;
 mod keys;
+mod languages;
 mod leases;
 mod openapi;
 mod ops;

@@ -119,16 +119,6 @@ async fn the_registry_audits_uploads_and_keeps_versions_immutable() {
         "{e}"
     );
 
-    // Forbidden imports are refused at upload, naming the import.
-    for (file, import) in [
-        ("imports-filesystem", "wasi:filesystem/"),
-        ("imports-sockets", "wasi:sockets/"),
-    ] {
-        let (status, e) = push(&c, file, "1.0.0", file).await;
-        assert_eq!(status, 400, "{file}: {e}");
-        let message = e["error"]["message"].as_str().unwrap_or("");
-        assert!(message.contains(import), "{file}: {message}");
-    }
     let (status, e) = c
         .raw(
             "PUT",
@@ -248,6 +238,13 @@ async fn hibernate_idle_pays_every_request_to_its_gate() {
     let mut server = Server::start().await;
     let c = server.client();
     push_ok(&c, "hibernate-idle").await;
+    hibernate_idle(&c).await;
+    server.stop().await;
+}
+
+/// `hibernate-idle` (whichever language it was written in) against its apps
+/// API through a 5/s gate.
+pub(crate) async fn hibernate_idle(c: &Client) {
     let sink = Sink::start().await;
     apps_api(&sink, jiff::Timestamp::now());
     // 5/s with burst 1: the five requests (one list, four hibernations) must
@@ -290,7 +287,6 @@ async fn hibernate_idle_pays_every_request_to_its_gate() {
         span >= Duration::from_millis(750),
         "5 requests at 5/s took only {span:?}"
     );
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -298,6 +294,11 @@ async fn cleanup_stray_retries_after_the_api_fails_then_finishes() {
     let server = Server::start().await;
     let c = server.client();
     push_ok(&c, "cleanup-stray").await;
+    cleanup_stray(&c).await;
+}
+
+/// `cleanup-stray` against a cloud API whose first listing fails.
+pub(crate) async fn cleanup_stray(c: &Client) {
     let sink = Sink::start().await;
     sink.behave(|hit: &Hit, i| match (hit.method.as_str(), hit.path.as_str()) {
         // The first listing fails: the whole task retries.
@@ -353,6 +354,12 @@ async fn charge_invoice_succeeds_with_its_receipt_or_fails_for_good() {
     let server = Server::start().await;
     let c = server.client();
     push_ok(&c, "charge-invoice").await;
+    charge_invoice(&c).await;
+}
+
+/// `charge-invoice` through each of its outcomes: paid with a receipt, a
+/// busy API retried after its Retry-After, a decline failed for good.
+pub(crate) async fn charge_invoice(c: &Client) {
     let sink = Sink::start().await;
     let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let still_busy = busy.clone();
@@ -536,9 +543,16 @@ async fn hostile_plugins_fail_only_their_own_attempt() {
         "log-flood",
         "http-disallowed",
         "http-private",
+        "imports-filesystem",
+        "imports-sockets",
     ] {
         push_ok(&c, name).await;
     }
+    // What imports-sockets tries to reach: a loopback listener that must
+    // never see a connection.
+    let bait = std::net::TcpListener::bind("127.0.0.1:0").expect("bait listener");
+    bait.set_nonblocking(true).expect("nonblocking");
+    let bait_addr = bait.local_addr().expect("addr").to_string();
     let sink = Sink::start().await;
     let mut hostile = gate(&sink, "50/s", "3s");
     hostile["retry"]["max_attempts"] = json!(1);
@@ -583,6 +597,10 @@ async fn hostile_plugins_fail_only_their_own_attempt() {
                 format!("http://localhost:{port}/"),
             ] }),
         ),
+        // The file system and sockets are linked (language runtimes import
+        // them) but inert: nothing to open, nothing to connect.
+        ("hostile", "imports-filesystem", json!("/etc/passwd")),
+        ("hostile", "imports-sockets", json!(bait_addr)),
     ];
     let mut ids = Vec::new();
     for (gate, name, input) in &cases {
@@ -630,9 +648,11 @@ async fn hostile_plugins_fail_only_their_own_attempt() {
         flood,
         disallowed,
         private,
+        file,
+        socket,
     ] = ended.as_slice()
     else {
-        panic!("eight cases");
+        panic!("ten cases");
     };
     assert_eq!(looping["state"], "failed");
     assert_eq!(
@@ -691,6 +711,25 @@ async fn hostile_plugins_fail_only_their_own_attempt() {
     assert!(
         refused.matches("denied").count() + refused.matches("failed").count() >= 3,
         "{refused}"
+    );
+    assert_eq!(file["state"], "failed", "{}", summary(file));
+    assert_eq!(last_attempt(file)["outcome"], "rejected");
+    assert!(
+        error(file).starts_with("reading a file"),
+        "{}",
+        summary(file)
+    );
+    assert!(!error(file).contains("root:"), "{}", summary(file));
+    assert_eq!(socket["state"], "failed", "{}", summary(socket));
+    assert_eq!(last_attempt(socket)["outcome"], "rejected");
+    assert!(
+        error(socket).starts_with("connecting"),
+        "{}",
+        summary(socket)
+    );
+    assert!(
+        matches!(bait.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a plugin opened a TCP connection"
     );
     assert!(
         sink.hits().iter().all(|h| h.path.starts_with("/calm/")),
@@ -928,5 +967,152 @@ async fn a_thousand_plugin_attempts_wait_on_http_at_once() {
     );
     for id in ids.iter().step_by(100) {
         c.wait_state(id, "succeeded", Duration::from_secs(60)).await;
+    }
+}
+
+/// The most a memory-bomb attempt said it held before it ran out.
+fn held_mib(attempt: &Value) -> u64 {
+    logs(attempt)
+        .lines()
+        .filter_map(|l| l.strip_prefix("info: holding "))
+        .filter_map(|l| l.strip_suffix(" MiB"))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_plugin_gets_the_memory_it_asked_for_and_no_more() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start_with(dir.path(), |config| config.plugin_memory_max = 192).await;
+    let c = server.client();
+    let upload = |version: &str, memory: &str| {
+        let path = if memory.is_empty() {
+            format!("/v1/plugins/memory-bomb/{version}")
+        } else {
+            format!("/v1/plugins/memory-bomb/{version}?memory={memory}")
+        };
+        let c = c.clone();
+        async move {
+            c.raw("PUT", &path, "application/wasm", wasm("memory-bomb"))
+                .await
+        }
+    };
+    let (status, v) = upload("1.0.0", "").await;
+    assert_eq!((status, &v["memory_mib"]), (201, &json!(64)), "{v}");
+    let (status, v) = upload("2.0.0", "160MiB").await;
+    assert_eq!((status, &v["memory_mib"]), (201, &json!(160)), "{v}");
+    // Over the server's cap, under the default, or not a size: refused,
+    // naming the parameter.
+    for (memory, says) in [
+        ("256", "64MiB to 192MiB"),
+        ("1GiB", "64MiB to 192MiB"),
+        ("32MiB", "64MiB to 192MiB"),
+        ("lots", "a size in MiB"),
+    ] {
+        let (status, e) = upload("3.0.0", memory).await;
+        assert_eq!(status, 400, "{memory}: {e}");
+        assert_eq!(e["error"]["field"], "memory", "{e}");
+        let message = e["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(says), "{memory}: {message}");
+    }
+    // Memory is part of a version, like its bytes.
+    let (status, e) = upload("1.0.0", "128").await;
+    assert_eq!(status, 409, "{e}");
+
+    c.put_gate(
+        "mem",
+        json!({ "rate": "10/s", "timeout": "20s", "retry": { "max_attempts": 1 } }),
+    )
+    .await;
+    let mut held = Vec::new();
+    for version in ["1.0.0", "2.0.0"] {
+        let task = c
+            .create(
+                json!({ "gate": "mem", "plugin": { "name": "memory-bomb", "version": version } }),
+            )
+            .await;
+        let done = c
+            .wait_state(
+                task["id"].as_str().expect("id"),
+                "failed",
+                Duration::from_secs(30),
+            )
+            .await;
+        let attempt = last_attempt(&done);
+        assert!(
+            attempt["error"].as_str().unwrap_or("").starts_with("trap:"),
+            "{attempt}"
+        );
+        held.push(held_mib(attempt));
+    }
+    // 64 MiB holds at most 63 chunks beside the runtime's own; 160 MiB more
+    // than 64 and fewer than 160.
+    assert!((48..64).contains(&held[0]), "{held:?}");
+    assert!((120..160).contains(&held[1]), "{held:?}");
+}
+
+/// Plugins that spin take CPU from nothing else: a burst of requests through
+/// a burst-1 gate keeps its exact pace at the endpoint while three attempts
+/// loop without end beside it. (Guests run on their own threads; the
+/// requests, the pacer and the driver on the server's.)
+#[tokio::test]
+async fn spinning_plugins_do_not_bunch_other_requests() {
+    let server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "request-burst").await;
+    push_ok(&c, "infinite-loop").await;
+    let sink = Sink::start().await;
+    c.put_gate(
+        "paced",
+        json!({ "rate": "10/s", "burst": 1, "concurrency": 3, "allowed_hosts": [sink.host()],
+                "recovery": { "start": 1.0 }, "timeout": "20s" }),
+    )
+    .await;
+    c.put_gate(
+        "spin",
+        json!({ "rate": "100/s", "concurrency": 10, "timeout": "4s",
+                "retry": { "max_attempts": 1 } }),
+    )
+    .await;
+    let spinning = c
+        .batch(
+            (0..3)
+                .map(|_| plugin_task("spin", "infinite-loop", json!({})))
+                .collect(),
+        )
+        .await;
+    // Once they spin, the burst.
+    let start = sluice::clock::instant();
+    while c.send("GET", "/v1/gates/spin", None).await.1["in_flight"] != 3 {
+        assert!(start.elapsed() < Duration::from_secs(5), "the loops start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let task = c
+        .create(plugin_task(
+            "paced",
+            "request-burst",
+            json!({ "url": sink.url("/hit"), "count": 10 }),
+        ))
+        .await;
+    c.wait_state(
+        task["id"].as_str().expect("id"),
+        "succeeded",
+        Duration::from_secs(30),
+    )
+    .await;
+    let times: Vec<Instant> = sink.hits().iter().map(|h| h.at).collect();
+    assert_eq!(times.len(), 10);
+    let gaps: Vec<u128> = times
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis())
+        .collect();
+    assert!(
+        max_in_window(&times, Duration::from_millis(90)) <= 1,
+        "gaps {gaps:?} ms"
+    );
+    for id in &spinning {
+        let t = c.task(id).await;
+        assert_ne!(t["state"], "succeeded", "{t}");
     }
 }

@@ -5,7 +5,7 @@
 //! driver stores it: a component that fails the audit never reaches the store.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, extract::rejection::BytesRejection};
@@ -35,6 +35,42 @@ fn check_names(name: &str, version: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The upload's `memory`: MiB as a number, or with its unit (`128MiB`,
+/// `1GiB`), from the default up to this server's cap.
+fn parse_memory(text: &str, cap: u32) -> Result<u32, ApiError> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "MiB"),
+    };
+    let scale = match unit.trim() {
+        "MiB" | "M" | "MB" => 1,
+        "GiB" | "G" | "GB" => 1024,
+        _ => 0,
+    };
+    let mib = number
+        .parse::<u32>()
+        .ok()
+        .filter(|_| scale > 0)
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| {
+            ApiError::field(
+                "memory",
+                format!("memory is a size in MiB, like 128 or 128MiB or 1GiB; got {text:?}"),
+            )
+        })?;
+    if mib < plugin::DEFAULT_MEMORY_MIB || mib > cap {
+        return Err(ApiError::field(
+            "memory",
+            format!(
+                "memory {mib}MiB is outside what this server allows, {}MiB to {cap}MiB (its plugin_memory_max)",
+                plugin::DEFAULT_MEMORY_MIB
+            ),
+        ));
+    }
+    Ok(mib)
 }
 
 impl From<PluginError> for ApiError {
@@ -79,14 +115,15 @@ async fn view(state: &AppState, record: PluginRecord) -> Result<PluginView, ApiE
     params(
         ("name" = String, Path, description = "Lowercase letters, digits and '-'"),
         ("version" = String, Path, description = "A semantic version, like 1.2.0"),
+        ("memory" = Option<String>, Query, description = "Linear memory its attempts may use, in MiB (`128`, `128MiB`, `1GiB`): from 64 (the default) to the server's `plugin_memory_max`"),
     ),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component, at most 50 MiB"),
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Uploaded, audited and compiled", body = PluginView),
         (status = 200, description = "This version already holds these exact bytes", body = PluginView),
-        (status = 400, description = "Not a component of the sluice:task world, or an import outside it; the message names it", body = ErrorBody),
-        (status = 409, description = "This version exists with other bytes: versions are immutable", body = ErrorBody),
+        (status = 400, description = "Not a component of the sluice:task world, an import outside it, or a `memory` over the cap; the message names it", body = ErrorBody),
+        (status = 409, description = "This version exists with other bytes or memory: versions are immutable", body = ErrorBody),
         (status = 413, description = "Over 50 MiB", body = ErrorBody),
         (status = 503, description = "The server is shutting down", body = ErrorBody),
     )
@@ -94,10 +131,18 @@ async fn view(state: &AppState, record: PluginRecord) -> Result<PluginView, ApiE
 pub(super) async fn put_plugin(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     check_names(&name, &version)?;
+    let mut memory_mib = None;
+    for (key, value) in super::query_pairs(&query, &["memory"])? {
+        if key == "memory" {
+            memory_mib = Some(parse_memory(&value, state.plugins.memory_max_mib())?)
+                .filter(|&mib| mib != plugin::DEFAULT_MEMORY_MIB);
+        }
+    }
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!(
@@ -150,6 +195,7 @@ pub(super) async fn put_plugin(
         uploaded_at: clock::now().as_ms(),
         imports: compiled.imports.clone(),
         unfinished: 0,
+        memory_mib,
     };
     let key = plugin_key(&record.name, &record.version);
     let (record, created) = state
@@ -162,7 +208,7 @@ pub(super) async fn put_plugin(
         })
         .await?;
     if created {
-        state.plugins.install(&key, &compiled);
+        state.plugins.install(&key, &compiled, memory_mib);
     }
     let status = if created {
         StatusCode::CREATED

@@ -467,21 +467,28 @@ pub(super) fn plugin_component(name: &str) -> anyhow::Result<Vec<u8>> {
 /// attempts one after another through `Host::run`, the path the server takes
 /// (a pool slot, a fresh `Store`, instantiation from the pre-instantiated
 /// component, the call, the drop), on a host over an in-memory store. Returns
-/// the microseconds of each attempt, after a warm-up that is not counted.
+/// the seconds its compile took and the microseconds of each attempt, after
+/// a warm-up that is not counted.
 pub(super) async fn plugin_attempts(
     wasm: Vec<u8>,
     attempts: usize,
     within: Duration,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<(f64, Vec<f64>)> {
     use crate::attempt::{Action, Plan, PluginCall};
     use crate::core::{GateId, Outcome, TaskId};
     use crate::dispatch::Dispatcher;
 
     let store = Arc::new(crate::store::Store::in_memory()?);
-    let host = crate::plugin::Host::new(store, crate::plugin::DEFAULT_INSTANCES)?;
+    let host = crate::plugin::Host::new(
+        store,
+        crate::plugin::DEFAULT_INSTANCES,
+        crate::plugin::DEFAULT_MEMORY_MIB,
+    )?;
     let compiler = host.clone();
+    let compiling = clock::instant();
     let compiled = tokio::task::spawn_blocking(move || compiler.compile(&wasm)).await??;
-    host.install(&crate::store::plugin_key("noop", "0.1.0"), &compiled);
+    let compile_s = compiling.elapsed().as_secs_f64();
+    host.install(&crate::store::plugin_key("noop", "0.1.0"), &compiled, None);
     let dispatcher = Dispatcher::new(Vec::new())?;
     // The no-op never asks the gate for a permit; the receiver only keeps the
     // channel open, as the driver does.
@@ -527,7 +534,7 @@ pub(super) async fn plugin_attempts(
             micros.push(took.as_secs_f64() * 1e6);
         }
     }
-    Ok(micros)
+    Ok((compile_s, micros))
 }
 
 /// A gate with no effective limit.

@@ -21,6 +21,7 @@ use crate::clock;
 
 mod harness;
 mod keys;
+mod plugins;
 mod replay;
 
 use harness::*;
@@ -32,7 +33,7 @@ pub struct Options {
     pub gates: u64,
     pub out: PathBuf,
     pub quick: bool,
-    /// Run only these workloads (w1, w1c, w1k, w2 … w5b, w6, w7, w7c, w8 …
+    /// Run only these workloads (w1, w1c, w1k, w2 … w5b, w6, w6js, w6py, w7, w7c, w8 …
     /// w12); all when empty. W7c (a cluster) runs only with a PostgreSQL `store`.
     pub only: Vec<String>,
     /// A PostgreSQL URL for the servers' store; redb files when `None`.
@@ -623,76 +624,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         server.kill();
         drop(server);
     }
-    if options.runs("w6") {
-        // W6a: a no-op plugin attempt's own cost, in this process.
-        let wasm = plugin_component("noop")?;
-        let n6a = if options.quick { 2_000 } else { 20_000 };
-        let mut micros = plugin_attempts(wasm.clone(), n6a, Duration::from_secs(120)).await?;
-        let mean = micros.iter().sum::<f64>() / micros.len().max(1) as f64;
-        micros.sort_by(f64::total_cmp);
-        let (p50, p99, max) = (
-            percentile(&micros, 0.5),
-            percentile(&micros, 0.99),
-            micros.last().copied().unwrap_or(0.0),
-        );
-        rows.push((
-            "W6 no-op plugin attempt: mean / p99".into(),
-            format!("{mean:.1} / {p99:.1} µs (p50 {p50:.1}, max {max:.0})"),
-            "≤ 100 µs".into(),
-        ));
-
-        // W6b: plugin tasks end to end on a fresh server, from the first create
-        // to the last success, with a gate that does not hold them back.
-        let n6 = if options.quick { 10_000 } else { 50_000 };
-        let server6 = Server::spawn(
-            &temp.join("plugins"),
-            free_port()?,
-            options.store.as_deref(),
-        )
-        .await?;
-        server6.upload_plugin("noop", "0.1.0", wasm).await?;
-        server6
-            .gate(
-                "w6",
-                json!({ "rate": "100000/s", "burst": 1_000, "concurrency": 512,
-                        "recovery": { "start": 1.0 }, "circuit": null }),
-            )
-            .await?;
-        let tasks: Vec<Value> = (0..n6)
-            .map(|_| json!({ "gate": "w6", "plugin": { "name": "noop", "version": "0.1.0", "input": {} } }))
-            .collect();
-        let cpu_before = server6.cpu_s();
-        let started = clock::instant();
-        let created_in = server6.create(tasks, 10_000, 2).await?;
-        let deadline = started + Duration::from_secs(300);
-        let (mut succeeded, mut ended) = (0, 0);
-        while ended < n6 && clock::instant() < deadline {
-            let gate = server6.get("/v1/gates/w6").await?;
-            let count = |k: &str| gate["counters"][k].as_u64().unwrap_or(0);
-            succeeded = count("succeeded");
-            ended = succeeded + count("failed") + count("expired") + count("cancelled");
-            if ended < n6 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+    for lang in &plugins::LANGUAGES {
+        if options.runs(lang.workload) {
+            plugins::w6(lang, &options, &temp, &mut results, &mut rows).await?;
         }
-        let took = started.elapsed().as_secs_f64();
-        let cpu_us = (server6.cpu_s() - cpu_before) * 1e6 / (succeeded.max(1) as f64);
-        let per_s = succeeded as f64 / took;
-        let create_per_s = n6 as f64 / created_in.as_secs_f64();
-        results.insert("w6".into(), json!({
-            "attempts": micros.len(), "attempt_mean_us": mean, "attempt_p50_us": p50,
-            "attempt_p99_us": p99, "attempt_max_us": max,
-            "tasks": n6, "succeeded": succeeded, "ended": ended, "seconds": took,
-            "tasks_per_s": per_s, "create_per_s": create_per_s, "server_cpu_us_per_task": cpu_us,
-        }));
-        rows.push((
-            "W6 plugin tasks/s, end to end".into(),
-            format!(
-                "{per_s:.0} ({succeeded} of {n6} in {took:.1} s, server CPU {cpu_us:.0} µs/task)"
-            ),
-            "≥ 5,000".into(),
-        ));
-        drop(server6);
     }
     if options.runs("w7c")
         && let Some(store) = options.store.as_deref()

@@ -367,6 +367,11 @@ enum PluginCommand {
         version: String,
         /// The component, e.g. target/wasm32-wasip2/release/NAME.wasm.
         file: PathBuf,
+        /// Linear memory its attempts may use, e.g. 128MiB (default 64MiB;
+        /// JavaScript and Python runtimes may need more), up to the server's
+        /// plugin_memory_max.
+        #[arg(long)]
+        memory: Option<String>,
     },
     /// List plugins.
     Ls,
@@ -374,14 +379,19 @@ enum PluginCommand {
     Get { name: String, version: String },
     /// Delete a plugin version (refused while tasks or schedules use it).
     Rm { name: String, version: String },
-    /// Scaffold a plugin crate that builds with the SDK.
+    /// Scaffold a plugin that builds with the SDK of its language.
     New {
-        /// The crate's and the plugin's name: lowercase letters, digits and '-'.
+        /// The plugin's name (and a Rust plugin's crate's): lowercase
+        /// letters, digits and '-'.
         name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
         /// The directory to create [default: ./NAME].
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Use the SDK at this path (a checkout's sdk/) instead of crates.io.
+        /// Rust: use the SDK at this path (a checkout's sdk/) instead of
+        /// crates.io.
         #[arg(long)]
         sdk: Option<PathBuf>,
     },

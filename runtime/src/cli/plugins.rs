@@ -10,14 +10,24 @@ pub(super) async fn plugin(client: &Client, command: PluginCommand) -> Result<()
     let path = |name: &str, version: &str| format!("/v1/plugins/{}/{}", enc(name), enc(version));
     let value = match command {
         // The only one that needs no server.
-        PluginCommand::New { name, dir, sdk } => return plugin_new(&name, dir, sdk, json),
+        PluginCommand::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => return plugin_new(&name, lang, dir, sdk, json),
         PluginCommand::Push {
             name,
             version,
             file,
+            memory,
         } => {
             let api = Api::new(client)?;
-            return plugin_push(&api, &path(&name, &version), &name, &version, &file, json).await;
+            let mut path = path(&name, &version);
+            if let Some(memory) = memory {
+                path = format!("{path}?memory={}", enc(&memory));
+            }
+            return plugin_push(&api, &path, &name, &version, &file, json).await;
         }
         PluginCommand::Ls => {
             let v = Api::new(client)?.get("/v1/plugins").await?;
@@ -224,6 +234,12 @@ pub(super) fn plugin_detail(p: &Value) -> String {
         ("sha256", text(&p["sha256"])),
         ("uploaded_at", text(&p["uploaded_at"])),
         ("references", num(&p["references"])),
+        (
+            "memory",
+            p["memory_mib"]
+                .as_u64()
+                .map_or("-".into(), |n| format!("{n} MiB")),
+        ),
     ] {
         out.push_str(&format!("{k:<14}{v}\n"));
     }

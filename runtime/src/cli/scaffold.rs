@@ -1,7 +1,137 @@
-//! `sluice plugin new`: a plugin crate from the templates in
-//! `cli/plugin-template/`.
+//! `sluice plugin new`: a plugin from the templates in
+//! `cli/plugin-template/` (a Rust crate), `cli/plugin-template-js/` and
+//! `cli/plugin-template-py/`. A JavaScript or Python plugin also gets a copy
+//! of its SDK (`sdk/js`, `sdk/python`) and of the world (`wit/`), so that it
+//! builds with nothing but its pinned tools from the package registries.
 
 use super::*;
+
+/// The languages a plugin can be written in.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lang {
+    Rust,
+    Js,
+    Python,
+}
+
+/// The files of a new JavaScript plugin, templates as for Rust.
+const JS_TEMPLATE: [(&str, &str); 5] = [
+    ("plugin.js", include_str!("plugin-template-js/plugin.js.in")),
+    (
+        "package.json",
+        include_str!("plugin-template-js/package.json.in"),
+    ),
+    (
+        "package-lock.json",
+        include_str!("plugin-template-js/package-lock.json.in"),
+    ),
+    ("README.md", include_str!("plugin-template-js/README.md.in")),
+    (
+        ".gitignore",
+        include_str!("plugin-template-js/gitignore.in"),
+    ),
+];
+
+/// The files of a new Python plugin.
+const PY_TEMPLATE: [(&str, &str); 4] = [
+    ("app.py", include_str!("plugin-template-py/app.py.in")),
+    (
+        "requirements.txt",
+        include_str!("plugin-template-py/requirements.txt.in"),
+    ),
+    ("README.md", include_str!("plugin-template-py/README.md.in")),
+    (
+        ".gitignore",
+        include_str!("plugin-template-py/gitignore.in"),
+    ),
+];
+
+/// The JavaScript SDK, copied as it is.
+const JS_SDK: [(&str, &str); 3] = [
+    (
+        "sluice-sdk/index.js",
+        include_str!("../../../sdk/js/index.js"),
+    ),
+    (
+        "sluice-sdk/core.js",
+        include_str!("../../../sdk/js/core.js"),
+    ),
+    (
+        "sluice-sdk/index.d.ts",
+        include_str!("../../../sdk/js/index.d.ts"),
+    ),
+];
+
+/// The Python SDK, copied as it is.
+const PY_SDK: [(&str, &str); 9] = [
+    (
+        "sluice_sdk/__init__.py",
+        include_str!("../../../sdk/python/sluice_sdk/__init__.py"),
+    ),
+    (
+        "sluice_sdk/_glue.py",
+        include_str!("../../../sdk/python/sluice_sdk/_glue.py"),
+    ),
+    (
+        "sluice_sdk/_wasi.py",
+        include_str!("../../../sdk/python/sluice_sdk/_wasi.py"),
+    ),
+    (
+        "sluice_sdk/context.py",
+        include_str!("../../../sdk/python/sluice_sdk/context.py"),
+    ),
+    (
+        "sluice_sdk/decode.py",
+        include_str!("../../../sdk/python/sluice_sdk/decode.py"),
+    ),
+    (
+        "sluice_sdk/http.py",
+        include_str!("../../../sdk/python/sluice_sdk/http.py"),
+    ),
+    (
+        "sluice_sdk/log.py",
+        include_str!("../../../sdk/python/sluice_sdk/log.py"),
+    ),
+    (
+        "sluice_sdk/outcome.py",
+        include_str!("../../../sdk/python/sluice_sdk/outcome.py"),
+    ),
+    (
+        "sluice_sdk/timeutil.py",
+        include_str!("../../../sdk/python/sluice_sdk/timeutil.py"),
+    ),
+];
+
+/// The `sluice:task` world, which componentize-js and componentize-py build
+/// against.
+const WIT: [(&str, &str); 8] = [
+    ("wit/task.wit", include_str!("../../../wit/task.wit")),
+    (
+        "wit/deps/cli.wit",
+        include_str!("../../../wit/deps/cli.wit"),
+    ),
+    (
+        "wit/deps/clocks.wit",
+        include_str!("../../../wit/deps/clocks.wit"),
+    ),
+    (
+        "wit/deps/filesystem.wit",
+        include_str!("../../../wit/deps/filesystem.wit"),
+    ),
+    (
+        "wit/deps/http.wit",
+        include_str!("../../../wit/deps/http.wit"),
+    ),
+    ("wit/deps/io.wit", include_str!("../../../wit/deps/io.wit")),
+    (
+        "wit/deps/random.wit",
+        include_str!("../../../wit/deps/random.wit"),
+    ),
+    (
+        "wit/deps/sockets.wit",
+        include_str!("../../../wit/deps/sockets.wit"),
+    ),
+];
 
 /// The files of a new plugin crate, as templates in which `{{name}}`,
 /// `{{lib_name}}` and `{{sdk}}` are filled in.
@@ -79,9 +209,10 @@ pub(super) const RESERVED_NAMES: &[&str] = &[
     "yield",
 ];
 
-/// A plugin's name is also its crate's: lowercase letters, digits and '-',
-/// starting with a letter (which the server's plugin names allow too).
-pub(super) fn check_plugin_name(name: &str) -> Result<(), String> {
+/// A plugin's name (and a Rust plugin's crate's): lowercase letters, digits and
+/// '-', starting with a letter (which the server's plugin names allow too); a
+/// Rust plugin's may not be a keyword or a crate it uses.
+pub(super) fn check_plugin_name(name: &str, lang: Lang) -> Result<(), String> {
     let valid = name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
@@ -93,7 +224,7 @@ pub(super) fn check_plugin_name(name: &str) -> Result<(), String> {
             "{name:?} is not a valid plugin name: use lowercase letters, digits and '-', starting with a letter and not ending with '-', at most 64 characters (e.g. \"check-health\")"
         ));
     }
-    if RESERVED_NAMES.contains(&name) {
+    if lang == Lang::Rust && RESERVED_NAMES.contains(&name) {
         return Err(format!(
             "{name:?} cannot name a plugin crate: it is a Rust keyword or a crate the plugin uses"
         ));
@@ -150,14 +281,67 @@ pub(super) fn render_plugin(template: &str, name: &str, sdk: &str) -> String {
         .replace("{{sdk}}", sdk)
 }
 
+/// What `plugin new` writes for a language, and how the result builds.
+struct Layout {
+    /// Files rendered from templates.
+    templates: &'static [(&'static str, &'static str)],
+    /// Files copied as they are (the SDK, the world).
+    copies: Vec<(&'static str, &'static str)>,
+    /// The component the build makes, relative to the plugin's directory.
+    wasm: String,
+    /// The README's build commands.
+    build: &'static [&'static str],
+}
+
+fn layout(lang: Lang, name: &str) -> Layout {
+    match lang {
+        Lang::Rust => Layout {
+            templates: &PLUGIN_TEMPLATE,
+            copies: Vec::new(),
+            wasm: format!(
+                "target/wasm32-wasip2/release/{}.wasm",
+                name.replace('-', "_")
+            ),
+            build: &["cargo build --release --target wasm32-wasip2"],
+        },
+        Lang::Js => Layout {
+            templates: &JS_TEMPLATE,
+            copies: JS_SDK.iter().chain(&WIT).copied().collect(),
+            wasm: "plugin.wasm".into(),
+            build: &["npm ci", "npm run build"],
+        },
+        Lang::Python => Layout {
+            templates: &PY_TEMPLATE,
+            copies: PY_SDK.iter().chain(&WIT).copied().collect(),
+            wasm: "app.wasm".into(),
+            build: &[
+                "python3 -m venv .venv && .venv/bin/pip install --require-hashes -r requirements.txt",
+                ".venv/bin/componentize-py -d wit -w sluice:task/task componentize app -p . -o app.wasm",
+            ],
+        },
+    }
+}
+
 pub(super) fn plugin_new(
     name: &str,
+    lang: Lang,
     dir: Option<PathBuf>,
     sdk: Option<PathBuf>,
     json: bool,
 ) -> Result<(), Failure> {
-    check_plugin_name(name).map_err(|message| Failure { code: 2, message })?;
-    let sdk = sdk_dependency(sdk)?;
+    check_plugin_name(name, lang).map_err(|message| Failure { code: 2, message })?;
+    if lang != Lang::Rust && sdk.is_some() {
+        return Err(Failure {
+            code: 2,
+            message:
+                "--sdk is for Rust plugins; a JavaScript or Python plugin gets a copy of its SDK"
+                    .into(),
+        });
+    }
+    let sdk = match lang {
+        Lang::Rust => sdk_dependency(sdk)?,
+        Lang::Js | Lang::Python => String::new(),
+    };
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     match std::fs::metadata(&dir) {
         Ok(meta) if !meta.is_dir() => {
@@ -186,7 +370,20 @@ pub(super) fn plugin_new(
                 .into());
         }
     }
-    for (file, template) in PLUGIN_TEMPLATE {
+    let Layout {
+        templates,
+        copies,
+        wasm,
+        build,
+    } = layout(lang, name);
+    let rendered = templates
+        .iter()
+        .map(|(file, template)| (*file, render_plugin(template, name, &sdk)));
+    let copied = copies
+        .iter()
+        .map(|(file, text)| (*file, (*text).to_string()));
+    let mut files = Vec::new();
+    for (file, text) in rendered.chain(copied) {
         let path = dir.join(file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -196,14 +393,10 @@ pub(super) fn plugin_new(
             .write(true)
             .create_new(true)
             .open(&path)
-            .and_then(|mut f| f.write_all(render_plugin(template, name, &sdk).as_bytes()))
+            .and_then(|mut f| f.write_all(text.as_bytes()))
             .with_context(|| format!("writing {}", path.display()))?;
+        files.push(file);
     }
-    let wasm = format!(
-        "target/wasm32-wasip2/release/{}.wasm",
-        name.replace('-', "_")
-    );
-    let files: Vec<&str> = PLUGIN_TEMPLATE.iter().map(|(file, _)| *file).collect();
     if json {
         print_json(&json!({
             "name": name,
@@ -212,13 +405,20 @@ pub(super) fn plugin_new(
             "wasm": wasm,
         }));
     } else {
-        println!("created plugin crate {name} in {}", dir.display());
+        let what = match lang {
+            Lang::Rust => "plugin crate",
+            Lang::Js => "JavaScript plugin",
+            Lang::Python => "Python plugin",
+        };
+        println!("created {what} {name} in {}", dir.display());
         for file in files {
             println!("  {file}");
         }
         println!("\nnext:");
         println!("  cd {}", dir.display());
-        println!("  cargo build --release --target wasm32-wasip2");
+        for command in build {
+            println!("  {command}");
+        }
         println!("  sluice plugin push {name} 0.1.0 {wasm}");
     }
     Ok(())

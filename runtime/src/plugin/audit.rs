@@ -5,6 +5,10 @@
 //! Names are compared by interface, ignoring the patch version: WASI `0.2.x` and
 //! `sluice:task` `0.1.x` are semver-compatible lines the host links to the
 //! newest it has.
+//!
+//! The file system and sockets are admitted but inert ([`INERT`]): language
+//! runtimes import them whether or not a plugin uses them (CPython's does),
+//! and the host links implementations that grant nothing.
 
 /// Interfaces a plugin may import, without their version.
 const GRANTED: &[&str] = &[
@@ -29,6 +33,22 @@ const GRANTED: &[&str] = &[
     "wasi:random/random",
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
+];
+
+/// Interfaces a plugin may import that the host links inert: no directory is
+/// ever preopened, so no file can be named, and TCP, UDP and name lookups are
+/// refused before any socket exists. The network stays `wasi:http`, bound to
+/// the gate.
+pub const INERT: &[&str] = &[
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
 ];
 
 /// The export every plugin must have.
@@ -81,11 +101,7 @@ fn compatible(version: &str, minor: u64) -> bool {
 
 fn refusal_reason(name: &str) -> &'static str {
     let (base, _) = split(name);
-    if base.starts_with("wasi:filesystem/") {
-        ": plugins get no file system"
-    } else if base.starts_with("wasi:sockets/") {
-        ": plugins reach the network only through wasi:http, bound to their gate"
-    } else if base == "wasi:http/incoming-handler" || base == "wasi:cli/run" {
+    if base == "wasi:http/incoming-handler" || base == "wasi:cli/run" {
         ": a plugin is called through sluice:task/handler, not served or run"
     } else {
         ""
@@ -100,7 +116,7 @@ pub fn check<'a>(
 ) -> Result<(), AuditError> {
     for import in imports {
         let (base, version) = split(import);
-        if !GRANTED.contains(&base) {
+        if !GRANTED.contains(&base) && !INERT.contains(&base) {
             return Err(AuditError::Forbidden(import.to_string()));
         }
         let (line, minor) = line_of(base);
@@ -169,13 +185,6 @@ mod tests {
     #[test]
     fn forbidden_imports_are_named() {
         for (import, hint) in [
-            ("wasi:filesystem/types@0.2.12", "no file system"),
-            ("wasi:filesystem/preopens@0.2.12", "no file system"),
-            ("wasi:sockets/tcp@0.2.12", "only through wasi:http"),
-            (
-                "wasi:sockets/ip-name-lookup@0.2.12",
-                "only through wasi:http",
-            ),
             ("wasi:http/incoming-handler@0.2.12", "not served"),
             ("wasi:cli/run@0.2.12", "not served"),
             ("acme:evil/backdoor@1.0.0", "does not grant"),
@@ -187,6 +196,26 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(import) && text.contains(hint), "{text}");
         }
+    }
+
+    #[test]
+    fn what_a_python_runtime_imports_passes_inert() {
+        // componentize-py 0.25's CPython imports these at 0.2.9.
+        let imports = BASE.iter().copied().chain([
+            "wasi:filesystem/types@0.2.9",
+            "wasi:filesystem/preopens@0.2.9",
+            "wasi:sockets/network@0.2.9",
+            "wasi:sockets/instance-network@0.2.9",
+            "wasi:sockets/tcp@0.2.9",
+            "wasi:sockets/tcp-create-socket@0.2.9",
+            "wasi:sockets/udp@0.2.9",
+            "wasi:sockets/udp-create-socket@0.2.9",
+            "wasi:sockets/ip-name-lookup@0.2.9",
+        ]);
+        assert_eq!(check(imports, EXPORTS.iter().copied()), Ok(()));
+        // Inert does not mean any version: the 0.3 line is refused.
+        let err = check(["wasi:sockets/tcp@0.3.0"], EXPORTS.iter().copied());
+        assert!(matches!(err, Err(AuditError::Version { .. })), "{err:?}");
     }
 
     #[test]

@@ -42,9 +42,9 @@ mod bindings {
 use bindings::exports::sluice::task::handler;
 use bindings::sluice::task::log;
 
-/// Memory one attempt may grow to (all its linear memories together are
-/// bounded by this each).
-pub const MEMORY_LIMIT: usize = 64 * 1024 * 1024;
+/// Core module instances one component may have: CPython's runtime
+/// (componentize-py) has 14, SpiderMonkey's (componentize-js) 4, Rust's 1-3.
+const CORE_INSTANCES: u32 = 24;
 /// Host resources one attempt may hold at once (header lists, requests,
 /// bodies, streams, pollables...): with [`MAX_FIELDS_BYTES`] per header list,
 /// this bounds what the host keeps on an attempt's behalf.
@@ -68,12 +68,27 @@ pub struct Compiled {
     pre: bindings::TaskPre<Attempt>,
 }
 
+/// A component ready to run, with the memory its plugin was given.
+#[derive(Clone)]
+struct Loaded {
+    pre: bindings::TaskPre<Attempt>,
+    /// Bytes all of an attempt's linear memories may grow to, together.
+    memory: usize,
+}
+
 /// The plugin runtime: one engine, one linker, the loaded components.
 pub struct Host {
     engine: Engine,
+    /// Where guests run: threads of their own, so that a guest that spins
+    /// (until its epoch deadline) takes CPU time from other guests, never
+    /// from the driver, the pacer or requests in flight, which stay on the
+    /// server's runtime. `None` only while dropping.
+    guests: Option<tokio::runtime::Runtime>,
     linker: Linker<Attempt>,
     /// Loaded components by `name@version`.
-    loaded: RwLock<HashMap<String, bindings::TaskPre<Attempt>>>,
+    loaded: RwLock<HashMap<String, Loaded>>,
+    /// The most memory any plugin may have (`plugin_memory_max`), in bytes.
+    memory_max: usize,
     store: Arc<dyn Backend>,
     slots: Arc<Semaphore>,
     engine_hash: u64,
@@ -84,11 +99,16 @@ pub struct Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(guests) = self.guests.take() {
+            // Dropped on an async thread too: never block there.
+            guests.shutdown_background();
+        }
     }
 }
 
 /// What one attempt's store holds.
 pub(crate) struct Attempt {
+    limits: Limits,
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
@@ -147,6 +167,40 @@ impl AttemptLog {
     }
 }
 
+/// An attempt's memory budget: its linear memories together grow to at most
+/// `memory` bytes; a growth past it fails in the guest (`memory.grow` returns
+/// -1), which its language reports as out of memory.
+struct Limits {
+    memory: usize,
+    used: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let more = desired.saturating_sub(current);
+        if self.used.saturating_add(more) > self.memory {
+            return Ok(false);
+        }
+        self.used += more;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // The pool bounds table elements.
+        Ok(true)
+    }
+}
+
 /// Most host notes kept per attempt.
 const HOST_NOTES: usize = 32;
 
@@ -195,41 +249,109 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-fn engine(instances: u32) -> wasmtime::Result<Engine> {
+fn engine(instances: u32, memory_max: usize, cache: Arc<CompileCache>) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     let n = instances.max(1);
     pool.total_component_instances(n)
-        .total_core_instances(n * 8)
-        .max_core_instances_per_component(8)
+        .total_core_instances((n * 8).max(CORE_INSTANCES))
+        .max_core_instances_per_component(CORE_INSTANCES)
         .total_memories(n * 2)
         .max_memories_per_component(2)
         .total_tables(n * 4)
         .max_tables_per_component(4)
         .total_stacks(n)
-        .max_memory_size(MEMORY_LIMIT);
+        .max_memory_size(memory_max);
     let mut config = Config::new();
     // Reserve only what a memory may grow to, not wasmtime's default 4 GiB per
     // slot: thousands of slots then take a few hundred GiB of address space,
     // not terabytes, at the price of explicit bounds checks.
     config
-        .memory_reservation(MEMORY_LIMIT as u64)
+        .memory_reservation(memory_max as u64)
         .memory_reservation_for_growth(0)
         .wasm_component_model(true)
         .epoch_interruption(true)
         .max_wasm_stack(512 * 1024)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Components made by the same toolchain share most of their code (every
+    // JavaScript plugin carries SpiderMonkey, every Python one CPython): each
+    // function compiled once is reused by later uploads.
+    config.enable_incremental_compilation(cache)?;
     Engine::new(&config)
+}
+
+/// Compiled functions by cranelift's key, kept in memory up to a budget
+/// (past it, new ones are simply not kept) and dropped once no compile has
+/// used them for [`COMPILE_CACHE_IDLE`]: uploads come in bursts (a deploy
+/// pushes several plugins), and between them the memory is better free.
+#[derive(Default)]
+struct CompileCache {
+    entries: Mutex<CacheEntries>,
+}
+
+#[derive(Default)]
+struct CacheEntries {
+    map: HashMap<Vec<u8>, Arc<[u8]>>,
+    bytes: usize,
+    used: Option<std::time::Instant>,
+}
+
+/// What the compile cache keeps at most.
+const COMPILE_CACHE_BYTES: usize = 256 << 20;
+/// How long the compile cache outlives the last compile that used it.
+const COMPILE_CACHE_IDLE: Duration = Duration::from_secs(300);
+
+impl CompileCache {
+    /// Empties the cache if no compile has used it for a while.
+    fn sweep(&self) {
+        if let Ok(mut entries) = self.entries.lock()
+            && entries
+                .used
+                .is_some_and(|used| used.elapsed() > COMPILE_CACHE_IDLE)
+        {
+            *entries = CacheEntries::default();
+        }
+    }
+}
+
+impl std::fmt::Debug for CompileCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompileCache")
+    }
+}
+
+impl wasmtime::CacheStore for CompileCache {
+    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let mut entries = self.entries.lock().ok()?;
+        entries.used = Some(clock::instant());
+        let value = entries.map.get(key)?.clone();
+        Some(std::borrow::Cow::Owned(value.to_vec()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let Ok(mut entries) = self.entries.lock() else {
+            return false;
+        };
+        entries.used = Some(clock::instant());
+        let size = key.len() + value.len();
+        if entries.bytes + size > COMPILE_CACHE_BYTES {
+            return false;
+        }
+        entries.bytes += size;
+        entries.map.insert(key.to_vec(), value.into());
+        true
+    }
 }
 
 fn linker(engine: &Engine) -> wasmtime::Result<Linker<Attempt>> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView as _};
-    use wasmtime_wasi::p2::bindings::{cli, random};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView as _};
+    use wasmtime_wasi::p2::bindings::{cli, filesystem, random, sockets};
     use wasmtime_wasi::random::WasiRandom;
+    use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView as _};
 
     let mut linker = Linker::new(engine);
     // Only what the world grants: io, clocks, randomness and inert stdio, the
-    // rest of what std imports, HTTP, and the log. No file system, no sockets,
-    // so even a component that slipped past the audit could not link them.
+    // rest of what std imports, HTTP, and the log.
     wasmtime_wasi::p2::add_to_linker_proxy_interfaces_async(&mut linker)?;
     let l = &mut linker;
     cli::exit::add_to_linker::<Attempt, WasiCli>(l, Attempt::cli)?;
@@ -243,14 +365,53 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<Attempt>> {
     random::insecure_seed::add_to_linker::<Attempt, WasiRandom>(l, |t| t.wasi.random())?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
     log::add_to_linker::<Attempt, HasSelf<Attempt>>(l, |t| t)?;
+    // Inert: language runtimes (CPython's) import the file system and
+    // sockets whether or not a plugin uses them. Linked, they grant nothing:
+    // an attempt's context has no preopened directory, so no file can be
+    // named, and allows no TCP, UDP or name lookup, so no socket is ever
+    // created (`inert_wasi`).
+    filesystem::types::add_to_linker::<Attempt, WasiFilesystem>(l, Attempt::filesystem)?;
+    filesystem::preopens::add_to_linker::<Attempt, WasiFilesystem>(l, Attempt::filesystem)?;
+    sockets::tcp::add_to_linker::<Attempt, WasiSockets>(l, Attempt::sockets)?;
+    sockets::tcp_create_socket::add_to_linker::<Attempt, WasiSockets>(l, Attempt::sockets)?;
+    sockets::udp::add_to_linker::<Attempt, WasiSockets>(l, Attempt::sockets)?;
+    sockets::udp_create_socket::add_to_linker::<Attempt, WasiSockets>(l, Attempt::sockets)?;
+    sockets::instance_network::add_to_linker::<Attempt, WasiSockets>(l, Attempt::sockets)?;
+    sockets::network::add_to_linker::<Attempt, WasiSockets>(
+        l,
+        &Default::default(),
+        Attempt::sockets,
+    )?;
+    sockets::ip_name_lookup::add_to_linker::<Attempt, WasiSockets>(l, Attempt::sockets)?;
     Ok(linker)
 }
 
+/// An attempt's WASI context: an empty environment, no arguments, stdin
+/// empty and stdout/stderr discarded, no preopened directory, and no
+/// network besides `wasi:http` (TCP, UDP and name lookups refused before any
+/// socket exists, every address refused).
+fn inert_wasi() -> WasiCtx {
+    WasiCtx::builder()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .build()
+}
+
 impl Host {
-    /// Starts the engine, with room for `instances` attempts at once, and its
-    /// epoch ticker.
-    pub fn new(store: Arc<dyn Backend>, instances: u32) -> Result<Arc<Host>, PluginError> {
-        let engine = engine(instances).map_err(|e| PluginError::Link(format!("{e:#}")))?;
+    /// Starts the engine, with room for `instances` attempts at once, each
+    /// with at most `memory_max_mib` MiB of linear memory, and its epoch
+    /// ticker.
+    pub fn new(
+        store: Arc<dyn Backend>,
+        instances: u32,
+        memory_max_mib: u32,
+    ) -> Result<Arc<Host>, PluginError> {
+        let memory_max = (memory_max_mib as usize) << 20;
+        let cache = Arc::new(CompileCache::default());
+        let engine = engine(instances, memory_max, cache.clone())
+            .map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let linker = linker(&engine).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -260,19 +421,34 @@ impl Host {
         std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
+                let mut ticks = 0u32;
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     match ticker.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => return,
                     }
+                    // About once a second, the compile cache's idle check.
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(200) {
+                        cache.sweep();
+                    }
                 }
             })
             .map_err(|e| PluginError::Link(format!("epoch thread: {e}")))?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("sluice-plugin")
+            .enable_all()
+            .build()
+            .map_err(|e| PluginError::Link(format!("plugin threads: {e}")))?;
         Ok(Arc::new(Host {
             engine,
+            guests: Some(guests),
             linker,
             loaded: RwLock::new(HashMap::new()),
+            memory_max,
             store,
             slots: Arc::new(Semaphore::new(instances.max(1) as usize)),
             engine_hash: hasher.finish(),
@@ -341,11 +517,30 @@ impl Host {
         })
     }
 
-    /// Makes an uploaded component runnable under `key` (after it is stored).
-    pub fn install(&self, key: &str, compiled: &Compiled) {
-        if let Ok(mut loaded) = self.loaded.write() {
-            loaded.insert(key.to_string(), compiled.pre.clone());
+    /// Makes an uploaded component runnable under `key` (after it is
+    /// stored), with the memory its upload asked for (MiB; `None`: the
+    /// default).
+    pub fn install(&self, key: &str, compiled: &Compiled, memory_mib: Option<u32>) {
+        let loaded = Loaded {
+            pre: compiled.pre.clone(),
+            memory: self.memory(memory_mib),
+        };
+        if let Ok(mut all) = self.loaded.write() {
+            all.insert(key.to_string(), loaded);
         }
+    }
+
+    /// Bytes an attempt of a plugin that asked for `memory_mib` gets: what it
+    /// asked for, never more than this server's cap (which may have been
+    /// lowered since the upload).
+    fn memory(&self, memory_mib: Option<u32>) -> usize {
+        let asked = (memory_mib.unwrap_or(super::DEFAULT_MEMORY_MIB) as usize) << 20;
+        asked.min(self.memory_max)
+    }
+
+    /// The most memory a plugin may ask for on this server, in MiB.
+    pub fn memory_max_mib(&self) -> u32 {
+        (self.memory_max >> 20) as u32
     }
 
     /// Forgets a deleted plugin.
@@ -358,11 +553,15 @@ impl Host {
     /// The pre-instantiated component for `key`: from memory, else from its
     /// stored artifact, else compiled from its stored bytes (a new engine) and
     /// the artifact stored for next time.
-    fn pre(&self, key: &str) -> Result<bindings::TaskPre<Attempt>, PluginError> {
-        if let Some(pre) = self.loaded.read().ok().and_then(|l| l.get(key).cloned()) {
-            return Ok(pre);
+    fn pre(&self, key: &str) -> Result<Loaded, PluginError> {
+        if let Some(loaded) = self.loaded.read().ok().and_then(|l| l.get(key).cloned()) {
+            return Ok(loaded);
         }
         let reader = self.store.read()?;
+        let memory_mib = reader
+            .plugin(key)?
+            .ok_or_else(|| PluginError::Missing(key.to_string()))?
+            .memory_mib;
         let component = match reader.compiled(key, self.engine_hash)? {
             Some(artifact) => deserialize(&self.engine, &artifact)?,
             None => {
@@ -381,19 +580,57 @@ impl Host {
                 component
             }
         };
-        let pre = self.link(&component)?;
-        if let Ok(mut loaded) = self.loaded.write() {
-            loaded.insert(key.to_string(), pre.clone());
+        let loaded = Loaded {
+            pre: self.link(&component)?,
+            memory: self.memory(memory_mib),
+        };
+        if let Ok(mut all) = self.loaded.write() {
+            all.insert(key.to_string(), loaded.clone());
         }
-        Ok(pre)
+        Ok(loaded)
     }
 
-    /// Runs one plugin attempt and reports it like a webhook attempt.
+    /// Runs one plugin attempt, on the plugin threads, and reports it like a
+    /// webhook attempt. Dropping the future ends the attempt.
     pub async fn run(
         self: Arc<Self>,
         plan: Plan,
         dispatcher: Dispatcher,
         permits: mpsc::UnboundedSender<PermitMessage>,
+    ) -> Report {
+        let io = tokio::runtime::Handle::current();
+        let (task, attempt) = (plan.task, plan.attempt);
+        let Some(guests) = self.guests.as_ref().map(|r| r.handle().clone()) else {
+            return crate::plugin::unavailable(plan);
+        };
+        let host = self.clone();
+        let run = guests.spawn(async move { host.run_here(plan, dispatcher, permits, io).await });
+        match http::AbortOnDrop(run).await {
+            Ok(report) => report,
+            Err(e) => Report {
+                task,
+                attempt,
+                outcome: Outcome::Failed { retry_after: None },
+                ended_at: clock::now(),
+                status: None,
+                latency_ms: 0,
+                error: Some(format!("the plugin runtime lost the attempt: {e}")),
+                timed_out: false,
+                response: None,
+                lease: None,
+                quota: None,
+                logs: Vec::new(),
+                next: Vec::new(),
+            },
+        }
+    }
+
+    async fn run_here(
+        self: Arc<Self>,
+        plan: Plan,
+        dispatcher: Dispatcher,
+        permits: mpsc::UnboundedSender<PermitMessage>,
+        io: tokio::runtime::Handle,
     ) -> Report {
         let started = clock::instant();
         let deadline = clock::now().plus(plan.timeout);
@@ -401,7 +638,7 @@ impl Host {
         let ran = tokio::time::timeout(
             plan.timeout,
             self.clone()
-                .attempt(&plan, deadline, dispatcher, permits, log.clone()),
+                .attempt(&plan, deadline, dispatcher, permits, log.clone(), io),
         )
         .await;
         let timed_out = ran.is_err();
@@ -443,21 +680,22 @@ impl Host {
         dispatcher: Dispatcher,
         permits: mpsc::UnboundedSender<PermitMessage>,
         log: Arc<Mutex<AttemptLog>>,
+        io: tokio::runtime::Handle,
     ) -> (Outcome, Option<String>, Option<String>, Vec<String>) {
         let Action::Plugin(call) = &plan.action else {
             return denied("not a plugin task".into());
         };
         let key = crate::store::plugin_key(&call.name, &call.version);
         let loaded = self.loaded.read().ok().and_then(|l| l.get(&key).cloned());
-        let pre = match loaded {
-            Some(pre) => pre,
+        let loaded = match loaded {
+            Some(loaded) => loaded,
             None => {
                 // First use since start: load the stored artifact, off the
                 // async threads.
                 let host = self.clone();
                 let lookup = key.clone();
                 match tokio::task::spawn_blocking(move || host.pre(&lookup)).await {
-                    Ok(Ok(pre)) => pre,
+                    Ok(Ok(loaded)) => loaded,
                     Ok(Err(e @ PluginError::Missing(_))) => return denied(e.to_string()),
                     Ok(Err(e)) => return failed(format!("plugin {key}: {e}")),
                     Err(e) => return failed(format!("plugin {key} could not load: {e}")),
@@ -479,6 +717,7 @@ impl Host {
             next_ask: AtomicU64::new(0),
             deadline: clock::deadline(deadline),
             open: http::Link::open_requests(),
+            io,
         });
         let mut http_ctx = WasiHttpCtx::new();
         http_ctx.set_field_size_limit(MAX_FIELDS_BYTES);
@@ -488,15 +727,18 @@ impl Host {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HANDLES);
         let state = Attempt {
+            limits: Limits {
+                memory: loaded.memory,
+                used: 0,
+            },
             table,
-            // An empty environment, no arguments, no preopens, no network;
-            // stdin empty and stdout/stderr discarded.
-            wasi: WasiCtx::builder().build(),
+            wasi: inert_wasi(),
             http: http_ctx,
             hooks,
             log,
         };
         let mut store = Store::new(&self.engine, state);
+        store.limiter(|attempt| &mut attempt.limits);
         // Above the table's own cap, so the table's clearer error comes first.
         store.set_max_component_handles(2 * MAX_HANDLES);
         store.set_epoch_deadline(1);
@@ -510,7 +752,7 @@ impl Host {
             idempotency_key: plan.idempotency_key.clone(),
             schedule: plan.schedule.clone(),
         };
-        let instance = match pre.instantiate_async(&mut store).await {
+        let instance = match loaded.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(e) => return failed(describe_trap(&e)),
         };

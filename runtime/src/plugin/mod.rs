@@ -19,10 +19,15 @@ mod host;
 mod stub;
 
 #[cfg(feature = "plugins")]
-pub use host::{Compiled, Host, MAX_FIELDS_BYTES, MAX_HANDLES, MEMORY_LIMIT};
+pub use host::{Compiled, Host, MAX_FIELDS_BYTES, MAX_HANDLES};
 
 /// Plugin attempts at once unless `plugin_instances` says otherwise.
 pub const DEFAULT_INSTANCES: u32 = 2_048;
+/// Memory (MiB) of an attempt whose plugin asked for none at upload, and the
+/// most a plugin may ask for unless `plugin_memory_max` says otherwise.
+pub const DEFAULT_MEMORY_MIB: u32 = 64;
+/// The highest `plugin_memory_max` a server may set, in MiB.
+pub const MAX_MEMORY_MIB: u32 = 512;
 #[cfg(not(feature = "plugins"))]
 pub use stub::{Compiled, Host};
 

@@ -19,8 +19,16 @@ pub struct Compiled {
 pub struct Host;
 
 impl Host {
-    pub fn new(_store: Arc<dyn Backend>, _instances: u32) -> Result<Arc<Host>, PluginError> {
+    pub fn new(
+        _store: Arc<dyn Backend>,
+        _instances: u32,
+        _memory_max_mib: u32,
+    ) -> Result<Arc<Host>, PluginError> {
         Ok(Arc::new(Host))
+    }
+
+    pub fn memory_max_mib(&self) -> u32 {
+        0
     }
 
     pub fn engine_hash(&self) -> u64 {
@@ -37,7 +45,7 @@ impl Host {
         ))
     }
 
-    pub fn install(&self, _key: &str, _compiled: &Compiled) {}
+    pub fn install(&self, _key: &str, _compiled: &Compiled, _memory_mib: Option<u32>) {}
 
     pub fn evict(&self, _key: &str) {}
 

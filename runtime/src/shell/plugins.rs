@@ -23,8 +23,17 @@ impl Engine {
     ) -> Result<Result<(PluginRecord, bool), ShellError>, StoreError> {
         let key = plugin_key(&upload.record.name, &upload.record.version);
         if let Some(existing) = self.plugins.get(&key) {
-            if existing.sha256 == upload.record.sha256 {
+            if existing.sha256 == upload.record.sha256
+                && existing.memory_mib == upload.record.memory_mib
+            {
                 return Ok(Ok((existing.clone(), false)));
+            }
+            if existing.sha256 == upload.record.sha256 {
+                let mib = |m: Option<u32>| m.unwrap_or(crate::plugin::DEFAULT_MEMORY_MIB);
+                return Ok(Err(ShellError::Conflict(format!(
+                    "plugin {key} already exists with {}MiB of memory; versions are immutable, upload a new version to change it",
+                    mib(existing.memory_mib)
+                ))));
             }
             return Ok(Err(ShellError::Conflict(format!(
                 "plugin {key} already exists with other contents (sha256 {}); versions are immutable, upload a new version",

@@ -288,6 +288,9 @@ pub struct PluginRecord {
     pub imports: Vec<String>,
     /// Unfinished tasks that run it; kept in the same commits as the tasks.
     pub unfinished: u64,
+    /// The memory (MiB) its upload asked for; `None`: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

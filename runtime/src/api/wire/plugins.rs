@@ -18,6 +18,8 @@ pub struct PluginView {
     /// Unfinished tasks and schedules that run it; it cannot be deleted while
     /// this is above zero.
     pub references: u64,
+    /// Linear memory (MiB) each of its attempts may use.
+    pub memory_mib: u32,
 }
 
 impl PluginView {
@@ -30,6 +32,7 @@ impl PluginView {
             uploaded_at: time(p.uploaded_at),
             imports: p.imports.clone(),
             references: p.unfinished + schedules,
+            memory_mib: p.memory_mib.unwrap_or(crate::plugin::DEFAULT_MEMORY_MIB),
         }
     }
 }

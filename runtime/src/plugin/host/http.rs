@@ -69,6 +69,9 @@ pub(super) struct Link {
     pub deadline: tokio::time::Instant,
     /// One permit per request in flight (or asking the gate).
     pub open: Arc<tokio::sync::Semaphore>,
+    /// The server's runtime, where a request waits for its permit and goes
+    /// out: never behind guests that keep the plugin threads busy.
+    pub io: tokio::runtime::Handle,
 }
 
 impl Link {
@@ -116,7 +119,12 @@ impl WasiHttpHooks for GateHooks {
     ) -> SendFuture {
         let link = self.link.clone();
         Box::new(async move {
-            let response = link.send(request).await?;
+            // On the server's runtime, from asking the gate to the last byte;
+            // a guest that drops its request drops the asking too.
+            let io = link.io.clone();
+            let response = AbortOnDrop(io.spawn(async move { link.send(request).await }))
+                .await
+                .map_err(|e| Error::InternalError(Some(format!("the request's task: {e}"))))??;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
@@ -463,5 +471,25 @@ fn cause_code(cause: &(dyn std::error::Error + 'static)) -> Option<Error> {
             Some(Error::DestinationIpUnroutable)
         }
         _ => None,
+    }
+}
+
+/// A task that ends when whoever awaits it goes away.
+pub(super) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }

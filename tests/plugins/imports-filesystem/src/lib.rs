@@ -1,6 +1,7 @@
-//! Reads a file with `std::fs`, so the component imports `wasi:filesystem`,
-//! which the `sluice:task` world does not grant. The host must refuse it at
-//! upload, naming the import; it is never run.
+//! Reads a file with `std::fs`, so the component imports `wasi:filesystem`.
+//! The host admits the import (language runtimes carry it) but links it
+//! inert: no directory is preopened, so the read fails and the task fails
+//! with `reading a file`.
 
 use sluice_sdk::{Context, Error, ResultExt};
 

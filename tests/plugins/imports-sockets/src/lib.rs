@@ -1,7 +1,7 @@
 //! Opens a TCP connection with `std::net`, so the component imports
-//! `wasi:sockets`, which the `sluice:task` world does not grant: the only way
-//! out is HTTP through the gate. The host must refuse it at upload, naming
-//! the import; it is never run.
+//! `wasi:sockets`. The host admits the import (language runtimes carry it)
+//! but links it inert: TCP is refused before any socket exists, so the task
+//! fails with `connecting`. The only way out is HTTP through the gate.
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -1,9 +1,10 @@
 //! Allocates and fills 1 MiB after 1 MiB, keeping all of it, until memory runs
-//! out. Under the host's memory limit (64 MiB by default) `memory.grow` fails,
-//! the allocator aborts, and the guest traps: that attempt fails, nothing else
-//! does, and the host's own memory stays bounded.
+//! out, logging how much it holds every 8 MiB. Under the plugin's memory (64
+//! MiB unless its upload asked for more) `memory.grow` fails, the allocator
+//! aborts, and the guest traps: that attempt fails, nothing else does, and
+//! the host's own memory stays bounded.
 
-use sluice_sdk::{Context, Error};
+use sluice_sdk::{Context, Error, info};
 
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -12,6 +13,9 @@ async fn run(_ctx: Context, _input: serde_json::Value) -> Result<(), Error> {
     loop {
         // Filled, so that every page is really touched.
         hoard.push(std::hint::black_box(vec![0xA5; CHUNK_BYTES]));
+        if hoard.len() % 8 == 0 {
+            info!("holding {} MiB", hoard.len());
+        }
     }
 }
 
