@@ -419,7 +419,7 @@ pub fn settings() -> Vec<Setting> {
             None,
             Some("SLUICE_PLUGIN_MEMORY_MAX"),
             &crate::plugin::DEFAULT_MEMORY_MIB.to_string(),
-            "The most linear memory, in MiB, a plugin may ask for at upload (`memory`; interpreters need more than the default 64), at most 512. Each instance slot reserves this much address space (not memory).",
+            "The most linear memory, in MiB, a plugin may ask for at upload (`memory`, for plugins that need more than the default 64), at most 512. Each instance slot reserves address space (not memory) for two memories of this size.",
         ),
         setting(
             Some("max_descendants"),

@@ -80,7 +80,8 @@ async fn hostile_are_contained(c: &Client, suffix: &str) -> Sink {
     // Stopped at its deadline, though it never calls the host.
     assert_eq!(looping["state"], "failed", "{looping}");
     assert_eq!(last_attempt(&looping)["outcome"], "timeout", "{looping}");
-    // Held to its 64 MiB: it fails on its own, well before its deadline.
+    // Held to its 64 MiB: it grows, then fails on its own, well before its
+    // deadline.
     assert_eq!(bomb["state"], "failed", "{bomb}");
     assert_ne!(last_attempt(&bomb)["outcome"], "timeout", "{bomb}");
     let held = logs(last_attempt(&bomb))
@@ -90,7 +91,7 @@ async fn hostile_are_contained(c: &Client, suffix: &str) -> Sink {
         .filter_map(|n| n.parse::<u64>().ok())
         .max()
         .unwrap_or(0);
-    assert!(held < 64, "held {held} MiB: {bomb}");
+    assert!((16..64).contains(&held), "held {held} MiB: {bomb}");
     // Ten requests at once, paid to the gate one token at a time.
     assert_eq!(flood["state"], "succeeded", "{flood}");
     assert_eq!(output(&flood)["ok"], 10, "{flood}");

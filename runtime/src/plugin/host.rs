@@ -42,6 +42,8 @@ mod bindings {
 use bindings::exports::sluice::task::handler;
 use bindings::sluice::task::log;
 
+/// Bytes of each memory and table slot kept resident between attempts.
+const KEEP_RESIDENT: usize = 2 << 20;
 /// Core module instances one component may have: CPython's runtime
 /// (componentize-py) has 14, SpiderMonkey's (componentize-js) 4, Rust's 1-3.
 const CORE_INSTANCES: u32 = 24;
@@ -89,6 +91,8 @@ pub struct Host {
     loaded: RwLock<HashMap<String, Loaded>>,
     /// The most memory any plugin may have (`plugin_memory_max`), in bytes.
     memory_max: usize,
+    /// Held while a stored component is loaded (`pre`).
+    loading: Mutex<()>,
     store: Arc<dyn Backend>,
     slots: Arc<Semaphore>,
     engine_hash: u64,
@@ -253,14 +257,20 @@ fn engine(instances: u32, memory_max: usize, cache: Arc<CompileCache>) -> wasmti
     let mut pool = PoolingAllocationConfig::default();
     let n = instances.max(1);
     pool.total_component_instances(n)
-        .total_core_instances((n * 8).max(CORE_INSTANCES))
+        // Only counters in wasmtime 48: room for every slot's largest.
+        .total_core_instances(n * CORE_INSTANCES)
         .max_core_instances_per_component(CORE_INSTANCES)
         .total_memories(n * 2)
         .max_memories_per_component(2)
         .total_tables(n * 4)
         .max_tables_per_component(4)
         .total_stacks(n)
-        .max_memory_size(memory_max);
+        .max_memory_size(memory_max)
+        // Reset by memset instead of madvise, for the first pages of each
+        // memory: a decommit shoots down the TLBs of every core, and small
+        // attempts reuse their slot's pages (see docs/performance.md, W6).
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT);
     let mut config = Config::new();
     // Reserve only what a memory may grow to, not wasmtime's default 4 GiB per
     // slot: thousands of slots then take a few hundred GiB of address space,
@@ -303,13 +313,18 @@ const COMPILE_CACHE_IDLE: Duration = Duration::from_secs(300);
 impl CompileCache {
     /// Empties the cache if no compile has used it for a while.
     fn sweep(&self) {
-        if let Ok(mut entries) = self.entries.lock()
-            && entries
-                .used
-                .is_some_and(|used| used.elapsed() > COMPILE_CACHE_IDLE)
-        {
-            *entries = CacheEntries::default();
-        }
+        let idle = match self.entries.lock() {
+            Ok(mut entries)
+                if entries
+                    .used
+                    .is_some_and(|used| used.elapsed() > COMPILE_CACHE_IDLE) =>
+            {
+                std::mem::take(&mut *entries)
+            }
+            _ => return,
+        };
+        // Freed outside the lock.
+        drop(idle);
     }
 }
 
@@ -436,7 +451,10 @@ impl Host {
                 }
             })
             .map_err(|e| PluginError::Link(format!("epoch thread: {e}")))?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // As many as the server's own runtime has: the driver keeps a core.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1))
+            .max(1);
         let guests = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("sluice-plugin")
@@ -449,6 +467,7 @@ impl Host {
             linker,
             loaded: RwLock::new(HashMap::new()),
             memory_max,
+            loading: Mutex::new(()),
             store,
             slots: Arc::new(Semaphore::new(instances.max(1) as usize)),
             engine_hash: hasher.finish(),
@@ -557,6 +576,12 @@ impl Host {
         if let Some(loaded) = self.loaded.read().ok().and_then(|l| l.get(key).cloned()) {
             return Ok(loaded);
         }
+        // One load at a time: a burst of first attempts (after an upgrade,
+        // on a new node) compiles a component once, not once per attempt.
+        let _loading = self.loading.lock();
+        if let Some(loaded) = self.loaded.read().ok().and_then(|l| l.get(key).cloned()) {
+            return Ok(loaded);
+        }
         let reader = self.store.read()?;
         let memory_mib = reader
             .plugin(key)?
@@ -600,28 +625,30 @@ impl Host {
     ) -> Report {
         let io = tokio::runtime::Handle::current();
         let (task, attempt) = (plan.task, plan.attempt);
-        let Some(guests) = self.guests.as_ref().map(|r| r.handle().clone()) else {
-            return crate::plugin::unavailable(plan);
+        let lost = |why: String| Report {
+            task,
+            attempt,
+            outcome: Outcome::Failed { retry_after: None },
+            ended_at: clock::now(),
+            status: None,
+            latency_ms: 0,
+            error: Some(why),
+            timed_out: false,
+            response: None,
+            lease: None,
+            quota: None,
+            logs: Vec::new(),
+            next: Vec::new(),
+        };
+        // `None` only while the host is dropped: the attempt is retried.
+        let Some(guests) = self.guests.as_ref() else {
+            return lost("the plugin runtime is shutting down".into());
         };
         let host = self.clone();
         let run = guests.spawn(async move { host.run_here(plan, dispatcher, permits, io).await });
         match http::AbortOnDrop(run).await {
             Ok(report) => report,
-            Err(e) => Report {
-                task,
-                attempt,
-                outcome: Outcome::Failed { retry_after: None },
-                ended_at: clock::now(),
-                status: None,
-                latency_ms: 0,
-                error: Some(format!("the plugin runtime lost the attempt: {e}")),
-                timed_out: false,
-                response: None,
-                lease: None,
-                quota: None,
-                logs: Vec::new(),
-                next: Vec::new(),
-            },
+            Err(e) => lost(format!("the plugin runtime lost the attempt: {e}")),
         }
     }
 

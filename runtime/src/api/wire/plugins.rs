@@ -18,7 +18,9 @@ pub struct PluginView {
     /// Unfinished tasks and schedules that run it; it cannot be deleted while
     /// this is above zero.
     pub references: u64,
-    /// Linear memory (MiB) each of its attempts may use.
+    /// Linear memory (MiB) its upload asked for (64 unless it asked for
+    /// more); each attempt gets this, or the server's `plugin_memory_max` if
+    /// that was lowered since.
     pub memory_mib: u32,
 }
 

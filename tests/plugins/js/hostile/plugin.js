@@ -4,7 +4,7 @@
 // | input | what it does | what the host must do |
 // |---|---|---|
 // | `{"do": "loop"}` | spins forever, never calling the host | stop it at the deadline (epoch interruption); the attempt times out |
-// | `{"do": "memory"}` | allocates and fills 1 MiB after 1 MiB, keeping all of it | hold it to the memory limit; it traps, and that attempt fails |
+// | `{"do": "memory"}` | allocates and fills 1 MiB after 1 MiB, keeping all of it, logging `holding N MiB` every 8 MiB | hold it to the memory limit; it traps, and that attempt fails |
 // | `{"do": "flood", "url": "http://127.0.0.1:9000/", "count": 100}` | `count` (default 100) concurrent GETs to `url` | pace them through the gate, never more than its concurrency in flight |
 //
 // `flood` succeeds with `{"count": 100, "ok": 100, "failed": 0, "elapsed_ms": 9800,
@@ -12,7 +12,7 @@
 //
 // Never run it outside the host's test suite.
 
-import { check, expectOk, fail, plugin, send } from '../../../../sdk/js/index.js';
+import { check, expectOk, fail, log, plugin, send } from '../../../../sdk/js/index.js';
 
 const CHUNK_BYTES = 1 << 20;
 
@@ -30,6 +30,9 @@ export const handler = plugin(async (_ctx, input) => {
       for (;;) {
         // Filled, so that every page is really touched.
         hoard.push(new Uint8Array(CHUNK_BYTES).fill(0xa5));
+        if (hoard.length % 8 === 0) {
+          log.info(`holding ${hoard.length} MiB`);
+        }
       }
     }
     case 'flood':
