@@ -625,20 +625,8 @@ impl Host {
     ) -> Report {
         let io = tokio::runtime::Handle::current();
         let (task, attempt) = (plan.task, plan.attempt);
-        let lost = |why: String| Report {
-            task,
-            attempt,
-            outcome: Outcome::Failed { retry_after: None },
-            ended_at: clock::now(),
-            status: None,
-            latency_ms: 0,
-            error: Some(why),
-            timed_out: false,
-            response: None,
-            lease: None,
-            quota: None,
-            logs: Vec::new(),
-            next: Vec::new(),
+        let lost = |why: String| {
+            super::never_ran(task, attempt, Outcome::Failed { retry_after: None }, why)
         };
         // `None` only while the host is dropped: the attempt is retried.
         let Some(guests) = self.guests.as_ref() else {

@@ -80,14 +80,24 @@ pub enum PermitMessage {
 
 /// The report of a plugin attempt on a server without a plugin runtime.
 pub fn unavailable(plan: Plan) -> Report {
+    never_ran(
+        plan.task,
+        plan.attempt,
+        Outcome::Denied,
+        "this server runs no plugins".into(),
+    )
+}
+
+/// The report of an attempt that never ran its plugin, and why.
+pub(crate) fn never_ran(task: TaskId, attempt: u32, outcome: Outcome, why: String) -> Report {
     Report {
-        task: plan.task,
-        attempt: plan.attempt,
-        outcome: Outcome::Denied,
+        task,
+        attempt,
+        outcome,
         ended_at: clock::now(),
         status: None,
         latency_ms: 0,
-        error: Some("this server runs no plugins".into()),
+        error: Some(why),
         timed_out: false,
         response: None,
         lease: None,
