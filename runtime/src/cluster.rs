@@ -39,7 +39,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::clock::{self, Deadline};
 use crate::store::StoreError;
@@ -87,7 +87,7 @@ pub struct Cluster {
     id: String,
     address: String,
     terms: Terms,
-    config: tokio_postgres::Config,
+    target: crate::store::PgTarget,
     schema: String,
     /// The heartbeat's and the lease's connection.
     client: tokio::sync::Mutex<Option<Client>>,
@@ -109,14 +109,14 @@ impl std::fmt::Debug for Cluster {
 const FORGET_AFTER_S: i64 = 600;
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(e.to_string())
+    StoreError::Postgres(crate::store::pg_describe(&e))
 }
 
 impl Cluster {
     /// Joins the cluster on the database `config` (schema `schema`) as a
     /// node answering at `address`. The node owns nothing yet.
     pub async fn join(
-        config: tokio_postgres::Config,
+        target: crate::store::PgTarget,
         schema: String,
         address: String,
         terms: Terms,
@@ -125,7 +125,7 @@ impl Cluster {
             id: new_id(),
             address,
             terms,
-            config,
+            target,
             schema,
             client: tokio::sync::Mutex::new(None),
             views: tokio::sync::Mutex::new(None),
@@ -178,7 +178,7 @@ impl Cluster {
         let mut slot = connection.lock().await;
         let limit = self.terms.renew_every.max(Duration::from_millis(200));
         if slot.as_ref().is_none_or(Client::is_closed) {
-            let connecting = tokio::time::timeout(limit, connect(&self.config, &self.schema));
+            let connecting = tokio::time::timeout(limit, connect(&self.target, &self.schema));
             match connecting.await {
                 Ok(Ok(client)) => *slot = Some(client),
                 Ok(Err(e)) => return Err(e),
@@ -403,13 +403,11 @@ fn new_id() -> String {
     format!("n-{hex}")
 }
 
-async fn connect(config: &tokio_postgres::Config, schema: &str) -> Result<Client, StoreError> {
-    let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("cluster connection ended: {e}");
-        }
-    });
+async fn connect(target: &crate::store::PgTarget, schema: &str) -> Result<Client, StoreError> {
+    let client = target
+        .connect(|e| tracing::debug!("cluster connection ended: {e}"))
+        .await
+        .map_err(pg)?;
     client
         .batch_execute(&format!(
             "SET search_path TO {schema}; SET lock_timeout = '500ms'; \

@@ -328,7 +328,7 @@ pub fn settings() -> Vec<Setting> {
             Some("--store"),
             Some("SLUICE_STORE"),
             "",
-            "`postgres://user@host:port/db`: keep the data in PostgreSQL (schema `sluice`, created if missing) instead of the data dir's file. Back it up with PostgreSQL's tools. Without TLS: a server beyond loopback needs `sslmode=disable` in the URL.",
+            "`postgres://user@host:port/db`: keep the data in PostgreSQL (schema `sluice`, created if missing) instead of the data dir's file. Back it up with PostgreSQL's tools. Beyond loopback, TLS: `sslmode=verify-full` (the certificate is always verified; `sslrootcert=/path/ca.pem` for a private CA), or `sslmode=disable` for a trusted network.",
         ),
         setting(
             Some("advertise"),

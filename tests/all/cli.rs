@@ -831,8 +831,7 @@ fn readme_build_commands(readme: &str) -> Vec<String> {
 /// componentize-py, from the package registries), pushed with the CLI, runs
 /// as a task that calls an API through its gate. Needs the registries:
 /// `SLUICE_LANGUAGE_TESTS=1`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugin_new_scaffolds_js_and_python_plugins_that_run() {
+async fn scaffold_builds_and_runs(lang: &str, name: &str, wasm: &str) {
     // It installs the tools from npm and PyPI, as a user would.
     if std::env::var_os("SLUICE_LANGUAGE_TESTS").is_none() {
         eprintln!(
@@ -845,85 +844,90 @@ async fn plugin_new_scaffolds_js_and_python_plugins_that_run() {
     let temp = tempfile::tempdir().expect("temp dir");
     let api = Sink::start().await;
     api.behave(|_, _| crate::support::Reply::json(200, json!({ "status": "ok" })));
-    for (lang, name, wasm) in [
-        ("js", "health-js", "plugin.wasm"),
-        ("python", "health-py", "app.wasm"),
-    ] {
-        let dir = temp.path().join(name);
-        let dir_arg = dir.to_str().expect("utf-8").to_string();
-        let out = sluice_async(
-            &url,
-            &["plugin", "new", name, "--lang", lang, "--dir", &dir_arg],
-        )
-        .await;
-        assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
-        let push = format!("sluice plugin push {name} 0.1.0 {wasm}");
-        assert!(text(&out).contains(&push), "{}", text(&out));
-        let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
-        assert!(readme.contains(&push), "{readme}");
-        assert!(!readme.contains("{{"), "a placeholder left: {readme}");
-        let commands = readme_build_commands(&readme);
-        assert_eq!(commands.len(), 2, "two commands build it: {commands:?}");
-        for command in commands {
-            let dir = dir.clone();
-            let out = tokio::task::spawn_blocking(move || {
-                Command::new("sh")
-                    .args(["-c", &command])
-                    .current_dir(&dir)
-                    .output()
-                    .expect("run sh")
-            })
-            .await
-            .expect("build");
-            assert!(out.status.success(), "{lang}: {}", errors(&out));
-        }
-        let component = dir.join(wasm);
-        let component = component.to_str().expect("utf-8");
-        let out = sluice_async(&url, &["plugin", "push", name, "0.1.0", component]).await;
-        assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
-
-        let gate = format!("{name}-gate");
-        let out = sluice_async(
-            &url,
-            &[
-                "gate",
-                "set",
-                &gate,
-                "--rate",
-                "5/s",
-                "--allow-host",
-                &api.host(),
-            ],
-        )
-        .await;
-        assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
-        let input = json!({ "url": api.url(&format!("/{name}")) }).to_string();
-        let plugin = format!("{name}@0.1.0");
-        let out = sluice_async(
-            &url,
-            &[
-                "task", "create", "--gate", &gate, "--plugin", &plugin, "--input", &input, "--json",
-            ],
-        )
-        .await;
-        assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
-        let created: Value = serde_json::from_str(&text(&out)).expect("task JSON");
-        let id = created["id"].as_str().expect("id");
-        let done = server
-            .client()
-            .wait_state(id, "succeeded", std::time::Duration::from_secs(30))
-            .await;
-        let attempt = &done["attempts"][0];
-        let output: Value =
-            serde_json::from_str(attempt["response"].as_str().expect("output")).expect("JSON");
-        assert_eq!(output["status"], "ok", "{lang}: {done}");
-        assert!(
-            attempt["logs"].as_array().is_some_and(|l| !l.is_empty()),
-            "{lang}: {done}"
-        );
-        assert!(
-            api.hits().iter().any(|h| h.path == format!("/{name}")),
-            "{lang}: the plugin called the API"
-        );
+    let dir = temp.path().join(name);
+    let dir_arg = dir.to_str().expect("utf-8").to_string();
+    let out = sluice_async(
+        &url,
+        &["plugin", "new", name, "--lang", lang, "--dir", &dir_arg],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let push = format!("sluice plugin push {name} 0.1.0 {wasm}");
+    assert!(text(&out).contains(&push), "{}", text(&out));
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
+    assert!(readme.contains(&push), "{readme}");
+    assert!(!readme.contains("{{"), "a placeholder left: {readme}");
+    let commands = readme_build_commands(&readme);
+    assert_eq!(commands.len(), 2, "two commands build it: {commands:?}");
+    for command in commands {
+        let dir = dir.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("sh")
+                .args(["-c", &command])
+                .current_dir(&dir)
+                .output()
+                .expect("run sh")
+        })
+        .await
+        .expect("build");
+        assert!(out.status.success(), "{lang}: {}", errors(&out));
     }
+    let component = dir.join(wasm);
+    let component = component.to_str().expect("utf-8");
+    let out = sluice_async(&url, &["plugin", "push", name, "0.1.0", component]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+
+    let gate = format!("{name}-gate");
+    let out = sluice_async(
+        &url,
+        &[
+            "gate",
+            "set",
+            &gate,
+            "--rate",
+            "5/s",
+            "--allow-host",
+            &api.host(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let input = json!({ "url": api.url(&format!("/{name}")) }).to_string();
+    let plugin = format!("{name}@0.1.0");
+    let out = sluice_async(
+        &url,
+        &[
+            "task", "create", "--gate", &gate, "--plugin", &plugin, "--input", &input, "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let created: Value = serde_json::from_str(&text(&out)).expect("task JSON");
+    let id = created["id"].as_str().expect("id");
+    let done = server
+        .client()
+        .wait_state(id, "succeeded", std::time::Duration::from_secs(30))
+        .await;
+    let attempt = &done["attempts"][0];
+    let output: Value =
+        serde_json::from_str(attempt["response"].as_str().expect("output")).expect("JSON");
+    assert_eq!(output["status"], "ok", "{lang}: {done}");
+    assert!(
+        attempt["logs"].as_array().is_some_and(|l| !l.is_empty()),
+        "{lang}: {done}"
+    );
+    assert!(
+        api.hits().iter().any(|h| h.path == format!("/{name}")),
+        "{lang}: the plugin called the API"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_new_scaffolds_a_js_plugin_that_runs() {
+    scaffold_builds_and_runs("js", "health-js", "plugin.wasm").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_new_scaffolds_a_python_plugin_that_runs() {
+    scaffold_builds_and_runs("python", "health-py", "app.wasm").await;
 }

@@ -54,6 +54,16 @@ impl PgServer {
     /// installed and `SLUICE_PG_TESTS` is not set; with it set, a missing
     /// server fails the test.
     pub fn start() -> Option<PgServer> {
+        PgServer::start_with(None)
+    }
+
+    /// A server that takes TLS connections only (`hostssl`, `ssl=on`) with
+    /// this certificate and key (PEM).
+    pub fn start_tls(cert: &str, key: &str) -> Option<PgServer> {
+        PgServer::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("SLUICE_PG_TESTS").is_none(),
@@ -97,9 +107,31 @@ impl PgServer {
                 &data,
             ],
         );
-        let options = format!(
+        let mut options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
         );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (file, text) in [
+                ("server.crt", cert),
+                ("server.key", key),
+                ("pg_hba.conf", "hostssl all all 127.0.0.1/32 trust\n"),
+            ] {
+                let path = server.data.join(file);
+                std::fs::write(&path, text).expect("write to the data dir");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                if as_postgres {
+                    let chown = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&path)
+                        .status()
+                        .expect("chown");
+                    assert!(chown.success(), "chown {file}");
+                }
+            }
+            options.push_str(" -c ssl=on");
+        }
         server.run(
             "pg_ctl",
             &["start", "-w", "-s", "-o", &options, "-l", &log, "-D", &data],

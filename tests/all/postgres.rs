@@ -251,3 +251,76 @@ async fn check_finds_a_lost_index_entry_in_postgres() {
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("redb file only"), "{said}");
 }
+
+/// TLS to PostgreSQL: against a server that takes TLS connections only, a
+/// URL without TLS is turned away by the server; `sslmode=verify-full` with
+/// the server's CA runs the whole server (writer, readers, the cluster's
+/// own connections) over TLS; a CA that did not sign the server's
+/// certificate is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_speaks_tls_to_postgres_and_verifies_the_server() {
+    let issue = || {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        rcgen::CertifiedIssuer::self_signed(params, key).expect("CA")
+    };
+    let ca = issue();
+    let other_ca = issue();
+    let server_key = rcgen::KeyPair::generate().expect("key");
+    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&server_key, &ca)
+        .expect("server certificate");
+    let Some(pg) = PgServer::start_tls(&server_cert.pem(), &server_key.serialize_pem()) else {
+        return;
+    };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let ca_file = temp.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write");
+    let other_file = temp.path().join("other.pem");
+    std::fs::write(&other_file, other_ca.pem()).expect("write");
+    let with_ca = |file: &std::path::Path| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url(),
+            file.display()
+        )
+    };
+
+    let open = |url: String| async move {
+        tokio::task::spawn_blocking(move || sluice::store::PgStore::open(&url).map(|_| ()))
+            .await
+            .expect("open")
+    };
+    let plain = open(pg.url()).await.expect_err("the server takes TLS only");
+    assert!(
+        plain.to_string().contains("no encryption"),
+        "refused by the server: {plain}"
+    );
+    let wrong = open(with_ca(&other_file))
+        .await
+        .expect_err("a certificate another CA signed");
+    assert!(
+        wrong.to_string().to_lowercase().contains("certificate"),
+        "{wrong}"
+    );
+
+    let url = with_ca(&ca_file);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = Sink::start().await;
+    let mut server =
+        Server::start_with(dir.path(), |config| config.store = Some(url.clone())).await;
+    let c = server.client();
+    c.put_gate("tls", gate_for(&sink, "100/s")).await;
+    let task = c.create(webhook_task("tls", &sink.url("/over-tls"))).await;
+    c.wait_state(
+        task["id"].as_str().expect("id"),
+        "succeeded",
+        Duration::from_secs(20),
+    )
+    .await;
+    let cluster = c.send("GET", "/v1/cluster", None).await.1;
+    assert_eq!(cluster["store"], "postgres", "{cluster}");
+    server.stop().await;
+}

@@ -424,7 +424,9 @@ impl Host {
         memory_max_mib: u32,
     ) -> Result<Arc<Host>, PluginError> {
         let memory_max = (memory_max_mib as usize) << 20;
-        let cache = Arc::new(CompileCache::default());
+        // One per process: servers in one process (tests) share it too.
+        static CACHE: std::sync::OnceLock<Arc<CompileCache>> = std::sync::OnceLock::new();
+        let cache = CACHE.get_or_init(Arc::default).clone();
         let engine = engine(instances, memory_max, cache.clone())
             .map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let linker = linker(&engine).map_err(|e| PluginError::Link(format!("{e:#}")))?;

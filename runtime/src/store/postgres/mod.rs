@@ -20,13 +20,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::*;
 
 mod check;
 mod read;
+mod tls;
 mod write;
+
+pub use tls::Target;
 
 use read::PgReader;
 use write::PgTx;
@@ -98,7 +101,7 @@ pub struct PgStore {
     /// Drives the connections; shut down in the background on drop, which
     /// may happen inside another runtime.
     runtime: Option<tokio::runtime::Runtime>,
-    config: tokio_postgres::Config,
+    target: Target,
     schema: String,
     writer: Mutex<Conn>,
     readers: Arc<Mutex<Vec<Conn>>>,
@@ -157,7 +160,17 @@ impl Drop for PgStore {
 }
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(e.to_string())
+    StoreError::Postgres(describe(&e))
+}
+
+/// An error with its cause: tokio-postgres says only "db error" or "error
+/// performing TLS handshake" and keeps the server's message, or the
+/// certificate's fault, in the source.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// Waits for a future that needs no runtime of its own (a query on a
@@ -201,9 +214,10 @@ fn detect_lost_peers(config: &mut tokio_postgres::Config) {
 }
 
 /// Refuses a connection that would carry the password and the data in the
-/// clear beyond this machine: this build speaks to PostgreSQL without TLS,
-/// so a server elsewhere is reached only when the URL says `sslmode=disable`
-/// (a private network, a TLS tunnel); loopback and Unix sockets always.
+/// clear beyond this machine: a server elsewhere is reached over TLS
+/// (`sslmode=require` or `verify-full`, the certificate verified, see
+/// `tls.rs`), or without only when the URL says `sslmode=disable` (a private
+/// network, a TLS tunnel); loopback and Unix sockets always.
 fn check_transport(config: &tokio_postgres::Config) -> Result<()> {
     use tokio_postgres::config::{Host, SslMode};
     let loopback = |name: &str| {
@@ -216,11 +230,12 @@ fn check_transport(config: &tokio_postgres::Config) -> Result<()> {
         Host::Tcp(name) => !loopback(name),
         Host::Unix(_) => false,
     }) || config.get_hostaddrs().iter().any(|ip| !ip.is_loopback());
-    if remote && !matches!(config.get_ssl_mode(), SslMode::Disable) {
+    if remote && matches!(config.get_ssl_mode(), SslMode::Prefer) {
         return Err(StoreError::Postgres(
-            "this build connects to PostgreSQL without TLS, so it refuses a server beyond \
-             loopback: add sslmode=disable to the URL if the network between is trusted \
-             (or tunnelled), or connect through a Unix socket"
+            "a PostgreSQL server beyond loopback needs TLS or an explicit opt-out: add \
+             sslmode=verify-full to the URL (with sslrootcert=/path/ca.pem unless its \
+             certificate is signed by a public CA), or sslmode=disable if the network \
+             between is trusted (or tunnelled)"
                 .into(),
         ));
     }
@@ -250,22 +265,19 @@ impl PgStore {
                 "invalid schema name {schema:?}: use lowercase letters, digits and '_'"
             )));
         }
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Postgres(format!("invalid PostgreSQL URL: {e}")))?;
-        check_transport(&config)?;
-        let mut config = config;
-        detect_lost_peers(&mut config);
+        let mut target = Target::parse(url)?;
+        check_transport(&target.config)?;
+        detect_lost_peers(&mut target.config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("sluice-postgres")
             .enable_all()
             .build()
             .map_err(|e| StoreError::Postgres(format!("starting the PostgreSQL runtime: {e}")))?;
-        let writer = Conn::new(connect(&runtime, &config, schema)?);
+        let writer = Conn::new(connect(&runtime, &target, schema)?);
         let store = PgStore {
             runtime: Some(runtime),
-            config,
+            target,
             schema: schema.to_string(),
             writer: Mutex::new(writer),
             readers: Arc::default(),
@@ -316,8 +328,8 @@ impl PgStore {
 
     /// The URL's connection settings and the schema, for the cluster's own
     /// connections.
-    pub fn settings(&self) -> (tokio_postgres::Config, String) {
-        (self.config.clone(), self.schema.clone())
+    pub fn settings(&self) -> (Target, String) {
+        (self.target.clone(), self.schema.clone())
     }
 
     /// A new connection, its `search_path` set to the store's schema.
@@ -326,7 +338,7 @@ impl PgStore {
             .runtime
             .as_ref()
             .ok_or_else(|| StoreError::Postgres("the PostgreSQL runtime has stopped".into()))?;
-        connect(runtime, &self.config, &self.schema)
+        connect(runtime, &self.target, &self.schema)
     }
 
     fn create_schema(&self) -> Result<()> {
@@ -400,20 +412,13 @@ impl PgStore {
 }
 
 /// A new connection driven by `runtime`, its `search_path` set to `schema`.
-fn connect(
-    runtime: &tokio::runtime::Runtime,
-    config: &tokio_postgres::Config,
-    schema: &str,
-) -> Result<Client> {
-    let config = config.clone();
+fn connect(runtime: &tokio::runtime::Runtime, target: &Target, schema: &str) -> Result<Client> {
+    let target = target.clone();
     let schema = schema.to_string();
     let connecting = runtime.spawn(async move {
-        let (client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!("PostgreSQL connection ended: {e}");
-            }
-        });
+        let client = target
+            .connect(|e| tracing::warn!("PostgreSQL connection ended: {e}"))
+            .await?;
         client
             .batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; \
@@ -524,18 +529,19 @@ mod tests {
 
     #[test]
     fn plaintext_leaves_this_machine_only_when_the_url_says_so() {
-        for local in [
+        for allowed in [
             "postgres://sluice@127.0.0.1:5432/sluice",
             "postgres://sluice@localhost/sluice",
             "postgres://sluice@[::1]:5432/sluice",
             "host=/var/run/postgresql user=sluice",
             "postgres://sluice@db.internal/sluice?sslmode=disable",
+            // Over TLS, verified.
+            "postgres://sluice@10.0.0.5/sluice?sslmode=require",
         ] {
-            assert!(transport(local).is_ok(), "{local}");
+            assert!(transport(allowed).is_ok(), "{allowed}");
         }
         for remote in [
             "postgres://sluice@db.internal/sluice",
-            "postgres://sluice@10.0.0.5/sluice?sslmode=require",
             "host=localhost hostaddr=10.0.0.5 user=sluice",
         ] {
             let refused = transport(remote).expect_err(remote).to_string();
