@@ -3,9 +3,12 @@ componentize-py): HTTP over ``wasi:http/outgoing-handler``, the ``log``
 import, and the export's base class. Imported by ``sluice_sdk`` only when the
 bindings are there, that is inside a component build.
 
-Requests block on ``wasi:io/poll`` pollables; the host paces them through the
-task's gate before a byte of their body is read. Resources are dropped
-explicitly, children before parents, as ``wasi:http`` requires.
+Every request of a batch is handed to the host first; then one
+``wasi:io/poll`` loop drives them all without blocking: it writes each body as
+far as its stream takes (the host reads a body only once the gate grants its
+request a permit), waits for the responses and reads each as it comes (reading
+a response lets the host give its permit to the next request). Resources are
+dropped explicitly, children before parents, as ``wasi:http`` requires.
 """
 
 from __future__ import annotations
@@ -42,8 +45,6 @@ _LEVELS = {
     "error": _log.Level.ERROR,
 }
 
-#: Largest piece ``blocking-write-and-flush`` takes at once.
-_WRITE_CHUNK = 4096
 _READ_CHUNK = 64 * 1024
 _NS = 1_000_000_000
 
@@ -73,16 +74,199 @@ def _method(name: str) -> Any:
     return known() if known is not None else types.Method_Other(name)
 
 
-class _Pending:
-    """A request handed to the host, or the error that stopped it first."""
+class _Call:
+    """One request handed to the host, from its body's first byte to its
+    response's last. Holds at most one of each resource; :meth:`close` drops
+    whatever is left, children before parents."""
 
-    def __init__(self, url: str, future: Any = None, error: HttpError | None = None) -> None:
+    def __init__(self, url: str, future: Any, body: Any, data: bytes, max_body_bytes: int) -> None:
         self.url = url
+        self.result: Response | HttpError | None = None
+        self.max_body_bytes = max_body_bytes
+        # Waiting for the response's head.
         self.future = future
-        self.error = error
+        self.future_ready: Any = None
+        # Writing the body: the body, its stream and the stream's pollable.
+        self.body = body
+        self.data = data
+        self.offset = 0
+        self.flushing = False
+        self.out: Any = None
+        self.out_ready: Any = None
+        # Reading the response.
+        self.response: Any = None
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.incoming: Any = None
+        self.stream: Any = None
+        self.stream_ready: Any = None
+        self.received = bytearray()
+
+    def begin(self) -> None:
+        """Subscribes to the future and opens the body's stream (after every
+        request of the batch was handed over); writes what the stream takes."""
+        self.future_ready = self.future.subscribe()
+        if self.body is None:
+            return
+        try:
+            self.out = self.body.write()
+        except Err:
+            _drop(self.body)  # the response future reports the broken body
+            self.body = None
+            return
+        self.out_ready = self.out.subscribe()
+        self.write()
+
+    def waits(self) -> list[tuple[str, Any]]:
+        """The pollables this request waits on, each with what it is for."""
+        found = []
+        if self.out_ready is not None:
+            found.append(("write", self.out_ready))
+        if self.future_ready is not None:
+            found.append(("head", self.future_ready))
+        if self.stream_ready is not None:
+            found.append(("read", self.stream_ready))
+        return found
+
+    def step(self, kind: str) -> None:
+        """Goes on after one of its pollables was ready."""
+        if self.result is not None:
+            return
+        if kind == "write" and self.out is not None:
+            self.write()
+        elif kind == "head" and self.future is not None:
+            self.head()
+        elif kind == "read" and self.stream is not None:
+            self.read()
+
+    # --- the body ---------------------------------------------------------------
+
+    def write(self) -> None:
+        """Writes as much of the body as the stream takes now (``check-write``
+        says how much); once all of it is written and flushed, finishes the
+        body. Never blocks: the stream's pollable says when to go on."""
+        stream = self.out
+        try:
+            while self.offset < len(self.data):
+                room = stream.check_write()
+                if room <= 0:
+                    return  # until the host takes more (its permit, at first)
+                piece = self.data[self.offset : self.offset + room]
+                stream.write(piece)
+                self.offset += len(piece)
+        except Err:
+            self._drop_body()  # a failure here is the request's: its future reports it
+            return
+        if self.data:
+            try:
+                if not self.flushing:
+                    stream.flush()
+                    self.flushing = True
+                if stream.check_write() <= 0:
+                    return  # the flush is still under way
+            except Err:
+                pass  # everything was written; closing after that is no failure
+        self._finish_body()
+
+    def _finish_body(self) -> None:
+        _drop(self.out_ready)
+        _drop(self.out)
+        self.out_ready = self.out = None
+        body, self.body = self.body, None
+        try:
+            types.OutgoingBody.finish(body, None)
+        except Err:
+            pass  # reported through the response future
+
+    def _drop_body(self) -> None:
+        """Abandons the body (dropped unfinished: the host treats it as broken)."""
+        _drop(self.out_ready)
+        _drop(self.out)
+        _drop(self.body)
+        self.out_ready = self.out = self.body = None
+
+    # --- the response -----------------------------------------------------------
+
+    def head(self) -> None:
+        """Takes the response once its future is ready and starts on its body."""
+        url = self.url
+        result = self.future.get()
+        _drop(self.future_ready)
+        _drop(self.future)
+        self.future_ready = self.future = None
+        if result is None or isinstance(result, Err):
+            self.done(TransportError(url, "the host gave no response"))
+            return
+        inner = result.value
+        if isinstance(inner, Err):
+            self.done(error_from_code(url, inner.value))
+            return
+        self.response = response = inner.value
+        self.status = response.status()
+        with response.headers() as fields:
+            entries = fields.entries()
+        for name, value in entries:
+            key = name.lower()
+            text = value.decode("utf-8", errors="replace")
+            self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        announced = self.headers.get("content-length", "").strip()
+        if announced.isdigit() and int(announced) > self.max_body_bytes:
+            self.done(BodyTooLarge(url, self.max_body_bytes))
+            return
+        self.incoming = response.consume()
+        self.stream = self.incoming.stream()
+        self.stream_ready = self.stream.subscribe()
+        self.read()
+
+    def read(self) -> None:
+        """Reads what of the response's body has come; at its end, the
+        :class:`Response`. Never blocks."""
+        while True:
+            try:
+                chunk = self.stream.read(_READ_CHUNK)
+            except Err as err:
+                if isinstance(err.value, streams.StreamError_Closed):
+                    self._complete()
+                else:
+                    self.done(_stream_error(self.url, err.value))
+                return
+            if not chunk:
+                return  # more when the stream's pollable is ready
+            if len(self.received) + len(chunk) > self.max_body_bytes:
+                self.done(BodyTooLarge(self.url, self.max_body_bytes))
+                return
+            self.received += chunk
+
+    def _complete(self) -> None:
+        _drop(self.stream_ready)
+        _drop(self.stream)
+        self.stream_ready = self.stream = None
+        incoming, self.incoming = self.incoming, None
+        _drop(types.IncomingBody.finish(incoming))
+        self.done(Response(self.url, self.status, self.headers, bytes(self.received)))
+
+    # --- the end ----------------------------------------------------------------
+
+    def done(self, result: Response | HttpError) -> None:
+        self.result = result
+        self.close()
+
+    def close(self) -> None:
+        """Drops every resource still held, children before parents: a body
+        not yet finished is abandoned (the exchange is over or given up)."""
+        self._drop_body()
+        _drop(self.future_ready)
+        _drop(self.future)
+        self.future_ready = self.future = None
+        _drop(self.stream_ready)
+        _drop(self.stream)
+        _drop(self.incoming)
+        _drop(self.response)
+        self.stream_ready = self.stream = self.incoming = self.response = None
 
 
-def _start(req: Request, timeout: float) -> _Pending:
+def _start(req: Request, timeout: float, max_body_bytes: int) -> _Call | HttpError:
+    """Hands a request to the host (nothing of its body written yet)."""
     url = req.url
     scheme, authority, path = split_url(url)
     headers = list(req.headers)
@@ -91,7 +275,7 @@ def _start(req: Request, timeout: float) -> _Pending:
     try:
         fields = types.Fields.from_list([(name, value.encode("utf-8")) for name, value in headers])
     except Err as err:
-        return _Pending(url, error=InvalidRequest(url, f"header refused: {type(err.value).__name__.removeprefix('HeaderError_')}"))
+        return InvalidRequest(url, f"header refused: {type(err.value).__name__.removeprefix('HeaderError_')}")
     outgoing = types.OutgoingRequest(fields)
     try:
         outgoing.set_method(_method(req.method))
@@ -100,7 +284,7 @@ def _start(req: Request, timeout: float) -> _Pending:
         outgoing.set_path_with_query(path)
     except Err:
         _drop(outgoing)
-        return _Pending(url, error=InvalidRequest(url, "method, authority or path refused"))
+        return InvalidRequest(url, "method, authority or path refused")
     body = outgoing.body() if req.body is not None else None
     options = types.RequestOptions()
     nanos = max(1, int(timeout * _NS))
@@ -113,32 +297,8 @@ def _start(req: Request, timeout: float) -> _Pending:
         future = outgoing_handler.handle(outgoing, options)
     except Err as err:
         _drop(body)
-        return _Pending(url, error=error_from_code(url, err.value))
-    if body is not None:
-        _write_body(body, req.body or b"")
-    return _Pending(url, future=future)
-
-
-def _write_body(body: Any, data: bytes) -> None:
-    """Writes the whole body, then finishes it. Blocks while the host holds the
-    body back (until the gate's permit). A failure here is the request's: its
-    future reports it."""
-    stream = body.write()
-    failed = False
-    try:
-        for start in range(0, len(data), _WRITE_CHUNK):
-            stream.blocking_write_and_flush(data[start : start + _WRITE_CHUNK])
-    except Err:
-        failed = True
-    finally:
-        _drop(stream)
-    if failed:
-        _drop(body)
-        return
-    try:
-        types.OutgoingBody.finish(body, None)
-    except Err:
-        pass  # reported through the response future
+        return error_from_code(url, err.value)
+    return _Call(url, future, body, bytes(req.body or b""), max_body_bytes)
 
 
 def _stream_error(url: str, err: Any) -> HttpError:
@@ -156,91 +316,35 @@ def _stream_error(url: str, err: Any) -> HttpError:
     return TransportError(url, "the answer's body ended early")
 
 
-def _finish(pending: _Pending, max_body_bytes: int) -> Response | HttpError:
-    """Waits for the response of a started request and reads its body."""
-    if pending.error is not None:
-        return pending.error
-    url, future = pending.url, pending.future
-    try:
-        with future.subscribe() as ready:
-            ready.block()
-        result = future.get()
-    finally:
-        _drop(future)
-    if result is None or isinstance(result, Err):
-        return TransportError(url, "the host gave no response")
-    inner = result.value
-    if isinstance(inner, Err):
-        return error_from_code(url, inner.value)
-    incoming = inner.value
-    try:
-        return _read(url, incoming, max_body_bytes)
-    finally:
-        _drop(incoming)
-
-
-def _read(url: str, incoming: Any, max_body_bytes: int) -> Response | HttpError:
-    status = incoming.status()
-    with incoming.headers() as fields:
-        entries = fields.entries()
-    headers: dict[str, str] = {}
-    for name, value in entries:
-        key = name.lower()
-        text = value.decode("utf-8", errors="replace")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    announced = headers.get("content-length", "").strip()
-    if announced.isdigit() and int(announced) > max_body_bytes:
-        return BodyTooLarge(url, max_body_bytes)
-    body = incoming.consume()
-    data = bytearray()
-    problem: HttpError | None = None
-    stream = body.stream()
-    try:
-        while True:
-            try:
-                chunk = stream.blocking_read(_READ_CHUNK)
-            except Err as err:
-                if not isinstance(err.value, streams.StreamError_Closed):
-                    problem = _stream_error(url, err.value)
-                break
-            if len(data) + len(chunk) > max_body_bytes:
-                problem = BodyTooLarge(url, max_body_bytes)
-                break
-            data += chunk
-    finally:
-        _drop(stream)
-    if problem is not None:
-        _drop(body)
-        return problem
-    _drop(types.IncomingBody.finish(body))
-    return Response(url, status, headers, bytes(data))
-
-
 def send_all(requests: Sequence[Request], timeout: float, max_body_bytes: int) -> list[Response | HttpError]:
-    """Starts every request, then waits on all their futures at once and reads
-    each response as it comes; the results in the order of ``requests``."""
-    started = [_start(req, timeout) for req in requests]
-    results: list[Response | HttpError | None] = [None] * len(started)
-    waiting: list[int] = []
-    for i, pending in enumerate(started):
-        if pending.error is not None:
-            results[i] = pending.error
-        else:
-            waiting.append(i)
-    # One pollable per request for as long as it is awaited (dropped before
-    # its future, whose child it is).
-    pollables = {i: started[i].future.subscribe() for i in waiting} if len(waiting) > 1 else {}
+    """Starts every request, then drives them all from one ``poll`` loop:
+    writes their bodies as the host takes them, and reads each response as it
+    comes; the results in the order of ``requests``.
+
+    Nothing here blocks on one request while another could go on: the host
+    reads a body only once its request has the gate's permit, and an earlier
+    request keeps its permit until its response is read."""
+    results: list[Response | HttpError | None] = [None] * len(requests)
+    calls: list[tuple[int, _Call]] = []
     try:
-        while waiting:
-            if len(waiting) == 1:
-                ready = {waiting[0]}
+        for i, req in enumerate(requests):
+            started = _start(req, timeout, max_body_bytes)
+            if isinstance(started, _Call):
+                calls.append((i, started))
             else:
-                ready = {waiting[k] for k in poll.poll([pollables[i] for i in waiting])}
-            for i in sorted(ready):
-                _drop(pollables.pop(i, None))
-                results[i] = _finish(started[i], max_body_bytes)
-            waiting = [i for i in waiting if i not in ready]
+                results[i] = started
+        for _, call in calls:
+            call.begin()
+        active = [call for _, call in calls if call.result is None]
+        while active:
+            waits = [(call, kind, pollable) for call in active for kind, pollable in call.waits()]
+            for k in sorted(poll.poll([pollable for _, _, pollable in waits])):
+                call, kind, _ = waits[k]
+                call.step(kind)
+            active = [call for call in active if call.result is None]
     finally:
-        for pollable in pollables.values():
-            _drop(pollable)
+        for _, call in calls:
+            call.close()
+    for i, call in calls:
+        results[i] = call.result
     return [r for r in results if r is not None]

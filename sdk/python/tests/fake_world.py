@@ -4,7 +4,16 @@ under plain CPython.
 
 The fake host checks what the real one would trap on or hang at: a resource
 used after it was dropped, a parent dropped before its children (pollables,
-body streams, headers), waiting on a response whose body was never finished.
+body streams, headers), waiting on a response whose body was never finished, a
+``write`` of more than ``check_write`` allowed, a body finished with writes
+never flushed.
+
+Like the real host it paces requests through a gate: a request gets a permit
+(``FakeHost.concurrency`` at a time, in the order they were handed over) and
+keeps it until its response was read to its end; until its permit the host
+takes no more of its body than ``FakeHost.body_buffer`` bytes. A blocking write
+that would have to wait for a permit fails the test, as a single-threaded
+guest blocked there would wait until the attempt's deadline.
 ``install()`` puts the modules into ``sys.modules`` and returns the
 :class:`FakeHost`; ``uninstall()`` takes them out again.
 """
@@ -138,7 +147,8 @@ ERROR_CODES = [
 class Reply:
     """What the fake server answers: a status, headers and body chunks, or an
     ``error`` (an ``ErrorCode_*`` instance) instead of any answer, or
-    ``body_error`` after the chunks."""
+    ``body_error`` after the chunks. A ``None`` among the chunks is a pause: a
+    non-blocking ``read`` there gets nothing until the guest polls."""
 
     status: int = 200
     headers: list = None  # type: ignore[assignment]
@@ -178,6 +188,20 @@ class FakeHost:
         self.refuse_on_handle: Any = None
         self.next_id = 1
         self.polls: list[int] = []
+        #: The gate: permits at once (None: as many as asked), held until the
+        #: response was read to its end.
+        self.concurrency: int | None = None
+        #: Body bytes the host takes of a request before its permit.
+        self.body_buffer = 8192
+        #: What ``check_write`` allows at once once the request is permitted.
+        self.write_budget = 4096
+        #: Refuses a request at once (by path), as the gate does a host it does
+        #: not allow: its future fails, its body stream is closed.
+        self.reject: Callable[[str], Any] = lambda path: None
+        self.waiting_permit: list[Any] = []
+        self.holding = 0
+        self.max_holding = 0
+        self.writes: list[int] = []
 
     def check_clean(self) -> list[str]:
         problems = list(self.violations)
@@ -271,10 +295,83 @@ class Fields(Resource):
         return [v for n, v in self._entries if n.lower() == name.lower()]
 
 
+def _grant() -> None:
+    """Gives permits to waiting requests, in order, while the gate has room."""
+    while HOST.waiting_permit and (HOST.concurrency is None or HOST.holding < HOST.concurrency):
+        request = HOST.waiting_permit.pop(0)
+        request._permitted = True
+        HOST.holding += 1
+        HOST.max_holding = max(HOST.max_holding, HOST.holding)
+
+
+def _end_exchange(request: "OutgoingRequest | None") -> None:
+    """The request's exchange is over: its permit (if any) goes back."""
+    if request is None or request._over:
+        return
+    request._over = True
+    if request in HOST.waiting_permit:
+        HOST.waiting_permit.remove(request)
+    if request._permitted:
+        HOST.holding -= 1
+        _grant()
+
+
 class OutputStream(Resource):
     def __init__(self, body: "OutgoingBody") -> None:
         super().__init__(body)
         self._body = body
+        self._allowed = 0
+        self._flushing = False
+        self._unflushed = False
+
+    def _room(self) -> int:
+        body = self._body
+        if body._permitted():
+            return HOST.write_budget
+        return max(0, min(HOST.write_budget, HOST.body_buffer - len(body._data)))
+
+    def _writable(self) -> bool:
+        if self._body._closed():
+            return True
+        if self._flushing and not self._body._permitted():
+            return False
+        return self._room() > 0
+
+    def check_write(self) -> int:
+        self._use()
+        if self._body._closed():
+            raise Err(StreamError_Closed())
+        if self._flushing:
+            if not self._body._permitted():
+                self._allowed = 0
+                return 0
+            self._flushing = False
+            self._unflushed = False
+        self._allowed = self._room()
+        return self._allowed
+
+    def write(self, contents: bytes) -> None:
+        self._use()
+        if len(contents) > self._allowed:
+            HOST.violations.append(f"write of {len(contents)} bytes where check_write allowed {self._allowed} (traps)")
+        self._allowed = max(0, self._allowed - len(contents))
+        if self._body._closed():
+            raise Err(StreamError_Closed())
+        self._body._data += contents
+        self._unflushed = True
+        HOST.writes.append(len(contents))
+
+    def flush(self) -> None:
+        self._use()
+        if self._body._closed():
+            raise Err(StreamError_Closed())
+        self._allowed = 0
+        if self._unflushed:
+            self._flushing = True  # done once the host took the bytes (the permit)
+
+    def subscribe(self) -> Pollable:
+        self._use()
+        return Pollable(self, self._writable)
 
     def blocking_write_and_flush(self, contents: bytes) -> None:
         self._use()
@@ -282,19 +379,38 @@ class OutputStream(Resource):
             HOST.violations.append(f"blocking_write_and_flush of {len(contents)} bytes (at most 4096)")
         if not self._body._handled:
             HOST.violations.append("body written before the request was handed to the host (it would block)")
-        if self._body._broken:
+        if self._body._closed():
             raise Err(StreamError_Closed())
+        if not self._body._permitted() and len(self._body._data) + len(contents) > HOST.body_buffer:
+            raise AssertionError(
+                "blocking_write_and_flush waits forever: the host takes no more of this body before "
+                "its request's permit, and the permits are held by responses not read yet"
+            )
         self._body._data += contents
+
+    def _release(self) -> None:
+        if not self._dropped and self._unflushed:
+            self._body._unflushed_drop = True
+        super()._release()
 
 
 class OutgoingBody(Resource):
-    def __init__(self) -> None:
+    def __init__(self, request: "OutgoingRequest | None" = None) -> None:
         super().__init__(None)
+        self._request = request
         self._data = b""
         self._finished = False
+        self._aborted = False
         self._handled = False
         self._broken = False
         self._stream_taken = False
+        self._unflushed_drop = False
+
+    def _permitted(self) -> bool:
+        return self._request is None or self._request._permitted
+
+    def _closed(self) -> bool:
+        return self._broken or (self._request is not None and self._request._rejected is not None)
 
     def write(self) -> OutputStream:
         self._use()
@@ -307,7 +423,14 @@ class OutgoingBody(Resource):
     def finish(cls, this: "OutgoingBody", trailers: Any) -> None:
         this._use()
         this._release()
+        if this._unflushed_drop:
+            HOST.violations.append("body finished after its stream was dropped with writes not flushed")
         this._finished = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._dropped:
+            self._aborted = True  # dropped unfinished: the host sees a broken body
+        self._release()
 
 
 class RequestOptions(Resource):
@@ -336,6 +459,9 @@ class OutgoingRequest(Resource):
         self._authority: Any = None
         self._path: Any = None
         self._body: OutgoingBody | None = None
+        self._permitted = False
+        self._rejected: Any = None
+        self._over = False
 
     def set_method(self, method: Any) -> None:
         self._method = method
@@ -357,24 +483,47 @@ class OutgoingRequest(Resource):
         self._use()
         if self._body is not None:
             raise Err(None)
-        self._body = OutgoingBody()
+        self._body = OutgoingBody(self)
         return self._body
 
 
 class InputStream(Resource):
     def __init__(self, body: "IncomingBody", chunks: list, error: Any) -> None:
         super().__init__(body)
+        self._body = body
         self._chunks = list(chunks)
         self._error = error
 
+    def _arrived(self) -> bool:
+        """What the pollable reports; a pause ends when the guest polls."""
+        if self._chunks and self._chunks[0] is None:
+            self._chunks.pop(0)
+        return True
+
+    def subscribe(self) -> Pollable:
+        self._use()
+        return Pollable(self, self._arrived)
+
+    def read(self, length: int) -> bytes:
+        self._use()
+        if self._chunks and self._chunks[0] is None:
+            return b""
+        return self._take(length)
+
     def blocking_read(self, length: int) -> bytes:
         self._use()
+        while self._chunks and self._chunks[0] is None:
+            self._chunks.pop(0)
+        return self._take(length)
+
+    def _take(self, length: int) -> bytes:
         if self._chunks:
             chunk = self._chunks.pop(0)
             if len(chunk) > length:
                 self._chunks.insert(0, chunk[length:])
                 chunk = chunk[:length]
             return chunk
+        _end_exchange(self._body._request)
         if self._error is not None:
             raise Err(StreamError_LastOperationFailed(IoError(self._error)))
         raise Err(StreamError_Closed())
@@ -397,6 +546,7 @@ class IncomingBody(Resource):
     def __init__(self, response: "IncomingResponse", reply: Reply) -> None:
         super().__init__(response)
         self._reply = reply
+        self._request = response._request
         self._stream_taken = False
 
     def stream(self) -> InputStream:
@@ -412,12 +562,21 @@ class IncomingBody(Resource):
         this._release()
         return FutureTrailers(None)
 
+    def _release(self) -> None:
+        _end_exchange(self._request)
+        super()._release()
+
 
 class IncomingResponse(Resource):
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, request: "OutgoingRequest | None" = None) -> None:
         super().__init__(None)
         self._reply = reply
+        self._request = request
         self._consumed = False
+
+    def _release(self) -> None:
+        _end_exchange(self._request)
+        super()._release()
 
     def status(self) -> int:
         self._use()
@@ -444,8 +603,11 @@ class FutureIncomingResponse(Resource):
         self._reply: Reply | None = None
 
     def _resolvable(self) -> bool:
-        body = self._request._body
-        return body is None or body._finished or body._broken
+        request = self._request
+        if request._rejected is not None:
+            return True
+        body = request._body
+        return request._permitted and (body is None or body._finished or body._aborted or body._broken)
 
     def subscribe(self) -> Pollable:
         self._use()
@@ -461,6 +623,11 @@ class FutureIncomingResponse(Resource):
         self._taken = True
         req = self._request
         body = req._body
+        if req._rejected is not None:
+            return Ok(Err(req._rejected))
+        if body is not None and body._aborted and not body._finished:
+            _end_exchange(req)
+            return Ok(Err(sys.modules["wit_world.imports.types"].ErrorCode_HttpProtocolError()))
         sent = Sent(
             method=type(req._method).__name__.removeprefix("Method_").upper()
             if not hasattr(req._method, "value")
@@ -475,8 +642,14 @@ class FutureIncomingResponse(Resource):
         HOST.sent.append(sent)
         reply = HOST.server(sent)
         if reply.error is not None:
+            _end_exchange(req)
             return Ok(Err(reply.error))
-        return Ok(Ok(IncomingResponse(reply)))
+        return Ok(Ok(IncomingResponse(reply, req)))
+
+    def _release(self) -> None:
+        if not self._dropped and not self._taken:
+            _end_exchange(self._request)  # given up before its response
+        super()._release()
 
 
 def handle(request: OutgoingRequest, options: RequestOptions | None) -> FutureIncomingResponse:
@@ -490,6 +663,10 @@ def handle(request: OutgoingRequest, options: RequestOptions | None) -> FutureIn
     if request._body is not None:
         request._body._handled = True
     request._release()
+    request._rejected = HOST.reject(request._path)
+    if request._rejected is None:
+        HOST.waiting_permit.append(request)
+        _grant()
     return FutureIncomingResponse(request, options)
 
 

@@ -101,6 +101,59 @@ class Transport(WithFakeWorld):
         self.assertEqual(results[4].status, 503)
 
 
+    def echo_in_pieces(self, sent: Any) -> Reply:
+        """Answers with the body it got, in several chunks and pauses."""
+        body = sent.path.encode() + b":" + sent.body
+        third = len(body) // 3
+        return Reply(200, chunks=[body[:third], None, body[third : 2 * third], None, body[2 * third :]])
+
+    def test_send_all_writes_bodies_as_the_gate_permits_their_requests(self) -> None:
+        # The host takes 4 KiB of a body before its request's permit, and an
+        # earlier request keeps its permit until its response is read: bodies
+        # written one after the other (blocking) would wait forever here.
+        for concurrency, count in ((1, 3), (2, 6), (32, 40)):
+            with self.subTest(concurrency=concurrency, count=count):
+                self.host = fake_world.install()
+                self.sdk = importlib.import_module("sluice_sdk")
+                self.http = self.sdk.http
+                self.host.concurrency = concurrency
+                self.host.body_buffer = 4096
+                self.host.server = self.echo_in_pieces
+                bodies = [bytes([n]) * (20_000 + n) for n in range(count)]
+                requests = [self.http.Request("POST" if n % 2 else "PUT", f"http://up.test/{n}", body=body) for n, body in enumerate(bodies)]
+                results = self.http.send_all(requests)
+                self.assertEqual([r.status for r in results], [200] * count)
+                self.assertEqual([r.body for r in results], [f"/{n}:".encode() + body for n, body in enumerate(bodies)])
+                self.assertEqual(sorted(len(sent.body) for sent in self.host.sent), sorted(map(len, bodies)))
+                self.assertEqual(min(self.host.waits_before_all_handled), count, "all handed over before any wait")
+                self.assertEqual(self.host.max_holding, concurrency)
+                self.assertLessEqual(max(self.host.writes), self.host.write_budget)
+                self.assertEqual(self.host.check_clean(), [])
+
+    def test_a_request_refused_at_once_abandons_its_body_and_the_others_go_on(self) -> None:
+        self.host.concurrency = 1
+        self.host.body_buffer = 4096
+        self.host.reject = lambda path: self.code("HttpRequestDenied") if path == "/1" else None
+        self.host.server = self.echo_in_pieces
+        requests = [self.http.Request("POST", f"http://up.test/{n}", body=b"b" * 30_000) for n in range(3)]
+        results = self.http.send_all(requests)
+        self.assertIsInstance(results[1], self.http.Denied)
+        self.assertEqual([results[0].body, results[2].body], [b"/0:" + b"b" * 30_000, b"/2:" + b"b" * 30_000])
+        self.assertEqual([sent.path for sent in self.host.sent], ["/0", "/2"])
+
+    def test_send_of_one_large_body_behind_a_narrow_gate(self) -> None:
+        self.host.concurrency = 1
+        self.host.body_buffer = 1024
+        self.host.write_budget = 1000
+        self.host.server = lambda sent: Reply(201, headers=[("content-length", "2")], chunks=[None, b"o", None, b"k"])
+        body = bytes(range(256)) * 300
+        response = self.http.post("http://api.test/upload", body)
+        self.assertEqual((response.status, response.body), (201, b"ok"))
+        self.assertEqual(self.host.sent[0].body, body)
+        self.assertEqual(max(self.host.writes), 1000)
+        self.assertEqual(self.host.holding, 0, "the permit went back once the response was read")
+
+
 class Export(WithFakeWorld):
     def context(self) -> Any:
         handler = importlib.import_module("wit_world.exports.handler")
