@@ -545,51 +545,7 @@ async fn plugin_push_ls_get_rm() {
     // that calls an API through its gate.
     let api = Sink::start().await;
     api.behave(|_, _| crate::support::Reply::json(200, json!({ "status": "ok" })));
-    let out = sluice_async(
-        &url,
-        &[
-            "gate",
-            "set",
-            "health",
-            "--rate",
-            "5/s",
-            "--allow-host",
-            &api.host(),
-        ],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
-    let input = json!({ "url": api.url("/health") }).to_string();
-    let out = sluice_async(
-        &url,
-        &[
-            "task",
-            "create",
-            "--gate",
-            "health",
-            "--plugin",
-            "push-me@0.1.0",
-            "--input",
-            &input,
-            "--json",
-        ],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
-    let created: Value = serde_json::from_str(&text(&out)).expect("task JSON");
-    let id = created["id"].as_str().expect("id");
-    let done = server
-        .client()
-        .wait_state(id, "succeeded", std::time::Duration::from_secs(20))
-        .await;
-    let attempt = &done["attempts"][0];
-    let output: Value =
-        serde_json::from_str(attempt["response"].as_str().expect("output")).expect("JSON");
-    assert_eq!(output["status"], "ok", "{done}");
-    assert!(
-        attempt["logs"].as_array().is_some_and(|l| !l.is_empty()),
-        "{done}"
-    );
+    health_check_runs(&server, &api, "health", "push-me@0.1.0", "/health").await;
     let hits = api.hits();
     assert_eq!(hits.len(), 1);
     assert_eq!(
@@ -807,6 +763,50 @@ async fn plugin_commands_need_the_right_role() {
     assert_eq!(anonymous.status.code(), Some(7), "{}", errors(&anonymous));
 }
 
+/// What a scaffold's health check does once pushed: `sluice gate set` (open
+/// to `api` only), `sluice task create --plugin` against `api` at `path`, and
+/// the task succeeds with the status the API answered and a log line.
+async fn health_check_runs(server: &Server, api: &Sink, gate: &str, plugin: &str, path: &str) {
+    let url = &server.url;
+    let out = sluice_async(
+        url,
+        &[
+            "gate",
+            "set",
+            gate,
+            "--rate",
+            "5/s",
+            "--allow-host",
+            &api.host(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let input = json!({ "url": api.url(path) }).to_string();
+    let out = sluice_async(
+        url,
+        &[
+            "task", "create", "--gate", gate, "--plugin", plugin, "--input", &input, "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let created: Value = serde_json::from_str(&text(&out)).expect("task JSON");
+    let id = created["id"].as_str().expect("id");
+    let done = server
+        .client()
+        .wait_state(id, "succeeded", std::time::Duration::from_secs(30))
+        .await;
+    let attempt = &done["attempts"][0];
+    let output: Value =
+        serde_json::from_str(attempt["response"].as_str().expect("output")).expect("JSON");
+    assert_eq!(output["status"], "ok", "{plugin}: {done}");
+    assert!(
+        attempt["logs"].as_array().is_some_and(|l| !l.is_empty()),
+        "{plugin}: {done}"
+    );
+}
+
 /// The commands of a scaffold's README under `## Build`: the lines of its
 /// first `sh` block, comments dropped.
 fn readme_build_commands(readme: &str) -> Vec<String> {
@@ -878,44 +878,8 @@ async fn scaffold_builds_and_runs(lang: &str, name: &str, wasm: &str) {
     assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
 
     let gate = format!("{name}-gate");
-    let out = sluice_async(
-        &url,
-        &[
-            "gate",
-            "set",
-            &gate,
-            "--rate",
-            "5/s",
-            "--allow-host",
-            &api.host(),
-        ],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
-    let input = json!({ "url": api.url(&format!("/{name}")) }).to_string();
     let plugin = format!("{name}@0.1.0");
-    let out = sluice_async(
-        &url,
-        &[
-            "task", "create", "--gate", &gate, "--plugin", &plugin, "--input", &input, "--json",
-        ],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
-    let created: Value = serde_json::from_str(&text(&out)).expect("task JSON");
-    let id = created["id"].as_str().expect("id");
-    let done = server
-        .client()
-        .wait_state(id, "succeeded", std::time::Duration::from_secs(30))
-        .await;
-    let attempt = &done["attempts"][0];
-    let output: Value =
-        serde_json::from_str(attempt["response"].as_str().expect("output")).expect("JSON");
-    assert_eq!(output["status"], "ok", "{lang}: {done}");
-    assert!(
-        attempt["logs"].as_array().is_some_and(|l| !l.is_empty()),
-        "{lang}: {done}"
-    );
+    health_check_runs(&server, &api, &gate, &plugin, &format!("/{name}")).await;
     assert!(
         api.hits().iter().any(|h| h.path == format!("/{name}")),
         "{lang}: the plugin called the API"

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::plugins::{
-    charge_invoice, cleanup_stray, hibernate_idle, last_attempt, logs, plugin_task, push,
+    charge_invoice, cleanup_stray, held_mib, hibernate_idle, last_attempt, plugin_task, push,
 };
 use crate::support::{Client, Server, Sink, max_in_window};
 
@@ -31,15 +31,7 @@ async fn hostile_task(c: &Client, gate: &str, input: Value) -> Value {
         .as_str()
         .expect("id")
         .to_string();
-    let start = sluice::clock::instant();
-    loop {
-        let t = c.task(&id).await;
-        if matches!(t["state"].as_str(), Some("succeeded" | "failed")) {
-            return t;
-        }
-        assert!(start.elapsed() < Duration::from_secs(40), "{t}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.wait_done(&id, Duration::from_secs(40)).await
 }
 
 fn output(task: &Value) -> Value {
@@ -84,13 +76,7 @@ async fn hostile_are_contained(c: &Client, suffix: &str) -> Sink {
     // deadline.
     assert_eq!(bomb["state"], "failed", "{bomb}");
     assert_ne!(last_attempt(&bomb)["outcome"], "timeout", "{bomb}");
-    let held = logs(last_attempt(&bomb))
-        .lines()
-        .filter_map(|l| l.strip_prefix("info: holding "))
-        .filter_map(|l| l.strip_suffix(" MiB"))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
+    let held = held_mib(last_attempt(&bomb));
     assert!((16..64).contains(&held), "held {held} MiB: {bomb}");
     // Ten requests at once, paid to the gate one token at a time.
     assert_eq!(flood["state"], "succeeded", "{flood}");

@@ -971,7 +971,7 @@ async fn a_thousand_plugin_attempts_wait_on_http_at_once() {
 }
 
 /// The most a memory-bomb attempt said it held before it ran out.
-fn held_mib(attempt: &Value) -> u64 {
+pub(crate) fn held_mib(attempt: &Value) -> u64 {
     logs(attempt)
         .lines()
         .filter_map(|l| l.strip_prefix("info: holding "))
