@@ -103,7 +103,7 @@ impl Derived {
     /// tables should hold.
     pub(super) fn add(&mut self, key: u64, bytes: &[u8], found: &mut Findings) {
         found.tasks += 1;
-        let task: TaskRecord = match decode("tasks", bytes) {
+        let task: TaskRecord = match decode_task(bytes) {
             Ok(t) => t,
             Err(e) => {
                 found.problem(format!("task {}: {e}", key));

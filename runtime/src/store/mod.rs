@@ -7,6 +7,7 @@
 
 mod backup;
 mod check;
+mod compact;
 mod postgres;
 mod read;
 pub mod records;
@@ -35,9 +36,11 @@ pub use records::{
 };
 
 /// 2 added `due_minutes` and `finished`; 3 added the plugin tables; 4 added
-/// `lineage`; 5 added `pending_keyed` and `coalesce`. Older files are brought up to date on
-/// open.
-pub const SCHEMA_VERSION: u64 = 5;
+/// `lineage`; 5 added `pending_keyed` and `coalesce`; 6 writes task records
+/// in the binary encoding (`compact.rs`; JSON ones still read, so an older
+/// file needs no rewrite, but an older build cannot read a newer file). Older
+/// files are brought up to date on open.
+pub const SCHEMA_VERSION: u64 = 6;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GATES: TableDefinition<&str, &[u8]> = TableDefinition::new("gates");
@@ -146,6 +149,23 @@ fn finished_ids(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
         .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
 }
 
+/// A task record in either encoding: binary (written since schema 6) or
+/// JSON (before).
+fn decode_task(bytes: &[u8]) -> Result<TaskRecord> {
+    if compact::is_compact(bytes) {
+        compact::decode_task(bytes).map_err(|detail| StoreError::Corrupt {
+            table: "tasks",
+            detail,
+        })
+    } else {
+        decode("tasks", bytes)
+    }
+}
+
+fn encode_task(task: &TaskRecord) -> Vec<u8> {
+    compact::encode_task(task)
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records always serialize")
 }
@@ -204,7 +224,7 @@ impl Store {
                 }
                 // The plugin, lineage and keyed tables are created empty by
                 // opening them; tasks without a `root` are their own.
-                Some(2..=4) => {
+                Some(2..=5) => {
                     tx.meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}

@@ -144,10 +144,7 @@ impl Reads for Reader {
 
     fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
         let table = self.txn.open_table(TASKS)?;
-        table
-            .get(id)?
-            .map(|v| decode("tasks", v.value()))
-            .transpose()
+        table.get(id)?.map(|v| decode_task(v.value())).transpose()
     }
 
     fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRecord>> {
@@ -300,11 +297,7 @@ impl Reads for Reader {
             let id = id?;
             scanned += 1;
             let last = Some(id);
-            let Some(task) = tasks
-                .get(id)?
-                .map(|v| decode::<TaskRecord>("tasks", v.value()))
-                .transpose()?
-            else {
+            let Some(task) = tasks.get(id)?.map(|v| decode_task(v.value())).transpose()? else {
                 continue;
             };
             if filter.matches(&task) {

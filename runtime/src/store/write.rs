@@ -70,7 +70,7 @@ impl Tx<'_> {
     pub(super) fn index_finished(&mut self) -> Result<()> {
         for entry in self.tasks.iter()? {
             let (_, bytes) = entry?;
-            let task: TaskRecord = decode("tasks", bytes.value())?;
+            let task: TaskRecord = decode_task(bytes.value())?;
             if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
                 self.finished_ids.push((at, task.id));
             }
@@ -159,12 +159,12 @@ impl Writes for Tx<'_> {
     fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
         self.tasks
             .get(id)?
-            .map(|v| decode("tasks", v.value()))
+            .map(|v| decode_task(v.value()))
             .transpose()
     }
 
     fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
-        self.tasks.insert(task.id, encode(task).as_slice())?;
+        self.tasks.insert(task.id, encode_task(task).as_slice())?;
         if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
             self.finished_ids.push((at, task.id));
         }

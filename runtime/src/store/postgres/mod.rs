@@ -84,9 +84,10 @@ INSERT INTO ownership VALUES ('gates', NULL, 0, '-infinity') ON CONFLICT DO NOTH
 ";
 
 /// The PostgreSQL schema version this build writes. 2 added `nodes` and
-/// `ownership` (the cluster), 3 `pending_keyed` and `coalesce`; older schemas are upgraded
-/// in place.
-pub const PG_SCHEMA_VERSION: u64 = 3;
+/// `ownership` (the cluster), 3 `pending_keyed` and `coalesce`, 4 writes task
+/// records in the binary encoding (JSON ones still read); older schemas are
+/// upgraded in place.
+pub const PG_SCHEMA_VERSION: u64 = 4;
 
 /// A transaction left idle this long (its node paused, or cut off from
 /// the database) is ended by PostgreSQL, so the locks it holds (the share
@@ -510,6 +511,18 @@ fn record<T: serde::de::DeserializeOwned>(
     row: Option<Row>,
 ) -> Result<Option<T>> {
     row.map(|row| decode(table, row.get::<_, &[u8]>(0)))
+        .transpose()
+}
+
+/// Task records come in their own encoding (`compact.rs`).
+fn task_records(rows: Vec<Row>) -> Result<Vec<TaskRecord>> {
+    rows.iter()
+        .map(|row| decode_task(row.get::<_, &[u8]>(0)))
+        .collect()
+}
+
+fn task_record(row: Option<Row>) -> Result<Option<TaskRecord>> {
+    row.map(|row| decode_task(row.get::<_, &[u8]>(0)))
         .transpose()
 }
 

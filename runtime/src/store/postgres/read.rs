@@ -91,14 +91,11 @@ impl Reads for PgReader {
     }
 
     fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
-        record(
-            "tasks",
-            one(
-                self.client()?,
-                "SELECT record FROM tasks WHERE id = $1",
-                &[&big(id)],
-            )?,
-        )
+        task_record(one(
+            self.client()?,
+            "SELECT record FROM tasks WHERE id = $1",
+            &[&big(id)],
+        )?)
     }
 
     fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRecord>> {
@@ -225,7 +222,7 @@ impl Reads for PgReader {
                 let id: i64 = row.get(0);
                 below = id;
                 scanned += 1;
-                let task: TaskRecord = decode("tasks", row.get::<_, &[u8]>(1))?;
+                let task: TaskRecord = decode_task(row.get::<_, &[u8]>(1))?;
                 if filter.matches(&task) {
                     out.push(task);
                     if out.len() >= limit {

@@ -200,32 +200,26 @@ impl Writes for PgTx<'_> {
     }
 
     fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
-        record(
-            "tasks",
-            one(
-                self.read()?,
-                "SELECT record FROM tasks WHERE id = $1",
-                &[&big(id)],
-            )?,
-        )
+        task_record(one(
+            self.read()?,
+            "SELECT record FROM tasks WHERE id = $1",
+            &[&big(id)],
+        )?)
     }
 
     fn tasks(&self, ids: &[u64]) -> Result<Vec<TaskRecord>> {
         let ids: Vec<i64> = ids.iter().map(|&id| big(id)).collect();
-        records(
-            "tasks",
-            rows(
-                self.read()?,
-                "SELECT record FROM tasks WHERE id = ANY($1)",
-                &[&ids],
-            )?,
-        )
+        task_records(rows(
+            self.read()?,
+            "SELECT record FROM tasks WHERE id = ANY($1)",
+            &[&ids],
+        )?)
     }
 
     fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
         self.send(
             "INSERT INTO tasks VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-            vec![Box::new(big(task.id)), Box::new(encode(task))],
+            vec![Box::new(big(task.id)), Box::new(encode_task(task))],
         );
         if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
             self.send(
