@@ -3,8 +3,13 @@
 //! simulated endpoint that fails, throttles with `Retry-After`, slows down and
 //! goes down for long stretches, while the server crashes and restarts.
 //!
-//! After every turn it checks the gate invariant (every window, including the
-//! ramp after each restart) and the concurrency cap; at the end, that no
+//! Each turn's releases go through the engine's pacer (`Engine::release`)
+//! with a commit that is sometimes done late, and a third of the tasks are
+//! plugin runs whose requests ask the engine for permits, some ending their
+//! attempt while requests still wait or are still out. After every turn it
+//! checks the gate invariant over the paced release times of attempts and
+//! requests together (every window, including the ramp after each restart)
+//! and the concurrency cap; at the end, that no
 //! acknowledged task was lost, that no schedule occurrence ran twice or
 //! overlapped another, that the misfire policies held, and that the circuit
 //! kept a dead endpoint nearly untouched.
@@ -21,9 +26,9 @@ use sluice::core::schedule::Misfire;
 use sluice::core::{
     Backoff, CircuitPolicy, Outcome, Rate, Recovery, RetryPolicy, TaskId, Timestamp, Tuning,
 };
-use sluice::model::{GateSpec, NewTask, ScheduleSpec, Target, Webhook};
-use sluice::shell::{Callback, Command, Engine};
-use sluice::store::{Reads, Store, TaskState};
+use sluice::model::{GateSpec, NewTask, PluginCall, ScheduleSpec, Target, Webhook};
+use sluice::shell::{Callback, Command, Engine, Released};
+use sluice::store::{PluginRecord, Reads, Store, TaskState};
 use tokio::sync::oneshot;
 
 const GATES: usize = 3;
@@ -66,6 +71,34 @@ enum LeaseAction {
     Heartbeat,
 }
 
+/// A plugin attempt at work: its requests ask for permits one by one.
+#[derive(Clone, Debug)]
+struct Run {
+    gate: usize,
+    attempt: u32,
+    /// Requests asked for and not yet let out.
+    waiting: u32,
+    /// Requests let out and not yet answered.
+    out: u32,
+    /// The attempt ends as soon as its requests are asked for, whatever
+    /// becomes of them (a plugin that gives up, or one that times out).
+    abandon: bool,
+    /// The engine has the attempt's report.
+    reported: bool,
+    /// The report is on its way.
+    ending: bool,
+}
+
+#[derive(Clone, Debug)]
+enum PluginEvent {
+    /// The plugin, released, asks for `count` requests.
+    Asks { task: TaskId, count: u32 },
+    /// One of its requests is answered.
+    Answered { task: TaskId, throttled: bool },
+    /// Its attempt ends.
+    Ends { task: TaskId },
+}
+
 struct World {
     seed: u64,
     rng: Rng,
@@ -95,10 +128,24 @@ struct World {
     /// Per gate: attempts that hit the endpoint while it was down.
     dead_hits: Vec<u64>,
     turns: u64,
+    /// Plugin attempts at work, by task.
+    runs: BTreeMap<TaskId, Run>,
+    /// What the plugins do next, by when.
+    plugin_events: BTreeMap<(u64, u64), PluginEvent>,
+    /// Plugin requests let out, per gate.
+    requests: Vec<u64>,
+    /// Turns whose commit was done late.
+    late_commits: u64,
 }
 
 fn url(gate: usize) -> String {
     format!("http://127.0.0.1:9/g{gate}")
+}
+
+/// When a release `after` the commit done at `done` leaves, in whole
+/// milliseconds rounded up (the window check allows that millisecond).
+fn leaves(done: Timestamp, after: Duration) -> u64 {
+    done.as_ms() + after.as_micros().div_ceil(1_000) as u64
 }
 
 fn gate_index(plan: &Plan) -> usize {
@@ -149,7 +196,34 @@ impl World {
             occurrence_of: BTreeMap::new(),
             dead_hits: vec![0; GATES],
             turns: 0,
+            runs: BTreeMap::new(),
+            plugin_events: BTreeMap::new(),
+            requests: vec![0; GATES],
+            late_commits: 0,
         };
+        let (tx, rx) = oneshot::channel();
+        w.turn(
+            vec![Command::PutPlugin {
+                upload: Box::new(sluice::shell::plugins::Upload {
+                    record: PluginRecord {
+                        name: "sim".into(),
+                        version: "1.0.0".into(),
+                        size: 1,
+                        sha256: "00".into(),
+                        uploaded_at: 0,
+                        imports: Vec::new(),
+                        unfinished: 0,
+                        memory_mib: None,
+                    },
+                    wasm: vec![0],
+                    artifact: vec![0],
+                    engine: 0,
+                }),
+                reply: tx,
+            }],
+            Vec::new(),
+        );
+        rx.blocking_recv().expect("reply").expect("plugin stored");
         for g in 0..GATES {
             let c = w.gates[g];
             let spec = GateSpec {
@@ -244,15 +318,25 @@ impl World {
     }
 
     fn new_task(&self, gate: usize, due: Timestamp) -> NewTask {
+        // A third of the tasks (none of the schedules' templates) run a plugin.
+        let plugin = due.as_ms() != 0 && (due.as_ms() / 7).is_multiple_of(3);
         NewTask {
             gate: format!("g{gate}"),
-            target: Target::Webhook(Webhook {
-                url: url(gate),
-                method: "POST".into(),
-                headers: BTreeMap::new(),
-                body: None,
-                secret_headers: Default::default(),
-            }),
+            target: if plugin {
+                Target::Plugin(PluginCall {
+                    name: "sim".into(),
+                    version: "1.0.0".into(),
+                    input: serde_json::Value::Null,
+                })
+            } else {
+                Target::Webhook(Webhook {
+                    url: url(gate),
+                    method: "POST".into(),
+                    headers: BTreeMap::new(),
+                    body: None,
+                    secret_headers: Default::default(),
+                })
+            },
             due,
             max_attempts: None,
             timeout: None,
@@ -284,10 +368,203 @@ impl World {
             .turn(now, commands, reports)
             .expect("turn commits");
         self.turns += 1;
-        for plan in plans {
-            self.start(plan);
+        // Most commits are done within the millisecond; some take long
+        // enough that slot times pass while they run.
+        let late = match self.rng.below(10) {
+            0..=6 => 0,
+            7 | 8 => self.rng.below(5),
+            _ => self.rng.below(60),
+        };
+        self.late_commits += u64::from(late > 0);
+        let done = Timestamp(now.as_ms() + late);
+        let Released { attempts, grants } = self.engine().release(done, plans);
+        for (after, plan) in attempts {
+            let at = leaves(done, after);
+            assert!(
+                at >= plan.release_at.as_ms(),
+                "seed {}: released before its slot time",
+                self.seed
+            );
+            self.start(plan, at);
+        }
+        for (after, grant) in grants {
+            let at = leaves(done, after);
+            self.grant(grant, at);
         }
         self.check_gates();
+    }
+
+    /// Starts of attempts and requests, per gate, in order.
+    fn started(&mut self, g: usize, at: u64) {
+        let pos = self.starts[g].partition_point(|&t| t <= at);
+        self.starts[g].insert(pos, at);
+    }
+
+    /// Slots a gate's plugin runs hold: an attempt its own until the engine
+    /// has its report, and each request out one (the first in the
+    /// attempt's).
+    fn plugin_slots(&self, g: usize) -> u32 {
+        self.runs
+            .values()
+            .filter(|r| r.gate == g)
+            .map(|r| if r.reported { r.out } else { r.out.max(1) })
+            .sum()
+    }
+
+    /// A plugin request let out at `at`.
+    fn grant(&mut self, grant: sluice::shell::Grant, at: u64) {
+        let seed = self.seed;
+        assert!(
+            at >= self.now.as_ms(),
+            "seed {seed}: a request let out in the past"
+        );
+        let run = self
+            .runs
+            .get_mut(&grant.task)
+            .unwrap_or_else(|| panic!("seed {seed}: a permit for no plugin run"));
+        assert_eq!(
+            run.attempt, grant.attempt,
+            "seed {seed}: a permit for another attempt"
+        );
+        assert!(
+            !run.reported,
+            "seed {seed}: a permit for an attempt that ended"
+        );
+        assert!(run.waiting > 0, "seed {seed}: a permit nobody asked for");
+        run.waiting -= 1;
+        run.out += 1;
+        let g = run.gate;
+        self.requests[g] += 1;
+        self.started(g, at);
+        let latency = 1 + self.rng.below(300);
+        let throttled = self.down(g, at) || self.rng.below(20) == 0;
+        self.seq += 1;
+        self.plugin_events.insert(
+            (at + latency, self.seq),
+            PluginEvent::Answered {
+                task: grant.task,
+                throttled,
+            },
+        );
+        self.check_slots(g, at);
+    }
+
+    /// A lease holds a slot once its 202 has reached the engine (until then
+    /// the attempt is counted as in flight).
+    fn check_slots(&self, g: usize, now: u64) {
+        let held = self
+            .leased
+            .values()
+            .filter(|l| {
+                l.gate == g
+                    && l.until > now
+                    && !self.in_flight.values().any(|(_, r)| r.task == l.task)
+            })
+            .count() as u32;
+        let in_flight = self
+            .in_flight
+            .values()
+            .filter(|(gate, _)| *gate == g)
+            .count() as u32
+            + held
+            + self.plugin_slots(g);
+        assert!(
+            in_flight <= self.gates[g].concurrency,
+            "seed {}: gate g{g} has {in_flight} in flight, cap {}",
+            self.seed,
+            self.gates[g].concurrency
+        );
+    }
+
+    /// What a plugin does at its time: asks, is answered, ends.
+    fn plugin_event(&mut self, event: PluginEvent, reports: &mut Vec<Report>) {
+        let now = self.now;
+        let task = match event {
+            PluginEvent::Asks { task, .. }
+            | PluginEvent::Answered { task, .. }
+            | PluginEvent::Ends { task } => task,
+        };
+        match event {
+            PluginEvent::Asks { count, .. } => {
+                let Some(run) = self.runs.get(&task) else {
+                    return;
+                };
+                let attempt = run.attempt;
+                for ask in 0..u64::from(count) {
+                    let asked = self.engine().ask(now, task, attempt, ask);
+                    assert!(
+                        asked,
+                        "seed {}: a running attempt's request refused",
+                        self.seed
+                    );
+                }
+                if let Some(run) = self.runs.get_mut(&task) {
+                    run.waiting += count;
+                    if run.abandon {
+                        let end = now.as_ms() + self.rng.below(200);
+                        self.seq += 1;
+                        self.plugin_events
+                            .insert((end, self.seq), PluginEvent::Ends { task });
+                        run.ending = true;
+                    }
+                }
+            }
+            PluginEvent::Answered { throttled, .. } => {
+                let Some(run) = self.runs.get_mut(&task) else {
+                    return;
+                };
+                run.out -= 1;
+                let attempt = run.attempt;
+                let signal = if throttled {
+                    sluice::core::Signal::Throttled { retry_after: None }
+                } else {
+                    sluice::core::Signal::Healthy
+                };
+                self.engine().request_ended(
+                    now,
+                    task,
+                    attempt,
+                    signal,
+                    Some((Duration::from_millis(5), None)),
+                );
+            }
+            PluginEvent::Ends { .. } => {
+                let Some(run) = self.runs.get_mut(&task) else {
+                    return;
+                };
+                run.reported = true;
+                reports.push(Report {
+                    task,
+                    attempt: run.attempt,
+                    outcome: Outcome::Succeeded,
+                    ended_at: now,
+                    status: None,
+                    latency_ms: 1,
+                    error: None,
+                    timed_out: false,
+                    response: None,
+                    lease: None,
+                    quota: None,
+                    logs: Vec::new(),
+                    next: Vec::new(),
+                });
+            }
+        }
+        // A run that asked for everything and had it answered ends; one
+        // whose attempt ended is forgotten once its last request is back.
+        let Some(run) = self.runs.get_mut(&task) else {
+            return;
+        };
+        if run.reported && run.out == 0 {
+            self.runs.remove(&task);
+        } else if !run.ending && run.waiting == 0 && run.out == 0 {
+            run.ending = true;
+            self.seq += 1;
+            self.plugin_events.insert(
+                (now.as_ms() + self.rng.below(3), self.seq),
+                PluginEvent::Ends { task },
+            );
+        }
     }
 
     fn down(&self, gate: usize, at: u64) -> bool {
@@ -297,14 +574,36 @@ impl World {
     }
 
     /// The simulated endpoint decides how the attempt ends, and when.
-    fn start(&mut self, plan: Plan) {
+    fn start(&mut self, plan: Plan, now: u64) {
         let g = gate_index(&plan);
-        // The attempt leaves at its slot time (the turn's `now`, or a little
-        // after when admitted ahead of its token).
-        let now = plan.release_at.as_ms();
+        // The attempt leaves at `now`: its slot time (the turn's `now`, or a
+        // little after when admitted ahead of its token), or later when the
+        // pacer holds it back after a late commit.
         assert!(now >= self.now.as_ms(), "released in the past");
-        let pos = self.starts[g].partition_point(|&t| t <= now);
-        self.starts[g].insert(pos, now);
+        self.started(g, now);
+        if matches!(plan.action, sluice::attempt::Action::Plugin(_)) {
+            let run = Run {
+                gate: g,
+                attempt: plan.attempt,
+                waiting: 0,
+                out: 0,
+                abandon: self.rng.below(4) == 0,
+                reported: false,
+                ending: false,
+            };
+            self.runs.insert(plan.task, run);
+            let count = 1 + self.rng.below(4) as u32;
+            self.seq += 1;
+            self.plugin_events.insert(
+                (now + self.rng.below(5), self.seq),
+                PluginEvent::Asks {
+                    task: plan.task,
+                    count,
+                },
+            );
+            self.check_slots(g, now);
+            return;
+        }
         if let Some(schedule) = &plan.schedule {
             // One occurrence at a time: no other occurrence of this schedule may
             // be at the endpoint now.
@@ -385,29 +684,7 @@ impl World {
         self.seq += 1;
         self.in_flight
             .insert((now + latency, self.seq), (g, report));
-        // A lease holds a slot once its 202 has reached the engine (until then the
-        // attempt is counted as in flight).
-        let held = self
-            .leased
-            .values()
-            .filter(|l| {
-                l.gate == g
-                    && l.until > now
-                    && !self.in_flight.values().any(|(_, r)| r.task == l.task)
-            })
-            .count() as u32;
-        let in_flight = self
-            .in_flight
-            .values()
-            .filter(|(gate, _)| *gate == g)
-            .count() as u32
-            + held;
-        assert!(
-            in_flight <= self.gates[g].concurrency,
-            "seed {}: gate g{g} has {in_flight} in flight, cap {}",
-            self.seed,
-            self.gates[g].concurrency
-        );
+        self.check_slots(g, now);
     }
 
     /// Jumps to the next event and runs a turn with whatever ended by then.
@@ -415,6 +692,7 @@ impl World {
         let next_end = [
             self.in_flight.keys().next().map(|k| k.0),
             self.leased.keys().next().map(|k| k.0),
+            self.plugin_events.keys().next().map(|k| k.0),
         ]
         .into_iter()
         .flatten()
@@ -435,6 +713,13 @@ impl World {
                 break;
             }
             reports.push(entry.remove().1);
+        }
+        while let Some(entry) = self.plugin_events.first_entry() {
+            if entry.key().0 > self.now.as_ms() {
+                break;
+            }
+            let event = entry.remove();
+            self.plugin_event(event, &mut reports);
         }
         let mut commands = Vec::new();
         let mut replies = Vec::new();
@@ -527,6 +812,9 @@ impl World {
             .collect();
         self.leased.retain(|_, l| !tokens.contains(&l.token));
         self.in_flight.clear();
+        // Plugin runs die with the process too.
+        self.runs.clear();
+        self.plugin_events.clear();
         self.now = Timestamp(self.now.as_ms() + self.rng.below(120_000));
         let engine = Engine::boot(
             self.store.clone(),
@@ -638,7 +926,9 @@ fn simulate(seed: u64, minutes: u64, busy: u64) -> World {
         o.until = o.until.min(healed);
     }
     for round in 0..1_000_000u64 {
-        let idle = w.in_flight.is_empty() && w.engine().poll_timeout().is_none();
+        let idle = w.in_flight.is_empty()
+            && w.plugin_events.is_empty()
+            && w.engine().poll_timeout().is_none();
         if round % 500 != 0 && !idle {
             let limit = w.now.as_ms() + 60_000;
             w.advance(limit);
@@ -816,13 +1106,22 @@ fn simulation_hours() {
         std::panic::resume_unwind(e);
     }
     let w = result.unwrap_or_else(|_| unreachable!());
+    let requests: u64 = w.requests.iter().sum();
     eprintln!(
-        "simulated 3 h: {} turns, {} tasks, {} restarts, {} lease reports ({} too late) in {:?}",
+        "simulated 3 h: {} turns ({} committed late), {} tasks, {requests} plugin requests, {} restarts, {} lease reports ({} too late) in {:?}",
         w.turns,
+        w.late_commits,
         w.acked.len(),
         w.boots.len(),
         w.lease_reports.0,
         w.lease_reports.1,
         started.elapsed()
+    );
+    // The paths this simulation exists for were taken.
+    assert!(requests > 100, "seed {seed}: {requests} plugin requests");
+    assert!(
+        w.late_commits > 100,
+        "seed {seed}: {} late commits",
+        w.late_commits
     );
 }

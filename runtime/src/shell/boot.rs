@@ -38,6 +38,8 @@ impl Engine {
             plugins: BTreeMap::new(),
             max_descendants: DEFAULT_MAX_DESCENDANTS,
             next_reader: no_next_reader,
+            pacers: HashMap::new(),
+            waiting: HashMap::new(),
         };
         store.write(|tx| {
             driver.last_task_id = tx.last_task_id()?.unwrap_or(0);

@@ -37,6 +37,7 @@ mod effects;
 mod handle;
 mod leases;
 pub mod plugins;
+mod release;
 mod runner;
 mod schedules;
 pub mod stats;
@@ -47,6 +48,7 @@ use commands::queued_of;
 use handle::Reply;
 pub use handle::{Command, Handle};
 pub use leases::Callback;
+pub use release::{Grant, Released};
 
 /// Why the shell refused a command. The API maps each to its HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -328,7 +330,6 @@ pub fn spawn_linked(
                     runtime,
                     reports: reports_tx,
                     grace: options.grace,
-                    pacers: HashMap::new(),
                     retention: options.retention,
                     plugins: options.plugins.clone(),
                     asks: HashMap::new(),
@@ -363,9 +364,6 @@ struct Runner {
     runtime: tokio::runtime::Handle,
     reports: mpsc::UnboundedSender<Report>,
     grace: Duration,
-    /// Per gate, release tokens (negative: releases reserved ahead) and when
-    /// they were counted; see `release_at`.
-    pacers: HashMap<u32, (f64, std::time::Instant)>,
     retention: Duration,
     plugins: Option<Arc<plugin::Host>>,
     /// Plugin requests waiting for their gate, by task: (ask, attempt, reply).
@@ -399,6 +397,10 @@ pub struct Engine {
     /// Most tasks one root's `next` chains may create.
     max_descendants: u32,
     next_reader: NextReader,
+    /// Per gate, the release pacer (see `release.rs`).
+    pacers: HashMap<u32, release::Pacer>,
+    /// Plugin requests waiting for their gate, by task: (attempt, ask).
+    waiting: HashMap<TaskId, Vec<(u32, u64)>>,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so

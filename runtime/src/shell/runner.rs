@@ -1,5 +1,5 @@
-//! `Runner`, the async loop around the engine: channels, timers, the release
-//! pacer, plugin permits, retention.
+//! `Runner`, the async loop around the engine: channels, timers, sleeping
+//! until each release, answering plugin requests, retention.
 
 use super::*;
 
@@ -80,7 +80,6 @@ impl Runner {
                 .engine
                 .turn(clock::now(), batch_commands, batch_reports)?;
             self.release(plans);
-            self.grant();
             if grace_until.is_some() && self.engine.running() == 0 {
                 tracing::info!("all attempts settled; driver stopped");
                 return Ok(());
@@ -88,55 +87,21 @@ impl Runner {
         }
     }
 
-    /// When an admitted attempt (or a plugin request) may leave: not before
-    /// its slot time `at`, chosen by the core ahead of the commit, and not
-    /// before a second bucket on the real clock, at the gate's rate and burst,
-    /// has a token. The slot times conform to the gate, so when the commit is
-    /// done in time the second bucket never holds a release back; when a
-    /// commit runs late, it keeps the releases that were waiting for it from
-    /// bunching at the endpoint. It only ever delays: what may start at all is
-    /// the core's decision.
-    pub(super) fn release_at(
-        &mut self,
-        now: std::time::Instant,
-        wall: Timestamp,
-        gate: GateId,
-        at: Timestamp,
-    ) -> std::time::Instant {
-        let due = now + at.since(wall);
-        let Some((rate, burst)) = self.engine.core.pace(wall, gate) else {
-            return due;
-        };
-        // A hair under the gate's rate, so a millisecond or two of jitter between
-        // here and the endpoint cannot push a window over the bound.
-        let rate = (rate * PACER_MARGIN).max(1e-6);
-        let cap = f64::from(burst.max(1));
-        let pacer = self.pacers.entry(gate.0).or_insert((cap, due));
-        if due > pacer.1 {
-            pacer.0 = (pacer.0 + rate * due.duration_since(pacer.1).as_secs_f64()).min(cap);
-            pacer.1 = due;
-        }
-        pacer.0 -= 1.0;
-        if pacer.0 >= 0.0 {
-            due
-        } else {
-            pacer.1 + Duration::from_secs_f64((-pacer.0 / rate).min(3_600.0))
-        }
-    }
-
-    /// Starts the attempts of a committed turn on the runtime.
+    /// Starts the attempts of a committed turn and answers the plugin
+    /// requests its gates allowed, each when the engine's pacer says.
     pub(super) fn release(&mut self, plans: Vec<Plan>) {
         let released = clock::instant();
-        let wall = clock::now();
-        for plan in plans {
-            let release = self.release_at(released, wall, plan.gate_id, plan.release_at);
+        let done = clock::now();
+        let Released { attempts, grants } = self.engine.release(done, plans);
+        for (after, plan) in attempts {
+            let release = released + after;
             let dispatcher = self.dispatcher.clone();
             let reports = self.reports.clone();
             let plugins = matches!(plan.action, Action::Plugin(_)).then(|| self.plugins.clone());
             let permits = self.permits.clone();
             let deadline = self.deadline.clone();
             self.runtime.spawn(async move {
-                if release > released {
+                if !after.is_zero() {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
                 }
                 if deadline.as_ref().is_some_and(|d| !d.valid()) {
@@ -164,80 +129,24 @@ impl Runner {
                 let _ = reports.send(report);
             });
         }
-    }
-
-    /// Takes a message of a plugin's request into the core.
-    pub(super) fn permit_message(&mut self, message: PermitMessage) {
-        let now = clock::now();
-        match message {
-            PermitMessage::Ask {
-                task,
-                attempt,
-                ask,
-                reply,
-            } => {
-                self.asks
-                    .entry(task)
-                    .or_default()
-                    .push((ask, attempt, reply));
-                self.engine
-                    .core
-                    .handle_input(now, Input::Ask { task, attempt, ask });
-            }
-            PermitMessage::Ended {
-                task,
-                attempt,
-                signal,
-                answered,
-            } => {
-                if let Some((latency, quota)) = answered {
-                    let answered = Input::Answered {
-                        task,
-                        attempt,
-                        latency,
-                        quota,
-                    };
-                    self.engine.core.handle_input(now, answered);
-                }
-                let ended = Input::RequestEnded {
-                    task,
-                    attempt,
-                    signal,
-                };
-                self.engine.core.handle_input(now, ended);
-            }
-        }
-    }
-
-    /// Answers the plugin requests the gates allowed in this turn, spaced on the
-    /// real clock like attempt releases. A permit nobody waits for any more is
-    /// handed back at once.
-    pub(super) fn grant(&mut self) {
-        let released = clock::instant();
-        let wall = clock::now();
-        while let Some(permit) = self.engine.core.poll_permit() {
-            let (task, attempt, ask) = (permit.task, permit.attempt, permit.ask);
+        for (after, grant) in grants {
+            let Grant { task, attempt, ask } = grant;
             let waiter = self.asks.get_mut(&task).and_then(|waiting| {
                 let i = waiting.iter().position(|w| w.0 == ask && w.1 == attempt)?;
                 Some(waiting.swap_remove(i))
             });
-            let Some((_, _, reply)) = waiter else {
-                // The attempt ended while its request waited: nothing will be
-                // sent, so the slot the permit took is free again.
-                self.engine.core.handle_input(
-                    wall,
-                    Input::RequestEnded {
-                        task,
-                        attempt,
-                        signal: crate::core::Signal::Neutral,
-                    },
-                );
-                continue;
-            };
             if self.asks.get(&task).is_some_and(Vec::is_empty) {
                 self.asks.remove(&task);
             }
-            let release = self.release_at(released, wall, permit.gate, permit.at);
+            let Some((_, _, reply)) = waiter else {
+                // The engine and this map forget a task's requests together
+                // (at its report), so this does not happen; if it did, the
+                // slot goes back.
+                let neutral = crate::core::Signal::Neutral;
+                self.engine
+                    .request_ended(done, task, attempt, neutral, None);
+                continue;
+            };
             let permits = self.permits.clone();
             let deadline = self.deadline.clone();
             let answer = move || {
@@ -254,14 +163,45 @@ impl Runner {
                     });
                 }
             };
-            if release > released {
+            if after.is_zero() {
+                answer();
+            } else {
+                let release = released + after;
                 self.runtime.spawn(async move {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
                     answer();
                 });
-            } else {
-                answer();
             }
+        }
+    }
+
+    /// Takes a message of a plugin's request to the engine.
+    pub(super) fn permit_message(&mut self, message: PermitMessage) {
+        let now = clock::now();
+        match message {
+            PermitMessage::Ask {
+                task,
+                attempt,
+                ask,
+                reply,
+            } => {
+                // A request refused (dropping its reply) once the attempt's
+                // report is in: the plugin has stopped listening anyway.
+                if self.engine.ask(now, task, attempt, ask) {
+                    self.asks
+                        .entry(task)
+                        .or_default()
+                        .push((ask, attempt, reply));
+                }
+            }
+            PermitMessage::Ended {
+                task,
+                attempt,
+                signal,
+                answered,
+            } => self
+                .engine
+                .request_ended(now, task, attempt, signal, answered),
         }
     }
 }

@@ -13,6 +13,10 @@ impl Engine {
         commands: Vec<Command>,
         reports: Vec<Report>,
     ) -> Result<Vec<Plan>, StoreError> {
+        for report in &reports {
+            // Whatever the attempt still waited for, it waits no more.
+            self.forget_asks(report.task);
+        }
         // A timer that starts nothing (a rate-limited wake, say) needs no commit.
         if commands.is_empty() && reports.is_empty() {
             if !self.shutting_down {

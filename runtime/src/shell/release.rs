@@ -1,0 +1,152 @@
+//! What leaves, and when: the release pacer and the plugin permit path.
+//!
+//! Both are decisions, so they live in the engine beside the core and take
+//! their time as an argument; the runner only sleeps until the instants
+//! chosen here and answers the waiting requests. The simulation drives this
+//! code the same way, with a commit that runs late as often as it likes.
+
+use super::*;
+
+/// A plugin request the gate let out: its waiter is answered at its release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub ask: u64,
+}
+
+/// What a turn let out, each with how long after `done` (the instant passed
+/// to [`Engine::release`]) it leaves.
+#[derive(Debug, Default)]
+pub struct Released {
+    pub attempts: Vec<(Duration, Plan)>,
+    pub grants: Vec<(Duration, Grant)>,
+}
+
+/// A gate's release pacer: tokens (negative: releases reserved ahead) as of
+/// `at` (ms since the epoch, fractional).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pacer {
+    tokens: f64,
+    at: f64,
+}
+
+impl Engine {
+    /// The plugin running attempt `attempt` of `task` asks to send request
+    /// `ask`; the gate answers it through a later [`Released::grants`].
+    /// False (refused) when the task's attempt is no longer running: its
+    /// report came first.
+    pub fn ask(&mut self, now: Timestamp, task: TaskId, attempt: u32, ask: u64) -> bool {
+        if !self.core.is_running(task) {
+            return false;
+        }
+        self.waiting.entry(task).or_default().push((attempt, ask));
+        self.core
+            .handle_input(now, Input::Ask { task, attempt, ask });
+        true
+    }
+
+    /// A request that had its permit is over; `answered` is how long the
+    /// endpoint took and the quota it stated, when it answered.
+    pub fn request_ended(
+        &mut self,
+        now: Timestamp,
+        task: TaskId,
+        attempt: u32,
+        signal: crate::core::Signal,
+        answered: Option<(Duration, Option<crate::core::Quota>)>,
+    ) {
+        if let Some((latency, quota)) = answered {
+            let answered = Input::Answered {
+                task,
+                attempt,
+                latency,
+                quota,
+            };
+            self.core.handle_input(now, answered);
+        }
+        let ended = Input::RequestEnded {
+            task,
+            attempt,
+            signal,
+        };
+        self.core.handle_input(now, ended);
+    }
+
+    /// The attempts of a committed turn and the plugin requests the gates
+    /// allowed, each with its release: not before its slot time (which the
+    /// core chose, ahead of the commit), and not before a second bucket at
+    /// the gate's rate and burst, counted from `done` (when the commit was
+    /// done), has a token. The slot times conform to the gate, so when the
+    /// commit is done in time the pacer never holds a release back; when a
+    /// commit runs late, it keeps the releases that waited for it from
+    /// bunching at the endpoint. It only ever delays: what may start at all
+    /// is the core's decision.
+    ///
+    /// A permit whose request nobody waits for any more (its attempt
+    /// ended) is handed back at once.
+    pub fn release(&mut self, done: Timestamp, plans: Vec<Plan>) -> Released {
+        let mut released = Released::default();
+        for plan in plans {
+            let after = self.pace(done, plan.gate_id, plan.release_at);
+            released.attempts.push((after, plan));
+        }
+        while let Some(permit) = self.core.poll_permit() {
+            let (task, attempt, ask) = (permit.task, permit.attempt, permit.ask);
+            let waiting = self.waiting.get_mut(&task).and_then(|waiting| {
+                let i = waiting.iter().position(|&w| w == (attempt, ask))?;
+                waiting.swap_remove(i);
+                Some(waiting.is_empty())
+            });
+            match waiting {
+                None => {
+                    // The attempt ended while its request waited: nothing
+                    // will be sent, so the slot the permit took is free again.
+                    let neutral = crate::core::Signal::Neutral;
+                    self.request_ended(done, task, attempt, neutral, None);
+                    continue;
+                }
+                Some(true) => {
+                    self.waiting.remove(&task);
+                }
+                Some(false) => {}
+            }
+            let after = self.pace(done, permit.gate, permit.at);
+            released.grants.push((after, Grant { task, attempt, ask }));
+        }
+        released
+    }
+
+    /// Forgets the requests of `task` still waiting: its attempt ended.
+    pub(super) fn forget_asks(&mut self, task: TaskId) {
+        self.waiting.remove(&task);
+    }
+
+    /// How long after `done` a release with slot time `at` in `gate` leaves.
+    fn pace(&mut self, done: Timestamp, gate: GateId, at: Timestamp) -> Duration {
+        let base = done.as_ms() as f64;
+        let due = at.as_ms().max(done.as_ms()) as f64;
+        let Some((rate, burst)) = self.core.pace(done, gate) else {
+            return at.since(done);
+        };
+        // A hair under the gate's rate (per ms), so a millisecond of jitter
+        // between here and the endpoint cannot push a window over the bound.
+        let rate = (rate * PACER_MARGIN / 1_000.0).max(1e-9);
+        let cap = f64::from(burst.max(1));
+        let pacer = self.pacers.entry(gate.0).or_insert(Pacer {
+            tokens: cap,
+            at: due,
+        });
+        if due > pacer.at {
+            pacer.tokens = (pacer.tokens + rate * (due - pacer.at)).min(cap);
+            pacer.at = due;
+        }
+        pacer.tokens -= 1.0;
+        let leave = if pacer.tokens >= 0.0 {
+            due
+        } else {
+            pacer.at + (-pacer.tokens / rate).min(3_600_000.0)
+        };
+        Duration::from_secs_f64((leave - base).max(0.0) / 1_000.0)
+    }
+}
