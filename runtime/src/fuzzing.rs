@@ -79,11 +79,11 @@ pub fn rate(data: &[u8]) {
 /// panic.
 pub fn task_json(data: &[u8]) {
     if let Ok(task) = serde_json::from_slice::<TaskBody>(data) {
-        let _ = task.validate(start(), "");
+        let _ = task.validate("");
     }
     if let Ok(batch) = serde_json::from_slice::<BatchBody>(data) {
         for task in batch.tasks {
-            let _ = task.validate(start(), "");
+            let _ = task.validate("");
         }
     }
     if let Ok(gate) = serde_json::from_slice::<GateBody>(data) {

@@ -41,8 +41,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct NewTask {
     pub gate: String,
     pub target: Target,
-    /// When it should run: `run_at`, now + `delay`, or now.
-    pub due: Timestamp,
+    /// When it should run: `run_at`, or after `delay` (zero: now), counted
+    /// from the turn that creates it.
+    pub due: Due,
     pub max_attempts: Option<u32>,
     pub timeout: Option<Duration>,
     pub backoff: Option<Backoff>,
@@ -63,6 +64,26 @@ pub struct NewTask {
     /// Set with `parent`: the chain's first task, and this task's generation
     /// below it.
     pub lineage: Option<(crate::core::TaskId, u32)>,
+}
+
+/// When a new task is due. A delay is counted from the engine's turn, the
+/// one `now` every decision of that turn uses, not from when the API read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    At(Timestamp),
+    After(Duration),
+}
+
+impl Due {
+    pub const NOW: Due = Due::After(Duration::ZERO);
+
+    /// The instant, for a turn at `now`.
+    pub fn at(self, now: Timestamp) -> Timestamp {
+        match self {
+            Due::At(at) => at,
+            Due::After(delay) => now.plus(delay),
+        }
+    }
 }
 
 /// What a task acts on: exactly one of these.

@@ -26,7 +26,7 @@ use sluice::core::schedule::Misfire;
 use sluice::core::{
     Backoff, CircuitPolicy, Outcome, Rate, Recovery, RetryPolicy, TaskId, Timestamp, Tuning,
 };
-use sluice::model::{GateSpec, NewTask, PluginCall, ScheduleSpec, Target, Webhook};
+use sluice::model::{Due, GateSpec, NewTask, PluginCall, ScheduleSpec, Target, Webhook};
 use sluice::shell::{Callback, Command, Engine, Released};
 use sluice::store::{PluginRecord, Reads, Store, TaskState};
 use tokio::sync::oneshot;
@@ -337,7 +337,7 @@ impl World {
                     secret_headers: Default::default(),
                 })
             },
-            due,
+            due: Due::At(due),
             max_attempts: None,
             timeout: None,
             backoff: None,

@@ -21,7 +21,7 @@ pub(super) async fn create_task(
     State(state): State<AppState>,
     Body(body): Body<TaskBody>,
 ) -> Result<Response, ApiError> {
-    let task = body.validate(clock::now(), "")?;
+    let task = body.validate("")?;
     let created = state.shell.create_tasks(vec![task]).await?;
     let created = created
         .into_iter()
@@ -66,12 +66,11 @@ pub(super) async fn create_batch(
             body.tasks.len()
         )));
     }
-    let now = clock::now();
     let tasks = body
         .tasks
         .into_iter()
         .enumerate()
-        .map(|(i, t)| t.validate(now, &format!("tasks[{i}].")))
+        .map(|(i, t)| t.validate(&format!("tasks[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
     let created = state
         .shell
@@ -272,7 +271,7 @@ pub(super) async fn complete_task(
     Body(body): Body<CompleteBody>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
-    let callback = body.validate(clock::now())?;
+    let callback = body.validate()?;
     let task = state
         .shell
         .report(id, callback)

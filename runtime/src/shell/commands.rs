@@ -370,6 +370,7 @@ impl Engine {
                     .or(gate.retry.max_retry_duration_ms),
             };
             let plugin = task.target.plugin().map(|p| p.key());
+            let due = task.due.at(turn.now);
             let mut record = TaskRecord {
                 id,
                 gate: task.gate.clone(),
@@ -378,14 +379,14 @@ impl Engine {
                 webhook: None,
                 plugin: None,
                 created_at: turn.now.as_ms(),
-                scheduled_at: task.due.as_ms(),
-                due_at: task.due.as_ms(),
+                scheduled_at: due.as_ms(),
+                due_at: due.as_ms(),
                 order_at: None,
                 timeout_ms: task
                     .timeout
                     .map_or(gate.timeout_ms, |d| d.as_millis() as u64),
                 retry,
-                expires_at: task.expires_after.map(|d| task.due.plus(d).as_ms()),
+                expires_at: task.expires_after.map(|d| due.plus(d).as_ms()),
                 idempotency_key: task.idempotency_key.clone(),
                 labels: task.labels,
                 key: task.key.clone(),
@@ -403,11 +404,7 @@ impl Engine {
                 depth: task.lineage.map_or(0, |(_, depth)| depth),
             };
             (record.webhook, record.plugin) = targets::to_records(task.target);
-            record.set_due(
-                task.due.as_ms(),
-                turn.now.as_ms(),
-                gate.limits().priority_aging,
-            );
+            record.set_due(due.as_ms(), turn.now.as_ms(), gate.limits().priority_aging);
             self.plugin_ref(turn, plugin, 1);
             if let Some(key) = &task.idempotency_key {
                 turn.tx.put_idempotent(gate_id, key, id)?;

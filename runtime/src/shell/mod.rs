@@ -222,9 +222,9 @@ pub const DEFAULT_MAX_DESCENDANTS: u32 = 1_000;
 /// Reads a plugin's next tasks (`POST /v1/tasks` JSON texts) into validated
 /// tasks, or says what is wrong with them. The API's wire format lives above
 /// the shell, so the server hands its reader in (`api::wire::parse_next`).
-pub type NextReader = fn(&[String], Timestamp) -> Result<Vec<NewTask>, String>;
+pub type NextReader = fn(&[String]) -> Result<Vec<NewTask>, String>;
 
-fn no_next_reader(_: &[String], _: Timestamp) -> Result<Vec<NewTask>, String> {
+fn no_next_reader(_: &[String]) -> Result<Vec<NewTask>, String> {
     Err("this server reads no next tasks".into())
 }
 

@@ -264,7 +264,7 @@ fn occurrence_task(record: &ScheduleRecord, due: Timestamp, key: String, name: &
     NewTask {
         gate: t.gate.clone(),
         target: targets::of_records(&t.webhook, &t.plugin),
-        due,
+        due: crate::model::Due::At(due),
         max_attempts: t.max_attempts,
         timeout: t.timeout_ms.map(Duration::from_millis),
         backoff: t.backoff.map(|b| crate::core::Backoff {

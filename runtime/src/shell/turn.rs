@@ -129,7 +129,7 @@ impl Engine {
         if report.outcome == Outcome::Succeeded && !report.next.is_empty() {
             // A plugin's next steps: created with the success, or the attempt
             // fails (all or nothing, like a completion's).
-            let created = match (self.next_reader)(&report.next, turn.now) {
+            let created = match (self.next_reader)(&report.next) {
                 Ok(tasks) => {
                     let parent = turn.must_task(id)?.clone();
                     self.create_next(turn, &parent, tasks)?

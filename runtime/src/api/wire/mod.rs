@@ -14,7 +14,7 @@ use crate::core::{
     format_duration, parse_duration,
 };
 use crate::model::{
-    Body, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, GateSpec, NewTask, PluginCall,
+    Body, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, Due, GateSpec, NewTask, PluginCall,
     Target, Webhook,
 };
 use crate::shell::GateLive;

@@ -62,7 +62,7 @@ pub(super) fn check_size(field: &str, value: &Option<serde_json::Value>) -> Resu
 }
 
 impl CompleteBody {
-    pub fn validate(self, now: Timestamp) -> Result<crate::shell::Callback, ApiError> {
+    pub fn validate(self) -> Result<crate::shell::Callback, ApiError> {
         check_token(&self.token)?;
         check_size("output", &self.output)?;
         let next = self.next.unwrap_or_default();
@@ -75,7 +75,7 @@ impl CompleteBody {
         let next = next
             .into_iter()
             .enumerate()
-            .map(|(i, t)| t.validate(now, &format!("next[{i}].")))
+            .map(|(i, t)| t.validate(&format!("next[{i}].")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(crate::shell::Callback::Complete {
             token: self.token,

@@ -83,7 +83,7 @@ impl ScheduleBody {
                 ));
             }
         }
-        let template = self.task.validate(now, "task.")?;
+        let template = self.task.validate("task.")?;
         Ok(crate::model::ScheduleSpec {
             cron,
             timezone,

@@ -133,7 +133,7 @@ pub(super) fn target_views(
 
 /// The JSON texts a plugin's success asks to create, checked as
 /// `POST /v1/tasks` bodies: all or nothing.
-pub fn parse_next(texts: &[String], now: Timestamp) -> Result<Vec<NewTask>, String> {
+pub fn parse_next(texts: &[String]) -> Result<Vec<NewTask>, String> {
     if texts.len() > MAX_NEXT {
         return Err(format!(
             "the plugin asked for {} next tasks; at most {MAX_NEXT}",
@@ -146,7 +146,7 @@ pub fn parse_next(texts: &[String], now: Timestamp) -> Result<Vec<NewTask>, Stri
         let body: TaskBody = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| format!("next[{i}]: invalid task at {}: {}", e.path(), e.inner()))?;
         let task = body
-            .validate(now, &format!("next[{i}]."))
+            .validate(&format!("next[{i}]."))
             .map_err(|e| match e.field {
                 Some(field) => format!("{field}: {}", e.message),
                 None => e.message,
@@ -303,7 +303,7 @@ pub(super) const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", 
 
 impl TaskBody {
     /// `prefix` is `""` for a single task, `"tasks[3]."` inside a batch.
-    pub fn validate(self, now: Timestamp, prefix: &str) -> Result<NewTask, ApiError> {
+    pub fn validate(self, prefix: &str) -> Result<NewTask, ApiError> {
         let f = |name: &str| format!("{prefix}{name}");
         valid_name(&self.gate).map_err(|e| ApiError::field(&f("gate"), e.message))?;
         let target = match (self.webhook, self.plugin) {
@@ -341,16 +341,16 @@ impl TaskBody {
                     return Err(ApiError::field(&f("run_at"), "run_at is before 1970"));
                 }
                 // A time in the past means "now": it is due, and runs at once.
-                Timestamp(ms as u64)
+                Due::At(Timestamp(ms as u64))
             }
             (None, Some(d)) => {
                 let d = duration(&f("delay"), d)?;
                 if d > Duration::from_secs(10 * 365 * 86_400) {
                     return Err(ApiError::field(&f("delay"), "delay is capped at 10 years"));
                 }
-                now.plus(d)
+                Due::After(d)
             }
-            (None, None) => now,
+            (None, None) => Due::NOW,
         };
         let labels = self.labels.unwrap_or_default();
         if labels.len() > MAX_LABELS {
@@ -430,26 +430,26 @@ mod tests {
 
     fn validate(v: serde_json::Value, prefix: &str) -> Result<NewTask, ApiError> {
         let body: TaskBody = serde_json::from_value(v).expect("a task body");
-        body.validate(NOW, prefix)
+        body.validate(prefix)
     }
 
     #[test]
     fn a_webhook_task_gets_its_defaults_and_due_time() {
         let url = "https://a.example/x";
         let task = validate(json!({"gate": "g", "webhook": {"url": url}}), "").expect("valid");
-        assert_eq!((task.gate.as_str(), task.due), ("g", NOW));
+        assert_eq!((task.gate.as_str(), task.due), ("g", Due::NOW));
         match &task.target {
             Target::Webhook(w) => assert_eq!((w.url.as_str(), w.method.as_str()), (url, "POST")),
             other => unreachable!("a webhook became {other:?}"),
         }
         let later = json!({"gate": "g", "webhook": {"url": url}, "delay": "1m30s"});
-        assert_eq!(
-            validate(later, "").expect("valid").due,
-            NOW.plus(Duration::from_secs(90))
-        );
+        // A delay counts from the turn that creates the task.
+        let due = validate(later, "").expect("valid").due;
+        assert_eq!(due, Due::After(Duration::from_secs(90)));
+        assert_eq!(due.at(NOW), NOW.plus(Duration::from_secs(90)));
         // A time in the past is kept: the task is due at once.
         let past = json!({"gate": "g", "webhook": {"url": url}, "run_at": "1999-01-01T00:00:00Z"});
-        assert!(validate(past, "").expect("valid").due < NOW);
+        assert!(validate(past, "").expect("valid").due.at(NOW) < NOW);
     }
 
     #[test]
@@ -486,11 +486,11 @@ mod tests {
     #[test]
     fn next_tasks_are_read_all_or_nothing() {
         let one = json!({"gate": "g", "webhook": {"url": "https://a.example/"}}).to_string();
-        let read = parse_next(&[one.clone(), one.clone()], NOW).expect("two tasks");
+        let read = parse_next(&[one.clone(), one.clone()]).expect("two tasks");
         assert_eq!(read.len(), 2);
-        let bad = parse_next(&[one.clone(), "{\"gate\": 1}".into()], NOW).expect_err("bad");
+        let bad = parse_next(&[one.clone(), "{\"gate\": 1}".into()]).expect_err("bad");
         assert!(bad.starts_with("next[1]"), "{bad}");
         let too_many = vec![one; MAX_NEXT + 1];
-        assert!(parse_next(&too_many, NOW).is_err());
+        assert!(parse_next(&too_many).is_err());
     }
 }
