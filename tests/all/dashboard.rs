@@ -95,6 +95,21 @@ async fn dashboard_files_are_served_with_a_strict_policy() {
     }
 }
 
+/// Whether the browser checks can run here: they are skipped without the
+/// tools, unless `SLUICE_BROWSER_TESTS` says they must run.
+fn browser_can_run(browser_dir: &Path) -> bool {
+    let missing = missing_browser_tools(browser_dir);
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SLUICE_BROWSER_TESTS").is_none(),
+        "SLUICE_BROWSER_TESTS is set but {missing:?} is missing: scripts/browser-setup installs it"
+    );
+    eprintln!("skipped: run scripts/test (it installs Chromium); missing {missing:?}");
+    false
+}
+
 /// What the browser needs, and whether it is there.
 fn missing_browser_tools(browser_dir: &Path) -> Vec<&'static str> {
     let mut missing = Vec::new();
@@ -367,13 +382,7 @@ async fn run_browser(script: &Path, env: &[(&str, &str)], artifacts: &Path) -> (
 async fn dashboard_in_headless_chromium() {
     let root = workspace();
     let browser_dir = root.join("tests/browser");
-    let missing = missing_browser_tools(&browser_dir);
-    if !missing.is_empty() {
-        assert!(
-            std::env::var_os("SLUICE_BROWSER_TESTS").is_none(),
-            "SLUICE_BROWSER_TESTS is set but {missing:?} is missing: scripts/browser-setup installs it"
-        );
-        eprintln!("skipped: run scripts/test (it installs Chromium); missing {missing:?}");
+    if !browser_can_run(&browser_dir) {
         return;
     }
 
@@ -434,4 +443,93 @@ async fn dashboard_in_headless_chromium() {
         .send("GET", "/v1/plugins/hibernate-idle/0.1.0", None)
         .await;
     assert_eq!(status, 200, "hibernate-idle is in use and stays");
+}
+
+/// In a cluster the overview lists its nodes and the one that dispatches the
+/// gates (SPEC §9): two nodes on one PostgreSQL, read by real Chromium from
+/// one of them, checked against the ids the nodes gave themselves and
+/// `/v1/cluster`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_nodes_of_a_cluster() {
+    let root = workspace();
+    let browser_dir = root.join("tests/browser");
+    if !browser_can_run(&browser_dir) {
+        return;
+    }
+    let Some(pg) = crate::pg::PgServer::start() else {
+        return;
+    };
+    let (token, hash) = new_token().expect("random");
+    let tokens = Tokens::new(vec![
+        TokenEntry::new("operator", "admin", &hash).expect("entry"),
+    ]);
+    let url = pg.url();
+    let on_pg = |config: &mut sluice::config::ServerConfig| {
+        config.store = Some(url.clone());
+        config.tokens = tokens.clone();
+    };
+    let (a, b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let mut first = Server::start_with(a.path(), on_pg).await;
+    let mut second = Server::start_with(b.path(), on_pg).await;
+    let mut ids: Vec<String> = [&first, &second]
+        .iter()
+        .map(|s| s.node().expect("a cluster node has an id"))
+        .collect();
+    ids.sort();
+    // Both have registered before the page loads, and the owner owns the
+    // gates there are.
+    let client = second.client().with_token(&token);
+    for name in ["billing", "email"] {
+        let gate = json!({ "rate": "5/s", "allowed_hosts": ["127.0.0.1:9"] });
+        let (status, body) = client
+            .send("PUT", &format!("/v1/gates/{name}"), Some(gate))
+            .await;
+        assert!(status == 200 || status == 201, "{status}: {body}");
+    }
+    let deadline = clock::instant() + Duration::from_secs(15);
+    loop {
+        let (status, cluster) = client.send("GET", "/v1/cluster", None).await;
+        assert_eq!(status, 200, "{cluster}");
+        let mut listed: Vec<String> = cluster["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter_map(|n| n["id"].as_str().map(String::from))
+            .collect();
+        listed.sort();
+        let owned: u64 = cluster["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter_map(|n| n["gates_owned"].as_u64())
+            .sum();
+        if listed == ids && cluster["owner"].is_string() && owned == 2 {
+            break;
+        }
+        assert!(
+            clock::instant() < deadline,
+            "the nodes never both showed: {cluster}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let artifacts = root.join("target/browser-artifacts/cluster");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let (passed, output) = run_browser(
+        &browser_dir.join("dashboard.mjs"),
+        &[
+            ("SLUICE_URL", &second.url),
+            ("SLUICE_TOKEN", &token),
+            ("SLUICE_ARTIFACTS", &artifacts.to_string_lossy()),
+            ("SLUICE_NODES", &ids.join(",")),
+        ],
+        &artifacts,
+    )
+    .await;
+    assert!(passed, "the browser checks failed:\n{output}");
+    second.stop().await;
+    first.stop().await;
 }

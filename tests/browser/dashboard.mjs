@@ -7,6 +7,10 @@
 // that succeeded, with a log), SLUICE_SECRET (a secret header value that
 // must never appear on the page). The server holds the plugins hibernate-idle
 // (in use) and cleanup-stray (unused). Exits 0 when every check passes.
+//
+// With SLUICE_NODES (the ids of a cluster's nodes, comma-separated) it checks
+// only the overview's nodes section against them and /v1/cluster, and needs
+// only SLUICE_URL, SLUICE_TOKEN and SLUICE_ARTIFACTS.
 
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -20,11 +24,13 @@ const env = (name) => {
 
 const base = env('SLUICE_URL');
 const token = env('SLUICE_TOKEN');
-const readerToken = env('SLUICE_READER_TOKEN');
 const out = env('SLUICE_ARTIFACTS');
-const failedTask = env('SLUICE_FAILED_TASK');
-const pluginTask = env('SLUICE_PLUGIN_TASK');
-const secret = env('SLUICE_SECRET');
+const nodeIds = process.env.SLUICE_NODES?.split(',');
+const full = (name) => (nodeIds ? '' : env(name));
+const readerToken = full('SLUICE_READER_TOKEN');
+const failedTask = full('SLUICE_FAILED_TASK');
+const pluginTask = full('SLUICE_PLUGIN_TASK');
+const secret = full('SLUICE_SECRET');
 
 const STEP_MS = 10_000;
 const WHOLE_MS = 60_000;
@@ -388,6 +394,53 @@ async function statsContract(page) {
   step('the stats contract renders: sparklines, rate chart, 60-minute forecast');
 }
 
+/** A cluster's overview lists every node started, and marks the one that
+ * owns the gates, as /v1/cluster says. */
+async function clusterNodes(page, expected) {
+  const rows = page.locator('[data-section=nodes] table.nodes tbody tr');
+  await rows.nth(expected.length - 1).waitFor();
+  const cluster = await api('/v1/cluster');
+  const shown = await rows.evaluateAll((trs) => trs.map((tr) => ({
+    id: tr.dataset.node,
+    gates: tr.children[3].textContent.trim(),
+    role: tr.lastElementChild.textContent.trim(),
+  })));
+  for (const node of cluster.nodes) {
+    const row = shown.find((r) => r.id === node.id);
+    check(row && digits(row.gates) === node.gates_owned,
+      `${node.id} owns ${node.gates_owned} gates, the page says ${row?.gates}`);
+  }
+  const ids = shown.map((r) => r.id).sort();
+  check(JSON.stringify(ids) === JSON.stringify([...expected].sort()),
+    `the nodes shown are ${ids}, the test started ${expected}`);
+  const owners = shown.filter((r) => r.role === 'owner').map((r) => r.id);
+  check(owners.length === 1 && owners[0] === cluster.owner,
+    `owner shown: ${owners}; /v1/cluster: ${cluster.owner}`);
+  const summary = await page.locator('[data-section=nodes] .summary').textContent();
+  check(summary.includes(`${expected.length} nodes`) && summary.includes(cluster.owner), `summary: ${summary}`);
+  await shot(page, 'nodes');
+  step(`the nodes section lists ${ids.join(', ')}; ${cluster.owner} dispatches the gates`);
+}
+
+/** The whole tour, on the server tests/all/dashboard.rs filled. */
+async function everything(page) {
+  await page.locator('table.gates tbody tr').first().waitFor();
+  step('signed in through the token form');
+  await overviewMatchesApi(page);
+  await shot(page, 'overview');
+  await sortsByBacklog(page);
+  await pauseGate(page, 'email');
+  await taskHistory(page);
+  await pluginTaskHistory(page);
+  await schedules(page);
+  await plugins(page);
+  await adaptiveGate(page);
+  await gateWithKeys(page);
+  await replayFailures(page);
+  await readerIsRefused(page);
+  await statsContract(page);
+}
+
 async function main() {
   await mkdir(out, { recursive: true });
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ARGS, timeout: STEP_MS * 2 });
@@ -412,21 +465,7 @@ async function main() {
     try {
       await page.goto(`${base}/`);
       await signIn(page, token);
-      await page.locator('table.gates tbody tr').first().waitFor();
-      step('signed in through the token form');
-      await overviewMatchesApi(page);
-      await shot(page, 'overview');
-      await sortsByBacklog(page);
-      await pauseGate(page, 'email');
-      await taskHistory(page);
-      await pluginTaskHistory(page);
-      await schedules(page);
-      await plugins(page);
-      await adaptiveGate(page);
-      await gateWithKeys(page);
-      await replayFailures(page);
-      await readerIsRefused(page);
-      await statsContract(page);
+      await (nodeIds ? clusterNodes(page, nodeIds) : everything(page));
     } catch (e) {
       await page.screenshot({ path: join(out, 'failure.png') }).catch(() => {});
       throw e;
