@@ -15,7 +15,7 @@
 //! by earlier versions still read; they are rewritten in this form the next
 //! time their task changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::records::{
     BodyRecord, PluginCallRecord, RetryRecord, TaskRecord, TaskState, WebhookRecord,
@@ -252,13 +252,8 @@ fn blank() -> TaskRecord {
 }
 
 fn webhook_from(bytes: &[u8]) -> Result<WebhookRecord, String> {
-    let mut webhook = WebhookRecord {
-        url: String::new(),
-        method: "POST".into(),
-        headers: BTreeMap::new(),
-        body: None,
-        secret_headers: BTreeSet::new(),
-    };
+    // Every field left out reads as this: POST, no headers, no body.
+    let mut webhook = WebhookRecord::empty();
     let mut r = Reader(bytes);
     while let Some((number, value)) = r.field()? {
         match number {
@@ -515,6 +510,8 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::core::rng::Rng;
 
