@@ -29,6 +29,8 @@ pub struct Released {
 pub(super) struct Pacer {
     tokens: f64,
     at: f64,
+    /// The rate (per ms) it last paced at.
+    rate: f64,
 }
 
 impl Engine {
@@ -136,11 +138,17 @@ impl Engine {
         let pacer = self.pacers.entry(gate.0).or_insert(Pacer {
             tokens: cap,
             at: due,
+            rate,
         });
         if due > pacer.at {
-            pacer.tokens = (pacer.tokens + rate * (due - pacer.at)).min(cap);
+            // At the lower of the rates at either end of the span, as the
+            // gate's own bucket refills: a rate that rose since (a ramp, a
+            // throttle lifted) must not refill time paced at the old one.
+            let refill = rate.min(pacer.rate);
+            pacer.tokens = (pacer.tokens + refill * (due - pacer.at)).min(cap);
             pacer.at = due;
         }
+        pacer.rate = rate;
         pacer.tokens -= 1.0;
         let leave = if pacer.tokens >= 0.0 {
             due
