@@ -580,6 +580,16 @@ impl World {
         // little after when admitted ahead of its token), or later when the
         // pacer holds it back after a late commit.
         assert!(now >= self.now.as_ms(), "released in the past");
+        // Started ahead of its due time (within the lookahead), it still
+        // leaves no earlier than that.
+        let due = self.store.read().and_then(|r| r.task(plan.task.0));
+        let due = due.ok().flatten().map(|t| t.due_at);
+        assert!(
+            due.is_some_and(|due| now >= due),
+            "seed {}: task {} released at {now}, before it was due ({due:?})",
+            self.seed,
+            plan.task.0
+        );
         self.started(g, now);
         if matches!(plan.action, sluice::attempt::Action::Plugin(_)) {
             let run = Run {

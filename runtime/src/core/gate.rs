@@ -138,6 +138,8 @@ impl Limiter {
             self.updated = now;
         }
         self.tokens_nano = self.tokens_nano.min(cap);
+        // Slots promised ahead keep their instants at the new rate.
+        self.rescale_debt(self.rate, rate);
         self.rate = rate;
     }
 
@@ -152,12 +154,16 @@ impl Limiter {
         ahead_ms: u64,
     ) -> Result<Timestamp, Timestamp> {
         self.refill(now, rate, burst);
-        let wait_ms = if self.tokens_nano >= TOKEN {
-            0
-        } else {
-            let missing = (TOKEN - self.tokens_nano) as f64;
-            (missing / (rate * 1e6)).ceil().clamp(1.0, 86_400_000.0) as u64
-        };
+        // The balance is as of `updated`, which a start admitted ahead of its
+        // due time may have put after `now`: its tokens are there from then.
+        let lead_ms = self.updated.as_ms().saturating_sub(now.as_ms());
+        let wait_ms = lead_ms
+            + if self.tokens_nano >= TOKEN {
+                0
+            } else {
+                let missing = (TOKEN - self.tokens_nano) as f64;
+                (missing / (rate * 1e6)).ceil().clamp(1.0, 86_400_000.0) as u64
+            };
         if wait_ms <= ahead_ms {
             self.tokens_nano -= TOKEN;
             return Ok(Timestamp(now.as_ms() + wait_ms));
@@ -166,8 +172,8 @@ impl Limiter {
         Err(Timestamp(now.as_ms() + retry_ms))
     }
 
-    /// The rate changes at once (a new config): tokens promised ahead keep
-    /// their instants. The debt is kept in time, not in tokens, so the
+    /// The rate changes (a new config, a ramp, a throttle): tokens promised
+    /// ahead keep their instants. The debt is kept in time, not in tokens, so the
     /// balance is back at zero when the last promised slot comes, whatever
     /// the new rate; otherwise a higher rate would hand out slots before
     /// those already promised.
@@ -296,7 +302,6 @@ impl Gate {
             };
         }
         let rate = self.effective_rate(now);
-        self.limiter.rescale_debt(before, rate);
         self.limiter.refill(now, rate, limits.burst);
     }
 
@@ -372,6 +377,27 @@ impl Gate {
     pub fn effective_rate(&self, now: Timestamp) -> f64 {
         let factor = self.ramp_factor(now).min(self.throttle_factor(now));
         self.limits.rate.as_per_second() * factor
+    }
+
+    /// How long before its due time a task may be started now (and
+    /// released at its due time, so the start's commit is done by then):
+    /// the lookahead while the endpoint looks healthy (circuit closed, no
+    /// failure since, no throttle, not paused), else nothing. The gate is
+    /// then asked at the due time, so its bound holds over release instants.
+    pub fn due_ahead(&self, now: Timestamp) -> Duration {
+        let healthy = !self.paused
+            && matches!(
+                self.circuit,
+                Circuit::Closed {
+                    consecutive_failures: 0
+                }
+            )
+            && self.throttled_until.is_none_or(|t| t <= now);
+        if healthy {
+            Duration::from_millis(self.lookahead_ms)
+        } else {
+            Duration::ZERO
+        }
     }
 
     pub fn state(&self, now: Timestamp) -> GateState {
@@ -738,6 +764,49 @@ mod tests {
             priority_aging: Duration::from_secs(60),
             adaptive: None,
         }
+    }
+
+    /// Slots promised ahead at one rate keep their instants when the rate
+    /// rises (a ramp, a throttle lifted): the next comes one new interval
+    /// after the last of them.
+    #[test]
+    fn a_rising_rate_keeps_the_slots_promised_ahead() {
+        let t0 = Timestamp(1_000_000);
+        let mut limiter = Limiter::full(t0, 1, 10.0);
+        let slots: Vec<u64> = (0..3)
+            .map(|_| {
+                limiter
+                    .admit(t0, 10.0, 1, 1_000)
+                    .map(|t| t.as_ms() - t0.as_ms())
+            })
+            .collect::<Result<_, _>>()
+            .expect("within the lookahead");
+        assert_eq!(slots, [0, 100, 200]);
+        let next = limiter
+            .admit(t0, 20.0, 1, 1_000)
+            .map(|t| t.as_ms() - t0.as_ms());
+        assert_eq!(next, Ok(250), "not among the promised slots");
+    }
+
+    /// A slot handed out from a later instant (a start ahead of its due
+    /// time) counts for a start asked for earlier: it comes after it.
+    #[test]
+    fn a_slot_handed_out_from_a_later_instant_comes_first() {
+        let t0 = Timestamp(1_000_000);
+        let mut limiter = Limiter::full(t0, 1, 10.0);
+        assert_eq!(
+            limiter.admit(t0.plus(Duration::from_millis(50)), 10.0, 1, 0),
+            Ok(t0.plus(Duration::from_millis(50)))
+        );
+        assert_eq!(
+            limiter.admit(t0, 10.0, 1, 1_000),
+            Ok(t0.plus(Duration::from_millis(150)))
+        );
+        assert_eq!(
+            limiter.admit(t0, 10.0, 1, 100),
+            Err(t0.plus(Duration::from_millis(150))),
+            "beyond the lookahead from t0: ask again when it is within it"
+        );
     }
 
     #[test]

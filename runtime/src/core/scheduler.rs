@@ -1117,12 +1117,18 @@ impl Scheduler {
                 }
                 continue;
             };
-            if head.due > now {
-                let at = load_at.map_or(head.due, |l| l.min(head.due));
+            // A task due within the gate's lookahead starts now and leaves
+            // at its due time: its start's commit is done by then. The gate
+            // and the key are asked at that instant.
+            let ahead = lane.gate.due_ahead(now);
+            if head.due > now.plus(ahead) {
+                let wake = Timestamp(head.due.as_ms() - super::time::duration_ms(ahead));
+                let at = load_at.map_or(wake, |l| l.min(wake));
                 lane.park_front(Some(at));
                 continue;
             }
-            if head.expires_at.is_some_and(|exp| now > exp) {
+            let when = now.max(head.due);
+            if head.expires_at.is_some_and(|exp| when > exp) {
                 part.remove(&order);
                 self.effects.push_back(Effect::Expire {
                     task: order.1,
@@ -1135,12 +1141,12 @@ impl Scheduler {
             // refusal by the gate costs the key nothing.
             if let Some(limiter) = &part.limiter {
                 let mut trial = limiter.clone();
-                if let Err(at) = trial.try_start(now) {
+                if let Err(at) = trial.try_start(when) {
                     lane.park_front(at);
                     continue;
                 }
             }
-            let at = match lane.gate.try_start(now) {
+            let at = match lane.gate.try_start(when) {
                 Ok(at) => at,
                 Err(at) => {
                     // Blocked on concurrency or a pause (`None`), the lane wakes
@@ -1169,7 +1175,7 @@ impl Scheduler {
                 lane.ready.rotate_left(1);
             }
             task.attempts += 1;
-            task.first_attempt_at.get_or_insert(now);
+            task.first_attempt_at.get_or_insert(at);
             self.effects.push_back(Effect::Start {
                 task: task.id,
                 gate,

@@ -70,11 +70,19 @@ impl Script {
     }
 
     fn with_keys(limits: GateLimits, keys: Option<std::sync::Arc<KeyPolicy>>) -> Script {
+        Script::tuned(limits, keys, Duration::ZERO)
+    }
+
+    fn tuned(
+        limits: GateLimits,
+        keys: Option<std::sync::Arc<KeyPolicy>>,
+        lookahead: Duration,
+    ) -> Script {
         let tuning = Tuning {
             window: 64,
             key_budget: 64,
             horizon: Duration::from_secs(3_600),
-            lookahead: Duration::ZERO,
+            lookahead,
         };
         let mut script = Script {
             core: Scheduler::new(1, tuning),
@@ -156,6 +164,31 @@ fn a_delayed_task_starts_at_its_due_time_not_before() {
     let mut s = Script::new(limits(100.0, 10));
     s.input(0, Input::Enqueue(task(2, 1_000)));
     assert_eq!(s.at(3_200), [start(2, 1, 3_200)]);
+}
+
+/// With a lookahead, a task starts that long before its due time (so its
+/// start is on disk by then) and leaves at its due time; the gate is asked
+/// at that instant, so a task due sooner that comes in later gets a slot
+/// after it, never between the slots already handed out.
+#[test]
+fn a_task_due_within_the_lookahead_starts_ahead_and_leaves_when_due() {
+    let mut s = Script::tuned(limits(100.0, 10), None, Duration::from_millis(20));
+    assert!(s.input(0, Input::Enqueue(task(1, 1_000))).is_empty());
+    assert_eq!(
+        s.core.poll_timeout(),
+        Some(ms(980)),
+        "woken a lookahead early"
+    );
+    assert!(s.at(979).is_empty());
+    assert_eq!(s.at(980), [start(1, 1, 1_000)], "leaves at its due time");
+    // Due 5 ms after the first, at 100/s: its slot is 10 ms after it.
+    assert!(s.input(981, Input::Enqueue(task(2, 1_005))).is_empty());
+    assert_eq!(s.at(985), [start(2, 1, 1_010)]);
+    // Due at once, but the slots up to 1,010 are taken: the next is 1,020,
+    // beyond the lookahead from 986, so it waits until 1,000 and gets it.
+    assert!(s.input(986, Input::Enqueue(task(3, 0))).is_empty());
+    assert_eq!(s.core.poll_timeout(), Some(ms(1_000)));
+    assert_eq!(s.at(1_000), [start(3, 1, 1_020)]);
 }
 
 #[test]

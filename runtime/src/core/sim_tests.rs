@@ -367,7 +367,7 @@ impl World {
                             .remove(&(gate, t.queued.key.clone(), t.queued.order())),
                         "pending key missing"
                     );
-                    assert!(t.queued.due <= self.now, "started before due");
+                    assert!(t.queued.due <= at, "released before due");
                     t.place = Place::Running;
                     t.queued.attempts = attempt;
                     t.queued.first_attempt_at.get_or_insert(self.now);

@@ -55,7 +55,9 @@ impl Engine {
                     attempt,
                     at,
                 } => {
-                    let now = turn.now;
+                    // When it leaves: the turn's time, or later (its slot
+                    // time, or its due time when started ahead of it).
+                    let now = at.max(turn.now);
                     let record = turn.must_task(task.0)?;
                     let (due, order, key) = (record.due_at, record.order_ms(), record.key.clone());
                     let removed =

@@ -140,21 +140,58 @@ impl Engine {
             at: due,
             rate,
         });
-        if due > pacer.at {
+        let leave = pacer.take(due, rate, cap);
+        Duration::from_secs_f64((leave - base).max(0.0) / 1_000.0)
+    }
+}
+
+impl Pacer {
+    /// Takes a token for a release due at `due` (ms) at `rate` (per ms) and
+    /// burst `cap`: when it leaves.
+    fn take(&mut self, due: f64, rate: f64, cap: f64) -> f64 {
+        if due > self.at {
             // At the lower of the rates at either end of the span, as the
             // gate's own bucket refills: a rate that rose since (a ramp, a
             // throttle lifted) must not refill time paced at the old one.
-            let refill = rate.min(pacer.rate);
-            pacer.tokens = (pacer.tokens + refill * (due - pacer.at)).min(cap);
-            pacer.at = due;
+            let refill = rate.min(self.rate);
+            self.tokens = (self.tokens + refill * (due - self.at)).min(cap);
+            self.at = due;
         }
-        pacer.rate = rate;
-        pacer.tokens -= 1.0;
-        let leave = if pacer.tokens >= 0.0 {
+        if self.tokens < 0.0 {
+            // Releases reserved ahead keep their instants at the new rate: a
+            // debt paid back faster would let the next one out among them.
+            self.tokens *= rate / self.rate;
+        }
+        self.rate = rate;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
             due
         } else {
-            pacer.at + (-pacer.tokens / rate).min(3_600_000.0)
+            self.at + (-self.tokens / rate).min(3_600_000.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pacer;
+
+    /// Releases reserved ahead at one rate keep their instants when the
+    /// rate rises (a ramp): the next leaves one new interval after the
+    /// last of them, never among them.
+    #[test]
+    fn a_rising_rate_keeps_the_releases_reserved_ahead() {
+        let mut pacer = Pacer {
+            tokens: 1.0,
+            at: 0.0,
+            rate: 0.01,
         };
-        Duration::from_secs_f64((leave - base).max(0.0) / 1_000.0)
+        let at_10_per_s: Vec<f64> = (0..3).map(|_| pacer.take(0.0, 0.01, 1.0)).collect();
+        assert_eq!(at_10_per_s, [0.0, 100.0, 200.0]);
+        let doubled = pacer.take(0.0, 0.02, 1.0);
+        assert!(
+            (doubled - 250.0).abs() < 1e-6,
+            "50 ms after the last reserved, not among them: {doubled}"
+        );
     }
 }
