@@ -296,8 +296,9 @@ pub struct Tuning {
     /// Tasks due further out than this stay on disk.
     pub horizon: Duration,
     /// How far ahead of their tokens starts and requests are admitted, with
-    /// their slot times: longer than a commit, so the gate's pace does not
-    /// depend on the disk's.
+    /// their slot times, and how far ahead of its due time a task starts (it
+    /// leaves when due): longer than a commit, so neither the gate's pace nor
+    /// a task's lateness depends on the disk's.
     pub lookahead: Duration,
 }
 
