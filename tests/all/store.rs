@@ -6,8 +6,8 @@
 use serde_json::json;
 use sluice::core::{GateId, TaskId, Timestamp};
 use sluice::store::{
-    AttemptRecord, Backend, Counts, GateRecord, PgStore, PluginRecord, ReplayEnd, ReplayRecord,
-    ScheduleRecord, Store, StoreError, TaskFilter, TaskRecord, TaskState,
+    AttemptRecord, Backend, Counts, GateRecord, PendingEntry, PgStore, PluginRecord, ReplayEnd,
+    ReplayRecord, ScheduleRecord, Store, StoreError, TaskFilter, TaskRecord, TaskState,
 };
 
 const MIN: u64 = 60_000;
@@ -20,6 +20,7 @@ fn conformance(fresh: impl Fn() -> Box<dyn Backend>) {
     pending_keys_in_due_order(fresh().as_ref());
     pending_tasks_by_key(fresh().as_ref());
     minute_counts_follow_pending(fresh().as_ref());
+    pending_entries_removed_at_once(fresh().as_ref());
     idempotency_keys_belong_to_a_gate(fresh().as_ref());
     coalesce_keys_name_the_last_task(fresh().as_ref());
     counters_round_trip(fresh().as_ref());
@@ -317,6 +318,49 @@ fn minute_counts_follow_pending(store: &dyn Backend) {
     assert_eq!(ok(ok(store.read()).forecast(1, now, 60))[5], 2);
 }
 
+/// Several pending entries taken out in one call (the starts of a turn):
+/// each answered for, keyed and unkeyed alike, and the minute counts follow.
+fn pending_entries_removed_at_once(store: &dyn Backend) {
+    let now = 1_000 * MIN;
+    let (g, other) = (GateId(1), GateId(2));
+    ok(store.write(|tx| {
+        tx.insert_pending(g, None, Timestamp(now - 5), TaskId(1))?;
+        tx.insert_pending(g, None, Timestamp(now - 4), TaskId(2))?;
+        tx.insert_pending(g, Some("a"), Timestamp(now - 3), TaskId(3))?;
+        tx.insert_pending(other, Some("a"), Timestamp(now - 2), TaskId(4))
+    }));
+    let entry = |gate, key: Option<&str>, due, task| PendingEntry {
+        gate,
+        key: key.map(String::from),
+        due: Timestamp(due),
+        task: TaskId(task),
+    };
+    let answers = ok(store.write(|tx| {
+        tx.remove_pending_many(&[
+            entry(g, None, now - 5, 1),
+            entry(g, Some("a"), now - 3, 3),
+            entry(g, None, now - 9, 2),
+            entry(g, Some("b"), now - 2, 6),
+            entry(other, Some("a"), now - 2, 4),
+            entry(g, None, now, 7),
+        ])
+    }));
+    assert_eq!(
+        answers,
+        [true, true, false, false, true, false],
+        "wrong due, wrong key and no entry answer false"
+    );
+    let r = ok(store.read());
+    assert_eq!(ok(r.due_now(1, now)), 1, "only task 2 is left");
+    assert_eq!(ok(r.due_now(2, now)), 0);
+    drop(r);
+    ok(store.write(|tx| {
+        assert_eq!(tx.all_pending(g)?, [(None, Timestamp(now - 4), TaskId(2))]);
+        assert_eq!(tx.remove_pending_many(&[])?, Vec::<bool>::new());
+        Ok(())
+    }));
+}
+
 fn idempotency_keys_belong_to_a_gate(store: &dyn Backend) {
     ok(store.write(|tx| tx.put_idempotent(1, "order-42", 7)));
     ok(store.write(|tx| {
@@ -565,4 +609,101 @@ fn replay_jobs(store: &dyn Backend) {
     let r = ok(store.read());
     assert_eq!(ok(r.replays()), [moved]);
     assert_eq!(ok(r.replay("rp_b")), None);
+}
+
+/// Runs `sql` on the test's PostgreSQL server.
+fn pg_sql(url: &str, sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let driver = tokio::spawn(connection);
+        client.batch_execute(sql).await.expect("sql");
+        drop(client);
+        let _ = driver.await;
+    });
+}
+
+/// A schema-4 database, which kept the running set, the gate listing and
+/// the retention index in tables of their own, is upgraded in place by the
+/// next open (schema 5 keeps them in columns of the task rows): the same
+/// task is running, the gates list the same tasks, retention finds the
+/// finished one (a stale retention entry of an earlier finish left behind
+/// does not count), and the check finds what it found before.
+#[test]
+fn postgres_schema_4_upgrades_in_place() {
+    let Some(server) = crate::pg::PgServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let before = {
+        let pg = PgStore::open_in(&url, "upgrade_4").expect("open");
+        let store: &dyn Backend = &pg;
+        ok(store.write(|tx| {
+            for id in 1..=4u64 {
+                let (gate, finished) = (1 + (id % 2) as u32, (id == 3).then_some(1_000));
+                let state = if id == 3 { "succeeded" } else { "scheduled" };
+                tx.put_task(&task(id, gate, state, finished))?;
+                tx.index_task(gate, id)?;
+            }
+            tx.set_running(2, true)
+        }));
+        ok(pg.check()).problems
+    };
+    pg_sql(
+        &url,
+        "SET search_path TO upgrade_4;
+         CREATE TABLE running (task_id bigint PRIMARY KEY);
+         CREATE TABLE gate_tasks (
+             gate_id int NOT NULL, task_id bigint NOT NULL, PRIMARY KEY (gate_id, task_id));
+         CREATE TABLE finished (
+             at bigint NOT NULL, task_id bigint NOT NULL, PRIMARY KEY (at, task_id));
+         INSERT INTO running SELECT id FROM tasks WHERE running;
+         INSERT INTO gate_tasks SELECT gate_id, id FROM tasks;
+         INSERT INTO finished SELECT finished_at, id FROM tasks WHERE finished_at IS NOT NULL;
+         INSERT INTO finished VALUES (500, 3);
+         DROP INDEX tasks_by_gate, tasks_running, tasks_finished;
+         ALTER TABLE tasks DROP COLUMN gate_id, DROP COLUMN finished_at, DROP COLUMN running;
+         UPDATE meta SET value = 4 WHERE key = 'schema_version';",
+    );
+    let pg = PgStore::open_in(&url, "upgrade_4").expect("upgraded");
+    let store: &dyn Backend = &pg;
+    ok(store.write(|tx| {
+        assert_eq!(tx.running_tasks()?, [2], "the running set");
+        Ok(())
+    }));
+    let r = ok(store.read());
+    for (gate, ids) in [(1, vec![4, 2]), (2, vec![3, 1])] {
+        let filter = TaskFilter {
+            gate_id: Some(gate),
+            ..TaskFilter::default()
+        };
+        let listed: Vec<u64> = ok(r.list_tasks(&filter, None, 10))
+            .0
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(listed, ids, "gate {gate}");
+    }
+    drop(r);
+    assert_eq!(
+        ok(pg.check()).problems,
+        before,
+        "the check, before and after"
+    );
+    assert_eq!(
+        ok(store.write(|tx| tx.prune(999, 10))),
+        (0, false),
+        "not yet"
+    );
+    assert_eq!(
+        ok(store.write(|tx| tx.prune(1_001, 10))),
+        (1, false),
+        "task 3 goes"
+    );
+    assert_eq!(ok(ok(store.read()).task(3)), None);
 }

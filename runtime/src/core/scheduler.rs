@@ -889,6 +889,16 @@ impl Scheduler {
         self.effects.iter().filter_map(Effect::task)
     }
 
+    /// The tasks of the starts queued next, up to the first effect of
+    /// another kind (which may put a task back in pending first): a store
+    /// with round trips takes their pending entries out at once.
+    pub fn next_starts(&self) -> impl Iterator<Item = (TaskId, GateId)> + '_ {
+        self.effects.iter().map_while(|e| match e {
+            Effect::Start { task, gate, .. } => Some((*task, *gate)),
+            _ => None,
+        })
+    }
+
     pub fn view(&self, now: Timestamp, gate: GateId) -> Option<GateStatus> {
         let lane = self.lanes.get(&gate)?;
         let due_now = ..=(now, TaskId(u64::MAX));

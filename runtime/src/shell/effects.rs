@@ -4,6 +4,27 @@
 use super::*;
 
 impl Engine {
+    /// Takes the pending entries of the tasks in `run` (starts queued one
+    /// after another) out of the store at once.
+    fn unpend(&mut self, turn: &mut Turn<'_>, run: &[(TaskId, GateId)]) -> Result<(), StoreError> {
+        turn.prefetch(run.iter().map(|(task, _)| task.0))?;
+        let mut entries = Vec::with_capacity(run.len());
+        for &(task, gate) in run {
+            let record = turn.must_task(task.0)?;
+            entries.push(PendingEntry {
+                gate,
+                key: record.key.clone(),
+                due: Timestamp(record.order_ms()),
+                task,
+            });
+        }
+        let removed = turn.tx.remove_pending_many(&entries)?;
+        for (entry, removed) in entries.iter().zip(removed) {
+            turn.unpended.insert(entry.task.0, removed);
+        }
+        Ok(())
+    }
+
     pub(super) fn drain_effects(&mut self, turn: &mut Turn<'_>) -> Result<(), StoreError> {
         while let Some(effect) = self.core.poll_effect() {
             if let Some(task) = effect.task()
@@ -58,12 +79,14 @@ impl Engine {
                     // When it leaves: the turn's time, or later (its slot
                     // time, or its due time when started ahead of it).
                     let now = at.max(turn.now);
-                    let record = turn.must_task(task.0)?;
-                    let (due, order, key) = (record.due_at, record.order_ms(), record.key.clone());
-                    let removed =
-                        turn.tx
-                            .remove_pending(gate, key.as_deref(), Timestamp(order), task)?;
+                    if !turn.unpended.contains_key(&task.0) {
+                        let run = std::iter::once((task, gate)).chain(self.core.next_starts());
+                        let run: Vec<(TaskId, GateId)> = run.collect();
+                        self.unpend(turn, &run)?;
+                    }
+                    let removed = turn.unpended.remove(&task.0) == Some(true);
                     assert!(removed, "started a task that was not pending");
+                    let due = turn.must_task(task.0)?.due_at;
                     let record = turn.must_task(task.0)?;
                     record.state = TaskState::Running;
                     record.attempts = record.attempt_offset + attempt;

@@ -27,8 +27,8 @@ use crate::model::{GateSpec, NewTask, ScheduleSpec, Target};
 use crate::plugin::{self, PermitMessage};
 use crate::store::{
     AdaptiveRecord, AttemptRecord, Backend, BodyRecord, CircuitRecord, Counts, GateRecord,
-    PluginRecord, RecoveryRecord, ReplayRecord, RetryRecord, ScheduleRecord, StoreError,
-    TaskRecord, TaskState, Writes,
+    PendingEntry, PluginRecord, RecoveryRecord, ReplayRecord, RetryRecord, ScheduleRecord,
+    StoreError, TaskRecord, TaskState, Writes,
 };
 
 mod boot;
@@ -415,6 +415,9 @@ struct Turn<'a> {
     ended: Vec<(u64, TaskState, String)>,
     /// Plugin records whose reference counts changed in this turn.
     dirty_plugins: Vec<String>,
+    /// Tasks about to start whose pending entries were taken out ahead, in
+    /// one go with the starts queued beside them: whether each was there.
+    unpended: HashMap<u64, bool>,
 }
 
 impl<'a> Turn<'a> {
@@ -427,6 +430,7 @@ impl<'a> Turn<'a> {
             plans: Vec::new(),
             ended: Vec::new(),
             dirty_plugins: Vec::new(),
+            unpended: HashMap::new(),
         }
     }
 

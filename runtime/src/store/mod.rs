@@ -19,7 +19,7 @@ pub use check::Findings;
 pub use postgres::{PG_SCHEMA_VERSION, PgStore, Target as PgTarget, describe as pg_describe};
 pub use read::{KeyBacklog, TaskFilter};
 use read::{LIST_SCAN_LIMIT, cut_range, keyed_firsts};
-pub use seam::{Backend, Reads, Writes};
+pub use seam::{Backend, PendingEntry, Reads, Writes};
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -11,6 +11,15 @@ use std::path::Path;
 
 use super::*;
 
+/// A pending entry: a task's place in its gate's (and key's) due order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingEntry {
+    pub gate: GateId,
+    pub key: Option<String>,
+    pub due: Timestamp,
+    pub task: TaskId,
+}
+
 /// A store: one write transaction at a time, any number of readers. The
 /// engine, the API and the plugin host hold it as `Arc<dyn Backend>`, so they
 /// never name an implementation; `write` (on `dyn Backend`) is the typed way
@@ -84,7 +93,9 @@ pub trait Writes {
     /// Returns how many tasks went and whether more are waiting.
     fn prune(&mut self, before: u64, limit: usize) -> Result<(usize, bool)>;
 
-    /// Records a new task in its gate's listing index.
+    /// Records a new task in its gate's listing index. The task's record is
+    /// written in the same transaction or was before (on PostgreSQL the
+    /// index is a column of the task's row).
     fn index_task(&mut self, gate_id: u32, task_id: u64) -> Result<()>;
 
     /// Indexes a pending task under its gate and key (`None`: the unnamed key).
@@ -96,6 +107,7 @@ pub trait Writes {
         task: TaskId,
     ) -> Result<()>;
 
+    /// Removes a pending entry; false when there was none.
     fn remove_pending(
         &mut self,
         gate: GateId,
@@ -103,6 +115,15 @@ pub trait Writes {
         due: Timestamp,
         task: TaskId,
     ) -> Result<bool>;
+
+    /// Removes several pending entries (each task once), answering for
+    /// each whether it was there: one round trip on a store that has them.
+    fn remove_pending_many(&mut self, entries: &[PendingEntry]) -> Result<Vec<bool>> {
+        entries
+            .iter()
+            .map(|e| self.remove_pending(e.gate, e.key.as_deref(), e.due, e.task))
+            .collect()
+    }
 
     /// Pending orders of a gate's key from `from` on: at most `limit`, none
     /// due after `until`. Returns them and the first order not returned.
@@ -125,6 +146,9 @@ pub trait Writes {
     #[allow(clippy::type_complexity, reason = "a plain list of triples")]
     fn all_pending(&self, gate: GateId) -> Result<Vec<(Option<String>, Timestamp, TaskId)>>;
 
+    /// Puts a task in the running set or takes it out. As for
+    /// [`Writes::index_task`], its record is written in the same
+    /// transaction or was before.
     fn set_running(&mut self, task_id: u64, running: bool) -> Result<()>;
 
     fn running_tasks(&self) -> Result<Vec<u64>>;

@@ -76,13 +76,23 @@ fn check_on(conn: &Conn) -> Result<Findings> {
             unbig(row.get(3)),
         ));
     }
-    for row in rows(conn, "SELECT task_id FROM running", &[])? {
+    // The running set, the gate index and the retention index are columns
+    // of the task rows (schema 5), read as the tables they were.
+    for row in rows(conn, "SELECT id FROM tasks WHERE running", &[])? {
         s.running.insert(unbig(row.get(0)));
     }
-    for row in rows(conn, "SELECT gate_id, task_id FROM gate_tasks", &[])? {
+    for row in rows(
+        conn,
+        "SELECT gate_id, id FROM tasks WHERE gate_id IS NOT NULL",
+        &[],
+    )? {
         s.gate_tasks.insert((unint(row.get(0)), unbig(row.get(1))));
     }
-    for row in rows(conn, "SELECT at, task_id FROM finished", &[])? {
+    for row in rows(
+        conn,
+        "SELECT finished_at, id FROM tasks WHERE finished_at IS NOT NULL",
+        &[],
+    )? {
         s.finished.insert((unbig(row.get(0)), unbig(row.get(1))));
     }
     for row in rows(conn, "SELECT gate_id, minute, n FROM due_minutes", &[])? {

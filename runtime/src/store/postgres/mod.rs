@@ -1,7 +1,9 @@
 //! The store on PostgreSQL (SPEC §9): the same seam as redb, for servers that
 //! outgrow one machine's file. Every table of the redb store is a table in
-//! the schema `sluice` (or one the caller names); records are the same JSON
-//! bytes, so a record means the same in both stores.
+//! the schema `sluice` (or one the caller names), but for three indexes of
+//! tasks (its gate's listing, the running set, retention) that are columns
+//! of the task's row, so a turn writes a task it changed once; records are
+//! the same bytes, so a record means the same in both stores.
 //!
 //! The seam is synchronous (the engine runs one transaction per turn on its
 //! own thread), tokio-postgres is not: the store owns a small runtime that
@@ -39,14 +41,15 @@ use write::PgTx;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS gates (name text PRIMARY KEY, record bytea NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks (id bigint PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id bigint PRIMARY KEY, record bytea NOT NULL,
+    gate_id int, finished_at bigint, running bool NOT NULL DEFAULT false);
 CREATE TABLE IF NOT EXISTS pending (
     gate_id int NOT NULL, due bigint NOT NULL, task_id bigint NOT NULL,
     PRIMARY KEY (gate_id, due, task_id));
 CREATE TABLE IF NOT EXISTS pending_keyed (
     gate_id int NOT NULL, key text COLLATE \"C\" NOT NULL, due bigint NOT NULL,
     task_id bigint NOT NULL, PRIMARY KEY (gate_id, key, due, task_id));
-CREATE TABLE IF NOT EXISTS running (task_id bigint PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS attempts (
     task_id bigint NOT NULL, attempt int NOT NULL, record bytea NOT NULL,
     PRIMARY KEY (task_id, attempt));
@@ -56,15 +59,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE TABLE IF NOT EXISTS coalesce (
     gate_id int NOT NULL, key text NOT NULL, task_id bigint NOT NULL,
     PRIMARY KEY (gate_id, key));
-CREATE TABLE IF NOT EXISTS gate_tasks (
-    gate_id int NOT NULL, task_id bigint NOT NULL, PRIMARY KEY (gate_id, task_id));
 CREATE TABLE IF NOT EXISTS counts (gate_id int PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (name text PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS due_minutes (
     gate_id int NOT NULL, minute bigint NOT NULL, n bigint NOT NULL,
     PRIMARY KEY (gate_id, minute));
-CREATE TABLE IF NOT EXISTS finished (
-    at bigint NOT NULL, task_id bigint NOT NULL, PRIMARY KEY (at, task_id));
 CREATE TABLE IF NOT EXISTS plugins (key text PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS plugin_wasm (key text PRIMARY KEY, wasm bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS plugin_compiled (
@@ -83,11 +82,35 @@ INSERT INTO meta VALUES ('next_gate_id', 1) ON CONFLICT DO NOTHING;
 INSERT INTO ownership VALUES ('gates', NULL, 0, '-infinity') ON CONFLICT DO NOTHING;
 ";
 
+/// Schema 5 keeps a task's gate, its place in the running set and its
+/// retention time in columns of its row (they were the tables `gate_tasks`,
+/// `running` and `finished`), so a turn writes each task it changed once.
+const UPGRADE_TO_5: &str = "
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS gate_id int,
+    ADD COLUMN IF NOT EXISTS finished_at bigint,
+    ADD COLUMN IF NOT EXISTS running bool NOT NULL DEFAULT false;
+UPDATE tasks t SET gate_id = g.gate_id FROM gate_tasks g WHERE g.task_id = t.id;
+UPDATE tasks t SET running = true FROM running r WHERE r.task_id = t.id;
+UPDATE tasks t SET finished_at = f.at
+    FROM (SELECT task_id, max(at) AS at FROM finished GROUP BY task_id) f
+    WHERE f.task_id = t.id;
+DROP TABLE gate_tasks, running, finished;
+";
+
+/// The indexes on those columns (after an upgrade has added them).
+const TASK_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS tasks_by_gate ON tasks (gate_id, id);
+CREATE INDEX IF NOT EXISTS tasks_running ON tasks (id) WHERE running;
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at, id)
+    WHERE finished_at IS NOT NULL;
+";
+
 /// The PostgreSQL schema version this build writes. 2 added `nodes` and
 /// `ownership` (the cluster), 3 `pending_keyed` and `coalesce`, 4 writes task
-/// records in the binary encoding (JSON ones still read); older schemas are
+/// records in the binary encoding (JSON ones still read), 5 moved three
+/// index tables into columns of `tasks` (`UPGRADE_TO_5`); older schemas are
 /// upgraded in place.
-pub const PG_SCHEMA_VERSION: u64 = 4;
+pub const PG_SCHEMA_VERSION: u64 = 5;
 
 /// A transaction left idle this long (its node paused, or cut off from
 /// the database) is ended by PostgreSQL, so the locks it holds (the share
@@ -361,6 +384,9 @@ impl PgStore {
                 Some(PG_SCHEMA_VERSION) => {}
                 Some(found) if found < PG_SCHEMA_VERSION => {
                     // The tables above were created if missing: the upgrade.
+                    if found < 5 {
+                        wait(client.batch_execute(UPGRADE_TO_5))?;
+                    }
                     wait(client.execute(
                         "UPDATE meta SET value = $1 WHERE key = 'schema_version'",
                         &[&big(PG_SCHEMA_VERSION)],
@@ -373,6 +399,7 @@ impl PgStore {
                     )));
                 }
             }
+            wait(client.batch_execute(TASK_INDEXES))?;
             Ok(())
         })
     }

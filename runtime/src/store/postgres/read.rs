@@ -205,8 +205,8 @@ impl Reads for PgReader {
             let page = match filter.gate_id {
                 Some(gate_id) => rows(
                     client,
-                    "SELECT t.id, t.record FROM gate_tasks g JOIN tasks t ON t.id = g.task_id \
-                     WHERE g.gate_id = $1 AND g.task_id < $2 ORDER BY g.task_id DESC LIMIT 500",
+                    "SELECT id, record FROM tasks \
+                     WHERE gate_id = $1 AND id < $2 ORDER BY id DESC LIMIT 500",
                     &[&int(gate_id), &below],
                 )?,
                 None => rows(

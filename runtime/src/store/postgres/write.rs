@@ -8,6 +8,7 @@
 //! every write before it.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use super::*;
 
@@ -20,10 +21,61 @@ struct Queued {
     due_delta: Option<((u32, u64), i64)>,
 }
 
+/// What a transaction wrote to one task's row since its last flush: its
+/// record (with the columns read off it) and its place in the running set.
+/// However often the turn changed the task, the row goes out as one
+/// statement.
+#[derive(Default)]
+struct TaskRow {
+    record: Option<Vec<u8>>,
+    gate_id: Option<u32>,
+    finished_at: Option<u64>,
+    running: Option<bool>,
+}
+
+impl TaskRow {
+    /// The statement that writes it.
+    fn queued(self, id: u64) -> Queued {
+        let running: Option<bool> = self.running;
+        let (sql, params): (&'static str, Vec<Param>) = match self.record {
+            Some(record) => (
+                "INSERT INTO tasks (id, record, gate_id, finished_at, running) \
+                 VALUES ($1, $2, $3, $4, coalesce($5, false)) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, \
+                 gate_id = EXCLUDED.gate_id, finished_at = EXCLUDED.finished_at, \
+                 running = coalesce($5, tasks.running)",
+                vec![
+                    Box::new(big(id)),
+                    Box::new(record),
+                    Box::new(self.gate_id.map(int)),
+                    Box::new(self.finished_at.map(big)),
+                    Box::new(running),
+                ],
+            ),
+            None => (
+                "UPDATE tasks SET running = coalesce($2, running), \
+                 gate_id = coalesce($3, gate_id) WHERE id = $1",
+                vec![
+                    Box::new(big(id)),
+                    Box::new(running),
+                    Box::new(self.gate_id.map(int)),
+                ],
+            ),
+        };
+        Queued {
+            sql,
+            params,
+            due_delta: None,
+        }
+    }
+}
+
 /// One write transaction on the writer connection.
 pub(super) struct PgTx<'a> {
     client: &'a Conn,
     queued: RefCell<Vec<Queued>>,
+    /// Task rows written since the last flush of everything.
+    rows: RefCell<BTreeMap<u64, TaskRow>>,
     /// Changes to `due_minutes`, written once at the end.
     due_deltas: RefCell<HashMap<(u32, u64), i64>>,
 }
@@ -33,8 +85,14 @@ impl<'a> PgTx<'a> {
         PgTx {
             client,
             queued: RefCell::default(),
+            rows: RefCell::default(),
             due_deltas: RefCell::default(),
         }
+    }
+
+    /// Changes what goes out for task `id`'s row.
+    fn row(&self, id: u64, change: impl FnOnce(&mut TaskRow)) {
+        change(self.rows.borrow_mut().entry(id).or_default());
     }
 
     fn send(&self, sql: &'static str, params: Vec<Param>) {
@@ -54,8 +112,24 @@ impl<'a> PgTx<'a> {
         });
     }
 
-    /// Sends the queued writes as one pipeline and waits for every answer.
+    /// Sends the task rows and the queued writes as one pipeline and waits
+    /// for every answer. The rows go first: the only other statement on
+    /// `tasks` (retention's delete) is queued after a read of the task,
+    /// which flushed its row.
     fn flush(&self) -> Result<()> {
+        let rows = std::mem::take(&mut *self.rows.borrow_mut());
+        if !rows.is_empty() {
+            let mut queued = self.queued.borrow_mut();
+            let mut all: Vec<Queued> = rows.into_iter().map(|(id, row)| row.queued(id)).collect();
+            all.append(&mut queued);
+            *queued = all;
+        }
+        self.flush_queued()
+    }
+
+    /// Sends the queued writes, not the task rows (for reads of tables
+    /// other than `tasks`, which need not wait for them).
+    fn flush_queued(&self) -> Result<()> {
         let queued = std::mem::take(&mut *self.queued.borrow_mut());
         if queued.is_empty() {
             return Ok(());
@@ -109,6 +183,15 @@ impl<'a> PgTx<'a> {
         Ok(self.client)
     }
 
+    /// The connection for a statement on a table other than `tasks` (the
+    /// pending ones, say), once the queued writes have gone out; the task
+    /// rows may wait, so the removal of a start's pending entry does not
+    /// split its row into two writes.
+    fn read_other(&self) -> Result<&Conn> {
+        self.flush_queued()?;
+        Ok(self.client)
+    }
+
     /// Removes one finished task and what hangs off it, if it still is the
     /// task that finished at `at`.
     fn prune_task(&mut self, id: u64, at: u64) -> Result<bool> {
@@ -116,16 +199,15 @@ impl<'a> PgTx<'a> {
             return Ok(false);
         };
         if !task.state.is_final() || task.finished_at != Some(at) {
+            // It ran again since (or an upgraded row's time was stale): its
+            // columns from its record, so retention stops finding it here.
+            self.put_task(&task)?;
             return Ok(false);
         }
         self.send("DELETE FROM tasks WHERE id = $1", vec![Box::new(big(id))]);
         self.send(
             "DELETE FROM attempts WHERE task_id = $1",
             vec![Box::new(big(id))],
-        );
-        self.send(
-            "DELETE FROM gate_tasks WHERE gate_id = $1 AND task_id = $2",
-            vec![Box::new(int(task.gate_id)), Box::new(big(id))],
         );
         if task.root.is_none_or(|root| root == id) {
             self.send(
@@ -217,33 +299,27 @@ impl Writes for PgTx<'_> {
     }
 
     fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
-        self.send(
-            "INSERT INTO tasks VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-            vec![Box::new(big(task.id)), Box::new(encode_task(task))],
-        );
-        if let (true, Some(at)) = (task.state.is_final(), task.finished_at) {
-            self.send(
-                "INSERT INTO finished VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                vec![Box::new(big(at)), Box::new(big(task.id))],
-            );
-        }
+        let record = encode_task(task);
+        let finished_at = task.finished_at.filter(|_| task.state.is_final());
+        self.row(task.id, |row| {
+            row.record = Some(record);
+            row.gate_id = Some(task.gate_id);
+            row.finished_at = finished_at;
+        });
         Ok(())
     }
 
     fn prune(&mut self, before: u64, limit: usize) -> Result<(usize, bool)> {
         let found = rows(
             self.read()?,
-            "SELECT at, task_id FROM finished WHERE at < $1 ORDER BY at, task_id LIMIT $2",
+            "SELECT finished_at, id FROM tasks WHERE finished_at < $1 \
+             ORDER BY finished_at, id LIMIT $2",
             &[&big(before), &big(limit as u64 + 1)],
         )?;
         let more = found.len() > limit;
         let mut removed = 0;
         for row in found.iter().take(limit) {
             let (at, id): (i64, i64) = (row.get(0), row.get(1));
-            self.send(
-                "DELETE FROM finished WHERE at = $1 AND task_id = $2",
-                vec![Box::new(at), Box::new(id)],
-            );
             if self.prune_task(unbig(id), unbig(at))? {
                 removed += 1;
             }
@@ -252,10 +328,8 @@ impl Writes for PgTx<'_> {
     }
 
     fn index_task(&mut self, gate_id: u32, task_id: u64) -> Result<()> {
-        self.send(
-            "INSERT INTO gate_tasks VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            vec![Box::new(int(gate_id)), Box::new(big(task_id))],
-        );
+        // A column of the task's row, which its record sets too.
+        self.row(task_id, |row| row.gate_id = Some(gate_id));
         Ok(())
     }
 
@@ -297,12 +371,12 @@ impl Writes for PgTx<'_> {
     ) -> Result<bool> {
         let removed = match key {
             None => exec(
-                self.read()?,
+                self.read_other()?,
                 "DELETE FROM pending WHERE gate_id = $1 AND due = $2 AND task_id = $3",
                 &[&int(gate.0), &big(due.as_ms()), &big(task.0)],
             )?,
             Some(key) => exec(
-                self.read()?,
+                self.read_other()?,
                 "DELETE FROM pending_keyed \
                  WHERE gate_id = $1 AND key = $2 AND due = $3 AND task_id = $4",
                 &[&int(gate.0), &key, &big(due.as_ms()), &big(task.0)],
@@ -316,6 +390,63 @@ impl Writes for PgTx<'_> {
                 .or_default() -= 1;
         }
         Ok(removed)
+    }
+
+    fn remove_pending_many(&mut self, entries: &[PendingEntry]) -> Result<Vec<bool>> {
+        if entries.len() < 2 {
+            return entries
+                .iter()
+                .map(|e| self.remove_pending(e.gate, e.key.as_deref(), e.due, e.task))
+                .collect();
+        }
+        let (keyed, plain): (Vec<&PendingEntry>, Vec<&PendingEntry>) =
+            entries.iter().partition(|e| e.key.is_some());
+        let column = |list: &[&PendingEntry]| {
+            (
+                list.iter().map(|e| int(e.gate.0)).collect::<Vec<i32>>(),
+                list.iter()
+                    .map(|e| big(e.due.as_ms()))
+                    .collect::<Vec<i64>>(),
+                list.iter().map(|e| big(e.task.0)).collect::<Vec<i64>>(),
+            )
+        };
+        let mut gone = Vec::new();
+        if !plain.is_empty() {
+            let (gates, dues, tasks) = column(&plain);
+            gone.extend(rows(
+                self.read_other()?,
+                "DELETE FROM pending p USING unnest($1::int[], $2::bigint[], $3::bigint[]) \
+                 AS e(gate_id, due, task_id) \
+                 WHERE p.gate_id = e.gate_id AND p.due = e.due AND p.task_id = e.task_id \
+                 RETURNING p.gate_id, p.due, p.task_id",
+                &[&gates, &dues, &tasks],
+            )?);
+        }
+        if !keyed.is_empty() {
+            let (gates, dues, tasks) = column(&keyed);
+            let keys: Vec<&str> = keyed.iter().filter_map(|e| e.key.as_deref()).collect();
+            gone.extend(rows(
+                self.read_other()?,
+                "DELETE FROM pending_keyed p \
+                 USING unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[]) \
+                 AS e(gate_id, due, task_id, key) \
+                 WHERE p.gate_id = e.gate_id AND p.key = e.key AND p.due = e.due \
+                 AND p.task_id = e.task_id \
+                 RETURNING p.gate_id, p.due, p.task_id",
+                &[&gates, &dues, &tasks, &keys],
+            )?);
+        }
+        let mut removed = std::collections::HashSet::with_capacity(gone.len());
+        let mut deltas = self.due_deltas.borrow_mut();
+        for row in &gone {
+            let (gate, due, task) = (unint(row.get(0)), unbig(row.get(1)), unbig(row.get(2)));
+            *deltas.entry((gate, due / MINUTE_MS)).or_default() -= 1;
+            removed.insert(task);
+        }
+        Ok(entries
+            .iter()
+            .map(|e| removed.contains(&e.task.0))
+            .collect())
     }
 
     #[allow(clippy::type_complexity, reason = "a plain pair of key lists")]
@@ -335,14 +466,14 @@ impl Writes for PgTx<'_> {
         );
         let found = keys(match key {
             None => rows(
-                self.read()?,
+                self.read_other()?,
                 "SELECT due, task_id FROM pending \
                  WHERE gate_id = $1 AND (due, task_id) >= ($2, $3) \
                  ORDER BY due, task_id LIMIT $4",
                 &[&gate, &due, &id, &limit1],
             )?,
             Some(key) => rows(
-                self.read()?,
+                self.read_other()?,
                 "SELECT due, task_id FROM pending_keyed \
                  WHERE gate_id = $1 AND key = $5 AND (due, task_id) >= ($2, $3) \
                  ORDER BY due, task_id LIMIT $4",
@@ -354,7 +485,7 @@ impl Writes for PgTx<'_> {
 
     fn pending_keys(&self, gate: GateId) -> Result<Vec<(Option<String>, (Timestamp, TaskId))>> {
         let mut out: Vec<_> = keys(rows(
-            self.read()?,
+            self.read_other()?,
             "SELECT due, task_id FROM pending WHERE gate_id = $1 ORDER BY due, task_id LIMIT 1",
             &[&int(gate.0)],
         )?)
@@ -362,7 +493,7 @@ impl Writes for PgTx<'_> {
         .map(|first| (None, first))
         .collect();
         let firsts = rows(
-            self.read()?,
+            self.read_other()?,
             "SELECT DISTINCT ON (key) key, due, task_id FROM pending_keyed \
              WHERE gate_id = $1 ORDER BY key, due, task_id",
             &[&int(gate.0)],
@@ -376,7 +507,7 @@ impl Writes for PgTx<'_> {
 
     fn all_pending(&self, gate: GateId) -> Result<Vec<(Option<String>, Timestamp, TaskId)>> {
         let mut out: Vec<_> = keys(rows(
-            self.read()?,
+            self.read_other()?,
             "SELECT due, task_id FROM pending WHERE gate_id = $1 ORDER BY due, task_id",
             &[&int(gate.0)],
         )?)
@@ -384,7 +515,7 @@ impl Writes for PgTx<'_> {
         .map(|(due, id)| (None, due, id))
         .collect();
         for row in rows(
-            self.read()?,
+            self.read_other()?,
             "SELECT key, due, task_id FROM pending_keyed WHERE gate_id = $1",
             &[&int(gate.0)],
         )? {
@@ -398,19 +529,14 @@ impl Writes for PgTx<'_> {
     }
 
     fn set_running(&mut self, task_id: u64, running: bool) -> Result<()> {
-        let sql = if running {
-            "INSERT INTO running VALUES ($1) ON CONFLICT DO NOTHING"
-        } else {
-            "DELETE FROM running WHERE task_id = $1"
-        };
-        self.send(sql, vec![Box::new(big(task_id))]);
+        self.row(task_id, |row| row.running = Some(running));
         Ok(())
     }
 
     fn running_tasks(&self) -> Result<Vec<u64>> {
         let found = rows(
             self.read()?,
-            "SELECT task_id FROM running ORDER BY task_id",
+            "SELECT id FROM tasks WHERE running ORDER BY id",
             &[],
         )?;
         Ok(found.iter().map(|row| unbig(row.get(0))).collect())
@@ -442,7 +568,7 @@ impl Writes for PgTx<'_> {
 
     fn idempotent(&self, gate_id: u32, key: &str) -> Result<Option<u64>> {
         let row = one(
-            self.read()?,
+            self.read_other()?,
             "SELECT task_id FROM idempotency WHERE gate_id = $1 AND key = $2",
             &[&int(gate_id), &key],
         )?;
@@ -451,7 +577,7 @@ impl Writes for PgTx<'_> {
 
     fn coalesced(&self, gate_id: u32, key: &str) -> Result<Option<u64>> {
         let row = one(
-            self.read()?,
+            self.read_other()?,
             "SELECT task_id FROM coalesce WHERE gate_id = $1 AND key = $2",
             &[&int(gate_id), &key],
         )?;
