@@ -399,8 +399,7 @@ fn new_id() -> String {
         bytes.copy_from_slice(&ms.to_be_bytes()[2..]);
         bytes[0] ^= std::process::id() as u8;
     }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("n-{hex}")
+    format!("n-{}", crate::hex::encode(&bytes))
 }
 
 async fn connect(target: &crate::store::PgTarget, schema: &str) -> Result<Client, StoreError> {

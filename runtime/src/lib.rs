@@ -34,6 +34,7 @@ pub mod core;
 pub mod dispatch;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hex;
 pub mod model;
 pub mod plugin;
 pub mod server;

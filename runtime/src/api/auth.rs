@@ -145,12 +145,7 @@ pub fn new_token() -> Result<(String, String), getrandom::Error> {
 
 pub fn hash_text(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
-    let mut out = String::with_capacity(71);
-    out.push_str("sha256:");
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("sha256:{}", crate::hex::encode(&digest))
 }
 
 /// The configured tokens. Empty means auth is off, which the config only

@@ -42,7 +42,7 @@ pub(super) fn fresh() -> String {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .to_be_bytes();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&bytes)
 }
 
 /// The outermost layer: names the request, serves it in its span, and logs

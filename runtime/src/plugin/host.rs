@@ -519,7 +519,7 @@ impl Host {
             .serialize()
             .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
         Ok(Compiled {
-            sha256: hex(&Sha256::digest(wasm)),
+            sha256: crate::hex::encode(&Sha256::digest(wasm)),
             imports,
             artifact,
             pre,
@@ -893,8 +893,4 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component, PluginErro
     // replace the server binary.
     unsafe { Component::deserialize(engine, artifact) }
         .map_err(|e| PluginError::Invalid(format!("stored artifact: {e:#}")))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -54,17 +54,13 @@ pub(super) fn new_token() -> (String, String) {
         // No OS randomness means no unguessable token: fail loudly.
         panic!("the operating system's random source failed");
     }
-    let token = hex(&bytes);
+    let token = crate::hex::encode(&bytes);
     let hash = hash_token(&token);
     (token, hash)
 }
 
 pub(super) fn hash_token(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&Sha256::digest(token.as_bytes()))
 }
 
 /// Constant-time comparison of two hex digests.
