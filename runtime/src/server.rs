@@ -137,6 +137,10 @@ async fn join(driver: std::thread::JoinHandle<Result<(), StoreError>>) -> anyhow
     }
 }
 
+/// How far ahead of its token and its due time a start is admitted on
+/// PostgreSQL (`Tuning::lookahead`; 20 ms on redb).
+const POSTGRES_LOOKAHEAD: std::time::Duration = std::time::Duration::from_millis(60);
+
 /// Starts a server. With `tuning` the tests shrink memory windows.
 pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Result<Running> {
     config.check()?;
@@ -189,8 +193,19 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         config.plugin_memory_max,
     )
     .context("starting the plugin runtime")?;
+    // A commit to PostgreSQL takes longer than a local fsync, and longer
+    // still in its tail: starts look further ahead there, so a task is on
+    // record by its due time all the same.
+    let tuning = tuning.unwrap_or_else(|| Tuning {
+        lookahead: if postgres.is_some() {
+            POSTGRES_LOOKAHEAD
+        } else {
+            Tuning::default().lookahead
+        },
+        ..Tuning::default()
+    });
     let options = Options {
-        tuning: tuning.unwrap_or_default(),
+        tuning,
         grace: config.grace,
         signing_secrets: config.signing_secrets.clone(),
         outbound_hosts: config.outbound_hosts.clone(),

@@ -40,6 +40,7 @@ impl Engine {
             next_reader: no_next_reader,
             pacers: HashMap::new(),
             waiting: HashMap::new(),
+            last_work: Duration::ZERO,
         };
         store.write(|tx| {
             driver.last_task_id = tx.last_task_id()?.unwrap_or(0);

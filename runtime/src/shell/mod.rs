@@ -401,6 +401,9 @@ pub struct Engine {
     pacers: HashMap<u32, release::Pacer>,
     /// Plugin requests waiting for their gate, by task: (attempt, ask).
     waiting: HashMap<TaskId, Vec<(u32, u64)>>,
+    /// How long the last turn took before its commit (for the slow-turn
+    /// warning: the rest was the commit).
+    last_work: Duration,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so

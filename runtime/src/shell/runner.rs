@@ -76,9 +76,25 @@ impl Runner {
                 // Whatever the attempt still waited for, it waits no more.
                 self.asks.remove(&report.task);
             }
+            let (began, commands, reports) =
+                (clock::instant(), batch_commands.len(), batch_reports.len());
             let plans = self
                 .engine
                 .turn(clock::now(), batch_commands, batch_reports)?;
+            let took = clock::instant().saturating_duration_since(began);
+            if took >= SLOW_TURN {
+                // Every task due meanwhile leaves late by about this much:
+                // worth a line, so a stall of the disk or the database shows.
+                let (ms, work_ms) = (took.as_millis(), self.engine.last_work.as_millis());
+                tracing::warn!(
+                    ms,
+                    work_ms,
+                    commands,
+                    reports,
+                    starts = plans.len(),
+                    "a turn took long"
+                );
+            }
             self.release(plans);
             if grace_until.is_some() && self.engine.running() == 0 {
                 tracing::info!("all attempts settled; driver stopped");
@@ -205,6 +221,9 @@ impl Runner {
         }
     }
 }
+
+/// A turn this long is logged.
+const SLOW_TURN: Duration = Duration::from_millis(200);
 
 async fn sleep_until(at: Option<Timestamp>) {
     match at {

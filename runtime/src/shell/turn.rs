@@ -29,6 +29,7 @@ impl Engine {
         let store = self.store.clone();
         let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         let plans = store.write(|tx| {
+            let began = clock::instant();
             let mut turn = Turn::new(tx, now);
             turn.prefetch(reports.iter().map(|r| r.task.0))?;
             for report in reports {
@@ -42,6 +43,7 @@ impl Engine {
             }
             self.apply_effects(&mut turn)?;
             self.finish_turn(&mut turn)?;
+            self.last_work = clock::instant().saturating_duration_since(began);
             Ok(std::mem::take(&mut turn.plans))
         });
         let plans = match plans {
