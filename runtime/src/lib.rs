@@ -7,7 +7,8 @@
 //! own layer or above; `tests/all/tidy.rs` reads this list and checks every file.
 //!
 //! 1. `core`: the pure decisions (gates, the scheduler, retries, time).
-//! 2. `clock` `store`: the one real clock; the redb tables and records.
+//! 2. `clock` `hex` `store`: the one real clock; lowercase hex; the redb
+//!    tables and records.
 //! 3. `model` `attempt`: validated requests for the shell; an attempt's plan
 //!    and report between the shell and the executors.
 //! 4. `dispatch`: webhook attempts, the outgoing-address guard.
