@@ -196,13 +196,12 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     // A commit to PostgreSQL takes longer than a local fsync, and longer
     // still in its tail: starts look further ahead there, so a task is on
     // record by its due time all the same.
-    let tuning = tuning.unwrap_or_else(|| Tuning {
-        lookahead: if postgres.is_some() {
-            POSTGRES_LOOKAHEAD
-        } else {
-            Tuning::default().lookahead
+    let tuning = tuning.unwrap_or_else(|| match postgres {
+        Some(_) => Tuning {
+            lookahead: POSTGRES_LOOKAHEAD,
+            ..Tuning::default()
         },
-        ..Tuning::default()
+        None => Tuning::default(),
     });
     let options = Options {
         tuning,

@@ -86,8 +86,8 @@ impl Engine {
                     }
                     let removed = turn.unpended.remove(&task.0) == Some(true);
                     assert!(removed, "started a task that was not pending");
-                    let due = turn.must_task(task.0)?.due_at;
                     let record = turn.must_task(task.0)?;
+                    let due = record.due_at;
                     record.state = TaskState::Running;
                     record.attempts = record.attempt_offset + attempt;
                     record.first_attempt_at.get_or_insert(now.as_ms());

@@ -523,10 +523,6 @@ fn one(conn: &Conn, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result
     wait(conn.client.query_opt(&conn.statement(sql)?, params))
 }
 
-fn exec(conn: &Conn, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-    wait(conn.client.execute(&conn.statement(sql)?, params))
-}
-
 fn records<T: serde::de::DeserializeOwned>(table: &'static str, rows: Vec<Row>) -> Result<Vec<T>> {
     rows.iter()
         .map(|row| decode(table, row.get::<_, &[u8]>(0)))

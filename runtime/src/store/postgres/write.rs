@@ -36,7 +36,7 @@ struct TaskRow {
 impl TaskRow {
     /// The statement that writes it.
     fn queued(self, id: u64) -> Queued {
-        let running: Option<bool> = self.running;
+        let running = self.running;
         let (sql, params): (&'static str, Vec<Param>) = match self.record {
             Some(record) => (
                 "INSERT INTO tasks (id, record, gate_id, finished_at, running) \
@@ -369,36 +369,16 @@ impl Writes for PgTx<'_> {
         due: Timestamp,
         task: TaskId,
     ) -> Result<bool> {
-        let removed = match key {
-            None => exec(
-                self.read_other()?,
-                "DELETE FROM pending WHERE gate_id = $1 AND due = $2 AND task_id = $3",
-                &[&int(gate.0), &big(due.as_ms()), &big(task.0)],
-            )?,
-            Some(key) => exec(
-                self.read_other()?,
-                "DELETE FROM pending_keyed \
-                 WHERE gate_id = $1 AND key = $2 AND due = $3 AND task_id = $4",
-                &[&int(gate.0), &key, &big(due.as_ms()), &big(task.0)],
-            )?,
-        } > 0;
-        if removed {
-            *self
-                .due_deltas
-                .borrow_mut()
-                .entry((gate.0, due.as_ms() / MINUTE_MS))
-                .or_default() -= 1;
-        }
-        Ok(removed)
+        let entry = PendingEntry {
+            gate,
+            key: key.map(str::to_owned),
+            due,
+            task,
+        };
+        Ok(self.remove_pending_many(&[entry])?.first() == Some(&true))
     }
 
     fn remove_pending_many(&mut self, entries: &[PendingEntry]) -> Result<Vec<bool>> {
-        if entries.len() < 2 {
-            return entries
-                .iter()
-                .map(|e| self.remove_pending(e.gate, e.key.as_deref(), e.due, e.task))
-                .collect();
-        }
         let (keyed, plain): (Vec<&PendingEntry>, Vec<&PendingEntry>) =
             entries.iter().partition(|e| e.key.is_some());
         let column = |list: &[&PendingEntry]| {
