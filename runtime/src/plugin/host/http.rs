@@ -149,6 +149,30 @@ impl Drop for Permit {
     }
 }
 
+/// A request waiting for its permit. Dropped after the gate said yes but
+/// before the answer was read (the guest dropped the request as its attempt
+/// ended, say), it gives the slot back: otherwise the gate would count that
+/// slot taken for good.
+struct Asking {
+    link: Arc<Link>,
+    allowed: oneshot::Receiver<()>,
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        // Closed first, so the answer is either here now or refused to the
+        // driver, which then gives the slot back itself: never both.
+        self.allowed.close();
+        if self.allowed.try_recv().is_ok() {
+            drop(Permit {
+                link: self.link.clone(),
+                signal: Signal::Neutral,
+                answered: None,
+            });
+        }
+    }
+}
+
 /// What the request task hands the guest: the response head, then its body.
 type Head = Result<(http::StatusCode, http::HeaderMap), Error>;
 
@@ -171,8 +195,14 @@ impl Link {
                 reply,
             })
             .map_err(|_| Error::HttpRequestDenied)?;
+        let mut asking = Asking {
+            link: self.clone(),
+            allowed,
+        };
         // Dropped unanswered: the attempt ended or the server is stopping.
-        allowed.await.map_err(|_| Error::HttpRequestDenied)?;
+        (&mut asking.allowed)
+            .await
+            .map_err(|_| Error::HttpRequestDenied)?;
         Ok(Permit {
             link: self.clone(),
             signal: Signal::Healthy,
@@ -491,5 +521,68 @@ impl<T> Future for AbortOnDrop<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(permits: mpsc::UnboundedSender<PermitMessage>) -> Arc<Link> {
+        Arc::new(Link {
+            task: TaskId(7),
+            attempt: 1,
+            gate: "g".into(),
+            allowed_hosts: Arc::from([]),
+            dispatcher: Dispatcher::new(Vec::new()).expect("dispatcher"),
+            permits,
+            log: Arc::default(),
+            next_ask: AtomicU64::new(0),
+            deadline: tokio::time::Instant::now(),
+            open: Link::open_requests(),
+            io: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// The gate allows a request whose guest has just dropped it: the slot
+    /// the permit took comes back, once.
+    #[tokio::test]
+    async fn a_permit_granted_to_a_dropped_request_is_given_back() {
+        let (permits, mut messages) = mpsc::unbounded_channel();
+        let link = link(permits);
+        let asking = tokio::spawn(async move { link.permit().await.map(drop) });
+        let Some(PermitMessage::Ask { reply, .. }) = messages.recv().await else {
+            panic!("the request did not ask the gate");
+        };
+        // Allowed, and dropped before it could read the answer (on this
+        // one-thread runtime the task is not polled in between).
+        assert!(reply.send(()).is_ok());
+        asking.abort();
+        assert!(asking.await.is_err_and(|e| e.is_cancelled()));
+        assert!(matches!(
+            messages.try_recv(),
+            Ok(PermitMessage::Ended {
+                task: TaskId(7),
+                attempt: 1,
+                ..
+            })
+        ));
+        assert!(messages.try_recv().is_err(), "the slot came back twice");
+    }
+
+    /// Dropped before the gate allowed it, the request refuses the answer:
+    /// the driver gives the slot back then, and the request sends nothing.
+    #[tokio::test]
+    async fn a_request_dropped_before_its_permit_refuses_it() {
+        let (permits, mut messages) = mpsc::unbounded_channel();
+        let link = link(permits);
+        let asking = tokio::spawn(async move { link.permit().await.map(drop) });
+        let Some(PermitMessage::Ask { reply, .. }) = messages.recv().await else {
+            panic!("the request did not ask the gate");
+        };
+        asking.abort();
+        assert!(asking.await.is_err_and(|e| e.is_cancelled()));
+        assert!(reply.send(()).is_err());
+        assert!(messages.try_recv().is_err());
     }
 }
