@@ -48,6 +48,7 @@ use commands::queued_of;
 use handle::Reply;
 pub use handle::{Command, Handle};
 pub use leases::Callback;
+use release::Spacer;
 pub use release::{Grant, Released};
 
 /// Why the shell refused a command. The API maps each to its HTTP status.
@@ -238,6 +239,11 @@ const PRUNE_BATCH: usize = 1_000;
 /// The release pacer runs this fraction of the gate's rate.
 const PACER_MARGIN: f64 = 0.997;
 
+/// How far a release's arrival at the endpoint may lag behind its neighbours'
+/// (a connection opened for it, a busy core) without a window there going
+/// over the gate's bound: the spacer keeps this much of the burst in hand.
+const ARRIVAL_JITTER: Duration = Duration::from_millis(8);
+
 /// Most commands and reports taken into one turn, so a turn stays short.
 const TURN_COMMANDS: usize = 512;
 const TURN_REPORTS: usize = 8_192;
@@ -333,6 +339,7 @@ pub fn spawn_linked(
                     retention: options.retention,
                     plugins: options.plugins.clone(),
                     asks: HashMap::new(),
+                    spacers: HashMap::new(),
                     permits: permits_tx,
                     ready: ready.clone(),
                     deadline: options.deadline.clone(),
@@ -368,6 +375,8 @@ struct Runner {
     plugins: Option<Arc<plugin::Host>>,
     /// Plugin requests waiting for their gate, by task: (ask, attempt, reply).
     asks: HashMap<TaskId, Vec<(u64, u32, tokio::sync::oneshot::Sender<()>)>>,
+    /// Each gate's last check of its releases' spacing, when they wake.
+    spacers: HashMap<u32, Arc<Spacer>>,
     permits: mpsc::UnboundedSender<PermitMessage>,
     /// In a cluster, the lease's deadline: checked right before anything is
     /// sent, and the loop ends when it passes.

@@ -145,6 +145,66 @@ impl Engine {
     }
 }
 
+/// The last check of a gate's releases, as each one wakes, on the real
+/// clock. The engine's pacer spaced them from the instant their commit was
+/// done; a wake that runs late (both cores busy) would still send a late
+/// release in a bunch with the next ones, so each waits here for its token
+/// at the pacer's rate. The bucket is smaller than the gate's burst by
+/// [`ARRIVAL_JITTER`] of tokens (keeping at least one): what is sent within
+/// `burst + rate × T` arrives within it too, as long as the arrivals lag
+/// each other by no more than that (the first requests of a burst each
+/// open a connection).
+#[derive(Debug)]
+pub(super) struct Spacer {
+    base: std::time::Instant,
+    pacer: std::sync::Mutex<Option<Pacer>>,
+}
+
+impl Spacer {
+    pub(super) fn new() -> Spacer {
+        Spacer {
+            base: clock::instant(),
+            pacer: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// How long a release that wakes now waits, at `rate` per second and
+    /// `burst`.
+    pub(super) fn wait(&self, rate: f64, burst: u32) -> Duration {
+        self.wait_at(self.base.elapsed().as_secs_f64() * 1_000.0, rate, burst)
+    }
+
+    /// [`Spacer::wait`] at `now` (ms since `base`). A wait shorter than the
+    /// timer's tick (1 ms) is not slept: the token is taken all the same,
+    /// so the debt grows until a release waits, and what leaves within a
+    /// tick is never more than a tick's worth of tokens.
+    fn wait_at(&self, now: f64, rate: f64, burst: u32) -> Duration {
+        let rate = (rate * PACER_MARGIN / 1_000.0).max(1e-9);
+        let cap = spacer_cap(rate, burst);
+        let Ok(mut pacer) = self.pacer.lock() else {
+            return Duration::ZERO;
+        };
+        let pacer = pacer.get_or_insert(Pacer {
+            tokens: cap,
+            at: now,
+            rate,
+        });
+        let wait = pacer.take(now, rate, cap) - now;
+        if wait < 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(wait / 1_000.0)
+        }
+    }
+}
+
+/// The spacer's bucket at `rate` (per ms): the burst less the tokens of
+/// [`ARRIVAL_JITTER`], at least one.
+fn spacer_cap(rate: f64, burst: u32) -> f64 {
+    let jitter = (rate * ARRIVAL_JITTER.as_secs_f64() * 1_000.0).ceil();
+    (f64::from(burst) - jitter).max(1.0)
+}
+
 impl Pacer {
     /// Takes a token for a release due at `due` (ms) at `rate` (per ms) and
     /// burst `cap`: when it leaves.
@@ -174,7 +234,50 @@ impl Pacer {
 
 #[cfg(test)]
 mod tests {
-    use super::Pacer;
+    use super::{Pacer, Spacer, spacer_cap};
+    use std::time::Duration;
+
+    /// The spacer keeps 8 ms of tokens of the burst in hand, never the last.
+    #[test]
+    fn the_spacer_keeps_the_arrival_jitter_of_the_burst_in_hand() {
+        let per_ms = |per_s: f64| per_s * super::PACER_MARGIN / 1_000.0;
+        assert_eq!(spacer_cap(per_ms(500.0), 10), 6.0);
+        assert_eq!(spacer_cap(per_ms(50.0), 50), 49.0);
+        assert_eq!(spacer_cap(per_ms(1_000.0), 1), 1.0);
+        assert_eq!(spacer_cap(per_ms(5_000.0), 50), 10.0);
+        assert_eq!(spacer_cap(per_ms(1e9), 1_000), 1.0);
+    }
+
+    /// At 500/s and burst 10, six leave at once and the rest one interval
+    /// apart; a late wake does not send the ones behind it in a bunch.
+    #[test]
+    fn the_spacer_spaces_releases_that_wake_together() {
+        let spacer = Spacer::new();
+        let interval = 1.0 / (500.0 * super::PACER_MARGIN / 1_000.0);
+        let waits: Vec<Duration> = (0..9).map(|_| spacer.wait_at(100.0, 500.0, 10)).collect();
+        assert!(waits[..6].iter().all(Duration::is_zero), "{waits:?}");
+        for (i, wait) in waits[6..].iter().enumerate() {
+            let want = interval * (i + 1) as f64;
+            assert!(
+                (wait.as_secs_f64() * 1_000.0 - want).abs() < 1e-6,
+                "{waits:?}"
+            );
+        }
+        // One that wakes as the last of those leaves waits an interval
+        // behind it.
+        let late = spacer.wait_at(100.0 + 3.0 * interval, 500.0, 10);
+        assert!(
+            (late.as_secs_f64() * 1_000.0 - interval).abs() < 1e-6,
+            "{late:?}"
+        );
+    }
+
+    /// With no effective limit, nothing sleeps for less than a tick.
+    #[test]
+    fn the_spacer_does_not_sleep_under_a_tick() {
+        let spacer = Spacer::new();
+        assert!((0..10_000).all(|_| spacer.wait_at(5.0, 1e9, 1_000).is_zero()));
+    }
 
     /// Releases reserved ahead at one rate keep their instants when the
     /// rate rises (a ramp): the next leaves one new interval after the

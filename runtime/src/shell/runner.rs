@@ -111,6 +111,7 @@ impl Runner {
         let Released { attempts, grants } = self.engine.release(done, plans);
         for (after, plan) in attempts {
             let release = released + after;
+            let spacing = self.spacing(done, plan.gate_id);
             let dispatcher = self.dispatcher.clone();
             let reports = self.reports.clone();
             let plugins = matches!(plan.action, Action::Plugin(_)).then(|| self.plugins.clone());
@@ -120,6 +121,7 @@ impl Runner {
                 if !after.is_zero() {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
                 }
+                spaced(spacing).await;
                 if deadline.as_ref().is_some_and(|d| !d.valid()) {
                     // The lease ran out while this attempt waited: the next
                     // owner runs it (its start is on record, so it is retried).
@@ -179,16 +181,45 @@ impl Runner {
                     });
                 }
             };
+            let spacing = self
+                .engine
+                .core
+                .gate_of(task)
+                .and_then(|gate| self.spacing(done, gate));
             if after.is_zero() {
-                answer();
+                let wait = spacing.map_or(Duration::ZERO, |s| s.wait());
+                if wait.is_zero() {
+                    answer();
+                } else {
+                    self.runtime.spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        answer();
+                    });
+                }
             } else {
                 let release = released + after;
                 self.runtime.spawn(async move {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
+                    spaced(spacing).await;
                     answer();
                 });
             }
         }
+    }
+
+    /// The gate's spacer, with its rate and burst as of `now`.
+    fn spacing(&mut self, now: Timestamp, gate: GateId) -> Option<Spacing> {
+        let (rate, burst) = self.engine.core.pace(now, gate)?;
+        let spacer = self
+            .spacers
+            .entry(gate.0)
+            .or_insert_with(|| Arc::new(Spacer::new()))
+            .clone();
+        Some(Spacing {
+            spacer,
+            rate,
+            burst,
+        })
     }
 
     /// Takes a message of a plugin's request to the engine.
@@ -219,6 +250,28 @@ impl Runner {
                 .engine
                 .request_ended(now, task, attempt, signal, answered),
         }
+    }
+}
+
+/// A release's check with its gate's [`Spacer`] as it wakes.
+struct Spacing {
+    spacer: Arc<Spacer>,
+    rate: f64,
+    burst: u32,
+}
+
+impl Spacing {
+    /// Takes the release's token now: how long it waits for it.
+    fn wait(&self) -> Duration {
+        self.spacer.wait(self.rate, self.burst)
+    }
+}
+
+/// Waits until the release's spacer lets it leave.
+async fn spaced(spacing: Option<Spacing>) {
+    let wait = spacing.map_or(Duration::ZERO, |s| s.wait());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
 }
 
