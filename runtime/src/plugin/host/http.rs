@@ -538,7 +538,7 @@ mod tests {
             permits,
             log: Arc::default(),
             next_ask: AtomicU64::new(0),
-            deadline: tokio::time::Instant::now(),
+            deadline: tokio::time::Instant::from_std(clock::instant()),
             open: Link::open_requests(),
             io: tokio::runtime::Handle::current(),
         })
