@@ -199,9 +199,10 @@ impl Spacer {
 }
 
 /// The spacer's bucket at `rate` (per ms): the burst less the tokens of
-/// [`ARRIVAL_JITTER`], at least one.
+/// [`ARRIVAL_JITTER`] (a fraction of one at a slow rate: the last of a
+/// burst then waits that long), at least one.
 fn spacer_cap(rate: f64, burst: u32) -> f64 {
-    let jitter = (rate * ARRIVAL_JITTER.as_secs_f64() * 1_000.0).ceil();
+    let jitter = rate * ARRIVAL_JITTER.as_secs_f64() * 1_000.0;
     (f64::from(burst) - jitter).max(1.0)
 }
 
@@ -240,12 +241,25 @@ mod tests {
     /// The spacer keeps 8 ms of tokens of the burst in hand, never the last.
     #[test]
     fn the_spacer_keeps_the_arrival_jitter_of_the_burst_in_hand() {
-        let per_ms = |per_s: f64| per_s * super::PACER_MARGIN / 1_000.0;
-        assert_eq!(spacer_cap(per_ms(500.0), 10), 6.0);
-        assert_eq!(spacer_cap(per_ms(50.0), 50), 49.0);
-        assert_eq!(spacer_cap(per_ms(1_000.0), 1), 1.0);
-        assert_eq!(spacer_cap(per_ms(5_000.0), 50), 10.0);
-        assert_eq!(spacer_cap(per_ms(1e9), 1_000), 1.0);
+        let cap = |per_s: f64, burst| spacer_cap(per_s / 1_000.0, burst);
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(near(cap(500.0, 10), 6.0));
+        assert!(near(cap(50.0, 50), 49.6));
+        assert!(near(cap(1.0, 10), 9.992));
+        assert!(near(cap(1_000.0, 1), 1.0));
+        assert!(near(cap(5_000.0, 50), 10.0));
+        assert!(near(cap(1e9, 1_000), 1.0));
+    }
+
+    /// At 1/s and burst 10, the whole burst leaves at once but the last,
+    /// which waits the 8 ms kept in hand, not a second.
+    #[test]
+    fn a_slow_gate_loses_no_token_of_its_burst() {
+        let spacer = Spacer::new();
+        let waits: Vec<Duration> = (0..10).map(|_| spacer.wait_at(0.0, 1.0, 10)).collect();
+        assert!(waits[..9].iter().all(Duration::is_zero), "{waits:?}");
+        let last = waits[9].as_secs_f64() * 1_000.0;
+        assert!((7.9..8.1).contains(&last), "{waits:?}");
     }
 
     /// At 500/s and burst 10, six leave at once and the rest one interval
@@ -253,23 +267,19 @@ mod tests {
     #[test]
     fn the_spacer_spaces_releases_that_wake_together() {
         let spacer = Spacer::new();
-        let interval = 1.0 / (500.0 * super::PACER_MARGIN / 1_000.0);
+        let rate = 500.0 * super::PACER_MARGIN / 1_000.0;
+        let (interval, cap) = (1.0 / rate, spacer_cap(rate, 10));
+        let ms = |d: Duration| d.as_secs_f64() * 1_000.0;
         let waits: Vec<Duration> = (0..9).map(|_| spacer.wait_at(100.0, 500.0, 10)).collect();
         assert!(waits[..6].iter().all(Duration::is_zero), "{waits:?}");
-        for (i, wait) in waits[6..].iter().enumerate() {
-            let want = interval * (i + 1) as f64;
-            assert!(
-                (wait.as_secs_f64() * 1_000.0 - want).abs() < 1e-6,
-                "{waits:?}"
-            );
+        for (k, wait) in waits.iter().enumerate().skip(6) {
+            let want = (k as f64 + 1.0 - cap) * interval;
+            assert!((ms(*wait) - want).abs() < 1e-6, "{waits:?}");
         }
-        // One that wakes as the last of those leaves waits an interval
-        // behind it.
-        let late = spacer.wait_at(100.0 + 3.0 * interval, 500.0, 10);
-        assert!(
-            (late.as_secs_f64() * 1_000.0 - interval).abs() < 1e-6,
-            "{late:?}"
-        );
+        // One that wakes as the last of those leaves waits (about) an
+        // interval behind it.
+        let late = ms(spacer.wait_at(100.0 + ms(waits[8]), 500.0, 10));
+        assert!((late - interval).abs() < 0.05 * interval, "{late}");
     }
 
     /// With no effective limit, nothing sleeps for less than a tick.
