@@ -347,6 +347,21 @@ async fn peak_memory_with_a_full_pool_of_hostile_attempts_is_bounded() {
         held += output(&t)["bytes"].as_u64().unwrap_or(0);
     }
     let peak = status_kib(child.0.id(), "VmHWM:");
+    // Every slot comes back: the requests still held at the sink end within
+    // its 3 s, and none taken by a request dropped as its attempt ended is
+    // lost (that once kept the last task from ever starting).
+    let start = sluice::clock::instant();
+    loop {
+        let g = c.send("GET", "/v1/gates/abuse", None).await.1;
+        if g["in_flight"] == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the gate's slots never all came back: {g}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     child.stop();
     let grown_mib = peak.saturating_sub(rest) / 1024;
     let bound = slots * HOST_BUDGET_MIB;
