@@ -527,9 +527,19 @@ impl<T> Future for AbortOnDrop<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::task::JoinHandle;
 
-    fn link(permits: mpsc::UnboundedSender<PermitMessage>) -> Arc<Link> {
-        Arc::new(Link {
+    type Asked = (
+        JoinHandle<Result<(), Error>>,
+        oneshot::Sender<()>,
+        mpsc::UnboundedReceiver<PermitMessage>,
+    );
+
+    /// A request of task 7's first attempt that has asked the gate: its
+    /// task, the driver's end of the answer, and the messages to the driver.
+    async fn asking() -> Asked {
+        let (permits, mut messages) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
             task: TaskId(7),
             attempt: 1,
             gate: "g".into(),
@@ -541,24 +551,24 @@ mod tests {
             deadline: tokio::time::Instant::from_std(clock::instant()),
             open: Link::open_requests(),
             io: tokio::runtime::Handle::current(),
-        })
+        });
+        let task = tokio::spawn(async move { link.permit().await.map(drop) });
+        let Some(PermitMessage::Ask { reply, .. }) = messages.recv().await else {
+            panic!("the request did not ask the gate");
+        };
+        (task, reply, messages)
     }
 
     /// The gate allows a request whose guest has just dropped it: the slot
     /// the permit took comes back, once.
     #[tokio::test]
     async fn a_permit_granted_to_a_dropped_request_is_given_back() {
-        let (permits, mut messages) = mpsc::unbounded_channel();
-        let link = link(permits);
-        let asking = tokio::spawn(async move { link.permit().await.map(drop) });
-        let Some(PermitMessage::Ask { reply, .. }) = messages.recv().await else {
-            panic!("the request did not ask the gate");
-        };
+        let (task, reply, mut messages) = asking().await;
         // Allowed, and dropped before it could read the answer (on this
         // one-thread runtime the task is not polled in between).
         assert!(reply.send(()).is_ok());
-        asking.abort();
-        assert!(asking.await.is_err_and(|e| e.is_cancelled()));
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
         assert!(matches!(
             messages.try_recv(),
             Ok(PermitMessage::Ended {
@@ -574,14 +584,9 @@ mod tests {
     /// the driver gives the slot back then, and the request sends nothing.
     #[tokio::test]
     async fn a_request_dropped_before_its_permit_refuses_it() {
-        let (permits, mut messages) = mpsc::unbounded_channel();
-        let link = link(permits);
-        let asking = tokio::spawn(async move { link.permit().await.map(drop) });
-        let Some(PermitMessage::Ask { reply, .. }) = messages.recv().await else {
-            panic!("the request did not ask the gate");
-        };
-        asking.abort();
-        assert!(asking.await.is_err_and(|e| e.is_cancelled()));
+        let (task, reply, mut messages) = asking().await;
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
         assert!(reply.send(()).is_err());
         assert!(messages.try_recv().is_err());
     }
