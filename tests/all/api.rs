@@ -11,6 +11,13 @@ async fn malformed_requests_get_clear_4xx_errors() {
     let c = server.client();
     let sink = Sink::start().await;
     c.put_gate("g", gate_for(&sink, "10/s")).await;
+    // A gate that allows another host only: the sink's origin, allowed in
+    // `g`, must still be refused for it within one batch.
+    c.put_gate(
+        "elsewhere",
+        json!({"rate": "10/s", "allowed_hosts": ["other.example"]}),
+    )
+    .await;
     let url = sink.url("/x");
     // (method, path, body, status, code, field)
     type Case<'a> = (
@@ -258,6 +265,29 @@ async fn malformed_requests_get_clear_4xx_errors() {
             400,
             "invalid_argument",
             Some("tasks[1].webhook"),
+        ),
+        (
+            "POST",
+            "/v1/tasks/batch",
+            Some(json!({"tasks": [
+                {"gate": "g", "webhook": {"url": url}},
+                {"gate": "g", "webhook": {"url": sink.url("/y?z=1")}},
+                {"gate": "g", "webhook": {"url": "http://other.example/"}},
+            ]})),
+            400,
+            "invalid_argument",
+            Some("tasks[2].webhook.url"),
+        ),
+        (
+            "POST",
+            "/v1/tasks/batch",
+            Some(json!({"tasks": [
+                {"gate": "g", "webhook": {"url": url}},
+                {"gate": "elsewhere", "webhook": {"url": sink.url("/y")}},
+            ]})),
+            400,
+            "invalid_argument",
+            Some("tasks[1].webhook.url"),
         ),
         (
             "GET",

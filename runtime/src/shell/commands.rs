@@ -2,6 +2,8 @@
 //! `next` tasks a completion creates), cancel and retry; the checks that
 //! need stored state.
 
+use std::collections::HashSet;
+
 use super::*;
 
 impl Engine {
@@ -316,7 +318,9 @@ impl Engine {
         turn: &mut Turn<'_>,
         tasks: Vec<NewTask>,
     ) -> Result<Result<Vec<Created>, ShellError>, StoreError> {
-        // Check everything first: a batch is all or none.
+        // Check everything first: a batch is all or none. A batch mostly
+        // names one endpoint: each gate's origins are checked once.
+        let mut allowed: HashSet<(&str, &str)> = HashSet::new();
         for (i, task) in tasks.iter().enumerate() {
             let Some(gate) = self.gates.get(&task.gate) else {
                 return Ok(Err(ShellError::NoGate {
@@ -324,10 +328,26 @@ impl Engine {
                     gate: task.gate.clone(),
                 }));
             };
+            let origin = match &task.target {
+                Target::Webhook(w) => origin(&w.url),
+                Target::Plugin(_) => None,
+            };
+            if let Some(origin) = origin
+                && allowed.contains(&(task.gate.as_str(), origin))
+            {
+                continue;
+            }
             if let Err(e) = self.check_target(&task.target, gate, i) {
                 return Ok(Err(e));
             }
+            if let Some(origin) = origin {
+                allowed.insert((task.gate.as_str(), origin));
+            }
         }
+        // A lone task stays in the turn's cache (it often starts in this
+        // same turn, and the API shows its record); a batch's records go
+        // straight to the transaction and on into the reply, not copied.
+        let lone = tasks.len() == 1;
         let mut out = Vec::with_capacity(tasks.len());
         for task in tasks {
             let id_candidate = self.next_task_id(turn.now);
@@ -422,11 +442,19 @@ impl Engine {
             self.count(turn, gate_id, |c| c.pending += 1);
             self.core
                 .handle_input(turn.now, Input::Enqueue(queued_of(&record)));
-            out.push(Created {
-                task: record.clone(),
-                replayed: false,
-            });
-            turn.tasks.insert(id, record);
+            if lone {
+                out.push(Created {
+                    task: record.clone(),
+                    replayed: false,
+                });
+                turn.tasks.insert(id, record);
+            } else {
+                turn.tx.put_task(&record)?;
+                out.push(Created {
+                    task: record,
+                    replayed: false,
+                });
+            }
         }
         Ok(Ok(out))
     }
@@ -689,6 +717,23 @@ impl Engine {
     }
 }
 
+/// The scheme and authority of an `http` or `https` URL, spelt so plainly
+/// (letters, digits, `.`, `-`, `:`, `[`, `]`, ended by `/`, `?`, `#` or the
+/// end) that any URL starting with it has the same host and port. `None`
+/// for anything else, which is then parsed whole.
+fn origin(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if authority.is_empty() || !authority.chars().all(plain) {
+        return None;
+    }
+    Some(&url[..url.len() - rest.len() + end])
+}
+
 /// Checks a webhook URL against the gate at creation, so a task that can never be
 /// delivered is refused up front. Dispatch checks again: the gate may change.
 pub(super) fn check_host(url: &str, gate: &GateRecord) -> Result<(), String> {
@@ -702,4 +747,62 @@ pub(super) fn check_host(url: &str, gate: &GateRecord) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin;
+
+    #[test]
+    fn an_origin_is_only_a_plainly_spelt_scheme_and_authority() {
+        for (url, want) in [
+            ("http://127.0.0.1:8080/x?y", Some("http://127.0.0.1:8080")),
+            ("https://example.com", Some("https://example.com")),
+            ("http://[::1]:9/p", Some("http://[::1]:9")),
+            ("http://h?q=/a", Some("http://h")),
+            ("http://h#f", Some("http://h")),
+            ("http://a\tb/", None),
+            ("http://user@h/", None),
+            ("http://h\\evil/", None),
+            ("http://h%2e/", None),
+            ("HTTP://h/", None),
+            (" http://h/", None),
+            ("http:///x", None),
+            ("ftp://h/", None),
+        ] {
+            assert_eq!(origin(url), want, "{url:?}");
+        }
+    }
+
+    #[test]
+    fn urls_of_one_origin_have_one_host_and_port() {
+        let bases = [
+            "http://127.0.0.1:8080",
+            "https://example.com",
+            "http://[::1]",
+            "http://h:0",
+        ];
+        let tails = [
+            "",
+            "/",
+            "/a/b?c=d",
+            "?x",
+            "#y",
+            "/..%2f\\@other.example:1/",
+            "/@evil.example",
+        ];
+        for base in bases {
+            let first = reqwest::Url::parse(&format!("{base}/")).expect("a valid base");
+            for tail in tails {
+                let url = format!("{base}{tail}");
+                assert_eq!(origin(&url), Some(base), "{url:?}");
+                let parsed = reqwest::Url::parse(&url).expect("a valid url");
+                assert_eq!(
+                    (parsed.host_str(), parsed.port_or_known_default()),
+                    (first.host_str(), first.port_or_known_default()),
+                    "{url:?}"
+                );
+            }
+        }
+    }
 }
