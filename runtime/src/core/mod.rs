@@ -15,6 +15,7 @@ pub mod rng;
 pub mod schedule;
 pub mod scheduler;
 pub mod time;
+pub mod units;
 
 pub use adaptive::AdaptiveRange;
 pub use gate::{CircuitPolicy, Gate, GateLimits, GateState, Recovery, Signal};
