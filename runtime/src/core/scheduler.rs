@@ -128,6 +128,15 @@ pub enum Input {
         ramp: bool,
     },
     RemoveGate(GateId),
+    /// This node stops dispatching the gate: its unit moved to another node
+    /// (`core::units`). Everything of it is forgotten, with no effect: its
+    /// lane, its attempts in flight with their leases, its plugin requests
+    /// still out, asks and permits, effects not yet taken. What was in
+    /// flight is the next owner's to hold (`HoldInterrupted`); reports that
+    /// come here for it later are ignored, as duplicates are. The shell
+    /// takes the turn's effects before it sends this, and writes nothing
+    /// more for the gate.
+    DropGate(GateId),
     Pause(GateId),
     Resume(GateId),
     /// A task became pending (created, or re-run by an operator). The shell has put
@@ -272,6 +281,19 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// The gate it acts in.
+    pub fn gate(&self) -> GateId {
+        match self {
+            Effect::Load { gate, .. }
+            | Effect::LoadKeys { gate }
+            | Effect::Start { gate, .. }
+            | Effect::Requeue { gate, .. }
+            | Effect::Finish { gate, .. }
+            | Effect::Expire { gate, .. }
+            | Effect::LeaseExpired { gate, .. } => *gate,
+        }
+    }
+
     /// The task it acts on; `None` for a load.
     pub fn task(&self) -> Option<TaskId> {
         match self {
@@ -593,6 +615,24 @@ impl Scheduler {
                 {
                     self.timers.remove(&(w, gate));
                 }
+            }
+            Input::DropGate(gate) => {
+                if let Some(lane) = self.lanes.remove(&gate)
+                    && let Some(w) = lane.wake
+                {
+                    self.timers.remove(&(w, gate));
+                }
+                let gone: BTreeSet<TaskId> = self
+                    .running
+                    .iter()
+                    .filter(|(_, r)| r.task.gate == gate)
+                    .map(|(id, _)| *id)
+                    .collect();
+                self.running.retain(|id, _| !gone.contains(id));
+                self.leases.retain(|(_, id)| !gone.contains(id));
+                self.orphans.retain(|_, (g, _, _)| *g != gate);
+                self.permits.retain(|p| p.gate != gate);
+                self.effects.retain(|e| e.gate() != gate);
             }
             Input::Pause(gate) => {
                 if let Some(lane) = self.lanes.get_mut(&gate) {

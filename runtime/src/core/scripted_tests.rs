@@ -609,3 +609,85 @@ fn an_isolated_keys_quota_holds_back_only_that_key() {
     // At the reset (5 s after the answer) key a goes again.
     assert_eq!(s.at(5_005), [start(2, 1, 5_005)]);
 }
+
+#[test]
+fn a_dropped_gate_is_forgotten_whole_and_taken_back_with_its_attempts_held() {
+    let mut s = Script::new(limits(1_000.0, 2));
+    assert_eq!(s.input(0, Input::Enqueue(task(1, 0))), [start(1, 1, 0)]);
+    assert!(s.input(0, Input::Enqueue(task(2, 0))).is_empty());
+    assert_eq!(s.at(1), [start(2, 1, 1)]);
+    let leased = Input::Leased {
+        task: TaskId(1),
+        until: ms(10_000),
+    };
+    assert!(s.input(2, leased).is_empty());
+    let ask = Input::Ask {
+        task: TaskId(2),
+        attempt: 1,
+        ask: 0,
+    };
+    s.input(3, ask);
+    // The unit moves: nothing of the gate is left, not even a timer.
+    assert!(s.input(5, Input::DropGate(G)).is_empty());
+    assert!(
+        s.permits().is_empty(),
+        "a permit of a dropped gate went out"
+    );
+    assert_eq!(
+        s.core.poll_timeout(),
+        None,
+        "the lease's timer outlived its gate"
+    );
+    assert_eq!(s.core.running(), 0);
+    let late = Input::AttemptEnded {
+        task: TaskId(1),
+        outcome: Outcome::Succeeded,
+    };
+    assert!(
+        s.input(6, late).is_empty(),
+        "a late report wrote for a dropped gate"
+    );
+    // Taken back, as a new owner would: an empty bucket, and the attempt
+    // that was in flight held in its slot until its timeout.
+    let adopt = Input::UpsertGate {
+        gate: G,
+        limits: limits(1_000.0, 2),
+        keys: None,
+        paused: false,
+        ramp: true,
+    };
+    assert!(s.input(10, adopt).is_empty());
+    let mut held = task(2, 0);
+    held.attempts = 1;
+    let hold = Input::HoldInterrupted {
+        task: held,
+        until: ms(500),
+    };
+    assert!(s.input(10, hold).is_empty());
+    assert_eq!(s.core.running(), 1);
+    s.input(10, Input::Enqueue(task(3, 10)));
+    s.input(10, Input::Enqueue(task(4, 10)));
+    let mut before = Vec::new();
+    for t in 11..500 {
+        before.extend(s.at(t));
+    }
+    let starts: Vec<_> = before
+        .iter()
+        .filter(|e| matches!(e, Effect::Start { .. }))
+        .collect();
+    assert_eq!(starts.len(), 1, "one slot was held: {before:?}");
+    assert_eq!(starts[0].task(), Some(TaskId(3)));
+    let at_hold_end = s.at(500);
+    assert!(
+        at_hold_end
+            .iter()
+            .any(|e| matches!(e, Effect::Requeue { task, .. } if *task == TaskId(2))),
+        "the held attempt counts as interrupted and is retried: {at_hold_end:?}"
+    );
+    assert!(
+        at_hold_end
+            .iter()
+            .any(|e| e.task() == Some(TaskId(4)) && matches!(e, Effect::Start { .. })),
+        "its slot goes to the next task: {at_hold_end:?}"
+    );
+}

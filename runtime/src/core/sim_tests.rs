@@ -1,5 +1,7 @@
 //! Property tests of the scheduler on simulated time: random arrivals, gate
-//! config changes, pauses and restarts, against a simulated endpoint with random
+//! config changes, pauses, restarts and handovers of one gate to another
+//! node (`Input::DropGate`, then taken up empty with the ramp, its attempts
+//! held or retried), against a simulated endpoint with random
 //! latency and failures. A third of the attempts are plugins that ask for one to
 //! four HTTP requests at once; a third of those end their attempt as soon as a
 //! request is out, leaving it in flight (it keeps its slot until it ends).
@@ -275,6 +277,54 @@ impl World {
         for id in running {
             let q = self.tasks[&id].queued.clone();
             self.sched.handle_input(self.now, Input::Interrupted(q));
+        }
+        self.run_effects();
+    }
+
+    /// The gate's unit moves to another node: dropped here
+    /// (`Input::DropGate`) and taken up as a new owner does, for this gate
+    /// alone. Its attempts die with the old owner's hold on it (as in a
+    /// restart; starts admitted ahead never left), and the new owner
+    /// starts it empty with the ramp, holding each of them
+    /// (`HoldInterrupted`) for a while or retrying it at once.
+    fn hand_over(&mut self, gate: GateId) {
+        let now = self.now;
+        self.sched.handle_input(now, Input::DropGate(gate));
+        assert!(!self.sched.has_effects(), "dropping a gate made effects");
+        self.in_flight.retain(|_, v| v.0 != gate);
+        self.plugins.retain(|_, r| r.gate != gate);
+        self.orphans.retain(|o| o.2 != gate);
+        if let Some(starts) = self.starts.get_mut(&gate) {
+            starts.retain(|&(at, _)| at <= now);
+        }
+        for ((g, _), starts) in self.key_starts.iter_mut() {
+            if *g == gate {
+                starts.retain(|&at| at <= now);
+            }
+        }
+        let adopt = Input::UpsertGate {
+            gate,
+            limits: self.gates[&gate],
+            keys: self.policies.get(&gate).cloned(),
+            paused: self.paused.contains(&gate),
+            ramp: true,
+        };
+        self.sched.handle_input(now, adopt);
+        let running: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.place == Place::Running && t.queued.gate == gate)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in running {
+            let task = self.tasks[&id].queued.clone();
+            if self.rng.below(2) == 0 {
+                let until = now.plus(Duration::from_millis(self.rng.below(500)));
+                self.sched
+                    .handle_input(now, Input::HoldInterrupted { task, until });
+            } else {
+                self.sched.handle_input(now, Input::Interrupted(task));
+            }
         }
         self.run_effects();
     }
@@ -697,6 +747,10 @@ fn simulate(seed: u64, steps: usize, tuning: Tuning) -> World {
                 w.run_effects();
             }
             43 => w.restart(),
+            44 => {
+                let gate = GateId(w.rng.below(3) as u32);
+                w.hand_over(gate);
+            }
             _ => w.advance(),
         }
         w.check();
