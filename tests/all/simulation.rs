@@ -853,7 +853,7 @@ impl World {
             .try_recv()
             .expect("answered after the commit")
             .expect("created");
-        self.acked.extend(created.iter().map(|c| c.task.id));
+        self.acked.extend(created.iter().map(|c| c.id.0));
     }
 
     /// The window bound for every window that ends at a gate's latest start, and

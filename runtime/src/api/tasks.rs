@@ -27,7 +27,11 @@ pub(super) async fn create_task(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::internal(&"no task created"))?;
-    let view = Json(TaskView::new(&created.task, None));
+    let record = created
+        .task
+        .as_ref()
+        .ok_or_else(|| ApiError::internal(&"a lone task came back without its record"))?;
+    let view = Json(TaskView::new(record, None));
     if created.replayed {
         let mut response = (StatusCode::OK, view).into_response();
         response
@@ -77,10 +81,7 @@ pub(super) async fn create_batch(
         .create_tasks(tasks)
         .await
         .map_err(|e| ApiError::shell(e, error::Tasks::List("tasks")))?;
-    let ids = created
-        .iter()
-        .map(|c| TaskId(c.task.id).to_string())
-        .collect();
+    let ids = created.iter().map(|c| c.id.to_string()).collect();
     Ok((StatusCode::CREATED, Json(BatchCreated { ids })).into_response())
 }
 

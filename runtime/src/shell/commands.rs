@@ -344,11 +344,12 @@ impl Engine {
                 allowed.insert((task.gate.as_str(), origin));
             }
         }
-        // A lone task stays in the turn's cache (it often starts in this
-        // same turn, and the API shows its record); a batch's records go
-        // straight to the transaction and on into the reply, not copied.
+        // A lone task's record goes back to the API, which shows it; a
+        // batch's are moved into the turn (where a start in this same turn
+        // finds them, so each is written once), not copied.
         let lone = tasks.len() == 1;
         let mut out = Vec::with_capacity(tasks.len());
+        turn.tasks.reserve(tasks.len());
         for task in tasks {
             let id_candidate = self.next_task_id(turn.now);
             let gate = &self.gates[&task.gate];
@@ -358,7 +359,8 @@ impl Engine {
                 && let Some(record) = turn.task(existing)?
             {
                 out.push(Created {
-                    task: record.clone(),
+                    id: TaskId(existing),
+                    task: lone.then(|| record.clone()),
                     replayed: true,
                 });
                 continue;
@@ -442,19 +444,12 @@ impl Engine {
             self.count(turn, gate_id, |c| c.pending += 1);
             self.core
                 .handle_input(turn.now, Input::Enqueue(queued_of(&record)));
-            if lone {
-                out.push(Created {
-                    task: record.clone(),
-                    replayed: false,
-                });
-                turn.tasks.insert(id, record);
-            } else {
-                turn.tx.put_task(&record)?;
-                out.push(Created {
-                    task: record,
-                    replayed: false,
-                });
-            }
+            out.push(Created {
+                id: TaskId(id),
+                task: lone.then(|| record.clone()),
+                replayed: false,
+            });
+            turn.tasks.insert(id, record);
         }
         Ok(Ok(out))
     }

@@ -135,7 +135,10 @@ impl ShellError {
 /// A created (or replayed) task.
 #[derive(Debug, Clone)]
 pub struct Created {
-    pub task: TaskRecord,
+    pub id: TaskId,
+    /// Its record, for a lone task (the API shows it); a batch's records
+    /// stay in the turn, uncopied, and its answer is the ids.
+    pub task: Option<TaskRecord>,
     /// True when an idempotency key matched an existing task.
     pub replayed: bool,
 }

@@ -237,14 +237,15 @@ impl Engine {
                 };
                 if let Some(r) = self.schedules.get_mut(name) {
                     r.current = Some(OccurrenceRecord {
-                        task: c.task.id,
+                        task: c.id.0,
                         scheduled_at: next.scheduled.as_ms(),
                     });
                     r.last_error = None;
                 }
-                if c.replayed && c.task.state.is_final() {
+                let state = c.task.as_ref().map(|t| t.state);
+                if let Some(state) = state.filter(|s| c.replayed && s.is_final()) {
                     // This occurrence already ran (its key existed): never twice.
-                    turn.ended.push((c.task.id, c.task.state, name.to_string()));
+                    turn.ended.push((c.id.0, state, name.to_string()));
                 }
             }
         }
