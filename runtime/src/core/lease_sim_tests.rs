@@ -23,9 +23,10 @@ use proptest::prelude::{ProptestConfig, proptest};
 
 use super::{Row, Terms};
 use crate::core::Timestamp;
-use crate::core::gate::{Gate, GateLimits, Recovery, Signal};
+use crate::core::gate::{Gate, GateLimits, Signal};
 use crate::core::rng::Rng;
-use crate::core::time::{Rate, duration_ms};
+use crate::core::sim_nodes::{self, Clock, assert_window, fresh_gate};
+use crate::core::time::duration_ms;
 
 const TICK_MS: u64 = 5;
 const RUN_MS: u64 = 120_000;
@@ -74,23 +75,8 @@ struct Engine {
 
 struct Node {
     id: u32,
-    /// Local clock: `offset + rate × true time`.
-    offset: f64,
-    rate: f64,
-    next_beat: u64,
-    paused_until: u64,
-    cut_until: u64,
+    clock: Clock,
     engine: Option<Engine>,
-}
-
-impl Node {
-    fn local(&self, t: u64) -> u64 {
-        (self.offset + self.rate * t as f64) as u64
-    }
-
-    fn awake(&self, t: u64) -> bool {
-        t >= self.paused_until
-    }
 }
 
 struct World {
@@ -116,19 +102,7 @@ impl World {
         }
         World {
             terms: Terms::default(),
-            limits: GateLimits {
-                rate: Rate::per_second(20.0).expect("rate"),
-                burst: 3,
-                concurrency: 5,
-                recovery: Recovery {
-                    start: 0.1,
-                    over: Duration::from_secs(2),
-                },
-                circuit: None,
-                quota_headers: true,
-                priority_aging: Duration::from_secs(60),
-                adaptive: None,
-            },
+            limits: sim_nodes::limits(),
             row: Row::vacant(),
             nodes,
             next_id: 3,
@@ -142,11 +116,7 @@ impl World {
     fn node(rng: &mut Rng, id: u32, t: u64) -> Node {
         Node {
             id,
-            offset: rng.below(1_000_000) as f64,
-            rate: 0.9 + 0.2 * rng.next_f64(),
-            next_beat: 0,
-            paused_until: t,
-            cut_until: t,
+            clock: Clock::new(rng, t),
             engine: None,
         }
     }
@@ -179,8 +149,8 @@ impl World {
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         let span = 500 + self.rng.below(12_000);
         match self.rng.below(3) {
-            0 => self.nodes[i].paused_until = self.nodes[i].paused_until.max(t + span),
-            1 => self.nodes[i].cut_until = self.nodes[i].cut_until.max(t + span),
+            0 => self.nodes[i].clock.paused_until = self.nodes[i].clock.paused_until.max(t + span),
+            1 => self.nodes[i].clock.cut_until = self.nodes[i].clock.cut_until.max(t + span),
             _ => {
                 // kill -9: what it had in flight is lost with it.
                 let id = self.next_id;
@@ -223,7 +193,7 @@ impl World {
                         .nodes
                         .iter()
                         .find(|n| n.id == node)
-                        .is_some_and(|n| t < n.cut_until);
+                        .is_some_and(|n| n.clock.cut(t));
                     if !cut {
                         let back = t + self.delay();
                         later.push((
@@ -246,18 +216,15 @@ impl World {
                     let Some(n) = self.nodes.iter_mut().find(|n| n.id == node) else {
                         continue;
                     };
-                    if !n.awake(t) {
+                    if !n.clock.awake(t) {
                         // Read when the process runs again.
-                        later.push((n.paused_until, message));
+                        later.push((n.clock.paused_until, message));
                         continue;
                     }
                     let hold = duration_ms(self.terms.hold());
                     match (ask, granted) {
                         (Ask::Acquire, Some(epoch)) => {
-                            let mut gate = Gate::new(Timestamp(t), self.limits)
-                                .with_lookahead(Duration::from_millis(20));
-                            gate.start_empty(Timestamp(t));
-                            gate.start_ramp(Timestamp(t));
+                            let gate = fresh_gate(t, self.limits);
                             n.engine = Some(Engine {
                                 epoch,
                                 deadline: sent + hold,
@@ -288,17 +255,17 @@ impl World {
     /// over (`cluster::beat`, `try_acquire`).
     fn beat(&mut self, i: usize, t: u64) {
         let n = &self.nodes[i];
-        if !n.awake(t) || n.local(t) < n.next_beat {
+        if !n.clock.awake(t) || n.clock.local(t) < n.clock.next_beat {
             return;
         }
-        let local = n.local(t);
+        let local = n.clock.local(t);
         let ask = match &n.engine {
             Some(e) if local < e.deadline => Ask::Renew(e.epoch),
             _ => Ask::Acquire,
         };
-        let (id, cut) = (n.id, t < n.cut_until);
+        let (id, cut) = (n.id, n.clock.cut(t));
         let every = duration_ms(self.terms.renew_every);
-        self.nodes[i].next_beat = local + every;
+        self.nodes[i].clock.next_beat = local + every;
         if !cut {
             let at = t + self.delay();
             self.wire.push((
@@ -316,10 +283,10 @@ impl World {
     /// which leave at their slot time if the deadline still holds then.
     fn dispatch(&mut self, i: usize, t: u64) {
         let n = &mut self.nodes[i];
-        if !n.awake(t) {
+        if !n.clock.awake(t) {
             return;
         }
-        let local = n.local(t);
+        let local = n.clock.local(t);
         let Some(e) = n.engine.as_mut() else {
             return;
         };
@@ -379,24 +346,8 @@ impl World {
         // The window bound over everyone's slot times. (A start whose node
         // stalled after admitting it leaves late; how late sends bunch is
         // the release pacer's matter, on one node as on many.)
-        let rate = self.limits.rate.as_per_second();
-        let burst = f64::from(self.limits.burst);
-        let mut times: Vec<u64> = self.sends.iter().map(|s| s.slot).collect();
-        times.sort_unstable();
-        for i in 0..times.len() {
-            for k in i..times.len() {
-                let span = times[k] - times[i];
-                if span > 5_000 {
-                    break;
-                }
-                let count = (k - i + 1) as f64;
-                let allowed = burst + rate * (span as f64 + 1.0) / 1_000.0;
-                assert!(
-                    count <= allowed + 1e-9,
-                    "{count} sends in {span} ms, bound {allowed}"
-                );
-            }
-        }
+        let times = self.sends.iter().map(|s| s.slot).collect();
+        assert_window(times, &self.limits, "the gate");
         // The gates moved on after the last disruption.
         let last = self.sends.iter().map(|s| s.left).max().unwrap_or(0);
         assert!(

@@ -14,6 +14,8 @@ pub mod retry;
 pub mod rng;
 pub mod schedule;
 pub mod scheduler;
+#[cfg(test)]
+mod sim_nodes;
 pub mod time;
 pub mod units;
 

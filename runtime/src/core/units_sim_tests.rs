@@ -21,16 +21,16 @@
 //! A test module: its length is its cases.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use proptest::prelude::{ProptestConfig, proptest};
 
 use super::{UnitView, fnv1a, owner_of, plan_moves, unit_of};
 use crate::core::Timestamp;
-use crate::core::gate::{Gate, GateLimits, Recovery, Signal};
+use crate::core::gate::{Gate, GateLimits, Signal};
 use crate::core::lease::{Row, Terms};
 use crate::core::rng::Rng;
-use crate::core::time::{Rate, duration_ms};
+use crate::core::sim_nodes::{self, Clock, assert_window, fresh_gate};
+use crate::core::time::duration_ms;
 
 const TICK_MS: u64 = 5;
 const RUN_MS: u64 = 120_000;
@@ -108,24 +108,10 @@ struct Held {
 
 struct Node {
     id: u32,
-    offset: f64,
-    rate: f64,
-    next_beat: u64,
-    paused_until: u64,
-    cut_until: u64,
+    clock: Clock,
     held: BTreeMap<u32, Held>,
     /// Units it asked to take and has not heard back about: when (local).
     asking: BTreeMap<u32, u64>,
-}
-
-impl Node {
-    fn local(&self, t: u64) -> u64 {
-        (self.offset + self.rate * t as f64) as u64
-    }
-
-    fn awake(&self, t: u64) -> bool {
-        t >= self.paused_until
-    }
 }
 
 struct World {
@@ -157,19 +143,7 @@ impl World {
         let nodes = (0..first).map(|id| World::node(&mut rng, id, 0)).collect();
         World {
             terms: Terms::default(),
-            limits: GateLimits {
-                rate: Rate::per_second(20.0).expect("rate"),
-                burst: 3,
-                concurrency: 5,
-                recovery: Recovery {
-                    start: 0.1,
-                    over: Duration::from_secs(2),
-                },
-                circuit: None,
-                quota_headers: true,
-                priority_aging: Duration::from_secs(60),
-                adaptive: None,
-            },
+            limits: sim_nodes::limits(),
             stop_before_release: true,
             wait_for_answers: true,
             rows: vec![Row::vacant(); UNITS as usize],
@@ -187,11 +161,7 @@ impl World {
     fn node(rng: &mut Rng, id: u32, t: u64) -> Node {
         Node {
             id,
-            offset: rng.below(1_000_000) as f64,
-            rate: 0.9 + 0.2 * rng.next_f64(),
-            next_beat: 0,
-            paused_until: t,
-            cut_until: t,
+            clock: Clock::new(rng, t),
             held: BTreeMap::new(),
             asking: BTreeMap::new(),
         }
@@ -225,8 +195,8 @@ impl World {
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         let span = 500 + self.rng.below(12_000);
         match self.rng.below(5) {
-            0 => self.nodes[i].paused_until = self.nodes[i].paused_until.max(t + span),
-            1 => self.nodes[i].cut_until = self.nodes[i].cut_until.max(t + span),
+            0 => self.nodes[i].clock.paused_until = self.nodes[i].clock.paused_until.max(t + span),
+            1 => self.nodes[i].clock.cut_until = self.nodes[i].clock.cut_until.max(t + span),
             2 => {
                 // kill -9: what it had in flight dies with it.
                 let id = self.next_id;
@@ -244,13 +214,13 @@ impl World {
                 let node = World::node(&mut self.rng, id, t);
                 self.nodes.push(node);
             }
-            4 if self.nodes.len() > 1 && self.nodes[i].awake(t) => {
+            4 if self.nodes.len() > 1 && self.nodes[i].clock.awake(t) => {
                 // SIGTERM: stop sending, release everything, leave.
                 let node = self.nodes.remove(i);
                 let held: Vec<(u32, u64)> = node.held.iter().map(|(u, h)| (*u, h.epoch)).collect();
-                if t >= node.cut_until {
+                if !node.clock.cut(t) {
                     let at = t + self.delay();
-                    let (node, sent) = (node.id, node.local(t));
+                    let (node, sent) = (node.id, node.clock.local(t));
                     let ask = Ask::Leave(held);
                     self.wire.push((at, Message::Ask { node, ask, sent }));
                 }
@@ -333,7 +303,7 @@ impl World {
                         .nodes
                         .iter()
                         .find(|n| n.id == node)
-                        .is_some_and(|n| t >= n.cut_until);
+                        .is_some_and(|n| !n.clock.cut(t));
                     if reachable {
                         let back = t + self.delay();
                         later.push((back, Message::Answer { node, reply, sent }));
@@ -343,9 +313,9 @@ impl World {
                     let Some(i) = self.nodes.iter().position(|n| n.id == node) else {
                         continue;
                     };
-                    if !self.nodes[i].awake(t) {
+                    if !self.nodes[i].clock.awake(t) {
                         // Read when the process runs again.
-                        let wake = self.nodes[i].paused_until;
+                        let wake = self.nodes[i].clock.paused_until;
                         later.push((wake, Message::Answer { node, reply, sent }));
                         continue;
                     }
@@ -363,7 +333,7 @@ impl World {
         let hold = duration_ms(self.terms.hold());
         let limits = self.limits;
         let n = &mut self.nodes[i];
-        let local = n.local(t);
+        let local = n.clock.local(t);
         match reply {
             Reply::Beat {
                 renewed,
@@ -405,7 +375,7 @@ impl World {
                     .into_iter()
                     .filter(|u| !n.held.contains_key(u) && !n.asking.contains_key(u))
                     .collect();
-                let (id, cut) = (n.id, t < n.cut_until);
+                let (id, cut) = (n.id, n.clock.cut(t));
                 if cut {
                     return None;
                 }
@@ -434,17 +404,11 @@ impl World {
                 for (unit, epoch) in granted {
                     let runs = (0..GATES)
                         .filter(|g| unit_of(&gate_name(*g), UNITS) == unit)
-                        .map(|gate| {
-                            let mut limiter = Gate::new(Timestamp(t), limits)
-                                .with_lookahead(Duration::from_millis(20));
-                            limiter.start_empty(Timestamp(t));
-                            limiter.start_ramp(Timestamp(t));
-                            Run {
-                                gate,
-                                limiter,
-                                leaving: Vec::new(),
-                                at_endpoint: Vec::new(),
-                            }
+                        .map(|gate| Run {
+                            gate,
+                            limiter: fresh_gate(t, limits),
+                            leaving: Vec::new(),
+                            at_endpoint: Vec::new(),
                         })
                         .collect();
                     n.held.insert(
@@ -465,18 +429,18 @@ impl World {
     /// Every second of its own clock, an awake node beats.
     fn beat(&mut self, i: usize, t: u64) {
         let n = &self.nodes[i];
-        if !n.awake(t) || n.local(t) < n.next_beat {
+        if !n.clock.awake(t) || n.clock.local(t) < n.clock.next_beat {
             return;
         }
-        let local = n.local(t);
+        let local = n.clock.local(t);
         let held = n
             .held
             .iter()
             .filter(|(_, h)| local < h.deadline)
             .map(|(u, h)| (*u, h.epoch))
             .collect();
-        let (id, cut) = (n.id, t < n.cut_until);
-        self.nodes[i].next_beat = local + duration_ms(self.terms.renew_every);
+        let (id, cut) = (n.id, n.clock.cut(t));
+        self.nodes[i].clock.next_beat = local + duration_ms(self.terms.renew_every);
         if !cut {
             let at = t + self.delay();
             let ask = Ask::Beat(held);
@@ -495,10 +459,10 @@ impl World {
     /// starts are admitted and leave at their slot time if it still holds.
     fn dispatch(&mut self, i: usize, t: u64) {
         let n = &mut self.nodes[i];
-        if !n.awake(t) {
+        if !n.clock.awake(t) {
             return;
         }
-        let local = n.local(t);
+        let local = n.clock.local(t);
         n.held.retain(|_, h| local < h.deadline);
         let now = Timestamp(t);
         for (unit, h) in n.held.iter_mut() {
@@ -552,30 +516,14 @@ impl World {
             "sends after their unit's next takeover: {:?}",
             &overlaps[..overlaps.len().min(3)]
         );
-        let rate = self.limits.rate.as_per_second();
-        let burst = f64::from(self.limits.burst);
         for gate in 0..GATES {
-            let mut times: Vec<u64> = self
+            let times = self
                 .sends
                 .iter()
                 .filter(|s| s.gate == gate)
                 .map(|s| s.slot)
                 .collect();
-            times.sort_unstable();
-            for i in 0..times.len() {
-                for k in i..times.len() {
-                    let span = times[k] - times[i];
-                    if span > 5_000 {
-                        break;
-                    }
-                    let count = (k - i + 1) as f64;
-                    let allowed = burst + rate * (span as f64 + 1.0) / 1_000.0;
-                    assert!(
-                        count <= allowed + 1e-9,
-                        "gate {gate}: {count} sends in {span} ms, bound {allowed}"
-                    );
-                }
-            }
+            assert_window(times, &self.limits, &format!("gate {gate}"));
             let last = self
                 .sends
                 .iter()
