@@ -125,7 +125,14 @@ async function overviewMatchesApi(page) {
     const [a, b] = [before[name], after[name]];
     check(a && b, `gate ${name} is shown but not in the API`);
     check([a.state, b.state].includes(ui.state), `${name}: state ${ui.state}, API ${a.state}/${b.state}`);
-    check(ui.concurrency === b.concurrency, `${name}: concurrency ${ui.concurrency}, API ${b.concurrency}`);
+    if (b.adaptive) {
+      // The limit its search has reached, which moves between reads: the
+      // UI's must be one the search can reach.
+      check(ui.concurrency >= b.adaptive.min && ui.concurrency <= b.adaptive.max,
+        `${name}: concurrency ${ui.concurrency}, outside the API's range ${b.adaptive.min}–${b.adaptive.max}`);
+    } else {
+      check(ui.concurrency === b.concurrency, `${name}: concurrency ${ui.concurrency}, API ${b.concurrency}`);
+    }
     if (b.paused) {
       // A paused gate's figures cannot move: they must match exactly.
       check(ui.backlog === b.backlog && b.backlog === a.backlog, `${name}: backlog ${ui.backlog}, API ${b.backlog}`);
