@@ -324,3 +324,133 @@ async fn the_store_speaks_tls_to_postgres_and_verifies_the_server() {
     assert_eq!(cluster["store"], "postgres", "{cluster}");
     server.stop().await;
 }
+
+/// Two engines on one database, each running half of the units (as two
+/// nodes of a cluster will), create tasks at the same instants: the ids
+/// come from blocks the database reserves, so none is given twice and no
+/// create overwrites another's, and the store checks clean.
+#[test]
+fn two_engines_on_one_database_never_give_one_task_id_twice() {
+    use std::sync::Arc;
+
+    use sluice::core::units::{UNITS, Units, unit_of};
+    use sluice::core::{Rate, Timestamp, Tuning};
+    use sluice::model::{Due, GateSpec, NewTask, Target, Webhook};
+    use sluice::shell::{Command, Engine, Start};
+    use sluice::store::{Backend, PgStore};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let store = |url: &str| -> Arc<dyn Backend> { Arc::new(PgStore::open(url).expect("open")) };
+    let half = |upper: bool| {
+        (0..UNITS)
+            .filter(|u| (*u >= UNITS / 2) == upper)
+            .fold(Units::NONE, |set, u| set.with(Units::one(u)))
+    };
+    // A gate in each half.
+    let gate_in = |upper: bool| {
+        (0..)
+            .map(|i| format!("gate-{i}"))
+            .find(|name| (unit_of(name, UNITS) >= UNITS / 2) == upper)
+            .expect("a name")
+    };
+    let now = Timestamp(1_767_225_600_000);
+    let run = |upper: bool, url: String| {
+        std::thread::spawn(move || {
+            let mut engine =
+                Engine::empty(store(&url), Tuning::default(), u64::from(upper)).expect("engine");
+            engine
+                .adopt(now, half(upper), Start::Restart)
+                .expect("adopt");
+            let gate = gate_in(upper);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let spec = GateSpec {
+                rate: Rate::per_second(1.0).expect("rate"),
+                burst: 1,
+                concurrency: 1,
+                allowed_hosts: vec!["127.0.0.1:9".into()],
+                timeout: Duration::from_secs(5),
+                retry: Default::default(),
+                recovery: Default::default(),
+                circuit: None,
+                accept_next_from: Vec::new(),
+                signing_secrets: None,
+                quota_headers: false,
+                adaptive: None,
+                keys: None,
+                priority_aging: None,
+            };
+            engine
+                .turn(
+                    now,
+                    vec![Command::PutGate {
+                        name: gate.clone(),
+                        spec: Box::new(spec),
+                        reply: tx,
+                    }],
+                    Vec::new(),
+                )
+                .expect("turn");
+            rx.blocking_recv().expect("answer").expect("gate");
+            let mut ids = Vec::new();
+            for turn in 0..20u64 {
+                // Both engines at the same instants: ids counted from the
+                // clock alone would be the same on both.
+                let at = Timestamp(now.as_ms() + turn);
+                let tasks = (0..250)
+                    .map(|_| NewTask {
+                        gate: gate.clone(),
+                        target: Target::Webhook(Webhook {
+                            url: "http://127.0.0.1:9/".into(),
+                            method: "POST".into(),
+                            headers: Default::default(),
+                            body: None,
+                            secret_headers: Default::default(),
+                        }),
+                        due: Due::At(Timestamp(now.as_ms() + 3_600_000)),
+                        max_attempts: None,
+                        timeout: None,
+                        backoff: None,
+                        max_retry_duration: None,
+                        expires_after: None,
+                        idempotency_key: None,
+                        labels: Default::default(),
+                        key: None,
+                        coalesce_key: None,
+                        priority: None,
+                        schedule: None,
+                        parent: None,
+                        lineage: None,
+                    })
+                    .collect();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                engine
+                    .turn(
+                        at,
+                        vec![Command::CreateTasks { tasks, reply: tx }],
+                        Vec::new(),
+                    )
+                    .expect("turn");
+                let created = rx.blocking_recv().expect("answer").expect("created");
+                ids.extend(created.iter().map(|c| c.id.0));
+            }
+            ids
+        })
+    };
+    let lower = run(false, pg.url());
+    let upper = run(true, pg.url());
+    let mut ids = lower.join().expect("lower half");
+    ids.extend(upper.join().expect("upper half"));
+    let given = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), given, "a task id was given twice");
+    assert_eq!(given, 10_000);
+    let checked = PgStore::open(&pg.url())
+        .expect("open")
+        .check()
+        .expect("check");
+    assert_eq!(checked.tasks, 10_000, "creates overwrote each other");
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+}

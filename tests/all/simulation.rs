@@ -1,7 +1,10 @@
 //! Deterministic simulation: the real shell engine, the real core and the real
 //! store (on redb's in-memory backend), driven on a simulated clock against a
 //! simulated endpoint that fails, throttles with `Retry-After`, slows down and
-//! goes down for long stretches, while the server crashes and restarts.
+//! goes down for long stretches, while the server crashes and restarts
+//! and gates are handed over to another node's engine (stopped, drained
+//! for a while, dropped, then taken up empty as a takeover does, with what
+//! was still out held until its timeout).
 //!
 //! Each turn's releases go through the engine's pacer (`Engine::release`)
 //! with a commit that is sometimes done late, and a third of the tasks are
@@ -23,11 +26,12 @@ use std::time::Duration;
 use sluice::attempt::{Plan, Report};
 use sluice::core::rng::Rng;
 use sluice::core::schedule::Misfire;
+use sluice::core::units::Units;
 use sluice::core::{
     Backoff, CircuitPolicy, Outcome, Rate, Recovery, RetryPolicy, TaskId, Timestamp, Tuning,
 };
 use sluice::model::{Due, GateSpec, NewTask, PluginCall, ScheduleSpec, Target, Webhook};
-use sluice::shell::{Callback, Command, Engine, Released};
+use sluice::shell::{Callback, Command, Engine, Released, ShellError, Start};
 use sluice::store::{PluginRecord, Reads, Store, TaskState};
 use tokio::sync::oneshot;
 
@@ -118,8 +122,17 @@ struct World {
     /// Per gate: every start time.
     starts: Vec<Vec<u64>>,
     boots: Vec<u64>,
-    /// Per gate, how many starts came before the latest boot.
+    /// Per gate: when its bucket last started empty (a boot, or taken up
+    /// after a handover), and how many starts came before.
+    fresh: Vec<Option<u64>>,
     before_boot: Vec<usize>,
+    /// Per gate: how often it was handed over.
+    handovers: Vec<u64>,
+    /// Attempts still out when their gate was handed over: their answers
+    /// go to the old owner, which has let the gate go.
+    ghosts: BTreeSet<(TaskId, u32)>,
+    /// How many attempts were out at a handover, all told.
+    ghosted: u64,
     acked: BTreeSet<u64>,
     /// Occurrence key → task ids that ran under it.
     occurrences: BTreeMap<String, BTreeSet<u64>>,
@@ -190,7 +203,11 @@ impl World {
             seq: 0,
             starts: vec![Vec::new(); GATES],
             boots: Vec::new(),
+            fresh: vec![None; GATES],
             before_boot: vec![0; GATES],
+            handovers: vec![0; GATES],
+            ghosts: BTreeSet::new(),
+            ghosted: 0,
             acked: BTreeSet::new(),
             occurrences: BTreeMap::new(),
             occurrence_of: BTreeMap::new(),
@@ -722,7 +739,10 @@ impl World {
             if entry.key().0 > self.now.as_ms() {
                 break;
             }
-            reports.push(entry.remove().1);
+            let (_, report) = entry.remove();
+            if !self.ghosts.remove(&(report.task, report.attempt)) {
+                reports.push(report);
+            }
         }
         while let Some(entry) = self.plugin_events.first_entry() {
             if entry.key().0 > self.now.as_ms() {
@@ -804,24 +824,9 @@ impl World {
     /// store keeps what was committed.
     fn crash(&mut self) {
         self.engine = None;
-        // A 202 still on its way never reached the engine: no lease was granted.
-        let lost: BTreeSet<String> = self
-            .in_flight
-            .values()
-            .filter(|(_, r)| r.lease.is_some())
-            .map(|(_, r)| format!("{}:{}", r.task.0, r.attempt))
-            .collect();
-        let tokens: BTreeSet<String> = self
-            .leased
-            .iter()
-            .filter(|(_, l)| {
-                lost.iter()
-                    .any(|k| k.starts_with(&format!("{}:", l.task.0)))
-            })
-            .map(|(_, l)| l.token.clone())
-            .collect();
-        self.leased.retain(|_, l| !tokens.contains(&l.token));
+        self.lose_answers(|_| true);
         self.in_flight.clear();
+        self.ghosts.clear();
         // Plugin runs die with the process too.
         self.runs.clear();
         self.plugin_events.clear();
@@ -835,7 +840,94 @@ impl World {
         .expect("reboot");
         self.engine = Some(engine);
         self.boots.push(self.now.as_ms());
+        self.fresh = vec![Some(self.now.as_ms()); GATES];
         self.before_boot = self.starts.iter().map(Vec::len).collect();
+    }
+
+    /// The answers of the attempts in flight at `lost` gates reach no engine:
+    /// a 202 among them granted no lease, so the endpoint's lease on it
+    /// goes too.
+    fn lose_answers(&mut self, lost: impl Fn(usize) -> bool) {
+        let lost: BTreeSet<TaskId> = self
+            .in_flight
+            .values()
+            .filter(|(g, r)| lost(*g) && r.lease.is_some())
+            .map(|(_, r)| r.task)
+            .collect();
+        self.leased.retain(|_, l| !lost.contains(&l.task));
+    }
+
+    /// The unit of a gate moves to another node, and (here) back as a new
+    /// owner: stopped, drained for a while (sometimes not at all), dropped,
+    /// and taken up as a takeover does. What is still out at the drop is
+    /// the next owner's to hold until its timeout; its answer is lost.
+    fn hand_over(&mut self) {
+        let g = self.rng.below(GATES as u64) as usize;
+        let units = Units::of(&format!("g{g}"));
+        let moving: Vec<usize> = (0..GATES)
+            .filter(|h| units.has_gate(&format!("g{h}")))
+            .collect();
+        let now = self.now;
+        self.engine().stop_units(now, units);
+        // Commands for the unit are refused while it moves, to retry.
+        let (tx, mut rx) = oneshot::channel();
+        let task = self.new_task(g, now);
+        self.turn(
+            vec![Command::CreateTasks {
+                tasks: vec![task],
+                reply: tx,
+            }],
+            Vec::new(),
+        );
+        let answer = rx.try_recv().expect("answered");
+        assert!(
+            matches!(answer, Err(ShellError::Moved { .. })),
+            "seed {}: a create for a moving gate: {answer:?}",
+            self.seed
+        );
+        // Drain up to a bound, and in any case until the gate's plugin runs
+        // are over: a plugin's requests beyond its first are not on record,
+        // so the next owner could not hold their slots.
+        let bound = now.as_ms() + [0, 500, 3_000, 30_000][self.rng.below(4) as usize];
+        for _ in 0..100_000 {
+            let plugins = self.runs.values().any(|r| moving.contains(&r.gate));
+            let busy = self.engine().busy(units);
+            if busy == 0 || (self.now.as_ms() >= bound && !plugins) {
+                break;
+            }
+            let limit = self.now.as_ms() + 1_000;
+            self.advance(limit);
+        }
+        assert!(
+            !self.runs.values().any(|r| moving.contains(&r.gate)),
+            "seed {}: a plugin run outlived the drain",
+            self.seed
+        );
+        self.lose_answers(|h| moving.contains(&h));
+        let out: Vec<(TaskId, u32)> = self
+            .in_flight
+            .values()
+            .filter(|(h, _)| moving.contains(h))
+            .map(|(_, r)| (r.task, r.attempt))
+            .collect();
+        self.ghosted += out.len() as u64;
+        self.ghosts.extend(out);
+        let dropped_at = self.now;
+        self.engine().drop_units(dropped_at, units);
+        // The next owner takes the unit up after the release and its own
+        // acquire: at least a lookahead later, so the last starts admitted
+        // ahead of their tokens have left.
+        let lookahead = self.tuning.lookahead.as_millis() as u64;
+        self.now = Timestamp(dropped_at.as_ms() + lookahead + self.rng.below(2_000));
+        let at = self.now;
+        self.engine()
+            .adopt(at, units, Start::Takeover)
+            .expect("taken up");
+        for h in moving {
+            self.fresh[h] = Some(at.as_ms());
+            self.before_boot[h] = self.starts[h].len();
+            self.handovers[h] += 1;
+        }
     }
 
     fn create(&mut self) {
@@ -880,7 +972,7 @@ impl World {
             }
             // After a restart the bucket starts empty and refills along the ramp.
             // (Gates created after the first boot start full, with no ramp.)
-            let Some(&boot) = self.boots.last() else {
+            let Some(boot) = self.fresh[g] else {
                 continue;
             };
             let since_boot = (n - self.before_boot[g]) as f64;
@@ -917,6 +1009,7 @@ fn simulate(seed: u64, minutes: u64, busy: u64) -> World {
         let roll = w.rng.below(100);
         match roll {
             _ if roll < busy => w.create(),
+            89 => w.hand_over(),
             90 => w.crash(),
             91..=92 => {
                 let gate = w.rng.below(GATES as u64) as usize;
@@ -1055,7 +1148,7 @@ impl World {
                 .map(|o| o.until.saturating_sub(o.from))
                 .sum();
             let outages = self.outages.iter().filter(|o| o.gate == g).count() as u64;
-            let restarts = self.boots.len() as u64 + 1;
+            let restarts = self.boots.len() as u64 + 1 + self.handovers[g];
             let allowed = (outages + restarts) * u64::from(c.failures + c.concurrency)
                 + down_ms / c.cooldown_ms
                 + outages
@@ -1119,21 +1212,120 @@ fn simulation_hours() {
     }
     let w = result.unwrap_or_else(|_| unreachable!());
     let requests: u64 = w.requests.iter().sum();
+    let handovers: u64 = w.handovers.iter().sum();
     eprintln!(
-        "simulated 3 h: {} turns ({} committed late), {} tasks, {requests} plugin requests, {} restarts, {} lease reports ({} too late) in {:?}",
+        "simulated 3 h: {} turns ({} committed late), {} tasks, {requests} plugin requests, {} restarts, {handovers} handovers ({} attempts out at them), {} lease reports ({} too late) in {:?}",
         w.turns,
         w.late_commits,
         w.acked.len(),
         w.boots.len(),
+        w.ghosted,
         w.lease_reports.0,
         w.lease_reports.1,
         started.elapsed()
     );
     // The paths this simulation exists for were taken.
     assert!(requests > 100, "seed {seed}: {requests} plugin requests");
+    assert!(handovers > 20, "seed {seed}: {handovers} handovers");
     assert!(
         w.late_commits > 100,
         "seed {seed}: {} late commits",
         w.late_commits
     );
+}
+
+/// A unit let go writes nothing more: the late answer of an attempt that
+/// was out when its gate was dropped leaves the task and its attempt as
+/// they were, for the next owner, which holds the attempt in its slot
+/// until its timeout and then runs the task again.
+#[test]
+fn a_dropped_unit_writes_nothing_for_a_late_answer_and_its_taker_holds_the_attempt() {
+    let mut w = World::new(7);
+    let now = w.now;
+    let mut task = w.new_task(0, now);
+    task.target = Target::Webhook(Webhook {
+        url: url(0),
+        method: "POST".into(),
+        headers: BTreeMap::new(),
+        body: None,
+        secret_headers: Default::default(),
+    });
+    let (tx, mut rx) = oneshot::channel();
+    w.turn(
+        vec![Command::CreateTasks {
+            tasks: vec![task],
+            reply: tx,
+        }],
+        Vec::new(),
+    );
+    let id = rx.try_recv().expect("answered").expect("created")[0].id;
+    for _ in 0..1_000 {
+        if w.in_flight.values().any(|(_, r)| r.task == id) {
+            break;
+        }
+        let limit = w.now.as_ms() + 100;
+        w.advance(limit);
+    }
+    let key = *w
+        .in_flight
+        .iter()
+        .find(|(_, (_, r))| r.task == id)
+        .expect("the task went out")
+        .0;
+    let (_, report) = w.in_flight.remove(&key).expect("in flight");
+    let attempt = report.attempt;
+    let stored = |w: &World| {
+        let reader = w.store.read().expect("read");
+        let task = reader.task(id.0).expect("read").expect("task");
+        let attempts = reader.attempts(id.0).expect("read");
+        let record = attempts
+            .into_iter()
+            .find(|a| a.attempt == attempt)
+            .expect("attempt");
+        (task, record)
+    };
+    let before = stored(&w);
+    assert_eq!(before.0.state, TaskState::Running);
+
+    let units = Units::of("g0");
+    let at = w.now;
+    w.engine().stop_units(at, units);
+    assert_eq!(w.engine().busy(units), 1, "the attempt is out");
+    w.engine().drop_units(at, units);
+    let plans = w
+        .engine()
+        .turn(at, Vec::new(), vec![report])
+        .expect("a turn");
+    assert!(plans.is_empty());
+    assert_eq!(stored(&w), before, "a dropped gate's task was written");
+
+    w.engine()
+        .adopt(at, units, Start::Takeover)
+        .expect("taken up");
+    assert_eq!(w.engine().busy(units), 0, "a held attempt is on record");
+    let timeout = before.0.timeout_ms;
+    let held_until = at.as_ms() + timeout;
+    w.engine().turn(at, Vec::new(), Vec::new()).expect("a turn");
+    assert_eq!(stored(&w), before, "the held attempt was settled early");
+    for _ in 0..10_000 {
+        let reader = w.store.read().expect("read");
+        let task = reader.task(id.0).expect("read").expect("task");
+        if task.attempts > attempt || task.state != TaskState::Running {
+            break;
+        }
+        drop(reader);
+        let limit = w.now.as_ms() + 100;
+        w.advance(limit);
+    }
+    assert!(
+        w.now.as_ms() >= held_until,
+        "retried at {}, before the hold ran out at {held_until}",
+        w.now.as_ms()
+    );
+    let (task, record) = stored(&w);
+    assert!(
+        task.attempts > attempt || task.state == TaskState::Scheduled,
+        "the held attempt was not retried: {task:?}"
+    );
+    assert_eq!(record.outcome.as_deref(), Some("interrupted"));
 }

@@ -138,6 +138,13 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Each 503 is a moment's state (a stop, a handover): try again soon.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -187,6 +194,9 @@ impl ApiError {
             )),
             ShellError::Invalid { message, .. } => with(ApiError::invalid(None, message)),
             ShellError::ShuttingDown => ApiError::unavailable("the server is shutting down"),
+            ShellError::Moved { gate } => {
+                ApiError::unavailable(format!("gate {gate:?} is moving to another node; retry"))
+            }
         }
     }
 }

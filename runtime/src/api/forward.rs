@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::HeaderName;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -75,12 +75,9 @@ fn passes(name: &HeaderName) -> bool {
     )
 }
 
+/// A 503, with `Retry-After` as every 503 has.
 fn retry_later(message: String) -> Response {
-    let mut answer = ApiError::unavailable(message).into_response();
-    answer
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    answer
+    ApiError::unavailable(message).into_response()
 }
 
 pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: Next) -> Response {

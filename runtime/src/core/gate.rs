@@ -235,6 +235,9 @@ pub struct Gate {
     limiter: Limiter,
     in_flight: u32,
     paused: bool,
+    /// Handing over to another node: nothing new starts, while the attempts
+    /// in flight finish (their plugin requests still get their permits).
+    stopping: bool,
     circuit: Circuit,
     /// When the ramp began; `None` when none is running.
     ramp_since: Option<Timestamp>,
@@ -256,6 +259,7 @@ impl Gate {
             limiter: Limiter::full(now, limits.burst, limits.rate.as_per_second()),
             in_flight: 0,
             paused: false,
+            stopping: false,
             circuit: Circuit::Closed {
                 consecutive_failures: 0,
             },
@@ -328,6 +332,12 @@ impl Gate {
 
     pub fn pause(&mut self) {
         self.paused = true;
+    }
+
+    /// Starts nothing more, for good: the gate is being handed over (see
+    /// `Input::Stop`). Requests of attempts in flight still go out.
+    pub fn stop(&mut self) {
+        self.stopping = true;
     }
 
     /// Resuming ramps up again: whatever piled up while paused must not flood out.
@@ -424,7 +434,7 @@ impl Gate {
     /// before `t`. `Err(None)`: not until something else happens (an attempt
     /// ends, a resume).
     pub fn try_start(&mut self, now: Timestamp) -> Result<Timestamp, Option<Timestamp>> {
-        if self.paused {
+        if self.paused || self.stopping {
             return Err(None);
         }
         let mut probe = false;

@@ -137,6 +137,11 @@ pub enum Input {
     /// takes the turn's effects before it sends this, and writes nothing
     /// more for the gate.
     DropGate(GateId),
+    /// This node is handing the gate over: it starts nothing more, while
+    /// what is in flight finishes (plugin requests of running attempts
+    /// still get permits) until `busy` says it is done or the shell gives
+    /// up waiting, and then `DropGate`. In memory only.
+    Stop(GateId),
     Pause(GateId),
     Resume(GateId),
     /// A task became pending (created, or re-run by an operator). The shell has put
@@ -634,6 +639,11 @@ impl Scheduler {
                 self.permits.retain(|p| p.gate != gate);
                 self.effects.retain(|e| e.gate() != gate);
             }
+            Input::Stop(gate) => {
+                if let Some(lane) = self.lanes.get_mut(&gate) {
+                    lane.gate.stop();
+                }
+            }
             Input::Pause(gate) => {
                 if let Some(lane) = self.lanes.get_mut(&gate) {
                     lane.gate.pause();
@@ -1015,6 +1025,25 @@ impl Scheduler {
     /// Attempts in flight across all gates.
     pub fn running(&self) -> usize {
         self.running.len()
+    }
+
+    /// What of the gate is still out and has to be answered here: attempts
+    /// in flight without a lease (a lease, or a hold for another node's
+    /// attempt, is on record and goes over to the next owner as it is) and
+    /// plugin requests whose attempt has ended.
+    pub fn busy(&self, gate: GateId) -> usize {
+        let attempts = self
+            .running
+            .values()
+            .filter(|r| r.task.gate == gate && r.lease.is_none())
+            .count();
+        let requests: u32 = self
+            .orphans
+            .values()
+            .filter(|(g, _, _)| *g == gate)
+            .map(|(_, _, n)| *n)
+            .sum();
+        attempts + requests as usize
     }
 
     /// The gate of a running task.

@@ -691,3 +691,53 @@ fn a_dropped_gate_is_forgotten_whole_and_taken_back_with_its_attempts_held() {
         "its slot goes to the next task: {at_hold_end:?}"
     );
 }
+
+#[test]
+fn a_stopping_gate_starts_nothing_but_lets_its_attempts_finish() {
+    let mut s = Script::new(limits(1_000.0, 3));
+    assert_eq!(s.input(0, Input::Enqueue(task(1, 0))), [start(1, 1, 0)]);
+    assert_eq!(s.input(1, Input::Enqueue(task(2, 1))), [start(2, 1, 1)]);
+    let leased = Input::Leased {
+        task: TaskId(2),
+        until: ms(60_000),
+    };
+    s.input(2, leased);
+    assert_eq!(s.core.busy(G), 1, "a lease goes over on record");
+    assert!(s.input(3, Input::Stop(G)).is_empty());
+    assert!(
+        s.input(4, Input::Enqueue(task(3, 4))).is_empty(),
+        "a stopping gate started a task"
+    );
+    // The running attempt's plugin asks for two requests: both get permits
+    // (the second takes a slot of its own), then the attempt ends with
+    // the second still out.
+    let ask = |n| Input::Ask {
+        task: TaskId(1),
+        attempt: 1,
+        ask: n,
+    };
+    s.input(5, ask(1));
+    s.input(10, ask(2));
+    s.at(20);
+    assert_eq!(s.permits().len(), 2, "a running attempt's requests wait");
+    let ended = Input::AttemptEnded {
+        task: TaskId(1),
+        outcome: Outcome::Succeeded,
+    };
+    s.input(21, ended);
+    assert_eq!(s.core.busy(G), 2, "its two requests are still out");
+    let answered = Input::RequestEnded {
+        task: TaskId(1),
+        attempt: 1,
+        signal: Signal::Healthy,
+    };
+    s.input(22, answered.clone());
+    s.input(23, answered);
+    assert_eq!(s.core.busy(G), 0);
+    for t in 24..1_000 {
+        assert!(
+            !s.at(t).iter().any(|e| matches!(e, Effect::Start { .. })),
+            "a stopping gate started a task at {t}"
+        );
+    }
+}

@@ -46,6 +46,55 @@ pub fn unit_of(gate: &str, units: u32) -> u32 {
     (fnv1a(gate.as_bytes()) % u64::from(units.max(1))) as u32
 }
 
+/// A set of units, one bit each (`UNITS` is 64): what an engine runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Units(u64);
+
+impl Units {
+    pub const NONE: Units = Units(0);
+    pub const ALL: Units = Units(u64::MAX);
+
+    pub fn one(unit: u32) -> Units {
+        Units(1u64.checked_shl(unit).unwrap_or(0))
+    }
+
+    /// The unit of the gate named `gate`.
+    pub fn of(gate: &str) -> Units {
+        Units::one(unit_of(gate, UNITS))
+    }
+
+    pub fn has(self, unit: u32) -> bool {
+        self.0 & Units::one(unit).0 != 0
+    }
+
+    /// Whether the gate named `gate` is in the set.
+    pub fn has_gate(self, gate: &str) -> bool {
+        self.has(unit_of(gate, UNITS))
+    }
+
+    pub fn with(self, other: Units) -> Units {
+        Units(self.0 | other.0)
+    }
+
+    /// The units in both.
+    pub fn and(self, other: Units) -> Units {
+        Units(self.0 & other.0)
+    }
+
+    pub fn without(self, other: Units) -> Units {
+        Units(self.0 & !other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The units in the set, in order.
+    pub fn iter(self) -> impl Iterator<Item = u32> {
+        (0..UNITS).filter(move |u| self.has(*u))
+    }
+}
+
 /// SplitMix64's finaliser: spreads a combined key over all 64 bits.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -130,6 +179,26 @@ mod tests {
 
     fn owners(live: &[u32]) -> Vec<Option<u32>> {
         (0..UNITS).map(|u| owner_of(u, live, hash)).collect()
+    }
+
+    #[test]
+    fn a_set_of_units_holds_what_was_put_in() {
+        let set = Units::one(0).with(Units::one(63)).with(Units::of("mail"));
+        let mail = unit_of("mail", UNITS);
+        assert!(set.has(0) && set.has(63) && set.has(mail));
+        assert!(set.has_gate("mail"));
+        let expect: Vec<u32> = {
+            let mut v = vec![0, mail, 63];
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        assert_eq!(set.iter().collect::<Vec<_>>(), expect);
+        assert!(!set.without(Units::of("mail")).has_gate("mail"));
+        assert!(set.without(set).is_empty());
+        assert_eq!(set.and(Units::one(63).with(Units::one(5))), Units::one(63));
+        assert_eq!(Units::ALL.iter().count(), UNITS as usize);
+        assert!(Units::one(64).is_empty(), "no unit 64");
     }
 
     #[test]

@@ -15,7 +15,8 @@ impl Engine {
         Engine::boot_as(store, tuning, now, seed, Start::Restart)
     }
 
-    /// `boot`, saying how the last dispatcher stopped (see `Start`).
+    /// `boot`, saying how the last dispatcher stopped (see `Start`): an
+    /// engine that runs every unit.
     pub fn boot_as(
         store: Arc<dyn Backend>,
         tuning: Tuning,
@@ -23,7 +24,16 @@ impl Engine {
         seed: u64,
         start: Start,
     ) -> Result<Engine, StoreError> {
-        let mut driver = Engine {
+        let mut engine = Engine::empty(store, tuning, seed)?;
+        engine.adopt(now, Units::ALL, start)?;
+        tracing::info!(gates = engine.gates.len(), "scheduler ready");
+        Ok(engine)
+    }
+
+    /// An engine that runs no gate yet (see `adopt`): the registry of
+    /// plugins and the last task id, which are the whole store's.
+    pub fn empty(store: Arc<dyn Backend>, tuning: Tuning, seed: u64) -> Result<Engine, StoreError> {
+        let mut engine = Engine {
             core: Scheduler::new(seed, tuning),
             store: store.clone(),
             gates: BTreeMap::new(),
@@ -41,104 +51,23 @@ impl Engine {
             pacers: HashMap::new(),
             waiting: HashMap::new(),
             last_work: Duration::ZERO,
+            loaded: Units::NONE,
+            held: Units::NONE,
+            shares_writers: store.shares_writers(),
+            ids: 0..0,
+            ids_at: 0,
         };
         store.write(|tx| {
-            driver.last_task_id = tx.last_task_id()?.unwrap_or(0);
+            engine.last_task_id = tx.last_task_id()?.unwrap_or(0);
             for plugin in tx.plugins()? {
-                driver.plugins.insert(
+                engine.plugins.insert(
                     crate::store::plugin_key(&plugin.name, &plugin.version),
                     plugin,
                 );
             }
-            for (gate_id, counts) in tx.all_counts()? {
-                driver.counts.insert(gate_id, counts);
-            }
-            for schedule in tx.schedules()? {
-                driver.schedules.insert(schedule.name.clone(), schedule);
-            }
-            for gate in tx.gates()? {
-                // Every gate ramps after a start: the backlog of the outage must
-                // not come out as a flood.
-                driver.core.handle_input(
-                    now,
-                    Input::UpsertGate {
-                        gate: GateId(gate.id),
-                        limits: gate.limits(),
-                        keys: gate.key_policy(),
-                        paused: gate.paused,
-                        ramp: true,
-                    },
-                );
-                driver.gate_names.insert(gate.id, gate.name.clone());
-                driver.gates.insert(gate.name.clone(), gate);
-            }
-            let mut turn = Turn::new(tx, now);
-            let interrupted = turn.tx.running_tasks()?;
-            for id in &interrupted {
-                let Some(task) = turn.task(*id)? else {
-                    turn.tx.set_running(*id, false)?;
-                    continue;
-                };
-                if task.state != TaskState::Running {
-                    turn.tx.set_running(*id, false)?;
-                    continue;
-                }
-                let attempt = task.attempts;
-                let queued = queued_of(task);
-                let record = turn.tx.attempt(*id, attempt)?;
-                if let Some(until) = record
-                    .as_ref()
-                    .and_then(|r| r.lease_until.filter(|_| r.ended_at.is_none()))
-                {
-                    // Long-running work goes on without us: keep its slot and its
-                    // lease; a lease that ran out meanwhile expires at once.
-                    driver.core.handle_input(
-                        now,
-                        Input::RestoreLease {
-                            task: queued,
-                            until: Timestamp(until),
-                        },
-                    );
-                    continue;
-                }
-                if start == Start::Takeover {
-                    // Another node may have sent this attempt (at any time
-                    // up to its deadline, which is before now) and may still
-                    // be waiting for its answer: the endpoint can be busy
-                    // with it for a timeout from now, so it keeps its slot
-                    // until then, then counts as interrupted and retries.
-                    let timeout = turn.task(*id)?.map_or(0, |t| t.timeout_ms);
-                    driver.core.handle_input(
-                        now,
-                        Input::HoldInterrupted {
-                            task: queued,
-                            until: Timestamp(now.as_ms().saturating_add(timeout)),
-                        },
-                    );
-                    continue;
-                }
-                if let Some(task) = turn.task(*id)? {
-                    task.last_error = Some("the server stopped during this attempt".into());
-                }
-                if let Some(mut record) = record {
-                    record.ended_at = Some(now.as_ms());
-                    record.outcome = Some("interrupted".into());
-                    record.error = Some("the server stopped during this attempt".into());
-                    turn.tx.put_attempt(*id, &record)?;
-                }
-                driver.core.handle_input(now, Input::Interrupted(queued));
-            }
-            if !interrupted.is_empty() {
-                tracing::info!(
-                    count = interrupted.len(),
-                    "retrying attempts interrupted by the last stop"
-                );
-            }
-            driver.apply_effects(&mut turn)?;
-            driver.finish_turn(&mut turn)
+            Ok(())
         })?;
-        tracing::info!(gates = driver.gates.len(), "scheduler ready");
-        Ok(driver)
+        Ok(engine)
     }
 
     /// When `turn` should next run without new input.

@@ -20,33 +20,20 @@ impl Engine {
                 let _ = to.send(value);
             })
         }
-        if self.shutting_down {
-            return Ok(match command {
-                Command::Live { gate, reply: to } => {
-                    let live = self.live(turn.now, gate.as_deref());
-                    Box::new(move || {
-                        let _ = to.send(live);
-                    })
-                }
-                Command::PutGate { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::DeleteGate { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::SetPaused { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::CreateTasks { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::CancelTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::RetryTask { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::ReplayTasks { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::PutReplay { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::PutSchedule { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::Report { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::DeleteSchedule { reply: to, .. } => {
-                    reply(to, Err(ShellError::ShuttingDown))
-                }
-                Command::SetSchedulePaused { reply: to, .. } => {
-                    reply(to, Err(ShellError::ShuttingDown))
-                }
-                Command::PutPlugin { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-                Command::DeletePlugin { reply: to, .. } => reply(to, Err(ShellError::ShuttingDown)),
-            });
+        let named = match &command {
+            Command::PutGate { name, .. }
+            | Command::DeleteGate { name, .. }
+            | Command::SetPaused { name, .. } => Some(name.as_str()),
+            Command::PutSchedule { spec, .. } => Some(spec.template.gate.as_str()),
+            _ => None,
+        };
+        let refused = if self.shutting_down && !matches!(command, Command::Live { .. }) {
+            Some(ShellError::ShuttingDown)
+        } else {
+            named.and_then(|gate| self.moved(gate))
+        };
+        if let Some(error) = refused {
+            return Ok(refuse(command, error));
         }
         Ok(match command {
             Command::PutGate {
@@ -322,6 +309,9 @@ impl Engine {
         // names one endpoint: each gate's origins are checked once.
         let mut allowed: HashSet<(&str, &str)> = HashSet::new();
         for (i, task) in tasks.iter().enumerate() {
+            if let Some(moved) = self.moved(&task.gate) {
+                return Ok(Err(moved));
+            }
             let Some(gate) = self.gates.get(&task.gate) else {
                 return Ok(Err(ShellError::NoGate {
                     at: At::item(i, "gate"),
@@ -351,7 +341,7 @@ impl Engine {
         let mut out = Vec::with_capacity(tasks.len());
         turn.tasks.reserve(tasks.len());
         for task in tasks {
-            let id_candidate = self.next_task_id(turn.now);
+            let id_candidate = self.next_task_id(turn.now)?;
             let gate = &self.gates[&task.gate];
             let gate_id = gate.id;
             if let Some(key) = &task.idempotency_key
@@ -521,10 +511,28 @@ impl Engine {
         Ok(created)
     }
 
-    pub(super) fn next_task_id(&mut self, now: Timestamp) -> u64 {
-        let id = (now.as_ms() << 16).max(self.last_task_id + 1);
-        self.last_task_id = id;
-        id
+    /// A new task's id: above every id this engine gave before, and about
+    /// its creation time (`ms << 16`), so ids sort by creation. With one
+    /// writer (redb) the engine counts them itself; where several engines
+    /// write (PostgreSQL) they come in blocks the store reserves, taken
+    /// again when used up or `ID_BLOCK_AGE` old, so two nodes' ids never
+    /// meet and still sort by creation to within that age.
+    pub(super) fn next_task_id(&mut self, now: Timestamp) -> Result<u64, StoreError> {
+        let floor = now.as_ms() << 16;
+        if !self.shares_writers {
+            let id = floor.max(self.last_task_id + 1);
+            self.last_task_id = id;
+            return Ok(id);
+        }
+        let fresh = now.as_ms() < self.ids_at.saturating_add(ID_BLOCK_AGE_MS);
+        if self.ids.is_empty() || !fresh {
+            self.ids = self.store.reserve_task_ids(ID_BLOCK, floor)?;
+            self.ids_at = now.as_ms();
+        }
+        self.ids.next().ok_or_else(|| StoreError::Corrupt {
+            table: "meta",
+            detail: "the store reserved no task ids".into(),
+        })
     }
 
     pub(super) fn cancel_task(
@@ -533,6 +541,9 @@ impl Engine {
         id: TaskId,
     ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
         let now = turn.now.as_ms();
+        if let Some(moved) = self.moved_task(turn, id, false)? {
+            return Ok(Err(moved));
+        }
         let Some(task) = turn.task(id.0)? else {
             return Ok(Err(ShellError::NotFound {
                 what: format!("task {id}"),
@@ -608,6 +619,9 @@ impl Engine {
     ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
         let now = turn.now;
         let gates_known: Vec<u32> = self.gate_names.keys().copied().collect();
+        if let Some(moved) = self.moved_task(turn, id, false)? {
+            return Ok(Err(moved));
+        }
         let Some(task) = turn.task(id.0)? else {
             return Ok(Err(ShellError::NotFound {
                 what: format!("task {id}"),
@@ -742,6 +756,34 @@ pub(super) fn check_host(url: &str, gate: &GateRecord) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Answers `command` with `error`, whatever it asked.
+fn refuse(command: Command, error: ShellError) -> Box<dyn FnOnce() + Send> {
+    fn with<T: Send + 'static>(to: Reply<T>, error: ShellError) -> Box<dyn FnOnce() + Send> {
+        Box::new(move || {
+            let _ = to.send(Err(error));
+        })
+    }
+    match command {
+        Command::Live { reply: to, .. } => Box::new(move || {
+            let _ = to.send(Vec::new());
+        }),
+        Command::PutGate { reply: to, .. } => with(to, error),
+        Command::DeleteGate { reply: to, .. } => with(to, error),
+        Command::SetPaused { reply: to, .. } => with(to, error),
+        Command::CreateTasks { reply: to, .. } => with(to, error),
+        Command::CancelTask { reply: to, .. } => with(to, error),
+        Command::RetryTask { reply: to, .. } => with(to, error),
+        Command::ReplayTasks { reply: to, .. } => with(to, error),
+        Command::PutReplay { reply: to, .. } => with(to, error),
+        Command::PutSchedule { reply: to, .. } => with(to, error),
+        Command::Report { reply: to, .. } => with(to, error),
+        Command::DeleteSchedule { reply: to, .. } => with(to, error),
+        Command::SetSchedulePaused { reply: to, .. } => with(to, error),
+        Command::PutPlugin { reply: to, .. } => with(to, error),
+        Command::DeletePlugin { reply: to, .. } => with(to, error),
+    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,9 @@ impl Engine {
         callback: Callback,
     ) -> Result<Result<TaskRecord, ShellError>, StoreError> {
         let now = turn.now;
+        if let Some(moved) = self.moved_task(turn, id, true)? {
+            return Ok(Err(moved));
+        }
         let Some(task) = turn.task(id.0)?.cloned() else {
             return Ok(Err(ShellError::NotFound {
                 what: format!("task {id}"),

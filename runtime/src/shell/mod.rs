@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::attempt::{Action, Plan, PluginCall, Report, Request};
 use crate::clock;
+use crate::core::units::Units;
 use crate::core::{
     Effect, End, FailReason, GateId, GateStatus, Input, Outcome, QueuedTask, Scheduler, TaskId,
     Timestamp, Tuning,
@@ -43,6 +44,7 @@ mod schedules;
 pub mod stats;
 mod targets;
 mod turn;
+mod units;
 
 use commands::queued_of;
 use handle::Reply;
@@ -74,6 +76,10 @@ pub enum ShellError {
     Invalid { at: Option<At>, message: String },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The gate's unit is not this engine's (any more, or yet): it is being
+    /// handed over. A 503 to retry.
+    #[error("gate {gate:?} is moving to another node")]
+    Moved { gate: String },
 }
 
 /// Where in a command the shell found a fault: a field, of one of the
@@ -116,9 +122,10 @@ impl ShellError {
             | ShellError::NoGate { at, .. }
             | ShellError::NoPlugin { at, .. } => Some(*at),
             ShellError::Invalid { at, .. } => *at,
-            ShellError::NotFound { .. } | ShellError::Conflict(_) | ShellError::ShuttingDown => {
-                None
-            }
+            ShellError::NotFound { .. }
+            | ShellError::Conflict(_)
+            | ShellError::ShuttingDown
+            | ShellError::Moved { .. } => None,
         }
     }
 
@@ -246,6 +253,11 @@ const PACER_MARGIN: f64 = 0.997;
 /// (a connection opened for it, a busy core) without a window there going
 /// over the gate's bound: the spacer keeps this much of the burst in hand.
 const ARRIVAL_JITTER: Duration = Duration::from_millis(8);
+
+/// Task ids reserved at a time where several engines write one store, and
+/// how long a block is used: ids sort by creation across nodes to within it.
+const ID_BLOCK: u64 = 1_024;
+const ID_BLOCK_AGE_MS: u64 = 250;
 
 /// Most commands and reports taken into one turn, so a turn stays short.
 const TURN_COMMANDS: usize = 512;
@@ -416,6 +428,16 @@ pub struct Engine {
     /// How long the last turn took before its commit (for the slow-turn
     /// warning: the rest was the commit).
     last_work: Duration,
+    /// The units whose gates this engine runs (see `units.rs`), and those
+    /// of them it takes commands for: a unit being handed over is run
+    /// (its attempts finish) but takes no commands.
+    loaded: Units,
+    held: Units,
+    /// Task ids from the store's blocks, when several engines write it
+    /// (`next_task_id`), and when the block was taken (ms).
+    shares_writers: bool,
+    ids: std::ops::Range<u64>,
+    ids_at: u64,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so

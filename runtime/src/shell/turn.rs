@@ -105,6 +105,13 @@ impl Engine {
         mut report: Report,
     ) -> Result<(), StoreError> {
         let id = report.task.0;
+        // A report on a gate of a unit handed over is the next owner's: not
+        // a byte of its task is written here (the turn would write back
+        // what it read).
+        if turn.task(id)?.is_some_and(|t| !self.runs(&t.gate)) {
+            turn.tasks.remove(&id);
+            return Ok(());
+        }
         // A report that is not about the task's open attempt (a callback settled
         // it first, or it is from before a restart) changes nothing.
         let current = turn.task(id)?.map(|t| (t.attempts, t.state));

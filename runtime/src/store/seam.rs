@@ -35,6 +35,24 @@ pub trait Backend: Send + Sync {
     /// Copies everything, as of one snapshot, into a new store file at
     /// `path` while writes go on.
     fn backup_to(&self, path: &Path) -> Result<Copied>;
+
+    /// Whether several engines may write this store at once (PostgreSQL):
+    /// task ids then come in blocks from `reserve_task_ids`. A store with
+    /// one writer (redb) leaves ids to its engine.
+    fn shares_writers(&self) -> bool {
+        false
+    }
+
+    /// `n` task ids no other writer will ever get, each at least `floor`
+    /// and above every id reserved before, committed on their own (outside
+    /// any write transaction, so creates on several nodes do not queue
+    /// behind one row lock).
+    fn reserve_task_ids(&self, n: u64, floor: u64) -> Result<std::ops::Range<u64>> {
+        let _ = (n, floor);
+        Err(StoreError::Unsupported(
+            "this store has one writer, whose engine counts task ids itself".into(),
+        ))
+    }
 }
 
 impl dyn Backend + '_ {

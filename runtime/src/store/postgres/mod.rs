@@ -368,8 +368,11 @@ impl PgStore {
     fn create_schema(&self) -> Result<()> {
         self.write_client(|conn| {
             let client = &conn.client;
-            // Nodes starting together create the tables one at a time.
+            // Nodes starting together create the schema and the tables one
+            // at a time (`CREATE SCHEMA IF NOT EXISTS` alone races: both
+            // see none, and the second fails on the catalog's unique key).
             wait(client.execute("SELECT pg_advisory_xact_lock(7206316)", &[]))?;
+            wait(client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema)))?;
             wait(client.batch_execute(SCHEMA))?;
             let found: Option<i64> =
                 wait(client.query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[]))?
@@ -449,7 +452,7 @@ fn connect(runtime: &tokio::runtime::Runtime, target: &Target, schema: &str) -> 
             .await?;
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}; \
+                "SET search_path TO {schema}; \
                  SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
             ))
             .await?;
@@ -485,6 +488,30 @@ impl Backend for PgStore {
             client: Some(client),
             pool: self.readers.clone(),
         }))
+    }
+
+    fn shares_writers(&self) -> bool {
+        true
+    }
+
+    fn reserve_task_ids(&self, n: u64, floor: u64) -> Result<std::ops::Range<u64>> {
+        // On a connection of its own, in autocommit: the row is locked for
+        // the statement only. The first block starts above every task
+        // already stored (ids an engine counted itself before this existed).
+        const RESERVE: &str = "INSERT INTO meta (key, value)              VALUES ('next_task_id', greatest($2, (SELECT coalesce(max(id), 0) + 1 FROM tasks)) + $1)              ON CONFLICT (key) DO UPDATE SET value = greatest(meta.value, $2) + $1              RETURNING value - $1";
+        let conn = self.reader_client()?;
+        let start: i64 = wait(
+            conn.client
+                .query_one(&conn.statement(RESERVE)?, &[&big(n), &big(floor)]),
+        )?
+        .get(0);
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < POOL
+        {
+            pool.push(conn);
+        }
+        let start = unbig(start);
+        Ok(start..start.saturating_add(n))
     }
 
     fn backup_to(&self, _path: &Path) -> Result<Copied> {

@@ -1,0 +1,251 @@
+//! The engine over a changing set of units (`core::units`): taking up a
+//! unit's gates as a new owner does, and letting them go when the unit
+//! moves to another node (the cluster issue's step 2; today the server
+//! adopts every unit at boot and never lets one go).
+//!
+//! The order of a handover, which the proof in `docs/cluster-spread.md`
+//! rests on: `stop` (no new attempt starts; commands for the unit get
+//! `Moved`), wait until `busy` is 0 or a bound passes, `drop` (the core
+//! forgets the gates whole, and later reports for them write nothing),
+//! and only then is the unit's lease released. The taker `adopt`s it: every
+//! gate empty with the ramp, each attempt still on record as running held
+//! until its timeout (or its lease restored), as after a takeover.
+
+use super::*;
+
+impl Engine {
+    /// Takes up the gates of `units` as of `now`, in one commit: each
+    /// starts with an empty bucket and ramps (the backlog must not come out
+    /// as a flood), with its schedules and counts; the attempts the store
+    /// has as running are recovered as `start` says. Units already run are
+    /// left as they are; one still being handed over is dropped first and
+    /// taken up afresh.
+    pub fn adopt(&mut self, now: Timestamp, units: Units, start: Start) -> Result<(), StoreError> {
+        let stopping = self.loaded.without(self.held);
+        let again = units.and(stopping);
+        if !again.is_empty() {
+            self.drop_units(now, again);
+        }
+        let new = units.without(self.loaded);
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.loaded = self.loaded.with(new);
+        self.held = self.held.with(new);
+        let store = self.store.clone();
+        store.write(|tx| {
+            for gate in tx.gates()? {
+                if !new.has_gate(&gate.name) {
+                    continue;
+                }
+                self.core.handle_input(
+                    now,
+                    Input::UpsertGate {
+                        gate: GateId(gate.id),
+                        limits: gate.limits(),
+                        keys: gate.key_policy(),
+                        paused: gate.paused,
+                        ramp: true,
+                    },
+                );
+                self.gate_names.insert(gate.id, gate.name.clone());
+                self.gates.insert(gate.name.clone(), gate);
+            }
+            for (gate_id, counts) in tx.all_counts()? {
+                if self
+                    .gate_names
+                    .get(&gate_id)
+                    .is_some_and(|name| new.has_gate(name))
+                {
+                    self.counts.insert(gate_id, counts);
+                }
+            }
+            for schedule in tx.schedules()? {
+                if new.has_gate(&schedule.template.gate) {
+                    self.schedules.insert(schedule.name.clone(), schedule);
+                }
+            }
+            let mut turn = Turn::new(tx, now);
+            self.recover(&mut turn, new, start)?;
+            self.apply_effects(&mut turn)?;
+            self.finish_turn(&mut turn)
+        })
+    }
+
+    /// The attempts the store has as running in `units`' gates: a lease
+    /// goes on; with `Start::Takeover` each keeps its slot until its
+    /// timeout (another node may have sent it); with `Start::Restart` it
+    /// died with this process and is retried at once.
+    fn recover(
+        &mut self,
+        turn: &mut Turn<'_>,
+        units: Units,
+        start: Start,
+    ) -> Result<(), StoreError> {
+        let now = turn.now;
+        let mut interrupted = 0usize;
+        for id in turn.tx.running_tasks()? {
+            let Some(task) = turn.task(id)? else {
+                turn.tx.set_running(id, false)?;
+                continue;
+            };
+            if !units.has_gate(&task.gate) {
+                // Another unit's: not this engine's to write.
+                turn.tasks.remove(&id);
+                continue;
+            }
+            if task.state != TaskState::Running {
+                turn.tx.set_running(id, false)?;
+                continue;
+            }
+            interrupted += 1;
+            let attempt = task.attempts;
+            let timeout = task.timeout_ms;
+            let queued = queued_of(task);
+            let record = turn.tx.attempt(id, attempt)?;
+            if let Some(until) = record
+                .as_ref()
+                .and_then(|r| r.lease_until.filter(|_| r.ended_at.is_none()))
+            {
+                // Long-running work goes on without us: keep its slot and its
+                // lease; a lease that ran out meanwhile expires at once.
+                let until = Timestamp(until);
+                self.core.handle_input(
+                    now,
+                    Input::RestoreLease {
+                        task: queued,
+                        until,
+                    },
+                );
+                continue;
+            }
+            if start == Start::Takeover {
+                // Another node may have sent this attempt (at any time up
+                // to its deadline, which is before now) and may still be
+                // waiting for its answer: the endpoint can be busy with it
+                // for a timeout from now, so it keeps its slot until then,
+                // then counts as interrupted and retries.
+                let until = Timestamp(now.as_ms().saturating_add(timeout));
+                self.core.handle_input(
+                    now,
+                    Input::HoldInterrupted {
+                        task: queued,
+                        until,
+                    },
+                );
+                continue;
+            }
+            if let Some(task) = turn.task(id)? {
+                task.last_error = Some("the server stopped during this attempt".into());
+            }
+            if let Some(mut record) = record {
+                record.ended_at = Some(now.as_ms());
+                record.outcome = Some("interrupted".into());
+                record.error = Some("the server stopped during this attempt".into());
+                turn.tx.put_attempt(id, &record)?;
+            }
+            self.core.handle_input(now, Input::Interrupted(queued));
+        }
+        if interrupted > 0 {
+            tracing::info!(
+                count = interrupted,
+                "recovering attempts the last run left in flight"
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts nothing more in `units`' gates, and takes no more commands
+    /// for them (`ShellError::Moved`): the first step of handing them over.
+    /// Attempts in flight go on, and their reports are taken.
+    pub fn stop_units(&mut self, now: Timestamp, units: Units) {
+        let units = units.and(self.held);
+        self.held = self.held.without(units);
+        for (name, gate) in &self.gates {
+            if units.has_gate(name) {
+                self.core.handle_input(now, Input::Stop(GateId(gate.id)));
+            }
+        }
+    }
+
+    /// What of `units`' gates is still out and must be answered here
+    /// before they are dropped (see `Scheduler::busy`).
+    pub fn busy(&self, units: Units) -> usize {
+        self.gates
+            .iter()
+            .filter(|(name, _)| units.has_gate(name))
+            .map(|(_, gate)| self.core.busy(GateId(gate.id)))
+            .sum()
+    }
+
+    /// Forgets `units`' gates whole, in memory: the next owner takes them
+    /// up from the store. Nothing is written, now or later (reports that
+    /// come for them are ignored). Call it between turns, after
+    /// `stop_units`; what was still in flight is the next owner's to hold.
+    pub fn drop_units(&mut self, now: Timestamp, units: Units) {
+        let units = units.and(self.loaded);
+        let gone: Vec<(String, u32)> = self
+            .gates
+            .iter()
+            .filter(|(name, _)| units.has_gate(name))
+            .map(|(name, gate)| (name.clone(), gate.id))
+            .collect();
+        for (name, id) in gone {
+            let gate = GateId(id);
+            let core = &self.core;
+            self.waiting
+                .retain(|task, _| core.gate_of(*task) != Some(gate));
+            self.core.handle_input(now, Input::DropGate(gate));
+            self.gates.remove(&name);
+            self.gate_names.remove(&id);
+            self.counts.remove(&id);
+            self.stats.remove(&id);
+            self.pacers.remove(&id);
+        }
+        self.schedules
+            .retain(|_, s| !units.has_gate(&s.template.gate));
+        self.loaded = self.loaded.without(units);
+        self.held = self.held.without(units);
+    }
+
+    /// `Moved` when the gate's unit is not this engine's to serve.
+    pub(super) fn moved(&self, gate: &str) -> Option<ShellError> {
+        (!self.held.has_gate(gate)).then(|| ShellError::Moved {
+            gate: gate.to_string(),
+        })
+    }
+
+    /// `Moved` when the task's gate is not this engine's to serve; its
+    /// record is then not kept in the turn (which writes back what it read).
+    /// A `report` on work in flight is taken while the unit is being handed
+    /// over (the drain waits for such reports); a command is not.
+    pub(super) fn moved_task(
+        &self,
+        turn: &mut Turn<'_>,
+        id: TaskId,
+        report: bool,
+    ) -> Result<Option<ShellError>, StoreError> {
+        let serves = |gate: &str| {
+            if report {
+                self.runs(gate)
+            } else {
+                self.held.has_gate(gate)
+            }
+        };
+        let moved = turn
+            .task(id.0)?
+            .filter(|t| !serves(&t.gate))
+            .map(|t| ShellError::Moved {
+                gate: t.gate.clone(),
+            });
+        if moved.is_some() {
+            turn.tasks.remove(&id.0);
+        }
+        Ok(moved)
+    }
+
+    /// Whether reports on the gate's tasks are this engine's to apply.
+    pub(super) fn runs(&self, gate: &str) -> bool {
+        self.loaded.has_gate(gate)
+    }
+}
