@@ -147,6 +147,20 @@ pub enum Input {
     /// A task became pending (created, or re-run by an operator). The shell has put
     /// it in the store's pending index.
     Enqueue(QueuedTask),
+    /// Another node created a pending task in this gate, and the shell
+    /// heard of it after the commit (a notification): its row is on disk,
+    /// but no `Enqueue` came. The key's window is cut back to below it, so
+    /// the next `Load` reads it with what follows; a doubled or late notice
+    /// changes nothing but that (what is on disk is read once).
+    Appeared {
+        gate: GateId,
+        key: TaskKey,
+        order: Order,
+    },
+    /// What the shell heard of the gate's disk may have gaps (notices lost
+    /// with a connection): every key is read again. Queued tasks go back to
+    /// disk; running attempts and the limiters stay.
+    Reload(GateId),
     /// A pending task was taken out (cancelled). The shell removed it from the store.
     Dequeue {
         gate: GateId,
@@ -658,6 +672,31 @@ impl Scheduler {
             Input::Enqueue(task) => {
                 let gate = task.gate;
                 self.enqueue(now, task);
+                self.poke(gate);
+            }
+            Input::Appeared { gate, key, order } => {
+                let Some(lane) = self.lanes.get_mut(&gate) else {
+                    return;
+                };
+                if !lane.keys_known {
+                    // The load of the gate's keys will find it.
+                    return;
+                }
+                let part = lane.part(now, &key);
+                part.disk_next = Some(part.disk_next.map_or(order, |d| d.min(order)));
+                part.drop_from(order);
+                lane.wake_key(&key);
+                self.poke(gate);
+            }
+            Input::Reload(gate) => {
+                let Some(lane) = self.lanes.get_mut(&gate) else {
+                    return;
+                };
+                for part in lane.parts.values_mut() {
+                    part.drop_from((Timestamp::ZERO, TaskId(0)));
+                    part.disk_next = None;
+                }
+                lane.keys_known = false;
                 self.poke(gate);
             }
             Input::Dequeue { gate, key, order } => {

@@ -8,7 +8,11 @@
 //! After every step: the window bound (attempt starts and plugin requests
 //! together) and the concurrency cap (attempts plus the requests beyond each
 //! attempt's first, plus requests whose attempt has ended) hold for every gate,
-//! and every task is in exactly one place. With keys on (half the cases),
+//! and every task is in exactly one place. In two cases of three a third of
+//! the tasks are created "on another node": on disk without an `Enqueue`,
+//! heard of by `Input::Appeared` notices that come late or twice, or are
+//! lost and followed by an `Input::Reload`; each still starts exactly once
+//! (a start of a task not pending fails the case). With keys on (half the cases),
 //! tasks name one of a few keys and each gate sets per-key limits: the bound
 //! and the cap hold for every key too.
 //!
@@ -67,6 +71,19 @@ struct World {
     /// Per gate and epoch, the limits in force.
     epochs: BTreeMap<(GateId, u32), GateLimits>,
     next_id: u64,
+    /// Creates on other nodes (in two cases of three): a third of the
+    /// tasks reach the disk without an `Enqueue`, and the scheduler hears
+    /// of them by notices that come late, twice, or are lost (and then the
+    /// gate is reloaded, as after a reconnect).
+    foreign: bool,
+    notices: BTreeMap<(Timestamp, u64), Notice>,
+    seq: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Notice {
+    Appeared(GateId, TaskKey, Order),
+    Reload(GateId),
 }
 
 struct PluginRun {
@@ -151,6 +168,9 @@ impl World {
             epochs: BTreeMap::new(),
             next_id: 1,
             rng: Rng::new(0),
+            foreign: !seed.is_multiple_of(3),
+            notices: BTreeMap::new(),
+            seq: 0,
         };
         for g in 0..3 {
             if keys {
@@ -236,8 +256,46 @@ impl World {
                 place: Place::Pending,
             },
         );
+        if self.foreign && self.rng.below(3) == 0 {
+            // Created on another node: the scheduler hears of it later.
+            let appeared = Notice::Appeared(gate, queued.key.clone(), queued.order());
+            let (a, b) = (self.rng.below(300), self.rng.below(300));
+            let (a, b) = (Duration::from_millis(a), Duration::from_millis(b));
+            match self.rng.below(6) {
+                0 => {
+                    self.notice(a, appeared.clone());
+                    self.notice(b, appeared);
+                }
+                1 => {
+                    let reload = Duration::from_millis(self.rng.below(3_000));
+                    self.notice(reload, Notice::Reload(gate));
+                }
+                _ => self.notice(a, appeared),
+            }
+            return;
+        }
         self.sched.handle_input(self.now, Input::Enqueue(queued));
         self.run_effects();
+    }
+
+    fn notice(&mut self, after: Duration, notice: Notice) {
+        self.seq += 1;
+        self.notices
+            .insert((self.now.plus(after), self.seq), notice);
+    }
+
+    /// Delivers the notices whose time has come.
+    fn notices_due(&mut self) {
+        while let Some(entry) = self.notices.first_entry()
+            && entry.key().0 <= self.now
+        {
+            let input = match entry.remove() {
+                Notice::Appeared(gate, key, order) => Input::Appeared { gate, key, order },
+                Notice::Reload(gate) => Input::Reload(gate),
+            };
+            self.sched.handle_input(self.now, input);
+            self.run_effects();
+        }
     }
 
     /// A crash: memory is gone, attempts in flight die with the process.
@@ -499,12 +557,14 @@ impl World {
                     .flat_map(|r| r.requests.iter().copied()),
             )
             .chain(self.orphans.iter().map(|o| o.3))
+            .chain(self.notices.keys().next().map(|k| k.0))
             .min();
         let next = match (self.sched.poll_timeout(), next_end) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(self.now.plus(Duration::from_secs(1))),
         };
         self.now = self.now.max(next);
+        self.notices_due();
         let ended: Vec<TaskId> = self
             .in_flight
             .iter()
