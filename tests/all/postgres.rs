@@ -454,3 +454,182 @@ fn two_engines_on_one_database_never_give_one_task_id_twice() {
     assert_eq!(checked.tasks, 10_000, "creates overwrote each other");
     assert!(checked.problems.is_empty(), "{:?}", checked.problems);
 }
+
+/// Engines on several nodes count into one gate: each turn adds its change
+/// under a lock on the gate's row, so concurrent writers add up instead of
+/// overwriting each other.
+#[test]
+fn counts_added_by_two_writers_at_once_add_up() {
+    use sluice::store::{Backend, Counts, CountsDelta, PgStore};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let one = CountsDelta::between(
+        &Counts::default(),
+        &Counts {
+            pending: 1,
+            ..Counts::default()
+        },
+    );
+    let writers: Vec<_> = (0..2)
+        .map(|i| {
+            let url = pg.url();
+            std::thread::spawn(move || {
+                let store = PgStore::open(&url).expect("open");
+                let store: &dyn Backend = &store;
+                // One writer names gate 2 first, the other gate 1: the
+                // store locks them in gate order whatever it is given, so
+                // they never deadlock.
+                let deltas = if i == 0 {
+                    [(2, one), (1, one)]
+                } else {
+                    [(1, one), (2, one)]
+                };
+                for _ in 0..200 {
+                    store.write(|tx| tx.add_counts(&deltas)).expect("write");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let store = PgStore::open(&pg.url()).expect("open");
+    let reader = (&store as &dyn Backend).read().expect("read");
+    assert_eq!(reader.counts(1).expect("counts").pending, 400);
+    assert_eq!(reader.counts(2).expect("counts").pending, 400);
+}
+
+/// Two writers claim the same idempotency keys at once: for each key one
+/// wins, and the other is told the winner's task, never a second task.
+#[test]
+fn two_writers_claiming_one_idempotency_key_agree_on_its_task() {
+    use sluice::store::{Backend, PgStore};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    // Both claim each key at the same moment.
+    let together = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let claims: Vec<_> = (0..2u64)
+        .map(|i| {
+            let url = pg.url();
+            let together = together.clone();
+            std::thread::spawn(move || {
+                let store = PgStore::open(&url).expect("open");
+                let store: &dyn Backend = &store;
+                (0..300u64)
+                    .map(|k| {
+                        let mine = 1_000 * (i + 1) + k;
+                        let key = format!("order-{k}");
+                        together.wait();
+                        let held = store
+                            .write(|tx| tx.claim_idempotent(1, &key, mine))
+                            .expect("claim");
+                        held.unwrap_or(mine)
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let answers: Vec<Vec<u64>> = claims
+        .into_iter()
+        .map(|c| c.join().expect("writer"))
+        .collect();
+    let split = answers[0]
+        .iter()
+        .zip(&answers[1])
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(split, 0, "keys that made two tasks");
+    let store = PgStore::open(&pg.url()).expect("open");
+    let store: &dyn Backend = &store;
+    for (k, task) in answers[0].iter().enumerate() {
+        let stored = store
+            .write(|tx| tx.idempotent(1, &format!("order-{k}")))
+            .expect("read");
+        assert_eq!(stored, Some(*task));
+    }
+}
+
+/// Writers on two nodes spend one root's budget of descendants at once:
+/// together they never pass it.
+#[test]
+fn two_writers_share_one_lineage_budget() {
+    use sluice::store::{Backend, PgStore};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let together = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let url = pg.url();
+            let together = together.clone();
+            std::thread::spawn(move || {
+                let store = PgStore::open(&url).expect("open");
+                let store: &dyn Backend = &store;
+                (0..100)
+                    .filter(|_| {
+                        together.wait();
+                        store
+                            .write(|tx| tx.add_descendants(7, 1, 150))
+                            .expect("write")
+                            .is_some()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let granted: usize = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    assert_eq!(granted, 150, "the budget was passed or left unspent");
+    let store = PgStore::open(&pg.url()).expect("open");
+    let store: &dyn Backend = &store;
+    assert_eq!(store.write(|tx| tx.descendants(7)).expect("read"), 150);
+}
+
+/// Writers on two nodes count tasks of one plugin at once: the counts add
+/// up, so a plugin in use on any node cannot be deleted as unused.
+#[test]
+fn two_writers_counting_one_plugin_add_up() {
+    use sluice::store::{Backend, PgStore, PluginRecord};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let record: PluginRecord = serde_json::from_value(json!({
+        "name": "resize", "version": "1.0.0", "size": 4, "sha256": "00",
+        "uploaded_at": 1, "imports": [], "unfinished": 0,
+    }))
+    .expect("plugin record");
+    {
+        let store = PgStore::open(&pg.url()).expect("open");
+        let store: &dyn Backend = &store;
+        store.write(|tx| tx.put_plugin(&record)).expect("put");
+    }
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let url = pg.url();
+            std::thread::spawn(move || {
+                let store = PgStore::open(&url).expect("open");
+                let store: &dyn Backend = &store;
+                for _ in 0..200 {
+                    store
+                        .write(|tx| tx.add_plugin_refs(&[("resize@1.0.0".into(), 1)]))
+                        .expect("write");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let store = PgStore::open(&pg.url()).expect("open");
+    let reader = (&store as &dyn Backend).read().expect("read");
+    let unfinished = reader
+        .plugin("resize@1.0.0")
+        .expect("read")
+        .map(|p| p.unfinished);
+    assert_eq!(unfinished, Some(400));
+}

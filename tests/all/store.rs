@@ -6,8 +6,8 @@
 use serde_json::json;
 use sluice::core::{GateId, TaskId, Timestamp};
 use sluice::store::{
-    AttemptRecord, Backend, Counts, GateRecord, PendingEntry, PgStore, PluginRecord, ReplayEnd,
-    ReplayRecord, ScheduleRecord, Store, StoreError, TaskFilter, TaskRecord, TaskState,
+    AttemptRecord, Backend, Counts, CountsDelta, GateRecord, PendingEntry, PgStore, PluginRecord,
+    ReplayEnd, ReplayRecord, ScheduleRecord, Store, StoreError, TaskFilter, TaskRecord, TaskState,
 };
 
 const MIN: u64 = 60_000;
@@ -367,8 +367,14 @@ fn idempotency_keys_belong_to_a_gate(store: &dyn Backend) {
         assert_eq!(tx.idempotent(1, "order-42")?, Some(7));
         assert_eq!(tx.idempotent(2, "order-42")?, None, "keys are per gate");
         assert_eq!(tx.idempotent(1, "order-43")?, None);
+        // A claim names the key's task only if none holds it.
+        assert_eq!(tx.claim_idempotent(1, "order-42", 8)?, Some(7));
+        assert_eq!(tx.claim_idempotent(1, "order-43", 9)?, None);
+        assert_eq!(tx.claim_idempotent(1, "order-43", 10)?, Some(9));
         Ok(())
     }));
+    let reader = ok(store.write(|tx| tx.idempotent(1, "order-43")));
+    assert_eq!(reader, Some(9), "a claim is stored");
 }
 
 fn coalesce_keys_name_the_last_task(store: &dyn Backend) {
@@ -410,6 +416,36 @@ fn counters_round_trip(store: &dyn Backend) {
         Ok(())
     }));
     assert_eq!(ok(ok(store.read()).counts(9)), Counts::default());
+    // Changes add up, to a gate counted before and to a new one; a counter
+    // never goes below zero.
+    let before = Counts {
+        pending: 1,
+        ..Counts::default()
+    };
+    let after = Counts {
+        pending: 0,
+        running: 1,
+        attempts: 1,
+        ..Counts::default()
+    };
+    let started = CountsDelta::between(&before, &after);
+    ok(store.write(|tx| tx.add_counts(&[(1, started), (7, started)])));
+    let reader = ok(store.read());
+    let expect = Counts {
+        pending: 2,
+        running: 2,
+        attempts: 13,
+        ..counts
+    };
+    assert_eq!(ok(reader.counts(1)), expect);
+    assert_eq!(
+        ok(reader.counts(7)),
+        Counts {
+            running: 1,
+            attempts: 1,
+            ..Counts::default()
+        }
+    );
 }
 
 fn listings_newest_first(store: &dyn Backend) {
@@ -520,6 +556,14 @@ fn plugins_and_their_artifacts(store: &dyn Backend) {
     assert_eq!(ok(r.compiled(key, 7)).as_deref(), Some(&b"artifact"[..]));
     assert_eq!(ok(r.compiled(key, 8)), None, "another engine's artifact");
     drop(r);
+    // Tasks that use it are counted by adding; an unknown plugin is passed over.
+    ok(store.write(|tx| {
+        tx.add_plugin_refs(&[("other@1.0.0".into(), 1), (key.into(), 3)])?;
+        tx.add_plugin_refs(&[(key.into(), -1)])
+    }));
+    let counted = ok(ok(store.read()).plugin(key)).map(|p| p.unfinished);
+    assert_eq!(counted, Some(2));
+    assert_eq!(ok(ok(store.read()).plugin("other@1.0.0")), None);
     ok(store.write(|tx| tx.delete_plugin(key)));
     let r = ok(store.read());
     assert!(ok(r.plugins()).is_empty());
@@ -559,6 +603,21 @@ fn schedules_and_lineage(store: &dyn Backend) {
         tx.delete_schedule("nightly")
     }));
     assert_eq!(ok(ok(store.read()).schedule("nightly")), None);
+    // A root's budget: added to up to its max, never past it, given back.
+    ok(store.write(|tx| {
+        assert_eq!(tx.add_descendants(1, 3, 15)?, Some(15));
+        assert_eq!(tx.add_descendants(1, 1, 15)?, None, "past the max");
+        assert_eq!(tx.descendants(1)?, 15);
+        assert_eq!(tx.add_descendants(1, -2, 15)?, Some(13));
+        assert_eq!(
+            tx.add_descendants(2, 16, 15)?,
+            None,
+            "a new root past the max"
+        );
+        assert_eq!(tx.add_descendants(2, 4, 15)?, Some(4));
+        Ok(())
+    }));
+    assert_eq!(ok(store.write(|tx| tx.descendants(2))), 4);
 }
 
 /// Replay jobs: written whole, overwritten by id, listed, forgotten.

@@ -234,8 +234,9 @@ impl Engine {
         };
         turn.tx.put_gate(&record)?;
         if created {
+            // A new id: nobody else counts into it yet.
             self.counts.insert(id, Counts::default());
-            turn.dirty_counts.push(id);
+            turn.tx.put_counts(id, &Counts::default())?;
         }
         self.core.handle_input(
             turn.now,
@@ -345,15 +346,18 @@ impl Engine {
             let gate = &self.gates[&task.gate];
             let gate_id = gate.id;
             if let Some(key) = &task.idempotency_key
-                && let Some(existing) = turn.tx.idempotent(gate_id, key)?
-                && let Some(record) = turn.task(existing)?
+                && let Some(existing) = turn.tx.claim_idempotent(gate_id, key, id_candidate)?
             {
-                out.push(Created {
-                    id: TaskId(existing),
-                    task: lone.then(|| record.clone()),
-                    replayed: true,
-                });
-                continue;
+                if let Some(record) = turn.task(existing)? {
+                    out.push(Created {
+                        id: TaskId(existing),
+                        task: lone.then(|| record.clone()),
+                        replayed: true,
+                    });
+                    continue;
+                }
+                // The key named a task that is gone: now it names this one.
+                turn.tx.put_idempotent(gate_id, key, id_candidate)?;
             }
             let id = id_candidate;
             // A task of the same coalesce key that has not started gives
@@ -418,9 +422,6 @@ impl Engine {
             (record.webhook, record.plugin) = targets::to_records(task.target);
             record.set_due(due.as_ms(), turn.now.as_ms(), gate.limits().priority_aging);
             self.plugin_ref(turn, plugin, 1);
-            if let Some(key) = &task.idempotency_key {
-                turn.tx.put_idempotent(gate_id, key, id)?;
-            }
             if let Some(ck) = &task.coalesce_key {
                 turn.tx.put_coalesced(gate_id, ck, id)?;
             }
@@ -482,9 +483,15 @@ impl Engine {
             }));
         }
         let root = parent.root_id();
-        let had = turn.tx.descendants(root)?;
-        let asked = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
-        if had.saturating_add(asked) > self.max_descendants {
+        let asked = i64::try_from(tasks.len()).unwrap_or(i64::MAX);
+        // The budget is taken first (shared with writers on other nodes)
+        // and what was not used is given back.
+        if turn
+            .tx
+            .add_descendants(root, asked, self.max_descendants)?
+            .is_none()
+        {
+            let had = turn.tx.descendants(root)?;
             return Ok(Err(ShellError::Exhausted {
                 at: At::whole("next"),
                 message: format!(
@@ -503,10 +510,13 @@ impl Engine {
             })
             .collect();
         let created = self.create_tasks(turn, tasks)?;
-        if let Ok(created) = &created {
-            let new = created.iter().filter(|c| !c.replayed).count();
-            let new = u32::try_from(new).unwrap_or(u32::MAX);
-            turn.tx.set_descendants(root, had.saturating_add(new))?;
+        let new = created
+            .as_ref()
+            .map_or(0, |created| created.iter().filter(|c| !c.replayed).count());
+        let unused = asked - i64::try_from(new).unwrap_or(asked);
+        if unused > 0 {
+            turn.tx
+                .add_descendants(root, -unused, self.max_descendants)?;
         }
         Ok(created)
     }

@@ -27,9 +27,9 @@ use crate::dispatch::{Dispatcher, guard};
 use crate::model::{GateSpec, NewTask, ScheduleSpec, Target};
 use crate::plugin::{self, PermitMessage};
 use crate::store::{
-    AdaptiveRecord, AttemptRecord, Backend, BodyRecord, CircuitRecord, Counts, GateRecord,
-    PendingEntry, PluginRecord, RecoveryRecord, ReplayRecord, RetryRecord, ScheduleRecord,
-    StoreError, TaskRecord, TaskState, Writes,
+    AdaptiveRecord, AttemptRecord, Backend, BodyRecord, CircuitRecord, Counts, CountsDelta,
+    GateRecord, PendingEntry, PluginRecord, RecoveryRecord, ReplayRecord, RetryRecord,
+    ScheduleRecord, StoreError, TaskRecord, TaskState, Writes,
 };
 
 mod boot;
@@ -446,12 +446,13 @@ struct Turn<'a> {
     tx: &'a mut dyn Writes,
     now: Timestamp,
     tasks: HashMap<u64, TaskRecord>,
-    dirty_counts: Vec<u32>,
+    /// What this turn changed in each gate's counters.
+    counted: HashMap<u32, CountsDelta>,
     plans: Vec<Plan>,
     /// Occurrences of schedules that ended in this turn: (task, final state, schedule).
     ended: Vec<(u64, TaskState, String)>,
-    /// Plugin records whose reference counts changed in this turn.
-    dirty_plugins: Vec<String>,
+    /// What this turn changed in each plugin's count of unfinished tasks.
+    plugin_refs: HashMap<String, i64>,
     /// Tasks about to start whose pending entries were taken out ahead, in
     /// one go with the starts queued beside them: whether each was there.
     unpended: HashMap<u64, bool>,
@@ -463,10 +464,10 @@ impl<'a> Turn<'a> {
             tx,
             now,
             tasks: HashMap::new(),
-            dirty_counts: Vec::new(),
+            counted: HashMap::new(),
             plans: Vec::new(),
             ended: Vec::new(),
-            dirty_plugins: Vec::new(),
+            plugin_refs: HashMap::new(),
             unpended: HashMap::new(),
         }
     }

@@ -63,21 +63,20 @@ impl Engine {
 
     pub(super) fn finish_turn(&mut self, turn: &mut Turn<'_>) -> Result<(), StoreError> {
         turn.flush()?;
-        turn.dirty_plugins.sort_unstable();
-        turn.dirty_plugins.dedup();
-        for key in turn.dirty_plugins.drain(..) {
-            if let Some(plugin) = self.plugins.get(&key) {
-                turn.tx.put_plugin(plugin)?;
-            }
-        }
-        turn.dirty_counts.sort_unstable();
-        turn.dirty_counts.dedup();
-        for gate_id in turn.dirty_counts.drain(..) {
-            if let Some(counts) = self.counts.get(&gate_id) {
-                turn.tx.put_counts(gate_id, counts)?;
-            }
-        }
-        Ok(())
+        let mut refs: Vec<(String, i64)> = turn
+            .plugin_refs
+            .drain()
+            .filter(|(_, delta)| *delta != 0)
+            .collect();
+        refs.sort_unstable();
+        turn.tx.add_plugin_refs(&refs)?;
+        let mut counted: Vec<(u32, CountsDelta)> = turn
+            .counted
+            .drain()
+            .filter(|(_, delta)| !delta.is_zero())
+            .collect();
+        counted.sort_unstable_by_key(|(gate, _)| *gate);
+        turn.tx.add_counts(&counted)
     }
 
     /// Counts a plugin task becoming unfinished (`+1`) or finished (`-1`), so a
@@ -88,14 +87,17 @@ impl Engine {
         };
         if let Some(plugin) = self.plugins.get_mut(&key) {
             plugin.unfinished = plugin.unfinished.saturating_add_signed(delta);
-            turn.dirty_plugins.push(key);
+            *turn.plugin_refs.entry(key).or_default() += delta;
         }
     }
 
     pub(super) fn count(&mut self, turn: &mut Turn<'_>, gate_id: u32, f: impl FnOnce(&mut Counts)) {
         if self.gate_names.contains_key(&gate_id) {
-            f(self.counts.entry(gate_id).or_default());
-            turn.dirty_counts.push(gate_id);
+            let counts = self.counts.entry(gate_id).or_default();
+            let before = *counts;
+            f(counts);
+            let delta = CountsDelta::between(&before, counts);
+            turn.counted.entry(gate_id).or_default().add(&delta);
         }
     }
 

@@ -28,7 +28,7 @@ use crate::core::{GateId, TaskId, Timestamp};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 pub use records::{
-    AdaptiveRecord, AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts,
+    AdaptiveRecord, AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, CountsDelta,
     DEFAULT_PRIORITY_AGING_MS, GateRecord, KeyLimitsRecord, KeysRecord, LogRecord, LogSource,
     OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord, ReplayEnd, ReplayRecord,
     RetryRecord, RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord, WebhookRecord,

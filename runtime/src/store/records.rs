@@ -543,8 +543,8 @@ pub struct Counts {
 impl Counts {
     const FIELDS: usize = 9;
 
-    pub fn encode(&self) -> [u8; 8 * Self::FIELDS] {
-        let values = [
+    fn values(&self) -> [u64; Self::FIELDS] {
+        [
             self.pending,
             self.running,
             self.succeeded,
@@ -554,9 +554,26 @@ impl Counts {
             self.retried,
             self.attempts,
             self.superseded,
-        ];
+        ]
+    }
+
+    fn from_values(v: [u64; Self::FIELDS]) -> Counts {
+        Counts {
+            pending: v[0],
+            running: v[1],
+            succeeded: v[2],
+            failed: v[3],
+            expired: v[4],
+            cancelled: v[5],
+            retried: v[6],
+            attempts: v[7],
+            superseded: v[8],
+        }
+    }
+
+    pub fn encode(&self) -> [u8; 8 * Self::FIELDS] {
         let mut out = [0u8; 8 * Self::FIELDS];
-        for (i, v) in values.iter().enumerate() {
+        for (i, v) in self.values().iter().enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
         out
@@ -569,21 +586,47 @@ impl Counts {
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map_or(0, u64::from_le_bytes)
         };
-        Counts {
-            pending: get(0),
-            running: get(1),
-            succeeded: get(2),
-            failed: get(3),
-            expired: get(4),
-            cancelled: get(5),
-            retried: get(6),
-            attempts: get(7),
-            superseded: get(8),
+        Counts::from_values(std::array::from_fn(get))
+    }
+
+    /// Adds `delta`; a counter never goes below zero.
+    pub fn apply(&mut self, delta: &CountsDelta) {
+        let mut values = self.values();
+        for (v, d) in values.iter_mut().zip(delta.0) {
+            *v = v.saturating_add_signed(d);
         }
+        *self = Counts::from_values(values);
     }
 
     pub fn unfinished(&self) -> u64 {
         self.pending + self.running
+    }
+}
+
+/// What a turn changed in a gate's counters (`Writes::add_counts`): engines on
+/// several nodes count into one gate by adding, never by overwriting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountsDelta([i64; Counts::FIELDS]);
+
+impl CountsDelta {
+    /// From `before` to `after`.
+    pub fn between(before: &Counts, after: &Counts) -> CountsDelta {
+        let (b, a) = (before.values(), after.values());
+        CountsDelta(std::array::from_fn(|i| {
+            i64::try_from(a[i])
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(b[i]).unwrap_or(i64::MAX))
+        }))
+    }
+
+    pub fn add(&mut self, other: &CountsDelta) {
+        for (d, o) in self.0.iter_mut().zip(other.0) {
+            *d = d.saturating_add(o);
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|d| *d == 0)
     }
 }
 

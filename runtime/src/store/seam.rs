@@ -179,6 +179,12 @@ pub trait Writes {
 
     fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()>;
 
+    /// Names `task_id` as the task of the gate's idempotency key, unless a
+    /// task holds the key already: then its id. Where several engines write
+    /// (PostgreSQL), one claiming the key at the same time waits for the
+    /// first one's commit and gets its task, so a key never makes two.
+    fn claim_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<Option<u64>>;
+
     /// The task a coalesce key of the gate last named. It may have started
     /// or ended since: the caller looks.
     fn coalesced(&self, gate_id: u32, key: &str) -> Result<Option<u64>>;
@@ -189,9 +195,19 @@ pub trait Writes {
 
     fn put_counts(&mut self, gate_id: u32, counts: &Counts) -> Result<()>;
 
+    /// Adds each gate's change to its counters, in gate order: the rows are
+    /// locked to the commit, so engines on several nodes that count into
+    /// one gate add up instead of overwriting each other.
+    fn add_counts(&mut self, deltas: &[(u32, CountsDelta)]) -> Result<()>;
+
     fn plugins(&self) -> Result<Vec<PluginRecord>>;
 
     fn put_plugin(&mut self, plugin: &PluginRecord) -> Result<()>;
+
+    /// Adds to each plugin's count of unfinished tasks, in key order, its
+    /// record locked to the commit (engines on several nodes count into
+    /// one plugin). A plugin not in the registry is passed over.
+    fn add_plugin_refs(&mut self, refs: &[(String, i64)]) -> Result<()>;
 
     fn put_plugin_wasm(&mut self, key: &str, wasm: &[u8]) -> Result<()>;
 
@@ -204,6 +220,12 @@ pub trait Writes {
     fn descendants(&self, root: u64) -> Result<u32>;
 
     fn set_descendants(&mut self, root: u64, count: u32) -> Result<()>;
+
+    /// Adds `n` (which may be negative: a give-back) to a root's count of
+    /// descendants and answers the new count, unless it would pass `max`:
+    /// then nothing changes and the answer is `None`. The row stays locked
+    /// to the commit, so engines on several nodes share one budget.
+    fn add_descendants(&mut self, root: u64, n: i64, max: u32) -> Result<Option<u32>>;
 
     fn schedules(&self) -> Result<Vec<ScheduleRecord>>;
 

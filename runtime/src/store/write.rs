@@ -353,6 +353,14 @@ impl Writes for Tx<'_> {
         Ok(self.idempotency.get((gate_id, key))?.map(|v| v.value()))
     }
 
+    fn claim_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<Option<u64>> {
+        if let Some(held) = self.idempotent(gate_id, key)? {
+            return Ok(Some(held));
+        }
+        self.put_idempotent(gate_id, key, task_id)?;
+        Ok(None)
+    }
+
     fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
         self.idempotency.insert((gate_id, key), task_id)?;
         Ok(())
@@ -384,6 +392,19 @@ impl Writes for Tx<'_> {
         Ok(())
     }
 
+    fn add_counts(&mut self, deltas: &[(u32, CountsDelta)]) -> Result<()> {
+        for (gate_id, delta) in deltas {
+            let mut counts = self
+                .counts
+                .get(*gate_id)?
+                .map(|v| Counts::decode(v.value()))
+                .unwrap_or_default();
+            counts.apply(delta);
+            self.counts.insert(*gate_id, counts.encode().as_slice())?;
+        }
+        Ok(())
+    }
+
     fn plugins(&self) -> Result<Vec<PluginRecord>> {
         let mut out = Vec::new();
         for entry in self.plugins.iter()? {
@@ -397,6 +418,19 @@ impl Writes for Tx<'_> {
         let key = plugin_key(&plugin.name, &plugin.version);
         self.plugins
             .insert(key.as_str(), encode(plugin).as_slice())?;
+        Ok(())
+    }
+
+    fn add_plugin_refs(&mut self, refs: &[(String, i64)]) -> Result<()> {
+        for (key, delta) in refs {
+            let stored = self.plugins.get(key.as_str())?.map(|v| v.value().to_vec());
+            let Some(bytes) = stored else {
+                continue;
+            };
+            let mut plugin: PluginRecord = decode("plugins", &bytes)?;
+            plugin.unfinished = plugin.unfinished.saturating_add_signed(*delta);
+            self.put_plugin(&plugin)?;
+        }
         Ok(())
     }
 
@@ -437,6 +471,17 @@ impl Writes for Tx<'_> {
     fn set_descendants(&mut self, root: u64, count: u32) -> Result<()> {
         self.txn.open_table(LINEAGE)?.insert(root, count)?;
         Ok(())
+    }
+
+    fn add_descendants(&mut self, root: u64, n: i64, max: u32) -> Result<Option<u32>> {
+        let had = i64::from(self.descendants(root)?);
+        let total = (had + n).max(0);
+        if n > 0 && total > i64::from(max) {
+            return Ok(None);
+        }
+        let total = u32::try_from(total).unwrap_or(u32::MAX);
+        self.set_descendants(root, total)?;
+        Ok(Some(total))
     }
 
     fn schedules(&self) -> Result<Vec<ScheduleRecord>> {

@@ -577,6 +577,21 @@ impl Writes for PgTx<'_> {
         Ok(())
     }
 
+    fn claim_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<Option<u64>> {
+        // A concurrent claim of the same key waits here, on the unique
+        // index, for the other transaction; after its commit this inserts
+        // nothing, and the read (a new snapshot) sees its row.
+        let claimed = one(
+            self.read_other()?,
+            "INSERT INTO idempotency VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING task_id",
+            &[&int(gate_id), &key, &big(task_id)],
+        )?;
+        if claimed.is_some() {
+            return Ok(None);
+        }
+        self.idempotent(gate_id, key)
+    }
+
     fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
         self.send(
             "INSERT INTO idempotency VALUES ($1, $2, $3) \
@@ -606,6 +621,41 @@ impl Writes for PgTx<'_> {
         Ok(())
     }
 
+    fn add_counts(&mut self, deltas: &[(u32, CountsDelta)]) -> Result<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<i32> = deltas.iter().map(|(g, _)| int(*g)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // Every row there to lock (a gate's first count makes it), then
+        // locked in gate order, so two writers never wait on each other in
+        // a cycle.
+        self.send(
+            "INSERT INTO counts SELECT unnest($1::int[]), $2 ON CONFLICT DO NOTHING",
+            vec![
+                Box::new(ids.clone()),
+                Box::new(Counts::default().encode().to_vec()),
+            ],
+        );
+        let found = rows(
+            self.read_other()?,
+            "SELECT gate_id, record FROM counts WHERE gate_id = ANY($1) ORDER BY gate_id FOR UPDATE",
+            &[&ids],
+        )?;
+        let mut counts: BTreeMap<u32, Counts> = found
+            .iter()
+            .map(|row| (unint(row.get(0)), Counts::decode(row.get::<_, &[u8]>(1))))
+            .collect();
+        for (gate_id, delta) in deltas {
+            counts.entry(*gate_id).or_default().apply(delta);
+        }
+        for (gate_id, total) in counts {
+            self.put_counts(gate_id, &total)?;
+        }
+        Ok(())
+    }
+
     fn plugins(&self) -> Result<Vec<PluginRecord>> {
         records(
             "plugins",
@@ -621,6 +671,28 @@ impl Writes for PgTx<'_> {
                 Box::new(encode(plugin)),
             ],
         );
+        Ok(())
+    }
+
+    fn add_plugin_refs(&mut self, refs: &[(String, i64)]) -> Result<()> {
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = refs.iter().map(|(k, _)| k.as_str()).collect();
+        let found: Vec<PluginRecord> = records(
+            "plugins",
+            rows(
+                self.read_other()?,
+                "SELECT record FROM plugins WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+                &[&keys],
+            )?,
+        )?;
+        for mut plugin in found {
+            let key = plugin_key(&plugin.name, &plugin.version);
+            let delta: i64 = refs.iter().filter(|(k, _)| *k == key).map(|(_, d)| d).sum();
+            plugin.unfinished = plugin.unfinished.saturating_add_signed(delta);
+            self.put_plugin(&plugin)?;
+        }
         Ok(())
     }
 
@@ -671,6 +743,23 @@ impl Writes for PgTx<'_> {
             vec![Box::new(big(root)), Box::new(int(count))],
         );
         Ok(())
+    }
+
+    fn add_descendants(&mut self, root: u64, n: i64, max: u32) -> Result<Option<u32>> {
+        let max = i64::from(max);
+        if n > max {
+            return Ok(None);
+        }
+        // The update takes the row's lock to the commit: a writer on
+        // another node adding to the same root waits, then sees this sum.
+        let row = one(
+            self.read_other()?,
+            "INSERT INTO lineage VALUES ($1, greatest($2::bigint, 0)::int) ON CONFLICT (root) \
+             DO UPDATE SET n = greatest(lineage.n + $2::bigint, 0)::int \
+             WHERE $2::bigint <= 0 OR lineage.n + $2::bigint <= $3::bigint RETURNING n",
+            &[&big(root), &n, &max],
+        )?;
+        Ok(row.map(|row| unint(row.get(0))))
     }
 
     fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
