@@ -325,114 +325,138 @@ async fn the_store_speaks_tls_to_postgres_and_verifies_the_server() {
     server.stop().await;
 }
 
+/// Engines driven directly on one database, each running half of the
+/// units, as two nodes of a cluster will.
+mod engines {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sluice::core::units::{UNITS, Units, unit_of};
+    use sluice::core::{Rate, Timestamp, Tuning};
+    use sluice::model::{Due, GateSpec, NewTask, Target, Webhook};
+    use sluice::shell::{Command, Created, Engine, Start};
+    use sluice::store::{Backend, PgStore};
+
+    pub const NOW: Timestamp = Timestamp(1_767_225_600_000);
+
+    /// The lower or the upper half of the units.
+    pub fn half(upper: bool) -> Units {
+        (0..UNITS)
+            .filter(|u| (*u >= UNITS / 2) == upper)
+            .fold(Units::NONE, |set, u| set.with(Units::one(u)))
+    }
+
+    /// A gate name in that half.
+    pub fn gate_in(upper: bool) -> String {
+        (0..)
+            .map(|i| format!("gate-{i}"))
+            .find(|name| (unit_of(name, UNITS) >= UNITS / 2) == upper)
+            .expect("a name")
+    }
+
+    /// An engine on the database at `url` running one half, with its gate.
+    pub fn engine(url: &str, upper: bool) -> Engine {
+        let store: Arc<dyn Backend> = Arc::new(PgStore::open(url).expect("open"));
+        let mut engine = Engine::empty(store, Tuning::default(), u64::from(upper)).expect("engine");
+        engine
+            .adopt(NOW, half(upper), Start::Restart)
+            .expect("adopt");
+        let spec = GateSpec {
+            rate: Rate::per_second(1_000.0).expect("rate"),
+            burst: 1_000,
+            concurrency: 2_000,
+            allowed_hosts: vec!["127.0.0.1:9".into()],
+            timeout: Duration::from_secs(5),
+            retry: Default::default(),
+            recovery: Default::default(),
+            circuit: None,
+            accept_next_from: Vec::new(),
+            signing_secrets: None,
+            quota_headers: false,
+            adaptive: None,
+            keys: None,
+            priority_aging: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let put = Command::PutGate {
+            name: gate_in(upper),
+            spec: Box::new(spec),
+            reply: tx,
+        };
+        engine.turn(NOW, vec![put], Vec::new()).expect("turn");
+        rx.blocking_recv().expect("answer").expect("gate");
+        engine
+    }
+
+    /// Creates `n` webhook tasks in `gate` at `at`, due at `due`.
+    pub fn create(
+        engine: &mut Engine,
+        at: Timestamp,
+        gate: &str,
+        n: usize,
+        due: Timestamp,
+    ) -> Vec<Created> {
+        let tasks = (0..n)
+            .map(|i| NewTask {
+                gate: gate.to_string(),
+                target: Target::Webhook(Webhook {
+                    url: "http://127.0.0.1:9/".into(),
+                    method: "POST".into(),
+                    headers: Default::default(),
+                    body: None,
+                    secret_headers: Default::default(),
+                }),
+                due: Due::At(due),
+                max_attempts: None,
+                timeout: None,
+                backoff: None,
+                max_retry_duration: None,
+                expires_after: None,
+                idempotency_key: None,
+                labels: Default::default(),
+                key: Some(format!("k{}", i % 3)),
+                coalesce_key: None,
+                priority: None,
+                schedule: None,
+                parent: None,
+                lineage: None,
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        engine
+            .turn(
+                at,
+                vec![Command::CreateTasks { tasks, reply: tx }],
+                Vec::new(),
+            )
+            .expect("turn");
+        rx.blocking_recv().expect("answer").expect("created")
+    }
+}
+
 /// Two engines on one database, each running half of the units (as two
 /// nodes of a cluster will), create tasks at the same instants: the ids
 /// come from blocks the database reserves, so none is given twice and no
 /// create overwrites another's, and the store checks clean.
 #[test]
 fn two_engines_on_one_database_never_give_one_task_id_twice() {
-    use std::sync::Arc;
-
-    use sluice::core::units::{UNITS, Units, unit_of};
-    use sluice::core::{Rate, Timestamp, Tuning};
-    use sluice::model::{Due, GateSpec, NewTask, Target, Webhook};
-    use sluice::shell::{Command, Engine, Start};
-    use sluice::store::{Backend, PgStore};
+    use sluice::core::Timestamp;
+    use sluice::store::PgStore;
 
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let store = |url: &str| -> Arc<dyn Backend> { Arc::new(PgStore::open(url).expect("open")) };
-    let half = |upper: bool| {
-        (0..UNITS)
-            .filter(|u| (*u >= UNITS / 2) == upper)
-            .fold(Units::NONE, |set, u| set.with(Units::one(u)))
-    };
-    // A gate in each half.
-    let gate_in = |upper: bool| {
-        (0..)
-            .map(|i| format!("gate-{i}"))
-            .find(|name| (unit_of(name, UNITS) >= UNITS / 2) == upper)
-            .expect("a name")
-    };
-    let now = Timestamp(1_767_225_600_000);
     let run = |upper: bool, url: String| {
         std::thread::spawn(move || {
-            let mut engine =
-                Engine::empty(store(&url), Tuning::default(), u64::from(upper)).expect("engine");
-            engine
-                .adopt(now, half(upper), Start::Restart)
-                .expect("adopt");
-            let gate = gate_in(upper);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let spec = GateSpec {
-                rate: Rate::per_second(1.0).expect("rate"),
-                burst: 1,
-                concurrency: 1,
-                allowed_hosts: vec!["127.0.0.1:9".into()],
-                timeout: Duration::from_secs(5),
-                retry: Default::default(),
-                recovery: Default::default(),
-                circuit: None,
-                accept_next_from: Vec::new(),
-                signing_secrets: None,
-                quota_headers: false,
-                adaptive: None,
-                keys: None,
-                priority_aging: None,
-            };
-            engine
-                .turn(
-                    now,
-                    vec![Command::PutGate {
-                        name: gate.clone(),
-                        spec: Box::new(spec),
-                        reply: tx,
-                    }],
-                    Vec::new(),
-                )
-                .expect("turn");
-            rx.blocking_recv().expect("answer").expect("gate");
+            let mut engine = engines::engine(&url, upper);
+            let gate = engines::gate_in(upper);
             let mut ids = Vec::new();
             for turn in 0..20u64 {
                 // Both engines at the same instants: ids counted from the
                 // clock alone would be the same on both.
-                let at = Timestamp(now.as_ms() + turn);
-                let tasks = (0..250)
-                    .map(|_| NewTask {
-                        gate: gate.clone(),
-                        target: Target::Webhook(Webhook {
-                            url: "http://127.0.0.1:9/".into(),
-                            method: "POST".into(),
-                            headers: Default::default(),
-                            body: None,
-                            secret_headers: Default::default(),
-                        }),
-                        due: Due::At(Timestamp(now.as_ms() + 3_600_000)),
-                        max_attempts: None,
-                        timeout: None,
-                        backoff: None,
-                        max_retry_duration: None,
-                        expires_after: None,
-                        idempotency_key: None,
-                        labels: Default::default(),
-                        key: None,
-                        coalesce_key: None,
-                        priority: None,
-                        schedule: None,
-                        parent: None,
-                        lineage: None,
-                    })
-                    .collect();
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                engine
-                    .turn(
-                        at,
-                        vec![Command::CreateTasks { tasks, reply: tx }],
-                        Vec::new(),
-                    )
-                    .expect("turn");
-                let created = rx.blocking_recv().expect("answer").expect("created");
+                let at = Timestamp(engines::NOW.as_ms() + turn);
+                let due = Timestamp(engines::NOW.as_ms() + 3_600_000);
+                let created = engines::create(&mut engine, at, &gate, 250, due);
                 ids.extend(created.iter().map(|c| c.id.0));
             }
             ids
@@ -455,6 +479,94 @@ fn two_engines_on_one_database_never_give_one_task_id_twice() {
     assert!(checked.problems.is_empty(), "{:?}", checked.problems);
 }
 
+/// A create on one engine into a gate the other runs (a foreign create):
+/// committed there with its rows and counters, never queued on the engine
+/// that made it, and started exactly once by the gate's engine once it
+/// hears of it, whether its notice comes late, twice, or is lost and the
+/// gate reloaded. The store checks clean, counters included.
+#[test]
+fn a_task_created_into_another_engines_gate_starts_there_exactly_once() {
+    use std::collections::BTreeMap;
+
+    use sluice::core::Timestamp;
+    use sluice::store::PgStore;
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let mut lower = engines::engine(&pg.url(), false);
+    let mut upper = engines::engine(&pg.url(), true);
+    let theirs = engines::gate_in(true);
+    let now = engines::NOW;
+    let mut created = Vec::new();
+    for turn in 0..4u64 {
+        let at = Timestamp(now.as_ms() + turn);
+        created.extend(engines::create(&mut lower, at, &theirs, 250, at));
+    }
+    // The engine that created them starts none of them.
+    let idle = lower.turn(Timestamp(now.as_ms() + 10), Vec::new(), Vec::new());
+    assert!(
+        idle.expect("turn").is_empty(),
+        "the creating engine started a task"
+    );
+    let notices = lower.take_notices();
+    assert_eq!(notices.len(), 1_000);
+    assert!(lower.take_notices().is_empty(), "notices handed out twice");
+    // Heard late and out of order: a few twice, the first hundred lost.
+    let mut heard: Vec<_> = notices[100..].to_vec();
+    heard.extend(notices[500..600].iter().cloned());
+    heard.reverse();
+    let mut started: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut at = Timestamp(now.as_ms() + 20);
+    upper.appeared(at, heard);
+    for step in 0..400u64 {
+        at = Timestamp(now.as_ms() + 20 + step * 10);
+        if step == 50 {
+            // A reconnect: the gate is read again.
+            upper.reload(at, notices[0].gate);
+        }
+        for plan in upper.turn(at, Vec::new(), Vec::new()).expect("turn") {
+            *started.entry(plan.task.0).or_default() += 1;
+        }
+        if started.len() == 1_000 {
+            break;
+        }
+    }
+    let ids: Vec<u64> = created.iter().map(|c| c.id.0).collect();
+    assert_eq!(started.len(), 1_000, "not every task started");
+    assert!(started.values().all(|n| *n == 1), "a task started twice");
+    assert!(ids.iter().all(|id| started.contains_key(id)));
+    let checked = PgStore::open(&pg.url())
+        .expect("open")
+        .check()
+        .expect("check");
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+}
+
+/// Runs `work` on two writers at once, each with a `PgStore` of its own on
+/// `pg`'s database (as two nodes have), and gives what each returned.
+/// `work` gets its writer's number and a barrier to meet the other at.
+fn two_writers<T: Send + 'static>(
+    pg: &PgServer,
+    work: impl Fn(usize, &dyn sluice::store::Backend, &std::sync::Barrier) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let work = std::sync::Arc::new(work);
+    let together = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let writers: Vec<_> = (0..2)
+        .map(|i| {
+            let (url, work, together) = (pg.url(), work.clone(), together.clone());
+            std::thread::spawn(move || {
+                let store = sluice::store::PgStore::open(&url).expect("open");
+                work(i, &store, &together)
+            })
+        })
+        .collect();
+    writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect()
+}
+
 /// Engines on several nodes count into one gate: each turn adds its change
 /// under a lock on the gate's row, so concurrent writers add up instead of
 /// overwriting each other.
@@ -472,29 +584,18 @@ fn counts_added_by_two_writers_at_once_add_up() {
             ..Counts::default()
         },
     );
-    let writers: Vec<_> = (0..2)
-        .map(|i| {
-            let url = pg.url();
-            std::thread::spawn(move || {
-                let store = PgStore::open(&url).expect("open");
-                let store: &dyn Backend = &store;
-                // One writer names gate 2 first, the other gate 1: the
-                // store locks them in gate order whatever it is given, so
-                // they never deadlock.
-                let deltas = if i == 0 {
-                    [(2, one), (1, one)]
-                } else {
-                    [(1, one), (2, one)]
-                };
-                for _ in 0..200 {
-                    store.write(|tx| tx.add_counts(&deltas)).expect("write");
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.join().expect("writer");
-    }
+    two_writers(&pg, move |i, store, _| {
+        // One writer names gate 2 first, the other gate 1: the store locks
+        // them in gate order whatever it is given, so they never deadlock.
+        let deltas = if i == 0 {
+            [(2, one), (1, one)]
+        } else {
+            [(1, one), (2, one)]
+        };
+        for _ in 0..200 {
+            store.write(|tx| tx.add_counts(&deltas)).expect("write");
+        }
+    });
     let store = PgStore::open(&pg.url()).expect("open");
     let reader = (&store as &dyn Backend).read().expect("read");
     assert_eq!(reader.counts(1).expect("counts").pending, 400);
@@ -510,33 +611,20 @@ fn two_writers_claiming_one_idempotency_key_agree_on_its_task() {
     let Some(pg) = PgServer::start() else {
         return;
     };
-    // Both claim each key at the same moment.
-    let together = std::sync::Arc::new(std::sync::Barrier::new(2));
-    let claims: Vec<_> = (0..2u64)
-        .map(|i| {
-            let url = pg.url();
-            let together = together.clone();
-            std::thread::spawn(move || {
-                let store = PgStore::open(&url).expect("open");
-                let store: &dyn Backend = &store;
-                (0..300u64)
-                    .map(|k| {
-                        let mine = 1_000 * (i + 1) + k;
-                        let key = format!("order-{k}");
-                        together.wait();
-                        let held = store
-                            .write(|tx| tx.claim_idempotent(1, &key, mine))
-                            .expect("claim");
-                        held.unwrap_or(mine)
-                    })
-                    .collect::<Vec<u64>>()
+    let answers = two_writers(&pg, |i, store, together| {
+        (0..300u64)
+            .map(|k| {
+                let mine = 1_000 * (i as u64 + 1) + k;
+                let key = format!("order-{k}");
+                // Both claim each key at the same moment.
+                together.wait();
+                let held = store
+                    .write(|tx| tx.claim_idempotent(1, &key, mine))
+                    .expect("claim");
+                held.unwrap_or(mine)
             })
-        })
-        .collect();
-    let answers: Vec<Vec<u64>> = claims
-        .into_iter()
-        .map(|c| c.join().expect("writer"))
-        .collect();
+            .collect::<Vec<u64>>()
+    });
     let split = answers[0]
         .iter()
         .zip(&answers[1])
@@ -562,27 +650,19 @@ fn two_writers_share_one_lineage_budget() {
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let together = std::sync::Arc::new(std::sync::Barrier::new(2));
-    let writers: Vec<_> = (0..2)
-        .map(|_| {
-            let url = pg.url();
-            let together = together.clone();
-            std::thread::spawn(move || {
-                let store = PgStore::open(&url).expect("open");
-                let store: &dyn Backend = &store;
-                (0..100)
-                    .filter(|_| {
-                        together.wait();
-                        store
-                            .write(|tx| tx.add_descendants(7, 1, 150))
-                            .expect("write")
-                            .is_some()
-                    })
-                    .count()
+    let granted: usize = two_writers(&pg, |_, store, together| {
+        (0..100)
+            .filter(|_| {
+                together.wait();
+                store
+                    .write(|tx| tx.add_descendants(7, 1, 150))
+                    .expect("write")
+                    .is_some()
             })
-        })
-        .collect();
-    let granted: usize = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+            .count()
+    })
+    .into_iter()
+    .sum();
     assert_eq!(granted, 150, "the budget was passed or left unspent");
     let store = PgStore::open(&pg.url()).expect("open");
     let store: &dyn Backend = &store;
@@ -608,23 +688,13 @@ fn two_writers_counting_one_plugin_add_up() {
         let store: &dyn Backend = &store;
         store.write(|tx| tx.put_plugin(&record)).expect("put");
     }
-    let writers: Vec<_> = (0..2)
-        .map(|_| {
-            let url = pg.url();
-            std::thread::spawn(move || {
-                let store = PgStore::open(&url).expect("open");
-                let store: &dyn Backend = &store;
-                for _ in 0..200 {
-                    store
-                        .write(|tx| tx.add_plugin_refs(&[("resize@1.0.0".into(), 1)]))
-                        .expect("write");
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.join().expect("writer");
-    }
+    two_writers(&pg, |_, store, _| {
+        for _ in 0..200 {
+            store
+                .write(|tx| tx.add_plugin_refs(&[("resize@1.0.0".into(), 1)]))
+                .expect("write");
+        }
+    });
     let store = PgStore::open(&pg.url()).expect("open");
     let reader = (&store as &dyn Backend).read().expect("read");
     let unfinished = reader

@@ -56,6 +56,7 @@ impl Engine {
             shares_writers: store.shares_writers(),
             ids: 0..0,
             ids_at: 0,
+            notices: Vec::new(),
         };
         store.write(|tx| {
             engine.last_task_id = tx.last_task_id()?.unwrap_or(0);

@@ -309,11 +309,27 @@ impl Engine {
         // Check everything first: a batch is all or none. A batch mostly
         // names one endpoint: each gate's origins are checked once.
         let mut allowed: HashSet<(&str, &str)> = HashSet::new();
-        for (i, task) in tasks.iter().enumerate() {
-            if let Some(moved) = self.moved(&task.gate) {
+        // Gates another engine runs, as stored: where several engines
+        // write one store a task may be created into them (a foreign
+        // create: its rows, then a notice for their engine).
+        let mut foreign: HashMap<String, GateRecord> = HashMap::new();
+        for task in &tasks {
+            if self.held.has_gate(&task.gate) || foreign.contains_key(&task.gate) {
+                continue;
+            }
+            if let Some(moved) = self.moved(&task.gate)
+                && (!self.shares_writers || task.coalesce_key.is_some())
+            {
+                // A coalesce key replaces a task of the gate: its engine's to do.
                 return Ok(Err(moved));
             }
-            let Some(gate) = self.gates.get(&task.gate) else {
+            if let Some(gate) = turn.tx.gate(&task.gate)? {
+                foreign.insert(task.gate.clone(), gate);
+            }
+        }
+        let held = self.held;
+        for (i, task) in tasks.iter().enumerate() {
+            let Some(gate) = gate_of(held, &self.gates, &foreign, &task.gate) else {
                 return Ok(Err(ShellError::NoGate {
                     at: At::item(i, "gate"),
                     gate: task.gate.clone(),
@@ -343,7 +359,9 @@ impl Engine {
         turn.tasks.reserve(tasks.len());
         for task in tasks {
             let id_candidate = self.next_task_id(turn.now)?;
-            let gate = &self.gates[&task.gate];
+            let Some(gate) = gate_of(held, &self.gates, &foreign, &task.gate) else {
+                continue;
+            };
             let gate_id = gate.id;
             if let Some(key) = &task.idempotency_key
                 && let Some(existing) = turn.tx.claim_idempotent(gate_id, key, id_candidate)?
@@ -369,7 +387,9 @@ impl Engine {
             {
                 supersedes = Some(old);
             }
-            let gate = &self.gates[&task.gate];
+            let Some(gate) = gate_of(held, &self.gates, &foreign, &task.gate) else {
+                continue;
+            };
             let retry = RetryRecord {
                 max_attempts: task.max_attempts.unwrap_or(gate.retry.max_attempts),
                 initial_ms: task
@@ -432,9 +452,19 @@ impl Engine {
                 Timestamp(record.order_ms()),
                 TaskId(id),
             )?;
-            self.count(turn, gate_id, |c| c.pending += 1);
-            self.core
-                .handle_input(turn.now, Input::Enqueue(queued_of(&record)));
+            if held.has_gate(&record.gate) {
+                self.count(turn, gate_id, |c| c.pending += 1);
+                self.core
+                    .handle_input(turn.now, Input::Enqueue(queued_of(&record)));
+            } else {
+                let delta = CountsDelta::of(|c| c.pending += 1);
+                turn.counted.entry(gate_id).or_default().add(&delta);
+                turn.notices.push(Notice {
+                    gate: GateId(gate_id),
+                    key: record.key.clone(),
+                    order: (Timestamp(record.order_ms()), TaskId(id)),
+                });
+            }
             out.push(Created {
                 id: TaskId(id),
                 task: lone.then(|| record.clone()),
@@ -766,6 +796,21 @@ pub(super) fn check_host(url: &str, gate: &GateRecord) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A gate's record: this engine's own where it runs the gate, else as
+/// read from the store for a foreign create.
+fn gate_of<'a>(
+    held: Units,
+    gates: &'a BTreeMap<String, GateRecord>,
+    foreign: &'a HashMap<String, GateRecord>,
+    name: &str,
+) -> Option<&'a GateRecord> {
+    if held.has_gate(name) {
+        gates.get(name)
+    } else {
+        foreign.get(name)
+    }
 }
 
 /// Answers `command` with `error`, whatever it asked.

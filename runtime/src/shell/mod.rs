@@ -52,6 +52,7 @@ pub use handle::{Command, Handle};
 pub use leases::Callback;
 use release::Spacer;
 pub use release::{Grant, Released};
+pub use units::Notice;
 
 /// Why the shell refused a command. The API maps each to its HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -438,6 +439,8 @@ pub struct Engine {
     shares_writers: bool,
     ids: std::ops::Range<u64>,
     ids_at: u64,
+    /// Committed creates into other engines' gates, not yet handed out.
+    notices: Vec<units::Notice>,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so
@@ -453,6 +456,8 @@ struct Turn<'a> {
     ended: Vec<(u64, TaskState, String)>,
     /// What this turn changed in each plugin's count of unfinished tasks.
     plugin_refs: HashMap<String, i64>,
+    /// Tasks created into gates another engine runs (`units::Notice`).
+    notices: Vec<units::Notice>,
     /// Tasks about to start whose pending entries were taken out ahead, in
     /// one go with the starts queued beside them: whether each was there.
     unpended: HashMap<u64, bool>,
@@ -468,6 +473,7 @@ impl<'a> Turn<'a> {
             plans: Vec::new(),
             ended: Vec::new(),
             plugin_refs: HashMap::new(),
+            notices: Vec::new(),
             unpended: HashMap::new(),
         }
     }

@@ -44,10 +44,16 @@ impl Engine {
             self.apply_effects(&mut turn)?;
             self.finish_turn(&mut turn)?;
             self.last_work = clock::instant().saturating_duration_since(began);
-            Ok(std::mem::take(&mut turn.plans))
+            Ok((
+                std::mem::take(&mut turn.plans),
+                std::mem::take(&mut turn.notices),
+            ))
         });
         let plans = match plans {
-            Ok(plans) => plans,
+            Ok((plans, notices)) => {
+                self.notices.extend(notices);
+                plans
+            }
             Err(e) => {
                 // The core has already moved on; memory and disk would disagree.
                 // Stop here and let the restart recover from what is on disk.
@@ -93,10 +99,8 @@ impl Engine {
 
     pub(super) fn count(&mut self, turn: &mut Turn<'_>, gate_id: u32, f: impl FnOnce(&mut Counts)) {
         if self.gate_names.contains_key(&gate_id) {
-            let counts = self.counts.entry(gate_id).or_default();
-            let before = *counts;
-            f(counts);
-            let delta = CountsDelta::between(&before, counts);
+            let delta = CountsDelta::of(f);
+            self.counts.entry(gate_id).or_default().apply(&delta);
             turn.counted.entry(gate_id).or_default().add(&delta);
         }
     }

@@ -208,6 +208,37 @@ impl Engine {
         self.held = self.held.without(units);
     }
 
+    /// The creates this engine committed into gates other engines run,
+    /// since it was last asked: each must reach the gate's engine
+    /// (`appeared`), or that engine must `reload` the gate.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Tasks another engine created in this engine's gates (its notices,
+    /// late, twice or out of order as they may come): each gate reads them
+    /// from the store at its next turn.
+    pub fn appeared(&mut self, now: Timestamp, notices: impl IntoIterator<Item = Notice>) {
+        for notice in notices {
+            if !self.gate_names.contains_key(&notice.gate.0) {
+                continue;
+            }
+            self.core.handle_input(
+                now,
+                Input::Appeared {
+                    gate: notice.gate,
+                    key: notice.key.map(Arc::from),
+                    order: notice.order,
+                },
+            );
+        }
+    }
+
+    /// Reads the gate's pending tasks again (notices may have been lost).
+    pub fn reload(&mut self, now: Timestamp, gate: GateId) {
+        self.core.handle_input(now, Input::Reload(gate));
+    }
+
     /// `Moved` when the gate's unit is not this engine's to serve.
     pub(super) fn moved(&self, gate: &str) -> Option<ShellError> {
         (!self.held.has_gate(gate)).then(|| ShellError::Moved {
@@ -248,4 +279,13 @@ impl Engine {
     pub(super) fn runs(&self, gate: &str) -> bool {
         self.loaded.has_gate(gate)
     }
+}
+
+/// A task committed into a gate another engine runs (a "foreign create"),
+/// for that engine to hear of: its gate, key and place in the order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub gate: GateId,
+    pub key: Option<String>,
+    pub order: (Timestamp, TaskId),
 }

@@ -619,6 +619,17 @@ impl CountsDelta {
         }))
     }
 
+    /// What `change` does to any counters, exactly: run on counters far
+    /// from zero, so a decrement is one even where the engine's own copy
+    /// (which may miss tasks other engines created) would stop at zero.
+    pub fn of(change: impl FnOnce(&mut Counts)) -> CountsDelta {
+        const FAR: u64 = 1 << 40;
+        let base = Counts::from_values([FAR; Counts::FIELDS]);
+        let mut changed = base;
+        change(&mut changed);
+        CountsDelta::between(&base, &changed)
+    }
+
     pub fn add(&mut self, other: &CountsDelta) {
         for (d, o) in self.0.iter_mut().zip(other.0) {
             *d = d.saturating_add(o);

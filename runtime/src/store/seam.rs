@@ -85,6 +85,11 @@ pub trait Writes {
 
     fn gates(&self) -> Result<Vec<GateRecord>>;
 
+    /// One gate's record, share-locked to the commit where several engines
+    /// write (so a delete of it waits for a create into it, and the other
+    /// way round), for a create into a gate another engine runs.
+    fn gate(&self, name: &str) -> Result<Option<GateRecord>>;
+
     fn put_gate(&mut self, gate: &GateRecord) -> Result<()>;
 
     fn delete_gate(&mut self, name: &str) -> Result<()>;

@@ -141,6 +141,13 @@ impl Writes for Tx<'_> {
         Ok(out)
     }
 
+    fn gate(&self, name: &str) -> Result<Option<GateRecord>> {
+        match self.gates.get(name)? {
+            Some(v) => Ok(Some(decode("gates", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     fn put_gate(&mut self, gate: &GateRecord) -> Result<()> {
         self.gates
             .insert(gate.name.as_str(), encode(gate).as_slice())?;

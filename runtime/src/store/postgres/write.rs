@@ -260,6 +260,15 @@ impl Writes for PgTx<'_> {
         )
     }
 
+    fn gate(&self, name: &str) -> Result<Option<GateRecord>> {
+        let found = rows(
+            self.read_other()?,
+            "SELECT record FROM gates WHERE name = $1 FOR KEY SHARE",
+            &[&name],
+        )?;
+        Ok(records("gates", found)?.into_iter().next())
+    }
+
     fn put_gate(&mut self, gate: &GateRecord) -> Result<()> {
         self.send(
             "INSERT INTO gates VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
