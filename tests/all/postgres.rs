@@ -703,3 +703,54 @@ fn two_writers_counting_one_plugin_add_up() {
         .map(|p| p.unfinished);
     assert_eq!(unfinished, Some(400));
 }
+
+/// The notices of foreign creates travel between nodes by `NOTIFY`, sent at
+/// commit on the unit's channel: a listener on the gate's unit hears every
+/// one, and the gate's engine starts each task once.
+#[test]
+fn foreign_creates_are_heard_by_the_gates_node_through_notify() {
+    use sluice::core::Timestamp;
+    use sluice::core::units::Units;
+    use sluice::store::PgStore;
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let mut lower = engines::engine(&pg.url(), false);
+    let mut upper = engines::engine(&pg.url(), true);
+    let theirs = engines::gate_in(true);
+    let listening = PgStore::open(&pg.url()).expect("open");
+    let mut listener = listening.listener().expect("listener");
+    listener.listen(Units::of(&theirs)).expect("listen");
+    let now = engines::NOW;
+    for turn in 0..4u64 {
+        let at = Timestamp(now.as_ms() + turn);
+        engines::create(&mut lower, at, &theirs, 250, at);
+    }
+    let mut sent = lower.take_notices();
+    let mut heard = Vec::new();
+    for _ in 0..100 {
+        let notices = listener
+            .next(Duration::from_millis(100))
+            .expect("still listening");
+        heard.extend(notices);
+        if heard.len() >= sent.len() {
+            break;
+        }
+    }
+    sent.sort_by_key(|n| n.order.1);
+    heard.sort_by_key(|n| n.order.1);
+    assert_eq!(heard, sent, "the notices heard are not those sent");
+    let mut started = std::collections::BTreeSet::new();
+    upper.appeared(Timestamp(now.as_ms() + 10), heard);
+    for step in 0..400u64 {
+        let at = Timestamp(now.as_ms() + 20 + step * 10);
+        for plan in upper.turn(at, Vec::new(), Vec::new()).expect("turn") {
+            assert!(started.insert(plan.task.0), "a task started twice");
+        }
+        if started.len() == 1_000 {
+            break;
+        }
+    }
+    assert_eq!(started.len(), 1_000, "not every task started");
+}

@@ -460,6 +460,7 @@ impl Engine {
                 let delta = CountsDelta::of(|c| c.pending += 1);
                 turn.counted.entry(gate_id).or_default().add(&delta);
                 turn.notices.push(Notice {
+                    unit: crate::core::units::unit_of(&record.gate, crate::core::units::UNITS),
                     gate: GateId(gate_id),
                     key: record.key.clone(),
                     order: (Timestamp(record.order_ms()), TaskId(id)),

@@ -46,13 +46,13 @@ mod targets;
 mod turn;
 mod units;
 
+pub use crate::store::Notice;
 use commands::queued_of;
 use handle::Reply;
 pub use handle::{Command, Handle};
 pub use leases::Callback;
 use release::Spacer;
 pub use release::{Grant, Released};
-pub use units::Notice;
 
 /// Why the shell refused a command. The API maps each to its HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -440,7 +440,7 @@ pub struct Engine {
     ids: std::ops::Range<u64>,
     ids_at: u64,
     /// Committed creates into other engines' gates, not yet handed out.
-    notices: Vec<units::Notice>,
+    notices: Vec<Notice>,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so
@@ -457,7 +457,7 @@ struct Turn<'a> {
     /// What this turn changed in each plugin's count of unfinished tasks.
     plugin_refs: HashMap<String, i64>,
     /// Tasks created into gates another engine runs (`units::Notice`).
-    notices: Vec<units::Notice>,
+    notices: Vec<Notice>,
     /// Tasks about to start whose pending entries were taken out ahead, in
     /// one go with the starts queued beside them: whether each was there.
     unpended: HashMap<u64, bool>,

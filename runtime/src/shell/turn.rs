@@ -82,7 +82,8 @@ impl Engine {
             .filter(|(_, delta)| !delta.is_zero())
             .collect();
         counted.sort_unstable_by_key(|(gate, _)| *gate);
-        turn.tx.add_counts(&counted)
+        turn.tx.add_counts(&counted)?;
+        turn.tx.notify(&turn.notices)
     }
 
     /// Counts a plugin task becoming unfinished (`+1`) or finished (`-1`), so a

@@ -280,12 +280,3 @@ impl Engine {
         self.loaded.has_gate(gate)
     }
 }
-
-/// A task committed into a gate another engine runs (a "foreign create"),
-/// for that engine to hear of: its gate, key and place in the order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Notice {
-    pub gate: GateId,
-    pub key: Option<String>,
-    pub order: (Timestamp, TaskId),
-}

@@ -20,6 +20,17 @@ pub struct PendingEntry {
     pub task: TaskId,
 }
 
+/// A task committed into a gate another engine runs (a "foreign create"),
+/// for that engine to hear of: its gate, key and place in the order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// The gate's unit (`core::units`), whose engine listens for it.
+    pub unit: u32,
+    pub gate: GateId,
+    pub key: Option<String>,
+    pub order: (Timestamp, TaskId),
+}
+
 /// A store: one write transaction at a time, any number of readers. The
 /// engine, the API and the plugin host hold it as `Arc<dyn Backend>`, so they
 /// never name an implementation; `write` (on `dyn Backend`) is the typed way
@@ -204,6 +215,15 @@ pub trait Writes {
     /// locked to the commit, so engines on several nodes that count into
     /// one gate add up instead of overwriting each other.
     fn add_counts(&mut self, deltas: &[(u32, CountsDelta)]) -> Result<()>;
+
+    /// Tells the engines that run the gates of `notices` about them, once
+    /// this transaction commits (PostgreSQL: `NOTIFY` on each unit's
+    /// channel, delivered at commit). A store with one writer has no one
+    /// to tell.
+    fn notify(&mut self, notices: &[Notice]) -> Result<()> {
+        let _ = notices;
+        Ok(())
+    }
 
     fn plugins(&self) -> Result<Vec<PluginRecord>>;
 

@@ -27,10 +27,12 @@ use tokio_postgres::{Client, Row, Statement};
 use super::*;
 
 mod check;
+mod listen;
 mod read;
 mod tls;
 mod write;
 
+pub use listen::Listener;
 pub use tls::Target;
 
 use read::PgReader;

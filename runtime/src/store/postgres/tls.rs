@@ -104,6 +104,52 @@ impl Target {
             }
         }
     }
+
+    /// A connection whose notifications (`LISTEN`) go to `to`; it ends
+    /// when `to` is dropped, and `to` closes when the connection ends.
+    pub async fn connect_listening(
+        &self,
+        to: std::sync::mpsc::Sender<tokio_postgres::Notification>,
+    ) -> std::result::Result<Client, tokio_postgres::Error> {
+        match &self.tls {
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                tokio::spawn(forward(connection, to));
+                Ok(client)
+            }
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                tokio::spawn(forward(connection, to));
+                Ok(client)
+            }
+        }
+    }
+}
+
+/// Drives `connection`, handing its notifications to `to`.
+async fn forward<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    to: std::sync::mpsc::Sender<tokio_postgres::Notification>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+        match message {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                if to.send(n).is_err() {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!("PostgreSQL listening connection ended: {e}");
+                return;
+            }
+            None => return,
+        }
+    }
 }
 
 /// A rustls client for PostgreSQL connections.

@@ -630,6 +630,16 @@ impl Writes for PgTx<'_> {
         Ok(())
     }
 
+    fn notify(&mut self, notices: &[Notice]) -> Result<()> {
+        for (channel, lines) in super::listen::payloads(notices) {
+            self.send(
+                "SELECT pg_notify($1, current_schema() || $2)",
+                vec![Box::new(channel), Box::new(lines)],
+            );
+        }
+        Ok(())
+    }
+
     fn add_counts(&mut self, deltas: &[(u32, CountsDelta)]) -> Result<()> {
         if deltas.is_empty() {
             return Ok(());
