@@ -33,7 +33,8 @@
 //! owner's hold) are `core::lease`, where a simulation checks them.
 //!
 //! Every node answers the whole API: a node that does not own the gates
-//! forwards requests to the owner (`api::forward`), and the owner answers
+//! commits creates itself (its standby engine, `server::supervise`) and
+//! forwards other requests to the owner (`api::forward`); either answers
 //! only after its commit, so an acknowledged create is in PostgreSQL.
 
 use std::sync::{Arc, Mutex};

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -214,6 +215,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
         next_reader: api::wire::parse_next,
         deadline: None,
         start: Start::Restart,
+        units: crate::core::units::Units::ALL,
     };
     let (handle, link) = Handle::linked();
     let driver = match (&cluster, postgres) {
@@ -287,7 +289,10 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
 /// A cluster node's life: take the gates when their lease is free, run the
 /// engine while the lease holds, and wait again when it is lost; on stop,
 /// let the engine finish its grace period and hand the gates over at once.
-/// The heartbeat (which also renews the lease) runs beside it throughout.
+/// While it does not hold the gates, the node runs a standby engine, which
+/// runs no gate and takes the creates the API sends it: it writes them to
+/// PostgreSQL, and the owner hears of them by `NOTIFY`. The heartbeat
+/// (which also renews the lease) runs beside it throughout.
 async fn supervise(
     cluster: Arc<Cluster>,
     store: Arc<PgStore>,
@@ -310,51 +315,42 @@ async fn supervise(
     };
     let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
     let mut result = Ok(());
+    let mut standby: Option<Driver> = None;
     while !stopped(&stop) {
         let lease = match cluster.try_acquire().await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
-                // A request that reached the handle just as the gates left
-                // gets its 503 (retry) now, not when they come back.
-                link.refuse_waiting();
+                standby = run_standby(standby.take(), &store, &options, &link).await;
                 pause(every, &mut stop).await;
                 continue;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not look at the lease on the gates");
+                standby = run_standby(standby.take(), &store, &options, &link).await;
                 pause(every, &mut stop).await;
                 continue;
             }
         };
+        // One engine serves the handle at a time: the standby's goes first.
+        if let Some(engine) = standby.take() {
+            engine.stop().await;
+        }
         store.set_fence(Some((cluster.id().to_string(), lease.epoch)));
         let engine_options = Options {
             deadline: Some(lease.deadline.clone()),
             start: Start::Takeover,
             ..options.clone()
         };
-        let (engine_stop, engine_stop_rx) = watch::channel(false);
-        let spawned = {
-            let (store, link): (Arc<dyn Backend>, _) = (store.clone(), link.clone());
-            tokio::task::spawn_blocking(move || {
-                shell::spawn_linked(store, engine_options, engine_stop_rx, &link)
-            })
-            .await
+        let Some(engine) = Driver::spawn(&store, engine_options, &link).await else {
+            tracing::warn!("the engine did not start; the lease lapses");
+            cluster.drop_lease();
+            pause(every, &mut stop).await;
+            continue;
         };
-        let engine = match spawned {
-            Ok(Ok(engine)) => engine,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the engine did not start; the lease lapses");
-                cluster.drop_lease();
-                pause(every, &mut stop).await;
-                continue;
-            }
-            Err(e) => {
-                cluster.drop_lease();
-                result = Err(e).context("starting the engine");
-                break;
-            }
-        };
-        let mut running = std::pin::pin!(join(engine));
+        let Driver {
+            stop: engine_stop,
+            mut running,
+        } = engine;
         tokio::select! {
             ended = &mut running => {
                 // The lease ran out or a commit failed (PostgreSQL went away,
@@ -375,11 +371,83 @@ async fn supervise(
             }
         }
     }
+    if let Some(driver) = standby.take() {
+        driver.stop().await;
+    }
     beating.abort();
     if let Err(e) = cluster.leave().await {
         tracing::warn!(error = %e, "could not leave the list of nodes");
     }
     result
+}
+
+/// An engine of a cluster node, on its thread: its stop and its end.
+struct Driver {
+    stop: watch::Sender<bool>,
+    running: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>,
+}
+
+impl Driver {
+    /// Starts an engine on `store` serving `link`; `None` (logged) if it
+    /// did not start.
+    async fn spawn(store: &Arc<PgStore>, options: Options, link: &shell::Link) -> Option<Driver> {
+        let (stop, stop_rx) = watch::channel(false);
+        let spawned = {
+            let (store, link): (Arc<dyn Backend>, _) = (store.clone(), link.clone());
+            tokio::task::spawn_blocking(move || shell::spawn_linked(store, options, stop_rx, &link))
+                .await
+        };
+        match spawned {
+            Ok(Ok(thread)) => Some(Driver {
+                stop,
+                running: Box::pin(join(thread)),
+            }),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the engine did not start");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the engine did not start");
+                None
+            }
+        }
+    }
+
+    /// Stops it and waits for its end.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.running.await {
+            tracing::warn!(error = format!("{e:#}"), "the standby engine stopped");
+        }
+    }
+}
+
+/// The standby engine, started if there is none (or it ended): it runs no
+/// gate, so it needs no fence, and takes creates for other nodes' gates.
+/// `None` if it would not start (tried again at the next look at the
+/// lease; meanwhile creates wait).
+async fn run_standby(
+    driver: Option<Driver>,
+    store: &Arc<PgStore>,
+    options: &Options,
+    link: &shell::Link,
+) -> Option<Driver> {
+    if let Some(mut driver) = driver {
+        // Still running, unless PostgreSQL went away under it.
+        match (&mut driver.running).now_or_never() {
+            None => return Some(driver),
+            Some(Err(e)) => tracing::warn!(error = format!("{e:#}"), "the standby engine stopped"),
+            Some(Ok(())) => {}
+        }
+    }
+    store.set_fence(None);
+    let standby = Options {
+        units: crate::core::units::Units::NONE,
+        deadline: None,
+        start: Start::Restart,
+        ..options.clone()
+    };
+    Driver::spawn(store, standby, link).await
 }
 
 /// Loads the PEM certificate chain and key into a rustls acceptor (ring, TLS

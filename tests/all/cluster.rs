@@ -400,3 +400,149 @@ async fn postgres_restarted_under_load_loses_nothing() {
     )
     .await;
 }
+
+/// Creates commit on the node that takes them, not on the owner: a standby
+/// acknowledges them while the owner is paused, and the owner, woken,
+/// hears of them (`NOTIFY`) and delivers each once, counted. A batch is all
+/// or nothing on the standby too: `kill -9` mid-batch leaves every task
+/// or none, and every task of an acknowledged batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_commit_on_any_node_and_the_owner_hears_of_them() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let mut nodes = vec![Node::spawn(&pg.url())];
+    wait_ready(&nodes[0].client).await;
+    assert_eq!(owner(&nodes, 0, None).await, 0);
+    nodes.push(Node::spawn(&pg.url()));
+    wait_ready(&nodes[1].client).await;
+    let limits = |rate: &str| {
+        json!({
+            "rate": rate, "burst": 10, "concurrency": 20, "timeout": "2s",
+            "allowed_hosts": [sink.host()],
+        })
+    };
+    nodes[1].client.put_gate("fan", limits("200/s")).await;
+    nodes[1].client.put_gate("held", limits("200/s")).await;
+    let (status, paused) = nodes[1]
+        .client
+        .send("POST", "/v1/gates/held/pause", None)
+        .await;
+    assert_eq!(status, 200, "{paused}");
+
+    // The owner stops answering; the standby still takes creates, well
+    // before the owner's lease (5 s) could lapse.
+    nodes[0].signal("-STOP");
+    let stopped = clock::instant();
+    let mut ids: BTreeSet<String> = nodes[1]
+        .client
+        .batch(
+            (0..300)
+                .map(|_| webhook_task("fan", &sink.url("/fan")))
+                .collect(),
+        )
+        .await
+        .into_iter()
+        .collect();
+    for _ in 0..5 {
+        let task = nodes[1]
+            .client
+            .create(webhook_task("fan", &sink.url("/fan")))
+            .await;
+        ids.insert(task["id"].as_str().expect("id").to_string());
+    }
+    let took = stopped.elapsed();
+    nodes[0].signal("-CONT");
+    assert!(
+        took < Duration::from_secs(3),
+        "creates on the standby waited for the paused owner: {took:?}"
+    );
+    assert_eq!(ids.len(), 305);
+
+    // The owner delivers each once and counts them.
+    sink.wait_for(305, Duration::from_secs(30)).await;
+    let start = clock::instant();
+    loop {
+        let (_, gate) = nodes[0].client.send("GET", "/v1/gates/fan", None).await;
+        if gate["counters"]["succeeded"] == 305 && gate["backlog"] == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the owner's counters: {gate}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits = sink.hits();
+    let delivered: BTreeSet<String> = hits.iter().map(|h| h.task.clone()).collect();
+    assert_eq!(delivered, ids, "not the tasks created");
+    assert_eq!(hits.len(), 305, "a task was delivered twice");
+    assert_eq!(owner(&nodes, 1, None).await, 0, "the owner changed");
+
+    // A standby killed while it takes a batch: all of it or none. How long
+    // a whole one takes tells when "while" is.
+    let batch = || -> Vec<Value> {
+        (0..5_000)
+            .map(|_| webhook_task("held", &sink.url("/held")))
+            .collect()
+    };
+    let began = clock::instant();
+    nodes[1].client.batch(batch()).await;
+    let whole = began.elapsed();
+    let mut expected = stored_pending(&pg.url(), "held").await;
+    assert_eq!(expected, 5_000);
+    for fraction in [0.3, 0.7, 1.0] {
+        let standby = Node::spawn(&pg.url());
+        wait_ready(&standby.client).await;
+        let delay = whole.mul_f64(fraction);
+        let delay_ms = delay.as_millis();
+        let sent = standby
+            .client
+            .try_send("POST", "/v1/tasks/batch", json!({ "tasks": batch() }));
+        let (answer, ()) = tokio::join!(sent, async {
+            tokio::time::sleep(delay).await;
+            let _ = Command::new("kill")
+                .args(["-9", &standby.child.id().to_string()])
+                .status();
+        });
+        let acknowledged = matches!(answer, Some((201, _)));
+        drop(standby);
+        let pending = stored_pending(&pg.url(), "held").await;
+        assert!(
+            pending == expected || pending == expected + 5_000,
+            "after kill -9 at {delay_ms} ms: {pending} pending, {expected} before"
+        );
+        if acknowledged {
+            assert_eq!(pending, expected + 5_000, "an acknowledged batch was lost");
+        }
+        eprintln!("kill -9 at {delay_ms} ms: acknowledged {acknowledged}, {pending} pending");
+        // The owner's view comes to count what is stored.
+        let start = clock::instant();
+        loop {
+            let (_, gate) = nodes[0].client.send("GET", "/v1/gates/held", None).await;
+            if gate["backlog"] == pending {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{pending} pending stored, the owner shows {gate}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        expected = pending;
+    }
+}
+
+/// The pending tasks of `gate` as committed in PostgreSQL.
+async fn stored_pending(url: &str, gate: &str) -> u64 {
+    let (url, gate) = (url.to_string(), gate.to_string());
+    tokio::task::spawn_blocking(move || {
+        let store = sluice::store::PgStore::open(&url).expect("open");
+        let reads = sluice::store::Backend::snapshot(&store).expect("snapshot");
+        let id = reads.gate(&gate).expect("read").expect("the gate").id;
+        reads.counts(id).expect("counts").pending
+    })
+    .await
+    .expect("read")
+}

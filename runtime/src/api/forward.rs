@@ -1,9 +1,11 @@
 //! In a cluster, a node that does not own the gates hands each API request
 //! to the node that does, and passes its answer back: every node answers
-//! the whole API, and every write is made (and committed to PostgreSQL) by
-//! the one node whose engine holds the gates in memory. Health, readiness,
-//! `/v1/cluster`, the OpenAPI document and the dashboard's pages are
-//! answered by the node itself.
+//! the whole API, and every change to what is stored is made (and committed
+//! to PostgreSQL) by the one node whose engine holds the gates in memory.
+//! Creates are the exception: any node commits them (its standby engine
+//! writes new tasks only), and the owner hears of them by `NOTIFY`. Health,
+//! readiness, `/v1/cluster`, the OpenAPI document and the dashboard's pages
+//! are answered by the node itself.
 //!
 //! A request is forwarded at most once (`sluice-forwarded-by`): if the
 //! owner has just lost the gates, the client gets a 503 with `Retry-After`
@@ -59,6 +61,15 @@ fn local(path: &str) -> bool {
         || path == "/v1/openapi.json"
 }
 
+/// Whether a create's body may name a coalesce key. A coalesce changes a
+/// task already stored, which only the gate's owner does, so such creates
+/// go to it; the rest commit on the node that took them. A key spelt with
+/// escapes is not seen here: the local engine then refuses it (503).
+fn coalesces(body: &[u8]) -> bool {
+    const KEY: &[u8] = b"coalesce_key";
+    body.windows(KEY.len()).any(|w| w == KEY)
+}
+
 /// Hop-by-hop headers, and those the sending side sets again.
 fn passes(name: &HeaderName) -> bool {
     !matches!(
@@ -87,14 +98,8 @@ pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: N
     if local(request.uri().path()) || peers.cluster.owns() {
         return next.run(request).await;
     }
-    if request.headers().contains_key(FORWARDED_BY) {
-        return retry_later("the gates are changing hands; retry".into());
-    }
-    let Some((owner, address)) = peers.cluster.owner() else {
-        return retry_later(
-            "no node owns the gates right now (a takeover is under way); retry".into(),
-        );
-    };
+    let creates = request.method() == axum::http::Method::POST
+        && matches!(request.uri().path(), "/v1/tasks" | "/v1/tasks/batch");
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(body) => body,
@@ -102,6 +107,18 @@ pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: N
             return ApiError::too_large(format!("request body over {} MiB", BODY_LIMIT >> 20))
                 .into_response();
         }
+    };
+    if creates && !coalesces(&body) {
+        // Committed here: the owner hears of them by `NOTIFY`.
+        return next.run(Request::from_parts(parts, Body::from(body))).await;
+    }
+    if parts.headers.contains_key(FORWARDED_BY) {
+        return retry_later("the gates are changing hands; retry".into());
+    }
+    let Some((owner, address)) = peers.cluster.owner() else {
+        return retry_later(
+            "no node owns the gates right now (a takeover is under way); retry".into(),
+        );
     };
     let target = format!(
         "{}{}",

@@ -729,6 +729,38 @@ async fn cluster(
     let writes = (writes_after - writes_before) as f64 / n as f64;
     let commits = (commits_after - commits_before) as f64 / n as f64;
 
+    // Lateness of a task due at once, created one by one through the
+    // owner and through a standby: the standby's also waits for the owner
+    // to hear of it (`NOTIFY`).
+    let owner_address = owner_address(&others[0]).await?;
+    let port_of = |s: &Server| format!("http://127.0.0.1:{}", s.port);
+    let (owner, standby) = if port_of(main) == owner_address {
+        (&*main, &others[0])
+    } else if port_of(&others[0]) == owner_address {
+        (&others[0], &others[1])
+    } else {
+        (&others[1], &others[0])
+    };
+    let mut lateness = Vec::new();
+    for (label, server) in [("owner", owner), ("standby", standby)] {
+        let path = format!("/w7l-{label}");
+        for _ in 0..LATENESS_TASKS {
+            server
+                .create(vec![task("w7c", &url(&path), None)], 1, 1)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let got = sink
+            .wait(&path, LATENESS_TASKS, Duration::from_secs(60))
+            .await;
+        let mut late: Vec<f64> = got
+            .iter()
+            .filter_map(|a| a.scheduled_ms.map(|s| a.wall_ms as f64 - s as f64))
+            .collect();
+        late.sort_by(f64::total_cmp);
+        lateness.push((label, percentile(&late, 0.5), percentile(&late, 0.99)));
+    }
+
     // Failover: a busy gate at 200/s, then kill -9 of its owner.
     others[0]
         .gate(
@@ -742,17 +774,7 @@ async fn cluster(
         .collect();
     others[0].create(feed, 1_000, 1).await?;
     sink.wait("/w7f", 600, Duration::from_secs(60)).await;
-    let cluster = others[0].get("/v1/cluster").await?;
-    let owner = cluster["owner"].as_str().unwrap_or("").to_string();
-    let address = cluster["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["id"] == owner.as_str())
-        .and_then(|n| n["address"].as_str())
-        .unwrap_or("")
-        .to_string();
-    let port_of = |s: &Server| format!("http://127.0.0.1:{}", s.port);
+    let address = self::owner_address(&others[0]).await?;
     let killed = clock::instant();
     if port_of(main) == address {
         main.kill();
@@ -785,6 +807,7 @@ async fn cluster(
         "cpu_ms_per_task_by_node": cpu_ms,
         "failover_s": failover, "failover_peak_1s": peak, "failover_bound_1s": 201,
         "failover_delivered": distinct, "failover_tasks": total,
+        "lateness_ms": lateness.iter().map(|(via, p50, p99)| json!({ "via": via, "p50": p50, "p99": p99 })).collect::<Vec<_>>(),
     });
     let lines = vec![
         (
@@ -811,6 +834,15 @@ async fn cluster(
             "".into(),
         ),
         (
+            "W7c lateness p50 / p99, created via owner; via standby".into(),
+            lateness
+                .iter()
+                .map(|(_, p50, p99)| format!("{p50:.0} / {p99:.0} ms"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            "".into(),
+        ),
+        (
             "W7c failover after kill -9".into(),
             format!(
                 "{failover:.1} s; peak 1 s window {peak} (bound 201); {distinct}/{total} delivered"
@@ -819,6 +851,23 @@ async fn cluster(
         ),
     ];
     Ok((figures, lines))
+}
+
+/// Tasks created one by one for W7c's lateness, through each node.
+const LATENESS_TASKS: usize = 200;
+
+/// The address of the node that owns the gates, as `asked` sees it.
+async fn owner_address(asked: &Server) -> anyhow::Result<String> {
+    let cluster = asked.get("/v1/cluster").await?;
+    let owner = cluster["owner"].as_str().unwrap_or("");
+    Ok(cluster["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == owner)
+        .and_then(|n| n["address"].as_str())
+        .unwrap_or("")
+        .to_string())
 }
 
 /// Rows written to Sluice's tables and transactions committed, as

@@ -57,6 +57,7 @@ impl Engine {
             ids: 0..0,
             ids_at: 0,
             notices: Vec::new(),
+            recount: HashSet::new(),
         };
         store.write(|tx| {
             engine.last_task_id = tx.last_task_id()?.unwrap_or(0);

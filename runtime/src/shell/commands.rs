@@ -27,8 +27,12 @@ impl Engine {
             Command::PutSchedule { spec, .. } => Some(spec.template.gate.as_str()),
             _ => None,
         };
+        let standby = self.loaded.is_empty()
+            && !matches!(command, Command::CreateTasks { .. } | Command::Live { .. });
         let refused = if self.shutting_down && !matches!(command, Command::Live { .. }) {
             Some(ShellError::ShuttingDown)
+        } else if standby {
+            Some(ShellError::Standby)
         } else {
             named.and_then(|gate| self.moved(gate))
         };
@@ -264,6 +268,11 @@ impl Engine {
                 what: format!("gate {name:?}"),
             }));
         };
+        if self.shares_writers {
+            // Other nodes' creates count into it too.
+            self.recount.insert(gate.id);
+            self.recount_gates(turn)?;
+        }
         let counts = self.counts.get(&gate.id).copied().unwrap_or_default();
         if counts.unfinished() > 0 && !force {
             return Ok(Err(ShellError::Conflict(format!(
@@ -313,6 +322,15 @@ impl Engine {
         // write one store a task may be created into them (a foreign
         // create: its rows, then a notice for their engine).
         let mut foreign: HashMap<String, GateRecord> = HashMap::new();
+        let unknown_plugin = |t: &NewTask| matches!(&t.target, Target::Plugin(p) if !self.plugins.contains_key(&p.key()));
+        if self.shares_writers && tasks.iter().any(unknown_plugin) {
+            // Another node may have stored it since this engine read the
+            // registry.
+            for plugin in turn.tx.plugins()? {
+                let key = crate::store::plugin_key(&plugin.name, &plugin.version);
+                self.plugins.entry(key).or_insert(plugin);
+            }
+        }
         for task in &tasks {
             if self.held.has_gate(&task.gate) || foreign.contains_key(&task.gate) {
                 continue;

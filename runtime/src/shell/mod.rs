@@ -8,7 +8,7 @@
 //! on disk, and an attempt never starts before its start is on disk: a crash can
 //! repeat an attempt, never lose a task.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use crate::model::{GateSpec, NewTask, ScheduleSpec, Target};
 use crate::plugin::{self, PermitMessage};
 use crate::store::{
     AdaptiveRecord, AttemptRecord, Backend, BodyRecord, CircuitRecord, Counts, CountsDelta,
-    GateRecord, PendingEntry, PluginRecord, RecoveryRecord, ReplayRecord, RetryRecord,
+    GateRecord, Heard, PendingEntry, PluginRecord, RecoveryRecord, ReplayRecord, RetryRecord,
     ScheduleRecord, StoreError, TaskRecord, TaskState, Writes,
 };
 
@@ -81,6 +81,11 @@ pub enum ShellError {
     /// handed over. A 503 to retry.
     #[error("gate {gate:?} is moving to another node")]
     Moved { gate: String },
+    /// The engine runs no gates (a cluster's standby): it takes creates
+    /// only, and everything else is the business of the node that runs
+    /// the gates. A 503 to retry.
+    #[error("this node runs no gates")]
+    Standby,
 }
 
 /// Where in a command the shell found a fault: a field, of one of the
@@ -126,7 +131,8 @@ impl ShellError {
             ShellError::NotFound { .. }
             | ShellError::Conflict(_)
             | ShellError::ShuttingDown
-            | ShellError::Moved { .. } => None,
+            | ShellError::Moved { .. }
+            | ShellError::Standby => None,
         }
     }
 
@@ -184,6 +190,9 @@ pub struct Options {
     pub deadline: Option<Arc<clock::Deadline>>,
     /// How the last dispatcher stopped.
     pub start: Start,
+    /// The units whose gates this engine runs: every one, but for a
+    /// cluster node that runs none (a standby, which only creates).
+    pub units: Units,
 }
 
 /// How the engine's last run ended, which decides what becomes of the
@@ -222,6 +231,7 @@ impl Default for Options {
             next_reader: no_next_reader,
             deadline: None,
             start: Start::Restart,
+            units: Units::ALL,
         }
     }
 }
@@ -331,8 +341,20 @@ pub fn spawn_linked(
                 let (reports_tx, reports_rx) = mpsc::unbounded_channel();
                 let now = clock::now();
                 let seed = now.as_ms() ^ u64::from(std::process::id()).rotate_left(32);
-                let booted = Engine::boot_as(store, options.tuning, now, seed, options.start);
-                let mut engine = match booted {
+                // Listening first: a create another node commits after
+                // this is heard of, one before it is read by the boot.
+                let heard = if options.units.is_empty() {
+                    Ok(None)
+                } else {
+                    store.listen(options.units)
+                };
+                let booted = heard.and_then(|heard| {
+                    let mut engine = Engine::empty(store, options.tuning, seed)?;
+                    engine.adopt(now, options.units, options.start)?;
+                    tracing::info!(gates = engine.gates.len(), "scheduler ready");
+                    Ok((engine, heard))
+                });
+                let (mut engine, heard) = match booted {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = booted_tx.send(Err(e.to_string()));
@@ -359,6 +381,7 @@ pub fn spawn_linked(
                     permits: permits_tx,
                     ready: ready.clone(),
                     deadline: options.deadline.clone(),
+                    heard,
                 };
                 let result = runner
                     .run(&mut commands_rx, reports_rx, permits_rx, &mut shutdown)
@@ -397,6 +420,9 @@ struct Runner {
     /// In a cluster, the lease's deadline: checked right before anything is
     /// sent, and the loop ends when it passes.
     deadline: Option<Arc<clock::Deadline>>,
+    /// Where other nodes' creates into this engine's gates are heard of
+    /// (a store with several writers; `None` with redb, or while lost).
+    heard: Option<Box<dyn Heard>>,
 }
 
 /// The shell's logic without its I/O loop: it owns the core and every write to
@@ -441,6 +467,9 @@ pub struct Engine {
     ids_at: u64,
     /// Committed creates into other engines' gates, not yet handed out.
     notices: Vec<Notice>,
+    /// Gates whose counters other engines changed (their creates): read
+    /// again at the next turn.
+    recount: HashSet<u32>,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so

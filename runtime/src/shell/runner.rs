@@ -1,6 +1,8 @@
 //! `Runner`, the async loop around the engine: channels, timers, sleeping
 //! until each release, answering plugin requests, retention.
 
+use futures_util::FutureExt;
+
 use super::*;
 
 impl Runner {
@@ -17,6 +19,9 @@ impl Runner {
         let prune_every =
             (self.retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
         let mut next_prune = tokio::time::Instant::from_std(clock::instant() + prune_every);
+        // While the feed of other nodes' creates is lost: when to listen
+        // again (and read the gates again meanwhile).
+        let mut relisten: Option<tokio::time::Instant> = None;
         loop {
             let mut batch_commands = Vec::new();
             let mut batch_reports = Vec::new();
@@ -48,9 +53,41 @@ impl Runner {
                     }
                 }
                 Some(command) = commands.recv() => batch_commands.push(command),
+                heard = next_heard(&mut self.heard) => match heard {
+                    Some(notices) => {
+                        let now = clock::now();
+                        self.engine.appeared(now, notices);
+                        while let Some(Some(more)) = self.heard.as_mut().and_then(|h| std::future::poll_fn(|cx| h.poll_notices(cx)).now_or_never()) {
+                            self.engine.appeared(now, more);
+                        }
+                    }
+                    None => {
+                        tracing::warn!("lost the feed of other nodes' creates; reading the gates again");
+                        self.heard = None;
+                        self.engine.reload_all(clock::now());
+                        relisten = Some(tokio::time::Instant::from_std(clock::instant() + RELISTEN));
+                    }
+                },
+                () = sleep_until_instant(relisten), if relisten.is_some() => {
+                    match self.engine.store.listen(self.engine.loaded) {
+                        Ok(heard) => {
+                            self.heard = heard;
+                            relisten = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not listen for other nodes' creates");
+                            relisten = Some(tokio::time::Instant::from_std(clock::instant() + RELISTEN));
+                        }
+                    }
+                    // What was created while no one listened.
+                    self.engine.reload_all(clock::now());
+                }
                 () = sleep_until(wake), if wake.is_some() => {}
                 () = tokio::time::sleep_until(next_prune), if grace_until.is_none() => {
-                    let more = self.engine.prune(clock::now(), self.retention)?;
+                    // Retention is the business of the engine that runs
+                    // every gate (the tasks it removes are theirs).
+                    let more = self.engine.loaded == Units::ALL
+                        && self.engine.prune(clock::now(), self.retention)?;
                     let pause = if more { Duration::from_millis(10) } else { prune_every };
                     next_prune = tokio::time::Instant::from_std(clock::instant() + pause);
                     continue;
@@ -272,6 +309,18 @@ async fn spaced(spacing: Option<Spacing>) {
     let wait = spacing.map_or(Duration::ZERO, |s| s.wait());
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// How often a lost feed of other nodes' creates is tried again; the
+/// gates are read again each time, so their tasks start meanwhile.
+const RELISTEN: Duration = Duration::from_secs(1);
+
+/// The next notices of the feed; never, without one.
+async fn next_heard(heard: &mut Option<Box<dyn Heard>>) -> Option<Vec<Notice>> {
+    match heard {
+        Some(heard) => std::future::poll_fn(|cx| heard.poll_notices(cx)).await,
+        None => std::future::pending().await,
     }
 }
 

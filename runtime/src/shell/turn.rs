@@ -31,6 +31,7 @@ impl Engine {
         let plans = store.write(|tx| {
             let began = clock::instant();
             let mut turn = Turn::new(tx, now);
+            self.recount_gates(&mut turn)?;
             turn.prefetch(reports.iter().map(|r| r.task.0))?;
             for report in reports {
                 self.apply_report(&mut turn, report)?;
@@ -84,6 +85,21 @@ impl Engine {
         counted.sort_unstable_by_key(|(gate, _)| *gate);
         turn.tx.add_counts(&counted)?;
         turn.tx.notify(&turn.notices)
+    }
+
+    /// Reads again the counters of the gates other engines counted into
+    /// (`recount`), before this turn changes them.
+    pub(super) fn recount_gates(&mut self, turn: &mut Turn<'_>) -> Result<(), StoreError> {
+        if self.recount.is_empty() {
+            return Ok(());
+        }
+        for (gate, counts) in turn.tx.all_counts()? {
+            if self.recount.contains(&gate) && self.gate_names.contains_key(&gate) {
+                self.counts.insert(gate, counts);
+            }
+        }
+        self.recount.clear();
+        Ok(())
     }
 
     /// Counts a plugin task becoming unfinished (`+1`) or finished (`-1`), so a

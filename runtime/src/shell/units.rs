@@ -223,6 +223,8 @@ impl Engine {
             if !self.gate_names.contains_key(&notice.gate.0) {
                 continue;
             }
+            // Its creator counted it: the counters are read again.
+            self.recount.insert(notice.gate.0);
             self.core.handle_input(
                 now,
                 Input::Appeared {
@@ -237,6 +239,15 @@ impl Engine {
     /// Reads the gate's pending tasks again (notices may have been lost).
     pub fn reload(&mut self, now: Timestamp, gate: GateId) {
         self.core.handle_input(now, Input::Reload(gate));
+        self.recount.insert(gate.0);
+    }
+
+    /// `reload` of every gate this engine runs.
+    pub fn reload_all(&mut self, now: Timestamp) {
+        let gates: Vec<u32> = self.gate_names.keys().copied().collect();
+        for gate in gates {
+            self.reload(now, GateId(gate));
+        }
     }
 
     /// `Moved` when the gate's unit is not this engine's to serve.

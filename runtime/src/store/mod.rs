@@ -21,7 +21,7 @@ pub use postgres::{
 };
 pub use read::{KeyBacklog, TaskFilter};
 use read::{LIST_SCAN_LIMIT, cut_range, keyed_firsts};
-pub use seam::{Backend, Notice, PendingEntry, Reads, Writes};
+pub use seam::{Backend, Heard, Notice, PendingEntry, Reads, Writes};
 
 use std::collections::HashMap;
 use std::path::Path;

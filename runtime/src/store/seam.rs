@@ -9,6 +9,8 @@
 
 use std::path::Path;
 
+use crate::core::units::Units;
+
 use super::*;
 
 /// A pending entry: a task's place in its gate's (and key's) due order.
@@ -29,6 +31,18 @@ pub struct Notice {
     pub gate: GateId,
     pub key: Option<String>,
     pub order: (Timestamp, TaskId),
+}
+
+/// What an engine hears of other writers' creates into the units it runs
+/// (their [`Notice`]s), where a store has several writers.
+pub trait Heard: Send {
+    /// The next notices; `Ready(None)` once the feed is gone, after which
+    /// notices may have been lost: the engine then reads its gates again
+    /// and listens anew.
+    fn poll_notices(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Vec<Notice>>>;
 }
 
 /// A store: one write transaction at a time, any number of readers. The
@@ -63,6 +77,13 @@ pub trait Backend: Send + Sync {
         Err(StoreError::Unsupported(
             "this store has one writer, whose engine counts task ids itself".into(),
         ))
+    }
+
+    /// Starts hearing of other writers' creates into `units`' gates, from
+    /// when this returns. `None` where no one else writes (redb).
+    fn listen(&self, units: Units) -> Result<Option<Box<dyn Heard>>> {
+        let _ = units;
+        Ok(None)
     }
 }
 

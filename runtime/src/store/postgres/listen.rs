@@ -8,6 +8,7 @@
 //! splitting a unit's lines over several notifications.
 
 use std::collections::BTreeMap;
+use std::task::{Context, Poll};
 
 use super::*;
 use crate::core::units::{UNITS, Units};
@@ -97,7 +98,7 @@ fn unhex(hex: &str) -> Option<Vec<u8>> {
 /// been lost: the caller reloads its gates and listens anew.
 pub struct Listener {
     client: Client,
-    heard: std::sync::mpsc::Receiver<tokio_postgres::Notification>,
+    heard: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
     schema: String,
 }
 
@@ -108,7 +109,7 @@ impl PgStore {
             .runtime
             .as_ref()
             .ok_or_else(|| StoreError::Postgres("the PostgreSQL runtime has stopped".into()))?;
-        let (to, heard) = std::sync::mpsc::channel();
+        let (to, heard) = tokio::sync::mpsc::unbounded_channel();
         let target = self.target.clone();
         let connecting = runtime.spawn(async move { target.connect_listening(to).await });
         let client = match futures_executor::block_on(connecting) {
@@ -145,26 +146,25 @@ impl Listener {
         wait(self.client.batch_execute(&sql))
     }
 
-    /// The next notices, waiting up to `timeout` (from the last
-    /// notification, which may have been another schema's): `Some(empty)`
-    /// when none came, `None` when the connection is gone.
-    pub fn next(&mut self, timeout: std::time::Duration) -> Option<Vec<Notice>> {
+    /// The next notices of this schema, `None` once the connection is gone.
+    pub async fn recv(&mut self) -> Option<Vec<Notice>> {
+        std::future::poll_fn(|cx| self.poll_notices(cx)).await
+    }
+}
+
+impl Heard for Listener {
+    fn poll_notices(&mut self, cx: &mut Context<'_>) -> Poll<Option<Vec<Notice>>> {
         loop {
-            match self.heard.recv_timeout(timeout) {
-                Ok(n) => {
-                    let unit = n
-                        .channel()
-                        .strip_prefix("sluice_unit_")
-                        .and_then(|u| u.parse().ok());
-                    // Another schema's (several stores may share a database).
-                    if let Some(notices) =
-                        unit.and_then(|unit| parse(&self.schema, unit, n.payload()))
-                    {
-                        return Some(notices);
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Some(Vec::new()),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            let Some(n) = std::task::ready!(self.heard.poll_recv(cx)) else {
+                return Poll::Ready(None);
+            };
+            let unit = n
+                .channel()
+                .strip_prefix("sluice_unit_")
+                .and_then(|u| u.parse().ok());
+            // Another schema's (several stores may share a database).
+            if let Some(notices) = unit.and_then(|unit| parse(&self.schema, unit, n.payload())) {
+                return Poll::Ready(Some(notices));
             }
         }
     }

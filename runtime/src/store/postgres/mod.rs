@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::core::units::Units;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
@@ -514,6 +515,12 @@ impl Backend for PgStore {
         }
         let start = unbig(start);
         Ok(start..start.saturating_add(n))
+    }
+
+    fn listen(&self, units: Units) -> Result<Option<Box<dyn Heard>>> {
+        let listener = self.listener()?;
+        listener.listen(units)?;
+        Ok(Some(Box::new(listener)))
     }
 
     fn backup_to(&self, _path: &Path) -> Result<Copied> {

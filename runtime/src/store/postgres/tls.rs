@@ -109,7 +109,7 @@ impl Target {
     /// when `to` is dropped, and `to` closes when the connection ends.
     pub async fn connect_listening(
         &self,
-        to: std::sync::mpsc::Sender<tokio_postgres::Notification>,
+        to: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
     ) -> std::result::Result<Client, tokio_postgres::Error> {
         match &self.tls {
             None => {
@@ -129,7 +129,7 @@ impl Target {
 /// Drives `connection`, handing its notifications to `to`.
 async fn forward<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
-    to: std::sync::mpsc::Sender<tokio_postgres::Notification>,
+    to: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
