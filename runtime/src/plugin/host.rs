@@ -651,17 +651,31 @@ impl Host {
     ) -> Report {
         let started = clock::instant();
         let deadline = clock::now().plus(plan.timeout);
+        // The one instant the attempt and each of its requests end at.
+        let ends = tokio::time::Instant::from_std(started + plan.timeout);
         let log = Arc::new(Mutex::new(AttemptLog::default()));
-        let ran = tokio::time::timeout(
-            plan.timeout,
-            self.clone()
-                .attempt(&plan, deadline, dispatcher, permits, log.clone(), io),
+        let ran = tokio::time::timeout_at(
+            ends,
+            self.clone().attempt(
+                &plan,
+                (deadline, ends),
+                dispatcher,
+                permits,
+                log.clone(),
+                io,
+            ),
         )
         .await;
-        let timed_out = ran.is_err();
+        // A guest that returns only once its time is up (its request was
+        // cut at the deadline, and it said so) ran out of time all the
+        // same: which of the two timers fired first must not decide.
+        let ran = ran
+            .ok()
+            .filter(|_| tokio::time::Instant::from_std(clock::instant()) < ends);
+        let timed_out = ran.is_none();
         let (outcome, error, response, next) = match ran {
-            Ok(result) => result,
-            Err(_) => (
+            Some(result) => result,
+            None => (
                 Outcome::Failed { retry_after: None },
                 Some(format!(
                     "timed out after {}",
@@ -693,7 +707,7 @@ impl Host {
     async fn attempt(
         self: Arc<Self>,
         plan: &Plan,
-        deadline: crate::core::Timestamp,
+        (deadline, ends): (crate::core::Timestamp, tokio::time::Instant),
         dispatcher: Dispatcher,
         permits: mpsc::UnboundedSender<PermitMessage>,
         log: Arc<Mutex<AttemptLog>>,
@@ -732,7 +746,7 @@ impl Host {
             permits,
             log: log.clone(),
             next_ask: AtomicU64::new(0),
-            deadline: clock::deadline(deadline),
+            deadline: ends,
             open: http::Link::open_requests(),
             io,
         });
