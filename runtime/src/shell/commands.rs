@@ -305,6 +305,7 @@ impl Engine {
         self.gate_names.remove(&gate.id);
         self.counts.remove(&gate.id);
         self.stats.remove(&gate.id);
+        self.pacers.remove(&gate.id);
         self.metrics.forget(&gate.name);
         Ok(Ok(()))
     }

@@ -88,6 +88,9 @@ impl Runner {
                     // every gate (the tasks it removes are theirs).
                     let more = self.engine.loaded == Units::ALL
                         && self.engine.prune(clock::now(), self.retention)?;
+                    // The spacers of gates deleted or handed over since.
+                    let gates = &self.engine.gate_names;
+                    self.spacers.retain(|gate, _| gates.contains_key(gate));
                     let pause = if more { Duration::from_millis(10) } else { prune_every };
                     next_prune = tokio::time::Instant::from_std(clock::instant() + pause);
                     continue;

@@ -162,9 +162,16 @@ impl Heard for Listener {
                 .channel()
                 .strip_prefix("sluice_unit_")
                 .and_then(|u| u.parse().ok());
-            // Another schema's (several stores may share a database).
-            if let Some(notices) = unit.and_then(|unit| parse(&self.schema, unit, n.payload())) {
-                return Poll::Ready(Some(notices));
+            match unit.and_then(|unit| parse(&self.schema, unit, n.payload())) {
+                Some(notices) => return Poll::Ready(Some(notices)),
+                // This schema's, yet not read: the notices it held are
+                // lost, and the gates must be read again.
+                None if n.payload().split('\n').next() == Some(self.schema.as_str()) => {
+                    tracing::warn!(channel = n.channel(), "a notice that does not parse");
+                    return Poll::Ready(None);
+                }
+                // Another schema's (several stores may share a database).
+                None => {}
             }
         }
     }
