@@ -396,32 +396,19 @@ mod engines {
         n: usize,
         due: Timestamp,
     ) -> Vec<Created> {
-        let tasks = (0..n)
-            .map(|i| NewTask {
-                gate: gate.to_string(),
-                target: Target::Webhook(Webhook {
-                    url: "http://127.0.0.1:9/".into(),
-                    method: "POST".into(),
-                    headers: Default::default(),
-                    body: None,
-                    secret_headers: Default::default(),
-                }),
-                due: Due::At(due),
-                max_attempts: None,
-                timeout: None,
-                backoff: None,
-                max_retry_duration: None,
-                expires_after: None,
-                idempotency_key: None,
-                labels: Default::default(),
-                key: Some(format!("k{}", i % 3)),
-                coalesce_key: None,
-                priority: None,
-                schedule: None,
-                parent: None,
-                lineage: None,
-            })
-            .collect();
+        let tasks = (0..n).map(|i| task(gate, due, i)).collect();
+        turn_creating(engine, at, tasks)
+    }
+
+    /// One task created with an idempotency key.
+    pub fn create_keyed(engine: &mut Engine, at: Timestamp, gate: &str, key: &str) -> Created {
+        let mut task = task(gate, at, 0);
+        task.idempotency_key = Some(key.to_string());
+        let mut created = turn_creating(engine, at, vec![task]);
+        created.pop().expect("one created")
+    }
+
+    fn turn_creating(engine: &mut Engine, at: Timestamp, tasks: Vec<NewTask>) -> Vec<Created> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         engine
             .turn(
@@ -431,6 +418,34 @@ mod engines {
             )
             .expect("turn");
         rx.blocking_recv().expect("answer").expect("created")
+    }
+
+    /// A webhook task of `gate`, due at `due`, keyed by `i`.
+    fn task(gate: &str, due: Timestamp, i: usize) -> NewTask {
+        NewTask {
+            gate: gate.to_string(),
+            target: Target::Webhook(Webhook {
+                url: "http://127.0.0.1:9/".into(),
+                method: "POST".into(),
+                headers: Default::default(),
+                body: None,
+                secret_headers: Default::default(),
+            }),
+            due: Due::At(due),
+            max_attempts: None,
+            timeout: None,
+            backoff: None,
+            max_retry_duration: None,
+            expires_after: None,
+            idempotency_key: None,
+            labels: Default::default(),
+            key: Some(format!("k{}", i % 3)),
+            coalesce_key: None,
+            priority: None,
+            schedule: None,
+            parent: None,
+            lineage: None,
+        }
     }
 }
 
@@ -757,4 +772,54 @@ fn foreign_creates_are_heard_by_the_gates_node_through_notify() {
         }
     }
     assert_eq!(started.len(), 1_000, "not every task started");
+}
+
+/// An idempotency key replayed on a node whose engine does not run the
+/// task's gate answers with the task and writes nothing of it: the task's
+/// row is its gate's engine's to write, and a copy written back from
+/// another node could undo that engine's later change (a start, an end).
+#[test]
+fn a_replay_on_another_engine_writes_nothing_of_the_task() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let mut lower = engines::engine(&pg.url(), false);
+    let _upper = engines::engine(&pg.url(), true);
+    let theirs = engines::gate_in(true);
+    let first = engines::create_keyed(&mut lower, engines::NOW, &theirs, "once");
+    assert!(!first.replayed);
+    let version = |id: u64| -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            let row = client
+                .query_one(
+                    "SELECT xmin::text FROM sluice.tasks WHERE id = $1",
+                    &[&i64::try_from(id).expect("id")],
+                )
+                .await
+                .expect("the task's row");
+            row.get(0)
+        })
+    };
+    let written = version(first.id.0);
+    let again = engines::create_keyed(
+        &mut lower,
+        sluice::core::Timestamp(engines::NOW.as_ms() + 10),
+        &theirs,
+        "once",
+    );
+    assert!(again.replayed, "the key was not replayed");
+    assert_eq!(again.id, first.id);
+    assert_eq!(
+        version(first.id.0),
+        written,
+        "the replay wrote the task's row"
+    );
 }

@@ -385,10 +385,17 @@ impl Engine {
             if let Some(key) = &task.idempotency_key
                 && let Some(existing) = turn.tx.claim_idempotent(gate_id, key, id_candidate)?
             {
-                if let Some(record) = turn.task(existing)? {
+                // Read, not taken into the turn (which writes back what it
+                // holds): the task may be another engine's to write, and a
+                // copy written back could undo its later change.
+                let found = match turn.tasks.get(&existing) {
+                    Some(record) => Some(lone.then(|| record.clone())),
+                    None => turn.tx.task(existing)?.map(|record| lone.then_some(record)),
+                };
+                if let Some(task) = found {
                     out.push(Created {
                         id: TaskId(existing),
-                        task: lone.then(|| record.clone()),
+                        task,
                         replayed: true,
                     });
                     continue;
