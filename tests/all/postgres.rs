@@ -333,8 +333,8 @@ mod engines {
 
     use sluice::core::units::{UNITS, Units, unit_of};
     use sluice::core::{Rate, Timestamp, Tuning};
-    use sluice::model::{Due, GateSpec, NewTask, Target, Webhook};
-    use sluice::shell::{Command, Created, Engine, Start};
+    use sluice::model::{Due, GateSpec, NewTask, PluginCall, Target, Webhook};
+    use sluice::shell::{Command, Created, Engine, ShellError, Start};
     use sluice::store::{Backend, PgStore};
 
     pub const NOW: Timestamp = Timestamp(1_767_225_600_000);
@@ -361,6 +361,12 @@ mod engines {
         engine
             .adopt(NOW, half(upper), Start::Restart)
             .expect("adopt");
+        put_gate(&mut engine, NOW, &gate_in(upper));
+        engine
+    }
+
+    /// Puts gate `name` (a fast one) through `engine`.
+    pub fn put_gate(engine: &mut Engine, at: Timestamp, name: &str) {
         let spec = GateSpec {
             rate: Rate::per_second(1_000.0).expect("rate"),
             burst: 1_000,
@@ -379,13 +385,76 @@ mod engines {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let put = Command::PutGate {
-            name: gate_in(upper),
+            name: name.to_string(),
             spec: Box::new(spec),
             reply: tx,
         };
-        engine.turn(NOW, vec![put], Vec::new()).expect("turn");
+        engine.turn(at, vec![put], Vec::new()).expect("turn");
         rx.blocking_recv().expect("answer").expect("gate");
+    }
+
+    /// Deletes gate `name` through `engine`, cancelling its tasks.
+    pub fn delete_gate(engine: &mut Engine, at: Timestamp, name: &str) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let delete = Command::DeleteGate {
+            name: name.to_string(),
+            force: true,
+            reply: tx,
+        };
+        engine.turn(at, vec![delete], Vec::new()).expect("turn");
+        rx.blocking_recv().expect("answer").expect("deleted");
+    }
+
+    /// A task of `gate` that runs plugin `name@version`, or why not.
+    pub fn create_plugin_task(
+        engine: &mut Engine,
+        at: Timestamp,
+        gate: &str,
+        (name, version): (&str, &str),
+    ) -> Result<Vec<Created>, ShellError> {
+        let mut task = task(gate, at, 0);
+        task.target = Target::Plugin(PluginCall {
+            name: name.into(),
+            version: version.into(),
+            input: serde_json::Value::Null,
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let create = Command::CreateTasks {
+            tasks: vec![task],
+            reply: tx,
+        };
+        engine.turn(at, vec![create], Vec::new()).expect("turn");
+        rx.blocking_recv().expect("answer")
+    }
+
+    /// Deletes plugin `key` through `engine`, or why not.
+    pub fn delete_plugin(engine: &mut Engine, at: Timestamp, key: &str) -> Result<(), ShellError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let delete = Command::DeletePlugin {
+            key: key.into(),
+            reply: tx,
+        };
+        engine.turn(at, vec![delete], Vec::new()).expect("turn");
+        rx.blocking_recv().expect("answer")
+    }
+
+    /// `n` tasks in `gate` at `at`, due then, or why not.
+    pub fn try_create(
+        engine: &mut Engine,
+        at: Timestamp,
+        gate: &str,
+        n: usize,
+    ) -> Result<Vec<Created>, ShellError> {
+        let tasks = (0..n).map(|i| task(gate, at, i)).collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         engine
+            .turn(
+                at,
+                vec![Command::CreateTasks { tasks, reply: tx }],
+                Vec::new(),
+            )
+            .expect("turn");
+        rx.blocking_recv().expect("answer")
     }
 
     /// Creates `n` webhook tasks in `gate` at `at`, due at `due`.
@@ -822,4 +891,133 @@ fn a_replay_on_another_engine_writes_nothing_of_the_task() {
         written,
         "the replay wrote the task's row"
     );
+}
+
+/// A gate deleted by its engine while another node's engine creates into
+/// it: each create either commits before the delete, which then cancels
+/// its tasks, or finds no gate. Without the delete's lock on the gate, a
+/// create could commit between the delete's read of the pending tasks and
+/// its commit, and leave a task pending in a gate that is gone.
+#[test]
+fn a_gate_deleted_while_another_node_creates_into_it_leaves_no_task_behind() {
+    use sluice::core::Timestamp;
+    use sluice::store::{Backend, PgStore, TaskState};
+    use std::sync::Barrier;
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    const ROUNDS: u64 = 12;
+    let url = pg.url();
+    let gate = engines::gate_in(true);
+    let barrier = Barrier::new(2);
+    let created: Vec<u64> = std::thread::scope(|scope| {
+        let creating = scope.spawn(|| {
+            let mut lower = engines::engine(&url, false);
+            let mut ids = Vec::new();
+            for round in 0..ROUNDS {
+                barrier.wait();
+                for step in 0..2_000 {
+                    let at = Timestamp(engines::NOW.as_ms() + round * 100_000 + step);
+                    match engines::try_create(&mut lower, at, &gate, 20) {
+                        Ok(created) => ids.extend(created.iter().map(|c| c.id.0)),
+                        Err(_) => break,
+                    }
+                }
+                barrier.wait();
+            }
+            ids
+        });
+        let mut upper = engines::engine(&url, true);
+        for round in 0..ROUNDS {
+            let at = Timestamp(engines::NOW.as_ms() + round * 100_000);
+            if round > 0 {
+                engines::put_gate(&mut upper, at, &gate);
+            }
+            barrier.wait();
+            std::thread::sleep(Duration::from_millis(5 + round * 3));
+            engines::delete_gate(&mut upper, Timestamp(at.as_ms() + 50_000), &gate);
+            barrier.wait();
+        }
+        creating.join().expect("the creating node")
+    });
+    assert!(created.len() > 50, "only {} tasks created", created.len());
+    let store = PgStore::open(&url).expect("open");
+    let reads = store.snapshot().expect("snapshot");
+    let left: Vec<u64> = created
+        .iter()
+        .copied()
+        .filter(|id| {
+            reads
+                .task(*id)
+                .expect("read")
+                .is_none_or(|t| t.state != TaskState::Cancelled)
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} of {} acknowledged tasks outlived their gate, e.g. {:?}",
+        left.len(),
+        created.len(),
+        &left[..left.len().min(5)]
+    );
+    let checked = store.check().expect("check");
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+}
+
+/// A plugin whose task another node created cannot be deleted: the delete
+/// reads the plugin's stored count under a lock that creates on other
+/// nodes wait for (or that makes them wait), not the deleting engine's own
+/// count, which misses them. Once that task is gone the delete goes
+/// through, and a create on the other node then finds no plugin.
+#[test]
+fn a_plugin_another_node_created_a_task_of_is_not_deleted() {
+    use sluice::core::Timestamp;
+    use sluice::shell::ShellError;
+    use sluice::store::{Backend, PgStore, PluginRecord};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let record: PluginRecord = serde_json::from_value(json!({
+        "name": "resize", "version": "1.0.0", "size": 4, "sha256": "00",
+        "uploaded_at": 1, "imports": [], "unfinished": 0,
+    }))
+    .expect("plugin record");
+    let store = PgStore::open(&pg.url()).expect("open");
+    (&store as &dyn Backend)
+        .write(|tx| tx.put_plugin(&record))
+        .expect("put");
+    let mut lower = engines::engine(&pg.url(), false);
+    let mut upper = engines::engine(&pg.url(), true);
+    let at = |ms: u64| Timestamp(engines::NOW.as_ms() + ms);
+    let created = engines::create_plugin_task(
+        &mut lower,
+        at(1),
+        &engines::gate_in(true),
+        ("resize", "1.0.0"),
+    )
+    .expect("created");
+    let refused = engines::delete_plugin(&mut upper, at(2), "resize@1.0.0");
+    assert!(
+        matches!(&refused, Err(ShellError::Conflict(m)) if m.contains("1 unfinished")),
+        "{refused:?}"
+    );
+    // The task cancelled (through its gate's engine), the plugin goes, and
+    // the other node's next create finds it gone.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let cancel = sluice::shell::Command::CancelTask {
+        id: created[0].id,
+        reply: tx,
+    };
+    upper.turn(at(3), vec![cancel], Vec::new()).expect("turn");
+    rx.blocking_recv().expect("answer").expect("cancelled");
+    engines::delete_plugin(&mut upper, at(4), "resize@1.0.0").expect("deleted");
+    let late = engines::create_plugin_task(
+        &mut lower,
+        at(5),
+        &engines::gate_in(true),
+        ("resize", "1.0.0"),
+    );
+    assert!(matches!(late, Err(ShellError::NoPlugin { .. })), "{late:?}");
 }

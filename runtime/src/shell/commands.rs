@@ -269,7 +269,10 @@ impl Engine {
             }));
         };
         if self.shares_writers {
-            // Other nodes' creates count into it too.
+            // Other nodes create into it too: from here on they wait for
+            // this commit (then find no gate), and what they committed
+            // before is read below, its counters included.
+            turn.tx.lock_gate(name)?;
             self.recount.insert(gate.id);
             self.recount_gates(turn)?;
         }
@@ -323,13 +326,25 @@ impl Engine {
         // write one store a task may be created into them (a foreign
         // create: its rows, then a notice for their engine).
         let mut foreign: HashMap<String, GateRecord> = HashMap::new();
-        let unknown_plugin = |t: &NewTask| matches!(&t.target, Target::Plugin(p) if !self.plugins.contains_key(&p.key()));
-        if self.shares_writers && tasks.iter().any(unknown_plugin) {
-            // Another node may have stored it since this engine read the
-            // registry.
-            for plugin in turn.tx.plugins()? {
-                let key = crate::store::plugin_key(&plugin.name, &plugin.version);
-                self.plugins.entry(key).or_insert(plugin);
+        if self.shares_writers {
+            // The plugins as stored (another node may have added or deleted
+            // one), each share-locked to the commit: a delete on another
+            // node waits for it, and counts its tasks.
+            let keys: std::collections::BTreeSet<String> = tasks
+                .iter()
+                .filter_map(|t| t.target.plugin().map(|p| p.key()))
+                .collect();
+            for key in keys {
+                match turn.tx.plugin(&key)? {
+                    Some(mut plugin) => {
+                        let counted = turn.plugin_refs.get(&key).copied().unwrap_or(0);
+                        plugin.unfinished = plugin.unfinished.saturating_add_signed(counted);
+                        self.plugins.insert(key, plugin);
+                    }
+                    None => {
+                        self.plugins.remove(&key);
+                    }
+                }
             }
         }
         for task in &tasks {

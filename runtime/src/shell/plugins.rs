@@ -53,6 +53,18 @@ impl Engine {
         turn: &mut Turn<'_>,
         key: &str,
     ) -> Result<Result<(), ShellError>, StoreError> {
+        if self.shares_writers {
+            // Locked against creates on other nodes, whose tasks its
+            // stored count includes.
+            match turn.tx.lock_plugin(key)? {
+                Some(stored) => {
+                    self.plugins.insert(key.to_string(), stored);
+                }
+                None => {
+                    self.plugins.remove(key);
+                }
+            }
+        }
         let Some(plugin) = self.plugins.get(key) else {
             return Ok(Err(ShellError::NotFound {
                 what: format!("plugin {key}"),

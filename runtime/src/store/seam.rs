@@ -228,6 +228,16 @@ pub trait Writes {
 
     fn put_coalesced(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()>;
 
+    /// Locks the gate's record to the commit against every other writer,
+    /// creates included (they read it with a shared lock, `gate`): a
+    /// delete locks it first, so a create on another node either commits
+    /// before it (and the delete sees its task) or finds no gate. A store
+    /// with one writer needs no lock.
+    fn lock_gate(&mut self, name: &str) -> Result<()> {
+        let _ = name;
+        Ok(())
+    }
+
     fn all_counts(&self) -> Result<Vec<(u32, Counts)>>;
 
     fn put_counts(&mut self, gate_id: u32, counts: &Counts) -> Result<()>;
@@ -247,6 +257,23 @@ pub trait Writes {
     }
 
     fn plugins(&self) -> Result<Vec<PluginRecord>>;
+
+    /// A plugin's record, share-locked to the commit where several engines
+    /// write (a delete of it waits for this commit): for a create of a task
+    /// that runs it.
+    fn plugin(&self, key: &str) -> Result<Option<PluginRecord>> {
+        Ok(self
+            .plugins()?
+            .into_iter()
+            .find(|p| plugin_key(&p.name, &p.version) == key))
+    }
+
+    /// A plugin's record, locked to the commit against every other writer:
+    /// a delete counts what creates on other nodes committed before it,
+    /// and later ones find it gone.
+    fn lock_plugin(&mut self, key: &str) -> Result<Option<PluginRecord>> {
+        self.plugin(key)
+    }
 
     fn put_plugin(&mut self, plugin: &PluginRecord) -> Result<()>;
 

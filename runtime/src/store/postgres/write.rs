@@ -269,6 +269,15 @@ impl Writes for PgTx<'_> {
         Ok(records("gates", found)?.into_iter().next())
     }
 
+    fn lock_gate(&mut self, name: &str) -> Result<()> {
+        one(
+            self.read_other()?,
+            "SELECT 1 FROM gates WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )?;
+        Ok(())
+    }
+
     fn put_gate(&mut self, gate: &GateRecord) -> Result<()> {
         self.send(
             "INSERT INTO gates VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
@@ -691,6 +700,24 @@ impl Writes for PgTx<'_> {
             ],
         );
         Ok(())
+    }
+
+    fn plugin(&self, key: &str) -> Result<Option<PluginRecord>> {
+        let found = rows(
+            self.read_other()?,
+            "SELECT record FROM plugins WHERE key = $1 FOR KEY SHARE",
+            &[&key],
+        )?;
+        Ok(records("plugins", found)?.into_iter().next())
+    }
+
+    fn lock_plugin(&mut self, key: &str) -> Result<Option<PluginRecord>> {
+        let found = rows(
+            self.read_other()?,
+            "SELECT record FROM plugins WHERE key = $1 FOR UPDATE",
+            &[&key],
+        )?;
+        Ok(records("plugins", found)?.into_iter().next())
     }
 
     fn add_plugin_refs(&mut self, refs: &[(String, i64)]) -> Result<()> {
