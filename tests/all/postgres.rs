@@ -753,25 +753,31 @@ fn two_writers_share_one_lineage_budget() {
     assert_eq!(store.write(|tx| tx.descendants(7)).expect("read"), 150);
 }
 
-/// Writers on two nodes count tasks of one plugin at once: the counts add
-/// up, so a plugin in use on any node cannot be deleted as unused.
-#[test]
-fn two_writers_counting_one_plugin_add_up() {
+/// Stores the record of plugin `resize@1.0.0` (no component: tasks of it
+/// are only created here, never run).
+fn put_resize_plugin(pg: &PgServer) {
     use sluice::store::{Backend, PgStore, PluginRecord};
-
-    let Some(pg) = PgServer::start() else {
-        return;
-    };
     let record: PluginRecord = serde_json::from_value(json!({
         "name": "resize", "version": "1.0.0", "size": 4, "sha256": "00",
         "uploaded_at": 1, "imports": [], "unfinished": 0,
     }))
     .expect("plugin record");
-    {
-        let store = PgStore::open(&pg.url()).expect("open");
-        let store: &dyn Backend = &store;
-        store.write(|tx| tx.put_plugin(&record)).expect("put");
-    }
+    let store = PgStore::open(&pg.url()).expect("open");
+    (&store as &dyn Backend)
+        .write(|tx| tx.put_plugin(&record))
+        .expect("put");
+}
+
+/// Writers on two nodes count tasks of one plugin at once: the counts add
+/// up, so a plugin in use on any node cannot be deleted as unused.
+#[test]
+fn two_writers_counting_one_plugin_add_up() {
+    use sluice::store::{Backend, PgStore};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    put_resize_plugin(&pg);
     two_writers(&pg, |_, store, _| {
         for _ in 0..200 {
             store
@@ -974,20 +980,11 @@ fn a_gate_deleted_while_another_node_creates_into_it_leaves_no_task_behind() {
 fn a_plugin_another_node_created_a_task_of_is_not_deleted() {
     use sluice::core::Timestamp;
     use sluice::shell::ShellError;
-    use sluice::store::{Backend, PgStore, PluginRecord};
 
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let record: PluginRecord = serde_json::from_value(json!({
-        "name": "resize", "version": "1.0.0", "size": 4, "sha256": "00",
-        "uploaded_at": 1, "imports": [], "unfinished": 0,
-    }))
-    .expect("plugin record");
-    let store = PgStore::open(&pg.url()).expect("open");
-    (&store as &dyn Backend)
-        .write(|tx| tx.put_plugin(&record))
-        .expect("put");
+    put_resize_plugin(&pg);
     let mut lower = engines::engine(&pg.url(), false);
     let mut upper = engines::engine(&pg.url(), true);
     let at = |ms: u64| Timestamp(engines::NOW.as_ms() + ms);

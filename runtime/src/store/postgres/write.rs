@@ -183,6 +183,12 @@ impl<'a> PgTx<'a> {
         Ok(self.client)
     }
 
+    /// A plugin's record read by `sql` (which locks it as it says).
+    fn plugin_row(&self, sql: &'static str, key: &str) -> Result<Option<PluginRecord>> {
+        let found = rows(self.read_other()?, sql, &[&key])?;
+        Ok(records("plugins", found)?.into_iter().next())
+    }
+
     /// The connection for a statement on a table other than `tasks` (the
     /// pending ones, say), once the queued writes have gone out; the task
     /// rows may wait, so the removal of a start's pending entry does not
@@ -703,21 +709,14 @@ impl Writes for PgTx<'_> {
     }
 
     fn plugin(&self, key: &str) -> Result<Option<PluginRecord>> {
-        let found = rows(
-            self.read_other()?,
+        self.plugin_row(
             "SELECT record FROM plugins WHERE key = $1 FOR KEY SHARE",
-            &[&key],
-        )?;
-        Ok(records("plugins", found)?.into_iter().next())
+            key,
+        )
     }
 
     fn lock_plugin(&mut self, key: &str) -> Result<Option<PluginRecord>> {
-        let found = rows(
-            self.read_other()?,
-            "SELECT record FROM plugins WHERE key = $1 FOR UPDATE",
-            &[&key],
-        )?;
-        Ok(records("plugins", found)?.into_iter().next())
+        self.plugin_row("SELECT record FROM plugins WHERE key = $1 FOR UPDATE", key)
     }
 
     fn add_plugin_refs(&mut self, refs: &[(String, i64)]) -> Result<()> {
