@@ -333,7 +333,7 @@ mod engines {
 
     use sluice::core::units::{UNITS, Units, unit_of};
     use sluice::core::{Rate, Timestamp, Tuning};
-    use sluice::model::{Due, GateSpec, NewTask, PluginCall, Target, Webhook};
+    use sluice::model::{GateSpec, NewTask, PluginCall, Target};
     use sluice::shell::{Command, Created, Engine, ShellError, Start};
     use sluice::store::{Backend, PgStore};
 
@@ -491,30 +491,9 @@ mod engines {
 
     /// A webhook task of `gate`, due at `due`, keyed by `i`.
     fn task(gate: &str, due: Timestamp, i: usize) -> NewTask {
-        NewTask {
-            gate: gate.to_string(),
-            target: Target::Webhook(Webhook {
-                url: "http://127.0.0.1:9/".into(),
-                method: "POST".into(),
-                headers: Default::default(),
-                body: None,
-                secret_headers: Default::default(),
-            }),
-            due: Due::At(due),
-            max_attempts: None,
-            timeout: None,
-            backoff: None,
-            max_retry_duration: None,
-            expires_after: None,
-            idempotency_key: None,
-            labels: Default::default(),
-            key: Some(format!("k{}", i % 3)),
-            coalesce_key: None,
-            priority: None,
-            schedule: None,
-            parent: None,
-            lineage: None,
-        }
+        let mut task = crate::support::engine_task(gate, "http://127.0.0.1:9/", due);
+        task.key = Some(format!("k{}", i % 3));
+        task
     }
 }
 

@@ -478,3 +478,33 @@ pub fn gate_for(sink: &Sink, rate: &str) -> Value {
 pub fn webhook_task(gate: &str, url: &str) -> Value {
     json!({ "gate": gate, "webhook": { "url": url, "body": { "hello": "world" } } })
 }
+
+/// A webhook task to `url` in `gate`, due at `due`, with every default: what
+/// the tests that drive an engine directly hand it to create.
+pub fn engine_task(gate: &str, url: &str, due: sluice::core::Timestamp) -> sluice::model::NewTask {
+    use sluice::model::{Due, NewTask, Target, Webhook};
+    NewTask {
+        gate: gate.to_string(),
+        target: Target::Webhook(Webhook {
+            url: url.into(),
+            method: "POST".into(),
+            headers: Default::default(),
+            body: None,
+            secret_headers: Default::default(),
+        }),
+        due: Due::At(due),
+        max_attempts: None,
+        timeout: None,
+        backoff: None,
+        max_retry_duration: None,
+        expires_after: None,
+        idempotency_key: None,
+        labels: Default::default(),
+        key: None,
+        coalesce_key: None,
+        priority: None,
+        schedule: None,
+        parent: None,
+        lineage: None,
+    }
+}

@@ -278,8 +278,14 @@ impl Gate {
     /// there, each with its release instant: enough to cover a commit, so a
     /// turn that runs late still releases on the gate's own schedule.
     pub fn with_lookahead(mut self, lookahead: Duration) -> Gate {
-        self.lookahead_ms = duration_ms(lookahead);
+        self.set_lookahead(lookahead);
         self
+    }
+
+    /// Changes the lookahead. Starts already admitted keep their slot
+    /// times; the next are admitted within the new one.
+    pub fn set_lookahead(&mut self, lookahead: Duration) {
+        self.lookahead_ms = duration_ms(lookahead);
     }
 
     pub fn limits(&self) -> &GateLimits {

@@ -9,6 +9,7 @@ pub mod gate;
 pub mod ids;
 pub mod keys;
 pub mod lease;
+pub mod lookahead;
 pub mod quota;
 pub mod retry;
 pub mod rng;

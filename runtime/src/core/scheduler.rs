@@ -341,6 +341,9 @@ pub struct Tuning {
     /// leaves when due): longer than a commit, so neither the gate's pace nor
     /// a task's lateness depends on the disk's.
     pub lookahead: Duration,
+    /// The most the lookahead grows to, to cover the slowest recent turn
+    /// (`core::lookahead`).
+    pub lookahead_max: Duration,
 }
 
 impl Default for Tuning {
@@ -350,6 +353,7 @@ impl Default for Tuning {
             key_budget: 65_536,
             horizon: Duration::from_secs(30),
             lookahead: Duration::from_millis(20),
+            lookahead_max: Duration::from_millis(250),
         }
     }
 }
@@ -550,6 +554,23 @@ impl Scheduler {
             permits: VecDeque::new(),
             rng: Rng::new(seed),
         }
+    }
+
+    /// How far ahead of their tokens (and of their due times) the gates
+    /// admit starts from now on (`core::lookahead` decides it).
+    pub fn set_lookahead(&mut self, lookahead: Duration) {
+        if lookahead == self.tuning.lookahead {
+            return;
+        }
+        self.tuning.lookahead = lookahead;
+        for lane in self.lanes.values_mut() {
+            lane.gate.set_lookahead(lookahead);
+        }
+    }
+
+    /// The lookahead the gates admit with now.
+    pub fn lookahead(&self) -> Duration {
+        self.tuning.lookahead
     }
 
     /// Takes in an attempt already in flight (a restored lease, or another

@@ -83,6 +83,7 @@ impl Script {
             key_budget: 64,
             horizon: Duration::from_secs(3_600),
             lookahead,
+            lookahead_max: lookahead,
         };
         let mut script = Script {
             core: Scheduler::new(1, tuning),

@@ -811,6 +811,13 @@ fn simulate(seed: u64, steps: usize, tuning: Tuning) -> World {
                 let gate = GateId(w.rng.below(3) as u32);
                 w.hand_over(gate);
             }
+            // The engine grows and shrinks the lookahead with its turns'
+            // times (`core::lookahead`): starts admitted under one keep
+            // their slots under the next.
+            45 => {
+                let lookahead = Duration::from_millis(w.rng.below(300));
+                w.sched.set_lookahead(lookahead);
+            }
             _ => w.advance(),
         }
         w.check();
@@ -855,6 +862,7 @@ proptest! {
                 key_budget: 4,
                 horizon: Duration::from_millis(500),
                 lookahead: Duration::from_millis(seed % 60),
+                lookahead_max: Duration::from_millis(seed % 60),
             },
         );
     }
@@ -870,6 +878,7 @@ fn a_gate_starts_tasks_in_due_order() {
             key_budget: 4,
             horizon: Duration::from_secs(1),
             lookahead: Duration::ZERO,
+            lookahead_max: Duration::ZERO,
         },
     );
     let l = GateLimits {

@@ -49,6 +49,8 @@ impl Engine {
             max_descendants: DEFAULT_MAX_DESCENDANTS,
             next_reader: no_next_reader,
             pacers: HashMap::new(),
+            lookahead: Lookahead::new(tuning.lookahead, tuning.lookahead_max),
+            turn_began: None,
             waiting: HashMap::new(),
             last_work: Duration::ZERO,
             loaded: Units::NONE,

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::attempt::{Action, Plan, PluginCall, Report, Request};
 use crate::clock;
+use crate::core::lookahead::Lookahead;
 use crate::core::units::Units;
 use crate::core::{
     Effect, End, FailReason, GateId, GateStatus, Input, Outcome, QueuedTask, Scheduler, TaskId,
@@ -450,6 +451,10 @@ pub struct Engine {
     next_reader: NextReader,
     /// Per gate, the release pacer (see `release.rs`).
     pacers: HashMap<u32, release::Pacer>,
+    /// How far ahead the gates admit, grown after slow turns, and when the
+    /// turn whose commit `release` waits for began.
+    lookahead: Lookahead,
+    turn_began: Option<Timestamp>,
     /// Plugin requests waiting for their gate, by task: (attempt, ask).
     waiting: HashMap<TaskId, Vec<(u32, u64)>>,
     /// How long the last turn took before its commit (for the slow-turn

@@ -88,6 +88,9 @@ impl Engine {
     /// A permit whose request nobody waits for any more (its attempt
     /// ended) is handed back at once.
     pub fn release(&mut self, done: Timestamp, plans: Vec<Plan>) -> Released {
+        if let Some(began) = self.turn_began.take() {
+            self.was_busy(began, done);
+        }
         let mut released = Released::default();
         for plan in plans {
             let after = self.pace(done, plan.gate_id, plan.release_at);
@@ -117,6 +120,13 @@ impl Engine {
             released.grants.push((after, Grant { task, attempt, ask }));
         }
         released
+    }
+
+    /// The driver was busy from `from` to `to` (a turn and its commit, or
+    /// retention's): the gates look at least that far ahead for a while,
+    /// so the next stall as long finds their starts already on disk.
+    pub fn was_busy(&mut self, from: Timestamp, to: Timestamp) {
+        self.lookahead.busy(from, to);
     }
 
     /// Forgets the requests of `task` still waiting: its attempt ended.

@@ -86,8 +86,10 @@ impl Runner {
                 () = tokio::time::sleep_until(next_prune), if grace_until.is_none() => {
                     // Retention is the business of the engine that runs
                     // every gate (the tasks it removes are theirs).
+                    let began = clock::now();
                     let more = self.engine.loaded == Units::ALL
-                        && self.engine.prune(clock::now(), self.retention)?;
+                        && self.engine.prune(began, self.retention)?;
+                    self.engine.was_busy(began, clock::now());
                     // The spacers of gates deleted or handed over since.
                     let gates = &self.engine.gate_names;
                     self.spacers.retain(|gate, _| gates.contains_key(gate));

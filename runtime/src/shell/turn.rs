@@ -17,6 +17,8 @@ impl Engine {
             // Whatever the attempt still waited for, it waits no more.
             self.forget_asks(report.task);
         }
+        let lookahead = self.lookahead.at(now);
+        self.core.set_lookahead(lookahead);
         // A timer that starts nothing (a rate-limited wake, say) needs no commit.
         if commands.is_empty() && reports.is_empty() {
             if !self.shutting_down {
@@ -53,6 +55,7 @@ impl Engine {
         let plans = match plans {
             Ok((plans, notices)) => {
                 self.notices.extend(notices);
+                self.turn_began = Some(now);
                 plans
             }
             Err(e) => {
