@@ -544,3 +544,88 @@ pub(super) fn unlimited(sink: &Sink) -> Value {
         "allowed_hosts": [sink.addr.to_string()], "recovery": { "start": 1.0 }, "circuit": null,
     })
 }
+
+/// Another process's use of the disk, as on a shared machine: 100 MB
+/// written and synced, removed, half a second's pause, over and over (at
+/// most 2,000 times) until stopped. A commit that syncs meanwhile can wait
+/// behind it. A probe beside it syncs 4 KiB every 2 ms, as a small commit
+/// does, and its times say how long such a commit waited.
+pub(super) struct DiskNeighbour {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    writer: std::thread::JoinHandle<u64>,
+    probe: std::thread::JoinHandle<Vec<f64>>,
+}
+
+impl DiskNeighbour {
+    pub(super) fn start(dir: &Path) -> anyhow::Result<DiskNeighbour> {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        std::fs::create_dir_all(dir)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (file, done) = (dir.join("neighbour"), stop.clone());
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![0u8; 1 << 20];
+            let mut rounds = 0;
+            while rounds < 2_000 && !done.load(Ordering::Relaxed) {
+                let written = std::fs::File::create(&file).and_then(|mut f| {
+                    for _ in 0..100 {
+                        f.write_all(&chunk)?;
+                    }
+                    f.sync_all()
+                });
+                let _ = std::fs::remove_file(&file);
+                if written.is_err() {
+                    break;
+                }
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            rounds
+        });
+        let (file, done) = (dir.join("probe"), stop.clone());
+        let probe = std::thread::spawn(move || {
+            let mut times = Vec::new();
+            let Ok(mut f) = std::fs::File::create(&file) else {
+                return times;
+            };
+            while times.len() < 1_000_000 && !done.load(Ordering::Relaxed) {
+                let began = clock::instant();
+                if f.write_all(&[0u8; 4096])
+                    .and_then(|()| f.sync_data())
+                    .is_err()
+                {
+                    break;
+                }
+                times.push(began.elapsed().as_secs_f64() * 1_000.0);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = std::fs::remove_file(&file);
+            times
+        });
+        Ok(DiskNeighbour {
+            stop,
+            writer,
+            probe,
+        })
+    }
+
+    /// Stops it: how many rounds it wrote, and the probe's sync times (ms).
+    pub(super) fn stop(self) -> Value {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = self.writer.join().unwrap_or(0);
+        let mut times = self.probe.join().unwrap_or_default();
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let i = ((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1));
+            times.get(i).copied().unwrap_or(0.0)
+        };
+        json!({
+            "rounds": rounds,
+            "syncs": times.len(),
+            "sync_p50_ms": at(0.5),
+            "sync_p99_ms": at(0.99),
+            "sync_max_ms": times.last().copied().unwrap_or(0.0),
+            "syncs_over_50ms": times.iter().filter(|&&t| t > 50.0).count(),
+        })
+    }
+}

@@ -141,7 +141,7 @@ enum Command {
         /// Where to write the JSON results.
         #[arg(long, default_value = "bench.json")]
         out: PathBuf,
-        /// Run only these workloads: w1, w1c, w1k, w2, w3, w4, w5, w5b, w6, w7, w7c, w8,
+        /// Run only these workloads: w1, w1c, w1k, w2, w3, w4, w5, w5b, w6, w7, w7c, w7d, w8,
         /// w9, w10, w11, w12 (repeatable).
         #[arg(long)]
         only: Vec<String>,
