@@ -653,11 +653,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// W7c: three nodes on one PostgreSQL database (`main` is the first, and
-/// owns the gates). Tasks created through the two others (each request
-/// forwarded once), what each task costs the database and the nodes, then
-/// `kill -9` of the owner of a busy 200/s gate: how long it stood still,
-/// and whether the sink's windows held across the handover.
 /// The W7 sweep (`name`: w7, or w7d beside a disk neighbour): one gate per
 /// rate and burst, about five seconds of due tasks each; the mean rate after
 /// the first burst and the most arrivals in any 1 s and 100 ms window.
@@ -712,6 +707,11 @@ async fn w7(
     Ok(sweep)
 }
 
+/// W7c: three nodes on one PostgreSQL database (`main` is the first, and
+/// owns the gates). Tasks created through the two others (each request
+/// forwarded once), what each task costs the database and the nodes, then
+/// `kill -9` of the owner of a busy 200/s gate: how long it stood still,
+/// and whether the sink's windows held across the handover.
 async fn cluster(
     main: &mut Server,
     store: &str,

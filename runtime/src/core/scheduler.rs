@@ -568,11 +568,6 @@ impl Scheduler {
         }
     }
 
-    /// The lookahead the gates admit with now.
-    pub fn lookahead(&self) -> Duration {
-        self.tuning.lookahead
-    }
-
     /// Takes in an attempt already in flight (a restored lease, or another
     /// node's attempt) with its slot, until `until`.
     fn hold(&mut self, now: Timestamp, task: QueuedTask, until: Timestamp, interrupted: bool) {
