@@ -397,17 +397,14 @@ impl Driver {
             tokio::task::spawn_blocking(move || shell::spawn_linked(store, options, stop_rx, &link))
                 .await
         };
-        match spawned {
-            Ok(Ok(thread)) => Some(Driver {
+        let spawned = spawned.map_err(|e| e.to_string());
+        match spawned.and_then(|started| started.map_err(|e| e.to_string())) {
+            Ok(thread) => Some(Driver {
                 stop,
                 running: Box::pin(join(thread)),
             }),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the engine did not start");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the engine did not start");
+            Err(error) => {
+                tracing::warn!(%error, "the engine did not start");
                 None
             }
         }
