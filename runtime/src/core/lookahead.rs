@@ -1,6 +1,7 @@
 //! How far ahead of their tokens the gates admit starts: the base lookahead
-//! (`Tuning::lookahead`, longer than a commit), grown to cover the slowest
-//! turn of the last ten to twenty seconds, up to `Tuning::lookahead_max`.
+//! (`Tuning::lookahead`, longer than a commit), grown to cover the longest
+//! the driver decided nothing (a slow turn, or a wake that came late) in
+//! the last ten to twenty seconds, up to `Tuning::lookahead_max`.
 //!
 //! A start is released only once its commit is done, and while a commit
 //! runs the driver decides nothing. A gate with a small burst has nowhere to
@@ -47,8 +48,8 @@ impl Lookahead {
         }
     }
 
-    /// The driver was busy from `from` to `to` (a turn and its commit), so
-    /// it decided nothing in between.
+    /// The driver decided nothing from `from` to `to`: a turn and its
+    /// commit, or a wake it asked for and got late.
     pub fn busy(&mut self, from: Timestamp, to: Timestamp) {
         self.roll(to);
         let took = to.as_ms().saturating_sub(from.as_ms());

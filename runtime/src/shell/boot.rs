@@ -51,6 +51,7 @@ impl Engine {
             pacers: HashMap::new(),
             lookahead: Lookahead::new(tuning.lookahead, tuning.lookahead_max),
             turn_began: None,
+            last_turn: None,
             waiting: HashMap::new(),
             last_work: Duration::ZERO,
             loaded: Units::NONE,

@@ -451,10 +451,12 @@ pub struct Engine {
     next_reader: NextReader,
     /// Per gate, the release pacer (see `release.rs`).
     pacers: HashMap<u32, release::Pacer>,
-    /// How far ahead the gates admit, grown after slow turns, and when the
-    /// turn whose commit `release` waits for began.
+    /// How far ahead the gates admit, grown after slow turns; when the
+    /// turn whose commit `release` waits for began, and when the last turn
+    /// did.
     lookahead: Lookahead,
     turn_began: Option<Timestamp>,
+    last_turn: Option<Timestamp>,
     /// Plugin requests waiting for their gate, by task: (attempt, ask).
     waiting: HashMap<TaskId, Vec<(u32, u64)>>,
     /// How long the last turn took before its commit (for the slow-turn

@@ -17,6 +17,16 @@ impl Engine {
             // Whatever the attempt still waited for, it waits no more.
             self.forget_asks(report.task);
         }
+        // A turn later than the engine asked for (after its last turn) is
+        // time it decided nothing, as during a commit: the driver was busy
+        // elsewhere or had no CPU.
+        if let (Some(wanted), Some(last)) = (self.poll_timeout(), self.last_turn)
+            && last < wanted
+            && wanted < now
+        {
+            self.lookahead.busy(wanted, now);
+        }
+        self.last_turn = Some(now);
         let lookahead = self.lookahead.at(now);
         self.core.set_lookahead(lookahead);
         // A timer that starts nothing (a rate-limited wake, say) needs no commit.
