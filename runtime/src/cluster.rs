@@ -47,6 +47,10 @@ use crate::store::StoreError;
 
 pub use crate::core::lease::Terms;
 
+mod units;
+
+pub use units::{Acquired, Renewal};
+
 fn deadline(terms: &Terms, sent: clock::Uptime) -> clock::Uptime {
     sent.plus(terms.hold())
 }
@@ -95,6 +99,8 @@ pub struct Cluster {
     /// The API's (`nodes`), so a busy dashboard never delays a renewal.
     views: tokio::sync::Mutex<Option<Client>>,
     seen: Mutex<Seen>,
+    /// The units held (schema 6, `units`).
+    spread: Mutex<units::Spread>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -131,6 +137,7 @@ impl Cluster {
             client: tokio::sync::Mutex::new(None),
             views: tokio::sync::Mutex::new(None),
             seen: Mutex::default(),
+            spread: Mutex::default(),
         });
         cluster.beat().await?;
         tracing::info!(node = %cluster.id, address = %cluster.address, "joined the cluster");

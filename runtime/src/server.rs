@@ -16,7 +16,7 @@ use crate::cluster::{Cluster, Terms};
 use crate::config::{ServerConfig, TlsFiles};
 use crate::core::Tuning;
 use crate::shell::{self, Handle, Options, Start};
-use crate::store::{Backend, PgStore, Store, StoreError};
+use crate::store::{Backend, Fence, PgStore, Store, StoreError};
 
 pub const DATA_FILE: &str = "sluice.redb";
 
@@ -335,7 +335,10 @@ async fn supervise(
         if let Some(engine) = standby.take() {
             engine.stop().await;
         }
-        store.set_fence(Some((cluster.id().to_string(), lease.epoch)));
+        store.set_fence(Some(Fence::Lease {
+            node: cluster.id().to_string(),
+            epoch: lease.epoch,
+        }));
         let engine_options = Options {
             deadline: Some(lease.deadline.clone()),
             start: Start::Takeover,

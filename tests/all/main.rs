@@ -31,3 +31,4 @@ mod simulation;
 mod store;
 mod support;
 mod tidy;
+mod unit_leases;

@@ -4,6 +4,7 @@
 //! functions.
 
 use serde_json::json;
+use sluice::core::units::Units;
 use sluice::core::{GateId, TaskId, Timestamp};
 use sluice::store::{
     AttemptRecord, Backend, Counts, CountsDelta, GateRecord, PendingEntry, PgStore, PluginRecord,
@@ -134,6 +135,22 @@ fn gates_and_their_ids(store: &dyn Backend) {
     assert_eq!(ok(r.gate("alpha")), Some(changed.clone()));
     assert_eq!(ok(r.gates()).len(), 2);
     drop(r);
+    // An engine adopting units reads their gates; a renamed gate moves.
+    ok(store.write(|tx| {
+        let names = |gates: Vec<GateRecord>| -> Vec<String> {
+            let mut names: Vec<String> = gates.into_iter().map(|g| g.name).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(tx.gates_in(Units::of("alpha"))?), ["alpha"]);
+        assert_eq!(names(tx.gates_in(Units::of("beta"))?), ["beta"]);
+        let both = Units::of("alpha").with(Units::of("beta"));
+        assert_eq!(names(tx.gates_in(both)?), ["alpha", "beta"]);
+        assert_eq!(names(tx.gates_in(Units::ALL)?), ["alpha", "beta"]);
+        let elsewhere = Units::ALL.without(both);
+        assert!(tx.gates_in(elsewhere)?.is_empty());
+        Ok(())
+    }));
     ok(store.write(|tx| tx.delete_gate("beta")));
     let r = ok(store.read());
     assert_eq!(ok(r.gate("beta")), None);
@@ -170,6 +187,9 @@ fn tasks_attempts_and_the_running_set(store: &dyn Backend) {
     ok(store.write(|tx| {
         assert_eq!(tx.last_task_id()?, Some(9));
         assert_eq!(tx.running_tasks()?, [9]);
+        // At least the gate's own: PostgreSQL gives only those.
+        assert!(tx.running_tasks_in(&[1])?.contains(&9));
+        assert!(tx.running_tasks_in(&[1, 2])?.contains(&9));
         assert_eq!(tx.attempt(9, 2)?.map(|a| a.started_at), Some(20));
         assert_eq!(tx.attempt(9, 4)?, None);
         let mut read: Vec<u64> = tx.tasks(&[9, 8, 5])?.iter().map(|t| t.id).collect();
@@ -765,4 +785,74 @@ fn postgres_schema_4_upgrades_in_place() {
         "task 3 goes"
     );
     assert_eq!(ok(ok(store.read()).task(3)), None);
+}
+
+/// A schema-5 database (one lease for every gate) is upgraded to schema 6
+/// (a lease per unit, the fence on the node, each gate's unit in its row),
+/// but only once no node of it beats: the old nodes would go on writing
+/// under the old rules beside the new one.
+#[test]
+fn postgres_schema_5_upgrades_once_its_nodes_are_stopped() {
+    let Some(server) = crate::pg::PgServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let names: Vec<String> = (0..40).map(|i| format!("gate-{i}")).collect();
+    {
+        let pg = PgStore::open_in(&url, "upgrade_5").expect("open");
+        let store: &dyn Backend = &pg;
+        ok(store.write(|tx| {
+            for (id, name) in (1..).zip(&names) {
+                tx.put_gate(&gate(id, name))?;
+            }
+            Ok(())
+        }));
+    }
+    pg_sql(
+        &url,
+        "SET search_path TO upgrade_5;
+         DROP TABLE units;
+         DROP INDEX gates_by_unit;
+         ALTER TABLE gates DROP COLUMN unit;
+         ALTER TABLE nodes DROP COLUMN fence, DROP COLUMN leaving;
+         DELETE FROM meta WHERE key = 'units';
+         UPDATE meta SET value = 5 WHERE key = 'schema_version';
+         INSERT INTO nodes (id, address) VALUES ('n-old', 'http://127.0.0.1:1');",
+    );
+    let Err(refused) = PgStore::open_in(&url, "upgrade_5").map(drop) else {
+        panic!("upgraded beside a live node");
+    };
+    let refused = refused.to_string();
+    assert!(refused.contains("stop every node"), "{refused}");
+    pg_sql(&url, "SET search_path TO upgrade_5; DELETE FROM nodes;");
+    let pg = PgStore::open_in(&url, "upgrade_5").expect("upgraded");
+    let store: &dyn Backend = &pg;
+    ok(store.write(|tx| {
+        for name in &names {
+            let found: Vec<String> = tx
+                .gates_in(Units::of(name))?
+                .into_iter()
+                .map(|g| g.name)
+                .collect();
+            assert!(found.contains(name), "{name} in its unit: {found:?}");
+            assert!(
+                found.iter().all(|n| Units::of(n) == Units::of(name)),
+                "{found:?}"
+            );
+        }
+        Ok(())
+    }));
+    assert!(ok(pg.check()).problems.is_empty());
+    pg_sql(
+        &url,
+        "SET search_path TO upgrade_5; UPDATE gates SET unit = (unit + 1) % 64 WHERE name = 'gate-3';",
+    );
+    let problems = ok(pg.check()).problems;
+    assert!(
+        problems.len() == 1 && problems[0].contains("\"gate-3\" is stored in unit"),
+        "{problems:?}"
+    );
+    drop(pg);
+    let again = PgStore::open_in(&url, "upgrade_5").expect("opened again");
+    drop(again);
 }

@@ -164,6 +164,14 @@ impl Engine {
                 let result = self.delete_plugin(turn, &key)?;
                 reply(to, result)
             }
+            // The runner applies these between turns (`Runner::order`).
+            Command::Units { reply: to, .. } => reply(
+                to,
+                Err(ShellError::Invalid {
+                    at: None,
+                    message: "units are changed between turns".into(),
+                }),
+            ),
         })
     }
 
@@ -880,6 +888,7 @@ fn refuse(command: Command, error: ShellError) -> Box<dyn FnOnce() + Send> {
         Command::SetSchedulePaused { reply: to, .. } => with(to, error),
         Command::PutPlugin { reply: to, .. } => with(to, error),
         Command::DeletePlugin { reply: to, .. } => with(to, error),
+        Command::Units { reply: to, .. } => with(to, error),
     }
 }
 

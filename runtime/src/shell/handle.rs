@@ -81,6 +81,31 @@ pub enum Command {
         key: String,
         reply: Reply<()>,
     },
+    /// A change to the units the engine runs, from a cluster node's
+    /// balance loop; the runner applies it between turns (`shell/units.rs`).
+    Units {
+        order: UnitsOrder,
+        reply: Reply<usize>,
+    },
+}
+
+/// What a cluster node asks of its engine about its units, in the order of
+/// a handover: `Stop`, `Busy` until nothing is out (or a bound passes),
+/// `Drop`; then the next owner's `Adopt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitsOrder {
+    /// Run these units' gates from now on (`Engine::adopt`): empty
+    /// buckets and the ramp, and with `Start::Takeover` the last owner's
+    /// unfinished attempts held until their timeouts. Other nodes' creates
+    /// into them are listened for first.
+    Adopt(Units, Start),
+    /// Start nothing new in them; what is out goes on (`Engine::stop_units`).
+    Stop(Units),
+    /// How much is still out in them (`Engine::busy`): the answer.
+    Busy(Units),
+    /// Forget them (`Engine::drop_units`); nothing more leaves for them,
+    /// not even starts admitted ahead and still waiting for their slot.
+    Drop(Units),
 }
 
 /// How the API talks to the driver.
@@ -247,6 +272,12 @@ impl Handle {
             reply,
         })
         .await
+    }
+
+    /// Applies `order` to the units the engine runs; `Busy` answers how
+    /// much is out, the others 0.
+    pub async fn units(&self, order: UnitsOrder) -> Result<usize, ShellError> {
+        self.ask(|reply| Command::Units { order, reply }).await
     }
 
     pub async fn delete_plugin(&self, key: String) -> Result<(), ShellError> {

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::attempt::{Action, Plan, PluginCall, Report, Request};
 use crate::clock;
 use crate::core::lookahead::Lookahead;
-use crate::core::units::Units;
+use crate::core::units::{UNITS, Units, unit_of};
 use crate::core::{
     Effect, End, FailReason, GateId, GateStatus, Input, Outcome, QueuedTask, Scheduler, TaskId,
     Timestamp, Tuning,
@@ -50,7 +50,7 @@ mod units;
 pub use crate::store::Notice;
 use commands::queued_of;
 use handle::Reply;
-pub use handle::{Command, Handle};
+pub use handle::{Command, Handle, UnitsOrder};
 pub use leases::Callback;
 use release::Spacer;
 pub use release::{Grant, Released};
@@ -383,6 +383,9 @@ pub fn spawn_linked(
                     ready: ready.clone(),
                     deadline: options.deadline.clone(),
                     heard,
+                    drops: Arc::new(
+                        [const { std::sync::atomic::AtomicU64::new(0) }; UNITS as usize],
+                    ),
                 };
                 let result = runner
                     .run(&mut commands_rx, reports_rx, permits_rx, &mut shutdown)
@@ -424,6 +427,9 @@ struct Runner {
     /// Where other nodes' creates into this engine's gates are heard of
     /// (a store with several writers; `None` with redb, or while lost).
     heard: Option<Box<dyn Heard>>,
+    /// How often each unit was dropped: what was admitted before a drop
+    /// never leaves after it (`Runner::may_leave`).
+    drops: Arc<[std::sync::atomic::AtomicU64; UNITS as usize]>,
 }
 
 /// The shell's logic without its I/O loop: it owns the core and every write to

@@ -118,6 +118,11 @@ impl Runner {
                 // Whatever the attempt still waited for, it waits no more.
                 self.asks.remove(&report.task);
             }
+            // Changes to the units come after the turn: each writes (and
+            // waits for) its own commit.
+            let (orders, batch_commands): (Vec<Command>, Vec<Command>) = batch_commands
+                .into_iter()
+                .partition(|c| matches!(c, Command::Units { .. }));
             let (began, commands, reports) =
                 (clock::instant(), batch_commands.len(), batch_reports.len());
             let plans = self
@@ -138,10 +143,73 @@ impl Runner {
                 );
             }
             self.release(plans);
+            for order in orders {
+                if let Command::Units { order, reply } = order {
+                    let done = self.order(order);
+                    let answer = match &done {
+                        Ok(n) => Ok(*n),
+                        Err(e) => Err(ShellError::Invalid {
+                            at: None,
+                            message: format!("the store failed: {e}"),
+                        }),
+                    };
+                    let _ = reply.send(answer);
+                    // A failed adopt leaves the engine half way: stop it.
+                    done?;
+                }
+            }
             if grace_until.is_some() && self.engine.running() == 0 {
                 tracing::info!("all attempts settled; driver stopped");
                 return Ok(());
             }
+        }
+    }
+
+    /// Applies a change to the units the engine runs (`UnitsOrder`).
+    fn order(&mut self, order: UnitsOrder) -> Result<usize, StoreError> {
+        let now = clock::now();
+        match order {
+            UnitsOrder::Adopt(units, start) => {
+                // Listening first, as at boot: a create committed after
+                // this is heard of, one before it is read by the adopt.
+                let heard = self.engine.store.listen(self.engine.loaded.with(units))?;
+                self.engine.adopt(now, units, start)?;
+                if heard.is_some() {
+                    self.heard = heard;
+                }
+                Ok(0)
+            }
+            UnitsOrder::Stop(units) => {
+                self.engine.stop_units(now, units);
+                Ok(0)
+            }
+            UnitsOrder::Busy(units) => Ok(self.engine.busy(units)),
+            UnitsOrder::Drop(units) => {
+                // First: what waits for its slot time must not leave.
+                for unit in units.iter() {
+                    if let Some(drops) = self.drops.get(unit as usize) {
+                        drops.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                self.engine.drop_units(now, units);
+                Ok(0)
+            }
+        }
+    }
+
+    /// Whether what the gate named `gate` admits now may still leave when
+    /// its time comes: its unit has not been dropped since (even if it was
+    /// adopted again: the new run's bucket started empty without it).
+    /// Checked right before sending.
+    fn may_leave(&self, gate: Option<&str>) -> impl Fn() -> bool + Send + 'static {
+        let drops = self.drops.clone();
+        let unit = gate.map(|gate| unit_of(gate, UNITS) as usize);
+        let seen = unit
+            .and_then(|u| drops.get(u))
+            .map(|d| d.load(Ordering::Acquire));
+        move || match (unit.and_then(|u| drops.get(u)), seen) {
+            (Some(drops), Some(seen)) => drops.load(Ordering::Acquire) == seen,
+            _ => true,
         }
     }
 
@@ -159,14 +227,16 @@ impl Runner {
             let plugins = matches!(plan.action, Action::Plugin(_)).then(|| self.plugins.clone());
             let permits = self.permits.clone();
             let deadline = self.deadline.clone();
+            let may_leave = self.may_leave(Some(&plan.gate));
             self.runtime.spawn(async move {
                 if !after.is_zero() {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
                 }
                 spaced(spacing).await;
-                if deadline.as_ref().is_some_and(|d| !d.valid()) {
-                    // The lease ran out while this attempt waited: the next
-                    // owner runs it (its start is on record, so it is retried).
+                if deadline.as_ref().is_some_and(|d| !d.valid()) || !may_leave() {
+                    // The lease ran out (or the unit was handed over) while
+                    // this attempt waited: the next owner runs it (its
+                    // start is on record, so it is held, then retried).
                     return;
                 }
                 let run = async {
@@ -209,8 +279,11 @@ impl Runner {
             };
             let permits = self.permits.clone();
             let deadline = self.deadline.clone();
+            let gate = (self.engine.core.gate_of(task))
+                .and_then(|gate| self.engine.gate_names.get(&gate.0));
+            let may_leave = self.may_leave(gate.map(String::as_str));
             let answer = move || {
-                if deadline.is_some_and(|d| !d.valid()) {
+                if deadline.is_some_and(|d| !d.valid()) || !may_leave() {
                     // Dropping the reply refuses the request: the lease is gone.
                     return;
                 }

@@ -34,10 +34,7 @@ impl Engine {
         self.held = self.held.with(new);
         let store = self.store.clone();
         store.write(|tx| {
-            for gate in tx.gates()? {
-                if !new.has_gate(&gate.name) {
-                    continue;
-                }
+            for gate in tx.gates_in(new)? {
                 self.core.handle_input(
                     now,
                     Input::UpsertGate {
@@ -84,7 +81,17 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let now = turn.now;
         let mut interrupted = 0usize;
-        for id in turn.tx.running_tasks()? {
+        // Every unit: every running task, those of deleted gates too.
+        let running = if units == Units::ALL {
+            turn.tx.running_tasks()?
+        } else {
+            let gates: Vec<u32> = (self.gate_names.iter())
+                .filter(|(_, name)| units.has_gate(name))
+                .map(|(id, _)| *id)
+                .collect();
+            turn.tx.running_tasks_in(&gates)?
+        };
+        for id in running {
             let Some(task) = turn.task(id)? else {
                 turn.tx.set_running(id, false)?;
                 continue;

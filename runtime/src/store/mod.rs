@@ -17,7 +17,8 @@ mod write;
 pub use backup::{Copied, Offline, in_use, needs_repair};
 pub use check::Findings;
 pub use postgres::{
-    Listener as PgListener, PG_SCHEMA_VERSION, PgStore, Target as PgTarget, describe as pg_describe,
+    Fence, Listener as PgListener, PG_SCHEMA_VERSION, PgStore, Target as PgTarget,
+    describe as pg_describe,
 };
 pub use read::{KeyBacklog, TaskFilter};
 use read::{LIST_SCAN_LIMIT, cut_range, keyed_firsts};

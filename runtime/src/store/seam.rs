@@ -117,6 +117,15 @@ pub trait Writes {
 
     fn gates(&self) -> Result<Vec<GateRecord>>;
 
+    /// The gates of `units`, for an engine adopting them. PostgreSQL reads
+    /// only theirs (each row names its unit); redb has one engine, which
+    /// adopts every unit at once.
+    fn gates_in(&self, units: Units) -> Result<Vec<GateRecord>> {
+        let mut gates = self.gates()?;
+        gates.retain(|gate| units.has_gate(&gate.name));
+        Ok(gates)
+    }
+
     /// One gate's record, share-locked to the commit where several engines
     /// write (so a delete of it waits for a create into it, and the other
     /// way round), for a create into a gate another engine runs.
@@ -207,6 +216,15 @@ pub trait Writes {
     fn set_running(&mut self, task_id: u64, running: bool) -> Result<()>;
 
     fn running_tasks(&self) -> Result<Vec<u64>>;
+
+    /// The running tasks, at least those of the gates `gates`: PostgreSQL
+    /// gives only theirs (each task's row names its gate); redb, whose
+    /// running set names no gate, gives them all. The caller reads each
+    /// task's record anyway.
+    fn running_tasks_in(&self, gates: &[u32]) -> Result<Vec<u64>> {
+        let _ = gates;
+        self.running_tasks()
+    }
 
     fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>>;
 

@@ -41,8 +41,16 @@ fn check_on(conn: &Conn) -> Result<Findings> {
         }
     }
     let mut s = Stored::default();
-    for row in rows(conn, "SELECT name, record FROM gates", &[])? {
+    for row in rows(conn, "SELECT name, record, unit FROM gates", &[])? {
         found.gates += 1;
+        let (name, unit): (&str, Option<i32>) = (row.get(0), row.get(2));
+        if unit != Some(unit_column(name)) {
+            // The node running the unit would not see the gate.
+            found.problem(format!(
+                "gate {name:?} is stored in unit {unit:?}, its name puts it in {}",
+                unit_column(name)
+            ));
+        }
         match decode::<GateRecord>("gates", row.get::<_, &[u8]>(1)) {
             Ok(g) => {
                 s.gate_ids.insert(g.id);

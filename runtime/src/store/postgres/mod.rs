@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::core::units::Units;
+use crate::core::units::{UNITS, Units, unit_of};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
@@ -43,7 +43,7 @@ use write::PgTx;
 /// against an older build on a newer schema, as the redb file's does.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint NOT NULL);
-CREATE TABLE IF NOT EXISTS gates (name text PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS gates (name text PRIMARY KEY, record bytea NOT NULL, unit int);
 CREATE TABLE IF NOT EXISTS tasks (
     id bigint PRIMARY KEY, record bytea NOT NULL,
     gate_id int, finished_at bigint, running bool NOT NULL DEFAULT false);
@@ -77,10 +77,14 @@ CREATE TABLE IF NOT EXISTS replays (id text PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
     id text PRIMARY KEY, address text NOT NULL,
     started_at timestamptz NOT NULL DEFAULT now(),
-    heartbeat timestamptz NOT NULL DEFAULT now());
+    heartbeat timestamptz NOT NULL DEFAULT now(),
+    fence bigint NOT NULL DEFAULT 0, leaving bool NOT NULL DEFAULT false);
 CREATE TABLE IF NOT EXISTS ownership (
     scope text PRIMARY KEY, owner text, epoch bigint NOT NULL,
     expires_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS units (
+    unit int PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity');
 INSERT INTO meta VALUES ('next_gate_id', 1) ON CONFLICT DO NOTHING;
 INSERT INTO ownership VALUES ('gates', NULL, 0, '-infinity') ON CONFLICT DO NOTHING;
 ";
@@ -100,20 +104,32 @@ UPDATE tasks t SET finished_at = f.at
 DROP TABLE gate_tasks, running, finished;
 ";
 
+/// Schema 6 spreads the gates over the cluster's units (`core::units`): each
+/// unit is leased on its own (the table `units`, created above), every gate
+/// row names its unit (so a node adopting units reads only their gates), and
+/// the fence moves to the node (`nodes.fence`, `cluster::units`). The units
+/// of gate rows already there are filled in by `fill_gate_units`.
+const UPGRADE_TO_6: &str = "
+ALTER TABLE nodes ADD COLUMN IF NOT EXISTS fence bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS leaving bool NOT NULL DEFAULT false;
+ALTER TABLE gates ADD COLUMN IF NOT EXISTS unit int;
+";
+
 /// The indexes on those columns (after an upgrade has added them).
-const TASK_INDEXES: &str = "
+const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS tasks_by_gate ON tasks (gate_id, id);
 CREATE INDEX IF NOT EXISTS tasks_running ON tasks (id) WHERE running;
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at, id)
     WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS gates_by_unit ON gates (unit);
 ";
 
 /// The PostgreSQL schema version this build writes. 2 added `nodes` and
 /// `ownership` (the cluster), 3 `pending_keyed` and `coalesce`, 4 writes task
 /// records in the binary encoding (JSON ones still read), 5 moved three
-/// index tables into columns of `tasks` (`UPGRADE_TO_5`); older schemas are
-/// upgraded in place.
-pub const PG_SCHEMA_VERSION: u64 = 5;
+/// index tables into columns of `tasks` (`UPGRADE_TO_5`), 6 added the units
+/// (`UPGRADE_TO_6`); older schemas are upgraded in place.
+pub const PG_SCHEMA_VERSION: u64 = 6;
 
 /// A transaction left idle this long (its node paused, or cut off from
 /// the database) is ended by PostgreSQL, so the locks it holds (the share
@@ -132,10 +148,23 @@ pub struct PgStore {
     schema: String,
     writer: Mutex<Conn>,
     readers: Arc<Mutex<Vec<Conn>>>,
-    /// When set, the node and epoch under which this store may write: every
-    /// write transaction first checks (and share-locks) the ownership row,
-    /// so a node whose lease was taken over writes nothing.
-    fence: Mutex<Option<(String, u64)>>,
+    /// When set, under whose authority this store may write: every write
+    /// transaction first checks (and share-locks) the fence's row, so a node
+    /// whose lease was taken over writes nothing.
+    fence: Mutex<Option<Fence>>,
+}
+
+/// What a node's writes carry, so that once another node has taken over
+/// from it, none of them commits (`cluster`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// The single lease on every gate: `ownership('gates')` names `node`
+    /// under `epoch`.
+    Lease { node: String, epoch: u64 },
+    /// The node's own fence (`nodes.fence`, schema 6), which a node taking
+    /// over any of its units after a lapse raises: one row to check per
+    /// transaction, however many units the node holds.
+    Node { node: String, generation: u64 },
 }
 
 /// A connection with the statements it has prepared: each SQL text is
@@ -345,9 +374,9 @@ impl PgStore {
         }
     }
 
-    /// From now on every write transaction runs only while `node` holds
-    /// the gates under `epoch` (see `cluster`); `None` lifts the check.
-    pub fn set_fence(&self, fence: Option<(String, u64)>) {
+    /// From now on every write transaction runs only while `fence` holds
+    /// (see `cluster`); `None` lifts the check.
+    pub fn set_fence(&self, fence: Option<Fence>) {
         if let Ok(mut held) = self.fence.lock() {
             *held = fence;
         }
@@ -390,8 +419,14 @@ impl PgStore {
                 Some(PG_SCHEMA_VERSION) => {}
                 Some(found) if found < PG_SCHEMA_VERSION => {
                     // The tables above were created if missing: the upgrade.
+                    if found < 6 {
+                        refuse_live_nodes(client, found)?;
+                    }
                     if found < 5 {
                         wait(client.batch_execute(UPGRADE_TO_5))?;
+                    }
+                    if found < 6 {
+                        wait(client.batch_execute(UPGRADE_TO_6))?;
                     }
                     wait(client.execute(
                         "UPDATE meta SET value = $1 WHERE key = 'schema_version'",
@@ -405,8 +440,9 @@ impl PgStore {
                     )));
                 }
             }
-            wait(client.batch_execute(TASK_INDEXES))?;
-            Ok(())
+            wait(client.batch_execute(INDEXES))?;
+            seed_units(client)?;
+            fill_gate_units(client)
         })
     }
 
@@ -467,12 +503,70 @@ fn connect(runtime: &tokio::runtime::Runtime, target: &Target, schema: &str) -> 
     }
 }
 
+/// An upgrade to schema 6 changes who may write (the fence moves from the
+/// single lease to the node): nodes of the older build must be stopped
+/// first, so none writes beside this one under the old rules.
+fn refuse_live_nodes(client: &Client, found: u64) -> Result<()> {
+    let live: i64 = wait(client.query_one(
+        "SELECT count(*) FROM nodes WHERE heartbeat > now() - interval '10 seconds'",
+        &[],
+    ))?
+    .get(0);
+    if live == 0 {
+        return Ok(());
+    }
+    Err(StoreError::Postgres(format!(
+        "{live} node(s) of schema {found} beat in the last 10 s: stop every node before \
+         upgrading the schema to {PG_SCHEMA_VERSION}, then start the new build"
+    )))
+}
+
+/// One row per unit, vacant, and the number of units written down: a build
+/// with another number would spread the gates differently, so it is refused.
+fn seed_units(client: &Client) -> Result<()> {
+    let units = i64::from(UNITS);
+    let stored: i64 = wait(client.query_one(
+        "INSERT INTO meta VALUES ('units', $1) ON CONFLICT (key) \
+         DO UPDATE SET value = meta.value RETURNING value",
+        &[&units],
+    ))?
+    .get(0);
+    if stored != units {
+        return Err(StoreError::Postgres(format!(
+            "the database spreads the gates over {stored} units, this build over {units}"
+        )));
+    }
+    wait(client.execute(
+        "INSERT INTO units (unit) SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
+        &[&(UNITS as i32)],
+    ))?;
+    Ok(())
+}
+
+/// Names the unit of every gate row that has none (written before schema 6).
+fn fill_gate_units(client: &Client) -> Result<()> {
+    let unnamed = wait(client.query("SELECT name FROM gates WHERE unit IS NULL", &[]))?;
+    for row in unnamed {
+        let name: &str = row.get(0);
+        wait(client.execute(
+            "UPDATE gates SET unit = $2 WHERE name = $1",
+            &[&name, &unit_column(name)],
+        ))?;
+    }
+    Ok(())
+}
+
+/// The `unit` column of the gate named `name`.
+fn unit_column(name: &str) -> i32 {
+    unit_of(name, UNITS) as i32
+}
+
 impl Backend for PgStore {
     fn transact(&self, f: &mut dyn FnMut(&mut dyn Writes) -> Result<()>) -> Result<()> {
         let fence = self.fence.lock().ok().and_then(|f| f.clone());
         self.write_client(|conn| {
-            if let Some((node, epoch)) = &fence {
-                check_fence(conn, node, *epoch)?;
+            if let Some(fence) = &fence {
+                check_fence(conn, fence)?;
             }
             let mut tx = PgTx::new(conn);
             f(&mut tx)?;
@@ -532,22 +626,30 @@ impl Backend for PgStore {
     }
 }
 
-/// Whether `node` still holds the gates under `epoch`. The row stays
-/// key-share-locked to the end of the transaction, so a takeover (which
-/// locks it for update first) waits for this commit: either the commit
-/// lands before the takeover, whose owner then reads it, or it never lands.
-/// A renewal (a plain update of the expiry) does not wait for it.
-fn check_fence(conn: &Conn, node: &str, epoch: u64) -> Result<()> {
-    let held: Option<i64> = one(
-        conn,
-        "SELECT epoch FROM ownership WHERE scope = 'gates' AND owner = $1 FOR KEY SHARE",
-        &[&node],
-    )?
-    .map(|row| row.get(0));
-    if held.map(unbig) == Some(epoch) {
+/// Whether `fence` still holds: `node` holds the gates under `epoch`, or
+/// its own fence is still at `generation`. The row stays key-share-locked
+/// to the end of the transaction, so a takeover (which locks it for update
+/// first) waits for this commit: either the commit lands before the
+/// takeover, whose owner then reads it, or it never lands. A renewal or a
+/// heartbeat (plain updates of other columns) does not wait for it.
+fn check_fence(conn: &Conn, fence: &Fence) -> Result<()> {
+    let (sql, node, expected) = match fence {
+        Fence::Lease { node, epoch } => (
+            "SELECT epoch FROM ownership WHERE scope = 'gates' AND owner = $1 FOR KEY SHARE",
+            node,
+            *epoch,
+        ),
+        Fence::Node { node, generation } => (
+            "SELECT fence FROM nodes WHERE id = $1 FOR KEY SHARE",
+            node,
+            *generation,
+        ),
+    };
+    let held: Option<i64> = one(conn, sql, &[node])?.map(|row| row.get(0));
+    if held.map(unbig) == Some(expected) {
         Ok(())
     } else {
-        Err(StoreError::Fenced { epoch })
+        Err(StoreError::Fenced { epoch: expected })
     }
 }
 

@@ -284,10 +284,27 @@ impl Writes for PgTx<'_> {
         Ok(())
     }
 
+    fn gates_in(&self, units: Units) -> Result<Vec<GateRecord>> {
+        let units: Vec<i32> = units.iter().map(|u| u as i32).collect();
+        records(
+            "gates",
+            rows(
+                self.read()?,
+                "SELECT record FROM gates WHERE unit = ANY($1)",
+                &[&units],
+            )?,
+        )
+    }
+
     fn put_gate(&mut self, gate: &GateRecord) -> Result<()> {
         self.send(
-            "INSERT INTO gates VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
-            vec![Box::new(gate.name.clone()), Box::new(encode(gate))],
+            "INSERT INTO gates (name, record, unit) VALUES ($1, $2, $3) ON CONFLICT (name) \
+             DO UPDATE SET record = EXCLUDED.record, unit = EXCLUDED.unit",
+            vec![
+                Box::new(gate.name.clone()),
+                Box::new(encode(gate)),
+                Box::new(unit_column(&gate.name)),
+            ],
         );
         Ok(())
     }
@@ -542,6 +559,16 @@ impl Writes for PgTx<'_> {
             self.read()?,
             "SELECT id FROM tasks WHERE running ORDER BY id",
             &[],
+        )?;
+        Ok(found.iter().map(|row| unbig(row.get(0))).collect())
+    }
+
+    fn running_tasks_in(&self, gates: &[u32]) -> Result<Vec<u64>> {
+        let gates: Vec<i32> = gates.iter().map(|g| *g as i32).collect();
+        let found = rows(
+            self.read()?,
+            "SELECT id FROM tasks WHERE running AND gate_id = ANY($1) ORDER BY id",
+            &[&gates],
         )?;
         Ok(found.iter().map(|row| unbig(row.get(0))).collect())
     }

@@ -1,0 +1,372 @@
+//! Leases per unit (schema 6): the database's half of spreading the gates
+//! over the nodes (`core::units` has the rules, `docs/cluster-spread.md`
+//! the plan). Each of the `UNITS` rows of `units` is a lease of its own,
+//! with the same rules as the single lease above (`core::lease`): an owner,
+//! an epoch that grows with every takeover, an expiry on the database's
+//! clock. What changes is the fence: it is the node's (`nodes.fence`), so
+//! an engine's transaction checks one row however many units it runs.
+//!
+//! - **Renewal is joint**: one statement renews every unit the node holds,
+//!   and the node's one deadline (`Terms::hold` after the renewal was sent)
+//!   moves only if every unit it holds came back. A live node loses units
+//!   against its will only all at once (a lapse), so one deadline is
+//!   enough.
+//! - **A takeover of a lapsed unit raises the last owner's fence**, after
+//!   locking its node row for update: that waits for a write transaction of
+//!   the last owner still in progress (each holds the row key-share-locked,
+//!   `store::postgres::check_fence`), so its commit either lands before the
+//!   takeover or never.
+//! - **A handover fences nobody**: the owner stops sending for the unit and
+//!   commits that before it releases the row.
+//!
+//! The server does not use these yet; one node still holds every gate
+//! under the single lease.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Cluster, deadline, lease_ms};
+use crate::clock::{self, Deadline};
+use crate::core::units::{Moves, UNITS, UnitView, Units, fnv1a, plan_moves};
+use crate::store::StoreError;
+
+/// The units a node holds: the epoch of each, and their one deadline.
+#[derive(Debug, Default)]
+pub(super) struct Spread {
+    held: BTreeMap<u32, u64>,
+    deadline: Arc<Deadline>,
+}
+
+/// A unit taken over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acquired {
+    pub unit: u32,
+    pub epoch: u64,
+    /// The unit had lapsed under this very node, whose fence is now raised:
+    /// its engine's writes are refused from here on, and it must start a
+    /// new one under `Cluster::node_fence`.
+    pub fenced_me: bool,
+}
+
+/// What one joint renewal found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    /// The units still held, under `deadline`.
+    pub held: Units,
+    /// Units held before and taken over since (each after a lapse): the
+    /// node's engine was fenced, and sends nothing more for any unit.
+    pub lost: Units,
+    /// Units the database had as this node's but the node did not know it
+    /// held (an acquire whose answer was lost): released at once.
+    pub released: Units,
+}
+
+fn units_column(units: Units) -> Vec<i32> {
+    units.iter().map(|u| u as i32).collect()
+}
+
+fn set_of(units: impl IntoIterator<Item = u32>) -> Units {
+    units
+        .into_iter()
+        .fold(Units::NONE, |set, u| set.with(Units::one(u)))
+}
+
+impl Cluster {
+    /// This node's fence as it is now: the generation its engine's writes
+    /// must carry (`store::Fence::Node`).
+    pub async fn node_fence(&self) -> Result<u64, StoreError> {
+        let id = self.id.clone();
+        let fence: Option<i64> = self
+            .with_client(async |client| {
+                let row = client
+                    .query_opt("SELECT fence FROM nodes WHERE id = $1", &[&id])
+                    .await?;
+                Ok(row.map(|row| row.get(0)))
+            })
+            .await?;
+        fence
+            .map(|f| u64::try_from(f).unwrap_or(0))
+            .ok_or_else(|| StoreError::Postgres(format!("node {} is not in the list", self.id)))
+    }
+
+    /// The units this node holds, and the deadline they share.
+    pub fn units_held(&self) -> (Units, Arc<Deadline>) {
+        match self.spread.lock() {
+            Ok(spread) => (set_of(spread.held.keys().copied()), spread.deadline.clone()),
+            Err(_) => (Units::NONE, Arc::new(Deadline::default())),
+        }
+    }
+
+    /// Takes `unit` if it is vacant (never held, or handed over) or has
+    /// lapsed by the database's clock. `None` while a node holds it: this
+    /// one too, since a second epoch under the first would let both send.
+    pub async fn acquire_unit(&self, unit: u32) -> Result<Option<Acquired>, StoreError> {
+        if unit >= UNITS {
+            return Err(StoreError::Postgres(format!("there is no unit {unit}")));
+        }
+        let sent = clock::uptime();
+        let (id, lease_ms) = (self.id.clone(), lease_ms(&self.terms) as f64);
+        let column = unit as i32;
+        let taken = self
+            .with_client(async |client| {
+                client.batch_execute("BEGIN").await?;
+                let taken = take(client, &id, column, lease_ms).await;
+                let end = match taken {
+                    Ok(Some(_)) => "COMMIT",
+                    _ => "ROLLBACK",
+                };
+                client.batch_execute(end).await?;
+                taken
+            })
+            .await?;
+        let Some((epoch, previous)) = taken else {
+            return Ok(None);
+        };
+        let acquired = Acquired {
+            unit,
+            epoch,
+            fenced_me: previous.as_deref() == Some(self.id.as_str()),
+        };
+        if let Ok(mut spread) = self.spread.lock() {
+            if spread.held.is_empty() || acquired.fenced_me {
+                // Nothing else held (or all of it fenced): the deadline is
+                // this acquire's. With other units held it stays theirs,
+                // which is earlier than this unit's expiry.
+                for unit in std::mem::take(&mut spread.held).into_keys() {
+                    tracing::warn!(unit, "a unit lapsed under this node and was taken back");
+                }
+                spread.deadline.revoke();
+                spread.deadline = Arc::new(Deadline::default());
+                spread.deadline.extend_to(deadline(&self.terms, sent));
+            }
+            spread.held.insert(unit, epoch);
+        }
+        tracing::info!(node = %self.id, unit, epoch, "took over a unit");
+        Ok(Some(acquired))
+    }
+
+    /// Renews every unit this node holds, in one statement.
+    pub async fn renew_units(&self) -> Result<Renewal, StoreError> {
+        let sent = clock::uptime();
+        let (id, lease_ms) = (self.id.clone(), lease_ms(&self.terms) as f64);
+        let rows: Vec<(u32, u64)> = self
+            .with_client(async |client| {
+                let rows = client
+                    .query(
+                        "UPDATE units SET expires_at = now() + $2::float8 * interval '1 millisecond' \
+                         WHERE owner = $1 RETURNING unit, epoch",
+                        &[&id, &lease_ms],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|row| {
+                        let (unit, epoch): (i32, i64) = (row.get(0), row.get(1));
+                        (
+                            u32::try_from(unit).unwrap_or(u32::MAX),
+                            u64::try_from(epoch).unwrap_or(0),
+                        )
+                    })
+                    .collect())
+            })
+            .await?;
+        let (renewal, extras) = {
+            let mut spread = self
+                .spread
+                .lock()
+                .map_err(|_| StoreError::Postgres("cluster state poisoned".into()))?;
+            let back: BTreeMap<u32, u64> = rows.into_iter().collect();
+            let lost = set_of(
+                (spread.held.iter())
+                    .filter(|(unit, epoch)| back.get(unit) != Some(epoch))
+                    .map(|(unit, _)| *unit),
+            );
+            let extras = set_of(
+                (back.iter())
+                    .filter(|(unit, epoch)| spread.held.get(unit) != Some(epoch))
+                    .map(|(unit, _)| *unit),
+            );
+            if lost.is_empty() {
+                spread.deadline.extend_to(deadline(&self.terms, sent));
+            } else {
+                // Taken over after a lapse, so this node's fence was raised:
+                // everything it sends stops; what it still holds goes on
+                // under a new deadline, for its next engine.
+                tracing::warn!(lost = ?lost.iter().collect::<Vec<_>>(), "units were taken over");
+                spread.deadline.revoke();
+                spread.deadline = Arc::new(Deadline::default());
+                spread.held.retain(|unit, _| !lost.has(*unit));
+                if !spread.held.is_empty() {
+                    spread.deadline.extend_to(deadline(&self.terms, sent));
+                }
+            }
+            let renewal = Renewal {
+                held: set_of(spread.held.keys().copied()),
+                lost,
+                released: extras,
+            };
+            (renewal, extras)
+        };
+        if !extras.is_empty() {
+            self.release_rows(extras).await?;
+        }
+        Ok(renewal)
+    }
+
+    /// Hands `units` over at once: peers may take them without waiting for
+    /// a lapse. Call only once nothing more is sent for them, and that is
+    /// committed.
+    pub async fn release_units(&self, units: Units) -> Result<(), StoreError> {
+        if let Ok(mut spread) = self.spread.lock() {
+            spread.held.retain(|unit, _| !units.has(*unit));
+            if spread.held.is_empty() {
+                spread.deadline.revoke();
+            }
+        }
+        self.release_rows(units).await
+    }
+
+    async fn release_rows(&self, units: Units) -> Result<(), StoreError> {
+        let (id, column) = (self.id.clone(), units_column(units));
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "UPDATE units SET owner = NULL, expires_at = '-infinity' \
+                     WHERE owner = $1 AND unit = ANY($2)",
+                    &[&id, &column],
+                )
+                .await?;
+            client
+                .execute("SELECT pg_notify('sluice_units', '')", &[])
+                .await
+        })
+        .await?;
+        tracing::info!(units = ?units.iter().collect::<Vec<_>>(), "handed units over");
+        Ok(())
+    }
+
+    /// What this node should do at this beat (`core::units::plan_moves`),
+    /// from the rows and the live nodes as the database has them: nodes that
+    /// beat within a lease, are not leaving, and started a few seconds ago
+    /// (so a node that flaps is given nothing).
+    pub async fn plan_units(&self) -> Result<Moves, StoreError> {
+        let lease_ms = lease_ms(&self.terms) as f64;
+        let (rows, live) = self
+            .with_client(async |client| {
+                let rows = client
+                    .query(
+                        "SELECT unit, owner, owner IS NULL OR expires_at < now() \
+                         FROM units ORDER BY unit",
+                        &[],
+                    )
+                    .await?;
+                let live = client
+                    .query(
+                        "SELECT id FROM nodes \
+                         WHERE heartbeat > now() - $1::float8 * interval '1 millisecond' \
+                         AND NOT leaving AND started_at < now() - interval '3 seconds'",
+                        &[&lease_ms],
+                    )
+                    .await?;
+                let rows: Vec<(i32, Option<String>, bool)> = rows
+                    .iter()
+                    .map(|row| (row.get(0), row.get(1), row.get(2)))
+                    .collect();
+                let live: Vec<String> = live.iter().map(|row| row.get(0)).collect();
+                Ok((rows, live))
+            })
+            .await?;
+        // Nodes by index, so the rules (which want `Copy` names) can run.
+        let mut names: Vec<String> = live.clone();
+        let mut index = |name: &str| match names.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                names.push(name.to_string());
+                names.len() - 1
+            }
+        };
+        let me = index(&self.id);
+        let mut views = vec![
+            UnitView {
+                owner: None,
+                free: true,
+            };
+            UNITS as usize
+        ];
+        for (unit, owner, free) in rows {
+            if let Some(view) = usize::try_from(unit).ok().and_then(|u| views.get_mut(u)) {
+                *view = UnitView {
+                    owner: owner.as_deref().map(&mut index),
+                    free,
+                };
+            }
+        }
+        let live: Vec<usize> = (0..live.len()).collect();
+        let hashes: Vec<u64> = names.iter().map(|n| fnv1a(n.as_bytes())).collect();
+        let mut moves = plan_moves(me, &views, &live, |n| hashes.get(n).copied().unwrap_or(0));
+        // Never ask for a unit already held: see `acquire_unit`.
+        let (held, _) = self.units_held();
+        moves.acquire.retain(|unit| !held.has(*unit));
+        Ok(moves)
+    }
+
+    /// Marks this node as leaving (a clean stop): peers plan without it.
+    pub async fn mark_leaving(&self) -> Result<(), StoreError> {
+        let id = self.id.clone();
+        self.with_client(async |client| {
+            client
+                .execute("UPDATE nodes SET leaving = true WHERE id = $1", &[&id])
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// The takeover, inside a transaction: `Some((epoch, previous owner))` if
+/// the unit was free and is now `id`'s.
+async fn take(
+    client: &tokio_postgres::Client,
+    id: &str,
+    unit: i32,
+    lease_ms: f64,
+) -> Result<Option<(u64, Option<String>)>, tokio_postgres::Error> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT owner, owner IS NULL OR expires_at < now() FROM units \
+             WHERE unit = $1 FOR UPDATE",
+            &[&unit],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (previous, free): (Option<String>, bool) = (row.get(0), row.get(1));
+    if !free {
+        return Ok(None);
+    }
+    if let Some(previous) = &previous {
+        // Lapsed: fence its owner. Locking the row for update waits for
+        // the owner's transaction in progress (it holds a key-share lock);
+        // the update alone would not (it changes no key).
+        client
+            .query_opt("SELECT 1 FROM nodes WHERE id = $1 FOR UPDATE", &[previous])
+            .await?;
+        client
+            .execute(
+                "UPDATE nodes SET fence = fence + 1 WHERE id = $1",
+                &[previous],
+            )
+            .await?;
+    }
+    let epoch: i64 = client
+        .query_one(
+            "UPDATE units SET owner = $2, epoch = epoch + 1, \
+             expires_at = now() + $3::float8 * interval '1 millisecond' \
+             WHERE unit = $1 RETURNING epoch",
+            &[&unit, &id, &lease_ms],
+        )
+        .await?
+        .get(0);
+    Ok(Some((u64::try_from(epoch).unwrap_or(0), previous)))
+}
