@@ -49,7 +49,7 @@ pub use crate::core::lease::Terms;
 
 mod units;
 
-pub use units::{Acquired, Renewal};
+pub use units::{Acquired, Balanced, Renewal};
 
 fn deadline(terms: &Terms, sent: clock::Uptime) -> clock::Uptime {
     sent.plus(terms.hold())

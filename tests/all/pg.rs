@@ -192,6 +192,20 @@ impl PgServer {
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// A plain client of this server, its `search_path` set to `schema`:
+    /// what a test does behind the store's back.
+    pub async fn client(&self, schema: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("SET search_path TO {schema}"))
+            .await
+            .expect("search_path");
+        client
+    }
 }
 
 impl Drop for PgServer {

@@ -112,14 +112,7 @@ async fn a_node_does_not_start_beside_a_server_from_before_clusters() {
         .await
         .expect("joined")
         .expect("the schema is created");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-        .batch_execute("SET search_path TO sluice")
-        .await
-        .expect("search_path");
+    let client = pg.client("sluice").await;
     // As the old server did; the store just closed may still hold its
     // shared lock for a moment.
     let start = sluice::clock::instant();
@@ -229,15 +222,9 @@ async fn check_finds_a_lost_index_entry_in_postgres() {
     assert!(said.contains("no problems"), "{said}");
 
     let lost = crate::ops::task_number(waiting["id"].as_str().expect("id"));
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = pg.client("sluice").await;
     let deleted = client
-        .execute(
-            "DELETE FROM sluice.pending WHERE task_id = $1",
-            &[&(lost as i64)],
-        )
+        .execute("DELETE FROM pending WHERE task_id = $1", &[&(lost as i64)])
         .await
         .expect("delete");
     assert_eq!(deleted, 1);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::cluster::{Acquired, Cluster, Terms};
-use sluice::core::units::{ACQUIRE_PER_BEAT, UNITS, Units, fnv1a, owner_of};
+use sluice::core::units::{ACQUIRE_PER_BEAT, UNITS, Units, fnv1a, owner_of, unit_of};
 use sluice::store::{Backend, Fence, PgStore, StoreError};
 
 use crate::pg::PgServer;
@@ -77,18 +77,6 @@ impl Node {
     }
 }
 
-async fn sql(url: &str, schema: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("SET search_path TO {schema}"))
-        .await
-        .expect("search_path");
-    client
-}
-
 /// Moves `unit`'s expiry into the past: its owner was paused past it.
 async fn lapse(db: &tokio_postgres::Client, unit: u32) {
     let n = db
@@ -115,7 +103,7 @@ async fn a_unit_has_one_owner_and_a_takeover_after_a_lapse_fences_the_last() {
         Node::join(&url, "leases").await,
         Node::join(&url, "leases").await,
     );
-    let db = sql(&url, "leases").await;
+    let db = pg.client("leases").await;
 
     let first = a.acquire(5).await.expect("vacant");
     assert_eq!((first.epoch, first.fenced_me), (1, false));
@@ -176,7 +164,7 @@ async fn a_takeover_waits_for_the_last_owners_commit_in_progress() {
         Node::join(&url, "waits").await,
         Node::join(&url, "waits").await,
     );
-    let db = sql(&url, "waits").await;
+    let db = pg.client("waits").await;
     a.acquire(7).await.expect("vacant");
     a.fence().await;
     let (entered_tx, entered) = std::sync::mpsc::channel();
@@ -253,7 +241,7 @@ async fn a_renewal_keeps_the_units_and_tells_which_were_lost() {
         Node::join(&url, "renew").await,
         Node::join(&url, "renew").await,
     );
-    let db = sql(&url, "renew").await;
+    let db = pg.client("renew").await;
     for unit in [1, 2, 3] {
         a.acquire(unit).await.expect("vacant");
     }
@@ -311,7 +299,7 @@ async fn the_plan_follows_the_rendezvous_over_the_live_nodes() {
         Node::join(&url, "plan").await,
         Node::join(&url, "plan").await,
     ];
-    let db = sql(&url, "plan").await;
+    let db = pg.client("plan").await;
     let ids: Vec<String> = nodes.iter().map(Node::id).collect();
     let owners = |live: &[usize]| -> Vec<Option<usize>> {
         (0..UNITS)
@@ -366,6 +354,7 @@ async fn the_plan_follows_the_rendezvous_over_the_live_nodes() {
 /// database at `url`, running `units`, admitting up to `lookahead` ahead.
 async fn running_engine(
     url: &str,
+    schema: &str,
     units: Units,
     lookahead: Duration,
 ) -> (
@@ -373,8 +362,8 @@ async fn running_engine(
     tokio::sync::watch::Sender<bool>,
     std::thread::JoinHandle<Result<(), StoreError>>,
 ) {
-    let url = url.to_string();
-    let store = tokio::task::spawn_blocking(move || PgStore::open_in(&url, "handover"))
+    let (url, schema) = (url.to_string(), schema.to_string());
+    let store = tokio::task::spawn_blocking(move || PgStore::open_in(&url, &schema))
         .await
         .expect("joined")
         .expect("open");
@@ -396,6 +385,29 @@ async fn running_engine(
     (handle, stop, thread)
 }
 
+/// A smooth gate (burst 1, no ramp, 1 s timeout) at `rate` to `sink`.
+fn smooth_gate(sink: &crate::support::Sink, rate: f64) -> sluice::model::GateSpec {
+    sluice::model::GateSpec {
+        rate: sluice::core::Rate::per_second(rate).expect("rate"),
+        burst: 1,
+        concurrency: 50,
+        allowed_hosts: vec![sink.host()],
+        timeout: Duration::from_secs(1),
+        retry: Default::default(),
+        recovery: sluice::core::Recovery {
+            start: 1.0,
+            over: Duration::from_secs(1),
+        },
+        circuit: None,
+        accept_next_from: Vec::new(),
+        signing_secrets: None,
+        quota_headers: false,
+        adaptive: None,
+        keys: None,
+        priority_aging: None,
+    }
+}
+
 /// A gate's unit goes from one running engine to another and back while
 /// the gate delivers 150 tasks at 50/s to a sink. The first handover
 /// drains (stop, wait until nothing is out, drop, adopt): no task arrives
@@ -413,28 +425,11 @@ async fn a_busy_unit_passes_between_two_engines_and_nothing_leaves_after_its_dro
     let url = pg.url();
     let sink = crate::support::Sink::start().await;
     let lookahead = Duration::from_millis(500);
-    let (a, a_stop, a_thread) = running_engine(&url, Units::ALL, lookahead).await;
-    let (b, b_stop, b_thread) = running_engine(&url, Units::NONE, lookahead).await;
-    let spec = sluice::model::GateSpec {
-        rate: sluice::core::Rate::per_second(50.0).expect("rate"),
-        burst: 1,
-        concurrency: 50,
-        allowed_hosts: vec![sink.host()],
-        timeout: Duration::from_secs(1),
-        retry: Default::default(),
-        recovery: sluice::core::Recovery {
-            start: 1.0,
-            over: Duration::from_secs(1),
-        },
-        circuit: None,
-        accept_next_from: Vec::new(),
-        signing_secrets: None,
-        quota_headers: false,
-        adaptive: None,
-        keys: None,
-        priority_aging: None,
-    };
-    a.put_gate("moving".into(), spec).await.expect("gate");
+    let (a, a_stop, a_thread) = running_engine(&url, "handover", Units::ALL, lookahead).await;
+    let (b, b_stop, b_thread) = running_engine(&url, "handover", Units::NONE, lookahead).await;
+    a.put_gate("moving".into(), smooth_gate(&sink, 50.0))
+        .await
+        .expect("gate");
     let unit = Units::of("moving");
     let now = sluice::clock::now();
     let tasks = (0..150)
@@ -517,6 +512,163 @@ async fn a_busy_unit_passes_between_two_engines_and_nothing_leaves_after_its_dro
     // Two owners at once would show about twice the rate; a few over
     // the bound are the sink's own timing on a busy machine.
     assert!(most <= 55, "{most} arrivals in one second at 50/s, burst 1");
+    for (stop, thread) in [(a_stop, a_thread), (b_stop, b_thread)] {
+        let _ = stop.send(true);
+        tokio::task::block_in_place(|| thread.join())
+            .expect("joined")
+            .expect("the engine stops cleanly");
+    }
+}
+
+/// The balance (`Cluster::balance`) on two running nodes. The first, alone,
+/// takes every unit, a few a beat; six gates get 100 tasks each at 20/s; a
+/// second node joins, and beat by beat the first hands it its share, one
+/// unit a beat, each stopped and drained before its row is released, while
+/// the gates deliver (each with a few attempts out, the sink answering in
+/// 150 ms). At the end each unit is held by its rendezvous owner, each
+/// moved once, every task arrived exactly once (without the drain, the
+/// attempts out at a drop arrive again: caught), and no gate's window
+/// broke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balance_spreads_busy_gates_over_two_nodes_one_unit_a_beat() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = crate::support::Sink::start().await;
+    // Slow answers: each gate has a few attempts out at any time, which a
+    // handover must wait for (or they would be held, then sent again).
+    sink.behave(|_, _| crate::support::Reply::ok().delayed(Duration::from_millis(150)));
+    let drain = Duration::from_secs(3);
+    let lookahead = Duration::from_millis(20);
+    // Both join now, but b counts as live only later (a node is given
+    // units a few seconds after it starts).
+    let (a, b) = (
+        Node::join(&url, "balance").await,
+        Node::join(&url, "balance").await,
+    );
+    let (a_engine, a_stop, a_thread) =
+        running_engine(&url, "balance", Units::NONE, lookahead).await;
+    let db = pg.client("balance").await;
+    let settle = async |node: &Node| {
+        db.execute(
+            "UPDATE nodes SET started_at = now() - interval '1 minute' WHERE id = $1",
+            &[&node.id()],
+        )
+        .await
+        .expect("sql");
+    };
+    settle(&a).await;
+    for _ in 0..UNITS {
+        let beat = a.cluster.balance(&a_engine, drain).await.expect("beat");
+        assert!(beat.adopted.iter().count() <= ACQUIRE_PER_BEAT);
+        if a.cluster.units_held().0 == Units::ALL {
+            break;
+        }
+    }
+    assert_eq!(a.cluster.units_held().0, Units::ALL, "alone, a takes all");
+
+    // Three gates that stay with a, three that move to b.
+    let names = [a.id(), b.id()];
+    let desired = |gate: &str| {
+        owner_of(unit_of(gate, UNITS), &[0usize, 1], |i| {
+            fnv1a(names[i].as_bytes())
+        })
+    };
+    let pick = |owner: usize| {
+        (0..)
+            .map(|i| format!("spread-{i}"))
+            .filter(move |g| desired(g) == Some(owner))
+            .take(3)
+    };
+    let gates: Vec<String> = pick(0).chain(pick(1)).collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for gate in &gates {
+        a_engine
+            .put_gate(gate.clone(), smooth_gate(&sink, 20.0))
+            .await
+            .expect("gate");
+        let now = sluice::clock::now();
+        let tasks = (0..100)
+            .map(|_| crate::support::engine_task(gate, &sink.url(&format!("/{gate}")), now))
+            .collect();
+        for created in a_engine.create_tasks(tasks).await.expect("created") {
+            ids.insert(created.id.to_string());
+        }
+    }
+
+    let (b_engine, b_stop, b_thread) =
+        running_engine(&url, "balance", Units::NONE, lookahead).await;
+    settle(&b).await;
+    let (mut moved, mut quiet) = (Units::NONE, 0);
+    for _ in 0..4 * UNITS {
+        let x = a.cluster.balance(&a_engine, drain).await.expect("a's beat");
+        let y = b.cluster.balance(&b_engine, drain).await.expect("b's beat");
+        assert!(x.lost.is_empty() && y.lost.is_empty(), "{x:?} {y:?}");
+        assert!(x.adopted.is_empty(), "a takes nothing back: {x:?}");
+        assert!(y.handed_over.is_empty(), "b gives nothing back: {y:?}");
+        assert!(
+            moved.and(x.handed_over).is_empty(),
+            "a unit moved twice: {x:?}"
+        );
+        assert!(x.handed_over.iter().count() <= 1, "{x:?}");
+        moved = moved.with(x.handed_over);
+        if x.handed_over.is_empty() && y.adopted.is_empty() {
+            quiet += 1;
+            if quiet == 2 {
+                break;
+            }
+        } else {
+            quiet = 0;
+        }
+        // The gates deliver between beats (a second apart in a server).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = db
+        .query("SELECT unit, owner FROM units ORDER BY unit", &[])
+        .await
+        .expect("sql");
+    for row in rows {
+        let (unit, owner): (i32, Option<String>) = (row.get(0), row.get(1));
+        let unit = unit as u32;
+        let desired = owner_of(unit, &[0usize, 1], |i| fnv1a(names[i].as_bytes()));
+        assert_eq!(
+            owner.as_deref(),
+            desired.map(|i| names[i].as_str()),
+            "unit {unit}"
+        );
+        assert_eq!(moved.has(unit), desired == Some(1), "unit {unit} moved");
+    }
+    for gate in &gates {
+        assert_eq!(moved.has_gate(gate), desired(gate) == Some(1), "{gate}");
+    }
+
+    let mut hits = Vec::new();
+    for _ in 0..600 {
+        hits = sink.hits();
+        let delivered: std::collections::BTreeSet<&String> = hits.iter().map(|h| &h.task).collect();
+        if delivered.len() >= ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered: std::collections::BTreeSet<String> =
+        hits.iter().map(|h| h.task.clone()).collect();
+    assert!(
+        delivered == ids,
+        "{} of {} tasks delivered",
+        delivered.len(),
+        ids.len()
+    );
+    assert_eq!(hits.len(), ids.len(), "tasks arrived twice");
+    for gate in &gates {
+        let times: Vec<std::time::Instant> = (hits.iter())
+            .filter(|h| h.path == format!("/{gate}"))
+            .map(|h| h.at)
+            .collect();
+        let most = crate::support::max_in_window(&times, Duration::from_secs(1));
+        assert!(most <= 23, "{gate}: {most} in one second at 20/s, burst 1");
+    }
     for (stop, thread) in [(a_stop, a_thread), (b_stop, b_thread)] {
         let _ = stop.send(true);
         tokio::task::block_in_place(|| thread.join())

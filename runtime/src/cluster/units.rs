@@ -28,6 +28,7 @@ use std::sync::Arc;
 use super::{Cluster, deadline, lease_ms};
 use crate::clock::{self, Deadline};
 use crate::core::units::{Moves, UNITS, UnitView, Units, fnv1a, plan_moves};
+use crate::shell::{Handle, Start, UnitsOrder};
 use crate::store::StoreError;
 
 /// The units a node holds: the epoch of each, and their one deadline.
@@ -59,6 +60,19 @@ pub struct Renewal {
     /// Units the database had as this node's but the node did not know it
     /// held (an acquire whose answer was lost): released at once.
     pub released: Units,
+}
+
+/// What one beat of the balance did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balanced {
+    /// Taken over and adopted by the engine.
+    pub adopted: Units,
+    /// Stopped, drained, dropped and released.
+    pub handed_over: Units,
+    /// Taken from this node after a lapse (or taken back by it): its
+    /// engine is fenced and sends nothing more. Start a new one under
+    /// `Cluster::node_fence` that adopts what `Cluster::units_held` says.
+    pub lost: Units,
 }
 
 fn units_column(units: Units) -> Vec<i32> {
@@ -308,6 +322,60 @@ impl Cluster {
         let (held, _) = self.units_held();
         moves.acquire.retain(|unit| !held.has(*unit));
         Ok(moves)
+    }
+
+    /// One beat of the balance: renews the units held; takes the free units
+    /// this node should own (a few a beat) and has `engine` adopt them as a
+    /// takeover; hands over at most one it should not: `engine` stops it,
+    /// drains it (until nothing is out, or `drain` passes: what is still
+    /// out is the taker's to hold), drops it, and only then is its row
+    /// released. Units lost (see `Balanced::lost`) end the beat at once.
+    pub async fn balance(
+        &self,
+        engine: &Handle,
+        drain: std::time::Duration,
+    ) -> anyhow::Result<Balanced> {
+        let renewal = self.renew_units().await?;
+        let mut beat = Balanced {
+            lost: renewal.lost,
+            ..Balanced::default()
+        };
+        if !beat.lost.is_empty() {
+            return Ok(beat);
+        }
+        let moves = self.plan_units().await?;
+        for unit in moves.acquire {
+            match self.acquire_unit(unit).await {
+                Ok(Some(acquired)) if acquired.fenced_me => {
+                    beat.lost = beat.lost.with(Units::one(unit));
+                    return Ok(beat);
+                }
+                Ok(Some(_)) => beat.adopted = beat.adopted.with(Units::one(unit)),
+                Ok(None) => {}
+                // Another node's takeover in progress, say: next beat.
+                Err(e) => tracing::debug!(unit, error = %e, "could not take a unit"),
+            }
+        }
+        if !beat.adopted.is_empty() {
+            let adopt = UnitsOrder::Adopt(beat.adopted, Start::Takeover);
+            if let Err(e) = engine.units(adopt).await {
+                // The engine stopped: let the units go for others to take.
+                let _ = self.release_units(beat.adopted).await;
+                anyhow::bail!("the engine did not adopt units: {e}");
+            }
+        }
+        if let Some(unit) = moves.hand_over {
+            let one = Units::one(unit);
+            engine.units(UnitsOrder::Stop(one)).await?;
+            let until = clock::instant() + drain;
+            while engine.units(UnitsOrder::Busy(one)).await? > 0 && clock::instant() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            engine.units(UnitsOrder::Drop(one)).await?;
+            self.release_units(one).await?;
+            beat.handed_over = one;
+        }
+        Ok(beat)
     }
 
     /// Marks this node as leaving (a clean stop): peers plan without it.
