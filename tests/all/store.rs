@@ -855,4 +855,15 @@ fn postgres_schema_5_upgrades_once_its_nodes_are_stopped() {
     drop(pg);
     let again = PgStore::open_in(&url, "upgrade_5").expect("opened again");
     drop(again);
+    // A build that spread the gates over another number of units would
+    // put them in other units: refused.
+    pg_sql(
+        &url,
+        "SET search_path TO upgrade_5; UPDATE meta SET value = 32 WHERE key = 'units';",
+    );
+    let Err(refused) = PgStore::open_in(&url, "upgrade_5").map(drop) else {
+        panic!("opened with another number of units");
+    };
+    let refused = refused.to_string();
+    assert!(refused.contains("over 32 units"), "{refused}");
 }
