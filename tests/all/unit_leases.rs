@@ -282,6 +282,15 @@ async fn a_renewal_keeps_the_units_and_tells_which_were_lost() {
     let (held, deadline) = a.cluster.units_held();
     assert_eq!(held, renewal.held);
     assert!(deadline.valid(), "the rest goes on under a new deadline");
+
+    // Holding nothing for a while ends no deadline (the engine runs on):
+    // one deadline from the loss on, while renewals succeed.
+    a.cluster.release_units(held).await.expect("release");
+    a.cluster.renew_units().await.expect("renew nothing");
+    a.acquire(9).await.expect("vacant");
+    let (held, same) = a.cluster.units_held();
+    assert_eq!(held, Units::one(9));
+    assert!(Arc::ptr_eq(&deadline, &same) && same.valid());
 }
 
 /// The plan: a node takes a few of the free units the rendezvous gives it,

@@ -103,7 +103,11 @@ impl Cluster {
             .ok_or_else(|| StoreError::Postgres(format!("node {} is not in the list", self.id)))
     }
 
-    /// The units this node holds, and the deadline they share.
+    /// The units this node holds, and the deadline they share: one for
+    /// as long as no unit is lost (its engine's `Options::deadline`),
+    /// moved by every renewal, even of no unit (a node holding nothing has
+    /// nothing to guard, and its engine keeps running); a loss revokes it
+    /// and starts the next.
     pub fn units_held(&self) -> (Units, Arc<Deadline>) {
         match self.spread.lock() {
             Ok(spread) => (set_of(spread.held.keys().copied()), spread.deadline.clone()),
@@ -142,15 +146,19 @@ impl Cluster {
             fenced_me: previous.as_deref() == Some(self.id.as_str()),
         };
         if let Ok(mut spread) = self.spread.lock() {
-            if spread.held.is_empty() || acquired.fenced_me {
-                // Nothing else held (or all of it fenced): the deadline is
-                // this acquire's. With other units held it stays theirs,
-                // which is earlier than this unit's expiry.
+            if acquired.fenced_me {
+                // Everything this node's engine held is fenced: the next
+                // engine starts under a new deadline.
                 for unit in std::mem::take(&mut spread.held).into_keys() {
                     tracing::warn!(unit, "a unit lapsed under this node and was taken back");
                 }
                 spread.deadline.revoke();
                 spread.deadline = Arc::new(Deadline::default());
+            }
+            if spread.held.is_empty() {
+                // Nothing else held: the deadline may move up to this
+                // acquire's. With other units held it stays theirs, which
+                // is earlier than this unit's expiry.
                 spread.deadline.extend_to(deadline(&self.terms, sent));
             }
             spread.held.insert(unit, epoch);
@@ -232,10 +240,9 @@ impl Cluster {
     /// committed.
     pub async fn release_units(&self, units: Units) -> Result<(), StoreError> {
         if let Ok(mut spread) = self.spread.lock() {
+            // The deadline stays: it guards only what is held, and the
+            // engine (which sends nothing more for these) goes on.
             spread.held.retain(|unit, _| !units.has(*unit));
-            if spread.held.is_empty() {
-                spread.deadline.revoke();
-            }
         }
         self.release_rows(units).await
     }
