@@ -146,15 +146,10 @@ impl Runner {
             for order in orders {
                 if let Command::Units { order, reply } = order {
                     let done = self.order(order);
-                    let answer = match &done {
-                        Ok(n) => Ok(*n),
-                        Err(e) => Err(ShellError::Invalid {
-                            at: None,
-                            message: format!("the store failed: {e}"),
-                        }),
-                    };
-                    let _ = reply.send(answer);
-                    // A failed adopt leaves the engine half way: stop it.
+                    // A failed adopt leaves the engine half way: it stops
+                    // (and whoever asked starts another).
+                    let _ =
+                        reply.send(done.as_ref().map_err(|_| ShellError::ShuttingDown).copied());
                     done?;
                 }
             }
