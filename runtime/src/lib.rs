@@ -13,15 +13,16 @@
 //!    and report between the shell and the executors.
 //! 4. `dispatch`: webhook attempts, the outgoing-address guard.
 //! 5. `plugin`: the WebAssembly host, whose requests go out through `dispatch`.
-//! 6. `shell` `cluster`: the engine and its runner: every write, the core's
-//!    effects; who owns the gates when several nodes share PostgreSQL.
-//! 7. `api`: the REST API, its wire format and the dashboard.
-//! 8. `config` `client`: settings from flags, environment and file; the
+//! 6. `shell`: the engine and its runner: every write, the core's effects.
+//! 7. `cluster`: who owns which gates when several nodes share PostgreSQL,
+//!    and the balance that hands units to and from the engine.
+//! 8. `api`: the REST API, its wire format and the dashboard.
+//! 9. `config` `client`: settings from flags, environment and file; the
 //!    typed client of the REST API that the CLI, the bench and the tests use.
-//! 9. `server`: wiring a running server together.
-//! 10. `bench` `fuzzing`: `sluice bench`; the properties the fuzz targets
+//! 10. `server`: wiring a running server together.
+//! 11. `bench` `fuzzing`: `sluice bench`; the properties the fuzz targets
 //!     check, which the tests also run over the fuzz seeds.
-//! 11. `cli`: the command line.
+//! 12. `cli`: the command line.
 
 pub mod api;
 pub mod attempt;
