@@ -316,11 +316,10 @@ async fn the_store_speaks_tls_to_postgres_and_verifies_the_server() {
 /// units, as two nodes of a cluster will.
 mod engines {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use sluice::core::units::{UNITS, Units, unit_of};
-    use sluice::core::{Rate, Timestamp, Tuning};
-    use sluice::model::{GateSpec, NewTask, PluginCall, Target};
+    use sluice::core::{Timestamp, Tuning};
+    use sluice::model::{NewTask, PluginCall, Target};
     use sluice::shell::{Command, Created, Engine, ShellError, Start};
     use sluice::store::{Backend, PgStore};
 
@@ -328,9 +327,7 @@ mod engines {
 
     /// The lower or the upper half of the units.
     pub fn half(upper: bool) -> Units {
-        (0..UNITS)
-            .filter(|u| (*u >= UNITS / 2) == upper)
-            .fold(Units::NONE, |set, u| set.with(Units::one(u)))
+        (0..UNITS).filter(|u| (*u >= UNITS / 2) == upper).collect()
     }
 
     /// A gate name in that half.
@@ -354,22 +351,7 @@ mod engines {
 
     /// Puts gate `name` (a fast one) through `engine`.
     pub fn put_gate(engine: &mut Engine, at: Timestamp, name: &str) {
-        let spec = GateSpec {
-            rate: Rate::per_second(1_000.0).expect("rate"),
-            burst: 1_000,
-            concurrency: 2_000,
-            allowed_hosts: vec!["127.0.0.1:9".into()],
-            timeout: Duration::from_secs(5),
-            retry: Default::default(),
-            recovery: Default::default(),
-            circuit: None,
-            accept_next_from: Vec::new(),
-            signing_secrets: None,
-            quota_headers: false,
-            adaptive: None,
-            keys: None,
-            priority_aging: None,
-        };
+        let spec = crate::support::engine_gate(1_000.0, 1_000, 2_000, "127.0.0.1:9".into());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let put = Command::PutGate {
             name: name.to_string(),

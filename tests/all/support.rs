@@ -479,6 +479,33 @@ pub fn webhook_task(gate: &str, url: &str) -> Value {
     json!({ "gate": gate, "webhook": { "url": url, "body": { "hello": "world" } } })
 }
 
+/// A gate's spec for the tests that drive an engine directly: `rate`,
+/// `burst` and `concurrency` to `host`, a 5 s timeout, and every other
+/// setting at its default (change fields with `..` where a test needs to).
+pub fn engine_gate(
+    rate: f64,
+    burst: u32,
+    concurrency: u32,
+    host: String,
+) -> sluice::model::GateSpec {
+    sluice::model::GateSpec {
+        rate: sluice::core::Rate::per_second(rate).expect("rate"),
+        burst,
+        concurrency,
+        allowed_hosts: vec![host],
+        timeout: Duration::from_secs(5),
+        retry: Default::default(),
+        recovery: Default::default(),
+        circuit: None,
+        accept_next_from: Vec::new(),
+        signing_secrets: None,
+        quota_headers: false,
+        adaptive: None,
+        keys: None,
+        priority_aging: None,
+    }
+}
+
 /// A webhook task to `url` in `gate`, due at `due`, with every default: what
 /// the tests that drive an engine directly hand it to create.
 pub fn engine_task(gate: &str, url: &str, due: sluice::core::Timestamp) -> sluice::model::NewTask {

@@ -397,23 +397,12 @@ async fn running_engine(
 /// A smooth gate (burst 1, no ramp, 1 s timeout) at `rate` to `sink`.
 fn smooth_gate(sink: &crate::support::Sink, rate: f64) -> sluice::model::GateSpec {
     sluice::model::GateSpec {
-        rate: sluice::core::Rate::per_second(rate).expect("rate"),
-        burst: 1,
-        concurrency: 50,
-        allowed_hosts: vec![sink.host()],
         timeout: Duration::from_secs(1),
-        retry: Default::default(),
         recovery: sluice::core::Recovery {
             start: 1.0,
             over: Duration::from_secs(1),
         },
-        circuit: None,
-        accept_next_from: Vec::new(),
-        signing_secrets: None,
-        quota_headers: false,
-        adaptive: None,
-        keys: None,
-        priority_aging: None,
+        ..crate::support::engine_gate(rate, 1, 50, sink.host())
     }
 }
 

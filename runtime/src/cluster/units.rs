@@ -79,12 +79,6 @@ fn units_column(units: Units) -> Vec<i32> {
     units.iter().map(|u| u as i32).collect()
 }
 
-fn set_of(units: impl IntoIterator<Item = u32>) -> Units {
-    units
-        .into_iter()
-        .fold(Units::NONE, |set, u| set.with(Units::one(u)))
-}
-
 impl Cluster {
     /// This node's fence as it is now: the generation its engine's writes
     /// must carry (`store::Fence::Node`).
@@ -110,7 +104,10 @@ impl Cluster {
     /// and starts the next.
     pub fn units_held(&self) -> (Units, Arc<Deadline>) {
         match self.spread.lock() {
-            Ok(spread) => (set_of(spread.held.keys().copied()), spread.deadline.clone()),
+            Ok(spread) => (
+                spread.held.keys().copied().collect(),
+                spread.deadline.clone(),
+            ),
             Err(_) => (Units::NONE, Arc::new(Deadline::default())),
         }
     }
@@ -198,16 +195,14 @@ impl Cluster {
                 .lock()
                 .map_err(|_| StoreError::Postgres("cluster state poisoned".into()))?;
             let back: BTreeMap<u32, u64> = rows.into_iter().collect();
-            let lost = set_of(
-                (spread.held.iter())
-                    .filter(|(unit, epoch)| back.get(unit) != Some(epoch))
-                    .map(|(unit, _)| *unit),
-            );
-            let extras = set_of(
-                (back.iter())
-                    .filter(|(unit, epoch)| spread.held.get(unit) != Some(epoch))
-                    .map(|(unit, _)| *unit),
-            );
+            let lost: Units = (spread.held.iter())
+                .filter(|(unit, epoch)| back.get(unit) != Some(epoch))
+                .map(|(unit, _)| *unit)
+                .collect();
+            let extras: Units = (back.iter())
+                .filter(|(unit, epoch)| spread.held.get(unit) != Some(epoch))
+                .map(|(unit, _)| *unit)
+                .collect();
             if lost.is_empty() {
                 spread.deadline.extend_to(deadline(&self.terms, sent));
             } else {
@@ -223,7 +218,7 @@ impl Cluster {
                 }
             }
             let renewal = Renewal {
-                held: set_of(spread.held.keys().copied()),
+                held: spread.held.keys().copied().collect(),
                 lost,
                 released: extras,
             };

@@ -95,6 +95,14 @@ impl Units {
     }
 }
 
+impl FromIterator<u32> for Units {
+    fn from_iter<I: IntoIterator<Item = u32>>(units: I) -> Units {
+        units
+            .into_iter()
+            .fold(Units::NONE, |set, u| set.with(Units::one(u)))
+    }
+}
+
 /// SplitMix64's finaliser: spreads a combined key over all 64 bits.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -199,6 +207,7 @@ mod tests {
         assert_eq!(set.and(Units::one(63).with(Units::one(5))), Units::one(63));
         assert_eq!(Units::ALL.iter().count(), UNITS as usize);
         assert!(Units::one(64).is_empty(), "no unit 64");
+        assert_eq!(set.iter().collect::<Units>(), set, "collected back");
     }
 
     #[test]
