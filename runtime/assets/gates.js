@@ -108,23 +108,25 @@ function totals(gates) {
   return parts;
 }
 
-/** In a cluster, its nodes and which one dispatches the gates. */
+/** In a cluster, its nodes and the units (so the gates) each dispatches. */
 function nodes(cluster) {
   if (cluster?.store !== 'postgres') return null;
+  const held = cluster.nodes.reduce((n, node) => n + (node.units?.length ?? 0), 0);
   const rows = cluster.nodes.map((n) => h('tr', { dataset: { node: n.id } },
     h('td', {}, h('code', {}, n.id)),
     h('td', {}, n.address ?? '—'),
     h('td', { class: 'num' }, `${decimal(n.last_heartbeat_s)} s ago`),
+    h('td', { class: 'num' }, count(n.units?.length ?? 0)),
     h('td', { class: 'num' }, count(n.gates_owned)),
-    h('td', {}, n.id === cluster.owner ? badge('owner') : 'standby')));
+    h('td', {}, n.id === cluster.node ? badge('this node') : '')));
   return h('section', { class: 'nodes', dataset: { section: 'nodes' } },
     h('h2', {}, 'Nodes'),
-    h('p', { class: 'summary' }, cluster.owner
-      ? `${count(cluster.nodes.length)} nodes; the gates are dispatched by ${cluster.owner}.`
-      : `${count(cluster.nodes.length)} nodes; no owner right now (a takeover is under way).`),
+    h('p', { class: 'summary' }, held === 64
+      ? `${count(cluster.nodes.length)} nodes; every unit of gates has an owner.`
+      : `${count(cluster.nodes.length)} nodes; ${count(64 - held)} of 64 units have no owner right now (a takeover is under way).`),
     h('div', { class: 'table-wrap' }, h('table', { class: 'nodes' },
       h('caption', { class: 'visually-hidden' }, 'The nodes of the cluster'),
-      h('thead', {}, h('tr', {}, ['Node', 'Address', 'Heartbeat', 'Gates', 'Role'].map((t) => h('th', { scope: 'col' }, t)))),
+      h('thead', {}, h('tr', {}, ['Node', 'Address', 'Heartbeat', 'Units', 'Gates', ''].map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', {}, rows))));
 }
 

@@ -90,6 +90,9 @@ pub struct Client {
 /// How long a call may take unless the caller's reqwest client says otherwise.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a repeatable request answered 503 is tried again.
+pub const RETRY_FOR: Duration = Duration::from_secs(15);
+
 impl Client {
     /// A client of the server at `base` (`http://127.0.0.1:8080`).
     pub fn new(base: &str) -> Result<Client, ClientError> {
@@ -156,20 +159,36 @@ impl Client {
     }
 
     /// Sends `body` as JSON (or nothing) and returns the answer, whatever its
-    /// status.
+    /// status. A `GET`, `PUT` or `DELETE` (each safe to repeat) answered 503
+    /// is sent again after its `Retry-After` (a second at most), for up to
+    /// `RETRY_FOR`: in a cluster, a gate's unit may be changing hands.
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, ClientError> {
-        let mut request = self.request(method, path);
-        if let Some(body) = body {
-            request = request
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.to_string());
+        let repeatable = matches!(method, Method::GET | Method::PUT | Method::DELETE);
+        let began = crate::clock::instant();
+        loop {
+            let mut request = self.request(method.clone(), path);
+            if let Some(body) = body {
+                request = request
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.to_string());
+            }
+            let answer = self.send_request(request).await?;
+            if !repeatable
+                || answer.status != StatusCode::SERVICE_UNAVAILABLE
+                || began.elapsed() >= RETRY_FOR
+            {
+                return Ok(answer);
+            }
+            let after = (answer.headers.get(reqwest::header::RETRY_AFTER))
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .map_or(Duration::from_secs(1), Duration::from_secs);
+            tokio::time::sleep(after.min(Duration::from_secs(1))).await;
         }
-        self.send_request(request).await
     }
 
     /// Sends `body` as JSON (or nothing) and decodes a success as `T`.

@@ -1,48 +1,49 @@
-//! Several nodes on one PostgreSQL database (SPEC §9): who owns the gates.
+//! Several nodes on one PostgreSQL database (SPEC §9): who runs which gates.
 //!
-//! The gates are dispatched by one node at a time, the owner, under a lease:
-//! the row `ownership('gates')` names the owner, an epoch that grows with
-//! every takeover, and an expiry on the **database's** clock. The protocol,
-//! and why the gate invariant holds across a handover:
+//! The gates are spread over the nodes by unit (`core::units`: 64 units, a
+//! gate's unit from its name, each unit's owner by rendezvous over the live
+//! nodes). Each unit is dispatched by one node at a time under a lease of
+//! its own, the row `units(unit)`: an owner, an epoch that grows with every
+//! takeover, an expiry on the **database's** clock. The protocol, and why
+//! the gate invariant holds across a handover (`units.rs` has the SQL):
 //!
-//! - The owner renews every `Terms::renew_every`. It may act until
-//!   `Terms::hold` after the moment it sent the renewal that succeeded, on
-//!   its own clock (`clock::uptime`, which neither a pause nor a suspend of
-//!   the machine stops). The database sets the expiry
-//!   to its `now()` plus the lease, and its `now()` comes after that moment,
-//!   so the owner's deadline (a margin short of the lease) falls before the
-//!   expiry, whatever happens to the owner meanwhile: a `SIGSTOP`, a long
-//!   pause, a lost network.
-//! - A node takes the gates only when the expiry has passed by the
-//!   database's clock (one `UPDATE … WHERE expires_at < now()`), or when the
-//!   owner handed them over (`release`, on a clean stop). It starts its
-//!   engine afterwards, with every bucket empty and the ramp, and holds the
-//!   previous owner's unfinished attempts in flight until their timeouts.
-//! - Every write transaction of the owner's store checks the epoch and
-//!   key-share-locks the row (`store::postgres::check_fence`); a takeover
-//!   locks it for update first, so a stale owner's commit either lands
-//!   before the takeover (which then reads it) or changes nothing. A
-//!   renewal only updates the expiry, which waits for no write.
+//! - The owner renews all its units every `Terms::renew_every`, in one
+//!   statement. It may act until `Terms::hold` after the moment it sent the
+//!   renewal that brought every unit back, on its own clock
+//!   (`clock::uptime`, which neither a pause nor a suspend of the machine
+//!   stops). The database sets the expiry to its `now()` plus the lease,
+//!   and its `now()` comes after that moment, so the owner's deadline (a
+//!   margin short of the lease) falls before the expiry, whatever happens
+//!   to the owner meanwhile: a `SIGSTOP`, a long pause, a lost network.
+//! - A node takes a unit only when its expiry has passed by the database's
+//!   clock, or when the owner handed it over (`release_units`, after it
+//!   stopped, drained and dropped the unit's gates). It adopts the unit's
+//!   gates with every bucket empty and the ramp, and holds the previous
+//!   owner's unfinished attempts in flight until their timeouts.
+//! - Every write transaction of a node's engine checks the node's fence
+//!   and key-share-locks its row (`store::postgres::check_fence`); a
+//!   takeover of a lapsed unit locks the last owner's row for update and
+//!   raises its fence, so a stale owner's commit either lands before the
+//!   takeover (which then reads it) or changes nothing.
 //!
 //! So the previous owner sends nothing after its deadline, which is before
 //! the takeover, and the new owner starts from an empty bucket: in any
 //! window, what each sent is bounded by its own gate, and the two spans do
-//! not overlap.
+//! not overlap. The rules themselves are `core::lease` and `core::units`,
+//! where simulations check them.
 //!
-//! The rules themselves (what the SQL below does to the row, and the
-//! owner's hold) are `core::lease`, where a simulation checks them.
-//!
-//! Every node answers the whole API: a node that does not own the gates
-//! commits creates itself (its standby engine, `server::supervise`) and
-//! forwards other requests to the owner (`api::forward`); either answers
-//! only after its commit, so an acknowledged create is in PostgreSQL.
+//! Every node answers the whole API (`api::forward`): creates commit on
+//! the node that takes them (the owner hears of them by `NOTIFY`), changes
+//! to a gate or a task go to the gate's owner, as this node's view of the
+//! units (refreshed every beat) has it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::clock::{self, Deadline};
+use crate::clock;
+use crate::core::units::{UNITS, Units, unit_of};
 use crate::store::StoreError;
 
 pub use crate::core::lease::Terms;
@@ -59,13 +60,6 @@ fn lease_ms(terms: &Terms) -> i64 {
     i64::try_from(crate::core::lease::lease_ms(terms)).unwrap_or(i64::MAX)
 }
 
-/// The gates held by this node: the epoch its writes carry and its deadline.
-#[derive(Clone, Debug)]
-pub struct Lease {
-    pub epoch: u64,
-    pub deadline: Arc<Deadline>,
-}
-
 /// A node of the cluster as the API shows it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
@@ -74,32 +68,33 @@ pub struct Node {
     /// Milliseconds since its last heartbeat, by the database's clock.
     pub heartbeat_age_ms: u64,
     pub started_at: u64,
-    pub owner: bool,
+    /// The units it holds (their leases not expired).
+    pub units: Units,
 }
 
-/// Who owns the gates, as last seen.
+/// Who owns each unit, as last seen: a node's id and address.
 #[derive(Clone, Debug, Default)]
-struct Seen {
-    owner: Option<String>,
-    address: Option<String>,
-    epoch: u64,
-    /// This node holds the lease and its deadline has not passed.
-    held: Option<Lease>,
+struct View {
+    owners: Vec<Option<(String, String)>>,
 }
 
-/// This node's membership: its heartbeat, the lease, the view of the owner.
+/// This node's membership: its heartbeat, its units, its view of the
+/// others'.
 pub struct Cluster {
     id: String,
     address: String,
     terms: Terms,
     target: crate::store::PgTarget,
     schema: String,
-    /// The heartbeat's and the lease's connection.
+    /// The leases' connection (the units' renewals and takeovers).
     client: tokio::sync::Mutex<Option<Client>>,
+    /// The heartbeat's and the view's, so a slow takeover never delays a
+    /// heartbeat.
+    beats: tokio::sync::Mutex<Option<Client>>,
     /// The API's (`nodes`), so a busy dashboard never delays a renewal.
     views: tokio::sync::Mutex<Option<Client>>,
-    seen: Mutex<Seen>,
-    /// The units held (schema 6, `units`).
+    seen: Mutex<View>,
+    /// The units held.
     spread: Mutex<units::Spread>,
 }
 
@@ -135,6 +130,7 @@ impl Cluster {
             target,
             schema,
             client: tokio::sync::Mutex::new(None),
+            beats: tokio::sync::Mutex::new(None),
             views: tokio::sync::Mutex::new(None),
             seen: Mutex::default(),
             spread: Mutex::default(),
@@ -152,20 +148,30 @@ impl Cluster {
         self.terms
     }
 
-    /// Whether this node holds the gates now (by its own clock).
-    pub fn owns(&self) -> bool {
-        self.seen
-            .lock()
-            .ok()
-            .and_then(|s| s.held.as_ref().map(|l| l.deadline.valid()))
-            .unwrap_or(false)
+    /// The node that owns the gate named `gate`, as last seen: its id and
+    /// address (none while its unit is vacant or lapsed).
+    pub fn owner_of(&self, gate: &str) -> Option<(String, String)> {
+        let seen = self.seen.lock().ok()?;
+        let unit = unit_of(gate, UNITS) as usize;
+        seen.owners.get(unit).cloned().flatten()
     }
 
-    /// The owner's id and address, as last seen (none while the lease is
-    /// vacant).
-    pub fn owner(&self) -> Option<(String, String)> {
-        let seen = self.seen.lock().ok()?;
-        Some((seen.owner.clone()?, seen.address.clone()?))
+    /// Whether this node holds the gate's unit now.
+    pub fn runs(&self, gate: &str) -> bool {
+        let (held, deadline) = self.units_held();
+        held.has_gate(gate) && deadline.valid()
+    }
+
+    /// The addresses of the nodes that hold units, as last seen, this one
+    /// among them if it does.
+    pub fn owners(&self) -> Vec<(String, String)> {
+        let Ok(seen) = self.seen.lock() else {
+            return Vec::new();
+        };
+        let mut owners: Vec<(String, String)> = seen.owners.iter().flatten().cloned().collect();
+        owners.sort();
+        owners.dedup();
+        owners
     }
 
     /// Runs `query` on this node's connection (a new one if there is none
@@ -212,15 +218,12 @@ impl Cluster {
         }
     }
 
-    /// One heartbeat: this node's row, the lease renewed if held, the
-    /// owner as the database sees it.
+    /// One heartbeat: this node's row, and who owns each unit as the
+    /// database sees it.
     pub async fn beat(&self) -> Result<(), StoreError> {
-        let held = self.seen.lock().ok().and_then(|s| s.held.clone());
-        let sent = clock::uptime();
-        let (id, address, lease_ms) =
-            (self.id.clone(), self.address.clone(), lease_ms(&self.terms));
-        let (renewed, owner) = self
-            .with_client(async |client| {
+        let (id, address) = (self.id.clone(), self.address.clone());
+        let owners = self
+            .on(&self.beats, async |client| {
                 client
                     .execute(
                         "INSERT INTO nodes (id, address) VALUES ($1, $2) ON CONFLICT (id) \
@@ -228,140 +231,49 @@ impl Cluster {
                         &[&id, &address],
                     )
                     .await?;
-                let renewed = match &held {
-                    Some(lease) => {
-                        let epoch = i64::try_from(lease.epoch).unwrap_or(i64::MAX);
-                        client
-                            .execute(
-                                "UPDATE ownership SET expires_at = now() + $3::float8 * interval '1 millisecond' \
-                                 WHERE scope = 'gates' AND owner = $1 AND epoch = $2",
-                                &[&id, &epoch, &(lease_ms as f64)],
-                            )
-                            .await?
-                            == 1
-                    }
-                    None => false,
-                };
                 client
                     .execute(
                         "DELETE FROM nodes WHERE heartbeat < now() - $1::float8 * interval '1 second'",
                         &[&(FORGET_AFTER_S as f64)],
                     )
                     .await?;
-                let row = client
-                    .query_one(
-                        "SELECT o.owner, n.address, o.epoch FROM ownership o \
-                         LEFT JOIN nodes n ON n.id = o.owner WHERE o.scope = 'gates'",
+                let rows = client
+                    .query(
+                        "SELECT u.unit, u.owner, n.address FROM units u \
+                         JOIN nodes n ON n.id = u.owner WHERE u.expires_at > now()",
                         &[],
                     )
                     .await?;
-                let owner: (Option<String>, Option<String>, i64) =
-                    (row.get(0), row.get(1), row.get(2));
-                Ok((renewed, owner))
+                Ok(rows
+                    .iter()
+                    .map(|row| {
+                        let unit: i32 = row.get(0);
+                        (unit, row.get::<_, String>(1), row.get::<_, String>(2))
+                    })
+                    .collect::<Vec<_>>())
             })
             .await?;
-        let mut seen = self
-            .seen
-            .lock()
-            .map_err(|_| StoreError::Postgres("cluster state poisoned".into()))?;
-        let current =
-            |seen: &Seen, lease: &Lease| seen.held.as_ref().is_some_and(|l| l.epoch == lease.epoch);
-        if let Some(lease) = &held {
-            if renewed && current(&seen, lease) {
-                lease.deadline.extend_to(deadline(&self.terms, sent));
-            } else if !renewed && current(&seen, lease) {
-                // Taken over (it can only have lapsed): stop now.
-                tracing::warn!(epoch = lease.epoch, "the gates were taken over");
-                lease.deadline.revoke();
-                seen.held = None;
+        let mut view = View {
+            owners: vec![None; UNITS as usize],
+        };
+        for (unit, owner, address) in owners {
+            if let Some(slot) = usize::try_from(unit)
+                .ok()
+                .and_then(|u| view.owners.get_mut(u))
+            {
+                *slot = Some((owner, address));
             }
         }
-        seen.owner = owner.0;
-        seen.address = owner.1;
-        seen.epoch = u64::try_from(owner.2).unwrap_or(0);
-        Ok(())
-    }
-
-    /// Takes the gates if their lease has lapsed by the database's clock
-    /// (or was handed over), or is this node's own from an engine that has
-    /// stopped (PostgreSQL restarted under it, say): the new epoch fences
-    /// whatever that engine left. `None` while another node holds them.
-    pub async fn try_acquire(&self) -> Result<Option<Lease>, StoreError> {
-        let sent = clock::uptime();
-        let (id, lease_ms) = (self.id.clone(), lease_ms(&self.terms));
-        let epoch = self
-            .with_client(async |client| {
-                let row = client
-                    .query_opt(
-                        // Locked for update first: that waits for a write
-                        // transaction of the old owner still in progress
-                        // (it holds a key-share lock, `check_fence`).
-                        "WITH held AS (SELECT scope FROM ownership WHERE scope = 'gates' FOR UPDATE) \
-                         UPDATE ownership o SET owner = $1, epoch = o.epoch + 1, \
-                         expires_at = now() + $2::float8 * interval '1 millisecond' \
-                         FROM held WHERE o.scope = held.scope \
-                         AND (o.expires_at < now() OR o.owner = $1) RETURNING o.epoch",
-                        &[&id, &(lease_ms as f64)],
-                    )
-                    .await?;
-                Ok(row.map(|r| r.get::<_, i64>(0)))
-            })
-            .await?;
-        let Some(epoch) = epoch else {
-            return Ok(None);
-        };
-        let lease = Lease {
-            epoch: u64::try_from(epoch).unwrap_or(0),
-            deadline: Arc::new(Deadline::default()),
-        };
-        lease.deadline.extend_to(deadline(&self.terms, sent));
         if let Ok(mut seen) = self.seen.lock() {
-            seen.owner = Some(self.id.clone());
-            seen.address = Some(self.address.clone());
-            seen.epoch = lease.epoch;
-            seen.held = Some(lease.clone());
+            *seen = view;
         }
-        tracing::info!(node = %self.id, epoch = lease.epoch, "took over the gates");
-        Ok(Some(lease))
-    }
-
-    /// Hands the gates over at once (a clean stop): the next node need not
-    /// wait for the lease to lapse. Call only when nothing more is sent.
-    pub async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        lease.deadline.revoke();
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.held = None;
-        }
-        let id = self.id.clone();
-        let epoch = i64::try_from(lease.epoch).unwrap_or(i64::MAX);
-        self.with_client(async |client| {
-            client
-                .execute(
-                    "UPDATE ownership SET owner = NULL, expires_at = '-infinity' \
-                     WHERE scope = 'gates' AND owner = $1 AND epoch = $2",
-                    &[&id, &epoch],
-                )
-                .await
-        })
-        .await?;
-        tracing::info!(epoch = lease.epoch, "handed the gates over");
         Ok(())
-    }
-
-    /// Forgets the lease this node held without handing it over (its engine
-    /// stopped on an error; the lease lapses by itself).
-    pub fn drop_lease(&self) {
-        if let Ok(mut seen) = self.seen.lock()
-            && let Some(lease) = seen.held.take()
-        {
-            lease.deadline.revoke();
-        }
     }
 
     /// Leaves the list of nodes (a clean stop).
     pub async fn leave(&self) -> Result<(), StoreError> {
         let id = self.id.clone();
-        self.with_client(async |client| {
+        self.on(&self.beats, async |client| {
             client
                 .execute("DELETE FROM nodes WHERE id = $1", &[&id])
                 .await
@@ -370,7 +282,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// The nodes, freshest first, with the owner marked.
+    /// The nodes, freshest first, each with the units it holds.
     pub async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
         self.on(&self.views, async |client| {
             let rows = client
@@ -378,9 +290,9 @@ impl Cluster {
                     "SELECT n.id, n.address, \
                      (extract(epoch FROM now() - n.heartbeat) * 1000)::bigint, \
                      (extract(epoch FROM n.started_at) * 1000)::bigint, \
-                     (o.owner IS NOT NULL AND o.expires_at > now()) \
-                     FROM nodes n LEFT JOIN ownership o ON o.scope = 'gates' AND o.owner = n.id \
-                     ORDER BY n.heartbeat DESC, n.id",
+                     coalesce(array_agg(u.unit) FILTER (WHERE u.unit IS NOT NULL), '{}') \
+                     FROM nodes n LEFT JOIN units u ON u.owner = n.id AND u.expires_at > now() \
+                     GROUP BY n.id ORDER BY n.heartbeat DESC, n.id",
                     &[],
                 )
                 .await?;
@@ -391,7 +303,9 @@ impl Cluster {
                     address: row.get(1),
                     heartbeat_age_ms: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
                     started_at: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
-                    owner: row.get(4),
+                    units: (row.get::<_, Vec<i32>>(4).into_iter())
+                        .filter_map(|u| u32::try_from(u).ok())
+                        .collect(),
                 })
                 .collect())
         })

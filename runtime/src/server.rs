@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -220,7 +219,8 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     let (handle, link) = Handle::linked();
     let driver = match (&cluster, postgres) {
         (Some(cluster), Some(postgres)) => {
-            tokio::spawn(supervise(cluster.clone(), postgres, options, link, stop_rx))
+            let pair = (handle.clone(), link);
+            tokio::spawn(supervise(cluster.clone(), postgres, options, pair, stop_rx))
         }
         _ => tokio::spawn(join(shell::spawn_linked(
             store.clone(),
@@ -232,9 +232,9 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     api::admin::clear_scratch(&config.data_dir);
     let peers = cluster
         .clone()
-        .map(Peers::new)
+        .map(|cluster| Peers::new(cluster, store.clone()))
         .transpose()
-        .context("the client that forwards to the owner of the gates")?;
+        .context("the client that forwards to the owners of the gates")?;
     let held_store = store.clone();
     let state = AppState {
         store,
@@ -286,18 +286,18 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     })
 }
 
-/// A cluster node's life: take the gates when their lease is free, run the
-/// engine while the lease holds, and wait again when it is lost; on stop,
-/// let the engine finish its grace period and hand the gates over at once.
-/// While it does not hold the gates, the node runs a standby engine, which
-/// runs no gate and takes the creates the API sends it: it writes them to
-/// PostgreSQL, and the owner hears of them by `NOTIFY`. The heartbeat
-/// (which also renews the lease) runs beside it throughout.
+/// A cluster node's life: one engine, which adopts the units this node
+/// takes and drops those it hands over (`Cluster::balance`, every beat),
+/// and a new engine, under the node's raised fence, whenever the last was
+/// fenced (a unit lapsed and was taken over) or stopped on an error
+/// (PostgreSQL went away); it takes up what the node still holds. On stop
+/// the node hands every unit over, drained within the grace period, then
+/// stops its engine. The heartbeat runs beside it throughout.
 async fn supervise(
     cluster: Arc<Cluster>,
     store: Arc<PgStore>,
     options: Options,
-    link: shell::Link,
+    (handle, link): (Handle, shell::Link),
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let every = cluster.terms().renew_every;
@@ -305,8 +305,7 @@ async fn supervise(
         let cluster = cluster.clone();
         tokio::spawn(async move {
             loop {
-                let beat = cluster.beat().await;
-                if let Err(e) = beat {
+                if let Err(e) = cluster.beat().await {
                     tracing::warn!(error = %e, "cluster heartbeat failed");
                 }
                 tokio::time::sleep(every).await;
@@ -314,68 +313,88 @@ async fn supervise(
         })
     };
     let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
+    let drain = options.grace;
     let mut result = Ok(());
-    let mut standby: Option<Driver> = None;
-    while !stopped(&stop) {
-        let lease = match cluster.try_acquire().await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => {
-                standby = run_standby(standby.take(), &store, &options, &link).await;
+    'engines: while !stopped(&stop) {
+        // A renewal first: it moves the deadline the engine runs under (a
+        // new engine's would not be valid yet), and the units just renewed
+        // cannot be taken over before it passes, so the set read below is
+        // the engine's to run under the fence read below.
+        match cluster.renew_units().await {
+            Ok(renewal) if renewal.lost.is_empty() => {}
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew this node's units");
                 pause(every, &mut stop).await;
                 continue;
             }
+        }
+        let generation = match cluster.node_fence().await {
+            Ok(generation) => generation,
             Err(e) => {
-                tracing::warn!(error = %e, "could not look at the lease on the gates");
-                standby = run_standby(standby.take(), &store, &options, &link).await;
+                tracing::warn!(error = %e, "could not read this node's fence");
                 pause(every, &mut stop).await;
                 continue;
             }
         };
-        // One engine serves the handle at a time: the standby's goes first.
-        if let Some(engine) = standby.take() {
-            engine.stop().await;
-        }
-        store.set_fence(Some(Fence::Lease {
+        store.set_fence(Some(Fence::Node {
             node: cluster.id().to_string(),
-            epoch: lease.epoch,
+            generation,
         }));
+        let (units, deadline) = cluster.units_held();
         let engine_options = Options {
-            deadline: Some(lease.deadline.clone()),
+            units,
+            deadline: Some(deadline),
             start: Start::Takeover,
             ..options.clone()
         };
-        let Some(engine) = Driver::spawn(&store, engine_options, &link).await else {
-            tracing::warn!("the engine did not start; the lease lapses");
-            cluster.drop_lease();
+        let Some(Driver {
+            stop: engine_stop,
+            mut running,
+        }) = Driver::spawn(&store, engine_options, &link).await
+        else {
             pause(every, &mut stop).await;
             continue;
         };
-        let Driver {
-            stop: engine_stop,
-            mut running,
-        } = engine;
-        tokio::select! {
-            ended = &mut running => {
-                // The lease ran out or a commit failed (PostgreSQL went away,
-                // or another node took over): wait to take the gates again.
-                if let Err(e) = ended {
-                    tracing::warn!(error = format!("{e:#}"), "the engine stopped");
+        let mut wait = std::time::Duration::ZERO;
+        loop {
+            tokio::select! {
+                ended = &mut running => {
+                    // PostgreSQL went away, or the engine was fenced: a new
+                    // one takes up what this node still holds.
+                    if let Err(e) = ended {
+                        tracing::warn!(error = format!("{e:#}"), "the engine stopped");
+                    }
+                    link.refuse_waiting();
+                    pause(every, &mut stop).await;
+                    continue 'engines;
                 }
-                cluster.drop_lease();
-                link.refuse_waiting();
-            }
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                let _ = engine_stop.send(true);
-                result = running.await;
-                if let Err(e) = cluster.release(&lease).await {
-                    tracing::warn!(error = %e, "could not hand the gates over; they move when the lease lapses");
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    if let Err(e) = cluster.leave_units(&handle, drain).await {
+                        tracing::warn!(error = format!("{e:#}"), "could not hand the units over; they move when their leases lapse");
+                    }
+                    let _ = engine_stop.send(true);
+                    result = running.await;
+                    break 'engines;
                 }
-                break;
+                _ = tokio::time::sleep(wait) => {
+                    wait = every;
+                    match cluster.balance(&handle, drain).await {
+                        Ok(beat) if !beat.lost.is_empty() => {
+                            // Fenced: it sends nothing more, and its commits
+                            // are refused.
+                            let _ = engine_stop.send(true);
+                            let _ = running.await;
+                            link.refuse_waiting();
+                            continue 'engines;
+                        }
+                        Ok(beat) if beat.more => wait = BUSY_BEAT,
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = format!("{e:#}"), "a beat of the balance failed"),
+                    }
+                }
             }
         }
-    }
-    if let Some(driver) = standby.take() {
-        driver.stop().await;
     }
     beating.abort();
     if let Err(e) = cluster.leave().await {
@@ -383,6 +402,9 @@ async fn supervise(
     }
     result
 }
+
+/// The next beat's wait when the last took as many units as a beat takes.
+const BUSY_BEAT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// An engine of a cluster node, on its thread: its stop and its end.
 struct Driver {
@@ -412,42 +434,6 @@ impl Driver {
             }
         }
     }
-
-    /// Stops it and waits for its end.
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        if let Err(e) = self.running.await {
-            tracing::warn!(error = format!("{e:#}"), "the standby engine stopped");
-        }
-    }
-}
-
-/// The standby engine, started if there is none (or it ended): it runs no
-/// gate, so it needs no fence, and takes creates for other nodes' gates.
-/// `None` if it would not start (tried again at the next look at the
-/// lease; meanwhile creates wait).
-async fn run_standby(
-    driver: Option<Driver>,
-    store: &Arc<PgStore>,
-    options: &Options,
-    link: &shell::Link,
-) -> Option<Driver> {
-    if let Some(mut driver) = driver {
-        // Still running, unless PostgreSQL went away under it.
-        match (&mut driver.running).now_or_never() {
-            None => return Some(driver),
-            Some(Err(e)) => tracing::warn!(error = format!("{e:#}"), "the standby engine stopped"),
-            Some(Ok(())) => {}
-        }
-    }
-    store.set_fence(None);
-    let standby = Options {
-        units: crate::core::units::Units::NONE,
-        deadline: None,
-        start: Start::Restart,
-        ..options.clone()
-    };
-    Driver::spawn(store, standby, link).await
 }
 
 /// Loads the PEM certificate chain and key into a rustls acceptor (ring, TLS

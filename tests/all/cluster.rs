@@ -1,10 +1,10 @@
 //! Three real `sluice serve` processes on one PostgreSQL server of the
-//! test's own, and the recording sink (SPEC §9). The owner of a busy gate
-//! is killed (`kill -9`), paused past its lease (`SIGSTOP`), or cut off from
-//! PostgreSQL; each time the gate moves to another node within 15 s,
-//! nothing acknowledged is lost, the sink never sees more than
-//! `burst + rate × T` in any window across the handover, and a paused
-//! owner that wakes up sends nothing more.
+//! test's own, and the recording sink (SPEC §9). The gates spread over the
+//! nodes by unit; the owner of a busy gate is killed (`kill -9`), paused
+//! past its lease (`SIGSTOP`), or cut off from PostgreSQL; each time the
+//! gate moves to another node within 15 s, nothing acknowledged is lost,
+//! the sink never sees more than `burst + rate × T` in any window across
+//! the handover, and a paused owner that wakes up sends nothing more.
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice::clock;
+use sluice::core::units::{UNITS, fnv1a, owner_of as rendezvous, unit_of};
 
 use crate::crash::{free_port, spawn_server_with, wait_ready};
 use crate::pg::PgServer;
@@ -137,20 +138,18 @@ async fn pipe(
     }
 }
 
-/// The index of the node that owns the gates, as `asker` sees it, waiting
-/// up to 20 s for one that is not `not`.
-async fn owner(nodes: &[Node], asker: usize, not: Option<usize>) -> usize {
+/// The index of the node that owns `gate`'s unit, as `asker` sees it,
+/// waiting up to 20 s for one that is not `not`.
+async fn owner_of(nodes: &[Node], asker: usize, gate: &str, not: Option<usize>) -> usize {
+    let unit = u64::from(unit_of(gate, UNITS));
     let start = clock::instant();
     loop {
         let (status, cluster) = nodes[asker].client.send("GET", "/v1/cluster", None).await;
-        if status == 200
-            && let Some(owner) = cluster["owner"].as_str()
-        {
-            let address = cluster["nodes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|n| n["id"] == owner)
+        if status == 200 {
+            let address = (cluster["nodes"].as_array().into_iter().flatten())
+                .find(|n| {
+                    (n["units"].as_array().into_iter().flatten()).any(|u| u.as_u64() == Some(unit))
+                })
                 .and_then(|n| n["address"].as_str())
                 .unwrap_or("");
             if let Some(i) = nodes.iter().position(|n| n.address == address)
@@ -161,24 +160,72 @@ async fn owner(nodes: &[Node], asker: usize, not: Option<usize>) -> usize {
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "no owner other than {not:?}: {cluster}"
+            "no owner of {gate} other than {not:?}: {cluster}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Three nodes, the first on `first` and the owner (it starts alone), the
-/// others on `store`; a busy gate with `TASKS` tasks created through
-/// another node, and some delivered already.
-async fn busy_cluster(first: &str, store: &str, sink: &Sink) -> (Vec<Node>, usize) {
-    let mut nodes = vec![Node::spawn(first)];
-    wait_ready(&nodes[0].client).await;
-    assert_eq!(owner(&nodes, 0, None).await, 0);
-    nodes.extend((1..3).map(|_| Node::spawn(store)));
+/// The owner of each unit (an index into `nodes`), as `asker` sees it,
+/// and each node's id (`None` for a node not listed).
+async fn owners(nodes: &[Node], asker: usize) -> (Vec<Option<usize>>, Vec<Option<String>>) {
+    let (status, cluster) = nodes[asker].client.send("GET", "/v1/cluster", None).await;
+    assert_eq!(status, 200, "{cluster}");
+    let mut owners = vec![None; UNITS as usize];
+    let mut ids = vec![None; nodes.len()];
+    for listed in cluster["nodes"].as_array().into_iter().flatten() {
+        let address = listed["address"].as_str();
+        let Some(i) = nodes
+            .iter()
+            .position(|n| Some(n.address.as_str()) == address)
+        else {
+            continue;
+        };
+        ids[i] = listed["id"].as_str().map(String::from);
+        for unit in listed["units"].as_array().into_iter().flatten() {
+            if let Some(slot) = unit.as_u64().and_then(|u| owners.get_mut(u as usize)) {
+                *slot = Some(i);
+            }
+        }
+    }
+    (owners, ids)
+}
+
+/// Waits until every unit is held by its rendezvous owner among `live`
+/// (indices into `nodes`), as the first of them sees it: the gates are
+/// spread, and nothing more moves. Returns the owners.
+async fn settled(nodes: &[Node], live: &[usize]) -> Vec<Option<usize>> {
+    let start = clock::instant();
+    loop {
+        let (owners, ids) = owners(nodes, live[0]).await;
+        let hashes: Vec<u64> = (ids.iter())
+            .map(|id| id.as_deref().map_or(0, |id| fnv1a(id.as_bytes())))
+            .collect();
+        let wanted: Vec<Option<usize>> = (0..UNITS)
+            .map(|unit| rendezvous(unit, live, |n| hashes[n]))
+            .collect();
+        if live.iter().all(|i| ids[*i].is_some()) && owners == wanted {
+            return owners;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the units never settled over {live:?}: {owners:?}, wanted {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three nodes, each on its store of `stores` (PostgreSQL, or a proxy in
+/// front of it), the units spread over them; a busy gate with `TASKS`
+/// tasks created through a node that does not own it, and some delivered
+/// already. Returns the nodes and the index of the gate's owner.
+async fn busy_cluster(stores: [&str; 3], sink: &Sink) -> (Vec<Node>, usize) {
+    let nodes: Vec<Node> = stores.iter().map(|store| Node::spawn(store)).collect();
     for node in &nodes {
         wait_ready(&node.client).await;
     }
-    let owner = owner(&nodes, 0, None).await;
+    settled(&nodes, &[0, 1, 2]).await;
+    let owner = owner_of(&nodes, 0, "busy", None).await;
     let other = (owner + 1) % nodes.len();
     let c = &nodes[other].client;
     c.put_gate(
@@ -200,6 +247,7 @@ async fn busy_cluster(first: &str, store: &str, sink: &Sink) -> (Vec<Node>, usiz
         .await;
     }
     sink.wait_for(60, Duration::from_secs(20)).await;
+    let owner = owner_of(&nodes, other, "busy", None).await;
     (nodes, owner)
 }
 
@@ -237,13 +285,19 @@ async fn all_delivered(sink: &Sink, survivor: &Client) -> Vec<Hit> {
 /// The sink's windows across the whole run, handovers included. Two owners
 /// at once would send at twice the rate.
 fn windows_hold(hits: &[Hit]) {
+    windows_within(hits, RATE, BURST, "busy");
+}
+
+/// `hits`' arrivals never exceed `burst + rate × T` (and a little slack)
+/// in any 1 s or 5 s window.
+fn windows_within(hits: &[Hit], rate: f64, burst: usize, what: &str) {
     let times: Vec<Instant> = hits.iter().map(|h| h.at).collect();
     for (width, slack) in [(Duration::from_secs(1), 2), (Duration::from_secs(5), 2)] {
-        let bound = BURST + (RATE * width.as_secs_f64()) as usize;
+        let bound = burst + (rate * width.as_secs_f64()) as usize;
         let seen = max_in_window(&times, width);
         assert!(
             seen <= bound + slack,
-            "{seen} arrivals in a {width:?} window, bound {bound}"
+            "{what}: {seen} arrivals in a {width:?} window, bound {bound}"
         );
     }
 }
@@ -283,12 +337,13 @@ async fn the_owners_death_moves_its_gates_and_the_window_holds() {
         return;
     };
     let sink = Sink::start().await;
-    let (mut nodes, owner) = busy_cluster(&pg.url(), &pg.url(), &sink).await;
+    let url = pg.url();
+    let (mut nodes, owner) = busy_cluster([&url, &url, &url], &sink).await;
     let killed = clock::instant();
     nodes[owner].child.kill().expect("kill -9");
     let _ = nodes[owner].child.wait();
     let survivor = (owner + 1) % nodes.len();
-    let taker = self::owner(&nodes, survivor, Some(owner)).await;
+    let taker = owner_of(&nodes, survivor, "busy", Some(owner)).await;
     assert_ne!(taker, owner);
     moved_on(&sink, &nodes[survivor].client, killed, "kill -9").await;
 }
@@ -299,7 +354,8 @@ async fn a_paused_owner_wakes_up_to_send_nothing() {
         return;
     };
     let sink = Sink::start().await;
-    let (nodes, owner) = busy_cluster(&pg.url(), &pg.url(), &sink).await;
+    let url = pg.url();
+    let (nodes, owner) = busy_cluster([&url, &url, &url], &sink).await;
     let survivor = (owner + 1) % nodes.len();
     nodes[owner].signal("-STOP");
     let paused = clock::instant();
@@ -314,7 +370,7 @@ async fn a_paused_owner_wakes_up_to_send_nothing() {
         (status, body, paused.elapsed())
     };
     let (taker, (status, body, took)) =
-        tokio::join!(self::owner(&nodes, survivor, Some(owner)), forwarded);
+        tokio::join!(owner_of(&nodes, survivor, "busy", Some(owner)), forwarded);
     assert!(status == 503 || status == 200, "{status}: {body}");
     assert!(
         took < Duration::from_secs(15),
@@ -346,11 +402,9 @@ async fn a_paused_owner_wakes_up_to_send_nothing() {
             "the woken node sent attempt {attempt} of {task}: {t}"
         );
     }
-    // It is a node like the others again: it answers by forwarding.
-    let (status, cluster) = nodes[owner].client.send("GET", "/v1/cluster", None).await;
-    assert_eq!(status, 200, "{cluster}");
-    assert_ne!(cluster["owner"], Value::Null, "{cluster}");
-    assert_ne!(cluster["owner"], cluster["node"], "{cluster}");
+    // It is a node like the others again: it takes creates, and its
+    // share of the units comes back to it.
+    settled(&nodes, &[0, 1, 2]).await;
     let late = nodes[owner]
         .client
         .create(webhook_task("busy", &sink.url("/after")))
@@ -363,20 +417,25 @@ async fn an_owner_cut_off_from_postgres_stops_and_its_gates_move() {
     let Some(pg) = PgServer::start() else {
         return;
     };
-    let proxy = Proxy::start(pg.port()).await;
+    let proxies = [
+        Proxy::start(pg.port()).await,
+        Proxy::start(pg.port()).await,
+        Proxy::start(pg.port()).await,
+    ];
+    let urls = proxies.each_ref().map(Proxy::url);
     let sink = Sink::start().await;
-    let (nodes, owner) = busy_cluster(&proxy.url(), &pg.url(), &sink).await;
-    assert_eq!(owner, 0, "the node behind the proxy owns the gates");
-    proxy.set_cut(true);
+    let (nodes, owner) = busy_cluster(urls.each_ref().map(String::as_str), &sink).await;
+    proxies[owner].set_cut(true);
     let cut = clock::instant();
-    let taker = self::owner(&nodes, 1, Some(0)).await;
+    let other = (owner + 1) % nodes.len();
+    let taker = owner_of(&nodes, other, "busy", Some(owner)).await;
     let sent_before = sink.hits().len();
     sink.wait_for(sent_before + 40, Duration::from_secs(15))
         .await;
-    proxy.set_cut(false);
+    proxies[owner].set_cut(false);
     moved_on(&sink, &nodes[taker].client, cut, "cut off").await;
-    // Back on the network, it answers again, by forwarding.
-    let back = nodes[0]
+    // Back on the network, it answers again.
+    let back = nodes[owner]
         .client
         .create(webhook_task("busy", &sink.url("/after")))
         .await;
@@ -389,7 +448,8 @@ async fn postgres_restarted_under_load_loses_nothing() {
         return;
     };
     let sink = Sink::start().await;
-    let (nodes, owner) = busy_cluster(&pg.url(), &pg.url(), &sink).await;
+    let url = pg.url();
+    let (nodes, owner) = busy_cluster([&url, &url, &url], &sink).await;
     let restarted = clock::instant();
     pg.restart();
     moved_on(
@@ -401,41 +461,43 @@ async fn postgres_restarted_under_load_loses_nothing() {
     .await;
 }
 
-/// Creates commit on the node that takes them, not on the owner: a standby
-/// acknowledges them while the owner is paused, and the owner, woken,
-/// hears of them (`NOTIFY`) and delivers each once, counted. A batch is all
-/// or nothing on the standby too: `kill -9` mid-batch leaves every task
-/// or none, and every task of an acknowledged batch.
+/// Creates commit on the node that takes them, not on the gate's owner:
+/// another node acknowledges them while the owner is paused, and the
+/// owner, woken, hears of them (`NOTIFY`) and delivers each once, counted.
+/// A batch is all or nothing there too: `kill -9` mid-batch leaves every
+/// task or none, and every task of an acknowledged batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_commit_on_any_node_and_the_owner_hears_of_them() {
     let Some(pg) = PgServer::start() else {
         return;
     };
     let sink = Sink::start().await;
-    let mut nodes = vec![Node::spawn(&pg.url())];
-    wait_ready(&nodes[0].client).await;
-    assert_eq!(owner(&nodes, 0, None).await, 0);
-    nodes.push(Node::spawn(&pg.url()));
-    wait_ready(&nodes[1].client).await;
+    let nodes = vec![Node::spawn(&pg.url()), Node::spawn(&pg.url())];
+    for node in &nodes {
+        wait_ready(&node.client).await;
+    }
+    settled(&nodes, &[0, 1]).await;
+    let owner = owner_of(&nodes, 0, "fan", None).await;
+    let other = 1 - owner;
     let limits = |rate: &str| {
         json!({
             "rate": rate, "burst": 10, "concurrency": 20, "timeout": "2s",
             "allowed_hosts": [sink.host()],
         })
     };
-    nodes[1].client.put_gate("fan", limits("200/s")).await;
-    nodes[1].client.put_gate("held", limits("200/s")).await;
-    let (status, paused) = nodes[1]
+    nodes[other].client.put_gate("fan", limits("200/s")).await;
+    nodes[other].client.put_gate("held", limits("200/s")).await;
+    let (status, paused) = nodes[other]
         .client
         .send("POST", "/v1/gates/held/pause", None)
         .await;
     assert_eq!(status, 200, "{paused}");
 
-    // The owner stops answering; the standby still takes creates, well
+    // The owner stops answering; the other node still takes creates, well
     // before the owner's lease (5 s) could lapse.
-    nodes[0].signal("-STOP");
+    nodes[owner].signal("-STOP");
     let stopped = clock::instant();
-    let mut ids: BTreeSet<String> = nodes[1]
+    let mut ids: BTreeSet<String> = nodes[other]
         .client
         .batch(
             (0..300)
@@ -446,17 +508,17 @@ async fn creates_commit_on_any_node_and_the_owner_hears_of_them() {
         .into_iter()
         .collect();
     for _ in 0..5 {
-        let task = nodes[1]
+        let task = nodes[other]
             .client
             .create(webhook_task("fan", &sink.url("/fan")))
             .await;
         ids.insert(task["id"].as_str().expect("id").to_string());
     }
     let took = stopped.elapsed();
-    nodes[0].signal("-CONT");
+    nodes[owner].signal("-CONT");
     assert!(
         took < Duration::from_secs(3),
-        "creates on the standby waited for the paused owner: {took:?}"
+        "creates on the other node waited for the paused owner: {took:?}"
     );
     assert_eq!(ids.len(), 305);
 
@@ -464,7 +526,7 @@ async fn creates_commit_on_any_node_and_the_owner_hears_of_them() {
     sink.wait_for(305, Duration::from_secs(30)).await;
     let start = clock::instant();
     loop {
-        let (_, gate) = nodes[0].client.send("GET", "/v1/gates/fan", None).await;
+        let (_, gate) = nodes[owner].client.send("GET", "/v1/gates/fan", None).await;
         if gate["counters"]["succeeded"] == 305 && gate["backlog"] == 0 {
             break;
         }
@@ -478,9 +540,10 @@ async fn creates_commit_on_any_node_and_the_owner_hears_of_them() {
     let delivered: BTreeSet<String> = hits.iter().map(|h| h.task.clone()).collect();
     assert_eq!(delivered, ids, "not the tasks created");
     assert_eq!(hits.len(), 305, "a task was delivered twice");
-    assert_eq!(owner(&nodes, 1, None).await, 0, "the owner changed");
+    let now = owner_of(&nodes, other, "fan", None).await;
+    assert_eq!(now, owner, "the owner changed");
 
-    // A standby killed while it takes a batch: all of it or none. How long
+    // A third node killed while it takes a batch: all of it or none. How long
     // a whole one takes tells when "while" is.
     let batch = || -> Vec<Value> {
         (0..5_000)
@@ -488,7 +551,7 @@ async fn creates_commit_on_any_node_and_the_owner_hears_of_them() {
             .collect()
     };
     let began = clock::instant();
-    nodes[1].client.batch(batch()).await;
+    nodes[other].client.batch(batch()).await;
     let whole = began.elapsed();
     let mut expected = stored_pending(&pg.url(), "held").await;
     assert_eq!(expected, 5_000);
@@ -525,7 +588,7 @@ async fn creates_commit_on_any_node_and_the_owner_hears_of_them() {
                 break;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < Duration::from_secs(30),
                 "{pending} pending stored, the owner shows {gate}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -545,4 +608,165 @@ async fn stored_pending(url: &str, gate: &str) -> u64 {
     })
     .await
     .expect("read")
+}
+
+/// The gates spread over the nodes (SPEC §9): three nodes, four busy gates
+/// on each. A `kill -9` moves only the dead node's gates (within 15 s);
+/// the others' never stand still for long. A fourth node joins: every unit
+/// that moves goes to it. A `SIGTERM`ed node hands its gates over drained,
+/// and they send again within 3 s. Each gate's windows hold throughout,
+/// and a task is created and cancelled through a node that does not run
+/// its gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_spread_over_the_nodes_and_only_a_lost_nodes_gates_move() {
+    const RATE: f64 = 20.0;
+    const BURST: usize = 2;
+    const PER_GATE: usize = 200;
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let url = pg.url();
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::spawn(&url)).collect();
+    for node in &nodes {
+        wait_ready(&node.client).await;
+    }
+    let before = settled(&nodes, &[0, 1, 2]).await;
+    // Four gates on each node, by the units' owners.
+    let mut gates: Vec<(String, usize)> = Vec::new();
+    for i in 0..10_000 {
+        let name = format!("g{i}");
+        let owner = before[unit_of(&name, UNITS) as usize].expect("every unit held");
+        if gates.iter().filter(|(_, o)| *o == owner).count() < 4 {
+            gates.push((name, owner));
+        }
+        if gates.len() == 12 {
+            break;
+        }
+    }
+    assert_eq!(gates.len(), 12);
+    let limits = json!({
+        "rate": format!("{RATE}/s"), "burst": BURST, "concurrency": 5, "timeout": "2s",
+        "allowed_hosts": [sink.host()],
+        "recovery": { "start": 0.25, "over": "2s" },
+    });
+    for (name, owner) in &gates {
+        // Through another node: forwarded to the owner.
+        nodes[(owner + 1) % 3]
+            .client
+            .put_gate(name, limits.clone())
+            .await;
+    }
+    let feed = |n: usize| -> Vec<Value> {
+        (gates.iter())
+            .flat_map(|(name, _)| {
+                let url = sink.url(&format!("/{name}"));
+                (0..n).map(move |_| webhook_task(name, &url))
+            })
+            .collect()
+    };
+    // Every task through node 0: it commits them, the owners hear of them.
+    nodes[0].client.batch(feed(PER_GATE)).await;
+    sink.wait_for(12 * 20, Duration::from_secs(20)).await;
+
+    // kill -9 of node 2.
+    let killed = clock::instant();
+    nodes[2].child.kill().expect("kill -9");
+    let _ = nodes[2].child.wait();
+    let hits = delivered(&sink, 12 * PER_GATE).await;
+    for (name, owner) in &gates {
+        let mine: Vec<Hit> = on(&hits, name);
+        windows_within(&mine, RATE, BURST, name);
+        let gap = longest_gap(&mine, killed);
+        eprintln!("kill -9 of node 2: {name} (node {owner}) stood still {gap:?}");
+        let bound = if *owner == 2 { 15.0 } else { 1.5 };
+        assert!(
+            gap < Duration::from_secs_f64(bound),
+            "{name} on node {owner} stood still {gap:?} after node 2 died"
+        );
+    }
+    let after = settled(&nodes, &[0, 1]).await;
+    for unit in 0..UNITS as usize {
+        if before[unit] != Some(2) {
+            assert_eq!(
+                after[unit], before[unit],
+                "unit {unit} moved off a live node"
+            );
+        }
+    }
+
+    // A fourth node joins: what moves, moves to it.
+    nodes.push(Node::spawn(&url));
+    wait_ready(&nodes[3].client).await;
+    let joined = settled(&nodes, &[0, 1, 3]).await;
+    let moved = (0..UNITS as usize)
+        .filter(|u| joined[*u] != after[*u])
+        .inspect(|u| assert_eq!(joined[*u], Some(3), "unit {u} moved elsewhere"))
+        .count();
+    assert!(moved > 0, "nothing moved to the new node");
+
+    // SIGTERM of node 0 under load: its gates send again within 3 s.
+    nodes[1].client.batch(feed(100)).await;
+    sink.wait_for(12 * (PER_GATE + 20), Duration::from_secs(20))
+        .await;
+    let termed = clock::instant();
+    nodes[0].signal("-TERM");
+    let status = nodes[0].child.wait().expect("wait");
+    assert!(status.success(), "node 0 ended with {status}");
+    let hits = delivered(&sink, 12 * (PER_GATE + 100)).await;
+    for (name, _) in &gates {
+        let mine: Vec<Hit> = on(&hits, name);
+        windows_within(&mine, RATE, BURST, name);
+        let owner = owner_of(&nodes, 1, name, Some(0)).await;
+        let gap = longest_gap(&mine, termed);
+        eprintln!("SIGTERM of node 0: {name} (now node {owner}) stood still {gap:?}");
+        assert!(
+            gap < Duration::from_secs(3),
+            "{name} stood still {gap:?} after node 0 left"
+        );
+    }
+
+    // A create and a cancel through a node that does not run the gate: the
+    // create commits there, the cancel is forwarded to the owner.
+    let (name, owner) = (gates.iter())
+        .map(|(name, _)| (name, joined[unit_of(name, UNITS) as usize]))
+        .find(|(_, owner)| *owner == Some(3))
+        .expect("a gate on the new node");
+    let mut later = webhook_task(name, &sink.url("/later"));
+    later["delay"] = json!("1h");
+    let task = nodes[1].client.create(later).await;
+    let id = task["id"].as_str().expect("id");
+    let (status, cancelled) = nodes[1]
+        .client
+        .send("DELETE", &format!("/v1/tasks/{id}"), None)
+        .await;
+    assert_eq!(
+        status, 200,
+        "cancel via a node that is not {owner:?}: {cancelled}"
+    );
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+}
+
+/// Waits until `n` distinct tasks have reached the sink.
+async fn delivered(sink: &Sink, n: usize) -> Vec<Hit> {
+    let start = clock::instant();
+    loop {
+        let hits = sink.hits();
+        let tasks: BTreeSet<&str> = hits.iter().map(|h| h.task.as_str()).collect();
+        if tasks.len() >= n {
+            return hits;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{} of {n} tasks reached the sink",
+            tasks.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The hits of gate `name` (its path).
+fn on(hits: &[Hit], name: &str) -> Vec<Hit> {
+    let path = format!("/{name}");
+    hits.iter().filter(|h| h.path == path).cloned().collect()
 }

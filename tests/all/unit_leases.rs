@@ -315,7 +315,21 @@ async fn the_plan_follows_the_rendezvous_over_the_live_nodes() {
             .map(|u| owner_of(u, live, |i| fnv1a(ids[i].as_bytes())))
             .collect()
     };
-    // Just started: nobody is live yet, so nobody takes anything.
+    // Just started, none settled: each counts itself alone, so a lone
+    // node runs its gates at once.
+    let moves = nodes[0].cluster.plan_units().await.expect("plan");
+    assert_eq!(
+        moves.acquire,
+        (0..ACQUIRE_PER_BEAT as u32).collect::<Vec<_>>()
+    );
+    // Once another has settled, a node just started takes nothing: it is
+    // not live to the others yet.
+    db.execute(
+        "UPDATE nodes SET started_at = now() - interval '1 minute' WHERE id = $1",
+        &[&ids[1]],
+    )
+    .await
+    .expect("sql");
     let moves = nodes[0].cluster.plan_units().await.expect("plan");
     assert!(moves.acquire.is_empty() && moves.hand_over.is_none());
 
@@ -327,7 +341,10 @@ async fn the_plan_follows_the_rendezvous_over_the_live_nodes() {
         .filter(|u| desired[*u as usize] == Some(0))
         .collect();
     let moves = nodes[0].cluster.plan_units().await.expect("plan");
-    assert_eq!(moves.acquire, mine[..ACQUIRE_PER_BEAT].to_vec());
+    assert_eq!(
+        moves.acquire,
+        mine[..ACQUIRE_PER_BEAT.min(mine.len())].to_vec()
+    );
     assert_eq!(moves.hand_over, None);
 
     // Node 0 holds everything: it hands over one unit of another's a beat,
@@ -520,15 +537,16 @@ async fn a_busy_unit_passes_between_two_engines_and_nothing_leaves_after_its_dro
 
 /// The balance (`Cluster::balance`) on two running nodes. The first, alone,
 /// takes every unit, a few a beat; six gates get 100 tasks each at 20/s; a
-/// second node joins, and beat by beat the first hands it its share, one
-/// unit a beat, each stopped and drained before its row is released, while
+/// second node joins, and the first hands it its share: idle units at
+/// once, busy ones one a beat, each stopped and drained before its row is
+/// released, while
 /// the gates deliver (each with a few attempts out, the sink answering in
 /// 150 ms). At the end each unit is held by its rendezvous owner, each
 /// moved once, every task arrived exactly once (without the drain, the
 /// attempts out at a drop arrive again: caught), and no gate's window
 /// broke.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_balance_spreads_busy_gates_over_two_nodes_one_unit_a_beat() {
+async fn the_balance_spreads_busy_gates_over_two_nodes_one_busy_unit_a_beat() {
     let Some(pg) = PgServer::start() else {
         return;
     };
@@ -598,7 +616,7 @@ async fn the_balance_spreads_busy_gates_over_two_nodes_one_unit_a_beat() {
     let (b_engine, b_stop, b_thread) =
         running_engine(&url, "balance", Units::NONE, lookahead).await;
     settle(&b).await;
-    let (mut moved, mut quiet) = (Units::NONE, 0);
+    let (mut moved, mut drained, mut quiet) = (Units::NONE, Units::NONE, 0);
     for _ in 0..4 * UNITS {
         let x = a.cluster.balance(&a_engine, drain).await.expect("a's beat");
         let y = b.cluster.balance(&b_engine, drain).await.expect("b's beat");
@@ -609,7 +627,11 @@ async fn the_balance_spreads_busy_gates_over_two_nodes_one_unit_a_beat() {
             moved.and(x.handed_over).is_empty(),
             "a unit moved twice: {x:?}"
         );
-        assert!(x.handed_over.iter().count() <= 1, "{x:?}");
+        // Busy units one a beat; a unit found idle goes at once, and may
+        // get a start between that look and its stop (then it is drained
+        // too).
+        assert!(x.drained.iter().count() <= 2, "{x:?}");
+        drained = drained.with(x.drained);
         moved = moved.with(x.handed_over);
         if x.handed_over.is_empty() && y.adopted.is_empty() {
             quiet += 1;
@@ -640,6 +662,10 @@ async fn the_balance_spreads_busy_gates_over_two_nodes_one_unit_a_beat() {
     for gate in &gates {
         assert_eq!(moved.has_gate(gate), desired(gate) == Some(1), "{gate}");
     }
+    assert!(
+        gates.iter().any(|g| drained.has_gate(g)),
+        "no busy gate's unit was drained"
+    );
 
     let mut hits = Vec::new();
     for _ in 0..600 {

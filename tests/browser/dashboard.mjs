@@ -401,32 +401,35 @@ async function statsContract(page) {
   step('the stats contract renders: sparklines, rate chart, 60-minute forecast');
 }
 
-/** A cluster's overview lists every node started, and marks the one that
- * owns the gates, as /v1/cluster says. */
+/** A cluster's overview lists every node started, with the units and gates
+ * each owns as /v1/cluster says, and marks the node that answered. */
 async function clusterNodes(page, expected) {
   const rows = page.locator('[data-section=nodes] table.nodes tbody tr');
   await rows.nth(expected.length - 1).waitFor();
   const cluster = await api('/v1/cluster');
   const shown = await rows.evaluateAll((trs) => trs.map((tr) => ({
     id: tr.dataset.node,
-    gates: tr.children[3].textContent.trim(),
+    units: tr.children[3].textContent.trim(),
+    gates: tr.children[4].textContent.trim(),
     role: tr.lastElementChild.textContent.trim(),
   })));
   for (const node of cluster.nodes) {
     const row = shown.find((r) => r.id === node.id);
     check(row && digits(row.gates) === node.gates_owned,
       `${node.id} owns ${node.gates_owned} gates, the page says ${row?.gates}`);
+    check(row && digits(row.units) === node.units.length,
+      `${node.id} holds ${node.units.length} units, the page says ${row?.units}`);
   }
   const ids = shown.map((r) => r.id).sort();
   check(JSON.stringify(ids) === JSON.stringify([...expected].sort()),
     `the nodes shown are ${ids}, the test started ${expected}`);
-  const owners = shown.filter((r) => r.role === 'owner').map((r) => r.id);
-  check(owners.length === 1 && owners[0] === cluster.owner,
-    `owner shown: ${owners}; /v1/cluster: ${cluster.owner}`);
+  const answered = shown.filter((r) => r.role === 'this node').map((r) => r.id);
+  check(answered.length === 1 && answered[0] === cluster.node,
+    `marked as this node: ${answered}; /v1/cluster: ${cluster.node}`);
   const summary = await page.locator('[data-section=nodes] .summary').textContent();
-  check(summary.includes(`${expected.length} nodes`) && summary.includes(cluster.owner), `summary: ${summary}`);
+  check(summary.includes(`${expected.length} nodes`) && summary.includes('every unit'), `summary: ${summary}`);
   await shot(page, 'nodes');
-  step(`the nodes section lists ${ids.join(', ')}; ${cluster.owner} dispatches the gates`);
+  step(`the nodes section lists ${ids.join(', ')} with the units and gates each owns`);
 }
 
 /** The whole tour, on the server tests/all/dashboard.rs filled. */

@@ -1,8 +1,9 @@
-//! `GET /v1/cluster`: the nodes and which one owns the gates. Any node
+//! `GET /v1/cluster`: the nodes and the units (so the gates) each owns. Any node
 //! answers it itself, from the database (never forwarded), so it shows the
 //! cluster as this node sees it.
 
 use super::*;
+use crate::core::units::Units;
 use wire::{ClusterView, NodeView};
 
 #[utoipa::path(
@@ -11,14 +12,14 @@ use wire::{ClusterView, NodeView};
     tag = "meta",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The nodes and the owner of the gates", body = ClusterView),
+        (status = 200, description = "The nodes, with the units and gates each owns", body = ClusterView),
         (status = 503, description = "The database did not answer", body = ErrorBody),
     )
 )]
 pub(super) async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
     let store = state.store.clone();
-    let gates = tokio::task::spawn_blocking(move || -> Result<usize, ApiError> {
-        Ok(store.read()?.gates()?.len())
+    let gates = tokio::task::spawn_blocking(move || -> Result<Vec<String>, ApiError> {
+        Ok(store.read()?.gates()?.into_iter().map(|g| g.name).collect())
     })
     .await
     .map_err(|e| ApiError::internal(&e))??;
@@ -26,24 +27,22 @@ pub(super) async fn cluster(State(state): State<AppState>) -> Result<Json<Cluste
         return Ok(Json(ClusterView {
             store: "redb".into(),
             node: "local".into(),
-            owner: Some("local".into()),
             nodes: vec![NodeView {
                 id: "local".into(),
                 address: None,
                 last_heartbeat_s: 0.0,
                 started_at: None,
-                gates_owned: gates,
+                gates_owned: gates.len(),
+                units: Units::ALL.iter().collect(),
             }],
         }));
     };
     let nodes = cluster.nodes().await.map_err(|e| {
         ApiError::unavailable(format!("the cluster's database did not answer: {e}"))
     })?;
-    let owner = nodes.iter().find(|n| n.owner).map(|n| n.id.clone());
     Ok(Json(ClusterView {
         store: "postgres".into(),
         node: cluster.id().to_string(),
-        owner,
-        nodes: nodes.iter().map(|n| NodeView::of(n, gates)).collect(),
+        nodes: nodes.iter().map(|n| NodeView::of(n, &gates)).collect(),
     }))
 }

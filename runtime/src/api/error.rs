@@ -197,9 +197,6 @@ impl ApiError {
             ShellError::Moved { gate } => {
                 ApiError::unavailable(format!("gate {gate:?} is moving to another node; retry"))
             }
-            ShellError::Standby => ApiError::unavailable(
-                "this node runs no gates and could not reach the one that does; retry",
-            ),
         }
     }
 }

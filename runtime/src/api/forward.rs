@@ -1,27 +1,29 @@
-//! In a cluster, a node that does not own the gates hands each API request
-//! to the node that does, and passes its answer back: every node answers
-//! the whole API, and every change to what is stored is made (and committed
-//! to PostgreSQL) by the one node whose engine holds the gates in memory.
-//! Creates are the exception: any node commits them (its standby engine
-//! writes new tasks only), and the owner hears of them by `NOTIFY`. Health,
-//! readiness, `/v1/cluster`, the OpenAPI document and the dashboard's pages
-//! are answered by the node itself.
+//! In a cluster, every node answers the whole API: a request that changes
+//! a gate, or a task or schedule of a gate, goes to the node that owns the
+//! gate's unit (`route`), which changes and commits it; its answer comes
+//! back as it is. Creates commit on the node that takes them (its engine
+//! writes new tasks of any gate; the owner hears of them by `NOTIFY`),
+//! except those naming a coalesce key, which change a task already stored.
+//! Reads come from PostgreSQL on the node itself; the list of gates, whose
+//! live figures are each owner's, is asked of every owner and merged.
 //!
 //! A request is forwarded at most once (`sluice-forwarded-by`): if the
-//! owner has just lost the gates, the client gets a 503 with `Retry-After`
-//! and tries again, as it would while a takeover is under way.
+//! owner has just handed the unit over, the client gets a 503 with
+//! `Retry-After` and tries again, as it would while a takeover is under way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::HeaderName;
+use axum::http::{HeaderName, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+use super::wire::GateList;
 use crate::cluster::Cluster;
+use crate::store::Backend;
 
 /// Marks a forwarded request, naming the node that sent it on.
 pub const FORWARDED_BY: &str = "sluice-forwarded-by";
@@ -32,33 +34,81 @@ const BODY_LIMIT: usize = crate::plugin::MAX_COMPONENT + (1 << 20);
 /// Longest wait for the owner's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What forwarding needs: this node's view of the cluster and a client for
-/// the owner. The client reaches cluster members only, at the addresses
-/// they registered in the database, so it is not the guarded client of
-/// outgoing requests.
+/// Longest wait for another owner's list of gates.
+const MERGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// On a merged list of gates: the nodes that did not answer (their gates
+/// are missing from it).
+pub const PARTIAL: &str = "sluice-partial";
+
+/// What forwarding needs: this node's view of the cluster, the store (to
+/// find a task's gate) and a client for the owners. The client reaches
+/// cluster members only, at the addresses they registered in the
+/// database, so it is not the guarded client of outgoing requests.
 #[derive(Clone)]
 pub struct Peers {
     pub cluster: Arc<Cluster>,
+    store: Arc<dyn Backend>,
     http: reqwest::Client,
 }
 
 impl Peers {
-    pub fn new(cluster: Arc<Cluster>) -> reqwest::Result<Peers> {
+    pub fn new(cluster: Arc<Cluster>, store: Arc<dyn Backend>) -> reqwest::Result<Peers> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(2))
             .timeout(ANSWER_TIMEOUT)
             .no_proxy()
             .build()?;
-        Ok(Peers { cluster, http })
+        Ok(Peers {
+            cluster,
+            store,
+            http,
+        })
     }
 }
 
-/// Paths every node answers itself.
-fn local(path: &str) -> bool {
-    !(path.starts_with("/v1/") || path == "/metrics")
-        || path == "/v1/cluster"
-        || path == "/v1/openapi.json"
+/// Where a request is answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Route {
+    /// By this node: reads, creates, plugins, replays, the cluster's view.
+    Local,
+    /// By the owner of the gate.
+    Gate(String),
+    /// By the owner of the task's gate.
+    Task(String),
+    /// By the owner of the schedule's template gate.
+    Schedule(String),
+    /// A create naming a coalesce key, or a schedule's `PUT`: by the owner
+    /// of the gate its body names.
+    Body,
+    /// `GET /v1/gates`: by every owner, the answers merged.
+    Gates,
+}
+
+/// The route of a request, from its method and path.
+fn route(method: &Method, path: &str) -> Route {
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return Route::Local;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let get = method == Method::GET;
+    // Names are letters, digits, '-', '_' and '.': never escaped. One
+    // that is arrives as written, and its owner refuses it.
+    let name = |i: usize| parts.get(i).map(|s| s.to_string()).unwrap_or_default();
+    match parts.as_slice() {
+        ["gates"] if get => Route::Gates,
+        ["gates", _, "keys"] => Route::Local,
+        ["gates", _] | ["gates", _, "pause" | "resume"] => Route::Gate(name(1)),
+        ["tasks"] | ["tasks", "batch"] if method == Method::POST => Route::Body,
+        ["tasks", "replay", ..] => Route::Local,
+        ["tasks", _] if method == Method::DELETE => Route::Task(name(1)),
+        ["tasks", _, "retry" | "complete" | "fail" | "heartbeat"] => Route::Task(name(1)),
+        ["schedules", _] if method == Method::PUT => Route::Body,
+        ["schedules", _] if method == Method::DELETE => Route::Schedule(name(1)),
+        ["schedules", _, "pause" | "resume"] => Route::Schedule(name(1)),
+        _ => Route::Local,
+    }
 }
 
 /// Whether a create's body may name a coalesce key. A coalesce changes a
@@ -103,34 +153,112 @@ fn retry_later(message: String) -> Response {
     ApiError::unavailable(message).into_response()
 }
 
+/// The gate a body names: a create's `gate` (a batch's first task's), or
+/// a schedule's `task.gate`. `None` if it names none (the handler then
+/// answers what is wrong with it).
+fn gate_in(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let gate = (value.get("gate"))
+        .or_else(|| value.get("task").and_then(|t| t.get("gate")))
+        .or_else(|| {
+            (value.get("tasks"))
+                .and_then(|t| t.get(0))
+                .and_then(|t| t.get("gate"))
+        })?;
+    gate.as_str().map(String::from)
+}
+
 pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: Next) -> Response {
     let Some(peers) = peers else {
         return next.run(request).await;
     };
-    if local(request.uri().path()) || peers.cluster.owns() {
+    let forwarded = request.headers().contains_key(FORWARDED_BY);
+    let gate = match route(request.method(), request.uri().path()) {
+        Route::Local => return next.run(request).await,
+        // Asked by another node's merge: this node's own gates.
+        Route::Gates if forwarded => return next.run(request).await,
+        Route::Gates => return all_gates(&peers, request, next).await,
+        Route::Gate(gate) => gate,
+        Route::Task(id) => match task_gate(&peers, &id).await {
+            Some(gate) => gate,
+            // Not a task id, or no such task: the handler says so.
+            None => return next.run(request).await,
+        },
+        Route::Schedule(name) => match schedule_gate(&peers, &name).await {
+            Some(gate) => gate,
+            None => return next.run(request).await,
+        },
+        Route::Body => {
+            let (parts, body) = request.into_parts();
+            let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+                Ok(body) => body,
+                Err(_) => return too_large(),
+            };
+            let creates = parts.uri.path().starts_with("/v1/tasks");
+            let request = Request::from_parts(parts, Body::from(body.clone()));
+            if creates && !coalesces(&body) {
+                // Committed here: the owner hears of them by `NOTIFY`.
+                return next.run(request).await;
+            }
+            match gate_in(&body) {
+                Some(gate) => return to_owner(&peers, &gate, request, next, forwarded).await,
+                None => return next.run(request).await,
+            }
+        }
+    };
+    to_owner(&peers, &gate, request, next, forwarded).await
+}
+
+fn too_large() -> Response {
+    ApiError::too_large(format!("request body over {} MiB", BODY_LIMIT >> 20)).into_response()
+}
+
+/// The gate of the task `id` names, read from the store.
+async fn task_gate(peers: &Peers, id: &str) -> Option<String> {
+    let id: crate::core::TaskId = id.parse().ok()?;
+    let store = peers.store.clone();
+    let task = tokio::task::spawn_blocking(move || store.read().ok()?.task(id.0).ok()?).await;
+    task.ok().flatten().map(|t| t.gate)
+}
+
+/// The template gate of the schedule `name`, read from the store.
+async fn schedule_gate(peers: &Peers, name: &str) -> Option<String> {
+    let (store, name) = (peers.store.clone(), name.to_string());
+    let schedule =
+        tokio::task::spawn_blocking(move || store.read().ok()?.schedule(&name).ok()?).await;
+    schedule.ok().flatten().map(|s| s.template.gate)
+}
+
+/// Answers `request` here if this node runs `gate`, else has its owner
+/// answer it.
+async fn to_owner(
+    peers: &Peers,
+    gate: &str,
+    request: Request,
+    next: Next,
+    forwarded: bool,
+) -> Response {
+    let cluster = &peers.cluster;
+    if cluster.runs(gate) {
         return next.run(request).await;
     }
-    let creates = request.method() == axum::http::Method::POST
-        && matches!(request.uri().path(), "/v1/tasks" | "/v1/tasks/batch");
+    let owner = cluster.owner_of(gate);
+    let (owner, address) = match owner {
+        // Forwarded once already, or held by this node as the database has
+        // it but not (yet, or any more) by its engine.
+        _ if forwarded => return changing_hands(gate),
+        Some((id, _)) if id == cluster.id() => return changing_hands(gate),
+        Some(owner) => owner,
+        None => {
+            return retry_later(format!(
+                "no node owns gate {gate:?} right now (a takeover is under way); retry"
+            ));
+        }
+    };
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(body) => body,
-        Err(_) => {
-            return ApiError::too_large(format!("request body over {} MiB", BODY_LIMIT >> 20))
-                .into_response();
-        }
-    };
-    if creates && !coalesces(&body) {
-        // Committed here: the owner hears of them by `NOTIFY`.
-        return next.run(Request::from_parts(parts, Body::from(body))).await;
-    }
-    if parts.headers.contains_key(FORWARDED_BY) {
-        return retry_later("the gates are changing hands; retry".into());
-    }
-    let Some((owner, address)) = peers.cluster.owner() else {
-        return retry_later(
-            "no node owns the gates right now (a takeover is under way); retry".into(),
-        );
+        Err(_) => return too_large(),
     };
     let target = format!(
         "{}{}",
@@ -143,13 +271,13 @@ pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: N
             sent = sent.header(name, value);
         }
     }
-    sent = sent.header(FORWARDED_BY, peers.cluster.id());
+    sent = sent.header(FORWARDED_BY, cluster.id());
     // A paused owner still accepts connections (its kernel does): give up
-    // as soon as another node has taken the gates over.
+    // as soon as another node has taken the gate over.
     let moved = async {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if peers.cluster.owner().is_none_or(|(id, _)| id != owner) {
+            if cluster.owner_of(gate).is_none_or(|(id, _)| id != owner) {
                 return;
             }
         }
@@ -157,15 +285,15 @@ pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: N
     let sent = tokio::select! {
         sent = sent.send() => sent,
         () = moved => {
-            return retry_later(format!("the gates moved away from {owner} while it answered; retry"));
+            return retry_later(format!("gate {gate:?} moved away from {owner} while it answered; retry"));
         }
     };
     let answer = match sent {
         Ok(answer) => answer,
         Err(e) => {
-            tracing::warn!(%owner, error = %e, "the owner of the gates did not answer");
+            tracing::warn!(%owner, error = %e, "the owner of a gate did not answer");
             return retry_later(format!(
-                "the node that owns the gates ({owner}) did not answer; retry"
+                "the node that owns gate {gate:?} ({owner}) did not answer; retry"
             ));
         }
     };
@@ -176,7 +304,7 @@ pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: N
         Err(e) => {
             tracing::warn!(%owner, error = %e, "the owner's answer was cut off");
             return retry_later(format!(
-                "the answer of the node that owns the gates ({owner}) was cut off"
+                "the answer of the node that owns gate {gate:?} ({owner}) was cut off"
             ));
         }
     };
@@ -190,9 +318,130 @@ pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: N
     response
 }
 
+fn changing_hands(gate: &str) -> Response {
+    retry_later(format!("gate {gate:?} is changing hands; retry"))
+}
+
+/// `GET /v1/gates` in a cluster: this node's gates and every other
+/// owner's (each asked with `sluice-forwarded-by`, so it answers with its
+/// own), merged in name order. An owner that does not answer within
+/// `MERGE_TIMEOUT` is left out, and named in `sluice-partial`.
+async fn all_gates(peers: &Peers, request: Request, next: Next) -> Response {
+    let (parts, _) = request.into_parts();
+    let mut asks = Vec::new();
+    for (id, address) in peers.cluster.owners() {
+        if id == peers.cluster.id() {
+            continue;
+        }
+        let mut sent = (peers.http)
+            .get(format!("{}/v1/gates", address.trim_end_matches('/')))
+            .timeout(MERGE_TIMEOUT)
+            .header(FORWARDED_BY, peers.cluster.id());
+        for (name, value) in &parts.headers {
+            if passes(name) {
+                sent = sent.header(name, value);
+            }
+        }
+        asks.push(async move {
+            let listed = match sent.send().await {
+                Ok(answer) if answer.status().is_success() => match answer.bytes().await {
+                    Ok(bytes) => {
+                        serde_json::from_slice::<GateList>(&bytes).map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                Ok(answer) => Err(format!("answered {}", answer.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            listed.map_err(|error| {
+                tracing::warn!(node = %id, %error, "a node did not list its gates");
+                id
+            })
+        });
+    }
+    let local = Request::from_parts(parts, Body::empty());
+    let (mine, theirs) = tokio::join!(next.run(local), futures_util::future::join_all(asks));
+    if !mine.status().is_success() {
+        return mine;
+    }
+    let mine = match axum::body::to_bytes(mine.into_body(), usize::MAX).await {
+        Ok(bytes) => serde_json::from_slice::<GateList>(&bytes).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut all = match mine {
+        Ok(list) => list,
+        Err(e) => return ApiError::internal(&e).into_response(),
+    };
+    let mut missing = Vec::new();
+    for answer in theirs {
+        match answer {
+            Ok(list) => all.gates.extend(list.gates),
+            Err(node) => missing.push(node),
+        }
+    }
+    all.gates.sort_by(|a, b| a.name.cmp(&b.name));
+    all.gates.dedup_by(|a, b| a.name == b.name);
+    let mut response = axum::Json(all).into_response();
+    if !missing.is_empty()
+        && let Ok(value) = axum::http::HeaderValue::from_str(&missing.join(","))
+    {
+        response.headers_mut().insert(PARTIAL, value);
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_go_where_their_gate_is() {
+        let gate = |name: &str| Route::Gate(name.to_string());
+        let task = |id: &str| Route::Task(id.to_string());
+        let schedule = Route::Schedule("daily".into());
+        let cases = [
+            (Method::GET, "/v1/gates", Route::Gates),
+            (Method::GET, "/v1/gates/mail", gate("mail")),
+            (Method::PUT, "/v1/gates/mail", gate("mail")),
+            (Method::DELETE, "/v1/gates/mail", gate("mail")),
+            (Method::POST, "/v1/gates/mail/pause", gate("mail")),
+            (Method::POST, "/v1/gates/mail/resume", gate("mail")),
+            (Method::GET, "/v1/gates/mail/keys", Route::Local),
+            (Method::POST, "/v1/tasks", Route::Body),
+            (Method::POST, "/v1/tasks/batch", Route::Body),
+            (Method::GET, "/v1/tasks", Route::Local),
+            (Method::GET, "/v1/tasks/t1", Route::Local),
+            (Method::DELETE, "/v1/tasks/t1", task("t1")),
+            (Method::POST, "/v1/tasks/t1/retry", task("t1")),
+            (Method::POST, "/v1/tasks/t1/complete", task("t1")),
+            (Method::POST, "/v1/tasks/t1/fail", task("t1")),
+            (Method::POST, "/v1/tasks/t1/heartbeat", task("t1")),
+            (Method::POST, "/v1/tasks/replay", Route::Local),
+            (Method::DELETE, "/v1/tasks/replay/r1", Route::Local),
+            (Method::PUT, "/v1/schedules/daily", Route::Body),
+            (Method::GET, "/v1/schedules/daily", Route::Local),
+            (Method::DELETE, "/v1/schedules/daily", schedule.clone()),
+            (Method::POST, "/v1/schedules/daily/pause", schedule),
+            (Method::PUT, "/v1/plugins/p/1.0.0", Route::Local),
+            (Method::GET, "/v1/cluster", Route::Local),
+            (Method::GET, "/metrics", Route::Local),
+            (Method::GET, "/readyz", Route::Local),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(route(&method, path), expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn the_gate_a_body_names_is_found_in_each_shape() {
+        assert_eq!(gate_in(br#"{"gate":"a"}"#).as_deref(), Some("a"));
+        let batch = br#"{"tasks":[{"gate":"b"}]}"#;
+        assert_eq!(gate_in(batch).as_deref(), Some("b"));
+        let schedule = br#"{"every":"1m","task":{"gate":"c"}}"#;
+        assert_eq!(gate_in(schedule).as_deref(), Some("c"));
+        assert_eq!(gate_in(br#"{"tasks":[]}"#), None);
+        assert_eq!(gate_in(b"not json"), None);
+    }
 
     #[test]
     fn creates_naming_a_coalesce_key_are_seen_however_it_is_spelt() {

@@ -278,12 +278,8 @@ async fn healthz() -> &'static str {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    // A node that does not own the gates serves by forwarding to the owner.
-    let forwards = state
-        .cluster
-        .as_ref()
-        .is_some_and(|c| c.owner().is_some_and(|(owner, _)| owner != c.id()));
-    if state.shell.is_ready() || forwards {
+    // In a cluster too: every node runs an engine, holding units or not.
+    if state.shell.is_ready() {
         "ready\n".into_response()
     } else {
         ApiError::unavailable("starting or stopping").into_response()

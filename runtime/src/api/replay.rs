@@ -401,11 +401,11 @@ fn run(state: &AppState, job: Arc<Job>) {
 }
 
 /// Picks up the replays that were running when the engine last stopped:
-/// at start, and in a cluster whenever this node owns the gates (the node
+/// at start, and in a cluster whenever this node holds unit 0 (the node
 /// that ran a job may have died). Ended jobs are loaded for their `GET`.
 pub async fn resume(state: AppState) {
     loop {
-        let owns = state.cluster.as_ref().is_none_or(|c| c.owns());
+        let owns = (state.cluster.as_ref()).is_none_or(|c| c.units_held().0.has(0));
         if owns {
             let store = state.store.clone();
             let records = tokio::task::spawn_blocking(move || store.read()?.replays()).await;

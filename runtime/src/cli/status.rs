@@ -38,43 +38,42 @@ pub(super) async fn status(api: &Api, watch: bool, json: bool) -> Result<(), Fai
     }
 }
 
-/// The nodes of a cluster and which one dispatches the gates; nothing for
-/// a single server.
+/// The nodes of a cluster, with the units and gates each dispatches;
+/// nothing for a single server.
 pub(super) fn cluster_lines(v: &Value) -> String {
     if v["store"] != "postgres" {
         return String::new();
     }
     let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
-    let owner = v["owner"]
-        .as_str()
-        .unwrap_or("none (a takeover is under way)");
+    let held: usize = (nodes.iter())
+        .filter_map(|n| n["units"].as_array().map(Vec::len))
+        .sum();
     let mut out = format!(
-        "\ncluster: {} nodes, gates dispatched by {owner}\n",
-        nodes.len()
+        "\ncluster: {} nodes, {held} of {} units held\n",
+        nodes.len(),
+        crate::core::units::UNITS
     );
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
             let id = n["id"].as_str().unwrap_or("");
-            let mut role = if Some(id) == v["owner"].as_str() {
-                "owner".to_string()
-            } else {
-                "standby".to_string()
-            };
-            if Some(id) == v["node"].as_str() {
-                role.push_str(", answered");
-            }
+            let units = n["units"].as_array().map_or(0, Vec::len);
             vec![
                 id.to_string(),
                 n["address"].as_str().unwrap_or("").to_string(),
                 format!("{:.1} s ago", n["last_heartbeat_s"].as_f64().unwrap_or(0.0)),
+                units.to_string(),
                 num(&n["gates_owned"]),
-                role,
+                if Some(id) == v["node"].as_str() {
+                    "answered".to_string()
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
     out.push_str(&table(
-        &["NODE", "ADDRESS", "HEARTBEAT", "GATES", "ROLE"],
+        &["NODE", "ADDRESS", "HEARTBEAT", "UNITS", "GATES", ""],
         &rows,
     ));
     out
@@ -141,23 +140,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cluster_shows_its_nodes_and_the_owner() {
+    fn a_cluster_shows_its_nodes_and_what_each_owns() {
         let cluster = serde_json::json!({
-            "store": "postgres", "node": "n-2", "owner": "n-1",
+            "store": "postgres", "node": "n-2",
             "nodes": [
-                {"id": "n-1", "address": "http://10.0.0.7:7070", "last_heartbeat_s": 0.4, "gates_owned": 3},
-                {"id": "n-2", "address": "http://10.0.0.8:7070", "last_heartbeat_s": 0.9, "gates_owned": 0},
+                {"id": "n-1", "address": "http://10.0.0.7:7070", "last_heartbeat_s": 0.4,
+                 "gates_owned": 3, "units": [0, 1, 2]},
+                {"id": "n-2", "address": "http://10.0.0.8:7070", "last_heartbeat_s": 0.9,
+                 "gates_owned": 0, "units": [3]},
             ],
         });
         let text = cluster_lines(&cluster);
         assert!(
-            text.contains("cluster: 2 nodes, gates dispatched by n-1"),
+            text.contains("cluster: 2 nodes, 4 of 64 units held"),
             "{text}"
         );
-        let owner = text.lines().find(|l| l.starts_with("n-1")).expect("n-1");
-        assert!(owner.contains("owner") && owner.contains(" 3 "), "{text}");
+        let first = text.lines().find(|l| l.starts_with("n-1")).expect("n-1");
+        assert!(
+            first.contains(" 3 ") && !first.contains("answered"),
+            "{text}"
+        );
         let other = text.lines().find(|l| l.starts_with("n-2")).expect("n-2");
-        assert!(other.contains("standby, answered"), "{text}");
+        assert!(
+            other.contains(" 1 ") && other.contains("answered"),
+            "{text}"
+        );
         let single = serde_json::json!({"store": "redb", "nodes": []});
         assert_eq!(cluster_lines(&single), "");
     }

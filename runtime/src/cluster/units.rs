@@ -19,8 +19,8 @@
 //! - **A handover fences nobody**: the owner stops sending for the unit and
 //!   commits that before it releases the row.
 //!
-//! The server does not use these yet; one node still holds every gate
-//! under the single lease.
+//! `server::supervise` runs `balance` every beat, and `leave` on a clean
+//! stop.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,6 +73,11 @@ pub struct Balanced {
     /// engine is fenced and sends nothing more. Start a new one under
     /// `Cluster::node_fence` that adopts what `Cluster::units_held` says.
     pub lost: Units,
+    /// Of `handed_over`, those with something out when stopped (so
+    /// drained): one a beat, and one found idle just before its stop.
+    pub drained: Units,
+    /// It took as many units as a beat takes: more may be waiting.
+    pub more: bool,
 }
 
 fn units_column(units: Units) -> Vec<i32> {
@@ -264,10 +269,11 @@ impl Cluster {
     /// What this node should do at this beat (`core::units::plan_moves`),
     /// from the rows and the live nodes as the database has them: nodes that
     /// beat within a lease, are not leaving, and started a few seconds ago
-    /// (so a node that flaps is given nothing).
+    /// (so a node that flaps is given nothing). A node that sees no other
+    /// counts itself from its start: one alone runs its gates at once.
     pub async fn plan_units(&self) -> Result<Moves, StoreError> {
         let lease_ms = lease_ms(&self.terms) as f64;
-        let (rows, live) = self
+        let (rows, fresh) = self
             .with_client(async |client| {
                 let rows = client
                     .query(
@@ -276,11 +282,11 @@ impl Cluster {
                         &[],
                     )
                     .await?;
-                let live = client
+                let fresh = client
                     .query(
-                        "SELECT id FROM nodes \
+                        "SELECT id, started_at < now() - interval '3 seconds' FROM nodes \
                          WHERE heartbeat > now() - $1::float8 * interval '1 millisecond' \
-                         AND NOT leaving AND started_at < now() - interval '3 seconds'",
+                         AND NOT leaving",
                         &[&lease_ms],
                     )
                     .await?;
@@ -288,10 +294,16 @@ impl Cluster {
                     .iter()
                     .map(|row| (row.get(0), row.get(1), row.get(2)))
                     .collect();
-                let live: Vec<String> = live.iter().map(|row| row.get(0)).collect();
-                Ok((rows, live))
+                let fresh: Vec<(String, bool)> =
+                    fresh.iter().map(|row| (row.get(0), row.get(1))).collect();
+                Ok((rows, fresh))
             })
             .await?;
+        let alone = fresh.iter().all(|(id, old)| id == &self.id || !old);
+        let live: Vec<String> = (fresh.iter())
+            .filter(|(id, old)| *old || (alone && id == &self.id))
+            .map(|(id, _)| id.clone())
+            .collect();
         // Nodes by index, so the rules (which want `Copy` names) can run.
         let mut names: Vec<String> = live.clone();
         let mut index = |name: &str| match names.iter().position(|n| n == name) {
@@ -328,10 +340,11 @@ impl Cluster {
 
     /// One beat of the balance: renews the units held; takes the free units
     /// this node should own (a few a beat) and has `engine` adopt them as a
-    /// takeover; hands over at most one it should not: `engine` stops it,
-    /// drains it (until nothing is out, or `drain` passes: what is still
-    /// out is the taker's to hold), drops it, and only then is its row
-    /// released. Units lost (see `Balanced::lost`) end the beat at once.
+    /// takeover; hands over those it should not: each with nothing out at
+    /// once, and at most one busy one a beat: `engine` stops it, drains it
+    /// (until nothing is out, or `drain` passes: what is still out is the
+    /// taker's to hold), drops it, and only then is its row released. Units
+    /// lost (see `Balanced::lost`) end the beat at once.
     pub async fn balance(
         &self,
         engine: &Handle,
@@ -346,6 +359,7 @@ impl Cluster {
             return Ok(beat);
         }
         let moves = self.plan_units().await?;
+        beat.more = moves.acquire.len() >= crate::core::units::ACQUIRE_PER_BEAT;
         for unit in moves.acquire {
             match self.acquire_unit(unit).await {
                 Ok(Some(acquired)) if acquired.fenced_me => {
@@ -366,18 +380,76 @@ impl Cluster {
                 anyhow::bail!("the engine did not adopt units: {e}");
             }
         }
-        if let Some(unit) = moves.hand_over {
+        for unit in moves.surplus.iter() {
             let one = Units::one(unit);
-            engine.units(UnitsOrder::Stop(one)).await?;
-            let until = clock::instant() + drain;
-            while engine.units(UnitsOrder::Busy(one)).await? > 0 && clock::instant() < until {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            if engine.units(UnitsOrder::Busy(one)).await? > 0 && !beat.drained.is_empty() {
+                continue;
             }
+            engine.units(UnitsOrder::Stop(one)).await?;
+            if engine.units(UnitsOrder::Busy(one)).await? > 0 {
+                beat.drained = beat.drained.with(one);
+            }
+            beat.lost = self.drain(engine, one, drain).await?;
             engine.units(UnitsOrder::Drop(one)).await?;
+            if !beat.lost.is_empty() {
+                return Ok(beat);
+            }
             self.release_units(one).await?;
-            beat.handed_over = one;
+            beat.handed_over = beat.handed_over.with(one);
         }
         Ok(beat)
+    }
+
+    /// Waits until nothing of `units` is out at `engine`, or `bound`
+    /// passes, renewing the units held meanwhile: the units lost if a
+    /// renewal finds any (the engine is fenced; stop waiting).
+    async fn drain(
+        &self,
+        engine: &Handle,
+        units: Units,
+        bound: std::time::Duration,
+    ) -> anyhow::Result<Units> {
+        let began = clock::instant();
+        let mut renewed = clock::instant();
+        while engine.units(UnitsOrder::Busy(units)).await? > 0 && began.elapsed() < bound {
+            if renewed.elapsed() >= self.terms.renew_every {
+                renewed = clock::instant();
+                match self.renew_units().await {
+                    Ok(renewal) if !renewal.lost.is_empty() => return Ok(renewal.lost),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "renewing the units failed"),
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(Units::NONE)
+    }
+
+    /// A clean stop: marks this node as leaving (peers plan without it),
+    /// stops every unit it holds, drains them (up to `drain`), drops them
+    /// and hands them over at once.
+    pub async fn leave_units(
+        &self,
+        engine: &Handle,
+        drain: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        if let Err(e) = self.mark_leaving().await {
+            tracing::warn!(error = %e, "could not mark this node as leaving");
+        }
+        let (held, _) = self.units_held();
+        if held.is_empty() {
+            return Ok(());
+        }
+        engine.units(UnitsOrder::Stop(held)).await?;
+        let lost = self.drain(engine, held, drain).await?;
+        engine.units(UnitsOrder::Drop(held)).await?;
+        if !lost.is_empty() {
+            tracing::warn!("units were taken over while this node drained them");
+        }
+        // Nothing is sent for them any more: what is still held goes.
+        let (held, _) = self.units_held();
+        self.release_units(held).await?;
+        Ok(())
     }
 
     /// Marks this node as leaving (a clean stop): peers plan without it.

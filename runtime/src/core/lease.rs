@@ -1,5 +1,6 @@
-//! The lease on the gates, as pure rules: the database's side (`Row`, what
-//! the SQL of `cluster.rs` does to the `ownership` row) and the owner's
+//! A lease (each unit's, `core::units`), as pure rules: the database's
+//! side (`Row`, what the SQL of `cluster/units.rs` does to a `units` row)
+//! and the owner's
 //! (`Terms::hold`: how long after it sent a successful renewal it may act,
 //! on its own clock). `lease_sim_tests.rs` runs nodes with drifting clocks,
 //! pauses, partitions and crashes against them and checks that owners never
@@ -43,8 +44,8 @@ impl Terms {
     }
 }
 
-/// The `ownership` row: who owns the gates, under which epoch, until when
-/// by the database's clock.
+/// A lease's row: who owns it, under which epoch, until when by the
+/// database's clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Row<N> {
     pub owner: Option<N>,

@@ -252,7 +252,7 @@ impl World {
     }
 
     /// Every second of its own clock, an awake node renews or asks to take
-    /// over (`cluster::beat`, `try_acquire`).
+    /// over (`Cluster::renew_units`, `acquire_unit`).
     fn beat(&mut self, i: usize, t: u64) {
         let n = &self.nodes[i];
         if !n.clock.awake(t) || n.clock.local(t) < n.clock.next_beat {

@@ -1,12 +1,11 @@
-//! Spreading the gates over the nodes of a cluster, as pure rules (the
-//! first step of the cluster issue's "each gate owned by one node"; the
-//! server does not use them yet: one node still holds every gate).
+//! Spreading the gates over the nodes of a cluster, as pure rules, which
+//! `cluster/units.rs` runs against the database.
 //!
 //! The gates fall into a fixed number of **units** by a stable hash of
 //! their name (`unit_of`: by name, because a gate is routed before it has
 //! an id, and FNV-1a, because std's hasher may change between releases).
 //! Each unit is leased on its own (`lease::Row`, one row per unit, the
-//! same rules as the single lease today). Which live node should hold a
+//! same rules for each). Which live node should hold a
 //! unit is rendezvous hashing (`owner_of`): the node with the highest
 //! weight for it, so a node joining or leaving moves only the units it
 //! gains or loses, and every node computes the same answer from the same
@@ -29,7 +28,7 @@ pub const UNITS: u32 = 64;
 
 /// Most free units a node takes in one beat: a node that comes back
 /// after a partition does not take the whole cluster at once.
-pub const ACQUIRE_PER_BEAT: usize = 4;
+pub const ACQUIRE_PER_BEAT: usize = 16;
 
 /// FNV-1a, 64 bits: stable across builds and platforms.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
@@ -145,6 +144,9 @@ pub struct Moves {
     pub acquire: Vec<u32>,
     /// A unit it holds but should not: stop sending for it, then release it.
     pub hand_over: Option<u32>,
+    /// Every unit it holds but should not (`hand_over` is the first): those
+    /// with nothing out may go in the same beat, as nothing needs draining.
+    pub surplus: Units,
 }
 
 /// `me`'s moves, from the rows (indexed by unit) and the live nodes (by
@@ -155,19 +157,28 @@ pub fn plan_moves<N: Copy + Ord>(
     live: &[N],
     hash: impl Fn(N) -> u64,
 ) -> Moves {
+    plan_moves_taking(ACQUIRE_PER_BEAT, me, units, live, hash)
+}
+
+/// `plan_moves`, taking at most `take` free units.
+pub fn plan_moves_taking<N: Copy + Ord>(
+    take: usize,
+    me: N,
+    units: &[UnitView<N>],
+    live: &[N],
+    hash: impl Fn(N) -> u64,
+) -> Moves {
     let mut moves = Moves::default();
     for (unit, row) in units.iter().enumerate() {
         let unit = unit as u32;
         let desired = owner_of(unit, live, &hash);
         if row.free {
-            if desired == Some(me) && moves.acquire.len() < ACQUIRE_PER_BEAT {
+            if desired == Some(me) && moves.acquire.len() < take {
                 moves.acquire.push(unit);
             }
-        } else if row.owner == Some(me)
-            && desired.is_some_and(|d| d != me)
-            && moves.hand_over.is_none()
-        {
-            moves.hand_over = Some(unit);
+        } else if row.owner == Some(me) && desired.is_some_and(|d| d != me) {
+            moves.surplus = moves.surplus.with(Units::one(unit));
+            moves.hand_over = moves.hand_over.or(Some(unit));
         }
     }
     moves
@@ -286,6 +297,8 @@ mod tests {
         let moves = plan_moves(1, &held, &live, hash);
         let first_of_2 = (0..UNITS).find(|u| !mine.contains(u));
         assert_eq!(moves.hand_over, first_of_2);
+        let others: Units = (0..UNITS).filter(|u| !mine.contains(u)).collect();
+        assert_eq!(moves.surplus, others);
         assert!(moves.acquire.is_empty());
         // Node 2 waits for them to be free: a held unit is never taken.
         assert_eq!(plan_moves(2, &held, &live, hash), Moves::default());

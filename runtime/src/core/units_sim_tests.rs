@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::{ProptestConfig, proptest};
 
-use super::{UnitView, fnv1a, owner_of, plan_moves, unit_of};
+use super::{UnitView, fnv1a, owner_of, plan_moves_taking, unit_of};
 use crate::core::Timestamp;
 use crate::core::gate::{Gate, GateLimits, Signal};
 use crate::core::lease::{Row, Terms};
@@ -37,6 +37,9 @@ const RUN_MS: u64 = 120_000;
 /// Disruptions stop this long before the end, so the cluster must settle.
 const QUIET_MS: u64 = 35_000;
 const UNITS: u32 = 8;
+/// Free units a node takes in a beat here: half the world's (a real
+/// node's `ACQUIRE_PER_BEAT` is a quarter of its 64).
+const TAKE_PER_BEAT: usize = 4;
 const GATES: usize = 12;
 const MAX_NODES: usize = 5;
 
@@ -349,7 +352,7 @@ impl World {
                         false
                     }
                 });
-                let moves = plan_moves(n.id, &units, &live, hash);
+                let moves = plan_moves_taking(TAKE_PER_BEAT, n.id, &units, &live, hash);
                 let mut ask = None;
                 if let Some(unit) = moves.hand_over
                     && let Some(h) = n.held.get_mut(&unit)

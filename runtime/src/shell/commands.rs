@@ -27,12 +27,8 @@ impl Engine {
             Command::PutSchedule { spec, .. } => Some(spec.template.gate.as_str()),
             _ => None,
         };
-        let standby = self.loaded.is_empty()
-            && !matches!(command, Command::CreateTasks { .. } | Command::Live { .. });
         let refused = if self.shutting_down && !matches!(command, Command::Live { .. }) {
             Some(ShellError::ShuttingDown)
-        } else if standby {
-            Some(ShellError::Standby)
         } else {
             named.and_then(|gate| self.moved(gate))
         };

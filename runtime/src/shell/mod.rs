@@ -82,11 +82,6 @@ pub enum ShellError {
     /// handed over. A 503 to retry.
     #[error("gate {gate:?} is moving to another node")]
     Moved { gate: String },
-    /// The engine runs no gates (a cluster's standby): it takes creates
-    /// only, and everything else is the business of the node that runs
-    /// the gates. A 503 to retry.
-    #[error("this node runs no gates")]
-    Standby,
 }
 
 /// Where in a command the shell found a fault: a field, of one of the
@@ -132,8 +127,7 @@ impl ShellError {
             ShellError::NotFound { .. }
             | ShellError::Conflict(_)
             | ShellError::ShuttingDown
-            | ShellError::Moved { .. }
-            | ShellError::Standby => None,
+            | ShellError::Moved { .. } => None,
         }
     }
 

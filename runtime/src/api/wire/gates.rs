@@ -904,10 +904,6 @@ pub struct ClusterView {
     pub store: String,
     /// The node that answered.
     pub node: String,
-    /// The node that owns (dispatches) the gates; `null` while a takeover
-    /// is under way.
-    #[schema(required)]
-    pub owner: Option<String>,
     pub nodes: Vec<NodeView>,
 }
 
@@ -923,16 +919,21 @@ pub struct NodeView {
     pub started_at: Option<String>,
     /// Gates this node dispatches.
     pub gates_owned: usize,
+    /// The units (0 to 63) it holds: a gate's unit comes from its name,
+    /// and the unit's owner dispatches the gate.
+    pub units: Vec<u32>,
 }
 
 impl NodeView {
-    pub fn of(node: &crate::cluster::Node, gates: usize) -> NodeView {
+    /// `node`, owning those of `gates` (names) in its units.
+    pub fn of(node: &crate::cluster::Node, gates: &[String]) -> NodeView {
         NodeView {
             id: node.id.clone(),
             address: Some(node.address.clone()),
             last_heartbeat_s: node.heartbeat_age_ms as f64 / 1000.0,
             started_at: Some(time(node.started_at)),
-            gates_owned: if node.owner { gates } else { 0 },
+            gates_owned: gates.iter().filter(|g| node.units.has_gate(g)).count(),
+            units: node.units.iter().collect(),
         }
     }
 }

@@ -125,7 +125,7 @@ CREATE INDEX IF NOT EXISTS gates_by_unit ON gates (unit);
 ";
 
 /// The PostgreSQL schema version this build writes. 2 added `nodes` and
-/// `ownership` (the cluster), 3 `pending_keyed` and `coalesce`, 4 writes task
+/// `ownership` (the cluster's single lease, unused since the units), 3 `pending_keyed` and `coalesce`, 4 writes task
 /// records in the binary encoding (JSON ones still read), 5 moved three
 /// index tables into columns of `tasks` (`UPGRADE_TO_5`), 6 added the units
 /// (`UPGRADE_TO_6`); older schemas are upgraded in place.
@@ -133,7 +133,7 @@ pub const PG_SCHEMA_VERSION: u64 = 6;
 
 /// A transaction left idle this long (its node paused, or cut off from
 /// the database) is ended by PostgreSQL, so the locks it holds (the share
-/// lock on the ownership row among them) do not hold up the next owner.
+/// lock on the node's row among them) do not hold up the next owner.
 const IDLE_IN_TRANSACTION: &str = "3s";
 
 /// Read connections kept for reuse.
@@ -158,9 +158,6 @@ pub struct PgStore {
 /// from it, none of them commits (`cluster`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fence {
-    /// The single lease on every gate: `ownership('gates')` names `node`
-    /// under `epoch`.
-    Lease { node: String, epoch: u64 },
     /// The node's own fence (`nodes.fence`, schema 6), which a node taking
     /// over any of its units after a lapse raises: one row to check per
     /// transaction, however many units the node holds.
@@ -626,25 +623,18 @@ impl Backend for PgStore {
     }
 }
 
-/// Whether `fence` still holds: `node` holds the gates under `epoch`, or
-/// its own fence is still at `generation`. The row stays key-share-locked
-/// to the end of the transaction, so a takeover (which locks it for update
-/// first) waits for this commit: either the commit lands before the
-/// takeover, whose owner then reads it, or it never lands. A renewal or a
-/// heartbeat (plain updates of other columns) does not wait for it.
+/// Whether `fence` still holds: the node's own fence is still at
+/// `generation`. The row stays key-share-locked to the end of the
+/// transaction, so a takeover (which locks it for update first) waits for
+/// this commit: either the commit lands before the takeover, whose owner
+/// then reads it, or it never lands. A heartbeat (a plain update of other
+/// columns) does not wait for it.
 fn check_fence(conn: &Conn, fence: &Fence) -> Result<()> {
-    let (sql, node, expected) = match fence {
-        Fence::Lease { node, epoch } => (
-            "SELECT epoch FROM ownership WHERE scope = 'gates' AND owner = $1 FOR KEY SHARE",
-            node,
-            *epoch,
-        ),
-        Fence::Node { node, generation } => (
-            "SELECT fence FROM nodes WHERE id = $1 FOR KEY SHARE",
-            node,
-            *generation,
-        ),
-    };
+    let Fence::Node { node, generation } = fence;
+    let (sql, expected) = (
+        "SELECT fence FROM nodes WHERE id = $1 FOR KEY SHARE",
+        *generation,
+    );
     let held: Option<i64> = one(conn, sql, &[node])?.map(|row| row.get(0));
     if held.map(unbig) == Some(expected) {
         Ok(())
