@@ -96,6 +96,9 @@ pub struct Cluster {
     seen: Mutex<View>,
     /// The units held.
     spread: Mutex<units::Spread>,
+    /// The cluster's key (`meta`), which the nodes' requests to each other
+    /// carry.
+    key: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -134,8 +137,27 @@ impl Cluster {
             views: tokio::sync::Mutex::new(None),
             seen: Mutex::default(),
             spread: Mutex::default(),
+            key: std::sync::OnceLock::new(),
         });
         cluster.beat().await?;
+        let words: Vec<i64> = cluster
+            .on(&cluster.beats, async |client| {
+                let rows = client
+                    .query(
+                        "SELECT value FROM meta WHERE key LIKE 'cluster\\_key\\_%' ORDER BY key",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|row| row.get(0)).collect())
+            })
+            .await?;
+        if words.len() != 4 {
+            return Err(StoreError::Postgres(
+                "the database has no cluster key".into(),
+            ));
+        }
+        let key: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let _ = cluster.key.set(crate::hex::encode(&key));
         tracing::info!(node = %cluster.id, address = %cluster.address, "joined the cluster");
         Ok(cluster)
     }
@@ -146,6 +168,20 @@ impl Cluster {
 
     pub fn terms(&self) -> Terms {
         self.terms
+    }
+
+    /// The cluster's key, sent with the nodes' requests to each other.
+    pub fn key(&self) -> &str {
+        self.key.get().map_or("", String::as_str)
+    }
+
+    /// Whether `offered` is the cluster's key (in time independent of
+    /// where they differ).
+    pub fn knows(&self, offered: &[u8]) -> bool {
+        let key = self.key().as_bytes();
+        !key.is_empty()
+            && key.len() == offered.len()
+            && key.iter().zip(offered).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
     }
 
     /// The node that owns the gate named `gate`, as last seen: its id and

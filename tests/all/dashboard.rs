@@ -9,9 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice::api::auth::{TokenEntry, Tokens, new_token};
 use sluice::clock;
-use sluice::core::units::{UNITS, fnv1a, owner_of};
 
-use crate::support::{Client, Reply, Server, Sink, gate_for, webhook_task};
+use crate::support::{Client, Reply, Server, Sink, gate_for, settled_cluster, webhook_task};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The browser script gives up after 60 s; this is the backstop.
@@ -492,39 +491,13 @@ async fn dashboard_shows_the_nodes_of_a_cluster() {
             .await;
         assert!(status == 200 || status == 201, "{status}: {body}");
     }
-    let deadline = clock::instant() + Duration::from_secs(30);
-    let named: Vec<&String> = ids.iter().collect();
-    loop {
-        let (status, cluster) = client.send("GET", "/v1/cluster", None).await;
-        assert_eq!(status, 200, "{cluster}");
-        let nodes = cluster["nodes"].as_array().expect("nodes");
-        let mut listed: Vec<String> = (nodes.iter())
-            .filter_map(|n| n["id"].as_str().map(String::from))
-            .collect();
-        listed.sort();
-        let owned: u64 = nodes.iter().filter_map(|n| n["gates_owned"].as_u64()).sum();
-        let settled = nodes.iter().all(|n| {
-            let held: Vec<u64> = (n["units"].as_array().into_iter().flatten())
-                .filter_map(Value::as_u64)
-                .collect();
-            let wanted: Vec<u64> = (0..UNITS)
-                .filter(|u| {
-                    let owner = owner_of(*u, &named, |id: &String| fnv1a(id.as_bytes()));
-                    owner.is_some_and(|o| n["id"] == o.as_str())
-                })
-                .map(u64::from)
-                .collect();
-            held == wanted
-        });
-        if listed == ids && settled && owned == 2 {
-            break;
-        }
-        assert!(
-            clock::instant() < deadline,
-            "the nodes never both showed: {cluster}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    settled_cluster(&client, &ids).await;
+    let (status, cluster) = client.send("GET", "/v1/cluster", None).await;
+    assert_eq!(status, 200, "{cluster}");
+    let owned: u64 = (cluster["nodes"].as_array().into_iter().flatten())
+        .filter_map(|n| n["gates_owned"].as_u64())
+        .sum();
+    assert_eq!(owned, 2, "{cluster}");
 
     let artifacts = root.join("target/browser-artifacts/cluster");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use sluice::core::units::{UNITS, unit_of};
+
 use crate::pg::PgServer;
-use crate::support::{Server, Sink, gate_for, webhook_task};
+use crate::support::{Reply, Server, Sink, gate_for, settled_cluster, webhook_task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_on_postgres_delivers_and_keeps_its_tasks_across_a_restart() {
@@ -971,4 +973,97 @@ fn a_plugin_another_node_created_a_task_of_is_not_deleted() {
         ("resize", "1.0.0"),
     );
     assert!(matches!(late, Err(ShellError::NoPlugin { .. })), "{late:?}");
+}
+
+/// A replay in a cluster (`POST /v1/tasks/replay` on one node) retries the
+/// failed tasks of every owner's gates, each once: the node that runs the
+/// job retries its own, and hands each other owner its part
+/// (`/v1/internal/retry`, which no one without the cluster's key may use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_retries_the_failed_tasks_of_every_owner_once() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    let on_pg = |config: &mut sluice::config::ServerConfig| config.store = Some(url.clone());
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
+    let mut a = Server::start_with(dirs[0].path(), on_pg).await;
+    let mut b = Server::start_with(dirs[1].path(), on_pg).await;
+    let ids = [a.node().expect("a node"), b.node().expect("a node")];
+    let c = a.client();
+    let owners = settled_cluster(&c, &ids).await;
+    let on = |node: usize| {
+        (0..10_000)
+            .map(|n| format!("r{n}"))
+            .find(|g| owners[unit_of(g, UNITS) as usize] == node)
+            .expect("a gate of the node")
+    };
+    let gates = [on(0), on(1)];
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::status(500));
+    let mut tasks = Vec::new();
+    for gate in &gates {
+        let mut spec = gate_for(&sink, "100/s");
+        spec["retry"]["max_attempts"] = json!(1);
+        spec["circuit"] = serde_json::Value::Null;
+        c.put_gate(gate, spec).await;
+        tasks.extend(
+            c.batch(
+                (0..20)
+                    .map(|_| webhook_task(gate, &sink.url("/r")))
+                    .collect(),
+            )
+            .await,
+        );
+    }
+    for id in &tasks {
+        c.wait_state(id, "failed", Duration::from_secs(30)).await;
+    }
+    sink.behave(|_, _| Reply::ok());
+
+    // Without the cluster's key the route is not there.
+    let (status, body) = b
+        .client()
+        .send(
+            "POST",
+            "/v1/internal/retry",
+            Some(json!({ "ids": [tasks[0]] })),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    let (status, job) = c
+        .send(
+            "POST",
+            "/v1/tasks/replay",
+            Some(json!({ "state": "failed" })),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().expect("id");
+    let start = sluice::clock::instant();
+    let job = loop {
+        let (_, job) = c.send("GET", &format!("/v1/tasks/replay/{id}"), None).await;
+        if job["state"] != "running" {
+            break job;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["replayed"], 40, "{job}");
+    for id in &tasks {
+        c.wait_state(id, "succeeded", Duration::from_secs(30)).await;
+    }
+    // Each task twice at the sink: the failure, and the replay's attempt.
+    let hits = sink.hits();
+    for id in &tasks {
+        let n = hits.iter().filter(|h| &h.task == id).count();
+        assert_eq!(n, 2, "task {id} arrived {n} times");
+    }
+    b.stop().await;
+    a.stop().await;
 }

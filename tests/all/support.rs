@@ -535,3 +535,40 @@ pub fn engine_task(gate: &str, url: &str, due: sluice::core::Timestamp) -> sluic
         lineage: None,
     }
 }
+
+/// In a cluster on PostgreSQL: waits (up to 30 s) until every unit is held
+/// by its rendezvous owner among the nodes `ids`, as `c`'s node sees it,
+/// and returns each unit's owner as an index into `ids`.
+pub async fn settled_cluster(c: &Client, ids: &[String]) -> Vec<usize> {
+    use sluice::core::units::{UNITS, fnv1a, owner_of};
+    let named: Vec<&String> = ids.iter().collect();
+    let wanted: Vec<usize> = (0..UNITS)
+        .map(|u| {
+            let owner = owner_of(u, &named, |id: &String| fnv1a(id.as_bytes()));
+            (ids.iter())
+                .position(|id| Some(id) == owner)
+                .expect("a live node")
+        })
+        .collect();
+    let start = clock::instant();
+    loop {
+        let (status, cluster) = c.send("GET", "/v1/cluster", None).await;
+        let mut held: Vec<Option<usize>> = vec![None; UNITS as usize];
+        for node in cluster["nodes"].as_array().into_iter().flatten() {
+            let index = ids.iter().position(|id| node["id"] == id.as_str());
+            for unit in node["units"].as_array().into_iter().flatten() {
+                if let Some(slot) = unit.as_u64().and_then(|u| held.get_mut(u as usize)) {
+                    *slot = index;
+                }
+            }
+        }
+        if status == 200 && held.iter().zip(&wanted).all(|(h, w)| *h == Some(*w)) {
+            return wanted;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the units never settled over {ids:?}: {cluster}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

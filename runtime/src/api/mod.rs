@@ -74,6 +74,11 @@ pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
     router
         .merge(dashboard::router())
+        // The nodes' requests to each other: not part of the API.
+        .route(
+            "/v1/internal/retry",
+            axum::routing::post(replay::internal_retry),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(GATE_BODY_LIMIT))

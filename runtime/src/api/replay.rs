@@ -342,6 +342,25 @@ pub(super) async fn replay(
 fn run(state: &AppState, job: Arc<Job>) {
     let (store, shell) = (state.store.clone(), state.shell.clone());
     let jobs = state.replays.clone();
+    let peers = state.cluster.clone().and_then(|cluster| {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(30))
+            .no_proxy()
+            .build();
+        match http {
+            Ok(http) => Some((cluster, http)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no client for the other nodes: the replay pauses");
+                None
+            }
+        }
+    });
+    if state.cluster.is_some() && peers.is_none() {
+        jobs.forget(&job.id);
+        return;
+    }
     tokio::spawn(async move {
         let filter = job.filter.clone();
         let mut last = clock::instant();
@@ -355,8 +374,8 @@ fn run(state: &AppState, job: Arc<Job>) {
                         .map_err(|e| ApiError::internal(&e))?
                 }
             },
-            |ids, record| {
-                let shell = shell.clone();
+            |tasks, record| {
+                let (shell, peers) = (shell.clone(), peers.clone());
                 // At most one page per `PAGE_EVERY`: the pending tasks drain
                 // at their gates' pace anyway, and a walk at full speed
                 // takes the cores (and the disk) from dispatch.
@@ -364,10 +383,15 @@ fn run(state: &AppState, job: Arc<Job>) {
                 last = clock::instant() + wait;
                 async move {
                     tokio::time::sleep(wait).await;
-                    shell
-                        .replay_tasks(ids, Some(record))
-                        .await
-                        .map_err(ApiError::from)
+                    match peers {
+                        Some((cluster, http)) => {
+                            spread_page(&cluster, &http, &shell, tasks, record).await
+                        }
+                        None => {
+                            let ids = tasks.into_iter().map(|(id, _)| id).collect();
+                            (shell.replay_tasks(ids, Some(record)).await).map_err(ApiError::from)
+                        }
+                    }
                 }
             },
         )
@@ -398,6 +422,105 @@ fn run(state: &AppState, job: Arc<Job>) {
             tracing::warn!(replay = %job.id, "the replay's end was not recorded: {e}");
         }
     });
+}
+
+/// The header that carries the cluster's key on the nodes' requests to
+/// each other (`/v1/internal/…`).
+pub const CLUSTER_KEY: &str = "sluice-cluster-key";
+
+/// The tasks of a page, in a cluster: each owner retries those of its
+/// gates (the others' through `POST /v1/internal/retry`, first), and this
+/// node's engine its own with the job's record, counting them all. A
+/// gate without an owner, or an owner that does not answer, pauses the
+/// job (a 503): the page is done again when it goes on, and what was
+/// retried already is refused then (it is no longer failed).
+async fn spread_page(
+    cluster: &crate::cluster::Cluster,
+    http: &reqwest::Client,
+    shell: &Handle,
+    tasks: Vec<(TaskId, String)>,
+    mut record: ReplayRecord,
+) -> Result<usize, ApiError> {
+    let mut mine = Vec::new();
+    let mut theirs: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (id, gate) in tasks {
+        if cluster.runs(&gate) {
+            mine.push(id);
+            continue;
+        }
+        match cluster.owner_of(&gate) {
+            Some(owner) if owner.0 != cluster.id() => {
+                theirs.entry(owner).or_default().push(id.to_string());
+            }
+            _ => {
+                return Err(ApiError::unavailable(format!(
+                    "gate {gate:?} has no owner right now; the replay goes on later"
+                )));
+            }
+        }
+    }
+    let mut remote = 0;
+    for ((owner, address), ids) in theirs {
+        let body =
+            serde_json::to_vec(&InternalRetry { ids }).map_err(|e| ApiError::internal(&e))?;
+        let sent = http
+            .post(format!(
+                "{}/v1/internal/retry",
+                address.trim_end_matches('/')
+            ))
+            .header(CLUSTER_KEY, cluster.key())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        let retried = match sent {
+            Ok(answer) if answer.status().is_success() => answer
+                .bytes()
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<InternalRetried>(&b).ok()),
+            _ => None,
+        };
+        let Some(retried) = retried else {
+            return Err(ApiError::unavailable(format!(
+                "node {owner} did not retry its part of a replay; it goes on later"
+            )));
+        };
+        remote += retried.replayed;
+    }
+    record.replayed += remote as u64;
+    Ok(shell.replay_tasks(mine, Some(record)).await? + remote)
+}
+
+/// `POST /v1/internal/retry`: a page's part of another node's replay.
+#[derive(Serialize, Deserialize)]
+pub struct InternalRetry {
+    pub ids: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct InternalRetried {
+    pub replayed: usize,
+}
+
+/// Retries the tasks another node's replay found in this node's gates. Only
+/// a node of the cluster (the key) may ask; to anyone else the route does
+/// not exist.
+pub(super) async fn internal_retry(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Body(body): Body<InternalRetry>,
+) -> Result<Json<InternalRetried>, ApiError> {
+    let offered = headers.get(CLUSTER_KEY).map(|k| k.as_bytes());
+    let known = (state.cluster.as_ref()).is_some_and(|c| offered.is_some_and(|k| c.knows(k)));
+    if !known {
+        return Err(ApiError::not_found("no route for /v1/internal/retry"));
+    }
+    let ids = (body.ids.iter())
+        .map(|id| parse_id(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let replayed = state.shell.replay_tasks(ids, None).await?;
+    Ok(Json(InternalRetried { replayed }))
 }
 
 /// Picks up the replays that were running when the engine last stopped:
@@ -442,7 +565,7 @@ async fn walk<P, PF, A, AF>(job: &Job, mut next_page: P, mut apply: A) -> Result
 where
     P: FnMut(Option<u64>) -> PF,
     PF: std::future::Future<Output = Result<(Vec<TaskRecord>, Option<u64>), ApiError>>,
-    A: FnMut(Vec<TaskId>, ReplayRecord) -> AF,
+    A: FnMut(Vec<(TaskId, String)>, ReplayRecord) -> AF,
     AF: std::future::Future<Output = Result<usize, ApiError>>,
 {
     let mut cursor = job.cursor.lock().ok().and_then(|c| *c);
@@ -461,7 +584,8 @@ where
         let mut record = job.record();
         record.cursor = Some(after);
         record.matched += tasks.len() as u64;
-        let replayed = apply(tasks.iter().map(|t| TaskId(t.id)).collect(), record).await?;
+        let page = tasks.iter().map(|t| (TaskId(t.id), t.gate.clone()));
+        let replayed = apply(page.collect(), record).await?;
         job.matched.fetch_add(tasks.len() as u64, Ordering::Relaxed);
         job.replayed.fetch_add(replayed as u64, Ordering::Relaxed);
         if let Ok(mut c) = job.cursor.lock() {

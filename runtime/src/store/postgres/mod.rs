@@ -439,6 +439,7 @@ impl PgStore {
             }
             wait(client.batch_execute(INDEXES))?;
             seed_units(client)?;
+            seed_cluster_key(client)?;
             fill_gate_units(client)
         })
     }
@@ -516,6 +517,23 @@ fn refuse_live_nodes(client: &Client, found: u64) -> Result<()> {
         "{live} node(s) of schema {found} beat in the last 10 s: stop every node before \
          upgrading the schema to {PG_SCHEMA_VERSION}, then start the new build"
     )))
+}
+
+/// The cluster's key, four random 64-bit words in `meta` (`cluster_key_0`
+/// to `_3`), written once: the nodes' requests to each other
+/// (`/v1/internal/…`) carry it, since they act for no API token. Whoever
+/// can read the database could act as a node anyway.
+fn seed_cluster_key(client: &Client) -> Result<()> {
+    for word in 0..4 {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| StoreError::Postgres(format!("no randomness for the cluster key: {e}")))?;
+        wait(client.execute(
+            "INSERT INTO meta VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&format!("cluster_key_{word}"), &i64::from_le_bytes(bytes)],
+        ))?;
+    }
+    Ok(())
 }
 
 /// One row per unit, vacant, and the number of units written down: a build
