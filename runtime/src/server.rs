@@ -358,28 +358,45 @@ async fn supervise(
         };
         let mut wait = std::time::Duration::ZERO;
         loop {
+            // Each step also watches the engine: an order to an engine
+            // that has stopped would wait for the next one, which only
+            // this loop starts.
             tokio::select! {
                 ended = &mut running => {
                     // PostgreSQL went away, or the engine was fenced: a new
                     // one takes up what this node still holds.
-                    if let Err(e) = ended {
-                        tracing::warn!(error = format!("{e:#}"), "the engine stopped");
-                    }
-                    link.refuse_waiting();
+                    engine_ended(ended, &link);
                     pause(every, &mut stop).await;
                     continue 'engines;
                 }
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    if let Err(e) = cluster.leave_units(&handle, drain).await {
-                        tracing::warn!(error = format!("{e:#}"), "could not hand the units over; they move when their leases lapse");
+                    tokio::select! {
+                        left = cluster.leave_units(&handle, drain) => {
+                            if let Err(e) = left {
+                                tracing::warn!(error = format!("{e:#}"), "could not hand the units over; they move when their leases lapse");
+                            }
+                            let _ = engine_stop.send(true);
+                            result = running.await;
+                        }
+                        ended = &mut running => {
+                            link.refuse_waiting();
+                            result = ended;
+                        }
                     }
-                    let _ = engine_stop.send(true);
-                    result = running.await;
                     break 'engines;
                 }
                 _ = tokio::time::sleep(wait) => {
                     wait = every;
-                    match cluster.balance(&handle, drain).await {
+                    let beat = tokio::select! {
+                        beat = cluster.balance(&handle, drain) => beat,
+                        ended = &mut running => {
+                            // What the beat did not finish, the next engine
+                            // takes up from what the node holds.
+                            engine_ended(ended, &link);
+                            continue 'engines;
+                        }
+                    };
+                    match beat {
                         Ok(beat) if !beat.lost.is_empty() => {
                             // Fenced: it sends nothing more, and its commits
                             // are refused.
@@ -401,6 +418,15 @@ async fn supervise(
         tracing::warn!(error = %e, "could not leave the list of nodes");
     }
     result
+}
+
+/// An engine that stopped by itself: logged, and what waits for it is
+/// answered "shutting down".
+fn engine_ended(ended: anyhow::Result<()>, link: &shell::Link) {
+    if let Err(e) = ended {
+        tracing::warn!(error = format!("{e:#}"), "the engine stopped");
+    }
+    link.refuse_waiting();
 }
 
 /// The next beat's wait when the last took as many units as a beat takes.

@@ -245,7 +245,12 @@ impl Server {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(dir)
-            .env("SLUICE_LOG", "warn")
+            // The servers' own log, `warn` unless `SLUICE_BENCH_LOG` says
+            // otherwise (to see what a workload's servers did).
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

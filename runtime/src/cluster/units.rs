@@ -74,7 +74,8 @@ pub struct Balanced {
     /// `Cluster::node_fence` that adopts what `Cluster::units_held` says.
     pub lost: Units,
     /// Of `handed_over`, those with something out when stopped (so
-    /// drained): one a beat, and one found idle just before its stop.
+    /// drained): one a beat, and any found idle that took a start just
+    /// before its stop.
     pub drained: Units,
     /// It took as many units as a beat takes: more may be waiting.
     pub more: bool,
@@ -340,7 +341,7 @@ impl Cluster {
 
     /// One beat of the balance: renews the units held; takes the free units
     /// this node should own (a few a beat) and has `engine` adopt them as a
-    /// takeover; hands over those it should not: each with nothing out at
+    /// takeover; hands over those it should not: all with nothing out at
     /// once, and at most one busy one a beat: `engine` stops it, drains it
     /// (until nothing is out, or `drain` passes: what is still out is the
     /// taker's to hold), drops it, and only then is its row released. Units
@@ -380,16 +381,37 @@ impl Cluster {
                 anyhow::bail!("the engine did not adopt units: {e}");
             }
         }
-        for unit in moves.surplus.iter() {
-            let one = Units::one(unit);
-            if engine.units(UnitsOrder::Busy(one)).await? > 0 && !beat.drained.is_empty() {
-                continue;
+        // Every unit with nothing out goes now, in one stop, drop and
+        // release; then at most one busy unit, drained first. Renewals go
+        // on meanwhile: under load each order waits for an engine turn.
+        let mut renewed = clock::instant();
+        let idle = engine.idle(moves.surplus).await?;
+        if !idle.is_empty() {
+            engine.units(UnitsOrder::Stop(idle)).await?;
+            if engine.units(UnitsOrder::Busy(idle)).await? > 0 {
+                // A start between the look and the stop: drained too.
+                for unit in idle.iter() {
+                    let one = Units::one(unit);
+                    if engine.units(UnitsOrder::Busy(one)).await? > 0 {
+                        beat.drained = beat.drained.with(one);
+                    }
+                }
             }
+            beat.lost = self.drain(engine, idle, drain, &mut renewed).await?;
+            engine.units(UnitsOrder::Drop(idle)).await?;
+            if !beat.lost.is_empty() {
+                return Ok(beat);
+            }
+            self.release_units(idle).await?;
+            beat.handed_over = idle;
+        }
+        if let Some(unit) = moves.surplus.without(idle).iter().next() {
+            let one = Units::one(unit);
             engine.units(UnitsOrder::Stop(one)).await?;
             if engine.units(UnitsOrder::Busy(one)).await? > 0 {
                 beat.drained = beat.drained.with(one);
             }
-            beat.lost = self.drain(engine, one, drain).await?;
+            beat.lost = self.drain(engine, one, drain, &mut renewed).await?;
             engine.units(UnitsOrder::Drop(one)).await?;
             if !beat.lost.is_empty() {
                 return Ok(beat);
@@ -401,28 +423,31 @@ impl Cluster {
     }
 
     /// Waits until nothing of `units` is out at `engine`, or `bound`
-    /// passes, renewing the units held meanwhile: the units lost if a
-    /// renewal finds any (the engine is fenced; stop waiting).
+    /// passes, renewing the units held whenever `renewed` is a beat old:
+    /// the units lost if a renewal finds any (the engine is fenced; stop
+    /// waiting).
     async fn drain(
         &self,
         engine: &Handle,
         units: Units,
         bound: std::time::Duration,
+        renewed: &mut std::time::Instant,
     ) -> anyhow::Result<Units> {
         let began = clock::instant();
-        let mut renewed = clock::instant();
-        while engine.units(UnitsOrder::Busy(units)).await? > 0 && began.elapsed() < bound {
+        loop {
             if renewed.elapsed() >= self.terms.renew_every {
-                renewed = clock::instant();
+                *renewed = clock::instant();
                 match self.renew_units().await {
                     Ok(renewal) if !renewal.lost.is_empty() => return Ok(renewal.lost),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "renewing the units failed"),
                 }
             }
+            if engine.units(UnitsOrder::Busy(units)).await? == 0 || began.elapsed() >= bound {
+                return Ok(Units::NONE);
+            }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        Ok(Units::NONE)
     }
 
     /// A clean stop: marks this node as leaving (peers plan without it),
@@ -441,7 +466,9 @@ impl Cluster {
             return Ok(());
         }
         engine.units(UnitsOrder::Stop(held)).await?;
-        let lost = self.drain(engine, held, drain).await?;
+        let lost = self
+            .drain(engine, held, drain, &mut clock::instant())
+            .await?;
         engine.units(UnitsOrder::Drop(held)).await?;
         if !lost.is_empty() {
             tracing::warn!("units were taken over while this node drained them");

@@ -53,6 +53,15 @@ impl Units {
     pub const NONE: Units = Units(0);
     pub const ALL: Units = Units(u64::MAX);
 
+    /// The set as bits, unit `u` at bit `u`.
+    pub fn bits(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u64) -> Units {
+        Units(bits)
+    }
+
     pub fn one(unit: u32) -> Units {
         Units(1u64.checked_shl(unit).unwrap_or(0))
     }

@@ -103,6 +103,9 @@ pub enum UnitsOrder {
     Stop(Units),
     /// How much is still out in them (`Engine::busy`): the answer.
     Busy(Units),
+    /// Those of them with nothing out: the answer, as `Units::bits`
+    /// (`Handle::idle` reads it).
+    Idle(Units),
     /// Forget them (`Engine::drop_units`); nothing more leaves for them,
     /// not even starts admitted ahead and still waiting for their slot.
     Drop(Units),
@@ -278,6 +281,12 @@ impl Handle {
     /// much is out, the others 0.
     pub async fn units(&self, order: UnitsOrder) -> Result<usize, ShellError> {
         self.ask(|reply| Command::Units { order, reply }).await
+    }
+
+    /// Those of `units` with nothing out (`UnitsOrder::Idle`).
+    pub async fn idle(&self, units: Units) -> Result<Units, ShellError> {
+        let bits = self.units(UnitsOrder::Idle(units)).await?;
+        Ok(Units::from_bits(u64::try_from(bits).unwrap_or(0)))
     }
 
     pub async fn delete_plugin(&self, key: String) -> Result<(), ShellError> {

@@ -180,6 +180,12 @@ impl Runner {
                 Ok(0)
             }
             UnitsOrder::Busy(units) => Ok(self.engine.busy(units)),
+            UnitsOrder::Idle(units) => {
+                let idle: Units = (units.iter())
+                    .filter(|unit| self.engine.busy(Units::one(*unit)) == 0)
+                    .collect();
+                Ok(usize::try_from(idle.bits()).unwrap_or(0))
+            }
             UnitsOrder::Drop(units) => {
                 // First: what waits for its slot time must not leave.
                 for unit in units.iter() {
