@@ -843,7 +843,7 @@ async fn cluster(
     });
     let lines = vec![
         (
-            "W7c 3 nodes: creates/s via standbys".into(),
+            "W7c 3 nodes: creates/s via two nodes".into(),
             format!(
                 "{:.0} (deliveries {delivered_per_s:.0}/s)",
                 n as f64 / created_in.as_secs_f64()

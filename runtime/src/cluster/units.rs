@@ -1,7 +1,7 @@
 //! Leases per unit (schema 6): the database's half of spreading the gates
 //! over the nodes (`core::units` has the rules, `docs/cluster-spread.md`
 //! the plan). Each of the `UNITS` rows of `units` is a lease of its own,
-//! with the same rules as the single lease above (`core::lease`): an owner,
+//! with the rules of `core::lease`: an owner,
 //! an epoch that grows with every takeover, an expiry on the database's
 //! clock. What changes is the fence: it is the node's (`nodes.fence`), so
 //! an engine's transaction checks one row however many units it runs.

@@ -185,8 +185,9 @@ pub struct Options {
     pub deadline: Option<Arc<clock::Deadline>>,
     /// How the last dispatcher stopped.
     pub start: Start,
-    /// The units whose gates this engine runs: every one, but for a
-    /// cluster node that runs none (a standby, which only creates).
+    /// The units whose gates this engine runs at its start: every one
+    /// alone, those the node holds in a cluster (it adopts and drops more
+    /// as they move, `UnitsOrder`).
     pub units: Units,
 }
 
@@ -283,8 +284,8 @@ pub fn spawn(
 }
 
 /// The receiving end of a `Handle`: one driver after another may serve it
-/// (a cluster node runs a driver while it owns the gates, and the API keeps
-/// its handle throughout).
+/// (a cluster node starts a new one when the last was fenced or stopped on
+/// an error, and the API keeps its handle throughout).
 #[derive(Clone)]
 pub struct Link {
     commands: Arc<tokio::sync::Mutex<mpsc::Receiver<Command>>>,

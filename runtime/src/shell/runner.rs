@@ -30,10 +30,11 @@ impl Runner {
                 biased;
                 () = sleep_until_instant(self.deadline.as_ref().map(|d| tokio::time::Instant::from_std(d.at()))), if self.deadline.is_some() => {
                     if self.deadline.as_ref().is_some_and(|d| !d.valid()) {
-                        // Another node may own the gates from now on: stop
-                        // at once, without a commit or a grace period.
+                        // Another node may own this node's units from now
+                        // on: stop at once, without a commit or a grace
+                        // period.
                         self.ready.store(false, Ordering::Release);
-                        tracing::warn!(in_flight = self.engine.running(), "the lease on the gates ran out; this node stops dispatching");
+                        tracing::warn!(in_flight = self.engine.running(), "the leases on this node's units ran out; its engine stops dispatching");
                         return Ok(());
                     }
                 }

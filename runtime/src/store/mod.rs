@@ -113,10 +113,10 @@ pub enum StoreError {
     /// Something this store does not do (a file backup of PostgreSQL).
     #[error("{0}")]
     Unsupported(String),
-    /// A write of a node that no longer owns the gates (SPEC §9): another
-    /// node took them over, so it changed nothing.
+    /// A write of a node fenced off (SPEC §9): another node took one of its
+    /// units over after a lapse, so it changed nothing.
     #[error(
-        "this node no longer owns the gates (epoch {epoch} was superseded); nothing was written"
+        "this node was fenced off (fence {epoch} was superseded: another node took over a unit of its); nothing was written"
     )]
     Fenced { epoch: u64 },
 }
