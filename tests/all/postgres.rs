@@ -927,6 +927,46 @@ fn a_gate_deleted_while_another_node_creates_into_it_leaves_no_task_behind() {
     assert!(checked.problems.is_empty(), "{:?}", checked.problems);
 }
 
+/// A plugin that a schedule of another node's gate runs cannot be deleted:
+/// the delete reads every stored schedule, not only those of the deleting
+/// engine's units.
+#[test]
+fn a_plugin_a_schedule_of_another_nodes_gate_runs_is_not_deleted() {
+    use sluice::shell::ShellError;
+    use sluice::store::{Backend, PgStore, ScheduleRecord};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    put_resize_plugin(&pg);
+    let schedule: ScheduleRecord = serde_json::from_value(json!({
+        "name": "nightly", "cron": null, "timezone": "UTC", "every_ms": 3_600_000,
+        "anchor": 0, "misfire": "skip", "catchup_limit": 100, "jitter_ms": 0,
+        "template": {
+            "gate": engines::gate_in(false),
+            "plugin": { "name": "resize", "version": "1.0.0", "input": {} },
+            "max_attempts": null, "timeout_ms": null, "backoff": null,
+            "max_retry_duration_ms": null, "expires_after_ms": null, "labels": {},
+        },
+        "paused": true, "current": null, "last_scheduled": null, "counted_through": 0,
+        "missed": 0, "skipped": 0, "last_runs": [], "last_error": null,
+        "created_at": 1, "updated_at": 1,
+    }))
+    .expect("schedule record");
+    let store = PgStore::open(&pg.url()).expect("open");
+    (&store as &dyn Backend)
+        .write(|tx| tx.put_schedule(&schedule))
+        .expect("put");
+    drop(store);
+    // The engine of the other half of the units: the schedule is not its.
+    let mut upper = engines::engine(&pg.url(), true);
+    let refused = engines::delete_plugin(&mut upper, engines::NOW, "resize@1.0.0");
+    assert!(
+        matches!(&refused, Err(ShellError::Conflict(m)) if m.contains("nightly")),
+        "{refused:?}"
+    );
+}
+
 /// A plugin whose task another node created cannot be deleted: the delete
 /// reads the plugin's stored count under a lock that creates on other
 /// nodes wait for (or that makes them wait), not the deleting engine's own

@@ -22,6 +22,19 @@ impl Engine {
         upload: Upload,
     ) -> Result<Result<(PluginRecord, bool), ShellError>, StoreError> {
         let key = plugin_key(&upload.record.name, &upload.record.version);
+        if self.shares_writers {
+            // Any node takes uploads: what another one stored since this
+            // engine last looked is the version that exists. Locked, so a
+            // concurrent delete or upload of it goes after this commit.
+            match turn.tx.lock_plugin(&key)? {
+                Some(stored) => {
+                    self.plugins.insert(key.clone(), stored);
+                }
+                None => {
+                    self.plugins.remove(&key);
+                }
+            }
+        }
         if let Some(existing) = self.plugins.get(&key) {
             if existing.sha256 == upload.record.sha256
                 && existing.memory_mib == upload.record.memory_mib
@@ -70,9 +83,16 @@ impl Engine {
                 what: format!("plugin {key}"),
             }));
         };
-        let schedules: Vec<&str> = self
-            .schedules
-            .values()
+        // Every schedule that runs it, those of gates other nodes run too.
+        let stored;
+        let all = if self.shares_writers {
+            stored = turn.tx.schedules()?;
+            stored.iter().collect::<Vec<_>>()
+        } else {
+            self.schedules.values().collect()
+        };
+        let schedules: Vec<&str> = all
+            .into_iter()
             .filter(|s| s.template.plugin.as_ref().is_some_and(|p| p.key() == key))
             .map(|s| s.name.as_str())
             .collect();
