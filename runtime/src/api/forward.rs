@@ -148,6 +148,19 @@ fn passes(name: &HeaderName) -> bool {
     )
 }
 
+/// `sent` with the headers of `from` that a forwarded request carries.
+fn with_headers(
+    mut sent: reqwest::RequestBuilder,
+    from: &axum::http::HeaderMap,
+) -> reqwest::RequestBuilder {
+    for (name, value) in from {
+        if passes(name) {
+            sent = sent.header(name, value);
+        }
+    }
+    sent
+}
+
 /// A 503, with `Retry-After` as every 503 has.
 fn retry_later(message: String) -> Response {
     ApiError::unavailable(message).into_response()
@@ -266,12 +279,7 @@ async fn to_owner(
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
     );
     let mut sent = peers.http.request(parts.method, &target).body(body);
-    for (name, value) in &parts.headers {
-        if passes(name) {
-            sent = sent.header(name, value);
-        }
-    }
-    sent = sent.header(FORWARDED_BY, cluster.id());
+    sent = with_headers(sent, &parts.headers).header(FORWARDED_BY, cluster.id());
     // A paused owner still accepts connections (its kernel does): give up
     // as soon as another node has taken the gate over.
     let moved = async {
@@ -337,11 +345,7 @@ async fn all_gates(peers: &Peers, request: Request, next: Next) -> Response {
             .get(format!("{}/v1/gates", address.trim_end_matches('/')))
             .timeout(MERGE_TIMEOUT)
             .header(FORWARDED_BY, peers.cluster.id());
-        for (name, value) in &parts.headers {
-            if passes(name) {
-                sent = sent.header(name, value);
-            }
-        }
+        sent = with_headers(sent, &parts.headers);
         asks.push(async move {
             let listed = match sent.send().await {
                 Ok(answer) if answer.status().is_success() => match answer.bytes().await {

@@ -386,40 +386,47 @@ impl Cluster {
         // on meanwhile: under load each order waits for an engine turn.
         let mut renewed = clock::instant();
         let idle = engine.idle(moves.surplus).await?;
-        if !idle.is_empty() {
-            engine.units(UnitsOrder::Stop(idle)).await?;
-            if engine.units(UnitsOrder::Busy(idle)).await? > 0 {
-                // A start between the look and the stop: drained too.
-                for unit in idle.iter() {
-                    let one = Units::one(unit);
-                    if engine.units(UnitsOrder::Busy(one)).await? > 0 {
-                        beat.drained = beat.drained.with(one);
-                    }
-                }
+        let busy = moves.surplus.without(idle).iter().next().map(Units::one);
+        for units in [Some(idle), busy].into_iter().flatten() {
+            if !units.is_empty()
+                && !self
+                    .hand_over(engine, units, drain, &mut renewed, &mut beat)
+                    .await?
+            {
+                break;
             }
-            beat.lost = self.drain(engine, idle, drain, &mut renewed).await?;
-            engine.units(UnitsOrder::Drop(idle)).await?;
-            if !beat.lost.is_empty() {
-                return Ok(beat);
-            }
-            self.release_units(idle).await?;
-            beat.handed_over = idle;
-        }
-        if let Some(unit) = moves.surplus.without(idle).iter().next() {
-            let one = Units::one(unit);
-            engine.units(UnitsOrder::Stop(one)).await?;
-            if engine.units(UnitsOrder::Busy(one)).await? > 0 {
-                beat.drained = beat.drained.with(one);
-            }
-            beat.lost = self.drain(engine, one, drain, &mut renewed).await?;
-            engine.units(UnitsOrder::Drop(one)).await?;
-            if !beat.lost.is_empty() {
-                return Ok(beat);
-            }
-            self.release_units(one).await?;
-            beat.handed_over = beat.handed_over.with(one);
         }
         Ok(beat)
+    }
+
+    /// Hands `units` over: stopped, drained (those with something out
+    /// then are `drained`), dropped, released. `false` if a renewal found
+    /// units lost meanwhile (in `beat.lost`; nothing is released).
+    async fn hand_over(
+        &self,
+        engine: &Handle,
+        units: Units,
+        drain: std::time::Duration,
+        renewed: &mut std::time::Instant,
+        beat: &mut Balanced,
+    ) -> anyhow::Result<bool> {
+        engine.units(UnitsOrder::Stop(units)).await?;
+        if engine.units(UnitsOrder::Busy(units)).await? > 0 {
+            for unit in units.iter() {
+                let one = Units::one(unit);
+                if engine.units(UnitsOrder::Busy(one)).await? > 0 {
+                    beat.drained = beat.drained.with(one);
+                }
+            }
+        }
+        beat.lost = self.drain(engine, units, drain, renewed).await?;
+        engine.units(UnitsOrder::Drop(units)).await?;
+        if !beat.lost.is_empty() {
+            return Ok(false);
+        }
+        self.release_units(units).await?;
+        beat.handed_over = beat.handed_over.with(units);
+        Ok(true)
     }
 
     /// Waits until nothing of `units` is out at `engine`, or `bound`
