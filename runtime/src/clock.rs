@@ -69,18 +69,58 @@ pub fn uptime() -> Uptime {
 /// on. Everything that sends on the lease's behalf asks `valid` right
 /// before it sends, and gives up at `lapsed`. A revoked deadline stays
 /// revoked: a renewal that lands after a handover cannot bring it back.
+///
+/// It also carries the same deadline on this node's wall clock, the one
+/// attempts' slot times are on: an attempt leaves only if its slot time is
+/// `covered`. The cluster writes that mark to the database with the
+/// renewal before it moves it here, so a node that takes the lease over
+/// knows that an attempt on record with a later slot time never left.
 #[derive(Debug, Default)]
 pub struct Deadline {
     /// `Uptime` nanoseconds; 0 means never valid.
     until: std::sync::atomic::AtomicU64,
+    /// Wall-clock milliseconds: the latest slot time that may leave.
+    slots_until: std::sync::atomic::AtomicU64,
     revoked: std::sync::atomic::AtomicBool,
 }
 
 impl Deadline {
-    /// Moves the deadline to `at`, if that is later (and it is not revoked).
-    pub fn extend_to(&self, at: Uptime) {
+    /// Moves the deadline to `at`, and the latest slot time that may leave
+    /// to `slots`, each if later (and it is not revoked).
+    pub fn extend_to(&self, at: Uptime, slots: Timestamp) {
+        self.slots_until
+            .fetch_max(slots.as_ms(), std::sync::atomic::Ordering::AcqRel);
         self.until
             .fetch_max(at.0, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Whether an attempt with slot time `slot` may leave as far as the
+    /// wall-clock mark goes (`valid` says whether anything may).
+    pub fn covers(&self, slot: Timestamp) -> bool {
+        slot.as_ms() <= self.slots_until.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The latest slot time that may leave, on this node's wall clock.
+    pub fn slots_until(&self) -> Timestamp {
+        Timestamp(self.slots_until.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Waits until an attempt with slot time `slot` may leave: `true` once
+    /// it is covered while the deadline holds, `false` if the deadline
+    /// passes first. The two marks move together, so the wait is long only
+    /// when this node's wall clock stepped forward since the last renewal
+    /// (the next one catches up).
+    pub async fn admits(&self, slot: Timestamp) -> bool {
+        loop {
+            if !self.valid() {
+                return false;
+            }
+            if self.covers(slot) {
+                return true;
+            }
+            let step = std::time::Duration::from_millis(10);
+            tokio::time::sleep(self.left().min(step)).await;
+        }
     }
 
     /// From now on nothing is valid, for good (the lease was handed over
@@ -129,11 +169,31 @@ mod tests {
     fn a_revoked_deadline_stays_revoked() {
         let deadline = Deadline::default();
         assert!(!deadline.valid(), "never valid before a renewal");
-        deadline.extend_to(uptime().plus(std::time::Duration::from_secs(60)));
+        deadline.extend_to(uptime().plus(std::time::Duration::from_secs(60)), now());
         assert!(deadline.valid());
         deadline.revoke();
         assert!(!deadline.valid());
-        deadline.extend_to(uptime().plus(std::time::Duration::from_secs(120)));
+        deadline.extend_to(uptime().plus(std::time::Duration::from_secs(120)), now());
         assert!(!deadline.valid(), "a late renewal brought it back");
+    }
+
+    #[tokio::test]
+    async fn a_slot_leaves_only_once_the_wall_clock_mark_covers_it() {
+        let deadline = std::sync::Arc::new(Deadline::default());
+        let soon = std::time::Duration::from_millis(300);
+        deadline.extend_to(uptime().plus(soon), Timestamp(1_000));
+        assert!(deadline.covers(Timestamp(1_000)));
+        assert!(!deadline.covers(Timestamp(1_001)));
+        assert!(deadline.admits(Timestamp(900)).await);
+        // A slot past the mark waits for a renewal that covers it...
+        let waiting = tokio::spawn({
+            let deadline = deadline.clone();
+            async move { deadline.admits(Timestamp(2_000)).await }
+        });
+        deadline.extend_to(uptime().plus(soon), Timestamp(2_000));
+        assert!(waiting.await.expect("joined"));
+        // ...and gives up when the deadline passes first.
+        assert!(!deadline.admits(Timestamp(3_000)).await);
+        assert!(!deadline.valid());
     }
 }

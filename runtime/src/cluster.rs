@@ -52,8 +52,31 @@ mod units;
 
 pub use units::{Acquired, Balanced, Renewal};
 
-fn deadline(terms: &Terms, sent: clock::Uptime) -> clock::Uptime {
-    sent.plus(terms.hold())
+/// When a renewal (or a takeover) was sent, on both of this node's clocks.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    uptime: clock::Uptime,
+    wall: crate::core::Timestamp,
+}
+
+impl Sent {
+    fn now() -> Sent {
+        Sent {
+            uptime: clock::uptime(),
+            wall: clock::now(),
+        }
+    }
+
+    /// The latest slot time this node may send at on the strength of this
+    /// renewal, on its wall clock: written to the database with it.
+    fn slots_until(self, terms: &Terms) -> i64 {
+        i64::try_from(self.wall.plus(terms.hold()).as_ms()).unwrap_or(i64::MAX)
+    }
+
+    /// Moves `deadline` to what this renewal allows.
+    fn extend(self, terms: &Terms, deadline: &clock::Deadline) {
+        deadline.extend_to(self.uptime.plus(terms.hold()), self.wall.plus(terms.hold()));
+    }
 }
 
 fn lease_ms(terms: &Terms) -> i64 {

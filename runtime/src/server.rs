@@ -345,7 +345,7 @@ async fn supervise(
         let engine_options = Options {
             units,
             deadline: Some(deadline),
-            start: Start::Takeover,
+            start: Start::TAKEOVER,
             ..options.clone()
         };
         let Some(Driver {

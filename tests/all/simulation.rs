@@ -924,7 +924,7 @@ impl World {
         self.now = Timestamp(dropped_at.as_ms() + lookahead + self.rng.below(2_000));
         let at = self.now;
         self.engine()
-            .adopt(at, units, Start::Takeover)
+            .adopt(at, units, Start::TAKEOVER)
             .expect("taken up");
         for h in moving {
             self.fresh[h] = Some(at.as_ms());
@@ -1297,7 +1297,7 @@ fn a_dropped_unit_writes_nothing_for_a_late_answer_and_its_taker_holds_the_attem
     assert_eq!(stored(&w), before, "a dropped gate's task was written");
 
     w.engine()
-        .adopt(at, units, Start::Takeover)
+        .adopt(at, units, Start::TAKEOVER)
         .expect("taken up");
     assert_eq!(w.engine().busy(units), 0, "a held attempt is on record");
     let timeout = before.0.timeout_ms;

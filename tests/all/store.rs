@@ -787,8 +787,9 @@ fn postgres_schema_4_upgrades_in_place() {
     assert_eq!(ok(ok(store.read()).task(3)), None);
 }
 
-/// A schema-5 database (one lease for every gate) is upgraded to schema 6
-/// (a lease per unit, the fence on the node, each gate's unit in its row),
+/// A schema-5 database (one lease for every gate) is upgraded to schema 7
+/// (a lease per unit, the fence on the node, each gate's unit in its row,
+/// the nodes' slot marks),
 /// but only once no node of it beats: the old nodes would go on writing
 /// under the old rules beside the new one.
 #[test]
@@ -814,7 +815,9 @@ fn postgres_schema_5_upgrades_once_its_nodes_are_stopped() {
          DROP TABLE units;
          DROP INDEX gates_by_unit;
          ALTER TABLE gates DROP COLUMN unit;
-         ALTER TABLE nodes DROP COLUMN fence, DROP COLUMN leaving;
+         ALTER TABLE nodes DROP COLUMN fence, DROP COLUMN leaving, DROP COLUMN slots_until;
+         CREATE TABLE ownership (scope text PRIMARY KEY, owner text, epoch bigint NOT NULL,
+             expires_at timestamptz NOT NULL);
          DELETE FROM meta WHERE key = 'units';
          UPDATE meta SET value = 5 WHERE key = 'schema_version';
          INSERT INTO nodes (id, address) VALUES ('n-old', 'http://127.0.0.1:1');",
@@ -843,6 +846,13 @@ fn postgres_schema_5_upgrades_once_its_nodes_are_stopped() {
         Ok(())
     }));
     assert!(ok(pg.check()).problems.is_empty());
+    // Schema 7: the slot marks are there, the single lease's table gone.
+    pg_sql(
+        &url,
+        "SET search_path TO upgrade_5; SELECT slots_until FROM nodes; \
+         DO $$ BEGIN IF to_regclass('ownership') IS NOT NULL THEN \
+         RAISE 'ownership is still there'; END IF; END $$;",
+    );
     pg_sql(
         &url,
         "SET search_path TO upgrade_5; UPDATE gates SET unit = (unit + 1) % 64 WHERE name = 'gate-3';",

@@ -107,6 +107,7 @@ async fn a_unit_has_one_owner_and_a_takeover_after_a_lapse_fences_the_last() {
 
     let first = a.acquire(5).await.expect("vacant");
     assert_eq!((first.epoch, first.fenced_me), (1, false));
+    assert_eq!(first.unsent_after, None, "nobody sent anything before");
     assert_eq!(b.acquire(5).await, None, "held by a");
     assert_eq!(a.acquire(5).await, None, "a never asks twice for its own");
     let generation = a.fence().await;
@@ -114,11 +115,21 @@ async fn a_unit_has_one_owner_and_a_takeover_after_a_lapse_fences_the_last() {
     let (held, deadline) = a.cluster.units_held();
     assert_eq!(held, Units::one(5));
     assert!(deadline.valid());
+    // Each renewal moves a's slot mark, in the database before here.
+    let marked = deadline.slots_until();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.cluster.renew_units().await.expect("renew");
+    assert!(
+        deadline.slots_until() > marked,
+        "the renewal moved the mark"
+    );
 
-    // a pauses past its lease: b takes the unit and a's writes stop.
+    // a pauses past its lease: b takes the unit and a's writes stop. b
+    // learns a's mark: a sends no attempt whose slot time is later.
     lapse(&db, 5).await;
     let taken = b.acquire(5).await.expect("lapsed");
     assert_eq!((taken.epoch, taken.fenced_me), (2, false));
+    assert_eq!(taken.unsent_after, Some(deadline.slots_until()));
     assert_eq!(a.cluster.node_fence().await.expect("fence"), generation + 1);
     assert!(fenced(a.write().await), "a's engine is fenced");
     let renewal = a.cluster.renew_units().await.expect("renew");
@@ -135,6 +146,7 @@ async fn a_unit_has_one_owner_and_a_takeover_after_a_lapse_fences_the_last() {
         .expect("release");
     let back = a.acquire(5).await.expect("handed over");
     assert_eq!((back.epoch, back.fenced_me), (3, false));
+    assert_eq!(back.unsent_after, None, "a handover names no last owner");
     assert_eq!(b.cluster.node_fence().await.expect("fence"), b_generation);
     b.write().await.expect("b still writes after handing over");
 
@@ -144,6 +156,7 @@ async fn a_unit_has_one_owner_and_a_takeover_after_a_lapse_fences_the_last() {
     lapse(&db, 5).await;
     let again = a.acquire(5).await.expect("lapsed");
     assert_eq!((again.epoch, again.fenced_me), (4, true));
+    assert_eq!(again.unsent_after, None, "its own engine starts afresh");
     assert!(fenced(a.write().await));
     a.fence().await;
     a.write().await.expect("a's next engine writes");
@@ -468,7 +481,7 @@ async fn a_busy_unit_passes_between_two_engines_and_nothing_leaves_after_its_dro
     assert!(drained, "a's attempts never ended");
     a.units(UnitsOrder::Drop(unit)).await.expect("drop");
     let first_count = sink.hits().len();
-    b.units(UnitsOrder::Adopt(unit, Start::Takeover))
+    b.units(UnitsOrder::Adopt(unit, Start::TAKEOVER))
         .await
         .expect("adopt");
 
@@ -483,7 +496,7 @@ async fn a_busy_unit_passes_between_two_engines_and_nothing_leaves_after_its_dro
     // Silence, checked over longer than anything was admitted ahead.
     tokio::time::sleep(lookahead * 3).await;
     let adopted = sluice::clock::instant();
-    a.units(UnitsOrder::Adopt(unit, Start::Takeover))
+    a.units(UnitsOrder::Adopt(unit, Start::TAKEOVER))
         .await
         .expect("adopt again");
     let late: Vec<Duration> = sink
@@ -527,6 +540,178 @@ async fn a_busy_unit_passes_between_two_engines_and_nothing_leaves_after_its_dro
     // Two owners at once would show about twice the rate; a few over
     // the bound are the sink's own timing on a busy machine.
     assert!(most <= 55, "{most} arrivals in one second at 50/s, burst 1");
+    for (stop, thread) in [(a_stop, a_thread), (b_stop, b_thread)] {
+        let _ = stop.send(true);
+        tokio::task::block_in_place(|| thread.join())
+            .expect("joined")
+            .expect("the engine stops cleanly");
+    }
+}
+
+/// A taker that knows the last owner's slot mark sends at once what that
+/// owner admitted ahead but never sent. A gate at 20/s, concurrency 10,
+/// with starts admitted up to 500 ms ahead (so about its whole
+/// concurrency on record as running) and a 30 s timeout: engine a drops
+/// its unit at once, undrained; nothing with a slot time after the drop
+/// left (the runner checks at the slot time), so b adopts with the drop's
+/// time as the mark. Every task then arrives within a few seconds, none
+/// twice. Without the mark b holds every one of those starts in its slot
+/// until its 30 s timeout, and the gate sends nothing meanwhile (caught);
+/// a mark that freed a start which did leave shows as a task arriving
+/// twice (caught).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taker_sends_at_once_the_starts_the_last_owner_never_sent() {
+    use sluice::shell::{Start, UnitsOrder};
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = crate::support::Sink::start().await;
+    let lookahead = Duration::from_millis(500);
+    let (a, a_stop, a_thread) = running_engine(&url, "unsent", Units::ALL, lookahead).await;
+    let (b, b_stop, b_thread) = running_engine(&url, "unsent", Units::NONE, lookahead).await;
+    let gate = sluice::model::GateSpec {
+        timeout: Duration::from_secs(30),
+        concurrency: 10,
+        ..smooth_gate(&sink, 20.0)
+    };
+    a.put_gate("moving".into(), gate).await.expect("gate");
+    let unit = Units::of("moving");
+    let now = sluice::clock::now();
+    let tasks = (0..60)
+        .map(|_| crate::support::engine_task("moving", &sink.url("/"), now))
+        .collect();
+    let created = a.create_tasks(tasks).await.expect("created");
+    let ids: std::collections::BTreeSet<String> =
+        created.iter().map(|c| c.id.to_string()).collect();
+
+    sink.wait_for(10, Duration::from_secs(20)).await;
+    a.units(UnitsOrder::Stop(unit)).await.expect("stop");
+    a.units(UnitsOrder::Drop(unit)).await.expect("drop");
+    let mark = sluice::clock::now();
+    let before = sink.hits().len();
+    b.units(UnitsOrder::Adopt(
+        unit,
+        Start::Takeover {
+            unsent_after: Some(mark),
+        },
+    ))
+    .await
+    .expect("adopt");
+    let adopted = sluice::clock::instant();
+
+    // 60 tasks at 20/s: three seconds, and a few for a busy machine.
+    let mut hits = Vec::new();
+    for _ in 0..100 {
+        hits = sink.hits();
+        let seen: std::collections::BTreeSet<&str> = hits.iter().map(|h| h.task.as_str()).collect();
+        if seen.len() == ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen: std::collections::BTreeSet<&str> = hits.iter().map(|h| h.task.as_str()).collect();
+    assert!(
+        seen.len() == ids.len(),
+        "{} of {} tasks arrived ({before} before the drop) in {:?} after the takeover",
+        seen.len(),
+        ids.len(),
+        adopted.elapsed()
+    );
+    assert_eq!(hits.len(), ids.len(), "a task arrived twice");
+    for (stop, thread) in [(a_stop, a_thread), (b_stop, b_thread)] {
+        let _ = stop.send(true);
+        tokio::task::block_in_place(|| thread.join())
+            .expect("joined")
+            .expect("the engine stops cleanly");
+    }
+}
+
+/// A schedule's occurrences across handovers: a schedule every second on
+/// a gate whose unit passes between two engines six times, drained and
+/// undrained in turn. Each occurrence is created once (its key), however
+/// its unit moved: no scheduled time reaches the sink from two tasks, and
+/// none is missed (every missed one is caught up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_schedule_occurrence_runs_twice_across_handovers() {
+    use sluice::shell::{Start, UnitsOrder};
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    let sink = crate::support::Sink::start().await;
+    let lookahead = Duration::from_millis(100);
+    let (a, a_stop, a_thread) = running_engine(&url, "occurrences", Units::ALL, lookahead).await;
+    let (b, b_stop, b_thread) = running_engine(&url, "occurrences", Units::NONE, lookahead).await;
+    a.put_gate("ticking".into(), smooth_gate(&sink, 50.0))
+        .await
+        .expect("gate");
+    let unit = Units::of("ticking");
+    let every = Duration::from_secs(1);
+    let spec = sluice::model::ScheduleSpec {
+        cron: None,
+        timezone: "UTC".into(),
+        every: Some(every),
+        misfire: sluice::core::schedule::Misfire::All,
+        catchup_limit: 100,
+        jitter: Duration::ZERO,
+        template: crate::support::engine_task("ticking", &sink.url("/"), sluice::clock::now()),
+    };
+    a.put_schedule("tick".into(), spec).await.expect("schedule");
+
+    let mut owners = [&a, &b];
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let [from, to] = owners;
+        from.units(UnitsOrder::Stop(unit)).await.expect("stop");
+        if round % 2 == 0 {
+            for _ in 0..300 {
+                if from.units(UnitsOrder::Busy(unit)).await.expect("busy") == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        from.units(UnitsOrder::Drop(unit)).await.expect("drop");
+        to.units(UnitsOrder::Adopt(unit, Start::TAKEOVER))
+            .await
+            .expect("adopt");
+        owners = [to, from];
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let [last, _] = owners;
+    last.delete_schedule("tick".into()).await.expect("deleted");
+    // What was held at an undrained handover (a 1 s timeout) is sent again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let mut tasks_of: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for hit in sink.hits() {
+        let at = hit.headers.get("sluice-scheduled-at").cloned();
+        let at = at.expect("an occurrence names its scheduled time");
+        tasks_of.entry(at).or_default().insert(hit.task.clone());
+    }
+    let twice: Vec<_> = tasks_of.iter().filter(|(_, t)| t.len() > 1).collect();
+    assert!(twice.is_empty(), "occurrences made twice: {twice:?}");
+    let times: Vec<jiff::Timestamp> = tasks_of
+        .keys()
+        .map(|at| at.parse().expect("an RFC 3339 time"))
+        .collect();
+    assert!(
+        times.len() >= 6,
+        "{} occurrences in 7 s, one a second",
+        times.len()
+    );
+    for pair in times.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert_eq!(
+            gap.as_millis(),
+            every.as_millis() as i128,
+            "an occurrence missing between {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
     for (stop, thread) in [(a_stop, a_thread), (b_stop, b_thread)] {
         let _ = stop.send(true);
         tokio::task::block_in_place(|| thread.join())

@@ -25,8 +25,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Cluster, deadline, lease_ms};
+use super::{Cluster, Sent, lease_ms};
 use crate::clock::{self, Deadline};
+use crate::core::Timestamp;
 use crate::core::units::{Moves, UNITS, UnitView, Units, fnv1a, plan_moves};
 use crate::shell::{Handle, Start, UnitsOrder};
 use crate::store::StoreError;
@@ -47,6 +48,11 @@ pub struct Acquired {
     /// its engine's writes are refused from here on, and it must start a
     /// new one under `Cluster::node_fence`.
     pub fenced_me: bool,
+    /// After a lapse, the last owner's slot mark (`nodes.slots_until`):
+    /// it sent no attempt whose slot time is later, so those on record
+    /// never left and go straight back to the queue (`Start::Takeover`).
+    /// `None` when the unit was vacant or handed over, or the mark unknown.
+    pub unsent_after: Option<Timestamp>,
 }
 
 /// What one joint renewal found.
@@ -125,13 +131,13 @@ impl Cluster {
         if unit >= UNITS {
             return Err(StoreError::Postgres(format!("there is no unit {unit}")));
         }
-        let sent = clock::uptime();
+        let sent = Sent::now();
         let (id, lease_ms) = (self.id.clone(), lease_ms(&self.terms) as f64);
-        let column = unit as i32;
+        let (column, slots_until) = (unit as i32, sent.slots_until(&self.terms));
         let taken = self
             .with_client(async |client| {
                 client.batch_execute("BEGIN").await?;
-                let taken = take(client, &id, column, lease_ms).await;
+                let taken = take(client, &id, column, lease_ms, slots_until).await;
                 let end = match taken {
                     Ok(Some(_)) => "COMMIT",
                     _ => "ROLLBACK",
@@ -140,13 +146,23 @@ impl Cluster {
                 taken
             })
             .await?;
-        let Some((epoch, previous)) = taken else {
+        let Some(Taken {
+            epoch,
+            previous,
+            slots_until,
+        }) = taken
+        else {
             return Ok(None);
         };
+        let fenced_me = previous.as_deref() == Some(self.id.as_str());
         let acquired = Acquired {
             unit,
             epoch,
-            fenced_me: previous.as_deref() == Some(self.id.as_str()),
+            fenced_me,
+            unsent_after: slots_until
+                .filter(|_| !fenced_me)
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(Timestamp),
         };
         if let Ok(mut spread) = self.spread.lock() {
             if acquired.fenced_me {
@@ -162,7 +178,7 @@ impl Cluster {
                 // Nothing else held: the deadline may move up to this
                 // acquire's. With other units held it stays theirs, which
                 // is earlier than this unit's expiry.
-                spread.deadline.extend_to(deadline(&self.terms, sent));
+                sent.extend(&self.terms, &spread.deadline);
             }
             spread.held.insert(unit, epoch);
         }
@@ -170,17 +186,22 @@ impl Cluster {
         Ok(Some(acquired))
     }
 
-    /// Renews every unit this node holds, in one statement.
+    /// Renews every unit this node holds, in one statement, which also
+    /// records the node's slot mark (`Acquired::unsent_after`) before the
+    /// deadline here moves to it.
     pub async fn renew_units(&self) -> Result<Renewal, StoreError> {
-        let sent = clock::uptime();
+        let sent = Sent::now();
         let (id, lease_ms) = (self.id.clone(), lease_ms(&self.terms) as f64);
+        let slots_until = sent.slots_until(&self.terms);
         let rows: Vec<(u32, u64)> = self
             .with_client(async |client| {
                 let rows = client
                     .query(
-                        "UPDATE units SET expires_at = now() + $2::float8 * interval '1 millisecond' \
+                        "WITH mark AS (UPDATE nodes SET slots_until = \
+                         greatest(coalesce(slots_until, 0), $3) WHERE id = $1) \
+                         UPDATE units SET expires_at = now() + $2::float8 * interval '1 millisecond' \
                          WHERE owner = $1 RETURNING unit, epoch",
-                        &[&id, &lease_ms],
+                        &[&id, &lease_ms, &slots_until],
                     )
                     .await?;
                 Ok(rows
@@ -210,7 +231,7 @@ impl Cluster {
                 .map(|(unit, _)| *unit)
                 .collect();
             if lost.is_empty() {
-                spread.deadline.extend_to(deadline(&self.terms, sent));
+                sent.extend(&self.terms, &spread.deadline);
             } else {
                 // Taken over after a lapse, so this node's fence was raised:
                 // everything it sends stops; what it still holds goes on
@@ -220,7 +241,7 @@ impl Cluster {
                 spread.deadline = Arc::new(Deadline::default());
                 spread.held.retain(|unit, _| !lost.has(*unit));
                 if !spread.held.is_empty() {
-                    spread.deadline.extend_to(deadline(&self.terms, sent));
+                    sent.extend(&self.terms, &spread.deadline);
                 }
             }
             let renewal = Renewal {
@@ -361,20 +382,26 @@ impl Cluster {
         }
         let moves = self.plan_units().await?;
         beat.more = moves.acquire.len() >= crate::core::units::ACQUIRE_PER_BEAT;
+        // The units taken, by what their last owner's mark says.
+        let mut taken: BTreeMap<Option<Timestamp>, Units> = BTreeMap::new();
         for unit in moves.acquire {
             match self.acquire_unit(unit).await {
                 Ok(Some(acquired)) if acquired.fenced_me => {
                     beat.lost = beat.lost.with(Units::one(unit));
                     return Ok(beat);
                 }
-                Ok(Some(_)) => beat.adopted = beat.adopted.with(Units::one(unit)),
+                Ok(Some(acquired)) => {
+                    beat.adopted = beat.adopted.with(Units::one(unit));
+                    let units = taken.entry(acquired.unsent_after).or_default();
+                    *units = units.with(Units::one(unit));
+                }
                 Ok(None) => {}
                 // Another node's takeover in progress, say: next beat.
                 Err(e) => tracing::debug!(unit, error = %e, "could not take a unit"),
             }
         }
-        if !beat.adopted.is_empty() {
-            let adopt = UnitsOrder::Adopt(beat.adopted, Start::Takeover);
+        for (unsent_after, units) in taken {
+            let adopt = UnitsOrder::Adopt(units, Start::Takeover { unsent_after });
             if let Err(e) = engine.units(adopt).await {
                 // The engine stopped: let the units go for others to take.
                 let _ = self.release_units(beat.adopted).await;
@@ -499,14 +526,23 @@ impl Cluster {
     }
 }
 
-/// The takeover, inside a transaction: `Some((epoch, previous owner))` if
-/// the unit was free and is now `id`'s.
+/// What a takeover found.
+struct Taken {
+    epoch: u64,
+    previous: Option<String>,
+    /// The previous owner's slot mark, read once its fence was raised.
+    slots_until: Option<i64>,
+}
+
+/// The takeover, inside a transaction: `Some` if the unit was free and is
+/// now `id`'s, which may send at slot times up to `slots_until`.
 async fn take(
     client: &tokio_postgres::Client,
     id: &str,
     unit: i32,
     lease_ms: f64,
-) -> Result<Option<(u64, Option<String>)>, tokio_postgres::Error> {
+    slots_until: i64,
+) -> Result<Option<Taken>, tokio_postgres::Error> {
     let Some(row) = client
         .query_opt(
             "SELECT owner, owner IS NULL OR expires_at < now() FROM units \
@@ -521,13 +557,20 @@ async fn take(
     if !free {
         return Ok(None);
     }
+    let mut mark = None;
     if let Some(previous) = &previous {
         // Lapsed: fence its owner. Locking the row for update waits for
         // the owner's transaction in progress (it holds a key-share lock);
-        // the update alone would not (it changes no key).
-        client
-            .query_opt("SELECT 1 FROM nodes WHERE id = $1 FOR UPDATE", &[previous])
-            .await?;
+        // the update alone would not (it changes no key). Its slot mark
+        // cannot move after this read: its renewal waits for the lock, and
+        // by then its units are lost, so its deadline is revoked.
+        mark = client
+            .query_opt(
+                "SELECT slots_until FROM nodes WHERE id = $1 FOR UPDATE",
+                &[previous],
+            )
+            .await?
+            .and_then(|row| row.get::<_, Option<i64>>(0));
         client
             .execute(
                 "UPDATE nodes SET fence = fence + 1 WHERE id = $1",
@@ -535,6 +578,13 @@ async fn take(
             )
             .await?;
     }
+    client
+        .execute(
+            "UPDATE nodes SET slots_until = greatest(coalesce(slots_until, 0), $2) \
+             WHERE id = $1",
+            &[&id, &slots_until],
+        )
+        .await?;
     let epoch: i64 = client
         .query_one(
             "UPDATE units SET owner = $2, epoch = epoch + 1, \
@@ -544,5 +594,9 @@ async fn take(
         )
         .await?
         .get(0);
-    Ok(Some((u64::try_from(epoch).unwrap_or(0), previous)))
+    Ok(Some(Taken {
+        epoch: u64::try_from(epoch).unwrap_or(0),
+        previous,
+        slots_until: mark,
+    }))
 }

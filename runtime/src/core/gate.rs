@@ -292,6 +292,29 @@ impl Gate {
         &self.limits
     }
 
+    /// A start admitted ahead of its token or its due time is on record as
+    /// running before it leaves, and a node that takes the gate over after
+    /// a crash cannot tell it from one at the endpoint, so it holds each
+    /// until its timeout: admitted ahead, they could fill every slot of the
+    /// gate for that long. So they take at most half the slots: ahead of
+    /// their tokens, no further than half the concurrency's worth of them
+    /// at `rate`; ahead of their due times, only while fewer than half the
+    /// slots are taken.
+    fn ahead_ms(&self, rate: f64) -> u64 {
+        let half = f64::from(self.concurrency()) / 2.0;
+        let spare_ms = (half * 1_000.0 / rate).floor();
+        if spare_ms.is_finite() && spare_ms >= 0.0 {
+            self.lookahead_ms.min(spare_ms as u64)
+        } else {
+            self.lookahead_ms
+        }
+    }
+
+    /// See `ahead_ms`.
+    fn slots_to_spare(&self) -> bool {
+        self.in_flight.saturating_mul(2) < self.concurrency()
+    }
+
     /// The bucket keeps its tokens (capped at the new burst), so a change neither
     /// releases a flood nor stalls the gate.
     pub fn set_limits(&mut self, now: Timestamp, limits: GateLimits) {
@@ -409,7 +432,7 @@ impl Gate {
                 }
             )
             && self.throttled_until.is_none_or(|t| t <= now);
-        if healthy {
+        if healthy && self.slots_to_spare() {
             Duration::from_millis(self.lookahead_ms)
         } else {
             Duration::ZERO
@@ -489,7 +512,7 @@ impl Gate {
                 consecutive_failures: 0
             }
         );
-        let ahead = if healthy { self.lookahead_ms } else { 0 };
+        let ahead = if healthy { self.ahead_ms(rate) } else { 0 };
         let at = self
             .limiter
             .admit(now, rate, self.limits.burst, ahead)
@@ -846,6 +869,33 @@ mod tests {
         let expected: Vec<Timestamp> = (0..5).map(|i| Timestamp(t0.as_ms() + 5 * i)).collect();
         assert_eq!(slots, expected);
         assert_eq!(gate.try_start(t0), Err(Some(Timestamp(t0.as_ms() + 5))));
+    }
+
+    /// Starts admitted ahead take at most half the slots: at 200/s and
+    /// concurrency 8, four tokens' worth (20 ms) of a 250 ms lookahead;
+    /// and no task starts ahead of its due time while half the slots are
+    /// taken. So a takeover that holds every start on record still finds
+    /// half the gate free.
+    #[test]
+    fn the_lookahead_takes_at_most_half_the_slots() {
+        let t0 = Timestamp(1_000_000);
+        let mut gate =
+            Gate::new(t0, limits("200/s", 1, 8)).with_lookahead(Duration::from_millis(250));
+        let slots: Vec<Timestamp> = (0..5).map(|_| gate.try_start(t0).unwrap()).collect();
+        let expected: Vec<Timestamp> = (0..5).map(|i| Timestamp(t0.as_ms() + 5 * i)).collect();
+        assert_eq!(slots, expected, "one at once, four ahead");
+        assert_eq!(
+            gate.try_start(t0),
+            Err(Some(Timestamp(t0.as_ms() + 5))),
+            "a fifth ahead would take more than half the slots"
+        );
+        assert_eq!(gate.due_ahead(t0), Duration::ZERO, "five of eight taken");
+        let t1 = Timestamp(t0.as_ms() + 5);
+        assert_eq!(gate.try_start(t1), Ok(Timestamp(t0.as_ms() + 25)));
+        for _ in 0..3 {
+            gate.attempt_ended(t1, Signal::Healthy, true);
+        }
+        assert_eq!(gate.due_ahead(t1), Duration::from_millis(250));
     }
 
     /// A rate raised while slots are promised ahead keeps those slots: the

@@ -212,6 +212,11 @@ pub enum Input {
         task: QueuedTask,
         until: Timestamp,
     },
+    /// At a takeover: a task on record as running whose attempt never left
+    /// (its slot time was after the last owner's slot mark). It goes back
+    /// to the queue at once, due as before, and that attempt does not
+    /// count.
+    Unsent(QueuedTask),
     /// The plugin running attempt `attempt` of `task` wants to send an HTTP
     /// request. Answered by a permit (see [`Scheduler::poll_permit`]) when the
     /// gate allows it; dropped if the attempt ends first.
@@ -800,6 +805,28 @@ impl Scheduler {
             }
             Input::RestoreLease { task, until } => self.hold(now, task, until, false),
             Input::HoldInterrupted { task, until } => self.hold(now, task, until, true),
+            Input::Unsent(mut task) => {
+                assert!(task.attempts >= 1, "unsent before any attempt");
+                task.attempts -= 1;
+                task.ahead_ms = 0;
+                let (id, gate, due) = (task.id, task.gate, task.due);
+                if !self.lanes.contains_key(&gate) {
+                    let end = End::Cancelled;
+                    self.effects.push_back(Effect::Finish {
+                        task: id,
+                        gate,
+                        end,
+                    });
+                    return;
+                }
+                self.effects.push_back(Effect::Requeue {
+                    task: id,
+                    gate,
+                    due,
+                });
+                self.enqueue(now, task);
+                self.poke(gate);
+            }
             Input::Ask { task, attempt, ask } => {
                 let Some(gate) = self
                     .running

@@ -39,6 +39,8 @@ enum Place {
 struct SimTask {
     queued: QueuedTask,
     place: Place,
+    /// The slot time of its last start.
+    slot: Timestamp,
 }
 
 struct World {
@@ -254,6 +256,7 @@ impl World {
             SimTask {
                 queued: queued.clone(),
                 place: Place::Pending,
+                slot: Timestamp::ZERO,
             },
         );
         if self.foreign && self.rng.below(3) == 0 {
@@ -344,7 +347,8 @@ impl World {
     /// alone. Its attempts die with the old owner's hold on it (as in a
     /// restart; starts admitted ahead never left), and the new owner
     /// starts it empty with the ramp, holding each of them
-    /// (`HoldInterrupted`) for a while or retrying it at once.
+    /// (`HoldInterrupted`) for a while or retrying it at once; one admitted
+    /// ahead it may also put back in the queue uncounted (`Unsent`).
     fn hand_over(&mut self, gate: GateId) {
         let now = self.now;
         self.sched.handle_input(now, Input::DropGate(gate));
@@ -376,7 +380,12 @@ impl World {
             .collect();
         for id in running {
             let task = self.tasks[&id].queued.clone();
-            if self.rng.below(2) == 0 {
+            if self.tasks[&id].slot > now && self.rng.below(2) == 0 {
+                // Its slot time is after the old owner's last moment, so
+                // it never left: the new owner knows (`Start::Takeover`'s
+                // mark) and queues it again at once, the attempt uncounted.
+                self.sched.handle_input(now, Input::Unsent(task));
+            } else if self.rng.below(2) == 0 {
                 let until = now.plus(Duration::from_millis(self.rng.below(500)));
                 self.sched
                     .handle_input(now, Input::HoldInterrupted { task, until });
@@ -477,6 +486,7 @@ impl World {
                     );
                     assert!(t.queued.due <= at, "released before due");
                     t.place = Place::Running;
+                    t.slot = at;
                     t.queued.attempts = attempt;
                     t.queued.first_attempt_at.get_or_insert(self.now);
                     let latency = Duration::from_millis(1 + self.rng.below(400));

@@ -95,7 +95,9 @@ impl Engine {
                     let (token, token_hash) = leases::new_token();
                     let mut plan = self.plan(record, number);
                     plan.completion_token = token;
-                    plan.release_at = at;
+                    // The slot time on record (`started_at`): in a
+                    // cluster it leaves only if this node's mark covers it.
+                    plan.release_at = now;
                     turn.tx.set_running(task.0, true)?;
                     turn.tx.put_attempt(
                         task.0,

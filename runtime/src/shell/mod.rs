@@ -200,9 +200,20 @@ pub enum Start {
     #[default]
     Restart,
     /// Another node ran the gates and lost them (cluster): its attempts may
-    /// still be at their endpoints, so each keeps its slot until its timeout.
-    Takeover,
+    /// still be at their endpoints, so each keeps its slot until its
+    /// timeout; but one whose slot time is after `unsent_after` (the last
+    /// owner's slot mark, `cluster::Acquired`) never left, and goes back
+    /// to the queue at once as if it had never started.
+    Takeover { unsent_after: Option<Timestamp> },
 }
+
+impl Start {
+    /// A takeover that knows nothing of what the last owner sent.
+    pub const TAKEOVER: Start = Start::Takeover { unsent_after: None };
+}
+
+/// Why an attempt of a node that lost the gates before its slot time ended.
+pub(super) const NEVER_SENT: &str = "never sent: the node that started this attempt lost the gates before its slot time; queued again";
 
 /// Why an attempt of a node that lost the gates ended.
 pub(super) const HANDED_OVER: &str =

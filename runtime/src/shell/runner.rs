@@ -236,10 +236,17 @@ impl Runner {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
                 }
                 spaced(spacing).await;
-                if deadline.as_ref().is_some_and(|d| !d.valid()) || !may_leave() {
+                let slot = plan.release_at;
+                let covered = match &deadline {
+                    None => true,
+                    Some(deadline) => deadline.admits(slot).await,
+                };
+                if !covered || !may_leave() {
                     // The lease ran out (or the unit was handed over) while
                     // this attempt waited: the next owner runs it (its
-                    // start is on record, so it is held, then retried).
+                    // start is on record, so it is held, then retried; or
+                    // put straight back in the queue if its slot time is
+                    // past this node's mark, as it never left).
                     return;
                 }
                 let run = async {

@@ -71,8 +71,9 @@ impl Engine {
 
     /// The attempts the store has as running in `units`' gates: a lease
     /// goes on; with `Start::Takeover` each keeps its slot until its
-    /// timeout (another node may have sent it); with `Start::Restart` it
-    /// died with this process and is retried at once.
+    /// timeout (another node may have sent it), unless its slot time shows
+    /// it never left; with `Start::Restart` it died with this process and
+    /// is retried at once.
     fn recover(
         &mut self,
         turn: &mut Turn<'_>,
@@ -80,7 +81,7 @@ impl Engine {
         start: Start,
     ) -> Result<(), StoreError> {
         let now = turn.now;
-        let mut interrupted = 0usize;
+        let (mut interrupted, mut unsent) = (0usize, 0usize);
         // Every unit: every running task, those of deleted gates too.
         let running = if units == Units::ALL {
             turn.tx.running_tasks()?
@@ -126,7 +127,21 @@ impl Engine {
                 );
                 continue;
             }
-            if start == Start::Takeover {
+            if let Start::Takeover { unsent_after } = start {
+                if let (Some(mark), Some(mut record)) = (unsent_after, record)
+                    && record.started_at > mark.as_ms()
+                {
+                    // Its slot time was after the last owner's mark, so it
+                    // never left: back to the queue, as if never started
+                    // (its next start writes over this record).
+                    unsent += 1;
+                    record.ended_at = Some(now.as_ms());
+                    record.outcome = Some("interrupted".into());
+                    record.error = Some(NEVER_SENT.into());
+                    turn.tx.put_attempt(id, &record)?;
+                    self.core.handle_input(now, Input::Unsent(queued));
+                    continue;
+                }
                 // Another node may have sent this attempt (at any time up
                 // to its deadline, which is before now) and may still be
                 // waiting for its answer: the endpoint can be busy with it
@@ -156,6 +171,7 @@ impl Engine {
         if interrupted > 0 {
             tracing::info!(
                 count = interrupted,
+                never_sent = unsent,
                 "recovering attempts the last run left in flight"
             );
         }

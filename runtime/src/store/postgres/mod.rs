@@ -78,15 +78,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     id text PRIMARY KEY, address text NOT NULL,
     started_at timestamptz NOT NULL DEFAULT now(),
     heartbeat timestamptz NOT NULL DEFAULT now(),
-    fence bigint NOT NULL DEFAULT 0, leaving bool NOT NULL DEFAULT false);
-CREATE TABLE IF NOT EXISTS ownership (
-    scope text PRIMARY KEY, owner text, epoch bigint NOT NULL,
-    expires_at timestamptz NOT NULL);
+    fence bigint NOT NULL DEFAULT 0, leaving bool NOT NULL DEFAULT false,
+    slots_until bigint);
 CREATE TABLE IF NOT EXISTS units (
     unit int PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0,
     expires_at timestamptz NOT NULL DEFAULT '-infinity');
 INSERT INTO meta VALUES ('next_gate_id', 1) ON CONFLICT DO NOTHING;
-INSERT INTO ownership VALUES ('gates', NULL, 0, '-infinity') ON CONFLICT DO NOTHING;
 ";
 
 /// Schema 5 keeps a task's gate, its place in the running set and its
@@ -115,6 +112,17 @@ ALTER TABLE nodes ADD COLUMN IF NOT EXISTS fence bigint NOT NULL DEFAULT 0,
 ALTER TABLE gates ADD COLUMN IF NOT EXISTS unit int;
 ";
 
+/// Schema 7 records, with each renewal, the latest slot time a node may
+/// still send an attempt at, on its own wall clock (`nodes.slots_until`,
+/// `cluster::units`): a node taking its units over after a lapse puts the
+/// attempts on record with later slot times straight back in the queue,
+/// since they never left. The single lease's `ownership`, unused since the
+/// units, goes.
+const UPGRADE_TO_7: &str = "
+ALTER TABLE nodes ADD COLUMN IF NOT EXISTS slots_until bigint;
+DROP TABLE IF EXISTS ownership;
+";
+
 /// The indexes on those columns (after an upgrade has added them).
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS tasks_by_gate ON tasks (gate_id, id);
@@ -125,11 +133,12 @@ CREATE INDEX IF NOT EXISTS gates_by_unit ON gates (unit);
 ";
 
 /// The PostgreSQL schema version this build writes. 2 added `nodes` and
-/// `ownership` (the cluster's single lease, unused since the units), 3 `pending_keyed` and `coalesce`, 4 writes task
-/// records in the binary encoding (JSON ones still read), 5 moved three
-/// index tables into columns of `tasks` (`UPGRADE_TO_5`), 6 added the units
-/// (`UPGRADE_TO_6`); older schemas are upgraded in place.
-pub const PG_SCHEMA_VERSION: u64 = 6;
+/// `ownership` (the cluster's single lease), 3 `pending_keyed` and
+/// `coalesce`, 4 writes task records in the binary encoding (JSON ones
+/// still read), 5 moved three index tables into columns of `tasks`
+/// (`UPGRADE_TO_5`), 6 added the units (`UPGRADE_TO_6`), 7 the nodes' slot
+/// marks (`UPGRADE_TO_7`); older schemas are upgraded in place.
+pub const PG_SCHEMA_VERSION: u64 = 7;
 
 /// A transaction left idle this long (its node paused, or cut off from
 /// the database) is ended by PostgreSQL, so the locks it holds (the share
@@ -416,7 +425,7 @@ impl PgStore {
                 Some(PG_SCHEMA_VERSION) => {}
                 Some(found) if found < PG_SCHEMA_VERSION => {
                     // The tables above were created if missing: the upgrade.
-                    if found < 6 {
+                    if found < 7 {
                         refuse_live_nodes(client, found)?;
                     }
                     if found < 5 {
@@ -424,6 +433,9 @@ impl PgStore {
                     }
                     if found < 6 {
                         wait(client.batch_execute(UPGRADE_TO_6))?;
+                    }
+                    if found < 7 {
+                        wait(client.batch_execute(UPGRADE_TO_7))?;
                     }
                     wait(client.execute(
                         "UPDATE meta SET value = $1 WHERE key = 'schema_version'",
@@ -502,8 +514,9 @@ fn connect(runtime: &tokio::runtime::Runtime, target: &Target, schema: &str) -> 
 }
 
 /// An upgrade to schema 6 changes who may write (the fence moves from the
-/// single lease to the node): nodes of the older build must be stopped
-/// first, so none writes beside this one under the old rules.
+/// single lease to the node), and one to 7 what a takeover may assume (a
+/// node of the older build writes no slot mark): nodes of the older build
+/// must be stopped first, so none runs beside this one under the old rules.
 fn refuse_live_nodes(client: &Client, found: u64) -> Result<()> {
     let live: i64 = wait(client.query_one(
         "SELECT count(*) FROM nodes WHERE heartbeat > now() - interval '10 seconds'",
