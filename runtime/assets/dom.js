@@ -56,6 +56,7 @@ const STATES = {
   probing: ['busy', 'half'],
   recovering: ['busy', 'ramp'],
   throttled: ['warn', 'slow'],
+  unreachable: ['warn', 'slash'],
   // tasks, and attempt outcomes
   scheduled: ['idle', 'clock'],
   retrying: ['warn', 'retry'],

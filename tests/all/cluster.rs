@@ -340,8 +340,29 @@ async fn a_paused_owner_wakes_up_to_send_nothing() {
     let url = pg.url();
     let (nodes, owner) = busy_cluster([&url, &url, &url], &sink).await;
     let survivor = (owner + 1) % nodes.len();
+    let owner_id = owners(&nodes, survivor).await.1[owner]
+        .clone()
+        .expect("the owner is listed");
     nodes[owner].signal("-STOP");
     let paused = clock::instant();
+    // The merged list names the silent owner, and shows its gates from the
+    // store rather than leaving them out.
+    let listing = async {
+        let (status, headers, list) = nodes[survivor]
+            .client
+            .send_full("GET", "/v1/gates", None)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        let partial = headers.get("sluice-partial").and_then(|v| v.to_str().ok());
+        assert_eq!(partial, Some(owner_id.as_str()), "{headers:?}");
+        let busy = (list["gates"].as_array().into_iter().flatten())
+            .find(|g| g["name"] == "busy")
+            .cloned();
+        let busy = busy.unwrap_or_else(|| panic!("the silent owner's gate is missing: {list}"));
+        assert_eq!(busy["state"], "unreachable", "{busy}");
+        assert_eq!(busy["owner"], owner_id.as_str(), "{busy}");
+        assert_eq!(busy["rate_per_s"], RATE, "{busy}");
+    };
     // A request another node forwards to the paused owner (whose kernel
     // still accepts the connection) comes back once the gates have moved,
     // not after the forwarding timeout.
@@ -352,8 +373,11 @@ async fn a_paused_owner_wakes_up_to_send_nothing() {
             .await;
         (status, body, paused.elapsed())
     };
-    let (taker, (status, body, took)) =
-        tokio::join!(owner_of(&nodes, survivor, "busy", Some(owner)), forwarded);
+    let (taker, (status, body, took), ()) = tokio::join!(
+        owner_of(&nodes, survivor, "busy", Some(owner)),
+        forwarded,
+        listing
+    );
     assert!(status == 503 || status == 200, "{status}: {body}");
     assert!(
         took < Duration::from_secs(15),

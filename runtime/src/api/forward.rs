@@ -333,7 +333,8 @@ fn changing_hands(gate: &str) -> Response {
 /// `GET /v1/gates` in a cluster: this node's gates and every other
 /// owner's (each asked with `sluice-forwarded-by`, so it answers with its
 /// own), merged in name order. An owner that does not answer within
-/// `MERGE_TIMEOUT` is left out, and named in `sluice-partial`.
+/// `MERGE_TIMEOUT` is named in `sluice-partial`, and its gates (and any
+/// no node runs right now) are shown from the store, `unreachable`.
 async fn all_gates(peers: &Peers, request: Request, next: Next) -> Response {
     let (parts, _) = request.into_parts();
     let mut asks = Vec::new();
@@ -382,6 +383,13 @@ async fn all_gates(peers: &Peers, request: Request, next: Next) -> Response {
             Ok(list) => all.gates.extend(list.gates),
             Err(node) => missing.push(node),
         }
+    }
+    // What no owner listed (its owner silent, or its unit between owners)
+    // still shows, from the store.
+    let listed = all.gates.iter().map(|g| g.name.clone()).collect();
+    match super::gates::unlisted_gates(peers.store.clone(), &peers.cluster, listed).await {
+        Ok(unlisted) => all.gates.extend(unlisted),
+        Err(e) => return e.into_response(),
     }
     all.gates.sort_by(|a, b| a.name.cmp(&b.name));
     all.gates.dedup_by(|a, b| a.name == b.name);

@@ -27,6 +27,67 @@ pub(super) async fn gate_view(state: &AppState, live: &GateLive) -> Result<GateV
     Ok(view)
 }
 
+/// The gates the store has that `listed` lacks, each from its stored
+/// settings and counts with no live figures (`state: unreachable`): in a
+/// cluster, the gates of an owner that did not answer, or of a unit no node
+/// holds right now (its `owner`, if any, is the one that did not answer).
+pub(super) async fn unlisted_gates(
+    store: Arc<dyn Backend>,
+    cluster: &crate::cluster::Cluster,
+    listed: std::collections::HashSet<String>,
+) -> Result<Vec<GateView>, ApiError> {
+    let now = clock::now();
+    let found = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let reader = store.read()?;
+        let mut found = Vec::new();
+        for record in reader.gates()? {
+            if listed.contains(&record.name) {
+                continue;
+            }
+            let id = record.id;
+            let extra = GateExtra {
+                due: reader.due_now(id, now.as_ms())?,
+                oldest_due_ms: reader.oldest_pending(id)?,
+                forecast: reader.forecast(id, now.as_ms(), FORECAST_MINUTES)?,
+            };
+            found.push((reader.counts(id)?, extra, record));
+        }
+        Ok(found)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    let views = found.into_iter().map(|(counts, extra, record)| {
+        let view = crate::core::GateStatus {
+            state: crate::core::GateState::Open,
+            effective_rate: 0.0,
+            in_flight: 0,
+            due_in_memory: 0,
+            due_exact: false,
+            circuit_open_until: None,
+            throttled_until: None,
+            quota: None,
+            concurrency: record.concurrency,
+            latencies: None,
+            keys: 0,
+        };
+        let live = GateLive {
+            record,
+            view,
+            keys: Vec::new(),
+            counts,
+            series: Vec::new(),
+        };
+        let mut view = GateView::new(&live, extra, now);
+        view.state = UNREACHABLE.into();
+        view.owner = cluster.owner_of(&view.name).map(|(id, _)| id);
+        view
+    });
+    Ok(views.collect())
+}
+
+/// The state of a gate whose owner could not be asked (`unlisted_gates`).
+const UNREACHABLE: &str = "unreachable";
+
 pub(super) async fn one_gate(state: &AppState, name: &str) -> Result<GateView, ApiError> {
     let live = state.shell.live(Some(name.to_string())).await?;
     let live = live

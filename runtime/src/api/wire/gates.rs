@@ -522,7 +522,9 @@ pub struct GateView {
     pub created_at: String,
     #[schema(format = DateTime)]
     pub updated_at: String,
-    /// `open`, `paused`, `tripped`, `probing`, `recovering` or `throttled`.
+    /// `open`, `paused`, `tripped`, `probing`, `recovering` or `throttled`;
+    /// in a cluster, `unreachable` when its owner did not answer (or no node
+    /// runs it right now): stored settings and counts, no live figures.
     pub state: String,
     /// Pending tasks, due or not.
     pub backlog: u64,
