@@ -209,8 +209,11 @@ async fn restart_after_kill_ramps_up() {
         in_first_second >= 30,
         "the ramp should still send: {in_first_second}"
     );
+    // The bound (burst 10 + 500 in 1 s) holds over the release instants
+    // (the simulation checks it exactly); at the sink, a few arrivals of
+    // a loaded machine's loopback may shift across a window's edge.
     let peak = max_in_window(&times, Duration::from_secs(1));
-    assert!(peak <= 510, "peak {peak}");
+    assert!(peak <= 510 + 3, "peak {peak}");
     child.kill().expect("kill");
     let _ = child.wait();
 }

@@ -1328,8 +1328,11 @@ fn a_dropped_unit_writes_nothing_for_a_late_answer_and_its_taker_holds_the_attem
 }
 
 /// Release times of 2,000 tasks through one smooth gate (200/s, burst 1,
-/// 50 at once) on an endpoint that answers in 2 ms, while one commit in 40
-/// takes 150 ms (a disk that stalls behind another process's writes). The
+/// 100 at once) on an endpoint that answers in 2 ms, while one commit in 40
+/// takes 150 ms (a disk that stalls behind another process's writes). (The
+/// starts admitted ahead take at most half the slots, `Gate::ahead_ms`: at
+/// 200/s, 50 slots cover 250 ms; with 50 at once, 125 ms, and each stall
+/// would lose its last 25 ms of tokens.) The
 /// driver decides nothing while a commit runs, as the runner's does not.
 /// With `late_wakes`, the commits are quick and the driver instead wakes
 /// 150 ms after the instant it asked for, once in 40 turns (busy elsewhere,
@@ -1341,7 +1344,7 @@ fn releases_through_stalls(tuning: Tuning, late_wakes: bool) -> Vec<u64> {
     let conf = GateConf {
         rate: 200.0,
         burst: 1,
-        concurrency: 50,
+        concurrency: 100,
         start: 1.0,
         over_ms: 1_000,
         failures: 5,
