@@ -424,6 +424,40 @@ async fn running_engine(
     (handle, stop, thread)
 }
 
+type Stopper = (
+    tokio::sync::watch::Sender<bool>,
+    std::thread::JoinHandle<Result<(), StoreError>>,
+);
+
+/// Stops engines started by `running_engine`, each of which must stop
+/// cleanly.
+fn stop_engines<const N: usize>(engines: [Stopper; N]) {
+    for (stop, thread) in engines {
+        let _ = stop.send(true);
+        tokio::task::block_in_place(|| thread.join())
+            .expect("joined")
+            .expect("the engine stops cleanly");
+    }
+}
+
+/// The sink's hits once `n` distinct tasks have arrived, or when `within`
+/// has passed (the caller checks which).
+async fn every_task_arrives(
+    sink: &crate::support::Sink,
+    n: usize,
+    within: Duration,
+) -> Vec<crate::support::Hit> {
+    let start = sluice::clock::instant();
+    loop {
+        let hits = sink.hits();
+        let seen: std::collections::BTreeSet<&str> = hits.iter().map(|h| h.task.as_str()).collect();
+        if seen.len() >= n || start.elapsed() > within {
+            return hits;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A smooth gate (burst 1, no ramp, 1 s timeout) at `rate` to `sink`.
 fn smooth_gate(sink: &crate::support::Sink, rate: f64) -> sluice::model::GateSpec {
     sluice::model::GateSpec {
@@ -507,15 +541,7 @@ async fn a_busy_unit_passes_between_two_engines_and_nothing_leaves_after_its_dro
         .collect();
     assert!(late.is_empty(), "sent after the drop: {late:?}");
 
-    let mut hits = Vec::new();
-    for _ in 0..300 {
-        hits = sink.hits();
-        let seen: std::collections::BTreeSet<&str> = hits.iter().map(|h| h.task.as_str()).collect();
-        if seen.len() == ids.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let hits = every_task_arrives(&sink, ids.len(), Duration::from_secs(30)).await;
     let mut arrivals: std::collections::BTreeMap<&str, Vec<std::time::Instant>> =
         std::collections::BTreeMap::new();
     for hit in &hits {
@@ -540,12 +566,7 @@ async fn a_busy_unit_passes_between_two_engines_and_nothing_leaves_after_its_dro
     // Two owners at once would show about twice the rate; a few over
     // the bound are the sink's own timing on a busy machine.
     assert!(most <= 55, "{most} arrivals in one second at 50/s, burst 1");
-    for (stop, thread) in [(a_stop, a_thread), (b_stop, b_thread)] {
-        let _ = stop.send(true);
-        tokio::task::block_in_place(|| thread.join())
-            .expect("joined")
-            .expect("the engine stops cleanly");
-    }
+    stop_engines([(a_stop, a_thread), (b_stop, b_thread)]);
 }
 
 /// A taker that knows the last owner's slot mark sends at once what that
@@ -601,15 +622,7 @@ async fn a_taker_sends_at_once_the_starts_the_last_owner_never_sent() {
     let adopted = sluice::clock::instant();
 
     // 60 tasks at 20/s: three seconds, and a few for a busy machine.
-    let mut hits = Vec::new();
-    for _ in 0..100 {
-        hits = sink.hits();
-        let seen: std::collections::BTreeSet<&str> = hits.iter().map(|h| h.task.as_str()).collect();
-        if seen.len() == ids.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let hits = every_task_arrives(&sink, ids.len(), Duration::from_secs(10)).await;
     let seen: std::collections::BTreeSet<&str> = hits.iter().map(|h| h.task.as_str()).collect();
     assert!(
         seen.len() == ids.len(),
@@ -619,12 +632,7 @@ async fn a_taker_sends_at_once_the_starts_the_last_owner_never_sent() {
         adopted.elapsed()
     );
     assert_eq!(hits.len(), ids.len(), "a task arrived twice");
-    for (stop, thread) in [(a_stop, a_thread), (b_stop, b_thread)] {
-        let _ = stop.send(true);
-        tokio::task::block_in_place(|| thread.join())
-            .expect("joined")
-            .expect("the engine stops cleanly");
-    }
+    stop_engines([(a_stop, a_thread), (b_stop, b_thread)]);
 }
 
 /// A schedule's occurrences across handovers: a schedule every second on
@@ -712,12 +720,7 @@ async fn no_schedule_occurrence_runs_twice_across_handovers() {
             pair[1]
         );
     }
-    for (stop, thread) in [(a_stop, a_thread), (b_stop, b_thread)] {
-        let _ = stop.send(true);
-        tokio::task::block_in_place(|| thread.join())
-            .expect("joined")
-            .expect("the engine stops cleanly");
-    }
+    stop_engines([(a_stop, a_thread), (b_stop, b_thread)]);
 }
 
 /// The balance (`Cluster::balance`) on two running nodes. The first, alone,
@@ -878,10 +881,5 @@ async fn the_balance_spreads_busy_gates_over_two_nodes_one_busy_unit_a_beat() {
         let most = crate::support::max_in_window(&times, Duration::from_secs(1));
         assert!(most <= 23, "{gate}: {most} in one second at 20/s, burst 1");
     }
-    for (stop, thread) in [(a_stop, a_thread), (b_stop, b_thread)] {
-        let _ = stop.send(true);
-        tokio::task::block_in_place(|| thread.join())
-            .expect("joined")
-            .expect("the engine stops cleanly");
-    }
+    stop_engines([(a_stop, a_thread), (b_stop, b_thread)]);
 }

@@ -808,24 +808,8 @@ impl Scheduler {
             Input::Unsent(mut task) => {
                 assert!(task.attempts >= 1, "unsent before any attempt");
                 task.attempts -= 1;
-                task.ahead_ms = 0;
-                let (id, gate, due) = (task.id, task.gate, task.due);
-                if !self.lanes.contains_key(&gate) {
-                    let end = End::Cancelled;
-                    self.effects.push_back(Effect::Finish {
-                        task: id,
-                        gate,
-                        end,
-                    });
-                    return;
-                }
-                self.effects.push_back(Effect::Requeue {
-                    task: id,
-                    gate,
-                    due,
-                });
-                self.enqueue(now, task);
-                self.poke(gate);
+                let due = task.due;
+                self.requeue(now, task, due);
             }
             Input::Ask { task, attempt, ask } => {
                 let Some(gate) = self
@@ -1423,7 +1407,7 @@ impl Scheduler {
     }
 
     /// Decides what follows an attempt.
-    fn settle(&mut self, now: Timestamp, mut task: QueuedTask, outcome: Outcome) {
+    fn settle(&mut self, now: Timestamp, task: QueuedTask, outcome: Outcome) {
         let gate = task.gate;
         let finish = |end| Effect::Finish {
             task: task.id,
@@ -1471,8 +1455,20 @@ impl Scheduler {
             self.effects.push_back(finish(End::Expired));
             return;
         }
+        self.requeue(now, task, due);
+    }
+
+    /// Puts `task` back in its gate's queue, due at `due` (cancelled if
+    /// its gate is gone).
+    fn requeue(&mut self, now: Timestamp, mut task: QueuedTask, due: Timestamp) {
+        let gate = task.gate;
         if !self.lanes.contains_key(&gate) {
-            self.effects.push_back(finish(End::Cancelled));
+            let end = End::Cancelled;
+            self.effects.push_back(Effect::Finish {
+                task: task.id,
+                gate,
+                end,
+            });
             return;
         }
         task.due = due;
