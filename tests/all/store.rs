@@ -9,6 +9,7 @@ use sluice::core::{GateId, TaskId, Timestamp};
 use sluice::store::{
     AttemptRecord, Backend, Counts, CountsDelta, GateRecord, PendingEntry, PgStore, PluginRecord,
     ReplayEnd, ReplayRecord, ScheduleRecord, Store, StoreError, TaskFilter, TaskRecord, TaskState,
+    Writes,
 };
 
 const MIN: u64 = 60_000;
@@ -22,6 +23,7 @@ fn conformance(fresh: impl Fn() -> Box<dyn Backend>) {
     pending_tasks_by_key(fresh().as_ref());
     minute_counts_follow_pending(fresh().as_ref());
     pending_entries_removed_at_once(fresh().as_ref());
+    a_transaction_sees_its_own_pending_changes(fresh().as_ref());
     idempotency_keys_belong_to_a_gate(fresh().as_ref());
     coalesce_keys_name_the_last_task(fresh().as_ref());
     counters_round_trip(fresh().as_ref());
@@ -93,6 +95,20 @@ fn attempt(n: u32) -> AttemptRecord {
         "status": null, "latency_ms": null, "error": null, "response": null,
     }))
     .expect("attempt record")
+}
+
+/// Puts a task and its pending entry: a task is pending in one place at a
+/// time, and its record is written no later than its entry (PostgreSQL
+/// keeps the entry in the task's row).
+fn pend(
+    tx: &mut dyn Writes,
+    gate: GateId,
+    key: Option<&str>,
+    due: u64,
+    id: u64,
+) -> Result<(), StoreError> {
+    tx.put_task(&task(id, gate.0, "scheduled", None))?;
+    tx.insert_pending(gate, key, Timestamp(due), TaskId(id))
 }
 
 fn ok<T>(result: Result<T, StoreError>) -> T {
@@ -208,29 +224,29 @@ fn tasks_attempts_and_the_running_set(store: &dyn Backend) {
 fn pending_keys_in_due_order(store: &dyn Backend) {
     let (g, other) = (GateId(1), GateId(2));
     ok(store.write(|tx| {
-        for (due, id) in [(30, 3), (10, 1), (20, 2), (20, 1), (40, 4)] {
-            tx.insert_pending(g, None, Timestamp(due), TaskId(id))?;
+        for (due, id) in [(30, 3), (10, 1), (20, 5), (20, 2), (40, 4)] {
+            pend(tx, g, None, due, id)?;
         }
-        tx.insert_pending(other, None, Timestamp(5), TaskId(99))
+        pend(tx, other, None, 5, 99)
     }));
     let key = |due, id| (Timestamp(due), TaskId(id));
     ok(store.write(|tx| {
         let (keys, next) = tx.pending_range(g, None, key(0, 0), Timestamp(u64::MAX), 3)?;
         assert_eq!(
             keys,
-            [key(10, 1), key(20, 1), key(20, 2)],
+            [key(10, 1), key(20, 2), key(20, 5)],
             "by due, then id"
         );
         assert_eq!(next, Some(key(30, 3)));
         // From a key on, and not past `until`.
         let (keys, next) = tx.pending_range(g, None, key(20, 2), Timestamp(30), 10)?;
-        assert_eq!(keys, [key(20, 2), key(30, 3)]);
+        assert_eq!(keys, [key(20, 2), key(20, 5), key(30, 3)]);
         assert_eq!(next, Some(key(40, 4)));
         let (keys, next) = tx.pending_range(g, None, key(41, 0), Timestamp(u64::MAX), 10)?;
         assert!(keys.is_empty() && next.is_none());
-        assert!(tx.remove_pending(g, None, Timestamp(20), TaskId(1))?);
+        assert!(tx.remove_pending(g, None, Timestamp(20), TaskId(5))?);
         assert!(
-            !tx.remove_pending(g, None, Timestamp(20), TaskId(1))?,
+            !tx.remove_pending(g, None, Timestamp(20), TaskId(5))?,
             "removed twice"
         );
         assert!(
@@ -248,7 +264,7 @@ fn pending_keys_in_due_order(store: &dyn Backend) {
 fn pending_tasks_by_key(store: &dyn Backend) {
     let (g, other) = (GateId(5), GateId(6));
     ok(store.write(|tx| {
-        tx.insert_pending(g, None, Timestamp(50), TaskId(1))?;
+        pend(tx, g, None, 50, 1)?;
         for (key, due, id) in [
             ("b", 30, 2),
             ("a", 40, 3),
@@ -257,9 +273,9 @@ fn pending_tasks_by_key(store: &dyn Backend) {
             ("a", 10, 6),
             ("ab", 5, 7),
         ] {
-            tx.insert_pending(g, Some(key), Timestamp(due), TaskId(id))?;
+            pend(tx, g, Some(key), due, id)?;
         }
-        tx.insert_pending(other, Some("a"), Timestamp(1), TaskId(8))
+        pend(tx, other, Some("a"), 1, 8)
     }));
     let order = |due, id| (Timestamp(due), TaskId(id));
     ok(store.write(|tx| {
@@ -302,7 +318,7 @@ fn minute_counts_follow_pending(store: &dyn Backend) {
     let add = |gate: u32, dues: &[u64], first: u64| {
         ok(store.write(|tx| {
             for (i, &due) in dues.iter().enumerate() {
-                tx.insert_pending(GateId(gate), None, Timestamp(due), TaskId(first + i as u64))?;
+                pend(tx, GateId(gate), None, due, first + i as u64)?;
             }
             Ok(())
         }))
@@ -344,10 +360,10 @@ fn pending_entries_removed_at_once(store: &dyn Backend) {
     let now = 1_000 * MIN;
     let (g, other) = (GateId(1), GateId(2));
     ok(store.write(|tx| {
-        tx.insert_pending(g, None, Timestamp(now - 5), TaskId(1))?;
-        tx.insert_pending(g, None, Timestamp(now - 4), TaskId(2))?;
-        tx.insert_pending(g, Some("a"), Timestamp(now - 3), TaskId(3))?;
-        tx.insert_pending(other, Some("a"), Timestamp(now - 2), TaskId(4))
+        pend(tx, g, None, now - 5, 1)?;
+        pend(tx, g, None, now - 4, 2)?;
+        pend(tx, g, Some("a"), now - 3, 3)?;
+        pend(tx, other, Some("a"), now - 2, 4)
     }));
     let entry = |gate, key: Option<&str>, due, task| PendingEntry {
         gate,
@@ -377,6 +393,71 @@ fn pending_entries_removed_at_once(store: &dyn Backend) {
     ok(store.write(|tx| {
         assert_eq!(tx.all_pending(g)?, [(None, Timestamp(now - 4), TaskId(2))]);
         assert_eq!(tx.remove_pending_many(&[])?, Vec::<bool>::new());
+        Ok(())
+    }));
+}
+
+/// Within one transaction, as a turn goes: records read, some entries taken
+/// out, others put in; a range read next sees just that (PostgreSQL lays
+/// the task rows it has not sent yet over the database's), and so do the
+/// minute counts once it commits.
+fn a_transaction_sees_its_own_pending_changes(store: &dyn Backend) {
+    let now = 1_000 * MIN;
+    let g = GateId(1);
+    let order = |due: u64, id: u64| (Timestamp(due), TaskId(id));
+    ok(store.write(|tx| {
+        for id in 1..=6 {
+            pend(tx, g, None, now - 10 + id, id)?;
+        }
+        Ok(())
+    }));
+    ok(store.write(|tx| {
+        assert_eq!(tx.tasks(&[1, 2, 3])?.len(), 3);
+        let entries: Vec<PendingEntry> = [1, 2]
+            .map(|id| PendingEntry {
+                gate: g,
+                key: None,
+                due: Timestamp(now - 10 + id),
+                task: TaskId(id),
+            })
+            .into();
+        assert_eq!(tx.remove_pending_many(&entries)?, [true, true]);
+        let (found, next) = tx.pending_range(g, None, order(0, 0), Timestamp(u64::MAX), 2)?;
+        assert_eq!(found, [order(now - 7, 3), order(now - 6, 4)]);
+        assert_eq!(next, Some(order(now - 5, 5)));
+        // A new task, and task 1 back (a retry), both ahead of the others.
+        pend(tx, g, None, now - 20, 7)?;
+        tx.insert_pending(g, None, Timestamp(now - 15), TaskId(1))?;
+        let (found, next) = tx.pending_range(g, None, order(0, 0), Timestamp(u64::MAX), 3)?;
+        assert_eq!(
+            found,
+            [order(now - 20, 7), order(now - 15, 1), order(now - 7, 3)]
+        );
+        assert_eq!(next, Some(order(now - 6, 4)));
+        let (found, _) = tx.pending_range(g, None, order(now - 15, 2), Timestamp(now - 6), 9)?;
+        assert_eq!(
+            found,
+            [order(now - 7, 3), order(now - 6, 4)],
+            "from an order on"
+        );
+        Ok(())
+    }));
+    // A create's order of writes: its entry, a read of another task, and
+    // only then its record (the turn writes records at its end).
+    ok(store.write(|tx| {
+        tx.index_task(1, 8)?;
+        tx.insert_pending(g, None, Timestamp(now - 30), TaskId(8))?;
+        assert!(tx.task(3)?.is_some());
+        tx.put_task(&task(8, 1, "scheduled", None))
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.due_now(1, now)), 7, "tasks 1, 3 to 8");
+    assert_eq!(ok(r.oldest_pending(1)), Some(now - 30));
+    drop(r);
+    ok(store.write(|tx| {
+        let (found, _) = tx.pending_range(g, None, order(0, 0), Timestamp(u64::MAX), 9)?;
+        let ids: Vec<u64> = found.iter().map(|(_, id)| id.0).collect();
+        assert_eq!(ids, [8, 7, 1, 3, 4, 5, 6], "as committed");
         Ok(())
     }));
 }
@@ -707,12 +788,14 @@ fn pg_sql(url: &str, sql: &str) {
     });
 }
 
-/// A schema-4 database, which kept the running set, the gate listing and
-/// the retention index in tables of their own, is upgraded in place by the
-/// next open (schema 5 keeps them in columns of the task rows): the same
-/// task is running, the gates list the same tasks, retention finds the
-/// finished one (a stale retention entry of an earlier finish left behind
-/// does not count), and the check finds what it found before.
+/// A schema-4 database, which kept the running set, the gate listing, the
+/// retention index, the pending entries and the attempts in tables of
+/// their own, is upgraded in place by the next open (schemas 5 and 8 keep
+/// them in the task rows): the same task is running, the gates list the
+/// same tasks, the same tasks are pending in the same order, each task has
+/// its attempts (a gap in their numbers kept), retention finds the finished
+/// one (a stale retention entry of an earlier finish left behind does not
+/// count), and the check finds what it found before.
 #[test]
 fn postgres_schema_4_upgrades_in_place() {
     let Some(server) = crate::pg::PgServer::start() else {
@@ -729,6 +812,12 @@ fn postgres_schema_4_upgrades_in_place() {
                 tx.put_task(&task(id, gate, state, finished))?;
                 tx.index_task(gate, id)?;
             }
+            tx.insert_pending(GateId(2), None, Timestamp(70), TaskId(1))?;
+            tx.insert_pending(GateId(1), Some("k"), Timestamp(60), TaskId(4))?;
+            for n in [1, 2] {
+                tx.put_attempt(2, &attempt(n))?;
+            }
+            tx.put_attempt(3, &attempt(2))?;
             tx.set_running(2, true)
         }));
         ok(pg.check()).problems
@@ -745,17 +834,43 @@ fn postgres_schema_4_upgrades_in_place() {
          INSERT INTO gate_tasks SELECT gate_id, id FROM tasks;
          INSERT INTO finished SELECT finished_at, id FROM tasks WHERE finished_at IS NOT NULL;
          INSERT INTO finished VALUES (500, 3);
-         DROP INDEX tasks_by_gate, tasks_running, tasks_finished;
-         ALTER TABLE tasks DROP COLUMN gate_id, DROP COLUMN finished_at, DROP COLUMN running;
+         CREATE TABLE pending (gate_id int NOT NULL, due bigint NOT NULL, task_id bigint NOT NULL,
+             PRIMARY KEY (gate_id, due, task_id));
+         CREATE TABLE pending_keyed (gate_id int NOT NULL, key text COLLATE \"C\" NOT NULL,
+             due bigint NOT NULL, task_id bigint NOT NULL, PRIMARY KEY (gate_id, key, due, task_id));
+         CREATE TABLE attempts (task_id bigint NOT NULL, attempt int NOT NULL,
+             record bytea NOT NULL, PRIMARY KEY (task_id, attempt));
+         INSERT INTO pending SELECT gate_id, due, id FROM tasks WHERE due IS NOT NULL AND pkey IS NULL;
+         INSERT INTO pending_keyed SELECT gate_id, pkey, due, id FROM tasks WHERE pkey IS NOT NULL;
+         INSERT INTO attempts SELECT t.id, i, t.attempts[i]
+             FROM tasks t, generate_subscripts(t.attempts, 1) i WHERE t.attempts[i] IS NOT NULL;
+         DROP INDEX tasks_by_gate, tasks_running, tasks_finished, tasks_pending, tasks_pending_keyed;
+         ALTER TABLE tasks DROP COLUMN gate_id, DROP COLUMN finished_at, DROP COLUMN running,
+             DROP COLUMN due, DROP COLUMN pkey, DROP COLUMN attempts;
          UPDATE meta SET value = 4 WHERE key = 'schema_version';",
     );
     let pg = PgStore::open_in(&url, "upgrade_4").expect("upgraded");
     let store: &dyn Backend = &pg;
     ok(store.write(|tx| {
         assert_eq!(tx.running_tasks()?, [2], "the running set");
+        let all = (Timestamp(0), TaskId(0));
+        let (found, _) = tx.pending_range(GateId(2), None, all, Timestamp(u64::MAX), 9)?;
+        assert_eq!(found, [(Timestamp(70), TaskId(1))], "pending");
+        assert_eq!(
+            tx.pending_keys(GateId(1))?,
+            [(Some("k".to_string()), (Timestamp(60), TaskId(4)))],
+            "pending under a key"
+        );
+        assert_eq!(tx.attempt(3, 2)?.map(|a| a.started_at), Some(20));
+        assert_eq!(tx.attempt(3, 1)?, None);
         Ok(())
     }));
     let r = ok(store.read());
+    for (id, numbers) in [(2, vec![1, 2]), (3, vec![2]), (1, vec![])] {
+        let found: Vec<u32> = ok(r.attempts(id)).iter().map(|a| a.attempt).collect();
+        assert_eq!(found, numbers, "task {id}'s attempts");
+    }
+    assert_eq!(ok(r.due_now(2, 100)), 1);
     for (gate, ids) in [(1, vec![4, 2]), (2, vec![3, 1])] {
         let filter = TaskFilter {
             gate_id: Some(gate),

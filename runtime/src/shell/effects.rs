@@ -28,7 +28,7 @@ impl Engine {
     pub(super) fn drain_effects(&mut self, turn: &mut Turn<'_>) -> Result<(), StoreError> {
         while let Some(effect) = self.core.poll_effect() {
             if let Some(task) = effect.task()
-                && !turn.tasks.contains_key(&task.0)
+                && !turn.holds(task.0)
             {
                 let queued = self.core.effect_tasks().map(|t| t.0);
                 turn.prefetch(std::iter::once(task.0).chain(queued))?;
@@ -47,7 +47,7 @@ impl Engine {
                     turn.prefetch(orders.iter().map(|(_, id)| id.0))?;
                     let mut tasks = Vec::with_capacity(orders.len());
                     for (_, id) in orders {
-                        let mut task = queued_of(turn.must_task(id.0)?);
+                        let mut task = queued_of(turn.peek(id.0)?);
                         // One copy of the key for all its tasks.
                         task.key.clone_from(&key);
                         tasks.push(task);

@@ -496,7 +496,12 @@ pub struct Engine {
 struct Turn<'a> {
     tx: &'a mut dyn Writes,
     now: Timestamp,
+    /// Records taken for change (`task`), written back at the turn's end.
     tasks: HashMap<u64, TaskRecord>,
+    /// Records read ahead or only looked at (`prefetch`, `peek`: a load's),
+    /// written back only if taken for change: a load of a thousand pending
+    /// tasks writes none of them.
+    clean: HashMap<u64, TaskRecord>,
     /// What this turn changed in each gate's counters.
     counted: HashMap<u32, CountsDelta>,
     plans: Vec<Plan>,
@@ -511,12 +516,20 @@ struct Turn<'a> {
     unpended: HashMap<u64, bool>,
 }
 
+fn missing_task(id: u64) -> StoreError {
+    StoreError::Corrupt {
+        table: "tasks",
+        detail: format!("task {} referenced but missing", TaskId(id)),
+    }
+}
+
 impl<'a> Turn<'a> {
     fn new(tx: &'a mut dyn Writes, now: Timestamp) -> Turn<'a> {
         Turn {
             tx,
             now,
             tasks: HashMap::new(),
+            clean: HashMap::new(),
             counted: HashMap::new(),
             plans: Vec::new(),
             ended: Vec::new(),
@@ -528,37 +541,50 @@ impl<'a> Turn<'a> {
 
     fn task(&mut self, id: u64) -> Result<Option<&mut TaskRecord>, StoreError> {
         if !self.tasks.contains_key(&id) {
-            match self.tx.task(id)? {
-                Some(record) => {
-                    self.tasks.insert(id, record);
-                }
-                None => return Ok(None),
-            }
+            let record = match self.clean.remove(&id) {
+                Some(record) => record,
+                None => match self.tx.task(id)? {
+                    Some(record) => record,
+                    None => return Ok(None),
+                },
+            };
+            self.tasks.insert(id, record);
         }
         Ok(self.tasks.get_mut(&id))
     }
 
+    /// Whether this turn holds task `id`'s record already.
+    fn holds(&self, id: u64) -> bool {
+        self.tasks.contains_key(&id) || self.clean.contains_key(&id)
+    }
+
+    /// A record to look at, not to change: not written back for this.
+    fn peek(&mut self, id: u64) -> Result<&TaskRecord, StoreError> {
+        if let Some(record) = self.tasks.get(&id) {
+            return Ok(record);
+        }
+        if !self.clean.contains_key(&id) {
+            let record = self.tx.task(id)?.ok_or_else(|| missing_task(id))?;
+            self.clean.insert(id, record);
+        }
+        self.clean.get(&id).ok_or_else(|| missing_task(id))
+    }
+
     /// Reads the records of `ids` not yet in this turn's cache, at once.
     fn prefetch(&mut self, ids: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
-        let mut missing: Vec<u64> = ids
-            .into_iter()
-            .filter(|id| !self.tasks.contains_key(id))
-            .collect();
+        let mut missing: Vec<u64> = ids.into_iter().filter(|&id| !self.holds(id)).collect();
         missing.sort_unstable();
         missing.dedup();
         if missing.len() > 1 {
             for record in self.tx.tasks(&missing)? {
-                self.tasks.insert(record.id, record);
+                self.clean.insert(record.id, record);
             }
         }
         Ok(())
     }
 
     fn must_task(&mut self, id: u64) -> Result<&mut TaskRecord, StoreError> {
-        self.task(id)?.ok_or_else(|| StoreError::Corrupt {
-            table: "tasks",
-            detail: format!("task {} referenced but missing", TaskId(id)),
-        })
+        self.task(id)?.ok_or_else(|| missing_task(id))
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
@@ -566,6 +592,7 @@ impl<'a> Turn<'a> {
             self.tx.put_task(task)?;
         }
         self.tasks.clear();
+        self.clean.clear();
         Ok(())
     }
 }

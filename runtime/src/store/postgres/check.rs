@@ -64,28 +64,32 @@ fn check_on(conn: &Conn) -> Result<Findings> {
             found.problem(format!("schedule {:?}: {e}", row.get::<_, &str>(0)));
         }
     }
-    let count = one(conn, "SELECT count(*) FROM attempts", &[])?;
+    let count = one(
+        conn,
+        "SELECT count(a) FROM tasks, unnest(attempts) a WHERE a IS NOT NULL",
+        &[],
+    )?;
     found.attempts = count.map_or(0, |row| unbig(row.get(0)));
     let count = one(conn, "SELECT count(*) FROM plugins", &[])?;
     found.plugins = count.map_or(0, |row| unbig(row.get(0)));
-    for row in rows(conn, "SELECT gate_id, due, task_id FROM pending", &[])? {
-        s.pending
-            .insert((unint(row.get(0)), unbig(row.get(1)), unbig(row.get(2))));
-    }
+    // The pending entries (schema 8), the running set, the gate index and
+    // the retention index are columns of the task rows (schema 5), read as
+    // the tables they were.
     for row in rows(
         conn,
-        "SELECT gate_id, key, due, task_id FROM pending_keyed",
+        "SELECT gate_id, pkey, due, id FROM tasks WHERE due IS NOT NULL",
         &[],
     )? {
-        s.pending_keyed.insert((
-            unint(row.get(0)),
-            row.get::<_, String>(1),
+        let (gate, due, id) = (
+            unint(row.get::<_, Option<i32>>(0).unwrap_or_default()),
             unbig(row.get(2)),
             unbig(row.get(3)),
-        ));
+        );
+        match row.get::<_, Option<String>>(1) {
+            None => s.pending.insert((gate, due, id)),
+            Some(key) => s.pending_keyed.insert((gate, key, due, id)),
+        };
     }
-    // The running set, the gate index and the retention index are columns
-    // of the task rows (schema 5), read as the tables they were.
     for row in rows(conn, "SELECT id FROM tasks WHERE running", &[])? {
         s.running.insert(unbig(row.get(0)));
     }

@@ -46,16 +46,8 @@ CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS gates (name text PRIMARY KEY, record bytea NOT NULL, unit int);
 CREATE TABLE IF NOT EXISTS tasks (
     id bigint PRIMARY KEY, record bytea NOT NULL,
-    gate_id int, finished_at bigint, running bool NOT NULL DEFAULT false);
-CREATE TABLE IF NOT EXISTS pending (
-    gate_id int NOT NULL, due bigint NOT NULL, task_id bigint NOT NULL,
-    PRIMARY KEY (gate_id, due, task_id));
-CREATE TABLE IF NOT EXISTS pending_keyed (
-    gate_id int NOT NULL, key text COLLATE \"C\" NOT NULL, due bigint NOT NULL,
-    task_id bigint NOT NULL, PRIMARY KEY (gate_id, key, due, task_id));
-CREATE TABLE IF NOT EXISTS attempts (
-    task_id bigint NOT NULL, attempt int NOT NULL, record bytea NOT NULL,
-    PRIMARY KEY (task_id, attempt));
+    gate_id int, finished_at bigint, running bool NOT NULL DEFAULT false,
+    due bigint, pkey text COLLATE \"C\", attempts bytea[]);
 CREATE TABLE IF NOT EXISTS idempotency (
     gate_id int NOT NULL, key text NOT NULL, task_id bigint NOT NULL,
     PRIMARY KEY (gate_id, key));
@@ -123,9 +115,45 @@ ALTER TABLE nodes ADD COLUMN IF NOT EXISTS slots_until bigint;
 DROP TABLE IF EXISTS ownership;
 ";
 
+/// Schema 8 keeps a pending task's place in its gate's due order (the
+/// tables `pending` and `pending_keyed`) and its attempts (the table
+/// `attempts`, element `n` of the array holding attempt `n`) in its row, so
+/// a task's creation, start and end each write one row. (The old tables
+/// are made first where missing, `pending_keyed` before schema 3, so every
+/// upgrade runs the same statements.)
+const UPGRADE_TO_8: &str = "
+CREATE TABLE IF NOT EXISTS pending (
+    gate_id int NOT NULL, due bigint NOT NULL, task_id bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS pending_keyed (
+    gate_id int NOT NULL, key text NOT NULL, due bigint NOT NULL, task_id bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (
+    task_id bigint NOT NULL, attempt int NOT NULL, record bytea NOT NULL);
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS due bigint,
+    ADD COLUMN IF NOT EXISTS pkey text COLLATE \"C\",
+    ADD COLUMN IF NOT EXISTS attempts bytea[];
+UPDATE tasks t SET gate_id = p.gate_id, due = p.due FROM pending p WHERE p.task_id = t.id;
+UPDATE tasks t SET gate_id = p.gate_id, due = p.due, pkey = p.key
+    FROM pending_keyed p WHERE p.task_id = t.id;
+UPDATE tasks t SET attempts = a.list
+    FROM (SELECT task_id, array_agg(record ORDER BY attempt) AS list FROM attempts
+          GROUP BY task_id HAVING min(attempt) = 1 AND max(attempt) = count(*)) a
+    WHERE a.task_id = t.id;
+DO $$ DECLARE a record; BEGIN
+    FOR a IN SELECT x.task_id, x.attempt, x.record FROM attempts x JOIN tasks t
+             ON t.id = x.task_id AND t.attempts IS NULL LOOP
+        UPDATE tasks SET attempts[a.attempt] = a.record WHERE id = a.task_id;
+    END LOOP;
+END $$;
+DROP TABLE pending, pending_keyed, attempts;
+";
+
 /// The indexes on those columns (after an upgrade has added them).
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS tasks_by_gate ON tasks (gate_id, id);
+CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (gate_id, due, id)
+    WHERE due IS NOT NULL AND pkey IS NULL;
+CREATE INDEX IF NOT EXISTS tasks_pending_keyed ON tasks (gate_id, pkey, due, id)
+    WHERE due IS NOT NULL AND pkey IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_running ON tasks (id) WHERE running;
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at, id)
     WHERE finished_at IS NOT NULL;
@@ -137,8 +165,9 @@ CREATE INDEX IF NOT EXISTS gates_by_unit ON gates (unit);
 /// `coalesce`, 4 writes task records in the binary encoding (JSON ones
 /// still read), 5 moved three index tables into columns of `tasks`
 /// (`UPGRADE_TO_5`), 6 added the units (`UPGRADE_TO_6`), 7 the nodes' slot
-/// marks (`UPGRADE_TO_7`); older schemas are upgraded in place.
-pub const PG_SCHEMA_VERSION: u64 = 7;
+/// marks (`UPGRADE_TO_7`), 8 moved pending entries and attempts into the
+/// task rows (`UPGRADE_TO_8`); older schemas are upgraded in place.
+pub const PG_SCHEMA_VERSION: u64 = 8;
 
 /// A transaction left idle this long (its node paused, or cut off from
 /// the database) is ended by PostgreSQL, so the locks it holds (the share
@@ -425,9 +454,7 @@ impl PgStore {
                 Some(PG_SCHEMA_VERSION) => {}
                 Some(found) if found < PG_SCHEMA_VERSION => {
                     // The tables above were created if missing: the upgrade.
-                    if found < 7 {
-                        refuse_live_nodes(client, found)?;
-                    }
+                    refuse_live_nodes(client, found)?;
                     if found < 5 {
                         wait(client.batch_execute(UPGRADE_TO_5))?;
                     }
@@ -436,6 +463,9 @@ impl PgStore {
                     }
                     if found < 7 {
                         wait(client.batch_execute(UPGRADE_TO_7))?;
+                    }
+                    if found < 8 {
+                        wait(client.batch_execute(UPGRADE_TO_8))?;
                     }
                     wait(client.execute(
                         "UPDATE meta SET value = $1 WHERE key = 'schema_version'",
@@ -515,8 +545,9 @@ fn connect(runtime: &tokio::runtime::Runtime, target: &Target, schema: &str) -> 
 
 /// An upgrade to schema 6 changes who may write (the fence moves from the
 /// single lease to the node), and one to 7 what a takeover may assume (a
-/// node of the older build writes no slot mark): nodes of the older build
-/// must be stopped first, so none runs beside this one under the old rules.
+/// node of the older build writes no slot mark), one to 8 where pending
+/// entries and attempts live: nodes of the older build must be stopped
+/// first, so none runs beside this one under the old rules.
 fn refuse_live_nodes(client: &Client, found: u64) -> Result<()> {
     let live: i64 = wait(client.query_one(
         "SELECT count(*) FROM nodes WHERE heartbeat > now() - interval '10 seconds'",

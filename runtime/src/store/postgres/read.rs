@@ -99,11 +99,13 @@ impl Reads for PgReader {
     }
 
     fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRecord>> {
+        // Element n of the row's array is attempt n (schema 8).
         records(
             "attempts",
             rows(
                 self.client()?,
-                "SELECT record FROM attempts WHERE task_id = $1 ORDER BY attempt",
+                "SELECT a.record FROM tasks t, unnest(t.attempts) WITH ORDINALITY a(record, n) \
+                 WHERE t.id = $1 AND a.record IS NOT NULL ORDER BY a.n",
                 &[&big(task_id)],
             )?,
         )
@@ -129,8 +131,9 @@ impl Reads for PgReader {
     ) -> Result<Vec<KeyBacklog>> {
         let found = rows(
             self.client()?,
-            "SELECT key, count(*), min(due) FROM pending_keyed \
-             WHERE gate_id = $1 AND key > $2 GROUP BY key ORDER BY key LIMIT $3",
+            "SELECT pkey, count(*), min(due) FROM tasks \
+             WHERE gate_id = $1 AND due IS NOT NULL AND pkey > $2 \
+             GROUP BY pkey ORDER BY pkey LIMIT $3",
             &[&int(gate_id), &after.unwrap_or(""), &big(limit as u64)],
         )?;
         Ok(found
@@ -146,8 +149,11 @@ impl Reads for PgReader {
     fn oldest_pending(&self, gate_id: u32) -> Result<Option<u64>> {
         let row = one(
             self.client()?,
-            "SELECT least((SELECT min(due) FROM pending WHERE gate_id = $1), \
-                          (SELECT min(due) FROM pending_keyed WHERE gate_id = $1))",
+            "SELECT least(\
+                 (SELECT min(due) FROM tasks \
+                  WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NULL), \
+                 (SELECT min(due) FROM tasks \
+                  WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NOT NULL))",
             &[&int(gate_id)],
         )?;
         Ok(row.and_then(|row| row.get::<_, Option<i64>>(0)).map(unbig))
@@ -177,10 +183,10 @@ impl Reads for PgReader {
             self.client()?,
             "SELECT (SELECT coalesce(sum(n), 0)::bigint FROM due_minutes \
                      WHERE gate_id = $1 AND minute < $2) \
-                  + (SELECT count(*) FROM pending \
-                     WHERE gate_id = $1 AND due >= $3 AND due <= $4) \
-                  + (SELECT count(*) FROM pending_keyed \
-                     WHERE gate_id = $1 AND due >= $3 AND due <= $4)",
+                  + (SELECT count(*) FROM tasks WHERE gate_id = $1 \
+                     AND due IS NOT NULL AND pkey IS NULL AND due >= $3 AND due <= $4) \
+                  + (SELECT count(*) FROM tasks WHERE gate_id = $1 \
+                     AND due IS NOT NULL AND pkey IS NOT NULL AND due >= $3 AND due <= $4)",
             &[
                 &int(gate_id),
                 &big(minute),

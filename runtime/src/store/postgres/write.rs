@@ -6,6 +6,11 @@
 //! before the first answer is read) before the next read and at commit.
 //! PostgreSQL runs a connection's statements in order, so a read still sees
 //! every write before it.
+//!
+//! A task's row holds its record, its place in its gate's due order while
+//! it is pending, and its attempts (schema 8): whatever a transaction did
+//! to a task goes out as one statement, so its creation, its start and its
+//! end each write one row.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -14,58 +19,174 @@ use super::*;
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// A queued write, and the minute count it changes if it changed a row.
+/// A pending task's place in its gate's due order: its row's `gate_id`,
+/// `pkey` and `due`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Place {
+    gate: u32,
+    key: Option<String>,
+    due: u64,
+}
+
+impl Place {
+    /// The place in columns `at..at + 3` (`gate_id`, `pkey`, `due`) of a
+    /// row; none where `due` is null.
+    fn read(row: &Row, at: usize) -> Option<Place> {
+        let due: Option<i64> = row.get(at + 2);
+        Some(Place {
+            gate: unint(row.get::<_, Option<i32>>(at)?),
+            key: row.get(at + 1),
+            due: unbig(due?),
+        })
+    }
+
+    /// Its per-minute counter.
+    fn minute(&self) -> (u32, u64) {
+        (self.gate, self.due / MINUTE_MS)
+    }
+
+    fn holds(&self, gate: u32, key: Option<&str>) -> bool {
+        self.gate == gate && self.key.as_deref() == key
+    }
+}
+
+/// A task row's statement that moves its place: to where, and whether the
+/// statement makes the row if it is missing. It answers with the place
+/// before, and the minute counts follow the difference.
+struct Move {
+    to: Option<Place>,
+    creates: bool,
+}
+
+/// A queued write.
 struct Queued {
     sql: &'static str,
     params: Vec<Param>,
-    due_delta: Option<((u32, u64), i64)>,
+    moves: Option<Move>,
+    /// A task row's changes sent without its record: if the row is not
+    /// there yet (its record comes later in the transaction, as a create's
+    /// does after its pending entry), they wait for the record's statement.
+    unless_missing: Option<(u64, TaskRow)>,
 }
 
+/// The row's statements: with the record (an upsert) or without (an update
+/// of its columns), each with one attempt or none. Each answers with the
+/// row's place before it (no row: none there).
+const ROW_UPSERT: &str = "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), \
+     up AS (INSERT INTO tasks (id, record, gate_id, finished_at, running, due, pkey) \
+     VALUES ($1, $2, $3, $4, coalesce($5::bool, false), \
+     CASE WHEN $6::bool THEN $7::bigint END, CASE WHEN $6::bool THEN $8::text END) \
+     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, gate_id = EXCLUDED.gate_id, \
+     finished_at = EXCLUDED.finished_at, running = coalesce($5::bool, tasks.running), \
+     due = CASE WHEN $6::bool THEN $7::bigint ELSE tasks.due END, \
+     pkey = CASE WHEN $6::bool THEN $8::text ELSE tasks.pkey END) \
+     SELECT gate_id, pkey, due FROM old";
+const ROW_UPSERT_ATTEMPT: &str = "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), \
+     up AS (INSERT INTO tasks (id, record, gate_id, finished_at, running, due, pkey, attempts[$9]) \
+     VALUES ($1, $2, $3, $4, coalesce($5::bool, false), \
+     CASE WHEN $6::bool THEN $7::bigint END, CASE WHEN $6::bool THEN $8::text END, $10) \
+     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, gate_id = EXCLUDED.gate_id, \
+     finished_at = EXCLUDED.finished_at, running = coalesce($5::bool, tasks.running), \
+     due = CASE WHEN $6::bool THEN $7::bigint ELSE tasks.due END, \
+     pkey = CASE WHEN $6::bool THEN $8::text ELSE tasks.pkey END, attempts[$9] = $10) \
+     SELECT gate_id, pkey, due FROM old";
+const ROW_UPDATE: &str = "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), \
+     up AS (UPDATE tasks SET running = coalesce($2::bool, running), \
+     gate_id = coalesce($3::int, gate_id), due = CASE WHEN $4::bool THEN $5::bigint ELSE due END, \
+     pkey = CASE WHEN $4::bool THEN $6::text ELSE pkey END WHERE id = $1) \
+     SELECT gate_id, pkey, due FROM old";
+const ROW_UPDATE_ATTEMPT: &str = "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), \
+     up AS (UPDATE tasks SET running = coalesce($2::bool, running), \
+     gate_id = coalesce($3::int, gate_id), due = CASE WHEN $4::bool THEN $5::bigint ELSE due END, \
+     pkey = CASE WHEN $4::bool THEN $6::text ELSE pkey END, attempts[$7] = $8 WHERE id = $1) \
+     SELECT gate_id, pkey, due FROM old";
+/// A second attempt written in one transaction (one that ended and the
+/// next that started, say).
+const ROW_ATTEMPT: &str = "UPDATE tasks SET attempts[$2] = $3 WHERE id = $1";
+
 /// What a transaction wrote to one task's row since its last flush: its
-/// record (with the columns read off it) and its place in the running set.
-/// However often the turn changed the task, the row goes out as one
-/// statement.
-#[derive(Default)]
+/// record (with the columns read off it), its place in the running set and
+/// in its gate's due order, and its attempts. However often the turn
+/// changed the task, the row goes out as one statement (two when it wrote
+/// two attempts).
+#[derive(Clone, Default)]
 struct TaskRow {
     record: Option<Vec<u8>>,
     gate_id: Option<u32>,
     finished_at: Option<u64>,
     running: Option<bool>,
+    /// Its place from now on (`Some(None)`: not pending), if it moved.
+    place: Option<Option<Place>>,
+    /// The attempts written, by number (the last write of each).
+    attempts: BTreeMap<u32, Vec<u8>>,
 }
 
 impl TaskRow {
-    /// The statement that writes it.
-    fn queued(self, id: u64) -> Queued {
-        let running = self.running;
-        let (sql, params): (&'static str, Vec<Param>) = match self.record {
+    /// The statements that write it.
+    fn queued(self, id: u64, out: &mut Vec<Queued>) {
+        let unless_missing = self.record.is_none().then(|| (id, self.clone()));
+        let moves = self.place.clone().map(|to| Move {
+            to,
+            creates: self.record.is_some(),
+        });
+        let (moved, due, key) = match self.place {
+            Some(Some(place)) => (true, Some(big(place.due)), place.key),
+            Some(None) => (true, None, None),
+            None => (false, None, None),
+        };
+        let mut attempts = self.attempts.into_iter();
+        let first = attempts.next();
+        let (sql, mut params): (&'static str, Vec<Param>) = match self.record {
             Some(record) => (
-                "INSERT INTO tasks (id, record, gate_id, finished_at, running) \
-                 VALUES ($1, $2, $3, $4, coalesce($5, false)) \
-                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, \
-                 gate_id = EXCLUDED.gate_id, finished_at = EXCLUDED.finished_at, \
-                 running = coalesce($5, tasks.running)",
+                if first.is_some() {
+                    ROW_UPSERT_ATTEMPT
+                } else {
+                    ROW_UPSERT
+                },
                 vec![
                     Box::new(big(id)),
                     Box::new(record),
                     Box::new(self.gate_id.map(int)),
                     Box::new(self.finished_at.map(big)),
-                    Box::new(running),
+                    Box::new(self.running),
+                    Box::new(moved),
+                    Box::new(due),
+                    Box::new(key),
                 ],
             ),
             None => (
-                "UPDATE tasks SET running = coalesce($2, running), \
-                 gate_id = coalesce($3, gate_id) WHERE id = $1",
+                if first.is_some() {
+                    ROW_UPDATE_ATTEMPT
+                } else {
+                    ROW_UPDATE
+                },
                 vec![
                     Box::new(big(id)),
-                    Box::new(running),
+                    Box::new(self.running),
                     Box::new(self.gate_id.map(int)),
+                    Box::new(moved),
+                    Box::new(due),
+                    Box::new(key),
                 ],
             ),
         };
-        Queued {
+        if let Some((number, record)) = first {
+            params.push(Box::new(int(number)));
+            params.push(Box::new(record));
+        }
+        out.push(Queued {
             sql,
             params,
-            due_delta: None,
+            moves,
+            unless_missing,
+        });
+        for (number, record) in attempts {
+            out.push(Queued {
+                sql: ROW_ATTEMPT,
+                params: vec![Box::new(big(id)), Box::new(int(number)), Box::new(record)],
+                moves: None,
+                unless_missing: None,
+            });
         }
     }
 }
@@ -76,6 +197,11 @@ pub(super) struct PgTx<'a> {
     queued: RefCell<Vec<Queued>>,
     /// Task rows written since the last flush of everything.
     rows: RefCell<BTreeMap<u64, TaskRow>>,
+    /// The place of each task this transaction read or moved, as of its
+    /// writes so far: a start's removal is answered from it and folded into
+    /// the row's one statement. (Only the engine that runs a gate moves
+    /// its tasks, so no other writer changes one under it.)
+    places: RefCell<HashMap<u64, Option<Place>>>,
     /// Changes to `due_minutes`, written once at the end.
     due_deltas: RefCell<HashMap<(u32, u64), i64>>,
 }
@@ -86,6 +212,7 @@ impl<'a> PgTx<'a> {
             client,
             queued: RefCell::default(),
             rows: RefCell::default(),
+            places: RefCell::default(),
             due_deltas: RefCell::default(),
         }
     }
@@ -96,19 +223,11 @@ impl<'a> PgTx<'a> {
     }
 
     fn send(&self, sql: &'static str, params: Vec<Param>) {
-        self.send_counted(sql, params, None);
-    }
-
-    fn send_counted(
-        &self,
-        sql: &'static str,
-        params: Vec<Param>,
-        due_delta: Option<((u32, u64), i64)>,
-    ) {
         self.queued.borrow_mut().push(Queued {
             sql,
             params,
-            due_delta,
+            moves: None,
+            unless_missing: None,
         });
     }
 
@@ -120,7 +239,10 @@ impl<'a> PgTx<'a> {
         let rows = std::mem::take(&mut *self.rows.borrow_mut());
         if !rows.is_empty() {
             let mut queued = self.queued.borrow_mut();
-            let mut all: Vec<Queued> = rows.into_iter().map(|(id, row)| row.queued(id)).collect();
+            let mut all = Vec::with_capacity(rows.len() + queued.len());
+            for (id, row) in rows {
+                row.queued(id, &mut all);
+            }
             all.append(&mut queued);
             *queued = all;
         }
@@ -138,18 +260,67 @@ impl<'a> PgTx<'a> {
             .iter()
             .map(|q| self.client.statement(q.sql))
             .collect::<Result<Vec<_>>>()?;
-        let answers = queued.iter().zip(&statements).map(|(q, statement)| {
-            let params = q.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync));
-            self.client.client.execute_raw(statement, params)
-        });
-        let changed = wait(futures_util::future::try_join_all(answers))?;
+        let client = &self.client.client;
+        let answers = queued
+            .iter()
+            .zip(&statements)
+            .map(|(q, statement)| async move {
+                let params: Vec<&(dyn ToSql + Sync)> = q
+                    .params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                if q.moves.is_some() || q.unless_missing.is_some() {
+                    client.query(statement, &params).await.map(Some)
+                } else {
+                    client.execute(statement, &params).await.map(|_| None)
+                }
+            });
+        let answers = wait(futures_util::future::try_join_all(answers))?;
         let mut deltas = self.due_deltas.borrow_mut();
-        for (q, n) in queued.iter().zip(changed) {
-            if let (Some((key, delta)), true) = (q.due_delta, n > 0) {
-                *deltas.entry(key).or_default() += delta;
+        for (q, before) in queued.into_iter().zip(answers) {
+            if let (Some((id, row)), Some(before)) = (q.unless_missing, &before)
+                && before.is_empty()
+            {
+                // No row yet: the changes go out with its record.
+                self.rows.borrow_mut().insert(id, row);
+                continue;
+            }
+            let (Some(moved), Some(before)) = (&q.moves, before) else {
+                continue;
+            };
+            let Some(before) = before.first() else {
+                if !moved.creates {
+                    continue;
+                }
+                if let Some(to) = &moved.to {
+                    *deltas.entry(to.minute()).or_default() += 1;
+                }
+                continue;
+            };
+            if let Some(from) = Place::read(before, 0) {
+                *deltas.entry(from.minute()).or_default() -= 1;
+            }
+            if let Some(to) = &moved.to {
+                *deltas.entry(to.minute()).or_default() += 1;
             }
         }
         Ok(())
+    }
+
+    /// Notes the places of tasks just read (`id` in column 0, the place in
+    /// columns `at..at + 3`); a row this transaction moved and has not sent
+    /// keeps the place it moved to.
+    fn saw_places(&self, found: &[Row], id_at: usize, at: usize) {
+        let rows = self.rows.borrow();
+        let mut places = self.places.borrow_mut();
+        for row in found {
+            let id = unbig(row.get(id_at));
+            if rows.get(&id).is_some_and(|r| r.place.is_some()) {
+                continue;
+            }
+            places.insert(id, Place::read(row, at));
+        }
     }
 
     /// Sends what is queued, then the minute counts.
@@ -189,10 +360,33 @@ impl<'a> PgTx<'a> {
         Ok(records("plugins", found)?.into_iter().next())
     }
 
-    /// The connection for a statement on a table other than `tasks` (the
-    /// pending ones, say), once the queued writes have gone out; the task
-    /// rows may wait, so the removal of a start's pending entry does not
-    /// split its row into two writes.
+    /// The connection for a read of the rows of tasks `ids`, once what this
+    /// transaction wrote to them and the queued writes have gone out; other
+    /// task rows wait (a turn reads each report's task as it comes, and
+    /// the rows it changed before go out once, at its end).
+    fn read_rows(&self, ids: &[u64]) -> Result<&Conn> {
+        let mut taken = Vec::new();
+        {
+            let mut rows = self.rows.borrow_mut();
+            for &id in ids {
+                if let Some(row) = rows.remove(&id) {
+                    row.queued(id, &mut taken);
+                }
+            }
+        }
+        if !taken.is_empty() {
+            let mut queued = self.queued.borrow_mut();
+            taken.append(&mut queued);
+            *queued = taken;
+        }
+        self.read_other()
+    }
+
+    /// The connection for a statement that needs no task row sent first (a
+    /// read of another table, or of pending orders with the unsent rows
+    /// laid over it), once the queued writes have gone out; the task rows
+    /// wait, so a start's removal from the due order does not split its
+    /// row into two writes.
     fn read_other(&self) -> Result<&Conn> {
         self.flush_queued()?;
         Ok(self.client)
@@ -211,10 +405,6 @@ impl<'a> PgTx<'a> {
             return Ok(false);
         }
         self.send("DELETE FROM tasks WHERE id = $1", vec![Box::new(big(id))]);
-        self.send(
-            "DELETE FROM attempts WHERE task_id = $1",
-            vec![Box::new(big(id))],
-        );
         if task.root.is_none_or(|root| root == id) {
             self.send(
                 "DELETE FROM lineage WHERE root = $1",
@@ -248,7 +438,7 @@ impl<'a> PgTx<'a> {
 impl Writes for PgTx<'_> {
     fn next_gate_id(&mut self) -> Result<u32> {
         let row = one(
-            self.read()?,
+            self.read_other()?,
             "UPDATE meta SET value = value + 1 WHERE key = 'next_gate_id' RETURNING value - 1",
             &[],
         )?;
@@ -262,7 +452,7 @@ impl Writes for PgTx<'_> {
     fn gates(&self) -> Result<Vec<GateRecord>> {
         records(
             "gates",
-            rows(self.read()?, "SELECT record FROM gates", &[])?,
+            rows(self.read_other()?, "SELECT record FROM gates", &[])?,
         )
     }
 
@@ -289,7 +479,7 @@ impl Writes for PgTx<'_> {
         records(
             "gates",
             rows(
-                self.read()?,
+                self.read_other()?,
                 "SELECT record FROM gates WHERE unit = ANY($1)",
                 &[&units],
             )?,
@@ -323,20 +513,25 @@ impl Writes for PgTx<'_> {
     }
 
     fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
-        task_record(one(
-            self.read()?,
-            "SELECT record FROM tasks WHERE id = $1",
+        let found = rows(
+            self.read_rows(&[id])?,
+            "SELECT record, id, gate_id, pkey, due FROM tasks WHERE id = $1",
             &[&big(id)],
-        )?)
+        )?;
+        self.saw_places(&found, 1, 2);
+        task_record(found.into_iter().next())
     }
 
     fn tasks(&self, ids: &[u64]) -> Result<Vec<TaskRecord>> {
+        let conn = self.read_rows(ids)?;
         let ids: Vec<i64> = ids.iter().map(|&id| big(id)).collect();
-        task_records(rows(
-            self.read()?,
-            "SELECT record FROM tasks WHERE id = ANY($1)",
+        let found = rows(
+            conn,
+            "SELECT record, id, gate_id, pkey, due FROM tasks WHERE id = ANY($1)",
             &[&ids],
-        )?)
+        )?;
+        self.saw_places(&found, 1, 2);
+        task_records(found)
     }
 
     fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
@@ -381,25 +576,22 @@ impl Writes for PgTx<'_> {
         due: Timestamp,
         task: TaskId,
     ) -> Result<()> {
-        let counted = Some(((gate.0, due.as_ms() / MINUTE_MS), 1));
-        let (gate, due, task) = (int(gate.0), big(due.as_ms()), big(task.0));
-        match key {
-            None => self.send_counted(
-                "INSERT INTO pending VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                vec![Box::new(gate), Box::new(due), Box::new(task)],
-                counted,
-            ),
-            Some(key) => self.send_counted(
-                "INSERT INTO pending_keyed VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                vec![
-                    Box::new(gate),
-                    Box::new(key.to_owned()),
-                    Box::new(due),
-                    Box::new(task),
-                ],
-                counted,
-            ),
+        // A column of the task's row: one place per task, and the minute
+        // counts follow what the row's statement finds there before.
+        let place = Place {
+            gate: gate.0,
+            key: key.map(str::to_owned),
+            due: due.as_ms(),
+        };
+        let mut places = self.places.borrow_mut();
+        if places.get(&task.0) == Some(&Some(place.clone())) {
+            return Ok(());
         }
+        places.insert(task.0, Some(place.clone()));
+        self.row(task.0, |row| {
+            row.gate_id = Some(place.gate);
+            row.place = Some(Some(place));
+        });
         Ok(())
     }
 
@@ -420,54 +612,45 @@ impl Writes for PgTx<'_> {
     }
 
     fn remove_pending_many(&mut self, entries: &[PendingEntry]) -> Result<Vec<bool>> {
-        let (keyed, plain): (Vec<&PendingEntry>, Vec<&PendingEntry>) =
-            entries.iter().partition(|e| e.key.is_some());
-        let column = |list: &[&PendingEntry]| {
-            (
-                list.iter().map(|e| int(e.gate.0)).collect::<Vec<i32>>(),
-                list.iter()
-                    .map(|e| big(e.due.as_ms()))
-                    .collect::<Vec<i64>>(),
-                list.iter().map(|e| big(e.task.0)).collect::<Vec<i64>>(),
-            )
+        // A start's task was read in this transaction: its place is known,
+        // and its removal joins the row's one statement. Others are read.
+        let unknown: Vec<u64> = {
+            let places = self.places.borrow();
+            entries
+                .iter()
+                .filter(|e| !places.contains_key(&e.task.0))
+                .map(|e| e.task.0)
+                .collect()
         };
-        let mut gone = Vec::new();
-        if !plain.is_empty() {
-            let (gates, dues, tasks) = column(&plain);
-            gone.extend(rows(
-                self.read_other()?,
-                "DELETE FROM pending p USING unnest($1::int[], $2::bigint[], $3::bigint[]) \
-                 AS e(gate_id, due, task_id) \
-                 WHERE p.gate_id = e.gate_id AND p.due = e.due AND p.task_id = e.task_id \
-                 RETURNING p.gate_id, p.due, p.task_id",
-                &[&gates, &dues, &tasks],
-            )?);
+        if !unknown.is_empty() {
+            let conn = self.read_rows(&unknown)?;
+            let ids: Vec<i64> = unknown.iter().map(|&id| big(id)).collect();
+            let found = rows(
+                conn,
+                "SELECT id, gate_id, pkey, due FROM tasks WHERE id = ANY($1)",
+                &[&ids],
+            )?;
+            self.places
+                .borrow_mut()
+                .extend(unknown.iter().map(|&id| (id, None)));
+            self.saw_places(&found, 0, 1);
         }
-        if !keyed.is_empty() {
-            let (gates, dues, tasks) = column(&keyed);
-            let keys: Vec<&str> = keyed.iter().filter_map(|e| e.key.as_deref()).collect();
-            gone.extend(rows(
-                self.read_other()?,
-                "DELETE FROM pending_keyed p \
-                 USING unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[]) \
-                 AS e(gate_id, due, task_id, key) \
-                 WHERE p.gate_id = e.gate_id AND p.key = e.key AND p.due = e.due \
-                 AND p.task_id = e.task_id \
-                 RETURNING p.gate_id, p.due, p.task_id",
-                &[&gates, &dues, &tasks, &keys],
-            )?);
+        let mut removed = Vec::with_capacity(entries.len());
+        for e in entries {
+            let place = Place {
+                gate: e.gate.0,
+                key: e.key.clone(),
+                due: e.due.as_ms(),
+            };
+            let mut places = self.places.borrow_mut();
+            let here = places.get(&e.task.0) == Some(&Some(place));
+            if here {
+                places.insert(e.task.0, None);
+                self.row(e.task.0, |row| row.place = Some(None));
+            }
+            removed.push(here);
         }
-        let mut removed = std::collections::HashSet::with_capacity(gone.len());
-        let mut deltas = self.due_deltas.borrow_mut();
-        for row in &gone {
-            let (gate, due, task) = (unint(row.get(0)), unbig(row.get(1)), unbig(row.get(2)));
-            *deltas.entry((gate, due / MINUTE_MS)).or_default() -= 1;
-            removed.insert(task);
-        }
-        Ok(entries
-            .iter()
-            .map(|e| removed.contains(&e.task.0))
-            .collect())
+        Ok(removed)
     }
 
     #[allow(clippy::type_complexity, reason = "a plain pair of key lists")]
@@ -479,44 +662,68 @@ impl Writes for PgTx<'_> {
         until: Timestamp,
         limit: usize,
     ) -> Result<(Vec<(Timestamp, TaskId)>, Option<(Timestamp, TaskId)>)> {
-        let (gate, due, id, limit1) = (
+        // The task rows this transaction moved and has not sent yet are laid
+        // over what the database holds, so a start's removal still joins
+        // its row's one statement: the query reads one more order for each,
+        // in case each hid one it returns.
+        let moved: HashMap<u64, Option<Place>> = self
+            .rows
+            .borrow()
+            .iter()
+            .filter_map(|(id, row)| Some((*id, row.place.clone()?)))
+            .collect();
+        let (gate_id, due, id, limit1) = (
             int(gate.0),
             big(from.0.as_ms()),
             big(from.1.0),
-            big(limit as u64 + 1),
+            big((limit + moved.len()) as u64 + 1),
         );
-        let found = keys(match key {
+        let mut found = keys(match key {
             None => rows(
                 self.read_other()?,
-                "SELECT due, task_id FROM pending \
-                 WHERE gate_id = $1 AND (due, task_id) >= ($2, $3) \
-                 ORDER BY due, task_id LIMIT $4",
-                &[&gate, &due, &id, &limit1],
+                "SELECT due, id FROM tasks \
+                 WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NULL \
+                 AND (due, id) >= ($2, $3) ORDER BY due, id LIMIT $4",
+                &[&gate_id, &due, &id, &limit1],
             )?,
             Some(key) => rows(
                 self.read_other()?,
-                "SELECT due, task_id FROM pending_keyed \
-                 WHERE gate_id = $1 AND key = $5 AND (due, task_id) >= ($2, $3) \
-                 ORDER BY due, task_id LIMIT $4",
-                &[&gate, &due, &id, &limit1, &key],
+                "SELECT due, id FROM tasks \
+                 WHERE gate_id = $1 AND due IS NOT NULL AND pkey = $5 \
+                 AND (due, id) >= ($2, $3) ORDER BY due, id LIMIT $4",
+                &[&gate_id, &due, &id, &limit1, &key],
             )?,
         });
+        if !moved.is_empty() {
+            found.retain(|(_, id)| !moved.contains_key(&id.0));
+            for (id, place) in moved {
+                if let Some(place) = place.filter(|p| p.holds(gate.0, key)) {
+                    let order = (Timestamp(place.due), TaskId(id));
+                    if order >= from {
+                        found.push(order);
+                    }
+                }
+            }
+            found.sort_unstable();
+        }
         cut_range(found.into_iter().map(Ok), until, limit)
     }
 
     fn pending_keys(&self, gate: GateId) -> Result<Vec<(Option<String>, (Timestamp, TaskId))>> {
         let mut out: Vec<_> = keys(rows(
-            self.read_other()?,
-            "SELECT due, task_id FROM pending WHERE gate_id = $1 ORDER BY due, task_id LIMIT 1",
+            self.read()?,
+            "SELECT due, id FROM tasks WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NULL \
+             ORDER BY due, id LIMIT 1",
             &[&int(gate.0)],
         )?)
         .into_iter()
         .map(|first| (None, first))
         .collect();
         let firsts = rows(
-            self.read_other()?,
-            "SELECT DISTINCT ON (key) key, due, task_id FROM pending_keyed \
-             WHERE gate_id = $1 ORDER BY key, due, task_id",
+            self.read()?,
+            "SELECT DISTINCT ON (pkey) pkey, due, id FROM tasks \
+             WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NOT NULL \
+             ORDER BY pkey, due, id",
             &[&int(gate.0)],
         )?;
         for row in firsts {
@@ -527,26 +734,20 @@ impl Writes for PgTx<'_> {
     }
 
     fn all_pending(&self, gate: GateId) -> Result<Vec<(Option<String>, Timestamp, TaskId)>> {
-        let mut out: Vec<_> = keys(rows(
-            self.read_other()?,
-            "SELECT due, task_id FROM pending WHERE gate_id = $1 ORDER BY due, task_id",
+        let found = rows(
+            self.read()?,
+            "SELECT id, gate_id, pkey, due FROM tasks WHERE gate_id = $1 AND due IS NOT NULL \
+             ORDER BY pkey NULLS FIRST, due, id",
             &[&int(gate.0)],
-        )?)
-        .into_iter()
-        .map(|(due, id)| (None, due, id))
-        .collect();
-        for row in rows(
-            self.read_other()?,
-            "SELECT key, due, task_id FROM pending_keyed WHERE gate_id = $1",
-            &[&int(gate.0)],
-        )? {
-            out.push((
-                Some(row.get(0)),
-                Timestamp(unbig(row.get(1))),
-                TaskId(unbig(row.get(2))),
-            ));
-        }
-        Ok(out)
+        )?;
+        self.saw_places(&found, 0, 1);
+        Ok(found
+            .iter()
+            .filter_map(|row| {
+                let place = Place::read(row, 1)?;
+                Some((place.key, Timestamp(place.due), TaskId(unbig(row.get(0)))))
+            })
+            .collect())
     }
 
     fn set_running(&mut self, task_id: u64, running: bool) -> Result<()> {
@@ -574,26 +775,23 @@ impl Writes for PgTx<'_> {
     }
 
     fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>> {
-        record(
-            "attempts",
-            one(
-                self.read()?,
-                "SELECT record FROM attempts WHERE task_id = $1 AND attempt = $2",
-                &[&big(task_id), &int(attempt)],
-            )?,
-        )
+        let found = one(
+            self.read_rows(&[task_id])?,
+            "SELECT attempts[$2] FROM tasks WHERE id = $1",
+            &[&big(task_id), &int(attempt)],
+        )?;
+        found
+            .and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
+            .map(|bytes| decode("attempts", &bytes))
+            .transpose()
     }
 
     fn put_attempt(&mut self, task_id: u64, attempt: &AttemptRecord) -> Result<()> {
-        self.send(
-            "INSERT INTO attempts VALUES ($1, $2, $3) \
-             ON CONFLICT (task_id, attempt) DO UPDATE SET record = EXCLUDED.record",
-            vec![
-                Box::new(big(task_id)),
-                Box::new(int(attempt.attempt)),
-                Box::new(encode(attempt)),
-            ],
-        );
+        // Element `attempt` of the row's array, written with the row.
+        let record = encode(attempt);
+        self.row(task_id, |row| {
+            row.attempts.insert(attempt.attempt, record);
+        });
         Ok(())
     }
 
@@ -657,7 +855,11 @@ impl Writes for PgTx<'_> {
     }
 
     fn all_counts(&self) -> Result<Vec<(u32, Counts)>> {
-        let found = rows(self.read()?, "SELECT gate_id, record FROM counts", &[])?;
+        let found = rows(
+            self.read_other()?,
+            "SELECT gate_id, record FROM counts",
+            &[],
+        )?;
         Ok(found
             .iter()
             .map(|row| (unint(row.get(0)), Counts::decode(row.get::<_, &[u8]>(1))))
@@ -720,7 +922,7 @@ impl Writes for PgTx<'_> {
     fn plugins(&self) -> Result<Vec<PluginRecord>> {
         records(
             "plugins",
-            rows(self.read()?, "SELECT record FROM plugins", &[])?,
+            rows(self.read_other()?, "SELECT record FROM plugins", &[])?,
         )
     }
 
@@ -802,7 +1004,7 @@ impl Writes for PgTx<'_> {
 
     fn descendants(&self, root: u64) -> Result<u32> {
         let row = one(
-            self.read()?,
+            self.read_other()?,
             "SELECT n FROM lineage WHERE root = $1",
             &[&big(root)],
         )?;
@@ -837,7 +1039,7 @@ impl Writes for PgTx<'_> {
     fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
         records(
             "schedules",
-            rows(self.read()?, "SELECT record FROM schedules", &[])?,
+            rows(self.read_other()?, "SELECT record FROM schedules", &[])?,
         )
     }
 
