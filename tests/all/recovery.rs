@@ -167,6 +167,7 @@ async fn restart_after_kill_ramps_up() {
         }),
     )
     .await;
+    let mut ids = Vec::new();
     for _ in 0..6 {
         let tasks = (0..500)
             .map(|_| {
@@ -175,7 +176,7 @@ async fn restart_after_kill_ramps_up() {
                 t
             })
             .collect();
-        c.batch(tasks).await;
+        ids.extend(c.batch(tasks).await);
     }
     child.kill().expect("kill -9");
     let _ = child.wait();
@@ -209,11 +210,26 @@ async fn restart_after_kill_ramps_up() {
         in_first_second >= 30,
         "the ramp should still send: {in_first_second}"
     );
-    // The bound (burst 10 + 500 in 1 s) holds over the release instants
-    // (the simulation checks it exactly); at the sink, a few arrivals of
-    // a loaded machine's loopback may shift across a window's edge.
+    // The bound (burst 10 + 500 in 1 s) holds exactly over the release
+    // instants, the slot times on record. At the sink, arrivals of a loaded
+    // machine may bunch across a window's edge: a wake-up 20 ms late at
+    // 500/s is 10 more in the window that follows it.
+    let mut slots = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let t = c.task(id).await;
+        let at = t["attempts"][0]["started_at"]
+            .as_str()
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok());
+        slots.push(at.expect("a start on record").as_millisecond());
+    }
+    slots.sort_unstable();
+    let most = (0..slots.len())
+        .map(|i| slots[i..].partition_point(|&s| s < slots[i] + 1_000))
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 510, "{most} release instants in one second");
     let peak = max_in_window(&times, Duration::from_secs(1));
-    assert!(peak <= 510 + 3, "peak {peak}");
+    assert!(peak <= 510 + 10, "peak {peak} at the sink");
     child.kill().expect("kill");
     let _ = child.wait();
 }
