@@ -753,6 +753,57 @@ fn two_writers_counting_one_plugin_add_up() {
     assert_eq!(unfinished, Some(400));
 }
 
+/// Two nodes take the first upload of one plugin version, with different
+/// contents, at the same moment: one stores it, the other then finds it
+/// there (and refuses its own as a conflict), never writing over it.
+#[test]
+fn two_first_uploads_of_one_plugin_version_store_one() {
+    use sluice::store::{Backend, PgStore, PluginRecord};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let record = |version: usize, sha: &str| -> PluginRecord {
+        serde_json::from_value(json!({
+            "name": "resize", "version": format!("1.0.{version}"), "size": 4,
+            "sha256": sha, "uploaded_at": 1, "imports": [], "unfinished": 0,
+        }))
+        .expect("plugin record")
+    };
+    let stored = two_writers(&pg, move |i, store, together| {
+        (0..100)
+            .map(|version| {
+                let mine = record(version, &format!("{i}"));
+                let key = format!("resize@1.0.{version}");
+                together.wait();
+                store
+                    .write(|tx| {
+                        if tx.lock_plugin(&key)?.is_some() {
+                            return Ok(false);
+                        }
+                        tx.put_plugin(&mine)?;
+                        Ok(true)
+                    })
+                    .expect("upload")
+            })
+            .collect::<Vec<bool>>()
+    });
+    let store = PgStore::open(&pg.url()).expect("open");
+    let reader = (&store as &dyn Backend).read().expect("read");
+    for (version, stored) in stored[0].iter().zip(&stored[1]).enumerate() {
+        let winner = match stored {
+            (true, false) => "0",
+            (false, true) => "1",
+            both => panic!("version {version}: stored by each writer? {both:?}"),
+        };
+        let kept = reader
+            .plugin(&format!("resize@1.0.{version}"))
+            .expect("read")
+            .map(|p| p.sha256);
+        assert_eq!(kept.as_deref(), Some(winner), "version {version}");
+    }
+}
+
 /// The notices of foreign creates travel between nodes by `NOTIFY`, sent at
 /// commit on the unit's channel: a listener on the gate's unit hears every
 /// one, and the gate's engine starts each task once.

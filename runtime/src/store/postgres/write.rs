@@ -72,34 +72,42 @@ struct Queued {
 /// The row's statements: with the record (an upsert) or without (an update
 /// of its columns), each with one attempt or none. Each answers with the
 /// row's place before it (no row: none there).
-const ROW_UPSERT: &str = "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), \
-     up AS (INSERT INTO tasks (id, record, gate_id, finished_at, running, due, pkey) \
-     VALUES ($1, $2, $3, $4, coalesce($5::bool, false), \
-     CASE WHEN $6::bool THEN $7::bigint END, CASE WHEN $6::bool THEN $8::text END) \
-     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, gate_id = EXCLUDED.gate_id, \
-     finished_at = EXCLUDED.finished_at, running = coalesce($5::bool, tasks.running), \
-     due = CASE WHEN $6::bool THEN $7::bigint ELSE tasks.due END, \
-     pkey = CASE WHEN $6::bool THEN $8::text ELSE tasks.pkey END) \
-     SELECT gate_id, pkey, due FROM old";
-const ROW_UPSERT_ATTEMPT: &str = "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), \
-     up AS (INSERT INTO tasks (id, record, gate_id, finished_at, running, due, pkey, attempts[$9]) \
-     VALUES ($1, $2, $3, $4, coalesce($5::bool, false), \
-     CASE WHEN $6::bool THEN $7::bigint END, CASE WHEN $6::bool THEN $8::text END, $10) \
-     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, gate_id = EXCLUDED.gate_id, \
-     finished_at = EXCLUDED.finished_at, running = coalesce($5::bool, tasks.running), \
-     due = CASE WHEN $6::bool THEN $7::bigint ELSE tasks.due END, \
-     pkey = CASE WHEN $6::bool THEN $8::text ELSE tasks.pkey END, attempts[$9] = $10) \
-     SELECT gate_id, pkey, due FROM old";
-const ROW_UPDATE: &str = "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), \
-     up AS (UPDATE tasks SET running = coalesce($2::bool, running), \
-     gate_id = coalesce($3::int, gate_id), due = CASE WHEN $4::bool THEN $5::bigint ELSE due END, \
-     pkey = CASE WHEN $4::bool THEN $6::text ELSE pkey END WHERE id = $1) \
-     SELECT gate_id, pkey, due FROM old";
-const ROW_UPDATE_ATTEMPT: &str = "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), \
-     up AS (UPDATE tasks SET running = coalesce($2::bool, running), \
-     gate_id = coalesce($3::int, gate_id), due = CASE WHEN $4::bool THEN $5::bigint ELSE due END, \
-     pkey = CASE WHEN $4::bool THEN $6::text ELSE pkey END, attempts[$7] = $8 WHERE id = $1) \
-     SELECT gate_id, pkey, due FROM old";
+macro_rules! row_upsert {
+    ($column:literal, $value:literal, $set:literal) => {
+        concat!(
+            "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), ",
+            "up AS (INSERT INTO tasks (id, record, gate_id, finished_at, running, due, pkey",
+            $column,
+            ") VALUES ($1, $2, $3, $4, coalesce($5::bool, false), ",
+            "CASE WHEN $6::bool THEN $7::bigint END, CASE WHEN $6::bool THEN $8::text END",
+            $value,
+            ") ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, ",
+            "gate_id = EXCLUDED.gate_id, finished_at = EXCLUDED.finished_at, ",
+            "running = coalesce($5::bool, tasks.running), ",
+            "due = CASE WHEN $6::bool THEN $7::bigint ELSE tasks.due END, ",
+            "pkey = CASE WHEN $6::bool THEN $8::text ELSE tasks.pkey END",
+            $set,
+            ") SELECT gate_id, pkey, due FROM old"
+        )
+    };
+}
+macro_rules! row_update {
+    ($set:literal) => {
+        concat!(
+            "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), ",
+            "up AS (UPDATE tasks SET running = coalesce($2::bool, running), ",
+            "gate_id = coalesce($3::int, gate_id), ",
+            "due = CASE WHEN $4::bool THEN $5::bigint ELSE due END, ",
+            "pkey = CASE WHEN $4::bool THEN $6::text ELSE pkey END",
+            $set,
+            " WHERE id = $1) SELECT gate_id, pkey, due FROM old"
+        )
+    };
+}
+const ROW_UPSERT: &str = row_upsert!("", "", "");
+const ROW_UPSERT_ATTEMPT: &str = row_upsert!(", attempts[$9]", ", $10", ", attempts[$9] = $10");
+const ROW_UPDATE: &str = row_update!("");
+const ROW_UPDATE_ATTEMPT: &str = row_update!(", attempts[$7] = $8");
 /// A second attempt written in one transaction (one that ended and the
 /// next that started, say).
 const ROW_ATTEMPT: &str = "UPDATE tasks SET attempts[$2] = $3 WHERE id = $1";
@@ -237,16 +245,22 @@ impl<'a> PgTx<'a> {
     /// which flushed its row.
     fn flush(&self) -> Result<()> {
         let rows = std::mem::take(&mut *self.rows.borrow_mut());
-        if !rows.is_empty() {
-            let mut queued = self.queued.borrow_mut();
-            let mut all = Vec::with_capacity(rows.len() + queued.len());
-            for (id, row) in rows {
-                row.queued(id, &mut all);
-            }
-            all.append(&mut queued);
-            *queued = all;
-        }
+        self.queue_rows(rows);
         self.flush_queued()
+    }
+
+    /// Puts the statements of task rows ahead of the queued writes.
+    fn queue_rows(&self, rows: impl IntoIterator<Item = (u64, TaskRow)>) {
+        let mut statements = Vec::new();
+        for (id, row) in rows {
+            row.queued(id, &mut statements);
+        }
+        if statements.is_empty() {
+            return;
+        }
+        let mut queued = self.queued.borrow_mut();
+        statements.append(&mut queued);
+        *queued = statements;
     }
 
     /// Sends the queued writes, not the task rows (for reads of tables
@@ -365,20 +379,13 @@ impl<'a> PgTx<'a> {
     /// task rows wait (a turn reads each report's task as it comes, and
     /// the rows it changed before go out once, at its end).
     fn read_rows(&self, ids: &[u64]) -> Result<&Conn> {
-        let mut taken = Vec::new();
-        {
+        let taken: Vec<(u64, TaskRow)> = {
             let mut rows = self.rows.borrow_mut();
-            for &id in ids {
-                if let Some(row) = rows.remove(&id) {
-                    row.queued(id, &mut taken);
-                }
-            }
-        }
-        if !taken.is_empty() {
-            let mut queued = self.queued.borrow_mut();
-            taken.append(&mut queued);
-            *queued = taken;
-        }
+            ids.iter()
+                .filter_map(|&id| rows.remove(&id).map(|row| (id, row)))
+                .collect()
+        };
+        self.queue_rows(taken);
         self.read_other()
     }
 
@@ -944,7 +951,16 @@ impl Writes for PgTx<'_> {
         )
     }
 
+    /// A row lock cannot hold a key that is not there yet: two first
+    /// uploads of one version on two nodes would both find it missing and
+    /// the second would write over the first. The key's advisory lock (to
+    /// the commit) puts the second after the first, and the read, a
+    /// statement of its own, sees what the first committed.
     fn lock_plugin(&mut self, key: &str) -> Result<Option<PluginRecord>> {
+        self.send(
+            "SELECT pg_advisory_xact_lock(7206318, hashtext($1))",
+            vec![Box::new(key.to_string())],
+        );
         self.plugin_row("SELECT record FROM plugins WHERE key = $1 FOR UPDATE", key)
     }
 
