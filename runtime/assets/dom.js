@@ -69,6 +69,7 @@ const STATES = {
   timeout: ['bad', 'glass'],
   lease_expired: ['bad', 'glass'],
   interrupted: ['warn', 'bolt'],
+  withdrawn: ['idle', 'retry'],
   expired: ['warn', 'glass'],
   cancelled: ['idle', 'slash'],
   superseded: ['idle', 'retry'],

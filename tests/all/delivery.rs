@@ -272,6 +272,65 @@ async fn gate_changes_apply_at_once() {
     sink.wait_for(20, Duration::from_secs(5)).await;
 }
 
+/// A pause stops what the gate admitted ahead of its slot time, too. With
+/// starts admitted a second ahead at 2/s, two or so wait for their slot
+/// times at any moment: after the pause's answer none of them leaves; each
+/// goes back to the queue uncounted (no retry, no attempt), and after the
+/// resume every task arrives once, as its attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_keeps_what_was_admitted_ahead() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ahead = Duration::from_secs(1);
+    let tuning = sluice::core::Tuning {
+        lookahead: ahead,
+        lookahead_max: ahead,
+        ..Default::default()
+    };
+    let server = Server::start_tuned(dir.path(), |_| {}, Some(tuning)).await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    c.put_gate("g", gate_for(&sink, "2/s")).await;
+    let ids = c
+        .batch((0..8).map(|_| webhook_task("g", &sink.url("/x"))).collect())
+        .await;
+    sink.wait_for(2, Duration::from_secs(10)).await;
+    let (status, body) = c.send("POST", "/v1/gates/g/pause", None).await;
+    assert_eq!(status, 200, "{body}");
+    let paused = clock::instant();
+    // Each start admitted ahead comes back at its slot time, within the
+    // lookahead; in flight, the sink answers at once.
+    for _ in 0..200 {
+        let (_, gate) = c.send("GET", "/v1/gates/g", None).await;
+        if gate["in_flight"] == 0 && paused.elapsed() > ahead {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent: Vec<Duration> = (sink.hits().iter())
+        .filter_map(|h| h.at.checked_duration_since(paused))
+        .collect();
+    // One sent just before the answer may arrive a little after it.
+    assert!(
+        sent.iter().all(|&after| after < Duration::from_millis(100)),
+        "arrived after the pause: {sent:?}"
+    );
+    let (_, gate) = c.send("GET", "/v1/gates/g", None).await;
+    let before = sink.hits().len();
+    assert_eq!(gate["backlog"], (ids.len() - before) as u64, "{gate}");
+
+    c.send("POST", "/v1/gates/g/resume", None).await;
+    let hits = sink.wait_for(ids.len(), Duration::from_secs(20)).await;
+    assert_eq!(hits.len(), ids.len(), "every task once");
+    assert!(hits.iter().all(|h| h.headers["sluice-attempt"] == "1"));
+    for id in &ids {
+        c.wait_state(id, "succeeded", Duration::from_secs(5)).await;
+    }
+    let (_, gate) = c.send("GET", "/v1/gates/g", None).await;
+    let counters = &gate["counters"];
+    assert_eq!(counters["attempts"], ids.len() as u64, "{gate}");
+    assert_eq!(counters["retried"], 0, "{gate}");
+}
+
 /// A graceful stop lets the attempt in flight finish and records it; the restart
 /// does not send it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

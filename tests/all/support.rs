@@ -38,12 +38,21 @@ impl Server {
 
     /// A server in `dir` whose config `adjust` changes first (tokens, TLS...).
     pub async fn start_with(dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Server {
+        Server::start_tuned(dir, adjust, None).await
+    }
+
+    /// `start_with`, the scheduler tuned as `tuning` says.
+    pub async fn start_tuned(
+        dir: &Path,
+        adjust: impl FnOnce(&mut ServerConfig),
+        tuning: Option<sluice::core::Tuning>,
+    ) -> Server {
         let mut config =
             ServerConfig::local(dir.to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
         config.grace = Duration::from_secs(5);
         adjust(&mut config);
         let cluster = config.store.is_some();
-        let running = sluice::server::start(&config, None)
+        let running = sluice::server::start(&config, tuning)
             .await
             .expect("server starts");
         let url = running.url();

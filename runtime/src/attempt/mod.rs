@@ -107,6 +107,7 @@ impl Report {
             Outcome::Failed { .. } => "failed",
             Outcome::Throttled { .. } => "throttled",
             Outcome::Interrupted => "interrupted",
+            Outcome::Withdrawn => "withdrawn",
         }
     }
 }

@@ -81,13 +81,17 @@ pub enum Outcome {
     Throttled { retry_after: Option<Duration> },
     /// The server stopped while the attempt was in flight: retried; the attempt counts.
     Interrupted,
+    /// It never left: its gate was paused before its slot time (or, at a
+    /// takeover, its slot time was after the last owner's mark). Back to
+    /// the queue, due as before; the attempt does not count.
+    Withdrawn,
 }
 
 impl Outcome {
     fn signal(self) -> Signal {
         match self {
             Outcome::Succeeded | Outcome::Rejected => Signal::Healthy,
-            Outcome::Denied | Outcome::Interrupted => Signal::Neutral,
+            Outcome::Denied | Outcome::Interrupted | Outcome::Withdrawn => Signal::Neutral,
             Outcome::Failed { .. } => Signal::Failed,
             Outcome::Throttled { retry_after } => Signal::Throttled { retry_after },
         }
@@ -277,11 +281,13 @@ pub enum Effect {
         attempt: u32,
         at: Timestamp,
     },
-    /// The task goes back to pending, due at `due`.
+    /// The task goes back to pending, due at `due`: a retry, or (`retry`
+    /// false) a start that never left, its attempt not counted.
     Requeue {
         task: TaskId,
         gate: GateId,
         due: Timestamp,
+        retry: bool,
     },
     /// A task that was running (or interrupted) is done.
     Finish {
@@ -805,11 +811,9 @@ impl Scheduler {
             }
             Input::RestoreLease { task, until } => self.hold(now, task, until, false),
             Input::HoldInterrupted { task, until } => self.hold(now, task, until, true),
-            Input::Unsent(mut task) => {
+            Input::Unsent(task) => {
                 assert!(task.attempts >= 1, "unsent before any attempt");
-                task.attempts -= 1;
-                let due = task.due;
-                self.requeue(now, task, due);
+                self.settle(now, task, Outcome::Withdrawn);
             }
             Input::Ask { task, attempt, ask } => {
                 let Some(gate) = self
@@ -1407,7 +1411,16 @@ impl Scheduler {
     }
 
     /// Decides what follows an attempt.
-    fn settle(&mut self, now: Timestamp, task: QueuedTask, outcome: Outcome) {
+    fn settle(&mut self, now: Timestamp, mut task: QueuedTask, outcome: Outcome) {
+        if outcome == Outcome::Withdrawn {
+            task.attempts = task.attempts.saturating_sub(1);
+            if task.attempts == 0 {
+                task.first_attempt_at = None;
+            }
+            let due = task.due;
+            self.requeue(now, task, due, false);
+            return;
+        }
         let gate = task.gate;
         let finish = |end| Effect::Finish {
             task: task.id,
@@ -1430,7 +1443,7 @@ impl Scheduler {
                 return;
             }
             Outcome::Failed { retry_after } | Outcome::Throttled { retry_after } => retry_after,
-            Outcome::Interrupted => None,
+            Outcome::Interrupted | Outcome::Withdrawn => None,
         };
         if task.attempts >= task.policy.max_attempts {
             self.effects
@@ -1455,12 +1468,12 @@ impl Scheduler {
             self.effects.push_back(finish(End::Expired));
             return;
         }
-        self.requeue(now, task, due);
+        self.requeue(now, task, due, true);
     }
 
     /// Puts `task` back in its gate's queue, due at `due` (cancelled if
-    /// its gate is gone).
-    fn requeue(&mut self, now: Timestamp, mut task: QueuedTask, due: Timestamp) {
+    /// its gate is gone): a retry, or a start that never left.
+    fn requeue(&mut self, now: Timestamp, mut task: QueuedTask, due: Timestamp, retry: bool) {
         let gate = task.gate;
         if !self.lanes.contains_key(&gate) {
             let end = End::Cancelled;
@@ -1477,6 +1490,7 @@ impl Scheduler {
             task: task.id,
             gate,
             due,
+            retry,
         });
         self.enqueue(now, task);
         self.poke(gate);

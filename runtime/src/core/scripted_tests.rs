@@ -192,6 +192,29 @@ fn a_task_due_within_the_lookahead_starts_ahead_and_leaves_when_due() {
     assert_eq!(s.at(1_000), [start(3, 1, 1_020)]);
 }
 
+/// A start the last owner of a gate admitted but never sent (its slot
+/// time after that owner's deadline) goes back to the queue as it was: no
+/// retry, no backoff, the same attempt number when it starts again.
+#[test]
+fn a_start_that_never_left_is_queued_again_uncounted() {
+    let mut s = Script::new(limits(100.0, 10));
+    let mut unsent = task(1, 500);
+    unsent.attempts = 1;
+    assert_eq!(
+        s.input(2_000, Input::Unsent(unsent)),
+        [
+            Effect::Requeue {
+                task: TaskId(1),
+                gate: G,
+                due: ms(500),
+                retry: false,
+            },
+            start(1, 1, 2_000),
+        ],
+        "due as before, started again as attempt 1"
+    );
+}
+
 #[test]
 fn a_lease_holds_its_slot_until_it_runs_out() {
     let mut s = Script::new(limits(1_000.0, 1));
@@ -219,7 +242,8 @@ fn a_lease_holds_its_slot_until_it_runs_out() {
             Effect::Requeue {
                 task: TaskId(1),
                 gate: G,
-                due: ms(11_000)
+                due: ms(11_000),
+                retry: true,
             },
             start(2, 1, 10_000),
         ],
@@ -280,6 +304,7 @@ fn retry_after_sets_the_next_due_and_throttling_holds_the_gate() {
         task: TaskId(id),
         gate: G,
         due: ms(due),
+        retry: true,
     };
     assert_eq!(failed, [requeue(1, 30_100)]);
     // A 429 with Retry-After throttles the whole gate: a task due now waits.
@@ -419,7 +444,8 @@ fn another_nodes_attempt_holds_its_slot_then_counts_as_interrupted() {
             Effect::Requeue {
                 task: TaskId(1),
                 gate: G,
-                due: ms(2_000)
+                due: ms(2_000),
+                retry: true,
             },
             start(2, 1, 2_000),
         ],

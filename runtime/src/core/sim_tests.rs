@@ -56,6 +56,9 @@ struct World {
     policies: BTreeMap<GateId, Arc<KeyPolicy>>,
     /// Per gate and key, every start's slot time.
     key_starts: BTreeMap<(GateId, TaskKey), Vec<Timestamp>>,
+    /// Starts that never left (withdrawn at a pause, or unsent at a
+    /// handover): each comes back as a requeue that is not a retry.
+    unsent: BTreeSet<TaskId>,
     /// Keys drawn from this many names instead of `KEYS`, when not zero.
     key_names: u64,
     tasks: BTreeMap<TaskId, SimTask>,
@@ -160,6 +163,7 @@ impl World {
             pending: BTreeSet::new(),
             policies: BTreeMap::new(),
             key_starts: BTreeMap::new(),
+            unsent: BTreeSet::new(),
             key_names: 0,
             tasks: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -384,6 +388,7 @@ impl World {
                 // Its slot time is after the old owner's last moment, so
                 // it never left: the new owner knows (`Start::Takeover`'s
                 // mark) and queues it again at once, the attempt uncounted.
+                self.unsent.insert(id);
                 self.sched.handle_input(now, Input::Unsent(task));
             } else if self.rng.below(2) == 0 {
                 let until = now.plus(Duration::from_millis(self.rng.below(500)));
@@ -524,7 +529,17 @@ impl World {
                     let key = self.tasks[&task].queued.key.clone();
                     self.key_starts.entry((gate, key)).or_default().push(at);
                 }
-                Effect::Requeue { task, gate, due } => {
+                Effect::Requeue {
+                    task,
+                    gate,
+                    due,
+                    retry,
+                } => {
+                    assert_eq!(
+                        retry,
+                        !self.unsent.remove(&task),
+                        "a start that never left is no retry, and only it"
+                    );
                     let t = self.tasks.get_mut(&task).expect("task exists");
                     assert_eq!(t.place, Place::Running);
                     t.place = Place::Pending;
@@ -553,6 +568,36 @@ impl World {
                 }
             }
         }
+    }
+
+    /// A pause keeps what the gate admitted ahead of its slot time (the
+    /// runner reports it `Withdrawn`): those starts never leave, and their
+    /// tasks go back to the queue.
+    fn withdraw_ahead(&mut self, gate: GateId) {
+        let now = self.now;
+        let ahead: Vec<TaskId> = (self.in_flight.iter())
+            .filter(|(id, v)| v.0 == gate && self.tasks[*id].slot > now)
+            .map(|(&id, _)| id)
+            .collect();
+        for task in ahead {
+            self.in_flight.remove(&task);
+            let slot = self.tasks[&task].slot;
+            let starts = self.starts.get_mut(&gate).expect("its start");
+            let i = (starts.iter().rposition(|&(at, _)| at == slot)).expect("its start");
+            starts.remove(i);
+            let key = self.tasks[&task].queued.key.clone();
+            let starts = (self.key_starts.get_mut(&(gate, key))).expect("its key's start");
+            let i = starts
+                .iter()
+                .rposition(|&at| at == slot)
+                .expect("its start");
+            starts.remove(i);
+            self.unsent.insert(task);
+            let outcome = Outcome::Withdrawn;
+            self.sched
+                .handle_input(now, Input::AttemptEnded { task, outcome });
+        }
+        self.run_effects();
     }
 
     /// Jumps to the next event: an attempt ending or the scheduler's timer.
@@ -810,6 +855,7 @@ fn simulate(seed: u64, steps: usize, tuning: Tuning) -> World {
                 let gate = GateId(w.rng.below(3) as u32);
                 if w.paused.insert(gate) {
                     w.sched.handle_input(w.now, Input::Pause(gate));
+                    w.withdraw_ahead(gate);
                 } else {
                     w.paused.remove(&gate);
                     w.sched.handle_input(w.now, Input::Resume(gate));

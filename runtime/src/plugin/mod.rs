@@ -88,7 +88,7 @@ pub fn unavailable(plan: Plan) -> Report {
     )
 }
 
-/// The report of an attempt that never ran its plugin, and why.
+/// The report of an attempt that never ran (its plugin, or at all), and why.
 pub(crate) fn never_ran(task: TaskId, attempt: u32, outcome: Outcome, why: String) -> Report {
     Report {
         task,

@@ -137,19 +137,38 @@ impl Engine {
                     }
                     turn.plans.push(plan);
                 }
-                Effect::Requeue { task, gate, due } => {
+                Effect::Requeue {
+                    task,
+                    gate,
+                    due,
+                    retry,
+                } => {
                     let record = turn.must_task(task.0)?;
                     record.state = TaskState::Scheduled;
-                    // A retry waits for its backoff: due later, in due order.
+                    // A retry waits for its backoff: due later, in due order
+                    // (a start that never left keeps its due time).
                     record.due_at = due.as_ms();
                     record.order_at = None;
+                    if !retry {
+                        // That attempt never left: the next start is made
+                        // under its number.
+                        record.attempts = record.attempts.saturating_sub(1);
+                        if record.attempts <= record.attempt_offset {
+                            record.first_attempt_at = None;
+                        }
+                    }
                     let key = record.key.clone();
                     turn.tx.insert_pending(gate, key.as_deref(), due, task)?;
                     turn.tx.set_running(task.0, false)?;
                     self.count(turn, gate.0, |c| {
                         c.running = c.running.saturating_sub(1);
                         c.pending += 1;
-                        c.retried += 1;
+                        if retry {
+                            c.retried += 1;
+                        } else {
+                            // The attempt never left: it is made again.
+                            c.attempts = c.attempts.saturating_sub(1);
+                        }
                     });
                 }
                 Effect::Finish { task, gate, end } => {

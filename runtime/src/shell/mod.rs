@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -392,6 +392,7 @@ pub fn spawn_linked(
                     drops: Arc::new(
                         [const { std::sync::atomic::AtomicU64::new(0) }; UNITS as usize],
                     ),
+                    pauses: Arc::default(),
                 };
                 let result = runner
                     .run(&mut commands_rx, reports_rx, permits_rx, &mut shutdown)
@@ -436,6 +437,41 @@ struct Runner {
     /// How often each unit was dropped: what was admitted before a drop
     /// never leaves after it (`Runner::may_leave`).
     drops: Arc<[std::sync::atomic::AtomicU64; UNITS as usize]>,
+    /// The gates paused since each attempt was admitted: one admitted
+    /// ahead of its slot time does not leave after its gate's pause.
+    pauses: Arc<Pauses>,
+}
+
+/// Pauses of gates, numbered in order, for the releases waiting on their
+/// slot times to check without a lock while no gate was paused.
+#[derive(Default)]
+struct Pauses {
+    last: AtomicU64,
+    of: std::sync::Mutex<HashMap<u32, u64>>,
+}
+
+impl Pauses {
+    fn pause(&self, gate: u32) {
+        let n = self.last.fetch_add(1, Ordering::AcqRel) + 1;
+        self.of
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(gate, n);
+    }
+
+    /// The number of the last pause so far.
+    fn seen(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
+    /// Whether `gate` was paused after pause number `seen`.
+    fn since(&self, gate: u32, seen: u64) -> bool {
+        self.seen() != seen
+            && (self.of.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&gate)
+                .is_some_and(|&n| n > seen)
+    }
 }
 
 /// The shell's logic without its I/O loop: it owns the core and every write to

@@ -120,6 +120,17 @@ impl Runner {
                 // Whatever the attempt still waited for, it waits no more.
                 self.asks.remove(&report.task);
             }
+            for command in &batch_commands {
+                // What a paused gate admitted ahead stays here, from now
+                // (before the pause's commit and answer).
+                if let Command::SetPaused {
+                    name, paused: true, ..
+                } = command
+                    && let Some(gate) = self.engine.gates.get(name)
+                {
+                    self.pauses.pause(gate.id);
+                }
+            }
             // Changes to the units come after the turn: each writes (and
             // waits for) its own commit.
             let (orders, batch_commands): (Vec<Command>, Vec<Command>) = batch_commands
@@ -231,6 +242,11 @@ impl Runner {
             let permits = self.permits.clone();
             let deadline = self.deadline.clone();
             let may_leave = self.may_leave(Some(&plan.gate));
+            let pauses = self.pauses.clone();
+            let (paused, seen) = (
+                self.engine.gates.get(&plan.gate).is_some_and(|g| g.paused),
+                self.pauses.seen(),
+            );
             self.runtime.spawn(async move {
                 if !after.is_zero() {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
@@ -247,6 +263,15 @@ impl Runner {
                     // start is on record, so it is held, then retried; or
                     // put straight back in the queue if its slot time is
                     // past this node's mark, as it never left).
+                    return;
+                }
+                if paused || pauses.since(plan.gate_id.0, seen) {
+                    // Paused before its slot time: it stays, and goes back
+                    // to the queue as it was.
+                    let why = "never sent: its gate was paused before its slot time; queued again";
+                    let report =
+                        plugin::never_ran(plan.task, plan.attempt, Outcome::Withdrawn, why.into());
+                    let _ = reports.send(report);
                     return;
                 }
                 let run = async {

@@ -216,7 +216,7 @@ impl Engine {
         record.logs = std::mem::take(&mut report.logs);
         turn.tx.put_attempt(id, &record)?;
         if let Some(task) = turn.task(id)?
-            && report.outcome != Outcome::Succeeded
+            && !matches!(report.outcome, Outcome::Succeeded | Outcome::Withdrawn)
         {
             task.last_error = report.error.clone();
         }
@@ -240,6 +240,10 @@ impl Engine {
         let Some(gate_id) = turn.task(id)?.map(|t| t.gate_id) else {
             return Ok(());
         };
+        if report.outcome == Outcome::Withdrawn {
+            // Never sent: not a dispatch.
+            return Ok(());
+        }
         let Some(name) = self.gate_names.get(&gate_id) else {
             return Ok(());
         };

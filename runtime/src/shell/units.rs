@@ -136,7 +136,7 @@ impl Engine {
                     // (its next start writes over this record).
                     unsent += 1;
                     record.ended_at = Some(now.as_ms());
-                    record.outcome = Some("interrupted".into());
+                    record.outcome = Some("withdrawn".into());
                     record.error = Some(NEVER_SENT.into());
                     turn.tx.put_attempt(id, &record)?;
                     self.core.handle_input(now, Input::Unsent(queued));
