@@ -120,9 +120,11 @@ impl Runner {
                 // Whatever the attempt still waited for, it waits no more.
                 self.asks.remove(&report.task);
             }
+            // What a gate paused from here on admitted ahead, in this turn
+            // or before, stays (numbered before the pause's commit and
+            // answer).
+            let unpaused = self.pauses.seen();
             for command in &batch_commands {
-                // What a paused gate admitted ahead stays here, from now
-                // (before the pause's commit and answer).
                 if let Command::SetPaused {
                     name, paused: true, ..
                 } = command
@@ -155,7 +157,7 @@ impl Runner {
                     "a turn took long"
                 );
             }
-            self.release(plans);
+            self.release(plans, unpaused);
             for order in orders {
                 if let Command::Units { order, reply } = order {
                     let done = self.order(order);
@@ -228,8 +230,9 @@ impl Runner {
     }
 
     /// Starts the attempts of a committed turn and answers the plugin
-    /// requests its gates allowed, each when the engine's pacer says.
-    pub(super) fn release(&mut self, plans: Vec<Plan>) {
+    /// requests its gates allowed, each when the engine's pacer says; an
+    /// attempt of a gate paused after pause number `unpaused` stays.
+    pub(super) fn release(&mut self, plans: Vec<Plan>, unpaused: u64) {
         let released = clock::instant();
         let done = clock::now();
         let Released { attempts, grants } = self.engine.release(done, plans);
@@ -243,10 +246,6 @@ impl Runner {
             let deadline = self.deadline.clone();
             let may_leave = self.may_leave(Some(&plan.gate));
             let pauses = self.pauses.clone();
-            let (paused, seen) = (
-                self.engine.gates.get(&plan.gate).is_some_and(|g| g.paused),
-                self.pauses.seen(),
-            );
             self.runtime.spawn(async move {
                 if !after.is_zero() {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(release)).await;
@@ -265,7 +264,7 @@ impl Runner {
                     // past this node's mark, as it never left).
                     return;
                 }
-                if paused || pauses.since(plan.gate_id.0, seen) {
+                if pauses.since(plan.gate_id.0, unpaused) {
                     // Paused before its slot time: it stays, and goes back
                     // to the queue as it was.
                     let why = "never sent: its gate was paused before its slot time; queued again";

@@ -322,6 +322,17 @@ impl<'a> PgTx<'a> {
         Ok(())
     }
 
+    /// The rows of tasks `ids` read by `sql` (`id = ANY($1)`, the id in
+    /// column `id_at` and the place after it), once this transaction's
+    /// writes to them have gone out; their places noted.
+    fn task_rows(&self, ids: &[u64], sql: &'static str, id_at: usize) -> Result<Vec<Row>> {
+        let conn = self.read_rows(ids)?;
+        let ids: Vec<i64> = ids.iter().map(|&id| big(id)).collect();
+        let found = rows(conn, sql, &[&ids])?;
+        self.saw_places(&found, id_at, id_at + 1);
+        Ok(found)
+    }
+
     /// Notes the places of tasks just read (`id` in column 0, the place in
     /// columns `at..at + 3`); a row this transaction moved and has not sent
     /// keeps the place it moved to.
@@ -530,14 +541,11 @@ impl Writes for PgTx<'_> {
     }
 
     fn tasks(&self, ids: &[u64]) -> Result<Vec<TaskRecord>> {
-        let conn = self.read_rows(ids)?;
-        let ids: Vec<i64> = ids.iter().map(|&id| big(id)).collect();
-        let found = rows(
-            conn,
+        let found = self.task_rows(
+            ids,
             "SELECT record, id, gate_id, pkey, due FROM tasks WHERE id = ANY($1)",
-            &[&ids],
+            1,
         )?;
-        self.saw_places(&found, 1, 2);
         task_records(found)
     }
 
@@ -630,17 +638,15 @@ impl Writes for PgTx<'_> {
                 .collect()
         };
         if !unknown.is_empty() {
-            let conn = self.read_rows(&unknown)?;
-            let ids: Vec<i64> = unknown.iter().map(|&id| big(id)).collect();
-            let found = rows(
-                conn,
-                "SELECT id, gate_id, pkey, due FROM tasks WHERE id = ANY($1)",
-                &[&ids],
-            )?;
+            // Those not found are nowhere.
             self.places
                 .borrow_mut()
                 .extend(unknown.iter().map(|&id| (id, None)));
-            self.saw_places(&found, 0, 1);
+            self.task_rows(
+                &unknown,
+                "SELECT id, gate_id, pkey, due FROM tasks WHERE id = ANY($1)",
+                0,
+            )?;
         }
         let mut removed = Vec::with_capacity(entries.len());
         for e in entries {
