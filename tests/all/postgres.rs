@@ -753,6 +753,44 @@ fn two_writers_counting_one_plugin_add_up() {
     assert_eq!(unfinished, Some(400));
 }
 
+/// Creates on two nodes share-lock the plugin their tasks run (a delete
+/// elsewhere waits for them), and at the turn's end count their tasks into
+/// it. The count's lock must not conflict with the other node's share lock:
+/// each would wait for the other until PostgreSQL broke the deadlock by
+/// failing one commit (and that node's engine with it).
+#[test]
+fn two_nodes_creating_tasks_of_one_plugin_at_once_both_commit() {
+    use sluice::store::{Backend, PgStore};
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    put_resize_plugin(&pg);
+    let failed: Vec<Vec<String>> = two_writers(&pg, |_, store, together| {
+        (0..10)
+            .filter_map(|_| {
+                store
+                    .write(|tx| {
+                        tx.plugin("resize@1.0.0")?;
+                        // Both hold the share lock before either counts.
+                        together.wait();
+                        tx.add_plugin_refs(&[("resize@1.0.0".into(), 1)])
+                    })
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect()
+    });
+    assert_eq!(failed, [Vec::<String>::new(), Vec::new()], "failed commits");
+    let store = PgStore::open(&pg.url()).expect("open");
+    let reader = (&store as &dyn Backend).read().expect("read");
+    let unfinished = reader
+        .plugin("resize@1.0.0")
+        .expect("read")
+        .map(|p| p.unfinished);
+    assert_eq!(unfinished, Some(20));
+}
+
 /// Two nodes take the first upload of one plugin version, with different
 /// contents, at the same moment: one stores it, the other then finds it
 /// there (and refuses its own as a conflict), never writing over it.

@@ -970,6 +970,11 @@ impl Writes for PgTx<'_> {
         self.plugin_row("SELECT record FROM plugins WHERE key = $1 FOR UPDATE", key)
     }
 
+    /// `FOR NO KEY UPDATE`, the lock an update of the record takes anyway:
+    /// it lets the share locks of other nodes' creates be (`FOR UPDATE`
+    /// would wait for them while they waited for this, a deadlock for
+    /// PostgreSQL to break by failing one commit). A delete's `FOR UPDATE`
+    /// still waits for every count in flight.
     fn add_plugin_refs(&mut self, refs: &[(String, i64)]) -> Result<()> {
         if refs.is_empty() {
             return Ok(());
@@ -979,7 +984,7 @@ impl Writes for PgTx<'_> {
             "plugins",
             rows(
                 self.read_other()?,
-                "SELECT record FROM plugins WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+                "SELECT record FROM plugins WHERE key = ANY($1) ORDER BY key FOR NO KEY UPDATE",
                 &[&keys],
             )?,
         )?;
