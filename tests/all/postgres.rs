@@ -331,8 +331,9 @@ mod engines {
     use sluice::core::units::{UNITS, Units, unit_of};
     use sluice::core::{Timestamp, Tuning};
     use sluice::model::{NewTask, PluginCall, Target};
+    use sluice::shell::plugins::Upload;
     use sluice::shell::{Command, Created, Engine, ShellError, Start};
-    use sluice::store::{Backend, PgStore};
+    use sluice::store::{Backend, PgStore, PluginRecord};
 
     pub const NOW: Timestamp = Timestamp(1_767_225_600_000);
 
@@ -405,6 +406,31 @@ mod engines {
         };
         engine.turn(at, vec![create], Vec::new()).expect("turn");
         rx.blocking_recv().expect("answer")
+    }
+
+    /// Where an upload's answer comes: the record and whether it was stored.
+    pub type Uploaded = tokio::sync::oneshot::Receiver<Result<(PluginRecord, bool), ShellError>>;
+
+    /// An upload of plugin `name@version` (a record, no component: it is
+    /// never run) whose contents say `by`, and where its answer comes.
+    pub fn upload(name: &str, version: &str, by: usize) -> (Command, Uploaded) {
+        let record: PluginRecord = serde_json::from_value(serde_json::json!({
+            "name": name, "version": version, "size": 4, "sha256": format!("{by}"),
+            "uploaded_at": 1, "imports": [], "unfinished": 0,
+        }))
+        .expect("plugin record");
+        let upload = Upload {
+            record,
+            wasm: Vec::new(),
+            artifact: Vec::new(),
+            engine: 0,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let put = Command::PutPlugin {
+            upload: Box::new(upload),
+            reply: tx,
+        };
+        (put, rx)
     }
 
     /// Deletes plugin `key` through `engine`, or why not.
@@ -727,12 +753,21 @@ fn put_resize_plugin(pg: &PgServer) {
         .expect("put");
 }
 
+/// The unfinished tasks `resize@1.0.0` counts, as stored.
+fn resize_unfinished(pg: &PgServer) -> Option<u64> {
+    use sluice::store::{Backend, PgStore};
+    let store = PgStore::open(&pg.url()).expect("open");
+    let reader = (&store as &dyn Backend).read().expect("read");
+    reader
+        .plugin("resize@1.0.0")
+        .expect("read")
+        .map(|p| p.unfinished)
+}
+
 /// Writers on two nodes count tasks of one plugin at once: the counts add
 /// up, so a plugin in use on any node cannot be deleted as unused.
 #[test]
 fn two_writers_counting_one_plugin_add_up() {
-    use sluice::store::{Backend, PgStore};
-
     let Some(pg) = PgServer::start() else {
         return;
     };
@@ -744,13 +779,7 @@ fn two_writers_counting_one_plugin_add_up() {
                 .expect("write");
         }
     });
-    let store = PgStore::open(&pg.url()).expect("open");
-    let reader = (&store as &dyn Backend).read().expect("read");
-    let unfinished = reader
-        .plugin("resize@1.0.0")
-        .expect("read")
-        .map(|p| p.unfinished);
-    assert_eq!(unfinished, Some(400));
+    assert_eq!(resize_unfinished(&pg), Some(400));
 }
 
 /// Creates on two nodes share-lock the plugin their tasks run (a delete
@@ -760,8 +789,6 @@ fn two_writers_counting_one_plugin_add_up() {
 /// failing one commit (and that node's engine with it).
 #[test]
 fn two_nodes_creating_tasks_of_one_plugin_at_once_both_commit() {
-    use sluice::store::{Backend, PgStore};
-
     let Some(pg) = PgServer::start() else {
         return;
     };
@@ -782,13 +809,88 @@ fn two_nodes_creating_tasks_of_one_plugin_at_once_both_commit() {
             .collect()
     });
     assert_eq!(failed, [Vec::<String>::new(), Vec::new()], "failed commits");
-    let store = PgStore::open(&pg.url()).expect("open");
-    let reader = (&store as &dyn Backend).read().expect("read");
-    let unfinished = reader
-        .plugin("resize@1.0.0")
-        .expect("read")
-        .map(|p| p.unfinished);
-    assert_eq!(unfinished, Some(20));
+    assert_eq!(resize_unfinished(&pg), Some(20));
+}
+
+/// Two nodes take uploads of the same two new plugin versions in one turn
+/// each, in opposite orders, at the same moment. Each upload locks its key
+/// to the commit: taken in the order of the commands, each node would hold
+/// one and wait for the other's (a deadlock PostgreSQL breaks by failing
+/// one commit, and that node's engine with it). Both turns commit, and
+/// each version is stored by one node.
+#[test]
+fn two_nodes_uploading_two_plugins_in_opposite_orders_both_commit() {
+    use sluice::core::Timestamp;
+    use sluice::shell::ShellError;
+
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let together = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let nodes: Vec<_> = (0..2usize)
+        .map(|i| {
+            let (url, together) = (pg.url(), together.clone());
+            std::thread::spawn(move || -> Result<Vec<[bool; 2]>, String> {
+                let mut engine = engines::engine(&url, i == 1);
+                let mut stored = Vec::new();
+                for round in 0..20u64 {
+                    let version = format!("1.0.{round}");
+                    let mut names = ["a", "b"];
+                    if i == 1 {
+                        names.reverse();
+                    }
+                    let (puts, answers): (Vec<_>, Vec<_>) = names
+                        .iter()
+                        .map(|name| engines::upload(name, &version, i))
+                        .unzip();
+                    together.wait();
+                    let at = Timestamp(engines::NOW.as_ms() + 1 + round);
+                    let answered = engine
+                        .turn(at, puts, Vec::new())
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| {
+                            answers
+                                .into_iter()
+                                .map(|answer| match answer.blocking_recv() {
+                                    Ok(Ok((_, stored))) => Ok(stored),
+                                    Ok(Err(ShellError::Conflict(_))) => Ok(false),
+                                    other => Err(format!("{other:?}")),
+                                })
+                                .collect::<Result<Vec<bool>, String>>()
+                        });
+                    match answered {
+                        Ok(mut mine) => {
+                            if i == 1 {
+                                mine.reverse();
+                            }
+                            stored.push([mine[0], mine[1]]);
+                        }
+                        Err(e) => {
+                            // The other node still meets this one at the
+                            // barrier each round.
+                            for _ in round + 1..20 {
+                                together.wait();
+                            }
+                            return Err(format!("round {round}: {e}"));
+                        }
+                    }
+                }
+                Ok(stored)
+            })
+        })
+        .collect();
+    let stored: Vec<Vec<[bool; 2]>> = nodes
+        .into_iter()
+        .map(|node| node.join().expect("node").expect("every turn commits"))
+        .collect();
+    for (round, (first, second)) in stored[0].iter().zip(&stored[1]).enumerate() {
+        for plugin in 0..2 {
+            assert!(
+                first[plugin] != second[plugin],
+                "round {round}, plugin {plugin}: stored by both or neither"
+            );
+        }
+    }
 }
 
 /// Two nodes take the first upload of one plugin version, with different

@@ -3,7 +3,9 @@
 //! cannot pass each other. Versions are immutable; a plugin still used by an
 //! unfinished task or a schedule cannot be deleted.
 
-use super::{Engine, ShellError, Turn};
+use std::collections::BTreeSet;
+
+use super::{Command, Engine, ShellError, Turn};
 use crate::store::{PluginRecord, StoreError, plugin_key};
 
 /// An upload that passed the audit and compiled.
@@ -16,6 +18,35 @@ pub struct Upload {
 }
 
 impl Engine {
+    /// Locks the plugins this turn's uploads and deletions name, in key
+    /// order and before the turn's other locks: each holds its key to the
+    /// commit, and two nodes taking the same two in the order of their
+    /// commands, opposite ones, would wait on each other (a deadlock that
+    /// PostgreSQL breaks by failing one commit, and that node's engine).
+    pub(super) fn lock_plugins_first(
+        &self,
+        turn: &mut Turn<'_>,
+        commands: &[Command],
+    ) -> Result<(), StoreError> {
+        if !self.shares_writers {
+            return Ok(());
+        }
+        let keys: BTreeSet<String> = commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::PutPlugin { upload, .. } => {
+                    Some(plugin_key(&upload.record.name, &upload.record.version))
+                }
+                Command::DeletePlugin { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        for key in &keys {
+            turn.tx.lock_plugin(key)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn put_plugin(
         &mut self,
         turn: &mut Turn<'_>,

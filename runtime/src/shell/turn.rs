@@ -43,6 +43,7 @@ impl Engine {
         let plans = store.write(|tx| {
             let began = clock::instant();
             let mut turn = Turn::new(tx, now);
+            self.lock_plugins_first(&mut turn, &commands)?;
             self.recount_gates(&mut turn)?;
             turn.prefetch(reports.iter().map(|r| r.task.0))?;
             for report in reports {
