@@ -18,13 +18,16 @@ pub struct Upload {
 }
 
 impl Engine {
-    /// Locks the plugins this turn's uploads and deletions name, in key
-    /// order and before the turn's other locks: each holds its key to the
-    /// commit, and two nodes taking the same two in the order of their
-    /// commands, opposite ones, would wait on each other (a deadlock that
+    /// Where several nodes write one store: locks the plugins this turn's
+    /// uploads and deletions name, in key order and before the turn's other
+    /// locks, and takes each as stored (another node may have added or
+    /// deleted it since this engine last looked). Each lock holds to the
+    /// commit, so a concurrent upload or deletion of it goes after this
+    /// turn; taken in the order of the commands, two nodes with the same
+    /// two in opposite orders would wait on each other (a deadlock that
     /// PostgreSQL breaks by failing one commit, and that node's engine).
     pub(super) fn lock_plugins_first(
-        &self,
+        &mut self,
         turn: &mut Turn<'_>,
         commands: &[Command],
     ) -> Result<(), StoreError> {
@@ -41,8 +44,15 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        for key in &keys {
-            turn.tx.lock_plugin(key)?;
+        for key in keys {
+            match turn.tx.lock_plugin(&key)? {
+                Some(stored) => {
+                    self.plugins.insert(key, stored);
+                }
+                None => {
+                    self.plugins.remove(&key);
+                }
+            }
         }
         Ok(())
     }
@@ -52,20 +62,9 @@ impl Engine {
         turn: &mut Turn<'_>,
         upload: Upload,
     ) -> Result<Result<(PluginRecord, bool), ShellError>, StoreError> {
+        // Where nodes share the store, `lock_plugins_first` locked the key
+        // and read what is stored.
         let key = plugin_key(&upload.record.name, &upload.record.version);
-        if self.shares_writers {
-            // Any node takes uploads: what another one stored since this
-            // engine last looked is the version that exists. Locked, so a
-            // concurrent delete or upload of it goes after this commit.
-            match turn.tx.lock_plugin(&key)? {
-                Some(stored) => {
-                    self.plugins.insert(key.clone(), stored);
-                }
-                None => {
-                    self.plugins.remove(&key);
-                }
-            }
-        }
         if let Some(existing) = self.plugins.get(&key) {
             if existing.sha256 == upload.record.sha256
                 && existing.memory_mib == upload.record.memory_mib
@@ -97,18 +96,9 @@ impl Engine {
         turn: &mut Turn<'_>,
         key: &str,
     ) -> Result<Result<(), ShellError>, StoreError> {
-        if self.shares_writers {
-            // Locked against creates on other nodes, whose tasks its
-            // stored count includes.
-            match turn.tx.lock_plugin(key)? {
-                Some(stored) => {
-                    self.plugins.insert(key.to_string(), stored);
-                }
-                None => {
-                    self.plugins.remove(key);
-                }
-            }
-        }
+        // Where nodes share the store, `lock_plugins_first` locked the key
+        // (creates on other nodes wait, and its stored count includes
+        // theirs) and read what is stored.
         let Some(plugin) = self.plugins.get(key) else {
             return Ok(Err(ShellError::NotFound {
                 what: format!("plugin {key}"),
