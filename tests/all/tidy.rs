@@ -244,3 +244,39 @@ fn fuzz_seeds_hold_their_properties() {
         assert!(count > 0, "{target} has no seeds in {}", dir.display());
     }
 }
+
+/// The library's unit tests build in their own package from the library's
+/// sources (`tests/Cargo.toml` says why): it must build them as the
+/// library is built, with the same features and dependencies.
+#[test]
+fn the_unit_tests_package_builds_the_library_as_it_is() {
+    let manifest = |path: &str| -> toml::Table {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        std::fs::read_to_string(&path)
+            .expect("manifest")
+            .parse()
+            .expect("manifest is TOML")
+    };
+    let library = manifest("Cargo.toml");
+    let unit = manifest("../tests/Cargo.toml");
+    for table in ["features", "dependencies", "dev-dependencies", "lints"] {
+        assert!(
+            library.contains_key(table),
+            "runtime/Cargo.toml has [{table}]"
+        );
+        assert_eq!(
+            library.get(table),
+            unit.get(table),
+            "[{table}] in runtime/Cargo.toml and tests/Cargo.toml"
+        );
+    }
+    assert_eq!(
+        library["lib"].get("test").and_then(toml::Value::as_bool),
+        Some(false),
+        "package sluice builds no unit-test harness of its own"
+    );
+    assert_eq!(
+        unit["lib"].get("path").and_then(toml::Value::as_str),
+        Some("../runtime/src/lib.rs")
+    );
+}
