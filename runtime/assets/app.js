@@ -181,6 +181,9 @@ function signIn() {
   setToken(null);
   signingIn = true;
   clearTimeout(timer);
+  // A refresh on its way would draw its view over the form when it lands.
+  loading?.abort();
+  loading = null;
   ui.signOut.hidden = true;
   ui.updated.textContent = 'Not signed in';
   ui.controls.replaceChildren();

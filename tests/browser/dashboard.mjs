@@ -284,8 +284,37 @@ async function replayFailures(page) {
   step('replayed a gate\'s failed tasks from its page: the dry run\'s count asked first, the API agrees');
 }
 
-async function readerIsRefused(page) {
+/** Signing out while a refresh is on its way: its answer must not draw the
+ * view over the token form (it did, and the page then stayed so, with no
+ * form and no more refreshes). */
+async function signOutDuringRefresh(page) {
+  const api = `${base}/v1/**`;
+  let release;
+  const held = new Promise((r) => { release = r; });
+  await page.route(api, async (route) => {
+    await held;
+    // The page may have given up on it meanwhile.
+    await route.continue().catch(() => {});
+  });
+  const asked = page.waitForRequest((r) => r.url().startsWith(`${base}/v1/`));
+  // `r` refreshes, from anywhere but a field or a dialog.
+  await page.locator('#main').focus();
+  await page.keyboard.press('r');
+  const request = await asked;
+  const given = page.waitForEvent('requestfailed', (r) => r === request).then(() => 'given up');
+  const answered = page.waitForEvent('requestfinished', (r) => r === request).then(() => 'answered');
   await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('button', { name: 'Sign in' }).waitFor();
+  release();
+  const fate = await Promise.race([given, answered]);
+  await page.unroute(api);
+  check(fate === 'given up', `the refresh on its way at sign-out was ${fate}, not given up`);
+  check(await page.getByRole('button', { name: 'Sign in' }).isVisible(),
+    'a refresh that landed after sign-out drew its view over the token form');
+  step('signed out while a refresh was on its way: it is given up, the token form stays');
+}
+
+async function readerIsRefused(page) {
   await signIn(page, readerToken);
   await page.goto(`${base}/#/gates/billing`);
   await page.getByText('this gate and pings', { exact: true }).waitFor();
@@ -447,6 +476,7 @@ async function everything(page) {
   await adaptiveGate(page);
   await gateWithKeys(page);
   await replayFailures(page);
+  await signOutDuringRefresh(page);
   await readerIsRefused(page);
   await statsContract(page);
 }
