@@ -755,32 +755,26 @@ impl World {
         }
     }
 
+    /// Whether true time `at` is at or after the takeover of `unit` under
+    /// an epoch later than `epoch`.
+    fn after_next_takeover(&self, unit: u32, epoch: u64, at: u64) -> bool {
+        self.takeovers
+            .range((unit, epoch + 1)..(unit + 1, 0))
+            .next()
+            .is_some_and(|(_, next)| at >= *next)
+    }
+
+    /// Sends that left after their unit's next takeover.
     fn overlaps(&self) -> Vec<Send> {
-        self.sends
-            .iter()
-            .filter(|s| {
-                self.takeovers
-                    .range((s.unit, s.epoch + 1)..(s.unit + 1, 0))
-                    .next()
-                    .is_some_and(|(_, next)| s.left >= *next)
-            })
-            .copied()
-            .collect()
+        let late = |s: &&Send| self.after_next_takeover(s.unit, s.epoch, s.left);
+        self.sends.iter().filter(late).copied().collect()
     }
 
     /// Writes the database took under an epoch after the unit's next
     /// takeover.
     fn stale_writes(&self) -> Vec<Write> {
-        self.writes
-            .iter()
-            .filter(|w| {
-                self.takeovers
-                    .range((w.unit, w.epoch + 1)..(w.unit + 1, 0))
-                    .next()
-                    .is_some_and(|(_, next)| w.at >= *next)
-            })
-            .copied()
-            .collect()
+        let late = |w: &&Write| self.after_next_takeover(w.unit, w.epoch, w.at);
+        self.writes.iter().filter(late).copied().collect()
     }
 
     fn check(&self) {
