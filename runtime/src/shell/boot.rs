@@ -61,6 +61,7 @@ impl Engine {
             ids_at: 0,
             notices: Vec::new(),
             recount: HashSet::new(),
+            tokens: leases::Tokens::new(),
         };
         store.write(|tx| {
             engine.last_task_id = tx.last_task_id()?.unwrap_or(0);

@@ -92,7 +92,7 @@ impl Engine {
                     record.attempts = record.attempt_offset + attempt;
                     record.first_attempt_at.get_or_insert(now.as_ms());
                     let number = record.attempts;
-                    let (token, token_hash) = leases::new_token();
+                    let (token, token_hash) = self.tokens.next();
                     let mut plan = self.plan(record, number);
                     plan.completion_token = token;
                     // The slot time on record (`started_at`): in a
@@ -102,20 +102,8 @@ impl Engine {
                     turn.tx.put_attempt(
                         task.0,
                         &AttemptRecord {
-                            attempt: number,
-                            started_at: now.as_ms(),
-                            ended_at: None,
-                            outcome: None,
-                            status: None,
-                            latency_ms: None,
-                            error: None,
-                            response: None,
                             token_hash: Some(token_hash),
-                            lease_until: None,
-                            lease_ms: None,
-                            progress: None,
-                            heartbeat_at: None,
-                            logs: Vec::new(),
+                            ..AttemptRecord::started(number, now.as_ms())
                         },
                     )?;
                     self.count(turn, gate.0, |c| {

@@ -525,6 +525,8 @@ pub struct Engine {
     /// Gates whose counters other engines changed (their creates): read
     /// again at the next turn.
     recount: HashSet<u32>,
+    /// Completion tokens for the attempts it starts.
+    tokens: leases::Tokens,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so

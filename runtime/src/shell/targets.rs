@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::model::{Body, PluginCall as CallSpec, Target, Webhook};
-use crate::store::{PluginCallRecord, WebhookRecord};
+use crate::store::{JsonText, PluginCallRecord, WebhookRecord};
 
 /// A validated target as a record's `(webhook, plugin)` pair, one of them set.
 pub(super) fn to_records(target: Target) -> (Option<WebhookRecord>, Option<PluginCallRecord>) {
@@ -15,7 +15,7 @@ pub(super) fn to_records(target: Target) -> (Option<WebhookRecord>, Option<Plugi
                 method: w.method,
                 headers: w.headers,
                 body: w.body.map(|b| match b {
-                    Body::Json(v) => BodyRecord::Json(v),
+                    Body::Json(v) => BodyRecord::Json(JsonText::of(&v)),
                     Body::Text(t) => BodyRecord::Text(t),
                 }),
                 secret_headers: w.secret_headers,
@@ -54,7 +54,7 @@ pub(super) fn of_records(
                 method: w.method,
                 headers: w.headers,
                 body: w.body.map(|b| match b {
-                    BodyRecord::Json(v) => Body::Json(v),
+                    BodyRecord::Json(text) => Body::Json(text.value()),
                     BodyRecord::Text(t) => Body::Text(t),
                 }),
                 secret_headers: w.secret_headers,
@@ -75,9 +75,7 @@ pub(super) fn action(record: &TaskRecord) -> Action {
             let w = webhook.clone().unwrap_or_else(WebhookRecord::empty);
             let (body, json) = match &w.body {
                 None => (Bytes::new(), false),
-                Some(BodyRecord::Json(v)) => {
-                    (Bytes::from(serde_json::to_vec(v).unwrap_or_default()), true)
-                }
+                Some(BodyRecord::Json(text)) => (Bytes::from(text.as_str().to_owned()), true),
                 Some(BodyRecord::Text(t)) => (Bytes::from(t.clone()), false),
             };
             Action::Webhook(Request {

@@ -319,7 +319,7 @@ pub(super) fn check(txn: &ReadTransaction) -> Result<Findings> {
     for entry in txn.open_table(ATTEMPTS)?.iter()? {
         let (key, bytes) = entry?;
         found.attempts += 1;
-        if let Err(e) = decode::<AttemptRecord>("attempts", bytes.value()) {
+        if let Err(e) = decode_attempt(bytes.value()) {
             let (task, n) = key.value();
             found.problem(format!("attempt {n} of task {task}: {e}"));
         }

@@ -1,4 +1,5 @@
-//! The binary encoding of task records, the one record every pending task has.
+//! The binary encoding of task records, the one record every pending task has
+//! (and, in `attempt.rs`, of attempt records).
 //!
 //! JSON spelled every field name and every 13-digit time in every record
 //! (about 400 bytes for a plain webhook); this writes a marker byte and then
@@ -18,9 +19,11 @@
 use std::collections::BTreeMap;
 
 use super::records::{
-    BodyRecord, PluginCallRecord, RetryRecord, TaskRecord, TaskState, WebhookRecord,
+    BodyRecord, JsonText, PluginCallRecord, RetryRecord, TaskRecord, TaskState, WebhookRecord,
 };
 use crate::core::DEFAULT_PRIORITY;
+
+pub(super) mod attempt;
 
 /// First byte of a binary task record (a JSON record starts with `{`).
 const MARKER: u8 = 0xB1;
@@ -94,7 +97,7 @@ fn webhook_fields(w: &mut Writer, webhook: &WebhookRecord) {
     }
     match &webhook.body {
         None => {}
-        Some(BodyRecord::Json(value)) => w.message(4, |w| w.bytes(1, &json_bytes(value))),
+        Some(BodyRecord::Json(text)) => w.message(4, |w| w.bytes(1, text.as_str().as_bytes())),
         Some(BodyRecord::Text(text)) => w.message(4, |w| {
             w.key(2, BYTES);
             w.slice(text.as_bytes());
@@ -268,8 +271,8 @@ fn webhook_from(bytes: &[u8]) -> Result<WebhookRecord, String> {
                 while let Some((number, value)) = body.field()? {
                     match number {
                         1 => {
-                            let json = serde_json::from_slice(value.bytes()?)
-                                .map_err(|e| format!("body: {e}"))?;
+                            let json =
+                                JsonText::parse(value.text()?).map_err(|e| format!("body: {e}"))?;
                             webhook.body = Some(BodyRecord::Json(json));
                         }
                         2 => webhook.body = Some(BodyRecord::Text(value.text()?)),
@@ -528,7 +531,9 @@ mod tests {
                 url: "http://127.0.0.1:38111/w5".into(),
                 method: "POST".into(),
                 headers: BTreeMap::new(),
-                body: Some(BodyRecord::Json(serde_json::json!({ "n": 1 }))),
+                body: Some(BodyRecord::Json(JsonText::of(
+                    &serde_json::json!({ "n": 1 }),
+                ))),
                 secret_headers: BTreeSet::new(),
             }),
             plugin: None,
@@ -548,18 +553,18 @@ mod tests {
         }
     }
 
-    fn text(rng: &mut Rng) -> String {
+    pub(super) fn text(rng: &mut Rng) -> String {
         let pool = ["", "a", "invoice", "ü", "x y", "日本", "\"{}\"", "0"];
         (0..rng.below(4))
             .map(|_| pool[rng.below(pool.len() as u64) as usize])
             .collect()
     }
 
-    fn maybe<T>(rng: &mut Rng, f: impl FnOnce(&mut Rng) -> T) -> Option<T> {
+    pub(super) fn maybe<T>(rng: &mut Rng, f: impl FnOnce(&mut Rng) -> T) -> Option<T> {
         (rng.below(2) == 0).then(|| f(rng))
     }
 
-    fn time(rng: &mut Rng, base: u64) -> u64 {
+    pub(super) fn time(rng: &mut Rng, base: u64) -> u64 {
         match rng.below(4) {
             0 => base,
             1 => base.saturating_sub(rng.below(1 << 40)),
@@ -568,7 +573,7 @@ mod tests {
         }
     }
 
-    fn number(rng: &mut Rng) -> u64 {
+    pub(super) fn number(rng: &mut Rng) -> u64 {
         match rng.below(3) {
             0 => 0,
             1 => rng.below(300),
@@ -590,7 +595,7 @@ mod tests {
             headers: (0..rng.below(3)).map(|_| (text(rng), text(rng))).collect(),
             body: match rng.below(3) {
                 0 => None,
-                1 => Some(BodyRecord::Json(json(rng))),
+                1 => Some(BodyRecord::Json(JsonText::of(&json(rng)))),
                 _ => Some(BodyRecord::Text(text(rng))),
             },
             secret_headers: (0..rng.below(3)).map(|_| text(rng)).collect(),
@@ -656,6 +661,27 @@ mod tests {
             json.len()
         );
         assert!(!is_compact(&json), "JSON never starts with the marker");
+    }
+
+    #[test]
+    fn json_records_of_earlier_versions_still_read() {
+        let mut rng = Rng::new(0x0150);
+        for _ in 0..2_000 {
+            let task = random(&mut rng);
+            let json = serde_json::to_vec(&task).expect("json");
+            let read = crate::store::decode_task(&json).expect("JSON reads");
+            assert_eq!(read, task);
+        }
+        // A body as earlier versions wrote it, with a value of every kind.
+        let mut task = plain();
+        let body = r#"{"a":[1,2.5,"x",null,true],"b":{"c":{}}}"#;
+        let mut json = serde_json::to_value(&task).expect("json");
+        json["webhook"]["body"] = serde_json::json!({ "json": serde_json::from_str::<serde_json::Value>(body).expect("body") });
+        let read =
+            crate::store::decode_task(&serde_json::to_vec(&json).expect("json")).expect("reads");
+        let text = JsonText::parse(body.to_string()).expect("body");
+        task.webhook.as_mut().expect("webhook").body = Some(BodyRecord::Json(text));
+        assert_eq!(read, task);
     }
 
     #[test]

@@ -32,10 +32,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 pub use records::{
     AdaptiveRecord, AttemptRecord, BackoffRecord, BodyRecord, CircuitRecord, Counts, CountsDelta,
-    DEFAULT_PRIORITY_AGING_MS, GateRecord, KeyLimitsRecord, KeysRecord, LogRecord, LogSource,
-    OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord, ReplayEnd, ReplayRecord,
-    RetryRecord, RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord, WebhookRecord,
-    plugin_key,
+    DEFAULT_PRIORITY_AGING_MS, GateRecord, JsonText, KeyLimitsRecord, KeysRecord, LogRecord,
+    LogSource, OccurrenceRecord, PluginCallRecord, PluginRecord, RecoveryRecord, ReplayEnd,
+    ReplayRecord, RetryRecord, RunRecord, ScheduleRecord, TaskRecord, TaskState, TemplateRecord,
+    WebhookRecord, plugin_key,
 };
 
 /// 2 added `due_minutes` and `finished`; 3 added the plugin tables; 4 added
@@ -167,6 +167,21 @@ fn decode_task(bytes: &[u8]) -> Result<TaskRecord> {
 
 fn encode_task(task: &TaskRecord) -> Vec<u8> {
     compact::encode_task(task)
+}
+
+fn decode_attempt(bytes: &[u8]) -> Result<AttemptRecord> {
+    if compact::attempt::is_compact(bytes) {
+        compact::attempt::decode(bytes).map_err(|detail| StoreError::Corrupt {
+            table: "attempts",
+            detail,
+        })
+    } else {
+        decode("attempts", bytes)
+    }
+}
+
+fn encode_attempt(attempt: &AttemptRecord) -> Vec<u8> {
+    compact::attempt::encode(attempt)
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -152,7 +152,7 @@ impl Reads for Reader {
         let mut out = Vec::new();
         for entry in table.range((task_id, 0)..=(task_id, u32::MAX))? {
             let (_, v) = entry?;
-            out.push(decode("attempts", v.value())?);
+            out.push(decode_attempt(v.value())?);
         }
         Ok(out)
     }

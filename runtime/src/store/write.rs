@@ -346,13 +346,15 @@ impl Writes for Tx<'_> {
     fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>> {
         self.attempts
             .get((task_id, attempt))?
-            .map(|v| decode("attempts", v.value()))
+            .map(|v| decode_attempt(v.value()))
             .transpose()
     }
 
     fn put_attempt(&mut self, task_id: u64, attempt: &AttemptRecord) -> Result<()> {
-        self.attempts
-            .insert((task_id, attempt.attempt), encode(attempt).as_slice())?;
+        self.attempts.insert(
+            (task_id, attempt.attempt),
+            encode_attempt(attempt).as_slice(),
+        )?;
         Ok(())
     }
 

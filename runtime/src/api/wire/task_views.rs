@@ -33,7 +33,7 @@ impl WebhookView {
             method: w.method.clone(),
             headers,
             body: w.body.as_ref().map(|b| match b {
-                BodyRecord::Json(v) => v.clone(),
+                BodyRecord::Json(text) => text.value(),
                 BodyRecord::Text(s) => serde_json::Value::String(s.clone()),
             }),
         }

@@ -100,15 +100,15 @@ impl Reads for PgReader {
 
     fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRecord>> {
         // Element n of the row's array is attempt n (schema 8).
-        records(
-            "attempts",
-            rows(
-                self.client()?,
-                "SELECT a.record FROM tasks t, unnest(t.attempts) WITH ORDINALITY a(record, n) \
-                 WHERE t.id = $1 AND a.record IS NOT NULL ORDER BY a.n",
-                &[&big(task_id)],
-            )?,
-        )
+        rows(
+            self.client()?,
+            "SELECT a.record FROM tasks t, unnest(t.attempts) WITH ORDINALITY a(record, n) \
+             WHERE t.id = $1 AND a.record IS NOT NULL ORDER BY a.n",
+            &[&big(task_id)],
+        )?
+        .iter()
+        .map(|row| decode_attempt(row.get::<_, &[u8]>(0)))
+        .collect()
     }
 
     fn counts(&self, gate_id: u32) -> Result<Counts> {

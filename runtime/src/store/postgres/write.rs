@@ -795,13 +795,13 @@ impl Writes for PgTx<'_> {
         )?;
         found
             .and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
-            .map(|bytes| decode("attempts", &bytes))
+            .map(|bytes| decode_attempt(&bytes))
             .transpose()
     }
 
     fn put_attempt(&mut self, task_id: u64, attempt: &AttemptRecord) -> Result<()> {
         // Element `attempt` of the row's array, written with the row.
-        let record = encode(attempt);
+        let record = encode_attempt(attempt);
         self.row(task_id, |row| {
             row.attempts.insert(attempt.attempt, record);
         });
