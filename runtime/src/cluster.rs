@@ -136,6 +136,10 @@ impl std::fmt::Debug for Cluster {
 /// Nodes silent this long leave the list.
 const FORGET_AFTER_S: i64 = 600;
 
+/// How long a node keeps trying its first contact with the cluster's
+/// tables before it gives up starting.
+const JOIN_PATIENCE: Duration = Duration::from_secs(30);
+
 fn pg(e: tokio_postgres::Error) -> StoreError {
     StoreError::Postgres(crate::store::pg_describe(&e))
 }
@@ -162,18 +166,20 @@ impl Cluster {
             spread: Mutex::default(),
             key: std::sync::OnceLock::new(),
         });
-        cluster.beat().await?;
-        let words: Vec<i64> = cluster
-            .on(&cluster.beats, async |client| {
-                let rows = client
-                    .query(
-                        "SELECT value FROM meta WHERE key LIKE 'cluster\\_key\\_%' ORDER BY key",
-                        &[],
-                    )
-                    .await?;
-                Ok(rows.iter().map(|row| row.get(0)).collect())
-            })
-            .await?;
+        // Each statement has a lease's renewal time to answer, which a busy
+        // machine or database can exceed once: the store has just connected,
+        // so joining keeps trying for a while rather than stopping the node.
+        let patience = clock::instant() + JOIN_PATIENCE;
+        let words = loop {
+            match cluster.first_contact().await {
+                Ok(words) => break words,
+                Err(e) if clock::instant() < patience => {
+                    tracing::warn!(error = %e, "joining the cluster: trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if words.len() != 4 {
             return Err(StoreError::Postgres(
                 "the database has no cluster key".into(),
@@ -231,6 +237,21 @@ impl Cluster {
         owners.sort();
         owners.dedup();
         owners
+    }
+
+    /// The node's first beat, and the cluster's key words.
+    async fn first_contact(&self) -> Result<Vec<i64>, StoreError> {
+        self.beat().await?;
+        self.on(&self.beats, async |client| {
+            let rows = client
+                .query(
+                    "SELECT value FROM meta WHERE key LIKE 'cluster\\_key\\_%' ORDER BY key",
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+        .await
     }
 
     /// Runs `query` on this node's connection (a new one if there is none

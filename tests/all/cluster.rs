@@ -795,3 +795,45 @@ fn on(hits: &[Hit], name: &str) -> Vec<Hit> {
     let path = format!("/{name}");
     hits.iter().filter(|h| h.path == path).cloned().collect()
 }
+
+/// A node whose first contact with the cluster's tables takes longer than
+/// a statement may (the database, or the machine, busy for a moment)
+/// keeps trying instead of giving up starting: CI once saw a node exit
+/// with "connecting timed out" while the machine was loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_through_a_database_slow_to_answer_at_first() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let store = {
+        let url = pg.url();
+        tokio::task::spawn_blocking(move || sluice::store::PgStore::open(&url))
+            .await
+            .expect("joined")
+            .expect("the schema is made")
+    };
+    let (_, schema) = store.settings();
+    let proxy = Proxy::start(pg.port()).await;
+    let target = sluice::store::PgTarget::parse(&proxy.url()).expect("target");
+    proxy.set_cut(true);
+    let terms = sluice::cluster::Terms::default();
+    let silent = terms.renew_every * 3;
+    let join = tokio::spawn(sluice::cluster::Cluster::join(
+        target,
+        schema,
+        "http://127.0.0.1:1".into(),
+        terms,
+    ));
+    // Silent for three statements' time, then answering again.
+    tokio::time::sleep(silent).await;
+    assert!(
+        !join.is_finished(),
+        "the node gave up while the database was silent"
+    );
+    proxy.set_cut(false);
+    let cluster = join
+        .await
+        .expect("joined")
+        .expect("the node joins once it answers");
+    assert!(!cluster.id().is_empty());
+}

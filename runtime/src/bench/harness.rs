@@ -326,22 +326,39 @@ impl Server {
 
     /// CPU time the server process has used (user and system), from /proc.
     pub(super) fn cpu_s(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces:
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
-        let ticks: u64 = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| {
-                rest.split_whitespace()
-                    .skip(11)
-                    .take(2)
-                    .filter_map(|t| t.parse::<u64>().ok())
-                    .sum()
+        cpu_of(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    /// Starts counting the server's CPU: the closure, given how many tasks
+    /// were done since, says the µs per task of the whole process (its
+    /// creates and deliveries) and of the engine thread.
+    pub(super) fn cpu_per_task(&self) -> impl Fn(usize) -> (f64, f64) + '_ {
+        let (process, driver) = (self.cpu_s(), self.driver_cpu_s());
+        move |tasks| {
+            let per_task = |s: f64| s * 1e6 / tasks.max(1) as f64;
+            (
+                per_task(self.cpu_s() - process),
+                per_task(self.driver_cpu_s() - driver),
+            )
+        }
+    }
+
+    /// CPU time the server's engine thread (`sluice-driver`) has used: it
+    /// decides and writes every turn, so its share bounds what one gate
+    /// can do. Zero where /proc does not tell.
+    pub(super) fn driver_cpu_s(&self) -> f64 {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let Ok(threads) = std::fs::read_dir(&tasks) else {
+            return 0.0;
+        };
+        threads
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == "sluice-driver")
             })
-            .unwrap_or(0);
-        // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
-        ticks as f64 / 100.0
+            .map(|t| cpu_of(&t.path().join("stat").to_string_lossy()))
+            .sum()
     }
 
     pub(super) fn rss_mb(&self) -> f64 {
@@ -633,4 +650,23 @@ impl DiskNeighbour {
             "syncs_over_50ms": times.iter().filter(|&&t| t > 50.0).count(),
         })
     }
+}
+
+/// User and system CPU seconds in a `/proc/…/stat` file; zero if unreadable.
+fn cpu_of(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    ticks as f64 / 100.0
 }
