@@ -149,6 +149,9 @@ struct World {
     requests: Vec<u64>,
     /// Turns whose commit was done late.
     late_commits: u64,
+    /// Most task records the engine kept from one turn to the next (all
+    /// checked against the store every sixteenth turn).
+    kept_most: usize,
 }
 
 fn url(gate: usize) -> String {
@@ -285,6 +288,7 @@ impl World {
             plugin_events: BTreeMap::new(),
             requests: vec![0; GATES],
             late_commits: 0,
+            kept_most: 0,
         };
         let (tx, rx) = oneshot::channel();
         w.turn(
@@ -393,6 +397,14 @@ impl World {
             .turn(now, commands, reports)
             .expect("turn commits");
         self.turns += 1;
+        // A record kept wrongly stays wrong until a turn takes it: looking
+        // every few turns finds it, at a sixteenth of the reads.
+        if self.turns.is_multiple_of(16) {
+            let kept = self.engine().kept_as_committed().unwrap_or_else(|e| {
+                panic!("seed {}: a kept record is not the store's: {e}", self.seed)
+            });
+            self.kept_most = self.kept_most.max(kept);
+        }
         // Most commits are done within the millisecond; some take long
         // enough that slot times pass while they run.
         let late = match self.rng.below(10) {
@@ -1234,6 +1246,11 @@ fn simulation_hours() {
         w.late_commits > 100,
         "seed {seed}: {} late commits",
         w.late_commits
+    );
+    assert!(
+        w.kept_most >= 10,
+        "seed {seed}: at most {} records kept",
+        w.kept_most
     );
 }
 

@@ -62,6 +62,7 @@ impl Engine {
             notices: Vec::new(),
             recount: HashSet::new(),
             tokens: leases::Tokens::new(),
+            kept: Kept::new(!store.shares_writers()),
         };
         store.write(|tx| {
             engine.last_task_id = tx.last_task_id()?.unwrap_or(0);
@@ -101,6 +102,15 @@ impl Engine {
     /// Attempts in flight.
     pub fn running(&self) -> usize {
         self.core.running()
+    }
+
+    /// Checks the records the engine keeps (`kept.rs`) against the store:
+    /// how many it keeps, or the first that differs from its committed
+    /// record. For the simulation, after every turn.
+    pub fn kept_as_committed(&self) -> Result<usize, String> {
+        let reads = self.store.read().map_err(|e| e.to_string())?;
+        self.kept
+            .check(|id| reads.task(id).map_err(|e| e.to_string()))
     }
 
     /// Sets the server-wide signing secrets (validated by the caller).

@@ -37,6 +37,7 @@ mod boot;
 mod commands;
 mod effects;
 mod handle;
+mod kept;
 mod leases;
 pub mod plugins;
 mod release;
@@ -51,6 +52,7 @@ pub use crate::store::Notice;
 use commands::queued_of;
 use handle::Reply;
 pub use handle::{Command, Handle, UnitsOrder};
+use kept::Kept;
 pub use leases::Callback;
 use release::Spacer;
 pub use release::{Grant, Released};
@@ -527,6 +529,8 @@ pub struct Engine {
     recount: HashSet<u32>,
     /// Completion tokens for the attempts it starts.
     tokens: leases::Tokens,
+    /// The records of its running webhook tasks, as committed (`kept.rs`).
+    kept: Kept,
 }
 
 /// One turn's view of the store: task records touched in this turn are cached so
@@ -552,6 +556,9 @@ struct Turn<'a> {
     /// Tasks about to start whose pending entries were taken out ahead, in
     /// one go with the starts queued beside them: whether each was there.
     unpended: HashMap<u64, bool>,
+    /// The engine's kept records, lent to this turn (`kept.rs`): a record
+    /// taken from here is as committed; `flush` puts back the running ones.
+    kept: Kept,
 }
 
 fn missing_task(id: u64) -> StoreError {
@@ -562,7 +569,7 @@ fn missing_task(id: u64) -> StoreError {
 }
 
 impl<'a> Turn<'a> {
-    fn new(tx: &'a mut dyn Writes, now: Timestamp) -> Turn<'a> {
+    fn new(tx: &'a mut dyn Writes, now: Timestamp, kept: Kept) -> Turn<'a> {
         Turn {
             tx,
             now,
@@ -574,12 +581,13 @@ impl<'a> Turn<'a> {
             plugin_refs: HashMap::new(),
             notices: Vec::new(),
             unpended: HashMap::new(),
+            kept,
         }
     }
 
     fn task(&mut self, id: u64) -> Result<Option<&mut TaskRecord>, StoreError> {
         if !self.tasks.contains_key(&id) {
-            let record = match self.clean.remove(&id) {
+            let record = match self.clean.remove(&id).or_else(|| self.kept.take(id)) {
                 Some(record) => record,
                 None => match self.tx.task(id)? {
                     Some(record) => record,
@@ -593,7 +601,7 @@ impl<'a> Turn<'a> {
 
     /// Whether this turn holds task `id`'s record already.
     fn holds(&self, id: u64) -> bool {
-        self.tasks.contains_key(&id) || self.clean.contains_key(&id)
+        self.tasks.contains_key(&id) || self.clean.contains_key(&id) || self.kept.contains(id)
     }
 
     /// A record to look at, not to change: not written back for this.
@@ -602,7 +610,10 @@ impl<'a> Turn<'a> {
             return Ok(record);
         }
         if !self.clean.contains_key(&id) {
-            let record = self.tx.task(id)?.ok_or_else(|| missing_task(id))?;
+            let record = match self.kept.take(id) {
+                Some(record) => record,
+                None => self.tx.task(id)?.ok_or_else(|| missing_task(id))?,
+            };
             self.clean.insert(id, record);
         }
         self.clean.get(&id).ok_or_else(|| missing_task(id))
@@ -625,12 +636,16 @@ impl<'a> Turn<'a> {
         self.task(id)?.ok_or_else(|| missing_task(id))
     }
 
+    /// Writes back the records taken for change; keeps the running ones,
+    /// as now written, for later turns (with those only looked at).
     fn flush(&mut self) -> Result<(), StoreError> {
-        for task in self.tasks.values() {
-            self.tx.put_task(task)?;
+        for (_, task) in self.tasks.drain() {
+            self.tx.put_task(&task)?;
+            self.kept.put(task);
         }
-        self.tasks.clear();
-        self.clean.clear();
+        for (_, task) in self.clean.drain() {
+            self.kept.put(task);
+        }
         Ok(())
     }
 }

@@ -40,9 +40,12 @@ impl Engine {
         }
         let store = self.store.clone();
         let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        // The engine has its kept records back only if this turn commits
+        // (a transaction tried again starts from the store).
+        let mut kept = self.kept.lend();
         let plans = store.write(|tx| {
             let began = clock::instant();
-            let mut turn = Turn::new(tx, now);
+            let mut turn = Turn::new(tx, now, std::mem::take(&mut kept));
             self.lock_plugins_first(&mut turn, &commands)?;
             self.recount_gates(&mut turn)?;
             turn.prefetch(reports.iter().map(|r| r.task.0))?;
@@ -61,10 +64,12 @@ impl Engine {
             Ok((
                 std::mem::take(&mut turn.plans),
                 std::mem::take(&mut turn.notices),
+                std::mem::take(&mut turn.kept),
             ))
         });
         let plans = match plans {
-            Ok((plans, notices)) => {
+            Ok((plans, notices, kept)) => {
+                self.kept = kept;
                 self.notices.extend(notices);
                 self.turn_began = Some(now);
                 plans

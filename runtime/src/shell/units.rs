@@ -32,6 +32,9 @@ impl Engine {
         }
         self.loaded = self.loaded.with(new);
         self.held = self.held.with(new);
+        // Nothing kept across a change of units: this write reads from the
+        // store, and later turns do too.
+        self.kept.clear();
         let store = self.store.clone();
         store.write(|tx| {
             for gate in tx.gates_in(new)? {
@@ -62,7 +65,7 @@ impl Engine {
                     self.schedules.insert(schedule.name.clone(), schedule);
                 }
             }
-            let mut turn = Turn::new(tx, now);
+            let mut turn = Turn::new(tx, now, Kept::default());
             self.recover(&mut turn, new, start)?;
             self.apply_effects(&mut turn)?;
             self.finish_turn(&mut turn)
@@ -207,6 +210,7 @@ impl Engine {
     /// `stop_units`; what was still in flight is the next owner's to hold.
     pub fn drop_units(&mut self, now: Timestamp, units: Units) {
         let units = units.and(self.loaded);
+        self.kept.clear();
         let gone: Vec<(String, u32)> = self
             .gates
             .iter()
