@@ -106,7 +106,7 @@ impl Engine {
 
     /// Checks the records the engine keeps (`kept.rs`) against the store:
     /// how many it keeps, or the first that differs from its committed
-    /// record. For the simulation, after every turn.
+    /// record. For the simulation, every sixteenth turn.
     pub fn kept_as_committed(&self) -> Result<usize, String> {
         let reads = self.store.read().map_err(|e| e.to_string())?;
         self.kept

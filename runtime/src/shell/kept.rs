@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use crate::store::{BodyRecord, TaskRecord};
 
 /// At most this much memory (by `weight`) in kept records: beyond it, a
-/// task's end reads its record from the store as before.
+/// task's start or end reads its record from the store as before.
 const BUDGET: usize = 16 << 20;
 
 #[derive(Default)]
@@ -73,14 +73,10 @@ impl Kept {
         self.bytes = 0;
     }
 
-    /// A turn's copy: the set, taken out of the engine until the turn
-    /// commits (an empty one in the engine meanwhile).
+    /// The whole set, for a turn, leaving an empty one (keeping as this
+    /// one does) in its place until the turn commits.
     pub(super) fn lend(&mut self) -> Kept {
-        Kept {
-            on: self.on,
-            records: std::mem::take(&mut self.records),
-            bytes: std::mem::take(&mut self.bytes),
-        }
+        std::mem::replace(self, Kept::new(self.on))
     }
 
     /// How many records it keeps, or the first that is not `stored`'s.
@@ -196,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_no_longer_running_replaces_its_older_copy() {
+    fn a_finished_record_replaces_its_older_copy() {
         let mut kept = Kept::new(true);
         kept.put(task(1, "running", "a"));
         kept.put(task(1, "succeeded", "a"));

@@ -529,7 +529,7 @@ pub struct Engine {
     recount: HashSet<u32>,
     /// Completion tokens for the attempts it starts.
     tokens: leases::Tokens,
-    /// The records of its running webhook tasks, as committed (`kept.rs`).
+    /// Records of its unfinished webhook tasks, as committed (`kept.rs`).
     kept: Kept,
 }
 
@@ -557,7 +557,7 @@ struct Turn<'a> {
     /// one go with the starts queued beside them: whether each was there.
     unpended: HashMap<u64, bool>,
     /// The engine's kept records, lent to this turn (`kept.rs`): a record
-    /// taken from here is as committed; `flush` puts back the running ones.
+    /// taken from here is as committed; `flush` puts back the unfinished ones.
     kept: Kept,
 }
 
@@ -636,7 +636,7 @@ impl<'a> Turn<'a> {
         self.task(id)?.ok_or_else(|| missing_task(id))
     }
 
-    /// Writes back the records taken for change; keeps the running ones,
+    /// Writes back the records taken for change; keeps the unfinished ones,
     /// as now written, for later turns (with those only looked at).
     fn flush(&mut self) -> Result<(), StoreError> {
         for (_, task) in self.tasks.drain() {

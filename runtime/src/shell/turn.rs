@@ -40,12 +40,11 @@ impl Engine {
         }
         let store = self.store.clone();
         let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
-        // The engine has its kept records back only if this turn commits
-        // (a transaction tried again starts from the store).
+        // The engine has its kept records back only if this turn commits.
         let mut kept = self.kept.lend();
         let plans = store.write(|tx| {
             let began = clock::instant();
-            let mut turn = Turn::new(tx, now, std::mem::take(&mut kept));
+            let mut turn = Turn::new(tx, now, kept.lend());
             self.lock_plugins_first(&mut turn, &commands)?;
             self.recount_gates(&mut turn)?;
             turn.prefetch(reports.iter().map(|r| r.task.0))?;
@@ -64,7 +63,7 @@ impl Engine {
             Ok((
                 std::mem::take(&mut turn.plans),
                 std::mem::take(&mut turn.notices),
-                std::mem::take(&mut turn.kept),
+                turn.kept.lend(),
             ))
         });
         let plans = match plans {

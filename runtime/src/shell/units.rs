@@ -65,7 +65,7 @@ impl Engine {
                     self.schedules.insert(schedule.name.clone(), schedule);
                 }
             }
-            let mut turn = Turn::new(tx, now, Kept::default());
+            let mut turn = Turn::new(tx, now, Kept::new(false));
             self.recover(&mut turn, new, start)?;
             self.apply_effects(&mut turn)?;
             self.finish_turn(&mut turn)
