@@ -24,7 +24,7 @@ pub use read::{KeyBacklog, TaskFilter};
 use read::{LIST_SCAN_LIMIT, cut_range, keyed_firsts};
 pub use seam::{Backend, Heard, Notice, PendingEntry, Reads, Writes};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use crate::core::{GateId, TaskId, Timestamp};
@@ -217,6 +217,9 @@ pub struct Tx<'t> {
     finished_ids: Vec<(u64, u64)>,
     /// Changes to `due_minutes` in this transaction, written once at its end.
     due_deltas: HashMap<(u32, u64), i64>,
+    /// Changes to the running index in this transaction (a task's last
+    /// word: running or not), written once at its end (`flush_running`).
+    running_changes: BTreeMap<u64, bool>,
 }
 
 impl Store {
@@ -296,8 +299,10 @@ impl Store {
                 txn: &txn,
                 finished_ids: Vec::new(),
                 due_deltas: HashMap::new(),
+                running_changes: BTreeMap::new(),
             };
             let result = f(&mut tx)?;
+            tx.flush_running()?;
             tx.flush_due_minutes()?;
             tx.flush_finished()?;
             result
@@ -357,6 +362,149 @@ mod tests {
         let r = store.read().expect("read");
         assert_eq!(r.due_now(7, now).expect("due"), 1);
         assert_eq!(r.forecast(7, now, 60).expect("forecast")[3], 2);
+    }
+
+    fn running(store: &Store) -> BTreeSet<u64> {
+        let txn = store.db.begin_read().expect("read");
+        let table = txn.open_table(RUNNING).expect("running");
+        let keys = table
+            .iter()
+            .expect("iter")
+            .map(|e| e.expect("entry").0.value());
+        keys.collect()
+    }
+
+    #[test]
+    fn the_running_index_takes_a_large_set_one_by_one_and_a_small_one_in_a_pass() {
+        let store = Store::in_memory().expect("store");
+        let mut model = BTreeSet::new();
+        // A large set (500) with two ends: removed one by one; then most of
+        // it ends in one transaction: removed in one pass over their span.
+        for ends in [vec![7, 400], (0..450).filter(|i| i % 10 != 3).collect()] {
+            store
+                .write(|tx| {
+                    for id in 0..500 {
+                        tx.set_running(id, true)?;
+                    }
+                    Ok(())
+                })
+                .expect("start");
+            model.extend(0..500);
+            store
+                .write(|tx| {
+                    for &id in &ends {
+                        tx.set_running(id, false)?;
+                    }
+                    // Started again after its end, in the same transaction.
+                    tx.set_running(ends[0], true)?;
+                    assert_eq!(tx.running_tasks()?, {
+                        let mut m = model.clone();
+                        m.retain(|id| !ends.contains(id) || *id == ends[0]);
+                        m.into_iter().collect::<Vec<_>>()
+                    });
+                    Ok(())
+                })
+                .expect("end");
+            model.retain(|id| !ends.contains(id) || *id == ends[0]);
+            assert_eq!(running(&store), model);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Over transactions of random starts and ends, the running index
+        /// (read inside the transaction and committed) is what they say.
+        #[test]
+        fn the_running_index_is_its_changes(
+            txns in proptest::collection::vec(
+                proptest::collection::vec((0u64..200, proptest::bool::ANY), 0..120), 1..12),
+        ) {
+            let store = Store::in_memory().expect("store");
+            let mut model = BTreeSet::new();
+            for changes in &txns {
+                for &(id, on) in changes {
+                    if on { model.insert(id); } else { model.remove(&id); }
+                }
+                let seen = store
+                    .write(|tx| {
+                        for &(id, on) in changes {
+                            tx.set_running(id, on)?;
+                        }
+                        tx.running_tasks()
+                    })
+                    .expect("write");
+                proptest::prop_assert_eq!(seen, model.iter().copied().collect::<Vec<_>>());
+                proptest::prop_assert_eq!(running(&store), model.clone());
+            }
+        }
+
+        /// Removing many pending entries at once (in one pass where they sit
+        /// close together) answers and leaves the tables and the per-minute
+        /// counts exactly as removing them one by one: entries missing,
+        /// named twice, keyed, in other gates.
+        #[test]
+        fn removing_many_pending_entries_is_removing_each(
+            entries in proptest::collection::btree_set((0u32..3, 0u64..40, proptest::bool::ANY), 0..150),
+            picks in proptest::collection::vec((0usize..200, proptest::bool::ANY), 0..80),
+        ) {
+            let entries: Vec<PendingEntry> = entries
+                .into_iter()
+                .enumerate()
+                .map(|(id, (gate, due, keyed))| PendingEntry {
+                    gate: GateId(gate),
+                    key: keyed.then(|| "k".to_string()),
+                    due: Timestamp(due * MIN / 7),
+                    task: TaskId(id as u64),
+                })
+                .collect();
+            // Some entries named, some twice, some never written (`missing`).
+            let mut named = Vec::new();
+            for &(pick, missing) in &picks {
+                if let Some(e) = entries.get(pick % entries.len().max(1)) {
+                    let mut e = e.clone();
+                    if missing {
+                        e.task = TaskId(e.task.0 + 1_000);
+                    }
+                    named.push(e);
+                }
+            }
+            let stores = [Store::in_memory().expect("a"), Store::in_memory().expect("b")];
+            let mut answers = Vec::new();
+            for (i, store) in stores.iter().enumerate() {
+                store
+                    .write(|tx| {
+                        for e in &entries {
+                            tx.insert_pending(e.gate, e.key.as_deref(), e.due, e.task)?;
+                        }
+                        Ok(())
+                    })
+                    .expect("insert");
+                answers.push(
+                    store
+                        .write(|tx| match i {
+                            0 => tx.remove_pending_many(&named),
+                            _ => named
+                                .iter()
+                                .map(|e| tx.remove_pending(e.gate, e.key.as_deref(), e.due, e.task))
+                                .collect(),
+                        })
+                        .expect("remove"),
+                );
+            }
+            proptest::prop_assert_eq!(&answers[0], &answers[1]);
+            let left = |store: &Store| {
+                let txn = store.db.begin_read().expect("read");
+                let plain: Vec<_> = txn.open_table(PENDING).expect("pending").iter().expect("iter")
+                    .map(|e| e.expect("entry").0.value()).collect();
+                let keyed: Vec<_> = txn.open_table(PENDING_KEYED).expect("keyed").iter().expect("iter")
+                    .map(|e| { let e = e.expect("entry"); let k = e.0.value(); (k.0, k.1.to_string(), k.2, k.3) }).collect();
+                let minutes: Vec<_> = txn.open_table(DUE_MINUTES).expect("minutes").iter().expect("iter")
+                    .map(|e| { let e = e.expect("entry"); (e.0.value(), e.1.value()) }).collect();
+                (plain, keyed, minutes)
+            };
+            proptest::prop_assert_eq!(left(&stores[0]), left(&stores[1]));
+        }
     }
 
     #[test]

@@ -78,6 +78,32 @@ impl Tx<'_> {
         self.flush_finished()
     }
 
+    /// Writes this transaction's changes to the running index. redb rebuilds
+    /// a leaf for each removal, so the ends of a turn (a few dozen tasks
+    /// among the hundred or so running) are taken out in one pass over
+    /// the span of their ids, each leaf rebuilt once, where that span can
+    /// hold no more than `RUNNING_SCAN` entries per removal; one by one
+    /// otherwise (a large running set, held by leases).
+    pub(super) fn flush_running(&mut self) -> Result<()> {
+        const RUNNING_SCAN: u64 = 8;
+        let changes = std::mem::take(&mut self.running_changes);
+        let ended: Vec<u64> = changes.iter().filter(|c| !*c.1).map(|c| *c.0).collect();
+        if let (Some(&first), Some(&last)) = (ended.first(), ended.last()) {
+            if self.running.len()? <= RUNNING_SCAN * ended.len() as u64 {
+                self.running
+                    .retain_in(first..=last, |id, ()| ended.binary_search(&id).is_err())?;
+            } else {
+                for &id in &ended {
+                    self.running.remove(id)?;
+                }
+            }
+        }
+        for (&id, _) in changes.iter().filter(|c| *c.1) {
+            self.running.insert(id, ())?;
+        }
+        Ok(())
+    }
+
     /// Writes this transaction's changes to the per-minute counts.
     pub(super) fn flush_due_minutes(&mut self) -> Result<()> {
         for ((gate_id, minute), delta) in self.due_deltas.drain() {
@@ -257,6 +283,61 @@ impl Writes for Tx<'_> {
         Ok(removed)
     }
 
+    /// redb rebuilds a leaf for each removal, so a gate's starts of a turn
+    /// (its soonest pending tasks, side by side in the index) are taken
+    /// out in one pass over their span, each leaf rebuilt once, where that
+    /// span holds at most `PENDING_SCAN` entries per removal; one by one
+    /// otherwise, and for keyed entries.
+    fn remove_pending_many(&mut self, entries: &[PendingEntry]) -> Result<Vec<bool>> {
+        const PENDING_SCAN: usize = 4;
+        let mut removed = vec![false; entries.len()];
+        // The unkeyed ones by gate, in index order, with their place in `entries`.
+        let mut plain: Vec<((u32, u64, u64), usize)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            match e.key {
+                None => plain.push(((e.gate.0, e.due.as_ms(), e.task.0), i)),
+                Some(ref key) => {
+                    removed[i] = self.remove_pending(e.gate, Some(key), e.due, e.task)?
+                }
+            }
+        }
+        plain.sort_unstable();
+        for group in plain.chunk_by(|a, b| a.0.0 == b.0.0) {
+            let (first, last) = (group[0].0, group[group.len() - 1].0);
+            let limit = PENDING_SCAN * group.len();
+            let span = self.pending.range(first..=last)?.take(limit + 1).count();
+            if group.len() > 1 && span <= limit {
+                let mut found = vec![false; group.len()];
+                self.pending.retain_in(first..=last, |entry, ()| {
+                    // The first of an entry named twice is the one removed.
+                    let at = group.partition_point(|g| g.0 < entry);
+                    let named = group.get(at).is_some_and(|g| g.0 == entry);
+                    if named {
+                        found[at] = true;
+                    }
+                    !named
+                })?;
+                for (at, &(_, i)) in group.iter().enumerate() {
+                    removed[i] = found[at];
+                }
+            } else {
+                for &((_, due, id), i) in group {
+                    removed[i] = self.pending.remove((first.0, due, id))?.is_some();
+                }
+            }
+            // An entry named twice is removed (and counted) once.
+            for &((gate_id, due, _), i) in group {
+                if removed[i] {
+                    *self
+                        .due_deltas
+                        .entry((gate_id, due / MINUTE_MS))
+                        .or_default() -= 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     #[allow(clippy::type_complexity, reason = "a plain pair of key lists")]
     fn pending_range(
         &self,
@@ -327,20 +408,23 @@ impl Writes for Tx<'_> {
     }
 
     fn set_running(&mut self, task_id: u64, running: bool) -> Result<()> {
-        if running {
-            self.running.insert(task_id, ())?;
-        } else {
-            self.running.remove(task_id)?;
-        }
+        self.running_changes.insert(task_id, running);
         Ok(())
     }
 
     fn running_tasks(&self) -> Result<Vec<u64>> {
-        let mut out = Vec::new();
+        let mut out = BTreeSet::new();
         for entry in self.running.iter()? {
-            out.push(entry?.0.value());
+            out.insert(entry?.0.value());
         }
-        Ok(out)
+        for (&id, &running) in &self.running_changes {
+            if running {
+                out.insert(id);
+            } else {
+                out.remove(&id);
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>> {
