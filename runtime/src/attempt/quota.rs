@@ -38,19 +38,30 @@ pub fn read_quota(
             .map(Some)
             .map_err(|why| format!("RateLimit header ignored: {why}"));
     }
-    for prefix in ["ratelimit-", "x-ratelimit-"] {
-        let remaining = header(&format!("{prefix}remaining"));
-        let reset = header(&format!("{prefix}reset"));
-        let limit = header(&format!("{prefix}limit"));
+    // Each family's names written out: this runs on every answer.
+    let families = [
+        (
+            ["ratelimit-remaining", "ratelimit-reset", "ratelimit-limit"],
+            "RateLimit-*",
+            false,
+        ),
+        (
+            [
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+                "x-ratelimit-limit",
+            ],
+            "X-RateLimit-*",
+            true,
+        ),
+    ];
+    for ([remaining, reset, limit], family, x_prefixed) in families {
+        let (remaining, reset) = (header(remaining), header(reset));
         if remaining.is_none() && reset.is_none() {
             continue;
         }
-        let family = if prefix == "ratelimit-" {
-            "RateLimit-*"
-        } else {
-            "X-RateLimit-*"
-        };
-        return trio(remaining, reset, limit, prefix == "x-ratelimit-", now)
+        let limit = header(limit);
+        return trio(remaining, reset, limit, x_prefixed, now)
             .map(Some)
             .map_err(|why| format!("{family} headers ignored: {why}"));
     }

@@ -6,8 +6,9 @@
 
 pub mod guard;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -73,7 +74,13 @@ pub struct Dispatcher {
     open: reqwest::Client,
     /// The server's `outbound_hosts`: when not empty, nothing else is reached.
     outbound: Arc<[String]>,
+    /// URLs lately parsed (at most `URLS_KEPT`): parsing one (with its
+    /// IDNA pass) took a twentieth of a webhook attempt's CPU, and a gate's
+    /// tasks mostly share a few.
+    urls: Arc<Mutex<HashMap<Box<str>, reqwest::Url>>>,
 }
+
+const URLS_KEPT: usize = 256;
 
 fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
@@ -98,7 +105,24 @@ impl Dispatcher {
                 .dns_resolver(Arc::new(GuardedResolver))
                 .build()?,
             open: client_builder().build()?,
+            urls: Arc::default(),
         })
+    }
+
+    /// `text` parsed, from the URLs lately parsed where it is one of them.
+    fn parse_url(&self, text: &str) -> Result<reqwest::Url, url::ParseError> {
+        let lately = |urls: &HashMap<Box<str>, reqwest::Url>| urls.get(text).cloned();
+        if let Some(url) = self.urls.lock().ok().and_then(|urls| lately(&urls)) {
+            return Ok(url);
+        }
+        let url = reqwest::Url::parse(text)?;
+        if let Ok(mut urls) = self.urls.lock() {
+            if urls.len() >= URLS_KEPT {
+                urls.clear();
+            }
+            urls.insert(text.into(), url.clone());
+        }
+        Ok(url)
     }
 
     pub async fn run(&self, plan: Plan) -> Report {
@@ -181,7 +205,7 @@ impl Dispatcher {
         let Action::Webhook(webhook) = &plan.action else {
             return denied("not a webhook task".into());
         };
-        let url = match reqwest::Url::parse(&webhook.url) {
+        let url = match self.parse_url(&webhook.url) {
             Ok(url) => url,
             Err(e) => return denied(format!("invalid url: {e}")),
         };
@@ -364,4 +388,29 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parsed_lately_are_the_same_urls_and_stay_few() {
+        let dispatcher = Dispatcher::new(Vec::new()).expect("dispatcher");
+        let text = "http://127.0.0.1:9/hook?a=1";
+        let first = dispatcher.parse_url(text).expect("parses");
+        let again = dispatcher.parse_url(text).expect("parses again");
+        assert_eq!(first, again);
+        assert_eq!(again, reqwest::Url::parse(text).expect("parses"));
+        assert!(dispatcher.parse_url("not a url").is_err());
+        for i in 0..URLS_KEPT * 3 {
+            let url = format!("http://127.0.0.1:9/{i}");
+            assert_eq!(
+                dispatcher.parse_url(&url).expect("parses").path(),
+                format!("/{i}")
+            );
+        }
+        let kept = dispatcher.urls.lock().expect("urls").len();
+        assert!((1..=URLS_KEPT).contains(&kept), "{kept} kept");
+    }
 }
