@@ -224,7 +224,6 @@ impl Dispatcher {
         let request = client
             .request(method, url)
             .headers(headers)
-            .timeout(plan.timeout)
             .body(webhook.body.clone());
         let exchange = async {
             let response = request.send().await?;
@@ -264,6 +263,8 @@ impl Dispatcher {
                 ),
             )
         };
+        // One timer for the whole exchange, the answer's excerpt included
+        // (reqwest's own would be a second per attempt).
         match tokio::time::timeout(plan.timeout, exchange).await {
             Err(_) => timed_out(),
             Ok(Err(e)) if e.is_timeout() => timed_out(),
