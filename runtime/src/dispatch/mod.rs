@@ -111,9 +111,10 @@ impl Dispatcher {
 
     /// `text` parsed, from the URLs lately parsed where it is one of them.
     fn parse_url(&self, text: &str) -> Result<reqwest::Url, url::ParseError> {
-        let lately = |urls: &HashMap<Box<str>, reqwest::Url>| urls.get(text).cloned();
-        if let Some(url) = self.urls.lock().ok().and_then(|urls| lately(&urls)) {
-            return Ok(url);
+        if let Ok(urls) = self.urls.lock()
+            && let Some(url) = urls.get(text)
+        {
+            return Ok(url.clone());
         }
         let url = reqwest::Url::parse(text)?;
         if let Ok(mut urls) = self.urls.lock() {

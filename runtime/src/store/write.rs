@@ -104,6 +104,15 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Counts a pending entry in (`delta` 1) or out (-1) of its gate's
+    /// minute, written at the transaction's end.
+    fn count_due(&mut self, gate_id: u32, due: u64, delta: i64) {
+        *self
+            .due_deltas
+            .entry((gate_id, due / MINUTE_MS))
+            .or_default() += delta;
+    }
+
     /// Writes this transaction's changes to the per-minute counts.
     pub(super) fn flush_due_minutes(&mut self) -> Result<()> {
         for ((gate_id, minute), delta) in self.due_deltas.drain() {
@@ -251,10 +260,7 @@ impl Writes for Tx<'_> {
                 .is_none(),
         };
         if fresh {
-            *self
-                .due_deltas
-                .entry((gate_id, due / MINUTE_MS))
-                .or_default() += 1;
+            self.count_due(gate_id, due, 1);
         }
         Ok(())
     }
@@ -275,10 +281,7 @@ impl Writes for Tx<'_> {
                 .is_some(),
         };
         if removed {
-            *self
-                .due_deltas
-                .entry((gate_id, due / MINUTE_MS))
-                .or_default() -= 1;
+            self.count_due(gate_id, due, -1);
         }
         Ok(removed)
     }
@@ -305,33 +308,29 @@ impl Writes for Tx<'_> {
         for group in plain.chunk_by(|a, b| a.0.0 == b.0.0) {
             let (first, last) = (group[0].0, group[group.len() - 1].0);
             let limit = PENDING_SCAN * group.len();
-            let span = self.pending.range(first..=last)?.take(limit + 1).count();
-            if group.len() > 1 && span <= limit {
-                let mut found = vec![false; group.len()];
-                self.pending.retain_in(first..=last, |entry, ()| {
-                    // The first of an entry named twice is the one removed.
-                    let at = group.partition_point(|g| g.0 < entry);
-                    let named = group.get(at).is_some_and(|g| g.0 == entry);
-                    if named {
-                        found[at] = true;
-                    }
-                    !named
-                })?;
-                for (at, &(_, i)) in group.iter().enumerate() {
-                    removed[i] = found[at];
+            let close = group.len() > 1
+                && self.pending.range(first..=last)?.take(limit + 1).count() <= limit;
+            if !close {
+                for &((gate_id, due, id), i) in group {
+                    removed[i] =
+                        self.remove_pending(GateId(gate_id), None, Timestamp(due), TaskId(id))?;
                 }
-            } else {
-                for &((_, due, id), i) in group {
-                    removed[i] = self.pending.remove((first.0, due, id))?.is_some();
-                }
+                continue;
             }
-            // An entry named twice is removed (and counted) once.
-            for &((gate_id, due, _), i) in group {
-                if removed[i] {
-                    *self
-                        .due_deltas
-                        .entry((gate_id, due / MINUTE_MS))
-                        .or_default() -= 1;
+            let mut found = vec![false; group.len()];
+            self.pending.retain_in(first..=last, |entry, ()| {
+                // The first of an entry named twice is the one removed.
+                let at = group.partition_point(|g| g.0 < entry);
+                let named = group.get(at).is_some_and(|g| g.0 == entry);
+                if named {
+                    found[at] = true;
+                }
+                !named
+            })?;
+            for (&((gate_id, due, _), i), found) in group.iter().zip(found) {
+                removed[i] = found;
+                if found {
+                    self.count_due(gate_id, due, -1);
                 }
             }
         }
