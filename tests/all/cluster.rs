@@ -686,7 +686,11 @@ async fn gates_spread_over_the_nodes_and_only_a_lost_nodes_gates_move() {
         windows_within(&mine, RATE, BURST, name);
         let gap = longest_gap(&mine, killed);
         eprintln!("kill -9 of node 2: {name} (node {owner}) stood still {gap:?}");
-        let bound = if *owner == 2 { 15.0 } else { 1.5 };
+        // A survivor's gates send every 50 ms, but on a loaded machine
+        // (CI lints beside the tests) a turn of their node can take a
+        // second; they must stand still well short of a lease lapse, which
+        // the lost node's gates wait out (5 s).
+        let bound = if *owner == 2 { 15.0 } else { 3.0 };
         assert!(
             gap < Duration::from_secs_f64(bound),
             "{name} on node {owner} stood still {gap:?} after node 2 died"

@@ -208,6 +208,15 @@ fn tasks_attempts_and_the_running_set(store: &dyn Backend) {
         assert!(tx.running_tasks_in(&[1, 2])?.contains(&9));
         assert_eq!(tx.attempt(9, 2)?.map(|a| a.started_at), Some(20));
         assert_eq!(tx.attempt(9, 4)?, None);
+        tx.put_attempt(5, &attempt(1))?;
+        let found = tx.attempts_of(&[(9, 3), (9, 4), (5, 1), (7, 1), (8, 1)])?;
+        let mut found: Vec<(u64, u32)> = found.iter().map(|(id, a)| (*id, a.attempt)).collect();
+        found.sort_unstable();
+        assert_eq!(
+            found,
+            [(5, 1), (9, 3)],
+            "the attempts that exist, one written in this transaction, read at once"
+        );
         let mut read: Vec<u64> = tx.tasks(&[9, 8, 5])?.iter().map(|t| t.id).collect();
         read.sort_unstable();
         assert_eq!(read, [5, 9], "the records that exist, read at once");

@@ -160,7 +160,17 @@ impl Runner {
             self.release(plans, unpaused);
             for order in orders {
                 if let Command::Units { order, reply } = order {
+                    let began = clock::instant();
                     let done = self.order(order);
+                    let took = clock::instant().saturating_duration_since(began);
+                    if took >= SLOW_TURN {
+                        // Nothing was dispatched meanwhile: worth a line too.
+                        tracing::warn!(
+                            ms = took.as_millis(),
+                            ?order,
+                            "a change of units took long"
+                        );
+                    }
                     // A failed adopt leaves the engine half way: it stops
                     // (and whoever asked starts another).
                     let _ =
@@ -181,12 +191,17 @@ impl Runner {
         match order {
             UnitsOrder::Adopt(units, start) => {
                 // Listening first, as at boot: a create committed after
-                // this is heard of, one before it is read by the adopt.
-                let heard = self.engine.store.listen(self.engine.loaded.with(units))?;
-                self.engine.adopt(now, units, start)?;
-                if heard.is_some() {
-                    self.heard = heard;
+                // this is heard of, one before it is read by the adopt. On
+                // the feed already open (a new connection would hold up
+                // the gates run here a while longer), else on a new one.
+                let also = self.heard.as_ref().map(|heard| heard.listen_also(units));
+                if !matches!(also, Some(Ok(()))) {
+                    let heard = self.engine.store.listen(self.engine.loaded.with(units))?;
+                    if heard.is_some() {
+                        self.heard = heard;
+                    }
                 }
+                self.engine.adopt(now, units, start)?;
                 Ok(0)
             }
             UnitsOrder::Stop(units) => {

@@ -95,6 +95,20 @@ impl Engine {
                 .collect();
             turn.tx.running_tasks_in(&gates)?
         };
+        // Each running task's record and last attempt, read at once (a
+        // round trip each on PostgreSQL, where an adopt holds up the
+        // gates the node already runs).
+        turn.prefetch(running.iter().copied())?;
+        let mut last = Vec::with_capacity(running.len());
+        for &id in &running {
+            if let Some(task) = turn.task(id)?
+                && units.has_gate(&task.gate)
+                && task.state == TaskState::Running
+            {
+                last.push((id, task.attempts));
+            }
+        }
+        let mut attempts = turn.tx.attempts_of(&last)?;
         for id in running {
             let Some(task) = turn.task(id)? else {
                 turn.tx.set_running(id, false)?;
@@ -110,10 +124,9 @@ impl Engine {
                 continue;
             }
             interrupted += 1;
-            let attempt = task.attempts;
             let timeout = task.timeout_ms;
             let queued = queued_of(task);
-            let record = turn.tx.attempt(id, attempt)?;
+            let record = attempts.remove(&id);
             if let Some(until) = record
                 .as_ref()
                 .and_then(|r| r.lease_until.filter(|_| r.ended_at.is_none()))

@@ -43,6 +43,10 @@ pub trait Heard: Send {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Vec<Notice>>>;
+
+    /// Listens also for `units`' notices, on this same feed, from when
+    /// this returns: a change of units opens no new connection.
+    fn listen_also(&self, units: Units) -> Result<()>;
 }
 
 /// A store: one write transaction at a time, any number of readers. The
@@ -227,6 +231,18 @@ pub trait Writes {
     }
 
     fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>>;
+
+    /// Attempt `n` of each task `(id, n)` of `wanted` that has it, by task
+    /// id: one query where a store pays a round trip per read.
+    fn attempts_of(&self, wanted: &[(u64, u32)]) -> Result<HashMap<u64, AttemptRecord>> {
+        let mut found = HashMap::with_capacity(wanted.len());
+        for &(id, n) in wanted {
+            if let Some(record) = self.attempt(id, n)? {
+                found.insert(id, record);
+            }
+        }
+        Ok(found)
+    }
 
     fn put_attempt(&mut self, task_id: u64, attempt: &AttemptRecord) -> Result<()>;
 

@@ -175,6 +175,10 @@ impl Heard for Listener {
             }
         }
     }
+
+    fn listen_also(&self, units: Units) -> Result<()> {
+        self.listen(units)
+    }
 }
 
 #[cfg(test)]

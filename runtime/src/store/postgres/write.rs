@@ -799,6 +799,26 @@ impl Writes for PgTx<'_> {
             .transpose()
     }
 
+    fn attempts_of(&self, wanted: &[(u64, u32)]) -> Result<HashMap<u64, AttemptRecord>> {
+        let ids: Vec<u64> = wanted.iter().map(|(id, _)| *id).collect();
+        let conn = self.read_rows(&ids)?;
+        let (ids, numbers): (Vec<i64>, Vec<i32>) =
+            wanted.iter().map(|&(id, n)| (big(id), int(n))).unzip();
+        let found = rows(
+            conn,
+            "SELECT t.id, t.attempts[w.n] FROM tasks t \
+             JOIN unnest($1::bigint[], $2::int[]) AS w(id, n) ON t.id = w.id",
+            &[&ids, &numbers],
+        )?;
+        let mut out = HashMap::with_capacity(found.len());
+        for row in &found {
+            if let Some(bytes) = row.get::<_, Option<Vec<u8>>>(1) {
+                out.insert(unbig(row.get(0)), decode_attempt(&bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
     fn put_attempt(&mut self, task_id: u64, attempt: &AttemptRecord) -> Result<()> {
         // Element `attempt` of the row's array, written with the row.
         let record = encode_attempt(attempt);
