@@ -23,8 +23,10 @@ mod harness;
 mod keys;
 mod plugins;
 mod replay;
+mod table;
 
 use harness::*;
+use table::Table;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -52,7 +54,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&temp);
     std::fs::create_dir_all(&temp)?;
     let mut results = serde_json::Map::new();
-    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut rows = Table::new();
     let host = sink.addr.to_string();
     let url = |p: &str| format!("http://{host}{p}");
 
@@ -644,14 +646,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     results.insert("machine".into(), json!(machine));
     results.insert("store".into(), json!(store));
     results.insert("at".into(), json!(clock::now().rfc3339()));
+    results.insert("steal_pct".into(), rows.steal());
     std::fs::write(
         &options.out,
         serde_json::to_string_pretty(&Value::Object(results))?,
     )?;
-    println!("{:<36} {:<44} TARGET", "WORKLOAD", "RESULT");
-    for (w, r, t) in rows {
-        println!("{w:<36} {r:<44} {t}");
-    }
+    rows.print();
     println!(
         "\nmachine: {machine}; store: {store}\nJSON: {}",
         options.out.display()
@@ -667,7 +667,7 @@ async fn w7(
     sink: &Sink,
     quick: bool,
     name: &str,
-    rows: &mut Vec<(String, String, String)>,
+    rows: &mut Table,
 ) -> anyhow::Result<Vec<Value>> {
     let host = sink.addr.to_string();
     let label = name.to_uppercase();

@@ -64,7 +64,7 @@ pub(super) async fn w6(
     options: &Options,
     temp: &Path,
     results: &mut serde_json::Map<String, Value>,
-    rows: &mut Vec<(String, String, String)>,
+    rows: &mut super::table::Table,
 ) -> anyhow::Result<()> {
     let label = lang.label;
     // In process: one attempt's own cost.
