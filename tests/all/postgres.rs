@@ -946,12 +946,14 @@ fn two_first_uploads_of_one_plugin_version_store_one() {
 
 /// The notices of foreign creates travel between nodes by `NOTIFY`, sent at
 /// commit on the unit's channel: a listener on the gate's unit hears every
-/// one, and the gate's engine starts each task once.
+/// one, and the gate's engine starts each task once. The same feed then
+/// stops listening for that unit (handed over) and listens for another
+/// (adopted): only the other's notices come.
 #[test]
 fn foreign_creates_are_heard_by_the_gates_node_through_notify() {
     use sluice::core::Timestamp;
     use sluice::core::units::Units;
-    use sluice::store::PgStore;
+    use sluice::store::{Heard, PgStore};
 
     let Some(pg) = PgServer::start() else {
         return;
@@ -997,6 +999,32 @@ fn foreign_creates_are_heard_by_the_gates_node_through_notify() {
         }
     }
     assert_eq!(started.len(), 1_000, "not every task started");
+
+    let mine = engines::gate_in(false);
+    listener
+        .listen_no_more(Units::of(&theirs))
+        .expect("unlisten");
+    listener.listen_also(Units::of(&mine)).expect("listen also");
+    // Committed first, on the unit no longer listened for: a notice of
+    // it would come before those of the second.
+    let at = Timestamp(now.as_ms() + 10_000);
+    engines::create(&mut lower, at, &theirs, 5, at);
+    engines::create(&mut upper, at, &mine, 5, at);
+    assert_eq!(lower.take_notices().len(), 5, "the first create's notices");
+    let mut sent = upper.take_notices();
+    let mut heard = Vec::new();
+    while heard.len() < sent.len() {
+        let notices = waiting
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), listener.recv()).await
+            })
+            .expect("the notices come within 10 s")
+            .expect("still listening");
+        heard.extend(notices);
+    }
+    sent.sort_by_key(|n| n.order.1);
+    heard.sort_by_key(|n| n.order.1);
+    assert_eq!(heard, sent, "only the unit listened for is heard");
 }
 
 /// An idempotency key replayed on a node whose engine does not run the

@@ -223,6 +223,10 @@ impl Runner {
                     }
                 }
                 self.engine.drop_units(now, units);
+                // Their notices would be read and thrown away from now on.
+                if let Some(Err(e)) = self.heard.as_ref().map(|h| h.listen_no_more(units)) {
+                    tracing::debug!(error = %e, "could not stop listening for units handed over");
+                }
                 Ok(0)
             }
         }

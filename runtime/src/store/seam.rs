@@ -47,6 +47,10 @@ pub trait Heard: Send {
     /// Listens also for `units`' notices, on this same feed, from when
     /// this returns: a change of units opens no new connection.
     fn listen_also(&self, units: Units) -> Result<()>;
+
+    /// Stops listening for `units`' notices (a node that handed them over
+    /// is told no more of their creates).
+    fn listen_no_more(&self, units: Units) -> Result<()>;
 }
 
 /// A store: one write transaction at a time, any number of readers. The

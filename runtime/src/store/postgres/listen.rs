@@ -179,6 +179,10 @@ impl Heard for Listener {
     fn listen_also(&self, units: Units) -> Result<()> {
         self.listen(units)
     }
+
+    fn listen_no_more(&self, units: Units) -> Result<()> {
+        self.unlisten(units)
+    }
 }
 
 #[cfg(test)]
