@@ -970,22 +970,12 @@ fn foreign_creates_are_heard_by_the_gates_node_through_notify() {
         engines::create(&mut lower, at, &theirs, 250, at);
     }
     let mut sent = lower.take_notices();
-    let mut heard = Vec::new();
     let waiting = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("runtime");
-    while heard.len() < sent.len() {
-        let notices = waiting
-            .block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), listener.recv()).await
-            })
-            .expect("the notices come within 10 s")
-            .expect("still listening");
-        heard.extend(notices);
-    }
+    let heard = hear(&waiting, &mut listener, sent.len());
     sent.sort_by_key(|n| n.order.1);
-    heard.sort_by_key(|n| n.order.1);
     assert_eq!(heard, sent, "the notices heard are not those sent");
     let mut started = std::collections::BTreeSet::new();
     upper.appeared(Timestamp(now.as_ms() + 10), heard);
@@ -1012,8 +1002,19 @@ fn foreign_creates_are_heard_by_the_gates_node_through_notify() {
     engines::create(&mut upper, at, &mine, 5, at);
     assert_eq!(lower.take_notices().len(), 5, "the first create's notices");
     let mut sent = upper.take_notices();
+    let heard = hear(&waiting, &mut listener, sent.len());
+    sent.sort_by_key(|n| n.order.1);
+    assert_eq!(heard, sent, "only the unit listened for is heard");
+}
+
+/// At least `n` notices from `listener`, by task id (10 s at most).
+fn hear(
+    waiting: &tokio::runtime::Runtime,
+    listener: &mut sluice::store::PgListener,
+    n: usize,
+) -> Vec<sluice::store::Notice> {
     let mut heard = Vec::new();
-    while heard.len() < sent.len() {
+    while heard.len() < n {
         let notices = waiting
             .block_on(async {
                 tokio::time::timeout(Duration::from_secs(10), listener.recv()).await
@@ -1022,9 +1023,8 @@ fn foreign_creates_are_heard_by_the_gates_node_through_notify() {
             .expect("still listening");
         heard.extend(notices);
     }
-    sent.sort_by_key(|n| n.order.1);
     heard.sort_by_key(|n| n.order.1);
-    assert_eq!(heard, sent, "only the unit listened for is heard");
+    heard
 }
 
 /// An idempotency key replayed on a node whose engine does not run the
