@@ -133,6 +133,10 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// The channel on which a node tells the others it handed units over; the
+/// payload is its schema.
+const HANDOVERS: &str = "sluice_units";
+
 /// Nodes silent this long leave the list.
 const FORGET_AFTER_S: i64 = 600;
 
@@ -296,6 +300,47 @@ impl Cluster {
                 ))
             }
         }
+    }
+
+    /// Counts in `heard` every handover of this schema's units by any node
+    /// (`release_units`), so the balance takes them at once rather than at
+    /// its next beat; the first count means it listens (handovers before
+    /// were missed: look now). Runs until dropped, on a connection of its
+    /// own, made anew a beat after it is lost.
+    pub async fn hear_handovers(self: Arc<Self>, heard: tokio::sync::watch::Sender<u64>) {
+        loop {
+            if let Err(e) = self.listen_for_handovers(&heard).await {
+                tracing::debug!(error = %e, "listening for handovers");
+            }
+            tokio::time::sleep(self.terms.renew_every).await;
+        }
+    }
+
+    async fn listen_for_handovers(
+        &self,
+        heard: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<(), StoreError> {
+        let (to, mut notices) = tokio::sync::mpsc::unbounded_channel();
+        let limit = self.terms.renew_every.max(Duration::from_millis(200));
+        let listening = tokio::time::timeout(limit, async {
+            let client = self.target.connect_listening(to).await?;
+            client.batch_execute(&format!("LISTEN {HANDOVERS}")).await?;
+            Ok(client)
+        });
+        let _client = match listening.await {
+            Ok(client) => client.map_err(pg)?,
+            Err(_) => return Err(StoreError::Postgres("listening timed out".into())),
+        };
+        heard.send_modify(|n| *n += 1);
+        while let Some(notice) = notices.recv().await {
+            // Other schemas' nodes (several clusters may share a database).
+            if notice.payload() == self.schema {
+                heard.send_modify(|n| *n += 1);
+            }
+        }
+        Err(StoreError::Postgres(
+            "the listening connection ended".into(),
+        ))
     }
 
     /// One heartbeat: this node's row, and who owns each unit as the

@@ -312,6 +312,10 @@ async fn supervise(
             }
         })
     };
+    // A handover by any node wakes the balance: the units it let go are
+    // taken at once, not at the next beat.
+    let (heard, mut handovers) = watch::channel(0);
+    let hearing = tokio::spawn(cluster.clone().hear_handovers(heard));
     let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
     let drain = options.grace;
     let mut result = Ok(());
@@ -385,7 +389,7 @@ async fn supervise(
                     }
                     break 'engines;
                 }
-                _ = tokio::time::sleep(wait) => {
+                () = next_beat(wait, &mut handovers) => {
                     wait = every;
                     let beat = tokio::select! {
                         beat = cluster.balance(&handle, drain) => beat,
@@ -414,10 +418,24 @@ async fn supervise(
         }
     }
     beating.abort();
+    hearing.abort();
     if let Err(e) = cluster.leave().await {
         tracing::warn!(error = %e, "could not leave the list of nodes");
     }
     result
+}
+
+/// Waits `wait`, or less if a node hands units over meanwhile.
+async fn next_beat(wait: std::time::Duration, handovers: &mut watch::Receiver<u64>) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        changed = handovers.changed() => {
+            if changed.is_err() {
+                // No one listens any more: the beats alone.
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 /// An engine that stopped by itself: logged, and what waits for it is

@@ -389,6 +389,66 @@ async fn the_plan_follows_the_rendezvous_over_the_live_nodes() {
     assert!(moves.acquire.is_empty(), "a leaving node takes nothing");
 }
 
+/// A handover wakes the other nodes of its schema at once (`NOTIFY`, its
+/// payload the schema; their balance then takes the units rather than at
+/// its next beat), and not the nodes of another schema on the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_wakes_the_nodes_of_its_schema_only() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    let (a, b, other) = (
+        Node::join(&url, "wakes").await,
+        Node::join(&url, "wakes").await,
+        Node::join(&url, "elsewhere").await,
+    );
+    let hear = |node: &Node| {
+        let (heard, count) = tokio::sync::watch::channel(0u64);
+        (
+            tokio::spawn(node.cluster.clone().hear_handovers(heard)),
+            count,
+        )
+    };
+    let reach = async |count: &mut tokio::sync::watch::Receiver<u64>, n: u64, what: &str| {
+        let reached = count.wait_for(|c| *c >= n);
+        let reached = tokio::time::timeout(Duration::from_secs(10), reached).await;
+        assert!(matches!(reached, Ok(Ok(_))), "{what}");
+    };
+    let (b_hearing, mut b_heard) = hear(&b);
+    let (other_hearing, mut other_heard) = hear(&other);
+    // The first count: each listens from here on.
+    reach(&mut b_heard, 1, "b listens").await;
+    reach(&mut other_heard, 1, "the other schema's node listens").await;
+
+    // One handover in each schema, the other schema's first: each node
+    // hears its own schema's, after the other's on the same channel.
+    other.acquire(3).await.expect("vacant");
+    other
+        .cluster
+        .release_units(Units::one(3))
+        .await
+        .expect("release");
+    a.acquire(3).await.expect("vacant");
+    a.cluster
+        .release_units(Units::one(3))
+        .await
+        .expect("release");
+    reach(&mut b_heard, 2, "b hears a's handover").await;
+    reach(&mut other_heard, 2, "the other node hears its own").await;
+    // Both notices were out before these waits began: a node that counted
+    // the other schema's would be at 3 by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        *b_heard.borrow(),
+        2,
+        "b counted the other schema's handover"
+    );
+    assert_eq!(*other_heard.borrow(), 2, "the other node counted a's");
+    b_hearing.abort();
+    other_hearing.abort();
+}
+
 /// A running engine (`shell::spawn`, its runner and dispatcher) on the
 /// database at `url`, running `units`, admitting up to `lookahead` ahead.
 async fn running_engine(

@@ -271,6 +271,7 @@ impl Cluster {
 
     async fn release_rows(&self, units: Units) -> Result<(), StoreError> {
         let (id, column) = (self.id.clone(), units_column(units));
+        let schema = self.schema.clone();
         self.with_client(async |client| {
             client
                 .execute(
@@ -280,7 +281,7 @@ impl Cluster {
                 )
                 .await?;
             client
-                .execute("SELECT pg_notify('sluice_units', '')", &[])
+                .execute("SELECT pg_notify($1, $2)", &[&super::HANDOVERS, &schema])
                 .await
         })
         .await?;
