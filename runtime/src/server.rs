@@ -11,6 +11,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 
 use crate::api::{self, AppState, forward, forward::Peers};
+use crate::clock;
 use crate::cluster::{Cluster, Terms};
 use crate::config::{ServerConfig, TlsFiles};
 use crate::core::Tuning;
@@ -360,7 +361,9 @@ async fn supervise(
             pause(every, &mut stop).await;
             continue;
         };
-        let mut wait = std::time::Duration::ZERO;
+        // The next beat; a handover heard meanwhile runs one that only
+        // takes (the beats' own pace, one busy unit given a beat, stays).
+        let mut due = clock::instant();
         loop {
             // Each step also watches the engine: an order to an engine
             // that has stopped would wait for the next one, which only
@@ -389,10 +392,12 @@ async fn supervise(
                     }
                     break 'engines;
                 }
-                () = next_beat(wait, &mut handovers) => {
-                    wait = every;
+                regular = next_beat(due, &mut handovers) => {
+                    if regular {
+                        due = clock::instant() + every;
+                    }
                     let beat = tokio::select! {
-                        beat = cluster.balance(&handle, drain) => beat,
+                        beat = cluster.balance(&handle, drain, regular) => beat,
                         ended = &mut running => {
                             // What the beat did not finish, the next engine
                             // takes up from what the node holds.
@@ -409,7 +414,7 @@ async fn supervise(
                             link.refuse_waiting();
                             continue 'engines;
                         }
-                        Ok(beat) if beat.more => wait = BUSY_BEAT,
+                        Ok(beat) if beat.more => due = due.min(clock::instant() + BUSY_BEAT),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = format!("{e:#}"), "a beat of the balance failed"),
                     }
@@ -425,15 +430,18 @@ async fn supervise(
     result
 }
 
-/// Waits `wait`, or less if a node hands units over meanwhile.
-async fn next_beat(wait: std::time::Duration, handovers: &mut watch::Receiver<u64>) {
+/// Waits until `due` (`true`), or less if a node hands units over
+/// meanwhile (`false`).
+async fn next_beat(due: std::time::Instant, handovers: &mut watch::Receiver<u64>) -> bool {
+    let due = tokio::time::Instant::from_std(due);
     tokio::select! {
-        () = tokio::time::sleep(wait) => {}
+        () = tokio::time::sleep_until(due) => true,
         changed = handovers.changed() => {
             if changed.is_err() {
                 // No one listens any more: the beats alone.
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep_until(due).await;
             }
+            changed.is_err()
         }
     }
 }

@@ -868,7 +868,11 @@ async fn the_balance_spreads_busy_gates_over_two_nodes_one_busy_unit_a_beat() {
     };
     settle(&a).await;
     for _ in 0..UNITS {
-        let beat = a.cluster.balance(&a_engine, drain).await.expect("beat");
+        let beat = a
+            .cluster
+            .balance(&a_engine, drain, true)
+            .await
+            .expect("beat");
         assert!(beat.adopted.iter().count() <= ACQUIRE_PER_BEAT);
         if a.cluster.units_held().0 == Units::ALL {
             break;
@@ -910,8 +914,19 @@ async fn the_balance_spreads_busy_gates_over_two_nodes_one_busy_unit_a_beat() {
     settle(&b).await;
     let (mut moved, mut drained, mut quiet) = (Units::NONE, Units::NONE, 0);
     for _ in 0..4 * UNITS {
-        let x = a.cluster.balance(&a_engine, drain).await.expect("a's beat");
-        let y = b.cluster.balance(&b_engine, drain).await.expect("b's beat");
+        // A beat woken by another node's handover only takes.
+        let woken = (a.cluster.balance(&a_engine, drain, false).await).expect("a's woken beat");
+        assert!(woken.handed_over.is_empty(), "a woken beat gave: {woken:?}");
+        let x = a
+            .cluster
+            .balance(&a_engine, drain, true)
+            .await
+            .expect("a's beat");
+        let y = b
+            .cluster
+            .balance(&b_engine, drain, true)
+            .await
+            .expect("b's beat");
         assert!(x.lost.is_empty() && y.lost.is_empty(), "{x:?} {y:?}");
         assert!(x.adopted.is_empty(), "a takes nothing back: {x:?}");
         assert!(y.handed_over.is_empty(), "b gives nothing back: {y:?}");

@@ -400,6 +400,26 @@ impl Server {
             .map_or(0.0, |m| m.len() as f64 / 1e6)
     }
 
+    /// Stops the server as a deploy does (`SIGTERM`: a cluster node hands
+    /// its gates over drained) and waits until it has ended.
+    pub(super) async fn terminate(&mut self) -> anyhow::Result<()> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("sending SIGTERM")?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed", self.child.id());
+        }
+        let start = clock::instant();
+        while self.child.try_wait()?.is_none() {
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("the server did not end within 120 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     pub(super) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -716,8 +716,9 @@ async fn w7(
 /// W7c: three nodes on one PostgreSQL database (the gates spread over
 /// them by unit). Tasks created through the two others (each commits its
 /// creates; the gate's owner hears of them), what each task costs the database and the nodes, then
-/// `kill -9` of the owner of a busy 200/s gate: how long it stood still,
-/// and whether the sink's windows held across the handover.
+/// `SIGTERM` of the owner of a busy 200/s gate and `kill -9` of its next
+/// owner: how long the gate stood still each time, and whether the sink's
+/// windows held across both handovers.
 async fn cluster(
     main: &mut Server,
     store: &str,
@@ -826,15 +827,27 @@ async fn cluster(
         .collect();
     others[0].create(feed, 1_000, 1).await?;
     sink.wait("/w7f", 600, Duration::from_secs(60)).await;
-    let address = self::owner_address(&others[0], "w7f").await?;
+    // First a deploy's stop: SIGTERM of the owner, which drains the gate
+    // and hands it over; then kill -9 of the next owner.
+    let mut nodes: Vec<&mut Server> = std::iter::once(main).chain(others.iter_mut()).collect();
+    let owner = owner_index(&nodes, "w7f").await?;
+    let termed = clock::instant();
+    nodes[owner].terminate().await?;
+    nodes.remove(owner);
+    let got = sink.wait("/w7f", 1_200, Duration::from_secs(60)).await;
+    let mut after_term: Vec<Instant> = (got.iter().map(|a| a.at))
+        .filter(|t| *t >= termed)
+        .collect();
+    after_term.sort();
+    let handover = std::iter::once(termed)
+        .chain(after_term)
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_secs_f64())
+        .fold(0.0, f64::max);
+    let owner = owner_index(&nodes, "w7f").await?;
     let killed = clock::instant();
-    if port_of(main) == address {
-        main.kill();
-    } else if let Some(o) = others.iter_mut().find(|o| port_of(o) == address) {
-        o.kill();
-    } else {
-        bail!("W7c: no node answers at the owner's address {address:?}");
-    }
+    nodes[owner].kill();
     let got = sink.wait("/w7f", total, Duration::from_secs(120)).await;
     // The killed process is gone once `kill` returns; what arrives 100 ms
     // later was sent by the new owner. (The attempts the old owner had in
@@ -859,6 +872,7 @@ async fn cluster(
         "idle_row_writes_per_s": idle_per_s,
         "transactions_per_task": commits,
         "cpu_ms_per_task_by_node": cpu_ms,
+        "handover_still_s": handover,
         "failover_s": failover, "failover_peak_1s": peak, "failover_bound_1s": 201,
         "failover_delivered": distinct, "failover_tasks": total,
         "lateness_ms": lateness.iter().map(|(via, p50, p99)| json!({ "via": via, "p50": p50, "p99": p99 })).collect::<Vec<_>>(),
@@ -899,6 +913,11 @@ async fn cluster(
             "".into(),
         ),
         (
+            "W7c handover after SIGTERM: longest still".into(),
+            format!("{handover:.2} s"),
+            "".into(),
+        ),
+        (
             "W7c failover after kill -9".into(),
             format!(
                 "{failover:.1} s; peak 1 s window {peak} (bound 201); {distinct}/{total} delivered"
@@ -911,6 +930,17 @@ async fn cluster(
 
 /// Tasks created one by one for W7c's lateness, through each node.
 const LATENESS_TASKS: usize = 200;
+
+/// Which of `nodes` owns `gate`, as the first of them sees it.
+async fn owner_index(nodes: &[&mut Server], gate: &str) -> anyhow::Result<usize> {
+    let Some(asked) = nodes.first() else {
+        bail!("W7c: no node left to ask");
+    };
+    let address = owner_address(asked, gate).await?;
+    (nodes.iter())
+        .position(|s| format!("http://127.0.0.1:{}", s.port) == address)
+        .with_context(|| format!("W7c: no node answers at the owner's address {address:?}"))
+}
 
 /// The address of the node that owns `gate`, as `asked` sees it.
 async fn owner_address(asked: &Server, gate: &str) -> anyhow::Result<String> {

@@ -367,11 +367,13 @@ impl Cluster {
     /// once, and at most one busy one a beat: `engine` stops it, drains it
     /// (until nothing is out, or `drain` passes: what is still out is the
     /// taker's to hold), drops it, and only then is its row released. Units
-    /// lost (see `Balanced::lost`) end the beat at once.
+    /// lost (see `Balanced::lost`) end the beat at once. Unless `give`,
+    /// it only takes (a beat woken by another node's handover).
     pub async fn balance(
         &self,
         engine: &Handle,
         drain: std::time::Duration,
+        give: bool,
     ) -> anyhow::Result<Balanced> {
         let renewal = self.renew_units().await?;
         let mut beat = Balanced {
@@ -408,6 +410,9 @@ impl Cluster {
                 let _ = self.release_units(beat.adopted).await;
                 anyhow::bail!("the engine did not adopt units: {e}");
             }
+        }
+        if !give {
+            return Ok(beat);
         }
         // Every unit with nothing out goes now, in one stop, drop and
         // release; then at most one busy unit, drained first. Renewals go
