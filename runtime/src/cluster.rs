@@ -268,13 +268,18 @@ impl Cluster {
         self.on(&self.client, query).await
     }
 
+    /// How long a statement (or a connection) may take to answer.
+    fn answer_within(&self) -> Duration {
+        self.terms.renew_every.max(Duration::from_millis(200))
+    }
+
     async fn on<T>(
         &self,
         connection: &tokio::sync::Mutex<Option<Client>>,
         query: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut slot = connection.lock().await;
-        let limit = self.terms.renew_every.max(Duration::from_millis(200));
+        let limit = self.answer_within();
         if slot.as_ref().is_none_or(Client::is_closed) {
             let connecting = tokio::time::timeout(limit, connect(&self.target, &self.schema));
             match connecting.await {
@@ -321,8 +326,7 @@ impl Cluster {
         heard: &tokio::sync::watch::Sender<u64>,
     ) -> Result<(), StoreError> {
         let (to, mut notices) = tokio::sync::mpsc::unbounded_channel();
-        let limit = self.terms.renew_every.max(Duration::from_millis(200));
-        let listening = tokio::time::timeout(limit, async {
+        let listening = tokio::time::timeout(self.answer_within(), async {
             let client = self.target.connect_listening(to).await?;
             client.batch_execute(&format!("LISTEN {HANDOVERS}")).await?;
             Ok(client)

@@ -786,10 +786,9 @@ async fn cluster(
     // gate's owner and through another node: the other's also waits for
     // the owner to hear of it (`NOTIFY`).
     let owner_address = owner_address(&others[0], "w7c").await?;
-    let port_of = |s: &Server| format!("http://127.0.0.1:{}", s.port);
-    let (owner, standby) = if port_of(main) == owner_address {
+    let (owner, standby) = if main.api.base() == owner_address {
         (&*main, &others[0])
-    } else if port_of(&others[0]) == owner_address {
+    } else if others[0].api.base() == owner_address {
         (&others[0], &others[1])
     } else {
         (&others[1], &others[0])
@@ -835,16 +834,8 @@ async fn cluster(
     nodes[owner].terminate().await?;
     nodes.remove(owner);
     let got = sink.wait("/w7f", 1_200, Duration::from_secs(60)).await;
-    let mut after_term: Vec<Instant> = (got.iter().map(|a| a.at))
-        .filter(|t| *t >= termed)
-        .collect();
-    after_term.sort();
-    let handover = std::iter::once(termed)
-        .chain(after_term)
-        .collect::<Vec<_>>()
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]).as_secs_f64())
-        .fold(0.0, f64::max);
+    let after_term = (got.iter().map(|a| a.at)).filter(|t| *t >= termed);
+    let handover = longest_gap_s(std::iter::once(termed).chain(after_term));
     let owner = owner_index(&nodes, "w7f").await?;
     let killed = clock::instant();
     nodes[owner].kill();
@@ -928,6 +919,15 @@ async fn cluster(
     Ok((figures, lines))
 }
 
+/// The longest time between two of `times` (in any order), in seconds.
+fn longest_gap_s(times: impl IntoIterator<Item = Instant>) -> f64 {
+    let mut times: Vec<Instant> = times.into_iter().collect();
+    times.sort_unstable();
+    (times.windows(2))
+        .map(|w| w[1].duration_since(w[0]).as_secs_f64())
+        .fold(0.0, f64::max)
+}
+
 /// Tasks created one by one for W7c's lateness, through each node.
 const LATENESS_TASKS: usize = 200;
 
@@ -938,7 +938,7 @@ async fn owner_index(nodes: &[&mut Server], gate: &str) -> anyhow::Result<usize>
     };
     let address = owner_address(asked, gate).await?;
     (nodes.iter())
-        .position(|s| format!("http://127.0.0.1:{}", s.port) == address)
+        .position(|s| s.api.base() == address)
         .with_context(|| format!("W7c: no node answers at the owner's address {address:?}"))
 }
 

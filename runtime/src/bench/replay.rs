@@ -22,11 +22,8 @@ fn rate_and_gap(times: &[Instant], from: Instant, to: Instant) -> (f64, f64) {
         .filter(|&t| t >= from && t < to)
         .collect();
     let span = to.saturating_duration_since(from).as_secs_f64().max(1e-3);
-    let gap = inside
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]).as_secs_f64() * 1_000.0)
-        .fold(0.0, f64::max);
-    (inside.len() as f64 / span, gap)
+    let count = inside.len() as f64;
+    (count / span, super::longest_gap_s(inside) * 1_000.0)
 }
 
 pub(super) async fn w12(
