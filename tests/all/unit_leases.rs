@@ -25,6 +25,10 @@ struct Node {
 
 impl Node {
     async fn join(url: &str, schema: &str) -> Node {
+        Node::join_on(url, schema, Terms::default()).await
+    }
+
+    async fn join_on(url: &str, schema: &str, terms: Terms) -> Node {
         let store = {
             let (url, schema) = (url.to_string(), schema.to_string());
             tokio::task::spawn_blocking(move || PgStore::open_in(&url, &schema))
@@ -33,14 +37,9 @@ impl Node {
                 .expect("open")
         };
         let (target, schema) = store.settings();
-        let cluster = Cluster::join(
-            target,
-            schema,
-            "http://127.0.0.1:1".into(),
-            Terms::default(),
-        )
-        .await
-        .expect("join");
+        let cluster = Cluster::join(target, schema, "http://127.0.0.1:1".into(), terms)
+            .await
+            .expect("join");
         Node {
             cluster,
             store: Arc::new(store),
@@ -1001,4 +1000,64 @@ async fn the_balance_spreads_busy_gates_over_two_nodes_one_busy_unit_a_beat() {
         assert!(most <= 23, "{gate}: {most} in one second at 20/s, burst 1");
     }
     stop_engines([(a_stop, a_thread), (b_stop, b_thread)]);
+}
+
+/// A beat keeps the leases up while its engine is slow to adopt: a takes
+/// units, and its engine's adopt waits (on a lock this test holds on
+/// `gates`) for longer than the lease; meanwhile b finds every unit a took
+/// still leased, and the beat ends with nothing lost. Without the
+/// renewals during the wait the leases lapse behind the adopt and b takes
+/// them (caught).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beat_renews_the_leases_while_its_engine_is_slow_to_adopt() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    let terms = Terms {
+        lease: Duration::from_secs(2),
+        renew_every: Duration::from_millis(400),
+        margin: Duration::from_millis(400),
+    };
+    let (a, b) = (
+        Node::join_on(&url, "slow", terms).await,
+        Node::join_on(&url, "slow", terms).await,
+    );
+    let (engine, stop, thread) =
+        running_engine(&url, "slow", Units::NONE, Duration::from_millis(20)).await;
+    let db = pg.client("slow").await;
+    db.execute(
+        "UPDATE nodes SET started_at = now() - interval '1 minute' WHERE id = $1",
+        &[&a.id()],
+    )
+    .await
+    .expect("sql");
+    db.batch_execute("BEGIN; LOCK TABLE gates IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let beat = a.cluster.balance(&engine, Duration::from_secs(1), true);
+    let probe = async {
+        // Past the lease of the units a took as the beat began.
+        tokio::time::sleep(terms.lease + Duration::from_millis(800)).await;
+        let held = a.cluster.units_held().0;
+        let taken: Vec<u32> = {
+            let mut taken = Vec::new();
+            for unit in held.iter() {
+                if b.acquire(unit).await.is_some() {
+                    taken.push(unit);
+                }
+            }
+            taken
+        };
+        db.batch_execute("COMMIT").await.expect("unlock");
+        (held, taken)
+    };
+    let (beat, (held, taken)) = tokio::join!(beat, probe);
+    let beat = beat.expect("a's beat");
+    assert!(!held.is_empty(), "a took units as the beat began");
+    assert_eq!(beat.adopted, held, "{beat:?}");
+    assert!(taken.is_empty(), "b took {taken:?} while a's adopt waited");
+    assert!(beat.lost.is_empty(), "{beat:?}");
+    assert_eq!(a.cluster.units_held().0, held);
+    stop_engines([(stop, thread)]);
 }

@@ -376,6 +376,7 @@ impl Cluster {
         give: bool,
     ) -> anyhow::Result<Balanced> {
         let renewal = self.renew_units().await?;
+        let mut renewals = Renewals::since(clock::instant());
         let mut beat = Balanced {
             lost: renewal.lost,
             ..Balanced::default()
@@ -405,25 +406,33 @@ impl Cluster {
         }
         for (unsent_after, units) in taken {
             let adopt = UnitsOrder::Adopt(units, Start::Takeover { unsent_after });
-            if let Err(e) = engine.units(adopt).await {
+            let adopted = self.renewing(&mut renewals, engine.units(adopt)).await;
+            if let Err(e) = adopted {
                 // The engine stopped: let the units go for others to take.
                 let _ = self.release_units(beat.adopted).await;
                 anyhow::bail!("the engine did not adopt units: {e}");
+            }
+            if !renewals.lost.is_empty() {
+                beat.lost = renewals.lost;
+                return Ok(beat);
             }
         }
         if !give {
             return Ok(beat);
         }
         // Every unit with nothing out goes now, in one stop, drop and
-        // release; then at most one busy unit, drained first. Renewals go
-        // on meanwhile: under load each order waits for an engine turn.
-        let mut renewed = clock::instant();
-        let idle = engine.idle(moves.surplus).await?;
+        // release; then at most one busy unit, drained first.
+        let idle = self.renewing(&mut renewals, engine.idle(moves.surplus));
+        let idle = idle.await?;
+        if !renewals.lost.is_empty() {
+            beat.lost = renewals.lost;
+            return Ok(beat);
+        }
         let busy = moves.surplus.without(idle).iter().next().map(Units::one);
         for units in [Some(idle), busy].into_iter().flatten() {
             if !units.is_empty()
                 && !self
-                    .hand_over(engine, units, drain, &mut renewed, &mut beat)
+                    .hand_over(engine, units, drain, &mut renewals, &mut beat)
                     .await?
             {
                 break;
@@ -440,21 +449,25 @@ impl Cluster {
         engine: &Handle,
         units: Units,
         drain: std::time::Duration,
-        renewed: &mut std::time::Instant,
+        renewals: &mut Renewals,
         beat: &mut Balanced,
     ) -> anyhow::Result<bool> {
-        engine.units(UnitsOrder::Stop(units)).await?;
-        if engine.units(UnitsOrder::Busy(units)).await? > 0 {
+        let order = async |renewals: &mut Renewals, order| {
+            self.renewing(renewals, engine.units(order)).await
+        };
+        order(renewals, UnitsOrder::Stop(units)).await?;
+        if order(renewals, UnitsOrder::Busy(units)).await? > 0 {
             for unit in units.iter() {
                 let one = Units::one(unit);
-                if engine.units(UnitsOrder::Busy(one)).await? > 0 {
+                if order(renewals, UnitsOrder::Busy(one)).await? > 0 {
                     beat.drained = beat.drained.with(one);
                 }
             }
         }
-        beat.lost = self.drain(engine, units, drain, renewed).await?;
-        engine.units(UnitsOrder::Drop(units)).await?;
-        if !beat.lost.is_empty() {
+        self.drain(engine, units, drain, renewals).await?;
+        order(renewals, UnitsOrder::Drop(units)).await?;
+        if !renewals.lost.is_empty() {
+            beat.lost = renewals.lost;
             return Ok(false);
         }
         self.release_units(units).await?;
@@ -463,30 +476,51 @@ impl Cluster {
     }
 
     /// Waits until nothing of `units` is out at `engine`, or `bound`
-    /// passes, renewing the units held whenever `renewed` is a beat old:
-    /// the units lost if a renewal finds any (the engine is fenced; stop
-    /// waiting).
+    /// passes, or a renewal (kept up meanwhile) finds units lost: the
+    /// engine is fenced, stop waiting.
     async fn drain(
         &self,
         engine: &Handle,
         units: Units,
         bound: std::time::Duration,
-        renewed: &mut std::time::Instant,
-    ) -> anyhow::Result<Units> {
+        renewals: &mut Renewals,
+    ) -> anyhow::Result<()> {
         let began = clock::instant();
         loop {
-            if renewed.elapsed() >= self.terms.renew_every {
-                *renewed = clock::instant();
-                match self.renew_units().await {
-                    Ok(renewal) if !renewal.lost.is_empty() => return Ok(renewal.lost),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "renewing the units failed"),
-                }
-            }
-            if engine.units(UnitsOrder::Busy(units)).await? == 0 || began.elapsed() >= bound {
-                return Ok(Units::NONE);
+            let busy = engine.units(UnitsOrder::Busy(units));
+            let busy = self.renewing(renewals, busy).await?;
+            if busy == 0 || !renewals.lost.is_empty() || began.elapsed() >= bound {
+                return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits for `work` (an order to the engine: under load it waits for
+    /// a turn, and an adopt reads every gate it takes up), renewing the
+    /// units held whenever the last renewal is a beat old, first if it is
+    /// already: a slow engine must not let this node's leases lapse behind
+    /// it. The units a renewal finds lost go into `renewals.lost` (the
+    /// engine is fenced; the caller stops once `work` is done).
+    async fn renewing<T>(
+        &self,
+        renewals: &mut Renewals,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let due = renewals.renewed + self.terms.renew_every;
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(due.into()) => {
+                    renewals.renewed = clock::instant();
+                    match self.renew_units().await {
+                        Ok(renewal) => renewals.lost = renewals.lost.with(renewal.lost),
+                        Err(e) => tracing::warn!(error = %e, "renewing the units failed"),
+                    }
+                }
+                done = &mut work => return done,
+            }
         }
     }
 
@@ -506,11 +540,10 @@ impl Cluster {
             return Ok(());
         }
         engine.units(UnitsOrder::Stop(held)).await?;
-        let lost = self
-            .drain(engine, held, drain, &mut clock::instant())
-            .await?;
+        let mut renewals = Renewals::since(clock::instant());
+        self.drain(engine, held, drain, &mut renewals).await?;
         engine.units(UnitsOrder::Drop(held)).await?;
-        if !lost.is_empty() {
+        if !renewals.lost.is_empty() {
             tracing::warn!("units were taken over while this node drained them");
         }
         // Nothing is sent for them any more: what is still held goes.
@@ -529,6 +562,22 @@ impl Cluster {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// The joint renewal kept up while a beat waits on the engine: when it
+/// last went out, and the units it found lost since.
+struct Renewals {
+    renewed: std::time::Instant,
+    lost: Units,
+}
+
+impl Renewals {
+    fn since(renewed: std::time::Instant) -> Renewals {
+        Renewals {
+            renewed,
+            lost: Units::NONE,
+        }
     }
 }
 
