@@ -225,6 +225,33 @@ impl Cluster {
         seen.owners.get(unit).cloned().flatten()
     }
 
+    /// The node that owns the gate named `gate` as the database has it
+    /// now (none while its unit is vacant or lapsed), which also goes into
+    /// the view: for a request the view would send nowhere, or to a node
+    /// that no longer runs the gate, in the second after a handover.
+    pub async fn owner_now(&self, gate: &str) -> Result<Option<(String, String)>, StoreError> {
+        let unit = unit_of(gate, UNITS);
+        let row = self
+            .on(&self.views, async |client| {
+                client
+                    .query_opt(
+                        "SELECT u.owner, n.address FROM units u \
+                         JOIN nodes n ON n.id = u.owner \
+                         WHERE u.unit = $1 AND u.expires_at > now()",
+                        &[&i32::try_from(unit).unwrap_or(i32::MAX)],
+                    )
+                    .await
+            })
+            .await?;
+        let owner = row.map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)));
+        if let Ok(mut seen) = self.seen.lock()
+            && let Some(slot) = seen.owners.get_mut(unit as usize)
+        {
+            slot.clone_from(&owner);
+        }
+        Ok(owner)
+    }
+
     /// Whether this node holds the gate's unit now.
     pub fn runs(&self, gate: &str) -> bool {
         let (held, deadline) = self.units_held();

@@ -7,9 +7,13 @@
 //! Reads come from PostgreSQL on the node itself; the list of gates, whose
 //! live figures are each owner's, is asked of every owner and merged.
 //!
-//! A request is forwarded at most once (`sluice-forwarded-by`): if the
-//! owner has just handed the unit over, the client gets a 503 with
-//! `Retry-After` and tries again, as it would while a takeover is under way.
+//! A request is forwarded at most once (`sluice-forwarded-by`). The view
+//! of the owners is a heartbeat old at most; where it names no owner, or
+//! this node, or an owner that turns the request away unanswered, the
+//! database is asked who owns the gate now, so a request in the second
+//! after a handover gets its answer. While a unit has no owner at all
+//! (a takeover under way), the client gets a 503 with `Retry-After` and
+//! tries again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,7 +247,12 @@ async fn schedule_gate(peers: &Peers, name: &str) -> Option<String> {
 }
 
 /// Answers `request` here if this node runs `gate`, else has its owner
-/// answer it.
+/// answer it. The view of the owners is a heartbeat old at most: where it
+/// has no owner for the gate, or this node (which has just let it go), the
+/// database is asked who owns it now; and a request the owner turns away
+/// unanswered (a 503, or no connection) goes once more to the node the
+/// database then names, if that is another. So a request in the second
+/// after a handover gets its answer, not a 503.
 async fn to_owner(
     peers: &Peers,
     gate: &str,
@@ -255,37 +264,68 @@ async fn to_owner(
     if cluster.runs(gate) {
         return next.run(request).await;
     }
-    let owner = cluster.owner_of(gate);
-    let (owner, address) = match owner {
-        // Forwarded once already, or held by this node as the database has
-        // it but not (yet, or any more) by its engine.
-        _ if forwarded => return changing_hands(gate),
-        Some((id, _)) if id == cluster.id() => return changing_hands(gate),
-        Some(owner) => owner,
-        None => {
-            return retry_later(format!(
-                "no node owns gate {gate:?} right now (a takeover is under way); retry"
-            ));
-        }
-    };
+    if forwarded {
+        // Forwarded once already: taken for the owner by a node whose view
+        // is older than this one's, or ahead of this node's engine.
+        return changing_hands(gate);
+    }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(body) => body,
         Err(_) => return too_large(),
     };
+    let here = |parts, body| next.run(Request::from_parts(parts, Body::from(body)));
+    let owner = match cluster.owner_of(gate) {
+        Some(owner) if owner.0 != cluster.id() => owner,
+        _ => match cluster.owner_now(gate).await {
+            _ if cluster.runs(gate) => return here(parts, body).await,
+            Ok(Some(owner)) if owner.0 != cluster.id() => owner,
+            Ok(Some(_)) => return changing_hands(gate),
+            Ok(None) | Err(_) => return no_owner(gate),
+        },
+    };
+    let turned_away = match ask(peers, gate, &owner, &parts, &body).await {
+        Ok(answer) => return answer,
+        Err(turned_away) => turned_away,
+    };
+    match cluster.owner_now(gate).await {
+        _ if cluster.runs(gate) => here(parts, body).await,
+        Ok(Some(now)) if now.0 == owner.0 => turned_away,
+        Ok(Some(now)) if now.0 == cluster.id() => changing_hands(gate),
+        Ok(Some(now)) => ask(peers, gate, &now, &parts, &body)
+            .await
+            .unwrap_or_else(|turned_away| turned_away),
+        Ok(None) => no_owner(gate),
+        Err(_) => turned_away,
+    }
+}
+
+/// The answer of `owner` (id, address) to the request: `Err` (a 503) if
+/// it turned the request away without acting on it (it answered 503, or
+/// took no connection), so it may go to another owner.
+async fn ask(
+    peers: &Peers,
+    gate: &str,
+    (owner, address): &(String, String),
+    parts: &axum::http::request::Parts,
+    body: &axum::body::Bytes,
+) -> Result<Response, Response> {
+    let cluster = &peers.cluster;
     let target = format!(
         "{}{}",
         address.trim_end_matches('/'),
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
     );
-    let mut sent = peers.http.request(parts.method, &target).body(body);
+    let mut sent = (peers.http)
+        .request(parts.method.clone(), &target)
+        .body(body.clone());
     sent = with_headers(sent, &parts.headers).header(FORWARDED_BY, cluster.id());
     // A paused owner still accepts connections (its kernel does): give up
     // as soon as another node has taken the gate over.
     let moved = async {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if cluster.owner_of(gate).is_none_or(|(id, _)| id != owner) {
+            if cluster.owner_of(gate).is_none_or(|(id, _)| id != *owner) {
                 return;
             }
         }
@@ -293,16 +333,22 @@ async fn to_owner(
     let sent = tokio::select! {
         sent = sent.send() => sent,
         () = moved => {
-            return retry_later(format!("gate {gate:?} moved away from {owner} while it answered; retry"));
+            return Ok(retry_later(format!("gate {gate:?} moved away from {owner} while it answered; retry")));
         }
     };
     let answer = match sent {
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(%owner, error = %e, "the owner of a gate did not answer");
-            return retry_later(format!(
+            let answer = retry_later(format!(
                 "the node that owns gate {gate:?} ({owner}) did not answer; retry"
             ));
+            // Not connected: nothing reached it.
+            return if e.is_connect() {
+                Err(answer)
+            } else {
+                Ok(answer)
+            };
         }
     };
     let status = answer.status();
@@ -311,9 +357,9 @@ async fn to_owner(
         Ok(bytes) => bytes,
         Err(e) => {
             tracing::warn!(%owner, error = %e, "the owner's answer was cut off");
-            return retry_later(format!(
+            return Ok(retry_later(format!(
                 "the answer of the node that owns gate {gate:?} ({owner}) was cut off"
-            ));
+            )));
         }
     };
     let mut response = Response::new(Body::from(bytes));
@@ -323,7 +369,17 @@ async fn to_owner(
             response.headers_mut().append(name, value.clone());
         }
     }
-    response
+    if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+        Err(response)
+    } else {
+        Ok(response)
+    }
+}
+
+fn no_owner(gate: &str) -> Response {
+    retry_later(format!(
+        "no node owns gate {gate:?} right now (a takeover is under way); retry"
+    ))
 }
 
 fn changing_hands(gate: &str) -> Response {
