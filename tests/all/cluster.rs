@@ -35,9 +35,20 @@ impl Node {
     fn spawn(store: &str) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = spawn_server_with(dir.path(), port, |c| {
-            c.env("SLUICE_STORE", store);
+        let mut child = spawn_server_with(dir.path(), port, |c| {
+            c.env("SLUICE_STORE", store)
+                .stderr(std::process::Stdio::piped());
         });
+        // Each line of its log named by its port, and kept with the test's
+        // output (shown if it fails): several nodes log at once.
+        if let Some(log) = child.stderr.take() {
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+                    eprintln!("[node :{port}] {line}");
+                }
+            });
+        }
         let address = format!("http://127.0.0.1:{port}");
         Node {
             child,
@@ -232,8 +243,9 @@ async fn spread_as_wanted(nodes: &[Node], live: &[usize]) -> Result<Vec<Option<u
 /// already. Returns the nodes and the index of the gate's owner.
 async fn busy_cluster(stores: [&str; 3], sink: &Sink) -> (Vec<Node>, usize) {
     let nodes: Vec<Node> = stores.iter().map(|store| Node::spawn(store)).collect();
-    for node in &nodes {
+    for (i, node) in nodes.iter().enumerate() {
         wait_ready(&node.client).await;
+        eprintln!("node {i}: {}", node.address);
     }
     settled(&nodes, &[0, 1, 2]).await;
     let owner = owner_of(&nodes, 0, "busy", None).await;
@@ -646,8 +658,9 @@ async fn gates_spread_over_the_nodes_and_only_a_lost_nodes_gates_move() {
     let sink = Sink::start().await;
     let url = pg.url();
     let mut nodes: Vec<Node> = (0..3).map(|_| Node::spawn(&url)).collect();
-    for node in &nodes {
+    for (i, node) in nodes.iter().enumerate() {
         wait_ready(&node.client).await;
+        eprintln!("node {i}: {}", node.address);
     }
     let before = settled(&nodes, &[0, 1, 2]).await;
     // Four gates on each node, by the units' owners.
