@@ -3,6 +3,10 @@
 //! redb runs it on a file and in memory; a PostgreSQL store will run the same
 //! functions.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde_json::json;
 use sluice::core::units::Units;
 use sluice::core::{GateId, TaskId, Timestamp};
@@ -1000,4 +1004,98 @@ fn postgres_schema_5_upgrades_once_its_nodes_are_stopped() {
     };
     let refused = refused.to_string();
     assert!(refused.contains("over 32 units"), "{refused}");
+}
+
+/// redb, saying it has several writers as PostgreSQL does, so an engine
+/// takes its task ids in blocks from `reserve_task_ids`; it counts where
+/// each block was asked for: inside a write transaction or outside.
+struct SharedWriters {
+    inner: Store,
+    in_transaction: std::sync::atomic::AtomicBool,
+    inside: std::sync::atomic::AtomicUsize,
+    outside: std::sync::atomic::AtomicUsize,
+    next: std::sync::Mutex<u64>,
+}
+
+impl Backend for SharedWriters {
+    fn transact(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Writes) -> sluice::store::Result<()>,
+    ) -> sluice::store::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.in_transaction.store(true, SeqCst);
+        let done = self.inner.transact(f);
+        self.in_transaction.store(false, SeqCst);
+        done
+    }
+
+    fn snapshot(&self) -> sluice::store::Result<Box<dyn sluice::store::Reads>> {
+        self.inner.snapshot()
+    }
+
+    fn backup_to(&self, path: &std::path::Path) -> sluice::store::Result<sluice::store::Copied> {
+        self.inner.backup_to(path)
+    }
+
+    fn shares_writers(&self) -> bool {
+        true
+    }
+
+    fn reserve_task_ids(&self, n: u64, floor: u64) -> sluice::store::Result<std::ops::Range<u64>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let counter = if self.in_transaction.load(SeqCst) {
+            &self.inside
+        } else {
+            &self.outside
+        };
+        counter.fetch_add(1, SeqCst);
+        let mut next = self.next.lock().expect("not poisoned");
+        let start = (*next).max(floor);
+        *next = start + n;
+        Ok(start..start + n)
+    }
+}
+
+/// Where the store has several writers (PostgreSQL), task ids come in
+/// blocks the store reserves on a connection of its own: a turn takes the
+/// block its creates need before its transaction begins, never inside it,
+/// where the round trip would hold the transaction (and its locks) open.
+/// A first create, one after the block aged (250 ms), and a batch larger
+/// than a block: each reserved outside, and the ids all distinct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_ids_are_reserved_outside_the_write_transaction() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(SharedWriters {
+        inner: Store::in_memory().expect("store"),
+        in_transaction: Default::default(),
+        inside: Default::default(),
+        outside: Default::default(),
+        next: Default::default(),
+    });
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (engine, thread) = tokio::task::block_in_place(|| {
+        sluice::shell::spawn(store.clone(), Default::default(), stop_rx)
+    })
+    .expect("the engine starts");
+    let gate = crate::support::engine_gate(10.0, 1, 5, "127.0.0.1".into());
+    engine.put_gate("g".into(), gate).await.expect("gate");
+    // Due in an hour: nothing leaves.
+    let due = Timestamp(sluice::clock::now().as_ms() + 3_600_000);
+    let task = || crate::support::engine_task("g", "http://127.0.0.1:9/x", due);
+    let mut ids = BTreeSet::new();
+    for batch in [1, 1, 1_500] {
+        let created = (engine.create_tasks((0..batch).map(|_| task()).collect()))
+            .await
+            .expect("created");
+        ids.extend(created.into_iter().map(|c| c.id));
+        // The block ages past 250 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(ids.len(), 1_502, "every id distinct");
+    assert_eq!(store.inside.load(SeqCst), 0, "a block asked for inside");
+    assert!(store.outside.load(SeqCst) >= 3, "{:?}", store.outside);
+    let _ = stop.send(true);
+    tokio::task::block_in_place(|| thread.join())
+        .expect("joined")
+        .expect("the engine stops cleanly");
 }

@@ -604,21 +604,36 @@ impl Engine {
     /// again when used up or `ID_BLOCK_AGE` old, so two nodes' ids never
     /// meet and still sort by creation to within that age.
     pub(super) fn next_task_id(&mut self, now: Timestamp) -> Result<u64, StoreError> {
-        let floor = now.as_ms() << 16;
         if !self.shares_writers {
-            let id = floor.max(self.last_task_id + 1);
+            let id = (now.as_ms() << 16).max(self.last_task_id + 1);
             self.last_task_id = id;
             return Ok(id);
         }
-        let fresh = now.as_ms() < self.ids_at.saturating_add(ID_BLOCK_AGE_MS);
-        if self.ids.is_empty() || !fresh {
-            self.ids = self.store.reserve_task_ids(ID_BLOCK, floor)?;
-            self.ids_at = now.as_ms();
-        }
+        self.ensure_task_ids(now, 1)?;
         self.ids.next().ok_or_else(|| StoreError::Corrupt {
             table: "meta",
             detail: "the store reserved no task ids".into(),
         })
+    }
+
+    /// Makes sure `n` task ids are at hand where the store has several
+    /// writers: a new block (of `n` at least) if fewer are left or the
+    /// block is `ID_BLOCK_AGE` old. A turn calls it for its creates before
+    /// its transaction begins: a reservation is a round trip on another
+    /// connection, which inside the transaction would hold it open (and
+    /// its locks held) meanwhile.
+    pub(super) fn ensure_task_ids(&mut self, now: Timestamp, n: usize) -> Result<(), StoreError> {
+        if !self.shares_writers {
+            return Ok(());
+        }
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        let fresh = now.as_ms() < self.ids_at.saturating_add(ID_BLOCK_AGE_MS);
+        if !fresh || self.ids.end.saturating_sub(self.ids.start) < n {
+            let floor = now.as_ms() << 16;
+            self.ids = self.store.reserve_task_ids(ID_BLOCK.max(n), floor)?;
+            self.ids_at = now.as_ms();
+        }
+        Ok(())
     }
 
     pub(super) fn cancel_task(

@@ -38,6 +38,16 @@ impl Engine {
                 return Ok(Vec::new());
             }
         }
+        let creates = (commands.iter())
+            .map(|command| match command {
+                Command::CreateTasks { tasks, .. } => tasks.len(),
+                _ => 0,
+            })
+            .sum();
+        if creates > 0 {
+            // Before the transaction begins (see `ensure_task_ids`).
+            self.ensure_task_ids(now, creates)?;
+        }
         let store = self.store.clone();
         let mut replies: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         // The engine has its kept records back only if this turn commits.
