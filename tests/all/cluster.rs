@@ -220,13 +220,18 @@ async fn settled(nodes: &[Node], live: &[usize]) -> Vec<Option<usize>> {
     }
 }
 
+/// Each node's rendezvous hash, by index (0 for one not listed).
+fn id_hashes(ids: &[Option<String>]) -> Vec<u64> {
+    (ids.iter())
+        .map(|id| id.as_deref().map_or(0, |id| fnv1a(id.as_bytes())))
+        .collect()
+}
+
 /// The owners of the units if each is held by its rendezvous owner among
 /// `live`, as the first of them sees it; else what is and what is wanted.
 async fn spread_as_wanted(nodes: &[Node], live: &[usize]) -> Result<Vec<Option<usize>>, String> {
     let (owners, ids) = owners(nodes, live[0]).await;
-    let hashes: Vec<u64> = (ids.iter())
-        .map(|id| id.as_deref().map_or(0, |id| fnv1a(id.as_bytes())))
-        .collect();
+    let hashes = id_hashes(&ids);
     let wanted: Vec<Option<usize>> = (0..UNITS)
         .map(|unit| rendezvous(unit, live, |n| hashes[n]))
         .collect();
@@ -894,7 +899,8 @@ async fn requests_in_the_second_after_a_handover_are_answered() {
     let before = settled(&nodes, &[0, 1, 2]).await;
     // Four gates that will go from node 1 to node 2, eight others.
     let (_, ids) = owners(&nodes, 0).await;
-    let hash = |n: usize| ids[n].as_deref().map_or(0, |id| fnv1a(id.as_bytes()));
+    let hashes = id_hashes(&ids);
+    let hash = |n: usize| hashes[n];
     let (mut gates, mut units, mut going) = (Vec::new(), BTreeSet::new(), 0);
     for i in 0..10_000 {
         let name = format!("h{i}");

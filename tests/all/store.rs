@@ -1083,13 +1083,15 @@ async fn task_ids_are_reserved_outside_the_write_transaction() {
     let due = Timestamp(sluice::clock::now().as_ms() + 3_600_000);
     let task = || crate::support::engine_task("g", "http://127.0.0.1:9/x", due);
     let mut ids = BTreeSet::new();
-    for batch in [1, 1, 1_500] {
+    for (i, batch) in [1, 1, 1_500].into_iter().enumerate() {
+        if i > 0 {
+            // The block ages past 250 ms.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let created = (engine.create_tasks((0..batch).map(|_| task()).collect()))
             .await
             .expect("created");
         ids.extend(created.into_iter().map(|c| c.id));
-        // The block ages past 250 ms.
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(ids.len(), 1_502, "every id distinct");
     assert_eq!(store.inside.load(SeqCst), 0, "a block asked for inside");

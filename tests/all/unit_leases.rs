@@ -76,6 +76,17 @@ impl Node {
     }
 }
 
+/// Dates `node`'s start a minute back: it counts as live to the others
+/// (a node is given units only a while after it starts).
+async fn started_long_ago(db: &tokio_postgres::Client, node: &str) {
+    db.execute(
+        "UPDATE nodes SET started_at = now() - interval '1 minute' WHERE id = $1",
+        &[&node],
+    )
+    .await
+    .expect("sql");
+}
+
 /// Moves `unit`'s expiry into the past: its owner was paused past it.
 async fn lapse(db: &tokio_postgres::Client, unit: u32) {
     let n = db
@@ -336,12 +347,7 @@ async fn the_plan_follows_the_rendezvous_over_the_live_nodes() {
     );
     // Once another has settled, a node just started takes nothing: it is
     // not live to the others yet.
-    db.execute(
-        "UPDATE nodes SET started_at = now() - interval '1 minute' WHERE id = $1",
-        &[&ids[1]],
-    )
-    .await
-    .expect("sql");
+    started_long_ago(&db, &ids[1]).await;
     let moves = nodes[0].cluster.plan_units().await.expect("plan");
     assert!(moves.acquire.is_empty() && moves.hand_over.is_none());
 
@@ -857,15 +863,7 @@ async fn the_balance_spreads_busy_gates_over_two_nodes_one_busy_unit_a_beat() {
     let (a_engine, a_stop, a_thread) =
         running_engine(&url, "balance", Units::NONE, lookahead).await;
     let db = pg.client("balance").await;
-    let settle = async |node: &Node| {
-        db.execute(
-            "UPDATE nodes SET started_at = now() - interval '1 minute' WHERE id = $1",
-            &[&node.id()],
-        )
-        .await
-        .expect("sql");
-    };
-    settle(&a).await;
+    started_long_ago(&db, &a.id()).await;
     for _ in 0..UNITS {
         let beat = a
             .cluster
@@ -910,7 +908,7 @@ async fn the_balance_spreads_busy_gates_over_two_nodes_one_busy_unit_a_beat() {
 
     let (b_engine, b_stop, b_thread) =
         running_engine(&url, "balance", Units::NONE, lookahead).await;
-    settle(&b).await;
+    started_long_ago(&db, &b.id()).await;
     let (mut moved, mut drained, mut quiet) = (Units::NONE, Units::NONE, 0);
     for _ in 0..4 * UNITS {
         // A beat woken by another node's handover only takes.
@@ -1026,12 +1024,7 @@ async fn a_beat_renews_the_leases_while_its_engine_is_slow_to_adopt() {
     let (engine, stop, thread) =
         running_engine(&url, "slow", Units::NONE, Duration::from_millis(20)).await;
     let db = pg.client("slow").await;
-    db.execute(
-        "UPDATE nodes SET started_at = now() - interval '1 minute' WHERE id = $1",
-        &[&a.id()],
-    )
-    .await
-    .expect("sql");
+    started_long_ago(&db, &a.id()).await;
     db.batch_execute("BEGIN; LOCK TABLE gates IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock");
