@@ -30,11 +30,44 @@ pub fn spawn_server_with(
     command.spawn().expect("spawn sluice")
 }
 
+/// A port for a server the test starts, free now and handed out once in the
+/// run. A port from `bind(0)` is no good: between its check and the server's
+/// bind, the kernel may hand it out again (to another node, or a sink), and
+/// the server then finds it taken. These ports lie outside the ephemeral
+/// range the kernel draws from, so only this function gives them out.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TAKEN: AtomicU32 = AtomicU32::new(0);
+    let (from, to) = outside_ephemeral_range();
+    let span = (to - from).max(1);
+    // Apart from another run's ports on the same machine.
+    let start = std::process::id().wrapping_mul(997) % span;
+    for _ in 0..span {
+        let port = from + (start + TAKEN.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(port) = u16::try_from(port)
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port outside the ephemeral range");
+}
+
+/// Ports `from..to` the kernel never hands out by itself: below its
+/// ephemeral range (Linux's default where it cannot be read), or above it.
+fn outside_ephemeral_range() -> (u32, u32) {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut bounds = s.split_whitespace().map(str::parse::<u32>);
+            Some((bounds.next()?.ok()?, bounds.next()?.ok()?))
+        })
+        .unwrap_or((32_768, 60_999));
+    if low >= 12_000 {
+        (10_000, low)
+    } else {
+        (high + 1, 65_536)
+    }
 }
 
 pub async fn wait_ready(c: &Client) {
