@@ -715,8 +715,9 @@ async fn w7(
 
 /// W7c: three nodes on one PostgreSQL database (the gates spread over
 /// them by unit). Tasks created through the two others (each commits its
-/// creates; the gate's owner hears of them), what each task costs the database and the nodes, then
-/// `SIGTERM` of the owner of a busy 200/s gate and `kill -9` of its next
+/// creates; the gate's owner hears of them), what each task costs the database and the nodes,
+/// the lateness and the row writes per task of a steady flow through the owner and another node,
+/// then `SIGTERM` of the owner of a busy 200/s gate and `kill -9` of its next
 /// owner: how long the gate stood still each time, and whether the sink's
 /// windows held across both handovers.
 async fn cluster(
@@ -813,6 +814,35 @@ async fn cluster(
         lateness.push((label, percentile(&late, 0.5), percentile(&late, 0.99)));
     }
 
+    // Writes per task in a steady flow (the gate keeps up, nothing queues),
+    // created in batches through the owner and through another node.
+    let mut steady = Vec::new();
+    for (label, server) in [("owner", owner), ("other", standby)] {
+        let path = format!("/w7s-{label}");
+        tokio::time::sleep(FLUSHED).await;
+        let (from, at) = (pg_counters(store).await?, clock::instant());
+        for _ in 0..STEADY_BATCHES {
+            let batch = (0..STEADY_BATCH)
+                .map(|_| task("w7c", &url(&path), None))
+                .collect();
+            server.create(batch, STEADY_BATCH, 1).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let tasks = STEADY_BATCH * STEADY_BATCHES;
+        let got = sink.wait(&path, tasks, Duration::from_secs(60)).await;
+        if got.len() < tasks {
+            bail!("W7c steady: {} of {tasks} delivered", got.len());
+        }
+        tokio::time::sleep(FLUSHED).await;
+        let to = pg_counters(store).await?;
+        let idle = idle_per_s * at.elapsed().as_secs_f64();
+        steady.push((
+            label,
+            ((to.writes - from.writes) as f64 - idle).max(0.0) / tasks as f64,
+            (to.task_rows - from.task_rows) as f64 / tasks as f64,
+        ));
+    }
+
     // Failover: a busy gate at 200/s, then kill -9 of its owner.
     others[0]
         .gate(
@@ -866,6 +896,7 @@ async fn cluster(
         "handover_still_s": handover,
         "failover_s": failover, "failover_peak_1s": peak, "failover_bound_1s": 201,
         "failover_delivered": distinct, "failover_tasks": total,
+        "steady_row_writes_per_task": steady.iter().map(|(via, all, rows)| json!({ "via": via, "row_writes": all, "task_row_writes": rows, "per_s": STEADY_BATCH * 10 })).collect::<Vec<_>>(),
         "lateness_ms": lateness.iter().map(|(via, p50, p99)| json!({ "via": via, "p50": p50, "p99": p99 })).collect::<Vec<_>>(),
     });
     let lines = vec![
@@ -882,6 +913,18 @@ async fn cluster(
             format!(
                 "{writes:.1} row writes ({task_rows:.1} of task rows), {commits:.2} transactions"
             ),
+            "≤ 2 writes".into(),
+        ),
+        (
+            format!(
+                "W7c steady flow ({}/s in batches of {STEADY_BATCH}), row writes per task via owner; via another node",
+                STEADY_BATCH * 10
+            ),
+            steady
+                .iter()
+                .map(|(_, all, rows)| format!("{all:.1} ({rows:.1} of task rows)"))
+                .collect::<Vec<_>>()
+                .join("; "),
             "≤ 2 writes".into(),
         ),
         (
@@ -930,6 +973,11 @@ fn longest_gap_s(times: impl IntoIterator<Item = Instant>) -> f64 {
 
 /// Tasks created one by one for W7c's lateness, through each node.
 const LATENESS_TASKS: usize = 200;
+
+/// W7c's steady flow: batches of this many tasks, 100 ms apart, through
+/// each node: 1,000 tasks/s, which the gate (concurrency 100) keeps up with.
+const STEADY_BATCH: usize = 100;
+const STEADY_BATCHES: usize = 50;
 
 /// Which of `nodes` owns `gate`, as the first of them sees it.
 async fn owner_index(nodes: &[&mut Server], gate: &str) -> anyhow::Result<usize> {
