@@ -463,6 +463,30 @@ fn a_transaction_sees_its_own_pending_changes(store: &dyn Backend) {
         assert!(tx.task(3)?.is_some());
         tx.put_task(&task(8, 1, "scheduled", None))
     }));
+    // The same, read as a gate's first orders and its whole queue (a
+    // gate's keys loaded, or its tasks ended, in the turn of a create).
+    ok(store.write(|tx| {
+        tx.index_task(1, 9)?;
+        tx.insert_pending(g, None, Timestamp(now - 40), TaskId(9))?;
+        tx.index_task(1, 10)?;
+        tx.insert_pending(g, Some("k"), Timestamp(now - 35), TaskId(10))?;
+        assert_eq!(
+            tx.pending_keys(g)?,
+            [
+                (None, order(now - 40, 9)),
+                (Some("k".into()), order(now - 35, 10))
+            ],
+            "the first orders"
+        );
+        let all: Vec<u64> = tx.all_pending(g)?.iter().map(|(_, _, id)| id.0).collect();
+        assert_eq!(all, [9, 8, 7, 1, 3, 4, 5, 6, 10], "the whole queue");
+        tx.put_task(&task(9, 1, "scheduled", None))?;
+        tx.put_task(&task(10, 1, "scheduled", None))?;
+        tx.remove_pending(g, None, Timestamp(now - 40), TaskId(9))?;
+        tx.remove_pending(g, Some("k"), Timestamp(now - 35), TaskId(10))?;
+        tx.put_task(&task(9, 1, "cancelled", Some(now)))?;
+        tx.put_task(&task(10, 1, "cancelled", Some(now)))
+    }));
     let r = ok(store.read());
     assert_eq!(ok(r.due_now(1, now)), 7, "tasks 1, 3 to 8");
     assert_eq!(ok(r.oldest_pending(1)), Some(now - 30));
@@ -471,6 +495,9 @@ fn a_transaction_sees_its_own_pending_changes(store: &dyn Backend) {
         let (found, _) = tx.pending_range(g, None, order(0, 0), Timestamp(u64::MAX), 9)?;
         let ids: Vec<u64> = found.iter().map(|(_, id)| id.0).collect();
         assert_eq!(ids, [8, 7, 1, 3, 4, 5, 6], "as committed");
+        let (all, next) =
+            tx.pending_range(g, None, order(0, 0), Timestamp(u64::MAX), usize::MAX)?;
+        assert_eq!((all.len(), next), (7, None), "no limit");
         Ok(())
     }));
 }
@@ -647,7 +674,50 @@ fn retention_spares_a_task_that_runs_again(store: &dyn Backend) {
         }
     }
     assert_eq!(total, 3, "all three of the instant are found");
-    assert_eq!(ok(store.write(|tx| tx.prune(1_000, 10))), (0, false));
+    assert_eq!(
+        ok(store.write(|tx| tx.prune(1_000, usize::MAX))),
+        (0, false)
+    );
+}
+
+/// Retention on one node spares a task that another node runs again
+/// between retention's read of it and its commit: the task, its pending
+/// place and its idempotency key stay.
+#[test]
+fn postgres_retention_spares_a_task_another_node_runs_again() {
+    let Some(server) = crate::pg::PgServer::start() else {
+        return;
+    };
+    let open = || -> Box<dyn Backend> {
+        Box::new(PgStore::open_in(&server.url(), "retention_race").expect("open"))
+    };
+    let (retention, owner) = (open(), open());
+    let g = GateId(1);
+    ok(owner.write(|tx| {
+        tx.index_task(1, 3)?;
+        tx.put_task(&task(3, 1, "succeeded", Some(10)))?;
+        tx.put_idempotent(1, "key3", 3)
+    }));
+    ok(retention.write(|tx| {
+        tx.prune(11, 10)?;
+        // Retried by the gate's owner before retention commits.
+        ok(owner.write(|tx| {
+            tx.put_task(&task(3, 1, "scheduled", None))?;
+            tx.insert_pending(g, None, Timestamp(50), TaskId(3))
+        }));
+        Ok(())
+    }));
+    let r = ok(retention.read());
+    let kept = ok(r.task(3)).expect("the task run again was pruned");
+    assert_eq!(kept.state.as_str(), "scheduled");
+    drop(r);
+    ok(owner.write(|tx| {
+        assert_eq!(tx.idempotent(1, "key3")?, Some(3), "its key");
+        let (found, _) =
+            tx.pending_range(g, None, (Timestamp(0), TaskId(0)), Timestamp(u64::MAX), 9)?;
+        assert_eq!(found, [(Timestamp(50), TaskId(3))], "its place");
+        Ok(())
+    }));
 }
 
 fn plugins_and_their_artifacts(store: &dyn Backend) {

@@ -348,6 +348,20 @@ impl<'a> PgTx<'a> {
         }
     }
 
+    /// The places in `gate`'s due order of the tasks whose rows this
+    /// transaction holds back for their records (a create writes its entry
+    /// first, its record at the turn's end): once everything else has gone
+    /// out (`read`), these rows are not in the database yet, so a read of
+    /// the whole order adds them.
+    fn held_back(&self, gate: GateId) -> Vec<(u64, Place)> {
+        (self.rows.borrow().iter())
+            .filter_map(|(&id, row)| {
+                let place = row.place.clone()??;
+                (place.gate == gate.0).then_some((id, place))
+            })
+            .collect()
+    }
+
     /// Sends what is queued, then the minute counts.
     pub(super) fn commit(&mut self) -> Result<()> {
         self.flush()?;
@@ -411,27 +425,43 @@ impl<'a> PgTx<'a> {
     }
 
     /// Removes one finished task and what hangs off it, if it still is the
-    /// task that finished at `at`.
+    /// task that finished at `at`. Another node may run it again meanwhile
+    /// (the gate's owner retries it, while retention runs on the node of
+    /// unit 0), so each statement holds only if the row is still as read:
+    /// the row goes only while it still finished at `at`, and what hangs off
+    /// it only once the row is gone.
     fn prune_task(&mut self, id: u64, at: u64) -> Result<bool> {
         let Some(task) = self.task(id)? else {
             return Ok(false);
         };
         if !task.state.is_final() || task.finished_at != Some(at) {
             // It ran again since (or an upgraded row's time was stale): its
-            // columns from its record, so retention stops finding it here.
-            self.put_task(&task)?;
+            // column from its record, so retention stops finding it here.
+            self.send(
+                "UPDATE tasks SET finished_at = $3 WHERE id = $1 AND finished_at = $2",
+                vec![
+                    Box::new(big(id)),
+                    Box::new(big(at)),
+                    Box::new(task.finished_at.filter(|_| task.state.is_final()).map(big)),
+                ],
+            );
             return Ok(false);
         }
-        self.send("DELETE FROM tasks WHERE id = $1", vec![Box::new(big(id))]);
+        self.send(
+            "DELETE FROM tasks WHERE id = $1 AND finished_at = $2",
+            vec![Box::new(big(id)), Box::new(big(at))],
+        );
         if task.root.is_none_or(|root| root == id) {
             self.send(
-                "DELETE FROM lineage WHERE root = $1",
+                "DELETE FROM lineage WHERE root = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1)",
                 vec![Box::new(big(id))],
             );
         }
         if let Some(key) = task.idempotency_key {
             self.send(
-                "DELETE FROM idempotency WHERE gate_id = $1 AND key = $2 AND task_id = $3",
+                "DELETE FROM idempotency WHERE gate_id = $1 AND key = $2 AND task_id = $3 \
+                 AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $3)",
                 vec![
                     Box::new(int(task.gate_id)),
                     Box::new(key),
@@ -441,7 +471,8 @@ impl<'a> PgTx<'a> {
         }
         if let Some(key) = task.coalesce_key {
             self.send(
-                "DELETE FROM coalesce WHERE gate_id = $1 AND key = $2 AND task_id = $3",
+                "DELETE FROM coalesce WHERE gate_id = $1 AND key = $2 AND task_id = $3 \
+                 AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $3)",
                 vec![
                     Box::new(int(task.gate_id)),
                     Box::new(key),
@@ -565,7 +596,7 @@ impl Writes for PgTx<'_> {
             self.read()?,
             "SELECT finished_at, id FROM tasks WHERE finished_at < $1 \
              ORDER BY finished_at, id LIMIT $2",
-            &[&big(before), &big(limit as u64 + 1)],
+            &[&big(before), &big((limit as u64).saturating_add(1))],
         )?;
         let more = found.len() > limit;
         let mut removed = 0;
@@ -689,7 +720,7 @@ impl Writes for PgTx<'_> {
             int(gate.0),
             big(from.0.as_ms()),
             big(from.1.0),
-            big((limit + moved.len()) as u64 + 1),
+            big((limit.saturating_add(moved.len()) as u64).saturating_add(1)),
         );
         let mut found = keys(match key {
             None => rows(
@@ -723,8 +754,10 @@ impl Writes for PgTx<'_> {
     }
 
     fn pending_keys(&self, gate: GateId) -> Result<Vec<(Option<String>, (Timestamp, TaskId))>> {
+        let conn = self.read()?;
+        let held = self.held_back(gate);
         let mut out: Vec<_> = keys(rows(
-            self.read()?,
+            conn,
             "SELECT due, id FROM tasks WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NULL \
              ORDER BY due, id LIMIT 1",
             &[&int(gate.0)],
@@ -733,7 +766,7 @@ impl Writes for PgTx<'_> {
         .map(|first| (None, first))
         .collect();
         let firsts = rows(
-            self.read()?,
+            conn,
             "SELECT DISTINCT ON (pkey) pkey, due, id FROM tasks \
              WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NOT NULL \
              ORDER BY pkey, due, id",
@@ -742,6 +775,16 @@ impl Writes for PgTx<'_> {
         for row in firsts {
             let first = (Timestamp(unbig(row.get(1))), TaskId(unbig(row.get(2))));
             out.push((Some(row.get(0)), first));
+        }
+        if !held.is_empty() {
+            for (id, place) in held {
+                let order = (Timestamp(place.due), TaskId(id));
+                match out.iter_mut().find(|(key, _)| *key == place.key) {
+                    Some((_, first)) => *first = (*first).min(order),
+                    None => out.push((place.key, order)),
+                }
+            }
+            out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
         Ok(out)
     }
@@ -754,13 +797,21 @@ impl Writes for PgTx<'_> {
             &[&int(gate.0)],
         )?;
         self.saw_places(&found, 0, 1);
-        Ok(found
+        let mut out: Vec<_> = found
             .iter()
             .filter_map(|row| {
                 let place = Place::read(row, 1)?;
                 Some((place.key, Timestamp(place.due), TaskId(unbig(row.get(0)))))
             })
-            .collect())
+            .collect();
+        let held = self.held_back(gate);
+        if !held.is_empty() {
+            out.extend(
+                (held.into_iter()).map(|(id, place)| (place.key, Timestamp(place.due), TaskId(id))),
+            );
+            out.sort_unstable();
+        }
+        Ok(out)
     }
 
     fn set_running(&mut self, task_id: u64, running: bool) -> Result<()> {
