@@ -229,20 +229,26 @@ impl Cluster {
     /// now (none while its unit is vacant or lapsed), which also goes into
     /// the view: for a request the view would send nowhere, or to a node
     /// that no longer runs the gate, in the second after a handover.
+    ///
+    /// The requests asking share one connection: each waits for those
+    /// before it, and gives up after twice the time one may take, so a
+    /// node cut off from the database answers each at once rather than one
+    /// a second.
     pub async fn owner_now(&self, gate: &str) -> Result<Option<(String, String)>, StoreError> {
         let unit = unit_of(gate, UNITS);
-        let row = self
-            .on(&self.views, async |client| {
-                client
-                    .query_opt(
-                        "SELECT u.owner, n.address FROM units u \
-                         JOIN nodes n ON n.id = u.owner \
-                         WHERE u.unit = $1 AND u.expires_at > now()",
-                        &[&i32::try_from(unit).unwrap_or(i32::MAX)],
-                    )
-                    .await
-            })
-            .await?;
+        let asked = self.on(&self.views, async |client| {
+            client
+                .query_opt(
+                    "SELECT u.owner, n.address FROM units u \
+                     JOIN nodes n ON n.id = u.owner \
+                     WHERE u.unit = $1 AND u.expires_at > now()",
+                    &[&i32::try_from(unit).unwrap_or(i32::MAX)],
+                )
+                .await
+        });
+        let row = tokio::time::timeout(self.answer_within() * 2, asked)
+            .await
+            .map_err(|_| StoreError::Postgres("PostgreSQL did not answer in time".into()))??;
         let owner = row.map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)));
         if let Ok(mut seen) = self.seen.lock()
             && let Some(slot) = seen.owners.get_mut(unit as usize)
@@ -315,22 +321,24 @@ impl Cluster {
                 Err(_) => return Err(StoreError::Postgres("connecting timed out".into())),
             }
         }
-        let Some(client) = slot.as_ref() else {
+        // Out of its slot while the query runs, and back only once it
+        // has answered: a caller that gives up halfway (a beat dropped)
+        // drops the connection with it, and with it whatever transaction
+        // the query had begun, which the next query would otherwise run
+        // inside.
+        let Some(client) = slot.take() else {
             return Err(StoreError::Postgres("no connection".into()));
         };
-        match tokio::time::timeout(limit, query(client)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                *slot = None;
-                Err(pg(e))
+        match tokio::time::timeout(limit, query(&client)).await {
+            Ok(Ok(value)) => {
+                *slot = Some(client);
+                Ok(value)
             }
-            Err(_) => {
-                // The connection may be stuck (a network cut): start over.
-                *slot = None;
-                Err(StoreError::Postgres(
-                    "PostgreSQL did not answer in time".into(),
-                ))
-            }
+            Ok(Err(e)) => Err(pg(e)),
+            // The connection may be stuck (a network cut): start over.
+            Err(_) => Err(StoreError::Postgres(
+                "PostgreSQL did not answer in time".into(),
+            )),
         }
     }
 

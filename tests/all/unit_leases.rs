@@ -76,6 +76,110 @@ impl Node {
     }
 }
 
+/// A schedule is its gate's engine's: moved by a `PUT` to a gate another
+/// engine runs, it is refused with a conflict that says what to do (it
+/// was taken as a new schedule there, and both engines ran it), and it
+/// stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_is_not_moved_to_a_gate_another_engine_runs() {
+    use sluice::shell::UnitsOrder;
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let sink = crate::support::Sink::start().await;
+    let (a, stop, thread) = running_engine(
+        &pg.url(),
+        "schedule_move",
+        Units::ALL,
+        Duration::from_millis(20),
+    )
+    .await;
+    let there = (0..)
+        .map(|i| format!("there-{i}"))
+        .find(|name| Units::of(name) != Units::of("here"))
+        .expect("a gate of another unit");
+    for gate in ["here", there.as_str()] {
+        a.put_gate(gate.into(), smooth_gate(&sink, 10.0))
+            .await
+            .expect("gate");
+    }
+    let spec = |gate: &str| sluice::model::ScheduleSpec {
+        cron: None,
+        timezone: "UTC".into(),
+        every: Some(Duration::from_secs(3_600)),
+        misfire: sluice::core::schedule::Misfire::Skip,
+        catchup_limit: 1,
+        jitter: Duration::ZERO,
+        template: crate::support::engine_task(gate, &sink.url("/"), sluice::clock::now()),
+    };
+    a.put_schedule("hourly".into(), spec("here"))
+        .await
+        .expect("schedule");
+    // The other gate's unit goes to another engine.
+    a.units(UnitsOrder::Stop(Units::of(&there)))
+        .await
+        .expect("stop");
+    a.units(UnitsOrder::Drop(Units::of(&there)))
+        .await
+        .expect("drop");
+    let moved = a.put_schedule("hourly".into(), spec(&there)).await;
+    match moved {
+        Err(sluice::shell::ShellError::Conflict(message)) => assert!(
+            message.contains("delete it and create it again"),
+            "{message}"
+        ),
+        other => panic!("a move to another engine's gate: {other:?}"),
+    }
+    let (kept, created) = (a.put_schedule("hourly".into(), spec("here")).await)
+        .expect("the schedule stays on its gate");
+    assert!(!created, "the schedule was lost");
+    assert_eq!(kept.template.gate, "here");
+    stop_engines([(stop, thread)]);
+}
+
+/// A take given up halfway (its caller dropped, as a beat is when its
+/// engine ends) leaves no transaction open on the lease connection: the
+/// renewal after it commits. (Left open, the renewals ran inside it,
+/// seen by no other node, and the unit lapsed under its holder.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_given_up_halfway_leaves_no_transaction_open() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let a = Node::join(&pg.url(), "given_up").await;
+    assert!(a.acquire(1).await.is_some(), "a takes unit 1");
+    let db = pg.client("given_up").await;
+    let expires = async || -> f64 {
+        db.query_one(
+            "SELECT extract(epoch FROM expires_at)::float8 FROM units WHERE unit = 1",
+            &[],
+        )
+        .await
+        .expect("unit 1")
+        .get(0)
+    };
+    db.batch_execute("BEGIN; SELECT * FROM units WHERE unit = 2 FOR UPDATE")
+        .await
+        .expect("lock unit 2");
+    // Within the connection's own limit (200 ms at least), so the take is
+    // given up from outside, waiting for the lock inside its transaction.
+    let take = tokio::time::timeout(Duration::from_millis(100), a.cluster.acquire_unit(2)).await;
+    assert!(
+        take.is_err(),
+        "the take did not wait for the lock: {take:?}"
+    );
+    db.batch_execute("COMMIT").await.expect("unlock");
+    let before = expires().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let renewal = a.cluster.renew_units().await.expect("renewal");
+    assert!(renewal.lost.is_empty(), "{renewal:?}");
+    let after = expires().await;
+    assert!(
+        after > before,
+        "the renewal is not committed: unit 1 expires at {after}, as before"
+    );
+}
+
 /// Dates `node`'s start a minute back: it counts as live to the others
 /// (a node is given units only a while after it starts).
 async fn started_long_ago(db: &tokio_postgres::Client, node: &str) {

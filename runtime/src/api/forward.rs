@@ -83,9 +83,12 @@ enum Route {
     Task(String),
     /// By the owner of the schedule's template gate.
     Schedule(String),
-    /// A create naming a coalesce key, or a schedule's `PUT`: by the owner
-    /// of the gate its body names.
+    /// A create naming a coalesce key: by the owner of the gate its body
+    /// names (in a batch, its first task's that names one).
     Body,
+    /// A schedule's `PUT`: by the owner of its gate, or of the gate the
+    /// body names if there is no such schedule yet.
+    PutSchedule(String),
     /// `GET /v1/gates`: by every owner, the answers merged.
     Gates,
 }
@@ -108,7 +111,7 @@ fn route(method: &Method, path: &str) -> Route {
         ["tasks", "replay", ..] => Route::Local,
         ["tasks", _] if method == Method::DELETE => Route::Task(name(1)),
         ["tasks", _, "retry" | "complete" | "fail" | "heartbeat"] => Route::Task(name(1)),
-        ["schedules", _] if method == Method::PUT => Route::Body,
+        ["schedules", _] if method == Method::PUT => Route::PutSchedule(name(1)),
         ["schedules", _] if method == Method::DELETE => Route::Schedule(name(1)),
         ["schedules", _, "pause" | "resume"] => Route::Schedule(name(1)),
         _ => Route::Local,
@@ -170,18 +173,21 @@ fn retry_later(message: String) -> Response {
     ApiError::unavailable(message).into_response()
 }
 
-/// The gate a body names: a create's `gate` (a batch's first task's), or
-/// a schedule's `task.gate`. `None` if it names none (the handler then
-/// answers what is wrong with it).
+/// The gate a body names: a create's `gate` (in a batch, that of its first
+/// task naming a coalesce key, else its first task's), or a schedule's
+/// `task.gate`. `None` if it names none (the handler then answers what is
+/// wrong with it). A batch's task with a coalesce key changes a task of its
+/// gate, which only that gate's owner does; a plain task is created by any
+/// node.
 fn gate_in(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let tasks = value.get("tasks").and_then(|t| t.as_array());
+    let first = tasks.and_then(|tasks| {
+        (tasks.iter().find(|t| t.get("coalesce_key").is_some())).or_else(|| tasks.first())
+    });
     let gate = (value.get("gate"))
         .or_else(|| value.get("task").and_then(|t| t.get("gate")))
-        .or_else(|| {
-            (value.get("tasks"))
-                .and_then(|t| t.get(0))
-                .and_then(|t| t.get("gate"))
-        })?;
+        .or_else(|| first.and_then(|t| t.get("gate")))?;
     gate.as_str().map(String::from)
 }
 
@@ -204,6 +210,23 @@ pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: N
         Route::Schedule(name) => match schedule_gate(&peers, &name).await {
             Some(gate) => gate,
             None => return next.run(request).await,
+        },
+        // A schedule that exists is its gate's engine's, even where the
+        // body moves it to another gate (that engine says whether it may).
+        Route::PutSchedule(name) => match schedule_gate(&peers, &name).await {
+            Some(gate) => gate,
+            None => {
+                let (parts, body) = request.into_parts();
+                let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+                    Ok(body) => body,
+                    Err(_) => return too_large(),
+                };
+                let request = Request::from_parts(parts, Body::from(body.clone()));
+                match gate_in(&body) {
+                    Some(gate) => return to_owner(&peers, &gate, request, next, forwarded).await,
+                    None => return next.run(request).await,
+                }
+            }
         },
         Route::Body => {
             let (parts, body) = request.into_parts();
@@ -486,7 +509,11 @@ mod tests {
             (Method::POST, "/v1/tasks/t1/heartbeat", task("t1")),
             (Method::POST, "/v1/tasks/replay", Route::Local),
             (Method::DELETE, "/v1/tasks/replay/r1", Route::Local),
-            (Method::PUT, "/v1/schedules/daily", Route::Body),
+            (
+                Method::PUT,
+                "/v1/schedules/daily",
+                Route::PutSchedule("daily".into()),
+            ),
             (Method::GET, "/v1/schedules/daily", Route::Local),
             (Method::DELETE, "/v1/schedules/daily", schedule.clone()),
             (Method::POST, "/v1/schedules/daily/pause", schedule),
@@ -505,6 +532,10 @@ mod tests {
         assert_eq!(gate_in(br#"{"gate":"a"}"#).as_deref(), Some("a"));
         let batch = br#"{"tasks":[{"gate":"b"}]}"#;
         assert_eq!(gate_in(batch).as_deref(), Some("b"));
+        // Its first task naming a coalesce key: that one only its gate's
+        // owner may create, the others any node.
+        let mixed = br#"{"tasks":[{"gate":"b"},{"gate":"c","coalesce_key":"k"},{"gate":"d"}]}"#;
+        assert_eq!(gate_in(mixed).as_deref(), Some("c"));
         let schedule = br#"{"every":"1m","task":{"gate":"c"}}"#;
         assert_eq!(gate_in(schedule).as_deref(), Some("c"));
         assert_eq!(gate_in(br#"{"tasks":[]}"#), None);

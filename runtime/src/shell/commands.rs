@@ -24,7 +24,12 @@ impl Engine {
             Command::PutGate { name, .. }
             | Command::DeleteGate { name, .. }
             | Command::SetPaused { name, .. } => Some(name.as_str()),
-            Command::PutSchedule { spec, .. } => Some(spec.template.gate.as_str()),
+            // A schedule is its gate's engine's: the gate it has now, if
+            // this engine runs it (a move to another gate is checked there).
+            Command::PutSchedule { name, spec, .. } => Some(
+                (self.schedules.get(name))
+                    .map_or(spec.template.gate.as_str(), |s| s.template.gate.as_str()),
+            ),
             _ => None,
         };
         let refused = if self.shutting_down && !matches!(command, Command::Live { .. }) {

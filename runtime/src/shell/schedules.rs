@@ -25,7 +25,20 @@ impl Engine {
         spec: ScheduleSpec,
     ) -> Result<Result<(ScheduleRecord, bool), ShellError>, StoreError> {
         let now = turn.now;
-        let Some(gate) = self.gates.get(&spec.template.gate) else {
+        let new = &spec.template.gate;
+        if let Some(old) = self.schedules.get(&name).map(|e| &e.template.gate)
+            && old != new
+            && self.moved(new).is_some()
+        {
+            // Its occurrences, its current one among them, are this
+            // engine's; another node runs the new gate.
+            return Ok(Err(ShellError::Conflict(format!(
+                "schedule {name:?} runs with gate {old:?}, and gate {new:?} is run by another \
+                 node: a schedule moves only between gates of one node; delete it and create \
+                 it again with the new gate"
+            ))));
+        }
+        let Some(gate) = self.gates.get(new) else {
             return Ok(Err(ShellError::NoGate {
                 at: At::item(0, "gate"),
                 gate: spec.template.gate.clone(),
