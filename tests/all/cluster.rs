@@ -7,7 +7,7 @@
 //! the handover, and a paused owner that wakes up sends nothing more.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ const BURST: usize = 4;
 const TASKS: usize = 400;
 
 struct Node {
-    child: Child,
+    child: crate::crash::KillOnDrop,
     client: Client,
     address: String,
     _dir: tempfile::TempDir,

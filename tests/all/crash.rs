@@ -8,8 +8,39 @@ use sluice::clock;
 
 use crate::support::{Client, Reply, Sink, webhook_task};
 
-pub fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
+pub fn spawn_server(dir: &std::path::Path, port: u16) -> KillOnDrop {
     spawn_server_with(dir, port, |_| {})
+}
+
+/// A server process a test started, stopped (by its PID) however the test
+/// ends: one left running by a failed test would hold the test run's
+/// output open, and the run with it.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
 }
 
 /// The real binary on `port`, its command adjusted first (environment, say).
@@ -17,7 +48,7 @@ pub fn spawn_server_with(
     dir: &std::path::Path,
     port: u16,
     adjust: impl FnOnce(&mut Command),
-) -> Child {
+) -> KillOnDrop {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -27,7 +58,7 @@ pub fn spawn_server_with(
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     adjust(&mut command);
-    command.spawn().expect("spawn sluice")
+    KillOnDrop(command.spawn().expect("spawn sluice"))
 }
 
 /// A port for a server the test starts, free now and handed out once in the

@@ -737,7 +737,7 @@ async fn sigterm_during_an_upload_creates_and_replays_ends_cleanly() {
 
 /// The real binary on a free loopback port in `dir`, with a 1 s grace
 /// period, once it is ready.
-async fn start_process(dir: &Path) -> (std::process::Child, u16, crate::support::Client) {
+async fn start_process(dir: &Path) -> (crate::crash::KillOnDrop, u16, crate::support::Client) {
     use crate::crash::{free_port, spawn_server_with, wait_ready};
     let port = free_port();
     let child = spawn_server_with(dir, port, |c| {
@@ -750,7 +750,7 @@ async fn start_process(dir: &Path) -> (std::process::Child, u16, crate::support:
 
 /// Sends SIGTERM to the server process (by its PID) and waits, at most 10 s,
 /// for it to exit with success.
-async fn stop_cleanly(mut child: std::process::Child) {
+async fn stop_cleanly(mut child: crate::crash::KillOnDrop) {
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

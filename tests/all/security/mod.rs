@@ -540,13 +540,13 @@ async fn proxies_in_the_environment_are_ignored() {
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let mut child = KillOnDrop(spawn_server_with(dir.path(), port, |command| {
+    let mut child = spawn_server_with(dir.path(), port, |command| {
         for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
             command.env(name, &proxy_url);
             command.env(name.to_lowercase(), &proxy_url);
         }
         command.env_remove("NO_PROXY").env_remove("no_proxy");
-    }));
+    });
     let c = Client::new(&format!("http://127.0.0.1:{port}"));
     wait_ready(&c).await;
     let mut open = gate_for(&sink, "100/s");
@@ -579,20 +579,4 @@ async fn proxies_in_the_environment_are_ignored() {
         0,
         "the proxy was used"
     );
-}
-
-/// The server under test, stopped (by its PID) however the test ends.
-pub(crate) struct KillOnDrop(pub std::process::Child);
-
-impl KillOnDrop {
-    pub fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

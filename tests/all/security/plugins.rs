@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::KillOnDrop;
 use crate::crash::{free_port, spawn_server_with, wait_ready};
 use crate::plugins::{last_attempt, logs, plugin_task, push_ok};
 use crate::support::{Client, Reply, Server, Sink};
@@ -297,9 +296,9 @@ async fn peak_memory_with_a_full_pool_of_hostile_attempts_is_bounded() {
         .unwrap_or(16);
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let mut child = KillOnDrop(spawn_server_with(dir.path(), port, |command| {
+    let mut child = spawn_server_with(dir.path(), port, |command| {
         command.env("SLUICE_PLUGIN_INSTANCES", slots.to_string());
-    }));
+    });
     let c = Client::new(&format!("http://127.0.0.1:{port}"));
     wait_ready(&c).await;
     push_ok(&c, "host-abuse").await;
