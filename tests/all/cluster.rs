@@ -81,14 +81,14 @@ impl Drop for Node {
 /// A TCP proxy on loopback in front of PostgreSQL that can stop forwarding:
 /// a network cut between one node and the database. Connections stay open
 /// and silent, as behind a dropped route.
-struct Proxy {
+pub(crate) struct Proxy {
     port: u16,
     cut: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
+    pub(crate) async fn start(upstream: u16) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("proxy listens");
@@ -109,11 +109,11 @@ impl Proxy {
         Proxy { port, cut, task }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    fn set_cut(&self, cut: bool) {
+    pub(crate) fn set_cut(&self, cut: bool) {
         let _ = self.cut.send(cut);
     }
 }

@@ -137,6 +137,44 @@ async fn a_schedule_is_not_moved_to_a_gate_another_engine_runs() {
     stop_engines([(stop, thread)]);
 }
 
+/// Requests asking the database who owns a gate, while their node is cut
+/// off from it, each give up in bounded time (they share one connection,
+/// and each waited for every one before it: the twentieth about 8 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_lookups_cut_off_from_the_database_each_give_up_soon() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let proxy = crate::cluster::Proxy::start(pg.port()).await;
+    let terms = Terms {
+        lease: Duration::from_secs(2),
+        renew_every: Duration::from_millis(400),
+        margin: Duration::from_millis(400),
+    };
+    let a = Node::join_on(&proxy.url(), "cut_off", terms).await;
+    a.cluster
+        .owner_now("g")
+        .await
+        .expect("asked while connected");
+    proxy.set_cut(true);
+    let asked = sluice::clock::instant();
+    let answers = futures_util::future::join_all((0..20).map(|i| {
+        let cluster = a.cluster.clone();
+        async move {
+            let answer = cluster.owner_now(&format!("g{i}")).await;
+            (answer.is_err(), asked.elapsed())
+        }
+    }))
+    .await;
+    proxy.set_cut(false);
+    let slowest = answers.iter().map(|(_, took)| *took).max();
+    assert!(answers.iter().all(|(failed, _)| *failed), "{answers:?}");
+    assert!(
+        slowest < Some(Duration::from_secs(3)),
+        "the slowest lookup took {slowest:?}"
+    );
+}
+
 /// A take given up halfway (its caller dropped, as a beat is when its
 /// engine ends) leaves no transaction open on the lease connection: the
 /// renewal after it commits. (Left open, the renewals ran inside it,
