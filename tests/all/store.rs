@@ -1171,3 +1171,79 @@ async fn task_ids_are_reserved_outside_the_write_transaction() {
         .expect("joined")
         .expect("the engine stops cleanly");
 }
+
+/// A store whose commits fail from a moment the test chooses, as a
+/// PostgreSQL connection reset would.
+struct FailingCommits {
+    inner: Store,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Backend for FailingCommits {
+    fn transact(
+        &self,
+        f: &mut dyn FnMut(&mut dyn Writes) -> sluice::store::Result<()>,
+    ) -> sluice::store::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Postgres("the connection was reset".into()));
+        }
+        self.inner.transact(f)
+    }
+
+    fn snapshot(&self) -> sluice::store::Result<Box<dyn sluice::store::Reads>> {
+        self.inner.snapshot()
+    }
+
+    fn backup_to(&self, path: &std::path::Path) -> sluice::store::Result<sluice::store::Copied> {
+        self.inner.backup_to(path)
+    }
+}
+
+/// An engine that stops on a failed commit sends nothing it admitted
+/// ahead of its slot: its start is on record, and the engine after it
+/// holds it, then runs the task again (sent by both, it would pass the
+/// gate's bound, its report heard by neither).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_stopped_by_a_failed_commit_sends_nothing_it_admitted_ahead() {
+    let store = Arc::new(FailingCommits {
+        inner: Store::in_memory().expect("store"),
+        fail: Default::default(),
+    });
+    let sink = crate::support::Sink::start().await;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let options = sluice::shell::Options {
+        tuning: sluice::core::Tuning {
+            lookahead: Duration::from_secs(2),
+            lookahead_max: Duration::from_secs(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (engine, thread) =
+        tokio::task::block_in_place(|| sluice::shell::spawn(store.clone(), options, stop_rx))
+            .expect("the engine starts");
+    let gate = crate::support::engine_gate(10.0, 1, 10, sink.host());
+    engine.put_gate("g".into(), gate).await.expect("gate");
+    let due = Timestamp(sluice::clock::now().as_ms() + 700);
+    let task = || crate::support::engine_task("g", &sink.url("/ahead"), due);
+    let created = engine.create_tasks(vec![task()]).await.expect("created");
+    let state = (store.snapshot().expect("read").task(created[0].id.0))
+        .expect("read")
+        .expect("the task");
+    assert_eq!(
+        state.state.as_str(),
+        "running",
+        "not started ahead of its due time, so this shows nothing"
+    );
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(engine.create_tasks(vec![task()]).await.is_err());
+    let ended = tokio::task::block_in_place(|| thread.join()).expect("joined");
+    assert!(ended.is_err(), "the engine went on after a failed commit");
+    // Past the due time, and its slot.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(
+        sink.hits().is_empty(),
+        "sent by a stopped engine: {:?}",
+        sink.hits()
+    );
+}

@@ -275,12 +275,14 @@ impl Runner {
                     None => true,
                     Some(deadline) => deadline.admits(slot).await,
                 };
-                if !covered || !may_leave() {
-                    // The lease ran out (or the unit was handed over) while
-                    // this attempt waited: the next owner runs it (its
-                    // start is on record, so it is held, then retried; or
-                    // put straight back in the queue if its slot time is
-                    // past this node's mark, as it never left).
+                if !covered || !may_leave() || reports.is_closed() {
+                    // The lease ran out (or the unit was handed over, or
+                    // the engine stopped on a failed commit) while this
+                    // attempt waited: the next owner (or engine) runs it
+                    // (its start is on record, so it is held, then retried;
+                    // or put straight back in the queue if its slot time is
+                    // past this node's mark, as it never left). No engine
+                    // would hear how it went.
                     return;
                 }
                 if pauses.since(plan.gate_id.0, unpaused) {
