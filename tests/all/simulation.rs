@@ -1254,6 +1254,56 @@ fn simulation_hours() {
     );
 }
 
+/// A plugin's next steps, one with a coalesce key in a gate (its own)
+/// that is being handed over.
+fn next_coalescing(_: &[String]) -> Result<Vec<NewTask>, String> {
+    let mut task = webhook_task(0, Timestamp(0));
+    task.coalesce_key = Some("next".into());
+    Ok(vec![task])
+}
+
+/// A plugin's success heard while its gate's unit is being handed over
+/// (stopped, not yet dropped), whose next steps name a coalesce key of
+/// that gate, which only its next owner may apply: the task goes back to
+/// run again, not to a permanent failure (the plugin did nothing wrong).
+#[test]
+fn a_success_whose_next_steps_wait_for_a_handover_runs_again() {
+    let mut w = World::new(7);
+    w.engine().set_next_reader(next_coalescing);
+    let now = w.now;
+    let (tx, mut rx) = oneshot::channel();
+    w.turn(
+        vec![Command::CreateTasks {
+            tasks: vec![webhook_task(0, now)],
+            reply: tx,
+        }],
+        Vec::new(),
+    );
+    let id = rx.try_recv().expect("answered").expect("created")[0].id;
+    for _ in 0..1_000 {
+        if w.in_flight.values().any(|(_, r)| r.task == id) {
+            break;
+        }
+        let limit = w.now.as_ms() + 100;
+        w.advance(limit);
+    }
+    let key = *(w.in_flight.iter())
+        .find(|(_, (_, r))| r.task == id)
+        .expect("the task went out")
+        .0;
+    let (_, out) = w.in_flight.remove(&key).expect("in flight");
+    let at = w.now;
+    let mut report = succeeded(id, out.attempt, at, 5);
+    report.next = vec!["{}".into()];
+    w.engine().stop_units(at, Units::of("g0"));
+    w.engine()
+        .turn(at, Vec::new(), vec![report])
+        .expect("a turn");
+    let reader = w.store.read().expect("read");
+    let task = reader.task(id.0).expect("read").expect("task");
+    assert_eq!(task.state, TaskState::Scheduled, "{:?}", task.last_error);
+}
+
 /// A unit let go writes nothing more: the late answer of an attempt that
 /// was out when its gate was dropped leaves the task and its attempt as
 /// they were, for the next owner, which holds the attempt in its slot

@@ -189,18 +189,31 @@ impl Engine {
         if report.outcome == Outcome::Succeeded && !report.next.is_empty() {
             // A plugin's next steps: created with the success, or the attempt
             // fails (all or nothing, like a completion's).
+            // Refused, and whether only for now (`Moved`).
             let created = match (self.next_reader)(&report.next) {
                 Ok(tasks) => {
                     let parent = turn.must_task(id)?.clone();
                     self.create_next(turn, &parent, tasks)?
                         .map(|_| ())
-                        .map_err(|e| e.in_list("next"))
+                        .map_err(|e| (matches!(e, ShellError::Moved { .. }), e.in_list("next")))
                 }
-                Err(e) => Err(e),
+                Err(e) => Err((false, e)),
             };
-            if let Err(why) = created {
-                report.outcome = Outcome::Rejected;
-                report.error = Some(format!("the plugin's next tasks were refused: {why}"));
+            match created {
+                Ok(()) => {}
+                // A next task with a coalesce key is its gate's engine's to
+                // create, and that gate is changing hands: not the plugin's
+                // fault, so not final. The task runs again (its next owner's).
+                Err((true, why)) => {
+                    report.outcome = Outcome::Interrupted;
+                    report.error = Some(format!(
+                        "the plugin's next tasks could not be created now ({why}); run again"
+                    ));
+                }
+                Err((false, why)) => {
+                    report.outcome = Outcome::Rejected;
+                    report.error = Some(format!("the plugin's next tasks were refused: {why}"));
+                }
             }
         }
         self.observe(turn, id, &report)?;
