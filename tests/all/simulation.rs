@@ -1254,6 +1254,33 @@ fn simulation_hours() {
     );
 }
 
+/// `task` created and run until its attempt is out; taken out of the
+/// world's flight (the test answers it): its id and the attempt's report.
+fn sent(w: &mut World, task: NewTask) -> (TaskId, Report) {
+    let (tx, mut rx) = oneshot::channel();
+    w.turn(
+        vec![Command::CreateTasks {
+            tasks: vec![task],
+            reply: tx,
+        }],
+        Vec::new(),
+    );
+    let id = rx.try_recv().expect("answered").expect("created")[0].id;
+    for _ in 0..1_000 {
+        if w.in_flight.values().any(|(_, r)| r.task == id) {
+            break;
+        }
+        let limit = w.now.as_ms() + 100;
+        w.advance(limit);
+    }
+    let key = *(w.in_flight.iter())
+        .find(|(_, (_, r))| r.task == id)
+        .expect("the task went out")
+        .0;
+    let (_, report) = w.in_flight.remove(&key).expect("in flight");
+    (id, report)
+}
+
 /// A plugin's next steps, one with a coalesce key in a gate (its own)
 /// that is being handed over.
 fn next_coalescing(_: &[String]) -> Result<Vec<NewTask>, String> {
@@ -1271,27 +1298,7 @@ fn a_success_whose_next_steps_wait_for_a_handover_runs_again() {
     let mut w = World::new(7);
     w.engine().set_next_reader(next_coalescing);
     let now = w.now;
-    let (tx, mut rx) = oneshot::channel();
-    w.turn(
-        vec![Command::CreateTasks {
-            tasks: vec![webhook_task(0, now)],
-            reply: tx,
-        }],
-        Vec::new(),
-    );
-    let id = rx.try_recv().expect("answered").expect("created")[0].id;
-    for _ in 0..1_000 {
-        if w.in_flight.values().any(|(_, r)| r.task == id) {
-            break;
-        }
-        let limit = w.now.as_ms() + 100;
-        w.advance(limit);
-    }
-    let key = *(w.in_flight.iter())
-        .find(|(_, (_, r))| r.task == id)
-        .expect("the task went out")
-        .0;
-    let (_, out) = w.in_flight.remove(&key).expect("in flight");
+    let (id, out) = sent(&mut w, webhook_task(0, now));
     let at = w.now;
     let mut report = succeeded(id, out.attempt, at, 5);
     report.next = vec!["{}".into()];
@@ -1314,29 +1321,7 @@ fn a_dropped_unit_writes_nothing_for_a_late_answer_and_its_taker_holds_the_attem
     let now = w.now;
     let mut task = w.new_task(0, now);
     task.target = webhook_task(0, now).target;
-    let (tx, mut rx) = oneshot::channel();
-    w.turn(
-        vec![Command::CreateTasks {
-            tasks: vec![task],
-            reply: tx,
-        }],
-        Vec::new(),
-    );
-    let id = rx.try_recv().expect("answered").expect("created")[0].id;
-    for _ in 0..1_000 {
-        if w.in_flight.values().any(|(_, r)| r.task == id) {
-            break;
-        }
-        let limit = w.now.as_ms() + 100;
-        w.advance(limit);
-    }
-    let key = *w
-        .in_flight
-        .iter()
-        .find(|(_, (_, r))| r.task == id)
-        .expect("the task went out")
-        .0;
-    let (_, report) = w.in_flight.remove(&key).expect("in flight");
+    let (id, report) = sent(&mut w, task);
     let attempt = report.attempt;
     let stored = |w: &World| {
         let reader = w.store.read().expect("read");
