@@ -12,7 +12,7 @@ async fn failed_tasks(c: &Client, sink: &Sink, team: &str, n: usize) -> Vec<Stri
         .batch(
             (0..n)
                 .map(|_| {
-                    json!({ "gate": "outage", "labels": { "team": team },
+                    json!({ "gate": "outage", "labels": { "team": team }, "key": team,
                             "webhook": { "url": sink.url("/r") } })
                 })
                 .collect(),
@@ -72,6 +72,7 @@ async fn failed_tasks_replay_through_their_gate() {
         (json!({ "state": "running" }), "state"),
         (json!({ "since": "soon" }), "since"),
         (json!({ "label": "team" }), "label"),
+        (json!({ "key": "" }), "key"),
         (json!({ "gates": "outage" }), "gates"),
     ] {
         let (status, v) = replay(&c, body.clone()).await;
@@ -95,6 +96,9 @@ async fn failed_tasks_replay_through_their_gate() {
         "failed",
         "a dry run changes nothing"
     );
+    // By key (the tenant): team b's tasks only.
+    let (status, dry) = replay(&c, json!({ "key": "b", "dry_run": true })).await;
+    assert_eq!((status, dry["count"].clone()), (200, json!(10)), "{dry}");
 
     let (status, job) = replay(&c, json!({ "label": "team:a" })).await;
     assert_eq!(status, 202, "{job}");

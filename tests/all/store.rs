@@ -813,6 +813,7 @@ fn replay_jobs(store: &dyn Backend) {
             state: Some(TaskState::Failed),
             label: Some(("team".into(), "a".into())),
             finished: Some((5, 9)),
+            key: Some("acme".into()),
         },
         cursor: Some(42),
         matched: 250,

@@ -43,6 +43,8 @@ pub struct ReplayBody {
     pub until: Option<String>,
     /// `key:value`.
     pub label: Option<String>,
+    /// Only the tasks of this key (the tenant within the gate).
+    pub key: Option<String>,
     /// Answer the count and the drain time, change nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -264,11 +266,15 @@ fn filter_of(body: &ReplayBody) -> Result<TaskFilter, ApiError> {
         .transpose()?;
     let finished = (since.is_some() || until.is_some())
         .then(|| (since.unwrap_or(0), until.unwrap_or(u64::MAX)));
+    if let Some(key) = &body.key {
+        super::wire::valid_key(key).map_err(|why| ApiError::field("key", why))?;
+    }
     Ok(TaskFilter {
         gate_id: None,
         state: Some(state),
         label,
         finished,
+        key: body.key.clone(),
     })
 }
 

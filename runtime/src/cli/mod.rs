@@ -494,6 +494,9 @@ enum TaskCommand {
         /// key:value
         #[arg(long)]
         label: Option<String>,
+        /// Only the tasks of this key (the tenant within the gate).
+        #[arg(long)]
+        key: Option<String>,
         #[arg(long)]
         dry_run: bool,
     },

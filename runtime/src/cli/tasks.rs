@@ -180,6 +180,7 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
             since,
             until,
             label,
+            key,
             dry_run,
         } => {
             let mut body = json!({ "dry_run": dry_run });
@@ -189,6 +190,7 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
                 ("since", since),
                 ("until", until),
                 ("label", label),
+                ("key", key),
             ] {
                 if let Some(value) = value {
                     body[key] = json!(value);

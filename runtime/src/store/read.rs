@@ -11,13 +11,17 @@ pub struct TaskFilter {
     pub label: Option<(String, String)>,
     /// Finished within `[from, to]` (ms).
     pub finished: Option<(u64, u64)>,
+    /// Of this key (the tenant) only; absent in filters stored before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl TaskFilter {
-    /// Whether a task passes the state and label parts (the gate part is the
-    /// index a listing walks).
+    /// Whether a task passes the state, label, time and key parts (the
+    /// gate part is the index a listing walks).
     pub fn matches(&self, task: &TaskRecord) -> bool {
         self.state.is_none_or(|s| task.state == s)
+            && (self.key.as_ref()).is_none_or(|key| task.key.as_ref() == Some(key))
             && self
                 .label
                 .as_ref()
