@@ -208,6 +208,26 @@ async fn malformed_requests_get_clear_4xx_errors() {
             "invalid_argument",
             Some("delay"),
         ),
+        // A path segment that is not UTF-8: the framework's refusal, as JSON.
+        ("GET", "/v1/tasks/%FF", None, 400, "invalid_argument", None),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(json!({"gate": "g", "webhook": {"url": url}, "expires_after": "3000000d"})),
+            400,
+            "invalid_argument",
+            Some("expires_after"),
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(
+                json!({"gate": "g", "webhook": {"url": url}, "run_at": "9999-12-30T00:00:00Z", "expires_after": "1d"}),
+            ),
+            400,
+            "invalid_argument",
+            Some("run_at"),
+        ),
         (
             "POST",
             "/v1/tasks",

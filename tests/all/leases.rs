@@ -149,6 +149,11 @@ async fn lease_expiry_retries_and_stale_tokens_are_refused() {
     assert_eq!(status, 409, "no heartbeat after the end");
     let (status, _) = report(&c, &id, "fail", json!({ "token": new, "retry": false })).await;
     assert_eq!(status, 409, "a contradicting report is refused");
+    // A reason as long as allowed, in characters JSON escapes six-fold,
+    // is read (and refused here for the same reason), not too large.
+    let reason = "\u{1}".repeat(64 * 1024);
+    let (status, v) = report(&c, &id, "fail", json!({ "token": new, "reason": reason })).await;
+    assert_eq!(status, 409, "{v}");
 }
 
 /// Five open leases fill a concurrency-5 gate: the sixth task waits until one of

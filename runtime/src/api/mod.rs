@@ -82,7 +82,39 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(GATE_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(json_rejections))
         .with_state(state)
+}
+
+/// The framework's own refusals (a path segment that is not UTF-8, say)
+/// answer in plain text; every error of the API is JSON (`ApiError`), so
+/// under `/v1/` they are rewritten as one, with their status and text.
+async fn json_rejections(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let api = request.uri().path().starts_with("/v1/");
+    let response = next.run(request).await;
+    let plain = (response.headers().get(axum::http::header::CONTENT_TYPE))
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/plain"));
+    if !api || !plain || !response.status().is_client_error() {
+        return response;
+    }
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(message),
+        StatusCode::NOT_FOUND => ApiError::not_found(message),
+        _ => ApiError {
+            status,
+            ..ApiError::invalid(None, message)
+        },
+    };
+    error.into_response()
 }
 
 /// Every route with its operation. Handlers that share a path share a
@@ -107,7 +139,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(replay::replay))
         .routes(routes!(replay::get_replay, replay::cancel_replay))
         .routes(routes!(tasks::complete_task).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)))
-        .routes(routes!(tasks::fail_task))
+        // Its reason (64 KiB) as JSON escapes it: up to six bytes each.
+        .routes(routes!(tasks::fail_task).layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)))
         .routes(routes!(tasks::heartbeat_task).layer(DefaultBodyLimit::max(TASK_BODY_LIMIT)))
         .routes(routes!(schedules::list_schedules))
         .routes(

@@ -3,6 +3,13 @@
 
 use super::*;
 
+/// The longest `delay` and `expires_after`.
+const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// 9000-01-01T00:00:00Z: `run_at` comes before it, so that its expiry
+/// (`expires_after` at most 10 years on) is a time that can be shown.
+const LAST_RUN_AT_MS: i64 = 221_845_392_000_000;
+
 #[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookBody {
@@ -340,12 +347,19 @@ impl TaskBody {
                 if ms < 0 {
                     return Err(ApiError::field(&f("run_at"), "run_at is before 1970"));
                 }
+                if ms >= LAST_RUN_AT_MS {
+                    // So its expiry (at most 10 years on) is a time too.
+                    return Err(ApiError::field(
+                        &f("run_at"),
+                        "run_at is before the year 9000",
+                    ));
+                }
                 // A time in the past means "now": it is due, and runs at once.
                 Due::At(Timestamp(ms as u64))
             }
             (None, Some(d)) => {
                 let d = duration(&f("delay"), d)?;
-                if d > Duration::from_secs(10 * 365 * 86_400) {
+                if d > TEN_YEARS {
                     return Err(ApiError::field(&f("delay"), "delay is capped at 10 years"));
                 }
                 Due::After(d)
@@ -406,7 +420,13 @@ impl TaskBody {
                 .transpose()?,
             backoff,
             max_retry_duration: opt_duration(&f("max_retry_duration"), &self.max_retry_duration)?,
-            expires_after: opt_duration(&f("expires_after"), &self.expires_after)?,
+            expires_after: match opt_duration(&f("expires_after"), &self.expires_after)? {
+                Some(d) if d > TEN_YEARS => {
+                    let why = "expires_after is capped at 10 years";
+                    return Err(ApiError::field(&f("expires_after"), why));
+                }
+                d => d,
+            },
             idempotency_key: self.idempotency_key,
             labels,
             key: self.key,
