@@ -433,7 +433,12 @@ async fn every_body_has_a_limit() {
         ("POST", "/v1/tasks", 1024 * KIB + 64 * KIB),
         ("POST", "/v1/tasks/batch", 64 * 1024 * KIB),
         ("POST", "/v1/tasks/AAAAAAAAAAAAA/complete", 64 * 1024 * KIB),
-        ("POST", "/v1/tasks/AAAAAAAAAAAAA/fail", 64 * KIB),
+        // A reason of 64 KiB, escaped as JSON, fits.
+        (
+            "POST",
+            "/v1/tasks/AAAAAAAAAAAAA/fail",
+            1024 * KIB + 64 * KIB,
+        ),
         (
             "POST",
             "/v1/tasks/AAAAAAAAAAAAA/heartbeat",
