@@ -19,7 +19,7 @@
 //!   copies of itself as next tasks, in `gate` (default its own).
 //! - `next` (`tasks`): succeeds asking for exactly these next tasks.
 //!
-//! Output: `{"made", "bytes", "error", "status", "open"}` as far as they apply.
+//! Output: `{"made", "bytes", "each", "error", "status"}` as far as they apply.
 //! Only ever run it under the host's tests, against loopback endpoints.
 
 use serde::{Deserialize, Serialize};
@@ -87,6 +87,9 @@ struct Output {
     bytes: u64,
     error: Option<String>,
     status: Option<u16>,
+    /// Bytes each request's body took, in the order made (`bodies` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    each: Vec<u64>,
 }
 
 async fn run(ctx: Context, input: Input) -> Outcome<Output> {
@@ -235,7 +238,10 @@ fn hold_bodies(url: &str, count: u32, bytes: usize, send: bool, hold_ms: u64) ->
             Some(request)
         };
         match fill(&stream, bytes) {
-            Ok(n) => out.bytes += n,
+            Ok(n) => {
+                out.bytes += n;
+                out.each.push(n);
+            }
             Err(e) => {
                 out.error = Some(e);
                 break;
