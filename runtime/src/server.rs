@@ -250,7 +250,7 @@ pub async fn start(config: &ServerConfig, tuning: Option<Tuning>) -> anyhow::Res
     let app = api::router(state)
         .layer(axum::middleware::from_fn_with_state(peers, forward::layer))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(config.tokens.clone()),
+            Arc::new(api::auth::Guard::new(config.tokens.clone())),
             api::auth::layer,
         ))
         .layer(axum::middleware::from_fn(api::linger::layer))

@@ -9,6 +9,7 @@
 //! matrix is written out in SECURITY.md.
 
 use std::fmt;
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
@@ -17,8 +18,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::ApiError;
+use super::{ApiError, BATCH_BODY_LIMIT};
 
 /// Roles, weakest first: a stronger role can do everything a weaker one can.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -265,17 +267,71 @@ fn is_loopback_authority(authority: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Reports on long-running work (`complete`, `fail`, `heartbeat`) carry
+/// their credential, the completion token, in the body, so a report's body is
+/// read before anyone knows who sent it. The bodies of all the reports being
+/// read at once share one budget, twice the largest a report may have: a
+/// report whose declared length (without one, the largest) does not fit is
+/// refused with 503 before a byte of it is read. Without it, anyone who
+/// reaches the port could make the server hold 64 MiB per connection.
+pub struct ReportBodies(Arc<Semaphore>);
+
+/// The budget's unit.
+const KIB: usize = 1024;
+
+impl ReportBodies {
+    /// Twice the largest body: two of the largest read at once, or many
+    /// small ones.
+    pub const BUDGET: usize = 2 * BATCH_BODY_LIMIT;
+
+    fn new() -> ReportBodies {
+        ReportBodies(Arc::new(Semaphore::new(Self::BUDGET / KIB)))
+    }
+
+    /// A share of the budget for one report, held while it is read and
+    /// handled; or the 503 to answer.
+    fn admit(&self, headers: &HeaderMap) -> Result<OwnedSemaphorePermit, ApiError> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(BATCH_BODY_LIMIT);
+        let kib = declared.min(BATCH_BODY_LIMIT).div_ceil(KIB).max(1);
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+        Arc::clone(&self.0)
+            .try_acquire_many_owned(kib)
+            .map_err(|_| {
+                ApiError::unavailable(
+                    "too many reports on long-running work are being read at once; try again",
+                )
+            })
+    }
+}
+
+/// What the middleware around every route holds: the tokens, and the budget
+/// of the bodies read before their sender is known.
+pub struct Guard {
+    tokens: Tokens,
+    reports: ReportBodies,
+}
+
+impl Guard {
+    pub fn new(tokens: Tokens) -> Guard {
+        Guard {
+            tokens,
+            reports: ReportBodies::new(),
+        }
+    }
+}
+
 /// The axum middleware around every route.
-pub async fn layer(
-    State(tokens): State<std::sync::Arc<Tokens>>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn layer(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
     if req.uri().path().starts_with("/v1/internal/") {
         // The nodes' requests to each other carry the cluster's key, which
         // the handler checks, not a token.
         return next.run(req).await;
     }
+    let tokens = &guard.tokens;
     if tokens.is_empty()
         && let Err(e) = local_only(req.method(), req.headers())
     {
@@ -285,10 +341,17 @@ pub async fn layer(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    match tokens.decide(req.method(), req.uri().path(), authorization) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+    if let Err(e) = tokens.decide(req.method(), req.uri().path(), authorization) {
+        return e.into_response();
     }
+    let _reading = match required(req.method(), req.uri().path()) {
+        Access::CompletionToken => match guard.reports.admit(req.headers()) {
+            Ok(share) => Some(share),
+            Err(e) => return e.into_response(),
+        },
+        Access::Open | Access::Needs(_) => None,
+    };
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice::api::auth::{TokenEntry, Tokens, new_token};
+use sluice::api::auth::{ReportBodies, TokenEntry, Tokens, new_token};
 
 mod next;
 mod plugins;
@@ -466,6 +466,80 @@ async fn every_body_has_a_limit() {
         }
         assert_eq!(status, 413, "{method} {path}: {v}");
         assert_eq!(v["error"]["code"], "payload_too_large", "{method} {path}");
+    }
+}
+
+/// Reports on long-running work carry their token in the body, so a report's
+/// body is read before its sender is known: the bodies of all the reports
+/// read at once share a budget, and a report past it is refused (503) before
+/// its body is read, until the reports holding it end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_read_before_their_sender_is_known_share_a_budget() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start().await;
+    let c = server.client();
+    let base = c.base_url();
+    let authority = base.trim_start_matches("http://").trim_end_matches('/');
+    let path = "/v1/tasks/AAAAAAAAAAAAA/complete";
+    let largest = ReportBodies::BUDGET / 2;
+    let small = || {
+        c.raw(
+            "POST",
+            path,
+            "application/json",
+            br#"{"token":"x"}"#.to_vec(),
+        )
+    };
+    assert_ne!(small().await.0, 503, "a report with the budget free");
+
+    // Two reports of the largest size, their bodies begun and never ended.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\n\
+             content-length: {largest}\r\n\r\n{{\"token\": \""
+        );
+        stream.write_all(head.as_bytes()).await.expect("send");
+        held.push(stream);
+    }
+    // Once both are being read (nothing else holds any), any other report is
+    // refused at once, the smallest too.
+    let start = sluice::clock::instant();
+    loop {
+        let (status, v) = small().await;
+        if status == 503 {
+            assert_eq!(v["error"]["code"], "unavailable", "{v}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "two reports of {largest} bytes being read, and one more was let in: {status} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut body = br#"{"token":""#.to_vec();
+    body.resize(1 << 20, b'a');
+    body.extend_from_slice(br#""}"#);
+    let (status, _) = c.raw("POST", path, "application/json", body).await;
+    assert_eq!(status, 503, "a report of 1 MiB past the budget");
+
+    // The senders give up: their shares come back.
+    drop(held);
+    let start = sluice::clock::instant();
+    loop {
+        let (status, v) = small().await;
+        if status != 503 {
+            assert!((400..500).contains(&status), "{status} {v}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the budget never came back after the reports holding it ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
