@@ -72,7 +72,8 @@ async fn cron_with_seconds_survives_a_restart() {
         assert_eq!(h.headers["sluice-schedule"], "tick");
         assert!(h.headers["idempotency-key"].starts_with("schedule:tick:"));
     }
-    // While the server runs, an occurrence arrives within 300 ms of its second.
+    // While the server runs, an occurrence arrives within a second of its
+    // second (its period is 2 s: a missed timer would be a period late).
     let on_time = hits
         .iter()
         .filter(|h| {
@@ -81,7 +82,7 @@ async fn cron_with_seconds_survives_a_restart() {
             let arrived = clock::now().as_ms() as i64
                 - clock::instant().duration_since(h.at).as_millis() as i64;
             let late = arrived - scheduled.as_millisecond();
-            (-50..300).contains(&late)
+            (-50..1_000).contains(&late)
         })
         .count();
     assert!(
@@ -180,6 +181,34 @@ async fn schedule_api_validates_pauses_and_deletes() {
         .expect("resumed")
         .to_string();
     assert_ne!(second, first);
+    // The occurrence withdrawn by the pause is planned again, not lost (its
+    // key once found it cancelled and the next one was planned instead),
+    // and a withdrawal is no run.
+    assert_eq!(resumed["next_runs"][0], s["next_runs"][0], "{resumed}");
+    assert_eq!(c.task(&second).await["state"], "scheduled");
+    assert_eq!(resumed["last_runs"], json!([]), "{resumed}");
+    // The same holds for the same schedule sent again.
+    let (status, again) = c
+        .send("PUT", "/v1/schedules/daily", Some(json!({ "cron": "0 9 * * *", "timezone": "America/New_York", "jitter": "30s", "task": task })))
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["next_runs"], s["next_runs"], "{again}");
+    let second = again["current_task"]
+        .as_str()
+        .expect("planned again")
+        .to_string();
+    assert_eq!(c.task(&second).await["state"], "scheduled");
+    // An interval sent again keeps its phase.
+    let every = json!({ "every": "1h", "task": task });
+    let (_, hourly) = c
+        .send("PUT", "/v1/schedules/hourly", Some(every.clone()))
+        .await;
+    let (_, hourly_again) = c.send("PUT", "/v1/schedules/hourly", Some(every)).await;
+    assert_eq!(
+        hourly_again["next_runs"], hourly["next_runs"],
+        "{hourly_again}"
+    );
+    assert_eq!(c.send("DELETE", "/v1/schedules/hourly", None).await.0, 204);
     let (status, list) = c.send("GET", "/v1/schedules", None).await;
     assert_eq!(status, 200);
     assert_eq!(list["schedules"].as_array().map(Vec::len), Some(1));

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use sluice::attempt::{Plan, Report};
 use sluice::core::rng::Rng;
-use sluice::core::schedule::Misfire;
+use sluice::core::schedule::{Misfire, jitter_offset};
 use sluice::core::units::Units;
 use sluice::core::{
     Backoff, CircuitPolicy, Outcome, Rate, Recovery, RetryPolicy, TaskId, Timestamp, Tuning,
@@ -327,29 +327,24 @@ impl World {
             );
             rx.blocking_recv().expect("reply").expect("gate created");
         }
+        let every = |secs| Some(Duration::from_secs(secs));
         let schedules = [
-            (
-                "every-all",
-                None,
-                Some(Duration::from_secs(10)),
-                Misfire::All,
-            ),
-            ("cron-skip", Some("*/7 * * * * *"), None, Misfire::Skip),
-            (
-                "every-once",
-                None,
-                Some(Duration::from_secs(30)),
-                Misfire::Once,
-            ),
+            ("every-all", None, every(10), Misfire::All, 0),
+            ("cron-skip", Some("*/7 * * * * *"), None, Misfire::Skip, 0),
+            ("every-once", None, every(30), Misfire::Once, 0),
+            // Its offset (11 s of the 25) is longer than its period: each
+            // occurrence runs after the next one's time, which is not missed
+            // until its own run's time has passed.
+            ("jitter-skip", None, every(10), Misfire::Skip, 25),
         ];
-        for (i, (name, cron, every, misfire)) in schedules.into_iter().enumerate() {
+        for (i, (name, cron, every, misfire, jitter)) in schedules.into_iter().enumerate() {
             let spec = ScheduleSpec {
                 cron: cron.map(String::from),
                 timezone: "UTC".into(),
                 every,
                 misfire,
                 catchup_limit: 10_000,
-                jitter: Duration::ZERO,
+                jitter: Duration::from_secs(jitter),
                 template: w.new_task(i % GATES, Timestamp(0)),
             };
             let (tx, rx) = oneshot::channel();
@@ -1121,20 +1116,24 @@ impl World {
             }
             // Each occurrence is exactly what the policy picks at the moment the
             // previous one ended (when the next was created).
+            // An occurrence runs its offset after its time: it is missed once
+            // that has passed.
             let rule = schedule.rule().expect("rule");
+            let offset = jitter_offset(&schedule.name, Duration::from_millis(schedule.jitter_ms));
             for pair in occurrences.windows(2) {
                 let (prev, created) = (pair[0].1, pair[1].2);
+                let run_by = created.saturating_sub(offset.as_millis() as u64);
                 let mut missed = Vec::new();
                 let mut t = Timestamp(prev);
                 while let Some(next) = rule.next_after(t) {
-                    if next.as_ms() > created || missed.len() > 100_000 {
+                    if next.as_ms() > run_by || missed.len() > 100_000 {
                         break;
                     }
                     missed.push(next.as_ms());
                     t = next;
                 }
                 let future = rule
-                    .next_after(Timestamp(created.max(prev)))
+                    .next_after(Timestamp(run_by.max(prev)))
                     .expect("next")
                     .as_ms();
                 let expected = match (schedule.misfire(), missed.first(), missed.last()) {

@@ -516,6 +516,17 @@ fn idempotency_keys_belong_to_a_gate(store: &dyn Backend) {
     }));
     let reader = ok(store.write(|tx| tx.idempotent(1, "order-43")));
     assert_eq!(reader, Some(9), "a claim is stored");
+    // A key is freed only for the task it still names; then a claim takes it.
+    ok(store.write(|tx| {
+        tx.forget_idempotent(1, "order-43", 10)?;
+        assert_eq!(tx.idempotent(1, "order-43")?, Some(9), "named another task");
+        tx.forget_idempotent(1, "order-43", 9)?;
+        assert_eq!(tx.idempotent(1, "order-43")?, None);
+        assert_eq!(tx.claim_idempotent(1, "order-43", 11)?, None);
+        Ok(())
+    }));
+    let reader = ok(store.write(|tx| tx.idempotent(1, "order-43")));
+    assert_eq!(reader, Some(11), "freed and claimed again");
 }
 
 fn coalesce_keys_name_the_last_task(store: &dyn Backend) {

@@ -217,12 +217,13 @@ pub fn next_occurrence(
             missed_times.clear();
         }
     };
-    let (scheduled, runs_missed) = match misfire {
-        _ if total == 0 => (future, 0),
-        Misfire::Skip => (future, 0),
-        Misfire::Once => (*missed_times.last()?, 1),
-        Misfire::All => (*missed_times.first()?, missed_times.len() as u64),
+    // Past the cap none is left to run: `future`, as for `skip`.
+    let caught_up = match misfire {
+        Misfire::Skip => None,
+        Misfire::Once => missed_times.last().map(|&t| (t, 1)),
+        Misfire::All => (missed_times.first()).map(|&t| (t, missed_times.len() as u64)),
     };
+    let (scheduled, runs_missed) = caught_up.unwrap_or((future, 0));
     // With `all`, occurrences still waiting their turn are not skipped: the
     // following decisions run them.
     let skipped = match misfire {
@@ -370,6 +371,21 @@ mod tests {
             Some(at("2026-01-01T00:30:00Z"))
         );
         assert!(Rule::every(Duration::from_millis(10), Timestamp(0)).is_err());
+    }
+
+    /// Past the cap of occurrences walked, every policy plans the next one
+    /// to come; `once` and `all` once found none and the schedule stalled.
+    #[test]
+    fn a_backlog_past_the_cap_plans_the_next_occurrence_for_every_policy() {
+        let r = Rule::every(Duration::from_secs(1), at("2026-01-01T00:00:00Z")).expect("rule");
+        let prev = at("2026-01-01T00:00:00Z");
+        let now = at("2026-01-03T00:00:00.500Z"); // two days of seconds missed
+        for misfire in [Misfire::Skip, Misfire::Once, Misfire::All] {
+            let next = next_occurrence(&r, prev, now, prev, misfire, 100)
+                .unwrap_or_else(|| panic!("{misfire:?} stalled"));
+            assert_eq!(next.scheduled, at("2026-01-03T00:00:01Z"), "{misfire:?}");
+            assert!(next.skipped >= COUNT_CAP, "{misfire:?}: {next:?}");
+        }
     }
 
     #[test]

@@ -73,7 +73,14 @@ impl Engine {
             cron: spec.cron.clone(),
             timezone: spec.timezone.clone(),
             every_ms: spec.every.map(|d| d.as_millis() as u64),
-            anchor: now.as_ms(),
+            // An unchanged interval keeps its phase: a PUT of the same
+            // schedule (a config applied again) moves none of its times.
+            anchor: existing
+                .as_ref()
+                .filter(|e| {
+                    e.every_ms.is_some() && e.every_ms == spec.every.map(|d| d.as_millis() as u64)
+                })
+                .map_or(now.as_ms(), |e| e.anchor),
             misfire: spec.misfire.as_str().into(),
             catchup_limit: spec.catchup_limit,
             jitter_ms: spec.jitter.as_millis() as u64,
@@ -99,14 +106,15 @@ impl Engine {
                 Some(TaskState::Running) => record.current = Some(current),
                 Some(TaskState::Scheduled) => {
                     self.schedules.remove(&name);
-                    let _ = self.cancel_task(turn, TaskId(current.task))?;
+                    self.withdraw(turn, current.task)?;
                 }
                 _ => {}
             }
         }
         self.schedules.insert(name.clone(), record);
         if self.schedules[&name].current.is_none() && !self.schedules[&name].paused {
-            self.plan_from(turn, &name, now, Misfire::Skip)?;
+            let from = running_now(&self.schedules[&name], now);
+            self.plan_from(turn, &name, from, Misfire::Skip)?;
         }
         let record = self.schedules[&name].clone();
         turn.tx.put_schedule(&record)?;
@@ -128,7 +136,7 @@ impl Engine {
                 .task(current.task)?
                 .is_some_and(|t| t.state == TaskState::Scheduled)
         {
-            let _ = self.cancel_task(turn, TaskId(current.task))?;
+            self.withdraw(turn, current.task)?;
         }
         turn.tx.delete_schedule(name)?;
         Ok(Ok(()))
@@ -158,13 +166,14 @@ impl Engine {
                 if let Some(r) = self.schedules.get_mut(name) {
                     r.current = None;
                 }
-                let _ = self.cancel_task(turn, TaskId(current.task))?;
+                self.withdraw(turn, current.task)?;
             }
         }
         if !paused && was && self.schedules[name].current.is_none() {
             // Occurrences that fell into the pause are skipped, whatever the
             // misfire policy: pausing means "not now".
-            self.plan_from(turn, name, turn.now, Misfire::Skip)?;
+            let from = running_now(&self.schedules[name], turn.now);
+            self.plan_from(turn, name, from, Misfire::Skip)?;
         }
         let record = self.schedules[name].clone();
         turn.tx.put_schedule(&record)?;
@@ -206,6 +215,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Withdraws the schedule's pending occurrence (a pause, a PUT, a
+    /// delete): it ends cancelled and its key is freed, so planning again at
+    /// its time (a resume, the new rule) creates it anew, where the key
+    /// would find it ended and the occurrence would never run.
+    fn withdraw(&mut self, turn: &mut Turn<'_>, task: u64) -> Result<(), StoreError> {
+        if let Ok(task) = self.cancel_task(turn, TaskId(task))?
+            && let Some(key) = &task.idempotency_key
+        {
+            turn.tx.forget_idempotent(task.gate_id, key, task.id)?;
+        }
+        Ok(())
+    }
+
     /// Plans and creates the next occurrence after `prev`.
     fn plan_from(
         &mut self,
@@ -223,6 +245,10 @@ impl Engine {
                 return Ok(());
             }
         };
+        // An occurrence runs at its time plus the schedule's offset: it is
+        // missed once that has passed, not its time.
+        let jitter = schedule::jitter_offset(name, Duration::from_millis(record.jitter_ms));
+        let now = before_offset(now, jitter);
         let Some(next) = schedule::next_occurrence(
             &rule,
             prev,
@@ -234,7 +260,6 @@ impl Engine {
             self.stall(name, "the rule has no further occurrences".into());
             return Ok(());
         };
-        let jitter = schedule::jitter_offset(name, Duration::from_millis(record.jitter_ms));
         let key = format!("schedule:{name}:{}", next.scheduled.rfc3339());
         let task = occurrence_task(record, next.scheduled.plus(jitter), key, name);
         if let Some(r) = self.schedules.get_mut(name) {
@@ -271,6 +296,19 @@ impl Engine {
             r.last_error = Some(why);
         }
     }
+}
+
+/// `now` less a schedule's jitter offset: the time of an occurrence that
+/// runs now. Planning from it (a PUT, a resume) finds an occurrence whose
+/// time has passed but not its run.
+fn before_offset(now: Timestamp, offset: Duration) -> Timestamp {
+    Timestamp(now.as_ms().saturating_sub(offset.as_millis() as u64))
+}
+
+/// The time of the schedule's occurrence that would run now.
+fn running_now(record: &ScheduleRecord, now: Timestamp) -> Timestamp {
+    let offset = schedule::jitter_offset(&record.name, Duration::from_millis(record.jitter_ms));
+    before_offset(now, offset)
 }
 
 fn occurrence_task(record: &ScheduleRecord, due: Timestamp, key: String, name: &str) -> NewTask {

@@ -254,6 +254,9 @@ pub trait Writes {
 
     fn put_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()>;
 
+    /// Frees the gate's idempotency key if it still names `task_id`.
+    fn forget_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()>;
+
     /// Names `task_id` as the task of the gate's idempotency key, unless a
     /// task holds the key already: then its id. Where several engines write
     /// (PostgreSQL), one claiming the key at the same time waits for the

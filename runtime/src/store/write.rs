@@ -458,6 +458,13 @@ impl Writes for Tx<'_> {
         Ok(())
     }
 
+    fn forget_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
+        if self.idempotent(gate_id, key)? == Some(task_id) {
+            self.idempotency.remove((gate_id, key))?;
+        }
+        Ok(())
+    }
+
     fn coalesced(&self, gate_id: u32, key: &str) -> Result<Option<u64>> {
         let table = self.txn.open_table(COALESCE)?;
         Ok(table.get((gate_id, key))?.map(|v| v.value()))

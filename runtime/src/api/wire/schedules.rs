@@ -210,7 +210,7 @@ impl ScheduleView {
                 .iter()
                 .rev()
                 .map(|r| RunView {
-                    scheduled_at: show(Timestamp(r.scheduled_at)),
+                    scheduled_at: show(Timestamp(r.scheduled_at).plus(jitter)),
                     task: TaskId(r.task).to_string(),
                     state: r.state.as_str().into(),
                 })

@@ -938,6 +938,18 @@ impl Writes for PgTx<'_> {
         Ok(())
     }
 
+    fn forget_idempotent(&mut self, gate_id: u32, key: &str, task_id: u64) -> Result<()> {
+        self.send(
+            "DELETE FROM idempotency WHERE gate_id = $1 AND key = $2 AND task_id = $3",
+            vec![
+                Box::new(int(gate_id)),
+                Box::new(key.to_string()),
+                Box::new(big(task_id)),
+            ],
+        );
+        Ok(())
+    }
+
     fn all_counts(&self) -> Result<Vec<(u32, Counts)>> {
         let found = rows(
             self.read_other()?,
