@@ -138,14 +138,27 @@ pub fn classify(status: u16, retry_after: Option<Duration>) -> (Outcome, Option<
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date; capped by the core.
+/// `Retry-After` as seconds or an HTTP date in any of the three forms RFC
+/// 9110 has recipients read (IMF-fixdate, RFC 850, asctime); capped by the
+/// core, so a number too long for any clock is as far as it goes.
 pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
+    const DAY: Duration = Duration::from_secs(86_400);
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(86_400)));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(
+            value
+                .parse::<u64>()
+                .map_or(DAY, |secs| Duration::from_secs(secs).min(DAY)),
+        );
     }
-    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    let at_ms = u64::try_from(at.as_millisecond()).ok()?;
+    let at_ms = match jiff::fmt::rfc2822::parse(value) {
+        Ok(at) => u64::try_from(at.timestamp().as_millisecond()).ok()?,
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            let since_epoch = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+            u64::try_from(since_epoch.as_millis()).ok()?
+        }
+    };
     Some(Timestamp(at_ms).since(now))
 }
 
@@ -183,5 +196,21 @@ mod tests {
             Some(Duration::from_secs(30))
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        // The two older date forms RFC 9110 has recipients read too.
+        for old_form in [
+            "Wednesday, 21-Oct-15 07:28:30 GMT",
+            "Wed Oct 21 07:28:30 2015",
+        ] {
+            assert_eq!(
+                parse_retry_after(old_form, now),
+                Some(Duration::from_secs(30)),
+                "{old_form}"
+            );
+        }
+        // A number past any clock waits as long as the longest allowed.
+        let day = Some(Duration::from_secs(86_400));
+        assert_eq!(parse_retry_after("99999999999999999999999", now), day);
+        assert_eq!(parse_retry_after("86401", now), day);
     }
 }

@@ -105,9 +105,11 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link local
         || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // 64:ff9b:1::/48, local-use NAT64
 }
 
-/// IPv4 addresses carried inside IPv6: mapped, compatible, NAT64 and 6to4.
+/// IPv4 addresses carried inside IPv6: mapped, compatible, translated,
+/// NAT64 and 6to4.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let tail = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
@@ -119,6 +121,9 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     }
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
         return Some(tail()); // NAT64
+    }
+    if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        return Some(tail()); // IPv4-translated (SIIT), ::ffff:0:a.b.c.d
     }
     if s[0] == 0x2002 {
         return Some(Ipv4Addr::new(
@@ -193,6 +198,9 @@ mod tests {
             "::ffff:10.0.0.1",
             "::127.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a9fe:a9fe",
+            "::ffff:0:a9fe:a9fe",
+            "::ffff:0:7f00:1",
             "2002:7f00:1::",
             "2002:a9fe:a9fe::",
             "ff02::1",
@@ -207,6 +215,7 @@ mod tests {
             "1.1.1.1",
             "2606:4700::1111",
             "::ffff:93.184.216.34",
+            "::ffff:0:5db8:d822",
             "172.32.0.1",
             "100.128.0.1",
         ];

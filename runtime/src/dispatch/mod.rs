@@ -226,34 +226,6 @@ impl Dispatcher {
             .request(method, url)
             .headers(headers)
             .body(webhook.body.clone());
-        let exchange = async {
-            let response = request.send().await?;
-            let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, clock::now()));
-            let lease = response
-                .headers()
-                .get("sluice-lease")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| crate::core::parse_duration(v).ok())
-                .filter(|d| !d.is_zero())
-                .map(|d| d.min(MAX_LEASE));
-            let headers = response.headers();
-            let quota = read_quota(
-                |name| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                },
-                clock::now(),
-            );
-            let excerpt = read_excerpt(response).await;
-            Ok::<_, reqwest::Error>((status, retry_after, excerpt, lease, quota))
-        };
         let timed_out = || Exchange {
             timed_out: true,
             ..Exchange::failed(
@@ -264,26 +236,60 @@ impl Dispatcher {
                 ),
             )
         };
-        // One timer for the whole exchange, the answer's excerpt included
-        // (reqwest's own would be a second per attempt).
-        match tokio::time::timeout(plan.timeout, exchange).await {
-            Err(_) => timed_out(),
-            Ok(Err(e)) if e.is_timeout() => timed_out(),
-            Ok(Err(e)) => Exchange::failed(Outcome::Failed { retry_after: None }, describe(&e)),
-            Ok(Ok((status, retry_after, excerpt, lease, quota))) => {
-                let code = status.as_u16();
-                let (outcome, error) = classify(code, retry_after);
-                Exchange {
-                    outcome,
-                    status: Some(code),
-                    error,
-                    timed_out: false,
-                    response: excerpt,
-                    // Only 202 with a lease starts long-running work.
-                    lease: lease.filter(|_| code == 202),
-                    quota,
-                }
+        // The timeout runs until the answer's head; its excerpt is read in
+        // what is left of it, and kept as far as it came: an answer given
+        // (a 200, a 202 and its lease) stands, however slow its body.
+        let started = clock::instant();
+        let response = match tokio::time::timeout(plan.timeout, request.send()).await {
+            Err(_) => return timed_out(),
+            Ok(Err(e)) if e.is_timeout() => return timed_out(),
+            Ok(Err(e)) if refused_by_guard(&e) => return denied(describe(&e)),
+            Ok(Err(e)) => {
+                return Exchange::failed(Outcome::Failed { retry_after: None }, describe(&e));
             }
+            Ok(Ok(response)) => response,
+        };
+        let code = response.status().as_u16();
+        let header = |name: &str| {
+            (response.headers().get(name))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header(reqwest::header::RETRY_AFTER.as_str())
+            .and_then(|v| parse_retry_after(&v, clock::now()));
+        let quota = read_quota(header, clock::now());
+        // Only 202 with a lease starts long-running work; a lease that
+        // cannot be read fails the attempt rather than end it as a success
+        // whose report would then be refused.
+        let lease = match header("sluice-lease").filter(|_| code == 202) {
+            None => None,
+            Some(text) => match crate::core::parse_duration(&text) {
+                Ok(d) if !d.is_zero() => Some(d.min(MAX_LEASE)),
+                _ => {
+                    return Exchange {
+                        status: Some(code),
+                        ..Exchange::failed(
+                            Outcome::Failed { retry_after: None },
+                            format!(
+                                "Sluice-Lease {:?} is not a duration like \"10m\"",
+                                text.chars().take(64).collect::<String>()
+                            ),
+                        )
+                    };
+                }
+            },
+        };
+        let left = plan.timeout.saturating_sub(started.elapsed());
+        let excerpt = read_excerpt(response, left).await;
+        let (outcome, error) = classify(code, retry_after);
+        Exchange {
+            outcome,
+            status: Some(code),
+            error,
+            timed_out: false,
+            response: excerpt,
+            lease,
+            quota,
         }
     }
 
@@ -360,10 +366,17 @@ impl Exchange {
     }
 }
 
-async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
+/// The first bytes of the answer's body, as many as came `within`.
+async fn read_excerpt(mut response: reqwest::Response, within: Duration) -> Option<String> {
     let mut kept = Vec::new();
+    let out_of_time = tokio::time::sleep(within);
+    tokio::pin!(out_of_time);
     while kept.len() < RESPONSE_EXCERPT {
-        match response.chunk().await {
+        let chunk = tokio::select! {
+            chunk = response.chunk() => chunk,
+            () = &mut out_of_time => break,
+        };
+        match chunk {
             Ok(Some(chunk)) => {
                 kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_EXCERPT - kept.len())])
             }
@@ -374,6 +387,19 @@ async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
         return None;
     }
     Some(String::from_utf8_lossy(&kept).into_owned())
+}
+
+/// Whether the outgoing-address guard refused every address the name
+/// resolved to: refused like an address named outright, not retried.
+fn refused_by_guard(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<GuardRefused>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn describe(e: &reqwest::Error) -> String {
