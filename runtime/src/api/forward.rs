@@ -18,8 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -216,41 +217,54 @@ pub async fn layer(State(peers): State<Option<Peers>>, request: Request, next: N
         Route::PutSchedule(name) => match schedule_gate(&peers, &name).await {
             Some(gate) => gate,
             None => {
-                let (parts, body) = request.into_parts();
-                let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
-                    Ok(body) => body,
-                    Err(_) => return too_large(),
+                return match read_body(request).await {
+                    Ok((parts, body)) => by_named_gate(&peers, parts, body, next, forwarded).await,
+                    Err(refused) => refused,
                 };
-                let request = Request::from_parts(parts, Body::from(body.clone()));
-                match gate_in(&body) {
-                    Some(gate) => return to_owner(&peers, &gate, request, next, forwarded).await,
-                    None => return next.run(request).await,
-                }
             }
         },
         Route::Body => {
-            let (parts, body) = request.into_parts();
-            let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
-                Ok(body) => body,
-                Err(_) => return too_large(),
+            let (parts, body) = match read_body(request).await {
+                Ok(read) => read,
+                Err(refused) => return refused,
             };
-            let creates = parts.uri.path().starts_with("/v1/tasks");
-            let request = Request::from_parts(parts, Body::from(body.clone()));
-            if creates && !coalesces(&body) {
+            if parts.uri.path().starts_with("/v1/tasks") && !coalesces(&body) {
                 // Committed here: the owner hears of them by `NOTIFY`.
-                return next.run(request).await;
+                return next.run(Request::from_parts(parts, Body::from(body))).await;
             }
-            match gate_in(&body) {
-                Some(gate) => return to_owner(&peers, &gate, request, next, forwarded).await,
-                None => return next.run(request).await,
-            }
+            return by_named_gate(&peers, parts, body, next, forwarded).await;
         }
     };
     to_owner(&peers, &gate, request, next, forwarded).await
 }
 
-fn too_large() -> Response {
-    ApiError::too_large(format!("request body over {} MiB", BODY_LIMIT >> 20)).into_response()
+/// The request's head and its whole body, or the 413 past `BODY_LIMIT`.
+async fn read_body(request: Request) -> Result<(Parts, Bytes), Response> {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(body) => Ok((parts, body)),
+        Err(_) => Err(
+            ApiError::too_large(format!("request body over {} MiB", BODY_LIMIT >> 20))
+                .into_response(),
+        ),
+    }
+}
+
+/// Has the owner of the gate the body names answer it; this node, where the
+/// body names none (the handler says what is missing).
+async fn by_named_gate(
+    peers: &Peers,
+    parts: Parts,
+    body: Bytes,
+    next: Next,
+    forwarded: bool,
+) -> Response {
+    let gate = gate_in(&body);
+    let request = Request::from_parts(parts, Body::from(body));
+    match gate {
+        Some(gate) => to_owner(peers, &gate, request, next, forwarded).await,
+        None => next.run(request).await,
+    }
 }
 
 /// The gate of the task `id` names, read from the store.
@@ -292,10 +306,9 @@ async fn to_owner(
         // is older than this one's, or ahead of this node's engine.
         return changing_hands(gate);
     }
-    let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
-        Ok(body) => body,
-        Err(_) => return too_large(),
+    let (parts, body) = match read_body(request).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     let here = |parts, body| next.run(Request::from_parts(parts, Body::from(body)));
     let owner = match cluster.owner_of(gate) {
@@ -330,8 +343,8 @@ async fn ask(
     peers: &Peers,
     gate: &str,
     (owner, address): &(String, String),
-    parts: &axum::http::request::Parts,
-    body: &axum::body::Bytes,
+    parts: &Parts,
+    body: &Bytes,
 ) -> Result<Response, Response> {
     let cluster = &peers.cluster;
     let target = format!(
