@@ -88,8 +88,10 @@ async fn hostile_are_contained(c: &Client, suffix: &str) -> Sink {
         .map(|h| h.at)
         .collect();
     assert_eq!(times.len(), 10);
+    // 100 ms apart by the gate; at the sink, with the loopback's jitter, at
+    // least half that. Ten let out at once would come together.
     assert!(
-        max_in_window(&times, Duration::from_millis(90)) <= 1,
+        max_in_window(&times, Duration::from_millis(50)) <= 1,
         "{times:?}"
     );
     let span = times[9].duration_since(times[0]);

@@ -112,7 +112,8 @@ async fn lease_expiry_retries_and_stale_tokens_are_refused() {
     let server = Server::start().await;
     let c = server.client();
     let sink = Sink::start().await;
-    sink.behave(|_, _| leased("700ms"));
+    // The second attempt's lease outlasts the reports below.
+    sink.behave(|_, i| leased(if i == 0 { "700ms" } else { "60s" }));
     c.put_gate("g", gate_for(&sink, "100/s")).await;
     let t = c.create(webhook_task("g", &sink.url("/long"))).await;
     let id = t["id"].as_str().unwrap_or_default().to_string();
@@ -211,7 +212,9 @@ async fn leases_survive_kill_9() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let sink = Sink::start().await;
-    sink.behave(|_, _| leased("3s"));
+    // The first is completed after the restart; the second must outlast the
+    // kill and the restart, and then run out.
+    sink.behave(|_, i| leased(if i == 1 { "6s" } else { "60s" }));
     let mut child = spawn_server(dir.path(), port);
     let c = Client::new(&format!("http://127.0.0.1:{port}"));
     wait_ready(&c).await;
@@ -249,7 +252,7 @@ async fn leases_survive_kill_9() {
         "running",
         "the open lease survived the restart"
     );
-    let again = sink.wait_for(3, Duration::from_secs(10)).await;
+    let again = sink.wait_for(3, Duration::from_secs(20)).await;
     assert_eq!(again[2].task, hits[1].task, "the expired lease is retried");
     assert_eq!(again[2].attempt, 2);
     let t = c.task(&hits[1].task).await;

@@ -83,14 +83,17 @@ async fn endpoint_outage_drains_at_the_gate_pace() {
         .filter(|h| h.at.duration_since(began) >= outage)
         .map(|h| h.at)
         .collect();
+    // The gate's bound is 210 (burst 10 + 200/s × 1 s); arrivals at the sink
+    // carry the loopback's jitter, so five more. The backlog let out at
+    // once would be hundreds.
     let peak = max_in_window(&after, Duration::from_secs(1));
-    assert!(peak <= 210, "peak 1 s window after recovery: {peak}");
+    assert!(peak <= 215, "peak 1 s window after recovery: {peak}");
     let first_second = after
         .iter()
         .filter(|t| t.duration_since(after[0]) < Duration::from_secs(1))
         .count();
     assert!(
-        first_second <= 10 + 200,
+        first_second <= 10 + 200 + 5,
         "first second after recovery: {first_second}"
     );
     eprintln!(
@@ -172,7 +175,9 @@ async fn restart_after_kill_ramps_up() {
         let tasks = (0..500)
             .map(|_| {
                 let mut t = webhook_task("ramp", &sink.url("/r"));
-                t["delay"] = json!("1s");
+                // Long enough that a slow machine creates all six batches
+                // before the first is due.
+                t["delay"] = json!("5s");
                 t
             })
             .collect();
@@ -181,7 +186,7 @@ async fn restart_after_kill_ramps_up() {
     child.kill().expect("kill -9");
     let _ = child.wait();
     assert_eq!(sink.hits().len(), 0, "killed before anything was due");
-    tokio::time::sleep(Duration::from_millis(1_200)).await; // let every task become overdue
+    tokio::time::sleep(Duration::from_millis(5_200)).await; // let every task become overdue
     let restarted = clock::instant();
     let mut child = spawn_server(dir.path(), port);
     wait_ready(&c).await;
