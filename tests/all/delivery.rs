@@ -469,6 +469,35 @@ async fn stale_task_expires_instead_of_running() {
     );
 }
 
+/// A task run again by hand (or by a replay) gets its whole `expires_after`
+/// again, from then: its retries moved its due time, not its window (it
+/// once got what was left after the last retry, and expired again unrun).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_run_again_gets_its_whole_expiry_window() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::status(500));
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let mut task = webhook_task("g", &sink.url("/flaky"));
+    task["expires_after"] = json!("2s");
+    task["max_attempts"] = json!(20);
+    task["backoff"] = json!({ "initial": "600ms", "max": "600ms", "jitter": false });
+    let t = c.create(task).await;
+    let id = t["id"].as_str().unwrap_or_default();
+    let t = c.wait_state(id, "expired", Duration::from_secs(10)).await;
+    assert!(t["attempt_count"].as_u64() > Some(1), "retried first: {t}");
+    let (status, again) = c.send("POST", &format!("/v1/tasks/{id}/retry"), None).await;
+    assert_eq!(status, 200, "{again}");
+    let at = |field: &str| {
+        let text = again[field].as_str().unwrap_or_default();
+        text.parse::<jiff::Timestamp>()
+            .unwrap_or_else(|e| panic!("{field} {text:?}: {e}"))
+    };
+    let window = at("expires_at").duration_since(at("due_at"));
+    assert_eq!(window, jiff::SignedDuration::from_secs(2), "{again}");
+}
+
 /// Every webhook carries Standard Webhooks signatures, one per active secret
 /// during a rotation, which an independent implementation (the
 /// `standardwebhooks` crate) verifies. The secrets never come back from the API.

@@ -473,6 +473,7 @@ impl Engine {
                     .map_or(gate.timeout_ms, |d| d.as_millis() as u64),
                 retry,
                 expires_at: task.expires_after.map(|d| due.plus(d).as_ms()),
+                expires_after_ms: task.expires_after.map(|d| d.as_millis() as u64),
                 idempotency_key: task.idempotency_key.clone(),
                 labels: task.labels,
                 key: task.key.clone(),
@@ -758,8 +759,17 @@ impl Engine {
                 |g| g.limits().priority_aging,
             );
         if let Some(expires_at) = task.expires_at {
-            let window = expires_at.saturating_sub(task.due_at.max(task.scheduled_at));
-            task.expires_at = Some(now.as_ms() + window);
+            // As long as it was made with: retries moved its due time, not
+            // its window. (A record from before the window was kept: its
+            // first life tells it exactly, a later one as well as it can.)
+            let window = task
+                .expires_after_ms
+                .unwrap_or(if task.attempt_offset == 0 {
+                    expires_at.saturating_sub(task.scheduled_at)
+                } else {
+                    expires_at.saturating_sub(task.due_at.max(task.scheduled_at))
+                });
+            task.expires_at = Some(now.as_ms().saturating_add(window));
         }
         task.state = TaskState::Scheduled;
         task.attempt_offset = task.attempts;

@@ -83,6 +83,7 @@ pub(super) fn encode_task(task: &TaskRecord) -> Vec<u8> {
     w.some_uint(26, task.parent);
     w.some_uint(27, task.root);
     w.uint(28, u64::from(task.depth));
+    w.some_uint(29, task.expires_after_ms);
     w.0
 }
 
@@ -197,6 +198,7 @@ pub(super) fn decode_task(bytes: &[u8]) -> Result<TaskRecord, String> {
             26 => task.parent = Some(value.uint()?),
             27 => task.root = Some(value.uint()?),
             28 => task.depth = narrow(value.uint()?)?,
+            29 => task.expires_after_ms = Some(value.uint()?),
             _ => {}
         }
     }
@@ -236,6 +238,7 @@ fn blank() -> TaskRecord {
             max_retry_duration_ms: None,
         },
         expires_at: None,
+        expires_after_ms: None,
         idempotency_key: None,
         labels: BTreeMap::new(),
         key: None,
@@ -619,6 +622,7 @@ mod tests {
             max_retry_duration_ms: maybe(rng, number),
         };
         task.expires_at = maybe(rng, |rng| time(rng, base));
+        task.expires_after_ms = maybe(rng, number);
         task.idempotency_key = maybe(rng, text);
         task.labels = (0..rng.below(3)).map(|_| (text(rng), text(rng))).collect();
         task.key = maybe(rng, text);

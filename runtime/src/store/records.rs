@@ -365,6 +365,10 @@ pub struct TaskRecord {
     pub timeout_ms: u64,
     pub retry: RetryRecord,
     pub expires_at: Option<u64>,
+    /// The `expires_after` it was made with: a replay gives it that long
+    /// again, however far its retries had moved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after_ms: Option<u64>,
     pub idempotency_key: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// The tenant it acts for: its share of the gate (SPEC §1 "Keys").
