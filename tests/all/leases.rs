@@ -261,6 +261,41 @@ async fn leases_survive_kill_9() {
     let _ = child.wait();
 }
 
+/// A heartbeat for an attempt still waiting for its answer (no 202, no
+/// lease) is refused: a lease it began could run out before the answer and
+/// start the task again beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_needs_a_lease() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::ok().delayed(Duration::from_secs(2)));
+    c.put_gate("g", gate_for(&sink, "100/s")).await;
+    let t = c.create(webhook_task("g", &sink.url("/sync"))).await;
+    let id = t["id"].as_str().unwrap_or_default().to_string();
+    let hits = sink.wait_for(1, Duration::from_secs(10)).await;
+    let (status, v) = report(&c, &id, "heartbeat", json!({ "token": token(&hits[0]) })).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no lease"),
+        "{v}"
+    );
+    // A retry later than the longest wait allowed is refused, not shortened.
+    let late = json!({ "token": token(&hits[0]), "retry_after": "2h" });
+    let (status, v) = report(&c, &id, "fail", late).await;
+    assert_eq!(
+        (status, &v["error"]["field"]),
+        (400, &json!("retry_after")),
+        "{v}"
+    );
+    let done = c.wait_done(&id, Duration::from_secs(10)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempt_count"], 1, "{done}");
+}
+
 /// Waits until the task's first attempt has its `202` on record (a lease).
 async fn wait_leased(c: &Client, id: &str) {
     let start = sluice::clock::instant();

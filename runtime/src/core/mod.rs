@@ -21,7 +21,7 @@ pub mod time;
 pub mod units;
 
 pub use adaptive::AdaptiveRange;
-pub use gate::{CircuitPolicy, Gate, GateLimits, GateState, Recovery, Signal};
+pub use gate::{CircuitPolicy, Gate, GateLimits, GateState, RETRY_AFTER_MAX, Recovery, Signal};
 pub use ids::{GateId, TaskId};
 pub use keys::{KeyLimits, KeyPolicy, TaskKey};
 pub use quota::{Quota, QuotaView};

@@ -162,6 +162,15 @@ impl Engine {
             ))));
         }
         match callback {
+            // Until its 202, an attempt is a request in flight under its
+            // timeout: a lease begun by a heartbeat could run out before the
+            // answer and start the task again beside it.
+            Callback::Heartbeat { .. } if attempt.lease_until.is_none() => {
+                return Ok(Err(ShellError::Conflict(format!(
+                    "attempt {} of task {id} holds no lease: a heartbeat extends the lease a 202 with Sluice-Lease began",
+                    task.attempts
+                ))));
+            }
             Callback::Heartbeat {
                 progress, lease, ..
             } => {

@@ -91,11 +91,19 @@ impl FailBody {
         if self.reason.as_ref().is_some_and(|r| r.len() > 64 * 1024) {
             return Err(ApiError::field("reason", "reason is at most 64 KiB"));
         }
+        let retry_after = opt_duration("retry_after", &self.retry_after)?;
+        if retry_after.is_some_and(|r| r > crate::core::RETRY_AFTER_MAX) {
+            // Taken as given, the retry would come sooner than asked.
+            return Err(ApiError::field(
+                "retry_after",
+                "retry_after is at most 1h (a later run: fail with retry false and create a task with run_at)",
+            ));
+        }
         Ok(crate::shell::Callback::Fail {
             token: self.token,
             reason: self.reason,
             retry: self.retry.unwrap_or(true),
-            retry_after: opt_duration("retry_after", &self.retry_after)?,
+            retry_after,
         })
     }
 }
