@@ -13,6 +13,9 @@ use crate::core::parse_duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7460";
 pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
+/// The shortest `retention`: SPEC §1 keeps an idempotency key at least 24 h
+/// after its task ends, and pruning a task frees its key.
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// The `--config` file. Every key is optional.
 #[derive(Deserialize, Serialize, Debug, Default)]
@@ -212,8 +215,10 @@ impl ServerConfig {
             Some(text) => parse_duration(&text).with_context(|| format!("retention {text:?}"))?,
             None => crate::shell::DEFAULT_RETENTION,
         };
-        if retention < Duration::from_secs(1) {
-            bail!("retention must be at least 1s");
+        if retention < MIN_RETENTION {
+            bail!(
+                "retention must be at least 1d: a task's idempotency key goes with it, and is kept a day after it ends"
+            );
         }
         let outbound_hosts = env_list("SLUICE_OUTBOUND_HOSTS")
             .or(file.outbound_hosts)
@@ -370,7 +375,7 @@ pub fn settings() -> Vec<Setting> {
             Some("--retention"),
             Some("SLUICE_RETENTION"),
             &format!("{days}d"),
-            "How long finished tasks and their attempts are kept; at least 1s.",
+            "How long finished tasks and their attempts are kept; at least 1d (a task's idempotency key goes with it, and is kept a day after it ends).",
         ),
         setting(
             None,

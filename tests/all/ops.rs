@@ -294,6 +294,31 @@ pub(crate) fn task_number(id: &str) -> u64 {
     id.parse::<TaskId>().expect("a task id").0
 }
 
+/// A retention under a day is refused before anything starts: pruning a task
+/// frees its idempotency key, which SPEC §1 keeps a day after the task ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_under_a_day_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let out = sluice(&[
+        "serve",
+        "--data-dir",
+        path(&data),
+        "--listen",
+        "127.0.0.1:0",
+        "--retention",
+        "23h",
+    ])
+    .await;
+    assert_ne!(out.status.code(), Some(0), "{}", said(&out));
+    assert!(
+        said(&out).contains("retention must be at least 1d"),
+        "{}",
+        said(&out)
+    );
+    assert!(!data.exists(), "nothing was made");
+}
+
 /// `docs/config.md` is what the code generates, and the code's list of
 /// settings is every flag of `sluice serve` and every key of the config file.
 #[test]
