@@ -20,7 +20,7 @@ use crate::api::wire::{BatchCreated, GateView, PluginView, TaskView};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No answer: the server is down, the address wrong, TLS refused.
-    #[error("cannot reach the server at {base}: {source}")]
+    #[error("cannot reach the server at {base}: {}", causes(source))]
     Unreachable {
         base: String,
         #[source]
@@ -39,6 +39,22 @@ pub enum ClientError {
     /// A success whose body is not what the route documents.
     #[error("unexpected answer from {path}: {detail}")]
     Unexpected { path: String, detail: String },
+}
+
+/// An error and each of its causes, `: `-separated: reqwest's own text
+/// leaves out why (refused, no such name, a certificate not trusted).
+pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl ClientError {

@@ -88,8 +88,18 @@ async fn cli_tables_json_and_exit_codes() {
         results.push(("invalid", invalid.status.code(), text(&invalid)));
         let usage = sluice(&url, &["gate", "frobnicate"]);
         results.push(("usage", usage.status.code(), text(&usage)));
+        let none = sluice(
+            &url,
+            &[
+                "task", "create", "--gate", "billing", "--url", &target, "--count", "0",
+            ],
+        );
+        results.push(("count 0", none.status.code(), text(&none)));
+        // A label filter written as `task create` takes labels finds them.
+        let by_label = sluice(&url, &["task", "ls", "--label", "team=ops", "--json"]);
+        results.push(("ls by label", by_label.status.code(), text(&by_label)));
         let down = sluice("http://127.0.0.1:9", &["gate", "ls"]);
-        results.push(("down", down.status.code(), text(&down)));
+        results.push(("down", down.status.code(), errors(&down)));
         results
     })
     .await
@@ -132,11 +142,59 @@ async fn cli_tables_json_and_exit_codes() {
     assert_eq!(code("conflict"), Some(4), "conflict");
     assert_eq!(code("invalid"), Some(5), "invalid request");
     assert_eq!(code("usage"), Some(2), "usage error");
+    assert_eq!(code("count 0"), Some(2), "no tasks is no create");
+    let listed: Value = serde_json::from_str(&stdout("ls by label")).expect("JSON");
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
     assert_eq!(code("down"), Some(1), "server unreachable");
+    // With the reason, not only reqwest's "error sending request".
+    assert!(
+        stdout("down").contains("Connection refused"),
+        "{}",
+        stdout("down")
+    );
 }
 
 /// `status --watch` redraws in place: each frame clears the screen and shows
 /// the figures of that moment.
+/// A reader that goes before the output ends (`sluice task ls | head`) ends
+/// the command quietly, with success, not with a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_a_command_quietly() {
+    use std::io::Read;
+    let server = Server::start().await;
+    let sink = Sink::start().await;
+    let c = server.client();
+    c.put_gate("piped", crate::support::gate_for(&sink, "10/s"))
+        .await;
+    c.send("POST", "/v1/gates/piped/pause", None).await;
+    let task = json!({ "gate": "piped", "webhook": { "url": sink.url("/p") } });
+    c.batch(vec![task; 1_000]).await;
+    let url = server.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["task", "ls", "--json", "--limit", "1000", "--server", &url])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        // Far less than the output (over 64 KiB, more than a pipe holds).
+        let mut first = [0u8; 100];
+        let mut stdout = child.stdout.take().expect("stdout");
+        stdout.read_exact(&mut first).expect("the output begins");
+        drop(stdout);
+        child.wait_with_output().expect("sluice ends")
+    })
+    .await
+    .expect("joined");
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    assert!(!errors(&out).contains("panicked"), "{}", errors(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_redraws_in_place() {
     use std::io::Read;

@@ -444,12 +444,12 @@ enum TaskCommand {
         /// Replace the gate's task of this coalesce key that has not started.
         #[arg(long)]
         coalesce_key: Option<String>,
-        /// A label as key=value (repeatable).
+        /// A label as key=value or key:value (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
         /// Create this many identical tasks (through the batch API).
-        #[arg(long, default_value_t = 1)]
-        count: usize,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        count: u64,
     },
     /// Create tasks from a file of JSON task objects, one per line, in batches.
     Import {
@@ -465,8 +465,8 @@ enum TaskCommand {
         gate: Option<String>,
         #[arg(long)]
         state: Option<String>,
-        /// key:value
-        #[arg(long)]
+        /// A label as key:value (or key=value).
+        #[arg(long, value_parser = label_filter)]
         label: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -491,8 +491,8 @@ enum TaskCommand {
         /// Finished at or before this RFC 3339 time.
         #[arg(long)]
         until: Option<String>,
-        /// key:value
-        #[arg(long)]
+        /// A label as key:value (or key=value).
+        #[arg(long, value_parser = label_filter)]
         label: Option<String>,
         /// Only the tasks of this key (the tenant within the gate).
         #[arg(long)]
@@ -523,6 +523,9 @@ use tasks::*;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        quiet_on_a_closed_pipe();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if matches!(cli.command, Command::Serve { .. })
         && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
@@ -636,6 +639,32 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => ops::check(&data_dir, repair, json),
         Command::Migrate { data_dir, store } => ops::migrate(&data_dir, store.as_deref()),
     }
+}
+
+/// A label filter as the API takes it, `key:value`; `key=value`, as
+/// `task create --label` takes it, is read the same.
+fn label_filter(text: &str) -> Result<String, String> {
+    match (text.split_once(':'), text.split_once('=')) {
+        (Some((k, _)), Some((k2, v))) if k2.len() < k.len() => Ok(format!("{k2}:{v}")),
+        (Some(_), _) => Ok(text.to_string()),
+        (None, Some((k, v))) => Ok(format!("{k}:{v}")),
+        (None, None) => Err(format!("{text:?} must look like key:value")),
+    }
+}
+
+/// `println!` panics once the reader of stdout has gone (`sluice task ls |
+/// head`): a command then ends quietly with success, as a tool ended by
+/// SIGPIPE would, instead of printing a panic. (Rust ignores SIGPIPE, and
+/// restoring it takes `unsafe`.)
+fn quiet_on_a_closed_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
 }
 
 async fn serve(flags: Flags, log_format: LogFormat) -> anyhow::Result<()> {

@@ -36,7 +36,7 @@ pub(super) async fn backup(api: &Api, out: &Path, json: bool) -> Result<(), Fail
         .timeout(Duration::from_secs(7 * 24 * 3_600));
     let mut response = request.send().await.map_err(|e| Failure {
         code: 1,
-        message: format!("cannot reach the server: {e}"),
+        message: format!("cannot reach the server: {}", crate::client::causes(&e)),
     })?;
     let status = response.status();
     if !status.is_success() {

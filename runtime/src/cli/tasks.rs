@@ -70,12 +70,20 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
             if !labels.is_empty() {
                 let mut map = BTreeMap::new();
                 for l in &labels {
-                    let (k, v) = split_pair(l, '=', "label")?;
+                    // Whichever of `=` and `:` comes first splits it, as
+                    // for `task ls --label`.
+                    let sep = match (l.find('='), l.find(':')) {
+                        (Some(eq), Some(colon)) if colon < eq => ':',
+                        (None, Some(_)) => ':',
+                        _ => '=',
+                    };
+                    let (k, v) = split_pair(l, sep, "label")?;
                     map.insert(k.to_string(), v.to_string());
                 }
                 task["labels"] = json!(map);
             }
-            if count <= 1 {
+            let count = usize::try_from(count).unwrap_or(usize::MAX);
+            if count == 1 {
                 let v = api
                     .call(reqwest::Method::POST, "/v1/tasks", Some(&task))
                     .await?;
