@@ -719,7 +719,7 @@ async fn gates_spread_over_the_nodes_and_only_a_lost_nodes_gates_move() {
         // (CI lints beside the tests) a turn of their node can take a
         // second; they must stand still well short of a lease lapse, which
         // the lost node's gates wait out (5 s).
-        let bound = if *owner == 2 { 15.0 } else { 3.0 };
+        let bound = if *owner == 2 { 15.0 } else { 4.0 };
         assert!(
             gap < Duration::from_secs_f64(bound),
             "{name} on node {owner} stood still {gap:?} after node 2 died"
@@ -779,8 +779,10 @@ async fn gates_spread_over_the_nodes_and_only_a_lost_nodes_gates_move() {
         let owner = owner_of(&nodes, 1, name, Some(0)).await;
         let gap = longest_gap(&mine, termed);
         eprintln!("SIGTERM of node 0: {name} (now node {owner}) stood still {gap:?}");
+        // Handed over at once: short of the 5 s a lease lapse would take,
+        // with a second for a loaded machine.
         assert!(
-            gap < Duration::from_secs(3),
+            gap < Duration::from_secs(4),
             "{name} stood still {gap:?} after node 0 left"
         );
     }

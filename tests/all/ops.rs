@@ -678,10 +678,16 @@ async fn sigterm_during_an_upload_creates_and_replays_ends_cleanly() {
         .await
         .expect("half the body");
 
-    // Batches, back to back, until the server stops answering.
+    // Batches, back to back, until the server stops answering; each side
+    // counts what it had acknowledged, so the stop comes after both began.
+    let counted = std::sync::Arc::new([
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ]);
     let creating = {
         let c = c.clone();
         let url = sink.url("/later");
+        let counted = counted.clone();
         tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for _ in 0..10_000 {
@@ -696,13 +702,16 @@ async fn sigterm_during_an_upload_creates_and_replays_ends_cleanly() {
                     .try_send("POST", "/v1/tasks/batch", json!({ "tasks": tasks }))
                     .await
                 {
-                    Some((201, v)) => acknowledged.extend(
-                        v["ids"]
-                            .as_array()
-                            .expect("ids")
-                            .iter()
-                            .map(|id| id.as_str().expect("id").to_string()),
-                    ),
+                    Some((201, v)) => {
+                        acknowledged.extend(
+                            v["ids"]
+                                .as_array()
+                                .expect("ids")
+                                .iter()
+                                .map(|id| id.as_str().expect("id").to_string()),
+                        );
+                        counted[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     _ => break,
                 }
             }
@@ -712,6 +721,7 @@ async fn sigterm_during_an_upload_creates_and_replays_ends_cleanly() {
     let replaying = {
         let c = c.clone();
         let failed = failed.clone();
+        let counted = counted.clone();
         tokio::spawn(async move {
             let mut replayed = Vec::new();
             for id in failed {
@@ -720,14 +730,27 @@ async fn sigterm_during_an_upload_creates_and_replays_ends_cleanly() {
                     .try_send("POST", &format!("/v1/tasks/{id}/retry"), json!({}))
                     .await
                 {
-                    Some((200, _)) => replayed.push(id),
+                    Some((200, _)) => {
+                        replayed.push(id);
+                        counted[1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     _ => break,
                 }
             }
             replayed
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = sluice::clock::instant();
+    while counted
+        .iter()
+        .any(|n| n.load(std::sync::atomic::Ordering::SeqCst) == 0)
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "no batch or no replay acknowledged in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop_cleanly(child).await;
     let acknowledged = creating.await.expect("creates");
     let replayed = replaying.await.expect("replays");

@@ -1225,8 +1225,8 @@ async fn an_engine_stopped_by_a_failed_commit_sends_nothing_it_admitted_ahead() 
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let options = sluice::shell::Options {
         tuning: sluice::core::Tuning {
-            lookahead: Duration::from_secs(2),
-            lookahead_max: Duration::from_secs(2),
+            lookahead: Duration::from_secs(5),
+            lookahead_max: Duration::from_secs(5),
             ..Default::default()
         },
         ..Default::default()
@@ -1236,7 +1236,8 @@ async fn an_engine_stopped_by_a_failed_commit_sends_nothing_it_admitted_ahead() 
             .expect("the engine starts");
     let gate = crate::support::engine_gate(10.0, 1, 10, sink.host());
     engine.put_gate("g".into(), gate).await.expect("gate");
-    let due = Timestamp(sluice::clock::now().as_ms() + 700);
+    // Far enough ahead that a slow machine stops the engine before then.
+    let due = Timestamp(sluice::clock::now().as_ms() + 3_000);
     let task = || crate::support::engine_task("g", &sink.url("/ahead"), due);
     let created = engine.create_tasks(vec![task()]).await.expect("created");
     let state = (store.snapshot().expect("read").task(created[0].id.0))
@@ -1252,7 +1253,7 @@ async fn an_engine_stopped_by_a_failed_commit_sends_nothing_it_admitted_ahead() 
     let ended = tokio::task::block_in_place(|| thread.join()).expect("joined");
     assert!(ended.is_err(), "the engine went on after a failed commit");
     // Past the due time, and its slot.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
     assert!(
         sink.hits().is_empty(),
         "sent by a stopped engine: {:?}",
