@@ -160,6 +160,73 @@ async fn cli_tables_json_and_exit_codes() {
 
 /// `status --watch` redraws in place: each frame clears the screen and shows
 /// the figures of that moment.
+/// `gate set` on a gate that exists changes what its flags name and keeps
+/// the rest (hosts, keys, backoff, circuit, secrets, ...): a PUT replaces
+/// the whole gate, and the CLI once sent only its flags, which opened a gate
+/// limited to some hosts to any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_set_keeps_what_its_flags_do_not_name() {
+    let server = Server::start().await;
+    let sink = Sink::start().await;
+    let c = server.client();
+    let full = json!({
+        "rate": "50/s", "burst": 5, "concurrency": 7,
+        "allowed_hosts": [sink.host()],
+        "accept_next_from": ["elsewhere"],
+        "timeout": "12s",
+        "retry": { "max_attempts": 9, "backoff": { "initial": "2s", "max": "1m", "multiplier": 3.0, "jitter": false }, "max_retry_duration": "1h" },
+        "recovery": { "start": 0.5, "over": "20s" },
+        "circuit": null,
+        "signing_secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+        "quota_headers": false,
+        "keys": { "rate": "5/s", "burst": 2, "weight": 1, "overrides": { "vip": { "weight": 3 } } },
+        "isolate": "key",
+        "priority_aging": "30s",
+    });
+    c.put_gate("kept", full).await;
+    let (_, before) = c.send("GET", "/v1/gates/kept", None).await;
+    let url = server.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        sluice(
+            &url,
+            &[
+                "gate",
+                "set",
+                "kept",
+                "--rate",
+                "20/s",
+                "--max-attempts",
+                "4",
+            ],
+        )
+    })
+    .await
+    .expect("joined");
+    assert_eq!(out.status.code(), Some(0), "{}", errors(&out));
+    let (_, after) = c.send("GET", "/v1/gates/kept", None).await;
+    assert_eq!(after["rate"], "20/s", "{after}");
+    assert_eq!(after["retry"]["max_attempts"], 4, "{after}");
+    let mut expected = before["retry"].clone();
+    expected["max_attempts"] = json!(4);
+    assert_eq!(after["retry"], expected, "{after}");
+    for field in [
+        "burst",
+        "concurrency",
+        "allowed_hosts",
+        "accept_next_from",
+        "timeout",
+        "recovery",
+        "circuit",
+        "signing_secrets",
+        "quota_headers",
+        "keys",
+        "isolate",
+        "priority_aging",
+    ] {
+        assert_eq!(after[field], before[field], "{field}: {after}");
+    }
+}
+
 /// A reader that goes before the output ends (`sluice task ls | head`) ends
 /// the command quietly, with success, not with a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

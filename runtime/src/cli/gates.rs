@@ -19,7 +19,15 @@ pub(super) async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<
             adaptive,
             no_quota_headers,
         } => {
-            let mut body = json!({ "rate": rate });
+            // A gate that exists keeps what no flag names (its hosts, keys,
+            // backoff, ...): a PUT replaces the whole gate.
+            let path = format!("/v1/gates/{}", enc(&name));
+            let mut body = match api.get(&path).await {
+                Ok(view) => settings_of(&view),
+                Err(f) if f.code == 3 => json!({}),
+                Err(f) => return Err(f),
+            };
+            body["rate"] = json!(rate);
             if let Some(b) = burst {
                 body["burst"] = json!(b);
             }
@@ -36,17 +44,21 @@ pub(super) async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<
                 body["timeout"] = json!(t);
             }
             if let Some(n) = max_attempts {
-                body["retry"] = json!({ "max_attempts": n });
+                if !body["retry"].is_object() {
+                    body["retry"] = json!({});
+                }
+                body["retry"]["max_attempts"] = json!(n);
             }
             if recovery_start.is_some() || recovery_over.is_some() {
-                let mut r = json!({});
+                if !body["recovery"].is_object() {
+                    body["recovery"] = json!({});
+                }
                 if let Some(s) = recovery_start {
-                    r["start"] = json!(s);
+                    body["recovery"]["start"] = json!(s);
                 }
                 if let Some(o) = recovery_over {
-                    r["over"] = json!(o);
+                    body["recovery"]["over"] = json!(o);
                 }
-                body["recovery"] = r;
             }
             if no_circuit {
                 body["circuit"] = Value::Null;
@@ -57,12 +69,7 @@ pub(super) async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<
             if no_quota_headers {
                 body["quota_headers"] = json!(false);
             }
-            api.call(
-                reqwest::Method::PUT,
-                &format!("/v1/gates/{}", enc(&name)),
-                Some(&body),
-            )
-            .await?
+            api.call(reqwest::Method::PUT, &path, Some(&body)).await?
         }
         GateCommand::Get { name } => api.get(&format!("/v1/gates/{}", enc(&name))).await?,
         GateCommand::Ls => {
@@ -111,6 +118,36 @@ pub(super) async fn gate(api: &Api, command: GateCommand, json: bool) -> Result<
         print!("{}", keys_table(&value));
     }
     Ok(())
+}
+
+/// A gate's settings, as its view shows them, as a PUT body takes them (no
+/// live figures; the adaptive search's range and where it starts; the
+/// signing secrets left out, which a PUT then keeps).
+fn settings_of(view: &Value) -> Value {
+    let mut body = json!({});
+    for field in [
+        "burst",
+        "concurrency",
+        "allowed_hosts",
+        "accept_next_from",
+        "timeout",
+        "retry",
+        "recovery",
+        "circuit",
+        "quota_headers",
+        "keys",
+        "isolate",
+        "priority_aging",
+    ] {
+        if let Some(value) = view.get(field) {
+            body[field] = value.clone();
+        }
+    }
+    if let Some(adaptive) = view.get("adaptive").filter(|a| a.is_object()) {
+        body["adaptive"] = json!({ "min": adaptive["min"], "max": adaptive["max"] });
+        body["concurrency"] = adaptive["start"].clone();
+    }
+    body
 }
 
 /// A gate's busiest keys, when it has keys with work; nothing otherwise.

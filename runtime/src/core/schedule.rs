@@ -56,7 +56,7 @@ pub enum RuleError {
     Cron { expr: String, reason: String },
     #[error("unknown time zone {0:?}: use an IANA name like \"Europe/Berlin\"")]
     Zone(String),
-    #[error("every must be at least 1s")]
+    #[error("every must be at least 1s and at most 3650d")]
     Period,
 }
 
@@ -114,7 +114,9 @@ impl Rule {
     }
 
     pub fn every(period: Duration, anchor: Timestamp) -> Result<Rule, RuleError> {
-        if period < Duration::from_secs(1) {
+        // Ten years at most: its times stay within the years a timestamp
+        // can show (a longer one ran past 9999 and showed as "").
+        if period < Duration::from_secs(1) || period > Duration::from_secs(3_650 * 86_400) {
             return Err(RuleError::Period);
         }
         Ok(Rule::Every { period, anchor })
@@ -371,6 +373,8 @@ mod tests {
             Some(at("2026-01-01T00:30:00Z"))
         );
         assert!(Rule::every(Duration::from_millis(10), Timestamp(0)).is_err());
+        assert!(Rule::every(Duration::from_secs(3_650 * 86_400), Timestamp(0)).is_ok());
+        assert!(Rule::every(Duration::from_secs(3_651 * 86_400), Timestamp(0)).is_err());
     }
 
     /// Past the cap of occurrences walked, every policy plans the next one
