@@ -227,6 +227,45 @@ async fn gate_set_keeps_what_its_flags_do_not_name() {
     }
 }
 
+/// An import whose batch is refused says where: what the batches before it
+/// created is printed, and the error names the line the refused batch
+/// begins at, so the import can go on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_refused_partway_says_from_which_line() {
+    let server = Server::start().await;
+    let sink = Sink::start().await;
+    let c = server.client();
+    c.put_gate("imports", crate::support::gate_for(&sink, "10/s"))
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("tasks.jsonl");
+    let good = json!({ "gate": "imports", "webhook": { "url": sink.url("/i") }, "delay": "1h" });
+    let bad = json!({ "gate": "nope", "webhook": { "url": sink.url("/i") } });
+    let lines = [
+        good.to_string(),
+        String::new(),
+        good.to_string(),
+        good.to_string(),
+        bad.to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n")).expect("write");
+    let url = server.url.clone();
+    let path = file.to_str().expect("utf-8").to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        sluice(&url, &["task", "import", &path, "--batch", "2"])
+    })
+    .await
+    .expect("joined");
+    assert_eq!(out.status.code(), Some(5), "{}", errors(&out));
+    assert_eq!(text(&out).trim(), "created 2 tasks", "{}", text(&out));
+    assert!(
+        errors(&out)
+            .contains("the batch from line 4 created nothing; the 2 tasks before it were created"),
+        "{}",
+        errors(&out)
+    );
+}
+
 /// A reader that goes before the output ends (`sluice task ls | head`) ends
 /// the command quietly, with success, not with a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,7 +95,7 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
                 return Ok(());
             }
             let tasks = std::iter::repeat_n(task, count);
-            send_batches(api, tasks, 1_000, count, json).await
+            send_batches(api, tasks, 1_000, count, None, json).await
         }
         TaskCommand::Import { file, batch } => {
             let reader = std::io::BufReader::new(
@@ -103,6 +103,7 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
                     .with_context(|| format!("opening {}", file.display()))?,
             );
             let mut tasks = Vec::new();
+            let mut lines = Vec::new();
             for (i, line) in reader.lines().enumerate() {
                 let line = line.with_context(|| format!("reading {}", file.display()))?;
                 if line.trim().is_empty() {
@@ -113,9 +114,11 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
                     message: format!("{}:{}: not JSON: {e}", file.display(), i + 1),
                 })?;
                 tasks.push(value);
+                lines.push(i + 1);
             }
             let total = tasks.len();
-            send_batches(api, tasks.into_iter(), batch.clamp(1, 10_000), total, json).await
+            let batch = batch.clamp(1, 10_000);
+            send_batches(api, tasks.into_iter(), batch, total, Some(&lines), json).await
         }
         TaskCommand::Get { id } => {
             let v = api.get(&format!("/v1/tasks/{}", enc(&id))).await?;
@@ -229,11 +232,16 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
     }
 }
 
+/// Creates the tasks in batches, each all or none. A batch refused ends it:
+/// what the batches before it created is printed as on success, and the
+/// error names where the refused batch begins (`lines`: each task's line in
+/// its file), so an import can go on from there.
 pub(super) async fn send_batches(
     api: &Api,
     tasks: impl Iterator<Item = Value>,
     batch: usize,
     total: usize,
+    lines: Option<&[usize]>,
     json: bool,
 ) -> Result<(), Failure> {
     let mut ids: Vec<Value> = Vec::with_capacity(total);
@@ -254,13 +262,21 @@ pub(super) async fn send_batches(
         }
         Ok(())
     };
+    let mut refused = None;
     for task in tasks {
         chunk.push(task);
-        if chunk.len() >= batch {
-            flush(&mut chunk, &mut ids).await?;
+        if chunk.len() >= batch
+            && let Err(f) = flush(&mut chunk, &mut ids).await
+        {
+            refused = Some(f);
+            break;
         }
     }
-    flush(&mut chunk, &mut ids).await?;
+    if refused.is_none()
+        && let Err(f) = flush(&mut chunk, &mut ids).await
+    {
+        refused = Some(f);
+    }
     if progress {
         eprintln!();
     }
@@ -269,7 +285,23 @@ pub(super) async fn send_batches(
     } else {
         println!("created {} tasks", ids.len());
     }
-    Ok(())
+    match refused {
+        None => Ok(()),
+        Some(f) => {
+            let first = ids.len();
+            let from = match lines.and_then(|l| l.get(first)) {
+                Some(line) => format!("line {line}"),
+                None => format!("task {}", first + 1),
+            };
+            Err(Failure {
+                code: f.code,
+                message: format!(
+                    "{} (the batch from {from} created nothing; the {first} tasks before it were created)",
+                    f.message
+                ),
+            })
+        }
+    }
 }
 
 pub(super) fn body_value(body: String) -> Result<Value, Failure> {
