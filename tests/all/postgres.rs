@@ -1297,6 +1297,17 @@ async fn a_replay_retries_the_failed_tasks_of_every_owner_once() {
         .await;
     assert_eq!(status, 404, "{body}");
 
+    // A dry run counts every owner's gates, not only its node's.
+    let (status, dry) = c
+        .send(
+            "POST",
+            "/v1/tasks/replay",
+            Some(json!({ "state": "failed", "dry_run": true })),
+        )
+        .await;
+    assert_eq!((status, &dry["count"]), (200, &json!(40)), "{dry}");
+    assert_eq!(dry["gates"].as_array().map(Vec::len), Some(2), "{dry}");
+
     let (status, job) = c
         .send(
             "POST",

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 use super::*;
 use crate::core::Timestamp;
-use crate::store::{ReplayEnd, ReplayRecord};
+use crate::store::{GateRecord, ReplayEnd, ReplayRecord};
 
 /// Tasks per page: per commit of the engine.
 pub const REPLAY_PAGE: usize = 250;
@@ -604,25 +604,27 @@ where
 /// Counts the matches per gate and what starting them would take.
 async fn estimate(state: &AppState, filter: TaskFilter) -> Result<ReplayEstimate, ApiError> {
     let store = state.store.clone();
-    let per_gate = tokio::task::spawn_blocking(move || -> Result<HashMap<u32, u64>, ApiError> {
-        let mut counts = HashMap::new();
-        let mut cursor = None;
-        loop {
-            let (tasks, next) = page(&store, &filter, cursor)?;
-            for t in &tasks {
-                *counts.entry(t.gate_id).or_default() += 1;
+    type Counted = (HashMap<u32, u64>, Vec<GateRecord>);
+    let (mut per_gate, records) =
+        tokio::task::spawn_blocking(move || -> Result<Counted, ApiError> {
+            let mut counts = HashMap::new();
+            let mut cursor = None;
+            loop {
+                let (tasks, next) = page(&store, &filter, cursor)?;
+                for t in &tasks {
+                    *counts.entry(t.gate_id).or_default() += 1;
+                }
+                match next {
+                    Some(n) => cursor = Some(n),
+                    None => return Ok((counts, store.read()?.gates()?)),
+                }
             }
-            match next {
-                Some(n) => cursor = Some(n),
-                None => return Ok(counts),
-            }
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))??;
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
     let mut gates = Vec::new();
     for live in state.shell.live(None).await? {
-        let Some(&count) = per_gate.get(&live.record.id) else {
+        let Some(count) = per_gate.remove(&live.record.id) else {
             continue;
         };
         let rate = live.view.effective_rate;
@@ -634,6 +636,20 @@ async fn estimate(state: &AppState, filter: TaskFilter) -> Result<ReplayEstimate
             gate: live.record.name.clone(),
             count,
             eta_s,
+        });
+    }
+    // Gates another node runs (in a cluster): counted all the same, their
+    // time at the rate they are set to, without the work that node holds.
+    for record in records {
+        let Some(count) = per_gate.remove(&record.id) else {
+            continue;
+        };
+        let rate = record.rate_per_s;
+        gates.push(ReplayGate {
+            gate: record.name,
+            count,
+            eta_s: (!record.paused && rate > 0.0)
+                .then(|| (count as f64 / rate * 10.0).round() / 10.0),
         });
     }
     gates.sort_by(|a, b| a.gate.cmp(&b.gate));
