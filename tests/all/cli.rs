@@ -68,8 +68,18 @@ async fn cli_tables_json_and_exit_codes() {
         let create = sluice(
             &url,
             &[
-                "task", "create", "--gate", "billing", "--url", &target, "--delay", "1h",
-                "--label", "team=ops",
+                "task",
+                "create",
+                "--gate",
+                "billing",
+                "--url",
+                &target,
+                "--delay",
+                "1h",
+                "--label",
+                "team=ops",
+                "--secret-header",
+                "X-Api-Key: s3cr3t",
             ],
         );
         results.push(("task create", create.status.code(), text(&create)));
@@ -133,6 +143,11 @@ async fn cli_tables_json_and_exit_codes() {
     );
     let v: Value = serde_json::from_str(&stdout("task get --json")).expect("--json prints JSON");
     assert_eq!(v["labels"]["team"], "ops");
+    assert_eq!(
+        v["webhook"]["headers"]["X-Api-Key"],
+        json!({ "secret": true }),
+        "{v}"
+    );
     assert!(
         stdout("status").contains("BACKLOG") && stdout("status").contains("billing"),
         "{}",

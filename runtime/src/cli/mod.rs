@@ -418,6 +418,10 @@ enum TaskCommand {
         /// A header as name:value (repeatable).
         #[arg(long = "header", conflicts_with = "plugin")]
         headers: Vec<String>,
+        /// A header as name:value whose value is never shown back (an API
+        /// key, say), as the API's `{"value": ..., "secret": true}`.
+        #[arg(long = "secret-header", conflicts_with = "plugin")]
+        secret_headers: Vec<String>,
         /// Body: JSON, or @file to read it from a file.
         #[arg(long, conflicts_with = "plugin")]
         body: Option<String>,

@@ -12,6 +12,7 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
             input,
             method,
             headers,
+            secret_headers,
             body,
             delay,
             run_at,
@@ -39,11 +40,16 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
                     if let Some(m) = method {
                         webhook["method"] = json!(m);
                     }
-                    if !headers.is_empty() {
+                    if !headers.is_empty() || !secret_headers.is_empty() {
                         let mut map = BTreeMap::new();
                         for h in &headers {
                             let (k, v) = split_pair(h, ':', "header")?;
-                            map.insert(k.trim().to_string(), v.trim().to_string());
+                            map.insert(k.trim().to_string(), json!(v.trim()));
+                        }
+                        for h in &secret_headers {
+                            let (k, v) = split_pair(h, ':', "secret header")?;
+                            let value = json!({ "value": v.trim(), "secret": true });
+                            map.insert(k.trim().to_string(), value);
                         }
                         webhook["headers"] = json!(map);
                     }
