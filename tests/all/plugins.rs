@@ -807,6 +807,42 @@ async fn a_burst_of_plugin_requests_is_held_to_the_gate() {
     );
 }
 
+/// A plugin's own wait for an answer (the SDK's `with_timeout`) holds: the
+/// request times out for the plugin, which decides what that means, long
+/// before the attempt's deadline (the host once ignored it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_request_times_out_when_the_plugin_says() {
+    let server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "http-disallowed").await;
+    let sink = Sink::start().await;
+    sink.behave(|_, _| Reply::ok().delayed(Duration::from_secs(30)));
+    let mut body = gate(&sink, "50/s", "60s");
+    body["retry"]["max_attempts"] = json!(1);
+    c.put_gate("waits", body).await;
+    let task = c
+        .create(plugin_task(
+            "waits",
+            "http-disallowed",
+            json!({ "url": sink.url("/hang"), "timeout_ms": 500 }),
+        ))
+        .await;
+    let t = c
+        .wait_done(task["id"].as_str().expect("id"), Duration::from_secs(20))
+        .await;
+    // The plugin fails for good on a timeout (`Outcome::Fail`): its own
+    // verdict, seconds before the attempt's 60 s deadline.
+    let attempt = last_attempt(&t);
+    assert_eq!(attempt["outcome"], "rejected", "{t}");
+    assert!(
+        attempt["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out")),
+        "{t}"
+    );
+    assert!(attempt["latency_ms"].as_u64() < Some(10_000), "{t}");
+}
+
 #[tokio::test]
 async fn the_deadline_covers_time_spent_waiting_on_the_network() {
     let server = Server::start().await;

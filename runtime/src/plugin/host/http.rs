@@ -114,17 +114,24 @@ impl WasiHttpHooks for GateHooks {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: IoFuture,
     ) -> SendFuture {
         let link = self.link.clone();
+        // How long the guest waits for the answer's head once the gate has
+        // let the request out (the SDK's `with_timeout`); the attempt's own
+        // deadline holds whatever it asks.
+        let head_within = options.and_then(|o| o.first_byte_timeout.or(o.connect_timeout));
         Box::new(async move {
             // On the server's runtime, from asking the gate to the last byte;
             // a guest that drops its request drops the asking too.
             let io = link.io.clone();
-            let response = AbortOnDrop(io.spawn(async move { link.send(request).await }))
-                .await
-                .map_err(|e| Error::InternalError(Some(format!("the request's task: {e}"))))??;
+            let response =
+                AbortOnDrop(io.spawn(async move { link.send(request, head_within).await }))
+                    .await
+                    .map_err(|e| {
+                        Error::InternalError(Some(format!("the request's task: {e}")))
+                    })??;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
@@ -213,6 +220,7 @@ impl Link {
     async fn send(
         self: Arc<Self>,
         request: http::Request<WasiBody>,
+        head_within: Option<std::time::Duration>,
     ) -> Result<http::Response<WasiBody>, Error> {
         let (mut parts, body) = request.into_parts();
         let method = parts.method.clone();
@@ -278,7 +286,14 @@ impl Link {
                 let _ = head.send(Err(Error::ConnectionTimeout));
             }
         });
-        let (status, headers) = head_rx.await.map_err(|_| Error::HttpResponseIncomplete)??;
+        // Past the guest's wait the request goes on (its slot stays taken
+        // while the endpoint may still be working), answered to no one.
+        let head = match head_within {
+            Some(within) => (tokio::time::timeout(within, head_rx).await)
+                .map_err(|_| Error::HttpResponseTimeout)?,
+            None => head_rx.await,
+        };
+        let (status, headers) = head.map_err(|_| Error::HttpResponseIncomplete)??;
         let mut response = http::Response::new(ChannelBody(body_rx).boxed_unsync());
         *response.status_mut() = status;
         *response.headers_mut() = headers;

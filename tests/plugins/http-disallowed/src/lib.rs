@@ -4,9 +4,10 @@
 //!
 //! Succeeds with `{"denied": true, "url": ...}` when refused, and fails with
 //! `not denied: ...` otherwise, so a test reads the verdict from the outcome.
-//! Input (optional): `{"url": "http://elsewhere.test/"}`. The default host,
-//! under `.invalid`, never resolves, so even a host that fails to refuse it
-//! sends nothing anywhere.
+//! Input (optional): `{"url": "http://elsewhere.test/", "timeout_ms": 500}`
+//! (`timeout_ms`: the SDK's `with_timeout`). The default host, under
+//! `.invalid`, never resolves, so even a host that fails to refuse it sends
+//! nothing anywhere.
 
 use serde::{Deserialize, Serialize};
 use sluice_sdk::{Context, HttpError, Outcome, Request};
@@ -17,6 +18,8 @@ const URL_DEFAULT: &str = "http://disallowed.invalid/";
 #[serde(deny_unknown_fields)]
 struct Input {
     url: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -26,8 +29,12 @@ struct Output {
 }
 
 async fn run(ctx: Context, input: Option<Input>) -> Outcome<Output> {
-    let url = input.map_or_else(|| URL_DEFAULT.to_string(), |input| input.url);
-    match ctx.http().send(Request::get(&url)).await {
+    let (url, timeout) = input.map_or((URL_DEFAULT.to_string(), None), |i| (i.url, i.timeout_ms));
+    let mut http = ctx.http();
+    if let Some(ms) = timeout {
+        http = http.with_timeout(std::time::Duration::from_millis(ms));
+    }
+    match http.send(Request::get(&url)).await {
         Err(HttpError::Denied { url }) => Outcome::Success(Output { denied: true, url }),
         Err(err) => Outcome::Fail(format!("not denied: {err}")),
         Ok(response) => Outcome::Fail(format!("not denied: {url} answered {}", response.status())),
