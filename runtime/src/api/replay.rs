@@ -601,6 +601,11 @@ where
     }
 }
 
+/// Seconds to start `tasks` at `rate`, to a tenth; `None` while paused.
+fn drain_s(tasks: u64, rate: f64, paused: bool) -> Option<f64> {
+    (!paused && rate > 0.0).then(|| (tasks as f64 / rate * 10.0).round() / 10.0)
+}
+
 /// Counts the matches per gate and what starting them would take.
 async fn estimate(state: &AppState, filter: TaskFilter) -> Result<ReplayEstimate, ApiError> {
     let store = state.store.clone();
@@ -627,15 +632,14 @@ async fn estimate(state: &AppState, filter: TaskFilter) -> Result<ReplayEstimate
         let Some(count) = per_gate.remove(&live.record.id) else {
             continue;
         };
-        let rate = live.view.effective_rate;
-        let eta_s = (!live.record.paused && rate > 0.0).then(|| {
-            let due = live.view.due_in_memory;
-            ((count + due) as f64 / rate * 10.0).round() / 10.0
-        });
         gates.push(ReplayGate {
             gate: live.record.name.clone(),
             count,
-            eta_s,
+            eta_s: drain_s(
+                count + live.view.due_in_memory,
+                live.view.effective_rate,
+                live.record.paused,
+            ),
         });
     }
     // Gates another node runs (in a cluster): counted all the same, their
@@ -644,12 +648,10 @@ async fn estimate(state: &AppState, filter: TaskFilter) -> Result<ReplayEstimate
         let Some(count) = per_gate.remove(&record.id) else {
             continue;
         };
-        let rate = record.rate_per_s;
         gates.push(ReplayGate {
+            eta_s: drain_s(count, record.rate_per_s, record.paused),
             gate: record.name,
             count,
-            eta_s: (!record.paused && rate > 0.0)
-                .then(|| (count as f64 / rate * 10.0).round() / 10.0),
         });
     }
     gates.sort_by(|a, b| a.gate.cmp(&b.gate));

@@ -648,12 +648,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 /// A label filter as the API takes it, `key:value`; `key=value`, as
 /// `task create --label` takes it, is read the same.
 fn label_filter(text: &str) -> Result<String, String> {
-    match (text.split_once(':'), text.split_once('=')) {
-        (Some((k, _)), Some((k2, v))) if k2.len() < k.len() => Ok(format!("{k2}:{v}")),
-        (Some(_), _) => Ok(text.to_string()),
-        (None, Some((k, v))) => Ok(format!("{k}:{v}")),
-        (None, None) => Err(format!("{text:?} must look like key:value")),
-    }
+    let (k, v) = split_label(text).ok_or_else(|| format!("{text:?} must look like key:value"))?;
+    Ok(format!("{k}:{v}"))
+}
+
+/// A label's key and value, split at whichever of `=` and `:` comes first.
+fn split_label(text: &str) -> Option<(&str, &str)> {
+    let at = text.find([':', '='])?;
+    Some((&text[..at], &text[at + 1..]))
 }
 
 /// `println!` panics once the reader of stdout has gone (`sluice task ls |

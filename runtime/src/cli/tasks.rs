@@ -76,14 +76,10 @@ pub(super) async fn task(api: &Api, command: TaskCommand, json: bool) -> Result<
             if !labels.is_empty() {
                 let mut map = BTreeMap::new();
                 for l in &labels {
-                    // Whichever of `=` and `:` comes first splits it, as
-                    // for `task ls --label`.
-                    let sep = match (l.find('='), l.find(':')) {
-                        (Some(eq), Some(colon)) if colon < eq => ':',
-                        (None, Some(_)) => ':',
-                        _ => '=',
-                    };
-                    let (k, v) = split_pair(l, sep, "label")?;
+                    let (k, v) = split_label(l).ok_or_else(|| Failure {
+                        code: 2,
+                        message: format!("label {l:?} must look like key=value"),
+                    })?;
                     map.insert(k.to_string(), v.to_string());
                 }
                 task["labels"] = json!(map);

@@ -68,18 +68,17 @@ impl Engine {
         (template.webhook, template.plugin) = targets::to_records(t.target.clone());
         let existing = self.schedules.get(&name).cloned();
         let created = existing.is_none();
+        let every_ms = spec.every.map(|d| d.as_millis() as u64);
         let mut record = ScheduleRecord {
             name: name.clone(),
             cron: spec.cron.clone(),
             timezone: spec.timezone.clone(),
-            every_ms: spec.every.map(|d| d.as_millis() as u64),
+            every_ms,
             // An unchanged interval keeps its phase: a PUT of the same
             // schedule (a config applied again) moves none of its times.
             anchor: existing
                 .as_ref()
-                .filter(|e| {
-                    e.every_ms.is_some() && e.every_ms == spec.every.map(|d| d.as_millis() as u64)
-                })
+                .filter(|e| every_ms.is_some() && e.every_ms == every_ms)
                 .map_or(now.as_ms(), |e| e.anchor),
             misfire: spec.misfire.as_str().into(),
             catchup_limit: spec.catchup_limit,
