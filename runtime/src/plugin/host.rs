@@ -770,6 +770,11 @@ impl Host {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|attempt| &mut attempt.limits);
+        // What the host copies out of the guest in one call (a host call's
+        // arguments, the attempt's outcome) is at most what the attempt's
+        // memory holds: lists whose elements all point at the same bytes
+        // would otherwise cost the host a copy per element.
+        store.set_hostcall_fuel(loaded.memory);
         // Above the table's own cap, so the table's clearer error comes first.
         store.set_max_component_handles(2 * MAX_HANDLES);
         store.set_epoch_deadline(1);
@@ -848,6 +853,17 @@ fn budget_exceeded(e: &wasmtime::Error) -> Option<String> {
         return Some(format!(
             "the plugin held more than {MAX_HANDLES} host resources at once (header lists, requests, bodies, streams); the host keeps no more for one attempt"
         ));
+    }
+    // wasmtime's error for the fuel set in `run`; its type is private.
+    if e.chain().any(|cause| {
+        cause
+            .to_string()
+            .starts_with("too much data is being copied")
+    }) {
+        return Some(
+            "the plugin handed the host more in one call than its memory holds (elements sharing their bytes); the host copies no more"
+                .into(),
+        );
     }
     use wasmtime_wasi_http::FieldMapError;
     if let Some(FieldMapError::TotalSizeTooBig | FieldMapError::TooManyFields) =

@@ -292,6 +292,58 @@ async fn a_plugin_cannot_forge_host_notes() {
     server.stop().await;
 }
 
+/// Lists whose elements all point at the same bytes cost the plugin one
+/// buffer and would cost a host that copies each element a copy apiece: the
+/// host copies out of one call at most what the attempt's memory (64 MiB
+/// here) holds, and says so. 12 × 8 MiB is under wasmtime's own default
+/// bound (128 MiB), so only the host's bound refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elements_sharing_their_bytes_are_copied_no_more_than_memory_holds() {
+    let mut server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "aliased-lists").await;
+    let sink = Sink::start().await;
+    c.put_gate("alias", open_gate(&sink, 4)).await;
+    let mib = 1 << 20;
+    let cases = [
+        ("next", 12, 8 * mib),
+        ("fields", 12, 8 * mib),
+        ("next", 10_000, mib),
+        ("fields", 10_000, mib),
+    ];
+    let mut ids = Vec::new();
+    for (mode, count, bytes) in cases {
+        let input = json!({ "mode": mode, "count": count, "bytes": bytes });
+        let t = c.create(plugin_task("alias", "aliased-lists", input)).await;
+        ids.push(t["id"].as_str().expect("id").to_string());
+    }
+    for (id, case) in ids.iter().zip(cases) {
+        let t = c.wait_done(id, Duration::from_secs(30)).await;
+        assert_eq!(t["state"], "failed", "{case:?}: {t}");
+        let error = last_attempt(&t)["error"].as_str().unwrap_or("").to_string();
+        assert!(
+            error.contains("more in one call than its memory holds"),
+            "{case:?}: {error}"
+        );
+    }
+    // The host is still there, and an outcome within the bound is read (one
+    // element, so nothing shared: a next task that is not JSON).
+    let t = c
+        .create(plugin_task(
+            "alias",
+            "aliased-lists",
+            json!({ "mode": "next", "count": 1, "bytes": 1 }),
+        ))
+        .await;
+    let t = c
+        .wait_done(t["id"].as_str().expect("id"), Duration::from_secs(30))
+        .await;
+    assert_eq!(t["state"], "failed", "{t}");
+    let error = last_attempt(&t)["error"].as_str().unwrap_or("");
+    assert!(error.contains("next[0]"), "{error}");
+    server.stop().await;
+}
+
 /// The server's peak memory with a pool full of attempts that each make the
 /// host hold all it will for them stays within the bound SECURITY.md states:
 /// the memory at rest plus, per instance slot, the host's budget for an
