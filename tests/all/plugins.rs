@@ -746,6 +746,66 @@ async fn hostile_plugins_fail_only_their_own_attempt() {
     server.stop().await;
 }
 
+/// A gate's circuit hears of its endpoint: from a plugin, through the
+/// plugin's requests, not its own outcome. Plugins that trap fail their own
+/// attempts and leave the gate open for the webhooks beside them; a plugin
+/// whose requests meet 500s trips it, though each of its attempts succeeded.
+#[tokio::test]
+async fn the_circuit_counts_a_plugins_requests_not_its_faults() {
+    let mut server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "memory-bomb").await;
+    push_ok(&c, "host-abuse").await;
+    let sink = Sink::start().await;
+    sink.behave(|hit, _| {
+        if hit.path == "/down" {
+            Reply::status(500)
+        } else {
+            Reply::ok()
+        }
+    });
+    let mut shared = gate(&sink, "100/s", "10s");
+    shared["retry"]["max_attempts"] = json!(1);
+    shared["circuit"] = json!({ "failures": 2, "cooldown": "1h" });
+    c.put_gate("shared", shared).await;
+    let state = || async { c.send("GET", "/v1/gates/shared", None).await.1["state"].clone() };
+    let within = Duration::from_secs(30);
+
+    for _ in 0..3 {
+        let t = c
+            .create(plugin_task("shared", "memory-bomb", json!({})))
+            .await;
+        let t = c.wait_done(t["id"].as_str().expect("id"), within).await;
+        assert_eq!(t["state"], "failed", "{t}");
+    }
+    assert_eq!(state().await, "open", "three traps tripped the gate");
+    let hook = c
+        .create(json!({ "gate": "shared", "webhook": { "url": sink.url("/up") } }))
+        .await;
+    c.wait_state(hook["id"].as_str().expect("id"), "succeeded", within)
+        .await;
+
+    for _ in 0..2 {
+        let t = c
+            .create(plugin_task(
+                "shared",
+                "host-abuse",
+                json!({ "mode": "fetch", "authority": sink.host(), "path": "/down" }),
+            ))
+            .await;
+        let t = c.wait_done(t["id"].as_str().expect("id"), within).await;
+        assert_eq!(t["state"], "succeeded", "{t}");
+        assert!(
+            last_attempt(&t)["response"]
+                .as_str()
+                .is_some_and(|r| r.contains("500")),
+            "{t}"
+        );
+    }
+    assert_eq!(state().await, "tripped", "two 500s left the gate open");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_burst_of_plugin_requests_is_held_to_the_gate() {
     let server = Server::start().await;

@@ -569,19 +569,15 @@ impl Gate {
     }
 
     /// A request admitted by [`Gate::try_request`] has ended. `extra_slot`
-    /// gives back the slot it took; a 429 or 503 throttles the gate as a
-    /// webhook's does. The circuit counts attempts, not requests: the plugin's
-    /// outcome decides.
+    /// gives back the slot it took. What the endpoint answered bears on the
+    /// gate as a webhook's answer does (a 429 or 503 throttles, failures
+    /// count towards the circuit): for a plugin's attempt, its requests
+    /// speak for the endpoint, its own outcome does not.
     pub fn request_ended(&mut self, now: Timestamp, extra_slot: bool, signal: Signal) {
         if extra_slot {
             self.release_slot();
         }
-        if let Signal::Throttled { retry_after } = signal {
-            self.throttle(now, retry_after);
-            if let Some(adaptive) = &mut self.adaptive {
-                adaptive.failed(now);
-            }
-        }
+        self.heard(now, signal, false);
     }
 
     /// The endpoint answered an attempt (or a plugin's request) after
@@ -661,6 +657,14 @@ impl Gate {
         if release {
             self.in_flight -= 1;
         }
+        self.heard(now, signal, true);
+    }
+
+    /// What an attempt or a request said of the endpoint. A probe that said
+    /// nothing (`Neutral`: refused by our own policy, interrupted, a plugin
+    /// that sent no request) lets another probe go when `rearm`: otherwise
+    /// the circuit would wait for a verdict that never comes.
+    fn heard(&mut self, now: Timestamp, signal: Signal, rearm: bool) {
         if let Signal::Throttled { retry_after } = signal {
             self.throttle(now, retry_after);
         }
@@ -677,7 +681,20 @@ impl Gate {
             Signal::Failed => true,
             // A 503 means the endpoint is down as much as it means "slow down".
             Signal::Throttled { .. } => true,
-            Signal::Neutral => return,
+            Signal::Neutral => {
+                if rearm
+                    && let Circuit::HalfOpen {
+                        cooldown,
+                        probe_started: true,
+                    } = self.circuit
+                {
+                    self.circuit = Circuit::HalfOpen {
+                        cooldown,
+                        probe_started: false,
+                    };
+                }
+                return;
+            }
         };
         self.circuit = match (self.circuit, failed) {
             (Circuit::Closed { .. }, false) => Circuit::Closed {
@@ -1031,6 +1048,53 @@ mod tests {
         assert!((gate.effective_rate(now) - 550.0).abs() < 1e-6);
         now = now.plus(Duration::from_secs(5));
         assert_eq!(gate.effective_rate(now), 1000.0);
+    }
+
+    /// A probe that says nothing of the endpoint (refused by our own policy,
+    /// interrupted, a plugin that sent no request) lets the next one go: the
+    /// gate never waits for a verdict that cannot come.
+    #[test]
+    fn a_probe_without_a_verdict_lets_another_go() {
+        let mut gate = Gate::new(Timestamp(0), limits("1000/s", 100, 10));
+        let mut now = Timestamp(1_000_000);
+        for _ in 0..3 {
+            gate.try_start(now).unwrap();
+            gate.attempt_ended(now, Signal::Failed, true);
+        }
+        now = now.plus(Duration::from_secs(10));
+        assert_eq!(gate.try_start(now), Ok(now), "the probe");
+        gate.attempt_ended(now, Signal::Neutral, true);
+        assert_eq!(gate.state(now), GateState::Probing);
+        now = now.plus(Duration::from_millis(1));
+        assert_eq!(gate.try_start(now), Ok(now), "another probe");
+        assert_eq!(gate.try_start(now), Err(None), "one at a time");
+        gate.attempt_ended(now, Signal::Healthy, true);
+        assert_eq!(gate.state(now), GateState::Open, "closed");
+    }
+
+    /// A plugin's requests speak for the endpoint: their failures trip the
+    /// circuit and a good answer closes it, as webhooks' answers do, while
+    /// the request's own slot is given back either way.
+    #[test]
+    fn requests_count_towards_the_circuit() {
+        let mut gate = Gate::new(Timestamp(0), limits("1000/s", 100, 10));
+        let mut now = Timestamp(1_000_000);
+        gate.try_start(now).unwrap();
+        for _ in 0..3 {
+            gate.try_request(now, true).unwrap();
+            gate.request_ended(now, true, Signal::Failed);
+        }
+        assert_eq!(gate.state(now), GateState::Tripped);
+        // The attempt's own end (a plugin's outcome) says nothing.
+        gate.attempt_ended(now, Signal::Neutral, true);
+        assert_eq!(gate.state(now), GateState::Tripped);
+        now = now.plus(Duration::from_secs(10));
+        assert_eq!(gate.try_start(now), Ok(now), "the probe: a plugin attempt");
+        gate.try_request(now, false).unwrap();
+        gate.request_ended(now, false, Signal::Healthy);
+        assert_eq!(gate.state(now), GateState::Open, "closed");
+        gate.attempt_ended(now, Signal::Neutral, true);
+        assert_eq!(gate.state(now), GateState::Open);
     }
 
     #[test]

@@ -189,6 +189,15 @@ pub enum Input {
         task: TaskId,
         outcome: Outcome,
     },
+    /// A plugin's attempt is over. Its outcome settles the task as an
+    /// `AttemptEnded` would, but it is the plugin's, not the endpoint's (a
+    /// trap, a retry it asked for): the gate hears of the endpoint from the
+    /// attempt's requests (`RequestEnded`), so a faulty plugin never trips a
+    /// circuit that webhooks of its gate depend on.
+    PluginEnded {
+        task: TaskId,
+        outcome: Outcome,
+    },
     /// At startup: a task whose attempt number `task.attempts` was in flight when the
     /// server stopped.
     Interrupted(QueuedTask),
@@ -782,17 +791,10 @@ impl Scheduler {
                 self.poke(gate);
             }
             Input::AttemptEnded { task, outcome } => {
-                let Some(running) = self.running.remove(&task) else {
-                    // Already settled (a duplicate report): nothing to do.
-                    return;
-                };
-                if let Some(until) = running.lease {
-                    self.leases.remove(&(until, task));
-                }
-                let gate = running.task.gate;
-                self.attempt_over(now, &running, outcome.signal());
-                self.poke(gate);
-                self.settle(now, running.task, outcome);
+                self.ended(now, task, outcome, outcome.signal());
+            }
+            Input::PluginEnded { task, outcome } => {
+                self.ended(now, task, outcome, Signal::Neutral);
             }
             Input::Interrupted(task) => {
                 assert!(task.attempts >= 1, "interrupted before any attempt");
@@ -882,6 +884,21 @@ impl Scheduler {
                 self.poke(gate);
             }
         }
+    }
+
+    /// An attempt's report: the gate hears `signal`, the task is settled.
+    fn ended(&mut self, now: Timestamp, task: TaskId, outcome: Outcome, signal: Signal) {
+        let Some(running) = self.running.remove(&task) else {
+            // Already settled (a duplicate report): nothing to do.
+            return;
+        };
+        if let Some(until) = running.lease {
+            self.leases.remove(&(until, task));
+        }
+        let gate = running.task.gate;
+        self.attempt_over(now, &running, signal);
+        self.poke(gate);
+        self.settle(now, running.task, outcome);
     }
 
     /// An attempt is over: gate and key hear how it went and forget its

@@ -243,18 +243,20 @@ impl Engine {
         record.response = report.response.clone();
         record.logs = std::mem::take(&mut report.logs);
         turn.tx.put_attempt(id, &record)?;
-        if let Some(task) = turn.task(id)?
-            && !matches!(report.outcome, Outcome::Succeeded | Outcome::Withdrawn)
-        {
-            task.last_error = report.error.clone();
+        let mut plugin = false;
+        if let Some(task) = turn.task(id)? {
+            plugin = task.plugin.is_some();
+            if !matches!(report.outcome, Outcome::Succeeded | Outcome::Withdrawn) {
+                task.last_error = report.error.clone();
+            }
         }
-        self.core.handle_input(
-            turn.now,
-            Input::AttemptEnded {
-                task: report.task,
-                outcome: report.outcome,
-            },
-        );
+        let (task, outcome) = (report.task, report.outcome);
+        let ended = if plugin {
+            Input::PluginEnded { task, outcome }
+        } else {
+            Input::AttemptEnded { task, outcome }
+        };
+        self.core.handle_input(turn.now, ended);
         self.apply_effects(turn)
     }
 

@@ -210,9 +210,10 @@ impl Link {
         (&mut asking.allowed)
             .await
             .map_err(|_| Error::HttpRequestDenied)?;
+        // Says nothing of the endpoint until the endpoint answered.
         Ok(Permit {
             link: self.clone(),
-            signal: Signal::Healthy,
+            signal: Signal::Neutral,
             answered: None,
         })
     }
@@ -280,10 +281,15 @@ impl Link {
             let mut permit = permit;
             let mut head = Some(head_tx);
             let exchange = exchange(request, &mut permit, &mut head, body_tx);
-            if tokio::time::timeout_at(deadline, exchange).await.is_err()
-                && let Some(head) = head.take()
-            {
-                let _ = head.send(Err(Error::ConnectionTimeout));
+            if tokio::time::timeout_at(deadline, exchange).await.is_err() {
+                // No answer in the attempt's time: the endpoint failed it, as
+                // a webhook's timeout does.
+                if permit.answered.is_none() {
+                    permit.signal = Signal::Failed;
+                }
+                if let Some(head) = head.take() {
+                    let _ = head.send(Err(Error::ConnectionTimeout));
+                }
             }
         });
         // Past the guest's wait the request goes on (its slot stays taken
@@ -318,6 +324,16 @@ async fn exchange(
         Err(e) => {
             let (code, text) = classify_error(&e);
             link.note(format!("request failed: {text}"));
+            // Our own refusal, or the plugin's body, says nothing of the
+            // endpoint; a connection that failed or timed out does.
+            if !matches!(
+                code,
+                Error::DestinationIpProhibited
+                    | Error::HttpRequestDenied
+                    | Error::HttpRequestBodySize(_)
+            ) {
+                permit.signal = Signal::Failed;
+            }
             if let Some(head) = head.take() {
                 let _ = head.send(Err(code));
             }
@@ -325,14 +341,19 @@ async fn exchange(
         }
     };
     let status = response.status();
-    if matches!(status.as_u16(), 429 | 503) {
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, clock::now()));
-        permit.signal = Signal::Throttled { retry_after };
-    }
+    // As a webhook's answer bears on the gate (`attempt::classify`).
+    permit.signal = match status.as_u16() {
+        429 | 503 => {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, clock::now()));
+            Signal::Throttled { retry_after }
+        }
+        408 | 500..=599 => Signal::Failed,
+        _ => Signal::Healthy,
+    };
     let headers = response.headers();
     let header = |name: &str| {
         headers
