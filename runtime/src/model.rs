@@ -37,6 +37,48 @@ pub const DEFAULT_BURST: u32 = 1;
 pub const DEFAULT_CONCURRENCY: u32 = 10;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A task's own backoff: each part it leaves out is its gate's.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BackoffPatch {
+    pub initial: Option<Duration>,
+    pub max: Option<Duration>,
+    pub multiplier: Option<f64>,
+    pub jitter: Option<bool>,
+}
+
+impl BackoffPatch {
+    /// All of `backoff`, as a patch that leaves nothing to the gate.
+    pub fn whole(backoff: Backoff) -> BackoffPatch {
+        BackoffPatch {
+            initial: Some(backoff.initial),
+            max: Some(backoff.max),
+            multiplier: Some(backoff.multiplier),
+            jitter: Some(backoff.jitter),
+        }
+    }
+
+    /// The patch over the gate's backoff. Where the gate's `max` is below
+    /// the task's `initial` (or the task's `max` below the gate's
+    /// `initial`), what the task said wins: the other moves to meet it.
+    pub fn over(self, gate: Backoff) -> Backoff {
+        let mut initial = self.initial.unwrap_or(gate.initial);
+        let mut max = self.max.unwrap_or(gate.max);
+        if max < initial {
+            if self.initial.is_some() {
+                max = initial;
+            } else {
+                initial = max;
+            }
+        }
+        Backoff {
+            initial,
+            max,
+            multiplier: self.multiplier.unwrap_or(gate.multiplier),
+            jitter: self.jitter.unwrap_or(gate.jitter),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewTask {
     pub gate: String,
@@ -46,7 +88,8 @@ pub struct NewTask {
     pub due: Due,
     pub max_attempts: Option<u32>,
     pub timeout: Option<Duration>,
-    pub backoff: Option<Backoff>,
+    /// What the task says of its backoff; the rest is its gate's.
+    pub backoff: Option<BackoffPatch>,
     pub max_retry_duration: Option<Duration>,
     pub expires_after: Option<Duration>,
     pub idempotency_key: Option<String>,

@@ -410,6 +410,82 @@ async fn malformed_requests_get_clear_4xx_errors() {
     assert_eq!(list["tasks"].as_array().map(Vec::len), Some(0), "{list}");
 }
 
+/// A task's `backoff` names what it changes; the rest is its gate's, and
+/// where the two disagree (the task's `initial` above the gate's `max`),
+/// what the task said wins. A schedule's occurrences get the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_backoff_takes_the_rest_from_its_gate() {
+    let server = Server::start().await;
+    let c = server.client();
+    let sink = Sink::start().await;
+    let mut g = gate_for(&sink, "10/s");
+    g["retry"] = json!({
+        "max_attempts": 5,
+        "backoff": { "initial": "30s", "max": "6h", "multiplier": 4, "jitter": false },
+    });
+    c.put_gate("g", g).await;
+    // The gate's own values, as the API writes durations.
+    let (_, view) = c.send("GET", "/v1/gates/g", None).await;
+    let gate = view["retry"]["backoff"].clone();
+    let (_, other) = c
+        .send(
+            "PUT",
+            "/v1/gates/durations",
+            Some(json!({ "rate": "1/s", "allowed_hosts": [sink.host()], "retry": { "backoff": { "initial": "12h", "max": "12h" } } })),
+        )
+        .await;
+    let twelve_hours = other["retry"]["backoff"]["initial"].clone();
+
+    let backoff_of = |given: Value| {
+        let mut task = webhook_task("g", &sink.url("/a"));
+        task["delay"] = json!("1h");
+        task["backoff"] = given;
+        let c = &c;
+        async move { c.create(task).await["backoff"].clone() }
+    };
+    let b = backoff_of(json!({ "multiplier": 3 })).await;
+    assert_eq!(b["initial"], gate["initial"], "{b}");
+    assert_eq!(b["max"], gate["max"], "{b}");
+    assert_eq!(b["multiplier"], 3.0, "{b}");
+    assert_eq!(b["jitter"], false, "{b}");
+
+    let b = backoff_of(json!({ "initial": "12h" })).await;
+    assert_eq!(b["initial"], twelve_hours, "{b}");
+    assert_eq!(b["max"], twelve_hours, "the task's initial wins: {b}");
+    assert_eq!(b["multiplier"], 4.0, "{b}");
+
+    let b = backoff_of(json!({ "max": "1s" })).await;
+    assert_eq!(b["max"], b["initial"], "the task's max wins: {b}");
+    assert_ne!(b["max"], gate["initial"], "{b}");
+
+    let (status, e) = c
+        .send(
+            "POST",
+            "/v1/tasks",
+            Some(json!({ "gate": "g", "webhook": { "url": sink.url("/a") }, "backoff": { "initial": "2m", "max": "1m" } })),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+
+    let (status, s) = c
+        .send(
+            "PUT",
+            "/v1/schedules/partial",
+            Some(json!({
+                "every": "1h",
+                "task": { "gate": "g", "webhook": { "url": sink.url("/s") }, "backoff": { "jitter": true } },
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{s}");
+    let planned = c
+        .task(s["current_task"].as_str().expect("the planned occurrence"))
+        .await;
+    let b = &planned["backoff"];
+    assert_eq!(b["max"], gate["max"], "{planned}");
+    assert_eq!(b["jitter"], true, "{planned}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_create_returns_the_first_task() {
     let server = Server::start().await;

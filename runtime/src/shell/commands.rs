@@ -440,16 +440,16 @@ impl Engine {
             let Some(gate) = gate_of(held, &self.gates, &foreign, &task.gate) else {
                 continue;
             };
+            let backoff = task
+                .backoff
+                .unwrap_or_default()
+                .over(gate.retry.policy().backoff);
             let retry = RetryRecord {
                 max_attempts: task.max_attempts.unwrap_or(gate.retry.max_attempts),
-                initial_ms: task
-                    .backoff
-                    .map_or(gate.retry.initial_ms, |b| b.initial.as_millis() as u64),
-                max_ms: task
-                    .backoff
-                    .map_or(gate.retry.max_ms, |b| b.max.as_millis() as u64),
-                multiplier: task.backoff.map_or(gate.retry.multiplier, |b| b.multiplier),
-                jitter: task.backoff.map_or(gate.retry.jitter, |b| b.jitter),
+                initial_ms: backoff.initial.as_millis() as u64,
+                max_ms: backoff.max.as_millis() as u64,
+                multiplier: backoff.multiplier,
+                jitter: backoff.jitter,
                 max_retry_duration_ms: task
                     .max_retry_duration
                     .map(|d| d.as_millis() as u64)

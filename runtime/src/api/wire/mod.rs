@@ -14,8 +14,8 @@ use crate::core::{
     format_duration, parse_duration,
 };
 use crate::model::{
-    Body, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, Due, GateSpec, NewTask, PluginCall,
-    Target, Webhook,
+    BackoffPatch, Body, DEFAULT_BURST, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, Due, GateSpec,
+    NewTask, PluginCall, Target, Webhook,
 };
 use crate::shell::GateLive;
 use crate::shell::stats::{self, Bucket};
@@ -87,6 +87,21 @@ fn duration(field: &str, text: &str) -> Result<Duration, ApiError> {
 
 fn opt_duration(field: &str, text: &Option<String>) -> Result<Option<Duration>, ApiError> {
     text.as_deref().map(|t| duration(field, t)).transpose()
+}
+
+/// A task's backoff as given: each part checked, the rest left to its gate.
+fn backoff_patch(prefix: &str, body: &BackoffBody) -> Result<BackoffPatch, ApiError> {
+    let patch = BackoffPatch {
+        initial: opt_duration(&format!("{prefix}.initial"), &body.initial)?,
+        max: opt_duration(&format!("{prefix}.max"), &body.max)?,
+        multiplier: body.multiplier,
+        jitter: body.jitter,
+    };
+    // Checked whole, with the built-in defaults where the task is silent;
+    // which of them the gate's replace, `BackoffPatch::over` settles.
+    let base = patch.over(Backoff::default());
+    backoff(prefix, body, base)?;
+    Ok(patch)
 }
 
 fn backoff(prefix: &str, body: &BackoffBody, base: Backoff) -> Result<Backoff, ApiError> {

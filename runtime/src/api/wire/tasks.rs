@@ -180,6 +180,9 @@ pub struct TaskBody {
     pub max_attempts: Option<u32>,
     /// A duration like `"30s"`; default the gate's.
     pub timeout: Option<String>,
+    /// What the task changes of its gate's backoff: the parts left out are
+    /// the gate's. Where the gate's `max` is below the task's `initial` (or
+    /// the task's `max` below the gate's `initial`), the task's value wins.
     pub backoff: Option<BackoffBody>,
     /// A duration like `"1h"`.
     pub max_retry_duration: Option<String>,
@@ -403,7 +406,7 @@ impl TaskBody {
         }
         let backoff = self
             .backoff
-            .map(|b| backoff(&f("backoff"), &b, Backoff::default()))
+            .map(|b| backoff_patch(&f("backoff"), &b))
             .transpose()?;
         Ok(NewTask {
             gate: self.gate,
