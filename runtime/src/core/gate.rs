@@ -577,7 +577,7 @@ impl Gate {
         if extra_slot {
             self.release_slot();
         }
-        self.heard(now, signal, false);
+        self.heard(now, signal);
     }
 
     /// The endpoint answered an attempt (or a plugin's request) after
@@ -657,14 +657,16 @@ impl Gate {
         if release {
             self.in_flight -= 1;
         }
-        self.heard(now, signal, true);
+        self.heard(now, signal);
     }
 
-    /// What an attempt or a request said of the endpoint. A probe that said
-    /// nothing (`Neutral`: refused by our own policy, interrupted, a plugin
-    /// that sent no request) lets another probe go when `rearm`: otherwise
-    /// the circuit would wait for a verdict that never comes.
-    fn heard(&mut self, now: Timestamp, signal: Signal, rearm: bool) {
+    /// What an attempt or a request said of the endpoint. When the probe
+    /// and all else in flight have ended saying nothing (`Neutral`: refused
+    /// by our own policy, interrupted, a plugin that sent no request), the
+    /// next probe may go: otherwise the circuit would wait for a verdict
+    /// that never comes. Not before: the gate does not know which of those
+    /// in flight is the probe, and there is only ever one.
+    fn heard(&mut self, now: Timestamp, signal: Signal) {
         if let Signal::Throttled { retry_after } = signal {
             self.throttle(now, retry_after);
         }
@@ -682,7 +684,7 @@ impl Gate {
             // A 503 means the endpoint is down as much as it means "slow down".
             Signal::Throttled { .. } => true,
             Signal::Neutral => {
-                if rearm
+                if self.in_flight == 0
                     && let Circuit::HalfOpen {
                         cooldown,
                         probe_started: true,
@@ -1070,6 +1072,33 @@ mod tests {
         assert_eq!(gate.try_start(now), Err(None), "one at a time");
         gate.attempt_ended(now, Signal::Healthy, true);
         assert_eq!(gate.state(now), GateState::Open, "closed");
+    }
+
+    /// While anything else is in flight (an attempt from before the trip, a
+    /// request of the probe that outlived it), a neutral end lets no second
+    /// probe go: the gate cannot tell the probe from the rest.
+    #[test]
+    fn one_probe_at_a_time_whatever_ends_neutral() {
+        let mut gate = Gate::new(Timestamp(0), limits("1000/s", 100, 10));
+        let mut now = Timestamp(1_000_000);
+        gate.try_start(now).unwrap(); // slow, from before the trip
+        for _ in 0..3 {
+            gate.try_start(now).unwrap();
+            gate.attempt_ended(now, Signal::Failed, true);
+        }
+        now = now.plus(Duration::from_secs(10));
+        assert_eq!(gate.try_start(now), Ok(now), "the probe");
+        gate.attempt_ended(now, Signal::Neutral, true);
+        assert_eq!(gate.try_start(now), Err(None), "the slow one is still out");
+        gate.attempt_ended(now, Signal::Neutral, true);
+        assert_eq!(gate.try_start(now), Ok(now), "the next probe");
+        // A probe whose request outlives it (a plugin's): its slot is the
+        // request's until the request ends.
+        gate.try_request(now, false).unwrap();
+        gate.attempt_ended(now, Signal::Neutral, false);
+        assert_eq!(gate.try_start(now), Err(None), "its request is still out");
+        gate.request_ended(now, true, Signal::Neutral);
+        assert_eq!(gate.try_start(now), Ok(now), "the next probe");
     }
 
     /// A plugin's requests speak for the endpoint: their failures trip the

@@ -140,7 +140,13 @@ fn limits(rng: &mut Rng) -> GateLimits {
                 over: Duration::from_secs(5),
             }
         },
-        circuit: None,
+        // Half the gates trip on failures (the endpoint's, and a plugin's
+        // requests'): every task still ends, whatever the probes say.
+        circuit: (rng.below(2) == 0).then(|| crate::core::CircuitPolicy {
+            failures: 1 + rng.below(4) as u32,
+            cooldown: Duration::from_millis(200 + rng.below(2_000)),
+            max_cooldown: Duration::from_secs(5),
+        }),
         quota_headers: true,
         priority_aging: Duration::from_secs(60),
         adaptive: None,
@@ -501,6 +507,9 @@ impl World {
                         7 => Outcome::Throttled {
                             retry_after: Some(Duration::from_millis(self.rng.below(1_000))),
                         },
+                        8 => Outcome::Failed { retry_after: None },
+                        // Refused by our own policy: neutral to the circuit.
+                        _ if self.rng.below(2) == 0 => Outcome::Denied,
                         _ => Outcome::Failed { retry_after: None },
                     };
                     let e = self.epoch[&gate];
@@ -643,12 +652,13 @@ impl World {
             let ended = before - run.requests.len();
             let done = run.waiting == 0 && run.requests.is_empty();
             for _ in 0..ended {
-                let signal = if self.rng.below(8) == 0 {
-                    Signal::Throttled {
+                let signal = match self.rng.below(8) {
+                    0 => Signal::Throttled {
                         retry_after: Some(Duration::from_millis(self.rng.below(500))),
-                    }
-                } else {
-                    Signal::Healthy
+                    },
+                    1 => Signal::Failed,
+                    2 => Signal::Neutral,
+                    _ => Signal::Healthy,
                 };
                 self.sched.handle_input(
                     self.now,
@@ -667,7 +677,7 @@ impl World {
                 }
                 self.sched.handle_input(
                     self.now,
-                    Input::AttemptEnded {
+                    Input::PluginEnded {
                         task,
                         outcome: run.outcome,
                     },
@@ -676,7 +686,7 @@ impl World {
                 let run = self.plugins.remove(&task).expect("plugin run");
                 self.sched.handle_input(
                     self.now,
-                    Input::AttemptEnded {
+                    Input::PluginEnded {
                         task,
                         outcome: run.outcome,
                     },

@@ -22,7 +22,7 @@
 //! webhook's does.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -266,13 +266,14 @@ impl Link {
         let permit = self.permit().await?;
         let (head_tx, head_rx) = oneshot::channel::<Head>();
         let (body_tx, body_rx) = mpsc::channel(RESPONSE_CHUNKS_QUEUED);
+        let sent = Arc::new(Sent::default());
         let request = client
             .request(method, url)
             .headers(parts.headers)
-            .body(reqwest::Body::wrap(SyncBody::new(Limited::new(
-                body,
-                MAX_REQUEST_BODY,
-            ))));
+            .body(reqwest::Body::wrap(SyncBody::new(
+                Limited::new(body, MAX_REQUEST_BODY),
+                sent.clone(),
+            )));
         let deadline = self.deadline;
         // Its own task: dropping the guest's future must not end the request
         // (and free its slot) while the endpoint may still be working on it.
@@ -280,12 +281,12 @@ impl Link {
             let _open = open;
             let mut permit = permit;
             let mut head = Some(head_tx);
-            let exchange = exchange(request, &mut permit, &mut head, body_tx);
+            let exchange = exchange(request, &mut permit, &mut head, body_tx, &sent);
             if tokio::time::timeout_at(deadline, exchange).await.is_err() {
                 // No answer in the attempt's time: the endpoint failed it, as
-                // a webhook's timeout does.
+                // a webhook's timeout does, if it had the whole request.
                 if permit.answered.is_none() {
-                    permit.signal = Signal::Failed;
+                    permit.signal = sent.unanswered();
                 }
                 if let Some(head) = head.take() {
                     let _ = head.send(Err(Error::ConnectionTimeout));
@@ -316,6 +317,7 @@ async fn exchange(
     permit: &mut Permit,
     head: &mut Option<oneshot::Sender<Head>>,
     body: mpsc::Sender<Result<Bytes, Error>>,
+    sent: &Sent,
 ) {
     let link = permit.link.clone();
     let started = clock::instant();
@@ -326,14 +328,15 @@ async fn exchange(
             link.note(format!("request failed: {text}"));
             // Our own refusal, or the plugin's body, says nothing of the
             // endpoint; a connection that failed or timed out does.
-            if !matches!(
+            let ours = matches!(
                 code,
-                Error::DestinationIpProhibited
-                    | Error::HttpRequestDenied
-                    | Error::HttpRequestBodySize(_)
-            ) {
-                permit.signal = Signal::Failed;
-            }
+                Error::DestinationIpProhibited | Error::HttpRequestDenied
+            );
+            permit.signal = if ours || sent.broke.load(Ordering::Relaxed) {
+                Signal::Neutral
+            } else {
+                Signal::Failed
+            };
             if let Some(head) = head.take() {
                 let _ = head.send(Err(code));
             }
@@ -421,13 +424,43 @@ async fn exchange(
     tracing::debug!(task = %link.task, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "plugin request");
 }
 
+/// How far the guest took its request body: whether a request that failed
+/// or went unanswered says anything of the endpoint.
+#[derive(Default)]
+struct Sent {
+    /// The guest's side failed: a body dropped unfinished, longer than it
+    /// declared or than the host takes.
+    broke: AtomicBool,
+    /// The body ended as it should: the rest was the endpoint's to do.
+    whole: AtomicBool,
+}
+
+impl Sent {
+    /// What a request that failed, or was not answered in time, says of
+    /// the endpoint: nothing unless the guest had done its part.
+    fn unanswered(&self) -> Signal {
+        if self.whole.load(Ordering::Relaxed) && !self.broke.load(Ordering::Relaxed) {
+            Signal::Failed
+        } else {
+            Signal::Neutral
+        }
+    }
+}
+
 /// The guest's request body for reqwest, which wants a `Sync` body: only ever
-/// polled through `&mut`, so the wrapper never locks.
-struct SyncBody<B>(sync_wrapper::SyncWrapper<B>);
+/// polled through `&mut`, so the wrapper never locks. Notes how far it got
+/// in `sent`.
+struct SyncBody<B> {
+    body: sync_wrapper::SyncWrapper<B>,
+    sent: Arc<Sent>,
+}
 
 impl<B> SyncBody<B> {
-    fn new(body: B) -> SyncBody<B> {
-        SyncBody(sync_wrapper::SyncWrapper::new(body))
+    fn new(body: B, sent: Arc<Sent>) -> SyncBody<B> {
+        SyncBody {
+            body: sync_wrapper::SyncWrapper::new(body),
+            sent,
+        }
     }
 }
 
@@ -439,7 +472,14 @@ impl<B: http_body::Body + Unpin> http_body::Body for SyncBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(self.get_mut().0.get_mut()).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(this.body.get_mut()).poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Err(_))) => this.sent.broke.store(true, Ordering::Relaxed),
+            Poll::Ready(None) => this.sent.whole.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        frame
     }
 }
 
