@@ -986,3 +986,58 @@ async fn requests_in_the_second_after_a_handover_are_answered() {
         "node 0 sent reads to the node that left: {unanswered:#?}"
     );
 }
+
+/// A plugin version deleted and uploaded again with other bytes, through
+/// another node, runs as uploaded on the node that runs its gate, though
+/// that node had the earlier upload loaded: a task names the component it
+/// was created for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_uploaded_again_through_another_node_runs_as_uploaded() {
+    use crate::plugins::{last_attempt, plugin_task, push};
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let nodes = vec![Node::spawn(&pg.url()), Node::spawn(&pg.url())];
+    for node in &nodes {
+        wait_ready(&node.client).await;
+    }
+    settled(&nodes, &[0, 1]).await;
+    let owner = owner_of(&nodes, 0, "swap", None).await;
+    let other = 1 - owner;
+    nodes[other]
+        .client
+        .put_gate(
+            "swap",
+            json!({ "rate": "50/s", "retry": { "max_attempts": 1 } }),
+        )
+        .await;
+    let run = |via: usize| {
+        let c = &nodes[via].client;
+        async move {
+            let t = c.create(plugin_task("swap", "swap", json!({}))).await;
+            c.wait_done(t["id"].as_str().expect("id"), Duration::from_secs(30))
+                .await
+        }
+    };
+
+    let (status, v) = push(&nodes[owner].client, "swap", "0.1.0", "noop").await;
+    assert_eq!(status, 201, "{v}");
+    let t = run(owner).await;
+    assert_eq!(t["state"], "succeeded", "the owner ran noop: {t}");
+
+    let (status, v) = nodes[other]
+        .client
+        .send("DELETE", "/v1/plugins/swap/0.1.0", None)
+        .await;
+    assert!(status == 200 || status == 204, "{status} {v}");
+    let (status, v) = push(&nodes[other].client, "swap", "0.1.0", "memory-bomb").await;
+    assert_eq!(status, 201, "{v}");
+    let t = run(other).await;
+    assert_eq!(t["state"], "failed", "the owner ran its old noop: {t}");
+    assert!(
+        last_attempt(&t)["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("trap")),
+        "{t}"
+    );
+}

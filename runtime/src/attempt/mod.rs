@@ -67,6 +67,9 @@ pub struct PluginCall {
     pub version: String,
     /// The task's `plugin.input` as JSON text.
     pub input: String,
+    /// The component the task was created for, if known
+    /// (`PluginCallRecord::sha256`).
+    pub sha256: Option<String>,
 }
 
 /// What became of an attempt.

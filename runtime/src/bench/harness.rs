@@ -544,6 +544,7 @@ pub(super) async fn plugin_attempts(
             name: "noop".into(),
             version: "0.1.0".into(),
             input: "{}".into(),
+            sha256: None,
         }),
         timeout: Duration::from_secs(30),
         scheduled_at: clock::now(),

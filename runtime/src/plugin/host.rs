@@ -76,6 +76,17 @@ struct Loaded {
     pre: bindings::TaskPre<Attempt>,
     /// Bytes all of an attempt's linear memories may grow to, together.
     memory: usize,
+    /// Of the component: an upload of the same version since (deleted and
+    /// uploaded again, through another node) is another component.
+    sha256: String,
+}
+
+impl Loaded {
+    /// Whether this is the component a task was created for (`None`: a task
+    /// that does not say).
+    fn is(&self, sha256: Option<&str>) -> bool {
+        sha256.is_none_or(|want| want == self.sha256)
+    }
 }
 
 /// The plugin runtime: one engine, one linker, the loaded components.
@@ -545,6 +556,7 @@ impl Host {
         let loaded = Loaded {
             pre: compiled.pre.clone(),
             memory: self.memory(memory_mib),
+            sha256: compiled.sha256.clone(),
         };
         if let Ok(mut all) = self.loaded.write() {
             all.insert(key.to_string(), loaded);
@@ -571,24 +583,37 @@ impl Host {
         }
     }
 
-    /// The pre-instantiated component for `key`: from memory, else from its
-    /// stored artifact, else compiled from its stored bytes (a new engine) and
-    /// the artifact stored for next time.
-    fn pre(&self, key: &str) -> Result<Loaded, PluginError> {
-        if let Some(loaded) = self.loaded.read().ok().and_then(|l| l.get(key).cloned()) {
+    /// The loaded component for `key`, if it is the one `sha256` names.
+    fn cached(&self, key: &str, sha256: Option<&str>) -> Option<Loaded> {
+        let loaded = self.loaded.read().ok()?;
+        loaded.get(key).filter(|l| l.is(sha256)).cloned()
+    }
+
+    /// The pre-instantiated component for `key` (the one `sha256` names,
+    /// when given): from memory, else from its stored artifact, else
+    /// compiled from its stored bytes (a new engine) and the artifact stored
+    /// for next time. A version stored with other bytes than `sha256` (the
+    /// task's version was deleted and uploaded again) runs as stored now.
+    fn pre(&self, key: &str, sha256: Option<&str>) -> Result<Loaded, PluginError> {
+        if let Some(loaded) = self.cached(key, sha256) {
             return Ok(loaded);
         }
         // One load at a time: a burst of first attempts (after an upgrade,
         // on a new node) compiles a component once, not once per attempt.
         let _loading = self.loading.lock();
-        if let Some(loaded) = self.loaded.read().ok().and_then(|l| l.get(key).cloned()) {
+        if let Some(loaded) = self.cached(key, sha256) {
             return Ok(loaded);
         }
         let reader = self.store.read()?;
-        let memory_mib = reader
+        let record = reader
             .plugin(key)?
-            .ok_or_else(|| PluginError::Missing(key.to_string()))?
-            .memory_mib;
+            .ok_or_else(|| PluginError::Missing(key.to_string()))?;
+        // What this node has is what is stored now: the task's version was
+        // uploaded again since the task was made.
+        if let Some(loaded) = self.cached(key, Some(&record.sha256)) {
+            return Ok(loaded);
+        }
+        let memory_mib = record.memory_mib;
         let component = match reader.compiled(key, self.engine_hash)? {
             Some(artifact) => deserialize(&self.engine, &artifact)?,
             None => {
@@ -610,6 +635,7 @@ impl Host {
         let loaded = Loaded {
             pre: self.link(&component)?,
             memory: self.memory(memory_mib),
+            sha256: record.sha256,
         };
         if let Ok(mut all) = self.loaded.write() {
             all.insert(key.to_string(), loaded.clone());
@@ -717,15 +743,17 @@ impl Host {
             return denied("not a plugin task".into());
         };
         let key = crate::store::plugin_key(&call.name, &call.version);
-        let loaded = self.loaded.read().ok().and_then(|l| l.get(&key).cloned());
-        let loaded = match loaded {
+        let loaded = match self.cached(&key, call.sha256.as_deref()) {
             Some(loaded) => loaded,
             None => {
-                // First use since start: load the stored artifact, off the
-                // async threads.
+                // First use since start (or since another upload of the
+                // version): load the stored artifact, off the async threads.
                 let host = self.clone();
                 let lookup = key.clone();
-                match tokio::task::spawn_blocking(move || host.pre(&lookup)).await {
+                let sha256 = call.sha256.clone();
+                match tokio::task::spawn_blocking(move || host.pre(&lookup, sha256.as_deref()))
+                    .await
+                {
                     Ok(Ok(loaded)) => loaded,
                     Ok(Err(e @ PluginError::Missing(_))) => return denied(e.to_string()),
                     Ok(Err(e)) => return failed(format!("plugin {key}: {e}")),

@@ -491,6 +491,12 @@ impl Engine {
                 depth: task.lineage.map_or(0, |(_, depth)| depth),
             };
             (record.webhook, record.plugin) = targets::to_records(task.target);
+            if let Some(call) = &mut record.plugin {
+                call.sha256 = plugin
+                    .as_ref()
+                    .and_then(|key| self.plugins.get(key))
+                    .map(|p| p.sha256.clone());
+            }
             record.set_due(due.as_ms(), turn.now.as_ms(), gate.limits().priority_aging);
             self.plugin_ref(turn, plugin, 1);
             if let Some(ck) = &task.coalesce_key {

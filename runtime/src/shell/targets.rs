@@ -28,6 +28,7 @@ pub(super) fn to_records(target: Target) -> (Option<WebhookRecord>, Option<Plugi
                 name: p.name,
                 version: p.version,
                 input: p.input,
+                sha256: None,
             }),
         ),
     }
@@ -70,6 +71,7 @@ pub(super) fn action(record: &TaskRecord) -> Action {
             name: p.name.clone(),
             version: p.version.clone(),
             input: p.input.to_string(),
+            sha256: p.sha256.clone(),
         }),
         (webhook, None) => {
             let w = webhook.clone().unwrap_or_else(WebhookRecord::empty);

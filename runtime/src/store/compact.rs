@@ -53,6 +53,9 @@ pub(super) fn encode_task(task: &TaskRecord) -> Vec<u8> {
             w.text(1, &plugin.name);
             w.text(2, &plugin.version);
             w.bytes(3, &json_bytes(&plugin.input));
+            if let Some(sha256) = &plugin.sha256 {
+                w.text(4, sha256);
+            }
         });
     }
     w.uint(7, task.created_at);
@@ -297,12 +300,14 @@ fn plugin_from(bytes: &[u8]) -> Result<PluginCallRecord, String> {
         name: String::new(),
         version: String::new(),
         input: serde_json::Value::Null,
+        sha256: None,
     };
     let mut r = Reader(bytes);
     while let Some((number, value)) = r.field()? {
         match number {
             1 => plugin.name = value.text()?,
             2 => plugin.version = value.text()?,
+            4 => plugin.sha256 = Some(value.text()?),
             3 => {
                 plugin.input =
                     serde_json::from_slice(value.bytes()?).map_err(|e| format!("input: {e}"))?;
@@ -607,6 +612,8 @@ mod tests {
             name: text(rng),
             version: text(rng),
             input: json(rng),
+            // Never empty: a hex digest.
+            sha256: maybe(rng, |rng| format!("{:064x}", rng.below(1 << 60))),
         });
         task.created_at = base;
         task.scheduled_at = time(rng, base);

@@ -262,6 +262,12 @@ pub struct PluginCallRecord {
     pub name: String,
     pub version: String,
     pub input: serde_json::Value,
+    /// The SHA-256 (hex) of the component the version was when the task was
+    /// created: a node that kept an earlier upload of the same version (one
+    /// deleted and uploaded again through another node) loads it afresh.
+    /// `None` in a schedule's template and in tasks from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl PluginCallRecord {
