@@ -47,16 +47,6 @@ pub struct BackoffPatch {
 }
 
 impl BackoffPatch {
-    /// All of `backoff`, as a patch that leaves nothing to the gate.
-    pub fn whole(backoff: Backoff) -> BackoffPatch {
-        BackoffPatch {
-            initial: Some(backoff.initial),
-            max: Some(backoff.max),
-            multiplier: Some(backoff.multiplier),
-            jitter: Some(backoff.jitter),
-        }
-    }
-
     /// The patch over the gate's backoff. Where the gate's `max` is below
     /// the task's `initial` (or the task's `max` below the gate's
     /// `initial`), what the task said wins: the other moves to meet it.

@@ -484,6 +484,25 @@ async fn a_partial_backoff_takes_the_rest_from_its_gate() {
     let b = &planned["backoff"];
     assert_eq!(b["max"], gate["max"], "{planned}");
     assert_eq!(b["jitter"], true, "{planned}");
+    // The schedule keeps what it said, not the gate's values of the day:
+    // an occurrence made after the gate changed gets the gate's new ones.
+    let mut g = gate_for(&sink, "10/s");
+    g["retry"] =
+        json!({ "backoff": { "initial": "30s", "max": "12h", "multiplier": 4, "jitter": false } });
+    c.put_gate("g", g).await;
+    for step in ["pause", "resume"] {
+        let (status, v) = c
+            .send("POST", &format!("/v1/schedules/partial/{step}"), None)
+            .await;
+        assert_eq!(status, 200, "{step}: {v}");
+    }
+    let (_, s) = c.send("GET", "/v1/schedules/partial", None).await;
+    let planned = c
+        .task(s["current_task"].as_str().expect("the planned occurrence"))
+        .await;
+    let b = &planned["backoff"];
+    assert_eq!(b["max"], twelve_hours, "{planned}");
+    assert_eq!(b["jitter"], true, "{planned}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

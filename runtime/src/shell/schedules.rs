@@ -54,15 +54,12 @@ impl Engine {
             plugin: None,
             max_attempts: t.max_attempts,
             timeout_ms: t.timeout.map(|d| d.as_millis() as u64),
-            backoff: t
-                .backoff
-                .map(|b| b.over(gate.retry.policy().backoff))
-                .map(|b| BackoffRecord {
-                    initial_ms: b.initial.as_millis() as u64,
-                    max_ms: b.max.as_millis() as u64,
-                    multiplier: b.multiplier,
-                    jitter: b.jitter,
-                }),
+            backoff: t.backoff.map(|b| BackoffRecord {
+                initial_ms: b.initial.map(|d| d.as_millis() as u64),
+                max_ms: b.max.map(|d| d.as_millis() as u64),
+                multiplier: b.multiplier,
+                jitter: b.jitter,
+            }),
             max_retry_duration_ms: t.max_retry_duration.map(|d| d.as_millis() as u64),
             expires_after_ms: t.expires_after.map(|d| d.as_millis() as u64),
             labels: t.labels.clone(),
@@ -321,13 +318,11 @@ fn occurrence_task(record: &ScheduleRecord, due: Timestamp, key: String, name: &
         due: crate::model::Due::At(due),
         max_attempts: t.max_attempts,
         timeout: t.timeout_ms.map(Duration::from_millis),
-        backoff: t.backoff.map(|b| {
-            crate::model::BackoffPatch::whole(crate::core::Backoff {
-                initial: Duration::from_millis(b.initial_ms),
-                max: Duration::from_millis(b.max_ms),
-                multiplier: b.multiplier,
-                jitter: b.jitter,
-            })
+        backoff: t.backoff.map(|b| crate::model::BackoffPatch {
+            initial: b.initial_ms.map(Duration::from_millis),
+            max: b.max_ms.map(Duration::from_millis),
+            multiplier: b.multiplier,
+            jitter: b.jitter,
         }),
         max_retry_duration: t.max_retry_duration_ms.map(Duration::from_millis),
         expires_after: t.expires_after_ms.map(Duration::from_millis),

@@ -712,12 +712,19 @@ impl CountsDelta {
     }
 }
 
+/// A schedule's backoff as given: each part left out is the gate's when
+/// an occurrence is made (records from before partial backoffs have all
+/// four).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct BackoffRecord {
-    pub initial_ms: u64,
-    pub max_ms: u64,
-    pub multiplier: f64,
-    pub jitter: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<bool>,
 }
 
 /// What each occurrence of a schedule is made from.
