@@ -86,8 +86,10 @@
 //! - Input that does not parse as the input type fails the task at once, with
 //!   serde's message and the path of the bad field, e.g.
 //!   ``invalid input: apps[2].id: invalid type: integer `7`, expected a string``.
-//! - A panic (and so also running out of memory) traps: the host ends the
-//!   attempt as an error, like a crash. Its message goes to the log first.
+//! - A panic traps: the host ends the attempt as an error, like a crash. Its
+//!   message goes to the log first. Running out of memory traps too, but an
+//!   allocation failure aborts without a message: the attempt's error says
+//!   the plugin aborted, and the log has nothing of it.
 //!
 //! `?` decides between retry and failure by the table on [`Error`]: for HTTP,
 //! the same rules as a webhook's answer (timeouts, connection errors, 408,
@@ -100,9 +102,13 @@
 //! [`Context::http`] (paced by the task's gate, limited to its allowed hosts:
 //! others are [`HttpError::Denied`]), and the attempt's log ([`info!`] and
 //! friends). The clocks and randomness are the host's. There are no files,
-//! sockets, environment variables or subprocesses; a component that imports
-//! them is refused at upload, so avoid crates that use `std::fs`, `std::net`
-//! or `std::env` (or a time-zone crate that reads the system's zone files).
+//! sockets, environment variables or subprocesses: the file system and
+//! sockets may be imported (language runtimes do) but there is no directory
+//! to open and every connection or name lookup is refused, the environment
+//! is empty, and anything else outside the world is refused at upload. So
+//! avoid crates that use `std::fs`, `std::net` or `std::env` (or a
+//! time-zone crate that reads the system's zone files): they build, and
+//! fail when they run.
 //! Memory is capped (64 MiB by default) and the attempt has a deadline, the
 //! task's timeout ([`Context::deadline`]).
 
