@@ -903,6 +903,64 @@ async fn a_plugin_request_times_out_when_the_plugin_says() {
     assert!(attempt["latency_ms"].as_u64() < Some(10_000), "{t}");
 }
 
+/// The plugin's wait holds between pieces of the body too: an answer whose
+/// head came at once and whose body then stalls ends the plugin's wait
+/// when it says, not at the attempt's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_times_out_when_the_plugin_says() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start().await;
+    let c = server.client();
+    push_ok(&c, "http-disallowed").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // One connection: the head and two bytes of the body, then nothing
+    // more for 30 s.
+    let endpoint = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
+        let _ = socket.write_all(head.as_bytes()).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    c.put_gate(
+        "stalls",
+        json!({ "rate": "50/s", "allowed_hosts": [addr.to_string()], "timeout": "60s", "retry": { "max_attempts": 1 } }),
+    )
+    .await;
+    let task = c
+        .create(plugin_task(
+            "stalls",
+            "http-disallowed",
+            json!({ "url": format!("http://{addr}/stall"), "timeout_ms": 500 }),
+        ))
+        .await;
+    let t = c
+        .wait_done(task["id"].as_str().expect("id"), Duration::from_secs(20))
+        .await;
+    // The plugin's verdict on its failed request (the SDK reads the body's
+    // error as a transport failure naming the read timeout).
+    let attempt = last_attempt(&t);
+    assert_eq!(attempt["outcome"], "rejected", "{t}");
+    assert!(
+        attempt["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("read timeout")),
+        "{t}"
+    );
+    assert!(attempt["latency_ms"].as_u64() < Some(10_000), "{t}");
+    endpoint.abort();
+}
+
 #[tokio::test]
 async fn the_deadline_covers_time_spent_waiting_on_the_network() {
     let server = Server::start().await;

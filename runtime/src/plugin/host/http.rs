@@ -122,16 +122,17 @@ impl WasiHttpHooks for GateHooks {
         // let the request out (the SDK's `with_timeout`); the attempt's own
         // deadline holds whatever it asks.
         let head_within = options.and_then(|o| o.first_byte_timeout.or(o.connect_timeout));
+        // And for each piece of its body after that.
+        let between = options.and_then(|o| o.between_bytes_timeout);
         Box::new(async move {
             // On the server's runtime, from asking the gate to the last byte;
             // a guest that drops its request drops the asking too.
             let io = link.io.clone();
-            let response =
-                AbortOnDrop(io.spawn(async move { link.send(request, head_within).await }))
-                    .await
-                    .map_err(|e| {
-                        Error::InternalError(Some(format!("the request's task: {e}")))
-                    })??;
+            let response = AbortOnDrop(
+                io.spawn(async move { link.send(request, head_within, between).await }),
+            )
+            .await
+            .map_err(|e| Error::InternalError(Some(format!("the request's task: {e}"))))??;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
@@ -222,6 +223,7 @@ impl Link {
         self: Arc<Self>,
         request: http::Request<WasiBody>,
         head_within: Option<std::time::Duration>,
+        between: Option<std::time::Duration>,
     ) -> Result<http::Response<WasiBody>, Error> {
         let (mut parts, body) = request.into_parts();
         let method = parts.method.clone();
@@ -301,7 +303,7 @@ impl Link {
             None => head_rx.await,
         };
         let (status, headers) = head.map_err(|_| Error::HttpResponseIncomplete)??;
-        let mut response = http::Response::new(ChannelBody(body_rx).boxed_unsync());
+        let mut response = http::Response::new(ChannelBody::new(body_rx, between).boxed_unsync());
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         Ok(response)
@@ -484,7 +486,27 @@ impl<B: http_body::Body + Unpin> http_body::Body for SyncBody<B> {
 }
 
 /// The response body as the guest reads it: chunks from the request's task.
-struct ChannelBody(mpsc::Receiver<Result<Bytes, Error>>);
+struct ChannelBody {
+    chunks: mpsc::Receiver<Result<Bytes, Error>>,
+    /// The guest's wait for each piece (the SDK's `with_timeout`), and the
+    /// current one's timer: past it the body ends with a timeout, and the
+    /// request goes on (its slot taken) answered to no one.
+    between: Option<std::time::Duration>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ChannelBody {
+    fn new(
+        chunks: mpsc::Receiver<Result<Bytes, Error>>,
+        between: Option<std::time::Duration>,
+    ) -> ChannelBody {
+        ChannelBody {
+            chunks,
+            between,
+            timer: None,
+        }
+    }
+}
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
@@ -494,10 +516,27 @@ impl http_body::Body for ChannelBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        self.get_mut()
-            .0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| c.map(Frame::data)))
+        let this = self.get_mut();
+        match this.chunks.poll_recv(cx) {
+            Poll::Ready(chunk) => {
+                this.timer = None;
+                Poll::Ready(chunk.map(|c| c.map(Frame::data)))
+            }
+            Poll::Pending => {
+                let Some(between) = this.between else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(between)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.between = None;
+                this.chunks.close();
+                Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
+            }
+        }
     }
 }
 
