@@ -617,6 +617,19 @@ impl Scheduler {
                 ramp,
             } => {
                 let lookahead = self.tuning.lookahead;
+                // The slots each key of the gate holds: an attempt's own (or
+                // its requests', the first riding it), and those of requests
+                // that outlived their attempt. A key limited from now on
+                // starts out holding them.
+                let mut slots: BTreeMap<TaskKey, u32> = BTreeMap::new();
+                for running in self.running.values().filter(|r| r.task.gate == gate) {
+                    *slots.entry(running.task.key.clone()).or_default() += running.requests.max(1);
+                }
+                for (g, key, left) in self.orphans.values() {
+                    if *g == gate {
+                        *slots.entry(key.clone()).or_default() += left;
+                    }
+                }
                 let lane = self
                     .lanes
                     .entry(gate)
@@ -653,7 +666,7 @@ impl Scheduler {
                         // sent just before is not counted anywhere.
                         (None, Some(mut new)) => {
                             new.start_empty(now);
-                            for _ in 0..part.held {
+                            for _ in 0..slots.get(&key).copied().unwrap_or(0) {
                                 new.hold();
                             }
                             Some(new)

@@ -411,6 +411,70 @@ fn plugin_asks_get_permits_within_the_gate() {
     assert!(s.permits().is_empty(), "a permit for an ended attempt");
 }
 
+/// Key limits that arrive while a plugin attempt has two requests out
+/// count both of their slots: the requests, then the attempt, end within
+/// the new limiter's books (it once held one slot for them and came up
+/// short when the second ended).
+#[test]
+fn key_limits_arriving_mid_flight_count_every_slot_held() {
+    let mut s = Script::new(limits(1_000.0, 4));
+    assert_eq!(s.input(0, Input::Enqueue(task(1, 0))), [start(1, 1, 0)]);
+    let ask = |n| Input::Ask {
+        task: TaskId(1),
+        attempt: 1,
+        ask: n,
+    };
+    s.input(100, ask(1));
+    s.input(110, ask(2));
+    assert_eq!(s.permits(), [(1, 100), (2, 110)]);
+    let limited = KeyPolicy {
+        default: crate::core::keys::KeyLimits {
+            rate: None,
+            burst: 1,
+            concurrency: Some(3),
+            weight: 1,
+        },
+        overrides: Default::default(),
+        isolate: false,
+    };
+    s.input(
+        200,
+        Input::UpsertGate {
+            gate: G,
+            limits: limits(1_000.0, 4),
+            keys: Some(std::sync::Arc::new(limited)),
+            paused: false,
+            ramp: false,
+        },
+    );
+    let ended = Input::RequestEnded {
+        task: TaskId(1),
+        attempt: 1,
+        signal: Signal::Healthy,
+    };
+    s.input(300, ended.clone());
+    s.input(300, ended);
+    s.input(
+        400,
+        Input::PluginEnded {
+            task: TaskId(1),
+            outcome: Outcome::Succeeded,
+        },
+    );
+    // The key's slots are all free again: three tasks run at once (one
+    // token a millisecond).
+    let mut started = Vec::new();
+    for id in 2..=4 {
+        started.extend(s.input(500, Input::Enqueue(task(id, 500))));
+    }
+    started.extend(s.at(501));
+    started.extend(s.at(502));
+    assert_eq!(
+        started,
+        [start(2, 1, 500), start(3, 1, 501), start(4, 1, 502)]
+    );
+}
+
 #[test]
 fn another_nodes_attempt_holds_its_slot_then_counts_as_interrupted() {
     let mut gate = limits(1_000.0, 1);
