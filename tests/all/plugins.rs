@@ -757,12 +757,10 @@ async fn the_circuit_counts_a_plugins_requests_not_its_faults() {
     push_ok(&c, "memory-bomb").await;
     push_ok(&c, "host-abuse").await;
     let sink = Sink::start().await;
-    sink.behave(|hit, _| {
-        if hit.path == "/down" {
-            Reply::status(500)
-        } else {
-            Reply::ok()
-        }
+    sink.behave(|hit, _| match hit.path.as_str() {
+        "/down" => Reply::status(500),
+        "/hang" => Reply::ok().delayed(Duration::from_secs(30)),
+        _ => Reply::ok(),
     });
     let mut shared = gate(&sink, "100/s", "10s");
     shared["retry"]["max_attempts"] = json!(1);
@@ -803,6 +801,29 @@ async fn the_circuit_counts_a_plugins_requests_not_its_faults() {
         );
     }
     assert_eq!(state().await, "tripped", "two 500s left the gate open");
+
+    // A GET the endpoint never answers, by the attempt's deadline, is the
+    // endpoint's failure as a webhook's timeout is.
+    let mut hangs = gate(&sink, "100/s", "1s");
+    hangs["retry"]["max_attempts"] = json!(1);
+    hangs["circuit"] = json!({ "failures": 2, "cooldown": "1h" });
+    c.put_gate("hangs", hangs).await;
+    for _ in 0..2 {
+        let t = c
+            .create(plugin_task(
+                "hangs",
+                "host-abuse",
+                json!({ "mode": "fetch", "authority": sink.host(), "path": "/hang" }),
+            ))
+            .await;
+        let t = c.wait_done(t["id"].as_str().expect("id"), within).await;
+        assert_eq!(t["state"], "failed", "{t}");
+    }
+    let (_, g) = c.send("GET", "/v1/gates/hangs", None).await;
+    assert_eq!(
+        g["state"], "tripped",
+        "two hanging GETs left the gate open: {g}"
+    );
     server.stop().await;
 }
 

@@ -286,7 +286,8 @@ impl Link {
             let exchange = exchange(request, &mut permit, &mut head, body_tx, &sent);
             if tokio::time::timeout_at(deadline, exchange).await.is_err() {
                 // No answer in the attempt's time: the endpoint failed it, as
-                // a webhook's timeout does, if it had the whole request.
+                // a webhook's timeout does, unless the guest held back its
+                // body.
                 if permit.answered.is_none() {
                     permit.signal = sent.unanswered();
                 }
@@ -334,10 +335,10 @@ async fn exchange(
                 code,
                 Error::DestinationIpProhibited | Error::HttpRequestDenied
             );
-            permit.signal = if ours || sent.broke.load(Ordering::Relaxed) {
+            permit.signal = if ours {
                 Signal::Neutral
             } else {
-                Signal::Failed
+                sent.unanswered()
             };
             if let Some(head) = head.take() {
                 let _ = head.send(Err(code));
@@ -426,25 +427,28 @@ async fn exchange(
     tracing::debug!(task = %link.task, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "plugin request");
 }
 
-/// How far the guest took its request body: whether a request that failed
-/// or went unanswered says anything of the endpoint.
+/// How the guest's side of a request body went: whether a request that
+/// failed or went unanswered says anything of the endpoint.
 #[derive(Default)]
 struct Sent {
     /// The guest's side failed: a body dropped unfinished, longer than it
     /// declared or than the host takes.
     broke: AtomicBool,
-    /// The body ended as it should: the rest was the endpoint's to do.
-    whole: AtomicBool,
+    /// The request waits for the guest's next piece of body (it was asked
+    /// for and has not come): the guest's delay, not the endpoint's.
+    on_guest: AtomicBool,
 }
 
 impl Sent {
     /// What a request that failed, or was not answered in time, says of
-    /// the endpoint: nothing unless the guest had done its part.
+    /// the endpoint: a failure unless the guest broke its body or held it
+    /// back. (A body never read at all, as hyper does with a GET's, is no
+    /// delay of the guest's.)
     fn unanswered(&self) -> Signal {
-        if self.whole.load(Ordering::Relaxed) && !self.broke.load(Ordering::Relaxed) {
-            Signal::Failed
-        } else {
+        if self.broke.load(Ordering::Relaxed) || self.on_guest.load(Ordering::Relaxed) {
             Signal::Neutral
+        } else {
+            Signal::Failed
         }
     }
 }
@@ -476,10 +480,11 @@ impl<B: http_body::Body + Unpin> http_body::Body for SyncBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let frame = Pin::new(this.body.get_mut()).poll_frame(cx);
-        match &frame {
-            Poll::Ready(Some(Err(_))) => this.sent.broke.store(true, Ordering::Relaxed),
-            Poll::Ready(None) => this.sent.whole.store(true, Ordering::Relaxed),
-            _ => {}
+        this.sent
+            .on_guest
+            .store(frame.is_pending(), Ordering::Relaxed);
+        if let Poll::Ready(Some(Err(_))) = &frame {
+            this.sent.broke.store(true, Ordering::Relaxed);
         }
         frame
     }
