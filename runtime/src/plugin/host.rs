@@ -621,13 +621,29 @@ impl Host {
                     .plugin_wasm(key)?
                     .ok_or_else(|| PluginError::Missing(key.to_string()))?;
                 drop(reader);
+                // The bytes of the record read: a version deleted and
+                // uploaded again between the two reads loads next time.
+                if crate::hex::encode(&Sha256::digest(&wasm)) != record.sha256 {
+                    return Err(PluginError::Invalid(
+                        "the version was uploaded again while it loaded; the next attempt loads it"
+                            .into(),
+                    ));
+                }
                 let component = Component::new(&self.engine, &wasm)
                     .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
                 self.compilations.fetch_add(1, Ordering::Relaxed);
                 if let Ok(artifact) = component.serialize() {
                     let hash = self.engine_hash;
-                    self.store
-                        .write(|tx| tx.put_compiled(key, hash, &artifact))?;
+                    let sha256 = &record.sha256;
+                    // Stored only while the version still has these bytes:
+                    // one uploaded again during the compile keeps the
+                    // artifact its own upload stored.
+                    self.store.write(|tx| {
+                        if tx.plugin(key)?.is_some_and(|p| p.sha256 == *sha256) {
+                            tx.put_compiled(key, hash, &artifact)?;
+                        }
+                        Ok(())
+                    })?;
                 }
                 component
             }

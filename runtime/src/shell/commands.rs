@@ -735,6 +735,16 @@ impl Engine {
         if let Some(moved) = self.moved_task(turn, id, false)? {
             return Ok(Err(moved));
         }
+        // A plugin task run again runs its version as stored now (uploaded
+        // again since, perhaps), as a create would take it.
+        let plugin = turn
+            .task(id.0)?
+            .and_then(|t| t.plugin.as_ref().map(|p| p.key()));
+        let sha256 = match &plugin {
+            Some(key) if self.shares_writers => turn.tx.plugin(key)?.map(|p| p.sha256),
+            Some(key) => self.plugins.get(key).map(|p| p.sha256.clone()),
+            None => None,
+        };
         let Some(task) = turn.task(id.0)? else {
             return Ok(Err(ShellError::NotFound {
                 what: format!("task {id}"),
@@ -782,6 +792,9 @@ impl Engine {
         task.first_attempt_at = None;
         task.set_due(now.as_ms(), now.as_ms(), aging);
         task.finished_at = None;
+        if let Some(call) = &mut task.plugin {
+            call.sha256 = sha256;
+        }
         let record = task.clone();
         self.plugin_ref(turn, record.plugin.as_ref().map(|p| p.key()), 1);
         turn.tx.insert_pending(
