@@ -929,30 +929,11 @@ async fn a_plugin_request_times_out_when_the_plugin_says() {
 /// when it says, not at the attempt's deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_times_out_when_the_plugin_says() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = Server::start().await;
     let c = server.client();
     push_ok(&c, "http-disallowed").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    // One connection: the head and two bytes of the body, then nothing
-    // more for 30 s.
-    let endpoint = tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.expect("accept");
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            match socket.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
-        }
-        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
-        let _ = socket.write_all(head.as_bytes()).await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    });
+    // The head and two bytes of the body, then nothing more for 30 s.
+    let (addr, endpoint) = crate::support::stalled_body(Duration::from_secs(30)).await;
     c.put_gate(
         "stalls",
         json!({ "rate": "50/s", "allowed_hosts": [addr.to_string()], "timeout": "60s", "retry": { "max_attempts": 1 } }),

@@ -581,3 +581,29 @@ pub async fn settled_cluster(c: &Client, ids: &[String]) -> Vec<usize> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An endpoint for one request that answers 200 at once with the first two
+/// bytes of a chunked body (`ok`), then sends nothing more for `stall`: an
+/// answer whose head came and whose body stalls. Abort the handle to end it.
+pub async fn stalled_body(stall: Duration) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let endpoint = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
+        let _ = socket.write_all(head.as_bytes()).await;
+        tokio::time::sleep(stall).await;
+    });
+    (addr, endpoint)
+}
