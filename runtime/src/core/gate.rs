@@ -1016,10 +1016,7 @@ mod tests {
         };
         let mut gate = Gate::new(Timestamp(0), l);
         let mut now = Timestamp(1_000_000);
-        for _ in 0..3 {
-            gate.try_start(now).unwrap();
-            gate.attempt_ended(now, Signal::Failed, true);
-        }
+        trip(&mut gate, now);
         assert_eq!(gate.state(now), GateState::Tripped);
         assert_eq!(
             gate.try_start(now),
@@ -1052,6 +1049,14 @@ mod tests {
         assert_eq!(gate.effective_rate(now), 1000.0);
     }
 
+    /// Three failed attempts in a row: the circuit of `limits` trips.
+    fn trip(gate: &mut Gate, now: Timestamp) {
+        for _ in 0..3 {
+            gate.try_start(now).unwrap();
+            gate.attempt_ended(now, Signal::Failed, true);
+        }
+    }
+
     /// A probe that says nothing of the endpoint (refused by our own policy,
     /// interrupted, a plugin that sent no request) lets the next one go: the
     /// gate never waits for a verdict that cannot come.
@@ -1059,10 +1064,7 @@ mod tests {
     fn a_probe_without_a_verdict_lets_another_go() {
         let mut gate = Gate::new(Timestamp(0), limits("1000/s", 100, 10));
         let mut now = Timestamp(1_000_000);
-        for _ in 0..3 {
-            gate.try_start(now).unwrap();
-            gate.attempt_ended(now, Signal::Failed, true);
-        }
+        trip(&mut gate, now);
         now = now.plus(Duration::from_secs(10));
         assert_eq!(gate.try_start(now), Ok(now), "the probe");
         gate.attempt_ended(now, Signal::Neutral, true);
@@ -1082,10 +1084,7 @@ mod tests {
         let mut gate = Gate::new(Timestamp(0), limits("1000/s", 100, 10));
         let mut now = Timestamp(1_000_000);
         gate.try_start(now).unwrap(); // slow, from before the trip
-        for _ in 0..3 {
-            gate.try_start(now).unwrap();
-            gate.attempt_ended(now, Signal::Failed, true);
-        }
+        trip(&mut gate, now);
         now = now.plus(Duration::from_secs(10));
         assert_eq!(gate.try_start(now), Ok(now), "the probe");
         gate.attempt_ended(now, Signal::Neutral, true);
