@@ -1340,3 +1340,72 @@ async fn a_replay_retries_the_failed_tasks_of_every_owner_once() {
     b.stop().await;
     a.stop().await;
 }
+
+/// The row writes a backlog costs on PostgreSQL, counted by triggers the
+/// test puts on the tables: a task's row is written at its creation and at
+/// its end, and its start goes in a row of `starts` that up to 32 of a
+/// turn's starts share (written once, and once more when swept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_writes_each_task_row_twice() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = pg.url();
+    let sink = Sink::start().await;
+    let mut server =
+        Server::start_with(dir.path(), |config| config.store = Some(url.clone())).await;
+    let db = pg.client("sluice").await;
+    db.batch_execute(
+        "CREATE SEQUENCE task_writes; CREATE SEQUENCE start_writes;
+         CREATE FUNCTION counted() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM nextval(TG_ARGV[0]); RETURN NULL; END $$;
+         CREATE TRIGGER counted AFTER INSERT OR UPDATE OR DELETE ON tasks
+             FOR EACH ROW EXECUTE FUNCTION counted('task_writes');
+         CREATE TRIGGER counted AFTER INSERT OR UPDATE OR DELETE ON starts
+             FOR EACH ROW EXECUTE FUNCTION counted('start_writes');",
+    )
+    .await
+    .expect("the counting triggers");
+    let c = server.client();
+    let mut gate = gate_for(&sink, "5000/s");
+    gate["concurrency"] = json!(50);
+    c.put_gate("backlog", gate).await;
+    const N: usize = 2000;
+    let ids = c
+        .batch(vec![webhook_task("backlog", &sink.url("/b")); N])
+        .await;
+    sink.wait_for(N, Duration::from_secs(30)).await;
+    for id in &ids {
+        c.wait_state(id, "succeeded", Duration::from_secs(10)).await;
+    }
+    let writes = |sequence: &'static str| {
+        let db = &db;
+        async move {
+            let row = db
+                .query_one(
+                    &format!("SELECT last_value, is_called FROM {sequence}"),
+                    &[],
+                )
+                .await
+                .expect("a count");
+            if row.get::<_, bool>(1) {
+                row.get::<_, i64>(0)
+            } else {
+                0
+            }
+        }
+    };
+    let (tasks, starts) = (writes("task_writes").await, writes("start_writes").await);
+    // Two per task; a few tasks start in the turn that creates them, which
+    // writes their rows once with both.
+    // Two per task, and some slack for the turns that start fewer than
+    // three tasks (their rows take their starts). Without the starts kept
+    // apart: three per task.
+    let said = format!("{tasks} task row writes for {N} tasks ({starts} rows of starts)");
+    assert!(tasks <= 2 * N as i64 + N as i64 / 10, "{said}");
+    // Rows of at most 32 starts, each written and swept: under a tenth of
+    // a write per task.
+    assert!(starts >= 2 && starts <= N as i64 / 10, "{said}");
+    server.stop().await;
+}

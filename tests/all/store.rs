@@ -23,6 +23,7 @@ fn conformance(fresh: impl Fn() -> Box<dyn Backend>) {
     writes_are_all_or_nothing_and_readers_see_snapshots(fresh().as_ref());
     gates_and_their_ids(fresh().as_ref());
     tasks_attempts_and_the_running_set(fresh().as_ref());
+    a_start_reads_back_until_its_task_is_written_again(fresh().as_ref());
     pending_keys_in_due_order(fresh().as_ref());
     pending_tasks_by_key(fresh().as_ref());
     minute_counts_follow_pending(fresh().as_ref());
@@ -232,6 +233,113 @@ fn tasks_attempts_and_the_running_set(store: &dyn Backend) {
         );
         Ok(())
     }));
+}
+
+/// What the engine does to start a pending task: reads it, takes it out
+/// of its gate's due order, marks it running and puts its attempt.
+fn start(tx: &mut dyn Writes, key: Option<&str>, due: u64, id: u64) -> Result<(), StoreError> {
+    let mut task = tx.task(id)?.expect("the task to start");
+    assert!(tx.remove_pending(GateId(1), key, Timestamp(due), TaskId(id))?);
+    task.state = TaskState::Running;
+    task.attempts = 1;
+    tx.put_task(&task)?;
+    tx.set_running(id, true)?;
+    tx.put_attempt(id, &attempt(1))
+}
+
+/// A start reads back as written through every read, before and after
+/// later writes of its task: its end, and a write that did not read the
+/// task first. (PostgreSQL keeps starts apart from their task rows,
+/// schema 9.)
+fn a_start_reads_back_until_its_task_is_written_again(store: &dyn Backend) {
+    let g = GateId(1);
+    ok(store.write(|tx| {
+        for (id, key, due) in [(1, None, 10), (2, None, 20), (3, None, 30)]
+            .into_iter()
+            .chain([(4, Some("k"), 40), (5, Some("k"), 50)])
+        {
+            pend(tx, g, key, due, id)?;
+        }
+        Ok(())
+    }));
+    ok(store.write(|tx| {
+        start(tx, None, 10, 1)?;
+        start(tx, None, 20, 2)?;
+        start(tx, Some("k"), 40, 4)
+    }));
+    let started = |store: &dyn Backend| {
+        let r = ok(store.read());
+        assert_eq!(ok(r.task(2)).map(|t| t.state), Some(TaskState::Running));
+        assert_eq!(ok(r.oldest_pending(1)), Some(30));
+        let keys = ok(r.gate_keys(1, None, 10, 100));
+        assert_eq!(
+            keys.iter()
+                .map(|k| (k.key.as_str(), k.pending, k.oldest_due_ms))
+                .collect::<Vec<_>>(),
+            [("k", 1, 50)]
+        );
+        let listed = ok(r.list_tasks(&TaskFilter::default(), None, 10)).0;
+        let running: Vec<u64> = listed
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .map(|t| t.id)
+            .collect();
+        running
+    };
+    assert_eq!(started(store), [4, 2, 1]);
+    assert_eq!(ok(ok(store.read()).attempts(1)), [attempt(1)]);
+    ok(store.write(|tx| {
+        assert_eq!(tx.running_tasks()?, [1, 2, 4]);
+        assert_eq!(tx.running_tasks_in(&[1])?, [1, 2, 4]);
+        let all = (Timestamp(0), TaskId(0));
+        let (found, _) = tx.pending_range(g, None, all, Timestamp(u64::MAX), 9)?;
+        assert_eq!(found, [(Timestamp(30), TaskId(3))]);
+        assert_eq!(
+            tx.pending_keys(g)?,
+            [
+                (None, (Timestamp(30), TaskId(3))),
+                (Some("k".to_string()), (Timestamp(50), TaskId(5)))
+            ]
+        );
+        assert_eq!(tx.all_pending(g)?.len(), 2);
+        assert_eq!(tx.attempt(1, 1)?, Some(attempt(1)));
+        assert_eq!(tx.attempts_of(&[(2, 1)])?.get(&2), Some(&attempt(1)));
+        assert!(
+            !tx.remove_pending(g, None, Timestamp(10), TaskId(1))?,
+            "a started task is in no due order"
+        );
+        Ok(())
+    }));
+    // Task 1 ends; task 2's attempt is written without a read of the task.
+    let mut ended = attempt(1);
+    ended.ended_at = Some(15);
+    ended.outcome = Some("succeeded".into());
+    let mut leased = attempt(1);
+    leased.lease_until = Some(99);
+    ok(store.write(|tx| {
+        let mut task = tx.task(1)?.expect("task 1");
+        task.state = TaskState::Succeeded;
+        task.finished_at = Some(15);
+        tx.put_task(&task)?;
+        tx.set_running(1, false)?;
+        tx.put_attempt(1, &ended)?;
+        tx.put_attempt(2, &leased)
+    }));
+    let r = ok(store.read());
+    assert_eq!(ok(r.task(1)).map(|t| t.state), Some(TaskState::Succeeded));
+    assert_eq!(ok(r.attempts(1)), [ended]);
+    assert_eq!(ok(r.attempts(2)), [leased]);
+    assert_eq!(started(store), [4, 2], "task 2 still runs");
+    ok(store.write(|tx| {
+        assert_eq!(tx.running_tasks()?, [2, 4]);
+        let all = (Timestamp(0), TaskId(0));
+        let (found, _) = tx.pending_range(g, None, all, Timestamp(u64::MAX), 9)?;
+        assert_eq!(found, [(Timestamp(30), TaskId(3))]);
+        Ok(())
+    }));
+    // The minute counts followed: one pending task in minute 0 unkeyed and
+    // one keyed.
+    assert_eq!(ok(ok(store.read()).forecast(1, 0, 1)), [2]);
 }
 
 fn pending_keys_in_due_order(store: &dyn Backend) {
@@ -866,8 +974,15 @@ fn replay_jobs(store: &dyn Backend) {
     assert_eq!(ok(r.replay("rp_b")), None);
 }
 
-/// Runs `sql` on the test's PostgreSQL server.
+/// Runs `sql` (statements naming their own schema) on the test's
+/// PostgreSQL server.
 fn pg_sql(url: &str, sql: &str) {
+    pg_rows(url, "public", sql);
+}
+
+/// The rows of `sql` on the test's PostgreSQL server, in schema `schema`,
+/// each value as text.
+fn pg_rows(url: &str, schema: &str, sql: &str) -> Vec<Vec<String>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -877,10 +992,108 @@ fn pg_sql(url: &str, sql: &str) {
             .await
             .expect("connect");
         let driver = tokio::spawn(connection);
-        client.batch_execute(sql).await.expect("sql");
+        let set = format!("SET search_path TO {schema}");
+        client.batch_execute(&set).await.expect("search_path");
+        let found = client.simple_query(sql).await.expect("sql");
         drop(client);
         let _ = driver.await;
-    });
+        found
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).unwrap_or("null").to_string())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+/// PostgreSQL keeps a transaction's starts (three or more) in one row of
+/// `starts` and leaves the task rows as they were, so a task's row is written at its
+/// creation and its end only; the end takes the start into the row, and
+/// a later sweep removes the row of starts once none of them counts. The
+/// check finds the minute counts and the running set as the reads see them.
+#[test]
+fn postgres_keeps_starts_apart_from_task_rows() {
+    let Some(server) = crate::pg::PgServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let schema = "starts_apart";
+    let pg = PgStore::open_in(&url, schema).expect("open");
+    let store: &dyn Backend = &pg;
+    ok(store.write(|tx| {
+        tx.put_gate(&gate(1, "g1"))?;
+        for (id, due) in [(1, 10), (2, 20), (3, 30), (4, 40)] {
+            let mut task = task(id, 1, "scheduled", None);
+            task.due_at = due;
+            tx.put_task(&task)?;
+            tx.insert_pending(GateId(1), None, Timestamp(due), TaskId(id))?;
+        }
+        Ok(())
+    }));
+    let counts = |pending, running, failed| Counts {
+        pending,
+        running,
+        failed,
+        attempts: 3,
+        ..Counts::default()
+    };
+    ok(store.write(|tx| {
+        start(tx, None, 10, 1)?;
+        start(tx, None, 20, 2)?;
+        start(tx, None, 30, 3)?;
+        tx.put_counts(1, &counts(1, 3, 0))
+    }));
+    let sql = |q: &str| pg_rows(&url, schema, q);
+    assert_eq!(
+        sql("SELECT id, due, running, v FROM tasks ORDER BY id"),
+        [
+            ["1", "10", "f", "0"],
+            ["2", "20", "f", "0"],
+            ["3", "30", "f", "0"],
+            ["4", "40", "f", "0"]
+        ],
+        "the rows as their creation wrote them"
+    );
+    assert_eq!(sql("SELECT ids FROM starts"), [["{1,2,3}"]]);
+    assert_eq!(ok(ok(store.read()).due_now(1, 45)), 1, "due by 45: task 4");
+    let found = ok(pg.check());
+    assert!(found.problems.is_empty(), "{:?}", found.problems);
+    assert_eq!(found.attempts, 3);
+
+    let mut ended = attempt(1);
+    ended.ended_at = Some(15);
+    ok(store.write(|tx| {
+        for id in [1, 2, 3] {
+            let mut task = tx.task(id)?.expect("task");
+            task.state = TaskState::Failed;
+            task.finished_at = Some(15);
+            tx.put_task(&task)?;
+            tx.set_running(id, false)?;
+            tx.put_attempt(id, &ended)?;
+        }
+        tx.put_counts(1, &counts(1, 0, 3))
+    }));
+    assert_eq!(
+        sql("SELECT id, due, running, array_length(attempts, 1) FROM tasks ORDER BY id"),
+        [
+            ["1", "null", "f", "1"],
+            ["2", "null", "f", "1"],
+            ["3", "null", "f", "1"],
+            ["4", "40", "f", "null"]
+        ],
+        "the ends took the starts in"
+    );
+    let found = ok(pg.check());
+    assert!(found.problems.is_empty(), "{:?}", found.problems);
+    for _ in 0..16 {
+        ok(store.write(|_| Ok(())));
+    }
+    assert_eq!(sql("SELECT count(*) FROM starts"), [["0"]], "swept");
 }
 
 /// A schema-4 database, which kept the running set, the gate listing, the
@@ -940,8 +1153,10 @@ fn postgres_schema_4_upgrades_in_place() {
          INSERT INTO attempts SELECT t.id, i, t.attempts[i]
              FROM tasks t, generate_subscripts(t.attempts, 1) i WHERE t.attempts[i] IS NOT NULL;
          DROP INDEX tasks_by_gate, tasks_running, tasks_finished, tasks_pending, tasks_pending_keyed;
+         DROP VIEW live, started;
+         DROP TABLE starts;
          ALTER TABLE tasks DROP COLUMN gate_id, DROP COLUMN finished_at, DROP COLUMN running,
-             DROP COLUMN due, DROP COLUMN pkey, DROP COLUMN attempts;
+             DROP COLUMN due, DROP COLUMN pkey, DROP COLUMN attempts, DROP COLUMN v;
          UPDATE meta SET value = 4 WHERE key = 'schema_version';",
     );
     let pg = PgStore::open_in(&url, "upgrade_4").expect("upgraded");

@@ -31,7 +31,7 @@ fn check_on(conn: &Conn) -> Result<Findings> {
     loop {
         let page = rows(
             conn,
-            "SELECT id, record FROM tasks WHERE id > $1 ORDER BY id LIMIT $2",
+            "SELECT id, record FROM live WHERE id > $1 ORDER BY id LIMIT $2",
             &[&after, &PAGE],
         )?;
         let Some(last) = page.last() else { break };
@@ -66,7 +66,8 @@ fn check_on(conn: &Conn) -> Result<Findings> {
     }
     let count = one(
         conn,
-        "SELECT count(a) FROM tasks, unnest(attempts) a WHERE a IS NOT NULL",
+        "SELECT (SELECT count(a) FROM tasks, unnest(attempts) a WHERE a IS NOT NULL) \
+             + (SELECT count(*) FROM live WHERE n IS NOT NULL AND attempts[n] IS NULL)",
         &[],
     )?;
     found.attempts = count.map_or(0, |row| unbig(row.get(0)));
@@ -74,10 +75,11 @@ fn check_on(conn: &Conn) -> Result<Findings> {
     found.plugins = count.map_or(0, |row| unbig(row.get(0)));
     // The pending entries (schema 8), the running set, the gate index and
     // the retention index are columns of the task rows (schema 5), read as
-    // the tables they were.
+    // the tables they were, with the starts kept apart laid over them
+    // (schema 9).
     for row in rows(
         conn,
-        "SELECT gate_id, pkey, due, id FROM tasks WHERE due IS NOT NULL",
+        "SELECT gate_id, pkey, due, id FROM live WHERE due IS NOT NULL",
         &[],
     )? {
         let (gate, due, id) = (
@@ -90,7 +92,7 @@ fn check_on(conn: &Conn) -> Result<Findings> {
             Some(key) => s.pending_keyed.insert((gate, key, due, id)),
         };
     }
-    for row in rows(conn, "SELECT id FROM tasks WHERE running", &[])? {
+    for row in rows(conn, "SELECT id FROM live WHERE running", &[])? {
         s.running.insert(unbig(row.get(0)));
     }
     for row in rows(

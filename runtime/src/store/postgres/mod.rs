@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::core::units::{UNITS, Units, unit_of};
@@ -26,6 +27,24 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use super::*;
+
+/// The condition that leaves out of a read of `tasks` (unaliased) the
+/// tasks of gate `$gate` whose start is kept apart (`starts`, schema 9) and
+/// still counts (its row is at the version the start was made on): they
+/// are running, whatever their rows say. The starts are found through the
+/// gate's index and read once per statement, so the read keeps to its own.
+macro_rules! unstarted {
+    ($gate:literal) => {
+        concat!(
+            " AND ROW(id, coalesce(v, 0)) <> ALL(ARRAY(SELECT ROW(e.id, e.v) FROM starts s, ",
+            "unnest(s.ids, s.vs, s.gates) AS e(id, v, gate_id) WHERE s.gates @> ARRAY[",
+            $gate,
+            "::int] AND e.gate_id = ",
+            $gate,
+            "))"
+        )
+    };
+}
 
 mod check;
 mod listen;
@@ -47,7 +66,10 @@ CREATE TABLE IF NOT EXISTS gates (name text PRIMARY KEY, record bytea NOT NULL, 
 CREATE TABLE IF NOT EXISTS tasks (
     id bigint PRIMARY KEY, record bytea NOT NULL,
     gate_id int, finished_at bigint, running bool NOT NULL DEFAULT false,
-    due bigint, pkey text COLLATE \"C\", attempts bytea[]);
+    due bigint, pkey text COLLATE \"C\", attempts bytea[], v int);
+CREATE TABLE IF NOT EXISTS starts (
+    ids bigint[] NOT NULL, vs int[] NOT NULL, gates int[] NOT NULL, ns int[] NOT NULL,
+    records bytea[] NOT NULL, attempts bytea[] NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
     gate_id int NOT NULL, key text NOT NULL, task_id bigint NOT NULL,
     PRIMARY KEY (gate_id, key));
@@ -147,6 +169,42 @@ END $$;
 DROP TABLE pending, pending_keyed, attempts;
 ";
 
+/// Schema 9 writes a turn's starts of pending tasks in one row of its own
+/// (`starts`) rather than in each task's row, so a task's row is written
+/// at its creation and its end only: each write of a row counts up its
+/// version (`tasks.v`), and a start counts while its task's row is at the
+/// version the start was made on (`write.rs`).
+const UPGRADE_TO_9: &str = "
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS v int;
+";
+
+/// The views over the starts (schema 9), made where missing (a view made
+/// again would wait for every query on it), for the reads of every task at
+/// once (the check, a takeover's running set): `started`, each start in
+/// `starts` that still counts; `live`, each task row with its start laid
+/// over it (the start's record, running, out of the due order, and its
+/// attempt `n` in `attempt`). Reads of some tasks lay the starts over the
+/// rows themselves (`StartsOf`), through the index on `starts.ids`.
+const VIEWS: &str = "
+DO $$ BEGIN
+IF to_regclass('started') IS NULL THEN
+    CREATE VIEW started AS
+        SELECT e.id, t.gate_id, e.n, e.record, e.attempt FROM starts s,
+            unnest(s.ids, s.vs, s.ns, s.records, s.attempts) AS e(id, v, n, record, attempt)
+            JOIN tasks t ON t.id = e.id AND coalesce(t.v, 0) = e.v;
+END IF;
+IF to_regclass('live') IS NULL THEN
+    CREATE VIEW live AS
+        SELECT t.id, coalesce(s.record, t.record) AS record, t.gate_id,
+            t.running OR s.id IS NOT NULL AS running,
+            CASE WHEN s.id IS NULL THEN t.due END AS due,
+            CASE WHEN s.id IS NULL THEN t.pkey END AS pkey,
+            t.attempts, s.n, s.attempt
+        FROM tasks t LEFT JOIN started s ON s.id = t.id;
+END IF;
+END $$;
+";
+
 /// The indexes on those columns (after an upgrade has added them).
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS tasks_by_gate ON tasks (gate_id, id);
@@ -158,6 +216,8 @@ CREATE INDEX IF NOT EXISTS tasks_running ON tasks (id) WHERE running;
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at, id)
     WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS gates_by_unit ON gates (unit);
+CREATE INDEX IF NOT EXISTS starts_by_task ON starts USING gin (ids);
+CREATE INDEX IF NOT EXISTS starts_by_gate ON starts USING gin (gates);
 ";
 
 /// The PostgreSQL schema version this build writes. 2 added `nodes` and
@@ -166,8 +226,9 @@ CREATE INDEX IF NOT EXISTS gates_by_unit ON gates (unit);
 /// still read), 5 moved three index tables into columns of `tasks`
 /// (`UPGRADE_TO_5`), 6 added the units (`UPGRADE_TO_6`), 7 the nodes' slot
 /// marks (`UPGRADE_TO_7`), 8 moved pending entries and attempts into the
-/// task rows (`UPGRADE_TO_8`); older schemas are upgraded in place.
-pub const PG_SCHEMA_VERSION: u64 = 8;
+/// task rows (`UPGRADE_TO_8`), 9 keeps starts apart (`UPGRADE_TO_9`);
+/// older schemas are upgraded in place.
+pub const PG_SCHEMA_VERSION: u64 = 9;
 
 /// A transaction left idle this long (its node paused, or cut off from
 /// the database) is ended by PostgreSQL, so the locks it holds (the share
@@ -190,7 +251,13 @@ pub struct PgStore {
     /// transaction first checks (and share-locks) the fence's row, so a node
     /// whose lease was taken over writes nothing.
     fence: Mutex<Option<Fence>>,
+    /// Write transactions begun: every `SWEEP_EVERY`th clears the starts
+    /// kept apart whose rows have all been written since.
+    transactions: AtomicU64,
 }
+
+/// How many write transactions go by between sweeps of `starts`.
+const SWEEP_EVERY: u64 = 16;
 
 /// What a node's writes carry, so that once another node has taken over
 /// from it, none of them commits (`cluster`).
@@ -373,6 +440,7 @@ impl PgStore {
             writer: Mutex::new(writer),
             readers: Arc::default(),
             fence: Mutex::default(),
+            transactions: AtomicU64::new(0),
         };
         store.create_schema()?;
         store.refuse_older_servers()?;
@@ -467,6 +535,9 @@ impl PgStore {
                     if found < 8 {
                         wait(client.batch_execute(UPGRADE_TO_8))?;
                     }
+                    if found < 9 {
+                        wait(client.batch_execute(UPGRADE_TO_9))?;
+                    }
                     wait(client.execute(
                         "UPDATE meta SET value = $1 WHERE key = 'schema_version'",
                         &[&big(PG_SCHEMA_VERSION)],
@@ -480,6 +551,7 @@ impl PgStore {
                 }
             }
             wait(client.batch_execute(INDEXES))?;
+            wait(client.batch_execute(VIEWS))?;
             seed_units(client)?;
             seed_cluster_key(client)?;
             fill_gate_units(client)
@@ -627,7 +699,9 @@ impl Backend for PgStore {
             if let Some(fence) = &fence {
                 check_fence(conn, fence)?;
             }
-            let mut tx = PgTx::new(conn);
+            let sweep =
+                (self.transactions.fetch_add(1, Ordering::Relaxed)).is_multiple_of(SWEEP_EVERY);
+            let mut tx = PgTx::new(conn, sweep);
             f(&mut tx)?;
             tx.commit()
         })
@@ -713,6 +787,57 @@ fn one(conn: &Conn, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result
     wait(conn.client.query_opt(&conn.statement(sql)?, params))
 }
 
+/// A start kept apart (`starts`, schema 9) as stored.
+pub(super) struct Kept {
+    pub(super) n: u32,
+    pub(super) attempt: Vec<u8>,
+    pub(super) record: Vec<u8>,
+}
+
+/// The starts kept apart of some tasks, by task and the version of its row
+/// each was made on: a start counts while its task's row is at that version.
+pub(super) struct StartsOf(HashMap<(u64, i32), Kept>);
+
+impl StartsOf {
+    /// Takes the start of task `id` that counts against its row at version
+    /// `v`, if there is one.
+    pub(super) fn take(&mut self, id: u64, v: i32) -> Option<Kept> {
+        self.0.remove(&(id, v))
+    }
+}
+
+/// The rows of `sql` (whose `$1` is `ids`) and the starts kept apart of
+/// those tasks (found through the index on `starts.ids`), in one round trip.
+pub(super) fn rows_and_starts(
+    conn: &Conn,
+    sql: &'static str,
+    params: &[&(dyn ToSql + Sync)],
+    ids: &[i64],
+) -> Result<(Vec<Row>, StartsOf)> {
+    // The ids in a hashed set, not `= ANY($1)`: a comparison with each.
+    const STARTS_OF: &str = "SELECT e.id, e.v, e.n, e.attempt, e.record FROM starts s, \
+        unnest(s.ids, s.vs, s.ns, s.attempts, s.records) AS e(id, v, n, attempt, record) \
+        WHERE s.ids && $1 AND e.id IN (SELECT unnest($1::bigint[]))";
+    let (main, starts) = (conn.statement(sql)?, conn.statement(STARTS_OF)?);
+    let (found, kept) = wait(futures_util::future::try_join(
+        conn.client.query(&main, params),
+        conn.client.query(&starts, &[&ids]),
+    ))?;
+    let kept = kept
+        .iter()
+        .map(|row| {
+            let key = (unbig(row.get(0)), row.get::<_, i32>(1));
+            let kept = Kept {
+                n: unint(row.get(2)),
+                attempt: row.get(3),
+                record: row.get(4),
+            };
+            (key, kept)
+        })
+        .collect();
+    Ok((found, StartsOf(kept)))
+}
+
 fn records<T: serde::de::DeserializeOwned>(table: &'static str, rows: Vec<Row>) -> Result<Vec<T>> {
     rows.iter()
         .map(|row| decode(table, row.get::<_, &[u8]>(0)))
@@ -725,24 +850,6 @@ fn record<T: serde::de::DeserializeOwned>(
 ) -> Result<Option<T>> {
     row.map(|row| decode(table, row.get::<_, &[u8]>(0)))
         .transpose()
-}
-
-/// Task records come in their own encoding (`compact.rs`).
-fn task_records(rows: Vec<Row>) -> Result<Vec<TaskRecord>> {
-    rows.iter()
-        .map(|row| decode_task(row.get::<_, &[u8]>(0)))
-        .collect()
-}
-
-fn task_record(row: Option<Row>) -> Result<Option<TaskRecord>> {
-    row.map(|row| decode_task(row.get::<_, &[u8]>(0)))
-        .transpose()
-}
-
-fn keys(rows: Vec<Row>) -> Vec<(Timestamp, TaskId)> {
-    rows.iter()
-        .map(|row| (Timestamp(unbig(row.get(0))), TaskId(unbig(row.get(1)))))
-        .collect()
 }
 
 #[cfg(test)]

@@ -91,24 +91,51 @@ impl Reads for PgReader {
     }
 
     fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
-        task_record(one(
+        let wanted = [big(id)];
+        let (found, mut kept) = rows_and_starts(
             self.client()?,
-            "SELECT record FROM tasks WHERE id = $1",
-            &[&big(id)],
-        )?)
+            "SELECT record, coalesce(v, 0) FROM tasks WHERE id = ($1::bigint[])[1]",
+            &[&&wanted[..]],
+            &wanted,
+        )?;
+        let Some(row) = found.first() else {
+            return Ok(None);
+        };
+        match kept.take(id, row.get(1)) {
+            Some(start) => decode_task(&start.record).map(Some),
+            None => decode_task(row.get::<_, &[u8]>(0)).map(Some),
+        }
     }
 
     fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRecord>> {
-        // Element n of the row's array is attempt n (schema 8).
-        rows(
+        // Element n of the row's array is attempt n (schema 8), and a start
+        // that counts (schema 9) holds its own.
+        let wanted = [big(task_id)];
+        let (found, mut kept) = rows_and_starts(
             self.client()?,
-            "SELECT a.record FROM tasks t, unnest(t.attempts) WITH ORDINALITY a(record, n) \
-             WHERE t.id = $1 AND a.record IS NOT NULL ORDER BY a.n",
-            &[&big(task_id)],
-        )?
-        .iter()
-        .map(|row| decode_attempt(row.get::<_, &[u8]>(0)))
-        .collect()
+            "SELECT coalesce(t.v, 0), i, t.attempts[i] FROM tasks t \
+             LEFT JOIN LATERAL generate_subscripts(t.attempts, 1) i ON true \
+             WHERE t.id = ($1::bigint[])[1] ORDER BY i",
+            &[&&wanted[..]],
+            &wanted,
+        )?;
+        let Some(first) = found.first() else {
+            return Ok(Vec::new());
+        };
+        let mut by_number: BTreeMap<u32, Vec<u8>> = found
+            .iter()
+            .filter_map(|row| {
+                let n = row.get::<_, Option<i32>>(1)?;
+                Some((unint(n), row.get::<_, Option<Vec<u8>>>(2)?))
+            })
+            .collect();
+        if let Some(start) = kept.take(task_id, first.get(0)) {
+            by_number.insert(start.n, start.attempt);
+        }
+        by_number
+            .values()
+            .map(|bytes| decode_attempt(bytes))
+            .collect()
     }
 
     fn counts(&self, gate_id: u32) -> Result<Counts> {
@@ -131,9 +158,12 @@ impl Reads for PgReader {
     ) -> Result<Vec<KeyBacklog>> {
         let found = rows(
             self.client()?,
-            "SELECT pkey, count(*), min(due) FROM tasks \
-             WHERE gate_id = $1 AND due IS NOT NULL AND pkey > $2 \
-             GROUP BY pkey ORDER BY pkey LIMIT $3",
+            concat!(
+                "SELECT pkey, count(*), min(due) FROM tasks \
+                 WHERE gate_id = $1 AND due IS NOT NULL AND pkey > $2",
+                unstarted!("$1"),
+                " GROUP BY pkey ORDER BY pkey LIMIT $3"
+            ),
             &[&int(gate_id), &after.unwrap_or(""), &big(limit as u64)],
         )?;
         Ok(found
@@ -149,11 +179,15 @@ impl Reads for PgReader {
     fn oldest_pending(&self, gate_id: u32) -> Result<Option<u64>> {
         let row = one(
             self.client()?,
-            "SELECT least(\
-                 (SELECT min(due) FROM tasks \
-                  WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NULL), \
-                 (SELECT min(due) FROM tasks \
-                  WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NOT NULL))",
+            concat!(
+                "SELECT least((SELECT min(due) FROM tasks \
+                 WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NULL",
+                unstarted!("$1"),
+                "), (SELECT min(due) FROM tasks \
+                 WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NOT NULL",
+                unstarted!("$1"),
+                "))"
+            ),
             &[&int(gate_id)],
         )?;
         Ok(row.and_then(|row| row.get::<_, Option<i64>>(0)).map(unbig))
@@ -181,12 +215,17 @@ impl Reads for PgReader {
         let minute = now / MINUTE_MS;
         let row = one(
             self.client()?,
-            "SELECT (SELECT coalesce(sum(n), 0)::bigint FROM due_minutes \
+            concat!(
+                "SELECT (SELECT coalesce(sum(n), 0)::bigint FROM due_minutes \
                      WHERE gate_id = $1 AND minute < $2) \
                   + (SELECT count(*) FROM tasks WHERE gate_id = $1 \
-                     AND due IS NOT NULL AND pkey IS NULL AND due >= $3 AND due <= $4) \
-                  + (SELECT count(*) FROM tasks WHERE gate_id = $1 \
-                     AND due IS NOT NULL AND pkey IS NOT NULL AND due >= $3 AND due <= $4)",
+                     AND due IS NOT NULL AND pkey IS NULL AND due >= $3 AND due <= $4",
+                unstarted!("$1"),
+                ") + (SELECT count(*) FROM tasks WHERE gate_id = $1 \
+                     AND due IS NOT NULL AND pkey IS NOT NULL AND due >= $3 AND due <= $4",
+                unstarted!("$1"),
+                ")"
+            ),
             &[
                 &int(gate_id),
                 &big(minute),
@@ -211,24 +250,31 @@ impl Reads for PgReader {
             let page = match filter.gate_id {
                 Some(gate_id) => rows(
                     client,
-                    "SELECT id, record FROM tasks \
+                    "SELECT id, record, coalesce(v, 0) FROM tasks \
                      WHERE gate_id = $1 AND id < $2 ORDER BY id DESC LIMIT 500",
                     &[&int(gate_id), &below],
                 )?,
                 None => rows(
                     client,
-                    "SELECT id, record FROM tasks WHERE id < $1 ORDER BY id DESC LIMIT 500",
+                    "SELECT id, record, coalesce(v, 0) FROM tasks \
+                     WHERE id < $1 ORDER BY id DESC LIMIT 500",
                     &[&below],
                 )?,
             };
             if page.is_empty() {
                 return Ok((out, None));
             }
+            // The page's starts kept apart that count, laid over their rows.
+            let ids: Vec<i64> = page.iter().map(|row| row.get(0)).collect();
+            let (_, mut kept) = rows_and_starts(client, "SELECT $1::bigint[]", &[&ids], &ids)?;
             for row in page {
                 let id: i64 = row.get(0);
                 below = id;
                 scanned += 1;
-                let task: TaskRecord = decode_task(row.get::<_, &[u8]>(1))?;
+                let task: TaskRecord = match kept.take(unbig(id), row.get(2)) {
+                    Some(start) => decode_task(&start.record)?,
+                    None => decode_task(row.get::<_, &[u8]>(1))?,
+                };
                 if filter.matches(&task) {
                     out.push(task);
                     if out.len() >= limit {

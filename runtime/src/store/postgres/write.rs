@@ -9,11 +9,26 @@
 //!
 //! A task's row holds its record, its place in its gate's due order while
 //! it is pending, and its attempts (schema 8): whatever a transaction did
-//! to a task goes out as one statement, so its creation, its start and its
-//! end each write one row.
+//! to a task goes out as one statement, so its creation and its end each
+//! write one row.
+//!
+//! Its start, when that is all a transaction did to a task pending in the
+//! database (and it starts at least `FEWEST_APART` such), is kept apart
+//! (schema 9): the transaction's starts go out as one row of `starts`, and
+//! the task rows are left as they were. Each write of a task's row counts
+//! up its version (`tasks.v`), and a start counts while the row is at the
+//! version the start was made on: every read of a task lays such a start
+//! over its row (`live_rows`, `StartsOf`), and the reads of due orders
+//! leave such tasks out (`unstarted!`). The next write of the row takes the
+//! start in (`Start::under`), so the start no longer counts once its row
+//! is written: the transaction that writes it has read the task, or reads
+//! its start first (`learn_starts`). Only the engine running a gate starts
+//! and ends its tasks, so no other writer changes a row under it. Every
+//! `SWEEP_EVERY`th transaction removes the rows of `starts` none of whose
+//! starts counts any more.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::*;
 
@@ -58,11 +73,96 @@ struct Move {
     creates: bool,
 }
 
+/// A start kept apart from its task's row, read through `live` while it
+/// is newer than the row.
+#[derive(Clone)]
+struct Start {
+    gate: Option<u32>,
+    n: u32,
+    record: Vec<u8>,
+    attempt: Vec<u8>,
+}
+
+impl Start {
+    /// A start as stored, of a task of `gate`.
+    fn of(kept: Kept, gate: Option<u32>) -> Start {
+        Start {
+            gate,
+            n: kept.n,
+            record: kept.record,
+            attempt: kept.attempt,
+        }
+    }
+
+    /// Lays the start under what a transaction writes to its task's row:
+    /// whatever the transaction left as it was is the start's.
+    fn under(self, row: &mut TaskRow) {
+        if row.record.is_none() {
+            row.record = Some(self.record);
+            row.gate_id = row.gate_id.or(self.gate);
+        }
+        row.running.get_or_insert(true);
+        row.place.get_or_insert(None);
+        row.attempts.entry(self.n).or_insert(self.attempt);
+    }
+}
+
+/// Removes the rows of `starts` none of whose starts counts any more (each
+/// task's row written since, or gone).
+const SWEEP: &str = "DELETE FROM starts s WHERE NOT EXISTS (\
+    SELECT 1 FROM unnest(s.ids, s.vs) e(id, v) JOIN tasks t ON t.id = e.id \
+    AND coalesce(t.v, 0) = e.v)";
+
+/// The starts kept apart of `gate`'s tasks, by task and the version of the
+/// row each was made on (those that no longer count among them), found
+/// through the index on `starts.gates`: a read of the gate's due order
+/// drops the tasks whose rows are still at those versions. (Dropped in
+/// Rust: `<> ALL` in the statement costs a comparison with every start
+/// for each row read.)
+fn kept_in(conn: &Conn, gate: GateId) -> Result<HashSet<(u64, i32)>> {
+    let found = rows(
+        conn,
+        "SELECT e.id, e.v FROM starts s, unnest(s.ids, s.vs, s.gates) AS e(id, v, gate_id) \
+         WHERE s.gates @> ARRAY[$1::int] AND e.gate_id = $1",
+        &[&int(gate.0)],
+    )?;
+    Ok(found
+        .iter()
+        .map(|row| (unbig(row.get(0)), row.get(1)))
+        .collect())
+}
+
+/// The due orders among `found` (`due`, `id`, the row's version) whose
+/// tasks have no start kept apart that counts.
+fn unkept(found: Vec<Row>, kept: &HashSet<(u64, i32)>) -> Vec<(Timestamp, TaskId)> {
+    found
+        .iter()
+        .map(|row| (unbig(row.get(0)), unbig(row.get(1)), row.get::<_, i32>(2)))
+        .filter(|&(_, id, v)| !kept.contains(&(id, v)))
+        .map(|(due, id, _)| (Timestamp(due), TaskId(id)))
+        .collect()
+}
+
+/// A start that can be kept apart: its task, the task's place before and
+/// the version of its row, the start, and the row it would otherwise write.
+type Apart = (u64, Place, i32, Start, TaskRow);
+
+/// The fewest starts a row of `starts` holds: with fewer, their task rows
+/// cost less (the row of starts is written again when swept).
+const FEWEST_APART: usize = 3;
+
+/// The most starts a row of `starts` holds: a read of a task's start reads
+/// its whole row (every record in it).
+const MOST_APART: usize = 32;
+
 /// A queued write.
 struct Queued {
     sql: &'static str,
     params: Vec<Param>,
     moves: Option<Move>,
+    /// A task row's statement that takes in a start kept apart: the task
+    /// was out of its gate's due order, whatever the row's place before.
+    took_start: bool,
     /// A task row's changes sent without its record: if the row is not
     /// there yet (its record comes later in the transaction, as a create's
     /// does after its pending entry), they wait for the record's statement.
@@ -76,16 +176,17 @@ macro_rules! row_upsert {
     ($column:literal, $value:literal, $set:literal) => {
         concat!(
             "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), ",
-            "up AS (INSERT INTO tasks (id, record, gate_id, finished_at, running, due, pkey",
+            "up AS (INSERT INTO tasks (id, record, gate_id, finished_at, running, due, pkey, v",
             $column,
             ") VALUES ($1, $2, $3, $4, coalesce($5::bool, false), ",
-            "CASE WHEN $6::bool THEN $7::bigint END, CASE WHEN $6::bool THEN $8::text END",
+            "CASE WHEN $6::bool THEN $7::bigint END, CASE WHEN $6::bool THEN $8::text END, 0",
             $value,
             ") ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, ",
             "gate_id = EXCLUDED.gate_id, finished_at = EXCLUDED.finished_at, ",
             "running = coalesce($5::bool, tasks.running), ",
             "due = CASE WHEN $6::bool THEN $7::bigint ELSE tasks.due END, ",
-            "pkey = CASE WHEN $6::bool THEN $8::text ELSE tasks.pkey END",
+            "pkey = CASE WHEN $6::bool THEN $8::text ELSE tasks.pkey END, ",
+            "v = coalesce(tasks.v, 0) + 1",
             $set,
             ") SELECT gate_id, pkey, due FROM old"
         )
@@ -95,7 +196,8 @@ macro_rules! row_update {
     ($set:literal) => {
         concat!(
             "WITH old AS (SELECT gate_id, pkey, due FROM tasks WHERE id = $1), ",
-            "up AS (UPDATE tasks SET running = coalesce($2::bool, running), ",
+            "up AS (UPDATE tasks SET v = coalesce(v, 0) + 1, ",
+            "running = coalesce($2::bool, running), ",
             "gate_id = coalesce($3::int, gate_id), ",
             "due = CASE WHEN $4::bool THEN $5::bigint ELSE due END, ",
             "pkey = CASE WHEN $4::bool THEN $6::text ELSE pkey END",
@@ -131,7 +233,7 @@ struct TaskRow {
 
 impl TaskRow {
     /// The statements that write it.
-    fn queued(self, id: u64, out: &mut Vec<Queued>) {
+    fn queued(self, id: u64, took_start: bool, out: &mut Vec<Queued>) {
         let unless_missing = self.record.is_none().then(|| (id, self.clone()));
         let moves = self.place.clone().map(|to| Move {
             to,
@@ -186,6 +288,7 @@ impl TaskRow {
             sql,
             params,
             moves,
+            took_start,
             unless_missing,
         });
         for (number, record) in attempts {
@@ -193,6 +296,7 @@ impl TaskRow {
                 sql: ROW_ATTEMPT,
                 params: vec![Box::new(big(id)), Box::new(int(number)), Box::new(record)],
                 moves: None,
+                took_start: false,
                 unless_missing: None,
             });
         }
@@ -212,16 +316,30 @@ pub(super) struct PgTx<'a> {
     places: RefCell<HashMap<u64, Option<Place>>>,
     /// Changes to `due_minutes`, written once at the end.
     due_deltas: RefCell<HashMap<(u32, u64), i64>>,
+    /// The place in the database of each task this transaction read, and
+    /// the version of its row, when it read it.
+    seen: RefCell<HashMap<u64, (Option<Place>, i32)>>,
+    /// For each task this transaction read or wrote, its start kept apart
+    /// that is newer than its row (`None`: none).
+    starts: RefCell<HashMap<u64, Option<Start>>>,
+    /// The tasks whose rows this transaction sent.
+    sent: RefCell<HashSet<u64>>,
+    /// Whether the transaction ends with a sweep of `starts`.
+    sweep: bool,
 }
 
 impl<'a> PgTx<'a> {
-    pub(super) fn new(client: &'a Conn) -> PgTx<'a> {
+    pub(super) fn new(client: &'a Conn, sweep: bool) -> PgTx<'a> {
         PgTx {
             client,
             queued: RefCell::default(),
             rows: RefCell::default(),
             places: RefCell::default(),
             due_deltas: RefCell::default(),
+            seen: RefCell::default(),
+            starts: RefCell::default(),
+            sent: RefCell::default(),
+            sweep,
         }
     }
 
@@ -235,6 +353,7 @@ impl<'a> PgTx<'a> {
             sql,
             params,
             moves: None,
+            took_start: false,
             unless_missing: None,
         });
     }
@@ -242,25 +361,168 @@ impl<'a> PgTx<'a> {
     /// Sends the task rows and the queued writes as one pipeline and waits
     /// for every answer. The rows go first: the only other statement on
     /// `tasks` (retention's delete) is queued after a read of the task,
-    /// which flushed its row.
+    /// which flushed its row. The starts that can be kept apart go in one
+    /// row of `starts`.
     fn flush(&self) -> Result<()> {
         let rows = std::mem::take(&mut *self.rows.borrow_mut());
-        self.queue_rows(rows);
+        let mut apart = Vec::new();
+        let mut others = Vec::new();
+        for (id, row) in rows {
+            match self.apart(id, row) {
+                Ok(start) => apart.push(start),
+                Err(row) => others.push((id, row)),
+            }
+        }
+        if apart.len() < FEWEST_APART {
+            // A row of starts would cost as much as their task rows, and
+            // once more when swept.
+            others.extend(apart.into_iter().map(|(id, _, _, _, row)| (id, row)));
+            apart = Vec::new();
+        }
+        self.queue_rows(others)?;
+        self.queue_starts(apart);
         self.flush_queued()
     }
 
-    /// Puts the statements of task rows ahead of the queued writes.
-    fn queue_rows(&self, rows: impl IntoIterator<Item = (u64, TaskRow)>) {
-        let mut statements = Vec::new();
-        for (id, row) in rows {
-            row.queued(id, &mut statements);
+    /// Task `id`'s start, its place before and the start itself, if that is
+    /// all `row` holds and the task is pending in the database as this
+    /// transaction read it (and its row neither sent nor started apart);
+    /// else the row.
+    fn apart(&self, id: u64, row: TaskRow) -> std::result::Result<Apart, TaskRow> {
+        let (place, version) = match self.seen.borrow().get(&id) {
+            Some((Some(place), version)) => (place.clone(), *version),
+            _ => return Err(row),
+        };
+        let plain = !self.sent.borrow().contains(&id)
+            && matches!(self.starts.borrow().get(&id), Some(None))
+            && row.running == Some(true)
+            && row.place == Some(None)
+            && row.finished_at.is_none()
+            && row.attempts.len() == 1
+            && row.gate_id.is_none_or(|gate| gate == place.gate);
+        if !plain {
+            return Err(row);
         }
-        if statements.is_empty() {
+        let (Some(record), Some((&n, attempt))) = (&row.record, row.attempts.first_key_value())
+        else {
+            return Err(row);
+        };
+        let start = Start {
+            gate: Some(place.gate),
+            n,
+            record: record.clone(),
+            attempt: attempt.clone(),
+        };
+        Ok((id, place, version, start, row))
+    }
+
+    /// Queues one row of `starts` with these starts kept apart, each task
+    /// out of its gate's due order from now on.
+    fn queue_starts(&self, apart: Vec<Apart>) {
+        if apart.is_empty() {
             return;
+        }
+        // Rows of at most `MOST_APART`, as even as can be.
+        let rows = apart.len().div_ceil(MOST_APART);
+        let size = apart.len().div_ceil(rows);
+        let mut apart = apart.into_iter().peekable();
+        while apart.peek().is_some() {
+            self.queue_start_row(apart.by_ref().take(size));
+        }
+    }
+
+    /// Queues one row of `starts`.
+    fn queue_start_row(&self, apart: impl Iterator<Item = Apart>) {
+        let (mut ids, mut vs, mut gates, mut ns, mut records, mut attempts) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        {
+            let mut deltas = self.due_deltas.borrow_mut();
+            let mut starts = self.starts.borrow_mut();
+            let mut seen = self.seen.borrow_mut();
+            for (id, place, version, start, _) in apart {
+                *deltas.entry(place.minute()).or_default() -= 1;
+                seen.insert(id, (None, version));
+                ids.push(big(id));
+                vs.push(version);
+                gates.push(int(place.gate));
+                ns.push(int(start.n));
+                records.push(start.record.clone());
+                attempts.push(start.attempt.clone());
+                starts.insert(id, Some(start));
+            }
+        }
+        self.send(
+            "INSERT INTO starts (ids, vs, gates, ns, records, attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            vec![
+                Box::new(ids),
+                Box::new(vs),
+                Box::new(gates),
+                Box::new(ns),
+                Box::new(records),
+                Box::new(attempts),
+            ],
+        );
+    }
+
+    /// Puts the statements of task rows ahead of the queued writes, each
+    /// with the start kept apart that it takes in.
+    fn queue_rows(&self, rows: Vec<(u64, TaskRow)>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.learn_starts(rows.iter().map(|(id, _)| *id))?;
+        let mut statements = Vec::new();
+        {
+            let mut starts = self.starts.borrow_mut();
+            let mut sent = self.sent.borrow_mut();
+            for (id, mut row) in rows {
+                let start = starts.insert(id, None).flatten();
+                let took_start = start.is_some();
+                if let Some(start) = start {
+                    start.under(&mut row);
+                }
+                sent.insert(id);
+                row.queued(id, took_start, &mut statements);
+            }
         }
         let mut queued = self.queued.borrow_mut();
         statements.append(&mut queued);
         *queued = statements;
+        Ok(())
+    }
+
+    /// Reads the starts kept apart of the tasks among `ids` this
+    /// transaction knows nothing of (a write without a read before it).
+    fn learn_starts(&self, ids: impl Iterator<Item = u64>) -> Result<()> {
+        let unknown: Vec<i64> = {
+            let starts = self.starts.borrow();
+            ids.filter(|id| !starts.contains_key(id)).map(big).collect()
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let (found, mut kept) = rows_and_starts(
+            self.client,
+            "SELECT id, coalesce(v, 0), gate_id FROM tasks WHERE id = ANY($1)",
+            &[&unknown],
+            &unknown,
+        )?;
+        let mut starts = self.starts.borrow_mut();
+        starts.extend(unknown.iter().map(|&id| (unbig(id), None)));
+        for row in &found {
+            let id = unbig(row.get(0));
+            let gate = row.get::<_, Option<i32>>(2).map(unint);
+            let start = kept.take(id, row.get(1)).map(|k| Start::of(k, gate));
+            starts.insert(id, start);
+        }
+        Ok(())
     }
 
     /// Sends the queued writes, not the task rows (for reads of tables
@@ -312,7 +574,7 @@ impl<'a> PgTx<'a> {
                 }
                 continue;
             };
-            if let Some(from) = Place::read(before, 0) {
+            if let Some(from) = Place::read(before, 0).filter(|_| !q.took_start) {
                 *deltas.entry(from.minute()).or_default() -= 1;
             }
             if let Some(to) = &moved.to {
@@ -322,29 +584,62 @@ impl<'a> PgTx<'a> {
         Ok(())
     }
 
-    /// The rows of tasks `ids` read by `sql` (`id = ANY($1)`, the id in
-    /// column `id_at` and the place after it), once this transaction's
-    /// writes to them have gone out; their places noted.
-    fn task_rows(&self, ids: &[u64], sql: &'static str, id_at: usize) -> Result<Vec<Row>> {
+    /// The records of tasks `ids`, each task's start kept apart (if one
+    /// counts) laid over its row, once this transaction's writes to them
+    /// have gone out; their places (none while a start counts), the
+    /// versions of their rows and their starts noted.
+    fn live_rows(&self, ids: &[u64]) -> Result<Vec<Vec<u8>>> {
         let conn = self.read_rows(ids)?;
-        let ids: Vec<i64> = ids.iter().map(|&id| big(id)).collect();
-        let found = rows(conn, sql, &[&ids])?;
-        self.saw_places(&found, id_at, id_at + 1);
-        Ok(found)
+        let wanted: Vec<i64> = ids.iter().map(|&id| big(id)).collect();
+        let (found, mut kept) = rows_and_starts(
+            conn,
+            "SELECT id, record, gate_id, pkey, due, coalesce(v, 0) FROM tasks WHERE id = ANY($1)",
+            &[&wanted],
+            &wanted,
+        )?;
+        let unsent = self.rows.borrow();
+        let mut places = self.places.borrow_mut();
+        let mut seen = self.seen.borrow_mut();
+        let mut starts = self.starts.borrow_mut();
+        let mut out = Vec::with_capacity(found.len());
+        for row in &found {
+            let (id, version) = (unbig(row.get(0)), row.get::<_, i32>(5));
+            let gate = row.get::<_, Option<i32>>(2).map(unint);
+            let start = kept.take(id, version).map(|k| Start::of(k, gate));
+            let place = match start {
+                Some(_) => None,
+                None => Place::read(row, 2),
+            };
+            if unsent.get(&id).is_none_or(|r| r.place.is_none()) {
+                places.insert(id, place.clone());
+            }
+            seen.insert(id, (place, version));
+            starts.insert(id, start.clone());
+            out.push(match &start {
+                Some(start) => start.record.clone(),
+                None => row.get(1),
+            });
+        }
+        Ok(out)
     }
 
-    /// Notes the places of tasks just read (`id` in column 0, the place in
-    /// columns `at..at + 3`); a row this transaction moved and has not sent
-    /// keeps the place it moved to.
-    fn saw_places(&self, found: &[Row], id_at: usize, at: usize) {
+    /// Notes the places of pending tasks just read, no start of theirs
+    /// counting (`id` in column 0, the place in columns 1..4, the version
+    /// in column 4); a row this transaction moved and has not sent keeps
+    /// the place it moved to.
+    fn saw_pending(&self, found: &[Row]) {
         let rows = self.rows.borrow();
         let mut places = self.places.borrow_mut();
+        let mut seen = self.seen.borrow_mut();
+        let mut starts = self.starts.borrow_mut();
         for row in found {
-            let id = unbig(row.get(id_at));
+            let id = unbig(row.get(0));
+            seen.insert(id, (Place::read(row, 1), row.get(4)));
+            starts.insert(id, None);
             if rows.get(&id).is_some_and(|r| r.place.is_some()) {
                 continue;
             }
-            places.insert(id, Place::read(row, at));
+            places.insert(id, Place::read(row, 1));
         }
     }
 
@@ -362,9 +657,13 @@ impl<'a> PgTx<'a> {
             .collect()
     }
 
-    /// Sends what is queued, then the minute counts.
+    /// Sends what is queued, then the minute counts (and the sweep of
+    /// `starts`, if this transaction is the one to).
     pub(super) fn commit(&mut self) -> Result<()> {
         self.flush()?;
+        if self.sweep {
+            self.send(SWEEP, Vec::new());
+        }
         let deltas = std::mem::take(&mut *self.due_deltas.borrow_mut());
         for ((gate_id, minute), delta) in deltas {
             if delta == 0 {
@@ -410,7 +709,7 @@ impl<'a> PgTx<'a> {
                 .filter_map(|&id| rows.remove(&id).map(|row| (id, row)))
                 .collect()
         };
-        self.queue_rows(taken);
+        self.queue_rows(taken)?;
         self.read_other()
     }
 
@@ -562,22 +861,16 @@ impl Writes for PgTx<'_> {
     }
 
     fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
-        let found = rows(
-            self.read_rows(&[id])?,
-            "SELECT record, id, gate_id, pkey, due FROM tasks WHERE id = $1",
-            &[&big(id)],
-        )?;
-        self.saw_places(&found, 1, 2);
-        task_record(found.into_iter().next())
+        self.live_rows(&[id])?
+            .first()
+            .map(|record| decode_task(record))
+            .transpose()
     }
 
     fn tasks(&self, ids: &[u64]) -> Result<Vec<TaskRecord>> {
-        let found = self.task_rows(
-            ids,
-            "SELECT record, id, gate_id, pkey, due FROM tasks WHERE id = ANY($1)",
-            1,
-        )?;
-        task_records(found)
+        (self.live_rows(ids)?.iter())
+            .map(|record| decode_task(record))
+            .collect()
     }
 
     fn put_task(&mut self, task: &TaskRecord) -> Result<()> {
@@ -673,11 +966,7 @@ impl Writes for PgTx<'_> {
             self.places
                 .borrow_mut()
                 .extend(unknown.iter().map(|&id| (id, None)));
-            self.task_rows(
-                &unknown,
-                "SELECT id, gate_id, pkey, due FROM tasks WHERE id = ANY($1)",
-                0,
-            )?;
+            self.live_rows(&unknown)?;
         }
         let mut removed = Vec::with_capacity(entries.len());
         for e in entries {
@@ -716,28 +1005,33 @@ impl Writes for PgTx<'_> {
             .iter()
             .filter_map(|(id, row)| Some((*id, row.place.clone()?)))
             .collect();
+        // So are the gate's starts kept apart: the query reads one more
+        // order for each, and drops those whose start counts.
+        let conn = self.read_other()?;
+        let kept = kept_in(conn, gate)?;
         let (gate_id, due, id, limit1) = (
             int(gate.0),
             big(from.0.as_ms()),
             big(from.1.0),
-            big((limit.saturating_add(moved.len()) as u64).saturating_add(1)),
+            big((limit.saturating_add(moved.len() + kept.len()) as u64).saturating_add(1)),
         );
-        let mut found = keys(match key {
+        let found = match key {
             None => rows(
-                self.read_other()?,
-                "SELECT due, id FROM tasks \
+                conn,
+                "SELECT due, id, coalesce(v, 0) FROM tasks \
                  WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NULL \
                  AND (due, id) >= ($2, $3) ORDER BY due, id LIMIT $4",
                 &[&gate_id, &due, &id, &limit1],
             )?,
             Some(key) => rows(
-                self.read_other()?,
-                "SELECT due, id FROM tasks \
+                conn,
+                "SELECT due, id, coalesce(v, 0) FROM tasks \
                  WHERE gate_id = $1 AND due IS NOT NULL AND pkey = $5 \
                  AND (due, id) >= ($2, $3) ORDER BY due, id LIMIT $4",
                 &[&gate_id, &due, &id, &limit1, &key],
             )?,
-        });
+        };
+        let mut found = unkept(found, &kept);
         if !moved.is_empty() {
             found.retain(|(_, id)| !moved.contains_key(&id.0));
             for (id, place) in moved {
@@ -756,20 +1050,29 @@ impl Writes for PgTx<'_> {
     fn pending_keys(&self, gate: GateId) -> Result<Vec<(Option<String>, (Timestamp, TaskId))>> {
         let conn = self.read()?;
         let held = self.held_back(gate);
-        let mut out: Vec<_> = keys(rows(
-            conn,
-            "SELECT due, id FROM tasks WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NULL \
-             ORDER BY due, id LIMIT 1",
-            &[&int(gate.0)],
-        )?)
+        let kept = kept_in(conn, gate)?;
+        let mut out: Vec<_> = unkept(
+            rows(
+                conn,
+                "SELECT due, id, coalesce(v, 0) FROM tasks \
+                 WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NULL \
+                 ORDER BY due, id LIMIT $2",
+                &[&int(gate.0), &big(kept.len() as u64 + 1)],
+            )?,
+            &kept,
+        )
         .into_iter()
+        .take(1)
         .map(|first| (None, first))
         .collect();
         let firsts = rows(
             conn,
-            "SELECT DISTINCT ON (pkey) pkey, due, id FROM tasks \
-             WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NOT NULL \
-             ORDER BY pkey, due, id",
+            concat!(
+                "SELECT DISTINCT ON (pkey) pkey, due, id FROM tasks \
+                 WHERE gate_id = $1 AND due IS NOT NULL AND pkey IS NOT NULL",
+                unstarted!("$1"),
+                " ORDER BY pkey, due, id"
+            ),
             &[&int(gate.0)],
         )?;
         for row in firsts {
@@ -792,11 +1095,15 @@ impl Writes for PgTx<'_> {
     fn all_pending(&self, gate: GateId) -> Result<Vec<(Option<String>, Timestamp, TaskId)>> {
         let found = rows(
             self.read()?,
-            "SELECT id, gate_id, pkey, due FROM tasks WHERE gate_id = $1 AND due IS NOT NULL \
-             ORDER BY pkey NULLS FIRST, due, id",
+            concat!(
+                "SELECT id, gate_id, pkey, due, coalesce(v, 0) FROM tasks \
+                 WHERE gate_id = $1 AND due IS NOT NULL",
+                unstarted!("$1"),
+                " ORDER BY pkey NULLS FIRST, due, id"
+            ),
             &[&int(gate.0)],
         )?;
-        self.saw_places(&found, 0, 1);
+        self.saw_pending(&found);
         let mut out: Vec<_> = found
             .iter()
             .filter_map(|row| {
@@ -822,7 +1129,7 @@ impl Writes for PgTx<'_> {
     fn running_tasks(&self) -> Result<Vec<u64>> {
         let found = rows(
             self.read()?,
-            "SELECT id FROM tasks WHERE running ORDER BY id",
+            "SELECT id FROM tasks WHERE running UNION SELECT id FROM started ORDER BY id",
             &[],
         )?;
         Ok(found.iter().map(|row| unbig(row.get(0))).collect())
@@ -832,22 +1139,15 @@ impl Writes for PgTx<'_> {
         let gates: Vec<i32> = gates.iter().map(|g| *g as i32).collect();
         let found = rows(
             self.read()?,
-            "SELECT id FROM tasks WHERE running AND gate_id = ANY($1) ORDER BY id",
+            "SELECT id FROM tasks WHERE running AND gate_id = ANY($1) UNION \
+             SELECT id FROM started WHERE gate_id = ANY($1) ORDER BY id",
             &[&gates],
         )?;
         Ok(found.iter().map(|row| unbig(row.get(0))).collect())
     }
 
     fn attempt(&self, task_id: u64, attempt: u32) -> Result<Option<AttemptRecord>> {
-        let found = one(
-            self.read_rows(&[task_id])?,
-            "SELECT attempts[$2] FROM tasks WHERE id = $1",
-            &[&big(task_id), &int(attempt)],
-        )?;
-        found
-            .and_then(|row| row.get::<_, Option<Vec<u8>>>(0))
-            .map(|bytes| decode_attempt(&bytes))
-            .transpose()
+        Ok(self.attempts_of(&[(task_id, attempt)])?.remove(&task_id))
     }
 
     fn attempts_of(&self, wanted: &[(u64, u32)]) -> Result<HashMap<u64, AttemptRecord>> {
@@ -855,16 +1155,23 @@ impl Writes for PgTx<'_> {
         let conn = self.read_rows(&ids)?;
         let (ids, numbers): (Vec<i64>, Vec<i32>) =
             wanted.iter().map(|&(id, n)| (big(id), int(n))).unzip();
-        let found = rows(
+        let (found, mut kept) = rows_and_starts(
             conn,
-            "SELECT t.id, t.attempts[w.n] FROM tasks t \
-             JOIN unnest($1::bigint[], $2::int[]) AS w(id, n) ON t.id = w.id",
+            "SELECT t.id, coalesce(t.v, 0), w.n, t.attempts[w.n] \
+             FROM tasks t JOIN unnest($1::bigint[], $2::int[]) AS w(id, n) ON t.id = w.id",
             &[&ids, &numbers],
+            &ids,
         )?;
         let mut out = HashMap::with_capacity(found.len());
         for row in &found {
-            if let Some(bytes) = row.get::<_, Option<Vec<u8>>>(1) {
-                out.insert(unbig(row.get(0)), decode_attempt(&bytes)?);
+            let id = unbig(row.get(0));
+            // A start that counts holds its attempt.
+            let started = kept
+                .take(id, row.get(1))
+                .filter(|k| k.n == unint(row.get(2)))
+                .map(|k| k.attempt);
+            if let Some(bytes) = started.or_else(|| row.get::<_, Option<Vec<u8>>>(3)) {
+                out.insert(id, decode_attempt(&bytes)?);
             }
         }
         Ok(out)
