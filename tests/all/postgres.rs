@@ -1397,8 +1397,6 @@ async fn a_backlog_writes_each_task_row_twice() {
         }
     };
     let (tasks, starts) = (writes("task_writes").await, writes("start_writes").await);
-    // Two per task; a few tasks start in the turn that creates them, which
-    // writes their rows once with both.
     // Two per task, and some slack for the turns that start fewer than
     // three tasks (their rows take their starts). Without the starts kept
     // apart: three per task.

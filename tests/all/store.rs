@@ -1090,6 +1090,25 @@ fn postgres_keeps_starts_apart_from_task_rows() {
     );
     let found = ok(pg.check());
     assert!(found.problems.is_empty(), "{:?}", found.problems);
+    // Task 1's row removed (by retention, say) and made again while the
+    // row of starts still holds its start: the new row starts past the
+    // version that start was made on, so the start does not count again.
+    sql("DELETE FROM tasks WHERE id = 1");
+    ok(store.write(|tx| pend(tx, GateId(1), None, 50, 1)));
+    assert_eq!(
+        ok(ok(store.read()).task(1)).map(|t| t.state),
+        Some(TaskState::Scheduled)
+    );
+    assert_eq!(sql("SELECT v FROM tasks WHERE id = 1"), [["1"]]);
+    ok(store.write(|tx| {
+        let all = (Timestamp(0), TaskId(0));
+        let (found, _) = tx.pending_range(GateId(1), None, all, Timestamp(u64::MAX), 9)?;
+        assert_eq!(
+            found,
+            [(Timestamp(40), TaskId(4)), (Timestamp(50), TaskId(1))]
+        );
+        Ok(())
+    }));
     for _ in 0..16 {
         ok(store.write(|_| Ok(())));
     }

@@ -179,7 +179,11 @@ macro_rules! row_upsert {
             "up AS (INSERT INTO tasks (id, record, gate_id, finished_at, running, due, pkey, v",
             $column,
             ") VALUES ($1, $2, $3, $4, coalesce($5::bool, false), ",
-            "CASE WHEN $6::bool THEN $7::bigint END, CASE WHEN $6::bool THEN $8::text END, 0",
+            "CASE WHEN $6::bool THEN $7::bigint END, CASE WHEN $6::bool THEN $8::text END, ",
+            // A row made again (retention removed it while its task ran
+            // again) starts past every version a start of it was made on.
+            "(SELECT coalesce(max(e.v) + 1, 0) FROM starts s, unnest(s.ids, s.vs) AS e(id, v) ",
+            "WHERE s.ids @> ARRAY[$1::bigint] AND e.id = $1)",
             $value,
             ") ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record, ",
             "gate_id = EXCLUDED.gate_id, finished_at = EXCLUDED.finished_at, ",
