@@ -804,28 +804,18 @@ impl StartsOf {
     pub(super) fn take(&mut self, id: u64, v: i32) -> Option<Kept> {
         self.0.remove(&(id, v))
     }
-}
 
-/// The rows of `sql` (whose `$1` is `ids`) and the starts kept apart of
-/// those tasks (found through the index on `starts.ids`), in one round trip.
-pub(super) fn rows_and_starts(
-    conn: &Conn,
-    sql: &'static str,
-    params: &[&(dyn ToSql + Sync)],
-    ids: &[i64],
-) -> Result<(Vec<Row>, StartsOf)> {
-    // The ids in a hashed set, not `= ANY($1)`: a comparison with each.
-    const STARTS_OF: &str = "SELECT e.id, e.v, e.n, e.attempt, e.record FROM starts s, \
-        unnest(s.ids, s.vs, s.ns, s.attempts, s.records) AS e(id, v, n, attempt, record) \
-        WHERE s.ids && $1 AND e.id IN (SELECT unnest($1::bigint[]))";
-    let (main, starts) = (conn.statement(sql)?, conn.statement(STARTS_OF)?);
-    let (found, kept) = wait(futures_util::future::try_join(
-        conn.client.query(&main, params),
-        conn.client.query(&starts, &[&ids]),
-    ))?;
-    let kept = kept
-        .iter()
-        .map(|row| {
+    /// Task `id`'s record: its start's, if one counts against its row at
+    /// version `v`, else the row's `stored` one.
+    pub(super) fn task(&mut self, id: u64, v: i32, stored: &[u8]) -> Result<TaskRecord> {
+        match self.take(id, v) {
+            Some(start) => decode_task(&start.record),
+            None => decode_task(stored),
+        }
+    }
+
+    fn from_rows(rows: &[Row]) -> StartsOf {
+        let kept = rows.iter().map(|row| {
             let key = (unbig(row.get(0)), row.get::<_, i32>(1));
             let kept = Kept {
                 n: unint(row.get(2)),
@@ -833,9 +823,37 @@ pub(super) fn rows_and_starts(
                 record: row.get(4),
             };
             (key, kept)
-        })
-        .collect();
-    Ok((found, StartsOf(kept)))
+        });
+        StartsOf(kept.collect())
+    }
+}
+
+/// The starts kept apart of tasks `$1`, found through the index on
+/// `starts.ids` (the ids in a hashed set, not `= ANY($1)`: a comparison
+/// with each).
+const STARTS_OF: &str = "SELECT e.id, e.v, e.n, e.attempt, e.record FROM starts s, \
+    unnest(s.ids, s.vs, s.ns, s.attempts, s.records) AS e(id, v, n, attempt, record) \
+    WHERE s.ids && $1 AND e.id IN (SELECT unnest($1::bigint[]))";
+
+/// The starts kept apart of tasks `ids`.
+pub(super) fn starts_of(conn: &Conn, ids: &[i64]) -> Result<StartsOf> {
+    Ok(StartsOf::from_rows(&rows(conn, STARTS_OF, &[&ids])?))
+}
+
+/// The rows of `sql` and the starts kept apart of tasks `ids`, in one
+/// round trip.
+pub(super) fn rows_and_starts(
+    conn: &Conn,
+    sql: &'static str,
+    params: &[&(dyn ToSql + Sync)],
+    ids: &[i64],
+) -> Result<(Vec<Row>, StartsOf)> {
+    let (main, starts) = (conn.statement(sql)?, conn.statement(STARTS_OF)?);
+    let (found, kept) = wait(futures_util::future::try_join(
+        conn.client.query(&main, params),
+        conn.client.query(&starts, &[&ids]),
+    ))?;
+    Ok((found, StartsOf::from_rows(&kept)))
 }
 
 fn records<T: serde::de::DeserializeOwned>(table: &'static str, rows: Vec<Row>) -> Result<Vec<T>> {

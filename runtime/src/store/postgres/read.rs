@@ -91,33 +91,27 @@ impl Reads for PgReader {
     }
 
     fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
-        let wanted = [big(id)];
         let (found, mut kept) = rows_and_starts(
             self.client()?,
-            "SELECT record, coalesce(v, 0) FROM tasks WHERE id = ($1::bigint[])[1]",
-            &[&&wanted[..]],
-            &wanted,
+            "SELECT record, coalesce(v, 0) FROM tasks WHERE id = $1",
+            &[&big(id)],
+            &[big(id)],
         )?;
-        let Some(row) = found.first() else {
-            return Ok(None);
-        };
-        match kept.take(id, row.get(1)) {
-            Some(start) => decode_task(&start.record).map(Some),
-            None => decode_task(row.get::<_, &[u8]>(0)).map(Some),
-        }
+        (found.first())
+            .map(|row| kept.task(id, row.get(1), row.get(0)))
+            .transpose()
     }
 
     fn attempts(&self, task_id: u64) -> Result<Vec<AttemptRecord>> {
         // Element n of the row's array is attempt n (schema 8), and a start
         // that counts (schema 9) holds its own.
-        let wanted = [big(task_id)];
         let (found, mut kept) = rows_and_starts(
             self.client()?,
             "SELECT coalesce(t.v, 0), i, t.attempts[i] FROM tasks t \
              LEFT JOIN LATERAL generate_subscripts(t.attempts, 1) i ON true \
-             WHERE t.id = ($1::bigint[])[1] ORDER BY i",
-            &[&&wanted[..]],
-            &wanted,
+             WHERE t.id = $1 ORDER BY i",
+            &[&big(task_id)],
+            &[big(task_id)],
         )?;
         let Some(first) = found.first() else {
             return Ok(Vec::new());
@@ -266,15 +260,12 @@ impl Reads for PgReader {
             }
             // The page's starts kept apart that count, laid over their rows.
             let ids: Vec<i64> = page.iter().map(|row| row.get(0)).collect();
-            let (_, mut kept) = rows_and_starts(client, "SELECT $1::bigint[]", &[&ids], &ids)?;
+            let mut kept = starts_of(client, &ids)?;
             for row in page {
                 let id: i64 = row.get(0);
                 below = id;
                 scanned += 1;
-                let task: TaskRecord = match kept.take(unbig(id), row.get(2)) {
-                    Some(start) => decode_task(&start.record)?,
-                    None => decode_task(row.get::<_, &[u8]>(1))?,
-                };
+                let task = kept.task(unbig(id), row.get(2), row.get(1))?;
                 if filter.matches(&task) {
                     out.push(task);
                     if out.len() >= limit {

@@ -321,13 +321,12 @@ pub(super) struct PgTx<'a> {
     /// Changes to `due_minutes`, written once at the end.
     due_deltas: RefCell<HashMap<(u32, u64), i64>>,
     /// The place in the database of each task this transaction read, and
-    /// the version of its row, when it read it.
+    /// the version of its row, when it read it (and has not written the
+    /// row since).
     seen: RefCell<HashMap<u64, (Option<Place>, i32)>>,
     /// For each task this transaction read or wrote, its start kept apart
     /// that is newer than its row (`None`: none).
     starts: RefCell<HashMap<u64, Option<Start>>>,
-    /// The tasks whose rows this transaction sent.
-    sent: RefCell<HashSet<u64>>,
     /// Whether the transaction ends with a sweep of `starts`.
     sweep: bool,
 }
@@ -342,7 +341,6 @@ impl<'a> PgTx<'a> {
             due_deltas: RefCell::default(),
             seen: RefCell::default(),
             starts: RefCell::default(),
-            sent: RefCell::default(),
             sweep,
         }
     }
@@ -390,15 +388,15 @@ impl<'a> PgTx<'a> {
 
     /// Task `id`'s start, its place before and the start itself, if that is
     /// all `row` holds and the task is pending in the database as this
-    /// transaction read it (and its row neither sent nor started apart);
+    /// transaction read it (and its row not written since, nor its start
+    /// kept apart);
     /// else the row.
     fn apart(&self, id: u64, row: TaskRow) -> std::result::Result<Apart, TaskRow> {
         let (place, version) = match self.seen.borrow().get(&id) {
             Some((Some(place), version)) => (place.clone(), *version),
             _ => return Err(row),
         };
-        let plain = !self.sent.borrow().contains(&id)
-            && matches!(self.starts.borrow().get(&id), Some(None))
+        let plain = matches!(self.starts.borrow().get(&id), Some(None))
             && row.running == Some(true)
             && row.place == Some(None)
             && row.finished_at.is_none()
@@ -485,14 +483,15 @@ impl<'a> PgTx<'a> {
         let mut statements = Vec::new();
         {
             let mut starts = self.starts.borrow_mut();
-            let mut sent = self.sent.borrow_mut();
+            let mut seen = self.seen.borrow_mut();
             for (id, mut row) in rows {
                 let start = starts.insert(id, None).flatten();
                 let took_start = start.is_some();
                 if let Some(start) = start {
                     start.under(&mut row);
                 }
-                sent.insert(id);
+                // Read again before it is kept apart, or not at all.
+                seen.remove(&id);
                 row.queued(id, took_start, &mut statements);
             }
         }
