@@ -618,6 +618,24 @@ impl Gate {
     }
 
     /// Gives back a slot taken for a request, when its attempt ended first.
+    /// Gives back a start that [`Gate::try_start`] admitted but that never
+    /// began: its slot, and the probe's turn if it was the probe (in a
+    /// half-open circuit nothing else is admitted). Its token stays spent,
+    /// so the bound never loosens.
+    pub fn unstart(&mut self) {
+        self.release_slot();
+        if let Circuit::HalfOpen {
+            cooldown,
+            probe_started: true,
+        } = self.circuit
+        {
+            self.circuit = Circuit::HalfOpen {
+                cooldown,
+                probe_started: false,
+            };
+        }
+    }
+
     pub fn release_slot(&mut self) {
         assert!(
             self.in_flight > 0,
@@ -1071,6 +1089,23 @@ mod tests {
         assert_eq!(gate.state(now), GateState::Probing);
         now = now.plus(Duration::from_millis(1));
         assert_eq!(gate.try_start(now), Ok(now), "another probe");
+        assert_eq!(gate.try_start(now), Err(None), "one at a time");
+        gate.attempt_ended(now, Signal::Healthy, true);
+        assert_eq!(gate.state(now), GateState::Open, "closed");
+    }
+
+    /// A probe admitted and given back before it began (its key refused it)
+    /// leaves the next probe free to go: the circuit never waits for it.
+    #[test]
+    fn a_probe_given_back_lets_the_next_go() {
+        let mut gate = Gate::new(Timestamp(0), limits("1000/s", 100, 10));
+        let mut now = Timestamp(1_000_000);
+        trip(&mut gate, now);
+        now = now.plus(Duration::from_secs(10));
+        assert_eq!(gate.try_start(now), Ok(now), "the probe");
+        gate.unstart();
+        now = now.plus(Duration::from_millis(1));
+        assert_eq!(gate.try_start(now), Ok(now), "the next probe");
         assert_eq!(gate.try_start(now), Err(None), "one at a time");
         gate.attempt_ended(now, Signal::Healthy, true);
         assert_eq!(gate.state(now), GateState::Open, "closed");

@@ -1340,12 +1340,13 @@ impl Scheduler {
             {
                 // Unreachable: a key's bucket only fills between `now` and
                 // `at`. Should it happen, the gate's token is lost, never
-                // the key's bound.
-                lane.gate.release_slot();
+                // the key's bound (nor the probe's turn).
+                lane.gate.unstart();
                 lane.park_front(Some(now.plus(Duration::from_millis(1))));
                 continue;
             }
             let Some(mut task) = part.remove(&order) else {
+                lane.gate.unstart();
                 break;
             };
             part.held += 1;
