@@ -54,16 +54,22 @@ impl PgServer {
     /// installed and `SLUICE_PG_TESTS` is not set; with it set, a missing
     /// server fails the test.
     pub fn start() -> Option<PgServer> {
-        PgServer::start_with(None)
+        PgServer::start_with(None, "")
+    }
+
+    /// A server that counts the statements it runs (`pg_stat_statements`,
+    /// part of Debian's server package; the test creates the extension).
+    pub fn start_counting() -> Option<PgServer> {
+        PgServer::start_with(None, " -c shared_preload_libraries=pg_stat_statements")
     }
 
     /// A server that takes TLS connections only (`hostssl`, `ssl=on`) with
     /// this certificate and key (PEM).
     pub fn start_tls(cert: &str, key: &str) -> Option<PgServer> {
-        PgServer::start_with(Some((cert, key)))
+        PgServer::start_with(Some((cert, key)), "")
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> Option<PgServer> {
+    fn start_with(tls: Option<(&str, &str)>, more: &str) -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("SLUICE_PG_TESTS").is_none(),
@@ -108,7 +114,7 @@ impl PgServer {
             ],
         );
         let mut options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off{more}"
         );
         if let Some((cert, key)) = tls {
             use std::os::unix::fs::PermissionsExt;

@@ -99,7 +99,7 @@ impl Engine {
                     // cluster it leaves only if this node's mark covers it.
                     plan.release_at = now;
                     turn.tx.set_running(task.0, true)?;
-                    turn.tx.put_attempt(
+                    turn.put_attempt(
                         task.0,
                         &AttemptRecord {
                             token_hash: Some(token_hash),
@@ -204,7 +204,7 @@ impl Engine {
                     let now = turn.now;
                     let number = turn.must_task(task.0)?.attempt_offset + attempt;
                     let mut why = "the lease ran out before the endpoint reported back";
-                    if let Some(mut record) = turn.tx.attempt(task.0, number)? {
+                    if let Some(mut record) = turn.attempt(task.0, number)? {
                         // No lease on record: an attempt of a node that lost
                         // the gates, held here until its timeout (boot).
                         let (outcome, error) = match record.lease_until {
@@ -217,7 +217,7 @@ impl Engine {
                         record.ended_at = Some(now.as_ms());
                         record.outcome = Some(outcome.into());
                         record.error = Some(error.into());
-                        turn.tx.put_attempt(task.0, &record)?;
+                        turn.put_attempt(task.0, &record)?;
                     }
                     turn.must_task(task.0)?.last_error = Some(why.into());
                 }

@@ -127,7 +127,7 @@ impl Engine {
             }));
         };
         let hash = hash_token(callback.token());
-        let current = turn.tx.attempt(id.0, task.attempts)?;
+        let current = turn.attempt(id.0, task.attempts)?;
         let Some(mut attempt) =
             current.filter(|a| a.token_hash.as_deref().is_some_and(|h| same(h, &hash)))
         else {
@@ -135,7 +135,6 @@ impl Engine {
             let mut stale = None;
             for n in (1..task.attempts).rev() {
                 if turn
-                    .tx
                     .attempt(id.0, n)?
                     .is_some_and(|a| a.token_hash.as_deref().is_some_and(|h| same(h, &hash)))
                 {
@@ -185,7 +184,7 @@ impl Engine {
                 if progress.is_some() {
                     attempt.progress = progress;
                 }
-                turn.tx.put_attempt(id.0, &attempt)?;
+                turn.put_attempt(id.0, &attempt)?;
                 self.core
                     .handle_input(now, Input::Heartbeat { task: id, until });
             }
@@ -202,7 +201,7 @@ impl Engine {
                 if let Some(output) = output {
                     attempt.response = Some(cap(output.to_string()));
                 }
-                turn.tx.put_attempt(id.0, &attempt)?;
+                turn.put_attempt(id.0, &attempt)?;
                 self.core.handle_input(
                     now,
                     Input::AttemptEnded {
@@ -222,7 +221,7 @@ impl Engine {
                 attempt.outcome = Some(if retry { "failed" } else { "rejected" }.into());
                 attempt.latency_ms = Some(now.as_ms().saturating_sub(attempt.started_at));
                 attempt.error = Some(reason.clone());
-                turn.tx.put_attempt(id.0, &attempt)?;
+                turn.put_attempt(id.0, &attempt)?;
                 if let Some(t) = turn.task(id.0)? {
                     t.last_error = Some(reason);
                 }

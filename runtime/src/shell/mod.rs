@@ -556,6 +556,10 @@ struct Turn<'a> {
     /// Tasks about to start whose pending entries were taken out ahead, in
     /// one go with the starts queued beside them: whether each was there.
     unpended: HashMap<u64, bool>,
+    /// Attempt records by task and number, as this turn read ahead
+    /// (`prefetch_attempts`) or last wrote them: every write of an attempt
+    /// in a turn goes through [`Turn::put_attempt`].
+    attempts: HashMap<(u64, u32), AttemptRecord>,
     /// The engine's kept records, lent to this turn (`kept.rs`): a record
     /// taken from here is as committed; `flush` puts back the unfinished ones.
     kept: Kept,
@@ -581,8 +585,47 @@ impl<'a> Turn<'a> {
             plugin_refs: HashMap::new(),
             notices: Vec::new(),
             unpended: HashMap::new(),
+            attempts: HashMap::new(),
             kept,
         }
+    }
+
+    /// Attempt `n` of task `id`, as this turn last read or wrote it.
+    fn attempt(&mut self, id: u64, n: u32) -> Result<Option<AttemptRecord>, StoreError> {
+        if let Some(record) = self.attempts.get(&(id, n)) {
+            return Ok(Some(record.clone()));
+        }
+        let found = self.tx.attempt(id, n)?;
+        if let Some(record) = &found {
+            self.attempts.insert((id, n), record.clone());
+        }
+        Ok(found)
+    }
+
+    fn put_attempt(&mut self, id: u64, record: &AttemptRecord) -> Result<(), StoreError> {
+        self.tx.put_attempt(id, record)?;
+        self.attempts.insert((id, record.attempt), record.clone());
+        Ok(())
+    }
+
+    /// Reads the attempts `(task, n)` of `wanted` not yet in this turn's
+    /// cache, at once: a turn's reports each read their attempt, which on
+    /// PostgreSQL would be a round trip each.
+    fn prefetch_attempts(
+        &mut self,
+        wanted: impl IntoIterator<Item = (u64, u32)>,
+    ) -> Result<(), StoreError> {
+        let mut missing: Vec<(u64, u32)> = (wanted.into_iter())
+            .filter(|key| !self.attempts.contains_key(key))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.len() > 1 {
+            for (id, record) in self.tx.attempts_of(&missing)? {
+                self.attempts.insert((id, record.attempt), record);
+            }
+        }
+        Ok(())
     }
 
     fn task(&mut self, id: u64) -> Result<Option<&mut TaskRecord>, StoreError> {

@@ -58,6 +58,7 @@ impl Engine {
             self.lock_plugins_first(&mut turn, &commands)?;
             self.recount_gates(&mut turn)?;
             turn.prefetch(reports.iter().map(|r| r.task.0))?;
+            turn.prefetch_attempts(reports.iter().map(|r| (r.task.0, r.attempt)))?;
             for report in reports {
                 self.apply_report(&mut turn, report)?;
             }
@@ -169,7 +170,7 @@ impl Engine {
         if current != Some((report.attempt, TaskState::Running)) {
             return Ok(());
         }
-        let Some(mut record) = turn.tx.attempt(id, report.attempt)? else {
+        let Some(mut record) = turn.attempt(id, report.attempt)? else {
             return Ok(());
         };
         if record.ended_at.is_some() {
@@ -225,7 +226,7 @@ impl Engine {
             record.lease_until = Some(until.as_ms());
             record.lease_ms = Some(lease.as_millis() as u64);
             record.logs = std::mem::take(&mut report.logs);
-            turn.tx.put_attempt(id, &record)?;
+            turn.put_attempt(id, &record)?;
             self.core.handle_input(
                 turn.now,
                 Input::Leased {
@@ -242,7 +243,7 @@ impl Engine {
         record.error = report.error.clone();
         record.response = report.response.clone();
         record.logs = std::mem::take(&mut report.logs);
-        turn.tx.put_attempt(id, &record)?;
+        turn.put_attempt(id, &record)?;
         let mut plugin = false;
         if let Some(task) = turn.task(id)? {
             plugin = task.plugin.is_some();

@@ -154,7 +154,7 @@ impl Engine {
                     record.ended_at = Some(now.as_ms());
                     record.outcome = Some("withdrawn".into());
                     record.error = Some(NEVER_SENT.into());
-                    turn.tx.put_attempt(id, &record)?;
+                    turn.put_attempt(id, &record)?;
                     self.core.handle_input(now, Input::Unsent(queued));
                     continue;
                 }
@@ -180,7 +180,7 @@ impl Engine {
                 record.ended_at = Some(now.as_ms());
                 record.outcome = Some("interrupted".into());
                 record.error = Some("the server stopped during this attempt".into());
-                turn.tx.put_attempt(id, &record)?;
+                turn.put_attempt(id, &record)?;
             }
             self.core.handle_input(now, Input::Interrupted(queued));
         }

@@ -205,7 +205,11 @@ END IF;
 END $$;
 ";
 
-/// The indexes on those columns (after an upgrade has added them).
+/// The indexes on those columns (after an upgrade has added them). The
+/// indexes on `starts` take each insert in at once (`fastupdate = off`,
+/// set on those a build before this one made): nearly every row of
+/// `starts` is recent, and a lookup would read through the index's list of
+/// pending inserts rather than the index.
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS tasks_by_gate ON tasks (gate_id, id);
 CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (gate_id, due, id)
@@ -216,8 +220,15 @@ CREATE INDEX IF NOT EXISTS tasks_running ON tasks (id) WHERE running;
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at, id)
     WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS gates_by_unit ON gates (unit);
-CREATE INDEX IF NOT EXISTS starts_by_task ON starts USING gin (ids);
-CREATE INDEX IF NOT EXISTS starts_by_gate ON starts USING gin (gates);
+CREATE INDEX IF NOT EXISTS starts_by_task ON starts USING gin (ids) WITH (fastupdate = off);
+CREATE INDEX IF NOT EXISTS starts_by_gate ON starts USING gin (gates) WITH (fastupdate = off);
+DO $$ BEGIN
+IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = 'starts_by_task'::regclass
+               AND reloptions @> '{fastupdate=off}') THEN
+    ALTER INDEX starts_by_task SET (fastupdate = off);
+    ALTER INDEX starts_by_gate SET (fastupdate = off);
+END IF;
+END $$;
 ";
 
 /// The PostgreSQL schema version this build writes. 2 added `nodes` and
@@ -601,10 +612,14 @@ fn connect(runtime: &tokio::runtime::Runtime, target: &Target, schema: &str) -> 
         let client = target
             .connect(|e| tracing::warn!("PostgreSQL connection ended: {e}"))
             .await?;
+        // No JIT compiling: it pays for long analytic queries, and a
+        // statement of ours whose plan looks costly (on the statistics of a
+        // table that was small) spent 200 ms compiling, inside a turn.
         client
             .batch_execute(&format!(
                 "SET search_path TO {schema}; \
-                 SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
+                 SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'; \
+                 SET jit = off"
             ))
             .await?;
         Ok::<_, tokio_postgres::Error>(client)
