@@ -304,6 +304,11 @@ fn a_start_reads_back_until_its_task_is_written_again(store: &dyn Backend) {
         assert_eq!(tx.all_pending(g)?.len(), 2);
         assert_eq!(tx.attempt(1, 1)?, Some(attempt(1)));
         assert_eq!(tx.attempts_of(&[(2, 1)])?.get(&2), Some(&attempt(1)));
+        assert_eq!(
+            tx.attempts_of(&[(2, 7), (2, 1)])?.get(&2),
+            Some(&attempt(1)),
+            "the start's attempt, whatever else is asked of its task"
+        );
         assert!(
             !tx.remove_pending(g, None, Timestamp(10), TaskId(1))?,
             "a started task is in no due order"

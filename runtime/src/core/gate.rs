@@ -617,10 +617,10 @@ impl Gate {
         }
     }
 
-    /// Gives back a slot taken for a request, when its attempt ended first.
-    /// Gives back a start that [`Gate::try_start`] admitted but that never
-    /// began: its slot, and the probe's turn if it was the probe (in a
-    /// half-open circuit nothing else is admitted). Its token stays spent,
+    /// Gives back a start that [`Gate::try_start`] has just admitted but
+    /// that never began: its slot, and the probe's turn if it was the probe
+    /// (in a half-open circuit nothing else is admitted; called any later,
+    /// it could free the turn of a probe in flight). Its token stays spent,
     /// so the bound never loosens.
     pub fn unstart(&mut self) {
         self.release_slot();
@@ -636,6 +636,7 @@ impl Gate {
         }
     }
 
+    /// Gives back a slot taken for a request, when its attempt ended first.
     pub fn release_slot(&mut self) {
         assert!(
             self.in_flight > 0,

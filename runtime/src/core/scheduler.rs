@@ -1346,7 +1346,11 @@ impl Scheduler {
                 continue;
             }
             let Some(mut task) = part.remove(&order) else {
+                // Unreachable too (`head` is the part's): both give back.
                 lane.gate.unstart();
+                if let Some(limiter) = &mut part.limiter {
+                    limiter.unstart();
+                }
                 break;
             };
             part.held += 1;

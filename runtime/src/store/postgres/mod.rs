@@ -206,10 +206,12 @@ END $$;
 ";
 
 /// The indexes on those columns (after an upgrade has added them). The
-/// indexes on `starts` take each insert in at once (`fastupdate = off`,
-/// set on those a build before this one made): nearly every row of
-/// `starts` is recent, and a lookup would read through the index's list of
-/// pending inserts rather than the index.
+/// indexes on `starts` take each insert in at once (`fastupdate = off`):
+/// nearly every row of `starts` is recent, and a lookup would read through
+/// the index's list of pending inserts rather than the index. Those a
+/// build before this one made are changed here, unless a running node
+/// holds them for longer than 2 s (the change locks them; the next start
+/// tries again).
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS tasks_by_gate ON tasks (gate_id, id);
 CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (gate_id, due, id)
@@ -222,11 +224,16 @@ CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at, id)
 CREATE INDEX IF NOT EXISTS gates_by_unit ON gates (unit);
 CREATE INDEX IF NOT EXISTS starts_by_task ON starts USING gin (ids) WITH (fastupdate = off);
 CREATE INDEX IF NOT EXISTS starts_by_gate ON starts USING gin (gates) WITH (fastupdate = off);
-DO $$ BEGIN
+DO $$ DECLARE before text := current_setting('lock_timeout'); BEGIN
 IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = 'starts_by_task'::regclass
                AND reloptions @> '{fastupdate=off}') THEN
-    ALTER INDEX starts_by_task SET (fastupdate = off);
-    ALTER INDEX starts_by_gate SET (fastupdate = off);
+    BEGIN
+        PERFORM set_config('lock_timeout', '2s', true);
+        ALTER INDEX starts_by_task SET (fastupdate = off);
+        ALTER INDEX starts_by_gate SET (fastupdate = off);
+        PERFORM set_config('lock_timeout', before, true);
+    EXCEPTION WHEN lock_not_available THEN NULL;
+    END;
 END IF;
 END $$;
 ";
@@ -818,6 +825,17 @@ impl StartsOf {
     /// `v`, if there is one.
     pub(super) fn take(&mut self, id: u64, v: i32) -> Option<Kept> {
         self.0.remove(&(id, v))
+    }
+
+    /// Takes the start of task `id` that counts against its row at version
+    /// `v`, if it is of attempt `n` (one read may ask for several attempts
+    /// of a task: the start stays for the one it is of).
+    pub(super) fn take_attempt(&mut self, id: u64, v: i32, n: u32) -> Option<Kept> {
+        if self.0.get(&(id, v)).is_some_and(|k| k.n == n) {
+            self.take(id, v)
+        } else {
+            None
+        }
     }
 
     /// Task `id`'s record: its start's, if one counts against its row at

@@ -1176,8 +1176,7 @@ impl Writes for PgTx<'_> {
             let id = unbig(row.get(0));
             // A start that counts holds its attempt.
             let started = kept
-                .take(id, row.get(1))
-                .filter(|k| k.n == unint(row.get(2)))
+                .take_attempt(id, row.get(1), unint(row.get(2)))
                 .map(|k| k.attempt);
             if let Some(bytes) = started.or_else(|| row.get::<_, Option<Vec<u8>>>(3)) {
                 out.insert(id, decode_attempt(&bytes)?);
