@@ -494,6 +494,52 @@ pub(crate) async fn charge_invoice(c: &Client) {
     );
 }
 
+/// A component of a few bytes that imports an interface the `sluice:task`
+/// world does not grant (`evil:net/raw`, an instance of an empty type).
+fn importing_evil() -> Vec<u8> {
+    const NAME: &[u8] = b"evil:net/raw";
+    let mut wasm = b"\0asm\x0d\0\x01\0".to_vec();
+    // Type section: type 0 is `(instance)`.
+    wasm.extend([0x07, 0x03, 0x01, 0x42, 0x00]);
+    // Import section: `(import "evil:net/raw" (instance (type 0)))`.
+    let mut import = vec![0x01, 0x00, NAME.len() as u8];
+    import.extend(NAME);
+    import.extend([0x05, 0x00]);
+    wasm.extend([0x0a, import.len() as u8]);
+    wasm.extend(import);
+    wasm
+}
+
+/// An upload the audit refuses is refused on the names it declares,
+/// before a byte of it is compiled.
+#[tokio::test]
+async fn an_upload_is_audited_before_it_is_compiled() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start_in(dir.path()).await;
+    let c = server.client();
+    let (status, e) = c
+        .raw(
+            "PUT",
+            "/v1/plugins/evil/1.0.0",
+            "application/wasm",
+            importing_evil(),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("evil:net/raw")),
+        "{e}"
+    );
+    assert_eq!(
+        server.running.as_ref().map(|r| r.plugin_compilations()),
+        Some(0),
+        "refused before it was compiled"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_restart_runs_stored_plugins_without_compiling_them_again() {
     let dir = tempfile::tempdir().expect("temp dir");

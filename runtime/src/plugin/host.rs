@@ -509,6 +509,16 @@ impl Host {
                     .into(),
             ));
         }
+        // Audited by the names it declares before a byte is compiled: an
+        // upload the audit refuses costs no compiler time. (Bytes this
+        // reading cannot make sense of go on to wasmtime, whose validation
+        // refuses them, also before compiling.)
+        if let Some((imports, exports)) = declared_names(wasm) {
+            audit::check(
+                imports.iter().map(String::as_str),
+                exports.iter().map(String::as_str),
+            )?;
+        }
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| PluginError::Invalid(format!("{e:#}")))?;
         self.compilations.fetch_add(1, Ordering::Relaxed);
@@ -953,6 +963,34 @@ fn describe_trap(e: &wasmtime::Error) -> String {
 /// The component binary's header: `\0asm`, then a layer of 1 (a component).
 fn wasmparser_is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+/// The names a component imports and exports at its top level (what the
+/// host links and calls; nested components and modules are linked inside
+/// it), read off its sections without compiling it; `None` when the bytes
+/// do not parse.
+fn declared_names(wasm: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
+    use wasmparser::Payload;
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload.ok()? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    imports.push(import.ok()?.name.name.to_string());
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 1 => {
+                for export in reader {
+                    exports.push(export.ok()?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((imports, exports))
 }
 
 /// Loads an artifact this host's engine made and stored itself.
