@@ -11,6 +11,8 @@ pub struct PgServer {
     data: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// Whether it counts its statements (`start_counting`).
+    counting: bool,
     _temp: tempfile::TempDir,
 }
 
@@ -58,9 +60,30 @@ impl PgServer {
     }
 
     /// A server that counts the statements it runs (`pg_stat_statements`,
-    /// part of Debian's server package; the test creates the extension).
+    /// part of Debian's server package; the test creates the extension),
+    /// where the installation has it (`counting`).
     pub fn start_counting() -> Option<PgServer> {
-        PgServer::start_with(None, " -c shared_preload_libraries=pg_stat_statements")
+        let library = bin_dir()
+            .and_then(|bin| {
+                Command::new(bin.join("pg_config"))
+                    .arg("--pkglibdir")
+                    .output()
+                    .ok()
+            })
+            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+            .is_some_and(|dir| dir.join("pg_stat_statements.so").is_file());
+        if !library {
+            eprintln!("not counting statements: pg_stat_statements is not installed");
+            return PgServer::start();
+        }
+        let mut server =
+            PgServer::start_with(None, " -c shared_preload_libraries=pg_stat_statements")?;
+        server.counting = true;
+        Some(server)
+    }
+
+    pub fn counting(&self) -> bool {
+        self.counting
     }
 
     /// A server that takes TLS connections only (`hostssl`, `ssl=on`) with
@@ -95,6 +118,7 @@ impl PgServer {
             data,
             port,
             as_postgres,
+            counting: false,
             _temp: temp,
         };
         let data = server.data.display().to_string();

@@ -1373,11 +1373,13 @@ async fn a_backlog_writes_each_task_row_twice() {
     let mut gate = gate_for(&sink, "5000/s");
     gate["concurrency"] = json!(50);
     c.put_gate("backlog", gate).await;
-    pg.client("public")
-        .await
-        .batch_execute("CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset()")
-        .await
-        .expect("counting statements");
+    if pg.counting() {
+        pg.client("public")
+            .await
+            .batch_execute("CREATE EXTENSION pg_stat_statements; SELECT pg_stat_statements_reset()")
+            .await
+            .expect("counting statements");
+    }
     const N: usize = 2000;
     let ids = c
         .batch(vec![webhook_task("backlog", &sink.url("/b")); N])
@@ -1395,17 +1397,24 @@ async fn a_backlog_writes_each_task_row_twice() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The statements that read reports' attempts, and the transactions.
-    let counted = db
-        .query_one(
-            "SELECT coalesce(sum(calls) FILTER (WHERE query LIKE '%attempts[w.n]%'), 0)::bigint, \
-             coalesce(sum(calls) FILTER (WHERE query = 'COMMIT'), 0)::bigint, \
-             sum(calls)::bigint FROM public.pg_stat_statements",
-            &[],
-        )
-        .await
-        .expect("the statements run");
-    let (attempt_reads, commits, statements): (i64, i64, i64) =
-        (counted.get(0), counted.get(1), counted.get(2));
+    let counted = if pg.counting() {
+        let row = db
+            .query_one(
+                "SELECT coalesce(sum(calls) FILTER (WHERE query LIKE '%attempts[w.n]%'), 0)::bigint, \
+                 coalesce(sum(calls) FILTER (WHERE query = 'COMMIT'), 0)::bigint, \
+                 sum(calls)::bigint FROM public.pg_stat_statements",
+                &[],
+            )
+            .await
+            .expect("the statements run");
+        Some((
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        ))
+    } else {
+        None
+    };
     for id in &ids {
         c.wait_state(id, "succeeded", Duration::from_secs(10)).await;
     }
@@ -1438,10 +1447,12 @@ async fn a_backlog_writes_each_task_row_twice() {
     assert!(starts >= 2 && starts <= 2 * N as i64 / 3, "{said}");
     // A turn reads its reports' attempts at once (one statement at most),
     // not one a report.
-    assert!(
-        attempt_reads <= commits,
-        "{attempt_reads} reads of attempts in {commits} transactions \
-         ({statements} statements for {N} tasks)"
-    );
+    if let Some((attempt_reads, commits, statements)) = counted {
+        assert!(
+            attempt_reads <= commits,
+            "{attempt_reads} reads of attempts in {commits} transactions \
+             ({statements} statements for {N} tasks)"
+        );
+    }
     server.stop().await;
 }

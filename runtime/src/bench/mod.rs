@@ -741,13 +741,8 @@ async fn cluster(
     let mut gate = unlimited(sink);
     gate["concurrency"] = json!(100);
     others[0].gate("w7c", gate).await?;
-    // PostgreSQL's statistics reach its views as each connection flushes
-    // them: at most a second apart while it works, 10 s after it idles (a
-    // standby's writer, once its creates are in). So the counts are read
-    // 11 s after the cluster settles, before and after the run, and the
-    // writes an idle cluster makes meanwhile (its leases' renewals) are
-    // taken off at the rate measured before the run.
-    const FLUSHED: Duration = Duration::from_secs(11);
+    // The writes an idle cluster makes (its leases' renewals), taken off
+    // the counts at this rate (`FLUSHED`).
     tokio::time::sleep(FLUSHED).await;
     let idle_from = (pg_counters(store).await?, clock::instant());
     tokio::time::sleep(FLUSHED).await;
@@ -786,10 +781,10 @@ async fn cluster(
     // Lateness of a task due at once, created one by one through the
     // gate's owner and through another node: the other's also waits for
     // the owner to hear of it (`NOTIFY`).
-    let owner_address = owner_address(&others[0], "w7c").await?;
-    let (owner, standby) = if main.api.base() == owner_address {
+    let owner_at = owner_address(&others[0], "w7c").await?;
+    let (owner, standby) = if main.api.base() == owner_at {
         (&*main, &others[0])
-    } else if others[0].api.base() == owner_address {
+    } else if others[0].api.base() == owner_at {
         (&others[0], &others[1])
     } else {
         (&others[1], &others[0])
@@ -818,30 +813,36 @@ async fn cluster(
     // created in batches through the owner and through another node.
     let mut steady = Vec::new();
     for (label, server) in [("owner", owner), ("other", standby)] {
-        let path = format!("/w7s-{label}");
-        tokio::time::sleep(FLUSHED).await;
-        let (from, at) = (pg_counters(store).await?, clock::instant());
-        for _ in 0..STEADY_BATCHES {
-            let batch = (0..STEADY_BATCH)
-                .map(|_| task("w7c", &url(&path), None))
-                .collect();
-            server.create(batch, STEADY_BATCH, 1).await?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let tasks = STEADY_BATCH * STEADY_BATCHES;
-        let got = sink.wait(&path, tasks, Duration::from_secs(60)).await;
-        if got.len() < tasks {
-            bail!("W7c steady: {} of {tasks} delivered", got.len());
-        }
-        tokio::time::sleep(FLUSHED).await;
-        let to = pg_counters(store).await?;
-        let idle = idle_per_s * at.elapsed().as_secs_f64();
-        steady.push((
-            label,
-            ((to.writes - from.writes) as f64 - idle).max(0.0) / tasks as f64,
-            (to.task_rows - from.task_rows) as f64 / tasks as f64,
-        ));
+        let flow = Flow {
+            gate: "w7c",
+            host: &host,
+            path: &format!("/w7s-{label}"),
+            batch: STEADY_BATCH,
+        };
+        let (all, rows) = flow.writes(store, server, sink, idle_per_s).await?;
+        steady.push((label, all, rows));
     }
+    // The same at the setting most users pick: a smooth gate (200/s,
+    // burst 1), fed at its rate through its owner, whose turns start a
+    // task or two each.
+    others[0]
+        .gate(
+            "w7b",
+            json!({ "rate": "200/s", "burst": 1, "concurrency": 100, "allowed_hosts": [host] }),
+        )
+        .await?;
+    let smooth_owner = owner_address(&others[0], "w7b").await?;
+    let smooth_owner = std::iter::once(&*main)
+        .chain(others.iter())
+        .find(|s| s.api.base() == smooth_owner)
+        .with_context(|| format!("W7c: no node answers at {smooth_owner:?}"))?;
+    let flow = Flow {
+        gate: "w7b",
+        host: &host,
+        path: "/w7b",
+        batch: STEADY_BATCH / 5,
+    };
+    let smooth = flow.writes(store, smooth_owner, sink, idle_per_s).await?;
 
     // Failover: a busy gate at 200/s, then kill -9 of its owner.
     others[0]
@@ -897,6 +898,7 @@ async fn cluster(
         "failover_s": failover, "failover_peak_1s": peak, "failover_bound_1s": 201,
         "failover_delivered": distinct, "failover_tasks": total,
         "steady_row_writes_per_task": steady.iter().map(|(via, all, rows)| json!({ "via": via, "row_writes": all, "task_row_writes": rows, "per_s": STEADY_BATCH * 10 })).collect::<Vec<_>>(),
+        "smooth_row_writes_per_task": { "gate": "200/s, burst 1, concurrency 100", "via": "owner", "row_writes": smooth.0, "task_row_writes": smooth.1, "per_s": STEADY_BATCH * 2 },
         "lateness_ms": lateness.iter().map(|(via, p50, p99)| json!({ "via": via, "p50": p50, "p99": p99 })).collect::<Vec<_>>(),
     });
     let lines = vec![
@@ -925,6 +927,12 @@ async fn cluster(
                 .map(|(_, all, rows)| format!("{all:.1} ({rows:.1} of task rows)"))
                 .collect::<Vec<_>>()
                 .join("; "),
+            "≤ 2 writes".into(),
+        ),
+        (
+            "W7c smooth gate (200/s, burst 1) fed at its rate via its owner, row writes per task"
+                .into(),
+            format!("{:.1} ({:.1} of task rows)", smooth.0, smooth.1),
             "≤ 2 writes".into(),
         ),
         (
@@ -978,6 +986,60 @@ const LATENESS_TASKS: usize = 200;
 /// each node: 1,000 tasks/s, which the gate (concurrency 100) keeps up with.
 const STEADY_BATCH: usize = 100;
 const STEADY_BATCHES: usize = 50;
+
+/// PostgreSQL's statistics reach its views as each connection flushes
+/// them: at most a second apart while it works, 10 s after it idles (a
+/// standby's writer, once its creates are in). So W7c reads its counts 11 s
+/// after the cluster settles, before and after each run, and takes off
+/// what an idle cluster writes meanwhile (its leases' renewals) at the rate
+/// measured before the first.
+const FLUSHED: Duration = Duration::from_secs(11);
+
+/// A steady flow for W7c: `STEADY_BATCHES` batches of `batch` tasks to
+/// `path` at the sink (`host`), 100 ms apart.
+struct Flow<'a> {
+    gate: &'a str,
+    host: &'a str,
+    path: &'a str,
+    batch: usize,
+}
+
+impl Flow<'_> {
+    /// The row writes per task the flow costs, all tables and the task
+    /// rows, created through `server`: counted once PostgreSQL's statistics
+    /// have settled before and after, less what an idle cluster writes
+    /// meanwhile (`idle_per_s`).
+    async fn writes(
+        &self,
+        store: &str,
+        server: &Server,
+        sink: &Sink,
+        idle_per_s: f64,
+    ) -> anyhow::Result<(f64, f64)> {
+        tokio::time::sleep(FLUSHED).await;
+        let (from, at) = (pg_counters(store).await?, clock::instant());
+        let url = format!("http://{}{}", self.host, self.path);
+        for _ in 0..STEADY_BATCHES {
+            let batch = (0..self.batch)
+                .map(|_| task(self.gate, &url, None))
+                .collect();
+            server.create(batch, self.batch, 1).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let tasks = self.batch * STEADY_BATCHES;
+        let got = sink.wait(self.path, tasks, Duration::from_secs(60)).await;
+        if got.len() < tasks {
+            bail!("W7c steady: {} of {tasks} delivered", got.len());
+        }
+        tokio::time::sleep(FLUSHED).await;
+        let to = pg_counters(store).await?;
+        let idle = idle_per_s * at.elapsed().as_secs_f64();
+        Ok((
+            ((to.writes - from.writes) as f64 - idle).max(0.0) / tasks as f64,
+            (to.task_rows - from.task_rows) as f64 / tasks as f64,
+        ))
+    }
+}
 
 /// Which of `nodes` owns `gate`, as the first of them sees it.
 async fn owner_index(nodes: &[&mut Server], gate: &str) -> anyhow::Result<usize> {
