@@ -71,8 +71,17 @@ impl PgServer {
                     .ok()
             })
             .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-            .is_some_and(|dir| dir.join("pg_stat_statements.so").is_file());
+            .is_some_and(|dir| {
+                ["so", "dylib"]
+                    .iter()
+                    .any(|ext| dir.join(format!("pg_stat_statements.{ext}")).is_file())
+            });
         if !library {
+            assert!(
+                std::env::var_os("SLUICE_PG_TESTS").is_none(),
+                "SLUICE_PG_TESTS is set but pg_stat_statements is missing: scripts/pg-setup \
+                 installs Debian's server package, which has it"
+            );
             eprintln!("not counting statements: pg_stat_statements is not installed");
             return PgServer::start();
         }

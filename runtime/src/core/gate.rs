@@ -624,6 +624,11 @@ impl Gate {
     /// so the bound never loosens.
     pub fn unstart(&mut self) {
         self.release_slot();
+        self.free_probe();
+    }
+
+    /// Lets the next probe of a half-open circuit go.
+    fn free_probe(&mut self) {
         if let Circuit::HalfOpen {
             cooldown,
             probe_started: true,
@@ -703,16 +708,8 @@ impl Gate {
             // A 503 means the endpoint is down as much as it means "slow down".
             Signal::Throttled { .. } => true,
             Signal::Neutral => {
-                if self.in_flight == 0
-                    && let Circuit::HalfOpen {
-                        cooldown,
-                        probe_started: true,
-                    } = self.circuit
-                {
-                    self.circuit = Circuit::HalfOpen {
-                        cooldown,
-                        probe_started: false,
-                    };
+                if self.in_flight == 0 {
+                    self.free_probe();
                 }
                 return;
             }

@@ -210,8 +210,10 @@ END $$;
 /// nearly every row of `starts` is recent, and a lookup would read through
 /// the index's list of pending inserts rather than the index. Those a
 /// build before this one made are changed here, unless a running node
-/// holds them for longer than 2 s (the change locks them; the next start
-/// tries again).
+/// holds them: the change, which locks them, gives up after 500 ms, before
+/// PostgreSQL looks for deadlocks (after 1 s; this transaction holds
+/// `starts` against inserts since its `CREATE INDEX`, and a running
+/// node's turn could be waiting on it), and the next start tries again.
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS tasks_by_gate ON tasks (gate_id, id);
 CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (gate_id, due, id)
@@ -228,11 +230,11 @@ DO $$ DECLARE before text := current_setting('lock_timeout'); BEGIN
 IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = 'starts_by_task'::regclass
                AND reloptions @> '{fastupdate=off}') THEN
     BEGIN
-        PERFORM set_config('lock_timeout', '2s', true);
+        PERFORM set_config('lock_timeout', '500ms', true);
         ALTER INDEX starts_by_task SET (fastupdate = off);
         ALTER INDEX starts_by_gate SET (fastupdate = off);
         PERFORM set_config('lock_timeout', before, true);
-    EXCEPTION WHEN lock_not_available THEN NULL;
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN NULL;
     END;
 END IF;
 END $$;
