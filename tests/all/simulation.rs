@@ -15,7 +15,8 @@
 //! and the concurrency cap; at the end, that no
 //! acknowledged task was lost, that no schedule occurrence ran twice or
 //! overlapped another, that the misfire policies held, and that the circuit
-//! kept a dead endpoint nearly untouched.
+//! kept a dead endpoint nearly untouched (by attempts and plugin requests
+//! alike).
 //!
 //! Replay a failure with the seed it prints: `SIM_SEED=<seed> cargo test --test all simulation`.
 
@@ -138,7 +139,8 @@ struct World {
     occurrences: BTreeMap<String, BTreeSet<u64>>,
     /// Task → the schedule it is an occurrence of.
     occurrence_of: BTreeMap<u64, String>,
-    /// Per gate: attempts that hit the endpoint while it was down.
+    /// Per gate: attempts and plugin requests that reached the endpoint
+    /// while it was down.
     dead_hits: Vec<u64>,
     turns: u64,
     /// Plugin attempts at work, by task.
@@ -469,7 +471,11 @@ impl World {
         self.requests[g] += 1;
         self.started(g, at);
         let latency = 1 + self.rng.below(300);
-        let throttled = self.down(g, at) || self.rng.below(20) == 0;
+        let down = self.down(g, at);
+        if down {
+            self.dead_hits[g] += 1;
+        }
+        let throttled = down || self.rng.below(20) == 0;
         self.seq += 1;
         self.plugin_events.insert(
             (at + latency, self.seq),

@@ -137,6 +137,85 @@ async fn a_schedule_is_not_moved_to_a_gate_another_engine_runs() {
     stop_engines([(stop, thread)]);
 }
 
+/// A page of a replay is retried whole or not at all: with one of its
+/// tasks' gates moved to another engine, the page is refused as `Moved`
+/// (a 503, on which the job pauses and does the page again later) and
+/// none of it is retried. (Before, that task was left out and the page
+/// counted done: it was never replayed.) Back on this engine, the page
+/// goes through whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_page_with_a_moving_gate_waits_and_goes_through_whole() {
+    use sluice::shell::{ShellError, Start, UnitsOrder};
+    use sluice::store::TaskState;
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let sink = crate::support::Sink::start().await;
+    sink.behave(|_, _| crate::support::Reply::status(500));
+    let (a, stop, thread) = running_engine(
+        &pg.url(),
+        "replay_move",
+        Units::ALL,
+        Duration::from_millis(20),
+    )
+    .await;
+    let there = (0..)
+        .map(|i| format!("there-{i}"))
+        .find(|name| Units::of(name) != Units::of("here"))
+        .expect("a gate of another unit");
+    let now = sluice::clock::now();
+    let mut tasks = Vec::new();
+    for gate in ["here", there.as_str()] {
+        a.put_gate(gate.into(), smooth_gate(&sink, 10.0))
+            .await
+            .expect("gate");
+        tasks.push(sluice::model::NewTask {
+            max_attempts: Some(1),
+            ..crate::support::engine_task(gate, &sink.url("/"), now)
+        });
+    }
+    let ids: Vec<_> = (a.create_tasks(tasks).await.expect("created"))
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    let store = {
+        let url = pg.url();
+        tokio::task::spawn_blocking(move || PgStore::open_in(&url, "replay_move"))
+            .await
+            .expect("joined")
+            .expect("open")
+    };
+    let states = || -> Vec<TaskState> {
+        let reads = (&store as &dyn Backend).read().expect("read");
+        (ids.iter())
+            .map(|id| reads.task(id.0).expect("read").expect("task").state)
+            .collect()
+    };
+    for _ in 0..200 {
+        if states() == [TaskState::Failed; 2] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(states(), [TaskState::Failed; 2], "both failed first");
+
+    let unit = Units::of(&there);
+    a.units(UnitsOrder::Stop(unit)).await.expect("stop");
+    a.units(UnitsOrder::Drop(unit)).await.expect("drop");
+    match a.replay_tasks(ids.clone(), None).await {
+        Err(ShellError::Moved { gate }) => assert_eq!(gate, there),
+        other => panic!("a page with a moving gate's task: {other:?}"),
+    }
+    assert_eq!(states(), [TaskState::Failed; 2], "none of the page retried");
+
+    a.units(UnitsOrder::Adopt(unit, Start::Restart))
+        .await
+        .expect("adopt");
+    let replayed = a.replay_tasks(ids.clone(), None).await;
+    assert_eq!(replayed.ok(), Some(2), "the page goes through whole");
+    stop_engines([(stop, thread)]);
+}
+
 /// Requests asking the database who owns a gate, while their node is cut
 /// off from it, each give up in bounded time (they share one connection,
 /// and each waited for every one before it: the twentieth about 8 s).

@@ -102,6 +102,15 @@ impl Engine {
                 job,
                 reply: to,
             } => {
+                // A page is replayed whole or not at all: a task of a gate
+                // moving to another engine would be left out, and the page
+                // counted done without it. The job pauses instead (`Moved`
+                // is a 503 to it) and does the page again later.
+                for &id in &ids {
+                    if let Some(moved) = self.moved_task(turn, id, false)? {
+                        return Ok(reply(to, Err(moved)));
+                    }
+                }
                 let mut replayed = 0;
                 for id in ids {
                     replayed += usize::from(self.retry_task(turn, id)?.is_ok());
