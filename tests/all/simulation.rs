@@ -1316,6 +1316,35 @@ fn a_success_whose_next_steps_wait_for_a_handover_runs_again() {
     assert_eq!(task.state, TaskState::Scheduled, "{:?}", task.last_error);
 }
 
+/// A command refused because its task's gate is moving leaves alone what
+/// the turn did to the task before it: here the report that ends the task
+/// (taken while its unit is stopped, not yet dropped) and, in the same
+/// turn, a cancel of it, refused as `Moved`. (The refusal used to drop the
+/// task's record from the turn, report and all: the task stayed running
+/// on record, and the next owner would have run it again.)
+#[test]
+fn a_command_refused_as_moved_keeps_what_the_turn_wrote_before() {
+    let mut w = World::new(7);
+    let now = w.now;
+    let (id, out) = sent(&mut w, webhook_task(0, now));
+    let at = w.now;
+    w.engine().stop_units(at, Units::of("g0"));
+    let (reply, answer) = oneshot::channel();
+    let cancel = Command::CancelTask { id, reply };
+    let report = succeeded(id, out.attempt, at, 5);
+    w.engine()
+        .turn(at, vec![cancel], vec![report])
+        .expect("a turn");
+    let refused = answer.blocking_recv().expect("an answer");
+    assert!(
+        matches!(refused, Err(ShellError::Moved { .. })),
+        "{refused:?}"
+    );
+    let reader = w.store.read().expect("read");
+    let task = reader.task(id.0).expect("read").expect("task");
+    assert_eq!(task.state, TaskState::Succeeded, "{:?}", task.last_error);
+}
+
 /// A unit let go writes nothing more: the late answer of an attempt that
 /// was out when its gate was dropped leaves the task and its attempt as
 /// they were, for the next owner, which holds the attempt in its slot

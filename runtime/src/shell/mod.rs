@@ -662,6 +662,19 @@ impl<'a> Turn<'a> {
         self.clean.get(&id).ok_or_else(|| missing_task(id))
     }
 
+    /// Task `id`'s record to look at, if it exists: as this turn changed it
+    /// so far, or read and held as only looked at (not written back for
+    /// this).
+    fn look(&mut self, id: u64) -> Result<Option<&TaskRecord>, StoreError> {
+        if !self.holds(id) {
+            let Some(record) = self.tx.task(id)? else {
+                return Ok(None);
+            };
+            self.clean.insert(id, record);
+        }
+        self.peek(id).map(Some)
+    }
+
     /// Reads the records of `ids` not yet in this turn's cache, at once.
     fn prefetch(&mut self, ids: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
         let mut missing: Vec<u64> = ids.into_iter().filter(|&id| !self.holds(id)).collect();

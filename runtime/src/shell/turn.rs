@@ -158,10 +158,8 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let id = report.task.0;
         // A report on a gate of a unit handed over is the next owner's: not
-        // a byte of its task is written here (the turn would write back
-        // what it read).
-        if turn.task(id)?.is_some_and(|t| !self.runs(&t.gate)) {
-            turn.tasks.remove(&id);
+        // a byte of its task is written here (its record is only looked at).
+        if turn.look(id)?.is_some_and(|t| !self.runs(&t.gate)) {
             return Ok(());
         }
         // A report that is not about the task's open attempt (a callback settled

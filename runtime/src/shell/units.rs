@@ -297,8 +297,9 @@ impl Engine {
         })
     }
 
-    /// `Moved` when the task's gate is not this engine's to serve; its
-    /// record is then not kept in the turn (which writes back what it read).
+    /// `Moved` when the task's gate is not this engine's to serve. The
+    /// record is only looked at: a refused command writes nothing back,
+    /// and what this turn changed in it before (a report) stays.
     /// A `report` on work in flight is taken while the unit is being handed
     /// over (the drain waits for such reports); a command is not.
     pub(super) fn moved_task(
@@ -314,16 +315,12 @@ impl Engine {
                 self.held.has_gate(gate)
             }
         };
-        let moved = turn
-            .task(id.0)?
+        Ok(turn
+            .look(id.0)?
             .filter(|t| !serves(&t.gate))
             .map(|t| ShellError::Moved {
                 gate: t.gate.clone(),
-            });
-        if moved.is_some() {
-            turn.tasks.remove(&id.0);
-        }
-        Ok(moved)
+            }))
     }
 
     /// Whether reports on the gate's tasks are this engine's to apply.
