@@ -190,22 +190,29 @@ impl Rate {
 }
 
 impl fmt::Display for Rate {
+    /// The rate as it was most likely written, so that a view read back and
+    /// sent again sets the same rate: per second when that is a number of
+    /// at most three decimals of 1 or more (`"100/s"`, `"2.5/s"`), else in
+    /// the first unit that makes it a whole number (`"100/m"`, not
+    /// `"1.667/s"`), else to three decimals in the unit of its size.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = self.per_second;
-        let (count, unit) = if r >= 1.0 {
-            (r, "s")
-        } else if r * 60.0 >= 1.0 {
-            (r * 60.0, "m")
-        } else if r * 3_600.0 >= 1.0 {
-            (r * 3_600.0, "h")
-        } else {
-            (r * 86_400.0, "d")
-        };
-        if (count - count.round()).abs() < 1e-9 {
-            write!(f, "{}/{}", count.round(), unit)
-        } else {
-            write!(f, "{count:.3}/{unit}")
+        let whole = |count: f64| count >= 1.0 && (count - count.round()).abs() < 1e-9 * count;
+        if r >= 1.0 && whole(r * 1_000.0) {
+            return write!(f, "{}/s", (r * 1_000.0).round() / 1_000.0);
         }
+        let units = [(1.0, "s"), (60.0, "m"), (3_600.0, "h"), (86_400.0, "d")];
+        if let Some((count, unit)) = (units.iter())
+            .map(|&(seconds, unit)| (r * seconds, unit))
+            .find(|&(count, _)| whole(count))
+        {
+            return write!(f, "{}/{unit}", count.round());
+        }
+        let (count, unit) = (units.iter())
+            .map(|&(seconds, unit)| (r * seconds, unit))
+            .find(|&(count, _)| count >= 1.0)
+            .unwrap_or((r * 86_400.0, "d"));
+        write!(f, "{count:.3}/{unit}")
     }
 }
 
@@ -253,6 +260,25 @@ mod tests {
         assert_eq!(Rate::parse("30/m").unwrap().as_per_second(), 0.5);
         assert_eq!(Rate::parse("2/h").unwrap().to_string(), "2/h");
         assert_eq!(Rate::parse("1/m").unwrap().to_string(), "1/m");
+        // Shown as written, so a view sent back sets the same rate.
+        for (written, shown) in [
+            ("100/m", "100/m"),
+            ("2.5/s", "2.5/s"),
+            ("1.667/s", "1.667/s"),
+            ("90/m", "1.5/s"),
+            ("0.5/s", "30/m"),
+            ("7/h", "7/h"),
+            ("1000/d", "1000/d"),
+            ("7200/h", "2/s"),
+            ("1e9", "1000000000/s"),
+        ] {
+            let rate = Rate::parse(written).unwrap();
+            assert_eq!(rate.to_string(), shown, "{written}");
+            assert_eq!(Rate::parse(shown).unwrap(), rate, "{written}");
+        }
+        // A rate no unit states exactly, to three decimals.
+        assert_eq!(Rate::per_second(1.0 / 7.0).unwrap().to_string(), "8.571/m");
+        assert_eq!(Rate::per_second(1e-6).unwrap().to_string(), "0.086/d");
         assert_eq!(Rate::parse("7.5").unwrap().as_per_second(), 7.5);
         assert_eq!(Rate::parse("50/s").unwrap().interval_ns(), 20_000_000);
         for bad in ["", "0/s", "-1/s", "x/s", "10/y", "inf", "NaN", "1e12/s"] {
