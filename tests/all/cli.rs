@@ -367,9 +367,11 @@ async fn status_watch_redraws_in_place() {
 /// The repository's SDK, which scaffolds in tests build against.
 const SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk");
 
-/// Components built by these tests: under the shared target directory, so that
-/// the SDK and its dependencies compile once and reruns take seconds.
-const WASM_TARGET: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/plugin-scaffold");
+/// Components built by these tests: where `scripts/build-plugins` builds
+/// the examples, so that the SDK and its dependencies are built already
+/// (a clean clone's first scaffold took most of a minute in its own
+/// directory) and reruns take seconds.
+const WASM_TARGET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm");
 
 /// `\0asm`, then the component binary's version (13) and layer (1).
 const COMPONENT_MAGIC: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
