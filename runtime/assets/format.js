@@ -12,7 +12,7 @@ export function decimal(n, digits = 2) {
   return Number(n.toFixed(digits)).toString();
 }
 
-const UNITS = { s: 1, m: 60, h: 3600 };
+const UNITS = { s: 1, m: 60, h: 3600, d: 86400 };
 
 /** Per-second figure in the unit that keeps it at or above 1: "2.5/s", "30/m", "4/h". */
 export function rate(perSecond) {

@@ -194,25 +194,25 @@ impl fmt::Display for Rate {
     /// sent again sets the same rate: per second when that is a number of
     /// at most three decimals of 1 or more (`"100/s"`, `"2.5/s"`), else in
     /// the first unit that makes it a whole number (`"100/m"`, not
-    /// `"1.667/s"`), else to three decimals in the unit of its size.
+    /// `"1.667/s"`), else per second as exactly as the number goes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = self.per_second;
-        let whole = |count: f64| count >= 1.0 && (count - count.round()).abs() < 1e-9 * count;
+        // Whole but for the rounding of a division and a product (a few
+        // units in the last place), so showing it changes the rate by no more.
+        let whole = |count: f64| {
+            count >= 1.0 && (count - count.round()).abs() <= count * 8.0 * f64::EPSILON
+        };
         if r >= 1.0 && whole(r * 1_000.0) {
             return write!(f, "{}/s", (r * 1_000.0).round() / 1_000.0);
         }
         let units = [(1.0, "s"), (60.0, "m"), (3_600.0, "h"), (86_400.0, "d")];
-        if let Some((count, unit)) = (units.iter())
+        match (units.iter())
             .map(|&(seconds, unit)| (r * seconds, unit))
             .find(|&(count, _)| whole(count))
         {
-            return write!(f, "{}/{unit}", count.round());
+            Some((count, unit)) => write!(f, "{}/{unit}", count.round()),
+            None => write!(f, "{r}/s"),
         }
-        let (count, unit) = (units.iter())
-            .map(|&(seconds, unit)| (r * seconds, unit))
-            .find(|&(count, _)| count >= 1.0)
-            .unwrap_or((r * 86_400.0, "d"));
-        write!(f, "{count:.3}/{unit}")
     }
 }
 
@@ -276,9 +276,35 @@ mod tests {
             assert_eq!(rate.to_string(), shown, "{written}");
             assert_eq!(Rate::parse(shown).unwrap(), rate, "{written}");
         }
-        // A rate no unit states exactly, to three decimals.
-        assert_eq!(Rate::per_second(1.0 / 7.0).unwrap().to_string(), "8.571/m");
-        assert_eq!(Rate::per_second(1e-6).unwrap().to_string(), "0.086/d");
+        // A rate no unit states as a whole number: per second, exactly.
+        for (written, shown) in [
+            ("7000.1234567", "7000.1234567/s"),
+            ("0.000001", "0.000001/s"),
+            ("0.14285714285714285", "0.14285714285714285/s"),
+        ] {
+            assert_eq!(Rate::parse(written).unwrap().to_string(), shown);
+        }
+        // Whatever the rate, what is shown reads back as it.
+        let mut rng = crate::core::rng::Rng::new(7);
+        for _ in 0..10_000 {
+            let seconds = [1.0, 60.0, 3_600.0, 86_400.0][rng.below(4) as usize];
+            let per_second = match rng.below(4) {
+                0 => (1 + rng.below(100_000)) as f64 / seconds,
+                // A hair off a whole count: not shown as one.
+                1 => {
+                    ((1 + rng.below(100_000)) as f64 + 1e-9 * (1 + rng.below(1_000)) as f64)
+                        / seconds
+                }
+                2 => (1 + rng.below(1 << 40)) as f64 / (1u64 << 30) as f64,
+                _ => (1 + rng.below(1_000_000_000)) as f64 / 1_000.0,
+            };
+            let rate = Rate::per_second(per_second).unwrap();
+            let back = Rate::parse(&rate.to_string()).unwrap().as_per_second();
+            assert!(
+                (back - per_second).abs() <= per_second * 1e-12,
+                "{per_second} shown as {rate} reads back as {back}"
+            );
+        }
         assert_eq!(Rate::parse("7.5").unwrap().as_per_second(), 7.5);
         assert_eq!(Rate::parse("50/s").unwrap().interval_ns(), 20_000_000);
         for bad in ["", "0/s", "-1/s", "x/s", "10/y", "inf", "NaN", "1e12/s"] {
